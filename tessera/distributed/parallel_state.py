@@ -1,0 +1,41 @@
+"""Tensor-parallel rank and size seen by the layers.
+
+Layers ask `tp_rank()` / `tp_size()` when they are built and shard their weights while
+loading. Until a multi-process executor sets a group, a single process is rank 0 of 1.
+`all_reduce` is the one collective row-parallel layers need.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class TPGroup:
+    rank: int = 0
+    size: int = 1
+    group: object = None  # a torch.distributed ProcessGroup when size > 1
+
+
+_TP = TPGroup()
+
+
+def set_tp_group(group: TPGroup) -> None:
+    global _TP
+    _TP = group
+
+
+def tp_rank() -> int:
+    return _TP.rank
+
+
+def tp_size() -> int:
+    return _TP.size
+
+
+def all_reduce(x: torch.Tensor) -> torch.Tensor:
+    if _TP.size == 1:
+        return x
+    torch.distributed.all_reduce(x, group=_TP.group)
+    return x

@@ -1,0 +1,56 @@
+"""EngineCore: the step loop around the scheduler and an executor.
+
+`step()`: schedule -> executor.execute -> scheduler.update_from_output -> outputs.
+The core never touches tensors or CUDA: the executor is handed in (in-process for now,
+worker processes later) and only exchanges the plain messages of `protocol.py`.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from tessera.config import EngineConfig
+from tessera.engine.kv_cache.manager import KVCacheManager
+from tessera.engine.protocol import EngineCoreOutput, ModelRunnerOutput, SchedulerOutput
+from tessera.engine.request import Request
+from tessera.engine.scheduler import Scheduler
+
+logger = logging.getLogger(__name__)
+
+
+class Executor(Protocol):
+    def num_kv_blocks(self) -> int: ...
+    def init_kv_cache(self, num_blocks: int) -> None: ...
+    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput: ...
+
+
+class EngineCore:
+    def __init__(self, config: EngineConfig, executor: Executor, max_model_len: int):
+        self.config = config
+        self.executor = executor
+        num_blocks = config.cache.num_blocks or executor.num_kv_blocks()
+        executor.init_kv_cache(num_blocks)
+        self.kv = KVCacheManager(num_blocks, config.cache.block_size)
+        self.scheduler = Scheduler(config.scheduler, self.kv, max_model_len)
+        self.num_steps = 0
+
+    @property
+    def num_blocks(self) -> int:
+        return self.kv.pool.num_blocks
+
+    def add_request(self, req: Request) -> None:
+        self.scheduler.add_request(req)
+
+    def abort(self, request_ids: list[str]) -> None:
+        self.scheduler.abort(request_ids)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[EngineCoreOutput]:
+        sched = self.scheduler.schedule()
+        if sched.is_empty and not sched.finished_request_ids:
+            return []
+        out = self.executor.execute(sched)
+        self.num_steps += 1
+        return self.scheduler.update_from_output(sched, out)

@@ -1,0 +1,74 @@
+"""Typed messages between the engine core, the scheduler and the workers.
+
+SchedulerOutput (core -> worker): new requests in full (`NewRequestData`), running ones
+as diffs (`CachedRequestData`: only new block ids), tokens to compute per request, and
+requests the worker can forget. ModelRunnerOutput (worker -> core): sampled ids and
+logprobs. EngineCoreOutput (core -> frontend): per request, its new tokens and finish.
+Plain data only (ints, floats, strings, lists): these cross process boundaries later.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from tessera.sampling_params import SamplingParams
+
+# One position's logprobs: (token ids, logprobs, ranks); the chosen token first.
+LogprobsEntry = tuple[list[int], list[float], list[int]]
+
+
+@dataclasses.dataclass
+class NewRequestData:
+    request_id: str
+    token_ids: list[int]  # prompt + output so far (a resumed request brings its outputs)
+    num_prompt_tokens: int
+    params: SamplingParams
+    block_ids: list[int]
+    num_computed_tokens: int
+    num_prompt_logprobs_done: int  # prompt positions whose logprobs were already sent
+
+
+@dataclasses.dataclass
+class CachedRequestData:
+    request_id: str
+    new_block_ids: list[int]
+
+
+@dataclasses.dataclass
+class SchedulerOutput:
+    new_requests: list[NewRequestData]
+    cached_requests: list[CachedRequestData]
+    num_scheduled_tokens: dict[str, int]  # in batch order
+    finished_request_ids: set[str]  # the worker drops their state
+    preempted_request_ids: set[str]
+
+    @property
+    def total_num_scheduled_tokens(self) -> int:
+        return sum(self.num_scheduled_tokens.values())
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.num_scheduled_tokens
+
+
+@dataclasses.dataclass
+class ModelRunnerOutput:
+    sampled_token_ids: dict[str, int]
+    logprobs: dict[str, LogprobsEntry]
+    # request id -> (first prompt position covered, entries for positions from there)
+    prompt_logprobs: dict[str, tuple[int, list[LogprobsEntry]]]
+
+
+@dataclasses.dataclass
+class EngineCoreOutput:
+    request_id: str
+    new_token_ids: list[int]
+    new_logprobs: list[LogprobsEntry]
+    new_prompt_logprobs: list[LogprobsEntry]
+    finish_reason: Optional[str] = None
+    stop_reason: int | str | None = None
+    num_cached_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

@@ -1,0 +1,177 @@
+"""Scheduler: hands out each step's token budget; no prefill or decode phases.
+
+Rule: running requests first (in arrival order), then waiting ones (FCFS), each gets
+min(tokens it lacks, budget left). That one rule gives continuous batching, chunked
+prefill and resumption after preemption. When the KV pool is short for a running
+request, the newest running request is preempted (its blocks freed; it goes back to the
+front of the queue and is recomputed later).
+
+Flow per step: `schedule()` -> SchedulerOutput -> worker -> ModelRunnerOutput ->
+`update_from_output()` -> EngineCoreOutputs (new tokens, finishes; blocks freed).
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from tessera.config import SchedulerConfig
+from tessera.engine.kv_cache.manager import KVCacheManager
+from tessera.engine.protocol import (CachedRequestData, EngineCoreOutput, ModelRunnerOutput,
+                                     NewRequestData, SchedulerOutput)
+from tessera.engine.request import Request, RequestStatus
+
+
+class QueueFullError(RuntimeError):
+    """The waiting queue is at its bound; the caller should retry later (HTTP 503)."""
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager, max_model_len: int):
+        self.config = config
+        self.kv = kv
+        self.max_model_len = max_model_len
+        self.requests: dict[str, Request] = {}
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self._finished_ids: set[str] = set()  # to tell the worker at the next step
+        self.num_preemptions = 0
+
+    # -- admission and abort ---------------------------------------------------------
+    def add_request(self, req: Request) -> None:
+        if req.request_id in self.requests:
+            raise ValueError(f"request id {req.request_id!r} is already in use")
+        if len(self.waiting) >= self.config.max_waiting:
+            raise QueueFullError(f"the waiting queue is full ({self.config.max_waiting} requests)")
+        needed = self.kv.blocks_needed(req.num_tokens + 1)
+        if needed > self.kv.pool.num_blocks:
+            raise ValueError(
+                f"request {req.request_id!r} needs {needed} KV blocks but the cache has only "
+                f"{self.kv.pool.num_blocks}; raise the KV cache size or shorten the prompt."
+            )
+        self.requests[req.request_id] = req
+        self.waiting.append(req)
+
+    def abort(self, request_ids: list[str]) -> list[Request]:
+        aborted = []
+        for rid in request_ids:
+            req = self.requests.get(rid)
+            if req is None or req.status.finished:
+                continue
+            if req.status == RequestStatus.RUNNING:
+                self.running.remove(req)
+            else:
+                self.waiting.remove(req)
+            self._finish(req, RequestStatus.FINISHED_ABORTED)
+            aborted.append(req)
+        return aborted
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # -- one step ----------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        budget = self.config.max_num_batched_tokens
+        num_scheduled: dict[str, int] = {}
+        new_reqs: list[NewRequestData] = []
+        cached: list[CachedRequestData] = []
+        preempted: set[str] = set()
+
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            new_blocks = self.kv.allocate_slots(req, n)
+            while new_blocks is None:  # short of blocks: preempt the newest running request
+                victim = self.running.pop()
+                self._preempt(victim)
+                preempted.add(victim.request_id)
+                if victim is req:
+                    break
+                new_blocks = self.kv.allocate_slots(req, n)
+            if new_blocks is None:
+                break
+            cached.append(CachedRequestData(req.request_id, new_blocks))
+            num_scheduled[req.request_id] = n
+            budget -= n
+            i += 1
+
+        while (self.waiting and budget > 0 and not preempted
+               and len(self.running) < self.config.max_num_seqs):
+            req = self.waiting[0]
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if self.kv.allocate_slots(req, n) is None:
+                break
+            self.waiting.popleft()
+            req.status = RequestStatus.RUNNING
+            self.running.append(req)
+            new_reqs.append(NewRequestData(
+                request_id=req.request_id, token_ids=req.all_token_ids,
+                num_prompt_tokens=req.num_prompt_tokens, params=req.params,
+                block_ids=list(self.kv.block_ids(req.request_id)),
+                num_computed_tokens=req.num_computed_tokens,
+                num_prompt_logprobs_done=req.num_prompt_logprobs_done))
+            num_scheduled[req.request_id] = n
+            budget -= n
+
+        finished, self._finished_ids = self._finished_ids, set()
+        return SchedulerOutput(new_reqs, cached, num_scheduled, finished, preempted)
+
+    def update_from_output(self, sched: SchedulerOutput,
+                           out: ModelRunnerOutput) -> list[EngineCoreOutput]:
+        outputs = []
+        for rid, n in sched.num_scheduled_tokens.items():
+            req = self.requests.get(rid)
+            if req is None or req.status != RequestStatus.RUNNING:
+                continue  # aborted while the step ran
+            req.num_computed_tokens += n
+            prompt_lps = self._take_prompt_logprobs(req, out.prompt_logprobs.get(rid))
+            token = out.sampled_token_ids.get(rid)
+            if token is None:
+                if prompt_lps:
+                    outputs.append(EngineCoreOutput(rid, [], [], prompt_lps))
+                continue
+            req.output_token_ids.append(token)
+            lps = [out.logprobs[rid]] if rid in out.logprobs else []
+            status = self._check_stop(req, token)
+            if status is not None:
+                self.running.remove(req)
+                self._finish(req, status)
+            outputs.append(EngineCoreOutput(rid, [token], lps, prompt_lps,
+                                            req.finish_reason, req.stop_reason))
+        return outputs
+
+    # -- helpers -----------------------------------------------------------------------
+    def _take_prompt_logprobs(self, req: Request, got) -> list:
+        if got is None:
+            return []
+        start, entries = got
+        fresh = entries[max(0, req.num_prompt_logprobs_done - start):]
+        req.num_prompt_logprobs_done += len(fresh)
+        return fresh
+
+    def _check_stop(self, req: Request, token: int):
+        p = req.params
+        if req.num_output_tokens >= p.min_tokens:
+            if not p.ignore_eos and token in req.eos_token_ids:
+                return RequestStatus.FINISHED_STOPPED
+            if token in p.stop_token_ids:
+                req.stop_reason = token
+                return RequestStatus.FINISHED_STOPPED
+        if p.max_tokens is not None and req.num_output_tokens >= p.max_tokens:
+            return RequestStatus.FINISHED_LENGTH
+        if req.num_tokens >= self.max_model_len:
+            return RequestStatus.FINISHED_LENGTH
+        return None
+
+    def _preempt(self, req: Request) -> None:
+        self.kv.free(req)
+        req.num_computed_tokens = 0
+        req.status = RequestStatus.PREEMPTED
+        req.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(req)
+
+    def _finish(self, req: Request, status: RequestStatus) -> None:
+        req.status = status
+        self.kv.free(req)
+        self._finished_ids.add(req.request_id)
+        del self.requests[req.request_id]

@@ -1,0 +1,115 @@
+"""Linear layers that shard and fill themselves while loading.
+
+Objects: ReplicatedLinear; ColumnParallelLinear (output dim split over TP ranks);
+MergedColumnParallelLinear (several column outputs stacked, e.g. [gate | up]);
+QKVParallelLinear (q, k, v stacked, split by heads; KV heads replicated when there are
+fewer than ranks); RowParallelLinear (input dim split, all-reduce after).
+Each parameter carries `weight_loader(param, loaded, shard_id=None)`: the loader hands
+it the full checkpoint tensor and the layer copies its own slice. Models never see
+whether they are sharded; a quantized variant plugs in the same way.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tessera.distributed.parallel_state import all_reduce, tp_rank, tp_size
+
+
+def _check_shape(name: str, param: torch.Tensor, loaded: torch.Tensor) -> None:
+    if param.shape != loaded.shape:
+        raise ValueError(f"{name}: checkpoint shape {tuple(loaded.shape)} does not fit "
+                         f"parameter shape {tuple(param.shape)}")
+
+
+class LinearBase(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias: bool):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
+        self.weight.weight_loader = self.weight_loader
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False)
+            self.bias.weight_loader = self.weight_loader
+        else:
+            self.register_parameter("bias", None)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+        _check_shape(type(self).__name__, param, loaded)
+        param.data.copy_(loaded)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class ReplicatedLinear(LinearBase):
+    pass
+
+
+class ColumnParallelLinear(LinearBase):
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        self.tp_rank, self.tp_size = tp_rank(), tp_size()
+        if out_features % self.tp_size:
+            raise ValueError(f"output size {out_features} is not divisible by TP={self.tp_size}")
+        super().__init__(in_features, out_features // self.tp_size, bias)
+
+    def weight_loader(self, param, loaded, shard_id=None):
+        size = param.shape[0]
+        super().weight_loader(param, loaded.narrow(0, self.tp_rank * size, size))
+
+
+class MergedColumnParallelLinear(ColumnParallelLinear):
+    def __init__(self, in_features: int, output_sizes: list[int], bias: bool = False):
+        self.output_sizes = output_sizes
+        super().__init__(in_features, sum(output_sizes), bias)
+
+    def weight_loader(self, param, loaded, shard_id: Optional[int] = None):
+        size = self.output_sizes[shard_id] // self.tp_size
+        offset = sum(self.output_sizes[:shard_id]) // self.tp_size
+        piece = loaded.narrow(0, self.tp_rank * size, size)
+        _check_shape(f"shard {shard_id}", param.data.narrow(0, offset, size), piece)
+        param.data.narrow(0, offset, size).copy_(piece)
+
+
+class QKVParallelLinear(ColumnParallelLinear):
+    def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int,
+                 bias: bool = False):
+        tp = tp_size()
+        if num_heads % tp:
+            raise ValueError(f"{num_heads} attention heads are not divisible by TP={tp}")
+        self.head_dim = head_dim
+        self.num_heads = num_heads // tp
+        self.num_kv_heads = max(1, num_kv_heads // tp)  # replicated when fewer than ranks
+        self.kv_replicas = max(1, tp // num_kv_heads)
+        out = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp
+        super().__init__(hidden_size, out, bias)
+
+    def weight_loader(self, param, loaded, shard_id: Optional[str] = None):
+        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        offset, size = {"q": (0, q), "k": (q, kv), "v": (q + kv, kv)}[shard_id]
+        rank = self.tp_rank if shard_id == "q" else self.tp_rank // self.kv_replicas
+        piece = loaded.narrow(0, rank * size, size)
+        _check_shape(f"{shard_id}_proj", param.data.narrow(0, offset, size), piece)
+        param.data.narrow(0, offset, size).copy_(piece)
+
+
+class RowParallelLinear(LinearBase):
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        self.tp_rank, self.tp_size = tp_rank(), tp_size()
+        if in_features % self.tp_size:
+            raise ValueError(f"input size {in_features} is not divisible by TP={self.tp_size}")
+        super().__init__(in_features // self.tp_size, out_features, bias)
+
+    def weight_loader(self, param, loaded, shard_id=None):
+        if param.dim() == 2:
+            size = param.shape[1]
+            loaded = loaded.narrow(1, self.tp_rank * size, size)
+        elif self.tp_rank != 0:  # the bias is added once, on rank 0
+            loaded = torch.zeros_like(loaded)
+        super().weight_loader(param, loaded)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return all_reduce(F.linear(x, self.weight, self.bias))

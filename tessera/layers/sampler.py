@@ -1,0 +1,139 @@
+"""Sampler: one batch of logits -> one token per row, each row with its own settings.
+
+Objects: SamplingBatch (per-row settings as tensors, built by the model runner) and
+`sample(logits, batch)`. Order: logprobs of the raw distribution (what users are shown)
+-> min_tokens bans -> repetition/presence/frequency penalties -> greedy rows take the
+argmax; the others: temperature -> top-k -> top-p -> min-p -> a draw by the exponential
+race (argmax p / q, q ~ Exp(1)), with a row's own torch.Generator when it has a seed, so
+a seeded request draws the same tokens whatever else is in the batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+
+from tessera.engine.protocol import LogprobsEntry
+
+
+@dataclasses.dataclass
+class SamplingBatch:
+    temperature: torch.Tensor  # [N] float32 (0: greedy)
+    top_k: torch.Tensor  # [N] int64 (0: off)
+    top_p: torch.Tensor  # [N] float32
+    min_p: torch.Tensor  # [N] float32
+    presence_penalty: torch.Tensor  # [N]
+    frequency_penalty: torch.Tensor  # [N]
+    repetition_penalty: torch.Tensor  # [N]
+    prompt_token_ids: list[list[int]]
+    output_token_ids: list[list[int]]
+    generators: list[torch.Generator]  # a seeded request's own, else the runner's
+    banned_token_ids: list[list[int]]  # per row: ids that may not be sampled yet (min_tokens)
+    num_logprobs: list[Optional[int]]  # per row: top alternatives wanted (None: no logprobs)
+    all_greedy: bool
+    any_penalty: bool
+
+
+def sample(logits: torch.Tensor, batch: SamplingBatch
+           ) -> tuple[list[int], list[Optional[LogprobsEntry]]]:
+    """logits: [N, V] float32 -> (token per row, logprobs entry per row or None)."""
+    raw_logprobs = (torch.log_softmax(logits, dim=-1)
+                    if any(n is not None for n in batch.num_logprobs) else None)
+    logits = logits.clone()
+    for row, banned in enumerate(batch.banned_token_ids):
+        if banned:
+            logits[row, banned] = float("-inf")
+    if batch.any_penalty:
+        apply_penalties(logits, batch)
+    greedy_ids = logits.argmax(dim=-1)  # [N]
+    if batch.all_greedy:
+        tokens = greedy_ids
+    else:
+        sampled = _sample_random(logits, batch)
+        tokens = torch.where(batch.temperature < 1e-5, greedy_ids, sampled)
+    token_list = tokens.tolist()
+    entries = [None] * len(token_list)
+    if raw_logprobs is not None:
+        entries = gather_logprobs(raw_logprobs, tokens, batch.num_logprobs)
+    return token_list, entries
+
+
+def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> None:
+    num_rows, vocab = logits.shape
+    dev = logits.device
+    out_counts = torch.zeros(num_rows, vocab, device=dev)
+    seen = torch.zeros(num_rows, vocab, dtype=torch.bool, device=dev)
+    for row, (prompt, output) in enumerate(zip(batch.prompt_token_ids, batch.output_token_ids)):
+        if output:
+            ids = torch.tensor(output, device=dev)
+            out_counts[row].scatter_add_(0, ids, torch.ones(len(output), device=dev))
+        if prompt:
+            seen[row, torch.tensor(prompt, device=dev)] = True
+    seen |= out_counts > 0
+    rep = batch.repetition_penalty[:, None].expand_as(logits)
+    penalized = torch.where(logits > 0, logits / rep, logits * rep)
+    logits.copy_(torch.where(seen, penalized, logits))
+    logits -= batch.frequency_penalty[:, None] * out_counts
+    logits -= batch.presence_penalty[:, None] * (out_counts > 0).float()
+
+
+def _sample_random(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    temp = torch.where(batch.temperature < 1e-5, torch.ones_like(batch.temperature),
+                       batch.temperature)
+    logits = logits / temp[:, None]
+    logits = _top_k_top_p(logits, batch.top_k, batch.top_p)
+    probs = torch.softmax(logits, dim=-1)  # [N, V]
+    if bool((batch.min_p > 0).any()):
+        floor = batch.min_p[:, None] * probs.max(dim=-1, keepdim=True).values
+        probs = torch.where(probs < floor, torch.zeros_like(probs), probs)
+    q = torch.empty_like(probs)
+    if all(g is batch.generators[0] for g in batch.generators):
+        q.exponential_(generator=batch.generators[0])
+    else:
+        for row, gen in enumerate(batch.generators):
+            q[row].exponential_(generator=gen)
+    return (probs / q).argmax(dim=-1)
+
+
+def _top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    use_k, use_p = bool((top_k > 0).any()), bool((top_p < 1).any())
+    if not (use_k or use_p):
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # [N, V]
+    vocab = logits.shape[-1]
+    if use_k:
+        k = torch.where(top_k > 0, top_k, torch.full_like(top_k, vocab)).clamp(max=vocab)
+        ranks = torch.arange(vocab, device=logits.device)[None, :]
+        sorted_logits = sorted_logits.masked_fill(ranks >= k[:, None], float("-inf"))
+    if use_p:
+        probs = torch.softmax(sorted_logits, dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # mass of the better tokens
+        drop = before > top_p[:, None]
+        drop[:, 0] = False
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+
+
+def gather_logprobs(logprobs: torch.Tensor, tokens: torch.Tensor,
+                    num_logprobs: list[Optional[int]]) -> list[Optional[LogprobsEntry]]:
+    """logprobs: [N, V]; tokens: [N] -> per row ([chosen, top...], logprobs, ranks)."""
+    max_k = max((n or 0) for n in num_logprobs)
+    chosen = logprobs.gather(-1, tokens[:, None])  # [N, 1]
+    ranks = (logprobs > chosen).sum(dim=-1) + 1  # [N]
+    top_vals, top_ids = logprobs.topk(max_k, dim=-1) if max_k else (None, None)
+    chosen, ranks, tokens = chosen[:, 0].tolist(), ranks.tolist(), tokens.tolist()
+    top_vals = top_vals.tolist() if max_k else None
+    top_ids = top_ids.tolist() if max_k else None
+    entries: list[Optional[LogprobsEntry]] = []
+    for row, n in enumerate(num_logprobs):
+        if n is None:
+            entries.append(None)
+            continue
+        ids, vals, rks = [tokens[row]], [chosen[row]], [ranks[row]]
+        for j in range(n):
+            ids.append(top_ids[row][j])
+            vals.append(top_vals[row][j])
+            rks.append(j + 1)
+        entries.append((ids, vals, rks))
+    return entries

@@ -1,0 +1,101 @@
+"""LLM: offline generation in vLLM's familiar shape.
+
+    from tessera import LLM, SamplingParams
+    llm = LLM()                                    # the default model, SmolLM2-135M-Instruct
+    outs = llm.generate(["Hello"], SamplingParams(max_tokens=32))
+    outs = llm.chat([{"role": "user", "content": "Hi"}])
+
+Every prompt is validated before any is queued; requests then run together (continuous
+batching) and outputs come back in prompt order.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Optional, Sequence, Union
+
+from tessera.config import EngineConfig
+from tessera.engine.scheduler import QueueFullError
+from tessera.llm_engine import LLMEngine, PromptType
+from tessera.outputs import RequestOutput
+from tessera.sampling_params import SamplingParams
+
+Messages = list[dict[str, Any]]
+
+
+class LLM:
+    def __init__(self, model: Optional[str] = None, **kwargs: Any):
+        self.engine = LLMEngine(EngineConfig.from_kwargs(model=model, **kwargs))
+        self._ids = itertools.count()
+
+    def get_tokenizer(self):
+        return self.engine.tokenizer
+
+    def generate(self, prompts: Union[PromptType, Sequence[PromptType]],
+                 sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,
+                 use_tqdm: bool = False) -> list[RequestOutput]:
+        if isinstance(prompts, (str, dict)) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        params = self._params_list(sampling_params, len(prompts))
+        prepared = [self.engine.prepare_prompt(p) for p in prompts]
+        pending = [(str(next(self._ids)), pp, sp) for pp, sp in zip(prepared, params)]
+        return self._run(pending, use_tqdm)
+
+    def chat(self, messages: Union[Messages, Sequence[Messages]],
+             sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,
+             add_generation_prompt: bool = True, chat_template: Optional[str] = None,
+             use_tqdm: bool = False) -> list[RequestOutput]:
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        prompts = [{"prompt_token_ids": self.apply_chat_template(conv, add_generation_prompt,
+                                                                  chat_template)}
+                   for conv in conversations]
+        return self.generate(prompts, sampling_params, use_tqdm)
+
+    def apply_chat_template(self, messages: Messages, add_generation_prompt: bool = True,
+                            chat_template: Optional[str] = None) -> list[int]:
+        tok = self.engine.tokenizer
+        if tok is None:
+            raise ValueError("this model has no tokenizer, so it has no chat template.")
+        if chat_template is None and not getattr(tok, "chat_template", None):
+            raise ValueError("the tokenizer has no chat template; pass chat_template=...")
+        text = tok.apply_chat_template(messages, tokenize=False, chat_template=chat_template,
+                                       add_generation_prompt=add_generation_prompt)
+        return tok.encode(text, add_special_tokens=False)
+
+    def _params_list(self, sampling_params, count: int) -> list[SamplingParams]:
+        if sampling_params is None:
+            return [self.engine.default_sampling_params()] * count
+        if isinstance(sampling_params, SamplingParams):
+            return [sampling_params] * count
+        if len(sampling_params) != count:
+            raise ValueError(f"{len(sampling_params)} sampling params for {count} prompts.")
+        return list(sampling_params)
+
+    def _run(self, pending: list, use_tqdm: bool) -> list[RequestOutput]:
+        order = {rid: i for i, (rid, _, _) in enumerate(pending)}
+        results: list[Optional[RequestOutput]] = [None] * len(pending)
+        bar = None
+        if use_tqdm:
+            from tqdm import tqdm
+            bar = tqdm(total=len(pending), desc="Generating")
+        queue = list(reversed(pending))
+        try:
+            while queue or self.engine.has_unfinished_requests():
+                while queue:
+                    rid, prompt, params = queue[-1]
+                    try:
+                        self.engine.add_request(rid, prompt, params)
+                    except QueueFullError:
+                        break
+                    queue.pop()
+                for out in self.engine.step():
+                    if out.finished and out.request_id in order:
+                        results[order[out.request_id]] = out
+                        if bar is not None:
+                            bar.update(1)
+        except BaseException:
+            self.engine.abort_request([rid for rid, _, _ in pending])
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        return results

@@ -1,0 +1,121 @@
+"""ArchConfig: the shape of a decoder-only transformer, whatever file it came from.
+
+Flow: `from_hf_dict(config.json contents)` or the GGUF reader (`models/gguf_loader.py`)
+or a named shape (`models/shapes.py`) -> ArchConfig -> the model class in `registry.py`.
+Both the legacy (`rope_theta` + `rope_scaling`) and the transformers-5 (`rope_parameters`)
+ways of writing RoPE settings are understood.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+
+
+@dataclasses.dataclass
+class ArchConfig:
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None  # {"rope_type": "llama3" | "linear", ...}
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # q/k/v projections carry a bias (Qwen2)
+    sliding_window: int | None = None  # Mistral: a query sees keys with q_pos - k_pos < window
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    torch_dtype: str | None = None  # the checkpoint's own dtype, e.g. "bfloat16"
+
+    def __post_init__(self) -> None:
+        if self.architecture not in SUPPORTED_ARCHITECTURES:
+            raise ValueError(
+                f"Architecture {self.architecture!r} is not supported. "
+                f"Supported: {', '.join(SUPPORTED_ARCHITECTURES)}."
+            )
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_kv_heads})."
+            )
+        rope_type = (self.rope_scaling or {}).get("rope_type", "default")
+        if rope_type not in ("default", "linear", "llama3"):
+            raise ValueError(
+                f"RoPE scaling {rope_type!r} is not supported (supported: default, linear, llama3)."
+            )
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of K and V per token over all layers, at 1 byte per element."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim
+
+    def num_parameters(self) -> int:
+        h, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        per_layer = h * (q + 2 * kv) + q * h + 3 * h * self.intermediate_size + 2 * h
+        embed = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
+        return self.num_layers * per_layer + embed + h
+
+
+def _rope_settings(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    params = cfg.get("rope_parameters")
+    if params:  # transformers >= 5
+        theta = float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+        scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    else:
+        theta = float(cfg.get("rope_theta", 10000.0))
+        scaling = dict(cfg["rope_scaling"]) if cfg.get("rope_scaling") else None
+    if scaling is not None:
+        scaling.setdefault("rope_type", scaling.pop("type", "default"))
+        if scaling["rope_type"] == "default":
+            scaling = None
+    return theta, scaling
+
+
+def from_hf_dict(cfg: dict[str, Any]) -> ArchConfig:
+    """Build an ArchConfig from the contents of a Hugging Face `config.json`."""
+    archs = cfg.get("architectures") or []
+    if not archs:
+        raise ValueError("config.json names no 'architectures'; cannot tell which model this is.")
+    arch = archs[0]
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(
+            f"Architecture {arch!r} is not supported. Supported: {', '.join(SUPPORTED_ARCHITECTURES)}."
+        )
+    try:
+        num_heads = int(cfg["num_attention_heads"])
+        hidden = int(cfg["hidden_size"])
+        theta, scaling = _rope_settings(cfg)
+        eos = cfg.get("eos_token_id")
+        eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
+        sliding = cfg.get("sliding_window") if arch == "MistralForCausalLM" else None
+        if arch == "Qwen2ForCausalLM" and cfg.get("use_sliding_window"):
+            raise ValueError("Qwen2 with use_sliding_window=true is not supported yet.")
+        return ArchConfig(
+            architecture=arch,
+            vocab_size=int(cfg["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(cfg["intermediate_size"]),
+            num_layers=int(cfg["num_hidden_layers"]),
+            num_heads=num_heads,
+            num_kv_heads=int(cfg.get("num_key_value_heads") or num_heads),
+            head_dim=int(cfg.get("head_dim") or hidden // num_heads),
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            attention_bias=arch == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias", False)),
+            sliding_window=int(sliding) if sliding else None,
+            bos_token_id=cfg.get("bos_token_id"),
+            eos_token_ids=tuple(int(e) for e in eos_ids),
+            torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype"),
+        )
+    except KeyError as e:
+        raise ValueError(f"config.json lacks the field {e.args[0]!r} needed for {arch}.") from None

@@ -1,0 +1,158 @@
+"""The Llama family (Llama 2/3, Mistral, Qwen2): pure PyTorch built from `layers/`.
+
+Objects: LlamaAttention, LlamaMLP, LlamaDecoderLayer, LlamaForCausalLM.
+Flow: input_ids [T] + positions [T] (ragged, all sequences packed) -> embedding ->
+layers (RMSNorm with fused residual add, attention over the paged KV cache, gated MLP)
+-> final norm -> hidden [T, hidden]; `compute_logits` runs the LM head only on the rows
+that sample. `load_weights` maps Hugging Face names onto the stacked q/k/v and
+gate/up parameters through each parameter's weight_loader.
+Qwen2 differs only by q/k/v biases; Mistral only by its sliding window.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from tessera.layers.activation import SiluAndMul
+from tessera.layers.attention import Attention, AttentionMetadata
+from tessera.layers.embedding import LMHead, VocabEmbedding
+from tessera.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from tessera.layers.norm import RMSNorm
+from tessera.layers.rotary import RotaryEmbedding
+from tessera.models.arch_config import ArchConfig
+
+# (our parameter, checkpoint name part, shard id)
+_STACKED = (("qkv_proj", "q_proj", "q"), ("qkv_proj", "k_proj", "k"), ("qkv_proj", "v_proj", "v"),
+            ("gate_up_proj", "gate_proj", 0), ("gate_up_proj", "up_proj", 1))
+
+
+def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+    if param.shape != loaded.shape:
+        raise ValueError(f"checkpoint shape {tuple(loaded.shape)} does not fit parameter shape "
+                         f"{tuple(param.shape)}")
+    param.data.copy_(loaded)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, cfg: ArchConfig, rotary_emb: RotaryEmbedding):
+        super().__init__()
+        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, cfg.head_dim, cfg.num_heads,
+                                          cfg.num_kv_heads, bias=cfg.attention_bias)
+        self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
+        self.head_dim = cfg.head_dim
+        self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size)
+        self.rotary_emb = rotary_emb  # one cos/sin table shared by all layers
+        self.attn = Attention(self.num_heads, cfg.head_dim, self.num_kv_heads, cfg.sliding_window)
+
+    def forward(self, positions, hidden, kv_cache, meta: AttentionMetadata):
+        qkv = self.qkv_proj(hidden)  # [T, (Hq + 2 Hkv) * D]
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        q, k = self.rotary_emb(positions, q, k)
+        return self.o_proj(self.attn(q, k, v, kv_cache, meta))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, cfg: ArchConfig):
+        super().__init__()
+        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2)
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size)
+        self.act = SiluAndMul()
+
+    def forward(self, x):
+        return self.down_proj(self.act(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, cfg: ArchConfig, rotary_emb: RotaryEmbedding):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = LlamaAttention(cfg, rotary_emb)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = LlamaMLP(cfg)
+
+    def forward(self, positions, hidden, residual, kv_cache, meta):
+        if residual is None:
+            residual, hidden = hidden, self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, kv_cache, meta)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: ArchConfig):
+        super().__init__()
+        self.embed_tokens = VocabEmbedding(cfg.vocab_size, cfg.hidden_size)
+        rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta,
+                                 cfg.rope_scaling)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, rotary) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, input_ids, positions, kv_caches, meta):
+        hidden, residual = self.embed_tokens(input_ids), None
+        for layer, kv_cache in zip(self.layers, kv_caches):
+            hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, cfg: ArchConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = LlamaModel(cfg)
+        self.lm_head = LMHead(cfg.vocab_size, cfg.hidden_size)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                kv_caches: list[torch.Tensor], meta: AttentionMetadata) -> torch.Tensor:
+        """input_ids, positions: [T] -> hidden states [T, hidden]."""
+        return self.model(input_ids, positions, kv_caches, meta)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)  # [N, vocab] float32
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        params = dict(self.named_parameters(remove_duplicate=False))
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if "rotary_emb.inv_freq" in name:
+                continue
+            if name == "lm_head.weight" and self.config.tie_word_embeddings:
+                continue
+            for ours, theirs, shard in _STACKED:
+                if f".{theirs}." in name:
+                    target = name.replace(theirs, ours)
+                    break
+            else:
+                target, shard = name, None
+            param = params.get(target)
+            if param is None:
+                raise ValueError(f"checkpoint tensor {name!r} matches no parameter of "
+                                 f"{self.config.architecture}")
+            loader = getattr(param, "weight_loader", default_weight_loader)
+            loader(param, tensor.to(param.dtype), shard)
+            loaded.add(target if shard is None else f"{target}:{shard}")
+        self._check_complete(loaded)
+
+    def _check_complete(self, loaded: set[str]) -> None:
+        missing = []
+        for name, _ in self.named_parameters():
+            if name.endswith(("qkv_proj.weight", "qkv_proj.bias")):
+                parts = [f"{name}:{s}" for s in "qkv"]
+            elif name.endswith("gate_up_proj.weight"):
+                parts = [f"{name}:0", f"{name}:1"]
+            else:
+                parts = [name]
+            missing += [p for p in parts if p not in loaded]
+        if missing:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise ValueError(f"checkpoint lacks {len(missing)} tensor(s): {shown}")

@@ -1,0 +1,171 @@
+"""ModelRunner: owns the model, the paged KV cache tensors and the per-request state of
+one device; turns a SchedulerOutput into a ModelRunnerOutput.
+
+Flow of `execute(sched)`: apply the scheduler's diffs to RequestStates (new requests in
+full, new block ids for running ones, forget finished/preempted) -> `prepare_inputs`
+(flat ids, positions, attention metadata) -> model forward -> LM head on the rows that
+sample or score prompt tokens -> `sample` -> append sampled tokens to the states.
+`num_kv_blocks()` sizes the cache: a share of GPU memory after a profiling forward pass,
+or `cpu_kv_cache_gb` on CPU.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from tessera.config import EngineConfig
+from tessera.engine.protocol import ModelRunnerOutput, SchedulerOutput
+from tessera.layers.sampler import SamplingBatch, gather_logprobs, sample
+from tessera.models.loader import ModelSource, load_model
+from tessera.worker.input_batch import RequestState, prepare_inputs
+
+logger = logging.getLogger(__name__)
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, source: ModelSource):
+        self.config = config
+        self.device = config.model.torch_device
+        self.dtype = config.model.torch_dtype
+        self.block_size = config.cache.block_size
+        self.arch = source.arch
+        start = time.perf_counter()
+        self.model = load_model(config.model, source)
+        self.load_seconds = time.perf_counter() - start
+        self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        self.kv_caches: list[torch.Tensor] = []
+        self.states: dict[str, RequestState] = {}
+        self.default_generator = torch.Generator(device=self.device).manual_seed(config.model.seed)
+
+    # -- KV cache ------------------------------------------------------------------------
+    @property
+    def bytes_per_block(self) -> int:
+        a = self.arch
+        return 2 * a.num_layers * self.block_size * a.num_kv_heads * a.head_dim * self.dtype.itemsize
+
+    def num_kv_blocks(self) -> int:
+        if self.device.type != "cuda":
+            return max(1, int(self.config.cache.cpu_kv_cache_gb * 2**30) // self.bytes_per_block)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self._profile_run()
+        free, total = torch.cuda.mem_get_info(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        non_torch = total - free - torch.cuda.memory_reserved(self.device)
+        budget = total * self.config.cache.gpu_memory_utilization - peak - non_torch
+        if budget < self.bytes_per_block:
+            raise RuntimeError(
+                f"no GPU memory left for the KV cache (weights {self.weight_bytes / 2**30:.1f} GiB,"
+                f" peak {peak / 2**30:.1f} GiB of {total / 2**30:.1f} GiB); raise "
+                "gpu_memory_utilization or lower max_num_batched_tokens.")
+        return int(budget // self.bytes_per_block)
+
+    @torch.inference_mode()
+    def _profile_run(self) -> None:
+        """One forward pass of a full token budget, to measure activation memory."""
+        from tessera.engine.protocol import NewRequestData
+        from tessera.sampling_params import SamplingParams
+        n = min(self.config.scheduler.max_num_batched_tokens, self.arch.max_position_embeddings - 1)
+        blocks = -(-n // self.block_size)
+        self.init_kv_cache(blocks)
+        req = NewRequestData("profile", [0] * n, n, SamplingParams(max_tokens=1), list(range(blocks)),
+                             0, 0)
+        from tessera.engine.protocol import SchedulerOutput as S
+        self.execute(S([req], [], {"profile": n}, set(), set()))
+        self.states.clear()
+        self.kv_caches = []
+        torch.cuda.synchronize(self.device)
+
+    def init_kv_cache(self, num_blocks: int) -> None:
+        a = self.arch
+        shape = (2, num_blocks, self.block_size, a.num_kv_heads, a.head_dim)
+        self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device)
+                          for _ in range(a.num_layers)]
+
+    # -- one step ------------------------------------------------------------------------
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        self._update_states(sched)
+        if sched.is_empty:
+            return ModelRunnerOutput({}, {}, {})
+        inputs = prepare_inputs(self.states, sched.num_scheduled_tokens, self.block_size,
+                                self.device)
+        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
+        prompt_logprobs = self._prompt_logprobs(hidden, inputs.prompt_rows)
+        sampled, logprobs = {}, {}
+        if inputs.sample_rows:
+            logits = self.model.compute_logits(hidden[inputs.sample_rows])  # [N, V]
+            states = [self.states[rid] for rid in inputs.sample_request_ids]
+            tokens, entries = sample(logits, self._sampling_batch(states))
+            for st, tok, entry in zip(states, tokens, entries):
+                sampled[st.request_id] = tok
+                if entry is not None:
+                    logprobs[st.request_id] = entry
+        for rid, n in sched.num_scheduled_tokens.items():
+            st = self.states[rid]
+            st.num_computed_tokens += n
+            if rid in sampled:
+                st.token_ids.append(sampled[rid])
+        return ModelRunnerOutput(sampled, logprobs, prompt_logprobs)
+
+    def _update_states(self, sched: SchedulerOutput) -> None:
+        for rid in sched.finished_request_ids:
+            self.states.pop(rid, None)
+        for rid in sched.preempted_request_ids:
+            if rid in self.states:  # keep the generator: its draws continue after resumption
+                self.states[rid].block_ids = []
+        for new in sched.new_requests:
+            old = self.states.get(new.request_id)
+            self.states[new.request_id] = RequestState(
+                new.request_id, list(new.token_ids), new.num_prompt_tokens, new.params,
+                list(new.block_ids), new.num_computed_tokens, new.num_prompt_logprobs_done,
+                old.generator if old else self._make_generator(new.params.seed))
+        for cached in sched.cached_requests:
+            self.states[cached.request_id].block_ids.extend(cached.new_block_ids)
+
+    def _make_generator(self, seed):
+        if seed is None:
+            return None
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def _sampling_batch(self, states: list[RequestState]) -> SamplingBatch:
+        def col(name, dtype=torch.float32):
+            return torch.tensor([getattr(s.params, name) for s in states], dtype=dtype,
+                                device=self.device)
+
+        ps = [s.params for s in states]
+        return SamplingBatch(
+            temperature=col("temperature"), top_k=col("top_k", torch.int64), top_p=col("top_p"),
+            min_p=col("min_p"), presence_penalty=col("presence_penalty"),
+            frequency_penalty=col("frequency_penalty"),
+            repetition_penalty=col("repetition_penalty"),
+            prompt_token_ids=[s.token_ids[:s.num_prompt_tokens] for s in states],
+            output_token_ids=[s.token_ids[s.num_prompt_tokens:] for s in states],
+            generators=[s.generator or self.default_generator for s in states],
+            banned_token_ids=[self._banned(s) for s in states],
+            num_logprobs=[p.logprobs for p in ps],
+            all_greedy=all(p.greedy for p in ps),
+            any_penalty=any(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1
+                            for p in ps),
+        )
+
+    def _banned(self, st: RequestState) -> list[int]:
+        p = st.params
+        if len(st.token_ids) - st.num_prompt_tokens >= p.min_tokens:
+            return []
+        eos = [] if p.ignore_eos else list(self.arch.eos_token_ids)
+        return eos + list(p.stop_token_ids)
+
+    def _prompt_logprobs(self, hidden, rows) -> dict:
+        result = {}
+        for r in rows:
+            st = self.states[r.request_id]
+            logits = self.model.compute_logits(hidden[r.first_row:r.first_row + r.count])
+            targets = torch.tensor(st.token_ids[r.first_token:r.first_token + r.count],
+                                   device=self.device)
+            entries = gather_logprobs(torch.log_softmax(logits, dim=-1), targets,
+                                      [st.params.prompt_logprobs] * r.count)
+            result[r.request_id] = (r.first_token, entries)
+        return result
