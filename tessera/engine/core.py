@@ -33,6 +33,8 @@ class EngineCore:
         self.kv = KVCacheManager(num_blocks, config.cache.block_size)
         self.scheduler = Scheduler(config.scheduler, self.kv, max_model_len)
         self.num_steps = 0
+        # shape of the last step, for stats and benchmarks
+        self.last_step_tokens = self.last_step_requests = self.last_step_context = 0
 
     @property
     def num_blocks(self) -> int:
@@ -51,6 +53,14 @@ class EngineCore:
         sched = self.scheduler.schedule()
         if sched.is_empty and not sched.finished_request_ids:
             return []
+        self._record_shape(sched)
         out = self.executor.execute(sched)
         self.num_steps += 1
         return self.scheduler.update_from_output(sched, out)
+
+    def _record_shape(self, sched: SchedulerOutput) -> None:
+        reqs = self.scheduler.requests
+        self.last_step_tokens = sched.total_num_scheduled_tokens
+        self.last_step_requests = len(sched.num_scheduled_tokens)
+        self.last_step_context = sum(reqs[rid].num_computed_tokens + n
+                                     for rid, n in sched.num_scheduled_tokens.items())
