@@ -48,6 +48,11 @@ class LLMEngine:
         self.executor = UniprocExecutor(config, source)
         self.core = EngineCore(config, self.executor, self.max_model_len)
         self.output_processor = OutputProcessor(self.tokenizer)
+        capacity = self.core.num_blocks * config.cache.block_size
+        if capacity < self.max_model_len:
+            logger.warning("the KV cache holds %d tokens, less than the context length %d: "
+                           "requests that could outgrow it are refused", capacity,
+                           self.max_model_len)
         info = self.executor.describe()
         logger.info("model %s: %.2f GiB of weights (%s, %s) loaded in %.1f s; KV cache %d blocks "
                     "x %d tokens = %d tokens", source.path, info["weight_gib"], info["dtype"],

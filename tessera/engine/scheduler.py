@@ -41,11 +41,13 @@ class Scheduler:
             raise ValueError(f"request id {req.request_id!r} is already in use")
         if len(self.waiting) >= self.config.max_waiting:
             raise QueueFullError(f"the waiting queue is full ({self.config.max_waiting} requests)")
-        needed = self.kv.blocks_needed(req.num_tokens + 1)
-        if needed > self.kv.pool.num_blocks:
+        max_tokens = req.params.max_tokens
+        longest = min(req.num_prompt_tokens + (max_tokens or self.max_model_len), self.max_model_len)
+        capacity = self.kv.pool.num_blocks * self.kv.block_size
+        if self.kv.blocks_needed(longest) > self.kv.pool.num_blocks:
             raise ValueError(
-                f"request {req.request_id!r} needs {needed} KV blocks but the cache has only "
-                f"{self.kv.pool.num_blocks}; raise the KV cache size or shorten the prompt."
+                f"request {req.request_id!r} may grow to {longest} tokens but the whole KV cache "
+                f"holds {capacity}; lower max_tokens or enlarge the cache."
             )
         self.requests[req.request_id] = req
         self.waiting.append(req)
