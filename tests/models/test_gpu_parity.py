@@ -19,7 +19,9 @@ pytestmark = pytest.mark.gpu
 PROMPTS = [[5, 17, 99, 3], list(range(20, 77)), [1] + list(range(100, 131))]
 NEW_TOKENS = 32
 LOGPROB_TOL = 0.05  # bf16 keeps ~3 significant digits per operation
-TIE_TOL = 0.1  # at a divergence, HF must rate both tokens within this (a near-tie)
+# At a divergence HF must rate both tokens within this (a near-tie). HF's logits are bf16:
+# one unit in the last place is 0.125 for |logit| in [16, 32), so allow two.
+TIE_TOL = 0.25
 
 
 def _compare(llm, hf_model, prompts):
@@ -35,6 +37,8 @@ def _compare(llm, hf_model, prompts):
         for step, (tok, ref_tok) in enumerate(zip(got.token_ids, ref_tokens)):
             ref = ref_logprobs[step]
             if tok != ref_tok:
+                print(f"prompt of {len(prompt)} tokens: diverges at step {step}: ours {tok} "
+                      f"({ref[tok].item():.4f} under HF), HF {ref_tok} ({ref[ref_tok].item():.4f})")
                 assert tok in ref.topk(5).indices.tolist() and ref_tok in got.logprobs[step]
                 assert abs(ref[tok].item() - ref[ref_tok].item()) < TIE_TOL
                 break
