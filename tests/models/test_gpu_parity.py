@@ -24,7 +24,7 @@ LOGPROB_TOL = 0.05  # bf16 keeps ~3 significant digits per operation
 TIE_TOL = 0.25
 
 
-def _compare(llm, hf_model, prompts):
+def _compare(llm, hf_model, prompts, logprob_tol=LOGPROB_TOL):
     """Greedy tokens equal until the first divergence, which must be a bf16 near-tie
     (each side's token in the other's top 5, HF's two logprobs within TIE_TOL); the
     logprobs of the identical tokens within LOGPROB_TOL (vLLM's check_logprobs_close)."""
@@ -46,7 +46,7 @@ def _compare(llm, hf_model, prompts):
         else:
             step = NEW_TOKENS
         matched.append(step)
-    assert worst < LOGPROB_TOL
+    assert worst < logprob_tol
     print(f"identical greedy tokens per prompt: {matched} of {NEW_TOKENS}; "
           f"max |logprob - HF| = {worst:.4f}")
     return matched
@@ -73,4 +73,7 @@ def test_smollm2_bf16_equals_hf():
     hf = hf.to("cuda", torch.bfloat16).eval()
     llm = LLM(path, dtype="bfloat16", device="cuda", num_blocks=512)
     tok = llm.get_tokenizer()
-    _compare(llm, hf, [tok.encode(p) for p in ["The capital of France is", "def fibonacci(n):"]])
+    # Trained logits reach |x| ~ 30, where one bf16 unit in the last place is 0.125: both
+    # sides round their logits to bf16, so logprobs may differ by about two units.
+    _compare(llm, hf, [tok.encode(p) for p in ["The capital of France is", "def fibonacci(n):"]],
+             logprob_tol=0.3)
