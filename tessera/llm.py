@@ -15,7 +15,8 @@ from typing import Any, Optional, Sequence, Union
 
 from tessera.config import EngineConfig
 from tessera.engine.scheduler import QueueFullError
-from tessera.llm_engine import LLMEngine, PromptType
+from tessera.frontend import PromptType
+from tessera.llm_engine import LLMEngine
 from tessera.outputs import RequestOutput
 from tessera.sampling_params import SamplingParams
 
@@ -52,14 +53,8 @@ class LLM:
 
     def apply_chat_template(self, messages: Messages, add_generation_prompt: bool = True,
                             chat_template: Optional[str] = None) -> list[int]:
-        tok = self.engine.tokenizer
-        if tok is None:
-            raise ValueError("this model has no tokenizer, so it has no chat template.")
-        if chat_template is None and not getattr(tok, "chat_template", None):
-            raise ValueError("the tokenizer has no chat template; pass chat_template=...")
-        text = tok.apply_chat_template(messages, tokenize=False, chat_template=chat_template,
-                                       add_generation_prompt=add_generation_prompt)
-        return tok.encode(text, add_special_tokens=False)
+        return self.engine.frontend.apply_chat_template(messages, add_generation_prompt,
+                                                        chat_template)
 
     def _params_list(self, sampling_params, count: int) -> list[SamplingParams]:
         if sampling_params is None:

@@ -7,7 +7,7 @@ worker processes later) and only exchanges the plain messages of `protocol.py`.
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 from tessera.config import EngineConfig
 from tessera.engine.kv_cache.manager import KVCacheManager
@@ -35,6 +35,8 @@ class EngineCore:
         self.num_steps = 0
         # shape of the last step, for stats and benchmarks
         self.last_step_tokens = self.last_step_requests = self.last_step_context = 0
+        self.prompt_tokens_total = 0  # prompt tokens computed (recomputation included)
+        self.generation_tokens_total = 0
 
     @property
     def num_blocks(self) -> int:
@@ -56,7 +58,15 @@ class EngineCore:
         self._record_shape(sched)
         out = self.executor.execute(sched)
         self.num_steps += 1
+        self.generation_tokens_total += len(out.sampled_token_ids)
         return self.scheduler.update_from_output(sched, out)
+
+    def stats(self) -> dict[str, Any]:
+        s = self.scheduler
+        return {"running": len(s.running), "waiting": len(s.waiting), "kv_usage": self.kv.usage,
+                "free_blocks": self.kv.num_free_blocks, "num_blocks": self.num_blocks,
+                "preemptions": s.num_preemptions, "prompt_tokens": self.prompt_tokens_total,
+                "generation_tokens": self.generation_tokens_total, "steps": self.num_steps}
 
     def _record_shape(self, sched: SchedulerOutput) -> None:
         reqs = self.scheduler.requests
@@ -64,3 +74,6 @@ class EngineCore:
         self.last_step_requests = len(sched.num_scheduled_tokens)
         self.last_step_context = sum(reqs[rid].num_computed_tokens + n
                                      for rid, n in sched.num_scheduled_tokens.items())
+        self.prompt_tokens_total += sum(
+            min(n, max(0, reqs[rid].num_prompt_tokens - reqs[rid].num_computed_tokens))
+            for rid, n in sched.num_scheduled_tokens.items())
