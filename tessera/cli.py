@@ -1,10 +1,11 @@
-"""`tessera` command line: generate (and, with the server, serve).
+"""`tessera` command line: generate, serve.
 
 Engine options are generated from the fields of the config dataclasses (one place
 defines an option, its type and its default), e.g. `--max-num-batched-tokens 512`.
 
     tessera generate "Once upon a time" --max-tokens 32
     tessera generate --chat "What is the capital of France?"
+    tessera serve [MODEL] --port 8000
 """
 from __future__ import annotations
 
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(gen)
     add_engine_args(gen)
     gen.set_defaults(func=_generate)
+    from tessera.server.serve import add_serve_parser
+    add_serve_parser(sub, add_engine_args)
     return parser
 
 

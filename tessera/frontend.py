@@ -59,7 +59,7 @@ class Frontend:
     def default_sampling_params(self, **overrides: Any) -> SamplingParams:
         return SamplingParams(**{**self.generation_defaults, **overrides})
 
-    def prepare_prompt(self, prompt: PromptType) -> PreparedPrompt:
+    def prepare_prompt(self, prompt: PromptType, check_length: bool = True) -> PreparedPrompt:
         if isinstance(prompt, PreparedPrompt):
             return prompt
         if isinstance(prompt, dict):
@@ -81,7 +81,7 @@ class Frontend:
                                  f"(0..{self.arch.vocab_size - 1}).")
         if not ids:
             raise ValueError("the prompt is empty.")
-        if len(ids) >= self.max_model_len:
+        if check_length and len(ids) >= self.max_model_len:
             raise ValueError(f"the prompt has {len(ids)} tokens, but the model's maximum context "
                              f"length is {self.max_model_len} tokens (prompt plus at least one "
                              "new token must fit).")

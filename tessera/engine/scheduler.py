@@ -11,6 +11,7 @@ Flow per step: `schedule()` -> SchedulerOutput -> worker -> ModelRunnerOutput ->
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 
 from tessera.config import SchedulerConfig
@@ -34,6 +35,7 @@ class Scheduler:
         self.running: list[Request] = []
         self._finished_ids: set[str] = set()  # to tell the worker at the next step
         self.num_preemptions = 0
+        self.queue_times: dict[str, float] = {}  # first admissions since last drained
 
     # -- admission and abort ---------------------------------------------------------
     def add_request(self, req: Request) -> None:
@@ -103,6 +105,8 @@ class Scheduler:
             if self.kv.allocate_slots(req, n) is None:
                 break
             self.waiting.popleft()
+            if req.status == RequestStatus.WAITING:  # first admission, not a resumption
+                self.queue_times[req.request_id] = time.monotonic() - req.arrival_time
             req.status = RequestStatus.RUNNING
             self.running.append(req)
             new_reqs.append(NewRequestData(

@@ -1,0 +1,83 @@
+"""Messages between the API process and the engine process: msgspec over ZMQ, never pickle.
+
+API -> engine (`ClientMessage`): AddRequest (token ids + SamplingParams), AbortRequests,
+Shutdown. Engine -> API (`EngineMessage`): Ready (what was set up), Outputs (each step's
+EngineCoreOutputs plus a stats snapshot), Rejected (a request the core refused: 400 or
+503), Fatal (the engine cannot go on). Decoding validates types, so a malformed frame
+is an error, never code.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import msgspec
+
+from tessera.engine.protocol import EngineCoreOutput
+from tessera.sampling_params import SamplingParams
+
+
+class AddRequest(msgspec.Struct, tag=True):
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+
+
+class AbortRequests(msgspec.Struct, tag=True):
+    request_ids: list[str]
+
+
+class Shutdown(msgspec.Struct, tag=True):
+    pass
+
+
+class Stats(msgspec.Struct):
+    running: int = 0
+    waiting: int = 0
+    kv_usage: float = 0.0
+    free_blocks: int = 0
+    num_blocks: int = 0
+    preemptions: int = 0
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    steps: int = 0
+    prefix_hit_tokens: int = 0
+    prefix_query_tokens: int = 0
+
+
+class Ready(msgspec.Struct, tag=True):
+    num_blocks: int
+    block_size: int
+    max_model_len: int
+    load_seconds: float
+    weight_gib: float
+    device: str
+    dtype: str
+
+
+class Outputs(msgspec.Struct, tag=True):
+    outputs: list[EngineCoreOutput]
+    stats: Stats
+    queue_times: dict[str, float] = {}  # request id -> seconds waiting before its first step
+
+
+class Rejected(msgspec.Struct, tag=True):
+    request_id: str
+    message: str
+    status: int  # 400: invalid, 503: queue full
+
+
+class Fatal(msgspec.Struct, tag=True):
+    message: str
+
+
+ClientMessage = Union[AddRequest, AbortRequests, Shutdown]
+EngineMessage = Union[Ready, Outputs, Rejected, Fatal]
+
+encoder = msgspec.msgpack.Encoder()
+client_decoder = msgspec.msgpack.Decoder(ClientMessage)
+engine_decoder = msgspec.msgpack.Decoder(EngineMessage)
+
+
+def stats_from(d: dict, extra: Optional[dict] = None) -> Stats:
+    fields = set(Stats.__struct_fields__)
+    return Stats(**{k: v for k, v in {**d, **(extra or {})}.items() if k in fields})

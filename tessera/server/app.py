@@ -1,0 +1,111 @@
+"""The FastAPI application: state, middleware, error mapping, routes.
+
+Objects: ServerState (engine client, metrics, served model name, start time) and
+`create_app(state, api_key, max_body_bytes)`. A pure-ASGI middleware enforces the API
+key (constant-time compare; /v1, /v2, /tokenize, /detokenize) and the body-size bound
+(413) before any route runs. Exception handlers render every error in the OpenAI shape:
+pydantic schema errors and ValueErrors as 400 naming the field, ApiError with its
+status, a refused request (queue full) as 503, a dead engine as 503.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import logging
+from typing import Optional
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+
+from tessera.server import kserve, openai_api
+from tessera.server.engine_client import EngineClient, EngineDeadError, RequestRejected
+from tessera.server.errors import ApiError, error_body, error_response, param_of, validation_message
+from tessera.server.metrics import ServerMetrics
+
+logger = logging.getLogger(__name__)
+PROTECTED = ("/v1", "/v2", "/tokenize", "/detokenize")
+
+
+@dataclasses.dataclass
+class ServerState:
+    client: EngineClient
+    metrics: ServerMetrics
+    model_name: str
+    model_path: str
+    started: int
+
+
+class GuardMiddleware:
+    """API key and body-size checks, answered before the app sees the request."""
+
+    def __init__(self, app, api_key: Optional[str], max_body_bytes: int):
+        self.app, self.max_body = app, max_body_bytes
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        if self.expected and scope["path"].startswith(PROTECTED):
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                return await _reply(send, 401, "Invalid or missing API key (Authorization: "
+                                               "Bearer <key>).")
+        length = headers.get(b"content-length")
+        if length is not None and int(length) > self.max_body:
+            return await _reply(send, 413, f"The request body is larger than {self.max_body} bytes.")
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body:
+                raise ApiError(413, f"The request body is larger than {self.max_body} bytes.")
+            return message
+        return await self.app(scope, limited_receive, send)
+
+
+async def _reply(send, status: int, message: str) -> None:
+    body = json.dumps(error_body(status, message)).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(state: ServerState, api_key: Optional[str] = None,
+               max_body_bytes: int = 4 << 20, lifespan=None) -> FastAPI:
+    app = FastAPI(title="Tessera", lifespan=lifespan)
+    app.state.tessera = state
+    app.include_router(openai_api.router)
+    app.include_router(kserve.router)
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.exception_handler(RequestValidationError)
+    async def on_schema_error(request: Request, exc: RequestValidationError):
+        message, param = validation_message(exc.errors())
+        return error_response(400, message, param)
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, exc: ApiError):
+        return error_response(exc.status, exc.message, exc.param)
+
+    @app.exception_handler(ValueError)
+    async def on_value_error(request: Request, exc: ValueError):
+        return error_response(400, str(exc), param_of(str(exc)))
+
+    @app.exception_handler(RequestRejected)
+    async def on_rejected(request: Request, exc: RequestRejected):
+        return error_response(exc.status, str(exc))
+
+    @app.exception_handler(EngineDeadError)
+    async def on_dead(request: Request, exc: EngineDeadError):
+        return error_response(503, f"The engine is not running: {exc}")
+
+    return GuardMiddleware(app, api_key, max_body_bytes)

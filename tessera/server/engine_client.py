@@ -1,0 +1,204 @@
+"""EngineClient: the API process's handle on the engine process.
+
+It starts `python -m tessera.engine_proc` (config as JSON on the command line), binds a
+PUSH socket (ClientMessages out) and a PULL socket (EngineMessages in), and waits for
+Ready. `generate()` is an async iterator of RequestOutputs for one request: it sends
+AddRequest per child (n > 1), and the reader task routes each step's outputs, after the
+Frontend's OutputProcessor (detokenize, stop strings), to the request's queue. Leaving
+the iterator early (client disconnect, error) aborts the request in the engine, which
+frees its KV blocks at once. If the engine process dies, every waiting request gets
+EngineDeadError and `on_dead` fires (the server then exits).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import AsyncIterator, Callable, Optional
+
+import zmq
+import zmq.asyncio
+
+from tessera.config import EngineConfig
+from tessera.engine import ipc
+from tessera.engine_proc import config_to_json
+from tessera.frontend import Frontend, PreparedPrompt
+from tessera.outputs import RequestOutput
+from tessera.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class EngineDeadError(RuntimeError):
+    """The engine process is gone; the server cannot serve."""
+
+
+class RequestRejected(Exception):
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+class EngineClient:
+    def __init__(self, config: EngineConfig, on_dead: Optional[Callable[[str], None]] = None):
+        self.config = config
+        self.frontend = Frontend(config)
+        self.output_processor = self.frontend.output_processor
+        self.on_dead = on_dead
+        self.ready: Optional[ipc.Ready] = None
+        self.stats = ipc.Stats()
+        self.dead: Optional[str] = None
+        self.observers: list = []  # objects with on_output(parent_id, RequestOutput, now) etc.
+        self._queues: dict[str, asyncio.Queue] = {}
+        self._child_parent: dict[str, str] = {}
+        self._ids = itertools.count()
+        self._tmp = tempfile.mkdtemp(prefix="tessera-ipc-")
+        self._proc: Optional[subprocess.Popen] = None
+        self._tasks: list[asyncio.Task] = []
+
+    # -- life cycle ----------------------------------------------------------------------
+    async def start(self, ready_timeout_s: float = 1800.0) -> ipc.Ready:
+        in_addr, out_addr = f"ipc://{self._tmp}/in", f"ipc://{self._tmp}/out"
+        self._sync_ctx = zmq.Context()
+        self._to_engine = self._sync_ctx.socket(zmq.PUSH)
+        self._to_engine.bind(in_addr)
+        self._ctx = zmq.asyncio.Context()
+        self._from_engine = self._ctx.socket(zmq.PULL)
+        self._from_engine.bind(out_addr)
+        eos = ",".join(str(e) for e in self.frontend.arch.eos_token_ids)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tessera.engine_proc", "--config", config_to_json(self.config),
+             "--eos", eos, "--max-model-len", str(self.frontend.max_model_len),
+             "--input", in_addr, "--output", out_addr], stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + ready_timeout_s
+        while self.ready is None:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"the engine process exited with code {self._proc.returncode} "
+                                   "while starting (its log is above)")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the engine process did not become ready in time")
+            if await self._from_engine.poll(200):
+                msg = ipc.engine_decoder.decode(await self._from_engine.recv())
+                if isinstance(msg, ipc.Fatal):
+                    raise RuntimeError(f"the engine failed to start: {msg.message}")
+                if isinstance(msg, ipc.Ready):
+                    self.ready = msg
+        self.stats = ipc.Stats(num_blocks=self.ready.num_blocks, free_blocks=self.ready.num_blocks)
+        self._tasks = [asyncio.create_task(self._read_loop()), asyncio.create_task(self._watch())]
+        return self.ready
+
+    async def shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._proc is not None and self._proc.poll() is None:
+            try:
+                self._send(ipc.Shutdown())
+                await asyncio.to_thread(self._proc.wait, 10)
+            except (subprocess.TimeoutExpired, zmq.ZMQError):
+                self._proc.kill()
+        for sock in ("_to_engine", "_from_engine"):
+            if hasattr(self, sock):
+                getattr(self, sock).close(linger=0)
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def kill_engine_for_test(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+
+    # -- requests ------------------------------------------------------------------------
+    def new_request_id(self, prefix: str) -> str:
+        return f"{prefix}-{next(self._ids)}-{os.urandom(4).hex()}"
+
+    async def generate(self, request_id: str, prompt: PreparedPrompt,
+                       params: SamplingParams) -> AsyncIterator[RequestOutput]:
+        if self.dead:
+            raise EngineDeadError(self.dead)
+        children = self.frontend.children(request_id, params)
+        queue: asyncio.Queue = asyncio.Queue()
+        self._queues[request_id] = queue
+        self.output_processor.add_request(request_id, prompt.text, prompt.token_ids, children)
+        for cid, child_params in children:
+            self._child_parent[cid] = request_id
+        for obs in self.observers:
+            obs.on_arrival(request_id, len(prompt.token_ids), time.monotonic())
+        finished = False
+        try:
+            for cid, child_params in children:
+                self._send(ipc.AddRequest(cid, prompt.token_ids, child_params))
+            while True:
+                item = await queue.get()
+                if isinstance(item, Exception):
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self.abort(request_id)
+            self._forget(request_id, [cid for cid, _ in children])
+
+    def abort(self, request_id: str) -> None:
+        children = self.output_processor.child_ids(request_id)
+        self.output_processor.abort(request_id)
+        if children and not self.dead:
+            self._send(ipc.AbortRequests(children))
+
+    def _forget(self, request_id: str, children: list[str]) -> None:
+        self._queues.pop(request_id, None)
+        for cid in children:
+            self._child_parent.pop(cid, None)
+        for obs in self.observers:
+            obs.on_done(request_id)
+
+    def _send(self, msg) -> None:
+        self._to_engine.send(ipc.encoder.encode(msg))
+
+    # -- engine messages -----------------------------------------------------------------
+    async def _read_loop(self) -> None:
+        while True:
+            msg = ipc.engine_decoder.decode(await self._from_engine.recv())
+            if isinstance(msg, ipc.Outputs):
+                self._on_outputs(msg)
+            elif isinstance(msg, ipc.Rejected):
+                parent = self._child_parent.get(msg.request_id)
+                if parent in self._queues:
+                    self._queues[parent].put_nowait(RequestRejected(msg.message, msg.status))
+            elif isinstance(msg, ipc.Fatal):
+                self._fail(f"the engine failed: {msg.message}")
+
+    def _on_outputs(self, msg: ipc.Outputs) -> None:
+        now = time.monotonic()
+        self.stats = msg.stats
+        for obs in self.observers:
+            obs.on_stats(msg.stats, msg.queue_times)
+        outputs, to_abort = self.output_processor.process(msg.outputs)
+        if to_abort:
+            self._send(ipc.AbortRequests(to_abort))
+        for out in outputs:
+            for obs in self.observers:
+                obs.on_output(out.request_id, out, now)
+            queue = self._queues.get(out.request_id)
+            if queue is not None:
+                queue.put_nowait(out)
+
+    async def _watch(self) -> None:
+        while self._proc.poll() is None:
+            await asyncio.sleep(0.25)
+        self._fail(f"the engine process exited with code {self._proc.returncode}")
+
+    def _fail(self, message: str) -> None:
+        if self.dead:
+            return
+        self.dead = message
+        logger.error("%s; failing %d in-flight request(s)", message, len(self._queues))
+        for queue in self._queues.values():
+            queue.put_nowait(EngineDeadError(message))
+        if self.on_dead is not None:
+            self.on_dead(message)

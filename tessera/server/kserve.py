@@ -1,0 +1,151 @@
+"""KServe v2 / Triton Inference Server protocol.
+
+Routes: GET /v2 (server metadata), /v2/health/live, /v2/health/ready,
+/v2/models/{m}[/versions/{v}] (model metadata), .../ready, POST .../infer (BYTES
+`text_input` tensor in, `text_output` out; one completion per element), and Triton's
+generate extension: POST .../generate (JSON {"text_input", "parameters"} -> {"text_output"})
+and .../generate_stream (SSE, one event per text delta). Sampling settings come from
+`parameters` (SamplingParams field names; max_tokens defaults to 16).
+"""
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import Any, AsyncIterator, Optional
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from tessera import __version__
+from tessera.sampling_params import SamplingParams
+from tessera.server.errors import ApiError, error_body
+from tessera.server.openai_api import all_final, sse_response, until_disconnect
+from tessera.server.streaming import DeltaTracker, sse
+
+router = APIRouter()
+_PARAM_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
+VERSION = "1"
+
+
+def _model(request: Request, name: str, version: Optional[str]):
+    s = request.app.state.tessera
+    if name != s.model_name:
+        raise ApiError(404, f"Model `{name}` is not served here (serving `{s.model_name}`).",
+                       "model_name")
+    if version not in (None, VERSION):
+        raise ApiError(404, f"Model `{name}` has no version {version!r} (versions: {VERSION}).",
+                       "model_version")
+    return s
+
+
+def _params(s, parameters: Optional[dict[str, Any]]) -> SamplingParams:
+    given = {k: v for k, v in (parameters or {}).items() if k in _PARAM_FIELDS}
+    given.setdefault("max_tokens", 16)
+    return s.client.frontend.default_sampling_params(**given)
+
+
+@router.get("/v2")
+async def server_metadata():
+    return {"name": "tessera", "version": __version__, "extensions": ["generate"]}
+
+
+@router.get("/v2/health/live")
+async def live():
+    return {"live": True}
+
+
+@router.get("/v2/health/ready")
+async def ready(request: Request):
+    if request.app.state.tessera.client.dead:
+        return JSONResponse(error_body(503, "the engine is not running"), status_code=503)
+    return {"ready": True}
+
+
+@router.get("/v2/models/{name}")
+@router.get("/v2/models/{name}/versions/{version}")
+async def model_metadata(request: Request, name: str, version: Optional[str] = None):
+    _model(request, name, version)
+    tensor = {"datatype": "BYTES", "shape": [-1]}
+    return {"name": name, "versions": [VERSION], "platform": "tessera",
+            "inputs": [{"name": "text_input", **tensor}],
+            "outputs": [{"name": "text_output", **tensor}]}
+
+
+@router.get("/v2/models/{name}/ready")
+@router.get("/v2/models/{name}/versions/{version}/ready")
+async def model_ready(request: Request, name: str, version: Optional[str] = None):
+    s = _model(request, name, version)
+    if s.client.dead:
+        return JSONResponse(error_body(503, "the engine is not running"), status_code=503)
+    return {"name": name, "ready": True}
+
+
+@router.post("/v2/models/{name}/infer")
+@router.post("/v2/models/{name}/versions/{version}/infer")
+async def infer(request: Request, name: str, version: Optional[str] = None):
+    s = _model(request, name, version)
+    body = await _json(request)
+    inputs = {i.get("name"): i for i in body.get("inputs", []) if isinstance(i, dict)}
+    tensor = inputs.get("text_input")
+    if tensor is None or tensor.get("datatype", "BYTES") != "BYTES":
+        raise ApiError(400, "infer needs a BYTES input tensor named 'text_input'.", "inputs")
+    texts = tensor.get("data")
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ApiError(400, "text_input.data must be a non-empty list of strings.", "inputs")
+    params = _params(s, body.get("parameters"))
+    front = s.client.frontend
+    prompts = [front.prepare_prompt(t) for t in texts]
+    rid = body.get("id") or uuid.uuid4().hex
+    streams = [s.client.generate(f"v2-{uuid.uuid4().hex}", p, params) for p in prompts]
+    finals = await until_disconnect(request, all_final(streams))
+    outputs = [o.outputs[0].text for o in finals]
+    return {"id": rid, "model_name": name, "model_version": version or VERSION,
+            "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [len(outputs)],
+                         "data": outputs}]}
+
+
+async def _generate_setup(request: Request, name: str, version: Optional[str]):
+    s = _model(request, name, version)
+    body = await _json(request)
+    text = body.get("text_input")
+    if not isinstance(text, str):
+        raise ApiError(400, "generate needs a string field 'text_input'.", "text_input")
+    params = _params(s, {**{k: v for k, v in body.items() if k != "parameters"},
+                         **(body.get("parameters") or {})})
+    prompt = s.client.frontend.prepare_prompt(text)
+    return s, params, s.client.generate(f"v2-{uuid.uuid4().hex}", prompt, params)
+
+
+@router.post("/v2/models/{name}/generate")
+@router.post("/v2/models/{name}/versions/{version}/generate")
+async def generate(request: Request, name: str, version: Optional[str] = None):
+    s, params, stream = await _generate_setup(request, name, version)
+    out = (await until_disconnect(request, all_final([stream])))[0].outputs[0]
+    return {"model_name": name, "model_version": version or VERSION, "text_output": out.text,
+            "finish_reason": out.finish_reason}
+
+
+@router.post("/v2/models/{name}/generate_stream")
+@router.post("/v2/models/{name}/versions/{version}/generate_stream")
+async def generate_stream(request: Request, name: str, version: Optional[str] = None):
+    s, params, stream = await _generate_setup(request, name, version)
+
+    async def events() -> AsyncIterator[str]:
+        tracker = DeltaTracker(params.stop)
+        async for out in stream:
+            c = out.outputs[0]
+            text, _, _ = tracker.delta(c)
+            if text or c.finished:
+                yield sse({"model_name": name, "model_version": version or VERSION,
+                           "text_output": text, "finish_reason": c.finish_reason})
+    return sse_response(events(), done=False)
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "the request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object.")
+    return body

@@ -1,0 +1,118 @@
+"""Prometheus metrics under the `tessera:` prefix, and the periodic stats log line.
+
+Objects: ServerMetrics (an EngineClient observer: arrival, each output, done, and the
+engine's stats snapshots) and its registry, rendered at GET /metrics. Engine-wide
+values (running, waiting, KV usage, token counters, preemptions, prefix hits) are read
+from the latest snapshot by a collector; per-request latencies (TTFT, inter-token,
+end-to-end, queue time) are histograms observed here in the API process.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from tessera.engine.ipc import Stats
+from tessera.outputs import RequestOutput
+
+logger = logging.getLogger("tessera.stats")
+
+_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
+                    2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+
+
+@dataclasses.dataclass
+class _Timing:
+    arrival: float
+    prompt_tokens: int
+    last_token: float | None = None
+    tokens: int = 0
+
+
+class _StatsCollector:
+    def __init__(self, metrics: "ServerMetrics"):
+        self.metrics = metrics
+
+    def collect(self):
+        s, name = self.metrics.stats, self.metrics.model_name
+        gauges = (("num_requests_running", "Requests in the running batch", s.running),
+                  ("num_requests_waiting", "Requests waiting to be scheduled", s.waiting),
+                  ("kv_cache_usage_perc", "Fraction of KV-cache blocks in use", s.kv_usage))
+        for metric, doc, value in gauges:
+            g = GaugeMetricFamily(f"tessera:{metric}", doc, labels=["model_name"])
+            g.add_metric([name], value)
+            yield g
+        counters = (("num_preemptions", "Requests preempted", s.preemptions),
+                    ("prompt_tokens", "Prompt tokens computed", s.prompt_tokens),
+                    ("generation_tokens", "Tokens generated", s.generation_tokens),
+                    ("prefix_cache_hits", "Prompt tokens found in the prefix cache",
+                     s.prefix_hit_tokens),
+                    ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
+                     s.prefix_query_tokens))
+        for metric, doc, value in counters:
+            c = CounterMetricFamily(f"tessera:{metric}", doc, labels=["model_name"])
+            c.add_metric([name], value)
+            yield c
+
+
+class ServerMetrics:
+    def __init__(self, model_name: str):
+        self.model_name = model_name
+        self.stats = Stats()
+        self.registry = CollectorRegistry()
+        self.registry.register(_StatsCollector(self))
+        hist = dict(labelnames=["model_name"], registry=self.registry, buckets=_LATENCY_BUCKETS)
+        self.ttft = Histogram("tessera:time_to_first_token_seconds", "Time to first token", **hist)
+        self.itl = Histogram("tessera:inter_token_latency_seconds", "Time between tokens", **hist)
+        self.e2e = Histogram("tessera:e2e_request_latency_seconds", "Request latency", **hist)
+        self.queue = Histogram("tessera:request_queue_time_seconds", "Time waiting in queue", **hist)
+        self.finished = Counter("tessera:request_success", "Finished requests",
+                                ["model_name", "finished_reason"], registry=self.registry)
+        self._timings: dict[str, _Timing] = {}
+        self._last_log = (time.monotonic(), 0, 0)
+
+    # -- EngineClient observer ----------------------------------------------------------
+    def on_arrival(self, request_id: str, prompt_tokens: int, now: float) -> None:
+        self._timings[request_id] = _Timing(now, prompt_tokens)
+
+    def on_output(self, request_id: str, out: RequestOutput, now: float) -> None:
+        t = self._timings.get(request_id)
+        if t is None:
+            return
+        tokens = sum(len(c.token_ids) for c in out.outputs)
+        if tokens > t.tokens:
+            if t.last_token is None:
+                self.ttft.labels(self.model_name).observe(now - t.arrival)
+            else:
+                self.itl.labels(self.model_name).observe(now - t.last_token)
+            t.last_token, t.tokens = now, tokens
+        if out.finished:
+            self.e2e.labels(self.model_name).observe(now - t.arrival)
+            for c in out.outputs:
+                self.finished.labels(self.model_name, c.finish_reason or "abort").inc()
+
+    def on_done(self, request_id: str) -> None:
+        self._timings.pop(request_id, None)
+
+    def on_stats(self, stats: Stats, queue_times: dict[str, float]) -> None:
+        self.stats = stats
+        for seconds in queue_times.values():
+            self.queue.labels(self.model_name).observe(seconds)
+
+    # -- output --------------------------------------------------------------------------
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def log_line(self) -> str:
+        now, s = time.monotonic(), self.stats
+        then, prompt, gen = self._last_log
+        dt = max(now - then, 1e-6)
+        self._last_log = (now, s.prompt_tokens, s.generation_tokens)
+        hit = s.prefix_hit_tokens / s.prefix_query_tokens if s.prefix_query_tokens else 0.0
+        return (f"Avg prompt throughput: {(s.prompt_tokens - prompt) / dt:.1f} tokens/s, "
+                f"Avg generation throughput: {(s.generation_tokens - gen) / dt:.1f} tokens/s, "
+                f"Running: {s.running} reqs, Waiting: {s.waiting} reqs, "
+                f"KV cache usage: {s.kv_usage:.1%}, Prefix cache hit rate: {hit:.1%}")

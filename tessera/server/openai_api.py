@@ -1,0 +1,273 @@
+"""OpenAI-compatible routes: /v1/models, /v1/completions, /v1/chat/completions,
+/tokenize, /detokenize.
+
+Flow of a request: pydantic body -> model name check (404) -> prompts tokenized and
+checked against the context (400 with the message clients match on) -> SamplingParams
+(400 naming the field) -> EngineClient.generate per prompt -> one JSON response, or SSE
+chunks (chat: role chunk first; holdback for stop strings; optional usage chunk;
+`data: [DONE]`). A client that disconnects aborts its requests (blocks freed at once).
+"""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any, AsyncIterator, Optional
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from tessera.frontend import PreparedPrompt
+from tessera.sampling_params import SamplingParams
+from tessera.server import openai_format as fmt
+from tessera.server.errors import ApiError, error_body
+from tessera.server.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
+                                     TokenizeRequest)
+from tessera.server.streaming import DeltaTracker, merge_streams, sse
+
+router = APIRouter()
+
+
+def _state(request: Request):
+    return request.app.state.tessera
+
+
+def check_model(state, model: Optional[str]) -> str:
+    if model and model != state.model_name:
+        raise ApiError(404, f"The model `{model}` does not exist.", "model")
+    return state.model_name
+
+
+def _max_tokens(state, prompt_len: int, asked: Optional[int], kind: str) -> int:
+    limit = state.client.frontend.max_model_len
+    if asked is not None and asked < 1:
+        raise ApiError(400, f"max_tokens must be at least 1, got {asked}.", "max_tokens")
+    completion = asked if asked is not None else max(limit - prompt_len, 0)
+    if prompt_len + completion > limit or prompt_len >= limit:
+        where = ("in the messages", "in the completion") if kind == "chat" else (
+            "in your prompt;", "for the completion")
+        raise ApiError(400, f"This model's maximum context length is {limit} tokens. However, you "
+                            f"requested {prompt_len + completion} tokens ({prompt_len} {where[0]}"
+                            f"{',' if kind == 'chat' else ''} {completion} {where[1]}). Please "
+                            "reduce the length of the messages or completion.", "messages"
+                       if kind == "chat" else "prompt")
+    return completion
+
+
+async def until_disconnect(request: Request, work):
+    """Runs `work`; if the client goes away first, cancels it (its requests abort)."""
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        done, _ = await asyncio.wait({task}, timeout=0.5)
+        if not done and await request.is_disconnected():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise asyncio.CancelledError("client disconnected")
+    return task.result()
+
+
+async def _final(stream: AsyncIterator) -> Any:
+    last = None
+    async for last in stream:
+        pass
+    return last
+
+
+async def all_final(streams: list[AsyncIterator]) -> list[Any]:
+    """The last output of each stream; if one fails, the others are cancelled (aborted)."""
+    tasks = [asyncio.ensure_future(_final(st)) for st in streams]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def sse_response(chunks: AsyncIterator[str], done: bool = True) -> StreamingResponse:
+    async def guarded() -> AsyncIterator[str]:
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except ApiError as e:
+            yield sse(error_body(e.status, e.message, e.param))
+        except Exception as e:  # engine died or refused mid-stream: say so in-band
+            status = getattr(e, "status", 503)
+            yield sse(error_body(status, str(e)))
+        if done:
+            yield sse("[DONE]")
+    return StreamingResponse(guarded(), media_type="text/event-stream")
+
+
+# -- /v1/models ---------------------------------------------------------------------------
+@router.get("/v1/models")
+async def list_models(request: Request):
+    s = _state(request)
+    return {"object": "list", "data": [{
+        "id": s.model_name, "object": "model", "created": s.started, "owned_by": "tessera",
+        "root": s.model_path, "max_model_len": s.client.frontend.max_model_len}]}
+
+
+# -- /v1/completions ----------------------------------------------------------------------
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request):
+    s = _state(request)
+    model = check_model(s, body.model)
+    if body.suffix:
+        raise ApiError(400, "suffix is not supported.", "suffix")
+    front = s.client.frontend
+    prompts = [front.prepare_prompt(p, check_length=False) for p in body.prompts()]
+    params = []
+    for p in prompts:
+        max_tokens = _max_tokens(s, len(p.token_ids), body.max_tokens, "completion")
+        params.append(body.sampling_params(
+            front.generation_defaults, max_tokens, body.logprobs,
+            body.logprobs if body.echo and body.logprobs is not None else None))
+    rid = f"cmpl-{uuid.uuid4().hex}"
+    streams = [s.client.generate(f"{rid}-{i}", p, sp) for i, (p, sp) in enumerate(zip(prompts, params))]
+    if body.stream:
+        return sse_response(_completion_chunks(s, body, rid, model, prompts, params, streams))
+    finals = await until_disconnect(request, all_final(streams))
+    choices, completion_tokens = [], 0
+    for i, (prompt, out) in enumerate(zip(prompts, finals)):
+        for c in out.outputs:
+            completion_tokens += len(c.token_ids)
+            choices.append(_completion_choice(front, body, i * body.n + c.index, prompt, out, c))
+    return fmt.envelope(rid, "text_completion", model, choices, usage=fmt.usage(
+        sum(len(p.token_ids) for p in prompts), completion_tokens))
+
+
+def _completion_choice(front, body: CompletionRequest, index: int, prompt: PreparedPrompt,
+                       out, c) -> dict[str, Any]:
+    text = c.text
+    prompt_text = prompt.text if prompt.text is not None else front.decode(prompt.token_ids)
+    logprobs = None
+    if body.logprobs is not None:
+        logprobs = fmt.completion_logprobs(c.token_ids, c.logprobs, body.logprobs, front.decode,
+                                           offset=len(prompt_text) if body.echo else 0)
+        if body.echo:
+            logprobs = fmt.merge_completion_logprobs(fmt.completion_logprobs(
+                prompt.token_ids, out.prompt_logprobs, body.logprobs, front.decode), logprobs)
+    if body.echo:
+        text = prompt_text + text
+    return {"index": index, "text": text, "logprobs": logprobs, **fmt.finish_fields(c)}
+
+
+async def _completion_chunks(s, body, rid, model, prompts, params, streams) -> AsyncIterator[str]:
+    front = s.client.frontend
+    trackers = [DeltaTracker(sp.stop) for sp in params]
+    echoed: set[int] = set()
+    completion_tokens = 0
+    async for i, out in merge_streams(streams):
+        for c in out.outputs:
+            text, first, end = trackers[i].delta(c)
+            index = i * body.n + c.index
+            if body.echo and index not in echoed:
+                echoed.add(index)
+                p = prompts[i]
+                text = (p.text if p.text is not None else front.decode(p.token_ids)) + text
+            logprobs = None
+            if body.logprobs is not None and end > first:
+                logprobs = fmt.completion_logprobs(c.token_ids[first:end], c.logprobs[first:end],
+                                                   body.logprobs, front.decode)
+            if not text and logprobs is None and not c.finished:
+                continue
+            if c.finished:
+                completion_tokens += len(c.token_ids)
+            yield sse(fmt.envelope(rid, "text_completion", model, [{
+                "index": index, "text": text, "logprobs": logprobs,
+                **(fmt.finish_fields(c) if c.finished else
+                   {"finish_reason": None, "stop_reason": None})}]))
+    if body.include_usage:
+        yield sse(fmt.envelope(rid, "text_completion", model, [], usage=fmt.usage(
+            sum(len(p.token_ids) for p in prompts), completion_tokens)))
+
+
+# -- /v1/chat/completions -----------------------------------------------------------------
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    s = _state(request)
+    model = check_model(s, body.model)
+    front = s.client.frontend
+    if body.top_logprobs is not None and not body.logprobs:
+        raise ApiError(400, "top_logprobs requires logprobs=true.", "top_logprobs")
+    messages = [m.as_template_dict() for m in body.messages]
+    ids = front.apply_chat_template(messages, body.add_generation_prompt, body.chat_template,
+                                    **(body.chat_template_kwargs or {}))
+    prompt = front.prepare_prompt(ids, check_length=False)
+    max_tokens = _max_tokens(s, len(ids), body.requested_max_tokens(), "chat")
+    k = (body.top_logprobs or 0) if body.logprobs else None
+    params = body.sampling_params(front.generation_defaults, max_tokens, k, None)
+    rid = f"chatcmpl-{uuid.uuid4().hex}"
+    stream = s.client.generate(rid, prompt, params)
+    if body.stream:
+        return sse_response(_chat_chunks(body, rid, model, prompt, params, stream))
+    out = (await until_disconnect(request, all_final([stream])))[0]
+    choices = []
+    for c in out.outputs:
+        choices.append({"index": c.index, "message": {"role": "assistant", "content": c.text},
+                        "logprobs": fmt.chat_logprobs(c.token_ids, c.logprobs, k)
+                        if k is not None else None, **fmt.finish_fields(c)})
+    return fmt.envelope(rid, "chat.completion", model, choices, usage=fmt.usage(
+        len(prompt.token_ids), sum(len(c.token_ids) for c in out.outputs)))
+
+
+async def _chat_chunks(body, rid, model, prompt, params: SamplingParams,
+                       stream) -> AsyncIterator[str]:
+    k = (body.top_logprobs or 0) if body.logprobs else None
+    tracker = DeltaTracker(params.stop)
+    obj = "chat.completion.chunk"
+    for i in range(params.n):
+        yield sse(fmt.envelope(rid, obj, model, [{"index": i, "delta": {
+            "role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]))
+    completion_tokens = 0
+    async for out in stream:
+        for c in out.outputs:
+            text, first, end = tracker.delta(c)
+            logprobs = (fmt.chat_logprobs(c.token_ids[first:end], c.logprobs[first:end], k)
+                        if k is not None and end > first else None)
+            if text or logprobs:
+                yield sse(fmt.envelope(rid, obj, model, [{"index": c.index, "delta": {
+                    "content": text}, "logprobs": logprobs, "finish_reason": None}]))
+            if c.finished:
+                completion_tokens += len(c.token_ids)
+                yield sse(fmt.envelope(rid, obj, model, [{"index": c.index, "delta": {},
+                                                          "logprobs": None,
+                                                          **fmt.finish_fields(c)}]))
+    if body.include_usage:
+        yield sse(fmt.envelope(rid, obj, model, [], usage=fmt.usage(len(prompt.token_ids),
+                                                                    completion_tokens)))
+
+
+# -- /tokenize, /detokenize ---------------------------------------------------------------
+@router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, request: Request):
+    s = _state(request)
+    check_model(s, body.model)
+    front = s.client.frontend
+    if (body.prompt is None) == (body.messages is None):
+        raise ApiError(400, "give exactly one of prompt or messages.", "prompt")
+    if body.messages is not None:
+        ids = front.apply_chat_template([m.as_template_dict() for m in body.messages],
+                                        body.add_generation_prompt)
+    else:
+        ids = front.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+    return {"tokens": ids, "count": len(ids), "max_model_len": front.max_model_len}
+
+
+@router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, request: Request):
+    s = _state(request)
+    check_model(s, body.model)
+    front = s.client.frontend
+    bad = [t for t in body.tokens if not 0 <= t < front.arch.vocab_size]
+    if bad:
+        raise ApiError(400, f"token id {bad[0]} is outside the vocabulary.", "tokens")
+    return {"prompt": front.decode(body.tokens, skip_special_tokens=False)}
+
+
+@router.get("/health")
+async def health(request: Request):
+    s = _state(request)
+    if s.client.dead:
+        return JSONResponse(error_body(503, s.client.dead), status_code=503)
+    return JSONResponse({"status": "ok"})
