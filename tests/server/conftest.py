@@ -69,7 +69,7 @@ def start_server(tmp_dir: str, *args: str, timeout: float = 240.0) -> LiveServer
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     srv = start_server(str(tmp_path_factory.mktemp("server")), "--num-blocks", "600",
-                       "--max-waiting", "64", "--stats-interval", "2")
+                       "--max-waiting", "1024", "--stats-interval", "2")
     yield srv
     srv.stop()
 
