@@ -243,6 +243,10 @@ def _unpermute_rope_rows(weight: np.ndarray, n_head: int) -> np.ndarray:
     return split.swapaxes(1, 2).reshape(weight.shape)
 
 
+def count_gguf_tensors(path: str) -> int:
+    return len(_open_reader(path).tensors)
+
+
 def iter_gguf_weights(path: str, arch: ArchConfig) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (Hugging Face name, float32 tensor in HF shape) for each weight, one at a time."""
     reader = _open_reader(path)

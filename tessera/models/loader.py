@@ -93,6 +93,15 @@ def iter_safetensors(folder: str) -> Iterator[tuple[str, torch.Tensor]]:
                 yield name, f.get_tensor(name)
 
 
+def count_safetensors(folder: str) -> int:
+    from safetensors import safe_open
+    total = 0
+    for file in safetensors_files(folder):
+        with safe_open(file, framework="pt") as f:
+            total += len(f.keys())
+    return total
+
+
 def _fill_random(model: nn.Module, seed: int) -> None:
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     for name, p in model.named_parameters():
@@ -116,7 +125,17 @@ def load_model(cfg: ModelConfig, source: ModelSource) -> nn.Module:
         _fill_random(model, cfg.seed)
     elif source.kind == "gguf":
         from tessera.models.gguf_loader import iter_gguf_weights
-        model.load_weights(iter_gguf_weights(source.path, arch))
+        from tessera.models.gguf_loader import count_gguf_tensors
+        model.load_weights(_progress(iter_gguf_weights(source.path, arch),
+                                     count_gguf_tensors(source.path)))
     else:
-        model.load_weights(iter_safetensors(source.path))
+        model.load_weights(_progress(iter_safetensors(source.path),
+                                     count_safetensors(source.path)))
     return model.eval()
+
+
+def _progress(weights: Iterator[tuple[str, torch.Tensor]], total: int):
+    """A progress bar over the checkpoint's tensors."""
+    from tqdm import tqdm
+    with tqdm(weights, desc="Loading weights", unit="tensor", total=total, mininterval=1.0) as bar:
+        yield from bar
