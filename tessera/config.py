@@ -65,6 +65,7 @@ class CacheConfig:
     gpu_memory_utilization: float = 0.90  # share of GPU memory Tessera may use in all
     cpu_kv_cache_gb: float = 1.0  # KV cache size on CPU
     num_blocks: Optional[int] = None  # overrides the computed number of blocks
+    enable_prefix_caching: bool = True  # reuse KV blocks of identical prompt prefixes
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

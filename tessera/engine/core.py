@@ -30,7 +30,8 @@ class EngineCore:
         self.executor = executor
         num_blocks = config.cache.num_blocks or executor.num_kv_blocks()
         executor.init_kv_cache(num_blocks)
-        self.kv = KVCacheManager(num_blocks, config.cache.block_size)
+        self.kv = KVCacheManager(num_blocks, config.cache.block_size,
+                                 config.cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.kv, max_model_len)
         self.num_steps = 0
         # shape of the last step, for stats and benchmarks
@@ -66,7 +67,8 @@ class EngineCore:
         return {"running": len(s.running), "waiting": len(s.waiting), "kv_usage": self.kv.usage,
                 "free_blocks": self.kv.num_free_blocks, "num_blocks": self.num_blocks,
                 "preemptions": s.num_preemptions, "prompt_tokens": self.prompt_tokens_total,
-                "generation_tokens": self.generation_tokens_total, "steps": self.num_steps}
+                "generation_tokens": self.generation_tokens_total, "steps": self.num_steps,
+                "prefix_hit_tokens": self.kv.hit_tokens, "prefix_query_tokens": self.kv.query_tokens}
 
     def _record_shape(self, sched: SchedulerOutput) -> None:
         reqs = self.scheduler.requests

@@ -39,6 +39,7 @@ class Request:
         self.status = RequestStatus.WAITING
         self.stop_reason: int | str | None = None
         self.num_preemptions = 0
+        self.num_cached_tokens = 0  # prompt tokens found in the prefix cache
         self.num_prompt_logprobs_done = 1 if params.prompt_logprobs is not None else 0
 
     @property

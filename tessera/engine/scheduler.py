@@ -101,9 +101,13 @@ class Scheduler:
         while (self.waiting and budget > 0 and not preempted
                and len(self.running) < self.config.max_num_seqs):
             req = self.waiting[0]
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
-            if self.kv.allocate_slots(req, n) is None:
+            hits = self.kv.find_prefix(req)  # a new or preempted request computes from 0
+            num_hit = len(hits) * self.kv.block_size
+            n = min(req.num_tokens - num_hit, budget)
+            if self.kv.allocate_slots(req, n, hits) is None:
                 break
+            req.num_computed_tokens = num_hit
+            req.num_cached_tokens = max(req.num_cached_tokens, num_hit)
             self.waiting.popleft()
             if req.status == RequestStatus.WAITING:  # first admission, not a resumption
                 self.queue_times[req.request_id] = time.monotonic() - req.arrival_time
@@ -129,6 +133,7 @@ class Scheduler:
             if req is None or req.status != RequestStatus.RUNNING:
                 continue  # aborted while the step ran
             req.num_computed_tokens += n
+            self.kv.cache_blocks(req)
             prompt_lps = self._take_prompt_logprobs(req, out.prompt_logprobs.get(rid))
             token = out.sampled_token_ids.get(rid)
             if token is None:
@@ -141,8 +146,8 @@ class Scheduler:
             if status is not None:
                 self.running.remove(req)
                 self._finish(req, status)
-            outputs.append(EngineCoreOutput(rid, [token], lps, prompt_lps,
-                                            req.finish_reason, req.stop_reason))
+            outputs.append(EngineCoreOutput(rid, [token], lps, prompt_lps, req.finish_reason,
+                                            req.stop_reason, req.num_cached_tokens))
         return outputs
 
     # -- helpers -----------------------------------------------------------------------

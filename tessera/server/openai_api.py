@@ -133,7 +133,8 @@ async def completions(body: CompletionRequest, request: Request):
             completion_tokens += len(c.token_ids)
             choices.append(_completion_choice(front, body, i * body.n + c.index, prompt, out, c))
     return fmt.envelope(rid, "text_completion", model, choices, usage=fmt.usage(
-        sum(len(p.token_ids) for p in prompts), completion_tokens))
+        sum(len(p.token_ids) for p in prompts), completion_tokens,
+        sum(o.num_cached_tokens for o in finals)))
 
 
 def _completion_choice(front, body: CompletionRequest, index: int, prompt: PreparedPrompt,
@@ -208,7 +209,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                         "logprobs": fmt.chat_logprobs(c.token_ids, c.logprobs, k)
                         if k is not None else None, **fmt.finish_fields(c)})
     return fmt.envelope(rid, "chat.completion", model, choices, usage=fmt.usage(
-        len(prompt.token_ids), sum(len(c.token_ids) for c in out.outputs)))
+        len(prompt.token_ids), sum(len(c.token_ids) for c in out.outputs), out.num_cached_tokens))
 
 
 async def _chat_chunks(body, rid, model, prompt, params: SamplingParams,

@@ -76,3 +76,16 @@ def test_sharded_checkpoint_is_read(tmp_path):
     llm = LLM(str(tmp_path), skip_tokenizer_init=True, num_blocks=32)
     assert llm.generate({"prompt_token_ids": [1, 2, 3]},
                         SamplingParams(max_tokens=4, temperature=0))[0].outputs[0].token_ids
+
+
+def test_prefix_cache_hits_give_the_same_tokens(tiny_model):
+    arch, folder, hf_model = tiny_model
+    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=128, block_size=8)
+    params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
+    first = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params)
+    again = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params)
+    for prompt, a, b in zip(PROMPTS, first, again):
+        assert b.outputs[0].token_ids == a.outputs[0].token_ids
+        assert b.outputs[0].token_ids == hf_greedy(hf_model, prompt, 16)[0]
+        assert b.num_cached_tokens == (len(prompt) - 1) // 8 * 8  # all full prompt blocks
+    assert llm.engine.stats()["free_blocks"] == 128

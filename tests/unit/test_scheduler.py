@@ -27,10 +27,13 @@ FILL = 7  # an ordinary token: never eos, never a stop token in these tests
 
 def make_scheduler(num_blocks: int = 64, block_size: int = 4, max_num_batched_tokens: int = 32,
                    max_num_seqs: int = 16, max_waiting: int = 64,
-                   max_model_len: int = 1024) -> Scheduler:
+                   max_model_len: int = 1024, prefix_caching: bool = False) -> Scheduler:
+    """Prefix caching is off by default here: these prompts share prefixes on purpose,
+    and the tests count computed tokens (tests/unit/test_prefix_cache.py covers reuse)."""
     config = SchedulerConfig(max_num_batched_tokens=max_num_batched_tokens,
                              max_num_seqs=max_num_seqs, max_waiting=max_waiting)
-    return Scheduler(config, KVCacheManager(num_blocks, block_size), max_model_len)
+    return Scheduler(config, KVCacheManager(num_blocks, block_size, prefix_caching),
+                     max_model_len)
 
 
 def make_request(rid: str, prompt_len: int, eos: tuple[int, ...] = (EOS,), **params) -> Request:

@@ -1,15 +1,19 @@
-"""KVCacheManager: which blocks each request owns.
+"""KVCacheManager: which blocks each request owns, and prefix reuse between requests.
 
-`allocate_slots(req, n)` makes room for `n` more tokens of `req` (its computed tokens plus
-n must fit in its blocks) and returns the new block ids, or None when the pool is short
-(the scheduler then preempts). `free(req)` gives every block back. The block table of a
-request is the list of its block ids; token i lives in block i // block_size.
+`find_prefix(req)` returns the cached blocks that hold the longest run of the request's
+leading full blocks (never all its tokens: the last one must be computed to sample).
+`allocate_slots(req, n, hits)` takes references on those hits and makes room for `n`
+more tokens (computed tokens plus n must fit in its blocks); it returns the new block
+ids, or None when the pool is short (nothing is taken then; the scheduler preempts).
+`cache_blocks(req)` registers the request's newly full, computed blocks under their
+prefix hashes. `free(req)` gives every block back (the tail first, so the tail is
+evicted first). Token i of a request lives in block_ids[i // block_size].
 """
 from __future__ import annotations
 
 from typing import Optional
 
-from tessera.engine.kv_cache.block_pool import BlockPool
+from tessera.engine.kv_cache.block_pool import BlockHash, BlockPool, prefix_hash
 from tessera.engine.request import Request
 
 
@@ -18,10 +22,15 @@ def cdiv(a: int, b: int) -> int:
 
 
 class KVCacheManager:
-    def __init__(self, num_blocks: int, block_size: int):
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
         self.block_size = block_size
         self.pool = BlockPool(num_blocks)
+        self.enable_prefix_caching = enable_prefix_caching
         self._blocks: dict[str, list[int]] = {}
+        self._hashes: dict[str, list[BlockHash]] = {}  # hashes of each request's full blocks
+        self._num_registered: dict[str, int] = {}  # leading blocks already registered
+        self.hit_tokens = 0
+        self.query_tokens = 0
 
     @property
     def num_free_blocks(self) -> int:
@@ -37,17 +46,60 @@ class KVCacheManager:
     def blocks_needed(self, num_tokens: int) -> int:
         return cdiv(num_tokens, self.block_size)
 
-    def allocate_slots(self, req: Request, num_new_tokens: int) -> Optional[list[int]]:
-        owned = self._blocks.setdefault(req.request_id, [])
-        need = self.blocks_needed(req.num_computed_tokens + num_new_tokens) - len(owned)
-        if need <= 0:
+    def _block_hashes(self, req: Request, num_full: int) -> list[BlockHash]:
+        hashes = self._hashes.setdefault(req.request_id, [])
+        tokens, bs = req.all_token_ids, self.block_size
+        while len(hashes) < num_full:
+            i = len(hashes)
+            hashes.append(prefix_hash(hashes[-1] if hashes else None, tokens[i * bs:(i + 1) * bs]))
+        return hashes[:num_full]
+
+    def find_prefix(self, req: Request) -> list[int]:
+        if not self.enable_prefix_caching or req.params.prompt_logprobs is not None:
             return []
-        if need > self.pool.num_free_blocks:
+        hits: list[int] = []
+        for h in self._block_hashes(req, (req.num_tokens - 1) // self.block_size):
+            block = self.pool.cached.get(h)
+            if block is None:
+                break
+            hits.append(block)
+        return hits
+
+    def allocate_slots(self, req: Request, num_new_tokens: int,
+                       hits: Optional[list[int]] = None) -> Optional[list[int]]:
+        """`hits` (from find_prefix) is given at admission only; it may be empty."""
+        admission, hits = hits is not None, hits or []
+        owned = self._blocks.setdefault(req.request_id, [])
+        total = req.num_computed_tokens + len(hits) * self.block_size + num_new_tokens
+        need = self.blocks_needed(total) - len(owned) - len(hits)
+        free_hits = sum(1 for b in hits if self.pool.is_free(b))
+        if max(need, 0) + free_hits > self.pool.num_free_blocks:
             return None
-        new = self.pool.allocate(need)
+        if admission and self.enable_prefix_caching:
+            self.query_tokens += req.num_tokens
+            self.hit_tokens += len(hits) * self.block_size
+        self.pool.touch(hits)
+        owned.extend(hits)
+        new = self.pool.allocate(need) if need > 0 else []
         owned.extend(new)
         return new
 
+    def cache_blocks(self, req: Request) -> None:
+        """Register the request's full blocks whose tokens are all computed."""
+        if not self.enable_prefix_caching:
+            return
+        owned = self._blocks.get(req.request_id, [])
+        num_full = min(req.num_computed_tokens // self.block_size, len(owned))
+        done = self._num_registered.get(req.request_id, 0)
+        if num_full <= done:
+            return
+        hashes = self._block_hashes(req, num_full)
+        for i in range(done, num_full):
+            self.pool.register(owned[i], hashes[i])
+        self._num_registered[req.request_id] = num_full
+
     def free(self, req: Request) -> None:
         owned = self._blocks.pop(req.request_id, [])
+        self._hashes.pop(req.request_id, None)
+        self._num_registered.pop(req.request_id, None)
         self.pool.free(list(reversed(owned)))
