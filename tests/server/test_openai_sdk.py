@@ -103,3 +103,12 @@ def test_errors_map_to_sdk_exceptions(client, model_name):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=model_name, messages=[])
     assert e.value.status_code == 400 and "messages" in str(e.value)
+
+
+def test_repeated_system_prompt_hits_the_prefix_cache(client, model_name):
+    system = {"role": "system", "content": "You are a terse assistant. " * 8}
+    for question in ("Name a colour.", "Name a planet."):
+        r = client.chat.completions.create(model=model_name, temperature=0, max_tokens=4,
+                                           messages=[system, {"role": "user",
+                                                              "content": question}])
+    assert r.usage.prompt_tokens_details.cached_tokens >= 48  # the shared system prompt
