@@ -1,13 +1,19 @@
 """Shared fixtures: tiny random Hugging Face checkpoints written to disk, the real
-SmolLM2 GGUF path, and a helper to run HF transformers as the reference.
+SmolLM2 GGUF path, and a helper to run HF transformers as the reference. Without a GPU,
+Triton kernels are tested under the interpreter (TRITON_INTERPRET=1, set here first).
 
 Tiny configs are random but seeded; `initializer_range` is raised so logits are peaked
 enough that greedy choices are not near-ties (a tie would make equality a coin flip).
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+if not torch.cuda.is_available():  # kernels run under Triton's interpreter on CPU; this
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede any import of triton
 
 TINY = dict(vocab_size=384, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,

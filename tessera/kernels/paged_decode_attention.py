@@ -1,0 +1,139 @@
+"""Paged decode attention (one new query token per sequence), Triton, GQA-aware, split
+along the context; with `paged_decode_attention_ref`, the plain PyTorch reference.
+
+Shapes: q [B, Hq, D]; kv_cache [2, num_blocks, block_size, Hkv, D]; block_tables
+[B, max_blocks] int32/int64; seq_lens [B] (keys per sequence, the new token included)
+-> out [B, Hq, D].
+
+Kernel 1 (`_decode_partial`): one program per (sequence, KV head, split). It holds all
+the query heads that share the KV head (GQA group, padded to 16 rows for tl.dot) and
+walks its split's share of the sequence's pages, an online softmax keeping the running
+max `m`, sum `l` and weighted values `acc`. Kernel 2 (`_decode_reduce`) merges the splits.
+No host value decides a shape, so a CUDA graph can capture both launches.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _decode_partial(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, acc_ptr, ml_ptr, scale, window,
+                    stride_qb, stride_qh, stride_kvs, stride_kvb, stride_kvt, stride_kvh,
+                    stride_tb, num_splits, max_blocks,
+                    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    BLOCK_SIZE: tl.constexpr, NUM_HEADS: tl.constexpr):
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + seq)
+    num_pages = tl.cdiv(seq_len, BLOCK_SIZE)
+    pages_per_split = tl.cdiv(num_pages, num_splits)
+    first_page = split * pages_per_split
+    last_page = tl.minimum(first_page + pages_per_split, num_pages)
+    lowest_key = tl.maximum(seq_len - window, 0)  # window = seq_len bound when none
+
+    rows = tl.arange(0, GROUP_PAD)  # query heads of this KV head
+    dims = tl.arange(0, HEAD_DIM)
+    toks = tl.arange(0, BLOCK_SIZE)
+    row_ok = rows < GROUP
+    heads = kv_head * GROUP + rows
+    q = tl.load(q_ptr + seq * stride_qb + heads[:, None] * stride_qh + dims[None, :],
+                mask=row_ok[:, None], other=0.0)  # [G, D]
+    m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+    l = tl.zeros([GROUP_PAD], tl.float32)
+    acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
+    for page in range(first_page, last_page):
+        block = tl.load(tables_ptr + seq * stride_tb + page).to(tl.int64)
+        base = kv_ptr + block * stride_kvb + kv_head * stride_kvh
+        offs = toks[:, None] * stride_kvt + dims[None, :]
+        k = tl.load(base + offs)  # [bs, D]
+        v = tl.load(base + stride_kvs + offs)
+        s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale  # [G, bs]
+        pos = page * BLOCK_SIZE + toks
+        s = tl.where(((pos < seq_len) & (pos >= lowest_key))[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m - m_safe)
+        p = tl.exp(s - m_safe[:, None])
+        l = l * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
+        m = m_new
+    out = ((seq * NUM_HEADS + heads) * num_splits + split)
+    tl.store(acc_ptr + out[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
+    tl.store(ml_ptr + out * 2, m, mask=row_ok)
+    tl.store(ml_ptr + out * 2 + 1, l, mask=row_ok)
+
+
+@triton.jit
+def _decode_reduce(acc_ptr, ml_ptr, out_ptr, stride_ob, stride_oh, num_splits,
+                   HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr, NUM_HEADS: tl.constexpr):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    splits = tl.arange(0, SPLITS_PAD)
+    dims = tl.arange(0, HEAD_DIM)
+    ok = splits < num_splits
+    row = (seq * NUM_HEADS + head) * num_splits + splits
+    m = tl.load(ml_ptr + row * 2, mask=ok, other=float("-inf"))
+    l = tl.load(ml_ptr + row * 2 + 1, mask=ok, other=0.0)
+    m_max = tl.max(m, axis=0)
+    w = tl.where(m == float("-inf"), 0.0, tl.exp(m - m_max))  # [S]
+    acc = tl.load(acc_ptr + row[:, None] * HEAD_DIM + dims[None, :], mask=ok[:, None], other=0.0)
+    total = tl.sum(w * l, axis=0)
+    out = tl.sum(acc * w[:, None], axis=0) / tl.maximum(total, 1e-30)
+    tl.store(out_ptr + seq * stride_ob + head * stride_oh + dims, out)
+
+
+def default_num_splits(max_blocks: int) -> int:
+    """Enough programs to fill the GPU at small batch; at most one page each."""
+    return max(1, min(16, max_blocks))
+
+
+def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
+                           seq_lens: torch.Tensor, scale: float,
+                           sliding_window: Optional[int] = None,
+                           num_splits: Optional[int] = None,
+                           out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    num_seqs, num_heads, head_dim = q.shape
+    _, _, block_size, num_kv_heads, _ = kv_cache.shape
+    group = num_heads // num_kv_heads
+    max_blocks = block_tables.shape[1]
+    splits = num_splits or default_num_splits(max_blocks)
+    acc = torch.empty(num_seqs, num_heads, splits, head_dim, dtype=torch.float32, device=q.device)
+    ml = torch.empty(num_seqs, num_heads, splits, 2, dtype=torch.float32, device=q.device)
+    if out is None:
+        out = torch.empty_like(q)
+    window = sliding_window if sliding_window is not None else 1 << 30
+    _decode_partial[(num_seqs, num_kv_heads, splits)](
+        q, kv_cache, block_tables, seq_lens, acc, ml, scale, window,
+        q.stride(0), q.stride(1), kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2),
+        kv_cache.stride(3), block_tables.stride(0), splits, max_blocks,
+        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+        BLOCK_SIZE=block_size, NUM_HEADS=num_heads)
+    _decode_reduce[(num_seqs, num_heads)](
+        acc, ml, out, out.stride(0), out.stride(1), splits, HEAD_DIM=head_dim,
+        SPLITS_PAD=triton.next_power_of_2(splits), NUM_HEADS=num_heads)
+    return out
+
+
+def paged_decode_attention_ref(q: torch.Tensor, kv_cache: torch.Tensor,
+                               block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+                               sliding_window: Optional[int] = None) -> torch.Tensor:
+    """Loop over sequences; gather each context; softmax in float32."""
+    num_heads = q.shape[1]
+    block_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
+    out = torch.empty_like(q)
+    for i in range(q.shape[0]):
+        n = int(seq_lens[i])
+        blocks = block_tables[i, :-(-n // block_size)].long()
+        k = kv_cache[0][blocks].reshape(-1, num_kv_heads, q.shape[2])[:n].float()  # [n, Hkv, D]
+        v = kv_cache[1][blocks].reshape(-1, num_kv_heads, q.shape[2])[:n].float()
+        lo = max(0, n - sliding_window) if sliding_window is not None else 0
+        k = k[lo:].repeat_interleave(num_heads // num_kv_heads, dim=1)  # [n', Hq, D]
+        v = v[lo:].repeat_interleave(num_heads // num_kv_heads, dim=1)
+        scores = torch.einsum("hd,nhd->hn", q[i].float(), k) * scale
+        out[i] = torch.einsum("hn,nhd->hd", scores.softmax(-1), v).to(q.dtype)
+    return out
