@@ -6,6 +6,7 @@ defines an option, its type and its default), e.g. `--max-num-batched-tokens 512
     tessera generate "Once upon a time" --max-tokens 32
     tessera generate --chat "What is the capital of France?"
     tessera serve [MODEL] --port 8000
+    tessera bench latency --model llama-3-8b --load-format dummy --batch-size 1
 """
 from __future__ import annotations
 
@@ -84,8 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(gen)
     add_engine_args(gen)
     gen.set_defaults(func=_generate)
+    from tessera.bench import add_bench_parser
     from tessera.server.serve import add_serve_parser
     add_serve_parser(sub, add_engine_args)
+    add_bench_parser(sub, add_engine_args)
     return parser
 
 

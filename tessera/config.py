@@ -31,6 +31,7 @@ class ModelConfig:
     max_model_len: Optional[int] = None  # defaults to the model's context length
     seed: int = 0  # seeds dummy weights and unseeded sampling
     skip_tokenizer_init: bool = False
+    enforce_eager: bool = False  # no CUDA graphs for decode steps
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in _DTYPES:

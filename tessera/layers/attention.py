@@ -32,6 +32,8 @@ class AttentionMetadata:
     token_seq_idx: torch.Tensor  # [T] int64: which sequence each token belongs to
     token_query_idx: torch.Tensor  # [T] int64: index of the token within its sequence's queries
     max_query_len: int
+    decode_only: bool = False  # every sequence has one new token
+    use_kernels: bool = False  # Triton kernels (CUDA) instead of the PyTorch reference
     # Built lazily per sliding window: [B, 1, max_query_len, max_blocks * block_size] bool
     _masks: dict = dataclasses.field(default_factory=dict)
 
@@ -67,7 +69,12 @@ class Attention(nn.Module):
                 kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """q: [T, Hq, D]; k, v: [T, Hkv, D]; kv_cache: [2, N, bs, Hkv, D] -> [T, Hq * D]."""
         write_kv_cache(k, v, kv_cache, meta.slot_mapping)
-        out = paged_attention_ref(q, kv_cache, meta, self.scale, self.sliding_window)
+        if meta.decode_only and meta.use_kernels:
+            from tessera.kernels.paged_decode_attention import paged_decode_attention
+            out = paged_decode_attention(q, kv_cache, meta.block_tables, meta.seq_lens,
+                                         self.scale, self.sliding_window)
+        else:
+            out = paged_attention_ref(q, kv_cache, meta, self.scale, self.sliding_window)
         return out.reshape(q.shape[0], self.num_heads * self.head_dim)
 
 

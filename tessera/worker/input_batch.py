@@ -48,7 +48,7 @@ class StepInputs:
 
 
 def prepare_inputs(states: dict[str, RequestState], scheduled: dict[str, int],
-                   block_size: int, device: torch.device) -> StepInputs:
+                   block_size: int, device: torch.device, use_kernels: bool = False) -> StepInputs:
     ids: list[int] = []
     positions: list[int] = []
     slots: list[int] = []
@@ -95,6 +95,8 @@ def prepare_inputs(states: dict[str, RequestState], scheduled: dict[str, int],
         token_seq_idx=dev(seq_idx),
         token_query_idx=dev(query_idx),
         max_query_len=max(query_lens),
+        decode_only=max(query_lens) == 1,
+        use_kernels=use_kernels,
     )
     return StepInputs(dev(torch.tensor(ids, dtype=torch.int64)),
                       dev(torch.tensor(positions, dtype=torch.int64)), meta,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Optional
 
 import torch
 
@@ -19,6 +20,7 @@ from tessera.config import EngineConfig
 from tessera.engine.protocol import ModelRunnerOutput, SchedulerOutput
 from tessera.layers.sampler import SamplingBatch, gather_logprobs, sample
 from tessera.models.loader import ModelSource, load_model
+from tessera.worker.cuda_graphs import DecodeGraphs, default_buckets
 from tessera.worker.input_batch import RequestState, prepare_inputs
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,8 @@ class ModelRunner:
         self.load_seconds = time.perf_counter() - start
         self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         self.kv_caches: list[torch.Tensor] = []
+        self.graphs: Optional[DecodeGraphs] = None
+        self.use_kernels = self.device.type == "cuda"
         self.states: dict[str, RequestState] = {}
         self.default_generator = torch.Generator(device=self.device).manual_seed(config.model.seed)
 
@@ -69,7 +73,7 @@ class ModelRunner:
         from tessera.sampling_params import SamplingParams
         n = min(self.config.scheduler.max_num_batched_tokens, self.arch.max_position_embeddings - 1)
         blocks = -(-n // self.block_size)
-        self.init_kv_cache(blocks)
+        self.init_kv_cache(blocks, capture_graphs=False)
         req = NewRequestData("profile", [0] * n, n, SamplingParams(max_tokens=1), list(range(blocks)),
                              0, 0)
         from tessera.engine.protocol import SchedulerOutput as S
@@ -78,11 +82,27 @@ class ModelRunner:
         self.kv_caches = []
         torch.cuda.synchronize(self.device)
 
-    def init_kv_cache(self, num_blocks: int) -> None:
+    def init_kv_cache(self, num_blocks: int, capture_graphs: bool = True) -> None:
+        """Allocates the blocks, plus one scratch block (id num_blocks) that padded rows of
+        a CUDA-graph batch write to; then captures the decode graphs."""
         a = self.arch
-        shape = (2, num_blocks, self.block_size, a.num_kv_heads, a.head_dim)
+        shape = (2, num_blocks + 1, self.block_size, a.num_kv_heads, a.head_dim)
         self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device)
                           for _ in range(a.num_layers)]
+        if capture_graphs and self.use_kernels and not self.config.model.enforce_eager:
+            self._capture_graphs(num_blocks)
+
+    def _capture_graphs(self, num_blocks: int) -> None:
+        start = time.perf_counter()
+        max_len = self.config.model.max_model_len or self.arch.max_position_embeddings
+        max_batch = min(self.config.scheduler.max_num_seqs, 256)
+        self.graphs = DecodeGraphs(self.model, self.kv_caches, max_batch,
+                                   -(-max_len // self.block_size), num_blocks, self.block_size,
+                                   self.device)
+        sizes = default_buckets(max_batch)
+        self.graphs.capture(sizes)
+        logger.info("captured %d decode CUDA graphs (batch %d..%d) in %.1f s", len(sizes),
+                    sizes[0], sizes[-1], time.perf_counter() - start)
 
     # -- one step ------------------------------------------------------------------------
     @torch.inference_mode()
@@ -91,8 +111,10 @@ class ModelRunner:
         if sched.is_empty:
             return ModelRunnerOutput({}, {}, {})
         inputs = prepare_inputs(self.states, sched.num_scheduled_tokens, self.block_size,
-                                self.device)
-        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
+                                self.device, self.use_kernels)
+        hidden = self.graphs.run(inputs) if self.graphs is not None else None
+        if hidden is None:
+            hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
         prompt_logprobs = self._prompt_logprobs(hidden, inputs.prompt_rows)
         sampled, logprobs = {}, {}
         if inputs.sample_rows:

@@ -1,0 +1,148 @@
+"""`tessera bench latency | throughput`: the standard workloads of BENCHMARKS.md.
+
+latency: `batch` requests of `input_len` random tokens, `output_len` new tokens each
+(ignore EOS); every engine step is timed; the median pure-decode step gives ms per
+output token and tok/s, set against the decode roofline: (weight bytes read + KV bytes
+read) / the copy bandwidth measured on this device in the same run.
+throughput: `num_prompts` requests with input and output lengths drawn uniformly from
+the given ranges, all submitted at once; wall time, output and total tok/s, peak KV use.
+Both print a table and can write JSON (`--json`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from tessera.config import EngineConfig
+from tessera.llm_engine import LLMEngine
+from tessera.sampling_params import SamplingParams
+
+
+def measure_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
+    """Bytes read + written per second by a large device-to-device copy."""
+    if device.type != "cuda":
+        nbytes = 1 << 27
+    src = torch.empty(nbytes // 2, dtype=torch.int16, device=device).random_()
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    times = []
+    for _ in range(10):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        dst.copy_(src)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return 2 * nbytes / statistics.median(times)
+
+
+def _weight_bytes_read(engine: LLMEngine) -> int:
+    a, runner = engine.arch, engine.executor.runner
+    embed = a.vocab_size * a.hidden_size * runner.dtype.itemsize
+    return runner.weight_bytes - (0 if a.tie_word_embeddings else embed)  # rows, not the table
+
+
+def run_latency(engine: LLMEngine, batch: int, input_len: int, output_len: int,
+                bandwidth: float, seed: int = 0) -> dict[str, Any]:
+    rng = random.Random(seed)
+    vocab = engine.arch.vocab_size
+    params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
+    for i in range(batch):
+        engine.add_request(f"lat-{seed}-{i}", [rng.randrange(vocab) for _ in range(input_len)],
+                           params)
+    core = engine.core
+    steps, contexts = [], []
+    start = time.perf_counter()
+    while engine.has_unfinished_requests():
+        t = time.perf_counter()
+        engine.step()
+        dt = time.perf_counter() - t
+        if core.last_step_tokens == core.last_step_requests == batch:
+            steps.append(dt)
+            contexts.append(core.last_step_context)
+    wall = time.perf_counter() - start
+    step = statistics.median(steps)
+    kv_bytes = statistics.median(contexts) * engine.arch.kv_bytes_per_token * \
+        engine.executor.runner.dtype.itemsize
+    floor = (_weight_bytes_read(engine) + kv_bytes) / bandwidth
+    return {"workload": "latency", "batch": batch, "input_len": input_len,
+            "output_len": output_len, "decode_steps": len(steps), "median_step_ms": step * 1e3,
+            "p90_step_ms": sorted(steps)[int(0.9 * (len(steps) - 1))] * 1e3,
+            "tok_s": batch / step, "tok_s_per_seq": 1 / step, "roofline_step_ms": floor * 1e3,
+            "roofline_ratio": floor / step, "wall_s": wall}
+
+
+def run_throughput(engine: LLMEngine, num_prompts: int, input_range: tuple[int, int],
+                   output_range: tuple[int, int], seed: int = 0) -> dict[str, Any]:
+    rng = random.Random(seed)
+    vocab = engine.arch.vocab_size
+    total_in = total_out = 0
+    for i in range(num_prompts):
+        n_in, n_out = rng.randint(*input_range), rng.randint(*output_range)
+        total_in, total_out = total_in + n_in, total_out + n_out
+        engine.add_request(f"tp-{i}", [rng.randrange(vocab) for _ in range(n_in)],
+                           SamplingParams(temperature=0.0, max_tokens=n_out, ignore_eos=True))
+    peak_kv, steps = 0.0, 0
+    start = time.perf_counter()
+    while engine.has_unfinished_requests():
+        engine.step()
+        steps += 1
+        peak_kv = max(peak_kv, engine.core.kv.usage)
+    wall = time.perf_counter() - start
+    return {"workload": "throughput", "num_prompts": num_prompts, "input_tokens": total_in,
+            "output_tokens": total_out, "wall_s": wall, "output_tok_s": total_out / wall,
+            "total_tok_s": (total_in + total_out) / wall, "steps": steps,
+            "peak_kv_usage": peak_kv, "preemptions": engine.core.scheduler.num_preemptions}
+
+
+def add_bench_parser(sub, add_engine_args) -> None:
+    p = sub.add_parser("bench", help="latency and throughput benchmarks")
+    p.add_argument("workload", choices=["latency", "throughput"])
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--input-len", type=int, default=32)
+    p.add_argument("--output-len", type=int, default=256)
+    p.add_argument("--num-prompts", type=int, default=1000)
+    p.add_argument("--input-range", type=int, nargs=2, default=(128, 1024))
+    p.add_argument("--output-range", type=int, nargs=2, default=(128, 512))
+    p.add_argument("--json", default=None, help="write the results here")
+    add_engine_args(p)
+    p.set_defaults(func=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from tessera.cli import engine_kwargs
+
+    kwargs = engine_kwargs(args)
+    kwargs.setdefault("skip_tokenizer_init", True)
+    engine = LLMEngine(EngineConfig.from_kwargs(**kwargs))
+    device = engine.executor.runner.device
+    if args.workload == "latency":
+        bandwidth = measure_bandwidth(device)
+        run_latency(engine, min(args.batch_size, 2), args.input_len, 8, bandwidth, seed=99)
+        r = run_latency(engine, args.batch_size, args.input_len, args.output_len, bandwidth)
+        r["bandwidth_gb_s"] = bandwidth / 1e9
+        print(f"latency  batch {r['batch']}  prompt {r['input_len']}  new {r['output_len']}: "
+              f"{r['median_step_ms']:.2f} ms/step, {r['tok_s']:.1f} tok/s "
+              f"({r['tok_s_per_seq']:.1f} per sequence); roofline {r['roofline_step_ms']:.2f} ms "
+              f"at {bandwidth / 1e12:.2f} TB/s -> {r['roofline_ratio']:.1%}")
+    else:
+        run_throughput(engine, 8, (16, 64), (8, 16), seed=99)  # warm-up
+        r = run_throughput(engine, args.num_prompts, tuple(args.input_range),
+                           tuple(args.output_range))
+        print(f"throughput  {r['num_prompts']} requests: {r['wall_s']:.1f} s, "
+              f"{r['output_tok_s']:.0f} output tok/s, {r['total_tok_s']:.0f} total tok/s, "
+              f"peak KV {r['peak_kv_usage']:.1%}, {r['preemptions']} preemptions")
+    r.update(model=engine.config.model.model, dtype=str(engine.executor.runner.dtype),
+             device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=2)
+    return 0
