@@ -2,8 +2,11 @@
 the Triton kernels are tested against.
 
 Objects: AttentionMetadata (built once per step by the model runner, passed explicitly to
-every layer; no global state) and Attention (writes this step's K/V into the paged
-cache, then attends each query to its sequence's cached context).
+every layer; no global state), RaggedMetadata (the sequences the reference path serves)
+and Attention (writes this step's K/V into the paged cache, then attends each query to
+its sequence's cached context). With kernels (CUDA), the step's one-token sequences come
+first and go to the Triton decode kernel; the rest (prefill chunks) take the reference
+path, which pads queries per sequence only among themselves.
 
 KV cache of one layer: [2, num_blocks, block_size, num_kv_heads, head_dim]. Token t of
 a sequence lives in block `block_table[t // block_size]`, row `t % block_size`;
@@ -24,16 +27,13 @@ from torch import nn
 
 
 @dataclasses.dataclass
-class AttentionMetadata:
-    slot_mapping: torch.Tensor  # [T] int64: cache slot of each new token
+class RaggedMetadata:
     block_tables: torch.Tensor  # [B, max_blocks] int64 (padded with 0)
     seq_lens: torch.Tensor  # [B] int64: context length after this step
     query_lens: torch.Tensor  # [B] int64: new tokens of each sequence this step
     token_seq_idx: torch.Tensor  # [T] int64: which sequence each token belongs to
     token_query_idx: torch.Tensor  # [T] int64: index of the token within its sequence's queries
     max_query_len: int
-    decode_only: bool = False  # every sequence has one new token
-    use_kernels: bool = False  # Triton kernels (CUDA) instead of the PyTorch reference
     # Built lazily per sliding window: [B, 1, max_query_len, max_blocks * block_size] bool
     _masks: dict = dataclasses.field(default_factory=dict)
 
@@ -57,6 +57,19 @@ class AttentionMetadata:
         return mask[:, None]  # [B, 1, Q, K]
 
 
+@dataclasses.dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [T] int64: cache slot of each new token
+    num_decode_tokens: int = 0  # the first tokens: one-token sequences, for the decode kernel
+    decode_block_tables: Optional[torch.Tensor] = None  # [num_decode_tokens, max_blocks]
+    decode_seq_lens: Optional[torch.Tensor] = None  # [num_decode_tokens]
+    ragged: Optional[RaggedMetadata] = None  # the other sequences' tokens, after the decodes
+
+    @property
+    def decode_only(self) -> bool:
+        return self.ragged is None
+
+
 class Attention(nn.Module):
     def __init__(self, num_heads: int, head_dim: int, num_kv_heads: int,
                  sliding_window: Optional[int] = None):
@@ -69,12 +82,17 @@ class Attention(nn.Module):
                 kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """q: [T, Hq, D]; k, v: [T, Hkv, D]; kv_cache: [2, N, bs, Hkv, D] -> [T, Hq * D]."""
         write_kv_cache(k, v, kv_cache, meta.slot_mapping)
-        if meta.decode_only and meta.use_kernels:
+        nd = meta.num_decode_tokens
+        parts = []
+        if nd:
             from tessera.kernels.paged_decode_attention import paged_decode_attention
-            out = paged_decode_attention(q, kv_cache, meta.block_tables, meta.seq_lens,
-                                         self.scale, self.sliding_window)
-        else:
-            out = paged_attention_ref(q, kv_cache, meta, self.scale, self.sliding_window)
+            parts.append(paged_decode_attention(q[:nd], kv_cache, meta.decode_block_tables,
+                                                meta.decode_seq_lens, self.scale,
+                                                self.sliding_window))
+        if meta.ragged is not None:
+            parts.append(paged_attention_ref(q[nd:], kv_cache, meta.ragged, self.scale,
+                                             self.sliding_window))
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)
         return out.reshape(q.shape[0], self.num_heads * self.head_dim)
 
 
@@ -85,7 +103,7 @@ def write_kv_cache(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
     kv_cache[1].view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, v)
 
 
-def paged_attention_ref(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata,
+def paged_attention_ref(q: torch.Tensor, kv_cache: torch.Tensor, meta: RaggedMetadata,
                         scale: float, sliding_window: Optional[int] = None) -> torch.Tensor:
     """Attention of ragged queries over paged context. q: [T, Hq, D] -> [T, Hq, D]."""
     num_seqs, max_blocks = meta.block_tables.shape

@@ -46,12 +46,9 @@ class DecodeGraphs:
         self.pool = None
 
     def _meta(self, batch: int) -> AttentionMetadata:
-        ones = self.seq_lens.new_ones(batch)
-        return AttentionMetadata(
-            slot_mapping=self.slot_mapping[:batch], block_tables=self.block_tables[:batch],
-            seq_lens=self.seq_lens[:batch], query_lens=ones,
-            token_seq_idx=torch.arange(batch, device=ones.device), token_query_idx=ones * 0,
-            max_query_len=1, decode_only=True, use_kernels=True)
+        return AttentionMetadata(slot_mapping=self.slot_mapping[:batch], num_decode_tokens=batch,
+                                 decode_block_tables=self.block_tables[:batch],
+                                 decode_seq_lens=self.seq_lens[:batch])
 
     @torch.inference_mode()
     def capture(self, sizes: list[int]) -> None:
@@ -80,15 +77,15 @@ class DecodeGraphs:
         batch = inputs.input_ids.shape[0]
         if not meta.decode_only or not self.sizes or batch > self.sizes[-1]:
             return None
-        width = meta.block_tables.shape[1]
+        width = meta.decode_block_tables.shape[1]
         if width > self.max_blocks:
             return None
         bucket = self.sizes[bisect.bisect_left(self.sizes, batch)]
         self.input_ids[:batch].copy_(inputs.input_ids)
         self.positions[:batch].copy_(inputs.positions)
         self.slot_mapping[:batch].copy_(meta.slot_mapping)
-        self.block_tables[:batch, :width].copy_(meta.block_tables)
-        self.seq_lens[:batch].copy_(meta.seq_lens)
+        self.block_tables[:batch, :width].copy_(meta.decode_block_tables)
+        self.seq_lens[:batch].copy_(meta.decode_seq_lens)
         if bucket > batch:
             self.slot_mapping[batch:bucket].fill_(self.scratch_slot)
             self.seq_lens[batch:bucket].fill_(1)

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from tessera.layers.attention import AttentionMetadata
+from tessera.layers.attention import AttentionMetadata, RaggedMetadata
 from tessera.sampling_params import SamplingParams
 
 
@@ -49,13 +49,18 @@ class StepInputs:
 
 def prepare_inputs(states: dict[str, RequestState], scheduled: dict[str, int],
                    block_size: int, device: torch.device, use_kernels: bool = False) -> StepInputs:
+    """With kernels, one-token (decode) sequences go first, for the decode kernel."""
+    order = list(scheduled)
+    if use_kernels:
+        order = [r for r in order if scheduled[r] == 1] + [r for r in order if scheduled[r] != 1]
+    num_decodes = sum(1 for r in order if scheduled[r] == 1) if use_kernels else 0
     ids: list[int] = []
     positions: list[int] = []
     slots: list[int] = []
     seq_lens, query_lens, tables = [], [], []
     sample_rows, sample_ids, prompt_rows = [], [], []
-    for rid, n in scheduled.items():
-        st = states[rid]
+    for rid in order:
+        st, n = states[rid], scheduled[rid]
         start, row0 = st.num_computed_tokens, len(ids)
         end = start + n
         ids += st.token_ids[start:end]
@@ -75,29 +80,37 @@ def prepare_inputs(states: dict[str, RequestState], scheduled: dict[str, int],
             if last > first:
                 prompt_rows.append(PromptLogprobRows(rid, row0 + first - start, first + 1,
                                                      last - first))
-    width = max(len(t) for t in tables)
-    table = torch.zeros(len(tables), width, dtype=torch.int64)
-    for i, t in enumerate(tables):
-        table[i, :len(t)] = torch.tensor(t, dtype=torch.int64)
-    q_lens = torch.tensor(query_lens, dtype=torch.int64)
-    seq_idx = torch.repeat_interleave(torch.arange(len(query_lens)), q_lens)
-    starts = torch.cumsum(q_lens, 0) - q_lens
-    query_idx = torch.arange(len(ids)) - starts[seq_idx]
 
     def dev(x):
         return x.to(device, non_blocking=True)
 
-    meta = AttentionMetadata(
-        slot_mapping=dev(torch.tensor(slots, dtype=torch.int64)),
-        block_tables=dev(table),
-        seq_lens=dev(torch.tensor(seq_lens, dtype=torch.int64)),
-        query_lens=dev(q_lens),
-        token_seq_idx=dev(seq_idx),
-        token_query_idx=dev(query_idx),
-        max_query_len=max(query_lens),
-        decode_only=max(query_lens) == 1,
-        use_kernels=use_kernels,
-    )
+    meta = AttentionMetadata(slot_mapping=dev(torch.tensor(slots, dtype=torch.int64)),
+                             num_decode_tokens=num_decodes)
+    if num_decodes:
+        meta.decode_block_tables = dev(_table(tables[:num_decodes]))
+        meta.decode_seq_lens = dev(torch.tensor(seq_lens[:num_decodes], dtype=torch.int64))
+    if num_decodes < len(order):
+        meta.ragged = _ragged(tables[num_decodes:], seq_lens[num_decodes:],
+                              query_lens[num_decodes:], dev)
     return StepInputs(dev(torch.tensor(ids, dtype=torch.int64)),
                       dev(torch.tensor(positions, dtype=torch.int64)), meta,
                       sample_rows, sample_ids, prompt_rows)
+
+
+def _table(tables: list[list[int]]) -> torch.Tensor:
+    width = max(len(t) for t in tables)
+    table = torch.zeros(len(tables), width, dtype=torch.int64)
+    for i, t in enumerate(tables):
+        table[i, :len(t)] = torch.tensor(t, dtype=torch.int64)
+    return table
+
+
+def _ragged(tables, seq_lens, query_lens, dev) -> RaggedMetadata:
+    q_lens = torch.tensor(query_lens, dtype=torch.int64)
+    seq_idx = torch.repeat_interleave(torch.arange(len(query_lens)), q_lens)
+    starts = torch.cumsum(q_lens, 0) - q_lens
+    query_idx = torch.arange(int(q_lens.sum())) - starts[seq_idx]
+    return RaggedMetadata(block_tables=dev(_table(tables)),
+                          seq_lens=dev(torch.tensor(seq_lens, dtype=torch.int64)),
+                          query_lens=dev(q_lens), token_seq_idx=dev(seq_idx),
+                          token_query_idx=dev(query_idx), max_query_len=max(query_lens))

@@ -62,11 +62,10 @@ def test_sliding_window_and_small_pages():
 
 def test_matches_the_model_reference_path():
     """The layer's ragged reference (layers/attention.py) agrees for one-token queries."""
-    from tessera.layers.attention import AttentionMetadata, paged_attention_ref
+    from tessera.layers.attention import RaggedMetadata, paged_attention_ref
     q, kv, tables, lens = _case(8, 2, seq_lens=[3, 20, 16])
     b = len(lens)
-    meta = AttentionMetadata(slot_mapping=torch.zeros(b, dtype=torch.int64, device=DEVICE),
-                             block_tables=tables.long(), seq_lens=lens.long(),
+    meta = RaggedMetadata(block_tables=tables.long(), seq_lens=lens.long(),
                              query_lens=torch.ones(b, dtype=torch.int64, device=DEVICE),
                              token_seq_idx=torch.arange(b, device=DEVICE),
                              token_query_idx=torch.zeros(b, dtype=torch.int64, device=DEVICE),

@@ -1,0 +1,19 @@
+"""The model path that CUDA takes (decode sequences first, through the Triton decode
+kernel; prefill chunks through the reference), run on CPU under the interpreter with a
+tiny Llama: greedy tokens equal HF transformers while chunked prefill and decodes mix."""
+from __future__ import annotations
+
+from tessera import LLM, SamplingParams
+from tests.conftest import hf_greedy
+
+
+def test_mixed_steps_with_the_decode_kernel_equal_hf(tiny_llama):
+    folder, hf_model = tiny_llama
+    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=64, block_size=8,
+              max_num_batched_tokens=12)
+    llm.engine.executor.runner.use_kernels = True
+    prompts = [[5, 17, 99, 3], list(range(20, 45)), [300, 7, 7, 150, 42]]
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
+                        SamplingParams(temperature=0, max_tokens=10, ignore_eos=True))
+    for p, out in zip(prompts, outs):
+        assert out.outputs[0].token_ids == hf_greedy(hf_model, p, 10)[0]
