@@ -25,7 +25,7 @@ def _decode_partial(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, acc_ptr, ml_ptr, sc
                     stride_qb, stride_qh, stride_kvs, stride_kvb, stride_kvt, stride_kvh,
                     stride_tb, num_splits, max_blocks,
                     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-                    BLOCK_SIZE: tl.constexpr, NUM_HEADS: tl.constexpr):
+                    BLOCK_SIZE: tl.constexpr, NUM_HEADS: tl.constexpr, PRECISION: tl.constexpr):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -52,7 +52,7 @@ def _decode_partial(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, acc_ptr, ml_ptr, sc
         offs = toks[:, None] * stride_kvt + dims[None, :]
         k = tl.load(base + offs)  # [bs, D]
         v = tl.load(base + stride_kvs + offs)
-        s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale  # [G, bs]
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scale  # [G, bs]
         pos = page * BLOCK_SIZE + toks
         s = tl.where(((pos < seq_len) & (pos >= lowest_key))[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=1))
@@ -60,7 +60,8 @@ def _decode_partial(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, acc_ptr, ml_ptr, sc
         alpha = tl.exp(m - m_safe)
         p = tl.exp(s - m_safe[:, None])
         l = l * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION).to(
+            tl.float32)
         m = m_new
     out = ((seq * NUM_HEADS + heads) * num_splits + split)
     tl.store(acc_ptr + out[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
@@ -112,7 +113,8 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
         q.stride(0), q.stride(1), kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2),
         kv_cache.stride(3), block_tables.stride(0), splits, max_blocks,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        BLOCK_SIZE=block_size, NUM_HEADS=num_heads)
+        BLOCK_SIZE=block_size, NUM_HEADS=num_heads,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32")  # fp32 stays fp32 (no TF32)
     _decode_reduce[(num_seqs, num_heads)](
         acc, ml, out, out.stride(0), out.stride(1), splits, HEAD_DIM=head_dim,
         SPLITS_PAD=triton.next_power_of_2(splits), NUM_HEADS=num_heads)

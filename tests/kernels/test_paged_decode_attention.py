@@ -14,7 +14,7 @@ from tessera.kernels.paged_decode_attention import (paged_decode_attention,
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
-TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 
 
 def _case(num_heads, num_kv_heads, seq_lens, block_size=16, head_dim=64, dtype=torch.float32,
