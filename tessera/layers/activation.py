@@ -1,4 +1,5 @@
-"""SiluAndMul: the gated MLP activation, silu(gate) * up over a merged [gate | up] input."""
+"""SiluAndMul: the gated MLP activation, silu(gate) * up over a merged [gate | up] input.
+On CUDA one Triton kernel (kernels/silu_and_mul.py); elsewhere, PyTorch ops."""
 from __future__ import annotations
 
 import torch
@@ -9,5 +10,8 @@ from torch import nn
 class SiluAndMul(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [num_tokens, 2 * d] -> [num_tokens, d]."""
+        if x.is_cuda:
+            from tessera.kernels.silu_and_mul import silu_and_mul
+            return silu_and_mul(x)
         gate, up = x.chunk(2, dim=-1)
         return F.silu(gate) * up

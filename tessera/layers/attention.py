@@ -64,6 +64,7 @@ class AttentionMetadata:
     decode_block_tables: Optional[torch.Tensor] = None  # [num_decode_tokens, max_blocks]
     decode_seq_lens: Optional[torch.Tensor] = None  # [num_decode_tokens]
     ragged: Optional[RaggedMetadata] = None  # the other sequences' tokens, after the decodes
+    use_kernels: bool = False  # Triton: fused rotary + cache write (and the decode kernel)
 
     @property
     def decode_only(self) -> bool:
@@ -71,17 +72,25 @@ class AttentionMetadata:
 
 
 class Attention(nn.Module):
-    def __init__(self, num_heads: int, head_dim: int, num_kv_heads: int,
+    def __init__(self, num_heads: int, head_dim: int, num_kv_heads: int, rotary_emb,
                  sliding_window: Optional[int] = None):
         super().__init__()
         self.num_heads, self.head_dim, self.num_kv_heads = num_heads, head_dim, num_kv_heads
+        self.rotary_emb = rotary_emb
         self.sliding_window = sliding_window
         self.scale = head_dim ** -0.5
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """q: [T, Hq, D]; k, v: [T, Hkv, D]; kv_cache: [2, N, bs, Hkv, D] -> [T, Hq * D]."""
-        write_kv_cache(k, v, kv_cache, meta.slot_mapping)
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                v: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """positions: [T]; q: [T, Hq, D]; k, v: [T, Hkv, D]; kv_cache: [2, N, bs, Hkv, D]
+        -> [T, Hq * D]. Rotates q and k, stores k and v in the cache, attends."""
+        if meta.use_kernels:
+            from tessera.kernels.rotary_kv_write import rotary_kv_write
+            q = rotary_kv_write(q, k, v, positions, self.rotary_emb.cos_sin, kv_cache,
+                                meta.slot_mapping)
+        else:
+            q, k = self.rotary_emb(positions, q, k)
+            write_kv_cache(k, v, kv_cache, meta.slot_mapping)
         nd = meta.num_decode_tokens
         parts = []
         if nd:

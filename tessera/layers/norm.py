@@ -1,4 +1,5 @@
-"""RMSNorm, with an optional fused residual add (returns the new residual too)."""
+"""RMSNorm, with an optional fused residual add (returns the new residual too).
+On CUDA one Triton kernel does both (kernels/rms_norm.py); elsewhere, PyTorch ops."""
 from __future__ import annotations
 
 import torch
@@ -19,6 +20,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         """x, residual: [num_tokens, hidden]. With a residual: (norm(x + r), x + r)."""
+        if x.is_cuda:
+            from tessera.kernels.rms_norm import rms_norm
+            return rms_norm(x, self.weight, self.eps, residual)
         if residual is None:
             return self._norm(x)
         x = x + residual

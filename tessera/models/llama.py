@@ -43,8 +43,8 @@ class LlamaAttention(nn.Module):
         self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.head_dim = cfg.head_dim
         self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size)
-        self.rotary_emb = rotary_emb  # one cos/sin table shared by all layers
-        self.attn = Attention(self.num_heads, cfg.head_dim, self.num_kv_heads, cfg.sliding_window)
+        self.attn = Attention(self.num_heads, cfg.head_dim, self.num_kv_heads, rotary_emb,
+                              cfg.sliding_window)  # one cos/sin table shared by all layers
 
     def forward(self, positions, hidden, kv_cache, meta: AttentionMetadata):
         qkv = self.qkv_proj(hidden)  # [T, (Hq + 2 Hkv) * D]
@@ -53,8 +53,7 @@ class LlamaAttention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        q, k = self.rotary_emb(positions, q, k)
-        return self.o_proj(self.attn(q, k, v, kv_cache, meta))
+        return self.o_proj(self.attn(positions, q, k, v, kv_cache, meta))
 
 
 class LlamaMLP(nn.Module):

@@ -81,20 +81,51 @@ def prepare_inputs(states: dict[str, RequestState], scheduled: dict[str, int],
                 prompt_rows.append(PromptLogprobRows(rid, row0 + first - start, first + 1,
                                                      last - first))
 
-    def dev(x):
-        return x.to(device, non_blocking=True)
-
-    meta = AttentionMetadata(slot_mapping=dev(torch.tensor(slots, dtype=torch.int64)),
-                             num_decode_tokens=num_decodes)
+    pack = _Packer()
+    ids_t, pos_t, slots_t = pack.add(ids), pack.add(list(positions)), pack.add(slots)
+    dec_tables = dec_lens = None
     if num_decodes:
-        meta.decode_block_tables = dev(_table(tables[:num_decodes]))
-        meta.decode_seq_lens = dev(torch.tensor(seq_lens[:num_decodes], dtype=torch.int64))
+        dec_tables = pack.add_table(tables[:num_decodes])
+        dec_lens = pack.add(seq_lens[:num_decodes])
+    ragged = None
     if num_decodes < len(order):
-        meta.ragged = _ragged(tables[num_decodes:], seq_lens[num_decodes:],
-                              query_lens[num_decodes:], dev)
-    return StepInputs(dev(torch.tensor(ids, dtype=torch.int64)),
-                      dev(torch.tensor(positions, dtype=torch.int64)), meta,
-                      sample_rows, sample_ids, prompt_rows)
+        ragged = _ragged(pack, tables[num_decodes:], seq_lens[num_decodes:],
+                         query_lens[num_decodes:])
+    views = pack.to(device)  # one host-to-device copy for the whole step
+    meta = AttentionMetadata(slot_mapping=views[slots_t], num_decode_tokens=num_decodes,
+                             use_kernels=use_kernels)
+    if num_decodes:
+        meta.decode_block_tables, meta.decode_seq_lens = views[dec_tables], views[dec_lens]
+    if ragged is not None:
+        max_query_len = ragged.pop("max_query_len")
+        meta.ragged = RaggedMetadata(**{k: views[i] for k, i in ragged.items()},
+                                     max_query_len=max_query_len)
+    return StepInputs(views[ids_t], views[pos_t], meta, sample_rows, sample_ids, prompt_rows)
+
+
+class _Packer:
+    """Collects int64 arrays, sends them in one copy, hands back device views by index."""
+
+    def __init__(self):
+        self.chunks: list[torch.Tensor] = []
+
+    def add(self, values) -> int:
+        self.chunks.append(torch.as_tensor(values, dtype=torch.int64).reshape(-1))
+        return len(self.chunks) - 1
+
+    def add_table(self, tables: list[list[int]]) -> int:
+        self.chunks.append(_table(tables))
+        return len(self.chunks) - 1
+
+    def to(self, device: torch.device) -> list[torch.Tensor]:
+        flat = torch.cat([c.reshape(-1) for c in self.chunks])
+        if device.type == "cuda":
+            flat = flat.pin_memory().to(device, non_blocking=True)
+        views, offset = [], 0
+        for c in self.chunks:
+            views.append(flat[offset:offset + c.numel()].view(c.shape))
+            offset += c.numel()
+        return views
 
 
 def _table(tables: list[list[int]]) -> torch.Tensor:
@@ -105,12 +136,11 @@ def _table(tables: list[list[int]]) -> torch.Tensor:
     return table
 
 
-def _ragged(tables, seq_lens, query_lens, dev) -> RaggedMetadata:
+def _ragged(pack: _Packer, tables, seq_lens, query_lens) -> dict:
     q_lens = torch.tensor(query_lens, dtype=torch.int64)
     seq_idx = torch.repeat_interleave(torch.arange(len(query_lens)), q_lens)
     starts = torch.cumsum(q_lens, 0) - q_lens
     query_idx = torch.arange(int(q_lens.sum())) - starts[seq_idx]
-    return RaggedMetadata(block_tables=dev(_table(tables)),
-                          seq_lens=dev(torch.tensor(seq_lens, dtype=torch.int64)),
-                          query_lens=dev(q_lens), token_seq_idx=dev(seq_idx),
-                          token_query_idx=dev(query_idx), max_query_len=max(query_lens))
+    return dict(block_tables=pack.add_table(tables), seq_lens=pack.add(seq_lens),
+                query_lens=pack.add(q_lens), token_seq_idx=pack.add(seq_idx),
+                token_query_idx=pack.add(query_idx), max_query_len=max(query_lens))

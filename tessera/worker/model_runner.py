@@ -120,7 +120,10 @@ class ModelRunner:
         if inputs.sample_rows:
             logits = self.model.compute_logits(hidden[inputs.sample_rows])  # [N, V]
             states = [self.states[rid] for rid in inputs.sample_request_ids]
-            tokens, entries = sample(logits, self._sampling_batch(states))
+            if all(self._plain_greedy(st) for st in states):  # no settings to gather
+                tokens, entries = logits.argmax(dim=-1).tolist(), [None] * len(states)
+            else:
+                tokens, entries = sample(logits, self._sampling_batch(states))
             for st, tok, entry in zip(states, tokens, entries):
                 sampled[st.request_id] = tok
                 if entry is not None:
@@ -172,6 +175,11 @@ class ModelRunner:
             any_penalty=any(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1
                             for p in ps),
         )
+
+    def _plain_greedy(self, st: RequestState) -> bool:
+        p = st.params
+        return (p.greedy and p.logprobs is None and p.repetition_penalty == 1
+                and not p.presence_penalty and not p.frequency_penalty and not self._banned(st))
 
     def _banned(self, st: RequestState) -> list[int]:
         p = st.params

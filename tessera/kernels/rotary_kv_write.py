@@ -1,0 +1,96 @@
+"""Fused rotary embedding + KV-cache write, Triton; `rotary_kv_write_ref` beside it.
+
+One program per token: rotates its query heads (returned) and key heads ("rotate_half"
+layout: first and second halves of each head pair up), then stores the rotated key and
+the value at the token's cache slot. q: [T, Hq, D]; k, v: [T, Hkv, D]; positions,
+slot_mapping: [T]; cos_sin: [max_pos, D] float32 (cos | sin); kv_cache:
+[2, num_blocks, block_size, Hkv, D]. Every product and sum is rounded to the activations'
+dtype, as the unfused PyTorch ops (and HF transformers) round, so bf16 results match.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rotate(x1, x2, cos, sin):
+    """(x1 cos - x2 sin, x2 cos + x1 sin), each product and sum rounded to x's dtype."""
+    dt = x1.dtype
+    a1 = x1.to(tl.float32)
+    a2 = x2.to(tl.float32)
+    p1 = (a1 * cos).to(dt).to(tl.float32)
+    p2 = (a2 * sin).to(dt).to(tl.float32)
+    p3 = (a2 * cos).to(dt).to(tl.float32)
+    p4 = (a1 * sin).to(dt).to(tl.float32)
+    return (p1 - p2).to(dt), (p3 + p4).to(dt)
+
+
+@triton.jit
+def _rotary_kv(q_ptr, k_ptr, v_ptr, pos_ptr, slot_ptr, cs_ptr, q_out_ptr, kv_ptr,
+               stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_kvs,
+               NUM_Q: tl.constexpr, NUM_KV: tl.constexpr, HALF: tl.constexpr,
+               QH_PAD: tl.constexpr, KVH_PAD: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    pos = tl.load(pos_ptr + t).to(tl.int64)
+    slot = tl.load(slot_ptr + t).to(tl.int64)
+    half = tl.arange(0, HALF)
+    cos = tl.load(cs_ptr + pos * 2 * HALF + half)[None, :]
+    sin = tl.load(cs_ptr + pos * 2 * HALF + HALF + half)[None, :]
+    dt = q_out_ptr.dtype.element_ty
+    cos = cos.to(dt).to(tl.float32)
+    sin = sin.to(dt).to(tl.float32)
+
+    qh = tl.arange(0, QH_PAD)[:, None]
+    qok = qh < NUM_Q
+    qp = q_ptr + t * stride_qt + qh * stride_qh + half[None, :]
+    q1 = tl.load(qp, mask=qok, other=0.0)
+    q2 = tl.load(qp + HALF, mask=qok, other=0.0)
+    qo = q_out_ptr + t * NUM_Q * 2 * HALF + qh * 2 * HALF + half[None, :]
+    r1, r2 = _rotate(q1, q2, cos, sin)
+    tl.store(qo, r1, mask=qok)
+    tl.store(qo + HALF, r2, mask=qok)
+
+    kh = tl.arange(0, KVH_PAD)[:, None]
+    kok = kh < NUM_KV
+    kp = k_ptr + t * stride_kt + kh * stride_kh + half[None, :]
+    k1 = tl.load(kp, mask=kok, other=0.0)
+    k2 = tl.load(kp + HALF, mask=kok, other=0.0)
+    dst = kv_ptr + slot * NUM_KV * 2 * HALF + kh * 2 * HALF + half[None, :]
+    r1, r2 = _rotate(k1, k2, cos, sin)
+    tl.store(dst, r1, mask=kok)
+    tl.store(dst + HALF, r2, mask=kok)
+    vp = v_ptr + t * stride_vt + kh * stride_vh + half[None, :]
+    tl.store(dst + stride_kvs, tl.load(vp, mask=kok, other=0.0), mask=kok)
+    tl.store(dst + stride_kvs + HALF, tl.load(vp + HALF, mask=kok, other=0.0), mask=kok)
+
+
+def rotary_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                    cos_sin: torch.Tensor, kv_cache: torch.Tensor,
+                    slot_mapping: torch.Tensor) -> torch.Tensor:
+    tokens, num_q, head_dim = q.shape
+    num_kv = k.shape[1]
+    q_out = torch.empty(tokens, num_q, head_dim, dtype=q.dtype, device=q.device)
+    if tokens == 0:
+        return q_out
+    assert q.stride(2) == k.stride(2) == v.stride(2) == 1 and kv_cache.is_contiguous()
+    _rotary_kv[(tokens,)](
+        q, k, v, positions, slot_mapping, cos_sin, q_out, kv_cache,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        kv_cache.stride(0), NUM_Q=num_q, NUM_KV=num_kv, HALF=head_dim // 2,
+        QH_PAD=triton.next_power_of_2(num_q), KVH_PAD=triton.next_power_of_2(num_kv))
+    return q_out
+
+
+def rotary_kv_write_ref(q, k, v, positions, cos_sin, kv_cache, slot_mapping) -> torch.Tensor:
+    cos, sin = cos_sin[positions].to(q.dtype).unsqueeze(1).chunk(2, dim=-1)  # [T, 1, D/2]
+
+    def rot(x):  # the model's unfused path: ops in the activations' dtype
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+    num_kv, head_dim = k.shape[1], k.shape[2]
+    kv_cache[0].view(-1, num_kv, head_dim)[slot_mapping] = rot(k)
+    kv_cache[1].view(-1, num_kv, head_dim)[slot_mapping] = v
+    return rot(q)
