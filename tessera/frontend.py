@@ -107,6 +107,13 @@ class Frontend:
             raise ValueError("this model has no tokenizer, so it has no chat template.")
         if chat_template is None and not getattr(tok, "chat_template", None):
             raise ValueError("the tokenizer has no chat template; pass chat_template=...")
-        text = tok.apply_chat_template(messages, tokenize=False, chat_template=chat_template,
-                                       add_generation_prompt=add_generation_prompt, **kwargs)
+        import jinja2
+        extra = {k: v for k, v in kwargs.items()
+                 if k not in ("tokenize", "chat_template", "conversation", "messages")}
+        add_generation_prompt = extra.pop("add_generation_prompt", add_generation_prompt)
+        try:
+            text = tok.apply_chat_template(messages, tokenize=False, chat_template=chat_template,
+                                           add_generation_prompt=add_generation_prompt, **extra)
+        except jinja2.TemplateError as e:
+            raise ValueError(f"chat template error: {e}") from None
         return tok.encode(text, add_special_tokens=False)

@@ -53,19 +53,31 @@ class GuardMiddleware:
             if not hmac.compare_digest(given, self.expected):
                 return await _reply(send, 401, "Invalid or missing API key (Authorization: "
                                                "Bearer <key>).")
+        too_big = f"The request body is larger than {self.max_body} bytes."
         length = headers.get(b"content-length")
-        if length is not None and int(length) > self.max_body:
-            return await _reply(send, 413, f"The request body is larger than {self.max_body} bytes.")
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
+        if length is not None:
+            if int(length) > self.max_body:
+                return await _reply(send, 413, too_big)
+            return await self.app(scope, receive, send)
+        # No length given (chunked): read the body here, up to the bound, then replay it.
+        body, more = b"", True
+        while more:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_body:
-                raise ApiError(413, f"The request body is larger than {self.max_body} bytes.")
-            return message
-        return await self.app(scope, limited_receive, send)
+            if message["type"] != "http.request":
+                return await self.app(scope, receive, send)  # the client left
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_body:
+                return await _reply(send, 413, too_big)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+        return await self.app(scope, replay, send)
 
 
 async def _reply(send, status: int, message: str) -> None:

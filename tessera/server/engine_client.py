@@ -67,6 +67,8 @@ class EngineClient:
         in_addr, out_addr = f"ipc://{self._tmp}/in", f"ipc://{self._tmp}/out"
         self._sync_ctx = zmq.Context()
         self._to_engine = self._sync_ctx.socket(zmq.PUSH)
+        self._to_engine.setsockopt(zmq.LINGER, 0)
+        self._to_engine.setsockopt(zmq.SNDHWM, 100_000)
         self._to_engine.bind(in_addr)
         self._ctx = zmq.asyncio.Context()
         self._from_engine = self._ctx.socket(zmq.PULL)
@@ -100,7 +102,7 @@ class EngineClient:
             try:
                 self._send(ipc.Shutdown())
                 await asyncio.to_thread(self._proc.wait, 10)
-            except (subprocess.TimeoutExpired, zmq.ZMQError):
+            except (subprocess.TimeoutExpired, zmq.ZMQError, EngineDeadError):
                 self._proc.kill()
         for sock in ("_to_engine", "_from_engine"):
             if hasattr(self, sock):
@@ -148,7 +150,10 @@ class EngineClient:
         children = self.output_processor.child_ids(request_id)
         self.output_processor.abort(request_id)
         if children and not self.dead:
-            self._send(ipc.AbortRequests(children))
+            try:
+                self._send(ipc.AbortRequests(children))
+            except EngineDeadError:
+                pass  # nothing left to abort
 
     def _forget(self, request_id: str, children: list[str]) -> None:
         self._queues.pop(request_id, None)
@@ -158,7 +163,17 @@ class EngineClient:
             obs.on_done(request_id)
 
     def _send(self, msg) -> None:
-        self._to_engine.send(ipc.encoder.encode(msg))
+        """Never blocks: with no engine to take it, the engine is dead (the event loop must
+        not wait on a peer that will not come back)."""
+        if self._proc is not None and self._proc.poll() is not None:
+            self._fail(f"the engine process exited with code {self._proc.returncode}")
+        if self.dead:
+            raise EngineDeadError(self.dead)
+        try:
+            self._to_engine.send(ipc.encoder.encode(msg), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self._fail("the engine process stopped taking requests")
+            raise EngineDeadError(self.dead) from None
 
     # -- engine messages -----------------------------------------------------------------
     async def _read_loop(self) -> None:
@@ -179,8 +194,11 @@ class EngineClient:
         for obs in self.observers:
             obs.on_stats(msg.stats, msg.queue_times)
         outputs, to_abort = self.output_processor.process(msg.outputs)
-        if to_abort:
-            self._send(ipc.AbortRequests(to_abort))
+        if to_abort and not self.dead:
+            try:
+                self._send(ipc.AbortRequests(to_abort))
+            except EngineDeadError:
+                pass
         for out in outputs:
             for obs in self.observers:
                 obs.on_output(out.request_id, out, now)

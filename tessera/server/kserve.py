@@ -38,7 +38,9 @@ def _model(request: Request, name: str, version: Optional[str]):
     return s
 
 
-def _params(s, parameters: Optional[dict[str, Any]]) -> SamplingParams:
+def _params(s, parameters: Any) -> SamplingParams:
+    if parameters is not None and not isinstance(parameters, dict):
+        raise ApiError(400, "parameters must be a JSON object.", "parameters")
     given = {k: v for k, v in (parameters or {}).items() if k in _PARAM_FIELDS}
     given.setdefault("max_tokens", 16)
     return s.client.frontend.default_sampling_params(**given)
@@ -110,8 +112,11 @@ async def _generate_setup(request: Request, name: str, version: Optional[str]):
     text = body.get("text_input")
     if not isinstance(text, str):
         raise ApiError(400, "generate needs a string field 'text_input'.", "text_input")
+    parameters = body.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise ApiError(400, "parameters must be a JSON object.", "parameters")
     params = _params(s, {**{k: v for k, v in body.items() if k != "parameters"},
-                         **(body.get("parameters") or {})})
+                         **(parameters or {})})
     prompt = s.client.frontend.prepare_prompt(text)
     return s, params, s.client.generate(f"v2-{uuid.uuid4().hex}", prompt, params)
 
@@ -134,6 +139,8 @@ async def generate_stream(request: Request, name: str, version: Optional[str] = 
         tracker = DeltaTracker(params.stop)
         async for out in stream:
             c = out.outputs[0]
+            if tracker.skip(c):
+                continue
             text, _, _ = tracker.delta(c)
             if text or c.finished:
                 yield sse({"model_name": name, "model_version": version or VERSION,

@@ -158,8 +158,12 @@ async def _completion_chunks(s, body, rid, model, prompts, params, streams) -> A
     trackers = [DeltaTracker(sp.stop) for sp in params]
     echoed: set[int] = set()
     completion_tokens = 0
+    cached = {}
     async for i, out in merge_streams(streams):
+        cached[i] = out.num_cached_tokens
         for c in out.outputs:
+            if trackers[i].skip(c):
+                continue
             text, first, end = trackers[i].delta(c)
             index = i * body.n + c.index
             if body.echo and index not in echoed:
@@ -180,7 +184,7 @@ async def _completion_chunks(s, body, rid, model, prompts, params, streams) -> A
                    {"finish_reason": None, "stop_reason": None})}]))
     if body.include_usage:
         yield sse(fmt.envelope(rid, "text_completion", model, [], usage=fmt.usage(
-            sum(len(p.token_ids) for p in prompts), completion_tokens)))
+            sum(len(p.token_ids) for p in prompts), completion_tokens, sum(cached.values()))))
 
 
 # -- /v1/chat/completions -----------------------------------------------------------------
@@ -192,8 +196,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs requires logprobs=true.", "top_logprobs")
     messages = [m.as_template_dict() for m in body.messages]
-    ids = front.apply_chat_template(messages, body.add_generation_prompt, body.chat_template,
-                                    **(body.chat_template_kwargs or {}))
+    template_kwargs = dict(body.chat_template_kwargs or {})
+    add_generation_prompt = template_kwargs.pop("add_generation_prompt",
+                                                body.add_generation_prompt)
+    ids = front.apply_chat_template(messages, add_generation_prompt, body.chat_template,
+                                    **template_kwargs)  # ValueError (400) on template errors
     prompt = front.prepare_prompt(ids, check_length=False)
     max_tokens = _max_tokens(s, len(ids), body.requested_max_tokens(), "chat")
     k = (body.top_logprobs or 0) if body.logprobs else None
@@ -220,9 +227,12 @@ async def _chat_chunks(body, rid, model, prompt, params: SamplingParams,
     for i in range(params.n):
         yield sse(fmt.envelope(rid, obj, model, [{"index": i, "delta": {
             "role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]))
-    completion_tokens = 0
+    completion_tokens = cached = 0
     async for out in stream:
+        cached = out.num_cached_tokens
         for c in out.outputs:
+            if tracker.skip(c):
+                continue
             text, first, end = tracker.delta(c)
             logprobs = (fmt.chat_logprobs(c.token_ids[first:end], c.logprobs[first:end], k)
                         if k is not None and end > first else None)
@@ -236,7 +246,7 @@ async def _chat_chunks(body, rid, model, prompt, params: SamplingParams,
                                                           **fmt.finish_fields(c)}]))
     if body.include_usage:
         yield sse(fmt.envelope(rid, obj, model, [], usage=fmt.usage(len(prompt.token_ids),
-                                                                    completion_tokens)))
+                                                                    completion_tokens, cached)))
 
 
 # -- /tokenize, /detokenize ---------------------------------------------------------------

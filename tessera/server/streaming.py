@@ -27,6 +27,15 @@ class DeltaTracker:
         self.holdback = max((len(s) for s in stop), default=1) - 1
         self.sent_text: dict[int, int] = {}
         self.sent_tokens: dict[int, int] = {}
+        self.done: set[int] = set()  # choices whose finish was already sent
+
+    def skip(self, c: CompletionOutput) -> bool:
+        """A parent's output repeats finished choices; each finish is sent once."""
+        if c.index in self.done:
+            return True
+        if c.finished:
+            self.done.add(c.index)
+        return False
 
     def delta(self, c: CompletionOutput) -> tuple[str, int, int]:
         """(new text, first new token index, end token index) for choice c."""
