@@ -56,6 +56,8 @@ def main() -> None:
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--num-prompts", type=int, default=1000)
+    ap.add_argument("--max-num-seqs", type=int, default=512)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
     args = ap.parse_args()
     results: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                      "date": time.strftime("%Y-%m-%d")}
@@ -64,7 +66,8 @@ def main() -> None:
     results["bandwidth_tb_s"] = bandwidth / 1e12
     engine = LLMEngine(EngineConfig.from_kwargs(
         model="llama-3-8b", load_format="dummy", dtype="bfloat16", max_model_len=2048,
-        skip_tokenizer_init=True))
+        skip_tokenizer_init=True, max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens))
     run_latency(engine, 2, 32, 8, bandwidth, seed=9)  # warm-up
     results["latency_b1"] = run_latency(engine, 1, 32, 256, bandwidth)
     results["decode_b64"] = run_latency(engine, 64, 1024, 128, bandwidth)

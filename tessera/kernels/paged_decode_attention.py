@@ -7,8 +7,9 @@ Shapes: q [B, Hq, D]; kv_cache [2, num_blocks, block_size, Hkv, D]; block_tables
 
 Kernel 1 (`_decode_partial`): one program per (sequence, KV head, split). It holds all
 the query heads that share the KV head (GQA group, padded to 16 rows for tl.dot) and
-walks its split's share of the sequence's pages, an online softmax keeping the running
-max `m`, sum `l` and weighted values `acc`. Kernel 2 (`_decode_reduce`) merges the splits.
+walks its split's share of the sequence in tiles of 64 tokens (several pages, each token's
+page looked up in the block table), an online softmax keeping the running max `m`, sum
+`l` and weighted values `acc`. Kernel 2 (`_decode_reduce`) merges the splits.
 No host value decides a shape, so a CUDA graph can capture both launches.
 """
 from __future__ import annotations
@@ -25,20 +26,21 @@ def _decode_partial(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, acc_ptr, ml_ptr, sc
                     stride_qb, stride_qh, stride_kvs, stride_kvb, stride_kvt, stride_kvh,
                     stride_tb, num_splits, max_blocks,
                     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-                    BLOCK_SIZE: tl.constexpr, NUM_HEADS: tl.constexpr, PRECISION: tl.constexpr):
+                    BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, NUM_HEADS: tl.constexpr,
+                    PRECISION: tl.constexpr):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq)
-    num_pages = tl.cdiv(seq_len, BLOCK_SIZE)
-    pages_per_split = tl.cdiv(num_pages, num_splits)
-    first_page = split * pages_per_split
-    last_page = tl.minimum(first_page + pages_per_split, num_pages)
+    num_tiles = tl.cdiv(seq_len, TILE)  # a tile: TILE tokens over TILE / BLOCK_SIZE pages
+    tiles_per_split = tl.cdiv(num_tiles, num_splits)
+    first_tile = split * tiles_per_split
+    last_tile = tl.minimum(first_tile + tiles_per_split, num_tiles)
     lowest_key = tl.maximum(seq_len - window, 0)  # window = seq_len bound when none
 
     rows = tl.arange(0, GROUP_PAD)  # query heads of this KV head
     dims = tl.arange(0, HEAD_DIM)
-    toks = tl.arange(0, BLOCK_SIZE)
+    toks = tl.arange(0, TILE)
     row_ok = rows < GROUP
     heads = kv_head * GROUP + rows
     q = tl.load(q_ptr + seq * stride_qb + heads[:, None] * stride_qh + dims[None, :],
@@ -46,15 +48,17 @@ def _decode_partial(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, acc_ptr, ml_ptr, sc
     m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
-    for page in range(first_page, last_page):
-        block = tl.load(tables_ptr + seq * stride_tb + page).to(tl.int64)
-        base = kv_ptr + block * stride_kvb + kv_head * stride_kvh
-        offs = toks[:, None] * stride_kvt + dims[None, :]
-        k = tl.load(base + offs)  # [bs, D]
-        v = tl.load(base + stride_kvs + offs)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scale  # [G, bs]
-        pos = page * BLOCK_SIZE + toks
-        s = tl.where(((pos < seq_len) & (pos >= lowest_key))[None, :], s, float("-inf"))
+    for tile in range(first_tile, last_tile):
+        pos = tile * TILE + toks  # [TILE] token positions
+        live = pos < seq_len
+        page = tl.minimum(pos // BLOCK_SIZE, max_blocks - 1)
+        block = tl.load(tables_ptr + seq * stride_tb + page, mask=live, other=0).to(tl.int64)
+        offs = (block[:, None] * stride_kvb + (pos % BLOCK_SIZE)[:, None] * stride_kvt
+                + kv_head * stride_kvh + dims[None, :])
+        k = tl.load(kv_ptr + offs, mask=live[:, None], other=0.0)  # [TILE, D]
+        v = tl.load(kv_ptr + stride_kvs + offs, mask=live[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scale  # [G, TILE]
+        s = tl.where((live & (pos >= lowest_key))[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp(m - m_safe)
@@ -89,7 +93,7 @@ def _decode_reduce(acc_ptr, ml_ptr, out_ptr, stride_ob, stride_oh, num_splits,
 
 
 def default_num_splits(max_blocks: int) -> int:
-    """Enough programs to fill the GPU at small batch; at most one page each."""
+    """Enough programs to fill the GPU at small batch (empty splits exit at once)."""
     return max(1, min(16, max_blocks))
 
 
@@ -113,7 +117,7 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
         q.stride(0), q.stride(1), kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2),
         kv_cache.stride(3), block_tables.stride(0), splits, max_blocks,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        BLOCK_SIZE=block_size, NUM_HEADS=num_heads,
+        BLOCK_SIZE=block_size, TILE=max(64, block_size), NUM_HEADS=num_heads,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32")  # fp32 stays fp32 (no TF32)
     _decode_reduce[(num_seqs, num_heads)](
         acc, ml, out, out.stride(0), out.stride(1), splits, HEAD_DIM=head_dim,
