@@ -1,17 +1,22 @@
-"""The model path that CUDA takes (decode sequences first, through the Triton decode
-kernel; prefill chunks through the reference), run on CPU under the interpreter with a
-tiny Llama: greedy tokens equal HF transformers while chunked prefill and decodes mix."""
+"""The model path that CUDA takes (fused rotary + cache write; decode sequences first,
+through the Triton decode kernel; prefill chunks through the reference) with a tiny
+Llama in float32: greedy tokens equal HF transformers while chunked prefill and decodes
+mix. On CPU the kernels run under the interpreter; on a GPU, natively."""
 from __future__ import annotations
+
+import torch
 
 from tessera import LLM, SamplingParams
 from tests.conftest import hf_greedy
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def test_mixed_steps_with_the_decode_kernel_equal_hf(tiny_llama):
     folder, hf_model = tiny_llama
     llm = LLM(folder, skip_tokenizer_init=True, num_blocks=64, block_size=8,
-              max_num_batched_tokens=12)
-    llm.engine.executor.runner.use_kernels = True
+              max_num_batched_tokens=12, device=DEVICE, dtype="float32")
+    llm.engine.executor.runner.use_kernels = True  # already so on CUDA
     prompts = [[5, 17, 99, 3], list(range(20, 45)), [300, 7, 7, 150, 42]]
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
                         SamplingParams(temperature=0, max_tokens=10, ignore_eos=True))
