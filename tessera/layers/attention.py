@@ -5,8 +5,8 @@ Objects: AttentionMetadata (built once per step by the model runner, passed expl
 every layer; no global state), RaggedMetadata (the sequences the reference path serves)
 and Attention (writes this step's K/V into the paged cache, then attends each query to
 its sequence's cached context). With kernels (CUDA), the step's one-token sequences come
-first and go to the Triton decode kernel; the rest (prefill chunks) take the reference
-path, which pads queries per sequence only among themselves.
+first and go to the Triton decode kernel, the rest (prefill chunks) to the Triton prefill
+kernel; without kernels, everything takes the PyTorch reference path.
 
 KV cache of one layer: [2, num_blocks, block_size, num_kv_heads, head_dim]. Token t of
 a sequence lives in block `block_table[t // block_size]`, row `t % block_size`;
@@ -34,6 +34,7 @@ class RaggedMetadata:
     token_seq_idx: torch.Tensor  # [T] int64: which sequence each token belongs to
     token_query_idx: torch.Tensor  # [T] int64: index of the token within its sequence's queries
     max_query_len: int
+    query_start: Optional[torch.Tensor] = None  # [B + 1] int64: offsets of each sequence's tokens
     # Built lazily per sliding window: [B, 1, max_query_len, max_blocks * block_size] bool
     _masks: dict = dataclasses.field(default_factory=dict)
 
@@ -98,8 +99,14 @@ class Attention(nn.Module):
             parts.append(paged_decode_attention(q[:nd], kv_cache, meta.decode_block_tables,
                                                 meta.decode_seq_lens, self.scale,
                                                 self.sliding_window))
-        if meta.ragged is not None:
-            parts.append(paged_attention_ref(q[nd:], kv_cache, meta.ragged, self.scale,
+        r = meta.ragged
+        if r is not None and meta.use_kernels:
+            from tessera.kernels.paged_prefill_attention import paged_prefill_attention
+            parts.append(paged_prefill_attention(q[nd:], kv_cache, r.block_tables, r.seq_lens,
+                                                 r.query_start, r.max_query_len, self.scale,
+                                                 self.sliding_window))
+        elif r is not None:
+            parts.append(paged_attention_ref(q[nd:], kv_cache, r, self.scale,
                                              self.sliding_window))
         out = parts[0] if len(parts) == 1 else torch.cat(parts)
         return out.reshape(q.shape[0], self.num_heads * self.head_dim)

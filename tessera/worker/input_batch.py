@@ -143,4 +143,6 @@ def _ragged(pack: _Packer, tables, seq_lens, query_lens) -> dict:
     query_idx = torch.arange(int(q_lens.sum())) - starts[seq_idx]
     return dict(block_tables=pack.add_table(tables), seq_lens=pack.add(seq_lens),
                 query_lens=pack.add(q_lens), token_seq_idx=pack.add(seq_idx),
-                token_query_idx=pack.add(query_idx), max_query_len=max(query_lens))
+                token_query_idx=pack.add(query_idx), max_query_len=max(query_lens),
+                query_start=pack.add(torch.cat([torch.zeros(1, dtype=torch.int64),
+                                                q_lens.cumsum(0)])))

@@ -1,0 +1,118 @@
+"""Prefill / mixed-batch attention over ragged queries and a paged context, Triton
+(FlashAttention-style online softmax, causal); `paged_prefill_attention_ref` beside it.
+
+Shapes: q [T, Hq, D] (sequences' new tokens packed one after another); query_start
+[B + 1] offsets into q; seq_lens [B] (context length after this step: the cached prefix
+plus the new tokens); kv_cache [2, num_blocks, block_size, Hkv, D] (the new tokens' K/V
+already written); block_tables [B, max_blocks] -> out [T, Hq, D].
+
+One program per (query tile of BLOCK_M tokens, sequence, query head). Query j of
+sequence b sits at position seq_len - query_len + j and sees keys 0..that position (and
+no further back than the sliding window). Keys come in tiles of BLOCK_N tokens, each
+token's page looked up in the block table.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _prefill(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, qstart_ptr, out_ptr, scale, window,
+             stride_qt, stride_qh, stride_ot, stride_oh, stride_kvs, stride_kvb, stride_kvt,
+             stride_kvh, stride_tb, max_blocks,
+             GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+    tile = tl.program_id(0)
+    seq = tl.program_id(1)
+    head = tl.program_id(2)
+    q_begin = tl.load(qstart_ptr + seq)
+    q_len = tl.load(qstart_ptr + seq + 1) - q_begin
+    if tile * BLOCK_M >= q_len:
+        return
+    seq_len = tl.load(seq_lens_ptr + seq)
+    first_pos = seq_len - q_len  # position of this sequence's first new token
+    kv_head = head // GROUP
+    rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < q_len
+    q_pos = first_pos + rows  # [M]
+    dims = tl.arange(0, HEAD_DIM)
+    q = tl.load(q_ptr + (q_begin + rows)[:, None] * stride_qt + head * stride_qh + dims[None, :],
+                mask=row_ok[:, None], other=0.0)  # [M, D]
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    last_key = tl.minimum(first_pos + (tile + 1) * BLOCK_M, seq_len)  # exclusive
+    first_key = tl.maximum(first_pos + tile * BLOCK_M - window + 1, 0)
+    start = (first_key // BLOCK_N) * BLOCK_N
+    cols = tl.arange(0, BLOCK_N)
+    for k_start in range(start, last_key, BLOCK_N):
+        pos = k_start + cols  # [N]
+        live = pos < last_key
+        page = tl.minimum(pos // BLOCK_SIZE, max_blocks - 1)
+        block = tl.load(tables_ptr + seq * stride_tb + page, mask=live, other=0).to(tl.int64)
+        offs = (block[:, None] * stride_kvb + (pos % BLOCK_SIZE)[:, None] * stride_kvt
+                + kv_head * stride_kvh + dims[None, :])
+        k = tl.load(kv_ptr + offs, mask=live[:, None], other=0.0)  # [N, D]
+        v = tl.load(kv_ptr + stride_kvs + offs, mask=live[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scale  # [M, N]
+        ok = (live[None, :] & (pos[None, :] <= q_pos[:, None])
+              & (q_pos[:, None] - pos[None, :] < window))
+        s = tl.where(ok, s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m - m_safe)
+        p = tl.exp(s - m_safe[:, None])
+        l = l * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION).to(
+            tl.float32)
+        m = m_new
+    out = acc / tl.maximum(l, 1e-30)[:, None]
+    tl.store(out_ptr + (q_begin + rows)[:, None] * stride_ot + head * stride_oh + dims[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+def paged_prefill_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
+                            seq_lens: torch.Tensor, query_start: torch.Tensor, max_query_len: int,
+                            scale: float, sliding_window: Optional[int] = None) -> torch.Tensor:
+    tokens, num_heads, head_dim = q.shape
+    _, _, block_size, num_kv_heads, _ = kv_cache.shape
+    out = torch.empty_like(q)
+    block_m = 64 if max_query_len > 32 else 16
+    grid = (triton.cdiv(max_query_len, block_m), block_tables.shape[0], num_heads)
+    _prefill[grid](
+        q, kv_cache, block_tables, seq_lens, query_start, out, scale,
+        sliding_window if sliding_window is not None else 1 << 30,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1), kv_cache.stride(0),
+        kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3), block_tables.stride(0),
+        block_tables.shape[1], GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim,
+        BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_N=64,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+    return out
+
+
+def paged_prefill_attention_ref(q, kv_cache, block_tables, seq_lens, query_start, scale,
+                                sliding_window=None) -> torch.Tensor:
+    """Loop over sequences; gather each context; causal softmax in float32."""
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    block_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
+    out = torch.empty_like(q)
+    for i in range(block_tables.shape[0]):
+        a, b, n = int(query_start[i]), int(query_start[i + 1]), int(seq_lens[i])
+        blocks = block_tables[i, :-(-n // block_size)].long()
+        k = kv_cache[0][blocks].reshape(-1, num_kv_heads, head_dim)[:n].float()
+        v = kv_cache[1][blocks].reshape(-1, num_kv_heads, head_dim)[:n].float()
+        k = k.repeat_interleave(num_heads // num_kv_heads, dim=1)  # [n, Hq, D]
+        v = v.repeat_interleave(num_heads // num_kv_heads, dim=1)
+        q_pos = torch.arange(n - (b - a), n, device=q.device)[:, None]
+        k_pos = torch.arange(n, device=q.device)[None, :]
+        allowed = k_pos <= q_pos
+        if sliding_window is not None:
+            allowed &= q_pos - k_pos < sliding_window
+        scores = torch.einsum("qhd,khd->hqk", q[a:b].float(), k) * scale
+        scores = scores.masked_fill(~allowed[None], float("-inf"))
+        out[a:b] = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).to(q.dtype)
+    return out
