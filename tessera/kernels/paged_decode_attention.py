@@ -22,12 +22,12 @@ import triton.language as tl
 
 
 @triton.jit
-def _decode_partial(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, acc_ptr, ml_ptr, scale, window,
-                    stride_qb, stride_qh, stride_kvs, stride_kvb, stride_kvt, stride_kvh,
-                    stride_tb, num_splits, max_blocks,
+def _decode_partial(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, acc_ptr, ml_ptr, out_ptr, scale,
+                    window, stride_qb, stride_qh, stride_kvs, stride_kvb, stride_kvt, stride_kvh,
+                    stride_tb, stride_ob, stride_oh, num_splits, max_blocks,
                     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
                     BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, NUM_HEADS: tl.constexpr,
-                    PRECISION: tl.constexpr):
+                    PRECISION: tl.constexpr, DIRECT: tl.constexpr):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -67,10 +67,15 @@ def _decode_partial(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, acc_ptr, ml_ptr, sc
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION).to(
             tl.float32)
         m = m_new
-    out = ((seq * NUM_HEADS + heads) * num_splits + split)
-    tl.store(acc_ptr + out[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
-    tl.store(ml_ptr + out * 2, m, mask=row_ok)
-    tl.store(ml_ptr + out * 2 + 1, l, mask=row_ok)
+    if DIRECT:  # one split: this program has the whole answer
+        res = acc / tl.maximum(l, 1e-30)[:, None]
+        tl.store(out_ptr + seq * stride_ob + heads[:, None] * stride_oh + dims[None, :],
+                 res.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+    else:
+        out = ((seq * NUM_HEADS + heads) * num_splits + split)
+        tl.store(acc_ptr + out[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
+        tl.store(ml_ptr + out * 2, m, mask=row_ok)
+        tl.store(ml_ptr + out * 2 + 1, l, mask=row_ok)
 
 
 @triton.jit
@@ -92,9 +97,10 @@ def _decode_reduce(acc_ptr, ml_ptr, out_ptr, stride_ob, stride_oh, num_splits,
     tl.store(out_ptr + seq * stride_ob + head * stride_oh + dims, out)
 
 
-def default_num_splits(max_blocks: int) -> int:
-    """Enough programs to fill the GPU at small batch (empty splits exit at once)."""
-    return max(1, min(16, max_blocks))
+def default_num_splits(num_seqs: int, num_kv_heads: int) -> int:
+    """Split the context only while (sequences x KV heads) leaves the GPU's ~132 SMs idle:
+    at batch 1 (8 KV heads) 16 splits; from batch 32 on, none (no partials to merge)."""
+    return max(1, min(16, 256 // (num_seqs * num_kv_heads)))
 
 
 def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
@@ -106,19 +112,26 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
     _, _, block_size, num_kv_heads, _ = kv_cache.shape
     group = num_heads // num_kv_heads
     max_blocks = block_tables.shape[1]
-    splits = num_splits or default_num_splits(max_blocks)
-    acc = torch.empty(num_seqs, num_heads, splits, head_dim, dtype=torch.float32, device=q.device)
-    ml = torch.empty(num_seqs, num_heads, splits, 2, dtype=torch.float32, device=q.device)
+    splits = num_splits or default_num_splits(num_seqs, num_kv_heads)
     if out is None:
         out = torch.empty_like(q)
+    direct = splits == 1
+    acc = torch.empty(1 if direct else num_seqs * num_heads * splits * head_dim,
+                      dtype=torch.float32, device=q.device)
+    ml = torch.empty(1 if direct else num_seqs * num_heads * splits * 2, dtype=torch.float32,
+                     device=q.device)
     window = sliding_window if sliding_window is not None else 1 << 30
     _decode_partial[(num_seqs, num_kv_heads, splits)](
-        q, kv_cache, block_tables, seq_lens, acc, ml, scale, window,
+        q, kv_cache, block_tables, seq_lens, acc, ml, out, scale, window,
         q.stride(0), q.stride(1), kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2),
-        kv_cache.stride(3), block_tables.stride(0), splits, max_blocks,
+        kv_cache.stride(3), block_tables.stride(0), out.stride(0), out.stride(1), splits,
+        max_blocks,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, TILE=max(64, block_size), NUM_HEADS=num_heads,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32")  # fp32 stays fp32 (no TF32)
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # fp32 stays fp32 (no TF32)
+        DIRECT=direct)
+    if direct:
+        return out
     _decode_reduce[(num_seqs, num_heads)](
         acc, ml, out, out.stride(0), out.stride(1), splits, HEAD_DIM=head_dim,
         SPLITS_PAD=triton.next_power_of_2(splits), NUM_HEADS=num_heads)
