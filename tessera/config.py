@@ -93,12 +93,15 @@ class SchedulerConfig:
 
 @dataclasses.dataclass
 class ParallelConfig:
-    tensor_parallel_size: int = 1
+    tensor_parallel_size: int = 1  # Megatron-style: heads and MLP columns split over ranks
     pipeline_parallel_size: int = 1
+    collective_timeout_s: float = 60.0  # a collective or a step slower than this is an error
 
     def __post_init__(self) -> None:
-        if self.tensor_parallel_size != 1 or self.pipeline_parallel_size != 1:
-            raise ValueError("tensor/pipeline parallelism is not available yet; use 1.")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}.")
+        if self.pipeline_parallel_size != 1:
+            raise ValueError("pipeline_parallel_size > 1 is not available yet; use 1.")
 
 
 @dataclasses.dataclass

@@ -24,9 +24,12 @@ logger = logging.getLogger(__name__)
 
 def build_core(config: EngineConfig, frontend_source, max_model_len: int) -> EngineCore:
     """Load the model on this process's device and wrap it in an EngineCore."""
-    from tessera.executor.uniproc import UniprocExecutor  # model code stays out of engine/
-
-    executor = UniprocExecutor(config, frontend_source)
+    if config.parallel.tensor_parallel_size > 1:
+        from tessera.executor.multiproc import MultiprocExecutor
+        executor = MultiprocExecutor(config, frontend_source)
+    else:
+        from tessera.executor.uniproc import UniprocExecutor  # model code stays out of engine/
+        executor = UniprocExecutor(config, frontend_source)
     core = EngineCore(config, executor, max_model_len)
     capacity = core.num_blocks * config.cache.block_size
     info = executor.describe()

@@ -1,7 +1,8 @@
 """Tensor-parallel rank and size seen by the layers.
 
 Layers ask `tp_rank()` / `tp_size()` when they are built and shard their weights while
-loading. Until a multi-process executor sets a group, a single process is rank 0 of 1.
+loading. A worker of the multi-process executor calls `init_tensor_parallel` first;
+a single process is rank 0 of 1.
 `all_reduce` is the one collective row-parallel layers need.
 """
 from __future__ import annotations
@@ -24,6 +25,18 @@ _TP = TPGroup()
 def set_tp_group(group: TPGroup) -> None:
     global _TP
     _TP = group
+
+
+def init_tensor_parallel(rank: int, size: int, init_method: str, backend: str,
+                         timeout_s: float) -> None:
+    """Joins the process group of all TP ranks (gloo on CPU, NCCL on GPUs); collectives
+    that wait longer than `timeout_s` raise instead of hanging."""
+    import datetime
+
+    import torch.distributed as dist
+    dist.init_process_group(backend, init_method=init_method, world_size=size, rank=rank,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+    set_tp_group(TPGroup(rank, size, dist.group.WORLD))
 
 
 def tp_rank() -> int:

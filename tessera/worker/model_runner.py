@@ -33,6 +33,8 @@ class ModelRunner:
         self.dtype = config.model.torch_dtype
         self.block_size = config.cache.block_size
         self.arch = source.arch
+        tp = config.parallel.tensor_parallel_size
+        self.kv_heads = max(1, self.arch.num_kv_heads // tp)  # this rank's share (or a replica)
         start = time.perf_counter()
         self.model = load_model(config.model, source)
         self.load_seconds = time.perf_counter() - start
@@ -47,7 +49,7 @@ class ModelRunner:
     @property
     def bytes_per_block(self) -> int:
         a = self.arch
-        return 2 * a.num_layers * self.block_size * a.num_kv_heads * a.head_dim * self.dtype.itemsize
+        return 2 * a.num_layers * self.block_size * self.kv_heads * a.head_dim * self.dtype.itemsize
 
     def num_kv_blocks(self) -> int:
         if self.device.type != "cuda":
@@ -86,7 +88,7 @@ class ModelRunner:
         """Allocates the blocks, plus one scratch block (id num_blocks) that padded rows of
         a CUDA-graph batch write to; then captures the decode graphs."""
         a = self.arch
-        shape = (2, num_blocks + 1, self.block_size, a.num_kv_heads, a.head_dim)
+        shape = (2, num_blocks + 1, self.block_size, self.kv_heads, a.head_dim)
         self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device)
                           for _ in range(a.num_layers)]
         if capture_graphs and self.use_kernels and not self.config.model.enforce_eager:

@@ -1,0 +1,51 @@
+"""Messages between the multi-process executor and its workers (msgspec, never pickle).
+
+Executor -> worker: InitCache, Step (a SchedulerOutput), Shutdown. Worker -> executor:
+Hello (after loading: its KV-block estimate and what it set up), Ack, StepDone (rank 0's
+ModelRunnerOutput), WorkerError (any exception, with the rank; the worker then exits).
+"""
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+from tessera.engine.protocol import ModelRunnerOutput, SchedulerOutput
+
+
+class InitCache(msgspec.Struct, tag=True):
+    num_blocks: int
+
+
+class Step(msgspec.Struct, tag=True):
+    sched: SchedulerOutput
+
+
+class Shutdown(msgspec.Struct, tag=True):
+    pass
+
+
+class Hello(msgspec.Struct, tag=True):
+    rank: int
+    num_blocks: int
+    info: dict[str, Union[str, float, int]]
+
+
+class Ack(msgspec.Struct, tag=True):
+    rank: int
+
+
+class StepDone(msgspec.Struct, tag=True):
+    output: ModelRunnerOutput
+
+
+class WorkerError(msgspec.Struct, tag=True):
+    rank: int
+    message: str
+
+
+ToWorker = Union[InitCache, Step, Shutdown]
+FromWorker = Union[Hello, Ack, StepDone, WorkerError]
+encoder = msgspec.msgpack.Encoder()
+to_worker = msgspec.msgpack.Decoder(ToWorker)
+from_worker = msgspec.msgpack.Decoder(FromWorker)

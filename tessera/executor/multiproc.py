@@ -1,0 +1,131 @@
+"""MultiprocExecutor: one worker process per tensor-parallel rank.
+
+Flow: start N `tessera.executor.worker_proc` processes (config as JSON on the command
+line; a free loopback port for the process group), wait for each Hello, size the KV
+cache by the smallest estimate, then per step send the same SchedulerOutput to every
+rank and wait for rank 0's ModelRunnerOutput. Waiting is bounded: a worker that dies or
+reports an error, or a step slower than `collective_timeout_s`, raises WorkerFailure
+(the engine then stops) instead of hanging.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import zmq
+
+from tessera.config import EngineConfig
+from tessera.engine.protocol import ModelRunnerOutput, SchedulerOutput
+from tessera.engine_proc import config_to_json
+from tessera.executor import messages as msg
+from tessera.models.loader import ModelSource
+
+logger = logging.getLogger(__name__)
+STARTUP_TIMEOUT_S = 1800.0
+
+
+class WorkerFailure(RuntimeError):
+    """A worker died, failed, or did not answer in time."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MultiprocExecutor:
+    def __init__(self, config: EngineConfig, source: ModelSource):
+        self.world = config.parallel.tensor_parallel_size
+        self.timeout = config.parallel.collective_timeout_s
+        self._tmp = tempfile.mkdtemp(prefix="tessera-workers-")
+        self._ctx = zmq.Context()
+        self._results = self._ctx.socket(zmq.PULL)
+        out_addr = f"ipc://{self._tmp}/results"
+        self._results.bind(out_addr)
+        self._inboxes, self._procs = [], []
+        dist_init = f"tcp://127.0.0.1:{_free_port()}"
+        eos = ",".join(str(e) for e in source.arch.eos_token_ids)
+        for rank in range(self.world):
+            inbox = self._ctx.socket(zmq.PUSH)
+            inbox.setsockopt(zmq.LINGER, 0)
+            addr = f"ipc://{self._tmp}/rank{rank}"
+            inbox.bind(addr)
+            self._inboxes.append(inbox)
+            self._procs.append(subprocess.Popen(
+                [sys.executable, "-m", "tessera.executor.worker_proc", "--config",
+                 config_to_json(config), "--eos", eos, "--dist-init", dist_init,
+                 "--input", addr, "--output", out_addr, "--rank", str(rank),
+                 "--world", str(self.world)], stdin=subprocess.DEVNULL))
+        hellos = [self._wait(msg.Hello, STARTUP_TIMEOUT_S) for _ in range(self.world)]
+        self._blocks = min(h.num_blocks for h in hellos)
+        self._info = next(h.info for h in hellos if h.rank == 0)
+
+    def num_kv_blocks(self) -> int:
+        return self._blocks
+
+    def init_kv_cache(self, num_blocks: int) -> None:
+        self._broadcast(msg.InitCache(num_blocks))
+        for _ in range(self.world):
+            self._wait(msg.Ack, STARTUP_TIMEOUT_S)
+
+    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        self._broadcast(msg.Step(sched))
+        return self._wait(msg.StepDone, self.timeout).output
+
+    def describe(self) -> dict:
+        return {**self._info, "tensor_parallel_size": self.world}
+
+    def _broadcast(self, m) -> None:
+        frame = msg.encoder.encode(m)
+        for rank, inbox in enumerate(self._inboxes):
+            self._check_alive()
+            try:
+                inbox.send(frame, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                raise WorkerFailure(f"worker {rank} is not taking messages") from None
+
+    def _wait(self, kind, timeout_s: float):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._results.poll(100):
+                m = msg.from_worker.decode(self._results.recv())
+                if isinstance(m, msg.WorkerError):
+                    self.shutdown()
+                    raise WorkerFailure(f"worker {m.rank} failed: {m.message}")
+                if isinstance(m, kind):
+                    return m
+            self._check_alive()
+        self.shutdown()
+        raise WorkerFailure(f"no answer from the workers within {timeout_s:.0f} s")
+
+    def _check_alive(self) -> None:
+        for rank, proc in enumerate(self._procs):
+            if proc.poll() is not None:
+                code = proc.returncode
+                self.shutdown()
+                raise WorkerFailure(f"worker {rank} exited with code {code}")
+
+    def shutdown(self) -> None:
+        for inbox in self._inboxes:
+            try:
+                inbox.send(msg.encoder.encode(msg.Shutdown()), flags=zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        for proc in self._procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __del__(self):
+        for proc in getattr(self, "_procs", []):
+            if proc.poll() is None:
+                proc.kill()

@@ -1,0 +1,90 @@
+"""One tensor-parallel worker process: `python -m tessera.executor.worker_proc`.
+
+Flow: join the TP process group -> load this rank's shard of the model (each parameter's
+weight_loader keeps its slice) -> send Hello (KV-block estimate) -> loop on messages:
+InitCache, Step (run the model on the shared SchedulerOutput; rank 0 returns the sampled
+tokens, the other ranks only take part in the collectives), Shutdown. Any exception is
+reported as WorkerError before the process exits; so is the parent's death (it exits).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+
+import torch
+import zmq
+
+from tessera.executor import messages as msg
+
+logger = logging.getLogger("tessera.worker")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    for name in ("--config", "--eos", "--dist-init", "--input", "--output"):
+        ap.add_argument(name, required=name != "--eos", default="")
+    ap.add_argument("--rank", type=int, required=True)
+    ap.add_argument("--world", type=int, required=True)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"%(levelname)s rank{args.rank} %(name)s: "
+                                                   "%(message)s")
+    ctx = zmq.Context()
+    inbox = ctx.socket(zmq.PULL)
+    inbox.connect(args.input)
+    outbox = ctx.socket(zmq.PUSH)
+    outbox.connect(args.output)
+    try:
+        run(args, inbox, outbox)
+    except Exception as e:
+        logger.exception("worker failed")
+        outbox.send(msg.encoder.encode(msg.WorkerError(args.rank, f"{type(e).__name__}: {e}")))
+        outbox.close(linger=2000)
+        return 1
+    return 0
+
+
+def run(args, inbox, outbox) -> None:
+    from tessera.distributed.parallel_state import init_tensor_parallel
+    from tessera.engine_proc import config_from_json
+    from tessera.models.loader import resolve_model
+    from tessera.worker.model_runner import ModelRunner
+
+    config = config_from_json(args.config)
+    cuda = config.model.torch_device.type == "cuda"
+    if cuda:
+        torch.cuda.set_device(args.rank)
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.world))
+    init_tensor_parallel(args.rank, args.world, args.dist_init, "nccl" if cuda else "gloo",
+                         config.parallel.collective_timeout_s)
+    source = resolve_model(config.model)
+    eos = tuple(int(x) for x in args.eos.split(",") if x)
+    source.arch = dataclasses.replace(source.arch, eos_token_ids=eos)
+    runner = ModelRunner(config, source)
+    info = {"device": str(runner.device), "dtype": str(runner.dtype).removeprefix("torch."),
+            "weight_gib": runner.weight_bytes / 2**30, "load_seconds": runner.load_seconds,
+            "bytes_per_block": runner.bytes_per_block}
+    outbox.send(msg.encoder.encode(msg.Hello(args.rank, runner.num_kv_blocks(), info)))
+    parent = os.getppid()
+    while True:
+        if not inbox.poll(1000):
+            if os.getppid() != parent:
+                raise RuntimeError("the engine process is gone")
+            continue
+        m = msg.to_worker.decode(inbox.recv())
+        if isinstance(m, msg.Shutdown):
+            return
+        if isinstance(m, msg.InitCache):
+            runner.init_kv_cache(m.num_blocks)
+            outbox.send(msg.encoder.encode(msg.Ack(args.rank)))
+        elif isinstance(m, msg.Step):
+            out = runner.execute(m.sched)
+            if args.rank == 0:
+                outbox.send(msg.encoder.encode(msg.StepDone(out)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

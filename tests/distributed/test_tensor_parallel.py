@@ -1,0 +1,56 @@
+"""Tensor parallelism on CPU (gloo, one worker process per rank): greedy tokens of TP=2
+and TP=4 equal TP=1 on the same weights (fp32), KV heads replicated when there are fewer
+than ranks; a worker killed mid-request makes the engine fail within a bounded time."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tessera import LLM, SamplingParams
+from tessera.executor.multiproc import WorkerFailure
+
+PROMPTS = [[5, 17, 99, 3], list(range(20, 60)), [300, 7, 7, 150, 42]]
+PARAMS = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=0)
+
+
+@pytest.fixture(scope="module")
+def tp1_outputs(tiny_llama):
+    folder, _ = tiny_llama
+    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=64, max_num_batched_tokens=16)
+    return llm.generate([{"prompt_token_ids": p} for p in PROMPTS], PARAMS)
+
+
+@pytest.mark.parametrize("tp", [2, 4])  # 4 ranks > 2 KV heads: KV heads replicated
+def test_tensor_parallel_equals_single_process(tiny_llama, tp1_outputs, tp):
+    folder, _ = tiny_llama
+    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=64, max_num_batched_tokens=16,
+              tensor_parallel_size=tp)
+    try:
+        outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], PARAMS)
+        for ref, out in zip(tp1_outputs, outs):
+            assert out.outputs[0].token_ids == ref.outputs[0].token_ids
+            for a, b, t in zip(out.outputs[0].logprobs, ref.outputs[0].logprobs,
+                               ref.outputs[0].token_ids):
+                assert abs(a[t].logprob - b[t].logprob) < 1e-4
+        assert llm.engine.stats()["free_blocks"] == 64
+    finally:
+        llm.engine.executor.shutdown()
+
+
+def test_killed_worker_fails_the_engine_quickly(tiny_llama):
+    folder, _ = tiny_llama
+    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=64, tensor_parallel_size=2,
+              collective_timeout_s=20)
+    executor = llm.engine.executor
+    llm.engine.add_request("r", {"prompt_token_ids": [1, 2, 3]},
+                           SamplingParams(max_tokens=500, ignore_eos=True))
+    llm.engine.step()
+    executor._procs[1].kill()
+    start = time.monotonic()
+    with pytest.raises(WorkerFailure, match="worker"):
+        while llm.engine.has_unfinished_requests():
+            llm.engine.step()
+    assert time.monotonic() - start < 30
+    for proc in executor._procs:
+        assert proc.wait(10) is not None  # every worker is gone, none left behind
