@@ -20,6 +20,7 @@ from typing import Any, Optional
 from tessera.config import CacheConfig, ModelConfig, ParallelConfig, SchedulerConfig
 
 _ENGINE_PARTS = (ModelConfig, CacheConfig, SchedulerConfig, ParallelConfig)
+_ALIASES = {"tensor_parallel_size": ["-tp"], "pipeline_parallel_size": ["-pp"]}
 
 
 def _field_type(cls, field: dataclasses.Field):
@@ -34,12 +35,13 @@ def add_engine_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ())
         for f in dataclasses.fields(cls):
             if f.name in skip:
                 continue
-            flag = "--" + f.name.replace("_", "-")
+            flags = ["--" + f.name.replace("_", "-")] + _ALIASES.get(f.name, [])
             kind = _field_type(cls, f)
             if kind is bool:
-                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+                group.add_argument(*flags, action=argparse.BooleanOptionalAction,
+                                   default=f.default)
             else:
-                group.add_argument(flag, type=kind, default=f.default,
+                group.add_argument(*flags, type=kind, default=f.default,
                                    help=f"default: {f.default}")
 
 

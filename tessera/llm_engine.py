@@ -24,7 +24,12 @@ logger = logging.getLogger(__name__)
 
 def build_core(config: EngineConfig, frontend_source, max_model_len: int) -> EngineCore:
     """Load the model on this process's device and wrap it in an EngineCore."""
-    if config.parallel.tensor_parallel_size > 1:
+    tp = config.parallel.tensor_parallel_size
+    a = frontend_source.arch
+    from tessera.distributed.topology import check_layout
+    check_layout(a.num_heads, a.num_kv_heads, a.intermediate_size, a.num_layers, tp,
+                 config.model.torch_device.type == "cuda")
+    if tp > 1:
         from tessera.executor.multiproc import MultiprocExecutor
         executor = MultiprocExecutor(config, frontend_source)
     else:

@@ -52,3 +52,12 @@ def all_reduce(x: torch.Tensor) -> torch.Tensor:
         return x
     torch.distributed.all_reduce(x, group=_TP.group)
     return x
+
+
+def all_gather_last(x: torch.Tensor) -> torch.Tensor:
+    """Concatenates every rank's x along the last dimension (rank order)."""
+    if _TP.size == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(_TP.size)]
+    torch.distributed.all_gather(parts, x.contiguous(), group=_TP.group)
+    return torch.cat(parts, dim=-1)

@@ -1,28 +1,50 @@
-"""Token embedding and LM head (the head may share the embedding's weight)."""
+"""Vocabulary-parallel token embedding and LM head (the head may share the embedding).
+
+With TP ranks, each holds a contiguous slice of the vocabulary's rows (the vocabulary
+padded to a multiple of the rank count). Embedding: each rank looks up the ids in its
+slice (others give zeros) and an all-reduce sums them. LM head: each rank computes the
+logits of its slice and an all-gather joins them. With one rank, both are plain.
+"""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tessera.distributed.parallel_state import all_gather_last, all_reduce, tp_rank, tp_size
+
 
 class VocabEmbedding(nn.Module):
     def __init__(self, vocab_size: int, hidden_size: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size), requires_grad=False)
+        self.vocab_size, self.tp_rank, self.tp_size = vocab_size, tp_rank(), tp_size()
+        self.shard = -(-vocab_size // self.tp_size)  # rows per rank
+        self.start = self.tp_rank * self.shard
+        self.weight = nn.Parameter(torch.empty(self.shard, hidden_size), requires_grad=False)
         self.weight.weight_loader = self.weight_loader
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
-        if param.shape != loaded.shape:
+        if loaded.shape != (self.vocab_size, param.shape[1]):
             raise ValueError(f"embedding: checkpoint shape {tuple(loaded.shape)} does not fit "
-                             f"{tuple(param.shape)}")
-        param.data.copy_(loaded)
+                             f"({self.vocab_size}, {param.shape[1]})")
+        rows = loaded[self.start:self.start + self.shard]
+        param.data.zero_()
+        param.data[:rows.shape[0]].copy_(rows)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(input_ids, self.weight)  # [T] -> [T, hidden]
+        """[T] -> [T, hidden]."""
+        if self.tp_size == 1:
+            return F.embedding(input_ids, self.weight)
+        local = input_ids - self.start
+        outside = (local < 0) | (local >= self.shard)
+        out = F.embedding(local.masked_fill(outside, 0), self.weight)
+        return all_reduce(out.masked_fill(outside[:, None], 0))
 
 
 class LMHead(VocabEmbedding):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden] -> logits [N, vocab] in float32."""
-        return F.linear(hidden, self.weight).float()
+        logits = F.linear(hidden, self.weight)
+        if self.tp_size > 1:
+            logits = all_gather_last(logits)[:, :self.vocab_size]
+        return logits.float()

@@ -54,3 +54,25 @@ def test_killed_worker_fails_the_engine_quickly(tiny_llama):
     assert time.monotonic() - start < 30
     for proc in executor._procs:
         assert proc.wait(10) is not None  # every worker is gone, none left behind
+
+
+def test_each_rank_holds_a_shard(tiny_llama):
+    folder, _ = tiny_llama
+    one = LLM(folder, skip_tokenizer_init=True, num_blocks=16)
+    two = LLM(folder, skip_tokenizer_init=True, num_blocks=16, tensor_parallel_size=2)
+    try:
+        full = one.engine.executor.describe()["weight_gib"]
+        shard = two.engine.executor.describe()["weight_gib"]
+        assert 0.45 * full < shard < 0.55 * full  # every matrix, embedding and head split
+    finally:
+        two.engine.executor.shutdown()
+
+
+def test_impossible_layouts_are_refused(tiny_llama):
+    folder, _ = tiny_llama
+    with pytest.raises(ValueError, match="does not divide the 4 attention heads"):
+        LLM(folder, skip_tokenizer_init=True, tensor_parallel_size=3)
+    with pytest.raises(ValueError, match="tensor_parallel_size must be >= 1"):
+        LLM(folder, skip_tokenizer_init=True, tensor_parallel_size=0)
+    with pytest.raises(ValueError, match="pipeline_parallel_size > 1 is not available"):
+        LLM(folder, skip_tokenizer_init=True, pipeline_parallel_size=2)
