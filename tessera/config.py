@@ -96,6 +96,7 @@ class ParallelConfig:
     tensor_parallel_size: int = 1  # Megatron-style: heads and MLP columns split over ranks
     pipeline_parallel_size: int = 1
     collective_timeout_s: float = 60.0  # a collective or a step slower than this is an error
+    enable_expert_parallel: bool = False  # MoE: whole experts per TP rank, not expert slices
 
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1:

@@ -32,6 +32,13 @@ def _tiny_config(arch: str):
         return transformers.Qwen2Config(**TINY, tie_word_embeddings=True)
     if arch == "mistral":  # a window shorter than the sequences, so it matters
         return transformers.MistralConfig(**TINY, sliding_window=24)
+    if arch == "mixtral":
+        return transformers.MixtralConfig(**TINY, num_local_experts=4, num_experts_per_tok=2)
+    if arch == "qwen2moe":  # shared expert, top-k not renormalized, one dense layer
+        return transformers.Qwen2MoeConfig(**TINY, num_experts=4, num_experts_per_tok=2,
+                                           moe_intermediate_size=48,
+                                           shared_expert_intermediate_size=96,
+                                           mlp_only_layers=[1], norm_topk_prob=False)
     raise ValueError(arch)
 
 
@@ -52,6 +59,13 @@ def tiny_model(request, tmp_path_factory):
     folder = str(tmp_path_factory.mktemp(f"tiny-{request.param}"))
     model = make_tiny_checkpoint(request.param, folder, sharded=request.param == "llama")
     return request.param, folder, model
+
+
+@pytest.fixture(scope="session", params=["mixtral", "qwen2moe"])
+def tiny_moe(request, tmp_path_factory):
+    """(arch, folder, HF model) for the mixture-of-experts families."""
+    folder = str(tmp_path_factory.mktemp(f"tiny-{request.param}"))
+    return request.param, folder, make_tiny_checkpoint(request.param, folder)
 
 
 @pytest.fixture(scope="session")

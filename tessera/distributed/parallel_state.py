@@ -20,6 +20,16 @@ class TPGroup:
 
 
 _TP = TPGroup()
+_EXPERT_PARALLEL = False  # experts split whole over the TP ranks instead of sliced
+
+
+def set_expert_parallel(enabled: bool) -> None:
+    global _EXPERT_PARALLEL
+    _EXPERT_PARALLEL = enabled
+
+
+def expert_parallel() -> bool:
+    return _EXPERT_PARALLEL
 
 
 def set_tp_group(group: TPGroup) -> None:

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
 
 
 def run(args, inbox, outbox) -> None:
-    from tessera.distributed.parallel_state import init_tensor_parallel
+    from tessera.distributed.parallel_state import init_tensor_parallel, set_expert_parallel
     from tessera.engine_proc import config_from_json
     from tessera.models.loader import resolve_model
     from tessera.worker.model_runner import ModelRunner
@@ -60,6 +60,7 @@ def run(args, inbox, outbox) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.world))
     init_tensor_parallel(args.rank, args.world, args.dist_init, "nccl" if cuda else "gloo",
                          config.parallel.collective_timeout_s)
+    set_expert_parallel(config.parallel.enable_expert_parallel)
     source = resolve_model(config.model)
     eos = tuple(int(x) for x in args.eos.split(",") if x)
     source.arch = dataclasses.replace(source.arch, eos_token_ids=eos)

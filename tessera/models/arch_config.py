@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM",
+                           "MixtralForCausalLM", "Qwen2MoeForCausalLM")
 
 
 @dataclasses.dataclass
@@ -33,6 +34,13 @@ class ArchConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     torch_dtype: str | None = None  # the checkpoint's own dtype, e.g. "bfloat16"
+    # Mixture of experts (Mixtral, Qwen2-MoE); num_experts == 0: a dense model
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    shared_expert_intermediate_size: int = 0  # Qwen2-MoE's always-on expert (0: none)
+    norm_topk_prob: bool = True  # renormalize the top-k routing weights
+    moe_layers: tuple[int, ...] = ()  # layers whose MLP is the MoE block
 
     def __post_init__(self) -> None:
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -94,7 +102,8 @@ def from_hf_dict(cfg: dict[str, Any]) -> ArchConfig:
         theta, scaling = _rope_settings(cfg)
         eos = cfg.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
-        sliding = cfg.get("sliding_window") if arch == "MistralForCausalLM" else None
+        sliding = (cfg.get("sliding_window")
+                   if arch in ("MistralForCausalLM", "MixtralForCausalLM") else None)
         if arch == "Qwen2ForCausalLM" and cfg.get("use_sliding_window"):
             raise ValueError("Qwen2 with use_sliding_window=true is not supported yet.")
         return ArchConfig(
@@ -111,11 +120,33 @@ def from_hf_dict(cfg: dict[str, Any]) -> ArchConfig:
             rope_scaling=scaling,
             max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            attention_bias=arch == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias", False)),
+            attention_bias=arch in ("Qwen2ForCausalLM", "Qwen2MoeForCausalLM")
+            or bool(cfg.get("attention_bias", False)),
             sliding_window=int(sliding) if sliding else None,
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_ids=tuple(int(e) for e in eos_ids),
             torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype"),
+            **_moe_fields(arch, cfg),
         )
     except KeyError as e:
         raise ValueError(f"config.json lacks the field {e.args[0]!r} needed for {arch}.") from None
+
+
+def _moe_fields(arch: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    layers = int(cfg["num_hidden_layers"])
+    if arch == "MixtralForCausalLM":
+        return dict(num_experts=int(cfg["num_local_experts"]),
+                    num_experts_per_tok=int(cfg["num_experts_per_tok"]),
+                    moe_intermediate_size=int(cfg["intermediate_size"]), norm_topk_prob=True,
+                    moe_layers=tuple(range(layers)))
+    if arch == "Qwen2MoeForCausalLM":
+        step, dense = int(cfg.get("decoder_sparse_step", 1)), set(cfg.get("mlp_only_layers") or [])
+        experts = int(cfg["num_experts"])
+        return dict(num_experts=experts, num_experts_per_tok=int(cfg["num_experts_per_tok"]),
+                    moe_intermediate_size=int(cfg["moe_intermediate_size"]),
+                    shared_expert_intermediate_size=int(
+                        cfg.get("shared_expert_intermediate_size") or 0),
+                    norm_topk_prob=bool(cfg.get("norm_topk_prob", False)),
+                    moe_layers=tuple(i for i in range(layers) if i not in dense and experts
+                                     and (i + 1) % step == 0))
+    return {}

@@ -10,6 +10,7 @@ Qwen2 differs only by q/k/v biases; Mistral only by its sliding window.
 """
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 import torch
@@ -18,11 +19,17 @@ from torch import nn
 from tessera.layers.activation import SiluAndMul
 from tessera.layers.attention import Attention, AttentionMetadata
 from tessera.layers.embedding import LMHead, VocabEmbedding
-from tessera.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from tessera.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear, ReplicatedLinear,
+                                   RowParallelLinear)
+from tessera.layers.moe import FusedMoE
 from tessera.layers.norm import RMSNorm
 from tessera.layers.rotary import RotaryEmbedding
 from tessera.models.arch_config import ArchConfig
 
+# A checkpoint's expert tensor: Mixtral's experts.E.w1/w3/w2, Qwen2-MoE's gate/up/down_proj
+_EXPERT = re.compile(r"\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
+_EXPERT_KIND = {"w1": "gate", "gate_proj": "gate", "w3": "up", "up_proj": "up", "w2": "down",
+                "down_proj": "down"}
 # (our parameter, checkpoint name part, shard id)
 _STACKED = (("qkv_proj", "q_proj", "q"), ("qkv_proj", "k_proj", "k"), ("qkv_proj", "v_proj", "v"),
             ("gate_up_proj", "gate_proj", 0), ("gate_up_proj", "up_proj", 1))
@@ -57,23 +64,44 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, cfg: ArchConfig):
+    def __init__(self, hidden: int, intermediate: int):
         super().__init__()
-        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2)
-        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size)
+        self.gate_up_proj = MergedColumnParallelLinear(hidden, [intermediate] * 2)
+        self.down_proj = RowParallelLinear(intermediate, hidden)
         self.act = SiluAndMul()
 
     def forward(self, x):
         return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
+class SparseMoeBlock(nn.Module):
+    """Router + experts (Mixtral), plus a gated shared expert (Qwen2-MoE)."""
+
+    def __init__(self, cfg: ArchConfig):
+        super().__init__()
+        self.gate = ReplicatedLinear(cfg.hidden_size, cfg.num_experts, bias=False)
+        self.experts = FusedMoE(cfg.num_experts, cfg.num_experts_per_tok, cfg.hidden_size,
+                                cfg.moe_intermediate_size, cfg.norm_topk_prob)
+        self.shared_expert = self.shared_expert_gate = None
+        if cfg.shared_expert_intermediate_size:
+            self.shared_expert = LlamaMLP(cfg.hidden_size, cfg.shared_expert_intermediate_size)
+            self.shared_expert_gate = ReplicatedLinear(cfg.hidden_size, 1, bias=False)
+
+    def forward(self, x):
+        out = self.experts(x, self.gate(x))
+        if self.shared_expert is not None:
+            out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+        return out
+
+
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: ArchConfig, rotary_emb: RotaryEmbedding):
+    def __init__(self, cfg: ArchConfig, rotary_emb: RotaryEmbedding, index: int):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = LlamaAttention(cfg, rotary_emb)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = LlamaMLP(cfg)
+        self.mlp = (SparseMoeBlock(cfg) if index in cfg.moe_layers
+                    else LlamaMLP(cfg.hidden_size, cfg.intermediate_size))
 
     def forward(self, positions, hidden, residual, kv_cache, meta):
         if residual is None:
@@ -91,7 +119,8 @@ class LlamaModel(nn.Module):
         self.embed_tokens = VocabEmbedding(cfg.vocab_size, cfg.hidden_size)
         rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta,
                                  cfg.rope_scaling)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, rotary) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, rotary, i)
+                                    for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, input_ids, positions, kv_caches, meta):
@@ -127,6 +156,16 @@ class LlamaForCausalLM(nn.Module):
                 continue
             if name == "lm_head.weight" and self.config.tie_word_embeddings:
                 continue
+            name = name.replace(".block_sparse_moe.", ".mlp.")  # Mixtral's name for the block
+            expert = _EXPERT.search(name)
+            if expert:
+                e, kind = int(expert.group(1)), _EXPERT_KIND[expert.group(2)]
+                target = name[:expert.start()] + (".experts.w2" if kind == "down"
+                                                  else ".experts.w13")
+                param = params[target]
+                param.weight_loader(param, tensor.to(param.dtype), (e, kind))
+                loaded.add(f"{target}:{e}:{kind}")
+                continue
             for ours, theirs, shard in _STACKED:
                 if f".{theirs}." in name:
                     target = name.replace(theirs, ours)
@@ -149,6 +188,9 @@ class LlamaForCausalLM(nn.Module):
                 parts = [f"{name}:{s}" for s in "qkv"]
             elif name.endswith("gate_up_proj.weight"):
                 parts = [f"{name}:0", f"{name}:1"]
+            elif name.endswith((".experts.w13", ".experts.w2")):
+                kinds = ("down",) if name.endswith("w2") else ("gate", "up")
+                parts = [f"{name}:{e}:{k}" for e in range(self.config.num_experts) for k in kinds]
             else:
                 parts = [name]
             missing += [p for p in parts if p not in loaded]

@@ -10,6 +10,8 @@ _MODELS: dict[str, type[nn.Module]] = {
     "LlamaForCausalLM": LlamaForCausalLM,
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": LlamaForCausalLM,
+    "MixtralForCausalLM": LlamaForCausalLM,  # MoE blocks where arch.moe_layers says
+    "Qwen2MoeForCausalLM": LlamaForCausalLM,
 }
 assert set(_MODELS) == set(SUPPORTED_ARCHITECTURES)
 

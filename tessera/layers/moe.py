@@ -1,0 +1,85 @@
+"""Mixture-of-experts: top-k routing and a grouped expert computation.
+
+Objects: FusedMoE (all experts' weights stacked: w13 [E_local, 2 * I_local, H] holding
+[gate | up], w2 [E_local, H, I_local]) and `route` (softmax over all experts, top-k, and
+renormalization when the model asks for it, as Mixtral and Qwen2-MoE define it).
+Forward: tokens are sorted by expert; each expert runs one matmul over its tokens (a
+loop over experts, never over tokens), results are weighted and added back in expert
+order. Parallelism: with expert parallelism, each TP rank owns E / tp whole experts;
+without it, every rank holds every expert's slice of the intermediate dimension. Either
+way the tokens are the same on every rank, and one all-reduce combines the partial sums.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tessera.distributed.parallel_state import all_reduce, expert_parallel, tp_rank, tp_size
+
+
+def route(router_logits: torch.Tensor, top_k: int, renormalize: bool, dtype: torch.dtype):
+    """router_logits: [T, E] -> (weights [T, k] in dtype, expert ids [T, k])."""
+    probs = torch.softmax(router_logits.float(), dim=-1)
+    weights, ids = probs.topk(top_k, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights.to(dtype), ids
+
+
+class FusedMoE(nn.Module):
+    def __init__(self, num_experts: int, top_k: int, hidden: int, intermediate: int,
+                 renormalize: bool):
+        super().__init__()
+        self.num_experts, self.top_k, self.renormalize = num_experts, top_k, renormalize
+        self.tp_rank, self.tp_size = tp_rank(), tp_size()
+        self.ep = expert_parallel() and self.tp_size > 1
+        if self.ep:
+            if num_experts % self.tp_size:
+                raise ValueError(f"{num_experts} experts cannot be split evenly over "
+                                 f"{self.tp_size} expert-parallel ranks.")
+            local = num_experts // self.tp_size
+            self.first_expert, self.inter = self.tp_rank * local, intermediate
+        else:
+            if intermediate % self.tp_size:
+                raise ValueError(f"expert width {intermediate} is not divisible by "
+                                 f"TP={self.tp_size}")
+            local, self.first_expert, self.inter = num_experts, 0, intermediate // self.tp_size
+        self.local_experts = local
+        self.w13 = nn.Parameter(torch.empty(local, 2 * self.inter, hidden), requires_grad=False)
+        self.w2 = nn.Parameter(torch.empty(local, hidden, self.inter), requires_grad=False)
+        self.w13.weight_loader = self.w2.weight_loader = self.weight_loader
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id) -> None:
+        """shard_id: (expert id, "gate" | "up" | "down")."""
+        expert, kind = shard_id
+        e = expert - self.first_expert
+        if not 0 <= e < self.local_experts:
+            return  # another rank's expert
+        start = 0 if self.ep else self.tp_rank * self.inter
+        if kind == "down":
+            param.data[e].copy_(loaded.narrow(1, start, self.inter))
+        else:
+            offset = 0 if kind == "gate" else self.inter
+            param.data[e, offset:offset + self.inter].copy_(loaded.narrow(0, start, self.inter))
+
+    def forward(self, x: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
+        """x: [T, H]; router_logits: [T, E] -> [T, H]."""
+        weights, ids = route(router_logits, self.top_k, self.renormalize, x.dtype)
+        flat = ids.flatten()  # [T * k]
+        order = flat.argsort(stable=True)
+        tokens = order // self.top_k  # token of each sorted assignment
+        w_sorted = weights.flatten()[order]
+        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
+        out = torch.zeros_like(x)
+        start = sum(counts[:self.first_expert])
+        for e in range(self.local_experts):
+            n = counts[self.first_expert + e]
+            if n:
+                tok = tokens[start:start + n]
+                gate_up = F.linear(x[tok], self.w13[e])  # [n, 2I]
+                gate, up = gate_up.chunk(2, dim=-1)
+                y = F.linear(F.silu(gate) * up, self.w2[e])  # [n, H]
+                out.index_add_(0, tok, y * w_sorted[start:start + n, None])
+            start += n
+        return all_reduce(out) if self.tp_size > 1 else out
