@@ -45,9 +45,15 @@ def measure_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
 
 
 def _weight_bytes_read(engine: LLMEngine) -> int:
-    a, runner = engine.arch, engine.executor.runner
-    embed = a.vocab_size * a.hidden_size * runner.dtype.itemsize
-    return runner.weight_bytes - (0 if a.tie_word_embeddings else embed)  # rows, not the table
+    """Weight bytes one decode step reads over all ranks (the embedding table is only
+    looked up by row, so it does not count unless the LM head shares it)."""
+    a = engine.arch
+    embed = a.vocab_size * a.hidden_size
+    return (a.num_parameters() - (0 if a.tie_word_embeddings else embed)) * _itemsize(engine)
+
+
+def _itemsize(engine: LLMEngine) -> int:
+    return engine.config.model.torch_dtype.itemsize
 
 
 def run_latency(engine: LLMEngine, batch: int, input_len: int, output_len: int,
@@ -70,8 +76,7 @@ def run_latency(engine: LLMEngine, batch: int, input_len: int, output_len: int,
             contexts.append(core.last_step_context)
     wall = time.perf_counter() - start
     step = statistics.median(steps)
-    kv_bytes = statistics.median(contexts) * engine.arch.kv_bytes_per_token * \
-        engine.executor.runner.dtype.itemsize
+    kv_bytes = statistics.median(contexts) * engine.arch.kv_bytes_per_token * _itemsize(engine)
     floor = (_weight_bytes_read(engine) + kv_bytes) / bandwidth
     return {"workload": "latency", "batch": batch, "input_len": input_len,
             "output_len": output_len, "decode_steps": len(steps), "median_step_ms": step * 1e3,
@@ -123,7 +128,7 @@ def run_bench(args: argparse.Namespace) -> int:
     kwargs = engine_kwargs(args)
     kwargs.setdefault("skip_tokenizer_init", True)
     engine = LLMEngine(EngineConfig.from_kwargs(**kwargs))
-    device = engine.executor.runner.device
+    device = engine.config.model.torch_device
     if args.workload == "latency":
         bandwidth = measure_bandwidth(device)
         run_latency(engine, min(args.batch_size, 2), args.input_len, 8, bandwidth, seed=99)
@@ -140,7 +145,7 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"throughput  {r['num_prompts']} requests: {r['wall_s']:.1f} s, "
               f"{r['output_tok_s']:.0f} output tok/s, {r['total_tok_s']:.0f} total tok/s, "
               f"peak KV {r['peak_kv_usage']:.1%}, {r['preemptions']} preemptions")
-    r.update(model=engine.config.model.model, dtype=str(engine.executor.runner.dtype),
+    r.update(model=engine.config.model.model, dtype=str(engine.config.model.torch_dtype),
              device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
     if args.json:
         with open(args.json, "w") as f:
