@@ -97,12 +97,18 @@ class ParallelConfig:
     pipeline_parallel_size: int = 1
     collective_timeout_s: float = 60.0  # a collective or a step slower than this is an error
     enable_expert_parallel: bool = False  # MoE: whole experts per TP rank, not expert slices
+    pp_layer_partition: str = ""  # layers per pipeline stage, e.g. "15,17" (default: balanced)
 
     def __post_init__(self) -> None:
-        if self.tensor_parallel_size < 1:
-            raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}.")
-        if self.pipeline_parallel_size != 1:
-            raise ValueError("pipeline_parallel_size > 1 is not available yet; use 1.")
+        for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.pp_layer_partition:
+            parts = self.pp_layer_partition.split(",")
+            if len(parts) != self.pipeline_parallel_size or not all(
+                    p.strip().isdigit() and int(p) > 0 for p in parts):
+                raise ValueError(f"pp_layer_partition {self.pp_layer_partition!r} must list "
+                                 f"{self.pipeline_parallel_size} positive layer counts.")
 
 
 @dataclasses.dataclass

@@ -29,7 +29,10 @@ def build_core(config: EngineConfig, frontend_source, max_model_len: int) -> Eng
     from tessera.distributed.topology import check_layout
     check_layout(a.num_heads, a.num_kv_heads, a.intermediate_size, a.num_layers, tp,
                  config.model.torch_device.type == "cuda")
-    if tp > 1:
+    pp = config.parallel.pipeline_parallel_size
+    if pp > a.num_layers:
+        raise ValueError(f"pipeline_parallel_size {pp} exceeds the model's {a.num_layers} layers.")
+    if tp * pp > 1:
         from tessera.executor.multiproc import MultiprocExecutor
         executor = MultiprocExecutor(config, frontend_source)
     else:

@@ -1,7 +1,8 @@
 """Typed messages between the engine core, the scheduler and the workers.
 
 SchedulerOutput (core -> worker): new requests in full (`NewRequestData`), running ones
-as diffs (`CachedRequestData`: only new block ids), tokens to compute per request, and
+as diffs (`CachedRequestData`: new block ids and this step's tokens), tokens to compute per
+request, and
 requests the worker can forget. ModelRunnerOutput (worker -> core): sampled ids and
 logprobs. EngineCoreOutput (core -> frontend): per request, its new tokens and finish.
 Plain data only (ints, floats, strings, lists): these cross process boundaries later.
@@ -32,6 +33,8 @@ class NewRequestData:
 class CachedRequestData:
     request_id: str
     new_block_ids: list[int]
+    new_token_ids: list[int]  # the tokens this step computes (the last sampled one, for a
+    # decode): every pipeline stage learns them here, not only the one that sampled
 
 
 @dataclasses.dataclass

@@ -93,7 +93,8 @@ class Scheduler:
                 new_blocks = self.kv.allocate_slots(req, n)
             if new_blocks is None:
                 break
-            cached.append(CachedRequestData(req.request_id, new_blocks))
+            cached.append(CachedRequestData(req.request_id, new_blocks, req.token_slice(
+                req.num_computed_tokens, req.num_computed_tokens + n)))
             num_scheduled[req.request_id] = n
             budget -= n
             i += 1

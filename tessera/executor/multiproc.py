@@ -1,4 +1,4 @@
-"""MultiprocExecutor: one worker process per tensor-parallel rank.
+"""MultiprocExecutor: one worker process per rank (TP x PP of them).
 
 Flow: start N `tessera.executor.worker_proc` processes (config as JSON on the command
 line; a free loopback port for the process group), wait for each Hello, size the KV
@@ -42,7 +42,7 @@ def _free_port() -> int:
 
 class MultiprocExecutor:
     def __init__(self, config: EngineConfig, source: ModelSource):
-        self.world = config.parallel.tensor_parallel_size
+        self.world = config.parallel.tensor_parallel_size * config.parallel.pipeline_parallel_size
         self.timeout = config.parallel.collective_timeout_s
         self._tmp = tempfile.mkdtemp(prefix="tessera-workers-")
         self._ctx = zmq.Context()
@@ -66,6 +66,7 @@ class MultiprocExecutor:
         hellos = [self._wait(msg.Hello, STARTUP_TIMEOUT_S) for _ in range(self.world)]
         self._blocks = min(h.num_blocks for h in hellos)
         self._info = next(h.info for h in hellos if h.rank == 0)
+        self._info["weight_gib"] = sum(float(h.info["weight_gib"]) for h in hellos) / len(hellos)
 
     def num_kv_blocks(self) -> int:
         return self._blocks
@@ -80,7 +81,7 @@ class MultiprocExecutor:
         return self._wait(msg.StepDone, self.timeout).output
 
     def describe(self) -> dict:
-        return {**self._info, "tensor_parallel_size": self.world}
+        return {**self._info, "world_size": self.world}
 
     def _broadcast(self, m) -> None:
         frame = msg.encoder.encode(m)

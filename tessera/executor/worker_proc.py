@@ -2,8 +2,9 @@
 
 Flow: join the TP process group -> load this rank's shard of the model (each parameter's
 weight_loader keeps its slice) -> send Hello (KV-block estimate) -> loop on messages:
-InitCache, Step (run the model on the shared SchedulerOutput; rank 0 returns the sampled
-tokens, the other ranks only take part in the collectives), Shutdown. Any exception is
+InitCache, Step (run this stage's layers on the shared SchedulerOutput; TP rank 0 of the
+last stage returns the sampled tokens, the other ranks only take part in the collectives
+and pass hidden states on), Shutdown. Any exception is
 reported as WorkerError before the process exits; so is the parent's death (it exits).
 """
 from __future__ import annotations
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
 
 
 def run(args, inbox, outbox) -> None:
-    from tessera.distributed.parallel_state import init_tensor_parallel, set_expert_parallel
+    from tessera.distributed.parallel_state import init_parallel, set_expert_parallel
     from tessera.engine_proc import config_from_json
     from tessera.models.loader import resolve_model
     from tessera.worker.model_runner import ModelRunner
@@ -58,8 +59,10 @@ def run(args, inbox, outbox) -> None:
         torch.cuda.set_device(args.rank)
     else:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.world))
-    init_tensor_parallel(args.rank, args.world, args.dist_init, "nccl" if cuda else "gloo",
-                         config.parallel.collective_timeout_s)
+    par = config.parallel
+    init_parallel(args.rank, par.tensor_parallel_size, par.pipeline_parallel_size,
+                  args.dist_init, "nccl" if cuda else "gloo", par.collective_timeout_s,
+                  par.pp_layer_partition)
     set_expert_parallel(config.parallel.enable_expert_parallel)
     source = resolve_model(config.model)
     eos = tuple(int(x) for x in args.eos.split(",") if x)
@@ -83,7 +86,7 @@ def run(args, inbox, outbox) -> None:
             outbox.send(msg.encoder.encode(msg.Ack(args.rank)))
         elif isinstance(m, msg.Step):
             out = runner.execute(m.sched)
-            if args.rank == 0:
+            if args.rank == args.world - par.tensor_parallel_size:  # TP rank 0 of the last stage
                 outbox.send(msg.encoder.encode(msg.StepDone(out)))
 
 

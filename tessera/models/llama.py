@@ -2,10 +2,11 @@
 
 Objects: LlamaAttention, LlamaMLP, LlamaDecoderLayer, LlamaForCausalLM.
 Flow: input_ids [T] + positions [T] (ragged, all sequences packed) -> embedding ->
-layers (RMSNorm with fused residual add, attention over the paged KV cache, gated MLP)
--> final norm -> hidden [T, hidden]; `compute_logits` runs the LM head only on the rows
-that sample. `load_weights` maps Hugging Face names onto the stacked q/k/v and
-gate/up parameters through each parameter's weight_loader.
+layers (RMSNorm with fused residual add, attention over the paged KV cache, gated MLP or
+MoE block) -> final norm -> hidden [T, hidden]; `compute_logits` runs the LM head only on
+the rows that sample. Under pipeline parallelism a rank builds only its stage's part.
+`load_weights` maps Hugging Face names onto the stacked q/k/v and gate/up parameters
+through each parameter's weight_loader, skipping other stages' tensors.
 Qwen2 differs only by q/k/v biases; Mistral only by its sliding window.
 """
 from __future__ import annotations
@@ -24,12 +25,14 @@ from tessera.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear
 from tessera.layers.moe import FusedMoE
 from tessera.layers.norm import RMSNorm
 from tessera.layers.rotary import RotaryEmbedding
+from tessera.distributed.parallel_state import layer_range, pp_stage
 from tessera.models.arch_config import ArchConfig
 
 # A checkpoint's expert tensor: Mixtral's experts.E.w1/w3/w2, Qwen2-MoE's gate/up/down_proj
 _EXPERT = re.compile(r"\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
 _EXPERT_KIND = {"w1": "gate", "gate_proj": "gate", "w3": "up", "up_proj": "up", "w2": "down",
                 "down_proj": "down"}
+_LAYER = re.compile(r"model\.layers\.(\d+)\.")
 # (our parameter, checkpoint name part, shard id)
 _STACKED = (("qkv_proj", "q_proj", "q"), ("qkv_proj", "k_proj", "k"), ("qkv_proj", "v_proj", "v"),
             ("gate_up_proj", "gate_proj", 0), ("gate_up_proj", "up_proj", 1))
@@ -114,19 +117,32 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
+    """One pipeline stage's share: the embedding on the first stage, layers [start, end),
+    the final norm on the last (all of it with one stage)."""
+
     def __init__(self, cfg: ArchConfig):
         super().__init__()
-        self.embed_tokens = VocabEmbedding(cfg.vocab_size, cfg.hidden_size)
+        stage = pp_stage()
+        self.first, self.last = stage.first, stage.last
+        self.start, self.end = layer_range(cfg.num_layers)
+        self.embed_tokens = VocabEmbedding(cfg.vocab_size, cfg.hidden_size) if self.first else None
         rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta,
                                  cfg.rope_scaling)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, rotary, i)
-                                    for i in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.layers = nn.ModuleDict({str(i): LlamaDecoderLayer(cfg, rotary, i)
+                                     for i in range(self.start, self.end)})
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps) if self.last else None
 
-    def forward(self, input_ids, positions, kv_caches, meta):
-        hidden, residual = self.embed_tokens(input_ids), None
-        for layer, kv_cache in zip(self.layers, kv_caches):
+    def forward(self, input_ids, positions, kv_caches, meta, intermediate=None):
+        """First stage: token ids in; later stages: (hidden, residual) of the previous one.
+        Last stage: normed hidden [T, H] out; others: (hidden, residual) for the next."""
+        if self.first:
+            hidden, residual = self.embed_tokens(input_ids), None
+        else:
+            hidden, residual = intermediate
+        for layer, kv_cache in zip(self.layers.values(), kv_caches):
             hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
+        if not self.last:
+            return hidden, residual
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
@@ -136,14 +152,19 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.model = LlamaModel(cfg)
-        self.lm_head = LMHead(cfg.vocab_size, cfg.hidden_size)
-        if cfg.tie_word_embeddings:
+        self.lm_head = LMHead(cfg.vocab_size, cfg.hidden_size) if self.model.last else None
+        if cfg.tie_word_embeddings and self.model.first and self.model.last:
             self.lm_head.weight = self.model.embed_tokens.weight
 
+    @property
+    def num_local_layers(self) -> int:
+        return len(self.model.layers)
+
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                kv_caches: list[torch.Tensor], meta: AttentionMetadata) -> torch.Tensor:
-        """input_ids, positions: [T] -> hidden states [T, hidden]."""
-        return self.model(input_ids, positions, kv_caches, meta)
+                kv_caches: list[torch.Tensor], meta: AttentionMetadata, intermediate=None):
+        """input_ids, positions: [T] -> hidden states [T, hidden] (or, before the last
+        pipeline stage, (hidden, residual) for the next stage)."""
+        return self.model(input_ids, positions, kv_caches, meta, intermediate)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)  # [N, vocab] float32
@@ -151,11 +172,17 @@ class LlamaForCausalLM(nn.Module):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         params = dict(self.named_parameters(remove_duplicate=False))
         loaded: set[str] = set()
+        tied = self.config.tie_word_embeddings
         for name, tensor in weights:
             if "rotary_emb.inv_freq" in name:
                 continue
-            if name == "lm_head.weight" and self.config.tie_word_embeddings:
+            if name == "lm_head.weight" and tied:
                 continue
+            if name == "model.embed_tokens.weight" and tied and self.lm_head is not None \
+                    and self.model.embed_tokens is None:  # a last stage's tied head
+                name = "lm_head.weight"
+            if not self._owns(name):
+                continue  # another pipeline stage's tensor
             name = name.replace(".block_sparse_moe.", ".mlp.")  # Mixtral's name for the block
             expert = _EXPERT.search(name)
             if expert:
@@ -180,6 +207,18 @@ class LlamaForCausalLM(nn.Module):
             loader(param, tensor.to(param.dtype), shard)
             loaded.add(target if shard is None else f"{target}:{shard}")
         self._check_complete(loaded)
+
+    def _owns(self, name: str) -> bool:
+        layer = _LAYER.match(name)
+        if layer:
+            return self.model.start <= int(layer.group(1)) < self.model.end
+        if name.startswith("model.embed_tokens."):
+            return self.model.embed_tokens is not None
+        if name.startswith("model.norm."):
+            return self.model.norm is not None
+        if name.startswith("lm_head."):
+            return self.lm_head is not None
+        return True
 
     def _check_complete(self, loaded: set[str]) -> None:
         missing = []

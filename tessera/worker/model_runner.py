@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 
 from tessera.config import EngineConfig
+from tessera.distributed.parallel_state import pp_stage, recv_from_prev, send_to_next
 from tessera.engine.protocol import ModelRunnerOutput, SchedulerOutput
 from tessera.layers.sampler import SamplingBatch, gather_logprobs, sample
 from tessera.models.loader import ModelSource, load_model
@@ -42,6 +43,7 @@ class ModelRunner:
         self.kv_caches: list[torch.Tensor] = []
         self.graphs: Optional[DecodeGraphs] = None
         self.use_kernels = self.device.type == "cuda"
+        self.stage = pp_stage()
         self.states: dict[str, RequestState] = {}
         self.default_generator = torch.Generator(device=self.device).manual_seed(config.model.seed)
 
@@ -49,7 +51,8 @@ class ModelRunner:
     @property
     def bytes_per_block(self) -> int:
         a = self.arch
-        return 2 * a.num_layers * self.block_size * self.kv_heads * a.head_dim * self.dtype.itemsize
+        return (2 * self.model.num_local_layers * self.block_size * self.kv_heads * a.head_dim
+                * self.dtype.itemsize)
 
     def num_kv_blocks(self) -> int:
         if self.device.type != "cuda":
@@ -90,8 +93,9 @@ class ModelRunner:
         a = self.arch
         shape = (2, num_blocks + 1, self.block_size, self.kv_heads, a.head_dim)
         self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device)
-                          for _ in range(a.num_layers)]
-        if capture_graphs and self.use_kernels and not self.config.model.enforce_eager:
+                          for _ in range(self.model.num_local_layers)]
+        if (capture_graphs and self.use_kernels and not self.config.model.enforce_eager
+                and self.stage.size == 1):  # graphs hold no send/recv between stages
             self._capture_graphs(num_blocks)
 
     def _capture_graphs(self, num_blocks: int) -> None:
@@ -116,7 +120,11 @@ class ModelRunner:
                                 self.device, self.use_kernels)
         hidden = self.graphs.run(inputs) if self.graphs is not None else None
         if hidden is None:
-            hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
+            hidden = self._forward(inputs)
+        if not self.stage.last:  # hidden states went on to the next stage
+            for rid, n in sched.num_scheduled_tokens.items():
+                self.states[rid].num_computed_tokens += n
+            return ModelRunnerOutput({}, {}, {})
         prompt_logprobs = self._prompt_logprobs(hidden, inputs.prompt_rows)
         sampled, logprobs = {}, {}
         if inputs.sample_rows:
@@ -131,11 +139,20 @@ class ModelRunner:
                 if entry is not None:
                     logprobs[st.request_id] = entry
         for rid, n in sched.num_scheduled_tokens.items():
-            st = self.states[rid]
-            st.num_computed_tokens += n
-            if rid in sampled:
-                st.token_ids.append(sampled[rid])
+            self.states[rid].num_computed_tokens += n  # sampled tokens come back as input
         return ModelRunnerOutput(sampled, logprobs, prompt_logprobs)
+
+    def _forward(self, inputs):
+        """This stage's layers; between stages, (hidden, residual) [T, H] each go on."""
+        intermediate = None
+        if not self.stage.first:
+            shape = (inputs.input_ids.shape[0], self.arch.hidden_size)
+            intermediate = recv_from_prev([shape, shape], self.dtype, self.device)
+        out = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta,
+                         intermediate)
+        if not self.stage.last:
+            send_to_next(list(out))
+        return out
 
     def _update_states(self, sched: SchedulerOutput) -> None:
         for rid in sched.finished_request_ids:
@@ -150,7 +167,10 @@ class ModelRunner:
                 list(new.block_ids), new.num_computed_tokens, new.num_prompt_logprobs_done,
                 old.generator if old else self._make_generator(new.params.seed))
         for cached in sched.cached_requests:
-            self.states[cached.request_id].block_ids.extend(cached.new_block_ids)
+            st = self.states[cached.request_id]
+            st.block_ids.extend(cached.new_block_ids)
+            start = st.num_computed_tokens
+            st.token_ids[start:start + len(cached.new_token_ids)] = cached.new_token_ids
 
     def _make_generator(self, seed):
         if seed is None:

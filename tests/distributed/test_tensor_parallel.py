@@ -74,5 +74,7 @@ def test_impossible_layouts_are_refused(tiny_llama):
         LLM(folder, skip_tokenizer_init=True, tensor_parallel_size=3)
     with pytest.raises(ValueError, match="tensor_parallel_size must be >= 1"):
         LLM(folder, skip_tokenizer_init=True, tensor_parallel_size=0)
-    with pytest.raises(ValueError, match="pipeline_parallel_size > 1 is not available"):
-        LLM(folder, skip_tokenizer_init=True, pipeline_parallel_size=2)
+    with pytest.raises(ValueError, match="pipeline_parallel_size 4 exceeds the model's 3 layers"):
+        LLM(folder, skip_tokenizer_init=True, pipeline_parallel_size=4)
+    with pytest.raises(ValueError, match="pp_layer_partition '1' must list 2"):
+        LLM(folder, skip_tokenizer_init=True, pipeline_parallel_size=2, pp_layer_partition="1")
