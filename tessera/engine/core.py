@@ -1,12 +1,15 @@
 """EngineCore: the step loop around the scheduler and an executor.
 
 `step()`: schedule -> executor.execute -> scheduler.update_from_output -> outputs.
+With pipeline stages, up to one batch per stage is in flight: `submit` several disjoint
+batches, `collect` the oldest's output (the stages work on different batches at once).
 The core never touches tensors or CUDA: the executor is handed in (in-process for now,
 worker processes later) and only exchanges the plain messages of `protocol.py`.
 """
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import Any, Protocol
 
 from tessera.config import EngineConfig
@@ -22,6 +25,7 @@ class Executor(Protocol):
     def num_kv_blocks(self) -> int: ...
     def init_kv_cache(self, num_blocks: int) -> None: ...
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput: ...
+    # pipelined executors also have submit(sched) and collect() -> ModelRunnerOutput
 
 
 class EngineCore:
@@ -34,6 +38,9 @@ class EngineCore:
                                  config.cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.kv, max_model_len)
         self.num_steps = 0
+        self.pipeline_depth = config.parallel.pipeline_parallel_size
+        self._in_flight: deque = deque()
+        self.max_in_flight = 0
         # shape of the last step, for stats and benchmarks
         self.last_step_tokens = self.last_step_requests = self.last_step_context = 0
         self.prompt_tokens_total = 0  # prompt tokens computed (recomputation included)
@@ -50,17 +57,41 @@ class EngineCore:
         self.scheduler.abort(request_ids)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or bool(self._in_flight)
 
     def step(self) -> list[EngineCoreOutput]:
+        if self.pipeline_depth > 1:
+            return self._pipelined_step()
         sched = self.scheduler.schedule()
         if sched.is_empty and not sched.finished_request_ids:
             return []
         self._record_shape(sched)
         out = self.executor.execute(sched)
+        return self._finish_step(sched, out)
+
+    def _finish_step(self, sched: SchedulerOutput, out: ModelRunnerOutput):
         self.num_steps += 1
         self.generation_tokens_total += len(out.sampled_token_ids)
         return self.scheduler.update_from_output(sched, out)
+
+    def _pipelined_step(self) -> list[EngineCoreOutput]:
+        """Keeps up to one batch per pipeline stage in flight (GPipe-style micro-batches
+        over disjoint requests), then takes back the oldest."""
+        while len(self._in_flight) < self.pipeline_depth:
+            sched = self.scheduler.schedule()
+            if sched.is_empty:
+                if sched.finished_request_ids:  # still tell the workers to forget them
+                    self._in_flight.append((sched, None))
+                    self.executor.submit(sched)
+                break
+            self._record_shape(sched)
+            self.executor.submit(sched)
+            self._in_flight.append((sched, None))
+            self.max_in_flight = max(self.max_in_flight, len(self._in_flight))
+        if not self._in_flight:
+            return []
+        sched, _ = self._in_flight.popleft()
+        return self._finish_step(sched, self.executor.collect())
 
     def stats(self) -> dict[str, Any]:
         s = self.scheduler

@@ -36,6 +36,7 @@ class Scheduler:
         self._finished_ids: set[str] = set()  # to tell the worker at the next step
         self.num_preemptions = 0
         self.queue_times: dict[str, float] = {}  # first admissions since last drained
+        self.in_flight: set[str] = set()  # scheduled in a step whose output is not back yet
 
     # -- admission and abort ---------------------------------------------------------
     def add_request(self, req: Request) -> None:
@@ -82,10 +83,16 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
+            if req.request_id in self.in_flight:  # pipeline: its last step is still running
+                i += 1
+                continue
             n = min(req.num_tokens - req.num_computed_tokens, budget)
             new_blocks = self.kv.allocate_slots(req, n)
             while new_blocks is None:  # short of blocks: preempt the newest running request
-                victim = self.running.pop()
+                victim = self._newest_idle()
+                if victim is None:
+                    break
+                self.running.remove(victim)
                 self._preempt(victim)
                 preempted.add(victim.request_id)
                 if victim is req:
@@ -124,11 +131,20 @@ class Scheduler:
             budget -= n
 
         finished, self._finished_ids = self._finished_ids, set()
+        self.in_flight.update(num_scheduled)
         return SchedulerOutput(new_reqs, cached, num_scheduled, finished, preempted)
+
+    def _newest_idle(self):
+        """The newest running request not in flight (preempting one would race its step)."""
+        for req in reversed(self.running):
+            if req.request_id not in self.in_flight:
+                return req
+        return None
 
     def update_from_output(self, sched: SchedulerOutput,
                            out: ModelRunnerOutput) -> list[EngineCoreOutput]:
         outputs = []
+        self.in_flight.difference_update(sched.num_scheduled_tokens)
         for rid, n in sched.num_scheduled_tokens.items():
             req = self.requests.get(rid)
             if req is None or req.status != RequestStatus.RUNNING:

@@ -77,7 +77,15 @@ class MultiprocExecutor:
             self._wait(msg.Ack, STARTUP_TIMEOUT_S)
 
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        self.submit(sched)
+        return self.collect()
+
+    def submit(self, sched: SchedulerOutput) -> None:
+        """Starts a step; workers run steps in order, so stages overlap on several."""
         self._broadcast(msg.Step(sched))
+
+    def collect(self) -> ModelRunnerOutput:
+        """The output of the oldest submitted step (the last stage answers in order)."""
         return self._wait(msg.StepDone, self.timeout).output
 
     def describe(self) -> dict:

@@ -1,6 +1,7 @@
 """Pipeline parallelism on CPU (gloo): layers split into stages that pass hidden states
-on; PP=2 (balanced and with an explicit partition) and TP=2 x PP=2 give the greedy tokens
-of one process (fp32, chunked prefill and decodes mixed); tied embeddings (Qwen2) too."""
+on, one micro-batch per stage in flight; PP=2 (balanced and with an explicit partition)
+and TP=2 x PP=2 give the greedy tokens of one process (fp32, chunked prefill and decodes
+mixed); tied embeddings (Qwen2) over 3 stages too."""
 from __future__ import annotations
 
 import pytest
@@ -16,6 +17,9 @@ def _tokens(folder, **kw):
     try:
         outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], PARAMS)
         assert llm.engine.stats()["free_blocks"] == 64
+        pp = kw.get("pipeline_parallel_size", 1)
+        if pp > 1:  # several micro-batches were in the pipeline at once
+            assert 2 <= llm.engine.core.max_in_flight <= pp
         return [o.outputs[0].token_ids for o in outs]
     finally:
         if hasattr(llm.engine.executor, "shutdown"):
