@@ -24,14 +24,11 @@ logger = logging.getLogger(__name__)
 
 def build_core(config: EngineConfig, frontend_source, max_model_len: int) -> EngineCore:
     """Load the model on this process's device and wrap it in an EngineCore."""
-    tp = config.parallel.tensor_parallel_size
+    tp, pp = config.parallel.tensor_parallel_size, config.parallel.pipeline_parallel_size
     a = frontend_source.arch
     from tessera.distributed.topology import check_layout
     check_layout(a.num_heads, a.num_kv_heads, a.intermediate_size, a.num_layers, tp,
-                 config.model.torch_device.type == "cuda")
-    pp = config.parallel.pipeline_parallel_size
-    if pp > a.num_layers:
-        raise ValueError(f"pipeline_parallel_size {pp} exceeds the model's {a.num_layers} layers.")
+                 config.model.torch_device.type == "cuda", pp)
     if tp * pp > 1:
         from tessera.executor.multiproc import MultiprocExecutor
         executor = MultiprocExecutor(config, frontend_source)

@@ -56,7 +56,7 @@ def gpu_links(count: int) -> dict[tuple[int, int], str]:
 
 
 def check_layout(num_heads: int, num_kv_heads: int, intermediate: int, num_layers: int,
-                 tp: int, on_cuda: bool) -> None:
+                 tp: int, on_cuda: bool, pp: int = 1) -> None:
     if num_heads % tp:
         raise ValueError(f"tensor_parallel_size {tp} does not divide the {num_heads} attention "
                          "heads; choose a divisor of the head count.")
@@ -66,12 +66,17 @@ def check_layout(num_heads: int, num_kv_heads: int, intermediate: int, num_layer
     if num_kv_heads < tp and tp % num_kv_heads:
         raise ValueError(f"with {num_kv_heads} KV heads, tensor_parallel_size {tp} must be a "
                          "multiple of the KV head count (KV heads are then replicated).")
-    if not on_cuda or tp == 1:
+    if pp > num_layers:
+        raise ValueError(f"pipeline_parallel_size {pp} exceeds the model's {num_layers} layers.")
+    if not on_cuda or tp * pp == 1:
         return
     import torch
     available = torch.cuda.device_count()
-    if tp > available:
-        raise ValueError(f"tensor_parallel_size {tp} needs {tp} GPUs; this host has {available}.")
+    if tp * pp > available:
+        raise ValueError(f"tensor_parallel_size {tp} x pipeline_parallel_size {pp} needs "
+                         f"{tp * pp} GPUs; this host has {available}.")
+    if tp == 1:
+        return
     links = gpu_links(tp)
     if links:
         logger.info("GPU links: %s", ", ".join(f"{i}-{j}: {k}" for (i, j), k in links.items()))
