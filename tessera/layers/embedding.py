@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tessera.distributed.parallel_state import all_gather_last, all_reduce, tp_rank, tp_size
+from tessera.models.weight_utils import materialize, narrow, shape_of
 
 
 class VocabEmbedding(nn.Module):
@@ -23,11 +24,12 @@ class VocabEmbedding(nn.Module):
         self.weight = nn.Parameter(torch.empty(self.shard, hidden_size), requires_grad=False)
         self.weight.weight_loader = self.weight_loader
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
-        if loaded.shape != (self.vocab_size, param.shape[1]):
-            raise ValueError(f"embedding: checkpoint shape {tuple(loaded.shape)} does not fit "
+    def weight_loader(self, param: nn.Parameter, loaded, shard_id=None) -> None:
+        if shape_of(loaded) != (self.vocab_size, param.shape[1]):
+            raise ValueError(f"embedding: checkpoint shape {shape_of(loaded)} does not fit "
                              f"({self.vocab_size}, {param.shape[1]})")
-        rows = loaded[self.start:self.start + self.shard]
+        size = min(self.shard, self.vocab_size - self.start)
+        rows = materialize(narrow(loaded, 0, self.start, size))
         param.data.zero_()
         param.data[:rows.shape[0]].copy_(rows)
 

@@ -5,7 +5,7 @@ MergedColumnParallelLinear (several column outputs stacked, e.g. [gate | up]);
 QKVParallelLinear (q, k, v stacked, split by heads; KV heads replicated when there are
 fewer than ranks); RowParallelLinear (input dim split, all-reduce after).
 Each parameter carries `weight_loader(param, loaded, shard_id=None)`: the loader hands
-it the full checkpoint tensor and the layer copies its own slice. Models never see
+it the checkpoint tensor (or a lazy slice of the file) and the layer reads its own part. Models never see
 whether they are sharded; a quantized variant plugs in the same way.
 """
 from __future__ import annotations
@@ -17,11 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from tessera.distributed.parallel_state import all_reduce, tp_rank, tp_size
+from tessera.models.weight_utils import materialize, narrow, shape_of
 
 
-def _check_shape(name: str, param: torch.Tensor, loaded: torch.Tensor) -> None:
-    if param.shape != loaded.shape:
-        raise ValueError(f"{name}: checkpoint shape {tuple(loaded.shape)} does not fit "
+def _check_shape(name: str, param: torch.Tensor, loaded) -> None:
+    if tuple(param.shape) != shape_of(loaded):
+        raise ValueError(f"{name}: checkpoint shape {shape_of(loaded)} does not fit "
                          f"parameter shape {tuple(param.shape)}")
 
 
@@ -39,7 +40,7 @@ class LinearBase(nn.Module):
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
         _check_shape(type(self).__name__, param, loaded)
-        param.data.copy_(loaded)
+        param.data.copy_(materialize(loaded))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
@@ -58,7 +59,7 @@ class ColumnParallelLinear(LinearBase):
 
     def weight_loader(self, param, loaded, shard_id=None):
         size = param.shape[0]
-        super().weight_loader(param, loaded.narrow(0, self.tp_rank * size, size))
+        super().weight_loader(param, narrow(loaded, 0, self.tp_rank * size, size))
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -69,9 +70,9 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
     def weight_loader(self, param, loaded, shard_id: Optional[int] = None):
         size = self.output_sizes[shard_id] // self.tp_size
         offset = sum(self.output_sizes[:shard_id]) // self.tp_size
-        piece = loaded.narrow(0, self.tp_rank * size, size)
+        piece = narrow(loaded, 0, self.tp_rank * size, size)
         _check_shape(f"shard {shard_id}", param.data.narrow(0, offset, size), piece)
-        param.data.narrow(0, offset, size).copy_(piece)
+        param.data.narrow(0, offset, size).copy_(materialize(piece))
 
 
 class QKVParallelLinear(ColumnParallelLinear):
@@ -91,9 +92,9 @@ class QKVParallelLinear(ColumnParallelLinear):
         q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         offset, size = {"q": (0, q), "k": (q, kv), "v": (q + kv, kv)}[shard_id]
         rank = self.tp_rank if shard_id == "q" else self.tp_rank // self.kv_replicas
-        piece = loaded.narrow(0, rank * size, size)
+        piece = narrow(loaded, 0, rank * size, size)
         _check_shape(f"{shard_id}_proj", param.data.narrow(0, offset, size), piece)
-        param.data.narrow(0, offset, size).copy_(piece)
+        param.data.narrow(0, offset, size).copy_(materialize(piece))
 
 
 class RowParallelLinear(LinearBase):
@@ -106,9 +107,9 @@ class RowParallelLinear(LinearBase):
     def weight_loader(self, param, loaded, shard_id=None):
         if param.dim() == 2:
             size = param.shape[1]
-            loaded = loaded.narrow(1, self.tp_rank * size, size)
+            loaded = narrow(loaded, 1, self.tp_rank * size, size)
         elif self.tp_rank != 0:  # the bias is added once, on rank 0
-            loaded = torch.zeros_like(loaded)
+            loaded = torch.zeros(shape_of(loaded))
         super().weight_loader(param, loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

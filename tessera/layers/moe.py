@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tessera.distributed.parallel_state import all_reduce, expert_parallel, tp_rank, tp_size
+from tessera.models.weight_utils import materialize, narrow
 
 
 def route(router_logits: torch.Tensor, top_k: int, renormalize: bool, dtype: torch.dtype):
@@ -50,7 +51,7 @@ class FusedMoE(nn.Module):
         self.w2 = nn.Parameter(torch.empty(local, hidden, self.inter), requires_grad=False)
         self.w13.weight_loader = self.w2.weight_loader = self.weight_loader
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded, shard_id) -> None:
         """shard_id: (expert id, "gate" | "up" | "down")."""
         expert, kind = shard_id
         e = expert - self.first_expert
@@ -58,10 +59,11 @@ class FusedMoE(nn.Module):
             return  # another rank's expert
         start = 0 if self.ep else self.tp_rank * self.inter
         if kind == "down":
-            param.data[e].copy_(loaded.narrow(1, start, self.inter))
+            param.data[e].copy_(materialize(narrow(loaded, 1, start, self.inter)))
         else:
             offset = 0 if kind == "gate" else self.inter
-            param.data[e, offset:offset + self.inter].copy_(loaded.narrow(0, start, self.inter))
+            param.data[e, offset:offset + self.inter].copy_(
+                materialize(narrow(loaded, 0, start, self.inter)))
 
     def forward(self, x: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
         """x: [T, H]; router_logits: [T, E] -> [T, H]."""

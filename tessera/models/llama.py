@@ -27,6 +27,7 @@ from tessera.layers.norm import RMSNorm
 from tessera.layers.rotary import RotaryEmbedding
 from tessera.distributed.parallel_state import layer_range, pp_stage
 from tessera.models.arch_config import ArchConfig
+from tessera.models.weight_utils import materialize, shape_of
 
 # A checkpoint's expert tensor: Mixtral's experts.E.w1/w3/w2, Qwen2-MoE's gate/up/down_proj
 _EXPERT = re.compile(r"\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
@@ -38,11 +39,11 @@ _STACKED = (("qkv_proj", "q_proj", "q"), ("qkv_proj", "k_proj", "k"), ("qkv_proj
             ("gate_up_proj", "gate_proj", 0), ("gate_up_proj", "up_proj", 1))
 
 
-def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
-    if param.shape != loaded.shape:
-        raise ValueError(f"checkpoint shape {tuple(loaded.shape)} does not fit parameter shape "
+def default_weight_loader(param: nn.Parameter, loaded, shard_id=None) -> None:
+    if tuple(param.shape) != shape_of(loaded):
+        raise ValueError(f"checkpoint shape {shape_of(loaded)} does not fit parameter shape "
                          f"{tuple(param.shape)}")
-    param.data.copy_(loaded)
+    param.data.copy_(materialize(loaded))
 
 
 class LlamaAttention(nn.Module):
@@ -190,7 +191,7 @@ class LlamaForCausalLM(nn.Module):
                 target = name[:expert.start()] + (".experts.w2" if kind == "down"
                                                   else ".experts.w13")
                 param = params[target]
-                param.weight_loader(param, tensor.to(param.dtype), (e, kind))
+                param.weight_loader(param, tensor, (e, kind))  # copy_ converts the dtype
                 loaded.add(f"{target}:{e}:{kind}")
                 continue
             for ours, theirs, shard in _STACKED:
@@ -204,7 +205,7 @@ class LlamaForCausalLM(nn.Module):
                 raise ValueError(f"checkpoint tensor {name!r} matches no parameter of "
                                  f"{self.config.architecture}")
             loader = getattr(param, "weight_loader", default_weight_loader)
-            loader(param, tensor.to(param.dtype), shard)
+            loader(param, tensor, shard)
             loaded.add(target if shard is None else f"{target}:{shard}")
         self._check_complete(loaded)
 

@@ -85,12 +85,13 @@ def safetensors_files(folder: str) -> list[str]:
     return files
 
 
-def iter_safetensors(folder: str) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_safetensors(folder: str) -> Iterator[tuple[str, object]]:
+    """(name, lazy slice): a weight loader reads only the part its rank keeps."""
     from safetensors import safe_open
     for file in safetensors_files(folder):
         with safe_open(file, framework="pt") as f:
             for name in f.keys():
-                yield name, f.get_tensor(name)
+                yield name, f.get_slice(name)
 
 
 def count_safetensors(folder: str) -> int:
