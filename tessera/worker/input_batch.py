@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+import numpy as np
 import torch
 
 from tessera.layers.attention import AttentionMetadata, RaggedMetadata
@@ -63,10 +64,17 @@ def prepare_inputs(states: dict[str, RequestState], scheduled: dict[str, int],
         st, n = states[rid], scheduled[rid]
         start, row0 = st.num_computed_tokens, len(ids)
         end = start + n
-        ids += st.token_ids[start:end]
-        positions += range(start, end)
         blocks = st.block_ids
-        slots += [blocks[p // block_size] * block_size + p % block_size for p in range(start, end)]
+        if n == 1:  # a decode: the common case, kept cheap
+            ids.append(st.token_ids[start])
+            positions.append(start)
+            slots.append(blocks[start // block_size] * block_size + start % block_size)
+        else:
+            ids += st.token_ids[start:end]
+            positions += range(start, end)
+            pos = np.arange(start, end)
+            slots += (np.asarray(blocks)[pos // block_size] * block_size
+                      + pos % block_size).tolist()
         seq_lens.append(end)
         query_lens.append(n)
         tables.append(blocks)
@@ -110,7 +118,7 @@ class _Packer:
         self.chunks: list[torch.Tensor] = []
 
     def add(self, values) -> int:
-        self.chunks.append(torch.as_tensor(values, dtype=torch.int64).reshape(-1))
+        self.chunks.append(np.asarray(values, dtype=np.int64).reshape(-1))
         return len(self.chunks) - 1
 
     def add_table(self, tables: list[list[int]]) -> int:
@@ -118,31 +126,30 @@ class _Packer:
         return len(self.chunks) - 1
 
     def to(self, device: torch.device) -> list[torch.Tensor]:
-        flat = torch.cat([c.reshape(-1) for c in self.chunks])
+        flat = torch.from_numpy(np.concatenate([c.reshape(-1) for c in self.chunks]))
         if device.type == "cuda":
             flat = flat.pin_memory().to(device, non_blocking=True)
         views, offset = [], 0
         for c in self.chunks:
-            views.append(flat[offset:offset + c.numel()].view(c.shape))
-            offset += c.numel()
+            views.append(flat[offset:offset + c.size].view(c.shape))
+            offset += c.size
         return views
 
 
-def _table(tables: list[list[int]]) -> torch.Tensor:
+def _table(tables: list[list[int]]) -> np.ndarray:
     width = max(len(t) for t in tables)
-    table = torch.zeros(len(tables), width, dtype=torch.int64)
+    table = np.zeros((len(tables), width), dtype=np.int64)
     for i, t in enumerate(tables):
-        table[i, :len(t)] = torch.tensor(t, dtype=torch.int64)
+        table[i, :len(t)] = t
     return table
 
 
 def _ragged(pack: _Packer, tables, seq_lens, query_lens) -> dict:
-    q_lens = torch.tensor(query_lens, dtype=torch.int64)
-    seq_idx = torch.repeat_interleave(torch.arange(len(query_lens)), q_lens)
-    starts = torch.cumsum(q_lens, 0) - q_lens
-    query_idx = torch.arange(int(q_lens.sum())) - starts[seq_idx]
+    q_lens = np.asarray(query_lens, dtype=np.int64)
+    seq_idx = np.repeat(np.arange(len(query_lens)), q_lens)
+    starts = np.cumsum(q_lens) - q_lens
+    query_idx = np.arange(int(q_lens.sum())) - starts[seq_idx]
     return dict(block_tables=pack.add_table(tables), seq_lens=pack.add(seq_lens),
                 query_lens=pack.add(q_lens), token_seq_idx=pack.add(seq_idx),
                 token_query_idx=pack.add(query_idx), max_query_len=max(query_lens),
-                query_start=pack.add(torch.cat([torch.zeros(1, dtype=torch.int64),
-                                                q_lens.cumsum(0)])))
+                query_start=pack.add(np.concatenate([[0], np.cumsum(q_lens)])))
