@@ -10,7 +10,6 @@ reports an error, or a step slower than `collective_timeout_s`, raises WorkerFai
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import socket
 import subprocess

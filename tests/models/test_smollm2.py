@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
 from tessera import LLM, SamplingParams
 from tests.conftest import hf_greedy
