@@ -63,7 +63,7 @@ def run_latency(engine: LLMEngine, batch: int, input_len: int, output_len: int,
     params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
     for i in range(batch):
         engine.add_request(f"lat-{seed}-{i}", [rng.randrange(vocab) for _ in range(input_len)],
-                           params)
+                           params, stream=False)
     core = engine.core
     steps, contexts = [], []
     start = time.perf_counter()
@@ -94,7 +94,8 @@ def run_throughput(engine: LLMEngine, num_prompts: int, input_range: tuple[int, 
         n_in, n_out = rng.randint(*input_range), rng.randint(*output_range)
         total_in, total_out = total_in + n_in, total_out + n_out
         engine.add_request(f"tp-{i}", [rng.randrange(vocab) for _ in range(n_in)],
-                           SamplingParams(temperature=0.0, max_tokens=n_out, ignore_eos=True))
+                           SamplingParams(temperature=0.0, max_tokens=n_out, ignore_eos=True),
+                           stream=False)
     peak_kv, steps = 0.0, 0
     start = time.perf_counter()
     while engine.has_unfinished_requests():

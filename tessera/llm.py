@@ -78,7 +78,7 @@ class LLM:
                 while queue:
                     rid, prompt, params = queue[-1]
                     try:
-                        self.engine.add_request(rid, prompt, params)
+                        self.engine.add_request(rid, prompt, params, stream=False)
                     except QueueFullError:
                         break
                     queue.pop()

@@ -68,7 +68,8 @@ class LLMEngine:
         return self.frontend.prepare_prompt(prompt)
 
     def add_request(self, request_id: str, prompt: Union[PromptType, PreparedPrompt],
-                    params: SamplingParams) -> None:
+                    params: SamplingParams, stream: bool = True) -> None:
+        """stream=False: `step()` returns this request's output once, when it finishes."""
         prepared = self.frontend.prepare_prompt(prompt)
         children = self.frontend.children(request_id, params)
         added: list[str] = []
@@ -80,7 +81,8 @@ class LLMEngine:
         except (QueueFullError, ValueError):
             self.core.abort(added)
             raise
-        self.output_processor.add_request(request_id, prepared.text, prepared.token_ids, children)
+        self.output_processor.add_request(request_id, prepared.text, prepared.token_ids, children,
+                                          stream)
 
     def abort_request(self, request_ids: list[str]) -> None:
         for rid in request_ids:

@@ -4,7 +4,8 @@ Per sample (a "child"; a request with n > 1 has n children) it keeps a Tracker: 
 incremental detokenizer, the text and ids so far, logprobs in vLLM's shape. It applies
 stop strings (which need text, so they live here, not in the core): a match truncates
 the text, finishes the child, and its id is returned so the core aborts it and frees
-its blocks. A parent's RequestOutput gathers its children in index order.
+its blocks. A parent's RequestOutput gathers its children in index order; a parent added
+with stream=False (offline generation) gets one, at the end, and no copies before.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ class Parent:
     children: list[str]
     prompt_logprobs: Optional[list[Optional[PositionLogprobs]]] = None
     num_cached_tokens: int = 0
+    stream: bool = True  # False: one RequestOutput, when every child has finished
 
 
 class OutputProcessor:
@@ -53,8 +55,9 @@ class OutputProcessor:
         self.trackers: dict[str, Tracker] = {}
 
     def add_request(self, request_id: str, prompt: Optional[str], prompt_token_ids: list[int],
-                    child_params: list[tuple[str, SamplingParams]]) -> None:
-        parent = Parent(request_id, prompt, prompt_token_ids, [cid for cid, _ in child_params])
+                    child_params: list[tuple[str, SamplingParams]], stream: bool = True) -> None:
+        parent = Parent(request_id, prompt, prompt_token_ids, [cid for cid, _ in child_params],
+                        stream=stream)
         if child_params[0][1].prompt_logprobs is not None:
             parent.prompt_logprobs = [None]
         self.parents[request_id] = parent
@@ -85,7 +88,9 @@ class OutputProcessor:
             parent.num_cached_tokens = max(parent.num_cached_tokens, out.num_cached_tokens)
             if self._append(tr, out) and not out.finished:
                 to_abort.append(out.request_id)
-            changed[tr.parent_id] = None
+            if parent.stream or all(self.trackers[c].finish_reason is not None
+                                    for c in parent.children):
+                changed[tr.parent_id] = None
         return [self._request_output(self.parents[pid]) for pid in changed], to_abort
 
     def abort(self, request_id: str) -> None:

@@ -354,3 +354,15 @@ def test_prompt_logprobs_start_with_none(tokenizer):
     assert result.prompt_logprobs[1] == {8: Logprob(-0.1, 1, tokenizer.decode([8]))}
     assert list(result.prompt_logprobs[2]) == [9, 4]
     assert result.prompt_logprobs[2][9].rank == 2
+
+
+def test_final_only_parent_reports_once_at_the_end():
+    """A parent added with stream=False yields no output until its last child finishes."""
+    op = OutputProcessor(None)
+    params = SamplingParams(max_tokens=3)
+    op.add_request("p", None, [1, 2], [("p-0", params), ("p-1", params)], stream=False)
+    assert op.process([EngineCoreOutput("p-0", [5], [], [])])[0] == []
+    assert op.process([EngineCoreOutput("p-0", [6], [], [], finish_reason="length")])[0] == []
+    outs, _ = op.process([EngineCoreOutput("p-1", [7], [], [], finish_reason="stop")])
+    assert len(outs) == 1 and outs[0].finished
+    assert [c.token_ids for c in outs[0].outputs] == [[5, 6], [7]]
