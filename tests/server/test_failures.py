@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import subprocess
 import threading
 import time
@@ -26,28 +25,12 @@ import psutil
 import pytest
 
 from tests.server.conftest import start_server
+from tests.server.helpers import assert_error, wait_until_idle
 
 KEY = "secret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 MAX_BODY = 2000
 TIMEOUT = httpx.Timeout(300.0, connect=10.0)
-
-
-def assert_error(r: httpx.Response, status: int) -> dict:
-    assert r.status_code == status, (r.status_code, r.text)
-    body = r.json()
-    assert set(body) == {"error"}, body
-    err = body["error"]
-    assert set(err) == {"message", "type", "param", "code"}, err
-    assert isinstance(err["message"], str) and err["message"]
-    assert err["code"] == status
-    return err
-
-
-def metric(text: str, name: str) -> float:
-    m = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)
-    assert m, f"{name} missing from /metrics"
-    return float(m.group(1))
 
 
 @pytest.fixture(scope="module")
@@ -179,18 +162,7 @@ def test_full_queue_refuses_with_503_and_recovers(guarded, model_name):
         assert r.json()["usage"]["completion_tokens"] == max_tokens
 
     _still_serves(guarded)
-    deadline = time.monotonic() + 15
-    while True:
-        text = httpx.get(guarded.base_url + "/metrics", timeout=TIMEOUT).text
-        idle = (metric(text, "tessera:num_requests_running") == 0
-                and metric(text, "tessera:num_requests_waiting") == 0
-                and metric(text, "tessera:kv_cache_usage_perc") == 0)
-        if idle or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert metric(text, "tessera:num_requests_running") == 0
-    assert metric(text, "tessera:num_requests_waiting") == 0
-    assert metric(text, "tessera:kv_cache_usage_perc") == 0
+    assert wait_until_idle(guarded.base_url, 15), "requests or KV blocks left after the burst"
 
 
 # -- engine death -------------------------------------------------------------------------------

@@ -7,12 +7,13 @@ streaming chat (and completions) responses. Small max_tokens throughout: CPU mac
 from __future__ import annotations
 
 import json
-import re
 import time
-from typing import Any, Optional
+from typing import Any
 
 import httpx
 import pytest
+
+from tests.server.helpers import assert_error, metric
 
 TIMEOUT = httpx.Timeout(300.0, connect=10.0)
 CONTEXT = 8192
@@ -22,24 +23,6 @@ CONTEXT = 8192
 def http(server):
     with httpx.Client(base_url=server.base_url, timeout=TIMEOUT) as client:
         yield client
-
-
-def assert_error(r: httpx.Response, status: int, param: Optional[str] = None,
-                 contains: Optional[str] = None) -> dict[str, Any]:
-    """The OpenAI error body {"error": {"message", "type", "param", "code"}} with `status`."""
-    assert r.status_code == status, (r.status_code, r.text)
-    body = r.json()
-    assert set(body) == {"error"}, body
-    err = body["error"]
-    assert set(err) == {"message", "type", "param", "code"}, err
-    assert isinstance(err["message"], str) and err["message"], err
-    assert isinstance(err["type"], str) and err["type"], err
-    assert err["code"] == status, err
-    if param is not None:
-        assert err["param"] == param, err
-    if contains is not None:
-        assert contains in err["message"], err
-    return err
 
 
 def counts(usage: dict) -> dict:
@@ -60,12 +43,6 @@ def sse_events(client: httpx.Client, path: str, body: dict) -> list[Any]:
             data = line[len("data: "):]
             events.append(data if data == "[DONE]" else json.loads(data))
     return events
-
-
-def metric(text: str, name: str) -> float:
-    m = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)
-    assert m, f"{name} missing from /metrics"
-    return float(m.group(1))
 
 
 def complete(http: httpx.Client, **body) -> dict:

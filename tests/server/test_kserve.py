@@ -7,12 +7,13 @@ generate_stream extension, versioned paths, and errors in the OpenAI shape.
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Optional
 
 import httpx
 import pytest
 
 import tessera
+from tests.server.helpers import assert_error
 
 TIMEOUT = httpx.Timeout(300.0, connect=10.0)
 PROMPTS = ["The sky is", "Two plus two is"]
@@ -35,19 +36,6 @@ def expected(http, model_name) -> dict[str, str]:
         out[p] = r.json()["choices"][0]["text"]
     assert all(out.values())
     return out
-
-
-def assert_error(r: httpx.Response, status: int, param: Optional[str] = None) -> dict[str, Any]:
-    assert r.status_code == status, (r.status_code, r.text)
-    body = r.json()
-    assert set(body) == {"error"}, body
-    err = body["error"]
-    assert set(err) == {"message", "type", "param", "code"}, err
-    assert isinstance(err["message"], str) and err["message"]
-    assert err["code"] == status
-    if param is not None:
-        assert err["param"] == param, err
-    return err
 
 
 def infer_body(texts: list[str], parameters: Optional[dict] = None) -> dict:

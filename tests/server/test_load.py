@@ -7,19 +7,13 @@ Loopback only; bounded in count and time.
 from __future__ import annotations
 
 import asyncio
-import re
-import time
 
 import httpx
 import openai
 
+from tests.server.helpers import wait_until_idle
+
 PROMPTS = ["Tell me about the sea.", "List three colours.", "What is 2 + 2?", "Name a fruit."]
-
-
-def _metric(text: str, name: str) -> float:
-    m = re.search(rf"^{re.escape(name)}{{[^}}]*}} ([0-9.e+-]+)$", text, re.M)
-    assert m, f"{name} missing from /metrics"
-    return float(m.group(1))
 
 
 async def _one(client, model, i: int, cut: bool, expected: dict) -> str:
@@ -59,16 +53,8 @@ def test_200_streams_with_a_quarter_cut_off(server, model_name):
 
     results = asyncio.run(main())
     assert results.count("cut") == 50 and results.count("done") == 150
-    deadline = time.monotonic() + 30
-    while True:  # the engine's stats arrive within a second or so of going idle
-        text = httpx.get(server.base_url + "/metrics").text
-        idle = (_metric(text, "tessera:num_requests_running") == 0
-                and _metric(text, "tessera:num_requests_waiting") == 0
-                and _metric(text, "tessera:kv_cache_usage_perc") == 0)
-        if idle or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert idle, "requests still running or KV blocks still held after every client left"
+    assert wait_until_idle(server.base_url, 30), \
+        "requests still running or KV blocks still held after every client left"
     assert httpx.get(server.base_url + "/health").status_code == 200
     r = httpx.post(server.v1 + "/completions", json={"model": model_name, "prompt": "Hi",
                                                      "max_tokens": 3}, timeout=60)
