@@ -84,6 +84,10 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 2048  # token budget of one step (prefill chunks + decodes)
     max_num_seqs: int = 256  # requests in one step
     max_waiting: int = 4096  # bounded queue: more waiting requests are refused
+    # schedule step N+1 while step N runs on the device (its sampled tokens stay there
+    # and feed N+1): the CPU side of a step leaves the GPU's critical path. Off with
+    # pipeline parallelism, which keeps disjoint micro-batches in flight instead.
+    async_scheduling: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_num_batched_tokens", "max_num_seqs", "max_waiting"):

@@ -3,6 +3,9 @@
 `step()`: schedule -> executor.execute -> scheduler.update_from_output -> outputs.
 With pipeline stages, up to one batch per stage is in flight: `submit` several disjoint
 batches, `collect` the oldest's output (the stages work on different batches at once).
+With async scheduling (one device), two steps are in flight: step N+1 is scheduled and
+submitted before step N's output is collected, so the scheduler, input preparation and
+output handling of one step run while the device computes the other.
 The core never touches tensors or CUDA: the executor is handed in (in-process for now,
 worker processes later) and only exchanges the plain messages of `protocol.py`.
 """
@@ -25,7 +28,8 @@ class Executor(Protocol):
     def num_kv_blocks(self) -> int: ...
     def init_kv_cache(self, num_blocks: int) -> None: ...
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput: ...
-    # pipelined executors also have submit(sched) and collect() -> ModelRunnerOutput
+    def submit(self, sched: SchedulerOutput) -> None: ...  # starts a step
+    def collect(self) -> ModelRunnerOutput: ...  # the oldest submitted step's output
 
 
 class EngineCore:
@@ -36,9 +40,12 @@ class EngineCore:
         executor.init_kv_cache(num_blocks)
         self.kv = KVCacheManager(num_blocks, config.cache.block_size,
                                  config.cache.enable_prefix_caching)
-        self.scheduler = Scheduler(config.scheduler, self.kv, max_model_len)
+        pp = config.parallel.pipeline_parallel_size
+        overlap = pp == 1 and config.scheduler.async_scheduling
+        self.scheduler = Scheduler(config.scheduler, self.kv, max_model_len,
+                                   schedule_in_flight=overlap)
         self.num_steps = 0
-        self.pipeline_depth = config.parallel.pipeline_parallel_size
+        self.pipeline_depth = 2 if overlap else pp
         self._in_flight: deque = deque()
         self.max_in_flight = 0
         # shape of the last step, for stats and benchmarks
@@ -75,8 +82,9 @@ class EngineCore:
         return self.scheduler.update_from_output(sched, out)
 
     def _pipelined_step(self) -> list[EngineCoreOutput]:
-        """Keeps up to one batch per pipeline stage in flight (GPipe-style micro-batches
-        over disjoint requests), then takes back the oldest."""
+        """Keeps up to `pipeline_depth` batches in flight (pipeline stages: GPipe-style
+        micro-batches over disjoint requests; async scheduling: consecutive steps of the
+        same requests), then takes back the oldest."""
         while len(self._in_flight) < self.pipeline_depth:
             sched = self.scheduler.schedule()
             if sched.is_empty:
@@ -93,6 +101,15 @@ class EngineCore:
         sched, _ = self._in_flight.popleft()
         return self._finish_step(sched, self.executor.collect())
 
+    def set_async_scheduling(self, enabled: bool) -> None:
+        """Switches overlapped stepping on or off between requests (benchmarks compare
+        both on one loaded model). Pipeline stages keep their own depth."""
+        if self.has_unfinished():
+            raise RuntimeError("async scheduling can only be switched while the engine is idle")
+        if self.config.parallel.pipeline_parallel_size == 1:
+            self.scheduler.schedule_in_flight = enabled
+            self.pipeline_depth = 2 if enabled else 1
+
     def stats(self) -> dict[str, Any]:
         s = self.scheduler
         return {"running": len(s.running), "waiting": len(s.waiting), "kv_usage": self.kv.usage,
@@ -105,8 +122,9 @@ class EngineCore:
         reqs = self.scheduler.requests
         self.last_step_tokens = sched.total_num_scheduled_tokens
         self.last_step_requests = len(sched.num_scheduled_tokens)
-        self.last_step_context = sum(reqs[rid].num_computed_tokens + n
-                                     for rid, n in sched.num_scheduled_tokens.items())
+        # computed counts already include this step's tokens
+        self.last_step_context = sum(reqs[rid].num_computed_tokens
+                                     for rid in sched.num_scheduled_tokens)
         self.prompt_tokens_total += sum(
-            min(n, max(0, reqs[rid].num_prompt_tokens - reqs[rid].num_computed_tokens))
+            min(n, max(0, reqs[rid].num_prompt_tokens - reqs[rid].num_computed_tokens + n))
             for rid, n in sched.num_scheduled_tokens.items())

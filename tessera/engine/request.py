@@ -1,8 +1,10 @@
 """Request: one sequence's state inside the engine core.
 
-A request has `num_tokens` (prompt + output so far) and `num_computed_tokens` (how many
-of them are in the KV cache). The scheduler's one rule is to let every request catch
-up; a request samples a new token when a step brings it level (computed == tokens).
+A request has `num_tokens` (prompt + output so far), `num_pending_tokens` (tokens being
+sampled by steps still in flight, not known here yet) and `num_computed_tokens` (how many
+positions are in the KV cache or being written by a scheduled step: it advances when a
+step is scheduled). The scheduler's one rule is to let every request catch up; a request
+samples a new token when a step brings it level (computed == tokens + pending).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class Request:
         self.arrival_time = arrival_time if arrival_time is not None else time.monotonic()
         self.output_token_ids: list[int] = []
         self.num_computed_tokens = 0
+        self.num_pending_tokens = 0  # sampled by in-flight steps, not appended yet
         self.status = RequestStatus.WAITING
         self.stop_reason: int | str | None = None
         self.num_preemptions = 0

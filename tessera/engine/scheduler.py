@@ -8,6 +8,11 @@ front of the queue and is recomputed later).
 
 Flow per step: `schedule()` -> SchedulerOutput -> worker -> ModelRunnerOutput ->
 `update_from_output()` -> EngineCoreOutputs (new tokens, finishes; blocks freed).
+A request's computed count advances when it is scheduled. With `schedule_in_flight`
+(async scheduling) a request whose last step is still running is scheduled again: the
+token that step samples is pending here (the worker feeds it from the device), and a
+request whose pending tokens already reach max_tokens is left alone. Without it
+(pipeline stages), requests in flight are skipped.
 """
 from __future__ import annotations
 
@@ -26,8 +31,10 @@ class QueueFullError(RuntimeError):
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, kv: KVCacheManager, max_model_len: int):
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager, max_model_len: int,
+                 schedule_in_flight: bool = False):
         self.config = config
+        self.schedule_in_flight = schedule_in_flight
         self.kv = kv
         self.max_model_len = max_model_len
         self.requests: dict[str, Request] = {}
@@ -83,10 +90,10 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
-            if req.request_id in self.in_flight:  # pipeline: its last step is still running
+            n = min(self._tokens_to_compute(req), budget)
+            if n <= 0:
                 i += 1
                 continue
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
             new_blocks = self.kv.allocate_slots(req, n)
             while new_blocks is None:  # short of blocks: preempt the newest running request
                 victim = self._newest_idle()
@@ -100,9 +107,11 @@ class Scheduler:
                 new_blocks = self.kv.allocate_slots(req, n)
             if new_blocks is None:
                 break
-            cached.append(CachedRequestData(req.request_id, new_blocks, req.token_slice(
-                req.num_computed_tokens, req.num_computed_tokens + n)))
+            start = req.num_computed_tokens  # tokens still being sampled are not known here
+            cached.append(CachedRequestData(req.request_id, new_blocks,
+                                            req.token_slice(start, start + n)))
             num_scheduled[req.request_id] = n
+            self._advance(req, n)
             budget -= n
             i += 1
 
@@ -128,16 +137,37 @@ class Scheduler:
                 num_computed_tokens=req.num_computed_tokens,
                 num_prompt_logprobs_done=req.num_prompt_logprobs_done))
             num_scheduled[req.request_id] = n
+            self._advance(req, n)
             budget -= n
 
         finished, self._finished_ids = self._finished_ids, set()
         self.in_flight.update(num_scheduled)
         return SchedulerOutput(new_reqs, cached, num_scheduled, finished, preempted)
 
+    def _tokens_to_compute(self, req: Request) -> int:
+        if req.request_id in self.in_flight and not self.schedule_in_flight:
+            return 0  # pipeline: its last step is still running
+        ahead = req.num_tokens + req.num_pending_tokens
+        if req.num_pending_tokens:
+            p = req.params
+            if ((p.max_tokens is not None
+                 and req.num_output_tokens + req.num_pending_tokens >= p.max_tokens)
+                    or ahead >= self.max_model_len):
+                return 0  # the tokens in flight finish it
+        return ahead - req.num_computed_tokens
+
+    def _advance(self, req: Request, n: int) -> None:
+        """The step computes n more positions; reaching the end, it samples a token."""
+        req.num_computed_tokens += n
+        if req.num_computed_tokens == req.num_tokens + req.num_pending_tokens:
+            req.num_pending_tokens += 1
+
     def _newest_idle(self):
-        """The newest running request not in flight (preempting one would race its step)."""
+        """The newest running request that may be preempted. With pipeline stages, one in
+        flight may not (its micro-batch still runs); with async scheduling any may: its
+        in-flight token is dropped and it is recomputed later."""
         for req in reversed(self.running):
-            if req.request_id not in self.in_flight:
+            if self.schedule_in_flight or req.request_id not in self.in_flight:
                 return req
         return None
 
@@ -149,15 +179,16 @@ class Scheduler:
             req = self.requests.get(rid)
             if req is None or req.status != RequestStatus.RUNNING:
                 continue  # aborted while the step ran
-            req.num_computed_tokens += n
-            self.kv.cache_blocks(req)
             prompt_lps = self._take_prompt_logprobs(req, out.prompt_logprobs.get(rid))
             token = out.sampled_token_ids.get(rid)
             if token is None:
+                self.kv.cache_blocks(req)
                 if prompt_lps:
                     outputs.append(EngineCoreOutput(rid, [], [], prompt_lps))
                 continue
+            req.num_pending_tokens -= 1
             req.output_token_ids.append(token)
+            self.kv.cache_blocks(req)
             lps = [out.logprobs[rid]] if rid in out.logprobs else []
             status = self._check_stop(req, token)
             if status is not None:
@@ -192,7 +223,7 @@ class Scheduler:
 
     def _preempt(self, req: Request) -> None:
         self.kv.free(req)
-        req.num_computed_tokens = 0
+        req.num_computed_tokens = req.num_pending_tokens = 0
         req.status = RequestStatus.PREEMPTED
         req.num_preemptions += 1
         self.num_preemptions += 1

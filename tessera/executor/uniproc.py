@@ -20,6 +20,12 @@ class UniprocExecutor:
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
         return self.runner.execute(sched)
 
+    def submit(self, sched: SchedulerOutput) -> None:
+        self.runner.submit(sched)
+
+    def collect(self) -> ModelRunnerOutput:
+        return self.runner.collect()
+
     def describe(self) -> dict:
         r = self.runner
         return {"device": str(r.device), "dtype": str(r.dtype).removeprefix("torch."),

@@ -33,11 +33,16 @@ class SamplingBatch:
     num_logprobs: list[Optional[int]]  # per row: top alternatives wanted (None: no logprobs)
     all_greedy: bool
     any_penalty: bool
+    # which filters some row uses, known on the host (None: read from the tensors, a sync)
+    use_top_k: Optional[bool] = None
+    use_top_p: Optional[bool] = None
+    use_min_p: Optional[bool] = None
 
 
 def sample(logits: torch.Tensor, batch: SamplingBatch
-           ) -> tuple[list[int], list[Optional[LogprobsEntry]]]:
-    """logits: [N, V] float32 -> (token per row, logprobs entry per row or None)."""
+           ) -> tuple[torch.Tensor, list[Optional[LogprobsEntry]]]:
+    """logits: [N, V] float32 -> (tokens [N] int64 on the logits' device, logprobs entry
+    per row or None). Without logprobs nothing waits for the device."""
     raw_logprobs = (torch.log_softmax(logits, dim=-1)
                     if any(n is not None for n in batch.num_logprobs) else None)
     logits = logits.clone()
@@ -52,11 +57,10 @@ def sample(logits: torch.Tensor, batch: SamplingBatch
     else:
         sampled = _sample_random(logits, batch)
         tokens = torch.where(batch.temperature < 1e-5, greedy_ids, sampled)
-    token_list = tokens.tolist()
-    entries = [None] * len(token_list)
+    entries = [None] * tokens.shape[0]
     if raw_logprobs is not None:
         entries = gather_logprobs(raw_logprobs, tokens, batch.num_logprobs)
-    return token_list, entries
+    return tokens, entries
 
 
 def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> None:
@@ -82,9 +86,12 @@ def _sample_random(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     temp = torch.where(batch.temperature < 1e-5, torch.ones_like(batch.temperature),
                        batch.temperature)
     logits = logits / temp[:, None]
-    logits = _top_k_top_p(logits, batch.top_k, batch.top_p)
+    logits = _top_k_top_p(logits, batch.top_k, batch.top_p, batch.use_top_k, batch.use_top_p)
     probs = torch.softmax(logits, dim=-1)  # [N, V]
-    if bool((batch.min_p > 0).any()):
+    use_min_p = batch.use_min_p
+    if use_min_p is None:
+        use_min_p = bool((batch.min_p > 0).any())
+    if use_min_p:
         floor = batch.min_p[:, None] * probs.max(dim=-1, keepdim=True).values
         probs = torch.where(probs < floor, torch.zeros_like(probs), probs)
     q = torch.empty_like(probs)
@@ -96,8 +103,10 @@ def _sample_random(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     return (probs / q).argmax(dim=-1)
 
 
-def _top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    use_k, use_p = bool((top_k > 0).any()), bool((top_p < 1).any())
+def _top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                 use_k: Optional[bool] = None, use_p: Optional[bool] = None) -> torch.Tensor:
+    use_k = bool((top_k > 0).any()) if use_k is None else use_k
+    use_p = bool((top_p < 1).any()) if use_p is None else use_p
     if not (use_k or use_p):
         return logits
     sorted_logits, order = logits.sort(dim=-1, descending=True)  # [N, V]

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 def default_buckets(max_batch: int) -> list[int]:
-    sizes = [1, 2, 4, 8] + list(range(16, 257, 16))
+    sizes = [1, 2, 4, 8] + list(range(16, 257, 16)) + list(range(288, 513, 32))
     return sorted({s for s in sizes if s < max_batch} | {max_batch})
 
 

@@ -4,7 +4,9 @@ Objects: RequestState (what the worker keeps between steps: tokens, blocks, comp
 count, sampling settings, its generator), StepInputs (flat tensors for the model plus
 which rows sample or score prompt tokens), and `prepare_inputs(states, scheduled)`.
 Ragged layout: the new tokens of all requests are packed one after another in
-`input_ids` [T]; nothing is padded.
+`input_ids` [T]; nothing is padded. With async scheduling a decode's input token may
+still be on the device (sampled by the step before, not copied back yet): its row is 0
+here and `feed_rows`/`feed_src` say where the runner copies it from on the device.
 """
 from __future__ import annotations
 
@@ -28,6 +30,12 @@ class RequestState:
     num_computed_tokens: int
     num_prompt_logprobs_done: int
     generator: Optional[torch.Generator] = None
+    num_unresolved: int = 0  # sampled tokens still on the device (not in token_ids yet)
+    sample_row: int = -1  # row of the newest of them in its step's token tensor
+
+    @property
+    def num_known_and_pending(self) -> int:
+        return len(self.token_ids) + self.num_unresolved
 
 
 @dataclasses.dataclass
@@ -46,6 +54,10 @@ class StepInputs:
     sample_rows: list[int]  # row in hidden states of each sampling request's last token
     sample_request_ids: list[str]
     prompt_rows: list[PromptLogprobRows]
+    feed_rows: Optional[torch.Tensor] = None  # [F] rows of input_ids whose token is ...
+    feed_src: Optional[torch.Tensor] = None  # [F] ... the previous step's sampled row
+    sample_index: Optional[torch.Tensor] = None  # [N] sample_rows on the device (None:
+    # every row samples, in order)
 
 
 def prepare_inputs(states: dict[str, RequestState], scheduled: dict[str, int],
@@ -60,13 +72,19 @@ def prepare_inputs(states: dict[str, RequestState], scheduled: dict[str, int],
     slots: list[int] = []
     seq_lens, query_lens, tables = [], [], []
     sample_rows, sample_ids, prompt_rows = [], [], []
+    feed_rows, feed_src = [], []
     for rid in order:
         st, n = states[rid], scheduled[rid]
         start, row0 = st.num_computed_tokens, len(ids)
         end = start + n
         blocks = st.block_ids
         if n == 1:  # a decode: the common case, kept cheap
-            ids.append(st.token_ids[start])
+            if start < len(st.token_ids):
+                ids.append(st.token_ids[start])
+            else:  # sampled by the previous step, still on the device
+                feed_rows.append(row0)
+                feed_src.append(st.sample_row)
+                ids.append(0)
             positions.append(start)
             slots.append(blocks[start // block_size] * block_size + start % block_size)
         else:
@@ -78,7 +96,7 @@ def prepare_inputs(states: dict[str, RequestState], scheduled: dict[str, int],
         seq_lens.append(end)
         query_lens.append(n)
         tables.append(blocks)
-        if end == len(st.token_ids):
+        if end == st.num_known_and_pending:
             sample_rows.append(row0 + n - 1)
             sample_ids.append(rid)
         if st.params.prompt_logprobs is not None:
@@ -99,6 +117,9 @@ def prepare_inputs(states: dict[str, RequestState], scheduled: dict[str, int],
     if num_decodes < len(order):
         ragged = _ragged(pack, tables[num_decodes:], seq_lens[num_decodes:],
                          query_lens[num_decodes:])
+    feed = (pack.add(feed_rows), pack.add(feed_src)) if feed_rows else None
+    every_row = len(sample_rows) == len(ids)  # then sample_rows == range(T)
+    sample_t = None if every_row or not sample_rows else pack.add(sample_rows)
     views = pack.to(device)  # one host-to-device copy for the whole step
     meta = AttentionMetadata(slot_mapping=views[slots_t], num_decode_tokens=num_decodes,
                              use_kernels=use_kernels)
@@ -108,7 +129,12 @@ def prepare_inputs(states: dict[str, RequestState], scheduled: dict[str, int],
         max_query_len = ragged.pop("max_query_len")
         meta.ragged = RaggedMetadata(**{k: views[i] for k, i in ragged.items()},
                                      max_query_len=max_query_len)
-    return StepInputs(views[ids_t], views[pos_t], meta, sample_rows, sample_ids, prompt_rows)
+    inputs = StepInputs(views[ids_t], views[pos_t], meta, sample_rows, sample_ids, prompt_rows)
+    if feed is not None:
+        inputs.feed_rows, inputs.feed_src = views[feed[0]], views[feed[1]]
+    if sample_t is not None:
+        inputs.sample_index = views[sample_t]
+    return inputs
 
 
 class _Packer:

@@ -1,17 +1,24 @@
 """ModelRunner: owns the model, the paged KV cache tensors and the per-request state of
 one device; turns a SchedulerOutput into a ModelRunnerOutput.
 
-Flow of `execute(sched)`: apply the scheduler's diffs to RequestStates (new requests in
-full, new block ids for running ones, forget finished/preempted) -> `prepare_inputs`
-(flat ids, positions, attention metadata) -> model forward -> LM head on the rows that
-sample or score prompt tokens -> `sample` -> append sampled tokens to the states.
+Flow of `execute(sched)` = `submit(sched)` then `collect()`. `submit`: apply the
+scheduler's diffs to RequestStates (new requests in full, new block ids for running
+ones, forget finished/preempted) -> `prepare_inputs` (flat ids, positions, attention
+metadata; decode tokens the previous step sampled are fed from its token tensor on the
+device) -> model forward -> LM head on the rows that sample or score prompt tokens ->
+sample (tokens stay on the device; a non-blocking copy to pinned memory starts) ->
+returns without waiting. `collect`: waits for the oldest step's copy, appends its tokens
+to the states and returns its ModelRunnerOutput. Async scheduling submits step N+1
+before collecting step N.
 `num_kv_blocks()` sizes the cache: a share of GPU memory after a profiling forward pass,
 or `cpu_kv_cache_gb` on CPU.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections import deque
 from typing import Optional
 
 import torch
@@ -25,6 +32,17 @@ from tessera.worker.cuda_graphs import DecodeGraphs, default_buckets
 from tessera.worker.input_batch import RequestState, prepare_inputs
 
 logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class _StepInFlight:
+    states: list[RequestState]  # the sampling requests, in row order
+    tokens: Optional[torch.Tensor]  # [N] int64 on the device (None: nothing sampled)
+    host: Optional[torch.Tensor]  # [N] pinned copy of tokens, filled without blocking
+    ready: Optional[torch.cuda.Event]
+    logprobs: dict
+    prompt_logprobs: dict
+    resolved: bool = False
 
 
 class ModelRunner:
@@ -45,6 +63,8 @@ class ModelRunner:
         self.use_kernels = self.device.type == "cuda"
         self.stage = pp_stage()
         self.states: dict[str, RequestState] = {}
+        self._in_flight: deque[_StepInFlight] = deque()
+        self._last_tokens: Optional[torch.Tensor] = None  # the newest step's sampled ids
         self.default_generator = torch.Generator(device=self.device).manual_seed(config.model.seed)
 
     # -- KV cache ------------------------------------------------------------------------
@@ -95,13 +115,14 @@ class ModelRunner:
         self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device)
                           for _ in range(self.model.num_local_layers)]
         if (capture_graphs and self.use_kernels and not self.config.model.enforce_eager
-                and self.stage.size == 1):  # graphs hold no send/recv between stages
+                and self.stage.size == 1  # graphs hold no send/recv between stages
+                and not a.num_experts):  # expert routing sizes its matmuls on the host
             self._capture_graphs(num_blocks)
 
     def _capture_graphs(self, num_blocks: int) -> None:
         start = time.perf_counter()
         max_len = self.config.model.max_model_len or self.arch.max_position_embeddings
-        max_batch = min(self.config.scheduler.max_num_seqs, 256)
+        max_batch = min(self.config.scheduler.max_num_seqs, 512)
         self.graphs = DecodeGraphs(self.model, self.kv_caches, max_batch,
                                    -(-max_len // self.block_size), num_blocks, self.block_size,
                                    self.device)
@@ -111,36 +132,79 @@ class ModelRunner:
                     sizes[0], sizes[-1], time.perf_counter() - start)
 
     # -- one step ------------------------------------------------------------------------
-    @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        self.submit(sched)
+        return self.collect()
+
+    @torch.inference_mode()
+    def submit(self, sched: SchedulerOutput) -> None:
+        """Queues the step on the device; returns before its tokens are back."""
         self._update_states(sched)
         if sched.is_empty:
-            return ModelRunnerOutput({}, {}, {})
+            self._in_flight.append(_StepInFlight([], None, None, None, {}, {}, True))
+            return
         inputs = prepare_inputs(self.states, sched.num_scheduled_tokens, self.block_size,
                                 self.device, self.use_kernels)
+        if inputs.feed_rows is not None:  # decode inputs sampled by the step before
+            inputs.input_ids[inputs.feed_rows] = self._last_tokens[inputs.feed_src]
         hidden = self.graphs.run(inputs) if self.graphs is not None else None
         if hidden is None:
             hidden = self._forward(inputs)
-        if not self.stage.last:  # hidden states went on to the next stage
-            for rid, n in sched.num_scheduled_tokens.items():
-                self.states[rid].num_computed_tokens += n
-            return ModelRunnerOutput({}, {}, {})
-        prompt_logprobs = self._prompt_logprobs(hidden, inputs.prompt_rows)
-        sampled, logprobs = {}, {}
-        if inputs.sample_rows:
-            logits = self.model.compute_logits(hidden[inputs.sample_rows])  # [N, V]
-            states = [self.states[rid] for rid in inputs.sample_request_ids]
-            if all(self._plain_greedy(st) for st in states):  # no settings to gather
-                tokens, entries = logits.argmax(dim=-1).tolist(), [None] * len(states)
-            else:
-                tokens, entries = sample(logits, self._sampling_batch(states))
-            for st, tok, entry in zip(states, tokens, entries):
-                sampled[st.request_id] = tok
-                if entry is not None:
-                    logprobs[st.request_id] = entry
         for rid, n in sched.num_scheduled_tokens.items():
-            self.states[rid].num_computed_tokens += n  # sampled tokens come back as input
-        return ModelRunnerOutput(sampled, logprobs, prompt_logprobs)
+            self.states[rid].num_computed_tokens += n
+        if not self.stage.last:  # hidden states went on to the next stage
+            self._in_flight.append(_StepInFlight([], None, None, None, {}, {}, True))
+            return
+        prompt_logprobs = self._prompt_logprobs(hidden, inputs.prompt_rows)
+        states = [self.states[rid] for rid in inputs.sample_request_ids]
+        step = _StepInFlight(states, None, None, None, {}, prompt_logprobs)
+        if states:
+            rows = hidden if inputs.sample_index is None else hidden[inputs.sample_index]
+            logits = self.model.compute_logits(rows)  # [N, V]
+            if all(self._plain_greedy(st) for st in states):  # no settings to gather
+                step.tokens = logits.argmax(dim=-1)
+            else:
+                if any(_needs_history(st.params) for st in states):
+                    self._resolve_all()  # penalties read every output token
+                step.tokens, entries = sample(logits, self._sampling_batch(states))
+                step.logprobs = {st.request_id: e for st, e in zip(states, entries)
+                                 if e is not None}
+            for row, st in enumerate(states):
+                st.num_unresolved += 1
+                st.sample_row = row
+            self._last_tokens = step.tokens
+            if self.device.type == "cuda":
+                step.host = torch.empty(len(states), dtype=torch.int64, pin_memory=True)
+                step.host.copy_(step.tokens, non_blocking=True)
+                step.ready = torch.cuda.Event()
+                step.ready.record()
+        self._in_flight.append(step)
+
+    def collect(self) -> ModelRunnerOutput:
+        """The oldest submitted step's output (waits for its tokens)."""
+        step = self._in_flight.popleft()
+        tokens = self._resolve(step)
+        sampled = {st.request_id: tok for st, tok in zip(step.states, tokens)}
+        return ModelRunnerOutput(sampled, step.logprobs, step.prompt_logprobs)
+
+    def _resolve(self, step: _StepInFlight) -> list[int]:
+        """Waits for the step's tokens and appends them to their requests (once)."""
+        if step.tokens is None:
+            return []
+        if step.ready is not None:
+            step.ready.synchronize()
+        tokens = (step.host if step.host is not None else step.tokens).tolist()
+        if not step.resolved:
+            step.resolved = True
+            for st, tok in zip(step.states, tokens):
+                if self.states.get(st.request_id) is st:  # not finished or replaced since
+                    st.token_ids.append(tok)
+                    st.num_unresolved -= 1
+        return tokens
+
+    def _resolve_all(self) -> None:
+        for step in self._in_flight:
+            self._resolve(step)
 
     def _forward(self, inputs):
         """This stage's layers; between stages, (hidden, residual) [T, H] each go on."""
@@ -178,16 +242,18 @@ class ModelRunner:
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def _sampling_batch(self, states: list[RequestState]) -> SamplingBatch:
-        def col(name, dtype=torch.float32):
-            return torch.tensor([getattr(s.params, name) for s in states], dtype=dtype,
-                                device=self.device)
-
+        """Per-row settings, sent without waiting for the device (pinned, non-blocking)."""
         ps = [s.params for s in states]
+        floats = self._to_device(torch.tensor(
+            [(p.temperature, p.top_p, p.min_p, p.presence_penalty, p.frequency_penalty,
+              p.repetition_penalty) for p in ps], dtype=torch.float32))  # [N, 6]
+        top_k = self._to_device(torch.tensor([p.top_k for p in ps], dtype=torch.int64))
         return SamplingBatch(
-            temperature=col("temperature"), top_k=col("top_k", torch.int64), top_p=col("top_p"),
-            min_p=col("min_p"), presence_penalty=col("presence_penalty"),
-            frequency_penalty=col("frequency_penalty"),
-            repetition_penalty=col("repetition_penalty"),
+            temperature=floats[:, 0], top_k=top_k, top_p=floats[:, 1], min_p=floats[:, 2],
+            presence_penalty=floats[:, 3], frequency_penalty=floats[:, 4],
+            repetition_penalty=floats[:, 5],
+            use_top_k=any(p.top_k > 0 for p in ps), use_top_p=any(p.top_p < 1 for p in ps),
+            use_min_p=any(p.min_p > 0 for p in ps),
             prompt_token_ids=[s.token_ids[:s.num_prompt_tokens] for s in states],
             output_token_ids=[s.token_ids[s.num_prompt_tokens:] for s in states],
             generators=[s.generator or self.default_generator for s in states],
@@ -198,6 +264,11 @@ class ModelRunner:
                             for p in ps),
         )
 
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
+
     def _plain_greedy(self, st: RequestState) -> bool:
         p = st.params
         return (p.greedy and p.logprobs is None and p.repetition_penalty == 1
@@ -205,7 +276,7 @@ class ModelRunner:
 
     def _banned(self, st: RequestState) -> list[int]:
         p = st.params
-        if len(st.token_ids) - st.num_prompt_tokens >= p.min_tokens:
+        if st.num_known_and_pending - st.num_prompt_tokens >= p.min_tokens:
             return []
         eos = [] if p.ignore_eos else list(self.arch.eos_token_ids)
         return eos + list(p.stop_token_ids)
@@ -221,3 +292,8 @@ class ModelRunner:
                                       [st.params.prompt_logprobs] * r.count)
             result[r.request_id] = (r.first_token, entries)
         return result
+
+
+def _needs_history(p) -> bool:
+    """Penalties read the request's output tokens, so they must all be known here."""
+    return bool(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1)

@@ -62,11 +62,12 @@ class FakeWorker:
         for rid, n in so.num_scheduled_tokens.items():
             req = s.requests[rid]
             assert req.status == RequestStatus.RUNNING
-            assert 0 < n <= req.num_tokens - req.num_computed_tokens
+            before = req.num_computed_tokens - n  # the count advances when scheduled
+            assert 0 < n <= req.num_tokens - before
             # The request's blocks hold every token it will have computed after the step.
-            assert len(s.kv.block_ids(rid)) * s.kv.block_size >= req.num_computed_tokens + n
+            assert len(s.kv.block_ids(rid)) * s.kv.block_size >= before + n
             self.first_scheduled_step.setdefault(rid, len(self.steps))
-            if req.num_computed_tokens + n == req.num_tokens:
+            if before + n == req.num_tokens:
                 sampled[rid] = self.next_token(req)
         outs = s.update_from_output(so, ModelRunnerOutput(sampled, {}, {}))
         for out in outs:

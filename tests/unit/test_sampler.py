@@ -14,6 +14,13 @@ import torch
 from tessera.layers.sampler import SamplingBatch, apply_penalties, sample
 
 
+def sample_ids(logits, batch):
+    """sample() with its token tensor as a list."""
+    tokens, entries = sample(logits, batch)
+    assert tokens.dtype == torch.int64 and tokens.shape == (logits.shape[0],)
+    return tokens.tolist(), entries
+
+
 def make_batch(rows: list[dict], shared_seed: int = 0) -> SamplingBatch:
     """One SamplingBatch row per dict. Keys follow SamplingParams (temperature, top_k,
     top_p, min_p, presence_penalty, frequency_penalty, repetition_penalty, logprobs) plus
@@ -56,7 +63,7 @@ def make_batch(rows: list[dict], shared_seed: int = 0) -> SamplingBatch:
 def draw_many(logits_row: torch.Tensor, params: dict, n: int = 4000, seed: int = 0) -> torch.Tensor:
     """n independent draws of one row's distribution -> tensor of token ids."""
     logits = logits_row.float().expand(n, -1).clone()
-    tokens, _ = sample(logits, make_batch([params] * n, shared_seed=seed))
+    tokens, _ = sample_ids(logits, make_batch([params] * n, shared_seed=seed))
     return torch.tensor(tokens)
 
 
@@ -69,7 +76,7 @@ def logits_from_probs(probs: list[float]) -> torch.Tensor:
 def test_greedy_picks_argmax():
     torch.manual_seed(0)
     logits = torch.randn(6, 50)
-    tokens, entries = sample(logits, make_batch([{"temperature": 0.0}] * 6))
+    tokens, entries = sample_ids(logits, make_batch([{"temperature": 0.0}] * 6))
     assert tokens == logits.argmax(dim=-1).tolist()
     assert entries == [None] * 6
 
@@ -79,7 +86,7 @@ def test_greedy_rows_take_argmax_in_a_mixed_batch():
     logits = torch.randn(4, 30)
     rows = [{"temperature": 0.0}, {"temperature": 1.0}, {"temperature": 0.0}, {"temperature": 2.0}]
     for seed in range(20):
-        tokens, _ = sample(logits, make_batch(rows, shared_seed=seed))
+        tokens, _ = sample_ids(logits, make_batch(rows, shared_seed=seed))
         assert tokens[0] == int(logits[0].argmax())
         assert tokens[2] == int(logits[2].argmax())
 
@@ -97,12 +104,12 @@ def test_top_k_one_equals_greedy():
     torch.manual_seed(3)
     logits = torch.randn(8, 40)
     # all rows top_k=1 (the all-greedy path)
-    tokens, _ = sample(logits, make_batch([{"top_k": 1, "temperature": 1.3}] * 8))
+    tokens, _ = sample_ids(logits, make_batch([{"top_k": 1, "temperature": 1.3}] * 8))
     assert tokens == logits.argmax(dim=-1).tolist()
     # top_k=1 rows next to a random row (the sampling path)
     rows = [{"top_k": 1, "temperature": 1.3}] * 7 + [{"temperature": 1.0}]
     for seed in range(10):
-        tokens, _ = sample(logits, make_batch(rows, shared_seed=seed))
+        tokens, _ = sample_ids(logits, make_batch(rows, shared_seed=seed))
         assert tokens[:7] == logits[:7].argmax(dim=-1).tolist()
 
 
@@ -166,7 +173,7 @@ def test_rows_keep_their_own_top_k_top_p():
     logits = row.expand(2 * n, -1).clone()
     rows = [{"top_k": 1, "temperature": 1.0}] * n + [{"top_p": 1.0}] * n
     rows[0] = {"top_k": 2}  # make sure the batch takes the sampling path with mixed k
-    tokens = torch.tensor(sample(logits, make_batch(rows))[0])
+    tokens = torch.tensor(sample_ids(logits, make_batch(rows))[0])
     assert set(tokens[1:n].tolist()) == {0}
     assert set(tokens[n:].tolist()) == {0, 1, 2, 3}  # the other rows are not truncated
 
@@ -223,7 +230,7 @@ def _seeded_run(position: int, others: list[dict], steps: int = 15, seed: int = 
         rows.insert(position, {"generator": gen, "temperature": 0.9})
         logits = torch.randn(len(rows), vocab)
         logits[position] = row_logits
-        tokens, _ = sample(logits, make_batch(rows, shared_seed=100 + step))
+        tokens, _ = sample_ids(logits, make_batch(rows, shared_seed=100 + step))
         got.append(tokens[position])
     return got
 
@@ -293,16 +300,16 @@ def test_presence_and_frequency_penalties_ignore_prompt_tokens():
 def test_repetition_penalty_changes_the_greedy_choice():
     logits = torch.tensor([[3.0, 2.5, 0.0, -1.0]])
     base = dict(temperature=0.0, prompt=[0], output=[])
-    assert sample(logits, make_batch([base]))[0] == [0]
-    assert sample(logits, make_batch([dict(base, repetition_penalty=1.5)]))[0] == [1]  # 3/1.5=2
-    assert sample(logits, make_batch([dict(base, repetition_penalty=1.1)]))[0] == [0]
+    assert sample_ids(logits, make_batch([base]))[0] == [0]
+    assert sample_ids(logits, make_batch([dict(base, repetition_penalty=1.5)]))[0] == [1]  # 3/1.5=2
+    assert sample_ids(logits, make_batch([dict(base, repetition_penalty=1.1)]))[0] == [0]
 
 
 def test_frequency_penalty_changes_the_greedy_choice():
     logits = torch.tensor([[3.0, 2.5, 0.0, -1.0]])
     base = dict(temperature=0.0, prompt=[], output=[0, 0])
-    assert sample(logits, make_batch([dict(base, frequency_penalty=0.2)]))[0] == [0]  # 2.6
-    assert sample(logits, make_batch([dict(base, frequency_penalty=0.3)]))[0] == [1]  # 2.4
+    assert sample_ids(logits, make_batch([dict(base, frequency_penalty=0.2)]))[0] == [0]  # 2.6
+    assert sample_ids(logits, make_batch([dict(base, frequency_penalty=0.3)]))[0] == [1]  # 2.4
 
 
 # -- bans -------------------------------------------------------------------------------------
@@ -315,13 +322,13 @@ def test_banned_tokens_are_never_drawn():
     assert not set(banned) & set(draws.tolist())
     assert len(set(draws.tolist())) > 3
     # greedy takes the best token that is not banned
-    tokens, _ = sample(row[None, :].clone(), make_batch([{"temperature": 0.0, "banned": banned}]))
+    tokens, _ = sample_ids(row[None, :].clone(), make_batch([{"temperature": 0.0, "banned": banned}]))
     assert tokens == [int(row.topk(3).indices[2])]
 
 
 def test_bans_are_per_row():
     logits = torch.tensor([[5.0, 0.0, 0.0], [5.0, 0.0, 0.0]])
-    tokens, _ = sample(logits, make_batch([{"temperature": 0.0, "banned": [0]},
+    tokens, _ = sample_ids(logits, make_batch([{"temperature": 0.0, "banned": [0]},
                                            {"temperature": 0.0}]))
     assert tokens[0] != 0 and tokens[1] == 0
 
@@ -339,7 +346,7 @@ def test_logprobs_entries_use_raw_logits_and_rank_chosen_token():
         dict(temperature=0.0, banned=[4], logprobs=0),
         dict(temperature=0.0, logprobs=None),
     ]
-    tokens, entries = sample(raw.clone(), make_batch(rows))
+    tokens, entries = sample_ids(raw.clone(), make_batch(rows))
     assert tokens == [1, 3, 0]
     ref = torch.log_softmax(raw, dim=-1)
 
@@ -360,7 +367,7 @@ def test_logprobs_ignore_temperature_and_top_k():
     torch.manual_seed(9)
     raw = torch.randn(3, 12)
     rows = [dict(temperature=0.3, top_k=2, logprobs=5, seed=s) for s in range(3)]
-    tokens, entries = sample(raw.clone(), make_batch(rows))
+    tokens, entries = sample_ids(raw.clone(), make_batch(rows))
     ref = torch.log_softmax(raw, dim=-1)
     for i, (ids, vals, ranks) in enumerate(entries):
         assert ids[0] == tokens[i]

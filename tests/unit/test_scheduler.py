@@ -2,7 +2,8 @@
 
 `FakeWorker` plays the model runner: it takes each SchedulerOutput, "computes" the
 scheduled tokens, samples a token for every request that the step brings level
-(num_computed_tokens + scheduled == num_tokens) and feeds a ModelRunnerOutput back to
+(computed before the step + scheduled == num_tokens; the scheduler advances
+num_computed_tokens when it schedules) and feeds a ModelRunnerOutput back to
 `update_from_output`. Every step it also checks the invariants of the one scheduling
 rule (budget, blocks cover the scheduled tokens, only the newest running requests are
 preempted).

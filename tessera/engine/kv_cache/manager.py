@@ -85,11 +85,13 @@ class KVCacheManager:
         return new
 
     def cache_blocks(self, req: Request) -> None:
-        """Register the request's full blocks whose tokens are all computed."""
+        """Register the request's full blocks whose tokens are all computed (or being
+        computed by a scheduled step, which runs before any later reader) and known."""
         if not self.enable_prefix_caching:
             return
         owned = self._blocks.get(req.request_id, [])
-        num_full = min(req.num_computed_tokens // self.block_size, len(owned))
+        known = min(req.num_computed_tokens, req.num_tokens)
+        num_full = min(known // self.block_size, len(owned))
         done = self._num_registered.get(req.request_id, 0)
         if num_full <= done:
             return
