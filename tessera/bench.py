@@ -45,11 +45,13 @@ def measure_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
 
 
 def _weight_bytes_read(engine: LLMEngine) -> int:
-    """Weight bytes one decode step reads over all ranks (the embedding table is only
-    looked up by row, so it does not count unless the LM head shares it)."""
+    """Weight bytes one decode step of one sequence reads over all ranks (the embedding
+    table is only looked up by row, so it does not count unless the LM head shares it;
+    of a mixture of experts, only the routed top-k experts count)."""
     a = engine.arch
     embed = a.vocab_size * a.hidden_size
-    return (a.num_parameters() - (0 if a.tie_word_embeddings else embed)) * _itemsize(engine)
+    return ((a.num_parameters(active_only=True) - (0 if a.tie_word_embeddings else embed))
+            * _itemsize(engine))
 
 
 def _itemsize(engine: LLMEngine) -> int:

@@ -64,11 +64,18 @@ class ArchConfig:
         """Bytes of K and V per token over all layers, at 1 byte per element."""
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim
 
-    def num_parameters(self) -> int:
+    def num_parameters(self, active_only: bool = False) -> int:
+        """All parameters; with active_only, those one token reads (its top-k experts)."""
         h, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        per_layer = h * (q + 2 * kv) + q * h + 3 * h * self.intermediate_size + 2 * h
+        attention = (h + self.attention_bias) * (q + 2 * kv) + q * h + 2 * h  # + 2 norms
+        experts = self.num_experts_per_tok if active_only else self.num_experts
+        moe_mlp = h * self.num_experts + experts * 3 * h * self.moe_intermediate_size
+        if self.shared_expert_intermediate_size:
+            moe_mlp += 3 * h * self.shared_expert_intermediate_size + h
+        n_moe = len(self.moe_layers)
+        mlps = n_moe * moe_mlp + (self.num_layers - n_moe) * 3 * h * self.intermediate_size
         embed = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
-        return self.num_layers * per_layer + embed + h
+        return self.num_layers * attention + mlps + embed + h
 
 
 def _rope_settings(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:

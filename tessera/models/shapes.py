@@ -34,6 +34,12 @@ NAMED_SHAPES: dict[str, dict] = {
                        intermediate_size=14336, num_layers=32, num_heads=32, num_kv_heads=8,
                        head_dim=128, rope_theta=1000000.0, max_position_embeddings=32768,
                        eos_token_ids=(2,)),
+    "mixtral-8x7b": dict(architecture="MixtralForCausalLM", vocab_size=32000, hidden_size=4096,
+                         intermediate_size=14336, num_layers=32, num_heads=32, num_kv_heads=8,
+                         head_dim=128, rope_theta=1000000.0, max_position_embeddings=32768,
+                         bos_token_id=1, eos_token_ids=(2,), num_experts=8,
+                         num_experts_per_tok=2, moe_intermediate_size=14336,
+                         moe_layers=tuple(range(32))),
 }
 
 

@@ -1,0 +1,58 @@
+"""Named shapes (`load_format="dummy"`): every one builds a valid ArchConfig, and the
+Mixtral-8x7B shape equals what a Mixtral config.json gives and builds the real model's
+46.7 B parameters (on the meta device: no memory)."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from tessera.models.arch_config import from_hf_dict
+from tessera.models.registry import model_class
+from tessera.models.shapes import NAMED_SHAPES, named_shape
+
+
+@pytest.mark.parametrize("name", sorted(NAMED_SHAPES))
+def test_named_shape_builds(name):
+    arch = named_shape(name)
+    assert arch.num_heads % arch.num_kv_heads == 0 and arch.kv_bytes_per_token > 0
+    if arch.num_experts:
+        assert 0 < arch.num_experts_per_tok <= arch.num_experts
+        assert arch.moe_intermediate_size > 0 and arch.moe_layers
+        assert all(0 <= i < arch.num_layers for i in arch.moe_layers)
+
+
+def test_mixtral_shape_matches_its_config_json():
+    import transformers
+    cfg = transformers.MixtralConfig(vocab_size=32000, hidden_size=4096,
+                                     intermediate_size=14336, num_hidden_layers=32,
+                                     num_attention_heads=32, num_key_value_heads=8,
+                                     num_local_experts=8, num_experts_per_tok=2,
+                                     rope_theta=1e6, max_position_embeddings=32768,
+                                     bos_token_id=1, eos_token_id=2).to_dict()
+    cfg["architectures"] = ["MixtralForCausalLM"]
+    ours, theirs = named_shape("mixtral-8x7b"), from_hf_dict(cfg)
+    assert dataclasses.replace(theirs, torch_dtype=None) == ours
+
+
+def test_mixtral_shape_builds_the_model():
+    arch = named_shape("dummy:mixtral-8x7b")
+    with torch.device("meta"):
+        model = model_class(arch)(arch)
+    params = sum(p.numel() for p in model.parameters())
+    assert abs(params - 46.70e9) < 0.01e9  # Mixtral-8x7B: 46.7 B parameters
+
+
+@pytest.mark.parametrize("name", ["llama-3-8b", "qwen2.5-0.5b", "mixtral-8x7b"])
+def test_parameter_count_matches_the_built_model(name):
+    """num_parameters() feeds the decode roofline of `tessera bench`: it must count what
+    the model holds, experts, router and tied embeddings included."""
+    arch = named_shape(name)
+    with torch.device("meta"):
+        model = model_class(arch)(arch)
+    assert arch.num_parameters() == sum(p.numel() for p in model.parameters())
+    if arch.num_experts:  # a token reads its top-k experts only
+        per_expert = 3 * arch.hidden_size * arch.moe_intermediate_size * len(arch.moe_layers)
+        skipped = arch.num_experts - arch.num_experts_per_tok
+        assert arch.num_parameters(active_only=True) == arch.num_parameters() - skipped * per_expert
