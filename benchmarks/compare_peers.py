@@ -3,7 +3,9 @@
 Llama-3-8B shape, random bf16 weights. Runs, in this order (the peer first, then freed):
   HF `generate` eager, batch 1, prompt 32, 64 new tokens (its ms/token is flat in length);
   Tessera latency (batch 1, prompt 32, 256 new), decode at batch 64 (prompt 1024, 128 new),
-  and the throughput workload (1000 requests, prompts 128-1024, outputs 128-512).
+  both again with async scheduling off (sync_*: one step at a time, the CPU side of each
+  step on the GPU's critical path), and the throughput workload (1000 requests, prompts
+  128-1024, outputs 128-512).
 Prints one table (tok/s, roofline ratio, ratio to HF and to gpt-fast's figures from
 BENCHMARKS.md) and writes JSON to --out.
 
@@ -71,6 +73,10 @@ def main() -> None:
     run_latency(engine, 2, 32, 8, bandwidth, seed=9)  # warm-up
     results["latency_b1"] = run_latency(engine, 1, 32, 256, bandwidth)
     results["decode_b64"] = run_latency(engine, 64, 1024, 128, bandwidth)
+    engine.core.set_async_scheduling(False)  # the same model, one step at a time
+    results["sync_latency_b1"] = run_latency(engine, 1, 32, 256, bandwidth)
+    results["sync_decode_b64"] = run_latency(engine, 64, 1024, 128, bandwidth)
+    engine.core.set_async_scheduling(True)
     if not args.skip_throughput:
         results["throughput"] = run_throughput(engine, args.num_prompts, (128, 1024), (128, 512))
     with open(args.out, "w") as f:
@@ -80,7 +86,8 @@ def main() -> None:
           f"{results['bandwidth_tb_s']:.2f} TB/s")
     print(f"{'workload':<28}{'tok/s':>10}{'ms/step':>10}{'roofline':>10}{'vs gpt-fast':>12}"
           f"{'vs HF':>8}")
-    for key, batch in (("latency_b1", 1), ("decode_b64", 64)):
+    for key, batch in (("latency_b1", 1), ("decode_b64", 64), ("sync_latency_b1", 1),
+                       ("sync_decode_b64", 64)):
         r = results[key]
         vs_hf = f"{r['tok_s'] / hf:.1f}x" if hf and batch == 1 else "-"
         print(f"{key + f' (batch {batch})':<28}{r['tok_s']:>10.1f}{r['median_step_ms']:>10.2f}"

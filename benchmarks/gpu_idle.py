@@ -1,0 +1,119 @@
+"""Is the GPU or the CPU the bottleneck of the throughput workload, with async scheduling?
+
+Runs the throughput workload (BENCHMARKS.md; Llama-3-8B shape, random bf16 weights) as
+the engine normally runs it (two steps in flight) and records two CUDA events around each
+step's device work (`ModelRunner.submit`), with no synchronization added. On the device's
+timeline, for step i: busy_i = end_i - start_i (its kernels, plus any gaps where the GPU
+waited for the CPU to launch the next kernel) and idle_i = start_i - end_(i-1) (the GPU
+had finished step i-1 and nothing was queued: the CPU was late). Also sums the time the
+CPU blocked waiting for tokens (`collect`). Prints per step kind: steps, busy, idle;
+then, for the steps of --profile-steps, the kernels' own time against their busy time
+(the rest: the GPU waiting for launches inside a step), and the allocator's retries and
+device frees (each cudaFree synchronizes the device).
+
+    python benchmarks/gpu_idle.py --out $OUT/idle.json
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import random
+import time
+
+import torch
+
+from tessera.config import EngineConfig
+from tessera.llm_engine import LLMEngine
+from tessera.sampling_params import SamplingParams
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="idle.json")
+    ap.add_argument("--num-prompts", type=int, default=1000)
+    ap.add_argument("--model", default="llama-3-8b")
+    ap.add_argument("--profile-steps", default="200:206")
+    args = ap.parse_args()
+    first, last = (int(x) for x in args.profile_steps.split(":"))
+    engine = LLMEngine(EngineConfig.from_kwargs(
+        model=args.model, load_format="dummy", dtype="bfloat16", max_model_len=2048,
+        skip_tokenizer_init=True, max_num_seqs=512, max_num_batched_tokens=8192))
+    runner = engine.core.executor.runner
+    marks: list[tuple[torch.cuda.Event, torch.cuda.Event, str, int]] = []
+    waited = [0.0]
+    submit, resolve = runner.submit, runner._resolve
+
+    def timed_submit(so):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        submit(so)
+        end.record()
+        n = so.num_scheduled_tokens
+        kind = "empty" if not n else ("decode" if len(n) == sum(n.values()) else "mixed")
+        marks.append((start, end, kind, sum(n.values())))
+
+    def timed_resolve(step):
+        t = time.perf_counter()
+        out = resolve(step)
+        waited[0] += time.perf_counter() - t
+        return out
+    runner.submit, runner._resolve = timed_submit, timed_resolve
+
+    rng = random.Random(0)
+    vocab, out_tokens = engine.arch.vocab_size, 0
+    for i in range(args.num_prompts):
+        n_in, n_out = rng.randint(128, 1024), rng.randint(128, 512)
+        out_tokens += n_out
+        engine.add_request(f"r{i}", [rng.randrange(vocab) for _ in range(n_in)],
+                           SamplingParams(temperature=0.0, max_tokens=n_out, ignore_eos=True),
+                           stream=False)
+    start, prof, kernel_ms = time.perf_counter(), None, 0.0
+    while engine.has_unfinished_requests():
+        if len(marks) == first and prof is None:
+            prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+            prof.__enter__()
+            window = len(marks)
+        engine.step()
+        if prof is not None and len(marks) >= last and not kernel_ms:
+            torch.cuda.synchronize()
+            window = (window, len(marks))
+            prof.__exit__(None, None, None)
+            kernel_ms = sum(e.self_device_time_total for e in prof.key_averages()) / 1e3
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    mem = torch.cuda.memory_stats()
+
+    busy, idle = collections.Counter(), collections.Counter()
+    count, tokens = collections.Counter(), collections.Counter()
+    for i, (s, e, kind, n) in enumerate(marks):
+        busy[kind] += s.elapsed_time(e) / 1e3
+        if i:
+            idle[kind] += marks[i - 1][1].elapsed_time(s) / 1e3
+        count[kind] += 1
+        tokens[kind] += n
+    res = {"wall_s": wall, "output_tok_s": out_tokens / wall, "cpu_waited_s": waited[0],
+           "kinds": {k: {"steps": count[k], "busy_s": busy[k], "idle_before_s": idle[k],
+                         "tokens_per_step": tokens[k] / count[k]} for k in count}}
+    if kernel_ms:
+        a, b = window
+        res["profiled_steps"] = {
+            "steps": [m[2] + f" {m[3]}" for m in marks[a:b]], "kernel_ms": kernel_ms,
+            "busy_ms": sum(s.elapsed_time(e) for s, e, _, _ in marks[a:b])}
+    res["allocator"] = {k: mem.get(k, 0) for k in ("num_alloc_retries", "num_device_alloc",
+                                                   "num_device_free", "num_sync_all_streams")}
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=2)
+    print(f"throughput (async scheduling): {wall:.1f} s, {out_tokens / wall:.0f} output tok/s; "
+          f"CPU waited for tokens {waited[0]:.1f} s")
+    print(f"{'kind':8} {'steps':>6} {'tok/step':>9} {'GPU busy s':>11} {'GPU idle s':>11}")
+    for k in sorted(count):
+        print(f"{k:8} {count[k]:6d} {tokens[k] / count[k]:9.0f} {busy[k]:11.2f} {idle[k]:11.2f}")
+    if "profiled_steps" in res:
+        p = res["profiled_steps"]
+        print(f"steps {p['steps']}: kernels {p['kernel_ms']:.1f} ms of {p['busy_ms']:.1f} ms busy")
+    print("allocator:", res["allocator"])
+
+
+if __name__ == "__main__":
+    main()
