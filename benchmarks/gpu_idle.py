@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--out", default="idle.json")
     ap.add_argument("--num-prompts", type=int, default=1000)
     ap.add_argument("--model", default="llama-3-8b")
-    ap.add_argument("--profile-steps", default="200:206")
+    ap.add_argument("--profile-steps", default="200:206", help="first:end; 0:0 for none")
     args = ap.parse_args()
     first, last = (int(x) for x in args.profile_steps.split(":"))
     engine = LLMEngine(EngineConfig.from_kwargs(
@@ -70,7 +70,7 @@ def main() -> None:
                            stream=False)
     start, prof, kernel_ms = time.perf_counter(), None, 0.0
     while engine.has_unfinished_requests():
-        if len(marks) == first and prof is None:
+        if last > first and len(marks) == first and prof is None:
             prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
             prof.__enter__()
             window = len(marks)

@@ -1,10 +1,12 @@
 """Every multi-GPU figure of one host of N GPUs in one call: a table at the end, JSON in --out.
 
 Sections (`--sections`, comma-separated; default all of them, in this order):
-  correctness  tiny random Llama and Mixtral checkpoints, bf16, greedy, 32 new tokens, 3
-               prompts: leading greedy tokens identical to one GPU's, and the largest
-               |logprob difference| over that prefix, for TP=2, TP=N, PP=2, TP=2 x PP=2 and
-               Mixtral with experts sliced (moe_tp2) or whole per rank (ep2).
+  correctness  tiny random Llama and Mixtral checkpoints, bf16 (or --tiny-dtype), greedy,
+               32 new tokens, 3 prompts: leading greedy tokens identical to one GPU's, the
+               largest |logprob difference| over that prefix, and at each divergence the
+               one-GPU run's logprob gap between the two tokens (a near-tie or not), for
+               TP=2, TP=N, PP=2, TP=2 x PP=2 and Mixtral with experts sliced (moe_tp2) or
+               whole per rank (ep2).
   scaling      Llama-3-8B shape, random bf16: batch-1 decode tok/s at TP=1, 2, 4, 8 (<= N),
                with the bandwidth each GPU sustains: (weight + KV bytes per GPU) / step time.
   throughput   Llama-3-8B, --num-prompts requests of 128-1024 prompt and 128-512 new
@@ -119,6 +121,7 @@ def compare(ref, got) -> dict:
 
 def correctness(args):
     n, base = args.gpus, args.tiny
+    suffix = "" if base["dtype"] == "bfloat16" else "_" + base["dtype"]
     dense = {"tp2": dict(tensor_parallel_size=2), f"tp{n}": dict(tensor_parallel_size=n),
              "pp2": dict(pipeline_parallel_size=2)}
     if n >= 4:
@@ -131,7 +134,7 @@ def correctness(args):
             ref = greedy(folder, base)
             for name, layout in layouts.items():
                 got = guarded(greedy, folder, base, **layout)  # a dict: the error
-                yield name, got if isinstance(got, dict) else compare(ref, got)
+                yield name + suffix, got if isinstance(got, dict) else compare(ref, got)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -250,6 +253,8 @@ def main() -> None:
     ap.add_argument("--with-tp1-throughput", action="store_true")
     ap.add_argument("--moe-cuda-graphs", action="store_true", help="try CUDA graphs for MoE")
     ap.add_argument("--cpu-smoke", action="store_true", help="correctness only, CPU fp32, gloo")
+    ap.add_argument("--tiny-dtype", default="bfloat16",
+                    help="dtype of the correctness runs on GPUs (float32: no bf16 near-ties)")
     ap.add_argument("--out", default="multi.json")
     args = ap.parse_args()
     cuda = torch.cuda.is_available() and not args.cpu_smoke
@@ -260,7 +265,7 @@ def main() -> None:
         ap.error(f"unknown sections {sorted(unknown)}" if unknown else "no GPU: use --cpu-smoke")
     args.tiny = dict(max_model_len=256, **(
         dict(device="cpu", dtype="float32", num_blocks=64) if args.cpu_smoke else
-        dict(dtype="bfloat16", gpu_memory_utilization=0.2, enforce_eager=True)))
+        dict(dtype=args.tiny_dtype, gpu_memory_utilization=0.2, enforce_eager=True)))
     res = {}
     if os.path.exists(args.out):  # a split run adds to what the earlier calls wrote
         with open(args.out) as f:
