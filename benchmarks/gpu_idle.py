@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import random
 import time
 
 import torch
 
+from tessera.bench import add_throughput_requests
 from tessera.config import EngineConfig
 from tessera.llm_engine import LLMEngine
-from tessera.sampling_params import SamplingParams
 
 
 def main() -> None:
@@ -60,14 +59,7 @@ def main() -> None:
         return out
     runner.submit, runner._resolve = timed_submit, timed_resolve
 
-    rng = random.Random(0)
-    vocab, out_tokens = engine.arch.vocab_size, 0
-    for i in range(args.num_prompts):
-        n_in, n_out = rng.randint(128, 1024), rng.randint(128, 512)
-        out_tokens += n_out
-        engine.add_request(f"r{i}", [rng.randrange(vocab) for _ in range(n_in)],
-                           SamplingParams(temperature=0.0, max_tokens=n_out, ignore_eos=True),
-                           stream=False)
+    _, out_tokens = add_throughput_requests(engine, args.num_prompts)
     start, prof, kernel_ms = time.perf_counter(), None, 0.0
     while engine.has_unfinished_requests():
         if last > first and len(marks) == first and prof is None:

@@ -20,16 +20,15 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import random
 import statistics
 import time
 
 import torch
 
 import tessera.worker.model_runner as mr
+from tessera.bench import add_throughput_requests
 from tessera.config import EngineConfig
 from tessera.llm_engine import LLMEngine
-from tessera.sampling_params import SamplingParams
 
 PHASES = ["schedule", "prepare", "launch", "gpu_wait", "sample", "update", "outputs"]
 
@@ -109,15 +108,7 @@ def instrument(engine: LLMEngine, tr: Tracer) -> None:
 
 def run(engine: LLMEngine, tr: Tracer, num_prompts: int, seed: int = 0,
         profile_steps: tuple[int, int] = (0, 0)) -> dict:
-    rng = random.Random(seed)
-    vocab = engine.arch.vocab_size
-    out_tokens = 0
-    for i in range(num_prompts):
-        n_in, n_out = rng.randint(128, 1024), rng.randint(128, 512)
-        out_tokens += n_out
-        engine.add_request(f"t{seed}-{i}", [rng.randrange(vocab) for _ in range(n_in)],
-                           SamplingParams(temperature=0.0, max_tokens=n_out, ignore_eos=True),
-                           stream=False)
+    _, out_tokens = add_throughput_requests(engine, num_prompts, seed=seed)
     tr.steps.clear()
     start = time.perf_counter()
     prof = None

@@ -87,17 +87,28 @@ def run_latency(engine: LLMEngine, batch: int, input_len: int, output_len: int,
             "roofline_ratio": floor / step, "wall_s": wall}
 
 
-def run_throughput(engine: LLMEngine, num_prompts: int, input_range: tuple[int, int],
-                   output_range: tuple[int, int], seed: int = 0) -> dict[str, Any]:
+def add_throughput_requests(engine: LLMEngine, num_prompts: int,
+                            input_range: tuple[int, int] = (128, 1024),
+                            output_range: tuple[int, int] = (128, 512),
+                            seed: int = 0) -> tuple[int, int]:
+    """Queues the throughput workload's requests (random token prompts, greedy, ignore
+    EOS, final outputs only); returns (prompt tokens, output tokens) in all."""
     rng = random.Random(seed)
     vocab = engine.arch.vocab_size
     total_in = total_out = 0
     for i in range(num_prompts):
         n_in, n_out = rng.randint(*input_range), rng.randint(*output_range)
         total_in, total_out = total_in + n_in, total_out + n_out
-        engine.add_request(f"tp-{i}", [rng.randrange(vocab) for _ in range(n_in)],
+        engine.add_request(f"tp-{seed}-{i}", [rng.randrange(vocab) for _ in range(n_in)],
                            SamplingParams(temperature=0.0, max_tokens=n_out, ignore_eos=True),
                            stream=False)
+    return total_in, total_out
+
+
+def run_throughput(engine: LLMEngine, num_prompts: int, input_range: tuple[int, int],
+                   output_range: tuple[int, int], seed: int = 0) -> dict[str, Any]:
+    total_in, total_out = add_throughput_requests(engine, num_prompts, input_range,
+                                                  output_range, seed)
     peak_kv, steps = 0.0, 0
     start = time.perf_counter()
     while engine.has_unfinished_requests():
