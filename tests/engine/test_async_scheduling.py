@@ -106,3 +106,20 @@ def test_scheduler_drops_the_in_flight_token_of_a_preempted_request():
     s.update_from_output(first, ModelRunnerOutput({"a": 7, "b": 8}, {}, {}))
     assert b.output_token_ids == [] and a.output_token_ids == [7]  # b's token dropped
     assert list(s.waiting) == [b]
+
+
+def test_switching_async_scheduling_off_between_runs(tiny_llama):
+    folder, _ = tiny_llama
+    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=64)
+    core = llm.engine.core
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    overlapped = llm.generate({"prompt_token_ids": [5, 6, 7]}, params)[0].outputs[0].token_ids
+    llm.engine.add_request("busy", {"prompt_token_ids": [1, 2]}, params)
+    with pytest.raises(RuntimeError, match="idle"):
+        core.set_async_scheduling(False)
+    llm.engine.abort_request(["busy"])
+    core.set_async_scheduling(False)
+    core.max_in_flight = 0
+    serial = llm.generate({"prompt_token_ids": [5, 6, 7]}, params)[0].outputs[0].token_ids
+    assert serial == overlapped
+    assert core.pipeline_depth == 1 and core.max_in_flight <= 1  # one step at a time
