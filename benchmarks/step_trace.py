@@ -37,7 +37,6 @@ class Tracer:
     def __init__(self):
         self.step: dict = {}
         self.steps: list[dict] = []
-        self.t_exec = 0.0
         self.kernels = ""
 
     def add(self, phase: str, dt: float) -> None:

@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from tessera.kernels.attention_tiles import load_kv_tile, online_softmax_step
+
 
 @triton.jit
 def _decode_partial(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, acc_ptr, ml_ptr, out_ptr, scale,
@@ -51,22 +53,11 @@ def _decode_partial(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, acc_ptr, ml_ptr, ou
     for tile in range(first_tile, last_tile):
         pos = tile * TILE + toks  # [TILE] token positions
         live = pos < seq_len
-        page = tl.minimum(pos // BLOCK_SIZE, max_blocks - 1)
-        block = tl.load(tables_ptr + seq * stride_tb + page, mask=live, other=0).to(tl.int64)
-        offs = (block[:, None] * stride_kvb + (pos % BLOCK_SIZE)[:, None] * stride_kvt
-                + kv_head * stride_kvh + dims[None, :])
-        k = tl.load(kv_ptr + offs, mask=live[:, None], other=0.0)  # [TILE, D]
-        v = tl.load(kv_ptr + stride_kvs + offs, mask=live[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scale  # [G, TILE]
-        s = tl.where((live & (pos >= lowest_key))[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m - m_safe)
-        p = tl.exp(s - m_safe[:, None])
-        l = l * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION).to(
-            tl.float32)
-        m = m_new
+        k, v = load_kv_tile(kv_ptr, tables_ptr, seq, pos, live, kv_head, dims, stride_tb,
+                            stride_kvs, stride_kvb, stride_kvt, stride_kvh, max_blocks,
+                            BLOCK_SIZE)  # [TILE, D] each
+        visible = (live & (pos >= lowest_key))[None, :]
+        m, l, acc = online_softmax_step(q, k, v, visible, m, l, acc, scale, PRECISION)
     if DIRECT:  # one split: this program has the whole answer
         res = acc / tl.maximum(l, 1e-30)[:, None]
         tl.store(out_ptr + seq * stride_ob + heads[:, None] * stride_oh + dims[None, :],

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from tessera.kernels.attention_tiles import load_kv_tile, online_softmax_step
+
 
 @triton.jit
 def _prefill(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, qstart_ptr, out_ptr, scale, window,
@@ -52,24 +54,12 @@ def _prefill(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, qstart_ptr, out_ptr, scale
     for k_start in range(start, last_key, BLOCK_N):
         pos = k_start + cols  # [N]
         live = pos < last_key
-        page = tl.minimum(pos // BLOCK_SIZE, max_blocks - 1)
-        block = tl.load(tables_ptr + seq * stride_tb + page, mask=live, other=0).to(tl.int64)
-        offs = (block[:, None] * stride_kvb + (pos % BLOCK_SIZE)[:, None] * stride_kvt
-                + kv_head * stride_kvh + dims[None, :])
-        k = tl.load(kv_ptr + offs, mask=live[:, None], other=0.0)  # [N, D]
-        v = tl.load(kv_ptr + stride_kvs + offs, mask=live[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scale  # [M, N]
-        ok = (live[None, :] & (pos[None, :] <= q_pos[:, None])
-              & (q_pos[:, None] - pos[None, :] < window))
-        s = tl.where(ok, s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m - m_safe)
-        p = tl.exp(s - m_safe[:, None])
-        l = l * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION).to(
-            tl.float32)
-        m = m_new
+        k, v = load_kv_tile(kv_ptr, tables_ptr, seq, pos, live, kv_head, dims, stride_tb,
+                            stride_kvs, stride_kvb, stride_kvt, stride_kvh, max_blocks,
+                            BLOCK_SIZE)  # [N, D] each
+        visible = (live[None, :] & (pos[None, :] <= q_pos[:, None])
+                   & (q_pos[:, None] - pos[None, :] < window))  # causal, within the window
+        m, l, acc = online_softmax_step(q, k, v, visible, m, l, acc, scale, PRECISION)
     out = acc / tl.maximum(l, 1e-30)[:, None]
     tl.store(out_ptr + (q_begin + rows)[:, None] * stride_ot + head * stride_oh + dims[None, :],
              out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])

@@ -28,6 +28,16 @@ def _rotate(x1, x2, cos, sin):
 
 
 @triton.jit
+def _rotate_heads(src, dst, ok, cos, sin, HALF: tl.constexpr):
+    """Loads the two halves of some heads at src [H, HALF] pointers, rotates them and
+    stores them at dst."""
+    r1, r2 = _rotate(tl.load(src, mask=ok, other=0.0), tl.load(src + HALF, mask=ok, other=0.0),
+                     cos, sin)
+    tl.store(dst, r1, mask=ok)
+    tl.store(dst + HALF, r2, mask=ok)
+
+
+@triton.jit
 def _rotary_kv(q_ptr, k_ptr, v_ptr, pos_ptr, slot_ptr, cs_ptr, q_out_ptr, kv_ptr,
                stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_kvs,
                NUM_Q: tl.constexpr, NUM_KV: tl.constexpr, HALF: tl.constexpr,
@@ -45,22 +55,14 @@ def _rotary_kv(q_ptr, k_ptr, v_ptr, pos_ptr, slot_ptr, cs_ptr, q_out_ptr, kv_ptr
     qh = tl.arange(0, QH_PAD)[:, None]
     qok = qh < NUM_Q
     qp = q_ptr + t * stride_qt + qh * stride_qh + half[None, :]
-    q1 = tl.load(qp, mask=qok, other=0.0)
-    q2 = tl.load(qp + HALF, mask=qok, other=0.0)
     qo = q_out_ptr + t * NUM_Q * 2 * HALF + qh * 2 * HALF + half[None, :]
-    r1, r2 = _rotate(q1, q2, cos, sin)
-    tl.store(qo, r1, mask=qok)
-    tl.store(qo + HALF, r2, mask=qok)
+    _rotate_heads(qp, qo, qok, cos, sin, HALF)
 
     kh = tl.arange(0, KVH_PAD)[:, None]
     kok = kh < NUM_KV
     kp = k_ptr + t * stride_kt + kh * stride_kh + half[None, :]
-    k1 = tl.load(kp, mask=kok, other=0.0)
-    k2 = tl.load(kp + HALF, mask=kok, other=0.0)
     dst = kv_ptr + slot * NUM_KV * 2 * HALF + kh * 2 * HALF + half[None, :]
-    r1, r2 = _rotate(k1, k2, cos, sin)
-    tl.store(dst, r1, mask=kok)
-    tl.store(dst + HALF, r2, mask=kok)
+    _rotate_heads(kp, dst, kok, cos, sin, HALF)
     vp = v_ptr + t * stride_vt + kh * stride_vh + half[None, :]
     tl.store(dst + stride_kvs, tl.load(vp, mask=kok, other=0.0), mask=kok)
     tl.store(dst + stride_kvs + HALF, tl.load(vp + HALF, mask=kok, other=0.0), mask=kok)

@@ -44,6 +44,10 @@ class _StepInFlight:
     prompt_logprobs: dict
     resolved: bool = False
 
+    @classmethod
+    def nothing_sampled(cls) -> "_StepInFlight":
+        return cls([], None, None, None, {}, {}, True)
+
 
 class ModelRunner:
     def __init__(self, config: EngineConfig, source: ModelSource):
@@ -141,7 +145,7 @@ class ModelRunner:
         """Queues the step on the device; returns before its tokens are back."""
         self._update_states(sched)
         if sched.is_empty:
-            self._in_flight.append(_StepInFlight([], None, None, None, {}, {}, True))
+            self._in_flight.append(_StepInFlight.nothing_sampled())
             return
         inputs = prepare_inputs(self.states, sched.num_scheduled_tokens, self.block_size,
                                 self.device, self.use_kernels)
@@ -153,7 +157,7 @@ class ModelRunner:
         for rid, n in sched.num_scheduled_tokens.items():
             self.states[rid].num_computed_tokens += n
         if not self.stage.last:  # hidden states went on to the next stage
-            self._in_flight.append(_StepInFlight([], None, None, None, {}, {}, True))
+            self._in_flight.append(_StepInFlight.nothing_sampled())
             return
         prompt_logprobs = self._prompt_logprobs(hidden, inputs.prompt_rows)
         states = [self.states[rid] for rid in inputs.sample_request_ids]
@@ -271,8 +275,8 @@ class ModelRunner:
 
     def _plain_greedy(self, st: RequestState) -> bool:
         p = st.params
-        return (p.greedy and p.logprobs is None and p.repetition_penalty == 1
-                and not p.presence_penalty and not p.frequency_penalty and not self._banned(st))
+        return (p.greedy and p.logprobs is None and not _needs_history(p)
+                and not self._banned(st))
 
     def _banned(self, st: RequestState) -> list[int]:
         p = st.params

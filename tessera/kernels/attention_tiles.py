@@ -1,0 +1,38 @@
+"""Triton pieces shared by the paged attention kernels (decode and prefill).
+
+`load_kv_tile`: the K and V of a tile of token positions of one sequence and KV head,
+each token's page looked up in the block table -> k, v [N, D].
+`online_softmax_step`: scores of the query rows against a key tile, masked, folded into
+the running max `m` [M], sum `l` [M] and weighted values `acc` [M, D] (FlashAttention's
+online softmax; a row with every key masked so far keeps m = -inf and l = 0).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def load_kv_tile(kv_ptr, tables_ptr, seq, pos, live, kv_head, dims, stride_tb, stride_kvs,
+                 stride_kvb, stride_kvt, stride_kvh, max_blocks, BLOCK_SIZE: tl.constexpr):
+    page = tl.minimum(pos // BLOCK_SIZE, max_blocks - 1)
+    block = tl.load(tables_ptr + seq * stride_tb + page, mask=live, other=0).to(tl.int64)
+    offs = (block[:, None] * stride_kvb + (pos % BLOCK_SIZE)[:, None] * stride_kvt
+            + kv_head * stride_kvh + dims[None, :])
+    k = tl.load(kv_ptr + offs, mask=live[:, None], other=0.0)  # [N, D]
+    v = tl.load(kv_ptr + stride_kvs + offs, mask=live[:, None], other=0.0)
+    return k, v
+
+
+@triton.jit
+def online_softmax_step(q, k, v, visible, m, l, acc, scale, PRECISION: tl.constexpr):
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scale  # [M, N]
+    s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m - m_safe)
+    p = tl.exp(s - m_safe[:, None])
+    l = l * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION).to(
+        tl.float32)
+    return m_new, l, acc
