@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from tessera.kernels import pdl
 from tessera.kernels.attention_tiles import load_kv_tile, online_softmax_step
 
 
@@ -29,7 +30,9 @@ def _decode_partial(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, acc_ptr, ml_ptr, ou
                     stride_tb, stride_ob, stride_oh, num_splits, max_blocks,
                     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
                     BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, NUM_HEADS: tl.constexpr,
-                    PRECISION: tl.constexpr, DIRECT: tl.constexpr):
+                    PRECISION: tl.constexpr, DIRECT: tl.constexpr,
+                    USE_PDL: tl.constexpr):
+    pdl.enter(USE_PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -71,7 +74,9 @@ def _decode_partial(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, acc_ptr, ml_ptr, ou
 
 @triton.jit
 def _decode_reduce(acc_ptr, ml_ptr, out_ptr, stride_ob, stride_oh, num_splits,
-                   HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr, NUM_HEADS: tl.constexpr):
+                   HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr, NUM_HEADS: tl.constexpr,
+                   USE_PDL: tl.constexpr):
+    pdl.enter(USE_PDL)
     seq = tl.program_id(0)
     head = tl.program_id(1)
     splits = tl.arange(0, SPLITS_PAD)
@@ -120,12 +125,13 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, TILE=max(64, block_size), NUM_HEADS=num_heads,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # fp32 stays fp32 (no TF32)
-        DIRECT=direct)
+        DIRECT=direct, **pdl.pdl_launch_args(q.device))
     if direct:
         return out
     _decode_reduce[(num_seqs, num_heads)](
         acc, ml, out, out.stride(0), out.stride(1), splits, HEAD_DIM=head_dim,
-        SPLITS_PAD=triton.next_power_of_2(splits), NUM_HEADS=num_heads)
+        SPLITS_PAD=triton.next_power_of_2(splits), NUM_HEADS=num_heads,
+        **pdl.pdl_launch_args(q.device))
     return out
 
 

@@ -13,10 +13,14 @@ import torch
 import triton
 import triton.language as tl
 
+from tessera.kernels import pdl
+
 
 @triton.jit
 def _rms_norm(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, eps,
-              HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+              HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+              USE_PDL: tl.constexpr):
+    pdl.enter(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     ok = cols < n_cols
@@ -39,7 +43,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     res_out = torch.empty_like(x) if residual is not None else out
     _rms_norm[(rows,)](x, residual.contiguous() if residual is not None else x, weight, out,
                        res_out, cols, eps, HAS_RESIDUAL=residual is not None,
-                       BLOCK=triton.next_power_of_2(cols))
+                       BLOCK=triton.next_power_of_2(cols), **pdl.pdl_launch_args(x.device))
     return out if residual is None else (out, res_out)
 
 

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from tessera.kernels import pdl
+
 
 @triton.jit
 def _rotate(x1, x2, cos, sin):
@@ -41,7 +43,9 @@ def _rotate_heads(src, dst, ok, cos, sin, HALF: tl.constexpr):
 def _rotary_kv(q_ptr, k_ptr, v_ptr, pos_ptr, slot_ptr, cs_ptr, q_out_ptr, kv_ptr,
                stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_kvs,
                NUM_Q: tl.constexpr, NUM_KV: tl.constexpr, HALF: tl.constexpr,
-               QH_PAD: tl.constexpr, KVH_PAD: tl.constexpr):
+               QH_PAD: tl.constexpr, KVH_PAD: tl.constexpr,
+               USE_PDL: tl.constexpr):
+    pdl.enter(USE_PDL)
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + t).to(tl.int64)
     slot = tl.load(slot_ptr + t).to(tl.int64)
@@ -81,7 +85,8 @@ def rotary_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions
         q, k, v, positions, slot_mapping, cos_sin, q_out, kv_cache,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         kv_cache.stride(0), NUM_Q=num_q, NUM_KV=num_kv, HALF=head_dim // 2,
-        QH_PAD=triton.next_power_of_2(num_q), KVH_PAD=triton.next_power_of_2(num_kv))
+        QH_PAD=triton.next_power_of_2(num_q), KVH_PAD=triton.next_power_of_2(num_kv),
+        **pdl.pdl_launch_args(q.device))
     return q_out
 
 

@@ -9,9 +9,12 @@ import torch
 import triton
 import triton.language as tl
 
+from tessera.kernels import pdl
+
 
 @triton.jit
-def _silu_and_mul(x_ptr, out_ptr, d, BLOCK: tl.constexpr):
+def _silu_and_mul(x_ptr, out_ptr, d, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl.enter(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < d
@@ -28,7 +31,8 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     rows, d = x.shape[0], x.shape[1] // 2
     out = torch.empty(rows, d, dtype=x.dtype, device=x.device)
     block = min(1024, triton.next_power_of_2(d))
-    _silu_and_mul[(rows, triton.cdiv(d, block))](x, out, d, BLOCK=block)
+    _silu_and_mul[(rows, triton.cdiv(d, block))](x, out, d, BLOCK=block,
+                                                 **pdl.pdl_launch_args(x.device))
     return out
 
 

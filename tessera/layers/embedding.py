@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tessera.distributed.parallel_state import all_gather_last, all_reduce, tp_rank, tp_size
+from tessera.layers.linear import linear
 from tessera.models.weight_utils import materialize, narrow, shape_of
 
 
@@ -46,7 +47,7 @@ class VocabEmbedding(nn.Module):
 class LMHead(VocabEmbedding):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden] -> logits [N, vocab] in float32."""
-        logits = F.linear(hidden, self.weight)
+        logits = linear(hidden, self.weight)
         if self.tp_size > 1:
             logits = all_gather_last(logits)[:, :self.vocab_size]
         return logits.float()

@@ -4,12 +4,18 @@ Objects: ReplicatedLinear; ColumnParallelLinear (output dim split over TP ranks)
 MergedColumnParallelLinear (several column outputs stacked, e.g. [gate | up]);
 QKVParallelLinear (q, k, v stacked, split by heads; KV heads replicated when there are
 fewer than ranks); RowParallelLinear (input dim split, all-reduce after).
+`linear(x, weight, bias)` is the product they all run: on a GPU, a step of at most 16
+rows (a small decode batch) goes to the skinny GEMM kernel (kernels/skinny_gemm.py),
+which reads the weight faster than cuBLAS does at that size; `set_skinny_gemm` switches
+it ("auto", "off", or "always" to run it under the Triton interpreter on CPU too).
+MergedColumnParallelLinear.forward_gated fuses the gated MLP's SiLU-and-mul into it.
 Each parameter carries `weight_loader(param, loaded, shard_id=None)`: the loader hands
-it the checkpoint tensor (or a lazy slice of the file) and the layer reads its own part. Models never see
-whether they are sharded; a quantized variant plugs in the same way.
+it the checkpoint tensor (or a lazy slice of the file) and the layer reads its own part.
+Models never see whether they are sharded; a quantized variant plugs in the same way.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -17,7 +23,33 @@ import torch.nn.functional as F
 from torch import nn
 
 from tessera.distributed.parallel_state import all_reduce, tp_rank, tp_size
+from tessera.kernels.skinny_gemm import MAX_ROWS, skinny_gemm
 from tessera.models.weight_utils import materialize, narrow, shape_of
+
+_SKINNY_MODES = ("auto", "off", "always")
+_skinny_mode = os.environ.get("TESSERA_SKINNY_GEMM", "auto")
+
+
+def set_skinny_gemm(mode: str) -> None:
+    global _skinny_mode
+    if mode not in _SKINNY_MODES:
+        raise ValueError(f"skinny GEMM mode must be one of {_SKINNY_MODES}, got {mode!r}")
+    _skinny_mode = mode
+
+
+def uses_skinny(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    if _skinny_mode == "off" or x.dim() != 2 or not 0 < x.shape[0] <= MAX_ROWS:
+        return False
+    if _skinny_mode == "always":
+        return True
+    return x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):
+    """x [T, K] @ weight [N, K]^T (+ bias) -> [T, N]."""
+    if uses_skinny(x, weight):
+        return skinny_gemm(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 def _check_shape(name: str, param: torch.Tensor, loaded) -> None:
@@ -43,7 +75,7 @@ class LinearBase(nn.Module):
         param.data.copy_(materialize(loaded))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class ReplicatedLinear(LinearBase):
@@ -73,6 +105,14 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         piece = narrow(loaded, 0, self.tp_rank * size, size)
         _check_shape(f"shard {shard_id}", param.data.narrow(0, offset, size), piece)
         param.data.narrow(0, offset, size).copy_(materialize(piece))
+
+    def forward_gated(self, x: torch.Tensor, act: nn.Module) -> torch.Tensor:
+        """act(x @ [gate | up]^T) for a [gate, up] pair: silu(gate) * up [T, I]. A skinny
+        step fuses the activation into the GEMM's epilogue; others run act after it."""
+        if (len(self.output_sizes) == 2 and self.output_sizes[0] == self.output_sizes[1]
+                and self.bias is None and uses_skinny(x, self.weight)):
+            return skinny_gemm(x, self.weight, gated=True)
+        return act(self.forward(x))
 
 
 class QKVParallelLinear(ColumnParallelLinear):
@@ -113,4 +153,4 @@ class RowParallelLinear(LinearBase):
         super().weight_loader(param, loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return all_reduce(F.linear(x, self.weight, self.bias))
+        return all_reduce(linear(x, self.weight, self.bias))

@@ -1,0 +1,218 @@
+"""Tune and check the skinny GEMM (kernels/skinny_gemm.py) against cuBLAS on one GPU.
+
+For the Llama-3-8B weight shapes (or `--shape`): every config of a grid at M = 1 (us and
+TB/s read, checked against the reference), then the best config at M = 1..16 next to
+cuBLAS, and the gated gate/up projection (SiLU-and-mul in its epilogue) against the
+unfused pair of kernels. Weights rotate over copies that together
+exceed L2, as the 32 layers of a model do. Optionally (`--profile-engine`) the kernels of
+the engine's batch-1 decode step, from the profiler, with their mean time per step.
+
+    python benchmarks/skinny_gemm_sweep.py --out $OUT/skinny.json [--profile-engine]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from tessera.kernels.silu_and_mul import silu_and_mul
+from tessera.kernels.skinny_gemm import SkinnyConfig, pick_config, skinny_gemm, skinny_gemm_ref
+from tessera.models.shapes import named_shape
+
+L2_DEFEAT_BYTES = 256 << 20
+
+
+def time_graph(fns, reps: int = 40) -> float:
+    """Mean us per call of fns[i % len(fns)]() over `reps` calls in one CUDA graph."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for f in fns:
+            f()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for i in range(reps):
+            fns[i % len(fns)]()
+    g.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(5):
+        start.record()
+        g.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / reps)
+    return sorted(times)[2]
+
+
+def layer_shapes(name: str) -> dict[str, tuple[int, int]]:
+    a = named_shape(name)
+    return {"qkv": ((a.num_heads + 2 * a.num_kv_heads) * a.head_dim, a.hidden_size),
+            "o": (a.hidden_size, a.num_heads * a.head_dim),
+            "gate_up": (2 * a.intermediate_size, a.hidden_size),
+            "down": (a.hidden_size, a.intermediate_size),
+            "lm_head": (a.vocab_size, a.hidden_size)}
+
+
+def grid() -> list[SkinnyConfig]:
+    return [SkinnyConfig(*c) for c in itertools.product((16, 32, 64), (128, 256, 512), (4, 8),
+                                                        (3, 4, 6))]
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((got.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+
+
+@torch.inference_mode()
+def sweep(shapes, dtype, configs) -> dict:
+    out = {}
+    for name, (n, k) in shapes.items():
+        copies = max(2, math.ceil(L2_DEFEAT_BYTES / (n * k * 2)))
+        ws = [torch.randn(n, k, dtype=dtype, device="cuda") / k ** 0.5 for _ in range(copies)]
+        x = torch.randn(1, k, dtype=dtype, device="cuda")
+        ref = F.linear(x, ws[0])
+        gb = n * k * 2 / 1e9
+        cublas = time_graph([lambda w=w: F.linear(x, w) for w in ws])
+        rows = []
+        t0 = time.time()
+        for cfg in configs:
+            try:
+                err = rel_err(skinny_gemm(x, ws[0], config=cfg), ref)
+                us = time_graph([lambda w=w: skinny_gemm(x, w, config=cfg) for w in ws])
+            except Exception as e:  # a config the compiler refuses (shared memory)
+                rows.append(dict(config=cfg._asdict(), error=str(e)[:200]))
+                continue
+            rows.append(dict(config=cfg._asdict(), us=us, tb_s=gb / us * 1e3,
+                             rel_err=err))
+        ok = [r for r in rows if "us" in r]
+        best = min(ok, key=lambda r: r["us"])
+        default = pick_config(n, k)
+        dflt = next(r for r in ok if r["config"] == default._asdict())
+        out[name] = dict(n=n, k=k, copies=copies, cublas_us=cublas,
+                         cublas_tb_s=gb / cublas * 1e3, best=best, default=dflt,
+                         rows=rows, sweep_s=time.time() - t0)
+        print(f"{name:8} cuBLAS {cublas:7.1f} us ({gb / cublas * 1e3:.2f} TB/s)  best "
+              f"{best['us']:7.1f} us ({best['tb_s']:.2f}) {best['config']}  default "
+              f"{dflt['us']:7.1f}  err {best['rel_err']:.1e}", flush=True)
+    return out
+
+
+@torch.inference_mode()
+def rows_and_fusions(shapes, dtype, best) -> dict:
+    res = {"rows": {}, "fused": {}}
+    for name, (n, k) in shapes.items():
+        cfg = SkinnyConfig(**best[name])
+        copies = max(2, math.ceil(L2_DEFEAT_BYTES / (n * k * 2)))
+        ws = [torch.randn(n, k, dtype=dtype, device="cuda") / k ** 0.5 for _ in range(copies)]
+        per_m = {}
+        for m in (1, 2, 4, 8, 16):
+            x = torch.randn(m, k, dtype=dtype, device="cuda")
+            per_m[m] = dict(
+                cublas_us=time_graph([lambda w=w: F.linear(x, w) for w in ws]),
+                skinny_us=time_graph([lambda w=w: skinny_gemm(x, w, config=cfg) for w in ws]))
+        res["rows"][name] = per_m
+        if name == "gate_up":
+            x = torch.randn(1, k, dtype=dtype, device="cuda")
+            gated = []
+            for c in itertools.product((16, 32, 64), (128, 256), (4, 8), (4, 6)):
+                c = SkinnyConfig(*c)
+                try:
+                    us = time_graph([lambda w=w: skinny_gemm(x, w, gated=True, config=c)
+                                     for w in ws])
+                except Exception as e:  # shared memory
+                    gated.append(dict(config=c._asdict(), error=str(e)[:200]))
+                    continue
+                gated.append(dict(config=c._asdict(), us=us))
+            res["gated_sweep"] = gated
+            gcfg = SkinnyConfig(**min((g for g in gated if "us" in g),
+                                      key=lambda g: g["us"])["config"])
+            print(f"gated best {gcfg}", flush=True)
+            res["fused"]["gate_up+silu"] = dict(
+                rel_err=rel_err(skinny_gemm(x, ws[0], gated=True, config=gcfg),
+                                skinny_gemm_ref(x, ws[0], gated=True)),
+                fused_us=time_graph([lambda w=w: skinny_gemm(x, w, gated=True, config=gcfg)
+                                     for w in ws]),
+                unfused_us=time_graph([lambda w=w: silu_and_mul(skinny_gemm(x, w, config=cfg))
+                                       for w in ws]),
+                cublas_unfused_us=time_graph([lambda w=w: silu_and_mul(F.linear(x, w))
+                                              for w in ws]))
+    return res
+
+
+@torch.inference_mode()
+def profile_engine(shape: str) -> dict:
+    """Kernels of one batch-1 decode graph replay (mean us per replay, by name)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from tessera.bench import measure_bandwidth, run_latency
+    from tessera.config import EngineConfig
+    from tessera.llm_engine import LLMEngine
+    torch.cuda.empty_cache()
+    engine = LLMEngine(EngineConfig.from_kwargs(
+        model=shape, load_format="dummy", dtype="bfloat16", max_model_len=2048,
+        skip_tokenizer_init=True, max_num_seqs=64, max_num_batched_tokens=4096))
+    bw = measure_bandwidth(torch.device("cuda"))
+    lat = run_latency(engine, 1, 32, 256, bw)
+    graph, _ = engine.core.executor.runner.graphs.graphs[1]
+    reps = 20
+    graph.replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            graph.replay()
+        torch.cuda.synchronize()
+    kernels: dict[str, list] = {}
+    for ev in prof.events():
+        if ev.device_type.name == "CUDA" and ev.device_time > 0:
+            kernels.setdefault(ev.name[:90], []).append(ev.device_time)
+    table = sorted(((name, len(t) / reps, sum(t) / reps) for name, t in kernels.items()),
+                   key=lambda r: -r[2])
+    total = sum(r[2] for r in table)
+    print(f"\nengine batch 1: {lat['tok_s']:.1f} tok/s, step {lat['median_step_ms']:.2f} ms;"
+          f" graph kernels {total:.0f} us per replay")
+    for name, per, us in table[:25]:
+        print(f"  {us:8.1f} us  x{per:5.1f}  {name}")
+    return dict(latency=lat, kernels=table, kernel_us=total)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="llama-3-8b")
+    ap.add_argument("--out", default="skinny.json")
+    ap.add_argument("--quick", action="store_true", help="the default config only")
+    ap.add_argument("--profile-engine", action="store_true")
+    args = ap.parse_args()
+    dtype = torch.bfloat16
+    shapes = layer_shapes(args.shape)
+    res: dict = {"device": torch.cuda.get_device_name(), "shape": args.shape}
+    configs = grid()
+    if args.quick:
+        configs = sorted({pick_config(n, k) for n, k in shapes.values()})
+    res["sweep"] = sweep(shapes, dtype, configs)
+    best = {name: s["best"]["config"] for name, s in res["sweep"].items()}
+    res.update(rows_and_fusions(shapes, dtype, best))
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=2)
+    if args.profile_engine:
+        res["engine"] = profile_engine(args.shape)
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=2)
+    print(f"\n{res['device']}  ({args.shape}, bf16, us per call)")
+    print(f"{'matrix':8} {'M':>3} {'cuBLAS':>8} {'skinny':>8}")
+    for name, per_m in res["rows"].items():
+        for m, r in per_m.items():
+            print(f"{name:8} {m:3d} {r['cublas_us']:8.1f} {r['skinny_us']:8.1f}")
+    for name, r in res["fused"].items():
+        print(f"{name:14} fused {r['fused_us']:7.1f}  unfused {r['unfused_us']:7.1f}  "
+              f"cuBLAS unfused {r['cublas_unfused_us']:7.1f}  err {r['rel_err']:.1e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Small-batch decode with and without the skinny GEMM and PDL, on one GPU.
+
+For each mode (skinny GEMM off/on x programmatic dependent launch off/on) a fresh engine
+(Llama-3-8B shape, random bf16 weights, decode CUDA graphs) runs the latency workload at
+batch 1 (prompt 32, 256 new tokens) and batches 4 and 16 (prompt 512, 128 new); then the
+kernels of its batch-1 decode graph are profiled (mean us per replay, by kernel). One
+table last; full JSON to --out.
+
+    python benchmarks/small_batch_ab.py --out $OUT/ab.json [--modes off/off,auto/on/512]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+
+import torch
+
+from tessera.bench import measure_bandwidth, run_latency
+from tessera.config import EngineConfig
+from tessera.kernels import skinny_gemm
+from tessera.kernels.pdl import set_pdl
+from tessera.layers.linear import set_skinny_gemm
+from tessera.llm_engine import LLMEngine
+
+DEFAULT_PREFETCH = skinny_gemm.PREFETCH_COLUMNS
+
+
+def graph_kernels(engine: LLMEngine, reps: int = 20) -> dict:
+    """Mean us per batch-1 graph replay of each kernel, and the replay's wall time."""
+    from torch.profiler import ProfilerActivity, profile
+    graph, _ = engine.core.executor.runner.graphs.graphs[1]
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    wall_us = start.elapsed_time(end) * 1e3 / reps
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            graph.replay()
+        torch.cuda.synchronize()
+    kernels: dict[str, list] = {}
+    for ev in prof.events():
+        if ev.device_type.name == "CUDA" and ev.device_time > 0:
+            kernels.setdefault(ev.name[:80], []).append(ev.device_time)
+    table = sorted(((n, len(t) / reps, sum(t) / reps) for n, t in kernels.items()),
+                   key=lambda r: -r[2])
+    return dict(replay_us=wall_us, kernel_sum_us=sum(r[2] for r in table), kernels=table)
+
+
+def run_mode(mode: str, bandwidth: float) -> dict:
+    """mode: skinny (off|auto) / pdl (off|on) [/ columns prefetched into L2, default 1024]."""
+    parts = mode.split("/") + [str(DEFAULT_PREFETCH)]
+    set_skinny_gemm(parts[0])
+    set_pdl(parts[1] == "on")
+    skinny_gemm.PREFETCH_COLUMNS = int(parts[2])
+    engine = LLMEngine(EngineConfig.from_kwargs(
+        model="llama-3-8b", load_format="dummy", dtype="bfloat16", max_model_len=2048,
+        skip_tokenizer_init=True, max_num_seqs=64, max_num_batched_tokens=4096))
+    run_latency(engine, 2, 32, 8, bandwidth, seed=9)  # warm-up
+    res = {"b1": run_latency(engine, 1, 32, 256, bandwidth)}
+    for batch in (4, 16):
+        res[f"b{batch}"] = run_latency(engine, batch, 512, 128, bandwidth)
+    res["graph"] = graph_kernels(engine)
+    del engine
+    gc.collect()
+    torch.cuda.empty_cache()
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="ab.json")
+    ap.add_argument("--modes", default="off/off,auto/off,off/on,auto/on",
+                    help="skinny/pdl[/prefetch]: off|auto / off|on [/ columns, e.g. 0|1024]")
+    args = ap.parse_args()
+    bandwidth = measure_bandwidth(torch.device("cuda"))
+    results: dict = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),
+                     "bandwidth_tb_s": bandwidth / 1e12, "modes": {}}
+    for mode in args.modes.split(","):
+        try:
+            results["modes"][mode] = run_mode(mode, bandwidth)
+        except Exception as e:  # a variant that does not compile: say so, go on
+            print(f"{mode}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+            gc.collect()
+            torch.cuda.empty_cache()
+            continue
+        r = results["modes"][mode]
+        print(f"[{time.strftime('%H:%M:%S')}] {mode}: b1 {r['b1']['tok_s']:.1f} tok/s, graph "
+              f"{r['graph']['replay_us']:.0f} us", flush=True)
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+    print(f"\n{results['device']}, copy bandwidth {results['bandwidth_tb_s']:.2f} TB/s")
+    print(f"{'skinny/pdl':<12}{'b1 tok/s':>9}{'ms/step':>8}{'roofline':>9}{'graph us':>9}"
+          f"{'kernels us':>11}{'b4 tok/s':>9}{'b16 tok/s':>10}")
+    for mode, r in results["modes"].items():
+        print(f"{mode:<12}{r['b1']['tok_s']:>9.1f}{r['b1']['median_step_ms']:>8.2f}"
+              f"{r['b1']['roofline_ratio']:>9.1%}{r['graph']['replay_us']:>9.0f}"
+              f"{r['graph']['kernel_sum_us']:>11.0f}{r['b4']['tok_s']:>9.0f}"
+              f"{r['b16']['tok_s']:>10.0f}")
+    if not results["modes"]:
+        return
+    last = list(results["modes"].values())[-1]["graph"]["kernels"]
+    print("kernels of the last mode's batch-1 graph (us per replay):")
+    for name, per, us in last[:14]:
+        print(f"  {us:8.1f}  x{per:5.1f}  {name}")
+
+
+if __name__ == "__main__":
+    main()

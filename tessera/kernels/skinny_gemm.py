@@ -1,0 +1,150 @@
+"""Skinny GEMM for decode steps of a few rows, Triton: y = x @ W^T (+ bias), W read once.
+
+Objects: `skinny_gemm` (the launcher), `skinny_gemm_ref` (PyTorch), `pick_config`.
+Shapes: x [M, K] (M <= MAX_ROWS) and W [N, K] (nn.Linear's layout) -> y [M, N].
+With `gated=True`, W is a stacked [gate | up] of 2I rows and the result is
+silu(x @ gate^T) * (x @ up^T) [M, I]: each program owns the same rows of both halves, so
+the gated MLP's activation is applied in the epilogue and no SiLU-and-mul kernel runs.
+Roundings follow the unfused PyTorch ops (each projection rounded to the dtype, silu
+rounded before the multiply), so only the GEMM's summation order differs.
+
+The work is split along N only: each program owns BLOCK_N rows of W and walks all of K
+in BLOCK_K steps, `tl.dot`(W tile [BLOCK_N, BLOCK_K], x^T tile [BLOCK_K, 16]) with the
+rows of x padded to 16. A step of a few rows is bound by reading W, so the product's
+waste is free and the loads are what is tuned (`pick_config`, from benchmarks/
+skinny_gemm_sweep.py on an H100: 6-10% faster than cuBLAS on the Llama-3-8B shapes).
+Under PDL (kernels/pdl.py) the first W tile is loaded, and the first PREFETCH_COLUMNS of
+every row asked of L2, before waiting for the kernel that produces x (on the H100: 1024
+columns best; 2048 and 4096 slowed the step). Loading x through a fused SiLU or RMSNorm
+inside the loop was measured too: it halved the speed, so those stay out of the loop.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from tessera.kernels import pdl
+
+MAX_ROWS = 16  # one tl.dot column block; above this cuBLAS is the better GEMM
+PREFETCH_COLUMNS = 1024  # under PDL: columns of each program's W rows asked of L2 early
+
+
+@triton.jit
+def _prefetch_l2(w_rows, n_ok, K, PREFETCH_K: tl.constexpr):
+    """Asks L2 for the first PREFETCH_K columns of these W rows, a 128-byte line each."""
+    cols = tl.arange(0, PREFETCH_K // 64) * 64
+    ptrs = tl.where(n_ok[:, None] & (cols < K)[None, :], w_rows + cols[None, :], w_rows)
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l",
+                              [ptrs.to(tl.int64)],
+                              dtype=tl.int32, is_pure=False, pack=1)
+
+
+class SkinnyConfig(NamedTuple):
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+@triton.jit
+def _tile(w_rows, ks, n_ok, K, EVEN: tl.constexpr):
+    if EVEN:
+        return tl.load(w_rows + ks[None, :])
+    return tl.load(w_rows + ks[None, :], mask=n_ok[:, None] & (ks < K)[None, :], other=0.0)
+
+
+@triton.jit
+def _x_tile(x_ptr, ms, ks, m_ok, K, stride_xm):
+    return tl.load(x_ptr + ms[None, :] * stride_xm + ks[:, None],
+                   mask=(ks < K)[:, None] & m_ok[None, :], other=0.0)  # [BLOCK_K, BLOCK_M]
+
+
+@triton.jit
+def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
+                 HAS_BIAS: tl.constexpr, GATED: tl.constexpr, EVEN: tl.constexpr,
+                 PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr, PREFETCH_K: tl.constexpr, USE_PDL: tl.constexpr):
+    # N: rows of the output (I when gated; W then has 2I rows, up at row offset N)
+    pid = tl.program_id(0)
+    ns = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    ms = tl.arange(0, BLOCK_M)
+    ks = tl.arange(0, BLOCK_K)
+    n_ok = ns < N
+    m_ok = ms < M
+    w_rows = w_ptr + ns.to(tl.int64)[:, None] * K  # [BLOCK_N, 1] row starts
+    up_rows = w_rows + N * K  # gated: the up half starts N rows down
+    w = _tile(w_rows, ks, n_ok, K, EVEN)  # weights: no kernel writes them, so before the wait
+    if USE_PDL and PREFETCH_K > 0:
+        _prefetch_l2(w_rows, n_ok, K, PREFETCH_K)
+        if GATED:
+            _prefetch_l2(up_rows, n_ok, K, PREFETCH_K)
+    pdl.wait(USE_PDL)
+    xt = _x_tile(x_ptr, ms, ks, m_ok, K, stride_xm)
+    acc = tl.dot(w, xt, input_precision=PRECISION)  # [BLOCK_N, BLOCK_M]
+    if GATED:
+        acc_up = tl.dot(_tile(up_rows, ks, n_ok, K, EVEN), xt, input_precision=PRECISION)
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        kk = k0 + ks
+        xt = _x_tile(x_ptr, ms, kk, m_ok, K, stride_xm)
+        acc = tl.dot(_tile(w_rows, kk, n_ok, K, EVEN), xt, acc, input_precision=PRECISION)
+        if GATED:
+            acc_up = tl.dot(_tile(up_rows, kk, n_ok, K, EVEN), xt, acc_up,
+                            input_precision=PRECISION)
+    pdl.launch_dependents(USE_PDL)  # at the start it was slower (171.4 vs 173.9 tok/s)
+    dt = y_ptr.dtype.element_ty
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + ns, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+    out = acc.to(dt)
+    if GATED:  # silu(gate) * up, each rounded as the unfused ops round
+        g = out.to(tl.float32)
+        act = (g * tl.sigmoid(g)).to(dt)
+        out = (act.to(tl.float32) * acc_up.to(dt).to(tl.float32)).to(dt)
+    tl.store(y_ptr + ms[None, :] * stride_ym + ns[:, None], out,
+             mask=n_ok[:, None] & m_ok[None, :])
+
+
+def pick_config(n: int, k: int, gated: bool = False) -> SkinnyConfig:
+    """Tile sizes for W [n, k] (per half when gated), the best of the H100 sweep: 64-row
+    panels in 128-wide steps six deep; long rows (K >= 8192) in 512-wide steps."""
+    if k >= 8192:
+        return SkinnyConfig(block_n=32, block_k=512, num_warps=4, num_stages=3)
+    return SkinnyConfig(block_n=64, block_k=128, num_warps=4, num_stages=4 if gated else 6)
+
+
+def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                gated: bool = False, config: Optional[SkinnyConfig] = None) -> torch.Tensor:
+    """x [M, K] @ weight [N, K]^T (+ bias) -> [M, N]; gated: silu(gate) * up -> [M, N/2]."""
+    rows, k = x.shape
+    n = weight.shape[0] // 2 if gated else weight.shape[0]
+    if rows > MAX_ROWS:
+        raise ValueError(f"skinny_gemm takes at most {MAX_ROWS} rows, got {rows}")
+    if weight.shape[1] != k:
+        raise ValueError(f"x has {k} columns but the weight is {tuple(weight.shape)}")
+    if gated and (weight.shape[0] % 2 or bias is not None):
+        raise ValueError("gated needs an even number of weight rows and no bias")
+    x, weight = x.contiguous(), weight.contiguous()
+    cfg = config or pick_config(n, k, gated)
+    y = torch.empty(rows, n, dtype=x.dtype, device=x.device)
+    prefetch = min(PREFETCH_COLUMNS, triton.next_power_of_2(k))
+    _skinny_gemm[(triton.cdiv(n, cfg.block_n),)](
+        x, weight, bias if bias is not None else weight, y, rows, n, k, x.stride(0), y.stride(0),
+        HAS_BIAS=bias is not None, GATED=gated,
+        EVEN=n % cfg.block_n == 0 and k % cfg.block_k == 0,
+        PRECISION="ieee" if x.dtype == torch.float32 else "tf32",  # fp32 stays fp32
+        BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        PREFETCH_K=prefetch if prefetch >= 64 else 0,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl.pdl_launch_args(x.device))
+    return y
+
+
+def skinny_gemm_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                    gated: bool = False) -> torch.Tensor:
+    """The unfused PyTorch ops, in the same roundings."""
+    y = torch.nn.functional.linear(x, weight, bias)
+    if not gated:
+        return y
+    gate, up = y.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up
