@@ -6,7 +6,7 @@ batch 1 (prompt 32, 256 new tokens) and batches 4 and 16 (prompt 512, 128 new); 
 kernels of its batch-1 decode graph are profiled (mean us per replay, by kernel). One
 table last; full JSON to --out.
 
-    python benchmarks/small_batch_ab.py --out $OUT/ab.json [--modes off/off,auto/on/512]
+    python benchmarks/small_batch_ab.py --out $OUT/ab.json [--modes off/off,auto/on/16]
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from tessera.kernels.pdl import set_pdl
 from tessera.layers.linear import set_skinny_gemm
 from tessera.llm_engine import LLMEngine
 
-DEFAULT_PREFETCH = skinny_gemm.PREFETCH_COLUMNS
+DEFAULT_PREFETCH_MIB = skinny_gemm.PREFETCH_BYTES >> 20
 
 
 def graph_kernels(engine: LLMEngine, reps: int = 20) -> dict:
@@ -54,11 +54,11 @@ def graph_kernels(engine: LLMEngine, reps: int = 20) -> dict:
 
 
 def run_mode(mode: str, bandwidth: float) -> dict:
-    """mode: skinny (off|auto) / pdl (off|on) [/ columns prefetched into L2, default 1024]."""
-    parts = mode.split("/") + [str(DEFAULT_PREFETCH)]
+    """mode: skinny (off|auto) / pdl (off|on) [/ MiB of weights prefetched into L2]."""
+    parts = mode.split("/") + [str(DEFAULT_PREFETCH_MIB)]
     set_skinny_gemm(parts[0])
     set_pdl(parts[1] == "on")
-    skinny_gemm.PREFETCH_COLUMNS = int(parts[2])
+    skinny_gemm.PREFETCH_BYTES = int(parts[2]) << 20
     engine = LLMEngine(EngineConfig.from_kwargs(
         model="llama-3-8b", load_format="dummy", dtype="bfloat16", max_model_len=2048,
         skip_tokenizer_init=True, max_num_seqs=64, max_num_batched_tokens=4096))
@@ -77,7 +77,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="ab.json")
     ap.add_argument("--modes", default="off/off,auto/off,off/on,auto/on",
-                    help="skinny/pdl[/prefetch]: off|auto / off|on [/ columns, e.g. 0|1024]")
+                    help="skinny/pdl[/prefetch]: off|auto / off|on [/ MiB, e.g. 0|8|16]")
     args = ap.parse_args()
     bandwidth = measure_bandwidth(torch.device("cuda"))
     results: dict = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),

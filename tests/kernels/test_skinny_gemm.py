@@ -90,3 +90,14 @@ def test_models_through_the_skinny_gemm_equal_hf(arch, tmp_path, monkeypatch):
     for p, out in zip(prompts, outs):
         assert out.outputs[0].token_ids == hf_greedy(hf_model, p, 8)[0]
     assert calls["plain"] > 0 and calls["gated"] > 0  # decode steps took the kernel
+
+
+@pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 14336), (28672, 4096), (128256, 4096),
+                                 (96, 64)])
+def test_prefetch_stays_within_its_budget(n, k):
+    from tessera.kernels.skinny_gemm import PREFETCH_BYTES, prefetch_columns
+    w = torch.empty(n, k, dtype=torch.bfloat16, device="meta")
+    cols = prefetch_columns(w)
+    assert cols == 0 or (cols >= 64 and cols & (cols - 1) == 0)  # whole 128-byte lines
+    assert cols * n * 2 <= PREFETCH_BYTES and cols < 2 * k
+    assert cols > 0 or 64 * n * 2 > PREFETCH_BYTES  # none only when one line per row is too much
