@@ -27,7 +27,7 @@ from tessera.kernels.skinny_gemm import MAX_ROWS, skinny_gemm
 from tessera.models.weight_utils import materialize, narrow, shape_of
 
 _SKINNY_MODES = ("auto", "off", "always")
-_skinny_mode = os.environ.get("TESSERA_SKINNY_GEMM", "auto")
+_skinny_mode = "auto"
 
 
 def set_skinny_gemm(mode: str) -> None:
@@ -35,6 +35,9 @@ def set_skinny_gemm(mode: str) -> None:
     if mode not in _SKINNY_MODES:
         raise ValueError(f"skinny GEMM mode must be one of {_SKINNY_MODES}, got {mode!r}")
     _skinny_mode = mode
+
+
+set_skinny_gemm(os.environ.get("TESSERA_SKINNY_GEMM", "auto"))
 
 
 def uses_skinny(x: torch.Tensor, weight: torch.Tensor) -> bool:
