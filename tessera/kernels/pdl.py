@@ -17,6 +17,7 @@ usual.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -31,9 +32,16 @@ def set_pdl(on: bool) -> None:
     _enabled = on
 
 
-def pdl_active(device: torch.device) -> bool:
-    return (_enabled and device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
+@functools.lru_cache(maxsize=None)
+def _supported(device: torch.device) -> bool:
+    """NVIDIA Hopper or later, compiled (not under Triton's interpreter)."""
+    return (device.type == "cuda" and torch.version.hip is None
+            and os.environ.get("TRITON_INTERPRET") != "1"
             and torch.cuda.get_device_capability(device)[0] >= 9)
+
+
+def pdl_active(device: torch.device) -> bool:
+    return _enabled and _supported(device)
 
 
 def pdl_launch_args(device: torch.device) -> dict:

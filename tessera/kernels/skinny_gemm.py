@@ -33,19 +33,27 @@ MAX_ROWS = 16  # one tl.dot column block; above this cuBLAS is the better GEMM
 PREFETCH_BYTES = 8 << 20  # under PDL: how much of W is asked of L2 before the wait
 
 
+def line_columns(weight: torch.Tensor) -> int:
+    """Columns of W in one 128-byte cache line."""
+    return 128 // weight.element_size()
+
+
 def prefetch_columns(weight: torch.Tensor) -> int:
-    """Leading columns of every W row to prefetch: a power of two >= 64 (one 128-byte
-    line per 64 bf16 columns) within PREFETCH_BYTES in all, or 0."""
+    """Leading columns of every W row to prefetch: a power of two of whole 128-byte
+    lines within PREFETCH_BYTES in all, or 0."""
     rows, k = weight.shape
+    if rows == 0 or k == 0:
+        return 0
     budget = min(PREFETCH_BYTES // (rows * weight.element_size()), triton.next_power_of_2(k))
-    return 1 << (budget.bit_length() - 1) if budget >= 64 else 0
+    return 1 << (budget.bit_length() - 1) if budget >= line_columns(weight) else 0
 
 
 @triton.jit
-def _prefetch_l2(w_rows, n_ok, K, PREFETCH_K: tl.constexpr):
-    """Asks L2 for the first PREFETCH_K columns of these W rows, a 128-byte line each."""
-    cols = tl.arange(0, PREFETCH_K // 64) * 64
-    ptrs = tl.where(n_ok[:, None] & (cols < K)[None, :], w_rows + cols[None, :], w_rows)
+def _prefetch_l2(w_ptr, w_rows, n_ok, K, PREFETCH_K: tl.constexpr, LINE: tl.constexpr):
+    """Asks L2 for the first PREFETCH_K columns of these W rows, one 128-byte line (LINE
+    columns) at a time; rows past N ask for W's first line instead."""
+    cols = tl.arange(0, PREFETCH_K // LINE) * LINE
+    ptrs = tl.where(n_ok[:, None] & (cols < K)[None, :], w_rows + cols[None, :], w_ptr)
     tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l",
                               [ptrs.to(tl.int64)],
                               dtype=tl.int32, is_pure=False, pack=1)
@@ -75,7 +83,8 @@ def _x_tile(x_ptr, ms, ks, m_ok, K, stride_xm):
 def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
                  HAS_BIAS: tl.constexpr, GATED: tl.constexpr, EVEN: tl.constexpr,
                  PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, PREFETCH_K: tl.constexpr, USE_PDL: tl.constexpr):
+                 BLOCK_K: tl.constexpr, PREFETCH_K: tl.constexpr, LINE: tl.constexpr,
+                 USE_PDL: tl.constexpr):
     # N: rows of the output (I when gated; W then has 2I rows, up at row offset N)
     pid = tl.program_id(0)
     ns = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -84,12 +93,12 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
     n_ok = ns < N
     m_ok = ms < M
     w_rows = w_ptr + ns.to(tl.int64)[:, None] * K  # [BLOCK_N, 1] row starts
-    up_rows = w_rows + N * K  # gated: the up half starts N rows down
+    up_rows = w_ptr + (ns + N).to(tl.int64)[:, None] * K  # gated: the up half, N rows down
     w = _tile(w_rows, ks, n_ok, K, EVEN)  # weights: no kernel writes them, so before the wait
     if USE_PDL and PREFETCH_K > 0:
-        _prefetch_l2(w_rows, n_ok, K, PREFETCH_K)
+        _prefetch_l2(w_ptr, w_rows, n_ok, K, PREFETCH_K, LINE)
         if GATED:
-            _prefetch_l2(up_rows, n_ok, K, PREFETCH_K)
+            _prefetch_l2(w_ptr, up_rows, n_ok, K, PREFETCH_K, LINE)
     pdl.wait(USE_PDL)
     xt = _x_tile(x_ptr, ms, ks, m_ok, K, stride_xm)
     acc = tl.dot(w, xt, input_precision=PRECISION)  # [BLOCK_N, BLOCK_M]
@@ -117,7 +126,8 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
 
 def pick_config(n: int, k: int, gated: bool = False) -> SkinnyConfig:
     """Tile sizes for W [n, k] (per half when gated), the best of the H100 sweep: 64-row
-    panels in 128-wide steps six deep; long rows (K >= 8192) in 512-wide steps."""
+    panels in 128-wide steps six deep (four when gated: two panels per step); long rows
+    (K >= 8192) in 512-wide steps. Tuned on Hopper (H100); `linear` uses it there only."""
     if k >= 8192:
         return SkinnyConfig(block_n=32, block_k=512, num_warps=4, num_stages=3)
     return SkinnyConfig(block_n=64, block_k=128, num_warps=4, num_stages=4 if gated else 6)
@@ -134,7 +144,10 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         raise ValueError(f"x has {k} columns but the weight is {tuple(weight.shape)}")
     if gated and (weight.shape[0] % 2 or bias is not None):
         raise ValueError("gated needs an even number of weight rows and no bias")
+    if n == 0 or k == 0:  # nothing to read: the PyTorch ops give the right empty/zero/bias
+        return skinny_gemm_ref(x, weight, bias, gated)
     x, weight = x.contiguous(), weight.contiguous()
+    bias = bias.contiguous() if bias is not None else None
     cfg = config or pick_config(n, k, gated)
     y = torch.empty(rows, n, dtype=x.dtype, device=x.device)
     _skinny_gemm[(triton.cdiv(n, cfg.block_n),)](
@@ -143,7 +156,7 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         EVEN=n % cfg.block_n == 0 and k % cfg.block_k == 0,
         PRECISION="ieee" if x.dtype == torch.float32 else "tf32",  # fp32 stays fp32
         BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        PREFETCH_K=prefetch_columns(weight),
+        PREFETCH_K=prefetch_columns(weight), LINE=line_columns(weight),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl.pdl_launch_args(x.device))
     return y
 

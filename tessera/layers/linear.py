@@ -4,17 +4,21 @@ Objects: ReplicatedLinear; ColumnParallelLinear (output dim split over TP ranks)
 MergedColumnParallelLinear (several column outputs stacked, e.g. [gate | up]);
 QKVParallelLinear (q, k, v stacked, split by heads; KV heads replicated when there are
 fewer than ranks); RowParallelLinear (input dim split, all-reduce after).
-`linear(x, weight, bias)` is the product they all run: on a GPU, a step of at most 16
-rows (a small decode batch) goes to the skinny GEMM kernel (kernels/skinny_gemm.py),
-which reads the weight faster than cuBLAS does at that size; `set_skinny_gemm` switches
-it ("auto", "off", or "always" to run it under the Triton interpreter on CPU too).
-MergedColumnParallelLinear.forward_gated fuses the gated MLP's SiLU-and-mul into it.
+`linear(x, weight, bias)` is the product they all run: on a Hopper-class NVIDIA GPU
+(where it was tuned), a product of at most 16 rows (a small decode batch, or a prompt that
+short) in bf16/fp16 with a weight of the same dtype goes to the skinny GEMM kernel
+(kernels/skinny_gemm.py), which reads the weight faster than cuBLAS does at that size.
+`set_skinny_gemm` (or env TESSERA_SKINNY_GEMM) switches it: "auto", "off", or "always"
+(any device and dtype; on CPU that needs TRITON_INTERPRET=1 set before triton is
+imported, as the tests do). MergedColumnParallelLinear.forward_gated fuses the gated
+MLP's SiLU-and-mul into it.
 Each parameter carries `weight_loader(param, loaded, shard_id=None)`: the loader hands
 it the checkpoint tensor (or a lazy slice of the file) and the layer reads its own part.
 Models never see whether they are sharded; a quantized variant plugs in the same way.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
@@ -24,6 +28,7 @@ from torch import nn
 
 from tessera.distributed.parallel_state import all_reduce, tp_rank, tp_size
 from tessera.kernels.skinny_gemm import MAX_ROWS, skinny_gemm
+from tessera.layers.activation import SiluAndMul
 from tessera.models.weight_utils import materialize, narrow, shape_of
 
 _SKINNY_MODES = ("auto", "off", "always")
@@ -40,12 +45,20 @@ def set_skinny_gemm(mode: str) -> None:
 set_skinny_gemm(os.environ.get("TESSERA_SKINNY_GEMM", "auto"))
 
 
+@functools.lru_cache(maxsize=None)
+def _tuned_for(device: torch.device) -> bool:
+    """NVIDIA (not ROCm) compute capability 9.x and up: the shared memory the configs need."""
+    return torch.version.hip is None and torch.cuda.get_device_capability(device)[0] >= 9
+
+
 def uses_skinny(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    if _skinny_mode == "off" or x.dim() != 2 or not 0 < x.shape[0] <= MAX_ROWS:
+    if (_skinny_mode == "off" or x.dim() != 2 or not 0 < x.shape[0] <= MAX_ROWS
+            or weight.dtype != x.dtype or 0 in weight.shape):
         return False
     if _skinny_mode == "always":
         return True
-    return x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype
+    return (x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
+            and _tuned_for(x.device))
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):
@@ -112,7 +125,8 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
     def forward_gated(self, x: torch.Tensor, act: nn.Module) -> torch.Tensor:
         """act(x @ [gate | up]^T) for a [gate, up] pair: silu(gate) * up [T, I]. A skinny
         step fuses the activation into the GEMM's epilogue; others run act after it."""
-        if (len(self.output_sizes) == 2 and self.output_sizes[0] == self.output_sizes[1]
+        if (isinstance(act, SiluAndMul) and len(self.output_sizes) == 2
+                and self.output_sizes[0] == self.output_sizes[1]
                 and self.bias is None and uses_skinny(x, self.weight)):
             return skinny_gemm(x, self.weight, gated=True)
         return act(self.forward(x))

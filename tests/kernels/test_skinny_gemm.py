@@ -101,3 +101,63 @@ def test_prefetch_stays_within_its_budget(n, k):
     assert cols == 0 or (cols >= 64 and cols & (cols - 1) == 0)  # whole 128-byte lines
     assert cols * n * 2 <= PREFETCH_BYTES and cols < 2 * k
     assert cols > 0 or 64 * n * 2 > PREFETCH_BYTES  # none only when one line per row is too much
+
+
+def test_edge_cases_match_reference():
+    x = rand(2, 8192, dtype=torch.float32)  # the default config of long rows (K >= 8192)
+    w = rand(64, 8192, dtype=torch.float32, seed=1, scale=8192 ** -0.5)
+    assert close(skinny_gemm(x, w), skinny_gemm_ref(x, w), torch.float32)
+    b = rand(128, dtype=torch.float32, seed=2)[::2]  # a strided bias
+    assert close(skinny_gemm(x[:, :64], w[:, :64], b), skinny_gemm_ref(x[:, :64], w[:, :64], b),
+                 torch.float32)
+    empty_k = torch.zeros(64, 0)
+    assert torch.equal(skinny_gemm(x[:, :0], empty_k, b), b.expand(2, 64))  # K = 0: the bias
+    assert skinny_gemm(x, w[:0]).shape == (2, 0)
+
+
+def test_auto_mode_keeps_the_kernel_to_half_precision_on_cuda():
+    w = rand(32, 64, dtype=torch.float16)
+    assert not uses_skinny(rand(2, 64, dtype=torch.float32), w)  # dtypes differ
+    assert not uses_skinny(rand(2, 64, dtype=torch.float32), w.float())  # fp32: cuBLAS
+    if DEVICE == "cpu":
+        assert not uses_skinny(rand(2, 64, dtype=torch.float16), w)  # CPU: F.linear
+
+
+def test_forward_gated_fuses_only_silu(monkeypatch):
+    from tessera.layers.activation import SiluAndMul
+    from tessera.layers.linear import MergedColumnParallelLinear
+    layer = MergedColumnParallelLinear(64, [48, 48]).to(DEVICE)
+    layer.weight.data = rand(96, 64, dtype=torch.float32, scale=0.125)
+    x = rand(3, 64, dtype=torch.float32, seed=1)
+    try:
+        set_skinny_gemm("always")
+        fused = layer.forward_gated(x, SiluAndMul())
+        relu_gated = layer.forward_gated(x, lambda h: torch.relu(h[:, :48]) * h[:, 48:])
+    finally:
+        set_skinny_gemm("auto")
+    ref = skinny_gemm_ref(x, layer.weight, gated=True)
+    assert close(fused, ref, torch.float32)
+    h = x @ layer.weight.T
+    assert close(relu_gated, torch.relu(h[:, :48]) * h[:, 48:], torch.float32)  # not SiLU
+
+
+@pytest.mark.gpu
+def test_pdl_on_and_off_give_the_same_tokens(tmp_path):
+    """Every kernel waits for the one before it under PDL: bf16 greedy tokens are
+    identical with it on and off (decode graphs captured each way)."""
+    from tessera.kernels.pdl import set_pdl
+    make_tiny_checkpoint("llama", str(tmp_path))
+    prompts = [[5, 17, 99, 3], list(range(20, 45)), [300, 7, 7, 150, 42]]
+    tokens = []
+    for on in (False, True):
+        set_pdl(on)
+        try:
+            llm = LLM(str(tmp_path), skip_tokenizer_init=True, num_blocks=64, block_size=8,
+                      device="cuda", dtype="bfloat16")
+            outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
+                                SamplingParams(temperature=0, max_tokens=24, ignore_eos=True))
+        finally:
+            set_pdl(True)
+        tokens.append([o.outputs[0].token_ids for o in outs])
+        del llm
+    assert tokens[0] == tokens[1]
