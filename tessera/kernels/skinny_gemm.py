@@ -124,13 +124,24 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
              mask=n_ok[:, None] & m_ok[None, :])
 
 
-def pick_config(n: int, k: int, gated: bool = False) -> SkinnyConfig:
-    """Tile sizes for W [n, k] (per half when gated), the best of the H100 sweep: 64-row
-    panels in 128-wide steps six deep (four when gated: two panels per step); long rows
-    (K >= 8192) in 512-wide steps. Tuned on Hopper (H100); `linear` uses it there only."""
-    if k >= 8192:
-        return SkinnyConfig(block_n=32, block_k=512, num_warps=4, num_stages=3)
-    return SkinnyConfig(block_n=64, block_k=128, num_warps=4, num_stages=4 if gated else 6)
+def pick_config(n: int, k: int, gated: bool = False, itemsize: int = 2) -> SkinnyConfig:
+    """Tile sizes for W [n, k] (per half when gated), the best of the H100 sweep in bf16:
+    64-row panels in 128-wide steps six deep (four when gated: two panels per step); long
+    rows (K >= 8192) in 512-wide steps. Steps are as many bytes wide for other element
+    sizes (fp32: half the columns), so the stages fit Hopper's shared memory (bf16: 120 KB
+    at most; see `shared_memory_bytes`). Tuned on Hopper (H100); `linear` uses it there
+    only."""
+    if k >= 8192:  # gated: two panels per step, so half as wide
+        return SkinnyConfig(block_n=32, block_k=(512 if gated else 1024) // itemsize,
+                            num_warps=4, num_stages=3)
+    return SkinnyConfig(block_n=64, block_k=256 // itemsize, num_warps=4,
+                        num_stages=4 if gated else 6)
+
+
+def shared_memory_bytes(cfg: SkinnyConfig, gated: bool, itemsize: int) -> int:
+    """What the software pipeline stages hold: W panel(s) and the x tile, per stage."""
+    panels = 2 if gated else 1
+    return cfg.num_stages * (panels * cfg.block_n + MAX_ROWS) * cfg.block_k * itemsize
 
 
 def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -148,7 +159,7 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         return skinny_gemm_ref(x, weight, bias, gated)
     x, weight = x.contiguous(), weight.contiguous()
     bias = bias.contiguous() if bias is not None else None
-    cfg = config or pick_config(n, k, gated)
+    cfg = config or pick_config(n, k, gated, x.element_size())
     y = torch.empty(rows, n, dtype=x.dtype, device=x.device)
     _skinny_gemm[(triton.cdiv(n, cfg.block_n),)](
         x, weight, bias if bias is not None else weight, y, rows, n, k, x.stride(0), y.stride(0),

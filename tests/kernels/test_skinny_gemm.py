@@ -161,3 +161,14 @@ def test_pdl_on_and_off_give_the_same_tokens(tmp_path):
         tokens.append([o.outputs[0].token_ids for o in outs])
         del llm
     assert tokens[0] == tokens[1]
+
+
+@pytest.mark.parametrize("k", [64, 4096, 8192, 14336, 28672])
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("itemsize", [2, 4])
+def test_default_configs_fit_hopper_shared_memory(k, gated, itemsize):
+    """The H100 sweep's largest working config held 120 KB; Hopper has 227 KB a block.
+    (A config over it fails at launch, e.g. a 70B shape's gate/up with K = 8192.)"""
+    from tessera.kernels.skinny_gemm import pick_config, shared_memory_bytes
+    cfg = pick_config(4096, k, gated, itemsize)
+    assert shared_memory_bytes(cfg, gated, itemsize) <= 160 * 1024
