@@ -4,10 +4,10 @@ For the Llama-3-8B weight shapes (or `--shape`): every config of a grid at M = 1
 TB/s read, checked against the reference), then the best config at M = 1..16 next to
 cuBLAS, and the gated gate/up projection (SiLU-and-mul in its epilogue) against the
 unfused pair of kernels. Weights rotate over copies that together
-exceed L2, as the 32 layers of a model do. Optionally (`--profile-engine`) the kernels of
-the engine's batch-1 decode step, from the profiler, with their mean time per step.
+exceed L2, as the 32 layers of a model do. (The engine's decode graph with and without
+the kernel: benchmarks/small_batch_ab.py.)
 
-    python benchmarks/skinny_gemm_sweep.py --out $OUT/skinny.json [--profile-engine]
+    python benchmarks/skinny_gemm_sweep.py --out $OUT/skinny.json [--quick]
 """
 from __future__ import annotations
 
@@ -146,48 +146,11 @@ def rows_and_fusions(shapes, dtype, best) -> dict:
     return res
 
 
-@torch.inference_mode()
-def profile_engine(shape: str) -> dict:
-    """Kernels of one batch-1 decode graph replay (mean us per replay, by name)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    from tessera.bench import measure_bandwidth, run_latency
-    from tessera.config import EngineConfig
-    from tessera.llm_engine import LLMEngine
-    torch.cuda.empty_cache()
-    engine = LLMEngine(EngineConfig.from_kwargs(
-        model=shape, load_format="dummy", dtype="bfloat16", max_model_len=2048,
-        skip_tokenizer_init=True, max_num_seqs=64, max_num_batched_tokens=4096))
-    bw = measure_bandwidth(torch.device("cuda"))
-    lat = run_latency(engine, 1, 32, 256, bw)
-    graph, _ = engine.core.executor.runner.graphs.graphs[1]
-    reps = 20
-    graph.replay()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            graph.replay()
-        torch.cuda.synchronize()
-    kernels: dict[str, list] = {}
-    for ev in prof.events():
-        if ev.device_type.name == "CUDA" and ev.device_time > 0:
-            kernels.setdefault(ev.name[:90], []).append(ev.device_time)
-    table = sorted(((name, len(t) / reps, sum(t) / reps) for name, t in kernels.items()),
-                   key=lambda r: -r[2])
-    total = sum(r[2] for r in table)
-    print(f"\nengine batch 1: {lat['tok_s']:.1f} tok/s, step {lat['median_step_ms']:.2f} ms;"
-          f" graph kernels {total:.0f} us per replay")
-    for name, per, us in table[:25]:
-        print(f"  {us:8.1f} us  x{per:5.1f}  {name}")
-    return dict(latency=lat, kernels=table, kernel_us=total)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="llama-3-8b")
     ap.add_argument("--out", default="skinny.json")
     ap.add_argument("--quick", action="store_true", help="the default config only")
-    ap.add_argument("--profile-engine", action="store_true")
     args = ap.parse_args()
     dtype = torch.bfloat16
     shapes = layer_shapes(args.shape)
@@ -200,10 +163,6 @@ def main() -> None:
     res.update(rows_and_fusions(shapes, dtype, best))
     with open(args.out, "w") as f:
         json.dump(res, f, indent=2)
-    if args.profile_engine:
-        res["engine"] = profile_engine(args.shape)
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=2)
     print(f"\n{res['device']}  ({args.shape}, bf16, us per call)")
     print(f"{'matrix':8} {'M':>3} {'cuBLAS':>8} {'skinny':>8}")
     for name, per_m in res["rows"].items():
