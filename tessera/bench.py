@@ -21,6 +21,7 @@ import torch
 
 from tessera.config import EngineConfig
 from tessera.llm_engine import LLMEngine
+from tessera.quant.kv_cache import KV_CACHE_DTYPES
 from tessera.sampling_params import SamplingParams
 
 
@@ -58,6 +59,12 @@ def _itemsize(engine: LLMEngine) -> int:
     return engine.config.model.torch_dtype.itemsize
 
 
+def _kv_itemsize(engine: LLMEngine) -> int:
+    """Bytes per cached K or V value: the model's dtype, or 1 with an fp8 cache."""
+    return (KV_CACHE_DTYPES[engine.config.cache.kv_cache_dtype]
+            or engine.config.model.torch_dtype).itemsize
+
+
 def run_latency(engine: LLMEngine, batch: int, input_len: int, output_len: int,
                 bandwidth: float, seed: int = 0) -> dict[str, Any]:
     rng = random.Random(seed)
@@ -78,7 +85,7 @@ def run_latency(engine: LLMEngine, batch: int, input_len: int, output_len: int,
             contexts.append(core.last_step_context)
     wall = time.perf_counter() - start
     step = statistics.median(steps)
-    kv_bytes = statistics.median(contexts) * engine.arch.kv_bytes_per_token * _itemsize(engine)
+    kv_bytes = statistics.median(contexts) * engine.arch.kv_bytes_per_token * _kv_itemsize(engine)
     floor = (_weight_bytes_read(engine) + kv_bytes) / bandwidth
     return {"workload": "latency", "batch": batch, "input_len": input_len,
             "output_len": output_len, "decode_steps": len(steps), "median_step_ms": step * 1e3,

@@ -67,6 +67,7 @@ class CacheConfig:
     cpu_kv_cache_gb: float = 1.0  # KV cache size on CPU
     num_blocks: Optional[int] = None  # overrides the computed number of blocks
     enable_prefix_caching: bool = True  # reuse KV blocks of identical prompt prefixes
+    kv_cache_dtype: str = "auto"  # auto: the model's dtype; fp8: float8_e4m3fn (half of bf16)
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -77,6 +78,10 @@ class CacheConfig:
             )
         if self.num_blocks is not None and self.num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}.")
+        from tessera.quant.kv_cache import KV_CACHE_DTYPES
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype {self.kv_cache_dtype!r} is not supported; choose "
+                             f"one of {', '.join(KV_CACHE_DTYPES)}.")
 
 
 @dataclasses.dataclass

@@ -40,9 +40,10 @@ def build_core(config: EngineConfig, frontend_source, max_model_len: int) -> Eng
     info = executor.describe()
     logger.info("model %s: %.2f GiB of weights (%s, %s) loaded in %.1f s", frontend_source.path,
                 info["weight_gib"], info["dtype"], info["device"], info["load_seconds"])
-    logger.info("KV cache: %d blocks x %d tokens = %d tokens; maximum concurrency at %d tokens "
-                "per request: %.2fx", core.num_blocks, config.cache.block_size, capacity,
-                max_model_len, capacity / max_model_len)
+    logger.info("KV cache (%s): %d blocks x %d tokens = %d tokens; maximum concurrency at %d "
+                "tokens per request: %.2fx", info.get("kv_cache_dtype", info["dtype"]),
+                core.num_blocks, config.cache.block_size, capacity, max_model_len,
+                capacity / max_model_len)
     if capacity < max_model_len:
         logger.warning("the KV cache holds %d tokens, less than the context length %d: requests "
                        "that could outgrow it are refused", capacity, max_model_len)

@@ -70,7 +70,8 @@ def run(args, inbox, outbox) -> None:
     runner = ModelRunner(config, source)
     info = {"device": str(runner.device), "dtype": str(runner.dtype).removeprefix("torch."),
             "weight_gib": runner.weight_bytes / 2**30, "load_seconds": runner.load_seconds,
-            "bytes_per_block": runner.bytes_per_block}
+            "bytes_per_block": runner.bytes_per_block,
+            "kv_cache_dtype": str(runner.kv_dtype).removeprefix("torch.")}
     outbox.send(msg.encoder.encode(msg.Hello(args.rank, runner.num_kv_blocks(), info)))
     parent = os.getppid()
     while True:

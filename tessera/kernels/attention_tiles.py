@@ -1,7 +1,8 @@
 """Triton pieces shared by the paged attention kernels (decode and prefill).
 
 `load_kv_tile`: the K and V of a tile of token positions of one sequence and KV head,
-each token's page looked up in the block table -> k, v [N, D].
+each token's page looked up in the block table -> k, v [N, D] in the cache's dtype (the
+model's, or fp8, which `online_softmax_step` widens to the queries' dtype).
 `online_softmax_step`: scores of the query rows against a key tile, masked, folded into
 the running max `m` [M], sum `l` [M] and weighted values `acc` [M, D] (FlashAttention's
 online softmax; a row with every key masked so far keeps m = -inf and l = 0).
@@ -26,6 +27,8 @@ def load_kv_tile(kv_ptr, tables_ptr, seq, pos, live, kv_head, dims, stride_tb, s
 
 @triton.jit
 def online_softmax_step(q, k, v, visible, m, l, acc, scale, PRECISION: tl.constexpr):
+    k = k.to(q.dtype)  # an fp8 cache's values, widened (exactly) to the queries' dtype
+    v = v.to(q.dtype)
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scale  # [M, N]
     s = tl.where(visible, s, float("-inf"))
     m_new = tl.maximum(m, tl.max(s, axis=1))

@@ -4,7 +4,8 @@ One program per token: rotates its query heads (returned) and key heads ("rotate
 layout: first and second halves of each head pair up), then stores the rotated key and
 the value at the token's cache slot. q: [T, Hq, D]; k, v: [T, Hkv, D]; positions,
 slot_mapping: [T]; cos_sin: [max_pos, D] float32 (cos | sin); kv_cache:
-[2, num_blocks, block_size, Hkv, D]. Every product and sum is rounded to the activations'
+[2, num_blocks, block_size, Hkv, D] in the activations' dtype or fp8 (stored saturated at
++-448, as quant/kv_cache.py does). Every product and sum is rounded to the activations'
 dtype, as the unfused PyTorch ops (and HF transformers) round, so bf16 results match.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import triton
 import triton.language as tl
 
 from tessera.kernels import pdl
+from tessera.quant.kv_cache import store_rows
 
 
 @triton.jit
@@ -30,20 +32,34 @@ def _rotate(x1, x2, cos, sin):
 
 
 @triton.jit
-def _rotate_heads(src, dst, ok, cos, sin, HALF: tl.constexpr):
+def _store(dst, x, ok, SATURATE: tl.constexpr):
+    """x into dst's dtype. Into an fp8 (e4m3) cache: clamped to +-448 (no overflow), then
+    rounded to nearest-even on e4m3's grid in float32 (4 significant bits by a Veltkamp
+    split; steps of 2^-9 below 2^-6), so the cast itself is exact. The GPU's cast rounds
+    so too; Triton's interpreter does not (it turned -7.88 into -4), and this keeps the
+    CPU tests honest at the cost of five float32 operations."""
+    if SATURATE:
+        x = tl.clamp(x.to(tl.float32), -448.0, 448.0)
+        t = x * 1048577.0  # 2^20 + 1
+        x = tl.where(tl.abs(x) < 0.015625, (x + 24576.0) - 24576.0, t - (t - x))
+    tl.store(dst, x.to(dst.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _rotate_heads(src, dst, ok, cos, sin, HALF: tl.constexpr, SATURATE: tl.constexpr):
     """Loads the two halves of some heads at src [H, HALF] pointers, rotates them and
     stores them at dst."""
     r1, r2 = _rotate(tl.load(src, mask=ok, other=0.0), tl.load(src + HALF, mask=ok, other=0.0),
                      cos, sin)
-    tl.store(dst, r1, mask=ok)
-    tl.store(dst + HALF, r2, mask=ok)
+    _store(dst, r1, ok, SATURATE)
+    _store(dst + HALF, r2, ok, SATURATE)
 
 
 @triton.jit
 def _rotary_kv(q_ptr, k_ptr, v_ptr, pos_ptr, slot_ptr, cs_ptr, q_out_ptr, kv_ptr,
                stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_kvs,
                NUM_Q: tl.constexpr, NUM_KV: tl.constexpr, HALF: tl.constexpr,
-               QH_PAD: tl.constexpr, KVH_PAD: tl.constexpr,
+               QH_PAD: tl.constexpr, KVH_PAD: tl.constexpr, FP8_CACHE: tl.constexpr,
                USE_PDL: tl.constexpr):
     pdl.enter(USE_PDL)
     t = tl.program_id(0).to(tl.int64)
@@ -60,16 +76,16 @@ def _rotary_kv(q_ptr, k_ptr, v_ptr, pos_ptr, slot_ptr, cs_ptr, q_out_ptr, kv_ptr
     qok = qh < NUM_Q
     qp = q_ptr + t * stride_qt + qh * stride_qh + half[None, :]
     qo = q_out_ptr + t * NUM_Q * 2 * HALF + qh * 2 * HALF + half[None, :]
-    _rotate_heads(qp, qo, qok, cos, sin, HALF)
+    _rotate_heads(qp, qo, qok, cos, sin, HALF, False)
 
     kh = tl.arange(0, KVH_PAD)[:, None]
     kok = kh < NUM_KV
     kp = k_ptr + t * stride_kt + kh * stride_kh + half[None, :]
     dst = kv_ptr + slot * NUM_KV * 2 * HALF + kh * 2 * HALF + half[None, :]
-    _rotate_heads(kp, dst, kok, cos, sin, HALF)
+    _rotate_heads(kp, dst, kok, cos, sin, HALF, FP8_CACHE)
     vp = v_ptr + t * stride_vt + kh * stride_vh + half[None, :]
-    tl.store(dst + stride_kvs, tl.load(vp, mask=kok, other=0.0), mask=kok)
-    tl.store(dst + stride_kvs + HALF, tl.load(vp + HALF, mask=kok, other=0.0), mask=kok)
+    _store(dst + stride_kvs, tl.load(vp, mask=kok, other=0.0), kok, FP8_CACHE)
+    _store(dst + stride_kvs + HALF, tl.load(vp + HALF, mask=kok, other=0.0), kok, FP8_CACHE)
 
 
 def rotary_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
@@ -86,6 +102,7 @@ def rotary_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         kv_cache.stride(0), NUM_Q=num_q, NUM_KV=num_kv, HALF=head_dim // 2,
         QH_PAD=triton.next_power_of_2(num_q), KVH_PAD=triton.next_power_of_2(num_kv),
+        FP8_CACHE=kv_cache.dtype == torch.float8_e4m3fn,
         **pdl.pdl_launch_args(q.device))
     return q_out
 
@@ -98,6 +115,6 @@ def rotary_kv_write_ref(q, k, v, positions, cos_sin, kv_cache, slot_mapping) -> 
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
     num_kv, head_dim = k.shape[1], k.shape[2]
-    kv_cache[0].view(-1, num_kv, head_dim)[slot_mapping] = rot(k)
-    kv_cache[1].view(-1, num_kv, head_dim)[slot_mapping] = v
+    store_rows(kv_cache[0].view(-1, num_kv, head_dim), slot_mapping, rot(k))
+    store_rows(kv_cache[1].view(-1, num_kv, head_dim), slot_mapping, v)
     return rot(q)

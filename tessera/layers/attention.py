@@ -8,7 +8,8 @@ its sequence's cached context). With kernels (CUDA), the step's one-token sequen
 first and go to the Triton decode kernel, the rest (prefill chunks) to the Triton prefill
 kernel; without kernels, everything takes the PyTorch reference path.
 
-KV cache of one layer: [2, num_blocks, block_size, num_kv_heads, head_dim]. Token t of
+KV cache of one layer: [2, num_blocks, block_size, num_kv_heads, head_dim], in the model's
+dtype or fp8 (quant/kv_cache.py: stored saturated, read back widened). Token t of
 a sequence lives in block `block_table[t // block_size]`, row `t % block_size`;
 `slot_mapping` holds `block * block_size + row` for each token of this step.
 Queries are ragged ([num_tokens, ...], sequences packed one after another); only inside
@@ -24,6 +25,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tessera.quant.kv_cache import store_rows
 
 
 @dataclasses.dataclass
@@ -114,9 +117,10 @@ class Attention(nn.Module):
 
 def write_kv_cache(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
                    slot_mapping: torch.Tensor) -> None:
+    """k, v: [T, Hkv, D] into their slots, cast to the cache's dtype (fp8 saturates)."""
     num_kv_heads, head_dim = k.shape[1], k.shape[2]
-    kv_cache[0].view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, k)
-    kv_cache[1].view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, v)
+    store_rows(kv_cache[0].view(-1, num_kv_heads, head_dim), slot_mapping, k)
+    store_rows(kv_cache[1].view(-1, num_kv_heads, head_dim), slot_mapping, v)
 
 
 def paged_attention_ref(q: torch.Tensor, kv_cache: torch.Tensor, meta: RaggedMetadata,
@@ -124,8 +128,8 @@ def paged_attention_ref(q: torch.Tensor, kv_cache: torch.Tensor, meta: RaggedMet
     """Attention of ragged queries over paged context. q: [T, Hq, D] -> [T, Hq, D]."""
     num_seqs, max_blocks = meta.block_tables.shape
     block_size, num_kv_heads, head_dim = kv_cache.shape[2:]
-    keys = kv_cache[0][meta.block_tables]  # [B, max_blocks, bs, Hkv, D]
-    values = kv_cache[1][meta.block_tables]
+    keys = kv_cache[0][meta.block_tables].to(q.dtype)  # [B, max_blocks, bs, Hkv, D]
+    values = kv_cache[1][meta.block_tables].to(q.dtype)  # (widened from an fp8 cache)
     keys = keys.view(num_seqs, max_blocks * block_size, num_kv_heads, head_dim).transpose(1, 2)
     values = values.view(num_seqs, max_blocks * block_size, num_kv_heads, head_dim).transpose(1, 2)
     q_pad = q.new_zeros(num_seqs, meta.max_query_len, q.shape[1], head_dim)  # [B, Q, Hq, D]

@@ -28,6 +28,7 @@ from tessera.distributed.parallel_state import pp_stage, recv_from_prev, send_to
 from tessera.engine.protocol import ModelRunnerOutput, SchedulerOutput
 from tessera.layers.sampler import SamplingBatch, gather_logprobs, sample
 from tessera.models.loader import ModelSource, load_model
+from tessera.quant.kv_cache import resolve_kv_cache_dtype
 from tessera.worker.cuda_graphs import DecodeGraphs, default_buckets
 from tessera.worker.input_batch import RequestState, prepare_inputs
 
@@ -54,6 +55,8 @@ class ModelRunner:
         self.config = config
         self.device = config.model.torch_device
         self.dtype = config.model.torch_dtype
+        self.kv_dtype = resolve_kv_cache_dtype(config.cache.kv_cache_dtype, self.dtype,
+                                               self.device)  # the model's, or fp8
         self.block_size = config.cache.block_size
         self.arch = source.arch
         tp = config.parallel.tensor_parallel_size
@@ -76,7 +79,7 @@ class ModelRunner:
     def bytes_per_block(self) -> int:
         a = self.arch
         return (2 * self.model.num_local_layers * self.block_size * self.kv_heads * a.head_dim
-                * self.dtype.itemsize)
+                * self.kv_dtype.itemsize)
 
     def num_kv_blocks(self) -> int:
         if self.device.type != "cuda":
@@ -116,7 +119,7 @@ class ModelRunner:
         a CUDA-graph batch write to; then captures the decode graphs."""
         a = self.arch
         shape = (2, num_blocks + 1, self.block_size, self.kv_heads, a.head_dim)
-        self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.kv_caches = [torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
                           for _ in range(self.model.num_local_layers)]
         if (capture_graphs and self.use_kernels and not self.config.model.enforce_eager
                 and self.stage.size == 1  # graphs hold no send/recv between stages
