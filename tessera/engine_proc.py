@@ -67,7 +67,7 @@ class EngineProc:
         info = core.executor.describe()
         self._send(ipc.Ready(core.num_blocks, config.cache.block_size, max_model_len,
                              info["load_seconds"], info["weight_gib"], info["device"],
-                             info["dtype"]))
+                             info["dtype"], str(info.get("kv_cache_dtype", info["dtype"]))))
         return core
 
     def _send(self, msg) -> None:

@@ -52,6 +52,7 @@ class Ready(msgspec.Struct, tag=True):
     weight_gib: float
     device: str
     dtype: str
+    kv_cache_dtype: str = ""
 
 
 class Outputs(msgspec.Struct, tag=True):

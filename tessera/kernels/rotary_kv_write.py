@@ -10,6 +10,8 @@ dtype, as the unfused PyTorch ops (and HF transformers) round, so bf16 results m
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -32,27 +34,30 @@ def _rotate(x1, x2, cos, sin):
 
 
 @triton.jit
-def _store(dst, x, ok, SATURATE: tl.constexpr):
-    """x into dst's dtype. Into an fp8 (e4m3) cache: clamped to +-448 (no overflow), then
-    rounded to nearest-even on e4m3's grid in float32 (4 significant bits by a Veltkamp
-    split; steps of 2^-9 below 2^-6), so the cast itself is exact. The GPU's cast rounds
-    so too; Triton's interpreter does not (it turned -7.88 into -4), and this keeps the
-    CPU tests honest at the cost of five float32 operations."""
+def _store(dst, x, ok, SATURATE: tl.constexpr, PRE_ROUND: tl.constexpr):
+    """x into dst's dtype. Into an fp8 (e4m3) cache: clamped to +-448 (no overflow; NaN
+    stays NaN) and cast, which rounds to nearest-even on the GPU. Triton's interpreter
+    rounds that cast wrongly (ties away from zero; -7.88 became -4), so under it
+    (PRE_ROUND) the value is first rounded on e4m3's grid in float32: 4 significant bits
+    by a Veltkamp split, steps of 2^-9 below 2^-6; the cast is then exact. (Not on the
+    GPU: FMA contraction may fuse the split and spoil it.)"""
     if SATURATE:
-        x = tl.clamp(x.to(tl.float32), -448.0, 448.0)
-        t = x * 1048577.0  # 2^20 + 1
-        x = tl.where(tl.abs(x) < 0.015625, (x + 24576.0) - 24576.0, t - (t - x))
+        x = tl.clamp(x.to(tl.float32), -448.0, 448.0, propagate_nan=tl.PropagateNan.ALL)
+        if PRE_ROUND:
+            t = x * 1048577.0  # 2^20 + 1
+            x = tl.where(tl.abs(x) < 0.015625, (x + 24576.0) - 24576.0, t - (t - x))
     tl.store(dst, x.to(dst.dtype.element_ty), mask=ok)
 
 
 @triton.jit
-def _rotate_heads(src, dst, ok, cos, sin, HALF: tl.constexpr, SATURATE: tl.constexpr):
+def _rotate_heads(src, dst, ok, cos, sin, HALF: tl.constexpr, SATURATE: tl.constexpr,
+                  PRE_ROUND: tl.constexpr):
     """Loads the two halves of some heads at src [H, HALF] pointers, rotates them and
     stores them at dst."""
     r1, r2 = _rotate(tl.load(src, mask=ok, other=0.0), tl.load(src + HALF, mask=ok, other=0.0),
                      cos, sin)
-    _store(dst, r1, ok, SATURATE)
-    _store(dst + HALF, r2, ok, SATURATE)
+    _store(dst, r1, ok, SATURATE, PRE_ROUND)
+    _store(dst + HALF, r2, ok, SATURATE, PRE_ROUND)
 
 
 @triton.jit
@@ -60,7 +65,7 @@ def _rotary_kv(q_ptr, k_ptr, v_ptr, pos_ptr, slot_ptr, cs_ptr, q_out_ptr, kv_ptr
                stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_kvs,
                NUM_Q: tl.constexpr, NUM_KV: tl.constexpr, HALF: tl.constexpr,
                QH_PAD: tl.constexpr, KVH_PAD: tl.constexpr, FP8_CACHE: tl.constexpr,
-               USE_PDL: tl.constexpr):
+               PRE_ROUND: tl.constexpr, USE_PDL: tl.constexpr):
     pdl.enter(USE_PDL)
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + t).to(tl.int64)
@@ -76,16 +81,17 @@ def _rotary_kv(q_ptr, k_ptr, v_ptr, pos_ptr, slot_ptr, cs_ptr, q_out_ptr, kv_ptr
     qok = qh < NUM_Q
     qp = q_ptr + t * stride_qt + qh * stride_qh + half[None, :]
     qo = q_out_ptr + t * NUM_Q * 2 * HALF + qh * 2 * HALF + half[None, :]
-    _rotate_heads(qp, qo, qok, cos, sin, HALF, False)
+    _rotate_heads(qp, qo, qok, cos, sin, HALF, False, False)
 
     kh = tl.arange(0, KVH_PAD)[:, None]
     kok = kh < NUM_KV
     kp = k_ptr + t * stride_kt + kh * stride_kh + half[None, :]
     dst = kv_ptr + slot * NUM_KV * 2 * HALF + kh * 2 * HALF + half[None, :]
-    _rotate_heads(kp, dst, kok, cos, sin, HALF, FP8_CACHE)
+    _rotate_heads(kp, dst, kok, cos, sin, HALF, FP8_CACHE, PRE_ROUND)
     vp = v_ptr + t * stride_vt + kh * stride_vh + half[None, :]
-    _store(dst + stride_kvs, tl.load(vp, mask=kok, other=0.0), kok, FP8_CACHE)
-    _store(dst + stride_kvs + HALF, tl.load(vp + HALF, mask=kok, other=0.0), kok, FP8_CACHE)
+    _store(dst + stride_kvs, tl.load(vp, mask=kok, other=0.0), kok, FP8_CACHE, PRE_ROUND)
+    _store(dst + stride_kvs + HALF, tl.load(vp + HALF, mask=kok, other=0.0), kok, FP8_CACHE,
+           PRE_ROUND)
 
 
 def rotary_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
@@ -103,6 +109,7 @@ def rotary_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions
         kv_cache.stride(0), NUM_Q=num_q, NUM_KV=num_kv, HALF=head_dim // 2,
         QH_PAD=triton.next_power_of_2(num_q), KVH_PAD=triton.next_power_of_2(num_kv),
         FP8_CACHE=kv_cache.dtype == torch.float8_e4m3fn,
+        PRE_ROUND=os.environ.get("TRITON_INTERPRET") == "1",
         **pdl.pdl_launch_args(q.device))
     return q_out
 

@@ -65,9 +65,10 @@ async def serve(config: EngineConfig, args: argparse.Namespace) -> int:
         logger.info("engine ready: %s on %s (%s), %.2f GiB of weights loaded in %.1f s",
                     name, ready.device, ready.dtype, ready.weight_gib, ready.load_seconds)
         tokens = ready.num_blocks * ready.block_size
-        logger.info("KV cache: %d tokens in %d blocks of %d; maximum concurrency at full "
-                    "context (%d tokens): %.2fx", tokens, ready.num_blocks, ready.block_size,
-                    ready.max_model_len, tokens / ready.max_model_len)
+        logger.info("KV cache (%s): %d tokens in %d blocks of %d; maximum concurrency at "
+                    "full context (%d tokens): %.2fx", ready.kv_cache_dtype or ready.dtype,
+                    tokens, ready.num_blocks, ready.block_size, ready.max_model_len,
+                    tokens / ready.max_model_len)
         stats = asyncio.create_task(_log_stats(metrics, args.stats_interval))
         try:
             yield
