@@ -20,9 +20,7 @@ import time
 
 import torch
 
-from tessera.bench import measure_bandwidth, run_latency, run_throughput
-from tessera.config import EngineConfig
-from tessera.llm_engine import LLMEngine
+from tessera.bench import measure_bandwidth, random_weights_engine, run_latency, run_throughput
 from tessera.models.shapes import NAMED_SHAPES
 
 GPT_FAST = {1: 161.6, 64: 4213.0}  # tok/s on the same card, BENCHMARKS.md
@@ -66,10 +64,8 @@ def main() -> None:
     results["hf_batch1_tok_s"] = None if args.skip_hf else hf_latency()
     bandwidth = measure_bandwidth(torch.device("cuda"))
     results["bandwidth_tb_s"] = bandwidth / 1e12
-    engine = LLMEngine(EngineConfig.from_kwargs(
-        model="llama-3-8b", load_format="dummy", dtype="bfloat16", max_model_len=2048,
-        skip_tokenizer_init=True, max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens))
+    engine = random_weights_engine(max_num_seqs=args.max_num_seqs,
+                                   max_num_batched_tokens=args.max_num_batched_tokens)
     run_latency(engine, 2, 32, 8, bandwidth, seed=9)  # warm-up
     results["latency_b1"] = run_latency(engine, 1, 32, 256, bandwidth)
     results["decode_b64"] = run_latency(engine, 64, 1024, 128, bandwidth)

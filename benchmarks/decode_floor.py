@@ -16,9 +16,7 @@ import json
 import torch
 import torch.nn.functional as F
 
-from tessera.bench import measure_bandwidth, run_latency
-from tessera.config import EngineConfig
-from tessera.llm_engine import LLMEngine
+from tessera.bench import measure_bandwidth, random_weights_engine, run_latency
 
 
 def time_graph(fn, reps: int = 20) -> float:
@@ -60,9 +58,7 @@ def main() -> None:
     ap.add_argument("--out", default="floor.json")
     args = ap.parse_args()
     bw = measure_bandwidth(torch.device("cuda"))
-    engine = LLMEngine(EngineConfig.from_kwargs(
-        model="llama-3-8b", load_format="dummy", dtype="bfloat16", max_model_len=2048,
-        skip_tokenizer_init=True, max_num_seqs=256, max_num_batched_tokens=8192))
+    engine = random_weights_engine(max_num_seqs=256, max_num_batched_tokens=8192)
     runner = engine.core.executor.runner
     model, graphs = runner.model, runner.graphs
     run_latency(engine, 2, 32, 8, bw, seed=9)

@@ -22,9 +22,7 @@ import time
 
 import torch
 
-from tessera.bench import add_throughput_requests
-from tessera.config import EngineConfig
-from tessera.llm_engine import LLMEngine
+from tessera.bench import add_throughput_requests, random_weights_engine
 
 
 def main() -> None:
@@ -35,9 +33,7 @@ def main() -> None:
     ap.add_argument("--profile-steps", default="200:206", help="first:end; 0:0 for none")
     args = ap.parse_args()
     first, last = (int(x) for x in args.profile_steps.split(":"))
-    engine = LLMEngine(EngineConfig.from_kwargs(
-        model=args.model, load_format="dummy", dtype="bfloat16", max_model_len=2048,
-        skip_tokenizer_init=True, max_num_seqs=512, max_num_batched_tokens=8192))
+    engine = random_weights_engine(args.model, max_num_seqs=512, max_num_batched_tokens=8192)
     runner = engine.core.executor.runner
     marks: list[tuple[torch.cuda.Event, torch.cuda.Event, str, int]] = []
     waited = [0.0]

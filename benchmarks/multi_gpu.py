@@ -38,8 +38,8 @@ import traceback
 import torch
 
 from tessera import LLM, SamplingParams
-from tessera.bench import _weight_bytes_read, measure_bandwidth, run_latency, run_throughput
-from tessera.config import EngineConfig
+from tessera.bench import (_weight_bytes_read, measure_bandwidth, random_weights_engine,
+                           run_latency, run_throughput)
 from tessera.distributed.topology import gpu_links
 from tessera.llm_engine import LLMEngine
 
@@ -142,8 +142,7 @@ def correctness(args):
 # -- speed ---------------------------------------------------------------------------------
 def engine_for(model: str, **kw) -> LLMEngine:
     cleanup()
-    return LLMEngine(EngineConfig.from_kwargs(model=model, load_format="dummy", dtype="bfloat16",
-                                              skip_tokenizer_init=True, **kw))
+    return random_weights_engine(model, **kw)
 
 
 def latency(engine: LLMEngine, tp: int, bw: float) -> dict:

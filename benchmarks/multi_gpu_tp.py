@@ -18,10 +18,8 @@ import time
 import torch
 
 from tessera import LLM, SamplingParams
-from tessera.bench import _weight_bytes_read, run_latency
-from tessera.config import EngineConfig
+from tessera.bench import _weight_bytes_read, random_weights_engine, run_latency
 from tessera.distributed.topology import gpu_links
-from tessera.llm_engine import LLMEngine
 
 
 def correctness(tp: int) -> list[int]:
@@ -54,10 +52,8 @@ def correctness(tp: int) -> list[int]:
 def scaling(tp: int) -> dict:
     results = {}
     for n in (1, tp):
-        engine = LLMEngine(EngineConfig.from_kwargs(
-            model="llama-3-8b", load_format="dummy", dtype="bfloat16", max_model_len=2048,
-            skip_tokenizer_init=True, tensor_parallel_size=n, max_num_seqs=64,
-            gpu_memory_utilization=0.45))
+        engine = random_weights_engine(tensor_parallel_size=n, max_num_seqs=64,
+                                       gpu_memory_utilization=0.45)
         run_latency(engine, 1, 32, 8, 3.0e12, seed=5)
         r = run_latency(engine, 1, 32, 64, 3.0e12)
         per_gpu = (_weight_bytes_read(engine) / n) / (r["median_step_ms"] / 1e3)

@@ -14,8 +14,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from tessera.config import EngineConfig
-from tessera.llm_engine import LLMEngine
+from tessera.bench import random_weights_engine
 from tessera.sampling_params import SamplingParams
 
 
@@ -26,10 +25,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--out", default="prof.txt")
     args = ap.parse_args()
-    engine = LLMEngine(EngineConfig.from_kwargs(
-        model="llama-3-8b", load_format="dummy", dtype="bfloat16", max_model_len=2048,
-        skip_tokenizer_init=True, max_num_seqs=args.batch, max_num_batched_tokens=8192,
-        enforce_eager=True))  # kernels show one by one in the profile
+    engine = random_weights_engine(max_num_seqs=args.batch, max_num_batched_tokens=8192,
+                                   enforce_eager=True)  # kernels show one by one in the profile
     params = SamplingParams(temperature=0, max_tokens=64, ignore_eos=True)
     for i in range(args.batch):
         engine.add_request(f"p{i}", [(i * 7 + j) % 128000 for j in range(args.prompt_len)],

@@ -17,8 +17,7 @@ import time
 
 import torch
 
-from tessera.bench import measure_bandwidth, run_latency
-from tessera.config import EngineConfig
+from tessera.bench import measure_bandwidth, random_weights_engine, run_latency
 from tessera.kernels import skinny_gemm
 from tessera.kernels.pdl import set_pdl
 from tessera.layers.linear import set_skinny_gemm
@@ -59,9 +58,7 @@ def run_mode(mode: str, bandwidth: float) -> dict:
     set_skinny_gemm(parts[0])
     set_pdl(parts[1] == "on")
     skinny_gemm.PREFETCH_BYTES = int(parts[2]) << 20
-    engine = LLMEngine(EngineConfig.from_kwargs(
-        model="llama-3-8b", load_format="dummy", dtype="bfloat16", max_model_len=2048,
-        skip_tokenizer_init=True, max_num_seqs=64, max_num_batched_tokens=4096))
+    engine = random_weights_engine(max_num_seqs=64, max_num_batched_tokens=4096)
     run_latency(engine, 2, 32, 8, bandwidth, seed=9)  # warm-up
     res = {"b1": run_latency(engine, 1, 32, 256, bandwidth)}
     for batch in (4, 16):

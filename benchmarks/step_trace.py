@@ -26,8 +26,7 @@ import time
 import torch
 
 import tessera.worker.model_runner as mr
-from tessera.bench import add_throughput_requests
-from tessera.config import EngineConfig
+from tessera.bench import add_throughput_requests, random_weights_engine
 from tessera.llm_engine import LLMEngine
 
 PHASES = ["schedule", "prepare", "launch", "gpu_wait", "sample", "update", "outputs"]
@@ -166,11 +165,8 @@ def main() -> None:
     ap.add_argument("--profile-steps", default="0:0", help="first:end steps to profile")
     args = ap.parse_args()
     first, end = (int(x) for x in args.profile_steps.split(":"))
-    engine = LLMEngine(EngineConfig.from_kwargs(
-        model=args.model, load_format="dummy", max_model_len=2048,
-        dtype="bfloat16" if torch.cuda.is_available() else "float32",
-        skip_tokenizer_init=True, max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens))
+    engine = random_weights_engine(args.model, max_num_seqs=args.max_num_seqs,
+                                   max_num_batched_tokens=args.max_num_batched_tokens)
     engine.core.set_async_scheduling(False)
     tr = Tracer()
     instrument(engine, tr)

@@ -21,7 +21,7 @@ import torch
 
 from tessera.config import EngineConfig
 from tessera.llm_engine import LLMEngine
-from tessera.quant.kv_cache import KV_CACHE_DTYPES
+from tessera.quant.kv_cache import resolve_kv_cache_dtype
 from tessera.sampling_params import SamplingParams
 
 
@@ -45,6 +45,16 @@ def measure_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / statistics.median(times)
 
 
+def random_weights_engine(model: str = "llama-3-8b", **overrides: Any) -> LLMEngine:
+    """An engine over random weights of a named shape (or a checkpoint's config), as the
+    benchmark scripts build it: bf16 on CUDA (float32 elsewhere), 2048-token context, no
+    tokenizer; `overrides` are any other engine options."""
+    options = dict(model=model, load_format="dummy", max_model_len=2048,
+                   dtype="bfloat16" if torch.cuda.is_available() else "float32",
+                   skip_tokenizer_init=True)
+    return LLMEngine(EngineConfig.from_kwargs(**{**options, **overrides}))
+
+
 def _weight_bytes_read(engine: LLMEngine) -> int:
     """Weight bytes one decode step of one sequence reads over all ranks (the embedding
     table is only looked up by row, so it does not count unless the LM head shares it;
@@ -61,8 +71,8 @@ def _itemsize(engine: LLMEngine) -> int:
 
 def _kv_itemsize(engine: LLMEngine) -> int:
     """Bytes per cached K or V value: the model's dtype, or 1 with an fp8 cache."""
-    return (KV_CACHE_DTYPES[engine.config.cache.kv_cache_dtype]
-            or engine.config.model.torch_dtype).itemsize
+    c = engine.config
+    return resolve_kv_cache_dtype(c.cache.kv_cache_dtype, c.model.torch_dtype).itemsize
 
 
 def run_latency(engine: LLMEngine, batch: int, input_len: int, output_len: int,

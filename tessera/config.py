@@ -78,10 +78,8 @@ class CacheConfig:
             )
         if self.num_blocks is not None and self.num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}.")
-        from tessera.quant.kv_cache import KV_CACHE_DTYPES
-        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
-            raise ValueError(f"kv_cache_dtype {self.kv_cache_dtype!r} is not supported; choose "
-                             f"one of {', '.join(KV_CACHE_DTYPES)}.")
+        from tessera.quant.kv_cache import check_kv_cache_dtype
+        check_kv_cache_dtype(self.kv_cache_dtype)
 
 
 @dataclasses.dataclass

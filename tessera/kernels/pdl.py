@@ -6,7 +6,8 @@ kernel before it lets it start early by calling `gdc_launch_dependents`. In a de
 of a few rows every kernel is short, so this hides each launch and each GEMV's ramp-up
 (it prefetches its first weight tile, which no kernel writes, before waiting).
 
-Objects: `pdl_launch_args(device)` -> the launch keywords (USE_PDL for the kernel's
+Objects: `nvidia_sm90_or_later(device)` (where PDL, and the skinny GEMM's tuning,
+apply); `pdl_launch_args(device)` -> the launch keywords (USE_PDL for the kernel's
 constexpr, launch_pdl for Triton's launcher); `set_pdl(on)` switches it for A/B runs
 (the env var TESSERA_PDL=0 does too). Jit side, no-ops unless USE_PDL: `enter` (short
 kernels: let the next launch, then wait), `wait` and `launch_dependents` (the skinny GEMM
@@ -33,15 +34,16 @@ def set_pdl(on: bool) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _supported(device: torch.device) -> bool:
-    """NVIDIA Hopper or later, compiled (not under Triton's interpreter)."""
+def nvidia_sm90_or_later(device: torch.device) -> bool:
+    """An NVIDIA (not ROCm) GPU of compute capability 9.0 or later (Hopper on)."""
     return (device.type == "cuda" and torch.version.hip is None
-            and os.environ.get("TRITON_INTERPRET") != "1"
             and torch.cuda.get_device_capability(device)[0] >= 9)
 
 
 def pdl_active(device: torch.device) -> bool:
-    return _enabled and _supported(device)
+    """On, on Hopper or later, and compiled (not under Triton's interpreter)."""
+    return (_enabled and os.environ.get("TRITON_INTERPRET") != "1"
+            and nvidia_sm90_or_later(device))
 
 
 def pdl_launch_args(device: torch.device) -> dict:

@@ -13,11 +13,11 @@ in BLOCK_K steps, `tl.dot`(W tile [BLOCK_N, BLOCK_K], x^T tile [BLOCK_K, 16]) wi
 rows of x padded to 16. A step of a few rows is bound by reading W, so the product's
 waste is free and the loads are what is tuned (`pick_config`, from benchmarks/
 skinny_gemm_sweep.py on an H100: 6-10% faster than cuBLAS on the Llama-3-8B shapes).
-Under PDL (kernels/pdl.py) the first W tile is loaded, and the leading columns of every row
-(PREFETCH_BYTES in all) asked of L2, before waiting for the kernel that produces x (on the
-H100, batch 1: 8 MiB 176.1 tok/s, 16-24 MiB 175.7, 32 MiB 173.4, 1024 columns whatever
-the size ~174). Loading x through a fused SiLU or RMSNorm
-inside the loop was measured too: it halved the speed, so those stay out of the loop.
+Under PDL (kernels/pdl.py) the first W tile is loaded, and the leading columns of every
+row (PREFETCH_BYTES in all) asked of L2, before waiting for the kernel that produces x (on
+the H100, batch 1: 8 MiB 176.1 tok/s, 16-24 MiB 175.7, 32 MiB 173.4, 1024 columns
+whatever the size ~174). Loading x through a fused SiLU or RMSNorm inside the loop was
+measured too: it halved the speed, so those stay out of the loop.
 """
 from __future__ import annotations
 

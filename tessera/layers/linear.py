@@ -18,7 +18,6 @@ Models never see whether they are sharded; a quantized variant plugs in the same
 """
 from __future__ import annotations
 
-import functools
 import os
 from typing import Optional
 
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tessera.distributed.parallel_state import all_reduce, tp_rank, tp_size
+from tessera.kernels.pdl import nvidia_sm90_or_later
 from tessera.kernels.skinny_gemm import MAX_ROWS, skinny_gemm
 from tessera.layers.activation import SiluAndMul
 from tessera.models.weight_utils import materialize, narrow, shape_of
@@ -45,20 +45,14 @@ def set_skinny_gemm(mode: str) -> None:
 set_skinny_gemm(os.environ.get("TESSERA_SKINNY_GEMM", "auto"))
 
 
-@functools.lru_cache(maxsize=None)
-def _tuned_for(device: torch.device) -> bool:
-    """NVIDIA (not ROCm) compute capability 9.x and up: the shared memory the configs need."""
-    return torch.version.hip is None and torch.cuda.get_device_capability(device)[0] >= 9
-
-
 def uses_skinny(x: torch.Tensor, weight: torch.Tensor) -> bool:
     if (_skinny_mode == "off" or x.dim() != 2 or not 0 < x.shape[0] <= MAX_ROWS
             or weight.dtype != x.dtype or 0 in weight.shape):
         return False
     if _skinny_mode == "always":
         return True
-    return (x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
-            and _tuned_for(x.device))
+    return (x.dtype in (torch.bfloat16, torch.float16)
+            and nvidia_sm90_or_later(x.device))  # the shared memory its configs need
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):

@@ -2,7 +2,7 @@
 
 Objects: KV_CACHE_DTYPES (name -> dtype; "auto" keeps the model's dtype, "fp8" /
 "fp8_e4m3" store float8_e4m3fn, one byte a value: half of bf16, a quarter of fp32);
-`resolve_kv_cache_dtype(name, model_dtype, device)`; FP8_MAX; `to_cache_dtype(x, dtype)`
+`check_kv_cache_dtype(name)`; `resolve_kv_cache_dtype(name, model_dtype, device)`; FP8_MAX; `to_cache_dtype(x, dtype)`
 (the saturating cast the Triton write kernel does too); `store_rows(rows, slots, x)`
 (index_copy_ into cache rows, through a byte view for fp8, which PyTorch's CPU kernels
 lack). The attention kernels and references widen cached values back to the query's
@@ -21,13 +21,18 @@ KV_CACHE_DTYPES: dict[str, Optional[torch.dtype]] = {
     "auto": None, "fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn}
 
 
-def resolve_kv_cache_dtype(name: str, model_dtype: torch.dtype,
-                           device: torch.device) -> torch.dtype:
+def check_kv_cache_dtype(name: str) -> None:
     if name not in KV_CACHE_DTYPES:
         raise ValueError(f"kv_cache_dtype {name!r} is not supported; choose one of "
                          f"{', '.join(KV_CACHE_DTYPES)}.")
+
+
+def resolve_kv_cache_dtype(name: str, model_dtype: torch.dtype,
+                           device: Optional[torch.device] = None) -> torch.dtype:
+    """The cache's dtype; with a device, also checks that the device can hold it."""
+    check_kv_cache_dtype(name)
     dtype = KV_CACHE_DTYPES[name] or model_dtype
-    if (dtype == torch.float8_e4m3fn and device.type == "cuda"
+    if (dtype == torch.float8_e4m3fn and device is not None and device.type == "cuda"
             and torch.cuda.get_device_capability(device) < (8, 9)):
         raise ValueError("an fp8 KV cache needs an NVIDIA GPU of compute capability 8.9 or "
                          "later (Ada, Hopper); use kv_cache_dtype auto.")

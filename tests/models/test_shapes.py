@@ -56,3 +56,15 @@ def test_parameter_count_matches_the_built_model(name):
         per_expert = 3 * arch.hidden_size * arch.moe_intermediate_size * len(arch.moe_layers)
         skipped = arch.num_experts - arch.num_experts_per_tok
         assert arch.num_parameters(active_only=True) == arch.num_parameters() - skipped * per_expert
+
+
+def test_benchmarks_engine_of_random_weights():
+    """`bench.random_weights_engine`, which every benchmark script builds on: a named
+    shape, its defaults (float32 off CUDA, 2048-token context) and overrides applied."""
+    from tessera.bench import random_weights_engine
+    engine = random_weights_engine("smollm2-135m", num_blocks=8, max_num_seqs=4)
+    assert engine.arch.hidden_size == 576
+    assert engine.config.model.max_model_len == 2048
+    assert engine.config.scheduler.max_num_seqs == 4 and engine.core.num_blocks == 8
+    if not torch.cuda.is_available():
+        assert engine.config.model.torch_dtype == torch.float32
