@@ -110,6 +110,7 @@ def rotary_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions
         QH_PAD=triton.next_power_of_2(num_q), KVH_PAD=triton.next_power_of_2(num_kv),
         FP8_CACHE=kv_cache.dtype == torch.float8_e4m3fn,
         PRE_ROUND=os.environ.get("TRITON_INTERPRET") == "1",
+        enable_fp_fusion=False,  # no FMA: each product rounds, as PyTorch's ops round
         **pdl.pdl_launch_args(q.device))
     return q_out
 

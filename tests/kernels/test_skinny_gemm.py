@@ -110,7 +110,7 @@ def test_edge_cases_match_reference():
     b = rand(128, dtype=torch.float32, seed=2)[::2]  # a strided bias
     assert close(skinny_gemm(x[:, :64], w[:, :64], b), skinny_gemm_ref(x[:, :64], w[:, :64], b),
                  torch.float32)
-    empty_k = torch.zeros(64, 0)
+    empty_k = torch.zeros(64, 0, device=DEVICE)
     assert torch.equal(skinny_gemm(x[:, :0], empty_k, b), b.expand(2, 64))  # K = 0: the bias
     assert skinny_gemm(x, w[:0]).shape == (2, 0)
 
