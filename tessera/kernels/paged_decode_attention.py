@@ -32,10 +32,10 @@ from tessera.kernels.attention_tiles import load_kv_tile, online_softmax_step
 def _decode_attention(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, acc_ptr, ml_ptr, count_ptr,
                       out_ptr, scale, window, stride_qb, stride_qh, stride_kvs, stride_kvb,
                       stride_kvt, stride_kvh, stride_tb, stride_ob, stride_oh, num_splits,
-                      max_blocks, NUM_KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-                    BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, NUM_HEADS: tl.constexpr,
-                    PRECISION: tl.constexpr, DIRECT: tl.constexpr,
-                    USE_PDL: tl.constexpr):
+                      max_blocks, NUM_KV: tl.constexpr, GROUP: tl.constexpr,
+                      GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                      TILE: tl.constexpr, NUM_HEADS: tl.constexpr, PRECISION: tl.constexpr,
+                      DIRECT: tl.constexpr, USE_PDL: tl.constexpr):
     pdl.enter(USE_PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)

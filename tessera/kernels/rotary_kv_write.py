@@ -7,6 +7,9 @@ slot_mapping: [T]; cos_sin: [max_pos, D] float32 (cos | sin); kv_cache:
 [2, num_blocks, block_size, Hkv, D] in the activations' dtype or fp8 (stored saturated at
 +-448, as quant/kv_cache.py does). Every product and sum is rounded to the activations'
 dtype, as the unfused PyTorch ops (and HF transformers) round, so bf16 results match.
+`rotate_pair`, `store_cast` and `rope_epilogue` also serve the skinny GEMM's q/k/v
+epilogue (kernels/skinny_gemm.py: `skinny_qkv_rope`), which does the same in the
+projection's launch.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from tessera.quant.kv_cache import store_rows
 
 
 @triton.jit
-def _rotate(x1, x2, cos, sin):
+def rotate_pair(x1, x2, cos, sin):
     """(x1 cos - x2 sin, x2 cos + x1 sin), each product and sum rounded to x's dtype."""
     dt = x1.dtype
     a1 = x1.to(tl.float32)
@@ -34,7 +37,7 @@ def _rotate(x1, x2, cos, sin):
 
 
 @triton.jit
-def _store(dst, x, ok, SATURATE: tl.constexpr, PRE_ROUND: tl.constexpr):
+def store_cast(dst, x, ok, SATURATE: tl.constexpr, PRE_ROUND: tl.constexpr):
     """x into dst's dtype. Into an fp8 (e4m3) cache: clamped to +-448 (no overflow; NaN
     stays NaN) and cast, which rounds to nearest-even on the GPU. Triton's interpreter
     rounds that cast wrongly (ties away from zero; -7.88 became -4), so under it
@@ -54,10 +57,41 @@ def _rotate_heads(src, dst, ok, cos, sin, HALF: tl.constexpr, SATURATE: tl.const
                   PRE_ROUND: tl.constexpr):
     """Loads the two halves of some heads at src [H, HALF] pointers, rotates them and
     stores them at dst."""
-    r1, r2 = _rotate(tl.load(src, mask=ok, other=0.0), tl.load(src + HALF, mask=ok, other=0.0),
+    r1, r2 = rotate_pair(tl.load(src, mask=ok, other=0.0), tl.load(src + HALF, mask=ok, other=0.0),
                      cos, sin)
-    _store(dst, r1, ok, SATURATE, PRE_ROUND)
-    _store(dst + HALF, r2, ok, SATURATE, PRE_ROUND)
+    store_cast(dst, r1, ok, SATURATE, PRE_ROUND)
+    store_cast(dst + HALF, r2, ok, SATURATE, PRE_ROUND)
+
+
+@triton.jit
+def rope_epilogue(x1, x2, head, dim, ok, ms, m_ok, q_ptr, stride_qm, pos_ptr, cs_ptr, slot_ptr,
+                  kv_ptr, stride_kvs, NUM_Q: tl.constexpr, NUM_KV: tl.constexpr,
+                  HALF: tl.constexpr, FP8_CACHE: tl.constexpr, PRE_ROUND: tl.constexpr):
+    """A q/k/v projection's epilogue (kernels/skinny_gemm.py, rope mode): x1, x2 [N, M]
+    are dims `dim` [N] of head `head` of M tokens and their partners HALF further, in the
+    activations' dtype. Query heads are rotated into q [M, NUM_Q * 2 HALF]; key heads are
+    rotated and, like value heads, stored at each token's cache slot. Same roundings as
+    `_rotary_kv`."""
+    pos = tl.load(pos_ptr + ms, mask=m_ok, other=0).to(tl.int64)  # [M]
+    cs = cs_ptr + pos[None, :] * (2 * HALF) + dim[:, None]  # [N, M]
+    dt = x1.dtype
+    cos = tl.load(cs, mask=ok, other=0.0).to(dt).to(tl.float32)
+    sin = tl.load(cs + HALF, mask=ok, other=0.0).to(dt).to(tl.float32)
+    if head < NUM_Q:
+        r1, r2 = rotate_pair(x1, x2, cos, sin)
+        dst = q_ptr + ms[None, :] * stride_qm + (head * 2 * HALF + dim)[:, None]
+        tl.store(dst, r1, mask=ok)
+        tl.store(dst + HALF, r2, mask=ok)
+    else:
+        is_v = head >= NUM_Q + NUM_KV
+        if not is_v:
+            x1, x2 = rotate_pair(x1, x2, cos, sin)
+        slot = tl.load(slot_ptr + ms, mask=m_ok, other=0).to(tl.int64)  # [M]
+        kv_head = head - NUM_Q - is_v * NUM_KV
+        dst = (kv_ptr + is_v * stride_kvs + slot[None, :] * (NUM_KV * 2 * HALF)
+               + kv_head * 2 * HALF + dim[:, None])
+        store_cast(dst, x1, ok, FP8_CACHE, PRE_ROUND)
+        store_cast(dst + HALF, x2, ok, FP8_CACHE, PRE_ROUND)
 
 
 @triton.jit
@@ -89,8 +123,8 @@ def _rotary_kv(q_ptr, k_ptr, v_ptr, pos_ptr, slot_ptr, cs_ptr, q_out_ptr, kv_ptr
     dst = kv_ptr + slot * NUM_KV * 2 * HALF + kh * 2 * HALF + half[None, :]
     _rotate_heads(kp, dst, kok, cos, sin, HALF, FP8_CACHE, PRE_ROUND)
     vp = v_ptr + t * stride_vt + kh * stride_vh + half[None, :]
-    _store(dst + stride_kvs, tl.load(vp, mask=kok, other=0.0), kok, FP8_CACHE, PRE_ROUND)
-    _store(dst + stride_kvs + HALF, tl.load(vp + HALF, mask=kok, other=0.0), kok, FP8_CACHE,
+    store_cast(dst + stride_kvs, tl.load(vp, mask=kok, other=0.0), kok, FP8_CACHE, PRE_ROUND)
+    store_cast(dst + stride_kvs + HALF, tl.load(vp + HALF, mask=kok, other=0.0), kok, FP8_CACHE,
            PRE_ROUND)
 
 

@@ -7,6 +7,9 @@ silu(x @ gate^T) * (x @ up^T) [M, I]: each program owns the same rows of both ha
 the gated MLP's activation is applied in the epilogue and no SiLU-and-mul kernel runs.
 Roundings follow the unfused PyTorch ops (each projection rounded to the dtype, silu
 rounded before the multiply), so only the GEMM's summation order differs.
+`skinny_qkv_rope` is the stacked q/k/v projection of decode tokens with rotary embedding
+and the KV-cache write in its epilogue (kernels/rotary_kv_write.py: `rope_epilogue`):
+each program owns dims of one head's first half and their partners in the second half.
 
 The work is split along N only: each program owns BLOCK_N rows of W and walks all of K
 in BLOCK_K steps, `tl.dot`(W tile [BLOCK_N, BLOCK_K], x^T tile [BLOCK_K, 16]) with the
@@ -21,6 +24,7 @@ measured too: it halved the speed, so those stay out of the loop.
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple, Optional
 
 import torch
@@ -28,6 +32,7 @@ import triton
 import triton.language as tl
 
 from tessera.kernels import pdl
+from tessera.kernels.rotary_kv_write import rope_epilogue
 
 MAX_ROWS = 16  # one tl.dot column block; above this cuBLAS is the better GEMM
 PREFETCH_BYTES = 8 << 20  # under PDL: how much of W is asked of L2 before the wait
@@ -81,47 +86,68 @@ def _x_tile(x_ptr, ms, ks, m_ok, K, stride_xm):
 
 @triton.jit
 def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
-                 HAS_BIAS: tl.constexpr, GATED: tl.constexpr, EVEN: tl.constexpr,
+                 pos_ptr, cs_ptr, slot_ptr, kv_ptr, stride_kvs,
+                 HAS_BIAS: tl.constexpr, GATED: tl.constexpr, ROPE: tl.constexpr,
+                 TWO: tl.constexpr,  # two panels of W per program: gated or rope
+                 NUM_Q: tl.constexpr, NUM_KV: tl.constexpr, HALF: tl.constexpr,
+                 FP8_CACHE: tl.constexpr, PRE_ROUND: tl.constexpr, EVEN: tl.constexpr,
                  PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr, PREFETCH_K: tl.constexpr, LINE: tl.constexpr,
                  USE_PDL: tl.constexpr):
     # N: rows of the output (I when gated; W then has 2I rows, up at row offset N)
     pid = tl.program_id(0)
-    ns = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    head = 0
+    if ROPE:  # BLOCK_N dims of one head's first half; their partners are HALF rows down
+        chunks = (HALF + BLOCK_N - 1) // BLOCK_N
+        head = pid // chunks
+        dim = (pid % chunks) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = dim < HALF
+        ns = head * 2 * HALF + dim
+        ns2 = ns + HALF
+    else:
+        dim = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        ns = dim
+        n_ok = ns < N
+        ns2 = ns + N  # gated: the up half, N rows down
     ms = tl.arange(0, BLOCK_M)
     ks = tl.arange(0, BLOCK_K)
-    n_ok = ns < N
     m_ok = ms < M
     w_rows = w_ptr + ns.to(tl.int64)[:, None] * K  # [BLOCK_N, 1] row starts
-    up_rows = w_ptr + (ns + N).to(tl.int64)[:, None] * K  # gated: the up half, N rows down
+    rows2 = w_ptr + ns2.to(tl.int64)[:, None] * K
     w = _tile(w_rows, ks, n_ok, K, EVEN)  # weights: no kernel writes them, so before the wait
     if USE_PDL and PREFETCH_K > 0:
         _prefetch_l2(w_ptr, w_rows, n_ok, K, PREFETCH_K, LINE)
-        if GATED:
-            _prefetch_l2(w_ptr, up_rows, n_ok, K, PREFETCH_K, LINE)
+        if TWO:
+            _prefetch_l2(w_ptr, rows2, n_ok, K, PREFETCH_K, LINE)
     pdl.wait(USE_PDL)
     xt = _x_tile(x_ptr, ms, ks, m_ok, K, stride_xm)
     acc = tl.dot(w, xt, input_precision=PRECISION)  # [BLOCK_N, BLOCK_M]
-    if GATED:
-        acc_up = tl.dot(_tile(up_rows, ks, n_ok, K, EVEN), xt, input_precision=PRECISION)
+    if TWO:
+        acc2 = tl.dot(_tile(rows2, ks, n_ok, K, EVEN), xt, input_precision=PRECISION)
     for k0 in range(BLOCK_K, K, BLOCK_K):
         kk = k0 + ks
         xt = _x_tile(x_ptr, ms, kk, m_ok, K, stride_xm)
         acc = tl.dot(_tile(w_rows, kk, n_ok, K, EVEN), xt, acc, input_precision=PRECISION)
-        if GATED:
-            acc_up = tl.dot(_tile(up_rows, kk, n_ok, K, EVEN), xt, acc_up,
-                            input_precision=PRECISION)
+        if TWO:
+            acc2 = tl.dot(_tile(rows2, kk, n_ok, K, EVEN), xt, acc2, input_precision=PRECISION)
     pdl.launch_dependents(USE_PDL)  # at the start it was slower (171.4 vs 173.9 tok/s)
     dt = y_ptr.dtype.element_ty
     if HAS_BIAS:
         acc += tl.load(b_ptr + ns, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+        if ROPE:
+            acc2 += tl.load(b_ptr + ns2, mask=n_ok, other=0.0).to(tl.float32)[:, None]
     out = acc.to(dt)
-    if GATED:  # silu(gate) * up, each rounded as the unfused ops round
-        g = out.to(tl.float32)
-        act = (g * tl.sigmoid(g)).to(dt)
-        out = (act.to(tl.float32) * acc_up.to(dt).to(tl.float32)).to(dt)
-    tl.store(y_ptr + ms[None, :] * stride_ym + ns[:, None], out,
-             mask=n_ok[:, None] & m_ok[None, :])
+    ok = n_ok[:, None] & m_ok[None, :]
+    if ROPE:
+        rope_epilogue(out, acc2.to(dt), head, dim, ok, ms, m_ok, y_ptr, stride_ym, pos_ptr,
+                      cs_ptr, slot_ptr, kv_ptr, stride_kvs, NUM_Q, NUM_KV, HALF, FP8_CACHE,
+                      PRE_ROUND)
+    else:
+        if GATED:  # silu(gate) * up, each rounded as the unfused ops round
+            g = out.to(tl.float32)
+            act = (g * tl.sigmoid(g)).to(dt)
+            out = (act.to(tl.float32) * acc2.to(dt).to(tl.float32)).to(dt)
+        tl.store(y_ptr + ms[None, :] * stride_ym + ns[:, None], out, mask=ok)
 
 
 def pick_config(n: int, k: int, gated: bool = False, itemsize: int = 2) -> SkinnyConfig:
@@ -161,15 +187,61 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     bias = bias.contiguous() if bias is not None else None
     cfg = config or pick_config(n, k, gated, x.element_size())
     y = torch.empty(rows, n, dtype=x.dtype, device=x.device)
-    _skinny_gemm[(triton.cdiv(n, cfg.block_n),)](
+    _launch(x, weight, bias, y, n, cfg, dict(GATED=gated, ROPE=False, NUM_Q=0, NUM_KV=0,
+                                             HALF=0, FP8_CACHE=False, PRE_ROUND=False),
+            EVEN=n % cfg.block_n == 0 and k % cfg.block_k == 0)
+    return y
+
+
+def _launch(x, weight, bias, y, n, cfg, mode: dict, EVEN: bool, grid: Optional[int] = None,
+            rope_args: tuple = (), stride_kvs: int = 0, **options):
+    rows, k = x.shape
+    pos, cs, slots, kv = rope_args or (weight,) * 4  # unused pointers outside rope mode
+    _skinny_gemm[(grid or triton.cdiv(n, cfg.block_n),)](
         x, weight, bias if bias is not None else weight, y, rows, n, k, x.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, GATED=gated,
-        EVEN=n % cfg.block_n == 0 and k % cfg.block_k == 0,
+        pos, cs, slots, kv, stride_kvs, HAS_BIAS=bias is not None, **mode,
+        TWO=mode["GATED"] or mode["ROPE"], EVEN=EVEN,
         PRECISION="ieee" if x.dtype == torch.float32 else "tf32",  # fp32 stays fp32
         BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         PREFETCH_K=prefetch_columns(weight), LINE=line_columns(weight),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl.pdl_launch_args(x.device))
-    return y
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **options,
+        **pdl.pdl_launch_args(x.device))
+
+
+def skinny_qkv_rope(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                    positions: torch.Tensor, cos_sin: torch.Tensor, kv_cache: torch.Tensor,
+                    slot_mapping: torch.Tensor, num_heads: int, num_kv_heads: int
+                    ) -> torch.Tensor:
+    """The q/k/v projection of a few tokens with rotary embedding and the KV-cache write
+    in its epilogue (what `skinny_gemm` then `rotary_kv_write` do, in one launch).
+    x [M, K]; weight [(Hq + 2 Hkv) D, K] (q, k, v heads stacked); positions, slot_mapping
+    [M]; cos_sin [max_pos, D]; kv_cache [2, blocks, block_size, Hkv, D] -> q [M, Hq, D].
+    Each program owns BLOCK_N dims of one head's first half and the matching dims of its
+    second half (two W panels, as gated mode owns gate and up rows), so it can rotate."""
+    rows, k = x.shape
+    head_dim = cos_sin.shape[1]
+    n = weight.shape[0]
+    if rows > MAX_ROWS or weight.shape[1] != k or n != (num_heads + 2 * num_kv_heads) * head_dim:
+        raise ValueError(f"skinny_qkv_rope: x {tuple(x.shape)} and weight "
+                         f"{tuple(weight.shape)} do not fit {num_heads} + 2 x {num_kv_heads} "
+                         f"heads of {head_dim} (at most {MAX_ROWS} rows)")
+    assert kv_cache.is_contiguous() and kv_cache.shape[-2:] == (num_kv_heads, head_dim)
+    x, weight = x.contiguous(), weight.contiguous()
+    bias = bias.contiguous() if bias is not None else None
+    half = head_dim // 2
+    plain = pick_config(n, k, False, x.element_size())
+    cfg = plain._replace(block_n=max(16, min(plain.block_n // 2, triton.next_power_of_2(half))))
+    chunks = triton.cdiv(half, cfg.block_n)
+    q = torch.empty(rows, num_heads, head_dim, dtype=x.dtype, device=x.device)
+    mode = dict(GATED=False, ROPE=True, NUM_Q=num_heads, NUM_KV=num_kv_heads, HALF=half,
+                FP8_CACHE=kv_cache.dtype == torch.float8_e4m3fn,
+                PRE_ROUND=os.environ.get("TRITON_INTERPRET") == "1")
+    _launch(x, weight, bias, q.view(rows, -1), n, cfg, mode,
+            EVEN=half % cfg.block_n == 0 and k % cfg.block_k == 0,
+            grid=(num_heads + 2 * num_kv_heads) * chunks,
+            rope_args=(positions, cos_sin, slot_mapping, kv_cache), stride_kvs=kv_cache.stride(0),
+            enable_fp_fusion=False)  # the rotation rounds each product, as PyTorch does
+    return q
 
 
 def skinny_gemm_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,

@@ -95,6 +95,11 @@ class Attention(nn.Module):
         else:
             q, k = self.rotary_emb(positions, q, k)
             write_kv_cache(k, v, kv_cache, meta.slot_mapping)
+        return self.attend(q, kv_cache, meta)
+
+    def attend(self, q: torch.Tensor, kv_cache: torch.Tensor,
+               meta: AttentionMetadata) -> torch.Tensor:
+        """Rotated q [T, Hq, D], this step's K/V already in the cache -> [T, Hq * D]."""
         nd = meta.num_decode_tokens
         parts = []
         if nd:

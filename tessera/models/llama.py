@@ -20,8 +20,9 @@ from torch import nn
 from tessera.layers.activation import SiluAndMul
 from tessera.layers.attention import Attention, AttentionMetadata
 from tessera.layers.embedding import LMHead, VocabEmbedding
+from tessera.kernels.skinny_gemm import skinny_qkv_rope
 from tessera.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear, ReplicatedLinear,
-                                   RowParallelLinear)
+                                   RowParallelLinear, uses_skinny)
 from tessera.layers.moe import FusedMoE
 from tessera.layers.norm import RMSNorm
 from tessera.layers.rotary import RotaryEmbedding
@@ -58,6 +59,12 @@ class LlamaAttention(nn.Module):
                               cfg.sliding_window)  # one cos/sin table shared by all layers
 
     def forward(self, positions, hidden, kv_cache, meta: AttentionMetadata):
+        if meta.use_kernels and meta.decode_only and uses_skinny(hidden, self.qkv_proj.weight):
+            # a few decode tokens: rotary and the cache write in the projection's epilogue
+            q = skinny_qkv_rope(hidden, self.qkv_proj.weight, self.qkv_proj.bias, positions,
+                                self.attn.rotary_emb.cos_sin, kv_cache, meta.slot_mapping,
+                                self.num_heads, self.num_kv_heads)  # [T, Hq, D]
+            return self.o_proj(self.attn.attend(q, kv_cache, meta))
         qkv = self.qkv_proj(hidden)  # [T, (Hq + 2 Hkv) * D]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)

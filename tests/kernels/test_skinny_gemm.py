@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from tessera import LLM, SamplingParams
-from tessera.kernels.skinny_gemm import SkinnyConfig, skinny_gemm, skinny_gemm_ref
+from tessera.kernels.skinny_gemm import (SkinnyConfig, skinny_gemm, skinny_gemm_ref,
+                                         skinny_qkv_rope)
 from tessera.layers import linear as linear_module
+from tessera.models import llama as llama_module
 from tessera.layers.linear import set_skinny_gemm, uses_skinny
 from tests.conftest import hf_greedy, make_tiny_checkpoint
 
@@ -72,24 +74,30 @@ def test_linear_picks_the_skinny_kernel_only_for_few_rows():
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])  # qwen2: q/k/v biases, tied head
 def test_models_through_the_skinny_gemm_equal_hf(arch, tmp_path, monkeypatch):
     hf_model = make_tiny_checkpoint(arch, str(tmp_path))
-    calls = {"plain": 0, "gated": 0}
+    calls = {"plain": 0, "gated": 0, "qkv_rope": 0}
 
     def counted(x, w, bias=None, gated=False):
         calls["gated" if gated else "plain"] += 1
         return skinny_gemm(x, w, bias, gated)
+
+    def counted_rope(*args):
+        calls["qkv_rope"] += 1
+        return skinny_qkv_rope(*args)
     monkeypatch.setattr(linear_module, "skinny_gemm", counted)
+    monkeypatch.setattr(llama_module, "skinny_qkv_rope", counted_rope)
     prompts = [[5, 17, 99, 3], list(range(20, 33)), [300, 7, 7, 150, 42]]
     try:
         set_skinny_gemm("always")
         llm = LLM(str(tmp_path), skip_tokenizer_init=True, num_blocks=64, block_size=8,
                   device=DEVICE, dtype="float32")
+        llm.engine.executor.runner.use_kernels = True  # as on CUDA: decode steps fuse q/k/v
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
                             SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
     finally:
         set_skinny_gemm("auto")
     for p, out in zip(prompts, outs):
         assert out.outputs[0].token_ids == hf_greedy(hf_model, p, 8)[0]
-    assert calls["plain"] > 0 and calls["gated"] > 0  # decode steps took the kernel
+    assert calls["plain"] > 0 and calls["gated"] > 0 and calls["qkv_rope"] > 0
 
 
 @pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 14336), (28672, 4096), (128256, 4096),
