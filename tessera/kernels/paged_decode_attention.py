@@ -5,16 +5,12 @@ Shapes: q [B, Hq, D]; kv_cache [2, num_blocks, block_size, Hkv, D]; block_tables
 [B, max_blocks] int32/int64; seq_lens [B] (keys per sequence, the new token included)
 -> out [B, Hq, D].
 
-`_decode_attention`: one program per (sequence, KV head, split). It holds all
+Kernel 1 (`_decode_partial`): one program per (sequence, KV head, split). It holds all
 the query heads that share the KV head (GQA group, padded to 16 rows for tl.dot) and
 walks its split's share of the sequence in tiles of 64 tokens (several pages, each token's
 page looked up in the block table), an online softmax keeping the running max `m`, sum
-`l` and weighted values `acc`. With several splits, each program writes its partial
-state, and the last split of a (sequence, KV head) to finish (counted by an atomic
-counter, which that program resets for the next launch) merges all of them into the
-output: one launch, no second merge kernel. The counters live in one zeroed buffer per
-device, so two launches must not run concurrently on different streams of one device.
-No host value decides a shape, so a CUDA graph can capture the launch.
+`l` and weighted values `acc`. Kernel 2 (`_decode_reduce`) merges the splits.
+No host value decides a shape, so a CUDA graph can capture both launches.
 """
 from __future__ import annotations
 
@@ -29,13 +25,13 @@ from tessera.kernels.attention_tiles import load_kv_tile, online_softmax_step
 
 
 @triton.jit
-def _decode_attention(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, acc_ptr, ml_ptr, count_ptr,
-                      out_ptr, scale, window, stride_qb, stride_qh, stride_kvs, stride_kvb,
-                      stride_kvt, stride_kvh, stride_tb, stride_ob, stride_oh, num_splits,
-                      max_blocks, NUM_KV: tl.constexpr, GROUP: tl.constexpr,
-                      GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                      TILE: tl.constexpr, NUM_HEADS: tl.constexpr, PRECISION: tl.constexpr,
-                      DIRECT: tl.constexpr, USE_PDL: tl.constexpr):
+def _decode_partial(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, acc_ptr, ml_ptr, out_ptr, scale,
+                    window, stride_qb, stride_qh, stride_kvs, stride_kvb, stride_kvt, stride_kvh,
+                    stride_tb, stride_ob, stride_oh, num_splits, max_blocks,
+                    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, NUM_HEADS: tl.constexpr,
+                    PRECISION: tl.constexpr, DIRECT: tl.constexpr,
+                    USE_PDL: tl.constexpr):
     pdl.enter(USE_PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -70,55 +66,31 @@ def _decode_attention(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, acc_ptr, ml_ptr, 
         tl.store(out_ptr + seq * stride_ob + heads[:, None] * stride_oh + dims[None, :],
                  res.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
     else:
-        first = (seq * NUM_HEADS + heads) * num_splits  # [G]: split 0's row of each head
-        out = first + split
+        out = ((seq * NUM_HEADS + heads) * num_splits + split)
         tl.store(acc_ptr + out[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
         tl.store(ml_ptr + out * 2, m, mask=row_ok)
         tl.store(ml_ptr + out * 2 + 1, l, mask=row_ok)
-        tl.debug_barrier()  # every thread's partials are out before the count goes up
-        counter = count_ptr + seq * NUM_KV + kv_head
-        if tl.atomic_add(counter, 1, sem="acq_rel") == num_splits - 1:  # the last split
-            tl.store(counter, 0)  # ready for the next launch
-            res = _merge_splits(acc_ptr, ml_ptr, first, row_ok, dims, num_splits, HEAD_DIM,
-                                GROUP_PAD)
-            tl.store(out_ptr + seq * stride_ob + heads[:, None] * stride_oh + dims[None, :],
-                     res.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
 @triton.jit
-def _merge_splits(acc_ptr, ml_ptr, first, row_ok, dims, num_splits, HEAD_DIM: tl.constexpr,
-                  GROUP_PAD: tl.constexpr):
-    """The splits' partial states (m, l, acc) of some heads, merged -> [G, D] float32.
-    Read through L2 (.cg): other programs wrote them during this launch."""
-    m_max = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-    for s in range(num_splits):
-        m_max = tl.maximum(m_max, tl.load(ml_ptr + (first + s) * 2, mask=row_ok,
-                                          other=float("-inf"), cache_modifier=".cg"))
-    total = tl.zeros([GROUP_PAD], tl.float32)
-    res = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
-    for s in range(num_splits):
-        m = tl.load(ml_ptr + (first + s) * 2, mask=row_ok, other=float("-inf"),
-                    cache_modifier=".cg")
-        w = tl.where(m == float("-inf"), 0.0, tl.exp(m - m_max))  # an empty split weighs 0
-        total += w * tl.load(ml_ptr + (first + s) * 2 + 1, mask=row_ok, other=0.0,
-                             cache_modifier=".cg")
-        res += w[:, None] * tl.load(acc_ptr + (first + s)[:, None] * HEAD_DIM + dims[None, :],
-                                    mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
-    return res / tl.maximum(total, 1e-30)[:, None]
-
-
-_counters: dict = {}
-
-
-def split_counters(device: torch.device, needed: int) -> torch.Tensor:
-    """The device's zeroed int32 counters (at least `needed`); every launch leaves them
-    at zero. Grown outside CUDA-graph capture in practice: the first launch of a shape is
-    an eager warm-up."""
-    buf = _counters.get(device)
-    if buf is None or buf.numel() < needed:
-        buf = _counters[device] = torch.zeros(max(needed, 1024), dtype=torch.int32,
-                                              device=device)
-    return buf
+def _decode_reduce(acc_ptr, ml_ptr, out_ptr, stride_ob, stride_oh, num_splits,
+                   HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr, NUM_HEADS: tl.constexpr,
+                   USE_PDL: tl.constexpr):
+    pdl.enter(USE_PDL)
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    splits = tl.arange(0, SPLITS_PAD)
+    dims = tl.arange(0, HEAD_DIM)
+    ok = splits < num_splits
+    row = (seq * NUM_HEADS + head) * num_splits + splits
+    m = tl.load(ml_ptr + row * 2, mask=ok, other=float("-inf"))
+    l = tl.load(ml_ptr + row * 2 + 1, mask=ok, other=0.0)
+    m_max = tl.max(m, axis=0)
+    w = tl.where(m == float("-inf"), 0.0, tl.exp(m - m_max))  # [S]
+    acc = tl.load(acc_ptr + row[:, None] * HEAD_DIM + dims[None, :], mask=ok[:, None], other=0.0)
+    total = tl.sum(w * l, axis=0)
+    out = tl.sum(acc * w[:, None], axis=0) / tl.maximum(total, 1e-30)
+    tl.store(out_ptr + seq * stride_ob + head * stride_oh + dims, out)
 
 
 def default_num_splits(num_seqs: int, num_kv_heads: int) -> int:
@@ -145,16 +117,21 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
     ml = torch.empty(1 if direct else num_seqs * num_heads * splits * 2, dtype=torch.float32,
                      device=q.device)
     window = sliding_window if sliding_window is not None else 1 << 30
-    counters = split_counters(q.device, 1 if direct else num_seqs * num_kv_heads)
-    _decode_attention[(num_seqs, num_kv_heads, splits)](
-        q, kv_cache, block_tables, seq_lens, acc, ml, counters, out, scale, window,
+    _decode_partial[(num_seqs, num_kv_heads, splits)](
+        q, kv_cache, block_tables, seq_lens, acc, ml, out, scale, window,
         q.stride(0), q.stride(1), kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2),
         kv_cache.stride(3), block_tables.stride(0), out.stride(0), out.stride(1), splits,
-        max_blocks, NUM_KV=num_kv_heads,
+        max_blocks,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, TILE=max(64, block_size), NUM_HEADS=num_heads,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # fp32 stays fp32 (no TF32)
         DIRECT=direct, **pdl.pdl_launch_args(q.device))
+    if direct:
+        return out
+    _decode_reduce[(num_seqs, num_heads)](
+        acc, ml, out, out.stride(0), out.stride(1), splits, HEAD_DIM=head_dim,
+        SPLITS_PAD=triton.next_power_of_2(splits), NUM_HEADS=num_heads,
+        **pdl.pdl_launch_args(q.device))
     return out
 
 

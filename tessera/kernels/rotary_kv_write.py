@@ -79,19 +79,19 @@ def rope_epilogue(x1, x2, head, dim, ok, ms, m_ok, q_ptr, stride_qm, pos_ptr, cs
     sin = tl.load(cs + HALF, mask=ok, other=0.0).to(dt).to(tl.float32)
     if head < NUM_Q:
         r1, r2 = rotate_pair(x1, x2, cos, sin)
-        dst = q_ptr + ms[None, :] * stride_qm + (head * 2 * HALF + dim)[:, None]
-        tl.store(dst, r1, mask=ok)
-        tl.store(dst + HALF, r2, mask=ok)
+        q_dst = q_ptr + ms[None, :] * stride_qm + (head * 2 * HALF + dim)[:, None]
+        tl.store(q_dst, r1, mask=ok)
+        tl.store(q_dst + HALF, r2, mask=ok)
     else:
         is_v = head >= NUM_Q + NUM_KV
         if not is_v:
             x1, x2 = rotate_pair(x1, x2, cos, sin)
         slot = tl.load(slot_ptr + ms, mask=m_ok, other=0).to(tl.int64)  # [M]
         kv_head = head - NUM_Q - is_v * NUM_KV
-        dst = (kv_ptr + is_v * stride_kvs + slot[None, :] * (NUM_KV * 2 * HALF)
-               + kv_head * 2 * HALF + dim[:, None])
-        store_cast(dst, x1, ok, FP8_CACHE, PRE_ROUND)
-        store_cast(dst + HALF, x2, ok, FP8_CACHE, PRE_ROUND)
+        kv_dst = (kv_ptr + is_v * stride_kvs + slot[None, :] * (NUM_KV * 2 * HALF)
+                  + kv_head * 2 * HALF + dim[:, None])  # (names differ per branch: the
+        store_cast(kv_dst, x1, ok, FP8_CACHE, PRE_ROUND)  # compiler types them apart)
+        store_cast(kv_dst + HALF, x2, ok, FP8_CACHE, PRE_ROUND)
 
 
 @triton.jit
