@@ -20,7 +20,7 @@ import torch
 from tessera.bench import measure_bandwidth, random_weights_engine, run_latency
 from tessera.kernels import skinny_gemm
 from tessera.kernels.pdl import set_pdl
-from tessera.layers.linear import set_skinny_gemm
+from tessera.layers.linear import set_qkv_rope, set_skinny_gemm
 from tessera.llm_engine import LLMEngine
 
 DEFAULT_PREFETCH_MIB = skinny_gemm.PREFETCH_BYTES >> 20
@@ -53,11 +53,14 @@ def graph_kernels(engine: LLMEngine, reps: int = 20) -> dict:
 
 
 def run_mode(mode: str, bandwidth: float) -> dict:
-    """mode: skinny (off|auto) / pdl (off|on) [/ MiB of weights prefetched into L2]."""
-    parts = mode.split("/") + [str(DEFAULT_PREFETCH_MIB)]
+    """mode: skinny (off|auto) / pdl (off|on) [/ MiB of weights prefetched into L2
+    [/ shared-memory cap in KB per GEMM program, 0: none [/ q/k/v + rotary fused: on|off]]]."""
+    parts = mode.split("/") + [str(DEFAULT_PREFETCH_MIB), "0", "on"][len(mode.split("/")) - 2:]
     set_skinny_gemm(parts[0])
     set_pdl(parts[1] == "on")
     skinny_gemm.PREFETCH_BYTES = int(parts[2]) << 20
+    skinny_gemm.SMEM_CAP_BYTES = int(parts[3]) << 10 or None
+    set_qkv_rope(parts[4] == "on")
     engine = random_weights_engine(max_num_seqs=64, max_num_batched_tokens=4096)
     run_latency(engine, 2, 32, 8, bandwidth, seed=9)  # warm-up
     res = {"b1": run_latency(engine, 1, 32, 256, bandwidth)}
@@ -74,7 +77,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="ab.json")
     ap.add_argument("--modes", default="off/off,auto/off,off/on,auto/on",
-                    help="skinny/pdl[/prefetch]: off|auto / off|on [/ MiB, e.g. 0|8|16]")
+                    help="skinny/pdl[/prefetch[/smem[/rope]]]: off|auto / off|on [/ MiB, e.g. "
+                         "0|8|16 [/ KB, 0: no cap [/ on|off]]]")
     args = ap.parse_args()
     bandwidth = measure_bandwidth(torch.device("cuda"))
     results: dict = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),
@@ -93,10 +97,10 @@ def main() -> None:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)
     print(f"\n{results['device']}, copy bandwidth {results['bandwidth_tb_s']:.2f} TB/s")
-    print(f"{'skinny/pdl':<12}{'b1 tok/s':>9}{'ms/step':>8}{'roofline':>9}{'graph us':>9}"
+    print(f"{'mode':<22}{'b1 tok/s':>9}{'ms/step':>8}{'roofline':>9}{'graph us':>9}"
           f"{'kernels us':>11}{'b4 tok/s':>9}{'b16 tok/s':>10}")
     for mode, r in results["modes"].items():
-        print(f"{mode:<12}{r['b1']['tok_s']:>9.1f}{r['b1']['median_step_ms']:>8.2f}"
+        print(f"{mode:<22}{r['b1']['tok_s']:>9.1f}{r['b1']['median_step_ms']:>8.2f}"
               f"{r['b1']['roofline_ratio']:>9.1%}{r['graph']['replay_us']:>9.0f}"
               f"{r['graph']['kernel_sum_us']:>11.0f}{r['b4']['tok_s']:>9.0f}"
               f"{r['b16']['tok_s']:>10.0f}")

@@ -36,6 +36,7 @@ from tessera.kernels.rotary_kv_write import rope_epilogue
 
 MAX_ROWS = 16  # one tl.dot column block; above this cuBLAS is the better GEMM
 PREFETCH_BYTES = 8 << 20  # under PDL: how much of W is asked of L2 before the wait
+SMEM_CAP_BYTES: Optional[int] = None  # A/B knob: fewer stages, e.g. two programs per SM
 
 
 def line_columns(weight: torch.Tensor) -> int:
@@ -151,6 +152,15 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
 
 
 def pick_config(n: int, k: int, gated: bool = False, itemsize: int = 2) -> SkinnyConfig:
+    """`tuned_config`, with stages dropped (down to 2) while over SMEM_CAP_BYTES if set."""
+    cfg = tuned_config(n, k, gated, itemsize)
+    while (SMEM_CAP_BYTES and cfg.num_stages > 2
+           and shared_memory_bytes(cfg, gated, itemsize) > SMEM_CAP_BYTES):
+        cfg = cfg._replace(num_stages=cfg.num_stages - 1)
+    return cfg
+
+
+def tuned_config(n: int, k: int, gated: bool = False, itemsize: int = 2) -> SkinnyConfig:
     """Tile sizes for W [n, k] (per half when gated), the best of the H100 sweep in bf16:
     64-row panels in 128-wide steps six deep (four when gated: two panels per step); long
     rows (K >= 8192) in 512-wide steps. Steps are as many bytes wide for other element

@@ -11,7 +11,8 @@ short) in bf16/fp16 with a weight of the same dtype goes to the skinny GEMM kern
 `set_skinny_gemm` (or env TESSERA_SKINNY_GEMM) switches it: "auto", "off", or "always"
 (any device and dtype; on CPU that needs TRITON_INTERPRET=1 set before triton is
 imported, as the tests do). MergedColumnParallelLinear.forward_gated fuses the gated
-MLP's SiLU-and-mul into it.
+MLP's SiLU-and-mul into it; `uses_qkv_rope` says when a decode step's q/k/v projection
+takes it with rotary and the cache write fused (`set_qkv_rope` switches that).
 Each parameter carries `weight_loader(param, loaded, shard_id=None)`: the loader hands
 it the checkpoint tensor (or a lazy slice of the file) and the layer reads its own part.
 Models never see whether they are sharded; a quantized variant plugs in the same way.
@@ -53,6 +54,21 @@ def uses_skinny(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return True
     return (x.dtype in (torch.bfloat16, torch.float16)
             and nvidia_sm90_or_later(x.device))  # the shared memory its configs need
+
+
+_qkv_rope = os.environ.get("TESSERA_QKV_ROPE", "1") != "0"
+
+
+def set_qkv_rope(on: bool) -> None:
+    global _qkv_rope
+    _qkv_rope = on
+
+
+def uses_qkv_rope(x: torch.Tensor, qkv_weight: torch.Tensor) -> bool:
+    """Whether a decode step's q/k/v projection also rotates and writes the KV cache
+    (kernels/skinny_gemm.py: skinny_qkv_rope): where the skinny GEMM runs, unless
+    switched off (`set_qkv_rope(False)` or env TESSERA_QKV_ROPE=0)."""
+    return _qkv_rope and uses_skinny(x, qkv_weight)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):

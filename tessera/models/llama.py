@@ -22,7 +22,7 @@ from tessera.layers.attention import Attention, AttentionMetadata
 from tessera.layers.embedding import LMHead, VocabEmbedding
 from tessera.kernels.skinny_gemm import skinny_qkv_rope
 from tessera.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear, ReplicatedLinear,
-                                   RowParallelLinear, uses_skinny)
+                                   RowParallelLinear, uses_qkv_rope)
 from tessera.layers.moe import FusedMoE
 from tessera.layers.norm import RMSNorm
 from tessera.layers.rotary import RotaryEmbedding
@@ -59,7 +59,7 @@ class LlamaAttention(nn.Module):
                               cfg.sliding_window)  # one cos/sin table shared by all layers
 
     def forward(self, positions, hidden, kv_cache, meta: AttentionMetadata):
-        if meta.use_kernels and meta.decode_only and uses_skinny(hidden, self.qkv_proj.weight):
+        if meta.use_kernels and meta.decode_only and uses_qkv_rope(hidden, self.qkv_proj.weight):
             # a few decode tokens: rotary and the cache write in the projection's epilogue
             q = skinny_qkv_rope(hidden, self.qkv_proj.weight, self.qkv_proj.bias, positions,
                                 self.attn.rotary_emb.cos_sin, kv_cache, meta.slot_mapping,
