@@ -20,7 +20,7 @@ import torch
 from tessera.bench import measure_bandwidth, random_weights_engine, run_latency
 from tessera.kernels import skinny_gemm
 from tessera.kernels.pdl import set_pdl
-from tessera.layers.linear import set_fusion, set_skinny_gemm
+from tessera.layers.linear import set_qkv_rope, set_skinny_gemm
 from tessera.llm_engine import LLMEngine
 
 DEFAULT_PREFETCH_MIB = skinny_gemm.PREFETCH_BYTES >> 20
@@ -54,15 +54,13 @@ def graph_kernels(engine: LLMEngine, reps: int = 20) -> dict:
 
 def run_mode(mode: str, bandwidth: float) -> dict:
     """mode: skinny (off|auto) / pdl (off|on) [/ MiB of weights prefetched into L2
-    [/ shared-memory cap in KB per GEMM program, 0: none [/ fusions: "all", "none",
-    "qkv_rope" or "pre_norm"]]]."""
-    parts = mode.split("/") + [str(DEFAULT_PREFETCH_MIB), "0", "all"][len(mode.split("/")) - 2:]
+    [/ shared-memory cap in KB per GEMM program, 0: none [/ q/k/v + rotary fused: on|off]]]."""
+    parts = mode.split("/") + [str(DEFAULT_PREFETCH_MIB), "0", "on"][len(mode.split("/")) - 2:]
     set_skinny_gemm(parts[0])
     set_pdl(parts[1] == "on")
     skinny_gemm.PREFETCH_BYTES = int(parts[2]) << 20
     skinny_gemm.SMEM_CAP_BYTES = int(parts[3]) << 10 or None
-    for fusion in ("qkv_rope", "pre_norm"):
-        set_fusion(fusion, parts[4] in ("all", fusion))
+    set_qkv_rope(parts[4] == "on")
     engine = random_weights_engine(max_num_seqs=64, max_num_batched_tokens=4096)
     run_latency(engine, 2, 32, 8, bandwidth, seed=9)  # warm-up
     res = {"b1": run_latency(engine, 1, 32, 256, bandwidth)}
@@ -80,7 +78,7 @@ def main() -> None:
     ap.add_argument("--out", default="ab.json")
     ap.add_argument("--modes", default="off/off,auto/off,off/on,auto/on",
                     help="skinny/pdl[/prefetch[/smem[/rope]]]: off|auto / off|on [/ MiB, e.g. "
-                         "0|8|16 [/ KB, 0: no cap [/ all|none|qkv_rope|pre_norm]]]")
+                         "0|8|16 [/ KB, 0: no cap [/ on|off]]]")
     args = ap.parse_args()
     bandwidth = measure_bandwidth(torch.device("cuda"))
     results: dict = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),

@@ -32,13 +32,11 @@ import triton
 import triton.language as tl
 
 from tessera.kernels import pdl
-from tessera.kernels.rms_norm import rms_norm_ref
 from tessera.kernels.rotary_kv_write import rope_epilogue
 
 MAX_ROWS = 16  # one tl.dot column block; above this cuBLAS is the better GEMM
 PREFETCH_BYTES = 8 << 20  # under PDL: how much of W is asked of L2 before the wait
 SMEM_CAP_BYTES: Optional[int] = None  # A/B knob: fewer stages, e.g. two programs per SM
-MAX_NORM_ROWS = 4  # the fused RMSNorm prologue runs in every program: its reads grow with rows
 
 
 def line_columns(weight: torch.Tensor) -> int:
@@ -88,33 +86,9 @@ def _x_tile(x_ptr, ms, ks, m_ok, K, stride_xm):
 
 
 @triton.jit
-def _norm_prologue(x_ptr, res_ptr, nw_ptr, res_out_ptr, xn_ptr, M, K, stride_xm, eps, first,
-                   NORM_BLOCK: tl.constexpr, NORM_ROWS: tl.constexpr):
-    """Residual add + RMSNorm of the M rows, as kernels/rms_norm.py computes them: s = x +
-    residual (the first program stores it as the new residual), xn = w * norm(s). Every
-    program writes the same xn, so it may read back any program's copy; the barrier makes
-    its own copy visible to all its threads before the loop loads it."""
-    cols = tl.arange(0, NORM_BLOCK)
-    ok = cols < K
-    w = tl.load(nw_ptr + cols, mask=ok, other=0.0)
-    for m in tl.static_range(NORM_ROWS):
-        if m < M:
-            x = tl.load(x_ptr + m * stride_xm + cols, mask=ok, other=0.0)
-            x = x + tl.load(res_ptr + m * K + cols, mask=ok, other=0.0)
-            if first:
-                tl.store(res_out_ptr + m * K + cols, x, mask=ok)
-            xf = x.to(tl.float32)
-            inv = tl.rsqrt(tl.sum(xf * xf, axis=0) / K + eps)
-            tl.store(xn_ptr + m * K + cols, (xf * inv).to(x.dtype) * w, mask=ok)
-    tl.debug_barrier()
-
-
-@triton.jit
 def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
                  pos_ptr, cs_ptr, slot_ptr, kv_ptr, stride_kvs,
-                 res_ptr, nw_ptr, res_out_ptr, xn_ptr, eps,
-                 NORM: tl.constexpr, NORM_BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 GATED: tl.constexpr, ROPE: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, GATED: tl.constexpr, ROPE: tl.constexpr,
                  TWO: tl.constexpr,  # two panels of W per program: gated or rope
                  NUM_Q: tl.constexpr, NUM_KV: tl.constexpr, HALF: tl.constexpr,
                  FP8_CACHE: tl.constexpr, PRE_ROUND: tl.constexpr, EVEN: tl.constexpr,
@@ -147,11 +121,6 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
         if TWO:
             _prefetch_l2(w_ptr, rows2, n_ok, K, PREFETCH_K, LINE)
     pdl.wait(USE_PDL)
-    if NORM:  # x is pre-norm: this program normalizes it into xn, which the loop reads
-        _norm_prologue(x_ptr, res_ptr, nw_ptr, res_out_ptr, xn_ptr, M, K, stride_xm, eps,
-                       pid == 0, NORM_BLOCK, MAX_NORM_ROWS)
-        x_ptr = xn_ptr
-        stride_xm = K
     xt = _x_tile(x_ptr, ms, ks, m_ok, K, stride_xm)
     acc = tl.dot(w, xt, input_precision=PRECISION)  # [BLOCK_N, BLOCK_M]
     if TWO:
@@ -211,20 +180,9 @@ def shared_memory_bytes(cfg: SkinnyConfig, gated: bool, itemsize: int) -> int:
     return cfg.num_stages * (panels * cfg.block_n + MAX_ROWS) * cfg.block_k * itemsize
 
 
-class PreNorm(NamedTuple):
-    """A residual add + RMSNorm for the GEMM's prologue to apply to x (at most
-    MAX_NORM_ROWS rows): residual [M, K], weight [K], eps."""
-    residual: torch.Tensor
-    weight: torch.Tensor
-    eps: float
-
-
 def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                gated: bool = False, config: Optional[SkinnyConfig] = None,
-                norm: Optional[PreNorm] = None):
-    """x [M, K] @ weight [N, K]^T (+ bias) -> [M, N]; gated: silu(gate) * up -> [M, N/2].
-    With `norm`, x is the pre-norm hidden state: the product is of rms_norm(x + residual)
-    and (y, x + residual) is returned."""
+                gated: bool = False, config: Optional[SkinnyConfig] = None) -> torch.Tensor:
+    """x [M, K] @ weight [N, K]^T (+ bias) -> [M, N]; gated: silu(gate) * up -> [M, N/2]."""
     rows, k = x.shape
     n = weight.shape[0] // 2 if gated else weight.shape[0]
     if rows > MAX_ROWS:
@@ -234,57 +192,42 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     if gated and (weight.shape[0] % 2 or bias is not None):
         raise ValueError("gated needs an even number of weight rows and no bias")
     if n == 0 or k == 0:  # nothing to read: the PyTorch ops give the right empty/zero/bias
-        if norm is not None:
-            normed, res = rms_norm_ref(x, norm.weight, norm.eps, norm.residual)
-            return skinny_gemm_ref(normed, weight, bias, gated), res
         return skinny_gemm_ref(x, weight, bias, gated)
     x, weight = x.contiguous(), weight.contiguous()
     bias = bias.contiguous() if bias is not None else None
     cfg = config or pick_config(n, k, gated, x.element_size())
     y = torch.empty(rows, n, dtype=x.dtype, device=x.device)
-    res = _launch(x, weight, bias, y, n, cfg, dict(GATED=gated, ROPE=False, NUM_Q=0, NUM_KV=0,
-                                                   HALF=0, FP8_CACHE=False, PRE_ROUND=False),
-                  EVEN=n % cfg.block_n == 0 and k % cfg.block_k == 0, norm=norm)
-    return y if norm is None else (y, res)
+    _launch(x, weight, bias, y, n, cfg, dict(GATED=gated, ROPE=False, NUM_Q=0, NUM_KV=0,
+                                             HALF=0, FP8_CACHE=False, PRE_ROUND=False),
+            EVEN=n % cfg.block_n == 0 and k % cfg.block_k == 0)
+    return y
 
 
 def _launch(x, weight, bias, y, n, cfg, mode: dict, EVEN: bool, grid: Optional[int] = None,
-            rope_args: tuple = (), stride_kvs: int = 0, norm: Optional[PreNorm] = None,
-            **options) -> Optional[torch.Tensor]:
-    """Launches the kernel; with `norm`, returns the new residual x + residual."""
+            rope_args: tuple = (), stride_kvs: int = 0, **options):
     rows, k = x.shape
     pos, cs, slots, kv = rope_args or (weight,) * 4  # unused pointers outside rope mode
-    res, nw, res_out, xn, eps = (weight,) * 4 + (0.0,)  # unused without a norm
-    if norm is not None:
-        if rows > MAX_NORM_ROWS or norm.residual.shape != x.shape or norm.weight.shape != (k,):
-            raise ValueError(f"a fused RMSNorm takes at most {MAX_NORM_ROWS} rows, a residual "
-                             f"shaped like x {tuple(x.shape)} and a weight of {k}")
-        res, nw, eps = norm.residual.contiguous(), norm.weight.contiguous(), norm.eps
-        res_out, xn = torch.empty_like(x), torch.empty_like(x)
     _skinny_gemm[(grid or triton.cdiv(n, cfg.block_n),)](
         x, weight, bias if bias is not None else weight, y, rows, n, k, x.stride(0), y.stride(0),
-        pos, cs, slots, kv, stride_kvs, res, nw, res_out, xn, eps, NORM=norm is not None,
-        NORM_BLOCK=triton.next_power_of_2(k), HAS_BIAS=bias is not None, **mode,
+        pos, cs, slots, kv, stride_kvs, HAS_BIAS=bias is not None, **mode,
         TWO=mode["GATED"] or mode["ROPE"], EVEN=EVEN,
         PRECISION="ieee" if x.dtype == torch.float32 else "tf32",  # fp32 stays fp32
         BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         PREFETCH_K=prefetch_columns(weight), LINE=line_columns(weight),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **options,
         **pdl.pdl_launch_args(x.device))
-    return res_out if norm is not None else None
 
 
 def skinny_qkv_rope(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                     positions: torch.Tensor, cos_sin: torch.Tensor, kv_cache: torch.Tensor,
-                    slot_mapping: torch.Tensor, num_heads: int, num_kv_heads: int,
-                    norm: Optional[PreNorm] = None):
+                    slot_mapping: torch.Tensor, num_heads: int, num_kv_heads: int
+                    ) -> torch.Tensor:
     """The q/k/v projection of a few tokens with rotary embedding and the KV-cache write
     in its epilogue (what `skinny_gemm` then `rotary_kv_write` do, in one launch).
     x [M, K]; weight [(Hq + 2 Hkv) D, K] (q, k, v heads stacked); positions, slot_mapping
     [M]; cos_sin [max_pos, D]; kv_cache [2, blocks, block_size, Hkv, D] -> q [M, Hq, D].
     Each program owns BLOCK_N dims of one head's first half and the matching dims of its
-    second half (two W panels, as gated mode owns gate and up rows), so it can rotate.
-    With `norm` (see `skinny_gemm`) -> (q, the new residual)."""
+    second half (two W panels, as gated mode owns gate and up rows), so it can rotate."""
     rows, k = x.shape
     head_dim = cos_sin.shape[1]
     n = weight.shape[0]
@@ -303,13 +246,12 @@ def skinny_qkv_rope(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     mode = dict(GATED=False, ROPE=True, NUM_Q=num_heads, NUM_KV=num_kv_heads, HALF=half,
                 FP8_CACHE=kv_cache.dtype == torch.float8_e4m3fn,
                 PRE_ROUND=os.environ.get("TRITON_INTERPRET") == "1")
-    res = _launch(x, weight, bias, q.view(rows, -1), n, cfg, mode,
-                  EVEN=half % cfg.block_n == 0 and k % cfg.block_k == 0,
-                  grid=(num_heads + 2 * num_kv_heads) * chunks,
-                  rope_args=(positions, cos_sin, slot_mapping, kv_cache),
-                  stride_kvs=kv_cache.stride(0), norm=norm,
-                  enable_fp_fusion=False)  # the rotation rounds each product, as PyTorch does
-    return q if norm is None else (q, res)
+    _launch(x, weight, bias, q.view(rows, -1), n, cfg, mode,
+            EVEN=half % cfg.block_n == 0 and k % cfg.block_k == 0,
+            grid=(num_heads + 2 * num_kv_heads) * chunks,
+            rope_args=(positions, cos_sin, slot_mapping, kv_cache), stride_kvs=kv_cache.stride(0),
+            enable_fp_fusion=False)  # the rotation rounds each product, as PyTorch does
+    return q
 
 
 def skinny_gemm_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,

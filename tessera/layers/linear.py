@@ -12,8 +12,7 @@ short) in bf16/fp16 with a weight of the same dtype goes to the skinny GEMM kern
 (any device and dtype; on CPU that needs TRITON_INTERPRET=1 set before triton is
 imported, as the tests do). MergedColumnParallelLinear.forward_gated fuses the gated
 MLP's SiLU-and-mul into it; `uses_qkv_rope` says when a decode step's q/k/v projection
-takes it with rotary and the cache write fused, and `fused_pre_norm` when a projection
-applies the residual add + RMSNorm before it in its prologue (`set_fusion` switches them).
+takes it with rotary and the cache write fused (`set_qkv_rope` switches that).
 Each parameter carries `weight_loader(param, loaded, shard_id=None)`: the loader hands
 it the checkpoint tensor (or a lazy slice of the file) and the layer reads its own part.
 Models never see whether they are sharded; a quantized variant plugs in the same way.
@@ -29,7 +28,7 @@ from torch import nn
 
 from tessera.distributed.parallel_state import all_reduce, tp_rank, tp_size
 from tessera.kernels.pdl import nvidia_sm90_or_later
-from tessera.kernels.skinny_gemm import MAX_NORM_ROWS, MAX_ROWS, PreNorm, skinny_gemm
+from tessera.kernels.skinny_gemm import MAX_ROWS, skinny_gemm
 from tessera.layers.activation import SiluAndMul
 from tessera.models.weight_utils import materialize, narrow, shape_of
 
@@ -57,34 +56,19 @@ def uses_skinny(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and nvidia_sm90_or_later(x.device))  # the shared memory its configs need
 
 
-_fusions = {name: os.environ.get(f"TESSERA_FUSE_{name.upper()}", "1") != "0"
-            for name in ("qkv_rope", "pre_norm")}
+_qkv_rope = os.environ.get("TESSERA_QKV_ROPE", "1") != "0"
 
 
-def set_fusion(name: str, on: bool) -> None:
-    """Switches one decode-step fusion (env TESSERA_FUSE_<NAME>=0 too): "qkv_rope" (rotary
-    and the KV-cache write in the q/k/v projection's epilogue) or "pre_norm" (residual add
-    + RMSNorm in the prologue of the projection after it)."""
-    if name not in _fusions:
-        raise ValueError(f"fusion must be one of {sorted(_fusions)}, got {name!r}")
-    _fusions[name] = on
+def set_qkv_rope(on: bool) -> None:
+    global _qkv_rope
+    _qkv_rope = on
 
 
 def uses_qkv_rope(x: torch.Tensor, qkv_weight: torch.Tensor) -> bool:
     """Whether a decode step's q/k/v projection also rotates and writes the KV cache
-    (kernels/skinny_gemm.py: skinny_qkv_rope): wherever the skinny GEMM runs."""
-    return _fusions["qkv_rope"] and uses_skinny(x, qkv_weight)
-
-
-def fused_pre_norm(x: torch.Tensor, residual: Optional[torch.Tensor], norm: nn.Module,
-                   weight: torch.Tensor) -> Optional[PreNorm]:
-    """The residual add + RMSNorm (`norm`, layers/norm.py) for the skinny GEMM of x and
-    `weight` to run in its prologue, or None where it does not (no residual yet, too many
-    rows, another GEMM path): then the caller runs the norm itself."""
-    if (residual is None or not _fusions["pre_norm"] or x.shape[0] > MAX_NORM_ROWS
-            or norm.weight.dtype != x.dtype or not uses_skinny(x, weight)):
-        return None
-    return PreNorm(residual, norm.weight, norm.eps)
+    (kernels/skinny_gemm.py: skinny_qkv_rope): where the skinny GEMM runs, unless
+    switched off (`set_qkv_rope(False)` or env TESSERA_QKV_ROPE=0)."""
+    return _qkv_rope and uses_skinny(x, qkv_weight)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):
@@ -119,10 +103,6 @@ class LinearBase(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
 
-    def forward_normed(self, x: torch.Tensor, norm: PreNorm):
-        """x is pre-norm (`fused_pre_norm` said yes) -> (y, the new residual)."""
-        return skinny_gemm(x, self.weight, self.bias, norm=norm)
-
 
 class ReplicatedLinear(LinearBase):
     pass
@@ -152,18 +132,13 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         _check_shape(f"shard {shard_id}", param.data.narrow(0, offset, size), piece)
         param.data.narrow(0, offset, size).copy_(materialize(piece))
 
-    def fuses_gated(self, x: torch.Tensor, act: nn.Module) -> bool:
-        """Whether `forward_gated` runs act in the skinny GEMM's epilogue."""
-        return (isinstance(act, SiluAndMul) and len(self.output_sizes) == 2
-                and self.output_sizes[0] == self.output_sizes[1]
-                and self.bias is None and uses_skinny(x, self.weight))
-
-    def forward_gated(self, x: torch.Tensor, act: nn.Module, norm: Optional[PreNorm] = None):
+    def forward_gated(self, x: torch.Tensor, act: nn.Module) -> torch.Tensor:
         """act(x @ [gate | up]^T) for a [gate, up] pair: silu(gate) * up [T, I]. A skinny
-        step fuses the activation into the GEMM's epilogue; others run act after it.
-        With `norm` (only where `fuses_gated`): x is pre-norm -> (out, new residual)."""
-        if norm is not None or self.fuses_gated(x, act):
-            return skinny_gemm(x, self.weight, gated=True, norm=norm)
+        step fuses the activation into the GEMM's epilogue; others run act after it."""
+        if (isinstance(act, SiluAndMul) and len(self.output_sizes) == 2
+                and self.output_sizes[0] == self.output_sizes[1]
+                and self.bias is None and uses_skinny(x, self.weight)):
+            return skinny_gemm(x, self.weight, gated=True)
         return act(self.forward(x))
 
 

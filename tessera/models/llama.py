@@ -22,7 +22,7 @@ from tessera.layers.attention import Attention, AttentionMetadata
 from tessera.layers.embedding import LMHead, VocabEmbedding
 from tessera.kernels.skinny_gemm import skinny_qkv_rope
 from tessera.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear, ReplicatedLinear,
-                                   RowParallelLinear, fused_pre_norm, uses_qkv_rope)
+                                   RowParallelLinear, uses_qkv_rope)
 from tessera.layers.moe import FusedMoE
 from tessera.layers.norm import RMSNorm
 from tessera.layers.rotary import RotaryEmbedding
@@ -58,39 +58,20 @@ class LlamaAttention(nn.Module):
         self.attn = Attention(self.num_heads, cfg.head_dim, self.num_kv_heads, rotary_emb,
                               cfg.sliding_window)  # one cos/sin table shared by all layers
 
-    def forward(self, positions, hidden, residual, norm: RMSNorm, kv_cache,
-                meta: AttentionMetadata):
-        """Pre-norm hidden [T, H] (and the residual, None in the first layer) -> (the
-        attention's output [T, H], the new residual). A few decode tokens run the norm in
-        the q/k/v projection's prologue and rotary + the cache write in its epilogue."""
-        pre = fused_pre_norm(hidden, residual, norm, self.qkv_proj.weight)
-        if pre is None:
-            hidden, residual = apply_norm(hidden, residual, norm)
+    def forward(self, positions, hidden, kv_cache, meta: AttentionMetadata):
         if meta.use_kernels and meta.decode_only and uses_qkv_rope(hidden, self.qkv_proj.weight):
+            # a few decode tokens: rotary and the cache write in the projection's epilogue
             q = skinny_qkv_rope(hidden, self.qkv_proj.weight, self.qkv_proj.bias, positions,
                                 self.attn.rotary_emb.cos_sin, kv_cache, meta.slot_mapping,
-                                self.num_heads, self.num_kv_heads, norm=pre)  # [T, Hq, D]
-            if pre is not None:
-                q, residual = q
-            return self.o_proj(self.attn.attend(q, kv_cache, meta)), residual
-        if pre is not None:
-            qkv, residual = self.qkv_proj.forward_normed(hidden, pre)
-        else:
-            qkv = self.qkv_proj(hidden)  # [T, (Hq + 2 Hkv) * D]
+                                self.num_heads, self.num_kv_heads)  # [T, Hq, D]
+            return self.o_proj(self.attn.attend(q, kv_cache, meta))
+        qkv = self.qkv_proj(hidden)  # [T, (Hq + 2 Hkv) * D]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        return self.o_proj(self.attn(positions, q, k, v, kv_cache, meta)), residual
-
-
-def apply_norm(hidden, residual, norm: RMSNorm):
-    """The unfused residual add + norm -> (normed, new residual); the first layer has no
-    residual yet: its input is the residual."""
-    if residual is None:
-        return norm(hidden), hidden
-    return norm(hidden, residual)
+        return self.o_proj(self.attn(positions, q, k, v, kv_cache, meta))
 
 
 class LlamaMLP(nn.Module):
@@ -100,18 +81,8 @@ class LlamaMLP(nn.Module):
         self.down_proj = RowParallelLinear(intermediate, hidden)
         self.act = SiluAndMul()
 
-    def forward(self, x, residual=None, norm: RMSNorm = None):
-        """x [T, H] -> [T, H]; with a norm, x is pre-norm (add + norm first, fused into
-        gate/up's prologue for a few rows) -> (out, the new residual)."""
-        if norm is None:
-            return self.down_proj(self.gate_up_proj.forward_gated(x, self.act))  # silu(g) * u
-        pre = (fused_pre_norm(x, residual, norm, self.gate_up_proj.weight)
-               if self.gate_up_proj.fuses_gated(x, self.act) else None)
-        if pre is None:
-            x, residual = apply_norm(x, residual, norm)
-            return self.down_proj(self.gate_up_proj.forward_gated(x, self.act)), residual
-        h, residual = self.gate_up_proj.forward_gated(x, self.act, norm=pre)
-        return self.down_proj(h), residual
+    def forward(self, x):
+        return self.down_proj(self.gate_up_proj.forward_gated(x, self.act))  # silu(g) * u
 
 
 class SparseMoeBlock(nn.Module):
@@ -144,10 +115,11 @@ class LlamaDecoderLayer(nn.Module):
                     else LlamaMLP(cfg.hidden_size, cfg.intermediate_size))
 
     def forward(self, positions, hidden, residual, kv_cache, meta):
-        hidden, residual = self.self_attn(positions, hidden, residual, self.input_layernorm,
-                                          kv_cache, meta)
-        if isinstance(self.mlp, LlamaMLP):
-            return self.mlp(hidden, residual, self.post_attention_layernorm)
+        if residual is None:
+            residual, hidden = hidden, self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, kv_cache, meta)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 

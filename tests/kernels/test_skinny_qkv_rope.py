@@ -1,17 +1,14 @@
-"""The skinny GEMM's fusions against the unfused PyTorch ops: the q/k/v projection with
-rotary embedding and the KV-cache write in its epilogue (`skinny_qkv_rope`: q, the cache's
-slots in the model dtype and fp8, biases, head sizes smaller than a panel, MQA), and the
-residual add + RMSNorm in its prologue (`norm=PreNorm(...)`: plain, gated and q/k/v, the
-new residual bit for bit); bad shapes refused. CPU: interpreter in float32/float16; GPU:
-bfloat16 too."""
+"""The q/k/v projection with rotary embedding and the KV-cache write in its epilogue
+(`skinny_qkv_rope`) against the unfused PyTorch ops: q, the cache's slots (model dtype and
+fp8), biases, head sizes smaller than a panel, MQA; bad shapes refused. CPU: interpreter
+in float32/float16; GPU: bfloat16 too."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tessera.kernels.rms_norm import rms_norm_ref
 from tessera.kernels.rotary_kv_write import rotary_kv_write_ref
-from tessera.kernels.skinny_gemm import PreNorm, skinny_gemm, skinny_gemm_ref, skinny_qkv_rope
+from tessera.kernels.skinny_gemm import skinny_gemm_ref, skinny_qkv_rope
 from tessera.layers.rotary import RotaryEmbedding
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -81,45 +78,3 @@ def test_refuses_weights_that_are_not_the_heads():
     with pytest.raises(ValueError, match="at most 16 rows"):
         skinny_qkv_rope(rand(17, 64, dtype=torch.float32), rand(128, 64, dtype=torch.float32),
                         None, pos, rope.cos_sin, cache, pos, 4, 2)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows,n,k,gated", [(1, 96, 64, False), (3, 128, 200, True),
-                                            (4, 64, 256, False), (2, 192, 4096, True)])
-def test_pre_norm_prologue_matches_add_then_norm_then_gemm(dtype, rows, n, k, gated):
-    x, r = rand(rows, k, dtype=dtype), rand(rows, k, dtype=dtype, seed=1)
-    g = rand(k, dtype=dtype, seed=2)
-    w = rand(n, k, dtype=dtype, seed=3, scale=k ** -0.5)
-    y, res = skinny_gemm(x, w, gated=gated, norm=PreNorm(r, g, 1e-5))
-    normed, ref_res = rms_norm_ref(x, g, 1e-5, r)
-    assert torch.equal(res, ref_res)  # the new residual: the same rounding of x + r
-    ref = skinny_gemm_ref(normed, w, gated=gated)
-    assert torch.allclose(y.float(), ref.float(), atol=TOL[dtype], rtol=TOL[dtype])
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_pre_norm_with_qkv_rope(dtype):
-    num_q, num_kv, head_dim, k, rows = 4, 2, 32, 128, 3
-    x, r = rand(rows, k, dtype=dtype), rand(rows, k, dtype=dtype, seed=1)
-    g = rand(k, dtype=dtype, seed=2)
-    w = rand((num_q + 2 * num_kv) * head_dim, k, dtype=dtype, seed=3, scale=k ** -0.5)
-    rope = RotaryEmbedding(head_dim, 64, 10000.0).to(DEVICE)
-    positions = torch.tensor([5, 0, 63], device=DEVICE)
-    slots = torch.tensor([7, 1, 30], device=DEVICE)
-    cache = torch.zeros(2, 8, 4, num_kv, head_dim, dtype=dtype, device=DEVICE)
-    ref_cache = cache.clone()
-    q, res = skinny_qkv_rope(x, w, None, positions, rope.cos_sin, cache, slots, num_q, num_kv,
-                             norm=PreNorm(r, g, 1e-6))
-    normed, ref_res = rms_norm_ref(x, g, 1e-6, r)
-    ref_q = unfused(normed, w, None, positions, rope.cos_sin, ref_cache, slots, num_q, num_kv)
-    assert torch.equal(res, ref_res)
-    tol = TOL[dtype]
-    assert torch.allclose(q.float(), ref_q.float(), atol=tol, rtol=tol)
-    assert torch.allclose(cache.float(), ref_cache.float(), atol=tol, rtol=tol)
-
-
-def test_pre_norm_refuses_more_rows_than_its_prologue_takes():
-    x = rand(5, 64, dtype=torch.float32)
-    with pytest.raises(ValueError, match="at most 4 rows"):
-        skinny_gemm(x, rand(32, 64, dtype=torch.float32),
-                    norm=PreNorm(x, rand(64, dtype=torch.float32), 1e-5))
