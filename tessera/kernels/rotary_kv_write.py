@@ -42,8 +42,8 @@ def store_cast(dst, x, ok, SATURATE: tl.constexpr, PRE_ROUND: tl.constexpr):
     stays NaN) and cast, which rounds to nearest-even on the GPU. Triton's interpreter
     rounds that cast wrongly (ties away from zero; -7.88 became -4), so under it
     (PRE_ROUND) the value is first rounded on e4m3's grid in float32: 4 significant bits
-    by a Veltkamp split, steps of 2^-9 below 2^-6; the cast is then exact. (Not on the
-    GPU: FMA contraction may fuse the split and spoil it.)"""
+    by a Veltkamp split, steps of 2^-9 below 2^-6; the cast is then exact. (Not needed
+    on the GPU, whose cast rounds to nearest-even itself.)"""
     if SATURATE:
         x = tl.clamp(x.to(tl.float32), -448.0, 448.0, propagate_nan=tl.PropagateNan.ALL)
         if PRE_ROUND:

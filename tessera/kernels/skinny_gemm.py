@@ -1,6 +1,8 @@
 """Skinny GEMM for decode steps of a few rows, Triton: y = x @ W^T (+ bias), W read once.
 
-Objects: `skinny_gemm` (the launcher), `skinny_gemm_ref` (PyTorch), `pick_config`.
+Objects: `skinny_gemm` (the launcher), `skinny_gemm_ref` (PyTorch), `skinny_qkv_rope`
+(q/k/v with rotary and the cache write), `pick_config` (`tuned_config`, within the
+SMEM_CAP_BYTES A/B knob).
 Shapes: x [M, K] (M <= MAX_ROWS) and W [N, K] (nn.Linear's layout) -> y [M, N].
 With `gated=True`, W is a stacked [gate | up] of 2I rows and the result is
 silu(x @ gate^T) * (x @ up^T) [M, I]: each program owns the same rows of both halves, so
@@ -95,7 +97,8 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
                  PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr, PREFETCH_K: tl.constexpr, LINE: tl.constexpr,
                  USE_PDL: tl.constexpr):
-    # N: rows of the output (I when gated; W then has 2I rows, up at row offset N)
+    # N: rows of the output (I when gated; W then has 2I rows, up at row offset N; in rope
+    # mode the heads, NUM_Q + 2 NUM_KV of 2 HALF rows, place the programs instead)
     pid = tl.program_id(0)
     head = 0
     if ROPE:  # BLOCK_N dims of one head's first half; their partners are HALF rows down
@@ -231,10 +234,14 @@ def skinny_qkv_rope(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     rows, k = x.shape
     head_dim = cos_sin.shape[1]
     n = weight.shape[0]
-    if rows > MAX_ROWS or weight.shape[1] != k or n != (num_heads + 2 * num_kv_heads) * head_dim:
+    if (rows > MAX_ROWS or weight.shape[1] != k or head_dim % 2
+            or n != (num_heads + 2 * num_kv_heads) * head_dim):
         raise ValueError(f"skinny_qkv_rope: x {tuple(x.shape)} and weight "
                          f"{tuple(weight.shape)} do not fit {num_heads} + 2 x {num_kv_heads} "
-                         f"heads of {head_dim} (at most {MAX_ROWS} rows)")
+                         f"heads of {head_dim} (even; at most {MAX_ROWS} rows)")
+    if positions.shape != (rows,) or slot_mapping.shape != (rows,):
+        raise ValueError(f"skinny_qkv_rope: {rows} rows need as many positions and slots, "
+                         f"got {tuple(positions.shape)} and {tuple(slot_mapping.shape)}")
     assert kv_cache.is_contiguous() and kv_cache.shape[-2:] == (num_kv_heads, head_dim)
     x, weight = x.contiguous(), weight.contiguous()
     bias = bias.contiguous() if bias is not None else None

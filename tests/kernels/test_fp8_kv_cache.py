@@ -97,6 +97,23 @@ def test_decode_kernel_reads_an_fp8_cache(dtype):
         assert torch.allclose(got.float(), ref.float(), atol=TOL[dtype], rtol=TOL[dtype])
 
 
+@pytest.mark.gpu
+def test_bf16_queries_over_fp8_keep_nan_and_a_long_context():
+    """bf16 queries over an fp8 cache compute in fp16 (kernels/attention_tiles.py): a NaN
+    query's row still comes out NaN, the other rows finite, and 4k keys of tiny weights (fp16
+    flushes them) still match the float32 reference."""
+    cache = fp8_cache(260, 16, 2, 128)
+    q = rand(2, 8, 128, dtype=torch.bfloat16, seed=3, scale=4.0)
+    q[0, 1, 5] = float("nan")
+    tables = torch.arange(260, device=DEVICE).view(2, 130)
+    lens = torch.tensor([4000, 77], device=DEVICE)
+    ref = paged_decode_attention_ref(q, cache, tables, lens, 128 ** -0.5)
+    got = paged_decode_attention(q, cache, tables, lens, 128 ** -0.5)
+    assert torch.isnan(ref[0, 1]).all() and torch.equal(torch.isnan(got), torch.isnan(ref))
+    ok = ~torch.isnan(ref)
+    assert torch.allclose(got.float()[ok], ref.float()[ok], atol=2e-2, rtol=2e-2)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_prefill_kernel_reads_an_fp8_cache(dtype):
     cache = fp8_cache(10, 16, 2, 32)

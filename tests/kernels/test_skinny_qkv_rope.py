@@ -36,7 +36,9 @@ def unfused(x, w, b, positions, cos_sin, cache, slots, num_q, num_kv):
     ((4, 2), 16, 64, 3, False),  # half a head (8 dims) is smaller than a panel (16 rows)
     ((8, 2), 64, 96, 5, True),  # Qwen2-style biases
     ((4, 1), 128, 256, 1, False),  # MQA, Llama-3's head size, one token
-    ((6, 2), 32, 64, 16, True)])  # the most rows
+    ((6, 2), 32, 64, 16, True),  # the most rows
+    ((3, 1), 96, 64, 2, False),  # half a head (48) over two panels, the second part-masked
+    ((2, 1), 128, 8192, 2, False)])  # long rows: the K >= 8192 config
 @pytest.mark.parametrize("cache_dtype", ["model", "fp8"])
 def test_matches_the_unfused_ops(dtype, heads, head_dim, k, rows, bias, cache_dtype):
     num_q, num_kv = heads
@@ -67,6 +69,32 @@ def test_matches_the_unfused_ops(dtype, heads, head_dim, k, rows, bias, cache_dt
     assert (got.view(2, 40, num_kv, head_dim)[:, ~written.to(DEVICE)] == 0).all()
 
 
+def test_padding_rows_share_the_scratch_slot():
+    """A CUDA graph's padding rows all write one scratch slot: the real rows' q and
+    slots are as unfused, and the scratch slot holds one of the padding rows' values."""
+    num_q, num_kv, head_dim, k = 4, 2, 32, 64
+    x = rand(4, k, dtype=torch.float32)
+    w = rand((num_q + 2 * num_kv) * head_dim, k, dtype=torch.float32, seed=1, scale=k ** -0.5)
+    rope = RotaryEmbedding(head_dim, 64, 10000.0).to(DEVICE)
+    positions = torch.tensor([3, 9, 0, 0], device=DEVICE)
+    slots = torch.tensor([5, 9, 0, 0], device=DEVICE)  # rows 2 and 3: padding, slot 0
+    cache = torch.zeros(2, 4, 4, num_kv, head_dim, device=DEVICE)
+    ref_cache = cache.clone()
+    q = skinny_qkv_rope(x, w, None, positions, rope.cos_sin, cache, slots, num_q, num_kv)
+    ref_q = unfused(x[:2], w, None, positions[:2], rope.cos_sin, ref_cache, slots[:2], num_q,
+                    num_kv)
+    tol = TOL[torch.float32]
+    assert torch.allclose(q[:2], ref_q, atol=tol, rtol=tol)
+    rows = cache.view(2, 16, num_kv, head_dim)
+    ref_rows = ref_cache.view(2, 16, num_kv, head_dim)
+    assert torch.allclose(rows[:, 1:], ref_rows[:, 1:], atol=tol, rtol=tol)
+    pad = torch.zeros_like(ref_cache)
+    unfused(x[2:], w, None, positions[2:], rope.cos_sin, pad, slots[2:3].repeat(2), num_q,
+            num_kv)
+    assert torch.allclose(rows[:, 0], pad.view(2, 16, num_kv, head_dim)[:, 0], atol=tol,
+                          rtol=tol)
+
+
 def test_refuses_weights_that_are_not_the_heads():
     x = rand(2, 64, dtype=torch.float32)
     rope = RotaryEmbedding(16, 32, 10000.0).to(DEVICE)
@@ -75,6 +103,9 @@ def test_refuses_weights_that_are_not_the_heads():
     with pytest.raises(ValueError, match="heads of 16"):
         skinny_qkv_rope(x, rand(100, 64, dtype=torch.float32), None, pos, rope.cos_sin, cache,
                         pos, 4, 2)
+    with pytest.raises(ValueError, match="as many positions and slots"):
+        skinny_qkv_rope(x, rand(128, 64, dtype=torch.float32), None, pos[:1], rope.cos_sin,
+                        cache, pos, 4, 2)
     with pytest.raises(ValueError, match="at most 16 rows"):
         skinny_qkv_rope(rand(17, 64, dtype=torch.float32), rand(128, 64, dtype=torch.float32),
                         None, pos, rope.cos_sin, cache, pos, 4, 2)
