@@ -28,8 +28,7 @@ def load_kv_tile(kv_ptr, tables_ptr, seq, pos, live, kv_head, dims, stride_tb, s
 
 @triton.jit
 def online_softmax_step(q, k, v, visible, m, l, acc, scale, PRECISION: tl.constexpr):
-    fp16_products = k.dtype == tl.float8e4nv and q.dtype == tl.bfloat16
-    if fp16_products:
+    if k.dtype == tl.float8e4nv and q.dtype == tl.bfloat16:  # (a literal test: static)
         # an fp8 cache under bf16 queries: both products in fp16, whose widening from e4m3
         # is one instruction per pair (bf16's took several, halving the kernel's speed).
         # e4m3 values are exact in fp16; queries are too from 2^-14 up to fp16's range,
@@ -45,8 +44,8 @@ def online_softmax_step(q, k, v, visible, m, l, acc, scale, PRECISION: tl.conste
     alpha = tl.exp(m - m_safe)
     p = tl.exp(s - m_safe[:, None])
     pv = p.to(v.dtype)  # [M, N]: the probabilities that weigh the values
-    if fp16_products:  # fp16 rounds them and flushes those below 2^-24: the sum counts
-        p = pv.to(tl.float32)  # exactly what the product uses
+    if pv.dtype == tl.float16:  # fp16 rounds them and flushes those below 2^-24: the sum
+        p = pv.to(tl.float32)  # counts exactly what the product uses
     l = l * alpha + tl.sum(p, axis=1)
     acc = acc * alpha[:, None] + tl.dot(pv, v, input_precision=PRECISION).to(tl.float32)
     return m_new, l, acc
