@@ -102,16 +102,17 @@ def test_bf16_queries_over_fp8_keep_nan_and_a_long_context():
     """bf16 queries over an fp8 cache compute in fp16 (kernels/attention_tiles.py): a NaN
     query's row still comes out NaN, the other rows finite, and 4k keys of tiny weights (fp16
     flushes them) still match the float32 reference."""
-    cache = fp8_cache(260, 16, 2, 128)
-    q = rand(2, 8, 128, dtype=torch.bfloat16, seed=3, scale=4.0)
+    cache = fp8_cache(500, 16, 2, 128)
+    q = rand(2, 8, 128, dtype=torch.bfloat16, seed=3)
     q[0, 1, 5] = float("nan")
-    tables = torch.arange(260, device=DEVICE).view(2, 130)
+    tables = torch.arange(500, device=DEVICE).view(2, 250)  # 4000 keys: 250 pages
     lens = torch.tensor([4000, 77], device=DEVICE)
     ref = paged_decode_attention_ref(q, cache, tables, lens, 128 ** -0.5)
     got = paged_decode_attention(q, cache, tables, lens, 128 ** -0.5)
     assert torch.isnan(ref[0, 1]).all() and torch.equal(torch.isnan(got), torch.isnan(ref))
     ok = ~torch.isnan(ref)
-    assert torch.allclose(got.float()[ok], ref.float()[ok], atol=2e-2, rtol=2e-2)
+    err = (got.float()[ok] - ref.float()[ok]).abs().max()
+    assert torch.allclose(got.float()[ok], ref.float()[ok], atol=2e-2, rtol=2e-2), err
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
