@@ -27,8 +27,4 @@ class UniprocExecutor:
         return self.runner.collect()
 
     def describe(self) -> dict:
-        r = self.runner
-        return {"device": str(r.device), "dtype": str(r.dtype).removeprefix("torch."),
-                "weight_gib": r.weight_bytes / 2**30, "load_seconds": r.load_seconds,
-                "bytes_per_block": r.bytes_per_block,
-                "kv_cache_dtype": str(r.kv_dtype).removeprefix("torch.")}
+        return self.runner.describe()

@@ -68,11 +68,8 @@ def run(args, inbox, outbox) -> None:
     eos = tuple(int(x) for x in args.eos.split(",") if x)
     source.arch = dataclasses.replace(source.arch, eos_token_ids=eos)
     runner = ModelRunner(config, source)
-    info = {"device": str(runner.device), "dtype": str(runner.dtype).removeprefix("torch."),
-            "weight_gib": runner.weight_bytes / 2**30, "load_seconds": runner.load_seconds,
-            "bytes_per_block": runner.bytes_per_block,
-            "kv_cache_dtype": str(runner.kv_dtype).removeprefix("torch.")}
-    outbox.send(msg.encoder.encode(msg.Hello(args.rank, runner.num_kv_blocks(), info)))
+    outbox.send(msg.encoder.encode(msg.Hello(args.rank, runner.num_kv_blocks(),
+                                             runner.describe())))
     parent = os.getppid()
     while True:
         if not inbox.poll(1000):

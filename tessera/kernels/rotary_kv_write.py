@@ -128,6 +128,13 @@ def _rotary_kv(q_ptr, k_ptr, v_ptr, pos_ptr, slot_ptr, cs_ptr, q_out_ptr, kv_ptr
            PRE_ROUND)
 
 
+def cache_store_options(kv_cache: torch.Tensor) -> dict:
+    """The constexprs of `store_cast` for this cache: FP8_CACHE (saturate into e4m3) and
+    PRE_ROUND (under the interpreter, whose fp8 cast rounds wrongly)."""
+    return dict(FP8_CACHE=kv_cache.dtype == torch.float8_e4m3fn,
+                PRE_ROUND=os.environ.get("TRITON_INTERPRET") == "1")
+
+
 def rotary_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                     cos_sin: torch.Tensor, kv_cache: torch.Tensor,
                     slot_mapping: torch.Tensor) -> torch.Tensor:
@@ -142,8 +149,7 @@ def rotary_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         kv_cache.stride(0), NUM_Q=num_q, NUM_KV=num_kv, HALF=head_dim // 2,
         QH_PAD=triton.next_power_of_2(num_q), KVH_PAD=triton.next_power_of_2(num_kv),
-        FP8_CACHE=kv_cache.dtype == torch.float8_e4m3fn,
-        PRE_ROUND=os.environ.get("TRITON_INTERPRET") == "1",
+        **cache_store_options(kv_cache),
         enable_fp_fusion=False,  # no FMA: each product rounds, as PyTorch's ops round
         **pdl.pdl_launch_args(q.device))
     return q_out

@@ -26,7 +26,6 @@ measured too: it halved the speed, so those stay out of the loop.
 """
 from __future__ import annotations
 
-import os
 from typing import NamedTuple, Optional
 
 import torch
@@ -34,7 +33,7 @@ import triton
 import triton.language as tl
 
 from tessera.kernels import pdl
-from tessera.kernels.rotary_kv_write import rope_epilogue
+from tessera.kernels.rotary_kv_write import cache_store_options, rope_epilogue
 
 MAX_ROWS = 16  # one tl.dot column block; above this cuBLAS is the better GEMM
 PREFETCH_BYTES = 8 << 20  # under PDL: how much of W is asked of L2 before the wait
@@ -91,7 +90,6 @@ def _x_tile(x_ptr, ms, ks, m_ok, K, stride_xm):
 def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
                  pos_ptr, cs_ptr, slot_ptr, kv_ptr, stride_kvs,
                  HAS_BIAS: tl.constexpr, GATED: tl.constexpr, ROPE: tl.constexpr,
-                 TWO: tl.constexpr,  # two panels of W per program: gated or rope
                  NUM_Q: tl.constexpr, NUM_KV: tl.constexpr, HALF: tl.constexpr,
                  FP8_CACHE: tl.constexpr, PRE_ROUND: tl.constexpr, EVEN: tl.constexpr,
                  PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -121,18 +119,18 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
     w = _tile(w_rows, ks, n_ok, K, EVEN)  # weights: no kernel writes them, so before the wait
     if USE_PDL and PREFETCH_K > 0:
         _prefetch_l2(w_ptr, w_rows, n_ok, K, PREFETCH_K, LINE)
-        if TWO:
+        if GATED or ROPE:  # two panels of W per program
             _prefetch_l2(w_ptr, rows2, n_ok, K, PREFETCH_K, LINE)
     pdl.wait(USE_PDL)
     xt = _x_tile(x_ptr, ms, ks, m_ok, K, stride_xm)
     acc = tl.dot(w, xt, input_precision=PRECISION)  # [BLOCK_N, BLOCK_M]
-    if TWO:
+    if GATED or ROPE:
         acc2 = tl.dot(_tile(rows2, ks, n_ok, K, EVEN), xt, input_precision=PRECISION)
     for k0 in range(BLOCK_K, K, BLOCK_K):
         kk = k0 + ks
         xt = _x_tile(x_ptr, ms, kk, m_ok, K, stride_xm)
         acc = tl.dot(_tile(w_rows, kk, n_ok, K, EVEN), xt, acc, input_precision=PRECISION)
-        if TWO:
+        if GATED or ROPE:
             acc2 = tl.dot(_tile(rows2, kk, n_ok, K, EVEN), xt, acc2, input_precision=PRECISION)
     pdl.launch_dependents(USE_PDL)  # at the start it was slower (171.4 vs 173.9 tok/s)
     dt = y_ptr.dtype.element_ty
@@ -200,20 +198,24 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     bias = bias.contiguous() if bias is not None else None
     cfg = config or pick_config(n, k, gated, x.element_size())
     y = torch.empty(rows, n, dtype=x.dtype, device=x.device)
-    _launch(x, weight, bias, y, n, cfg, dict(GATED=gated, ROPE=False, NUM_Q=0, NUM_KV=0,
-                                             HALF=0, FP8_CACHE=False, PRE_ROUND=False),
+    _launch(x, weight, bias, y, n, cfg, dict(GATED=gated),
             EVEN=n % cfg.block_n == 0 and k % cfg.block_k == 0)
     return y
 
 
+_PLAIN = dict(GATED=False, ROPE=False, NUM_Q=0, NUM_KV=0, HALF=0, FP8_CACHE=False,
+              PRE_ROUND=False)  # the kernel's mode constexprs, rope's unused
+
+
 def _launch(x, weight, bias, y, n, cfg, mode: dict, EVEN: bool, grid: Optional[int] = None,
             rope_args: tuple = (), stride_kvs: int = 0, **options):
+    """mode: the constexprs that differ from _PLAIN."""
     rows, k = x.shape
     pos, cs, slots, kv = rope_args or (weight,) * 4  # unused pointers outside rope mode
     _skinny_gemm[(grid or triton.cdiv(n, cfg.block_n),)](
         x, weight, bias if bias is not None else weight, y, rows, n, k, x.stride(0), y.stride(0),
-        pos, cs, slots, kv, stride_kvs, HAS_BIAS=bias is not None, **mode,
-        TWO=mode["GATED"] or mode["ROPE"], EVEN=EVEN,
+        pos, cs, slots, kv, stride_kvs, HAS_BIAS=bias is not None, **{**_PLAIN, **mode},
+        EVEN=EVEN,
         PRECISION="ieee" if x.dtype == torch.float32 else "tf32",  # fp32 stays fp32
         BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         PREFETCH_K=prefetch_columns(weight), LINE=line_columns(weight),
@@ -250,9 +252,8 @@ def skinny_qkv_rope(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     cfg = plain._replace(block_n=max(16, min(plain.block_n // 2, triton.next_power_of_2(half))))
     chunks = triton.cdiv(half, cfg.block_n)
     q = torch.empty(rows, num_heads, head_dim, dtype=x.dtype, device=x.device)
-    mode = dict(GATED=False, ROPE=True, NUM_Q=num_heads, NUM_KV=num_kv_heads, HALF=half,
-                FP8_CACHE=kv_cache.dtype == torch.float8_e4m3fn,
-                PRE_ROUND=os.environ.get("TRITON_INTERPRET") == "1")
+    mode = dict(ROPE=True, NUM_Q=num_heads, NUM_KV=num_kv_heads, HALF=half,
+                **cache_store_options(kv_cache))
     _launch(x, weight, bias, q.view(rows, -1), n, cfg, mode,
             EVEN=half % cfg.block_n == 0 and k % cfg.block_k == 0,
             grid=(num_heads + 2 * num_kv_heads) * chunks,

@@ -17,10 +17,10 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from tessera.kernels.skinny_gemm import skinny_qkv_rope
 from tessera.layers.activation import SiluAndMul
 from tessera.layers.attention import Attention, AttentionMetadata
 from tessera.layers.embedding import LMHead, VocabEmbedding
-from tessera.kernels.skinny_gemm import skinny_qkv_rope
 from tessera.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear, ReplicatedLinear,
                                    RowParallelLinear, uses_qkv_rope)
 from tessera.layers.moe import FusedMoE

@@ -3,9 +3,9 @@
 Objects: KV_CACHE_DTYPES (name -> dtype; "auto" keeps the model's dtype, "fp8" /
 "fp8_e4m3" store float8_e4m3fn, one byte a value: half of bf16, a quarter of fp32);
 `check_kv_cache_dtype(name)`; `resolve_kv_cache_dtype(name, model_dtype, device)`;
-FP8_MAX; `to_cache_dtype(x, dtype)` (the saturating cast the Triton write kernel does too); `store_rows(rows, slots, x)`
-(index_copy_ into cache rows, through a byte view for fp8, which PyTorch's CPU kernels
-lack). The references widen cached values back to the query's dtype (exact: every e4m3
+FP8_MAX; `to_cache_dtype(x, dtype)` (the saturating cast the Triton write kernel does
+too); `store_rows(rows, slots, x)` (index_copy_ into cache rows, through a byte view for
+fp8, which PyTorch's CPU kernels lack). The references widen cached values back to the query's dtype (exact: every e4m3
 value is a bf16/fp16 value); the Triton kernels do too, except under bf16 queries, where
 they compute in fp16 (kernels/attention_tiles.py).
 Scales: none (1.0), as vLLM without calibrated scales: the Llama family's keys and values

@@ -81,6 +81,13 @@ class ModelRunner:
         return (2 * self.model.num_local_layers * self.block_size * self.kv_heads * a.head_dim
                 * self.kv_dtype.itemsize)
 
+    def describe(self) -> dict:
+        """What the engine logs and reports of this worker: device, dtypes, weights."""
+        return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
+                "weight_gib": self.weight_bytes / 2**30, "load_seconds": self.load_seconds,
+                "bytes_per_block": self.bytes_per_block,
+                "kv_cache_dtype": str(self.kv_dtype).removeprefix("torch.")}
+
     def num_kv_blocks(self) -> int:
         if self.device.type != "cuda":
             return max(1, int(self.config.cache.cpu_kv_cache_gb * 2**30) // self.bytes_per_block)
