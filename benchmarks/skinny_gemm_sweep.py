@@ -8,6 +8,7 @@ exceed L2, as the 32 layers of a model do. (The engine's decode graph with and w
 the kernel: benchmarks/small_batch_ab.py.)
 
     python benchmarks/skinny_gemm_sweep.py --out $OUT/skinny.json [--quick]
+    python benchmarks/skinny_gemm_sweep.py --out $OUT/uses.json --uses $OUT/overrides.json
 """
 from __future__ import annotations
 
@@ -146,13 +147,80 @@ def rows_and_fusions(shapes, dtype, best) -> dict:
     return res
 
 
+def engine_uses(name: str) -> dict[str, tuple[int, int, bool]]:
+    """(n, k, gated) as the engine's decode step asks `pick_config` for each weight."""
+    sh = layer_shapes(name)
+    return {"qkv": (*sh["qkv"], False), "o": (*sh["o"], False),
+            "gate_up": (sh["gate_up"][0] // 2, sh["gate_up"][1], True),
+            "down": (*sh["down"], False), "lm_head": (*sh["lm_head"], False)}
+
+
+def pipeline_grid(k: int, gated: bool) -> list[SkinnyConfig]:
+    """Tiles and pipeline depths around the defaults, for the engine's uses; every one fits
+    the H100's 227 KB of shared memory (checked by compiling for sm_90). (Prefetching W
+    into L2 some tiles ahead inside the loop was tried too: slower for every use and depth,
+    up to 2x at 16 tiles, H100, 2026-11-26.)"""
+    def span(tiles, stages):
+        return [SkinnyConfig(bn, bk, 4, s) for (bn, bk) in tiles for s in stages]
+    if k >= 8192:
+        return span([(32, 512)], (3, 4)) + span([(32, 256)], (4, 6, 8))
+    if gated:
+        return span([(64, 128)], (3, 4)) + span([(32, 128)], (4, 6, 8))
+    return span([(64, 128)], (6, 8, 10)) + span([(32, 128)], (8, 12)) + span([(32, 256)], (4, 6))
+
+
+@torch.inference_mode()
+def uses_sweep(name: str, dtype) -> dict:
+    """Each engine use of the skinny GEMM at M = 1 (under PDL where on, as in the engine) over
+    `pipeline_grid`; the best of each becomes an override (CONFIG_OVERRIDES' key and
+    fields) for benchmarks/small_batch_ab.py."""
+    out, overrides = {}, {}
+    for use, (n, k, gated) in engine_uses(name).items():
+        rows_w = 2 * n if gated else n
+        copies = max(2, math.ceil(L2_DEFEAT_BYTES / (rows_w * k * 2)))
+        ws = [torch.randn(rows_w, k, dtype=dtype, device="cuda") / k ** 0.5
+              for _ in range(copies)]
+        x = torch.randn(1, k, dtype=dtype, device="cuda")
+        ref = skinny_gemm_ref(x, ws[0], gated=gated)
+        gb = rows_w * k * 2 / 1e9
+        default = pick_config(n, k, gated)
+        rows = []
+        for cfg in [default] + [c for c in pipeline_grid(k, gated) if c != default]:
+            try:
+                err = rel_err(skinny_gemm(x, ws[0], gated=gated, config=cfg), ref)
+                us = time_graph([lambda w=w: skinny_gemm(x, w, gated=gated, config=cfg)
+                                 for w in ws])
+            except Exception as e:  # a config the compiler refuses
+                rows.append(dict(config=cfg._asdict(), error=str(e)[:200]))
+                continue
+            rows.append(dict(config=cfg._asdict(), us=us, tb_s=gb / us * 1e3, rel_err=err))
+        ok = [r for r in rows if "us" in r]
+        best = min(ok, key=lambda r: r["us"])
+        out[use] = dict(n=n, k=k, gated=gated, default=ok[0], best=best, rows=rows)
+        overrides[f"{n},{k},{int(gated)}"] = list(best["config"].values())
+        print(f"{use:8} default {ok[0]['us']:7.1f} us ({ok[0]['tb_s']:.2f} TB/s)  best "
+              f"{best['us']:7.1f} ({best['tb_s']:.2f}) {tuple(best['config'].values())}  "
+              f"err {best['rel_err']:.1e}", flush=True)
+    return dict(uses=out, overrides=overrides)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="llama-3-8b")
     ap.add_argument("--out", default="skinny.json")
     ap.add_argument("--quick", action="store_true", help="the default config only")
+    ap.add_argument("--uses", metavar="OVERRIDES_JSON",
+                    help="only sweep the engine's uses over tiles and pipeline depths; write the "
+                         "best of each here for small_batch_ab.py")
     args = ap.parse_args()
     dtype = torch.bfloat16
+    if args.uses:
+        res = uses_sweep(args.shape, dtype)
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=2)
+        with open(args.uses, "w") as f:
+            json.dump(res["overrides"], f)
+        return
     shapes = layer_shapes(args.shape)
     res: dict = {"device": torch.cuda.get_device_name(), "shape": args.shape}
     configs = grid()

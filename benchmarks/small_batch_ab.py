@@ -52,15 +52,32 @@ def graph_kernels(engine: LLMEngine, reps: int = 20) -> dict:
     return dict(replay_us=wall_us, kernel_sum_us=sum(r[2] for r in table), kernels=table)
 
 
+def load_config_overrides(path: str) -> dict:
+    """skinny_gemm_sweep.py --uses' JSON ({"n,k,gated": config fields}) as CONFIG_OVERRIDES."""
+    with open(path) as f:
+        return {(int(n), int(k), bool(int(g))): skinny_gemm.SkinnyConfig(*cfg)
+                for key, cfg in json.load(f).items() for n, k, g in [key.split(",")]}
+
+
 def run_mode(mode: str, bandwidth: float) -> dict:
     """mode: skinny (off|auto) / pdl (off|on) [/ MiB of weights prefetched into L2
-    [/ shared-memory cap in KB per GEMM program, 0: none [/ q/k/v + rotary fused: on|off]]]."""
-    parts = mode.split("/") + [str(DEFAULT_PREFETCH_MIB), "0", "on"][len(mode.split("/")) - 2:]
+    [/ shared-memory cap in KB per GEMM program, 0: none [/ q/k/v + rotary fused: on|off]]]
+    [+configs=JSON] (skinny-GEMM config overrides from skinny_gemm_sweep.py --uses)."""
+    head, *extras = mode.split("+")
+    parts = head.split("/")
+    parts += [str(DEFAULT_PREFETCH_MIB), "0", "on"][len(parts) - 2:]
     set_skinny_gemm(parts[0])
     set_pdl(parts[1] == "on")
     skinny_gemm.PREFETCH_BYTES = int(parts[2]) << 20
     skinny_gemm.SMEM_CAP_BYTES = int(parts[3]) << 10 or None
     set_qkv_rope(parts[4] == "on")
+    skinny_gemm.CONFIG_OVERRIDES = {}
+    for extra in extras:
+        key, value = extra.split("=", 1)
+        if key == "configs":
+            skinny_gemm.CONFIG_OVERRIDES = load_config_overrides(value)
+        else:
+            raise ValueError(f"unknown mode option {key!r} in {mode!r}")
     engine = random_weights_engine(max_num_seqs=64, max_num_batched_tokens=4096)
     run_latency(engine, 2, 32, 8, bandwidth, seed=9)  # warm-up
     res = {"b1": run_latency(engine, 1, 32, 256, bandwidth)}
@@ -77,8 +94,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="ab.json")
     ap.add_argument("--modes", default="off/off,auto/off,off/on,auto/on",
-                    help="skinny/pdl[/prefetch[/smem[/rope]]]: off|auto / off|on [/ MiB, e.g. "
-                         "0|8|16 [/ KB, 0: no cap [/ on|off]]]")
+                    help="skinny/pdl[/prefetch[/smem[/rope]]][+configs=JSON]: off|auto / off|on "
+                         "[/ MiB, e.g. 0|8|16 [/ KB, 0: no cap [/ on|off]]]")
     args = ap.parse_args()
     bandwidth = measure_bandwidth(torch.device("cuda"))
     results: dict = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),

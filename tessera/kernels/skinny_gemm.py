@@ -1,8 +1,8 @@
 """Skinny GEMM for decode steps of a few rows, Triton: y = x @ W^T (+ bias), W read once.
 
 Objects: `skinny_gemm` (the launcher), `skinny_gemm_ref` (PyTorch), `skinny_qkv_rope`
-(q/k/v with rotary and the cache write), `pick_config` (`tuned_config`, within the
-SMEM_CAP_BYTES A/B knob).
+(q/k/v with rotary and the cache write), `pick_config` (`tuned_config`, or the
+CONFIG_OVERRIDES A/B knob, within the SMEM_CAP_BYTES one).
 Shapes: x [M, K] (M <= MAX_ROWS) and W [N, K] (nn.Linear's layout) -> y [M, N].
 With `gated=True`, W is a stacked [gate | up] of 2I rows and the result is
 silu(x @ gate^T) * (x @ up^T) [M, I]: each program owns the same rows of both halves, so
@@ -38,6 +38,7 @@ from tessera.kernels.rotary_kv_write import cache_store_options, rope_epilogue
 MAX_ROWS = 16  # one tl.dot column block; above this cuBLAS is the better GEMM
 PREFETCH_BYTES = 8 << 20  # under PDL: how much of W is asked of L2 before the wait
 SMEM_CAP_BYTES: Optional[int] = None  # A/B knob: fewer stages, e.g. two programs per SM
+CONFIG_OVERRIDES: dict = {}  # A/B knob: (n, k, gated) -> SkinnyConfig, for 2-byte weights
 
 
 def line_columns(weight: torch.Tensor) -> int:
@@ -153,8 +154,11 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
 
 
 def pick_config(n: int, k: int, gated: bool = False, itemsize: int = 2) -> SkinnyConfig:
-    """`tuned_config`, with stages dropped (down to 2) while over SMEM_CAP_BYTES if set."""
+    """`tuned_config` (or CONFIG_OVERRIDES' entry for 2-byte elements), with stages dropped
+    (down to 2) while over SMEM_CAP_BYTES if set."""
     cfg = tuned_config(n, k, gated, itemsize)
+    if itemsize == 2:
+        cfg = CONFIG_OVERRIDES.get((n, k, gated), cfg)
     while (SMEM_CAP_BYTES and cfg.num_stages > 2
            and shared_memory_bytes(cfg, gated, itemsize) > SMEM_CAP_BYTES):
         cfg = cfg._replace(num_stages=cfg.num_stages - 1)

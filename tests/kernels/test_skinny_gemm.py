@@ -10,6 +10,7 @@ import torch
 from tessera import LLM, SamplingParams
 from tessera.kernels.skinny_gemm import (SkinnyConfig, skinny_gemm, skinny_gemm_ref,
                                          skinny_qkv_rope)
+from tessera.kernels import skinny_gemm as skinny_module
 from tessera.layers import linear as linear_module
 from tessera.models import llama as llama_module
 from tessera.layers.linear import set_skinny_gemm, uses_skinny
@@ -44,6 +45,14 @@ def test_skinny_gemm_matches_reference(dtype, rows, n, k, config):
     got = skinny_gemm(x, w2, gated=True, config=config)
     assert got.shape == (rows, n)
     assert close(got, skinny_gemm_ref(x, w2, gated=True), dtype)
+
+
+def test_config_overrides_apply_to_two_byte_weights_only(monkeypatch):
+    deep = SkinnyConfig(block_n=32, block_k=128, num_warps=4, num_stages=8)
+    monkeypatch.setattr(skinny_module, "CONFIG_OVERRIDES", {(4096, 4096, False): deep})
+    assert skinny_module.pick_config(4096, 4096) == deep
+    assert skinny_module.pick_config(4096, 4096, gated=True) != deep
+    assert skinny_module.pick_config(4096, 4096, itemsize=4) != deep
 
 
 def test_skinny_gemm_refuses_bad_shapes():
