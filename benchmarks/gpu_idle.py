@@ -23,6 +23,7 @@ import time
 import torch
 
 from tessera.bench import add_throughput_requests, random_weights_engine
+from tessera.kernels.jit_variants import compiled_keys
 
 
 def main() -> None:
@@ -36,14 +37,17 @@ def main() -> None:
     engine = random_weights_engine(args.model, max_num_seqs=512, max_num_batched_tokens=8192)
     runner = engine.core.executor.runner
     marks: list[tuple[torch.cuda.Event, torch.cuda.Event, str, int]] = []
+    cpu: list[tuple[float, float]] = []  # host clock: submit's start and end, per step
     waited = [0.0]
     submit, resolve = runner.submit, runner._resolve
 
     def timed_submit(so):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t = time.perf_counter()
         start.record()
         submit(so)
         end.record()
+        cpu.append((t, time.perf_counter()))
         n = so.num_scheduled_tokens
         kind = "empty" if not n else ("decode" if len(n) == sum(n.values()) else "mixed")
         marks.append((start, end, kind, sum(n.values())))
@@ -55,6 +59,7 @@ def main() -> None:
         return out
     runner.submit, runner._resolve = timed_submit, timed_resolve
 
+    compiled_before = compiled_keys()
     _, out_tokens = add_throughput_requests(engine, args.num_prompts)
     start, prof, kernel_ms = time.perf_counter(), None, 0.0
     while engine.has_unfinished_requests():
@@ -88,6 +93,16 @@ def main() -> None:
         res["profiled_steps"] = {
             "steps": [m[2] + f" {m[3]}" for m in marks[a:b]], "kernel_ms": kernel_ms,
             "busy_ms": sum(s.elapsed_time(e) for s, e, _, _ in marks[a:b])}
+    res["steps"] = [  # per step: kind, tokens, GPU busy and idle before it, CPU submit ms
+        dict(kind=kind, tokens=n, busy_ms=s.elapsed_time(e),
+             idle_ms=marks[i - 1][1].elapsed_time(s) if i else 0.0,
+             submit_ms=(cpu[i][1] - cpu[i][0]) * 1e3,
+             since_last_submit_ms=(cpu[i][0] - cpu[i - 1][1]) * 1e3 if i else 0.0)
+        for i, (s, e, kind, n) in enumerate(marks)]
+    res["compiled_during_run"] = {
+        name: [k for k in keys if k not in compiled_before.get(name, [])]
+        for name, keys in compiled_keys().items()
+        if set(keys) - set(compiled_before.get(name, []))}
     res["allocator"] = {k: mem.get(k, 0) for k in ("num_alloc_retries", "num_device_alloc",
                                                    "num_device_free", "num_sync_all_streams")}
     with open(args.out, "w") as f:
@@ -101,6 +116,8 @@ def main() -> None:
         p = res["profiled_steps"]
         print(f"steps {p['steps']}: kernels {p['kernel_ms']:.1f} ms of {p['busy_ms']:.1f} ms busy")
     print("allocator:", res["allocator"])
+    print("Triton kernels compiled during the run:",
+          {k: len(v) for k, v in res["compiled_during_run"].items()} or "none")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from tessera.kernels import pdl
 from tessera.kernels.attention_tiles import load_kv_tile, online_softmax_step
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_tb", "num_splits", "max_blocks"])  # vary by step
 def _decode_partial(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, acc_ptr, ml_ptr, out_ptr, scale,
                     window, stride_qb, stride_qh, stride_kvs, stride_kvb, stride_kvt, stride_kvh,
                     stride_tb, stride_ob, stride_oh, num_splits, max_blocks,
@@ -72,7 +72,7 @@ def _decode_partial(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, acc_ptr, ml_ptr, ou
         tl.store(ml_ptr + out * 2 + 1, l, mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _decode_reduce(acc_ptr, ml_ptr, out_ptr, stride_ob, stride_oh, num_splits,
                    HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr, NUM_HEADS: tl.constexpr,
                    USE_PDL: tl.constexpr):

@@ -22,7 +22,7 @@ import triton.language as tl
 from tessera.kernels.attention_tiles import load_kv_tile, online_softmax_step
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_tb", "max_blocks"])  # vary by step
 def _prefill(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, qstart_ptr, out_ptr, scale, window,
              stride_qt, stride_qh, stride_ot, stride_oh, stride_kvs, stride_kvb, stride_kvt,
              stride_kvh, stride_tb, max_blocks,

@@ -138,10 +138,13 @@ def prepare_inputs(states: dict[str, RequestState], scheduled: dict[str, int],
 
 
 class _Packer:
-    """Collects int64 arrays, sends them in one copy, hands back device views by index."""
+    """Collects int64 arrays, sends them in one copy, hands back device views by index.
+    Each view starts on a 16-byte boundary (chunks padded to an even length): Triton
+    specializes a kernel on whether its pointers are 16-byte aligned, so views at odd
+    offsets would compile new variants of the kernels that read them, mid-serving."""
 
     def __init__(self):
-        self.chunks: list[torch.Tensor] = []
+        self.chunks: list[np.ndarray] = []
 
     def add(self, values) -> int:
         self.chunks.append(np.asarray(values, dtype=np.int64).reshape(-1))
@@ -152,13 +155,19 @@ class _Packer:
         return len(self.chunks) - 1
 
     def to(self, device: torch.device) -> list[torch.Tensor]:
-        flat = torch.from_numpy(np.concatenate([c.reshape(-1) for c in self.chunks]))
+        pad = np.zeros(1, dtype=np.int64)
+        parts = []
+        for c in self.chunks:
+            parts.append(c.reshape(-1))
+            if c.size % 2:
+                parts.append(pad)
+        flat = torch.from_numpy(np.concatenate(parts))
         if device.type == "cuda":
             flat = flat.pin_memory().to(device, non_blocking=True)
         views, offset = [], 0
         for c in self.chunks:
             views.append(flat[offset:offset + c.size].view(c.shape))
-            offset += c.size
+            offset += c.size + c.size % 2
         return views
 
 

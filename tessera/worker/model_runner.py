@@ -31,6 +31,7 @@ from tessera.models.loader import ModelSource, load_model
 from tessera.quant.kv_cache import resolve_kv_cache_dtype
 from tessera.worker.cuda_graphs import DecodeGraphs, default_buckets
 from tessera.worker.input_batch import RequestState, prepare_inputs
+from tessera.worker.warm_up import warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -121,9 +122,14 @@ class ModelRunner:
         self.kv_caches = []
         torch.cuda.synchronize(self.device)
 
+    @property
+    def max_model_len(self) -> int:
+        return self.config.model.max_model_len or self.arch.max_position_embeddings
+
     def init_kv_cache(self, num_blocks: int, capture_graphs: bool = True) -> None:
         """Allocates the blocks, plus one scratch block (id num_blocks) that padded rows of
-        a CUDA-graph batch write to; then captures the decode graphs."""
+        a CUDA-graph batch write to; then captures the decode graphs and runs the warm-up
+        steps (worker/warm_up.py) that compile the kernels' remaining variants."""
         a = self.arch
         shape = (2, num_blocks + 1, self.block_size, self.kv_heads, a.head_dim)
         self.kv_caches = [torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
@@ -132,10 +138,14 @@ class ModelRunner:
                 and self.stage.size == 1  # graphs hold no send/recv between stages
                 and not a.num_experts):  # expert routing sizes its matmuls on the host
             self._capture_graphs(num_blocks)
+        if capture_graphs and self.device.type == "cuda":
+            start = time.perf_counter()
+            if warm_up(self):
+                logger.info("warm-up steps took %.1f s", time.perf_counter() - start)
 
     def _capture_graphs(self, num_blocks: int) -> None:
         start = time.perf_counter()
-        max_len = self.config.model.max_model_len or self.arch.max_position_embeddings
+        max_len = self.max_model_len
         max_batch = min(self.config.scheduler.max_num_seqs, 512)
         self.graphs = DecodeGraphs(self.model, self.kv_caches, max_batch,
                                    -(-max_len // self.block_size), num_blocks, self.block_size,

@@ -1,0 +1,51 @@
+"""How many compiled variants each of Tessera's Triton kernels holds on a device.
+
+Triton compiles a kernel again for every new combination of its constexprs and of the
+properties it specializes integer arguments on (equal to 1, divisible by 16). A compile
+takes ~0.2-1 s of host time, so one inside a serving step stalls it; arguments that vary
+from step to step (table widths, split counts) are therefore marked `do_not_specialize`,
+and the benchmarks check with `compiled_variants()` that a warmed-up engine compiles
+nothing more while it serves.
+
+Objects: `tessera_kernels()` (name -> JIT function, from the modules of this package),
+`compiled_keys(device)` (name -> specialization keys of the variants compiled so far;
+{} without CUDA) and `compiled_variants(device)` (name -> how many).
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import torch
+
+import tessera.kernels
+
+
+def tessera_kernels() -> dict:
+    from triton.runtime.jit import JITFunction
+    found = {}
+    for info in pkgutil.iter_modules(tessera.kernels.__path__):
+        module = importlib.import_module(f"tessera.kernels.{info.name}")
+        for name, obj in vars(module).items():
+            if isinstance(obj, JITFunction) and obj.fn.__module__ == module.__name__:
+                found[f"{info.name}.{name}"] = obj
+    return found
+
+
+def compiled_keys(device: torch.device | None = None) -> dict[str, list[str]]:
+    """Kernel name -> the specialization keys of its compiled variants on `device` (the
+    current CUDA device by default); kernels never launched there are left out."""
+    if not torch.cuda.is_available():
+        return {}
+    index = torch.cuda.current_device() if device is None else device.index or 0
+    keys = {}
+    for name, fn in tessera_kernels().items():
+        caches = getattr(fn, "device_caches", None)
+        if caches is not None and index in caches and caches[index][0]:
+            keys[name] = [str(k) for k in caches[index][0]]
+    return keys
+
+
+def compiled_variants(device: torch.device | None = None) -> dict[str, int]:
+    """Kernel name -> how many variants are compiled on `device`."""
+    return {name: len(keys) for name, keys in compiled_keys(device).items()}
