@@ -11,7 +11,7 @@ then, for the steps of --profile-steps, the kernels' own time against their busy
 (the rest: the GPU waiting for launches inside a step), and the allocator's retries and
 device frees (each cudaFree synchronizes the device).
 
-    python benchmarks/gpu_idle.py --out $OUT/idle.json
+    python benchmarks/gpu_idle.py --out $OUT/idle.json [--latency --profile-steps 0:0]
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from tessera.bench import add_throughput_requests, random_weights_engine
+from tessera.bench import add_throughput_requests, random_weights_engine, run_latency
 from tessera.kernels.jit_variants import compiled_keys
 
 
@@ -32,9 +32,15 @@ def main() -> None:
     ap.add_argument("--num-prompts", type=int, default=1000)
     ap.add_argument("--model", default="llama-3-8b")
     ap.add_argument("--profile-steps", default="200:206", help="first:end; 0:0 for none")
+    ap.add_argument("--latency", action="store_true",
+                    help="the latency workload instead (batch 1, prompt 32, 256 new)")
     args = ap.parse_args()
     first, last = (int(x) for x in args.profile_steps.split(":"))
-    engine = random_weights_engine(args.model, max_num_seqs=512, max_num_batched_tokens=8192)
+    if args.latency:
+        engine = random_weights_engine(args.model, max_num_seqs=64, max_num_batched_tokens=4096)
+        run_latency(engine, 2, 32, 8, 1.0, seed=9)  # warm-up
+    else:
+        engine = random_weights_engine(args.model, max_num_seqs=512, max_num_batched_tokens=8192)
     runner = engine.core.executor.runner
     marks: list[tuple[torch.cuda.Event, torch.cuda.Event, str, int]] = []
     cpu: list[tuple[float, float]] = []  # host clock: submit's start and end, per step
@@ -60,8 +66,12 @@ def main() -> None:
     runner.submit, runner._resolve = timed_submit, timed_resolve
 
     compiled_before = compiled_keys()
-    _, out_tokens = add_throughput_requests(engine, args.num_prompts)
     start, prof, kernel_ms = time.perf_counter(), None, 0.0
+    if args.latency:
+        out_tokens = 256
+        run_latency(engine, 1, 32, out_tokens, 1.0)
+    else:
+        _, out_tokens = add_throughput_requests(engine, args.num_prompts)
     while engine.has_unfinished_requests():
         if last > first and len(marks) == first and prof is None:
             prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
@@ -107,8 +117,8 @@ def main() -> None:
                                                    "num_device_free", "num_sync_all_streams")}
     with open(args.out, "w") as f:
         json.dump(res, f, indent=2)
-    print(f"throughput (async scheduling): {wall:.1f} s, {out_tokens / wall:.0f} output tok/s; "
-          f"CPU waited for tokens {waited[0]:.1f} s")
+    print(f"{'latency' if args.latency else 'throughput'} (async scheduling): {wall:.1f} s, "
+          f"{out_tokens / wall:.0f} output tok/s; CPU waited for tokens {waited[0]:.2f} s")
     print(f"{'kind':8} {'steps':>6} {'tok/step':>9} {'GPU busy s':>11} {'GPU idle s':>11}")
     for k in sorted(count):
         print(f"{k:8} {count[k]:6d} {tokens[k] / count[k]:9.0f} {busy[k]:11.2f} {idle[k]:11.2f}")
