@@ -3,7 +3,7 @@
 Triton compiles a kernel for each new combination of its constexprs (and of the argument
 properties it specializes on) the first time it meets one, which takes ~0.5-1 s of host
 time; inside a serving step that stalls every request in it (measured: the throughput
-workload took 45.0 s with 13 such compiles against 36.4 s without, H100, 2026-11-26).
+workload took 45.0 s with 13 such compiles against 35.9 s with none, H100, 2026-11-26).
 The profiling pass and the decode-graph capture already meet the big-prefill and decode
 variants; `warm_up(runner)` meets the rest, through the runner's normal `execute`:
 
