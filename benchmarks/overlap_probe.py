@@ -45,7 +45,11 @@ def main() -> None:
     ap.add_argument("--carveouts", default="0,16,32,48",
                     help="SMs kept from cuBLAS (torch._C._set_sm_carveout_experimental), so "
                          "the side stream's attention finds some free")
+    ap.add_argument("--blas", default=None, choices=["cublas", "cublaslt"],
+                    help="torch.backends.cuda.preferred_blas_library for the GEMMs")
     args = ap.parse_args()
+    if args.blas:
+        torch.backends.cuda.preferred_blas_library(args.blas)
     dev, dt = torch.device("cuda"), torch.bfloat16
     hidden, inter, heads, kv_heads, dim, bs = 4096, 14336, 32, 8, 128, 16
     layers = [dict(o=torch.randn(hidden, hidden, device=dev, dtype=dt) * 0.01,
@@ -116,7 +120,8 @@ def main() -> None:
     if carve is not None:
         carve(None)
     print(f"\n{torch.cuda.get_device_name()}: {args.prefill} prefill rows, {args.decode} "
-          f"decode rows at {args.context} keys, ms per layer")
+          f"decode rows at {args.context} keys, ms per layer "
+          f"({torch.backends.cuda.preferred_blas_library()})")
     for name, ms in res.items():
         print(f"{name:>20} {ms:8.3f}")
     print(f"{'SMs kept from cuBLAS':>20} {'GEMMs':>8} {'TFLOP/s':>8} {'two streams':>12} "
