@@ -1,15 +1,16 @@
-"""How many compiled variants each of Tessera's Triton kernels holds on a device.
+"""Which variants of Tessera's Triton kernels are compiled on a device.
 
 Triton compiles a kernel again for every new combination of its constexprs and of the
-properties it specializes integer arguments on (equal to 1, divisible by 16). A compile
-takes ~0.2-1 s of host time, so one inside a serving step stalls it; arguments that vary
-from step to step (table widths, split counts) are therefore marked `do_not_specialize`,
-and the benchmarks check with `compiled_variants()` that a warmed-up engine compiles
-nothing more while it serves.
+properties it specializes arguments on (integers equal to 1 or divisible by 16, pointers
+16-byte aligned). A compile takes ~0.5-1 s of host time, so one inside a serving step
+stalls it: arguments that vary from step to step (table widths, split counts) are marked
+`do_not_specialize`, step inputs are aligned (worker/input_batch.py), the warm-up steps
+(worker/warm_up.py) meet the remaining variants, and benchmarks/gpu_idle.py and a GPU
+test check with `compiled_keys()` that a started engine compiles nothing while it serves.
 
-Objects: `tessera_kernels()` (name -> JIT function, from the modules of this package),
+Objects: `tessera_kernels()` (name -> JIT function, from the modules of this package) and
 `compiled_keys(device)` (name -> specialization keys of the variants compiled so far;
-{} without CUDA) and `compiled_variants(device)` (name -> how many).
+{} without CUDA).
 """
 from __future__ import annotations
 
@@ -22,12 +23,16 @@ import tessera.kernels
 
 
 def tessera_kernels() -> dict:
+    """Name ("module.function") -> every Triton function defined in this package (JIT, or
+    interpreted under TRITON_INTERPRET=1)."""
+    from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
     found = {}
     for info in pkgutil.iter_modules(tessera.kernels.__path__):
         module = importlib.import_module(f"tessera.kernels.{info.name}")
         for name, obj in vars(module).items():
-            if isinstance(obj, JITFunction) and obj.fn.__module__ == module.__name__:
+            if (isinstance(obj, (JITFunction, InterpretedFunction))
+                    and obj.fn.__module__ == module.__name__):
                 found[f"{info.name}.{name}"] = obj
     return found
 
@@ -45,7 +50,3 @@ def compiled_keys(device: torch.device | None = None) -> dict[str, list[str]]:
             keys[name] = [str(k) for k in caches[index][0]]
     return keys
 
-
-def compiled_variants(device: torch.device | None = None) -> dict[str, int]:
-    """Kernel name -> how many variants are compiled on `device`."""
-    return {name: len(keys) for name, keys in compiled_keys(device).items()}

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tessera import LLM, SamplingParams
-from tessera.kernels.jit_variants import compiled_keys
+from tessera.kernels.jit_variants import compiled_keys, tessera_kernels
 from tessera.sampling_params import SamplingParams as Params
 from tessera.worker.input_batch import RequestState, prepare_inputs
 from tessera.worker.warm_up import warm_up
@@ -34,6 +34,16 @@ def test_warm_up_leaves_the_engine_as_it_found_it(tiny_llama):
     p = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
     outs = llm.generate([{"prompt_token_ids": prompt}, {"prompt_token_ids": [3] * 30}], p)
     assert outs[0].outputs[0].token_ids == expected
+
+
+def test_the_kernel_finder_sees_every_kernel_module():
+    names = set(tessera_kernels())
+    assert {"paged_decode_attention._decode_partial", "paged_decode_attention._decode_reduce",
+            "paged_prefill_attention._prefill", "rms_norm._rms_norm", "skinny_gemm._skinny_gemm",
+            "rotary_kv_write._rotary_kv", "silu_and_mul._silu_and_mul"} <= names
+    assert "paged_decode_attention.load_kv_tile" not in names  # imported, not defined there
+    if not torch.cuda.is_available():
+        assert compiled_keys() == {}
 
 
 def test_warm_up_needs_a_few_free_blocks(tiny_llama):
@@ -71,6 +81,7 @@ def test_serving_compiles_no_kernel_after_the_warm_up(tiny_llama):
     llm = LLM(folder, skip_tokenizer_init=True, dtype="bfloat16", num_blocks=512,
               max_num_batched_tokens=256)
     before = compiled_keys()
+    assert "paged_decode_attention._decode_partial" in before  # start-up compiled kernels
     rng = random.Random(0)
     prompts = [{"prompt_token_ids": [rng.randrange(3, 300) for _ in range(rng.randrange(1, 200))]}
                for _ in range(48)]
