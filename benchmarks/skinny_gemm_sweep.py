@@ -172,7 +172,8 @@ def pipeline_grid(k: int, gated: bool) -> list[SkinnyConfig]:
 @torch.inference_mode()
 def uses_sweep(name: str, dtype) -> dict:
     """Each engine use of the skinny GEMM at M = 1 (under PDL where on, as in the engine) over
-    `pipeline_grid`; the best of each becomes an override (CONFIG_OVERRIDES' key and
+    `pipeline_grid`; the best of each but q/k/v (which decode steps run through
+    `skinny_qkv_rope`, another kernel mode) becomes an override (CONFIG_OVERRIDES' key and
     fields) for benchmarks/small_batch_ab.py."""
     out, overrides = {}, {}
     for use, (n, k, gated) in engine_uses(name).items():
@@ -197,7 +198,8 @@ def uses_sweep(name: str, dtype) -> dict:
         ok = [r for r in rows if "us" in r]
         best = min(ok, key=lambda r: r["us"])
         out[use] = dict(n=n, k=k, gated=gated, default=ok[0], best=best, rows=rows)
-        overrides[f"{n},{k},{int(gated)}"] = list(best["config"].values())
+        if use != "qkv":  # decode steps take q/k/v through skinny_qkv_rope (block_n halved)
+            overrides[f"{n},{k},{int(gated)}"] = list(best["config"].values())
         print(f"{use:8} default {ok[0]['us']:7.1f} us ({ok[0]['tb_s']:.2f} TB/s)  best "
               f"{best['us']:7.1f} ({best['tb_s']:.2f}) {tuple(best['config'].values())}  "
               f"err {best['rel_err']:.1e}", flush=True)

@@ -130,7 +130,8 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
         return out
     _decode_reduce[(num_seqs, num_heads)](
         acc, ml, out, out.stride(0), out.stride(1), splits, HEAD_DIM=head_dim,
-        SPLITS_PAD=triton.next_power_of_2(splits), NUM_HEADS=num_heads,
+        SPLITS_PAD=max(16, triton.next_power_of_2(splits)),  # one variant for 2..16 splits
+        NUM_HEADS=num_heads,
         **pdl.pdl_launch_args(q.device))
     return out
 

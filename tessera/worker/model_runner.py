@@ -113,7 +113,7 @@ class ModelRunner:
         from tessera.sampling_params import SamplingParams
         n = min(self.config.scheduler.max_num_batched_tokens, self.arch.max_position_embeddings - 1)
         blocks = -(-n // self.block_size)
-        self.init_kv_cache(blocks, capture_graphs=False)
+        self.init_kv_cache(blocks, for_serving=False)
         req = NewRequestData("profile", [0] * n, n, SamplingParams(max_tokens=1), list(range(blocks)),
                              0, 0)
         from tessera.engine.protocol import SchedulerOutput as S
@@ -126,19 +126,20 @@ class ModelRunner:
     def max_model_len(self) -> int:
         return self.config.model.max_model_len or self.arch.max_position_embeddings
 
-    def init_kv_cache(self, num_blocks: int, capture_graphs: bool = True) -> None:
+    def init_kv_cache(self, num_blocks: int, for_serving: bool = True) -> None:
         """Allocates the blocks, plus one scratch block (id num_blocks) that padded rows of
-        a CUDA-graph batch write to; then captures the decode graphs and runs the warm-up
-        steps (worker/warm_up.py) that compile the kernels' remaining variants."""
+        a CUDA-graph batch write to; then, for serving (not for the profiling pass),
+        captures the decode graphs and runs the warm-up steps (worker/warm_up.py) that
+        compile the kernels' remaining variants."""
         a = self.arch
         shape = (2, num_blocks + 1, self.block_size, self.kv_heads, a.head_dim)
         self.kv_caches = [torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
                           for _ in range(self.model.num_local_layers)]
-        if (capture_graphs and self.use_kernels and not self.config.model.enforce_eager
+        if (for_serving and self.use_kernels and not self.config.model.enforce_eager
                 and self.stage.size == 1  # graphs hold no send/recv between stages
                 and not a.num_experts):  # expert routing sizes its matmuls on the host
             self._capture_graphs(num_blocks)
-        if capture_graphs and self.device.type == "cuda":
+        if for_serving and self.device.type == "cuda":
             start = time.perf_counter()
             if warm_up(self):
                 logger.info("warm-up steps took %.1f s", time.perf_counter() - start)

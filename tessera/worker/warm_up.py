@@ -1,58 +1,85 @@
-"""Warm-up steps run once the KV cache exists, so serving never waits for a kernel compile.
+"""Warm-up steps run once the KV cache exists, so serving does not wait for kernel compiles.
 
 Triton compiles a kernel for each new combination of its constexprs (and of the argument
 properties it specializes on) the first time it meets one, which takes ~0.5-1 s of host
 time; inside a serving step that stalls every request in it (measured: the throughput
 workload took 45.0 s with 13 such compiles against 35.9 s with none, H100, 2026-11-26).
-The profiling pass and the decode-graph capture already meet the big-prefill and decode
-variants; `warm_up(runner)` meets the rest, through the runner's normal `execute`:
+The decode-graph capture meets the decode variants of the batch sizes it captures;
+`warm_up(runner)` meets the rest through the runner's normal `execute`, phase by phase
+(each phase's requests are forgotten before the next):
 
-- step 1: two short prompts (5 and 9 tokens): an eager step of at most 16 rows (the skinny
-  GEMM outside a graph, q/k/v unfused), prefill attention in its short-query tiles, the
-  LM head on 2 rows;
-- step 2: both decode one token beside a 40-token prompt: a mixed step (decode kernel
-  eager, prefill attention in its long-query tiles, cuBLAS GEMMs), the LM head on 3 rows;
-- the LM head on 16 rows (the skinny kernel's multiple-of-16 variant).
+- two short prompts (5 and 9 tokens): an eager step of 2-15 rows (the skinny GEMM outside
+  a graph, q/k/v unfused), prefill attention in its short-query tiles, LM head on 2 rows;
+- one 16-token prompt: the same at 16 rows (a multiple of 16 is its own variant);
+- both short requests decode beside a 40-token prompt: a mixed step (decode kernel eager,
+  prefill attention in its long-query tiles, cuBLAS GEMMs), LM head on 3 rows;
+- without decode graphs (`enforce_eager`, MoE models): decode-only steps of 1, 2 and 16
+  sequences, and of enough sequences that the decode kernel stops splitting;
+- the LM head on 1 and 16 rows.
 
-It writes only into cache blocks that no request owns yet, and leaves no request state
-behind. Objects: `warm_up(runner)` -> whether it ran (it needs a few free blocks, and one
-pipeline stage: stages would have to step in lockstep).
+Phases are cut to the step budget (`max_num_batched_tokens`, `max_num_seqs`) and the
+context length, so they meet only what serving can meet. Requests take cache blocks from 0
+up, wrapping around in a small cache: they write only blocks no request owns yet, and
+their outputs are thrown away. Objects: `warm_up(runner)` -> whether it ran (not with
+pipeline stages, which would have to step in lockstep, nor for a context of a few tokens).
 """
 from __future__ import annotations
 
 import torch
 
 from tessera.engine.protocol import CachedRequestData, NewRequestData, SchedulerOutput
+from tessera.kernels.paged_decode_attention import default_num_splits
 from tessera.sampling_params import SamplingParams
 
-_PROMPTS = {"warm-up-a": 5, "warm-up-b": 9}
-_LONG_PROMPT = ("warm-up-c", 40)
+_PARAMS = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
+_LONG_PROMPT = 40  # > 32 query rows: the prefill kernel's long-query tiles
 
 
 @torch.inference_mode()
 def warm_up(runner) -> bool:
-    bs = runner.block_size
-    lengths = {**_PROMPTS, _LONG_PROMPT[0]: _LONG_PROMPT[1]}
-    need = {rid: -(-(n + 1) // bs) for rid, n in lengths.items()}  # room for one more token
-    num_blocks = runner.kv_caches[0].shape[1] - 1 if runner.kv_caches else 0  # less scratch
-    if (runner.stage.size > 1 or sum(need.values()) > num_blocks
-            or max(lengths.values()) >= runner.max_model_len):
+    sched = runner.config.scheduler
+    budget, max_seqs = sched.max_num_batched_tokens, sched.max_num_seqs
+    longest = min(budget, runner.max_model_len - 2)  # tokens one prompt may bring
+    if runner.stage.size > 1 or longest < 4:
         return False
-    blocks, first = {}, 0
-    for rid, n in need.items():
-        blocks[rid] = list(range(first, first + n))
-        first += n
-    params = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
-
-    def new(rid: str) -> NewRequestData:
-        n = lengths[rid]
-        return NewRequestData(rid, [1 + i % 7 for i in range(n)], n, params, blocks[rid], 0, 0)
-
-    runner.execute(SchedulerOutput([new(r) for r in _PROMPTS], [], dict(_PROMPTS), set(), set()))
-    decodes = [CachedRequestData(r, [], []) for r in _PROMPTS]
-    scheduled = {**{r: 1 for r in _PROMPTS}, _LONG_PROMPT[0]: _LONG_PROMPT[1]}
-    runner.execute(SchedulerOutput([new(_LONG_PROMPT[0])], decodes, scheduled, set(), set()))
-    hidden = runner.arch.hidden_size
-    runner.model.compute_logits(torch.zeros(16, hidden, dtype=runner.dtype, device=runner.device))
-    runner.execute(SchedulerOutput([], [], {}, set(lengths), set()))  # forget the requests
+    phase = _Phase(runner)
+    phase.step({"a": 5, "b": 9} if longest >= 14 else {"a": 2, "b": 2})
+    phase.step({"c": min(16, longest)})
+    phase.forget("c")
+    phase.step({"a": 1, "b": 1, "d": min(_LONG_PROMPT, longest - 2)}, decoding=("a", "b"))
+    phase.forget("a", "b", "d")
+    if runner.graphs is None:
+        unsplit = next(n for n in range(1, 1 << 12)  # the decode kernel stops splitting
+                       if default_num_splits(n, runner.kv_heads) == 1)
+        for n in sorted({1, 2, 16, unsplit}):
+            if n <= min(budget, max_seqs):
+                phase.step({f"s{i}": 1 for i in range(n)})  # one-token prompts: decodes
+                phase.forget(*(f"s{i}" for i in range(n)))
+    for rows in (1, 16):
+        runner.model.compute_logits(
+            torch.zeros(rows, runner.arch.hidden_size, dtype=runner.dtype, device=runner.device))
     return True
+
+
+class _Phase:
+    """Runs scheduler-shaped steps on the runner for made-up requests."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.num_blocks = runner.kv_caches[0].shape[1] - 1  # less the graphs' scratch block
+        self.next_block = 0
+
+    def _blocks(self, tokens: int) -> list[int]:
+        count = -(-(tokens + 1) // self.runner.block_size)  # room for the sampled token
+        first, self.next_block = self.next_block, self.next_block + count
+        return [(first + i) % self.num_blocks for i in range(count)]
+
+    def step(self, scheduled: dict[str, int], decoding: tuple[str, ...] = ()) -> None:
+        new = [NewRequestData(rid, [1 + i % 7 for i in range(n)], n, _PARAMS,
+                              self._blocks(n), 0, 0)
+               for rid, n in scheduled.items() if rid not in decoding]
+        cached = [CachedRequestData(rid, [], []) for rid in decoding]
+        self.runner.execute(SchedulerOutput(new, cached, scheduled, set(), set()))
+
+    def forget(self, *request_ids: str) -> None:
+        self.runner.execute(SchedulerOutput([], [], {}, set(request_ids), set()))

@@ -1,9 +1,10 @@
 """The warm-up steps (worker/warm_up.py) and the aligned step inputs they rely on.
 
 On the GPU the warm-up runs when the KV cache is made, so that serving compiles no Triton
-kernel; on CPU nothing compiles, but the steps are the same, so here they are run by hand
-on a tiny Llama: they must leave no request state, no in-flight step and no owned block
-behind, and greedy output must still equal HF transformers'.
+kernel (the GPU test checks that at Llama-3-8B's widths, with and without graphs); on CPU
+nothing compiles, but the steps are the same, so here they are run by hand on a tiny
+Llama: they must leave no request state and no in-flight step behind, and greedy output
+must still equal HF transformers' afterwards, in a small cache too.
 """
 from __future__ import annotations
 
@@ -21,19 +22,20 @@ from tessera.worker.warm_up import warm_up
 from tests.conftest import hf_greedy
 
 
-def test_warm_up_leaves_the_engine_as_it_found_it(tiny_llama):
+@pytest.mark.parametrize("num_blocks", [64, 4])  # 4: the warm-up's blocks wrap around
+def test_warm_up_leaves_the_engine_as_it_found_it(tiny_llama, num_blocks):
     folder, hf_model = tiny_llama
-    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=64, block_size=8)
+    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=num_blocks, block_size=8)
     runner = llm.engine.core.executor.runner
     prompt = [5, 9, 17, 3, 11, 40, 2, 7]
     expected, _ = hf_greedy(hf_model, prompt, 12)
-    assert warm_up(runner)
+    assert warm_up(runner)  # on CPU no graphs: the eager decode phases run too
     assert not runner.states and not runner._in_flight
+    p = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    outs = llm.generate([{"prompt_token_ids": prompt}, {"prompt_token_ids": [3] * 14}], p)
+    assert outs[0].outputs[0].token_ids == expected
     stats = llm.engine.stats()
     assert stats["free_blocks"] == stats["num_blocks"]
-    p = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
-    outs = llm.generate([{"prompt_token_ids": prompt}, {"prompt_token_ids": [3] * 30}], p)
-    assert outs[0].outputs[0].token_ids == expected
 
 
 def test_the_kernel_finder_sees_every_kernel_module():
@@ -46,9 +48,9 @@ def test_the_kernel_finder_sees_every_kernel_module():
         assert compiled_keys() == {}
 
 
-def test_warm_up_needs_a_few_free_blocks(tiny_llama):
+def test_warm_up_skips_a_context_of_a_few_tokens(tiny_llama):
     folder, _ = tiny_llama
-    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=4, block_size=8)
+    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=8, block_size=8, max_model_len=5)
     assert not warm_up(llm.engine.core.executor.runner)
 
 
@@ -73,22 +75,37 @@ def test_step_inputs_start_on_16_byte_boundaries():
     assert np.array_equal(inputs.meta.slot_mapping.numpy(), [10, 20] + list(range(7)))
 
 
+EIGHT_B_WIDTHS = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
+                      num_key_value_heads=8, vocab_size=128256, max_position_embeddings=2048,
+                      rope_theta=500000.0, num_hidden_layers=2)
+
+
 @pytest.mark.gpu
-def test_serving_compiles_no_kernel_after_the_warm_up(tiny_llama):
-    """Once the engine is up (profiling pass, decode graphs, warm-up), a mixed workload of
-    many prompt lengths and batch sizes meets no new Triton kernel variant."""
-    folder, _ = tiny_llama
-    llm = LLM(folder, skip_tokenizer_init=True, dtype="bfloat16", num_blocks=512,
-              max_num_batched_tokens=256)
+@pytest.mark.parametrize("enforce_eager", [False, True])
+def test_serving_compiles_no_kernel_after_start_up(tmp_path, enforce_eager):
+    """Llama-3-8B's widths (2 layers, random weights), so the weights' kernel variants
+    differ as in the real model. Once the engine is up (graphs, warm-up; the profiling
+    pass skipped by a fixed cache size), lone prompts of 20, 16 and 1 tokens, a mixed
+    workload of 48 prompt lengths and batches of 1/3/17 meet no new Triton variant."""
+    import transformers
+    config = transformers.LlamaConfig(**EIGHT_B_WIDTHS)
+    config.architectures = ["LlamaForCausalLM"]
+    config.save_pretrained(str(tmp_path))
+    llm = LLM(str(tmp_path), load_format="dummy", dtype="bfloat16", skip_tokenizer_init=True,
+              num_blocks=2048, max_num_batched_tokens=512, enforce_eager=enforce_eager)
     before = compiled_keys()
     assert "paged_decode_attention._decode_partial" in before  # start-up compiled kernels
     rng = random.Random(0)
+    greedy = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    for n in (20, 16, 1):
+        llm.generate({"prompt_token_ids": [7] * n}, greedy)
+    llm.generate([{"prompt_token_ids": [9] * 50}] * 6, greedy)
     prompts = [{"prompt_token_ids": [rng.randrange(3, 300) for _ in range(rng.randrange(1, 200))]}
                for _ in range(48)]
     params = [SamplingParams(temperature=0, max_tokens=rng.randrange(1, 40), ignore_eos=True)
               for _ in prompts]
     llm.generate(prompts, params)  # all at once: mixed steps, decodes of many batch sizes
-    for n in (1, 3, 17):  # small batches: the decode graphs and the skinny GEMM
+    for n in (1, 3, 17):
         llm.generate(prompts[:n], params[:n])
     new = {name: set(keys) - set(before.get(name, [])) for name, keys in compiled_keys().items()}
     assert not any(new.values()), {name: len(keys) for name, keys in new.items() if keys}
