@@ -6,8 +6,9 @@ SiLU-and-mul and down GEMMs (`--prefill` rows) and the decode rows' attention (`
 sequences at `--context` keys, the Triton paged kernel), each alone, one after the other
 on one stream, and side by side on two streams (attention on the side stream), repeated
 over `--layers` layers; the decode rows' own GEMMs, which splitting the step adds, are
-timed too. The GEMMs take every SM unless some are kept from cuBLAS (`--carveouts`).
-One table last.
+timed too. The GEMMs take every SM unless some are kept from cuBLAS (`--carveouts`); with
+`--persistent`, the attention then runs as a persistent kernel sized to the kept SMs (an
+experiment, checked against the engine's kernel). One table last.
 
     python benchmarks/overlap_probe.py [--prefill 2048 --decode 512 --context 1024]
 """
@@ -17,8 +18,59 @@ import argparse
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
+from tessera.kernels.attention_tiles import load_kv_tile, online_softmax_step
 from tessera.kernels.paged_decode_attention import paged_decode_attention
+
+
+@triton.jit
+def _persistent_decode(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, out_ptr, scale, num_items,
+                       stride_qb, stride_qh, stride_kvs, stride_kvb, stride_kvt, stride_kvh,
+                       stride_tb, stride_ob, stride_oh, max_blocks, KV_HEADS: tl.constexpr,
+                       GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+                       BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr):
+    """An experiment: the decode kernel's unsplit work, (sequence, KV head) items, walked
+    by a fixed number of programs, so it stays on as many SMs as it is given."""
+    rows = tl.arange(0, GROUP_PAD)
+    dims = tl.arange(0, HEAD_DIM)
+    toks = tl.arange(0, TILE)
+    row_ok = rows < GROUP
+    for item in range(tl.program_id(0), num_items, tl.num_programs(0)):
+        seq = item // KV_HEADS
+        kv_head = item % KV_HEADS
+        seq_len = tl.load(seq_lens_ptr + seq)
+        heads = kv_head * GROUP + rows
+        q = tl.load(q_ptr + seq * stride_qb + heads[:, None] * stride_qh + dims[None, :],
+                    mask=row_ok[:, None], other=0.0)  # [G, D]
+        m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+        l = tl.zeros([GROUP_PAD], tl.float32)
+        acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
+        for tile in range(0, tl.cdiv(seq_len, TILE)):
+            pos = tile * TILE + toks
+            live = pos < seq_len
+            k, v = load_kv_tile(kv_ptr, tables_ptr, seq, pos, live, kv_head, dims, stride_tb,
+                                stride_kvs, stride_kvb, stride_kvt, stride_kvh, max_blocks,
+                                BLOCK_SIZE)
+            m, l, acc = online_softmax_step(q, k, v, live[None, :], m, l, acc, scale, "tf32")
+        res = acc / tl.maximum(l, 1e-30)[:, None]
+        tl.store(out_ptr + seq * stride_ob + heads[:, None] * stride_oh + dims[None, :],
+                 res.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+def persistent_decode(q, kv_cache, tables, lens, scale, programs: int) -> torch.Tensor:
+    num_seqs, num_heads, head_dim = q.shape
+    _, _, block_size, kv_heads, _ = kv_cache.shape
+    out = torch.empty_like(q)
+    group = num_heads // kv_heads
+    _persistent_decode[(programs,)](
+        q, kv_cache, tables, lens, out, scale, num_seqs * kv_heads, q.stride(0), q.stride(1),
+        kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
+        tables.stride(0), out.stride(0), out.stride(1), tables.shape[1], KV_HEADS=kv_heads,
+        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+        BLOCK_SIZE=block_size, TILE=64)
+    return out
 
 
 def time_ms(fn, reps: int = 5) -> float:
@@ -45,6 +97,9 @@ def main() -> None:
     ap.add_argument("--carveouts", default="0,16,32,48",
                     help="SMs kept from cuBLAS (torch._C._set_sm_carveout_experimental), so "
                          "the side stream's attention finds some free")
+    ap.add_argument("--persistent", type=int, default=0, metavar="PER_SM",
+                    help="with a carve-out, run the attention as a persistent kernel of "
+                         "PER_SM programs per kept SM (an experiment)")
     ap.add_argument("--blas", default=None, choices=["cublas", "cublaslt"],
                     help="torch.backends.cuda.preferred_blas_library for the GEMMs")
     args = ap.parse_args()
@@ -71,7 +126,11 @@ def main() -> None:
         g, u = F.linear(h, w["gate_up"]).chunk(2, dim=-1)
         return F.linear(F.silu(g) * u, w["down"])
 
+    programs = [0]  # > 0: the persistent experiment with this many programs
+
     def attention(i):
+        if programs[0]:
+            return persistent_decode(q, caches[i], tables, lens, dim ** -0.5, programs[0])
         return paged_decode_attention(q, caches[i], tables, lens, dim ** -0.5)
 
     def gemms_only():
@@ -113,10 +172,16 @@ def main() -> None:
             continue
         if carve is not None:
             carve(sms or None)
+        programs[0] = args.persistent * sms
+        if programs[0]:
+            ref = paged_decode_attention(q, caches[0], tables, lens, dim ** -0.5)
+            assert torch.allclose(attention(0).float(), ref.float(), atol=2e-2, rtol=2e-2)
+        attn_ms = time_ms(attention_only) / args.layers
         gemm_ms = time_ms(gemms_only) / args.layers
         serial_ms = time_ms(serial) / args.layers  # the baseline under the same carve-out
         both_ms = time_ms(overlapped) / args.layers
-        rows.append((sms, gemm_ms, serial_ms, both_ms))
+        rows.append((sms, gemm_ms, attn_ms, serial_ms, both_ms))
+    programs[0] = 0
     if carve is not None:
         carve(None)
     print(f"\n{torch.cuda.get_device_name()}: {args.prefill} prefill rows, {args.decode} "
@@ -124,11 +189,11 @@ def main() -> None:
           f"({torch.backends.cuda.preferred_blas_library()})")
     for name, ms in res.items():
         print(f"{name:>20} {ms:8.3f}")
-    print(f"{'SMs kept from cuBLAS':>20} {'GEMMs':>8} {'TFLOP/s':>8} {'one stream':>11} "
-          f"{'two streams':>12} {'attention hidden':>17}")
-    for sms, gemm_ms, serial_ms, both_ms in rows:
-        print(f"{sms:>20} {gemm_ms:8.3f} {flops / gemm_ms / 1e9:8.0f} {serial_ms:11.3f} "
-              f"{both_ms:12.3f} {(serial_ms - both_ms) / res['decode attention']:17.0%}")
+    print(f"{'SMs kept from cuBLAS':>20} {'GEMMs':>8} {'TFLOP/s':>8} {'attention':>10} "
+          f"{'one stream':>11} {'two streams':>12} {'attention hidden':>17}")
+    for sms, gemm_ms, attn_ms, serial_ms, both_ms in rows:
+        print(f"{sms:>20} {gemm_ms:8.3f} {flops / gemm_ms / 1e9:8.0f} {attn_ms:10.3f} "
+              f"{serial_ms:11.3f} {both_ms:12.3f} {(serial_ms - both_ms) / attn_ms:17.0%}")
 
 
 if __name__ == "__main__":
