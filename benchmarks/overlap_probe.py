@@ -21,8 +21,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from tessera.kernels.attention_tiles import load_kv_tile, online_softmax_step
-from tessera.kernels.paged_decode_attention import paged_decode_attention
+from tessera.kernels.paged_decode_attention import attend_group, paged_decode_attention
 
 
 @triton.jit
@@ -35,29 +34,19 @@ def _persistent_decode(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, out_ptr, scale, 
     by a fixed number of programs, so it stays on as many SMs as it is given."""
     rows = tl.arange(0, GROUP_PAD)
     dims = tl.arange(0, HEAD_DIM)
-    toks = tl.arange(0, TILE)
     row_ok = rows < GROUP
     for item in range(tl.program_id(0), num_items, tl.num_programs(0)):
         seq = item // KV_HEADS
         kv_head = item % KV_HEADS
         seq_len = tl.load(seq_lens_ptr + seq)
-        heads = kv_head * GROUP + rows
-        q = tl.load(q_ptr + seq * stride_qb + heads[:, None] * stride_qh + dims[None, :],
-                    mask=row_ok[:, None], other=0.0)  # [G, D]
-        m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-        l = tl.zeros([GROUP_PAD], tl.float32)
-        acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
-        for tile in range(0, tl.cdiv(seq_len, TILE)):
-            pos = tile * TILE + toks
-            live = pos < seq_len
-            k, v = load_kv_tile(kv_ptr, tables_ptr, seq, pos, live, kv_head, dims, stride_tb,
-                                stride_kvs, stride_kvb, stride_kvt, stride_kvh, max_blocks,
-                                BLOCK_SIZE)
-            m, l, acc = online_softmax_step(q, k, v, live[None, :], m, l, acc, scale, "tf32")
+        m, l, acc = attend_group(q_ptr, kv_ptr, tables_ptr, seq, kv_head, seq_len, 0,
+                                 tl.cdiv(seq_len, TILE), 0, scale, stride_qb, stride_qh,
+                                 stride_kvs, stride_kvb, stride_kvt, stride_kvh, stride_tb,
+                                 max_blocks, GROUP, GROUP_PAD, HEAD_DIM, BLOCK_SIZE, TILE, "tf32")
         res = acc / tl.maximum(l, 1e-30)[:, None]
+        heads = kv_head * GROUP + rows
         tl.store(out_ptr + seq * stride_ob + heads[:, None] * stride_oh + dims[None, :],
                  res.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
-
 
 def persistent_decode(q, kv_cache, tables, lens, scale, programs: int) -> torch.Tensor:
     num_seqs, num_heads, head_dim = q.shape

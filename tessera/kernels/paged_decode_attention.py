@@ -5,11 +5,12 @@ Shapes: q [B, Hq, D]; kv_cache [2, num_blocks, block_size, Hkv, D]; block_tables
 [B, max_blocks] int32/int64; seq_lens [B] (keys per sequence, the new token included)
 -> out [B, Hq, D].
 
-Kernel 1 (`_decode_partial`): one program per (sequence, KV head, split). It holds all
-the query heads that share the KV head (GQA group, padded to 16 rows for tl.dot) and
-walks its split's share of the sequence in tiles of 64 tokens (several pages, each token's
-page looked up in the block table), an online softmax keeping the running max `m`, sum
-`l` and weighted values `acc`. Kernel 2 (`_decode_reduce`) merges the splits.
+Kernel 1 (`_decode_partial`): one program per (sequence, KV head, split); its work,
+`attend_group` (also used by benchmarks/overlap_probe.py's persistent experiment), holds
+all the query heads that share the KV head (GQA group, padded to 16 rows for tl.dot) and
+walks a range of the sequence in tiles of 64 tokens (several pages, each token's page
+looked up in the block table), an online softmax keeping the running max `m`, sum `l`
+and weighted values `acc`. Kernel 2 (`_decode_reduce`) merges the splits.
 No host value decides a shape, so a CUDA graph can capture both launches.
 """
 from __future__ import annotations
@@ -22,6 +23,35 @@ import triton.language as tl
 
 from tessera.kernels import pdl
 from tessera.kernels.attention_tiles import load_kv_tile, online_softmax_step
+
+
+@triton.jit
+def attend_group(q_ptr, kv_ptr, tables_ptr, seq, kv_head, seq_len, first_tile, last_tile,
+                 lowest_key, scale, stride_qb, stride_qh, stride_kvs, stride_kvb, stride_kvt,
+                 stride_kvh, stride_tb, max_blocks, GROUP: tl.constexpr,
+                 GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                 TILE: tl.constexpr, PRECISION: tl.constexpr):
+    """The query heads of one KV head of one sequence over key tiles [first_tile,
+    last_tile), keys below lowest_key masked -> the online softmax's m, l [G] and acc [G, D]."""
+    rows = tl.arange(0, GROUP_PAD)  # query heads of this KV head
+    dims = tl.arange(0, HEAD_DIM)
+    toks = tl.arange(0, TILE)
+    row_ok = rows < GROUP
+    heads = kv_head * GROUP + rows
+    q = tl.load(q_ptr + seq * stride_qb + heads[:, None] * stride_qh + dims[None, :],
+                mask=row_ok[:, None], other=0.0)  # [G, D]
+    m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+    l = tl.zeros([GROUP_PAD], tl.float32)
+    acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
+    for tile in range(first_tile, last_tile):
+        pos = tile * TILE + toks  # [TILE] token positions
+        live = pos < seq_len
+        k, v = load_kv_tile(kv_ptr, tables_ptr, seq, pos, live, kv_head, dims, stride_tb,
+                            stride_kvs, stride_kvb, stride_kvt, stride_kvh, max_blocks,
+                            BLOCK_SIZE)  # [TILE, D] each
+        visible = (live & (pos >= lowest_key))[None, :]
+        m, l, acc = online_softmax_step(q, k, v, visible, m, l, acc, scale, PRECISION)
+    return m, l, acc
 
 
 @triton.jit(do_not_specialize=["stride_tb", "num_splits", "max_blocks"])  # vary by step
@@ -42,25 +72,14 @@ def _decode_partial(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, acc_ptr, ml_ptr, ou
     first_tile = split * tiles_per_split
     last_tile = tl.minimum(first_tile + tiles_per_split, num_tiles)
     lowest_key = tl.maximum(seq_len - window, 0)  # window = seq_len bound when none
-
+    m, l, acc = attend_group(q_ptr, kv_ptr, tables_ptr, seq, kv_head, seq_len, first_tile,
+                             last_tile, lowest_key, scale, stride_qb, stride_qh, stride_kvs,
+                             stride_kvb, stride_kvt, stride_kvh, stride_tb, max_blocks, GROUP,
+                             GROUP_PAD, HEAD_DIM, BLOCK_SIZE, TILE, PRECISION)
     rows = tl.arange(0, GROUP_PAD)  # query heads of this KV head
     dims = tl.arange(0, HEAD_DIM)
-    toks = tl.arange(0, TILE)
     row_ok = rows < GROUP
     heads = kv_head * GROUP + rows
-    q = tl.load(q_ptr + seq * stride_qb + heads[:, None] * stride_qh + dims[None, :],
-                mask=row_ok[:, None], other=0.0)  # [G, D]
-    m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-    l = tl.zeros([GROUP_PAD], tl.float32)
-    acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
-    for tile in range(first_tile, last_tile):
-        pos = tile * TILE + toks  # [TILE] token positions
-        live = pos < seq_len
-        k, v = load_kv_tile(kv_ptr, tables_ptr, seq, pos, live, kv_head, dims, stride_tb,
-                            stride_kvs, stride_kvb, stride_kvt, stride_kvh, max_blocks,
-                            BLOCK_SIZE)  # [TILE, D] each
-        visible = (live & (pos >= lowest_key))[None, :]
-        m, l, acc = online_softmax_step(q, k, v, visible, m, l, acc, scale, PRECISION)
     if DIRECT:  # one split: this program has the whole answer
         res = acc / tl.maximum(l, 1e-30)[:, None]
         tl.store(out_ptr + seq * stride_ob + heads[:, None] * stride_oh + dims[None, :],
