@@ -3,8 +3,9 @@
 For each mode (skinny GEMM off/on x programmatic dependent launch off/on) a fresh engine
 (Llama-3-8B shape, random bf16 weights, decode CUDA graphs) runs the latency workload at
 batch 1 (prompt 32, 256 new tokens) and batches 4 and 16 (prompt 512, 128 new); then the
-kernels of its batch-1 decode graph are profiled (mean us per replay, by kernel). One
-table last; full JSON to --out.
+kernels of its batch-1 decode graph are profiled (mean us per replay, by kernel; and one
+decoder layer's kernels in order: duration, overlap with the one before under PDL, and
+the time each adds to the step). One table last; full JSON to --out.
 
     python benchmarks/small_batch_ab.py --out $OUT/ab.json [--modes off/off,auto/on/16]
 """
@@ -44,12 +45,33 @@ def graph_kernels(engine: LLMEngine, reps: int = 20) -> dict:
             graph.replay()
         torch.cuda.synchronize()
     kernels: dict[str, list] = {}
+    events = []
     for ev in prof.events():
         if ev.device_type.name == "CUDA" and ev.device_time > 0:
             kernels.setdefault(ev.name[:80], []).append(ev.device_time)
+            events.append((ev.time_range.start, ev.time_range.end, ev.name))
     table = sorted(((n, len(t) / reps, sum(t) / reps) for n, t in kernels.items()),
                    key=lambda r: -r[2])
-    return dict(replay_us=wall_us, kernel_sum_us=sum(r[2] for r in table), kernels=table)
+    return dict(replay_us=wall_us, kernel_sum_us=sum(r[2] for r in table), kernels=table,
+                layer=layer_timeline(sorted(events)))
+
+
+def layer_timeline(events: list) -> list:
+    """The kernels of one decoder layer, in order, from a profile's (start, end, name) in
+    us: cycles start at each decode-attention kernel; per position of the cycle, the
+    median duration, the median gap from the previous kernel's end to its start (negative:
+    they overlap, as PDL lets them) and the median time it adds to the timeline's end."""
+    starts = [i for i, (_, _, name) in enumerate(events) if "decode_partial" in name]
+    cycles = [events[a:b] for a, b in zip(starts, starts[1:]) if b - a == starts[1] - starts[0]]
+    rows = []
+    for j in range(len(cycles[0]) if cycles else 0):
+        dur = sorted(c[j][1] - c[j][0] for c in cycles)
+        gap = sorted(c[j][0] - c[j - 1][1] for c in cycles if j)
+        adds = sorted(c[j][1] - max(k[1] for k in c[:j]) for c in cycles if j)
+        rows.append(dict(kernel=cycles[0][j][2][:40], dur_us=dur[len(dur) // 2],
+                         gap_us=gap[len(gap) // 2] if gap else None,
+                         adds_us=adds[len(adds) // 2] if adds else None))
+    return rows
 
 
 def load_config_overrides(path: str) -> dict:
@@ -123,10 +145,15 @@ def main() -> None:
               f"{r['b16']['tok_s']:>10.0f}")
     if not results["modes"]:
         return
-    last = list(results["modes"].values())[-1]["graph"]["kernels"]
+    last = list(results["modes"].values())[-1]["graph"]
     print("kernels of the last mode's batch-1 graph (us per replay):")
-    for name, per, us in last[:14]:
+    for name, per, us in last["kernels"][:14]:
         print(f"  {us:8.1f}  x{per:5.1f}  {name}")
+    print("one layer of it, in order (us; gap: from the previous kernel's end; adds: to the "
+          "timeline's end):")
+    for r in last["layer"]:
+        print(f"  {r['kernel']:<40} dur {r['dur_us']:7.1f}  gap {r['gap_us'] or 0:6.1f}  "
+              f"adds {r['adds_us'] or 0:6.1f}")
 
 
 if __name__ == "__main__":
