@@ -23,6 +23,7 @@ import time
 import torch
 
 from tessera.bench import add_throughput_requests, random_weights_engine, run_latency
+from tessera.gc_tuning import PauseMeter, freeze_after_startup
 from tessera.kernels.jit_variants import compiled_keys
 
 
@@ -34,13 +35,23 @@ def main() -> None:
     ap.add_argument("--profile-steps", default="200:206", help="first:end; 0:0 for none")
     ap.add_argument("--latency", action="store_true",
                     help="the latency workload instead (batch 1, prompt 32, 256 new)")
+    ap.add_argument("--max-num-seqs", type=int, default=512)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    ap.add_argument("--kv-cache-dtype", default="auto")
+    ap.add_argument("--no-gc-freeze", action="store_true",
+                    help="leave start-up's objects to Python's collector (tessera/gc_tuning.py)")
     args = ap.parse_args()
     first, last = (int(x) for x in args.profile_steps.split(":"))
     if args.latency:
         engine = random_weights_engine(args.model, max_num_seqs=64, max_num_batched_tokens=4096)
         run_latency(engine, 2, 32, 8, 1.0, seed=9)  # warm-up
     else:
-        engine = random_weights_engine(args.model, max_num_seqs=512, max_num_batched_tokens=8192)
+        engine = random_weights_engine(args.model, max_num_seqs=args.max_num_seqs,
+                                       max_num_batched_tokens=args.max_num_batched_tokens,
+                                       kv_cache_dtype=args.kv_cache_dtype)
+    if not args.no_gc_freeze:
+        freeze_after_startup()  # as `tessera bench` and the server's processes do
+    gc_meter = PauseMeter().start()
     runner = engine.core.executor.runner
     marks: list[tuple[torch.cuda.Event, torch.cuda.Event, str, int]] = []
     cpu: list[tuple[float, float]] = []  # host clock: submit's start and end, per step
@@ -82,9 +93,13 @@ def main() -> None:
             torch.cuda.synchronize()
             window = (window, len(marks))
             prof.__exit__(None, None, None)
-            kernel_ms = sum(e.self_device_time_total for e in prof.key_averages()) / 1e3
+            averages = prof.key_averages()
+            kernel_ms = sum(e.self_device_time_total for e in averages) / 1e3
+            top = sorted(((e.key[:70], e.self_device_time_total / 1e3) for e in averages
+                          if e.self_device_time_total > 0), key=lambda r: -r[1])[:12]
     torch.cuda.synchronize()
     wall = time.perf_counter() - start
+    gc_pauses = gc_meter.stop()
     mem = torch.cuda.memory_stats()
 
     busy, idle = collections.Counter(), collections.Counter()
@@ -96,13 +111,14 @@ def main() -> None:
         count[kind] += 1
         tokens[kind] += n
     res = {"wall_s": wall, "output_tok_s": out_tokens / wall, "cpu_waited_s": waited[0],
+           "gc_frozen": not args.no_gc_freeze, "gc_pauses": gc_pauses,
            "kinds": {k: {"steps": count[k], "busy_s": busy[k], "idle_before_s": idle[k],
                          "tokens_per_step": tokens[k] / count[k]} for k in count}}
     if kernel_ms:
         a, b = window
         res["profiled_steps"] = {
             "steps": [m[2] + f" {m[3]}" for m in marks[a:b]], "kernel_ms": kernel_ms,
-            "busy_ms": sum(s.elapsed_time(e) for s, e, _, _ in marks[a:b])}
+            "busy_ms": sum(s.elapsed_time(e) for s, e, _, _ in marks[a:b]), "top_kernels_ms": top}
     res["steps"] = [  # per step: kind, tokens, GPU busy and idle before it, CPU submit ms
         dict(kind=kind, tokens=n, busy_ms=s.elapsed_time(e),
              idle_ms=marks[i - 1][1].elapsed_time(s) if i else 0.0,
@@ -125,7 +141,12 @@ def main() -> None:
     if "profiled_steps" in res:
         p = res["profiled_steps"]
         print(f"steps {p['steps']}: kernels {p['kernel_ms']:.1f} ms of {p['busy_ms']:.1f} ms busy")
+        for name, ms in p["top_kernels_ms"]:
+            print(f"  {ms:9.1f} ms  {name}")
     print("allocator:", res["allocator"])
+    print(f"garbage collections (start-up objects {'frozen' if res['gc_frozen'] else 'not frozen'}"
+          "), by generation:", {g: f"{p['count']} x, {p['total_ms']:.0f} ms in all, longest "
+                                   f"{p['max_ms']:.0f} ms" for g, p in gc_pauses.items()})
     print("Triton kernels compiled during the run:",
           {k: len(v) for k, v in res["compiled_during_run"].items()} or "none")
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from tessera.config import EngineConfig
+from tessera.gc_tuning import freeze_after_startup, unfreeze
 from tessera.llm_engine import LLMEngine
 from tessera.quant.kv_cache import resolve_kv_cache_dtype
 from tessera.sampling_params import SamplingParams
@@ -159,6 +160,7 @@ def run_bench(args: argparse.Namespace) -> int:
     kwargs = engine_kwargs(args)
     kwargs.setdefault("skip_tokenizer_init", True)
     engine = LLMEngine(EngineConfig.from_kwargs(**kwargs))
+    freeze_after_startup()  # as a server's engine process does (gc_tuning.py)
     device = engine.config.model.torch_device
     if args.workload == "latency":
         bandwidth = measure_bandwidth(device)
@@ -181,4 +183,5 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=2)
+    unfreeze()
     return 0

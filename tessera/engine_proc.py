@@ -58,12 +58,14 @@ class EngineProc:
             raise
 
     def _build(self, config: EngineConfig, max_model_len: int):
+        from tessera.gc_tuning import freeze_after_startup
         from tessera.llm_engine import build_core
         from tessera.models.loader import resolve_model
 
         source = resolve_model(config.model)
         source.arch = dataclasses.replace(source.arch, eos_token_ids=self.eos)
         core = build_core(config, source, max_model_len)
+        freeze_after_startup()  # gc_tuning.py: no full collections walking start-up
         info = core.executor.describe()
         self._send(ipc.Ready(core.num_blocks, config.cache.block_size, max_model_len,
                              info["load_seconds"], info["weight_gib"], info["device"],

@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence, Union
 from tessera.config import EngineConfig
 from tessera.engine.scheduler import QueueFullError
 from tessera.frontend import PromptType
+from tessera.gc_tuning import freeze_after_startup, unfreeze
 from tessera.llm_engine import LLMEngine
 from tessera.outputs import RequestOutput
 from tessera.sampling_params import SamplingParams
@@ -27,6 +28,18 @@ class LLM:
     def __init__(self, model: Optional[str] = None, **kwargs: Any):
         self.engine = LLMEngine(EngineConfig.from_kwargs(model=model, **kwargs))
         self._ids = itertools.count()
+        freeze_after_startup()  # no full collections walking start-up (gc_tuning.py)
+
+    def close(self) -> None:
+        """Gives start-up's objects back to the garbage collector (also on deletion), so a
+        process that goes on without this LLM can free what it held."""
+        unfreeze()
+
+    def __del__(self):
+        try:
+            unfreeze()
+        except Exception:  # interpreter shutdown: nothing left to give back
+            pass
 
     def get_tokenizer(self):
         return self.engine.tokenizer

@@ -19,6 +19,7 @@ import torch
 import zmq
 
 from tessera.executor import messages as msg
+from tessera.gc_tuning import freeze_after_startup
 
 logger = logging.getLogger("tessera.worker")
 
@@ -81,6 +82,7 @@ def run(args, inbox, outbox) -> None:
             return
         if isinstance(m, msg.InitCache):
             runner.init_kv_cache(m.num_blocks)
+            freeze_after_startup()  # gc_tuning.py: no full collections walking start-up
             outbox.send(msg.encoder.encode(msg.Ack(args.rank)))
         elif isinstance(m, msg.Step):
             out = runner.execute(m.sched)

@@ -15,6 +15,7 @@ import logging
 import time
 
 from tessera.config import EngineConfig
+from tessera.gc_tuning import freeze_after_startup
 from tessera.default_model import FILENAME as DEFAULT_FILENAME
 
 logger = logging.getLogger("tessera.server")
@@ -62,6 +63,7 @@ async def serve(config: EngineConfig, args: argparse.Namespace) -> int:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         ready = await client.start()
+        freeze_after_startup()  # gc_tuning.py: no full collections walking start-up
         logger.info("engine ready: %s on %s (%s), %.2f GiB of weights loaded in %.1f s",
                     name, ready.device, ready.dtype, ready.weight_gib, ready.load_seconds)
         tokens = ready.num_blocks * ready.block_size

@@ -1,0 +1,54 @@
+"""Start-up objects frozen out of Python's collector, and given back (tessera/gc_tuning.py)."""
+from __future__ import annotations
+
+import gc
+import weakref
+
+from tessera import LLM, SamplingParams
+from tessera.gc_tuning import PauseMeter, freeze_after_startup, unfreeze
+
+
+class _Node:
+    pass
+
+
+def _cycle() -> weakref.ref:
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a  # only a full collection frees these
+    return weakref.ref(a), (a, b)
+
+
+def test_frozen_objects_leave_collections_until_unfrozen():
+    ref, objs = _cycle()
+    try:
+        assert freeze_after_startup() > 0
+        assert not any(o is objs[0] for o in gc.get_objects())  # out of every collection
+        del objs
+        meter = PauseMeter().start()
+        gc.collect()
+        pauses = meter.stop()
+        assert ref() is not None  # frozen: the collection did not walk the dead cycle
+        assert pauses[2]["count"] == 1 and pauses[2]["total_ms"] >= 0
+    finally:
+        unfreeze()
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert ref() is None  # given back, the cycle is freed
+
+
+def test_llm_freezes_its_start_up_and_close_gives_it_back(tiny_llama):
+    folder, _ = tiny_llama
+    before = len(gc.get_objects())
+    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=32)
+    try:
+        assert gc.get_freeze_count() >= before  # the imports, the model, the engine
+        engine = weakref.ref(llm.engine)
+        out = llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4, temperature=0))
+        assert len(out[0].outputs[0].token_ids) == 4
+    finally:
+        llm.close()
+    assert gc.get_freeze_count() == 0
+    llm.engine.cycle = llm.engine  # even an engine in a reference cycle goes, once dropped
+    del llm
+    gc.collect()
+    assert engine() is None
