@@ -2,7 +2,10 @@
 KV bandwidth it reaches (bytes of K and V read / time), Llama-3-8B's heads (32 q, 8 KV,
 head 128), block size 16, batches 64-512 at ~1k context. One table last.
 
-    python benchmarks/decode_attention_kv.py [--context 1024]
+    python benchmarks/decode_attention_kv.py [--context 1024] [--sweep]
+
+--sweep: the same for each tile of keys x warps x pipeline stages of the partial kernel
+(paged_decode_attention.LAUNCH_OVERRIDES), best per batch and cache last.
 """
 from __future__ import annotations
 
@@ -11,7 +14,11 @@ import argparse
 import torch
 
 from tessera.bench import measure_bandwidth
+from tessera.kernels import paged_decode_attention as pda
 from tessera.kernels.paged_decode_attention import paged_decode_attention
+
+SWEEP = [dict(TILE=t, num_warps=w, num_stages=s)
+         for t in (32, 64, 128) for w in (4, 8) for s in (2, 3, 4, 5, 6, 8)]
 
 
 def time_us(fn, reps: int = 50) -> float:
@@ -29,6 +36,7 @@ def time_us(fn, reps: int = 50) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--context", type=int, default=1024)
+    ap.add_argument("--sweep", action="store_true")
     args = ap.parse_args()
     dev = torch.device("cuda")
     bandwidth = measure_bandwidth(dev)
@@ -44,14 +52,36 @@ def main() -> None:
                                 dtype=torch.bfloat16)
             if name == "fp8":
                 cache = cache.to(torch.float8_e4m3fn)
-            us = time_us(lambda: paged_decode_attention(q, cache, tables, lens, dim ** -0.5))
             kv_bytes = 2 * batch * args.context * kv_heads * dim * cache.element_size()
-            rows.append((batch, name, us, kv_bytes / us / 1e6))
+            for cfg in [{}] + (SWEEP if args.sweep else []):
+                pda.LAUNCH_OVERRIDES = cfg
+                try:
+                    us = time_us(lambda: paged_decode_attention(q, cache, tables, lens,
+                                                                dim ** -0.5))
+                except Exception as e:  # e.g. out of shared memory: say so, go on
+                    print(f"{batch} {name} {cfg}: {type(e).__name__}", flush=True)
+                    continue
+                rows.append((batch, name, us, kv_bytes / us / 1e6, cfg))
+            pda.LAUNCH_OVERRIDES = {}
     print(f"\n{torch.cuda.get_device_name()}, copy bandwidth {bandwidth / 1e12:.2f} TB/s, "
           f"context {args.context}")
-    print(f"{'batch':>6}{'cache':>6}{'us':>9}{'KV TB/s':>9}{'of copy':>9}")
-    for batch, name, us, tbs in rows:
-        print(f"{batch:>6}{name:>6}{us:>9.1f}{tbs:>9.2f}{tbs * 1e12 / bandwidth:>9.0%}")
+    print(f"{'batch':>6}{'cache':>6}{'us':>9}{'KV TB/s':>9}{'of copy':>9}  config")
+    best: dict = {}
+    for batch, name, us, tbs, cfg in rows:
+        if not cfg:
+            print(f"{batch:>6}{name:>6}{us:>9.1f}{tbs:>9.2f}{tbs * 1e12 / bandwidth:>9.0%}  default")
+        elif us < best.get((batch, name), (float("inf"),))[0]:
+            best[(batch, name)] = (us, tbs, cfg)
+    for (batch, name), (us, tbs, cfg) in best.items():
+        print(f"{batch:>6}{name:>6}{us:>9.1f}{tbs:>9.2f}{tbs * 1e12 / bandwidth:>9.0%}  best: {cfg}")
+    if args.sweep:  # the runners-up too, as us per batch for each config
+        table: dict = {}
+        for batch, name, us, _, cfg in rows:
+            table.setdefault((name, tuple(cfg.values())), {})[batch] = us
+        print("us by config (tile, warps, stages): " + " ".join(
+            f"{name} {cfg}: {'/'.join(f'{u:.0f}' for u in per.values())};"
+            for (name, cfg), per in sorted(table.items(), key=lambda r: sum(r[1].values()))
+            if cfg)[:3000])
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--num-prompts", type=int, default=1000)
     ap.add_argument("--model", default="llama-3-8b")
     ap.add_argument("--profile-steps", default="200:206", help="first:end; 0:0 for none")
+    ap.add_argument("--trace", default="", help="write the profiled steps' Chrome trace here")
     ap.add_argument("--latency", action="store_true",
                     help="the latency workload instead (batch 1, prompt 32, 256 new)")
     ap.add_argument("--max-num-seqs", type=int, default=512)
@@ -93,6 +94,8 @@ def main() -> None:
             torch.cuda.synchronize()
             window = (window, len(marks))
             prof.__exit__(None, None, None)
+            if args.trace:
+                prof.export_chrome_trace(args.trace)
             averages = prof.key_averages()
             kernel_ms = sum(e.self_device_time_total for e in averages) / 1e3
             top = sorted(((e.key[:70], e.self_device_time_total / 1e3) for e in averages

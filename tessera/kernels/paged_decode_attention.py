@@ -24,6 +24,10 @@ import triton.language as tl
 from tessera.kernels import pdl
 from tessera.kernels.attention_tiles import load_kv_tile, online_softmax_step
 
+# A/B knob (benchmarks/decode_attention_kv.py --sweep): the partial kernel's tile of keys
+# and launch options, e.g. {"TILE": 128, "num_warps": 8, "num_stages": 4}
+LAUNCH_OVERRIDES: dict = {}
+
 
 @triton.jit
 def attend_group(q_ptr, kv_ptr, tables_ptr, seq, kv_head, seq_len, first_tile, last_tile,
@@ -112,6 +116,19 @@ def _decode_reduce(acc_ptr, ml_ptr, out_ptr, stride_ob, stride_oh, num_splits,
     tl.store(out_ptr + seq * stride_ob + head * stride_oh + dims, out)
 
 
+def launch_options(kv_cache: torch.Tensor, splits: int) -> dict:
+    """The partial kernel's tile of keys and pipeline depth: 64 keys and Triton's 3 stages;
+    with an fp8 cache, whose widening keeps the kernel busy, 5 stages and, once the context
+    is not split, 128-key tiles (`benchmarks/decode_attention_kv.py --sweep`, one H100, 1k
+    context: batch 64 / 256 / 512 in 67 / 229 / 447 us against 86 / 254 / 477; bf16 is at
+    the copy bandwidth already, and no config beat its default). LAUNCH_OVERRIDES last."""
+    block_size = kv_cache.shape[2]
+    opts = dict(TILE=max(64, block_size))
+    if kv_cache.element_size() == 1:
+        opts.update(num_stages=5, TILE=max(128 if splits == 1 else 64, block_size))
+    return {**opts, **LAUNCH_OVERRIDES}
+
+
 def default_num_splits(num_seqs: int, num_kv_heads: int) -> int:
     """Split the context only while (sequences x KV heads) leaves the GPU's ~132 SMs idle:
     at batch 1 (8 KV heads) 16 splits; from batch 32 on, none (no partials to merge)."""
@@ -142,9 +159,9 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
         kv_cache.stride(3), block_tables.stride(0), out.stride(0), out.stride(1), splits,
         max_blocks,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        BLOCK_SIZE=block_size, TILE=max(64, block_size), NUM_HEADS=num_heads,
+        BLOCK_SIZE=block_size, NUM_HEADS=num_heads,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # fp32 stays fp32 (no TF32)
-        DIRECT=direct, **pdl.pdl_launch_args(q.device))
+        DIRECT=direct, **launch_options(kv_cache, splits), **pdl.pdl_launch_args(q.device))
     if direct:
         return out
     _decode_reduce[(num_seqs, num_heads)](
