@@ -13,24 +13,12 @@ import argparse
 
 import torch
 
-from tessera.bench import measure_bandwidth
+from tessera.bench import cuda_time_us, measure_bandwidth
 from tessera.kernels import paged_decode_attention as pda
 from tessera.kernels.paged_decode_attention import paged_decode_attention
 
 SWEEP = [dict(TILE=t, num_warps=w, num_stages=s)
          for t in (32, 64, 128) for w in (4, 8) for s in (2, 3, 4, 5, 6, 8)]
-
-
-def time_us(fn, reps: int = 50) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1e3 / reps
 
 
 def main() -> None:
@@ -56,8 +44,8 @@ def main() -> None:
             for cfg in [{}] + (SWEEP if args.sweep else []):
                 pda.LAUNCH_OVERRIDES = cfg
                 try:
-                    us = time_us(lambda: paged_decode_attention(q, cache, tables, lens,
-                                                                dim ** -0.5))
+                    us = cuda_time_us(lambda: paged_decode_attention(q, cache, tables, lens,
+                                                                     dim ** -0.5))
                 except Exception as e:  # e.g. out of shared memory: say so, go on
                     print(f"{batch} {name} {cfg}: {type(e).__name__}", flush=True)
                     continue

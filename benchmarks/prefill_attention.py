@@ -14,23 +14,12 @@ import argparse
 
 import torch
 
+from tessera.bench import cuda_time_us
 from tessera.kernels import paged_prefill_attention as ppa
 
 SWEEP = [dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s)
          for m in (64, 128) for n in (32, 64, 128) for w in (4, 8) for s in (2, 3, 4)]
 HEADS, KV_HEADS, DIM, BS = 32, 8, 128, 16
-
-
-def time_us(fn, reps: int = 20) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1e3 / reps
 
 
 def case(prefixes: list[int], queries: list[int], cache_dtype: torch.dtype, dev):
@@ -65,7 +54,7 @@ def main() -> None:
         for cfg in [{}] + (SWEEP if args.sweep else []):
             ppa.LAUNCH_OVERRIDES = cfg
             try:
-                us = time_us(lambda: ppa.paged_prefill_attention(*inputs))
+                us = cuda_time_us(lambda: ppa.paged_prefill_attention(*inputs), reps=20)
             except Exception as e:  # e.g. out of shared memory: say so, go on
                 print(f"{name} {cfg}: {type(e).__name__}", flush=True)
                 continue

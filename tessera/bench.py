@@ -7,6 +7,8 @@ read) / the copy bandwidth measured on this device in the same run.
 throughput: `num_prompts` requests with input and output lengths drawn uniformly from
 the given ranges, all submitted at once; wall time, output and total tok/s, peak KV use.
 Both print a table and can write JSON (`--json`).
+Helpers the scripts in benchmarks/ share: `measure_bandwidth`, `cuda_time_us`,
+`random_weights_engine`, `run_latency`, `run_throughput`.
 """
 from __future__ import annotations
 
@@ -44,6 +46,20 @@ def measure_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     return 2 * nbytes / statistics.median(times)
+
+
+def cuda_time_us(fn, reps: int = 50) -> float:
+    """Mean microseconds of fn() on the current CUDA stream (one untimed call first),
+    timed with CUDA events around `reps` back-to-back calls."""
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1e3 / reps
 
 
 def random_weights_engine(model: str = "llama-3-8b", **overrides: Any) -> LLMEngine:
