@@ -82,10 +82,13 @@ def launch_options(kv_cache: torch.Tensor, max_query_len: int) -> dict:
 
 def paged_prefill_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
                             seq_lens: torch.Tensor, query_start: torch.Tensor, max_query_len: int,
-                            scale: float, sliding_window: Optional[int] = None) -> torch.Tensor:
+                            scale: float, sliding_window: Optional[int] = None,
+                            out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """-> out [T, Hq, D] (written into `out` if given: rows may be a view's, any strides)."""
     tokens, num_heads, head_dim = q.shape
     _, _, block_size, num_kv_heads, _ = kv_cache.shape
-    out = torch.empty_like(q)
+    if out is None:
+        out = torch.empty_like(q)
     opts = launch_options(kv_cache, max_query_len)
     grid = (triton.cdiv(max_query_len, opts["BLOCK_M"]), block_tables.shape[0], num_heads)
     _prefill[grid](

@@ -101,23 +101,21 @@ class Attention(nn.Module):
                meta: AttentionMetadata) -> torch.Tensor:
         """Rotated q [T, Hq, D], this step's K/V already in the cache -> [T, Hq * D]."""
         nd = meta.num_decode_tokens
-        parts = []
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # [T, Hq, D]: decodes first
         if nd:
             from tessera.kernels.paged_decode_attention import paged_decode_attention
-            parts.append(paged_decode_attention(q[:nd], kv_cache, meta.decode_block_tables,
-                                                meta.decode_seq_lens, self.scale,
-                                                self.sliding_window))
+            paged_decode_attention(q[:nd], kv_cache, meta.decode_block_tables,
+                                   meta.decode_seq_lens, self.scale, self.sliding_window,
+                                   out=out[:nd])
         r = meta.ragged
         if r is not None and meta.use_kernels:
             from tessera.kernels.paged_prefill_attention import paged_prefill_attention
-            parts.append(paged_prefill_attention(q[nd:], kv_cache, r.block_tables, r.seq_lens,
-                                                 r.query_start, r.max_query_len, self.scale,
-                                                 self.sliding_window))
+            paged_prefill_attention(q[nd:], kv_cache, r.block_tables, r.seq_lens,
+                                    r.query_start, r.max_query_len, self.scale,
+                                    self.sliding_window, out=out[nd:])
         elif r is not None:
-            parts.append(paged_attention_ref(q[nd:], kv_cache, r, self.scale,
-                                             self.sliding_window))
-        out = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return out.reshape(q.shape[0], self.num_heads * self.head_dim)
+            out[nd:] = paged_attention_ref(q[nd:], kv_cache, r, self.scale, self.sliding_window)
+        return out.view(q.shape[0], self.num_heads * self.head_dim)
 
 
 def write_kv_cache(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,

@@ -41,6 +41,17 @@ def test_matches_reference(dtype, heads):
         (got.float() - ref.float()).abs().max()
 
 
+def test_writes_into_the_rows_it_is_given():
+    """out=: the layer hands it the rows after the decodes' (no concatenation after)."""
+    q, kv, tables, lens, starts, max_q = _case(8, 2, query_lens=[40, 3], prefix_lens=[0, 20])
+    buf = torch.full((q.shape[0] + 5, 8, 32), 7.0, device=DEVICE)
+    got = paged_prefill_attention(q, kv, tables, lens, starts, max_q, 0.2, out=buf[5:])
+    ref = paged_prefill_attention_ref(q, kv, tables, lens, starts, 0.2)
+    assert got.data_ptr() == buf[5:].data_ptr()
+    assert torch.allclose(buf[5:], ref, atol=1e-4, rtol=1e-4)
+    assert (buf[:5] == 7.0).all()  # the rows before are untouched
+
+
 def test_sliding_window_and_small_pages():
     q, kv, tables, lens, starts, max_q = _case(4, 2, query_lens=[40, 3], prefix_lens=[10, 50],
                                                block_size=8)
