@@ -68,16 +68,19 @@ def main() -> None:
     engine = random_weights_engine(max_num_seqs=args.max_num_seqs,
                                    max_num_batched_tokens=args.max_num_batched_tokens)
     freeze_after_startup()  # as `tessera bench` and the server's processes do (gc_tuning.py)
-    run_latency(engine, 2, 32, 8, bandwidth, seed=9)  # warm-up
-    results["latency_b1"] = run_latency(engine, 1, 32, 256, bandwidth)
-    results["decode_b64"] = run_latency(engine, 64, 1024, 128, bandwidth)
-    engine.core.set_async_scheduling(False)  # the same model, one step at a time
-    results["sync_latency_b1"] = run_latency(engine, 1, 32, 256, bandwidth)
-    results["sync_decode_b64"] = run_latency(engine, 64, 1024, 128, bandwidth)
-    engine.core.set_async_scheduling(True)
-    if not args.skip_throughput:
-        results["throughput"] = run_throughput(engine, args.num_prompts, (128, 1024), (128, 512))
-    unfreeze()
+    try:
+        run_latency(engine, 2, 32, 8, bandwidth, seed=9)  # warm-up
+        results["latency_b1"] = run_latency(engine, 1, 32, 256, bandwidth)
+        results["decode_b64"] = run_latency(engine, 64, 1024, 128, bandwidth)
+        engine.core.set_async_scheduling(False)  # the same model, one step at a time
+        results["sync_latency_b1"] = run_latency(engine, 1, 32, 256, bandwidth)
+        results["sync_decode_b64"] = run_latency(engine, 64, 1024, 128, bandwidth)
+        engine.core.set_async_scheduling(True)
+        if not args.skip_throughput:
+            results["throughput"] = run_throughput(engine, args.num_prompts, (128, 1024),
+                                                   (128, 512))
+    finally:
+        unfreeze()
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
     hf = results["hf_batch1_tok_s"]

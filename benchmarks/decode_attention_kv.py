@@ -47,10 +47,12 @@ def main() -> None:
                     us = cuda_time_us(lambda: paged_decode_attention(q, cache, tables, lens,
                                                                      dim ** -0.5))
                 except Exception as e:  # e.g. out of shared memory: say so, go on
-                    print(f"{batch} {name} {cfg}: {type(e).__name__}", flush=True)
+                    print(f"{batch} {name} {cfg}: {type(e).__name__}: {str(e)[:200]}",
+                          flush=True)
                     continue
+                finally:
+                    pda.LAUNCH_OVERRIDES = {}
                 rows.append((batch, name, us, kv_bytes / us / 1e6, cfg))
-            pda.LAUNCH_OVERRIDES = {}
     print(f"\n{torch.cuda.get_device_name()}, copy bandwidth {bandwidth / 1e12:.2f} TB/s, "
           f"context {args.context}")
     print(f"{'batch':>6}{'cache':>6}{'us':>9}{'KV TB/s':>9}{'of copy':>9}  config")

@@ -44,7 +44,8 @@ def main() -> None:
     args = ap.parse_args()
     first, last = (int(x) for x in args.profile_steps.split(":"))
     if args.latency:
-        engine = random_weights_engine(args.model, max_num_seqs=64, max_num_batched_tokens=4096)
+        engine = random_weights_engine(args.model, max_num_seqs=64, max_num_batched_tokens=4096,
+                                       kv_cache_dtype=args.kv_cache_dtype)
         run_latency(engine, 2, 32, 8, 1.0, seed=9)  # warm-up
     else:
         engine = random_weights_engine(args.model, max_num_seqs=args.max_num_seqs,

@@ -56,10 +56,11 @@ def main() -> None:
             try:
                 us = cuda_time_us(lambda: ppa.paged_prefill_attention(*inputs), reps=20)
             except Exception as e:  # e.g. out of shared memory: say so, go on
-                print(f"{name} {cfg}: {type(e).__name__}", flush=True)
+                print(f"{name} {cfg}: {type(e).__name__}: {str(e)[:200]}", flush=True)
                 continue
+            finally:
+                ppa.LAUNCH_OVERRIDES = {}
             rows.append((name, cfg, us, flops / us / 1e6))
-        ppa.LAUNCH_OVERRIDES = {}
     print(f"\n{torch.cuda.get_device_name()}, {args.kv_cache_dtype} cache")
     print(f"{'case':<18}{'us':>9}{'TFLOP/s':>9}  config")
     best: dict = {}

@@ -177,6 +177,13 @@ def run_bench(args: argparse.Namespace) -> int:
     kwargs.setdefault("skip_tokenizer_init", True)
     engine = LLMEngine(EngineConfig.from_kwargs(**kwargs))
     freeze_after_startup()  # as a server's engine process does (gc_tuning.py)
+    try:
+        return _run_workload(args, engine)
+    finally:
+        unfreeze()
+
+
+def _run_workload(args: argparse.Namespace, engine: LLMEngine) -> int:
     device = engine.config.model.torch_device
     if args.workload == "latency":
         bandwidth = measure_bandwidth(device)
@@ -199,5 +206,4 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=2)
-    unfreeze()
     return 0

@@ -11,10 +11,11 @@ Objects:
 - `freeze_after_startup()`: one full collection, then `gc.freeze()`, which moves every
   live object into the permanent generation, so later collections walk only what serving
   creates. Called once start-up is done in each process that runs one engine for its
-  lifetime (engine process, workers, API server, `tessera bench`) and by `LLM`, whose
-  `close`/deletion calls `unfreeze()`.
-- `unfreeze()`: gives frozen objects back to the collector (so an engine dropped in a
-  process that goes on, e.g. a test, is collected; cyclic garbage would leak otherwise).
+  lifetime (engine process, workers, API server, `tessera bench`); `LLM(freeze_gc=True)`
+  asks for it in a user's process (not by default: it freezes the user's objects too, and
+  a frozen reference cycle is never freed, so an LLM held only by one would outlive it).
+- `unfreeze()`: the matching release; the last one gives the frozen objects back to the
+  collector (so an engine dropped in a process that goes on, e.g. a test, is collected).
 - `PauseMeter`: records each collection's pause by generation (gc.callbacks), for
   benchmarks.
 """
@@ -26,10 +27,13 @@ import time
 from collections import defaultdict
 
 logger = logging.getLogger(__name__)
+_holders = 0  # freezes not yet released
 
 
 def freeze_after_startup() -> int:
     """Collect once, then freeze every live object; returns how many are frozen."""
+    global _holders
+    _holders += 1
     started = time.perf_counter()
     gc.collect()
     gc.freeze()
@@ -40,7 +44,11 @@ def freeze_after_startup() -> int:
 
 
 def unfreeze() -> None:
-    gc.unfreeze()
+    """Releases one freeze; the last release gives every frozen object back."""
+    global _holders
+    _holders = max(0, _holders - 1)
+    if not _holders:
+        gc.unfreeze()
 
 
 class PauseMeter:

@@ -25,19 +25,27 @@ Messages = list[dict[str, Any]]
 
 
 class LLM:
-    def __init__(self, model: Optional[str] = None, **kwargs: Any):
+    def __init__(self, model: Optional[str] = None, *, freeze_gc: bool = False, **kwargs: Any):
+        """kwargs: engine options (config.py). freeze_gc: once built, freeze every object
+        of this process out of Python's garbage collector, whose full collections otherwise
+        pause large batches ~100 ms at a time (gc_tuning.py); `release_gc()` (or deleting
+        this LLM) gives them back. Reference cycles that die meanwhile wait until then."""
+        self._frozen = False
         self.engine = LLMEngine(EngineConfig.from_kwargs(model=model, **kwargs))
         self._ids = itertools.count()
-        freeze_after_startup()  # no full collections walking start-up (gc_tuning.py)
+        if freeze_gc:
+            freeze_after_startup()
+            self._frozen = True
 
-    def close(self) -> None:
-        """Gives start-up's objects back to the garbage collector (also on deletion), so a
-        process that goes on without this LLM can free what it held."""
-        unfreeze()
+    def release_gc(self) -> None:
+        """Undoes freeze_gc (the last release gives the frozen objects back)."""
+        if getattr(self, "_frozen", False):
+            self._frozen = False
+            unfreeze()
 
     def __del__(self):
         try:
-            unfreeze()
+            self.release_gc()
         except Exception:  # interpreter shutdown: nothing left to give back
             pass
 

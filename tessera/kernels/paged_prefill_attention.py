@@ -76,7 +76,7 @@ def launch_options(kv_cache: torch.Tensor, max_query_len: int) -> dict:
     fp8 375 against 418). LAUNCH_OVERRIDES last, for long queries."""
     if max_query_len <= 32:
         return dict(BLOCK_M=16, BLOCK_N=64)
-    return {"BLOCK_M": 64, "BLOCK_N": 64 if kv_cache.element_size() == 1 else 32,
+    return {"BLOCK_M": 64, "BLOCK_N": 64 if kv_cache.dtype == torch.float8_e4m3fn else 32,
             "num_stages": 2, **LAUNCH_OVERRIDES}
 
 

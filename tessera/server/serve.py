@@ -15,8 +15,8 @@ import logging
 import time
 
 from tessera.config import EngineConfig
-from tessera.gc_tuning import freeze_after_startup
 from tessera.default_model import FILENAME as DEFAULT_FILENAME
+from tessera.gc_tuning import freeze_after_startup, unfreeze
 
 logger = logging.getLogger("tessera.server")
 DEFAULT_MODEL_NAME = DEFAULT_FILENAME.split(".")[0]  # SmolLM2-135M-Instruct
@@ -76,6 +76,7 @@ async def serve(config: EngineConfig, args: argparse.Namespace) -> int:
             yield
         finally:
             stats.cancel()
+            unfreeze()
             await client.shutdown()
 
     app = create_app(state, args.api_key, args.max_body_bytes, lifespan)

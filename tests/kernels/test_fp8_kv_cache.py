@@ -97,6 +97,20 @@ def test_decode_kernel_reads_an_fp8_cache(dtype):
         assert torch.allclose(got.float(), ref.float(), atol=TOL[dtype], rtol=TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decode_kernel_walks_several_fp8_tiles_whole_and_split(dtype):
+    """~300 keys: several 128-key tiles when not split (launch_options), 64-key ones when
+    split, the last tile partly past the end."""
+    cache = fp8_cache(48, 16, 2, 64)
+    q = rand(2, 8, 64, dtype=dtype, seed=4)
+    tables = torch.randperm(48, generator=torch.Generator().manual_seed(1)).view(2, 24)
+    tables, lens = tables.to(DEVICE), torch.tensor([300, 131], device=DEVICE)
+    ref = paged_decode_attention_ref(q, cache, tables, lens, 0.125)
+    for splits in (1, 3):
+        got = paged_decode_attention(q, cache, tables, lens, 0.125, num_splits=splits)
+        assert torch.allclose(got.float(), ref.float(), atol=TOL[dtype], rtol=TOL[dtype])
+
+
 @pytest.mark.gpu
 def test_bf16_queries_over_fp8_keep_nan_and_a_long_context():
     """bf16 queries over an fp8 cache compute in fp16 (kernels/attention_tiles.py): a NaN
