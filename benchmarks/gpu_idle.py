@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gc
 import json
 import time
 
@@ -41,6 +42,9 @@ def main() -> None:
     ap.add_argument("--kv-cache-dtype", default="auto")
     ap.add_argument("--no-gc-freeze", action="store_true",
                     help="leave start-up's objects to Python's collector (tessera/gc_tuning.py)")
+    ap.add_argument("--gc-full-every", type=int, default=0,
+                    help="with the freeze: middle-generation collections per full one "
+                         "(default gc_tuning.FULL_EVERY; Python's own is 10)")
     args = ap.parse_args()
     first, last = (int(x) for x in args.profile_steps.split(":"))
     if args.latency:
@@ -53,6 +57,8 @@ def main() -> None:
                                        kv_cache_dtype=args.kv_cache_dtype)
     if not args.no_gc_freeze:
         freeze_after_startup()  # as `tessera bench` and the server's processes do
+        if args.gc_full_every:
+            gc.set_threshold(*gc.get_threshold()[:2], args.gc_full_every)
     gc_meter = PauseMeter().start()
     runner = engine.core.executor.runner
     marks: list[tuple[torch.cuda.Event, torch.cuda.Event, str, int]] = []

@@ -5,7 +5,7 @@ import gc
 import weakref
 
 from tessera import LLM, SamplingParams
-from tessera.gc_tuning import PauseMeter, freeze_after_startup, unfreeze
+from tessera.gc_tuning import FULL_EVERY, PauseMeter, freeze_after_startup, unfreeze
 
 
 class _Node:
@@ -37,14 +37,16 @@ def test_frozen_objects_leave_collections_until_unfrozen():
 
 
 def test_freezes_nest_and_the_last_release_gives_back():
+    python_thresholds = gc.get_threshold()
     freeze_after_startup()
     freeze_after_startup()
     try:
+        assert gc.get_threshold()[2] >= FULL_EVERY  # full collections rarer while frozen
         unfreeze()
         assert gc.get_freeze_count() > 0  # one holder left
     finally:
         unfreeze()
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == python_thresholds
 
 
 def test_llm_freezes_only_when_asked_and_release_gives_it_back(tiny_llama):
