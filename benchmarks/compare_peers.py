@@ -21,7 +21,7 @@ import time
 import torch
 
 from tessera.bench import measure_bandwidth, random_weights_engine, run_latency, run_throughput
-from tessera.gc_tuning import freeze_after_startup, unfreeze
+from tessera.gc_tuning import frozen
 from tessera.models.shapes import NAMED_SHAPES
 
 GPT_FAST = {1: 161.6, 64: 4213.0}  # tok/s on the same card, BENCHMARKS.md
@@ -67,8 +67,7 @@ def main() -> None:
     results["bandwidth_tb_s"] = bandwidth / 1e12
     engine = random_weights_engine(max_num_seqs=args.max_num_seqs,
                                    max_num_batched_tokens=args.max_num_batched_tokens)
-    freeze_after_startup()  # as `tessera bench` and the server's processes do (gc_tuning.py)
-    try:
+    with frozen():  # as `tessera bench` and the server's processes do (gc_tuning.py)
         run_latency(engine, 2, 32, 8, bandwidth, seed=9)  # warm-up
         results["latency_b1"] = run_latency(engine, 1, 32, 256, bandwidth)
         results["decode_b64"] = run_latency(engine, 64, 1024, 128, bandwidth)
@@ -79,8 +78,6 @@ def main() -> None:
         if not args.skip_throughput:
             results["throughput"] = run_throughput(engine, args.num_prompts, (128, 1024),
                                                    (128, 512))
-    finally:
-        unfreeze()
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
     hf = results["hf_batch1_tok_s"]

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import collections
-import gc
 import json
 import time
 
 import torch
 
 from tessera.bench import add_throughput_requests, random_weights_engine, run_latency
-from tessera.gc_tuning import PauseMeter, freeze_after_startup
+from tessera import gc_tuning
 from tessera.kernels.jit_variants import compiled_keys
 
 
@@ -56,10 +55,9 @@ def main() -> None:
                                        max_num_batched_tokens=args.max_num_batched_tokens,
                                        kv_cache_dtype=args.kv_cache_dtype)
     if not args.no_gc_freeze:
-        freeze_after_startup()  # as `tessera bench` and the server's processes do
-        if args.gc_full_every:
-            gc.set_threshold(*gc.get_threshold()[:2], args.gc_full_every)
-    gc_meter = PauseMeter().start()
+        gc_tuning.FULL_EVERY = args.gc_full_every or gc_tuning.FULL_EVERY
+        gc_tuning.freeze_after_startup()  # as `tessera bench` and the server's processes do
+    gc_meter = gc_tuning.PauseMeter().start()
     runner = engine.core.executor.runner
     marks: list[tuple[torch.cuda.Event, torch.cuda.Event, str, int]] = []
     cpu: list[tuple[float, float]] = []  # host clock: submit's start and end, per step

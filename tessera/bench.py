@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from tessera.config import EngineConfig
-from tessera.gc_tuning import freeze_after_startup, unfreeze
+from tessera.gc_tuning import frozen
 from tessera.llm_engine import LLMEngine
 from tessera.quant.kv_cache import resolve_kv_cache_dtype
 from tessera.sampling_params import SamplingParams
@@ -176,11 +176,8 @@ def run_bench(args: argparse.Namespace) -> int:
     kwargs = engine_kwargs(args)
     kwargs.setdefault("skip_tokenizer_init", True)
     engine = LLMEngine(EngineConfig.from_kwargs(**kwargs))
-    freeze_after_startup()  # as a server's engine process does (gc_tuning.py)
-    try:
+    with frozen():  # start-up's objects out of the collector, as in a server (gc_tuning.py)
         return _run_workload(args, engine)
-    finally:
-        unfreeze()
 
 
 def _run_workload(args: argparse.Namespace, engine: LLMEngine) -> int:

@@ -84,7 +84,7 @@ def paged_prefill_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_table
                             seq_lens: torch.Tensor, query_start: torch.Tensor, max_query_len: int,
                             scale: float, sliding_window: Optional[int] = None,
                             out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """-> out [T, Hq, D] (written into `out` if given: rows may be a view's, any strides)."""
+    """-> out [T, Hq, D] (written into `out` if given: a view's rows do, its last dim contiguous)."""
     tokens, num_heads, head_dim = q.shape
     _, _, block_size, num_kv_heads, _ = kv_cache.shape
     if out is None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 import gc
 import weakref
 
+import pytest
+
 from tessera import LLM, SamplingParams
-from tessera.gc_tuning import FULL_EVERY, PauseMeter, freeze_after_startup, unfreeze
+from tessera.gc_tuning import FULL_EVERY, PauseMeter, freeze_after_startup, frozen, unfreeze
 
 
 class _Node:
@@ -47,6 +49,14 @@ def test_freezes_nest_and_the_last_release_gives_back():
     finally:
         unfreeze()
     assert gc.get_freeze_count() == 0 and gc.get_threshold() == python_thresholds
+
+
+def test_frozen_block_releases_however_it_ends():
+    with pytest.raises(RuntimeError):
+        with frozen():
+            assert gc.get_freeze_count() > 0
+            raise RuntimeError("a benchmark failed")
+    assert gc.get_freeze_count() == 0
 
 
 def test_llm_freezes_only_when_asked_and_release_gives_it_back(tiny_llama):
