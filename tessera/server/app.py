@@ -22,6 +22,7 @@ from fastapi.responses import Response
 from tessera.server import kserve, openai_api
 from tessera.server.engine_client import EngineClient, EngineDeadError, RequestRejected
 from tessera.server.errors import ApiError, error_body, error_response, param_of, validation_message
+from tessera.server.protocol import request_fields
 from tessera.server.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
@@ -108,9 +109,11 @@ def create_app(state: ServerState, api_key: Optional[str] = None,
     async def on_api_error(request: Request, exc: ApiError):
         return error_response(exc.status, exc.message, exc.param)
 
+    fields = request_fields()
+
     @app.exception_handler(ValueError)
     async def on_value_error(request: Request, exc: ValueError):
-        return error_response(400, str(exc), param_of(str(exc)))
+        return error_response(400, str(exc), param_of(str(exc), fields))
 
     @app.exception_handler(RequestRejected)
     async def on_rejected(request: Request, exc: RequestRejected):

@@ -39,7 +39,7 @@ def validation_message(errors: list[dict]) -> tuple[str, Optional[str]]:
     return "; ".join(parts) or "invalid request body", first
 
 
-def param_of(message: str) -> Optional[str]:
-    """The field a SamplingParams ValueError names ('temperature must be ...')."""
+def param_of(message: str, fields: set[str]) -> Optional[str]:
+    """The request field a ValueError names first ('temperature must be ...'), if any."""
     word = message.split(" ", 1)[0]
-    return word if word.isidentifier() else None
+    return word if word in fields else None

@@ -104,7 +104,8 @@ async def list_models(request: Request):
     s = _state(request)
     return {"object": "list", "data": [{
         "id": s.model_name, "object": "model", "created": s.started, "owned_by": "tessera",
-        "root": s.model_path, "max_model_len": s.client.frontend.max_model_len}]}
+        "root": s.model_path, "max_model_len": s.client.frontend.max_model_len,
+        "vocab_size": s.client.frontend.arch.vocab_size}]}
 
 
 # -- /v1/completions ----------------------------------------------------------------------
@@ -115,6 +116,10 @@ async def completions(body: CompletionRequest, request: Request):
     if body.suffix:
         raise ApiError(400, "suffix is not supported.", "suffix")
     front = s.client.frontend
+    if front.tokenizer is None and (body.echo or body.logprobs is not None):
+        raise ApiError(400, f"{'echo' if body.echo else 'logprobs'} needs the model's "
+                       "tokenizer, and this server has none (the new tokens come back as "
+                       "token_ids).", "echo" if body.echo else "logprobs")
     prompts = [front.prepare_prompt(p, check_length=False) for p in body.prompts()]
     params = []
     for p in prompts:
@@ -137,10 +142,17 @@ async def completions(body: CompletionRequest, request: Request):
         sum(o.num_cached_tokens for o in finals)))
 
 
+def returns_token_ids(front, body) -> bool:
+    """Whether choices carry token ids: asked for, or no tokenizer to make text with."""
+    return body.return_token_ids or front.tokenizer is None
+
+
 def _completion_choice(front, body: CompletionRequest, index: int, prompt: PreparedPrompt,
                        out, c) -> dict[str, Any]:
     text = c.text
-    prompt_text = prompt.text if prompt.text is not None else front.decode(prompt.token_ids)
+    prompt_text = ""
+    if body.echo or body.logprobs is not None:
+        prompt_text = prompt.text if prompt.text is not None else front.decode(prompt.token_ids)
     logprobs = None
     if body.logprobs is not None:
         logprobs = fmt.completion_logprobs(c.token_ids, c.logprobs, body.logprobs, front.decode,
@@ -150,11 +162,14 @@ def _completion_choice(front, body: CompletionRequest, index: int, prompt: Prepa
                 prompt.token_ids, out.prompt_logprobs, body.logprobs, front.decode), logprobs)
     if body.echo:
         text = prompt_text + text
-    return {"index": index, "text": text, "logprobs": logprobs, **fmt.finish_fields(c)}
+    ids = ({"prompt_token_ids": prompt.token_ids, "token_ids": c.token_ids}
+           if returns_token_ids(front, body) else {})
+    return {"index": index, "text": text, "logprobs": logprobs, **ids, **fmt.finish_fields(c)}
 
 
 async def _completion_chunks(s, body, rid, model, prompts, params, streams) -> AsyncIterator[str]:
     front = s.client.frontend
+    with_ids = returns_token_ids(front, body)
     trackers = [DeltaTracker(sp.stop) for sp in params]
     echoed: set[int] = set()
     completion_tokens = 0
@@ -174,12 +189,13 @@ async def _completion_chunks(s, body, rid, model, prompts, params, streams) -> A
             if body.logprobs is not None and end > first:
                 logprobs = fmt.completion_logprobs(c.token_ids[first:end], c.logprobs[first:end],
                                                    body.logprobs, front.decode)
-            if not text and logprobs is None and not c.finished:
+            ids = {"token_ids": c.token_ids[first:end]} if with_ids else {}
+            if not text and logprobs is None and not c.finished and not (ids and end > first):
                 continue
             if c.finished:
                 completion_tokens += len(c.token_ids)
             yield sse(fmt.envelope(rid, "text_completion", model, [{
-                "index": index, "text": text, "logprobs": logprobs,
+                "index": index, "text": text, "logprobs": logprobs, **ids,
                 **(fmt.finish_fields(c) if c.finished else
                    {"finish_reason": None, "stop_reason": None})}]))
     if body.include_usage:
@@ -212,9 +228,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     out = (await until_disconnect(request, all_final([stream])))[0]
     choices = []
     for c in out.outputs:
+        ids = {"token_ids": c.token_ids} if body.return_token_ids else {}
         choices.append({"index": c.index, "message": {"role": "assistant", "content": c.text},
                         "logprobs": fmt.chat_logprobs(c.token_ids, c.logprobs, k)
-                        if k is not None else None, **fmt.finish_fields(c)})
+                        if k is not None else None, **ids, **fmt.finish_fields(c)})
     return fmt.envelope(rid, "chat.completion", model, choices, usage=fmt.usage(
         len(prompt.token_ids), sum(len(c.token_ids) for c in out.outputs), out.num_cached_tokens))
 
@@ -236,9 +253,10 @@ async def _chat_chunks(body, rid, model, prompt, params: SamplingParams,
             text, first, end = tracker.delta(c)
             logprobs = (fmt.chat_logprobs(c.token_ids[first:end], c.logprobs[first:end], k)
                         if k is not None and end > first else None)
-            if text or logprobs:
+            ids = {"token_ids": c.token_ids[first:end]} if body.return_token_ids else {}
+            if text or logprobs or (ids and end > first):
                 yield sse(fmt.envelope(rid, obj, model, [{"index": c.index, "delta": {
-                    "content": text}, "logprobs": logprobs, "finish_reason": None}]))
+                    "content": text}, "logprobs": logprobs, **ids, "finish_reason": None}]))
             if c.finished:
                 completion_tokens += len(c.token_ids)
                 yield sse(fmt.envelope(rid, obj, model, [{"index": c.index, "delta": {},

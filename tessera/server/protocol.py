@@ -2,8 +2,10 @@
 
 CompletionRequest and ChatCompletionRequest accept the OpenAI fields plus the extra
 sampling fields users send through the SDK's `extra_body` (top_k, min_p,
-repetition_penalty, min_tokens, ignore_eos, stop_token_ids, ...). Unknown fields are
-ignored, as OpenAI-compatible servers do. `to_sampling_params` validates values
+repetition_penalty, min_tokens, ignore_eos, stop_token_ids, ...) and `return_token_ids`
+(vLLM's: each choice, and each streamed chunk, also carries its new token ids; always on
+for a model served without a tokenizer). Unknown fields are ignored, as
+OpenAI-compatible servers do. `to_sampling_params` validates values
 through SamplingParams (ValueError naming the field -> HTTP 400).
 """
 from __future__ import annotations
@@ -44,6 +46,7 @@ class _SamplingFields(BaseModel):
     stream_options: Optional[StreamOptions] = None
     logit_bias: Optional[dict[str, float]] = None
     user: Optional[str] = None
+    return_token_ids: bool = False
 
     def sampling_params(self, defaults: dict[str, Any], max_tokens: Optional[int],
                         logprobs: Optional[int], prompt_logprobs: Optional[int]) -> SamplingParams:
@@ -66,6 +69,11 @@ class _SamplingFields(BaseModel):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+
+def request_fields() -> set[str]:
+    """Every field a completion or chat request names (for errors' `param`)."""
+    return set(CompletionRequest.model_fields) | set(ChatCompletionRequest.model_fields)
 
 
 class CompletionRequest(_SamplingFields):

@@ -1,7 +1,9 @@
-"""Shared checks for the server tests: the OpenAI error shape, /metrics values, and
-waiting for the engine to report itself idle with every KV block free."""
+"""Shared checks for the server tests: the OpenAI error shape, /metrics values, an SSE
+response's events, and waiting for the engine to report itself idle with every KV block
+free."""
 from __future__ import annotations
 
+import json
 import re
 import time
 from typing import Any, Optional
@@ -25,6 +27,21 @@ def assert_error(r: httpx.Response, status: int, param: Optional[str] = None,
     if contains is not None:
         assert contains in err["message"], err
     return err
+
+
+def sse_events(client: httpx.Client, path: str, body: dict) -> list[Any]:
+    """The `data:` payloads of an SSE response (JSON decoded; "[DONE]" kept as a string)."""
+    events: list[Any] = []
+    with client.stream("POST", path, json=body) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if not line:
+                continue
+            assert line.startswith("data: "), line
+            data = line[len("data: "):]
+            events.append(data if data == "[DONE]" else json.loads(data))
+    return events
 
 
 def metric(text: str, name: str) -> float:

@@ -6,14 +6,12 @@ streaming chat (and completions) responses. Small max_tokens throughout: CPU mac
 """
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.server.helpers import assert_error, metric
+from tests.server.helpers import assert_error, metric, sse_events
 
 TIMEOUT = httpx.Timeout(300.0, connect=10.0)
 CONTEXT = 8192
@@ -28,21 +26,6 @@ def http(server):
 def counts(usage: dict) -> dict:
     """The token counts of a usage object (cached-token details vary between calls)."""
     return {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
-
-
-def sse_events(client: httpx.Client, path: str, body: dict) -> list[Any]:
-    """The `data:` payloads of an SSE response (JSON decoded; "[DONE]" kept as a string)."""
-    events: list[Any] = []
-    with client.stream("POST", path, json=body) as r:
-        assert r.status_code == 200, r.read()
-        assert r.headers["content-type"].startswith("text/event-stream")
-        for line in r.iter_lines():
-            if not line:
-                continue
-            assert line.startswith("data: "), line
-            data = line[len("data: "):]
-            events.append(data if data == "[DONE]" else json.loads(data))
-    return events
 
 
 def complete(http: httpx.Client, **body) -> dict:
