@@ -1,4 +1,4 @@
-"""`tessera bench latency | throughput`: the standard workloads of BENCHMARKS.md.
+"""`tessera bench latency | throughput | serve`: the standard workloads of BENCHMARKS.md.
 
 latency: `batch` requests of `input_len` random tokens, `output_len` new tokens each
 (ignore EOS); every engine step is timed; the median pure-decode step gives ms per
@@ -6,7 +6,8 @@ output token and tok/s, set against the decode roofline: (weight bytes read + KV
 read) / the copy bandwidth measured on this device in the same run.
 throughput: `num_prompts` requests with input and output lengths drawn uniformly from
 the given ranges, all submitted at once; wall time, output and total tok/s, peak KV use.
-Both print a table and can write JSON (`--json`).
+serve: the serving workload, against a running server (tessera/bench_serve.py).
+All print a table and can write JSON (`--json`).
 Helpers the scripts in benchmarks/ share: `measure_bandwidth`, `cuda_time_us`,
 `random_weights_engine`, `run_latency`, `run_throughput`.
 """
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 
+from tessera.bench_serve import add_serve_args, run_serve_bench
 from tessera.config import EngineConfig
 from tessera.gc_tuning import frozen
 from tessera.llm_engine import LLMEngine
@@ -157,8 +159,8 @@ def run_throughput(engine: LLMEngine, num_prompts: int, input_range: tuple[int, 
 
 
 def add_bench_parser(sub, add_engine_args) -> None:
-    p = sub.add_parser("bench", help="latency and throughput benchmarks")
-    p.add_argument("workload", choices=["latency", "throughput"])
+    p = sub.add_parser("bench", help="latency, throughput and serving benchmarks")
+    p.add_argument("workload", choices=["latency", "throughput", "serve"])
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--input-len", type=int, default=32)
     p.add_argument("--output-len", type=int, default=256)
@@ -166,12 +168,16 @@ def add_bench_parser(sub, add_engine_args) -> None:
     p.add_argument("--input-range", type=int, nargs=2, default=(128, 1024))
     p.add_argument("--output-range", type=int, nargs=2, default=(128, 512))
     p.add_argument("--json", default=None, help="write the results here")
+    add_serve_args(p)
     add_engine_args(p)
     p.set_defaults(func=run_bench)
 
 
 def run_bench(args: argparse.Namespace) -> int:
     from tessera.cli import engine_kwargs
+
+    if args.workload == "serve":  # the server's engine, not one of ours
+        return run_serve_bench(args)
 
     kwargs = engine_kwargs(args)
     kwargs.setdefault("skip_tokenizer_init", True)

@@ -1,0 +1,68 @@
+"""The serving benchmark's pieces without a server: seeded workloads within their ranges,
+Poisson arrival times (inf: all at once; otherwise gaps of mean 1 / rate), and the
+report's TTFT / TPOT / ITL / end-to-end and goodput from hand-made timings."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tessera.bench_serve import RequestRecord, arrival_times, make_workload, summarize
+
+
+def test_workload_is_seeded_and_within_its_ranges():
+    a = make_workload(50, (4, 9), (2, 5), vocab_size=100, seed=3)
+    assert a == make_workload(50, (4, 9), (2, 5), vocab_size=100, seed=3)
+    assert a != make_workload(50, (4, 9), (2, 5), vocab_size=100, seed=4)
+    assert all(4 <= len(p) <= 9 and 2 <= n <= 5 for p, n in a)
+    assert all(0 <= t < 100 for p, _ in a for t in p)
+    assert {len(p) for p, _ in a} == set(range(4, 10))  # the whole range is drawn
+    with pytest.raises(ValueError, match="range"):
+        make_workload(1, (9, 4), (2, 5), vocab_size=100)
+    with pytest.raises(ValueError, match="range"):
+        make_workload(1, (4, 9), (0, 5), vocab_size=100)
+
+
+def test_arrivals_are_poisson_at_the_rate():
+    assert arrival_times(5, math.inf) == [0.0] * 5
+    times = arrival_times(4000, 20.0, seed=1)
+    assert times[0] == 0.0 and all(b >= a for a, b in zip(times, times[1:]))
+    assert times[-1] / (len(times) - 1) == pytest.approx(1 / 20.0, rel=0.06)
+    assert arrival_times(10, 20.0, seed=1) == times[:10]  # seeded
+    with pytest.raises(ValueError, match="rate"):
+        arrival_times(3, 0.0)
+
+
+def record(sent, times, tokens, output_len=None, error=None):
+    return RequestRecord(prompt_len=10, output_len=output_len or tokens, sent=sent,
+                         token_times=list(times), tokens=tokens, error=error)
+
+
+def test_summary_from_hand_made_timings():
+    fast = record(0.0, [0.1, 0.12, 0.14, 0.16], 4)  # TTFT 100 ms, TPOT 20 ms
+    slow_start = record(1.0, [1.8, 1.81], 2)  # TTFT 800 ms: misses the TTFT SLO
+    slow_tokens = record(2.0, [2.1, 2.2, 2.3], 3, output_len=5)  # TPOT 100 ms; 2 tokens short
+    one_token = record(3.0, [3.2], 1)  # no TPOT: meets the SLO on TTFT alone
+    failed = record(4.0, [], 0, output_len=3, error="HTTP 400: bad")
+    r = summarize([fast, slow_start, slow_tokens, one_token, failed], duration=5.0)
+    assert (r["completed"], r["failed"]) == (4, 1)
+    assert r["first_errors"] == ["HTTP 400: bad"]
+    assert r["output_tokens"] == 10 and r["input_tokens"] == 40
+    assert r["short_outputs"] == 1
+    assert r["request_throughput"] == pytest.approx(0.8)
+    assert r["output_tok_s"] == pytest.approx(2.0)
+    assert r["ttft_ms"]["mean"] == pytest.approx((100 + 800 + 100 + 200) / 4)
+    assert r["ttft_ms"]["p50"] == pytest.approx(150)
+    assert r["tpot_ms"]["mean"] == pytest.approx((20 + 10 + 100) / 3)
+    itls = [20, 20, 20, 10, 100, 100]
+    assert r["itl_ms"]["mean"] == pytest.approx(sum(itls) / len(itls))
+    assert r["e2e_ms"]["mean"] == pytest.approx((160 + 810 + 300 + 200) / 4)
+    assert r["e2e_ms"]["p50"] == pytest.approx(250)
+    assert r["good_requests"] == 2 and r["goodput"] == pytest.approx(0.4)  # fast, one_token
+    strict = summarize([fast], duration=1.0, slo_ttft_ms=50.0)
+    assert strict["good_requests"] == 0
+
+
+def test_summary_of_nothing_completed_has_no_numbers():
+    r = summarize([record(0.0, [], 0, output_len=2, error="refused")], duration=1.0)
+    assert r["completed"] == 0 and math.isnan(r["ttft_ms"]["p50"]) and r["goodput"] == 0.0
