@@ -10,10 +10,12 @@ Flow: request i is sent at the sum of i exponential gaps of mean 1 / rate (all a
 when the rate is inf), at most `max_concurrency` in flight if given, each a streaming
 /v1/completions call with its prompt as token ids, ignore_eos, max_tokens its output
 length and return_token_ids, so every chunk says how many tokens it brings, with or
-without a tokenizer on the server. TTFT: first token's arrival - send; ITL: the gaps
-between chunks after the first; TPOT: (end-to-end - TTFT) / (tokens - 1); goodput:
-completed requests per second that met both SLOs (TTFT <= 500 ms and TPOT <= 50 ms by
-default, the document's chat targets).
+without a tokenizer on the server. A request counts as completed when its stream ends
+with a finish reason (not abort) and [DONE]; anything else is a failure, with its
+reason. TTFT: first token's arrival - send; ITL: the gaps between chunks after the
+first; TPOT: (end-to-end - TTFT) / (tokens - 1); goodput: completed requests per second
+that met both SLOs (TTFT <= 500 ms and TPOT <= 50 ms by default, the document's chat
+targets). These follow vLLM's benchmark_serving.
 """
 from __future__ import annotations
 
@@ -39,11 +41,22 @@ class RequestRecord:
     sent: float = 0.0
     token_times: list[float] = dataclasses.field(default_factory=list)  # one per chunk
     tokens: int = 0  # received
+    finish_reason: Optional[str] = None
+    done: bool = False  # the stream's closing [DONE] arrived
     error: Optional[str] = None
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.tokens > 0
+        """Answered in full: tokens, a finish reason other than abort, and [DONE]."""
+        return (self.error is None and self.done and self.tokens > 0
+                and self.finish_reason not in (None, "abort"))
+
+    def failure(self) -> str:
+        if self.error is not None:
+            return self.error
+        if not self.done or self.finish_reason is None:
+            return "the stream ended before its finish"
+        return "no tokens" if not self.tokens else f"finish_reason {self.finish_reason}"
 
     @property
     def ttft(self) -> float:
@@ -55,6 +68,8 @@ class RequestRecord:
 
     @property
     def tpot(self) -> Optional[float]:
+        """As vLLM's benchmark defines it (tokens after the first, over the time after the
+        first chunk); a server that sends several tokens per chunk shows a lower TPOT."""
         return (self.e2e - self.ttft) / (self.tokens - 1) if self.tokens > 1 else None
 
     @property
@@ -99,26 +114,33 @@ async def _one_request(client, url: str, model: str, prompt: list[int], output_l
                 record.error = f"HTTP {resp.status_code}: {text[:200]}"
                 return
             async for line in resp.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
+                if line == "data: [DONE]":
+                    record.done = True
+                    continue
+                if not line.startswith("data: "):
                     continue
                 chunk = json.loads(line[6:])
                 if "error" in chunk:
                     record.error = str(chunk["error"].get("message", chunk["error"]))[:200]
                     return
+                for choice in chunk.get("choices", ()):
+                    record.finish_reason = choice.get("finish_reason") or record.finish_reason
                 new = sum(len(c.get("token_ids") or ()) for c in chunk.get("choices", ()))
                 if new:
                     record.token_times.append(time.perf_counter())
                     record.tokens += new
-    except Exception as e:  # a refused or dropped connection is a failed request
+    except Exception as e:  # refused, dropped or timed out: a failed request
         record.error = f"{type(e).__name__}: {e}"[:200]
 
 
 async def run_serving(base_url: str, model: str, workload: list[tuple[list[int], int]],
                       rate: float, max_concurrency: Optional[int] = None,
-                      api_key: Optional[str] = None, seed: int = 0
+                      api_key: Optional[str] = None, seed: int = 0,
+                      request_timeout: float = 600.0, transport=None
                       ) -> tuple[list[RequestRecord], float]:
     """Sends the workload at Poisson arrivals -> (records, wall seconds from first send to
-    last answer)."""
+    last answer). request_timeout: the longest wait for any piece of an answer (a stalled
+    stream fails its request instead of hanging the run); transport: httpx's, for tests."""
     import httpx
 
     records = [RequestRecord(len(p), n) for p, n in workload]
@@ -128,8 +150,8 @@ async def run_serving(base_url: str, model: str, workload: list[tuple[list[int],
     url = base_url.rstrip("/") + "/v1/completions"
     limits = httpx.Limits(max_connections=max_concurrency or len(workload) or 1,
                           max_keepalive_connections=64)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(None, connect=30.0),
-                                 limits=limits) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(request_timeout, connect=30.0),
+                                 limits=limits, transport=transport) as client:
         start = time.perf_counter()
 
         async def send(i: int) -> None:
@@ -143,10 +165,10 @@ async def run_serving(base_url: str, model: str, workload: list[tuple[list[int],
     return records, time.perf_counter() - start
 
 
-def _stats(values: list[float], scale: float = 1e3) -> dict[str, float]:
-    """mean / p50 / p90 / p99 (in ms for seconds, by default)."""
+def _stats(values: list[float], scale: float = 1e3) -> dict[str, Optional[float]]:
+    """mean / p50 / p90 / p99 (in ms for seconds, by default); None without values."""
     if not values:
-        return {"mean": float("nan"), **{f"p{p}": float("nan") for p in PERCENTILES}}
+        return {"mean": None, **{f"p{p}": None for p in PERCENTILES}}
     arr = np.asarray(values) * scale
     return {"mean": float(arr.mean()),
             **{f"p{p}": float(np.percentile(arr, p)) for p in PERCENTILES}}
@@ -159,10 +181,10 @@ def summarize(records: list[RequestRecord], duration: float, slo_ttft_ms: float 
             and (r.tpot is None or r.tpot * 1e3 <= slo_tpot_ms)]
     out_tokens = sum(r.tokens for r in done)
     in_tokens = sum(r.prompt_len for r in done)
-    errors = [r.error for r in records if not r.ok]
+    errors = [r.failure() for r in records if not r.ok]
     return {
         "completed": len(done), "failed": len(records) - len(done),
-        "first_errors": sorted(set(e or "no tokens" for e in errors))[:3],
+        "first_errors": sorted(set(errors))[:3],
         "duration_s": duration, "input_tokens": in_tokens, "output_tokens": out_tokens,
         "short_outputs": sum(r.tokens < r.output_len for r in done),
         "request_throughput": len(done) / duration if duration else 0.0,
@@ -177,15 +199,19 @@ def summarize(records: list[RequestRecord], duration: float, slo_ttft_ms: float 
     }
 
 
+def _ms(value: Optional[float], width: int = 9) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.1f}"
+
+
 def print_report(r: dict[str, Any]) -> None:
-    print(f"serving  rate {r['request_rate']} req/s, {r['completed']} done, {r['failed']} "
-          f"failed, {r['duration_s']:.1f} s: {r['request_throughput']:.2f} req/s, "
-          f"{r['output_tok_s']:.0f} output tok/s, {r['total_tok_s']:.0f} total tok/s")
+    print(f"serving {r['model']}  rate {r['request_rate']} req/s, {r['completed']} done, "
+          f"{r['failed']} failed, {r['duration_s']:.1f} s: {r['request_throughput']:.2f} "
+          f"req/s, {r['output_tok_s']:.0f} output tok/s, {r['total_tok_s']:.0f} total tok/s")
     print(f"{'ms':<6}{'mean':>9}" + "".join(f"{'p' + str(p):>9}" for p in PERCENTILES))
     for key in ("ttft", "tpot", "itl", "e2e"):
         s = r[f"{key}_ms"]
-        print(f"{key.upper():<6}{s['mean']:>9.1f}"
-              + "".join(f"{s['p' + str(p)]:>9.1f}" for p in PERCENTILES))
+        print(f"{key.upper():<6}{_ms(s['mean'])}"
+              + "".join(_ms(s[f"p{p}"]) for p in PERCENTILES))
     slo = r["slo"]
     print(f"goodput (TTFT <= {slo['ttft_ms']:.0f} ms, TPOT <= {slo['tpot_ms']:.0f} ms): "
           f"{r['goodput']:.2f} req/s ({r['good_requests']} of {r['completed']})")
@@ -204,7 +230,10 @@ def server_model(base_url: str, api_key: Optional[str] = None) -> dict[str, Any]
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("serve workload (against a running `tessera serve`)")
+    g = p.add_argument_group(
+        "serve workload", "against a running server: its model (from /v1/models) is the one "
+        "measured, so the engine options below do not apply; --num-prompts, --input-range, "
+        "--output-range, --seed and --json do")
     g.add_argument("--base-url", default="http://127.0.0.1:8000")
     g.add_argument("--request-rate", type=float, default=float("inf"),
                    help="requests per second, Poisson arrivals (default inf: all at once)")
@@ -212,22 +241,29 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--slo-ttft-ms", type=float, default=500.0)
     g.add_argument("--slo-tpot-ms", type=float, default=50.0)
     g.add_argument("--api-key", default=None)
+    g.add_argument("--vocab-size", type=int, default=None,
+                   help="token ids to draw prompts from (default: the server's vocab_size)")
+    g.add_argument("--request-timeout", type=float, default=600.0,
+                   help="seconds to wait for any piece of an answer before failing it")
 
 
 def run_serve_bench(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
     card = server_model(args.base_url, args.api_key)
-    vocab = card.get("vocab_size") or 32000
+    vocab = args.vocab_size or card.get("vocab_size")
+    if not vocab:
+        raise SystemExit("the server's /v1/models does not give vocab_size: pass --vocab-size")
     longest = args.input_range[1] + args.output_range[1]
     if longest > card.get("max_model_len", longest):
         raise SystemExit(f"prompt + output up to {longest} tokens does not fit the server's "
-                         f"max_model_len {card['max_model_len']}: lower --input-range/--output-range")
+                         f"max_model_len {card['max_model_len']}: lower --input-range or "
+                         "--output-range")
     seed = args.seed or 0
     workload = make_workload(args.num_prompts, tuple(args.input_range), tuple(args.output_range),
                              vocab, seed)
     records, duration = asyncio.run(run_serving(
         args.base_url, card["id"], workload, args.request_rate,
-        args.max_concurrency, args.api_key, seed))
+        args.max_concurrency, args.api_key, seed, args.request_timeout))
     r = summarize(records, duration, args.slo_ttft_ms, args.slo_tpot_ms)
     rate = args.request_rate
     r.update(workload="serve", model=card["id"], request_rate="inf" if math.isinf(rate) else rate,
@@ -236,5 +272,5 @@ def run_serve_bench(args: argparse.Namespace) -> int:
     print_report(r)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(r, f, indent=2)
+            json.dump(r, f, indent=2, allow_nan=False)
     return 0 if r["completed"] else 1

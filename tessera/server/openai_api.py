@@ -116,10 +116,11 @@ async def completions(body: CompletionRequest, request: Request):
     if body.suffix:
         raise ApiError(400, "suffix is not supported.", "suffix")
     front = s.client.frontend
-    if front.tokenizer is None and (body.echo or body.logprobs is not None):
-        raise ApiError(400, f"{'echo' if body.echo else 'logprobs'} needs the model's "
-                       "tokenizer, and this server has none (the new tokens come back as "
-                       "token_ids).", "echo" if body.echo else "logprobs")
+    needs = [f for f, asked in (("echo", body.echo), ("logprobs", body.logprobs is not None),
+                                ("stop", bool(body.stop))) if asked]
+    if front.tokenizer is None and needs:
+        raise ApiError(400, f"{needs[0]} needs the model's tokenizer, and this server has none "
+                       "(the new tokens come back as token_ids).", needs[0])
     prompts = [front.prepare_prompt(p, check_length=False) for p in body.prompts()]
     params = []
     for p in prompts:
@@ -172,6 +173,7 @@ async def _completion_chunks(s, body, rid, model, prompts, params, streams) -> A
     with_ids = returns_token_ids(front, body)
     trackers = [DeltaTracker(sp.stop) for sp in params]
     echoed: set[int] = set()
+    introduced: set[int] = set()  # choices whose prompt token ids were sent
     completion_tokens = 0
     cached = {}
     async for i, out in merge_streams(streams):
@@ -192,6 +194,9 @@ async def _completion_chunks(s, body, rid, model, prompts, params, streams) -> A
             ids = {"token_ids": c.token_ids[first:end]} if with_ids else {}
             if not text and logprobs is None and not c.finished and not (ids and end > first):
                 continue
+            if with_ids and index not in introduced:  # the choice's first chunk
+                introduced.add(index)
+                ids["prompt_token_ids"] = prompts[i].token_ids
             if c.finished:
                 completion_tokens += len(c.token_ids)
             yield sse(fmt.envelope(rid, "text_completion", model, [{
@@ -232,8 +237,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         choices.append({"index": c.index, "message": {"role": "assistant", "content": c.text},
                         "logprobs": fmt.chat_logprobs(c.token_ids, c.logprobs, k)
                         if k is not None else None, **ids, **fmt.finish_fields(c)})
-    return fmt.envelope(rid, "chat.completion", model, choices, usage=fmt.usage(
+    answer = fmt.envelope(rid, "chat.completion", model, choices, usage=fmt.usage(
         len(prompt.token_ids), sum(len(c.token_ids) for c in out.outputs), out.num_cached_tokens))
+    if body.return_token_ids:
+        answer["prompt_token_ids"] = prompt.token_ids
+    return answer
 
 
 async def _chat_chunks(body, rid, model, prompt, params: SamplingParams,
@@ -241,9 +249,11 @@ async def _chat_chunks(body, rid, model, prompt, params: SamplingParams,
     k = (body.top_logprobs or 0) if body.logprobs else None
     tracker = DeltaTracker(params.stop)
     obj = "chat.completion.chunk"
+    prompt_ids = {"prompt_token_ids": prompt.token_ids} if body.return_token_ids else {}
     for i in range(params.n):
         yield sse(fmt.envelope(rid, obj, model, [{"index": i, "delta": {
-            "role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]))
+            "role": "assistant", "content": ""}, "logprobs": None, **prompt_ids,
+            "finish_reason": None}]))
     completion_tokens = cached = 0
     async for out in stream:
         cached = out.num_cached_tokens
@@ -278,6 +288,8 @@ async def tokenize(body: TokenizeRequest, request: Request):
     if body.messages is not None:
         ids = front.apply_chat_template([m.as_template_dict() for m in body.messages],
                                         body.add_generation_prompt)
+    elif front.tokenizer is None:
+        raise ApiError(400, "this model has no tokenizer to tokenize the prompt with.", "prompt")
     else:
         ids = front.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
     return {"tokens": ids, "count": len(ids), "max_model_len": front.max_model_len}

@@ -3,8 +3,10 @@
 CompletionRequest and ChatCompletionRequest accept the OpenAI fields plus the extra
 sampling fields users send through the SDK's `extra_body` (top_k, min_p,
 repetition_penalty, min_tokens, ignore_eos, stop_token_ids, ...) and `return_token_ids`
-(vLLM's: each choice, and each streamed chunk, also carries its new token ids; always on
-for a model served without a tokenizer). Unknown fields are ignored, as
+(as vLLM's: each choice, and each streamed chunk, also carries its new token ids, and the
+prompt's token ids come once: on completion choices and their first chunk, at the top of
+a chat answer, on a chat stream's first chunk; always on for completions from a model
+served without a tokenizer). Unknown fields are ignored, as
 OpenAI-compatible servers do. `to_sampling_params` validates values
 through SamplingParams (ValueError naming the field -> HTTP 400).
 """

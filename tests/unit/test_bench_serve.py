@@ -1,13 +1,19 @@
 """The serving benchmark's pieces without a server: seeded workloads within their ranges,
-Poisson arrival times (inf: all at once; otherwise gaps of mean 1 / rate), and the
-report's TTFT / TPOT / ITL / end-to-end and goodput from hand-made timings."""
+Poisson arrival times (inf: all at once; otherwise gaps of mean 1 / rate), the report's
+TTFT / TPOT / ITL / end-to-end and goodput from hand-made timings, and the client's
+reading of streams (httpx mock transport): tokens counted per chunk, and a refused
+request, an in-band error, a truncated stream or an aborted answer counted as failed."""
 from __future__ import annotations
 
+import asyncio
+import json
 import math
 
+import httpx
 import pytest
 
-from tessera.bench_serve import RequestRecord, arrival_times, make_workload, summarize
+from tessera.bench_serve import (RequestRecord, arrival_times, make_workload, run_serving,
+                                 summarize)
 
 
 def test_workload_is_seeded_and_within_its_ranges():
@@ -35,7 +41,8 @@ def test_arrivals_are_poisson_at_the_rate():
 
 def record(sent, times, tokens, output_len=None, error=None):
     return RequestRecord(prompt_len=10, output_len=output_len or tokens, sent=sent,
-                         token_times=list(times), tokens=tokens, error=error)
+                         token_times=list(times), tokens=tokens, error=error,
+                         finish_reason="length", done=True)
 
 
 def test_summary_from_hand_made_timings():
@@ -65,4 +72,43 @@ def test_summary_from_hand_made_timings():
 
 def test_summary_of_nothing_completed_has_no_numbers():
     r = summarize([record(0.0, [], 0, output_len=2, error="refused")], duration=1.0)
-    assert r["completed"] == 0 and math.isnan(r["ttft_ms"]["p50"]) and r["goodput"] == 0.0
+    assert r["completed"] == 0 and r["ttft_ms"]["p50"] is None and r["goodput"] == 0.0
+    json.dumps(r, allow_nan=False)  # strict JSON: no NaN
+
+
+def sse(*events) -> bytes:
+    return b"".join(f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n".encode()
+                    for e in events)
+
+
+def chunk(ids, finish=None):
+    return {"choices": [{"index": 0, "text": "", "token_ids": ids, "finish_reason": finish}]}
+
+
+STREAMS = {  # prompt's first token id -> the server's answer
+    1: (200, sse(chunk([7]), chunk([8, 9]), chunk([10], "length"), "[DONE]")),
+    2: (400, b'{"error": {"message": "bad prompt"}}'),
+    3: (200, sse(chunk([7]), {"error": {"message": "engine died"}}, "[DONE]")),
+    4: (200, sse(chunk([7]), chunk([8]))),  # cut off: no finish, no [DONE]
+    5: (200, sse(chunk([7]), chunk([], "abort"), "[DONE]")),
+}
+
+
+def test_the_client_reads_streams_and_names_each_failure():
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        assert body["stream"] and body["return_token_ids"] and body["ignore_eos"]
+        status, content = STREAMS[body["prompt"][0]]
+        return httpx.Response(status, content=content)
+    workload = [([k, 5, 6], 4) for k in sorted(STREAMS)]
+    records, duration = asyncio.run(run_serving("http://test", "m", workload, math.inf,
+                                                transport=httpx.MockTransport(answer)))
+    ok, refused, died, cut, aborted = records
+    assert ok.ok and ok.tokens == 4 and len(ok.token_times) == 3  # a time per chunk
+    assert ok.finish_reason == "length" and ok.tpot is not None
+    assert not refused.ok and refused.failure().startswith("HTTP 400")
+    assert not died.ok and died.failure() == "engine died"
+    assert not cut.ok and "ended before" in cut.failure()
+    assert not aborted.ok and aborted.failure() == "finish_reason abort"
+    r = summarize(records, duration)
+    assert (r["completed"], r["failed"]) == (1, 4)
