@@ -3,20 +3,51 @@
 Objects: FusedMoE (all experts' weights stacked: w13 [E_local, 2 * I_local, H] holding
 [gate | up], w2 [E_local, H, I_local]) and `route` (softmax over all experts, top-k, and
 renormalization when the model asks for it, as Mixtral and Qwen2-MoE define it).
-Forward: tokens are sorted by expert; each expert runs one matmul over its tokens (a
-loop over experts, never over tokens), results are weighted and added back in expert
-order. Parallelism: with expert parallelism, each TP rank owns E / tp whole experts;
+Forward: steps of up to FUSED_MAX_TOKENS tokens on CUDA run kernels/fused_moe.py, whose
+grouped GEMMs read the expert ids on the device (no host sync, so decode steps are
+captured in CUDA graphs); longer steps sort tokens by expert and run one cuBLAS matmul
+per expert over its tokens (a loop over experts, never over tokens), results weighted
+and added back in expert order. `set_fused_moe` (env TESSERA_FUSED_MOE) switches. Parallelism: with expert parallelism, each TP rank owns E / tp whole experts;
 without it, every rank holds every expert's slice of the intermediate dimension. Either
 way the tokens are the same on every rank, and one all-reduce combines the partial sums.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tessera.distributed.parallel_state import all_reduce, expert_parallel, tp_rank, tp_size
+from tessera.kernels.fused_moe import fused_moe
 from tessera.models.weight_utils import materialize, narrow
+
+FUSED_MAX_TOKENS = 512  # the largest decode CUDA graph; longer (prefill) steps loop
+_MODES = ("auto", "off", "always")
+_mode = os.environ.get("TESSERA_FUSED_MOE", "auto")
+
+
+def set_fused_moe(mode: str) -> None:
+    global _mode
+    if mode not in _MODES:
+        raise ValueError(f"fused MoE mode must be one of {_MODES}, got {mode!r}")
+    _mode = mode
+
+
+def fused_moe_captures() -> bool:
+    """Whether CUDA decode steps (up to FUSED_MAX_TOKENS) take the device-side kernels, so
+    a MoE model's decode steps can be captured in CUDA graphs."""
+    return _mode != "off"
+
+
+def uses_fused_moe(x: torch.Tensor) -> bool:
+    """Whether a step of x's tokens runs the experts in the device-side kernels
+    (kernels/fused_moe.py): on CUDA up to FUSED_MAX_TOKENS tokens ("auto"), never
+    ("off"), or on any device ("always"; on CPU under TRITON_INTERPRET=1)."""
+    if _mode == "always":
+        return True
+    return _mode == "auto" and x.is_cuda and x.shape[0] <= FUSED_MAX_TOKENS
 
 
 def route(router_logits: torch.Tensor, top_k: int, renormalize: bool, dtype: torch.dtype):
@@ -68,6 +99,13 @@ class FusedMoE(nn.Module):
     def forward(self, x: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
         """x: [T, H]; router_logits: [T, E] -> [T, H]."""
         weights, ids = route(router_logits, self.top_k, self.renormalize, x.dtype)
+        if uses_fused_moe(x):
+            out = fused_moe(x, self.w13, self.w2, weights, ids, self.first_expert)
+            return all_reduce(out) if self.tp_size > 1 else out
+        return self._per_expert(x, weights, ids)
+
+    def _per_expert(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor):
+        """A cuBLAS product per expert over its tokens (their counts come to the host)."""
         flat = ids.flatten()  # [T * k]
         order = flat.argsort(stable=True)
         tokens = order // self.top_k  # token of each sorted assignment

@@ -26,6 +26,7 @@ import torch
 from tessera.config import EngineConfig
 from tessera.distributed.parallel_state import pp_stage, recv_from_prev, send_to_next
 from tessera.engine.protocol import ModelRunnerOutput, SchedulerOutput
+from tessera.layers.moe import fused_moe_captures
 from tessera.layers.sampler import SamplingBatch, gather_logprobs, sample
 from tessera.models.loader import ModelSource, load_model
 from tessera.quant.kv_cache import resolve_kv_cache_dtype
@@ -137,7 +138,7 @@ class ModelRunner:
                           for _ in range(self.model.num_local_layers)]
         if (for_serving and self.use_kernels and not self.config.model.enforce_eager
                 and self.stage.size == 1  # graphs hold no send/recv between stages
-                and not a.num_experts):  # expert routing sizes its matmuls on the host
+                and (not a.num_experts or fused_moe_captures())):  # MoE: on the device
             self._capture_graphs(num_blocks)
         if for_serving and self.device.type == "cuda":
             start = time.perf_counter()
