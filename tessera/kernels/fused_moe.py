@@ -1,9 +1,10 @@
 """Mixture-of-experts on the device, Triton: grouped expert GEMMs that take the expert ids
 from the device, so nothing waits on the host and a CUDA graph can capture a MoE step.
 
-Objects: `align_by_expert` (PyTorch ops, static shapes: the (token, k) assignments sorted
-by local expert, each expert's run padded to a whole block of rows; `block_rows` picks
-16-64 rows per block), `_moe_gemm` (the kernel),
+Objects: `align_by_expert` (the (token, k) assignments sorted by local expert, each
+expert's run padded to a whole block of rows: one Triton program `_align` for a small
+step, else PyTorch ops `align_by_expert_ref`; static shapes either way; `block_rows` picks
+16-64 rows per block), `_moe_gemm` (the kernel; `pick_config` its tiles),
 `fused_moe` (the launcher: two GEMMs), `fused_moe_ref` (a loop over experts in PyTorch).
 Shapes: x [T, H]; w13 [E, 2I, H] ([gate | up] rows); w2 [E, H, I]; weights, ids [T, k]
 (routing weights in x's dtype, global expert ids); experts [first, first + E) are this
@@ -19,6 +20,9 @@ the unfused ops (each projection rounded to the dtype, silu rounded before the m
 """
 from __future__ import annotations
 
+import os
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -32,10 +36,58 @@ def block_rows(assignments: int, num_experts: int) -> int:
     return min(64, max(BLOCK_M, triton.next_power_of_2(-(-assignments // num_experts))))
 
 
+ALIGN_KERNEL_MAX = 16384  # assignments x experts (padded) that one program aligns
+
+
 def align_by_expert(ids: torch.Tensor, first: int, num_local: int, block_m: int = BLOCK_M
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """ids [T, k] global expert ids -> (sorted_ids [P] int32, block_expert [P / block_m]
-    int32), P = ceil((T k + E (block_m - 1)) / block_m) block_m, all on the device."""
+    int32), P = ceil((T k + E (block_m - 1)) / block_m) block_m, all on the device: in one
+    Triton program for a small step (`_align`), else in PyTorch ops (`align_by_expert_ref`)."""
+    n = ids.numel()
+    blocks = triton.cdiv(n + num_local * (block_m - 1), block_m)
+    a_pad, e_pad = triton.next_power_of_2(max(n, 16)), triton.next_power_of_2(max(num_local, 16))
+    if ids.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
+        if a_pad * e_pad <= ALIGN_KERNEL_MAX:
+            sorted_ids = torch.empty(blocks * block_m, dtype=torch.int32, device=ids.device)
+            block_expert = torch.empty(blocks, dtype=torch.int32, device=ids.device)
+            _align[(1,)](ids, sorted_ids, block_expert, n, first, num_local, blocks,
+                         BLOCK_M=block_m, A_PAD=a_pad, E_PAD=e_pad,
+                         P_PAD=triton.next_power_of_2(blocks * block_m),
+                         B_PAD=triton.next_power_of_2(blocks))
+            return sorted_ids, block_expert
+    return align_by_expert_ref(ids, first, num_local, block_m)
+
+
+@triton.jit
+def _align(ids_ptr, sorted_ptr, block_expert_ptr, n, first, num_local, num_blocks,
+           BLOCK_M: tl.constexpr, A_PAD: tl.constexpr, E_PAD: tl.constexpr,
+           P_PAD: tl.constexpr, B_PAD: tl.constexpr):
+    """One program: a counting sort of the assignments by local expert, through a one-hot
+    [A, E] matrix (each assignment's rank among its expert's is a running count)."""
+    a = tl.arange(0, A_PAD)
+    e = tl.load(ids_ptr + a, mask=a < n, other=0).to(tl.int32) - first
+    local = (a < n) & (e >= 0) & (e < num_local)
+    experts = tl.arange(0, E_PAD)
+    onehot = (e[:, None] == experts[None, :]) & local[:, None]  # [A, E]
+    hits = onehot.to(tl.int32)
+    counts = tl.sum(hits, axis=0)  # [E]
+    rank = tl.sum(tl.where(onehot, tl.cumsum(hits, axis=0) - 1, 0), axis=1)  # [A]
+    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    padded_end = tl.cumsum(padded, axis=0)  # [E]
+    dest = tl.sum(tl.where(onehot, (padded_end - padded)[None, :], 0), axis=1) + rank
+    p = tl.arange(0, P_PAD)
+    tl.store(sorted_ptr + p, tl.full([P_PAD], 0, tl.int32) + n, mask=p < num_blocks * BLOCK_M)
+    tl.debug_barrier()  # the sentinels first, then the assignments over them
+    tl.store(sorted_ptr + dest, a, mask=local)
+    b = tl.arange(0, B_PAD)  # a block's expert: how many local runs end at or before it
+    ended = (padded_end[None, :] <= (b * BLOCK_M)[:, None]) & (experts < num_local)[None, :]
+    tl.store(block_expert_ptr + b, tl.sum(ended.to(tl.int32), axis=1), mask=b < num_blocks)
+
+
+def align_by_expert_ref(ids: torch.Tensor, first: int, num_local: int, block_m: int = BLOCK_M
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`align_by_expert` in PyTorch ops (static shapes, no host sync: capturable too)."""
     flat = ids.flatten().long() - first  # [A] local expert per assignment
     flat = torch.where((flat >= 0) & (flat < num_local), flat, num_local)  # others' -> E
     n = flat.numel()
@@ -102,14 +154,47 @@ def _moe_gemm(x_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, rw_ptr, N, K,
              mask=row_ok[:, None] & n_ok[None, :])
 
 
+class MoeConfig(NamedTuple):
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+# From benchmarks/fused_moe_sweep.py (one H100, Mixtral's experts, bf16), by (gated, rows
+# per block): 16-row blocks (batch 1 and 32) gate/up 154.7 / 607.9 us against 172.8 /
+# 677.0 for 64 x 64 tiles in 3 stages, down 81.9 / 314.8 against 118.7 / 317.7; 64-row
+# blocks (batch 256) gate/up 665.5 us and down 340.7 (the 16-row tiles: 748.5 and 621.4).
+# 32-row blocks take the 64-row tiles (not swept).
+TUNED = {(True, 16): MoeConfig(32, 256, 4, 4), (False, 16): MoeConfig(32, 512, 4, 3),
+         (True, 64): MoeConfig(64, 128, 4, 4), (False, 64): MoeConfig(128, 64, 4, 3)}
+CONFIG_OVERRIDES: dict = {}  # A/B knob (benchmarks/fused_moe_sweep.py): gated -> MoeConfig
+SMEM_BYTES = 200 << 10  # what the pipeline's stages may take (Hopper has 228 KB per SM)
+
+
+def pick_config(gated: bool, block_m: int, itemsize: int) -> MoeConfig:
+    """The tuned tiles (or CONFIG_OVERRIDES'), with fewer stages, then narrower steps,
+    while the stages' tiles (x rows and one or two W panels) exceed SMEM_BYTES."""
+    cfg = CONFIG_OVERRIDES.get(gated, TUNED[gated, 16 if block_m <= 16 else 64])
+
+    def smem(c: MoeConfig) -> int:
+        return c.num_stages * (block_m + (2 if gated else 1) * c.block_n) * c.block_k * itemsize
+    while smem(cfg) > SMEM_BYTES and cfg.num_stages > 2:
+        cfg = cfg._replace(num_stages=cfg.num_stages - 1)
+    while smem(cfg) > SMEM_BYTES and cfg.block_k > 32:
+        cfg = cfg._replace(block_k=cfg.block_k // 2)
+    return cfg
+
+
 def _gemm(x, w, out, sorted_ids, block_expert, rw, n, top_k, gated, weighted, block_m):
     blocks = block_expert.numel()
-    _moe_gemm[(blocks, triton.cdiv(n, 64))](
+    cfg = pick_config(gated, block_m, x.element_size())
+    _moe_gemm[(blocks, triton.cdiv(n, cfg.block_n))](
         x, w, out, sorted_ids, block_expert, rw, n, x.shape[1], out.shape[0], w.shape[0],
         w.stride(0),
-        TOP_K=top_k, GATED=gated, WEIGHTED=weighted, BLOCK_M=block_m, BLOCK_N=64,
-        BLOCK_K=64, PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=4,
-        num_stages=3)
+        TOP_K=top_k, GATED=gated, WEIGHTED=weighted, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, weights: torch.Tensor,

@@ -1,6 +1,7 @@
 """The device-side MoE kernels (kernels/fused_moe.py) against the per-expert PyTorch loop:
 top-1 and top-2, balanced and skewed routing, a rank holding a subset of the experts (or
-none of a step's), block sizes 16-64; the alignment's layout; tiny MoE models through
+none of a step's), block sizes 16-64; the alignment's layout, its one-program kernel equal
+to the PyTorch ops; tiles within shared memory; tiny MoE models through
 the kernels equal HF transformers' greedy tokens; on CUDA a MoE model's decode steps are
 captured in CUDA graphs. CPU: interpreter in float32/float16; GPU: bfloat16 too."""
 from __future__ import annotations
@@ -9,7 +10,9 @@ import pytest
 import torch
 
 from tessera import LLM, SamplingParams
-from tessera.kernels.fused_moe import align_by_expert, block_rows, fused_moe, fused_moe_ref
+from tessera.kernels import fused_moe as fused_moe_module
+from tessera.kernels.fused_moe import (align_by_expert, align_by_expert_ref, block_rows,
+                                       fused_moe, fused_moe_ref, pick_config)
 from tessera.layers import moe as moe_module
 from tessera.layers.moe import route, set_fused_moe
 from tests.conftest import hf_greedy
@@ -66,6 +69,35 @@ def test_alignment_lists_each_local_assignment_once_in_expert_runs():
         if not members:
             assert expert == 4  # unused blocks name no expert
     assert block_rows(2, 8) == 16 and block_rows(8 * 40, 8) == 64
+
+
+@pytest.mark.parametrize("tokens,experts,top_k,first,local,block_m", [
+    (1, 8, 2, 0, 8, 16), (13, 8, 2, 0, 8, 16), (40, 4, 2, 0, 4, 32), (9, 8, 2, 4, 4, 16),
+    (100, 60, 4, 0, 60, 16), (30, 8, 2, 2, 3, 64)])
+def test_the_one_program_alignment_equals_the_pytorch_ops(tokens, experts, top_k, first, local,
+                                                         block_m):
+    g = torch.Generator().manual_seed(tokens)
+    ids = torch.rand(tokens, experts, generator=g).topk(top_k, dim=-1).indices.to(DEVICE)
+    got = align_by_expert(ids, first, local, block_m)
+    ref = align_by_expert_ref(ids, first, local, block_m)
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+
+
+def test_a_large_step_aligns_with_the_pytorch_ops(monkeypatch):
+    monkeypatch.setattr(fused_moe_module, "ALIGN_KERNEL_MAX", 0)  # too big for one program
+    x, w13, w2, weights, ids = case(7, 8, 2, 64, 48, 8, torch.float32)
+    torch.testing.assert_close(fused_moe(x, w13, w2, weights, ids),
+                               fused_moe_ref(x, w13, w2, weights, ids))
+
+
+def test_tiles_fit_shared_memory():
+    for gated in (True, False):
+        for block_m in (16, 32, 64):
+            for itemsize in (2, 4):
+                cfg = pick_config(gated, block_m, itemsize)
+                panels = 2 if gated else 1
+                smem = cfg.num_stages * (block_m + panels * cfg.block_n) * cfg.block_k * itemsize
+                assert smem <= fused_moe_module.SMEM_BYTES and cfg.num_stages >= 2
 
 
 @pytest.mark.parametrize("mode", ["always", "off"])
