@@ -113,6 +113,10 @@ def run_latency(engine: LLMEngine, batch: int, input_len: int, output_len: int,
             steps.append(dt)
             contexts.append(core.last_step_context)
     wall = time.perf_counter() - start
+    if not steps:
+        raise ValueError(f"no step decoded all {batch} sequences at once: the first ones "
+                         f"finished their {output_len} tokens while the last were still in "
+                         "prefill; raise the output length (or max_num_batched_tokens)")
     step = statistics.median(steps)
     kv_bytes = statistics.median(contexts) * engine.arch.kv_bytes_per_token * _kv_itemsize(engine)
     floor = (_weight_bytes_read(engine) + kv_bytes) / bandwidth

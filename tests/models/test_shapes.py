@@ -68,3 +68,14 @@ def test_benchmarks_engine_of_random_weights():
     assert engine.config.scheduler.max_num_seqs == 4 and engine.core.num_blocks == 8
     if not torch.cuda.is_available():
         assert engine.config.model.torch_dtype == torch.float32
+
+
+def test_latency_bench_says_when_no_step_decoded_the_whole_batch():
+    """Prompts prefilled in many chunks while the first requests already finished: no
+    step ran all sequences at once, and the error says what to change."""
+    from tessera.bench import random_weights_engine, run_latency
+    engine = random_weights_engine("smollm2-135m", num_blocks=64, max_num_batched_tokens=16)
+    with pytest.raises(ValueError, match="raise the output length"):
+        run_latency(engine, batch=4, input_len=16, output_len=1, bandwidth=1e11)
+    r = run_latency(engine, batch=2, input_len=8, output_len=6, bandwidth=1e11)
+    assert r["decode_steps"] > 0 and r["tok_s"] > 0
