@@ -20,6 +20,7 @@ the unfused ops (each projection rounded to the dtype, silu rounded before the m
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import NamedTuple
 
@@ -93,8 +94,6 @@ def align_by_expert_ref(ids: torch.Tensor, first: int, num_local: int, block_m: 
     n = flat.numel()
     counts = torch.zeros(num_local + 1, dtype=torch.long, device=ids.device)
     counts.scatter_add_(0, flat, torch.ones_like(flat))  # no bincount: it sizes on the host
-    counts[num_local:].zero_()  # other ranks' assignments get no rows (a kernel: no host
-    # scalar is copied in, which a CUDA graph capture would refuse)
     padded = (counts + block_m - 1) // block_m * block_m
     padded_end = padded.cumsum(0)  # [E + 1]
     order = flat.argsort(stable=True)  # assignments by expert
@@ -138,7 +137,7 @@ def _moe_gemm(x_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, rw_ptr, N, K,
         w = tl.load(w_rows + kk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
         acc = tl.dot(xt, tl.trans(w), acc, input_precision=PRECISION)
         if GATED:
-            w2 = tl.load(w_rows + N * K + kk[None, :], mask=n_ok[:, None] & k_ok[None, :],
+            w2 = tl.load(w_rows + N.to(tl.int64) * K + kk[None, :], mask=n_ok[:, None] & k_ok[None, :],
                          other=0.0)
             acc2 = tl.dot(xt, tl.trans(w2), acc2, input_precision=PRECISION)
     dt = out_ptr.dtype.element_ty
@@ -169,26 +168,37 @@ class MoeConfig(NamedTuple):
 TUNED = {(True, 16): MoeConfig(32, 256, 4, 4), (False, 16): MoeConfig(32, 512, 4, 3),
          (True, 64): MoeConfig(64, 128, 4, 4), (False, 64): MoeConfig(128, 64, 4, 3)}
 CONFIG_OVERRIDES: dict = {}  # A/B knob (benchmarks/fused_moe_sweep.py): gated -> MoeConfig
-SMEM_BYTES = 200 << 10  # what the pipeline's stages may take (Hopper has 228 KB per SM)
+SMEM_MARGIN = 8 << 10  # shared memory left to the compiler's own use
 
 
-def pick_config(gated: bool, block_m: int, itemsize: int) -> MoeConfig:
+@functools.lru_cache(maxsize=None)
+def shared_memory_bytes(device: torch.device) -> int:
+    """What one program may take on this GPU (228 KB on an H100, 164 KB on an A100, 99 KB
+    on sm_89), less SMEM_MARGIN; off CUDA (the interpreter) the H100's."""
+    if device.type != "cuda":
+        return (228 << 10) - SMEM_MARGIN
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    props = triton.runtime.driver.active.utils.get_device_properties(index)
+    return props["max_shared_mem"] - SMEM_MARGIN
+
+
+def pick_config(gated: bool, block_m: int, itemsize: int, limit: int) -> MoeConfig:
     """The tuned tiles (or CONFIG_OVERRIDES'), with fewer stages, then narrower steps,
-    while the stages' tiles (x rows and one or two W panels) exceed SMEM_BYTES."""
+    while the stages' tiles (x rows and one or two W panels) exceed `limit` bytes."""
     cfg = CONFIG_OVERRIDES.get(gated, TUNED[gated, 16 if block_m <= 16 else 64])
 
     def smem(c: MoeConfig) -> int:
         return c.num_stages * (block_m + (2 if gated else 1) * c.block_n) * c.block_k * itemsize
-    while smem(cfg) > SMEM_BYTES and cfg.num_stages > 2:
+    while smem(cfg) > limit and cfg.num_stages > 2:
         cfg = cfg._replace(num_stages=cfg.num_stages - 1)
-    while smem(cfg) > SMEM_BYTES and cfg.block_k > 32:
+    while smem(cfg) > limit and cfg.block_k > 32:
         cfg = cfg._replace(block_k=cfg.block_k // 2)
     return cfg
 
 
 def _gemm(x, w, out, sorted_ids, block_expert, rw, n, top_k, gated, weighted, block_m):
     blocks = block_expert.numel()
-    cfg = pick_config(gated, block_m, x.element_size())
+    cfg = pick_config(gated, block_m, x.element_size(), shared_memory_bytes(x.device))
     _moe_gemm[(blocks, triton.cdiv(n, cfg.block_n))](
         x, w, out, sorted_ids, block_expert, rw, n, x.shape[1], out.shape[0], w.shape[0],
         w.stride(0),

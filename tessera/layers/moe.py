@@ -29,6 +29,8 @@ _mode = os.environ.get("TESSERA_FUSED_MOE", "auto")
 
 
 def set_fused_moe(mode: str) -> None:
+    """Takes effect for steps run from now on; decode graphs captured before keep the
+    path they were captured with (switch before building the engine)."""
     global _mode
     if mode not in _MODES:
         raise ValueError(f"fused MoE mode must be one of {_MODES}, got {mode!r}")

@@ -26,7 +26,7 @@ import torch
 from tessera.config import EngineConfig
 from tessera.distributed.parallel_state import pp_stage, recv_from_prev, send_to_next
 from tessera.engine.protocol import ModelRunnerOutput, SchedulerOutput
-from tessera.layers.moe import fused_moe_captures
+from tessera.layers.moe import FUSED_MAX_TOKENS, fused_moe_captures
 from tessera.layers.sampler import SamplingBatch, gather_logprobs, sample
 from tessera.models.loader import ModelSource, load_model
 from tessera.quant.kv_cache import resolve_kv_cache_dtype
@@ -149,6 +149,8 @@ class ModelRunner:
         start = time.perf_counter()
         max_len = self.max_model_len
         max_batch = min(self.config.scheduler.max_num_seqs, 512)
+        if self.arch.num_experts:  # a MoE step in a graph must take the device kernels
+            max_batch = min(max_batch, FUSED_MAX_TOKENS)
         self.graphs = DecodeGraphs(self.model, self.kv_caches, max_batch,
                                    -(-max_len // self.block_size), num_blocks, self.block_size,
                                    self.device)

@@ -90,14 +90,27 @@ def test_a_large_step_aligns_with_the_pytorch_ops(monkeypatch):
                                fused_moe_ref(x, w13, w2, weights, ids))
 
 
-def test_tiles_fit_shared_memory():
+@pytest.mark.parametrize("limit_kb", [220, 156, 91])  # H100, A100, sm_89, less the margin
+def test_tiles_fit_shared_memory(limit_kb):
     for gated in (True, False):
         for block_m in (16, 32, 64):
             for itemsize in (2, 4):
-                cfg = pick_config(gated, block_m, itemsize)
+                cfg = pick_config(gated, block_m, itemsize, limit_kb << 10)
                 panels = 2 if gated else 1
                 smem = cfg.num_stages * (block_m + panels * cfg.block_n) * cfg.block_k * itemsize
-                assert smem <= fused_moe_module.SMEM_BYTES and cfg.num_stages >= 2
+                assert smem <= limit_kb << 10 and cfg.num_stages >= 2
+    tuned = fused_moe_module.TUNED[True, 16]
+    assert pick_config(True, 16, 2, 220 << 10) == tuned  # the H100 keeps the tuned tiles
+
+
+@pytest.mark.gpu
+def test_compiled_kernels_fit_this_gpu():
+    x, w13, w2, weights, ids = case(200, 8, 2, 256, 512, 8, torch.bfloat16)  # 64-row blocks
+    fused_moe(x, w13, w2, weights, ids)
+    limit = fused_moe_module.shared_memory_bytes(x.device) + fused_moe_module.SMEM_MARGIN
+    compiled = [k for cache in fused_moe_module._moe_gemm.device_caches.values()
+                for k in cache[0].values()]
+    assert compiled and all(k.metadata.shared <= limit for k in compiled)
 
 
 @pytest.mark.parametrize("mode", ["always", "off"])
