@@ -28,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from tessera.kernels.silu_and_mul import silu_mul
+
 BLOCK_M = 16  # assignment rows per block, at least: a decode step has ~1 per expert
 
 
@@ -48,16 +50,16 @@ def align_by_expert(ids: torch.Tensor, first: int, num_local: int, block_m: int 
     n = ids.numel()
     blocks = triton.cdiv(n + num_local * (block_m - 1), block_m)
     a_pad, e_pad = triton.next_power_of_2(max(n, 16)), triton.next_power_of_2(max(num_local, 16))
-    if ids.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
-        if a_pad * e_pad <= ALIGN_KERNEL_MAX:
-            sorted_ids = torch.empty(blocks * block_m, dtype=torch.int32, device=ids.device)
-            block_expert = torch.empty(blocks, dtype=torch.int32, device=ids.device)
-            _align[(1,)](ids, sorted_ids, block_expert, n, first, num_local, blocks,
-                         BLOCK_M=block_m, A_PAD=a_pad, E_PAD=e_pad,
-                         P_PAD=triton.next_power_of_2(blocks * block_m),
-                         B_PAD=triton.next_power_of_2(blocks))
-            return sorted_ids, block_expert
-    return align_by_expert_ref(ids, first, num_local, block_m)
+    runs_triton = ids.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    if not runs_triton or a_pad * e_pad > ALIGN_KERNEL_MAX:
+        return align_by_expert_ref(ids, first, num_local, block_m)
+    sorted_ids = torch.empty(blocks * block_m, dtype=torch.int32, device=ids.device)
+    block_expert = torch.empty(blocks, dtype=torch.int32, device=ids.device)
+    _align[(1,)](ids, sorted_ids, block_expert, n, first, num_local, blocks,
+                 BLOCK_M=block_m, A_PAD=a_pad, E_PAD=e_pad,
+                 P_PAD=triton.next_power_of_2(blocks * block_m),
+                 B_PAD=triton.next_power_of_2(blocks))
+    return sorted_ids, block_expert
 
 
 @triton.jit
@@ -111,9 +113,9 @@ def align_by_expert_ref(ids: torch.Tensor, first: int, num_local: int, block_m: 
 
 @triton.jit
 def _moe_gemm(x_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, rw_ptr, N, K, num_rows,
-              num_experts, stride_we, TOP_K: tl.constexpr, GATED: tl.constexpr, WEIGHTED: tl.constexpr,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-              PRECISION: tl.constexpr):
+              num_experts, stride_we, TOP_K: tl.constexpr, GATED: tl.constexpr,
+              WEIGHTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
     # GATED: x rows are tokens (row a // TOP_K), W has 2N rows (gate | up), out silu*up
     # [A, N]; else x rows are assignments, out [A, N] (times the routing weight if WEIGHTED)
     block = tl.program_id(0)
@@ -137,15 +139,13 @@ def _moe_gemm(x_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, rw_ptr, N, K,
         w = tl.load(w_rows + kk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
         acc = tl.dot(xt, tl.trans(w), acc, input_precision=PRECISION)
         if GATED:
-            w2 = tl.load(w_rows + N.to(tl.int64) * K + kk[None, :], mask=n_ok[:, None] & k_ok[None, :],
-                         other=0.0)
+            w2 = tl.load(w_rows + N.to(tl.int64) * K + kk[None, :],
+                         mask=n_ok[:, None] & k_ok[None, :], other=0.0)
             acc2 = tl.dot(xt, tl.trans(w2), acc2, input_precision=PRECISION)
     dt = out_ptr.dtype.element_ty
     out = acc.to(dt)
     if GATED:  # silu(gate) * up, each rounded as the unfused ops round
-        g = out.to(tl.float32)
-        act = (g * tl.sigmoid(g)).to(dt)
-        out = (act.to(tl.float32) * acc2.to(dt).to(tl.float32)).to(dt)
+        out = silu_mul(out, acc2.to(dt))
     if WEIGHTED:
         rw = tl.load(rw_ptr + rows, mask=row_ok, other=0.0)
         out = (out.to(tl.float32) * rw.to(tl.float32)[:, None]).to(dt)

@@ -10,7 +10,8 @@ Kernel 1 (`_decode_partial`): one program per (sequence, KV head, split); its wo
 all the query heads that share the KV head (GQA group, padded to 16 rows for tl.dot) and
 walks a range of the sequence in tiles of 64 tokens (128 from an fp8 cache when the
 context is not split; at least a page; each token's page looked up in the block table),
-an online softmax keeping the running max `m`, sum `l` and weighted values `acc`. Kernel 2 (`_decode_reduce`) merges the splits.
+an online softmax keeping the running max `m`, sum `l` and weighted values `acc`.
+Kernel 2 (`_decode_reduce`) merges the splits.
 No host value decides a shape, so a CUDA graph can capture both launches.
 """
 from __future__ import annotations

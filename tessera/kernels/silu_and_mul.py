@@ -1,7 +1,8 @@
 """SiLU-and-mul, Triton: out = silu(gate) * up over x = [gate | up]; `silu_and_mul_ref`.
 
 x: [T, 2d] -> [T, d]. silu runs in float32 and is rounded to the activations' dtype
-before the multiply, as the unfused PyTorch ops round.
+before the multiply, as the unfused PyTorch ops round. `silu_mul` is that rounding on
+tiles, shared with the epilogues of the skinny GEMM and the fused MoE's gate/up GEMM.
 """
 from __future__ import annotations
 
@@ -20,10 +21,16 @@ def _silu_and_mul(x_ptr, out_ptr, d, BLOCK: tl.constexpr, USE_PDL: tl.constexpr)
     ok = cols < d
     gate = tl.load(x_ptr + row * 2 * d + cols, mask=ok, other=0.0)
     up = tl.load(x_ptr + row * 2 * d + d + cols, mask=ok, other=0.0)
+    tl.store(out_ptr + row * d + cols, silu_mul(gate, up), mask=ok)
+
+
+@triton.jit
+def silu_mul(gate, up):
+    """silu(gate) * up for gate, up in the activations' dtype: silu in float32, rounded to
+    that dtype before the multiply."""
     g = gate.to(tl.float32)
     act = (g * tl.sigmoid(g)).to(gate.dtype)
-    tl.store(out_ptr + row * d + cols, (act.to(tl.float32) * up.to(tl.float32)).to(gate.dtype),
-             mask=ok)
+    return (act.to(tl.float32) * up.to(tl.float32)).to(gate.dtype)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ import triton.language as tl
 
 from tessera.kernels import pdl
 from tessera.kernels.rotary_kv_write import cache_store_options, rope_epilogue
+from tessera.kernels.silu_and_mul import silu_mul
 
 MAX_ROWS = 16  # one tl.dot column block; above this cuBLAS is the better GEMM
 PREFETCH_BYTES = 8 << 20  # under PDL: how much of W is asked of L2 before the wait
@@ -147,9 +148,7 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
                       PRE_ROUND)
     else:
         if GATED:  # silu(gate) * up, each rounded as the unfused ops round
-            g = out.to(tl.float32)
-            act = (g * tl.sigmoid(g)).to(dt)
-            out = (act.to(tl.float32) * acc2.to(dt).to(tl.float32)).to(dt)
+            out = silu_mul(out, acc2.to(dt))
         tl.store(y_ptr + ms[None, :] * stride_ym + ns[:, None], out, mask=ok)
 
 

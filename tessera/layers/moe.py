@@ -7,9 +7,10 @@ Forward: steps of up to FUSED_MAX_TOKENS tokens on CUDA run kernels/fused_moe.py
 grouped GEMMs read the expert ids on the device (no host sync, so decode steps are
 captured in CUDA graphs); longer steps sort tokens by expert and run one cuBLAS matmul
 per expert over its tokens (a loop over experts, never over tokens), results weighted
-and added back in expert order. `set_fused_moe` (env TESSERA_FUSED_MOE) switches. Parallelism: with expert parallelism, each TP rank owns E / tp whole experts;
-without it, every rank holds every expert's slice of the intermediate dimension. Either
-way the tokens are the same on every rank, and one all-reduce combines the partial sums.
+and added back in expert order. `set_fused_moe` (env TESSERA_FUSED_MOE) switches.
+Parallelism: with expert parallelism, each TP rank owns E / tp whole experts; without
+it, every rank holds every expert's slice of the intermediate dimension. Either way the
+tokens are the same on every rank, and one all-reduce combines the partial sums.
 """
 from __future__ import annotations
 

@@ -151,8 +151,8 @@ def returns_token_ids(front, body) -> bool:
 def _completion_choice(front, body: CompletionRequest, index: int, prompt: PreparedPrompt,
                        out, c) -> dict[str, Any]:
     text = c.text
-    prompt_text = ""
-    if body.echo or body.logprobs is not None:
+    prompt_text = ""  # decoded only to echo it
+    if body.echo:
         prompt_text = prompt.text if prompt.text is not None else front.decode(prompt.token_ids)
     logprobs = None
     if body.logprobs is not None:

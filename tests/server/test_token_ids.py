@@ -6,7 +6,8 @@ streamed chunks add up to the non-streamed answer; the default answer shape is u
 With a random-weights server of SmolLM2's shape (no tokenizer): token-id prompts are
 answered with token ids, streamed chunk by chunk; what needs a tokenizer (echo,
 logprobs, stop strings, text prompts, chat, /tokenize) is refused with a 400 that says
-so, and the server stays up; and `tessera bench serve` runs its workload against it and reports every request.
+so, and the server stays up; and `tessera bench serve` runs its workload against it and
+reports every request.
 """
 from __future__ import annotations
 
