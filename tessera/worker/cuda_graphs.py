@@ -8,6 +8,7 @@ of ~10 kernels per layer from Python. `run(inputs)` copies a step's inputs into 
 buffers, pads the batch to its bucket (padding rows write their K/V to a scratch block
 and attend to it alone) and replays; it returns None when the step does not fit (a
 prefill or mixed step, or a batch above the largest bucket), and the caller runs eagerly.
+`replays` counts the steps that ran as a graph.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ class DecodeGraphs:
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.sizes: list[int] = []
         self.pool = None
+        self.replays = 0
 
     def _meta(self, batch: int) -> AttentionMetadata:
         return AttentionMetadata(slot_mapping=self.slot_mapping[:batch], num_decode_tokens=batch,
@@ -92,4 +94,5 @@ class DecodeGraphs:
             self.block_tables[batch:bucket, 0].fill_(self.scratch_block)
         graph, hidden = self.graphs[bucket]
         graph.replay()
+        self.replays += 1
         return hidden[:batch]

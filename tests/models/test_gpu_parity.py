@@ -63,6 +63,21 @@ def test_tiny_models_bf16_equal_hf(tiny_model):
         hf_model.to("cpu", torch.float32)
 
 
+def test_tiny_moe_bf16_equal_hf(tiny_moe):
+    """Mixtral and Qwen2-MoE through the fused MoE kernels, decode steps in CUDA graphs."""
+    arch, folder, hf_model = tiny_moe
+    hf = hf_model.to("cuda", torch.bfloat16)
+    try:
+        llm = LLM(folder, skip_tokenizer_init=True, dtype="bfloat16", device="cuda",
+                  num_blocks=256, max_num_batched_tokens=32)
+        graphs = llm.engine.core.executor.runner.graphs
+        before = graphs.replays
+        _compare(llm, hf, PROMPTS)
+        assert graphs.replays > before, arch
+    finally:
+        hf_model.to("cpu", torch.float32)
+
+
 @pytest.mark.skipif(not os.environ.get("TESSERA_SMOLLM2_GGUF"),
                     reason="set TESSERA_SMOLLM2_GGUF to the SmolLM2 GGUF path")
 def test_smollm2_bf16_equals_hf():

@@ -28,7 +28,7 @@ SETTINGS = {
 
 
 def _run(folder: str, setting: str):
-    llm = LLM(folder, skip_tokenizer_init=True, **SETTINGS[setting])
+    llm = LLM(folder, skip_tokenizer_init=True, device="cpu", **SETTINGS[setting])
     params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, logprobs=1)
     outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params)
     return llm, outs
@@ -53,7 +53,8 @@ def test_greedy_tokens_and_logprobs_equal_hf(tiny_model, setting):
 
 def test_prompt_logprobs_equal_hf(tiny_model):
     arch, folder, hf_model = tiny_model
-    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=64, max_num_batched_tokens=16)
+    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=64, max_num_batched_tokens=16,
+              device="cpu")
     prompt = PROMPTS[1]
     out = llm.generate({"prompt_token_ids": prompt},
                        SamplingParams(max_tokens=1, prompt_logprobs=3, temperature=0))[0]
@@ -73,14 +74,14 @@ def test_sharded_checkpoint_is_read(tmp_path):
     import os
     make_tiny_checkpoint("llama", str(tmp_path), sharded=True)
     assert os.path.isfile(tmp_path / "model.safetensors.index.json")
-    llm = LLM(str(tmp_path), skip_tokenizer_init=True, num_blocks=32)
+    llm = LLM(str(tmp_path), skip_tokenizer_init=True, num_blocks=32, device="cpu")
     assert llm.generate({"prompt_token_ids": [1, 2, 3]},
                         SamplingParams(max_tokens=4, temperature=0))[0].outputs[0].token_ids
 
 
 def test_prefix_cache_hits_give_the_same_tokens(tiny_model):
     arch, folder, hf_model = tiny_model
-    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=128, block_size=8)
+    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=128, block_size=8, device="cpu")
     params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
     first = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params)
     again = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params)

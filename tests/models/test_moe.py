@@ -10,7 +10,8 @@ PROMPTS = [[5, 17, 99, 3], list(range(20, 60)), [300, 7, 7, 150, 42, 8, 9]]
 
 def test_moe_greedy_equals_hf(tiny_moe):
     arch, folder, hf_model = tiny_moe
-    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=64, max_num_batched_tokens=16)
+    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=64, max_num_batched_tokens=16,
+              device="cpu")  # the fp32 CPU claim, also on a GPU machine
     outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS],
                         SamplingParams(temperature=0, max_tokens=32, ignore_eos=True, logprobs=0))
     for p, out in zip(PROMPTS, outs):

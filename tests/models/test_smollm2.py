@@ -29,7 +29,8 @@ def hf_smollm2(smollm2_path):
 
 @pytest.fixture(scope="module")
 def llm():
-    return LLM(max_num_batched_tokens=24, num_blocks=128)  # the default model, chunked prefill
+    return LLM(max_num_batched_tokens=24, num_blocks=128,  # the default model, chunked prefill
+               device="cpu")  # HF runs on the CPU beside it
 
 
 def test_greedy_equals_hf_on_the_real_checkpoint(llm, hf_smollm2):
