@@ -172,14 +172,45 @@ def add_bench_parser(sub, add_engine_args) -> None:
     p.add_argument("--input-range", type=int, nargs=2, default=(128, 1024))
     p.add_argument("--output-range", type=int, nargs=2, default=(128, 512))
     p.add_argument("--json", default=None, help="write the results here")
-    add_serve_args(p)
+    serve_options = add_serve_args(p)
     add_engine_args(p)
-    p.set_defaults(func=run_bench)
+    p.set_defaults(func=run_bench, bench_parser=p, serve_options=serve_options)
+
+
+LATENCY_OPTIONS = {"batch_size", "input_len", "output_len"}
+REQUESTS_OPTIONS = {"num_prompts", "input_range", "output_range"}
+
+
+def refuse_foreign_options(args: argparse.Namespace) -> None:
+    """SystemExit naming each option given a value that the chosen workload would ignore:
+    the serve options outside serve, the latency ones outside latency, the request set's
+    outside throughput and serve, the engine's for serve (the server's engine is measured)."""
+    from tessera.cli import engine_kwargs
+
+    serve, workload = args.serve_options, args.workload
+    applies = {"latency": LATENCY_OPTIONS | set(engine_kwargs(args)),
+               "throughput": REQUESTS_OPTIONS | set(engine_kwargs(args)),
+               "serve": REQUESTS_OPTIONS | serve | {"seed"}}[workload]
+    foreign = (LATENCY_OPTIONS | REQUESTS_OPTIONS | serve | set(engine_kwargs(args))) - applies
+    given = sorted(name for name in foreign if _normal(getattr(args, name))
+                   != _normal(args.bench_parser.get_default(name)))
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        one = len(given) == 1
+        why = (f" (it measures the running server's engine: give {'it' if one else 'them'} "
+               "to `tessera serve`)" if workload == "serve" else "")
+        raise SystemExit(f"{flags} {'does' if one else 'do'} not apply to "
+                         f"`tessera bench {workload}`{why}")
+
+
+def _normal(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 def run_bench(args: argparse.Namespace) -> int:
     from tessera.cli import engine_kwargs
 
+    refuse_foreign_options(args)
     if args.workload == "serve":  # the server's engine, not one of ours
         return run_serve_bench(args)
 

@@ -229,11 +229,12 @@ def server_model(base_url: str, api_key: Optional[str] = None) -> dict[str, Any]
     return resp.json()["data"][0]
 
 
-def add_serve_args(p: argparse.ArgumentParser) -> None:
+def add_serve_args(p: argparse.ArgumentParser) -> set[str]:
+    """Adds the serve workload's options; returns their names (argparse dests)."""
     g = p.add_argument_group(
         "serve workload", "against a running server: its model (from /v1/models) is the one "
-        "measured, so the engine options below do not apply; --num-prompts, --input-range, "
-        "--output-range, --seed and --json do")
+        "measured, so the engine options below are refused; --num-prompts, --input-range, "
+        "--output-range, --seed and --json apply")
     g.add_argument("--base-url", default="http://127.0.0.1:8000")
     g.add_argument("--request-rate", type=float, default=float("inf"),
                    help="requests per second, Poisson arrivals (default inf: all at once)")
@@ -245,6 +246,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="token ids to draw prompts from (default: the server's vocab_size)")
     g.add_argument("--request-timeout", type=float, default=600.0,
                    help="seconds to wait for any piece of an answer before failing it")
+    return {action.dest for action in g._group_actions}
 
 
 def run_serve_bench(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 Poisson arrival times (inf: all at once; otherwise gaps of mean 1 / rate), the report's
 TTFT / TPOT / ITL / end-to-end and goodput from hand-made timings, and the client's
 reading of streams (httpx mock transport): tokens counted per chunk, and a refused
-request, an in-band error, a truncated stream or an aborted answer counted as failed."""
+request, an in-band error, a truncated stream or an aborted answer counted as failed; and
+`tessera bench` refusing an option that its workload would ignore."""
 from __future__ import annotations
 
 import asyncio
@@ -112,3 +113,27 @@ def test_the_client_reads_streams_and_names_each_failure():
     assert not aborted.ok and aborted.failure() == "finish_reason abort"
     r = summarize(records, duration)
     assert (r["completed"], r["failed"]) == (1, 4)
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["bench", "serve", "--max-num-seqs", "8"], "--max-num-seqs does not apply to "
+                                                "`tessera bench serve` (it measures"),
+    (["bench", "latency", "--request-rate", "4", "--num-prompts", "5"],
+     "--num-prompts, --request-rate do not apply to `tessera bench latency`"),
+    (["bench", "throughput", "--batch-size", "4"], "--batch-size does not apply"),
+])
+def test_bench_refuses_options_its_workload_would_ignore(argv, named):
+    from tessera.cli import build_parser
+    args = build_parser().parse_args(argv)
+    with pytest.raises(SystemExit, match=named.replace("(", r"\(").replace("`", ".")):
+        args.func(args)
+
+
+def test_bench_accepts_its_own_options_and_defaults_given_again():
+    from tessera.bench import refuse_foreign_options
+    from tessera.cli import build_parser
+    for argv in (["bench", "serve", "--seed", "3", "--num-prompts", "9", "--input-range",
+                  "128", "1024", "--request-rate", "2"],
+                 ["bench", "latency", "--batch-size", "4", "--max-num-seqs", "8"],
+                 ["bench", "throughput", "--output-range", "4", "8", "--dtype", "float32"]):
+        refuse_foreign_options(build_parser().parse_args(argv))  # nothing raised
