@@ -136,14 +136,20 @@ def test_tiny_moe_models_through_the_kernels_equal_hf(tiny_moe, mode, monkeypatc
 
 @pytest.mark.gpu
 def test_moe_decode_steps_are_captured_in_cuda_graphs(tiny_moe):
+    """Decode steps replay graphs and give, token for token, what eager steps and HF
+    (fp32, CPU) give."""
     arch, folder, hf_model = tiny_moe
-    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=256, device="cuda",
-              dtype="float32")
-    graphs = llm.engine.core.executor.runner.graphs
-    assert graphs is not None, arch
-    before = graphs.replays  # warm-up steps may replay too
-    p = [5, 17, 99, 3]
-    out = llm.generate([{"prompt_token_ids": p}],
-                       SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
-    assert out[0].outputs[0].token_ids == hf_greedy(hf_model, p, 8)[0]
-    assert graphs.replays - before >= 6, "the decode steps after the prefill replayed graphs"
+    prompts = [{"prompt_token_ids": p} for p in ([5, 17, 99, 3], list(range(20, 60)))]
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    outs = {}
+    for eager in (False, True):
+        llm = LLM(folder, skip_tokenizer_init=True, num_blocks=256, device="cuda",
+                  dtype="float32", enforce_eager=eager)
+        graphs = llm.engine.core.executor.runner.graphs
+        assert (graphs is None) == eager, arch
+        before = graphs.replays if graphs else 0  # warm-up steps may replay too
+        outs[eager] = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+        if graphs:
+            assert graphs.replays - before >= 6, "the decode steps replayed graphs"
+    assert outs[False] == outs[True], arch
+    assert outs[False] == [hf_greedy(hf_model, p["prompt_token_ids"], 8)[0] for p in prompts]
