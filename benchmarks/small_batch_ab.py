@@ -23,8 +23,10 @@ from tessera.kernels import skinny_gemm
 from tessera.kernels.pdl import set_pdl
 from tessera.layers.linear import set_qkv_rope, set_skinny_gemm
 from tessera.llm_engine import LLMEngine
+from tessera.worker import model_runner
 
 DEFAULT_PREFETCH_MIB = skinny_gemm.PREFETCH_BYTES >> 20
+ARGMAX_KERNEL = model_runner.argmax_last
 
 
 def graph_kernels(engine: LLMEngine, reps: int = 20) -> dict:
@@ -84,7 +86,8 @@ def load_config_overrides(path: str) -> dict:
 def run_mode(mode: str, bandwidth: float) -> dict:
     """mode: skinny (off|auto) / pdl (off|on) [/ MiB of weights prefetched into L2
     [/ shared-memory cap in KB per GEMM program, 0: none [/ q/k/v + rotary fused: on|off]]]
-    [+configs=JSON] (skinny-GEMM config overrides from skinny_gemm_sweep.py --uses)."""
+    [+configs=JSON] (skinny-GEMM config overrides from skinny_gemm_sweep.py --uses)
+    [+argmax=torch|kernel] (the plain-greedy step's argmax)."""
     head, *extras = mode.split("+")
     parts = head.split("/")
     parts += [str(DEFAULT_PREFETCH_MIB), "0", "on"][len(parts) - 2:]
@@ -94,10 +97,14 @@ def run_mode(mode: str, bandwidth: float) -> dict:
     skinny_gemm.SMEM_CAP_BYTES = int(parts[3]) << 10 or None
     set_qkv_rope(parts[4] == "on")
     skinny_gemm.CONFIG_OVERRIDES = {}
+    model_runner.argmax_last = ARGMAX_KERNEL
     for extra in extras:
         key, value = extra.split("=", 1)
         if key == "configs":
             skinny_gemm.CONFIG_OVERRIDES = load_config_overrides(value)
+        elif key == "argmax":  # the greedy argmax: "torch" (PyTorch's) or "kernel"
+            model_runner.argmax_last = (ARGMAX_KERNEL if value == "kernel"
+                                        else lambda x: x.argmax(dim=-1))
         else:
             raise ValueError(f"unknown mode option {key!r} in {mode!r}")
     engine = random_weights_engine(max_num_seqs=64, max_num_batched_tokens=4096)
@@ -116,8 +123,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="ab.json")
     ap.add_argument("--modes", default="off/off,auto/off,off/on,auto/on",
-                    help="skinny/pdl[/prefetch[/smem[/rope]]][+configs=JSON]: off|auto / off|on "
-                         "[/ MiB, e.g. 0|8|16 [/ KB, 0: no cap [/ on|off]]]")
+                    help="skinny/pdl[/prefetch[/smem[/rope]]][+configs=JSON][+argmax=torch]: "
+                         "off|auto / off|on [/ MiB, e.g. 0|8|16 [/ KB, 0: no cap [/ on|off]]]")
     args = ap.parse_args()
     bandwidth = measure_bandwidth(torch.device("cuda"))
     results: dict = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),

@@ -1,11 +1,12 @@
 """Sampler: one batch of logits -> one token per row, each row with its own settings.
 
-Objects: SamplingBatch (per-row settings as tensors, built by the model runner) and
-`sample(logits, batch)`. Order: logprobs of the raw distribution (what users are shown)
--> min_tokens bans -> repetition/presence/frequency penalties -> greedy rows take the
-argmax; the others: temperature -> top-k -> top-p -> min-p -> a draw by the exponential
-race (argmax p / q, q ~ Exp(1)), with a row's own torch.Generator when it has a seed, so
-a seeded request draws the same tokens whatever else is in the batch.
+Objects: SamplingBatch (per-row settings as tensors, built by the model runner),
+`sample(logits, batch)` and `argmax_last` (greedy rows and the race's draw). Order:
+logprobs of the raw distribution (what users are shown) -> min_tokens bans ->
+repetition/presence/frequency penalties -> greedy rows take the argmax; the others:
+temperature -> top-k -> top-p -> min-p -> a draw by the exponential race (argmax p / q,
+q ~ Exp(1)), with a row's own torch.Generator when it has a seed, so a seeded request
+draws the same tokens whatever else is in the batch.
 """
 from __future__ import annotations
 
@@ -15,6 +16,15 @@ from typing import Optional
 import torch
 
 from tessera.engine.protocol import LogprobsEntry
+
+
+def argmax_last(x: torch.Tensor) -> torch.Tensor:
+    """x [N, V] -> [N] int64, each row's first maximum: on a GPU the split-row kernel
+    (kernels/argmax.py; PyTorch's takes ~26 us for 128k logits), elsewhere torch.argmax."""
+    if x.is_cuda and x.dim() == 2 and x.shape[1] > 0:
+        from tessera.kernels.argmax import argmax_rows
+        return argmax_rows(x)
+    return x.argmax(dim=-1)
 
 
 @dataclasses.dataclass
@@ -51,7 +61,7 @@ def sample(logits: torch.Tensor, batch: SamplingBatch
             logits[row, banned] = float("-inf")
     if batch.any_penalty:
         apply_penalties(logits, batch)
-    greedy_ids = logits.argmax(dim=-1)  # [N]
+    greedy_ids = argmax_last(logits)  # [N]
     if batch.all_greedy:
         tokens = greedy_ids
     else:
@@ -100,7 +110,7 @@ def _sample_random(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     else:
         for row, gen in enumerate(batch.generators):
             q[row].exponential_(generator=gen)
-    return (probs / q).argmax(dim=-1)
+    return argmax_last(probs / q)
 
 
 def _top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,

@@ -27,7 +27,7 @@ from tessera.config import EngineConfig
 from tessera.distributed.parallel_state import pp_stage, recv_from_prev, send_to_next
 from tessera.engine.protocol import ModelRunnerOutput, SchedulerOutput
 from tessera.layers.moe import FUSED_MAX_TOKENS, fused_moe_captures
-from tessera.layers.sampler import SamplingBatch, gather_logprobs, sample
+from tessera.layers.sampler import SamplingBatch, argmax_last, gather_logprobs, sample
 from tessera.models.loader import ModelSource, load_model
 from tessera.quant.kv_cache import resolve_kv_cache_dtype
 from tessera.worker.cuda_graphs import DecodeGraphs, default_buckets
@@ -190,7 +190,7 @@ class ModelRunner:
             rows = hidden if inputs.sample_index is None else hidden[inputs.sample_index]
             logits = self.model.compute_logits(rows)  # [N, V]
             if all(self._plain_greedy(st) for st in states):  # no settings to gather
-                step.tokens = logits.argmax(dim=-1)
+                step.tokens = argmax_last(logits)
             else:
                 if any(_needs_history(st.params) for st in states):
                     self._resolve_all()  # penalties read every output token
