@@ -45,9 +45,10 @@ class VocabEmbedding(nn.Module):
 
 
 class LMHead(VocabEmbedding):
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden: [N, hidden] -> logits [N, vocab] in float32."""
+    def forward(self, hidden: torch.Tensor, as_float: bool = True) -> torch.Tensor:
+        """hidden: [N, hidden] -> logits [N, vocab] in float32 (as_float=False: in the
+        weights' dtype, which is all an argmax needs: widening changes no order)."""
         logits = linear(hidden, self.weight)
         if self.tp_size > 1:
             logits = all_gather_last(logits)[:, :self.vocab_size]
-        return logits.float()
+        return logits.float() if as_float else logits

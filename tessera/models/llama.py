@@ -174,8 +174,8 @@ class LlamaForCausalLM(nn.Module):
         pipeline stage, (hidden, residual) for the next stage)."""
         return self.model(input_ids, positions, kv_caches, meta, intermediate)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)  # [N, vocab] float32
+    def compute_logits(self, hidden: torch.Tensor, as_float: bool = True) -> torch.Tensor:
+        return self.lm_head(hidden, as_float)  # [N, vocab] float32 (or the model's dtype)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         params = dict(self.named_parameters(remove_duplicate=False))

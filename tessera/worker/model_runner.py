@@ -188,8 +188,10 @@ class ModelRunner:
         step = _StepInFlight(states, None, None, None, {}, prompt_logprobs)
         if states:
             rows = hidden if inputs.sample_index is None else hidden[inputs.sample_index]
-            logits = self.model.compute_logits(rows)  # [N, V]
-            if all(self._plain_greedy(st) for st in states):  # no settings to gather
+            greedy = all(self._plain_greedy(st) for st in states)  # no settings to gather
+            # [N, V]; a plain greedy step's argmax reads the model's dtype, no float32 copy
+            logits = self.model.compute_logits(rows, as_float=not greedy)
+            if greedy:
                 step.tokens = argmax_last(logits)
             else:
                 if any(_needs_history(st.params) for st in states):

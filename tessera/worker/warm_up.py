@@ -15,7 +15,8 @@ The decode-graph capture meets the decode variants of the batch sizes it capture
   prefill attention in its long-query tiles, cuBLAS GEMMs), LM head on 3 rows;
 - without decode graphs (`enforce_eager`, MoE models): decode-only steps of 1, 2 and 16
   sequences, and of enough sequences that the decode kernel stops splitting;
-- the LM head on 1 and 16 rows.
+- the LM head on 1 and 16 rows, and the argmax of its float32 logits (the sampler's;
+  greedy steps above took it in the model's dtype).
 
 Phases are cut to the step budget (`max_num_batched_tokens`, `max_num_seqs`) and the
 context length, so they meet only what serving can meet. Requests take cache blocks from 0
@@ -29,6 +30,7 @@ import torch
 
 from tessera.engine.protocol import CachedRequestData, NewRequestData, SchedulerOutput
 from tessera.kernels.paged_decode_attention import default_num_splits
+from tessera.layers.sampler import argmax_last
 from tessera.sampling_params import SamplingParams
 
 _PARAMS = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
@@ -56,8 +58,9 @@ def warm_up(runner) -> bool:
                 phase.step({f"s{i}": 1 for i in range(n)})  # one-token prompts: decodes
                 phase.forget(*(f"s{i}" for i in range(n)))
     for rows in (1, 16):
-        runner.model.compute_logits(
+        logits = runner.model.compute_logits(
             torch.zeros(rows, runner.arch.hidden_size, dtype=runner.dtype, device=runner.device))
+        argmax_last(logits)  # the sampler's float32 variant (greedy steps met the model dtype's)
     return True
 
 
