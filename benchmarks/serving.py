@@ -17,45 +17,15 @@ import asyncio
 import json
 import logging
 import os
-import socket
-import subprocess
-import sys
 import time
 
-import httpx
-
 from tessera.bench_serve import make_workload, run_serving, server_model, summarize
+from tessera.server.launch import start_server
 
 
 def shown_stats(stats: dict) -> dict:
     """A summary's statistics for printing: nan where there were no values (None)."""
     return {k: float("nan") if v is None else v for k, v in stats.items()}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(serve_args: list[str], log_path: str, timeout: float) -> tuple:
-    port = free_port()
-    with open(log_path, "w") as log:  # the child keeps its own handle
-        proc = subprocess.Popen([sys.executable, "-m", "tessera.cli", "serve", "--port",
-                                 str(port), *serve_args], stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}; log: {log_path}")
-        try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(1.0)
-    proc.kill()
-    raise RuntimeError(f"server did not start in {timeout:.0f} s; log: {log_path}")
 
 
 def main() -> None:
@@ -79,9 +49,9 @@ def main() -> None:
                   "--max-model-len", str(args.max_model_len), "--max-waiting", "4096", *extra]
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
-    log_path = os.path.join(out_dir, "serve.log")
     t0 = time.monotonic()
-    proc, base = start_server(serve_args, log_path, args.start_timeout)
+    server = start_server(out_dir, *serve_args, timeout=args.start_timeout)
+    base = server.base_url
     results = {"serve_args": serve_args, "start_s": time.monotonic() - t0, "runs": []}
     try:
         import torch
@@ -105,11 +75,7 @@ def main() -> None:
             with open(args.out, "w") as f:
                 json.dump(results, f, indent=2, allow_nan=False)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()
     print(f"\n{results['device']}; `tessera serve {' '.join(serve_args)}` (up in "
           f"{results['start_s']:.0f} s); {args.num_prompts} requests per rate")
     print(f"{'rate':>5}{'done':>6}{'req/s':>7}{'out tok/s':>10}{'TTFT p50':>9}{'p99':>7}"

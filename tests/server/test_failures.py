@@ -24,7 +24,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.server.conftest import start_server
+from tessera.server.launch import start_server
 from tests.server.helpers import assert_error, wait_until_idle
 
 KEY = "secret"
