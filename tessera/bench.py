@@ -124,7 +124,7 @@ def run_latency(engine: LLMEngine, batch: int, input_len: int, output_len: int,
             "output_len": output_len, "decode_steps": len(steps), "median_step_ms": step * 1e3,
             "p90_step_ms": sorted(steps)[int(0.9 * (len(steps) - 1))] * 1e3,
             "tok_s": batch / step, "tok_s_per_seq": 1 / step, "roofline_step_ms": floor * 1e3,
-            "roofline_ratio": floor / step, "wall_s": wall}
+            "roofline_ratio": floor / step, "wall_s": wall, "seed": seed}
 
 
 def add_throughput_requests(engine: LLMEngine, num_prompts: int,
@@ -159,7 +159,8 @@ def run_throughput(engine: LLMEngine, num_prompts: int, input_range: tuple[int, 
     return {"workload": "throughput", "num_prompts": num_prompts, "input_tokens": total_in,
             "output_tokens": total_out, "wall_s": wall, "output_tok_s": total_out / wall,
             "total_tok_s": (total_in + total_out) / wall, "steps": steps,
-            "peak_kv_usage": peak_kv, "preemptions": engine.core.scheduler.num_preemptions}
+            "peak_kv_usage": peak_kv, "preemptions": engine.core.scheduler.num_preemptions,
+            "seed": seed}
 
 
 def add_bench_parser(sub, add_engine_args) -> None:
@@ -214,28 +215,34 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.workload == "serve":  # the server's engine, not one of ours
         return run_serve_bench(args)
 
-    kwargs = engine_kwargs(args)
-    kwargs.setdefault("skip_tokenizer_init", True)
+    kwargs = dict(engine_kwargs(args), skip_tokenizer_init=True)  # token ids in and out
     engine = LLMEngine(EngineConfig.from_kwargs(**kwargs))
     with frozen():  # start-up's objects out of the collector, as in a server (gc_tuning.py)
         return _run_workload(args, engine)
 
 
+_WARM_UP_SEED = 99_991  # added to --seed: the warm-up's prompts differ from the timed ones
+
+
 def _run_workload(args: argparse.Namespace, engine: LLMEngine) -> int:
+    """--seed seeds the timed requests' prompts and lengths (and, through the engine, the
+    dummy weights)."""
     device = engine.config.model.torch_device
     if args.workload == "latency":
         bandwidth = measure_bandwidth(device)
-        run_latency(engine, min(args.batch_size, 2), args.input_len, 8, bandwidth, seed=99)
-        r = run_latency(engine, args.batch_size, args.input_len, args.output_len, bandwidth)
+        run_latency(engine, min(args.batch_size, 2), args.input_len, 8, bandwidth,
+                    seed=_WARM_UP_SEED + args.seed)
+        r = run_latency(engine, args.batch_size, args.input_len, args.output_len, bandwidth,
+                        seed=args.seed)
         r["bandwidth_gb_s"] = bandwidth / 1e9
         print(f"latency  batch {r['batch']}  prompt {r['input_len']}  new {r['output_len']}: "
               f"{r['median_step_ms']:.2f} ms/step, {r['tok_s']:.1f} tok/s "
               f"({r['tok_s_per_seq']:.1f} per sequence); roofline {r['roofline_step_ms']:.2f} ms "
               f"at {bandwidth / 1e12:.2f} TB/s -> {r['roofline_ratio']:.1%}")
     else:
-        run_throughput(engine, 8, (16, 64), (8, 16), seed=99)  # warm-up
+        run_throughput(engine, 8, (16, 64), (8, 16), seed=_WARM_UP_SEED + args.seed)
         r = run_throughput(engine, args.num_prompts, tuple(args.input_range),
-                           tuple(args.output_range))
+                           tuple(args.output_range), seed=args.seed)
         print(f"throughput  {r['num_prompts']} requests: {r['wall_s']:.1f} s, "
               f"{r['output_tok_s']:.0f} output tok/s, {r['total_tok_s']:.0f} total tok/s, "
               f"peak KV {r['peak_kv_usage']:.1%}, {r['preemptions']} preemptions")

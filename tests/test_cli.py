@@ -21,3 +21,29 @@ def test_bad_option_value_is_a_clear_error():
     proc = run_cli("generate", "hi", "--dtype", "float8")
     assert proc.returncode == 2
     assert "dtype 'float8' is not supported" in proc.stderr
+
+
+def test_bench_throughput_and_latency_on_a_tiny_model(tiny_llama, tmp_path):
+    """`tessera bench` end to end on the CPU: --seed picks the request set (the same seed,
+    the same prompt tokens), the JSON has the workload's figures."""
+    import json
+    folder, _ = tiny_llama
+    runs = {}
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        out = tmp_path / f"{name}.json"
+        proc = run_cli("bench", "throughput", "--model", folder, "--num-prompts", "4",
+                       "--input-range", "4", "12", "--output-range", "2", "3", "--seed",
+                       str(seed), "--json", str(out), "--device", "cpu")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[name] = json.loads(out.read_text())
+    assert runs["a"]["seed"] == 5 and runs["a"]["num_prompts"] == 4
+    assert 8 <= runs["a"]["output_tokens"] <= 12 and runs["a"]["output_tok_s"] > 0
+    assert runs["a"]["input_tokens"] == runs["b"]["input_tokens"]
+    lengths = {r["input_tokens"] for r in runs.values()}
+    assert len(lengths) == 2, "seed 6 draws other prompt lengths than seed 5"
+    out = tmp_path / "lat.json"
+    proc = run_cli("bench", "latency", "--model", folder, "--batch-size", "2", "--input-len",
+                   "6", "--output-len", "4", "--json", str(out), "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["batch"] == 2 and r["decode_steps"] >= 1 and r["tok_s"] > 0

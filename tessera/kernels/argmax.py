@@ -1,6 +1,6 @@
 """Row argmax over a wide last dimension (logits over the vocabulary), Triton; `argmax_ref`.
 
-x [N, V] float -> [N] int64: the index of each row's largest value, the first one where
+x [N, V] float32 / bf16 / fp16 -> [N] int64: the index of each row's largest value, the first one where
 several are equal (as torch.argmax gives). NaN counts as larger than everything (as in
 torch.argmax), so a row with a NaN gives its first NaN.
 
@@ -64,6 +64,8 @@ def argmax_rows(x: torch.Tensor) -> torch.Tensor:
     """x [N, V] (float) -> [N] int64, each row's first maximum (kernel 1 then kernel 2)."""
     if x.dim() != 2 or x.shape[1] == 0:
         raise ValueError(f"argmax_rows takes [N, V] with V > 0, got {tuple(x.shape)}")
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"argmax_rows compares in float32: {x.dtype} is not taken")
     rows, vocab = x.shape
     if x.stride(1) != 1:
         x = x.contiguous()

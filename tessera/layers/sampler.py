@@ -21,7 +21,8 @@ from tessera.engine.protocol import LogprobsEntry
 def argmax_last(x: torch.Tensor) -> torch.Tensor:
     """x [N, V] -> [N] int64, each row's first maximum: on a GPU the split-row kernel
     (kernels/argmax.py; PyTorch's takes ~26 us for 128k logits), elsewhere torch.argmax."""
-    if x.is_cuda and x.dim() == 2 and x.shape[1] > 0:
+    if (x.is_cuda and x.dim() == 2 and x.shape[1] > 0
+            and x.dtype in (torch.float32, torch.bfloat16, torch.float16)):  # not float64
         from tessera.kernels.argmax import argmax_rows
         return argmax_rows(x)
     return x.argmax(dim=-1)

@@ -86,7 +86,8 @@ def test_serving_compiles_no_kernel_after_start_up(tmp_path, enforce_eager):
     """Llama-3-8B's widths (2 layers, random weights), so the weights' kernel variants
     differ as in the real model. Once the engine is up (graphs, warm-up; the profiling
     pass skipped by a fixed cache size), lone prompts of 20, 16 and 1 tokens, a mixed
-    workload of 48 prompt lengths and batches of 1/3/17 meet no new Triton variant."""
+    workload of 48 prompt lengths, batches of 1/3/17 and sampled requests with logprobs
+    meet no new Triton variant."""
     import transformers
     config = transformers.LlamaConfig(**EIGHT_B_WIDTHS)
     config.architectures = ["LlamaForCausalLM"]
@@ -107,5 +108,8 @@ def test_serving_compiles_no_kernel_after_start_up(tmp_path, enforce_eager):
     llm.generate(prompts, params)  # all at once: mixed steps, decodes of many batch sizes
     for n in (1, 3, 17):
         llm.generate(prompts[:n], params[:n])
+    sampled = [SamplingParams(temperature=0.8, top_k=40, seed=i, max_tokens=6, logprobs=2,
+                              ignore_eos=True) for i in range(3)]
+    llm.generate(prompts[:3], sampled)  # the sampler: float32 logits and their argmax
     new = {name: set(keys) - set(before.get(name, [])) for name, keys in compiled_keys().items()}
     assert not any(new.values()), {name: len(keys) for name, keys in new.items() if keys}

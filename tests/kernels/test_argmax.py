@@ -59,3 +59,5 @@ def test_bad_shapes_are_named():
     with pytest.raises(ValueError, match="argmax_rows takes"):
         argmax_rows(torch.zeros(2, 0, device=DEVICE))
     assert argmax_rows(torch.zeros(0, 5, device=DEVICE)).shape == (0,)
+    with pytest.raises(ValueError, match="float64 is not taken"):
+        argmax_rows(torch.zeros(2, 5, device=DEVICE, dtype=torch.float64))
