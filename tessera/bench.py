@@ -188,11 +188,10 @@ def refuse_foreign_options(args: argparse.Namespace) -> None:
     outside throughput and serve, the engine's for serve (the server's engine is measured)."""
     from tessera.cli import engine_kwargs
 
-    serve, workload = args.serve_options, args.workload
-    applies = {"latency": LATENCY_OPTIONS | set(engine_kwargs(args)),
-               "throughput": REQUESTS_OPTIONS | set(engine_kwargs(args)),
+    serve, engine, workload = args.serve_options, set(engine_kwargs(args)), args.workload
+    applies = {"latency": LATENCY_OPTIONS | engine, "throughput": REQUESTS_OPTIONS | engine,
                "serve": REQUESTS_OPTIONS | serve | {"seed"}}[workload]
-    foreign = (LATENCY_OPTIONS | REQUESTS_OPTIONS | serve | set(engine_kwargs(args))) - applies
+    foreign = (LATENCY_OPTIONS | REQUESTS_OPTIONS | serve | engine) - applies
     given = sorted(name for name in foreign if _normal(getattr(args, name))
                    != _normal(args.bench_parser.get_default(name)))
     if given:

@@ -20,6 +20,7 @@ import triton.language as tl
 from tessera.kernels import pdl
 
 CHUNK = 4096  # elements per program of kernel 1
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # compared in float32 exactly
 
 
 @triton.jit
@@ -64,7 +65,7 @@ def argmax_rows(x: torch.Tensor) -> torch.Tensor:
     """x [N, V] (float) -> [N] int64, each row's first maximum (kernel 1 then kernel 2)."""
     if x.dim() != 2 or x.shape[1] == 0:
         raise ValueError(f"argmax_rows takes [N, V] with V > 0, got {tuple(x.shape)}")
-    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+    if x.dtype not in DTYPES:
         raise ValueError(f"argmax_rows compares in float32: {x.dtype} is not taken")
     rows, vocab = x.shape
     if x.stride(1) != 1:

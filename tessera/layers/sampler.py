@@ -16,15 +16,15 @@ from typing import Optional
 import torch
 
 from tessera.engine.protocol import LogprobsEntry
+from tessera.kernels import argmax
 
 
 def argmax_last(x: torch.Tensor) -> torch.Tensor:
     """x [N, V] -> [N] int64, each row's first maximum: on a GPU the split-row kernel
-    (kernels/argmax.py; PyTorch's takes ~26 us for 128k logits), elsewhere torch.argmax."""
-    if (x.is_cuda and x.dim() == 2 and x.shape[1] > 0
-            and x.dtype in (torch.float32, torch.bfloat16, torch.float16)):  # not float64
-        from tessera.kernels.argmax import argmax_rows
-        return argmax_rows(x)
+    (kernels/argmax.py; PyTorch's takes ~26 us for 128k logits), elsewhere (and for
+    float64) torch.argmax."""
+    if x.is_cuda and x.dtype in argmax.DTYPES:
+        return argmax.argmax_rows(x)
     return x.argmax(dim=-1)
 
 
