@@ -21,11 +21,12 @@ import torch
 from tessera.bench import measure_bandwidth, random_weights_engine, run_latency
 from tessera.kernels import skinny_gemm
 from tessera.kernels.pdl import set_pdl
-from tessera.layers.linear import set_qkv_rope, set_skinny_gemm
+from tessera.layers.linear import set_norm_fusion, set_qkv_rope, set_skinny_gemm
 from tessera.llm_engine import LLMEngine
 from tessera.worker import model_runner
 
 DEFAULT_PREFETCH_MIB = skinny_gemm.PREFETCH_BYTES >> 20
+DEFAULT_TRIGGER_STEPS = skinny_gemm.TRIGGER_STEPS
 ARGMAX_KERNEL = model_runner.argmax_last
 
 
@@ -87,7 +88,9 @@ def run_mode(mode: str, bandwidth: float) -> dict:
     """mode: skinny (off|auto) / pdl (off|on) [/ MiB of weights prefetched into L2
     [/ shared-memory cap in KB per GEMM program, 0: none [/ q/k/v + rotary fused: on|off]]]
     [+configs=JSON] (skinny-GEMM config overrides from skinny_gemm_sweep.py --uses)
-    [+argmax=torch|kernel] (the plain-greedy step's argmax)."""
+    [+argmax=torch|kernel] (the plain-greedy step's argmax)
+    [+norms=fused|kernel] (decode steps' RMSNorms inside the projections, or kernels)
+    [+trigger=N] (GEMMs let the next kernel launch N K-steps before their loop ends)."""
     head, *extras = mode.split("+")
     parts = head.split("/")
     parts += [str(DEFAULT_PREFETCH_MIB), "0", "on"][len(parts) - 2:]
@@ -98,6 +101,8 @@ def run_mode(mode: str, bandwidth: float) -> dict:
     set_qkv_rope(parts[4] == "on")
     skinny_gemm.CONFIG_OVERRIDES = {}
     model_runner.argmax_last = ARGMAX_KERNEL
+    set_norm_fusion(True)
+    skinny_gemm.TRIGGER_STEPS = DEFAULT_TRIGGER_STEPS
     for extra in extras:
         key, value = extra.split("=", 1)
         if key == "configs":
@@ -105,6 +110,10 @@ def run_mode(mode: str, bandwidth: float) -> dict:
         elif key == "argmax":  # the greedy argmax: "torch" (PyTorch's) or "kernel"
             model_runner.argmax_last = (ARGMAX_KERNEL if value == "kernel"
                                         else lambda x: x.argmax(dim=-1))
+        elif key == "trigger":  # K steps before a GEMM's end at which the next launches
+            skinny_gemm.TRIGGER_STEPS = int(value)
+        elif key == "norms":  # the norms between projections: "fused" or "kernel"
+            set_norm_fusion(value == "fused")
         else:
             raise ValueError(f"unknown mode option {key!r} in {mode!r}")
     engine = random_weights_engine(max_num_seqs=64, max_num_batched_tokens=4096)
@@ -123,7 +132,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="ab.json")
     ap.add_argument("--modes", default="off/off,auto/off,off/on,auto/on",
-                    help="skinny/pdl[/prefetch[/smem[/rope]]][+configs=JSON][+argmax=torch]: "
+                    help="skinny/pdl[/prefetch[/smem[/rope]]][+configs=JSON][+argmax=torch][+norms=kernel]: "
                          "off|auto / off|on [/ MiB, e.g. 0|8|16 [/ KB, 0: no cap [/ on|off]]]")
     args = ap.parse_args()
     bandwidth = measure_bandwidth(torch.device("cuda"))

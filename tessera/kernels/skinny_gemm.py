@@ -1,7 +1,8 @@
 """Skinny GEMM for decode steps of a few rows, Triton: y = x @ W^T (+ bias), W read once.
 
 Objects: `skinny_gemm` (the launcher), `skinny_gemm_ref` (PyTorch), `skinny_qkv_rope`
-(q/k/v with rotary and the cache write), `pick_config` (`tuned_config`, or the
+(q/k/v with rotary and the cache write), `skinny_gemm_add_norm` (o/down with the residual
+add and the next norm's first half), `pick_config` (`tuned_config`, or the
 CONFIG_OVERRIDES A/B knob, within the SMEM_CAP_BYTES one).
 Shapes: x [M, K] (M <= MAX_ROWS) and W [N, K] (nn.Linear's layout) -> y [M, N].
 With `gated=True`, W is a stacked [gate | up] of 2I rows and the result is
@@ -12,6 +13,9 @@ rounded before the multiply), so only the GEMM's summation order differs.
 `skinny_qkv_rope` is the stacked q/k/v projection of decode tokens with rotary embedding
 and the KV-cache write in its epilogue (kernels/rotary_kv_write.py: `rope_epilogue`):
 each program owns dims of one head's first half and their partners in the second half.
+The RMSNorm between two projections needs no kernel of its own (kernels/norm_epilogue.py):
+`skinny_gemm_add_norm` adds its product to the residual and leaves the norm pending
+(a PendingNorm); `skinny_gemm` and `skinny_qkv_rope` finish it, given its parts.
 
 The work is split along N only: each program owns BLOCK_N rows of W and walks all of K
 in BLOCK_K steps, `tl.dot`(W tile [BLOCK_N, BLOCK_K], x^T tile [BLOCK_K, 16]) with the
@@ -21,8 +25,10 @@ skinny_gemm_sweep.py on an H100: 6-10% faster than cuBLAS on the Llama-3-8B shap
 Under PDL (kernels/pdl.py) the first W tile is loaded, and the leading columns of every
 row (PREFETCH_BYTES in all) asked of L2, before waiting for the kernel that produces x (on
 the H100, batch 1: 8 MiB 176.1 tok/s, 16-24 MiB 175.7, 32 MiB 173.4, 1024 columns
-whatever the size ~174). Loading x through a fused SiLU or RMSNorm inside the loop was
-measured too: it halved the speed, so those stay out of the loop.
+whatever the size ~174); it lets the next kernel launch TRIGGER_STEPS steps before its
+loop ends, so that kernel's own prefetch overlaps this one's tail. Loading x through a fused SiLU or RMSNorm inside the loop was
+measured too: it halved the speed, so those stay out of the loop (the pending norm's
+x is loaded as it is stored; its scale applies to the accumulator after the loop).
 """
 from __future__ import annotations
 
@@ -33,12 +39,18 @@ import triton
 import triton.language as tl
 
 from tessera.kernels import pdl
+from tessera.kernels.norm_epilogue import (PendingNorm, add_pending_norm, inverse_rms,
+                                           load_parts)
 from tessera.kernels.rotary_kv_write import cache_store_options, rope_epilogue
 from tessera.kernels.silu_and_mul import silu_mul
 
 MAX_ROWS = 16  # one tl.dot column block; above this cuBLAS is the better GEMM
 PREFETCH_BYTES = 8 << 20  # under PDL: how much of W is asked of L2 before the wait
 SMEM_CAP_BYTES: Optional[int] = None  # A/B knob: fewer stages, e.g. two programs per SM
+# Under PDL, K steps before the end of its loop at which a GEMM lets the next kernel launch
+# (A/B knob). On H100s, batch 1 (norms in the projections): 0 (after the loop) 178.3 tok/s,
+# 1: 178.9, 2: 179.0-179.8, 3: 179.0, 4: 178.9
+TRIGGER_STEPS = 2
 CONFIG_OVERRIDES: dict = {}  # A/B knob: (n, k, gated) -> SkinnyConfig, for 2-byte weights
 
 
@@ -91,12 +103,14 @@ def _x_tile(x_ptr, ms, ks, m_ok, K, stride_xm):
 @triton.jit
 def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
                  pos_ptr, cs_ptr, slot_ptr, kv_ptr, stride_kvs,
+                 part_ptr, num_parts, eps, res_ptr, g_ptr, scaled_ptr,
                  HAS_BIAS: tl.constexpr, GATED: tl.constexpr, ROPE: tl.constexpr,
+                 NORM_IN: tl.constexpr, NORM_OUT: tl.constexpr, PART_BLOCK: tl.constexpr,
                  NUM_Q: tl.constexpr, NUM_KV: tl.constexpr, HALF: tl.constexpr,
                  FP8_CACHE: tl.constexpr, PRE_ROUND: tl.constexpr, EVEN: tl.constexpr,
                  PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr, PREFETCH_K: tl.constexpr, LINE: tl.constexpr,
-                 USE_PDL: tl.constexpr):
+                 TRIGGER_STEPS: tl.constexpr, USE_PDL: tl.constexpr):
     # N: rows of the output (I when gated; W then has 2I rows, up at row offset N; in rope
     # mode the heads, NUM_Q + 2 NUM_KV of 2 HALF rows, place the programs instead)
     pid = tl.program_id(0)
@@ -124,28 +138,46 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
         if GATED or ROPE:  # two panels of W per program
             _prefetch_l2(w_ptr, rows2, n_ok, K, PREFETCH_K, LINE)
     pdl.wait(USE_PDL)
+    ok = n_ok[:, None] & m_ok[None, :]
+    if NORM_IN:  # x is a pending norm's g * s: its partial sums give each row's 1/rms
+        parts = load_parts(part_ptr, ms, num_parts, PART_BLOCK, BLOCK_M)
+    if NORM_OUT:  # the residual this output is added to, and the next norm's weight
+        res = tl.load(res_ptr + ms[None, :] * stride_ym + ns[:, None], mask=ok, other=0.0)
+        g = tl.load(g_ptr + ns, mask=n_ok, other=0.0)
     xt = _x_tile(x_ptr, ms, ks, m_ok, K, stride_xm)
     acc = tl.dot(w, xt, input_precision=PRECISION)  # [BLOCK_N, BLOCK_M]
     if GATED or ROPE:
         acc2 = tl.dot(_tile(rows2, ks, n_ok, K, EVEN), xt, input_precision=PRECISION)
+    trigger_k = (tl.cdiv(K, BLOCK_K) - TRIGGER_STEPS) * BLOCK_K
     for k0 in range(BLOCK_K, K, BLOCK_K):
+        if TRIGGER_STEPS > 0:  # let the next kernel launch this many steps before the end
+            if k0 == trigger_k:
+                pdl.launch_dependents(USE_PDL)
         kk = k0 + ks
         xt = _x_tile(x_ptr, ms, kk, m_ok, K, stride_xm)
         acc = tl.dot(_tile(w_rows, kk, n_ok, K, EVEN), xt, acc, input_precision=PRECISION)
         if GATED or ROPE:
             acc2 = tl.dot(_tile(rows2, kk, n_ok, K, EVEN), xt, acc2, input_precision=PRECISION)
-    pdl.launch_dependents(USE_PDL)  # at the start it was slower (171.4 vs 173.9 tok/s)
+    pdl.launch_dependents(USE_PDL)  # for a K too short to reach trigger_k (else a no-op);
+    # at the start of the kernel it was slower (171.4 vs 173.9 tok/s)
     dt = y_ptr.dtype.element_ty
+    if NORM_IN:
+        r = inverse_rms(parts, K, eps)[None, :]
+        acc = acc * r
+        if GATED or ROPE:
+            acc2 = acc2 * r
     if HAS_BIAS:
         acc += tl.load(b_ptr + ns, mask=n_ok, other=0.0).to(tl.float32)[:, None]
         if ROPE:
             acc2 += tl.load(b_ptr + ns2, mask=n_ok, other=0.0).to(tl.float32)[:, None]
     out = acc.to(dt)
-    ok = n_ok[:, None] & m_ok[None, :]
     if ROPE:
         rope_epilogue(out, acc2.to(dt), head, dim, ok, ms, m_ok, y_ptr, stride_ym, pos_ptr,
                       cs_ptr, slot_ptr, kv_ptr, stride_kvs, NUM_Q, NUM_KV, HALF, FP8_CACHE,
                       PRE_ROUND)
+    elif NORM_OUT:
+        add_pending_norm(out, res, g, ns, ms, ok, y_ptr, stride_ym, scaled_ptr, part_ptr, pid,
+                         BLOCK_M)
     else:
         if GATED:  # silu(gate) * up, each rounded as the unfused ops round
             out = silu_mul(out, acc2.to(dt))
@@ -185,57 +217,115 @@ def shared_memory_bytes(cfg: SkinnyConfig, gated: bool, itemsize: int) -> int:
 
 
 def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                gated: bool = False, config: Optional[SkinnyConfig] = None) -> torch.Tensor:
-    """x [M, K] @ weight [N, K]^T (+ bias) -> [M, N]; gated: silu(gate) * up -> [M, N/2]."""
+                gated: bool = False, config: Optional[SkinnyConfig] = None,
+                norm_parts: Optional[torch.Tensor] = None, eps: float = 0.0) -> torch.Tensor:
+    """x [M, K] @ weight [N, K]^T (+ bias) -> [M, N]; gated: silu(gate) * up -> [M, N/2].
+    With norm_parts, x is a PendingNorm's `scaled` (g * s) and these its `parts`: the
+    product is of RMSNorm(s) (eps its epsilon), as if the norm had run first."""
     rows, k = x.shape
     n = weight.shape[0] // 2 if gated else weight.shape[0]
-    if rows > MAX_ROWS:
-        raise ValueError(f"skinny_gemm takes at most {MAX_ROWS} rows, got {rows}")
-    if weight.shape[1] != k:
-        raise ValueError(f"x has {k} columns but the weight is {tuple(weight.shape)}")
+    _check(x, weight, rows, k)
     if gated and (weight.shape[0] % 2 or bias is not None):
         raise ValueError("gated needs an even number of weight rows and no bias")
     if n == 0 or k == 0:  # nothing to read: the PyTorch ops give the right empty/zero/bias
+        if norm_parts is not None:
+            raise ValueError("a pending norm needs a weight with rows and columns")
         return skinny_gemm_ref(x, weight, bias, gated)
     x, weight = x.contiguous(), weight.contiguous()
     bias = bias.contiguous() if bias is not None else None
     cfg = config or pick_config(n, k, gated, x.element_size())
     y = torch.empty(rows, n, dtype=x.dtype, device=x.device)
     _launch(x, weight, bias, y, n, cfg, dict(GATED=gated),
-            EVEN=n % cfg.block_n == 0 and k % cfg.block_k == 0)
+            EVEN=n % cfg.block_n == 0 and k % cfg.block_k == 0,
+            **_norm_in(norm_parts, eps))
     return y
 
 
+def skinny_gemm_add_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                         residual: torch.Tensor, norm_weight: torch.Tensor,
+                         config: Optional[SkinnyConfig] = None) -> PendingNorm:
+    """s = residual + x [M, K] @ weight [N, K]^T (+ bias), and the RMSNorm (weight
+    norm_weight [N]) that follows it left pending for the next projection
+    (kernels/norm_epilogue.py): PendingNorm(g * s, partial sums of s^2, s)."""
+    rows, k = x.shape
+    n = weight.shape[0]
+    _check(x, weight, rows, k)
+    if residual.shape != (rows, n) or norm_weight.shape != (n,) or n == 0 or k == 0:
+        raise ValueError(f"skinny_gemm_add_norm: x {tuple(x.shape)} @ weight "
+                         f"{tuple(weight.shape)}^T does not fit residual "
+                         f"{tuple(residual.shape)} and norm weight {tuple(norm_weight.shape)}")
+    x, weight, residual = x.contiguous(), weight.contiguous(), residual.contiguous()
+    bias = bias.contiguous() if bias is not None else None
+    cfg = config or pick_config(n, k, False, x.element_size())
+    programs = triton.cdiv(n, cfg.block_n)
+    s = torch.empty(rows, n, dtype=x.dtype, device=x.device)
+    pending = PendingNorm(torch.empty_like(s), torch.empty(programs, MAX_ROWS, device=x.device),
+                          s)
+    _launch(x, weight, bias, s, n, cfg, dict(NORM_OUT=True),
+            EVEN=n % cfg.block_n == 0 and k % cfg.block_k == 0, grid=programs,
+            parts=pending.parts, residual=residual, norm_weight=norm_weight.contiguous(),
+            scaled=pending.scaled)
+    return pending
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, rows: int, k: int) -> None:
+    if rows > MAX_ROWS:
+        raise ValueError(f"skinny_gemm takes at most {MAX_ROWS} rows, got {rows}")
+    if weight.shape[1] != k:
+        raise ValueError(f"x has {k} columns but the weight is {tuple(weight.shape)}")
+
+
+def _norm_in(parts: Optional[torch.Tensor], eps: float) -> dict:
+    """_launch's keywords for a pending norm's parts [P, MAX_ROWS] (none: {})."""
+    if parts is None:
+        return {}
+    if parts.dim() != 2 or parts.shape[1] != MAX_ROWS or parts.dtype != torch.float32:
+        raise ValueError(f"a pending norm's parts are float32 [P, {MAX_ROWS}], got "
+                         f"{parts.dtype} {tuple(parts.shape)}")
+    return dict(parts=parts.contiguous(), num_parts=parts.shape[0], eps=eps, NORM_IN=True,
+                PART_BLOCK=triton.next_power_of_2(parts.shape[0]))
+
+
 _PLAIN = dict(GATED=False, ROPE=False, NUM_Q=0, NUM_KV=0, HALF=0, FP8_CACHE=False,
-              PRE_ROUND=False)  # the kernel's mode constexprs, rope's unused
+              PRE_ROUND=False, NORM_OUT=False)  # the kernel's mode constexprs, rope's unused
 
 
 def _launch(x, weight, bias, y, n, cfg, mode: dict, EVEN: bool, grid: Optional[int] = None,
-            rope_args: tuple = (), stride_kvs: int = 0, **options):
-    """mode: the constexprs that differ from _PLAIN."""
+            rope_args: tuple = (), stride_kvs: int = 0, parts=None, num_parts: int = 0,
+            eps: float = 0.0, residual=None, norm_weight=None, scaled=None,
+            NORM_IN: bool = False, PART_BLOCK: int = 1, **options):
+    """mode: the constexprs that differ from _PLAIN. A pending norm
+    (kernels/norm_epilogue.py) to finish: parts, num_parts, eps (NORM_IN); to leave:
+    parts, residual, norm_weight, scaled (NORM_OUT). Unused pointers get the weight's."""
     rows, k = x.shape
     pos, cs, slots, kv = rope_args or (weight,) * 4  # unused pointers outside rope mode
+    parts, res, g, scaled = (weight if t is None else t
+                             for t in (parts, residual, norm_weight, scaled))
     _skinny_gemm[(grid or triton.cdiv(n, cfg.block_n),)](
         x, weight, bias if bias is not None else weight, y, rows, n, k, x.stride(0), y.stride(0),
-        pos, cs, slots, kv, stride_kvs, HAS_BIAS=bias is not None, **{**_PLAIN, **mode},
-        EVEN=EVEN,
+        pos, cs, slots, kv, stride_kvs, parts, num_parts, eps, res, g, scaled,
+        HAS_BIAS=bias is not None, **{**_PLAIN, **mode}, NORM_IN=NORM_IN,
+        PART_BLOCK=PART_BLOCK, EVEN=EVEN,
         PRECISION="ieee" if x.dtype == torch.float32 else "tf32",  # fp32 stays fp32
         BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         PREFETCH_K=prefetch_columns(weight), LINE=line_columns(weight),
+        TRIGGER_STEPS=TRIGGER_STEPS,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **options,
         **pdl.pdl_launch_args(x.device))
 
 
 def skinny_qkv_rope(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                     positions: torch.Tensor, cos_sin: torch.Tensor, kv_cache: torch.Tensor,
-                    slot_mapping: torch.Tensor, num_heads: int, num_kv_heads: int
+                    slot_mapping: torch.Tensor, num_heads: int, num_kv_heads: int,
+                    norm_parts: Optional[torch.Tensor] = None, eps: float = 0.0
                     ) -> torch.Tensor:
     """The q/k/v projection of a few tokens with rotary embedding and the KV-cache write
     in its epilogue (what `skinny_gemm` then `rotary_kv_write` do, in one launch).
     x [M, K]; weight [(Hq + 2 Hkv) D, K] (q, k, v heads stacked); positions, slot_mapping
     [M]; cos_sin [max_pos, D]; kv_cache [2, blocks, block_size, Hkv, D] -> q [M, Hq, D].
     Each program owns BLOCK_N dims of one head's first half and the matching dims of its
-    second half (two W panels, as gated mode owns gate and up rows), so it can rotate."""
+    second half (two W panels, as gated mode owns gate and up rows), so it can rotate.
+    norm_parts, eps: x is a pending norm's g * s, as in `skinny_gemm`."""
     rows, k = x.shape
     head_dim = cos_sin.shape[1]
     n = weight.shape[0]
@@ -261,7 +351,8 @@ def skinny_qkv_rope(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
             EVEN=half % cfg.block_n == 0 and k % cfg.block_k == 0,
             grid=(num_heads + 2 * num_kv_heads) * chunks,
             rope_args=(positions, cos_sin, slot_mapping, kv_cache), stride_kvs=kv_cache.stride(0),
-            enable_fp_fusion=False)  # the rotation rounds each product, as PyTorch does
+            enable_fp_fusion=False,  # the rotation rounds each product, as PyTorch does
+            **_norm_in(norm_parts, eps))
     return q
 
 

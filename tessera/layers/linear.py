@@ -12,7 +12,8 @@ short) in bf16/fp16 with a weight of the same dtype goes to the skinny GEMM kern
 (any device and dtype; on CPU that needs TRITON_INTERPRET=1 set before triton is
 imported, as the tests do). MergedColumnParallelLinear.forward_gated fuses the gated
 MLP's SiLU-and-mul into it; `uses_qkv_rope` says when a decode step's q/k/v projection
-takes it with rotary and the cache write fused (`set_qkv_rope` switches that).
+takes it with rotary and the cache write fused (`set_qkv_rope` switches that), and
+`uses_norm_fusion` when its norms run inside the projections (`set_norm_fusion`).
 Each parameter carries `weight_loader(param, loaded, shard_id=None)`: the loader hands
 it the checkpoint tensor (or a lazy slice of the file) and the layer reads its own part.
 Models never see whether they are sharded; a quantized variant plugs in the same way.
@@ -69,6 +70,22 @@ def uses_qkv_rope(x: torch.Tensor, qkv_weight: torch.Tensor) -> bool:
     (kernels/skinny_gemm.py: skinny_qkv_rope): where the skinny GEMM runs, unless
     switched off (`set_qkv_rope(False)` or env TESSERA_QKV_ROPE=0)."""
     return _qkv_rope and uses_skinny(x, qkv_weight)
+
+
+_norm_fusion = os.environ.get("TESSERA_NORM_FUSION", "1") != "0"
+
+
+def set_norm_fusion(on: bool) -> None:
+    global _norm_fusion
+    _norm_fusion = on
+
+
+def uses_norm_fusion(x: torch.Tensor, qkv_weight: torch.Tensor) -> bool:
+    """Whether a decode step's RMSNorms are split across the projections around them
+    (kernels/norm_epilogue.py; no norm kernel): where q/k/v takes rotary, on one tensor-
+    parallel rank (the o and down products must be whole before the residual add), unless
+    switched off (`set_norm_fusion(False)` or env TESSERA_NORM_FUSION=0)."""
+    return _norm_fusion and tp_size() == 1 and uses_qkv_rope(x, qkv_weight)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):

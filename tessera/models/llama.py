@@ -3,7 +3,9 @@
 Objects: LlamaAttention, LlamaMLP, LlamaDecoderLayer, LlamaForCausalLM.
 Flow: input_ids [T] + positions [T] (ragged, all sequences packed) -> embedding ->
 layers (RMSNorm with fused residual add, attention over the paged KV cache, gated MLP or
-MoE block) -> final norm -> hidden [T, hidden]; `compute_logits` runs the LM head only on
+MoE block; on decode steps of a few rows of a dense model the norms run inside the
+projections around them: `LlamaDecoderLayer.forward_fused_norms`) -> final norm ->
+hidden [T, hidden]; `compute_logits` runs the LM head only on
 the rows that sample. Under pipeline parallelism a rank builds only its stage's part.
 `load_weights` maps Hugging Face names onto the stacked q/k/v and gate/up parameters
 through each parameter's weight_loader, skipping other stages' tensors.
@@ -17,12 +19,13 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from tessera.kernels.skinny_gemm import skinny_qkv_rope
+from tessera.kernels.norm_epilogue import PendingNorm
+from tessera.kernels.skinny_gemm import skinny_gemm, skinny_gemm_add_norm, skinny_qkv_rope
 from tessera.layers.activation import SiluAndMul
 from tessera.layers.attention import Attention, AttentionMetadata
 from tessera.layers.embedding import LMHead, VocabEmbedding
 from tessera.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear, ReplicatedLinear,
-                                   RowParallelLinear, uses_qkv_rope)
+                                   RowParallelLinear, uses_norm_fusion, uses_qkv_rope)
 from tessera.layers.moe import FusedMoE
 from tessera.layers.norm import RMSNorm
 from tessera.layers.rotary import RotaryEmbedding
@@ -59,19 +62,26 @@ class LlamaAttention(nn.Module):
                               cfg.sliding_window)  # one cos/sin table shared by all layers
 
     def forward(self, positions, hidden, kv_cache, meta: AttentionMetadata):
-        if meta.use_kernels and meta.decode_only and uses_qkv_rope(hidden, self.qkv_proj.weight):
+        return self.o_proj(self.attend(positions, hidden, kv_cache, meta))
+
+    def attend(self, positions, hidden, kv_cache, meta: AttentionMetadata, norm_parts=None,
+               eps: float = 0.0):
+        """hidden [T, H] -> attention output [T, Hq * D], before o_proj. norm_parts, eps:
+        hidden is a PendingNorm's g * s (decode kernels only; kernels/norm_epilogue.py)."""
+        if norm_parts is not None or (meta.use_kernels and meta.decode_only
+                                      and uses_qkv_rope(hidden, self.qkv_proj.weight)):
             # a few decode tokens: rotary and the cache write in the projection's epilogue
             q = skinny_qkv_rope(hidden, self.qkv_proj.weight, self.qkv_proj.bias, positions,
                                 self.attn.rotary_emb.cos_sin, kv_cache, meta.slot_mapping,
-                                self.num_heads, self.num_kv_heads)  # [T, Hq, D]
-            return self.o_proj(self.attn.attend(q, kv_cache, meta))
+                                self.num_heads, self.num_kv_heads, norm_parts, eps)  # [T, Hq, D]
+            return self.attn.attend(q, kv_cache, meta)
         qkv = self.qkv_proj(hidden)  # [T, (Hq + 2 Hkv) * D]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        return self.o_proj(self.attn(positions, q, k, v, kv_cache, meta))
+        return self.attn(positions, q, k, v, kv_cache, meta)
 
 
 class LlamaMLP(nn.Module):
@@ -123,6 +133,32 @@ class LlamaDecoderLayer(nn.Module):
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
+    def forward_fused_norms(self, positions, hidden, residual, kv_cache, meta,
+                            next_norm: RMSNorm | None):
+        """A decode step of a few rows with no norm kernel (kernels/norm_epilogue.py):
+        o_proj adds to the residual and leaves the post-attention norm pending for gate/up;
+        with next_norm (the next layer's input norm) down_proj does the same for the next
+        q/k/v, and the layer returns (PendingNorm, None); without, (MLP output, residual).
+        hidden: a PendingNorm from the layer before, or [T, H] (the first layer here)."""
+        norm = self.input_layernorm
+        if isinstance(hidden, PendingNorm):
+            x, parts, residual = hidden.scaled, hidden.parts, hidden.residual
+        elif residual is None:
+            x, parts, residual = norm(hidden), None, hidden
+        else:
+            (x, residual), parts = norm(hidden, residual), None
+        attn = self.self_attn
+        out = attn.attend(positions, x, kv_cache, meta, parts, norm.eps)  # [T, Hq * D]
+        post = skinny_gemm_add_norm(out, attn.o_proj.weight, attn.o_proj.bias, residual,
+                                    self.post_attention_layernorm.weight)
+        h = skinny_gemm(post.scaled, self.mlp.gate_up_proj.weight, gated=True,
+                        norm_parts=post.parts, eps=self.post_attention_layernorm.eps)  # [T, I]
+        down = self.mlp.down_proj
+        if next_norm is None:
+            return skinny_gemm(h, down.weight, down.bias), post.residual
+        return skinny_gemm_add_norm(h, down.weight, down.bias, post.residual,
+                                    next_norm.weight), None
+
 
 class LlamaModel(nn.Module):
     """One pipeline stage's share: the embedding on the first stage, layers [start, end),
@@ -139,6 +175,8 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleDict({str(i): LlamaDecoderLayer(cfg, rotary, i)
                                      for i in range(self.start, self.end)})
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps) if self.last else None
+        self.dense = bool(self.layers) and all(isinstance(layer.mlp, LlamaMLP)
+                                               for layer in self.layers.values())
 
     def forward(self, input_ids, positions, kv_caches, meta, intermediate=None):
         """First stage: token ids in; later stages: (hidden, residual) of the previous one.
@@ -147,12 +185,25 @@ class LlamaModel(nn.Module):
             hidden, residual = self.embed_tokens(input_ids), None
         else:
             hidden, residual = intermediate
-        for layer, kv_cache in zip(self.layers.values(), kv_caches):
-            hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
+        layers = list(self.layers.values())
+        fused = self._fuses_norms(hidden, meta)
+        for i, (layer, kv_cache) in enumerate(zip(layers, kv_caches)):
+            if fused:
+                following = layers[i + 1].input_layernorm if i + 1 < len(layers) else None
+                hidden, residual = layer.forward_fused_norms(positions, hidden, residual,
+                                                             kv_cache, meta, following)
+            else:
+                hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
         if not self.last:
             return hidden, residual
         hidden, _ = self.norm(hidden, residual)
         return hidden
+
+    def _fuses_norms(self, hidden: torch.Tensor, meta) -> bool:
+        """A decode step of few rows whose layers are all dense (`uses_norm_fusion`)."""
+        qkv_weight = self.layers[str(self.start)].self_attn.qkv_proj.weight if self.dense else None
+        return (self.dense and meta.use_kernels and meta.decode_only
+                and uses_norm_fusion(hidden, qkv_weight))
 
 
 class LlamaForCausalLM(nn.Module):

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from tessera import LLM, SamplingParams
-from tessera.kernels.skinny_gemm import (SkinnyConfig, skinny_gemm, skinny_gemm_ref,
-                                         skinny_qkv_rope)
+from tessera.kernels.skinny_gemm import (SkinnyConfig, skinny_gemm, skinny_gemm_add_norm,
+                                         skinny_gemm_ref, skinny_qkv_rope)
 from tessera.kernels import skinny_gemm as skinny_module
 from tessera.layers import linear as linear_module
 from tessera.models import llama as llama_module
-from tessera.layers.linear import set_skinny_gemm, uses_skinny
+from tessera.layers.linear import set_norm_fusion, set_skinny_gemm, uses_skinny
 from tests.conftest import hf_greedy, make_tiny_checkpoint
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -81,22 +81,35 @@ def test_linear_picks_the_skinny_kernel_only_for_few_rows():
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])  # qwen2: q/k/v biases, tied head
-def test_models_through_the_skinny_gemm_equal_hf(arch, tmp_path, monkeypatch):
+@pytest.mark.parametrize("norm_fusion", [True, False])
+def test_models_through_the_skinny_gemm_equal_hf(arch, norm_fusion, tmp_path, monkeypatch):
+    """Decode steps through the skinny kernels, with the norms split across the
+    projections (kernels/norm_epilogue.py) or as kernels of their own."""
     hf_model = make_tiny_checkpoint(arch, str(tmp_path))
-    calls = {"plain": 0, "gated": 0, "qkv_rope": 0}
+    calls = {"plain": 0, "gated": 0, "qkv_rope": 0, "add_norm": 0, "pending": 0,
+             "rope_pending": 0}
 
-    def counted(x, w, bias=None, gated=False):
+    def counted(x, w, bias=None, gated=False, **norm):
         calls["gated" if gated else "plain"] += 1
-        return skinny_gemm(x, w, bias, gated)
+        calls["pending"] += norm.get("norm_parts") is not None
+        return skinny_gemm(x, w, bias, gated, **norm)
 
     def counted_rope(*args):
         calls["qkv_rope"] += 1
+        calls["rope_pending"] += len(args) > 9 and args[9] is not None  # norm_parts
         return skinny_qkv_rope(*args)
+
+    def counted_add_norm(*args):
+        calls["add_norm"] += 1
+        return skinny_gemm_add_norm(*args)
     monkeypatch.setattr(linear_module, "skinny_gemm", counted)
+    monkeypatch.setattr(llama_module, "skinny_gemm", counted)
+    monkeypatch.setattr(llama_module, "skinny_gemm_add_norm", counted_add_norm)
     monkeypatch.setattr(llama_module, "skinny_qkv_rope", counted_rope)
     prompts = [[5, 17, 99, 3], list(range(20, 33)), [300, 7, 7, 150, 42]]
     try:
         set_skinny_gemm("always")
+        set_norm_fusion(norm_fusion)
         llm = LLM(str(tmp_path), skip_tokenizer_init=True, num_blocks=64, block_size=8,
                   device=DEVICE, dtype="float32")
         llm.engine.executor.runner.use_kernels = True  # as on CUDA: decode steps fuse q/k/v
@@ -104,9 +117,18 @@ def test_models_through_the_skinny_gemm_equal_hf(arch, tmp_path, monkeypatch):
                             SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
     finally:
         set_skinny_gemm("auto")
+        set_norm_fusion(True)
     for p, out in zip(prompts, outs):
         assert out.outputs[0].token_ids == hf_greedy(hf_model, p, 8)[0]
     assert calls["plain"] > 0 and calls["gated"] > 0 and calls["qkv_rope"] > 0
+    if not norm_fusion:
+        assert calls["add_norm"] == calls["pending"] == calls["rope_pending"] == 0
+        return
+    # per fused step of the 3-layer model: o leaves a norm pending in every layer and down
+    # in the first two (5), finished by the 3 gate/ups and the last 2 q/k/vs
+    steps = calls["add_norm"] // 5
+    assert steps > 0 and calls["add_norm"] == 5 * steps
+    assert calls["pending"] == 3 * steps and calls["rope_pending"] == 2 * steps
 
 
 @pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 14336), (28672, 4096), (128256, 4096),
