@@ -17,6 +17,13 @@ def test_generate_chat_answers_paris():
     assert "KV cache" in proc.stderr  # the start-up log says what it set up
 
 
+def test_python_dash_m_tessera_is_the_cli():
+    proc = subprocess.run([sys.executable, "-m", "tessera", "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "serve" in proc.stdout and "bench" in proc.stdout
+
+
 def test_bad_option_value_is_a_clear_error():
     proc = run_cli("generate", "hi", "--dtype", "float8")
     assert proc.returncode == 2

@@ -1,0 +1,5 @@
+"""`python -m tessera ...`: the same as the `tessera` command (tessera/cli.py)."""
+from tessera.cli import main
+
+if __name__ == "__main__":
+    main()
