@@ -132,7 +132,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="ab.json")
     ap.add_argument("--modes", default="off/off,auto/off,off/on,auto/on",
-                    help="skinny/pdl[/prefetch[/smem[/rope]]][+configs=JSON][+argmax=torch][+norms=kernel]: "
+                    help="skinny/pdl[/prefetch[/smem[/rope]]][+configs=JSON][+argmax=torch][+norms=kernel][+trigger=N]: "
                          "off|auto / off|on [/ MiB, e.g. 0|8|16 [/ KB, 0: no cap [/ on|off]]]")
     args = ap.parse_args()
     bandwidth = measure_bandwidth(torch.device("cuda"))

@@ -11,10 +11,11 @@ apply); `pdl_launch_args(device)` -> the launch keywords (USE_PDL for the kernel
 constexpr, launch_pdl for Triton's launcher); `set_pdl(on)` switches it for A/B runs
 (the env var TESSERA_PDL=0 does too). Jit side, no-ops unless USE_PDL: `enter` (short
 kernels: let the next launch, then wait), `wait` and `launch_dependents` (the skinny GEMM
-prefetches weights between them). Every kernel that takes USE_PDL waits before its first
-access to activations, so a chain of such kernels keeps the stream's order for all they
-read and write; kernels without it (cuBLAS, PyTorch's) wait for the whole prior kernel as
-usual.
+loads and prefetches weights before its wait, and lets the next kernel launch a few steps
+before its loop ends: skinny_gemm.TRIGGER_STEPS). Every kernel that takes USE_PDL waits
+before its first access to activations, so a chain of such kernels keeps the stream's
+order for all they read and write; kernels without it (cuBLAS, PyTorch's) wait for the
+whole prior kernel as usual.
 """
 from __future__ import annotations
 

@@ -26,9 +26,10 @@ Under PDL (kernels/pdl.py) the first W tile is loaded, and the leading columns o
 row (PREFETCH_BYTES in all) asked of L2, before waiting for the kernel that produces x (on
 the H100, batch 1: 8 MiB 176.1 tok/s, 16-24 MiB 175.7, 32 MiB 173.4, 1024 columns
 whatever the size ~174); it lets the next kernel launch TRIGGER_STEPS steps before its
-loop ends, so that kernel's own prefetch overlaps this one's tail. Loading x through a fused SiLU or RMSNorm inside the loop was
-measured too: it halved the speed, so those stay out of the loop (the pending norm's
-x is loaded as it is stored; its scale applies to the accumulator after the loop).
+loop ends, so that kernel's own prefetch overlaps this one's tail. Loading x through a
+fused SiLU or RMSNorm inside the loop was measured too: it halved the speed, so those
+stay out of the loop (a pending norm's x is loaded as it is stored; its scale applies
+to the accumulator after the loop).
 """
 from __future__ import annotations
 
@@ -113,6 +114,7 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
                  TRIGGER_STEPS: tl.constexpr, USE_PDL: tl.constexpr):
     # N: rows of the output (I when gated; W then has 2I rows, up at row offset N; in rope
     # mode the heads, NUM_Q + 2 NUM_KV of 2 HALF rows, place the programs instead)
+    tl.static_assert(not (NORM_OUT and (GATED or ROPE)), "NORM_OUT is for plain products")
     pid = tl.program_id(0)
     head = 0
     if ROPE:  # BLOCK_N dims of one head's first half; their partners are HALF rows down
@@ -250,17 +252,21 @@ def skinny_gemm_add_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     rows, k = x.shape
     n = weight.shape[0]
     _check(x, weight, rows, k)
-    if residual.shape != (rows, n) or norm_weight.shape != (n,) or n == 0 or k == 0:
-        raise ValueError(f"skinny_gemm_add_norm: x {tuple(x.shape)} @ weight "
-                         f"{tuple(weight.shape)}^T does not fit residual "
-                         f"{tuple(residual.shape)} and norm weight {tuple(norm_weight.shape)}")
+    if n == 0 or k == 0:
+        raise ValueError(f"skinny_gemm_add_norm needs a weight with rows and columns, got "
+                         f"{tuple(weight.shape)}")
+    for name, t, shape in (("residual", residual, (rows, n)), ("norm weight", norm_weight, (n,))):
+        if t.shape != shape or t.dtype != x.dtype or t.device != x.device:
+            raise ValueError(f"skinny_gemm_add_norm: the {name} must be {x.dtype} {shape} on "
+                             f"{x.device} (x {tuple(x.shape)} @ weight {tuple(weight.shape)}^T), "
+                             f"got {t.dtype} {tuple(t.shape)} on {t.device}")
     x, weight, residual = x.contiguous(), weight.contiguous(), residual.contiguous()
     bias = bias.contiguous() if bias is not None else None
     cfg = config or pick_config(n, k, False, x.element_size())
     programs = triton.cdiv(n, cfg.block_n)
     s = torch.empty(rows, n, dtype=x.dtype, device=x.device)
-    pending = PendingNorm(torch.empty_like(s), torch.empty(programs, MAX_ROWS, device=x.device),
-                          s)
+    parts = torch.empty(programs, MAX_ROWS, dtype=torch.float32, device=x.device)
+    pending = PendingNorm(torch.empty_like(s), parts, s)
     _launch(x, weight, bias, s, n, cfg, dict(NORM_OUT=True),
             EVEN=n % cfg.block_n == 0 and k % cfg.block_k == 0, grid=programs,
             parts=pending.parts, residual=residual, norm_weight=norm_weight.contiguous(),

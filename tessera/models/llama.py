@@ -73,7 +73,8 @@ class LlamaAttention(nn.Module):
             # a few decode tokens: rotary and the cache write in the projection's epilogue
             q = skinny_qkv_rope(hidden, self.qkv_proj.weight, self.qkv_proj.bias, positions,
                                 self.attn.rotary_emb.cos_sin, kv_cache, meta.slot_mapping,
-                                self.num_heads, self.num_kv_heads, norm_parts, eps)  # [T, Hq, D]
+                                self.num_heads, self.num_kv_heads, norm_parts=norm_parts,
+                                eps=eps)  # [T, Hq, D]
             return self.attn.attend(q, kv_cache, meta)
         qkv = self.qkv_proj(hidden)  # [T, (Hq + 2 Hkv) * D]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
@@ -185,7 +186,16 @@ class LlamaModel(nn.Module):
             hidden, residual = self.embed_tokens(input_ids), None
         else:
             hidden, residual = intermediate
-        layers = list(self.layers.values())
+        hidden, residual = self.run_layers(list(self.layers.values()), positions, hidden,
+                                           residual, kv_caches, meta)
+        if not self.last:
+            return hidden, residual
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+    def run_layers(self, layers: list, positions, hidden, residual, kv_caches, meta):
+        """(hidden, residual) through these layers (each with its KV cache) -> (hidden,
+        residual) after the last: what a pipeline stage does between its ends."""
         fused = self._fuses_norms(hidden, meta)
         for i, (layer, kv_cache) in enumerate(zip(layers, kv_caches)):
             if fused:
@@ -194,10 +204,7 @@ class LlamaModel(nn.Module):
                                                              kv_cache, meta, following)
             else:
                 hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
-        if not self.last:
-            return hidden, residual
-        hidden, _ = self.norm(hidden, residual)
-        return hidden
+        return hidden, residual
 
     def _fuses_norms(self, hidden: torch.Tensor, meta) -> bool:
         """A decode step of few rows whose layers are all dense (`uses_norm_fusion`)."""

@@ -124,12 +124,37 @@ def test_bad_parts_and_shapes_are_refused():
     with pytest.raises(ValueError, match="parts"):
         skinny_gemm(x, w, norm_parts=torch.zeros(2, MAX_ROWS, device=DEVICE,
                                                   dtype=torch.float16))
-    with pytest.raises(ValueError, match="residual"):
+    with pytest.raises(ValueError, match="residual must be"):
         skinny_gemm_add_norm(x, w, None, torch.zeros(2, 31, device=DEVICE),
                              torch.ones(32, device=DEVICE))
-    with pytest.raises(ValueError, match="norm weight"):
+    with pytest.raises(ValueError, match="norm weight must be"):
         skinny_gemm_add_norm(x, w, None, torch.zeros(2, 32, device=DEVICE),
                              torch.ones(64, device=DEVICE))
+    with pytest.raises(ValueError, match="residual must be"):
+        skinny_gemm_add_norm(x, w, None, torch.zeros(2, 32, device=DEVICE, dtype=torch.float16),
+                             torch.ones(32, device=DEVICE))
+    with pytest.raises(ValueError, match="rows and columns"):
+        skinny_gemm_add_norm(x, w[:0], None, torch.zeros(2, 0, device=DEVICE),
+                             torch.ones(0, device=DEVICE))
     with pytest.raises(ValueError, match="at most 16 rows"):
         skinny_gemm_add_norm(rand(17, 64, dtype=torch.float32), w, None,
                              torch.zeros(17, 32, device=DEVICE), torch.ones(32, device=DEVICE))
+
+
+def test_norm_fusion_is_chosen_where_it_is_safe():
+    """Where q/k/v takes rotary, except in float16 (g * s could overflow its range before
+    the 1/rms scale) or when switched off."""
+    from tessera.layers.linear import (set_norm_fusion, set_skinny_gemm, uses_norm_fusion,
+                                       uses_qkv_rope)
+    x32, w32 = rand(2, 64, dtype=torch.float32), rand(96, 64, dtype=torch.float32)
+    x16, w16 = x32.half(), w32.half()
+    try:
+        set_skinny_gemm("always")
+        assert uses_norm_fusion(x32, w32)
+        assert uses_qkv_rope(x16, w16) and not uses_norm_fusion(x16, w16)
+        set_norm_fusion(False)
+        assert uses_qkv_rope(x32, w32) and not uses_norm_fusion(x32, w32)
+    finally:
+        set_skinny_gemm("auto")
+        set_norm_fusion(True)
+    assert not uses_norm_fusion(rand(17, 64, dtype=torch.float32), w32)  # not a skinny step

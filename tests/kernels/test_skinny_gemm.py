@@ -80,11 +80,15 @@ def test_linear_picks_the_skinny_kernel_only_for_few_rows():
         set_skinny_gemm("auto")
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])  # qwen2: q/k/v biases, tied head
-@pytest.mark.parametrize("norm_fusion", [True, False])
-def test_models_through_the_skinny_gemm_equal_hf(arch, norm_fusion, tmp_path, monkeypatch):
+@pytest.mark.parametrize("arch,norm_fusion,stages", [
+    ("llama", True, 1), ("qwen2", True, 1),  # qwen2: q/k/v biases, tied head
+    ("llama", True, 2),  # the layers run as two pipeline stages' shares: 1 + 2
+    ("llama", False, 1)])
+def test_models_through_the_skinny_gemm_equal_hf(arch, norm_fusion, stages, tmp_path,
+                                                 monkeypatch):
     """Decode steps through the skinny kernels, with the norms split across the
-    projections (kernels/norm_epilogue.py) or as kernels of their own."""
+    projections (kernels/norm_epilogue.py) or as kernels of their own; with two stages the
+    second starts from the first's (hidden, residual), as under pipeline parallelism."""
     hf_model = make_tiny_checkpoint(arch, str(tmp_path))
     calls = {"plain": 0, "gated": 0, "qkv_rope": 0, "add_norm": 0, "pending": 0,
              "rope_pending": 0}
@@ -94,18 +98,27 @@ def test_models_through_the_skinny_gemm_equal_hf(arch, norm_fusion, tmp_path, mo
         calls["pending"] += norm.get("norm_parts") is not None
         return skinny_gemm(x, w, bias, gated, **norm)
 
-    def counted_rope(*args):
+    def counted_rope(*args, **norm):
         calls["qkv_rope"] += 1
-        calls["rope_pending"] += len(args) > 9 and args[9] is not None  # norm_parts
-        return skinny_qkv_rope(*args)
+        calls["rope_pending"] += norm.get("norm_parts") is not None
+        return skinny_qkv_rope(*args, **norm)
 
     def counted_add_norm(*args):
         calls["add_norm"] += 1
         return skinny_gemm_add_norm(*args)
+
+    run_layers = llama_module.LlamaModel.run_layers
+
+    def two_stages(self, layers, positions, hidden, residual, kv_caches, meta):
+        hidden, residual = run_layers(self, layers[:1], positions, hidden, residual,
+                                      kv_caches[:1], meta)
+        return run_layers(self, layers[1:], positions, hidden, residual, kv_caches[1:], meta)
     monkeypatch.setattr(linear_module, "skinny_gemm", counted)
     monkeypatch.setattr(llama_module, "skinny_gemm", counted)
     monkeypatch.setattr(llama_module, "skinny_gemm_add_norm", counted_add_norm)
     monkeypatch.setattr(llama_module, "skinny_qkv_rope", counted_rope)
+    if stages == 2:
+        monkeypatch.setattr(llama_module.LlamaModel, "run_layers", two_stages)
     prompts = [[5, 17, 99, 3], list(range(20, 33)), [300, 7, 7, 150, 42]]
     try:
         set_skinny_gemm("always")
@@ -124,11 +137,13 @@ def test_models_through_the_skinny_gemm_equal_hf(arch, norm_fusion, tmp_path, mo
     if not norm_fusion:
         assert calls["add_norm"] == calls["pending"] == calls["rope_pending"] == 0
         return
-    # per fused step of the 3-layer model: o leaves a norm pending in every layer and down
-    # in the first two (5), finished by the 3 gate/ups and the last 2 q/k/vs
-    steps = calls["add_norm"] // 5
-    assert steps > 0 and calls["add_norm"] == 5 * steps
-    assert calls["pending"] == 3 * steps and calls["rope_pending"] == 2 * steps
+    # per fused step of the 3 layers: o leaves a norm pending in every layer, down in every
+    # layer but each stage's last; all gate/ups finish one, and the q/k/vs after a down
+    layers = 3
+    steps = calls["pending"] // layers
+    assert steps > 0 and calls["pending"] == layers * steps
+    assert calls["add_norm"] == (2 * layers - stages) * steps
+    assert calls["rope_pending"] == (layers - stages) * steps
 
 
 @pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 14336), (28672, 4096), (128256, 4096),
