@@ -12,8 +12,7 @@ from tessera.kernels.norm_epilogue import pending_norm_ref
 from tessera.kernels.rms_norm import rms_norm_ref
 from tessera.kernels.skinny_gemm import (MAX_ROWS, SkinnyConfig, pick_config, skinny_gemm,
                                          skinny_gemm_add_norm, skinny_gemm_ref, skinny_qkv_rope)
-from tessera.layers.rotary import RotaryEmbedding
-from tests.kernels.test_skinny_qkv_rope import unfused
+from tests.kernels.test_skinny_qkv_rope import qkv_case, unfused
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
@@ -73,19 +72,13 @@ def test_pending_norm_finished_by_the_next_projection(dtype, rows, n, k, bias, g
                                                         ((4, 1), 128, 256, 1, False)])
 def test_qkv_rope_finishes_a_pending_norm(dtype, heads, head_dim, k, rows, bias):
     num_q, num_kv = heads
-    n = (num_q + 2 * num_kv) * head_dim
     s = rand(rows, k, dtype=dtype, seed=5, scale=3.0)
     g = rand(k, dtype=dtype, seed=4, scale=0.1, shift=1.0)
     pending = pending_norm_ref(s, g, 64, MAX_ROWS)
-    w = rand(n, k, dtype=dtype, seed=1, scale=k ** -0.5)
-    b = rand(n, dtype=dtype, seed=2) if bias else None
-    rope = RotaryEmbedding(head_dim, 300, 10000.0).to(DEVICE)
-    positions = torch.randperm(300, generator=torch.Generator().manual_seed(3))[:rows].to(DEVICE)
-    slots = torch.randperm(40, generator=torch.Generator().manual_seed(4))[:rows].to(DEVICE)
-    cache = torch.zeros(2, 10, 4, num_kv, head_dim, dtype=dtype, device=DEVICE)
+    w, b, rope, positions, slots, cache = qkv_case(rows, k, num_q, num_kv, head_dim, dtype, bias)
     ref_cache = cache.clone()
     q = skinny_qkv_rope(pending.scaled, w, b, positions, rope.cos_sin, cache, slots, num_q,
-                        num_kv, pending.parts, EPS)
+                        num_kv, norm_parts=pending.parts, eps=EPS)
     ref_q = unfused(rms_norm_ref(s, g, EPS), w, b, positions, rope.cos_sin, ref_cache, slots,
                     num_q, num_kv)
     assert close(q, ref_q, dtype, scale=2.0)

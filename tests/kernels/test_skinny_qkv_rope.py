@@ -31,6 +31,19 @@ def unfused(x, w, b, positions, cos_sin, cache, slots, num_q, num_kv):
                                v.view(rows, num_kv, head_dim), positions, cos_sin, cache, slots)
 
 
+def qkv_case(rows, k, num_q, num_kv, head_dim, dtype, bias):
+    """A q/k/v weight [(Hq + 2 Hkv) D, K] (and bias), a rotary table, distinct positions
+    and cache slots for the rows, and a zeroed cache [2, 10 blocks, 4, Hkv, D]."""
+    n = (num_q + 2 * num_kv) * head_dim
+    w = rand(n, k, dtype=dtype, seed=1, scale=k ** -0.5)
+    b = rand(n, dtype=dtype, seed=2) if bias else None
+    rope = RotaryEmbedding(head_dim, 300, 10000.0).to(DEVICE)
+    positions = torch.randperm(300, generator=torch.Generator().manual_seed(3))[:rows].to(DEVICE)
+    slots = torch.randperm(40, generator=torch.Generator().manual_seed(4))[:rows].to(DEVICE)
+    cache = torch.zeros(2, 10, 4, num_kv, head_dim, dtype=dtype, device=DEVICE)
+    return w, b, rope, positions, slots, cache
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("heads,head_dim,k,rows,bias", [
     ((4, 2), 16, 64, 3, False),  # half a head (8 dims) is smaller than a panel (16 rows)
@@ -42,14 +55,8 @@ def unfused(x, w, b, positions, cos_sin, cache, slots, num_q, num_kv):
 @pytest.mark.parametrize("cache_dtype", ["model", "fp8"])
 def test_matches_the_unfused_ops(dtype, heads, head_dim, k, rows, bias, cache_dtype):
     num_q, num_kv = heads
-    n = (num_q + 2 * num_kv) * head_dim
     x = rand(rows, k, dtype=dtype)
-    w = rand(n, k, dtype=dtype, seed=1, scale=k ** -0.5)
-    b = rand(n, dtype=dtype, seed=2) if bias else None
-    rope = RotaryEmbedding(head_dim, 300, 10000.0).to(DEVICE)
-    positions = torch.randperm(300, generator=torch.Generator().manual_seed(3))[:rows].to(DEVICE)
-    slots = torch.randperm(40, generator=torch.Generator().manual_seed(4))[:rows].to(DEVICE)
-    cache = torch.zeros(2, 10, 4, num_kv, head_dim, dtype=dtype, device=DEVICE)
+    w, b, rope, positions, slots, cache = qkv_case(rows, k, num_q, num_kv, head_dim, dtype, bias)
     if cache_dtype == "fp8":
         cache = cache.to(FP8)
     ref_cache = cache.clone()
