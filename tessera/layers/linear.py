@@ -85,7 +85,8 @@ def uses_norm_fusion(x: torch.Tensor, qkv_weight: torch.Tensor) -> bool:
     (kernels/norm_epilogue.py; no norm kernel): where q/k/v takes rotary, on one tensor-
     parallel rank (the o and down products must be whole before the residual add), not in
     float16 (g * s is rounded before the 1/rms scale, so a large residual could overflow
-    its range where the normed value would not), unless switched off (`set_norm_fusion(False)` or env TESSERA_NORM_FUSION=0)."""
+    its range where the normed value would not), unless switched off
+    (`set_norm_fusion(False)` or env TESSERA_NORM_FUSION=0)."""
     return (_norm_fusion and tp_size() == 1 and x.dtype != torch.float16
             and uses_qkv_rope(x, qkv_weight))
 

@@ -1,14 +1,15 @@
 """The Llama family (Llama 2/3, Mistral, Qwen2): pure PyTorch built from `layers/`.
 
-Objects: LlamaAttention, LlamaMLP, LlamaDecoderLayer, LlamaForCausalLM.
+Objects: LlamaAttention, LlamaMLP, SparseMoeBlock, LlamaDecoderLayer, LlamaModel,
+LlamaForCausalLM.
 Flow: input_ids [T] + positions [T] (ragged, all sequences packed) -> embedding ->
 layers (RMSNorm with fused residual add, attention over the paged KV cache, gated MLP or
 MoE block; on decode steps of a few rows of a dense model the norms run inside the
 projections around them: `LlamaDecoderLayer.forward_fused_norms`) -> final norm ->
-hidden [T, hidden]; `compute_logits` runs the LM head only on
-the rows that sample. Under pipeline parallelism a rank builds only its stage's part.
-`load_weights` maps Hugging Face names onto the stacked q/k/v and gate/up parameters
-through each parameter's weight_loader, skipping other stages' tensors.
+hidden [T, hidden]; `compute_logits` runs the LM head only on the rows that sample.
+Under pipeline parallelism a rank builds only its stage's part (`LlamaModel.run_layers`
+runs its layers). `load_weights` maps Hugging Face names onto the stacked q/k/v and
+gate/up parameters through each parameter's weight_loader, skipping other stages' tensors.
 Qwen2 differs only by q/k/v biases; Mistral only by its sliding window.
 """
 from __future__ import annotations
