@@ -264,10 +264,11 @@ def skinny_gemm_add_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     bias = bias.contiguous() if bias is not None else None
     cfg = config or pick_config(n, k, False, x.element_size())
     programs = triton.cdiv(n, cfg.block_n)
-    s = torch.empty(rows, n, dtype=x.dtype, device=x.device)
-    parts = torch.empty(programs, MAX_ROWS, dtype=torch.float32, device=x.device)
-    pending = PendingNorm(torch.empty_like(s), parts, s)
-    _launch(x, weight, bias, s, n, cfg, dict(NORM_OUT=True),
+    pending = PendingNorm(scaled=torch.empty(rows, n, dtype=x.dtype, device=x.device),
+                          parts=torch.empty(programs, MAX_ROWS, dtype=torch.float32,
+                                            device=x.device),
+                          residual=torch.empty(rows, n, dtype=x.dtype, device=x.device))
+    _launch(x, weight, bias, pending.residual, n, cfg, dict(NORM_OUT=True),
             EVEN=n % cfg.block_n == 0 and k % cfg.block_k == 0, grid=programs,
             parts=pending.parts, residual=residual, norm_weight=norm_weight.contiguous(),
             scaled=pending.scaled)

@@ -126,11 +126,14 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = (SparseMoeBlock(cfg) if index in cfg.moe_layers
                     else LlamaMLP(cfg.hidden_size, cfg.intermediate_size))
 
-    def forward(self, positions, hidden, residual, kv_cache, meta):
+    def _input_norm(self, hidden, residual):
+        """(normed input, residual): the first layer's input is its own residual."""
         if residual is None:
-            residual, hidden = hidden, self.input_layernorm(hidden)
-        else:
-            hidden, residual = self.input_layernorm(hidden, residual)
+            return self.input_layernorm(hidden), hidden
+        return self.input_layernorm(hidden, residual)
+
+    def forward(self, positions, hidden, residual, kv_cache, meta):
+        hidden, residual = self._input_norm(hidden, residual)
         hidden = self.self_attn(positions, hidden, kv_cache, meta)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
@@ -142,15 +145,13 @@ class LlamaDecoderLayer(nn.Module):
         with next_norm (the next layer's input norm) down_proj does the same for the next
         q/k/v, and the layer returns (PendingNorm, None); without, (MLP output, residual).
         hidden: a PendingNorm from the layer before, or [T, H] (the first layer here)."""
-        norm = self.input_layernorm
         if isinstance(hidden, PendingNorm):
             x, parts, residual = hidden.scaled, hidden.parts, hidden.residual
-        elif residual is None:
-            x, parts, residual = norm(hidden), None, hidden
         else:
-            (x, residual), parts = norm(hidden, residual), None
+            (x, residual), parts = self._input_norm(hidden, residual), None
         attn = self.self_attn
-        out = attn.attend(positions, x, kv_cache, meta, parts, norm.eps)  # [T, Hq * D]
+        out = attn.attend(positions, x, kv_cache, meta, parts,
+                          self.input_layernorm.eps)  # [T, Hq * D]
         post = skinny_gemm_add_norm(out, attn.o_proj.weight, attn.o_proj.bias, residual,
                                     self.post_attention_layernorm.weight)
         h = skinny_gemm(post.scaled, self.mlp.gate_up_proj.weight, gated=True,
