@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from tessera.bench import measure_bandwidth, random_weights_engine, run_latency, run_throughput
+from tessera.bench.offline import measure_bandwidth, random_weights_engine, run_latency, run_throughput
 from tessera.gc_tuning import frozen
 from tessera.models.shapes import NAMED_SHAPES
 

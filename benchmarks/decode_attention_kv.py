@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from tessera.bench import cuda_time_us, measure_bandwidth
+from tessera.bench.offline import cuda_time_us, measure_bandwidth
 from tessera.kernels import paged_decode_attention as pda
 from tessera.kernels.paged_decode_attention import paged_decode_attention
 

@@ -16,7 +16,7 @@ import json
 import torch
 import torch.nn.functional as F
 
-from tessera.bench import measure_bandwidth, random_weights_engine, run_latency
+from tessera.bench.offline import measure_bandwidth, random_weights_engine, run_latency
 
 
 def time_graph(fn, reps: int = 20) -> float:

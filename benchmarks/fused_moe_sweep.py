@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from tessera.bench import measure_bandwidth
+from tessera.bench.offline import measure_bandwidth
 from tessera.kernels import fused_moe as fm
 from tessera.layers.moe import route
 

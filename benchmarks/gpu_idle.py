@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from tessera.bench import add_throughput_requests, random_weights_engine, run_latency
+from tessera.bench.offline import add_throughput_requests, random_weights_engine, run_latency
 from tessera import gc_tuning
 from tessera.kernels.jit_variants import compiled_keys
 

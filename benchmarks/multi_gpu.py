@@ -38,7 +38,7 @@ import traceback
 import torch
 
 from tessera import LLM, SamplingParams
-from tessera.bench import (_weight_bytes_read, measure_bandwidth, random_weights_engine,
+from tessera.bench.offline import (_weight_bytes_read, measure_bandwidth, random_weights_engine,
                            run_latency, run_throughput)
 from tessera.distributed.topology import gpu_links
 from tessera.llm_engine import LLMEngine

@@ -18,7 +18,7 @@ import time
 import torch
 
 from tessera import LLM, SamplingParams
-from tessera.bench import _weight_bytes_read, random_weights_engine, run_latency
+from tessera.bench.offline import _weight_bytes_read, random_weights_engine, run_latency
 from tessera.distributed.topology import gpu_links
 
 

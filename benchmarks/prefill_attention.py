@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from tessera.bench import cuda_time_us
+from tessera.bench.offline import cuda_time_us
 from tessera.kernels import paged_prefill_attention as ppa
 
 SWEEP = [dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s)

@@ -14,7 +14,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from tessera.bench import random_weights_engine
+from tessera.bench.offline import random_weights_engine
 from tessera.sampling_params import SamplingParams
 
 

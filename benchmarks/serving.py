@@ -3,7 +3,7 @@
 Starts `python -m tessera.cli serve` (Llama-3-8B shape, random bf16 weights by default)
 as a subprocess, waits for /health, sends 4 short requests to warm it up, then for each
 request rate sends a fresh seeded workload (prompts 128-1024 tokens, outputs 128-512,
-ignore EOS; tessera/bench_serve.py) and streams every answer; one table last
+ignore EOS; tessera/bench/serving.py) and streams every answer; one table last
 (throughput, TTFT / TPOT / ITL percentiles, goodput under TTFT <= 500 ms and TPOT <= 50
 ms), full JSON to --out.
 
@@ -17,10 +17,13 @@ import asyncio
 import json
 import logging
 import os
+import sys
 import time
 
-from tessera.bench_serve import make_workload, run_serving, server_model, summarize
-from tessera.server.launch import start_server
+from tessera.bench.serving import make_workload, run_serving, server_model, summarize
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers.launch import start_server  # noqa: E402  (the tests' server launcher)
 
 
 def shown_stats(stats: dict) -> dict:

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from tessera.bench import measure_bandwidth, random_weights_engine, run_latency
+from tessera.bench.offline import measure_bandwidth, random_weights_engine, run_latency
 from tessera.kernels import skinny_gemm
 from tessera.kernels.pdl import set_pdl
 from tessera.layers.linear import set_norm_fusion, set_qkv_rope, set_skinny_gemm

@@ -26,7 +26,7 @@ import time
 import torch
 
 import tessera.worker.model_runner as mr
-from tessera.bench import add_throughput_requests, random_weights_engine
+from tessera.bench.offline import add_throughput_requests, random_weights_engine
 from tessera.llm_engine import LLMEngine
 
 PHASES = ["schedule", "prepare", "launch", "gpu_wait", "sample", "update", "outputs"]

@@ -1,7 +1,8 @@
-"""`tessera` command line: generate, serve.
+"""`tessera` command line: generate, serve, bench.
 
-Engine options are generated from the fields of the config dataclasses (one place
-defines an option, its type and its default), e.g. `--max-num-batched-tokens 512`.
+Engine options are generated from the fields of the config dataclasses (cli_args.py: one
+place defines an option, its type, its default and its help), e.g.
+`--max-num-batched-tokens 512`. Subcommands import what they run only when run.
 
     tessera generate "Once upon a time" --max-tokens 32
     tessera generate --chat "What is the capital of France?"
@@ -11,43 +12,11 @@ defines an option, its type and its default), e.g. `--max-num-batched-tokens 512
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
-import typing
 from typing import Any, Optional
 
-from tessera.config import CacheConfig, ModelConfig, ParallelConfig, SchedulerConfig
-
-_ENGINE_PARTS = (ModelConfig, CacheConfig, SchedulerConfig, ParallelConfig)
-_ALIASES = {"tensor_parallel_size": ["-tp"], "pipeline_parallel_size": ["-pp"]}
-
-
-def _field_type(cls, field: dataclasses.Field):
-    hint = typing.get_type_hints(cls)[field.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
-
-
-def add_engine_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    group = parser.add_argument_group("engine")
-    for cls in _ENGINE_PARTS:
-        for f in dataclasses.fields(cls):
-            if f.name in skip:
-                continue
-            flags = ["--" + f.name.replace("_", "-")] + _ALIASES.get(f.name, [])
-            kind = _field_type(cls, f)
-            if kind is bool:
-                group.add_argument(*flags, action=argparse.BooleanOptionalAction,
-                                   default=f.default)
-            else:
-                group.add_argument(*flags, type=kind, default=f.default,
-                                   help=f"default: {f.default}")
-
-
-def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    names = {f.name for cls in _ENGINE_PARTS for f in dataclasses.fields(cls)}
-    return {k: v for k, v in vars(args).items() if k in names}
+from tessera.cli_args import add_engine_args, engine_kwargs
 
 
 def _sampling_args(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +48,9 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tessera.bench.cli import add_bench_parser
+    from tessera.server.serve import add_serve_parser
+
     parser = argparse.ArgumentParser(prog="tessera", description="LLM inference engine and server")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="complete one prompt and print the text")
@@ -87,10 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(gen)
     add_engine_args(gen)
     gen.set_defaults(func=_generate)
-    from tessera.bench import add_bench_parser
-    from tessera.server.serve import add_serve_parser
-    add_serve_parser(sub, add_engine_args)
-    add_bench_parser(sub, add_engine_args)
+    add_serve_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 

@@ -1,40 +1,54 @@
-"""EngineConfig: one composed, validated configuration for an engine.
+"""EngineConfig: one composed, validated configuration for an engine; it travels to every
+process as JSON.
 
 Objects: ModelConfig (which checkpoint, dtype, device), CacheConfig (paged KV cache),
-SchedulerConfig (token budget per step, sequences per step), ParallelConfig.
-`EngineConfig.from_kwargs(**kw)` routes flat keyword arguments (the ones `LLM(...)` and
-the CLI take) to the right part; each part validates itself in `__post_init__` and
-raises ValueError naming the field.
+SchedulerConfig (token budget per step, sequences per step), ParallelConfig (TP/PP/EP,
+which executor), KernelConfig (which kernels run: the switches of the fast paths),
+ModelInfo (the checkpoint's metadata, resolved once by the front end:
+frontend/model_info.py) and EngineConfig, which holds them all.
+`EngineConfig.from_kwargs(**kw)` routes flat keyword arguments (the ones `LLM(...)` and the
+CLI take) to the right part; each part validates itself in `__post_init__` and raises
+ValueError naming the field. `to_json()` / `from_json()` carry the whole config, the
+resolved ModelInfo included, to the engine process and the workers (never pickle).
+Every field's help text (`help=`) is the CLI's (cli_args.py). No torch here: device and
+dtype names are turned into torch objects by the worker (worker/device.py).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Optional
 
-import torch
+from tessera.models.arch_config import ArchConfig
 
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-}
+DTYPE_NAMES = ("auto", "float32", "fp32", "float", "bfloat16", "bf16", "float16", "fp16", "half")
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
+KERNEL_BACKENDS = ("auto", "triton", "reference")
+KERNEL_MODES = ("auto", "off", "always")
+EXECUTORS = ("auto", "uni", "mp")
+
+
+def _field(default: Any, help: str) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclasses.dataclass
 class ModelConfig:
-    model: Optional[str] = None  # HF folder, .gguf file, or a named shape with load_format=dummy
-    tokenizer: Optional[str] = None  # defaults to the model's own
-    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on CUDA
-    device: str = "auto"  # auto: cuda if available
-    load_format: str = "auto"
-    max_model_len: Optional[int] = None  # defaults to the model's context length
-    seed: int = 0  # seeds dummy weights and unseeded sampling
-    skip_tokenizer_init: bool = False
-    enforce_eager: bool = False  # no CUDA graphs for decode steps
+    model: Optional[str] = _field(
+        None, "HF folder, .gguf file, or a named shape with --load-format dummy")
+    tokenizer: Optional[str] = _field(None, "tokenizer folder or .gguf (default: the model's)")
+    dtype: str = _field("auto", "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, "
+                                "float16")
+    device: str = _field("auto", "auto (cuda if available), cpu, cuda, cuda:N")
+    load_format: str = _field("auto", "auto, safetensors, gguf, dummy (random weights)")
+    max_model_len: Optional[int] = _field(None, "context length (default: the model's)")
+    seed: int = _field(0, "seeds dummy weights and unseeded sampling")
+    skip_tokenizer_init: bool = _field(False, "no tokenizer: token ids in and out")
+    enforce_eager: bool = _field(False, "no CUDA graphs for decode steps")
 
     def __post_init__(self) -> None:
-        if self.dtype != "auto" and self.dtype not in _DTYPES:
+        if self.dtype not in DTYPE_NAMES:
             raise ValueError(
                 f"dtype {self.dtype!r} is not supported; choose auto, float32, bfloat16 or float16."
             )
@@ -42,32 +56,19 @@ class ModelConfig:
             raise ValueError(f"load_format {self.load_format!r} is not one of {LOAD_FORMATS}.")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device {self.device!r} is not supported; choose auto, cpu or cuda.")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device!r} was asked for, but CUDA is not available here.")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}.")
-
-    @property
-    def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        if self.dtype == "auto":
-            return torch.bfloat16 if self.torch_device.type == "cuda" else torch.float32
-        return _DTYPES[self.dtype]
 
 
 @dataclasses.dataclass
 class CacheConfig:
-    block_size: int = 16  # tokens per KV block
-    gpu_memory_utilization: float = 0.90  # share of GPU memory Tessera may use in all
-    cpu_kv_cache_gb: float = 1.0  # KV cache size on CPU
-    num_blocks: Optional[int] = None  # overrides the computed number of blocks
-    enable_prefix_caching: bool = True  # reuse KV blocks of identical prompt prefixes
-    kv_cache_dtype: str = "auto"  # auto: the model's dtype; fp8: float8_e4m3fn (half of bf16)
+    block_size: int = _field(16, "tokens per KV block (a power of two)")
+    gpu_memory_utilization: float = _field(0.90, "share of GPU memory Tessera may use in all")
+    cpu_kv_cache_gb: float = _field(1.0, "KV cache size on CPU, GB")
+    num_blocks: Optional[int] = _field(None, "overrides the computed number of KV blocks")
+    enable_prefix_caching: bool = _field(True, "reuse KV blocks of identical prompt prefixes")
+    kv_cache_dtype: str = _field("auto", "auto (the model's dtype) or fp8 (float8 e4m3: half "
+                                         "of bf16)")
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -78,19 +79,21 @@ class CacheConfig:
             )
         if self.num_blocks is not None and self.num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}.")
-        from tessera.quant.kv_cache import check_kv_cache_dtype
-        check_kv_cache_dtype(self.kv_cache_dtype)
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype {self.kv_cache_dtype!r} is not supported; choose "
+                             f"one of {', '.join(KV_CACHE_DTYPES)}.")
 
 
 @dataclasses.dataclass
 class SchedulerConfig:
-    max_num_batched_tokens: int = 2048  # token budget of one step (prefill chunks + decodes)
-    max_num_seqs: int = 256  # requests in one step
-    max_waiting: int = 4096  # bounded queue: more waiting requests are refused
+    max_num_batched_tokens: int = _field(2048, "token budget of one step (prefill chunks + "
+                                               "decodes)")
+    max_num_seqs: int = _field(256, "requests in one step")
+    max_waiting: int = _field(4096, "bounded queue: more waiting requests are refused (503)")
     # schedule step N+1 while step N runs on the device (its sampled tokens stay there
     # and feed N+1): the CPU side of a step leaves the GPU's critical path. Off with
     # pipeline parallelism, which keeps disjoint micro-batches in flight instead.
-    async_scheduling: bool = True
+    async_scheduling: bool = _field(True, "schedule the next step while one runs")
 
     def __post_init__(self) -> None:
         for name in ("max_num_batched_tokens", "max_num_seqs", "max_waiting"):
@@ -100,11 +103,20 @@ class SchedulerConfig:
 
 @dataclasses.dataclass
 class ParallelConfig:
-    tensor_parallel_size: int = 1  # Megatron-style: heads and MLP columns split over ranks
-    pipeline_parallel_size: int = 1
-    collective_timeout_s: float = 60.0  # a collective or a step slower than this is an error
-    enable_expert_parallel: bool = False  # MoE: whole experts per TP rank, not expert slices
-    pp_layer_partition: str = ""  # layers per pipeline stage, e.g. "15,17" (default: balanced)
+    tensor_parallel_size: int = _field(1, "Megatron-style: heads and MLP columns split over "
+                                          "ranks")
+    pipeline_parallel_size: int = _field(1, "layers split into stages")
+    collective_timeout_s: float = _field(60.0, "a collective or a step slower than this is an "
+                                               "error")
+    enable_expert_parallel: bool = _field(False, "MoE: whole experts per TP rank, not expert "
+                                                 "slices")
+    pp_layer_partition: str = _field("", "layers per pipeline stage, e.g. 15,17 (default: "
+                                         "balanced)")
+    distributed_executor_backend: str = _field(
+        "auto", "auto (one process for one rank, else mp), uni (this process), mp (a worker "
+                "process per rank)")
+    distributed_init_host: str = _field("127.0.0.1", "address the ranks' process group meets "
+                                                     "at (rank 0's host)")
 
     def __post_init__(self) -> None:
         for name in ("tensor_parallel_size", "pipeline_parallel_size"):
@@ -116,22 +128,100 @@ class ParallelConfig:
                     p.strip().isdigit() and int(p) > 0 for p in parts):
                 raise ValueError(f"pp_layer_partition {self.pp_layer_partition!r} must list "
                                  f"{self.pipeline_parallel_size} positive layer counts.")
+        if self.distributed_executor_backend not in EXECUTORS:
+            raise ValueError(f"distributed_executor_backend {self.distributed_executor_backend!r}"
+                             f" is not one of {EXECUTORS}.")
+        if self.distributed_executor_backend == "uni" and self.world_size > 1:
+            raise ValueError("distributed_executor_backend 'uni' runs one rank; "
+                             f"{self.world_size} ranks need 'mp'.")
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+@dataclasses.dataclass
+class KernelConfig:
+    """Which kernels a worker runs; fixed when its model is built (layers/ops.py)."""
+    kernel_backend: str = _field(
+        "auto", "auto (Triton kernels on CUDA, the PyTorch references elsewhere), triton "
+                "(everywhere; on CPU only under TRITON_INTERPRET=1), reference")
+    skinny_gemm: str = _field("auto", "products of <= 16 rows through the skinny GEMM: auto "
+                                      "(Hopper+, bf16/fp16), off, always")
+    qkv_rope: bool = _field(True, "decode steps: rotary + KV-cache write in the q/k/v "
+                                  "projection's epilogue")
+    norm_fusion: bool = _field(True, "decode steps: RMSNorms inside the projections around "
+                                     "them")
+    fused_moe: str = _field("auto", "MoE steps of <= 512 tokens through the grouped Triton "
+                                    "GEMMs: auto (CUDA), off, always")
+    pdl: bool = _field(True, "programmatic dependent launch between decode kernels (Hopper+)")
+
+    def __post_init__(self) -> None:
+        if self.kernel_backend not in KERNEL_BACKENDS:
+            raise ValueError(f"kernel_backend {self.kernel_backend!r} is not one of "
+                             f"{KERNEL_BACKENDS}.")
+        for name in ("skinny_gemm", "fused_moe"):
+            if getattr(self, name) not in KERNEL_MODES:
+                raise ValueError(f"{name} mode must be one of {KERNEL_MODES}, got "
+                                 f"{getattr(self, name)!r}.")
+
+
+@dataclasses.dataclass
+class ModelInfo:
+    """The checkpoint's metadata, resolved once (frontend/model_info.py) and shipped with
+    the config: no other process reads the checkpoint's config again."""
+    kind: str  # "hf" | "gguf" | "dummy"
+    path: str  # folder, file, or shape name
+    arch: ArchConfig  # eos_token_ids: the model's, its generation config's and tokenizer's
+    max_model_len: int  # the one context length: asked for, or the model's
+    generation_defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelInfo":
+        return cls(**{**d, "arch": ArchConfig(**d["arch"])})
+
+
+PARTS = (("model", ModelConfig), ("cache", CacheConfig), ("scheduler", SchedulerConfig),
+         ("parallel", ParallelConfig), ("kernel", KernelConfig))
 
 
 @dataclasses.dataclass
 class EngineConfig:
     model: ModelConfig
-    cache: CacheConfig
-    scheduler: SchedulerConfig
-    parallel: ParallelConfig
+    cache: CacheConfig = dataclasses.field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+    kernel: KernelConfig = dataclasses.field(default_factory=KernelConfig)
+    model_info: Optional[ModelInfo] = None  # filled by the front end, before any process starts
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "EngineConfig":
         parts = {}
-        for name, part_cls in (("model", ModelConfig), ("cache", CacheConfig),
-                               ("scheduler", SchedulerConfig), ("parallel", ParallelConfig)):
+        for name, part_cls in PARTS:
             fields = {f.name for f in dataclasses.fields(part_cls)}
             parts[name] = part_cls(**{k: kwargs.pop(k) for k in list(kwargs) if k in fields})
         if kwargs:
             raise TypeError(f"Unknown engine option(s): {', '.join(sorted(kwargs))}.")
         return cls(**parts)
+
+    @property
+    def info(self) -> ModelInfo:
+        """The resolved metadata (an error if the front end has not resolved it yet)."""
+        if self.model_info is None:
+            raise RuntimeError("the model's metadata is not resolved yet "
+                               "(frontend.model_info.resolve_config)")
+        return self.model_info
+
+    @property
+    def max_model_len(self) -> int:
+        return self.info.max_model_len
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "EngineConfig":
+        d = json.loads(text)
+        parts = {name: part_cls(**d[name]) for name, part_cls in PARTS}
+        info = d.get("model_info")
+        return cls(**parts, model_info=ModelInfo.from_dict(info) if info else None)

@@ -6,7 +6,8 @@
     outs = llm.chat([{"role": "user", "content": "Hi"}])
 
 Every prompt is validated before any is queued; requests then run together (continuous
-batching) and outputs come back in prompt order.
+batching) and outputs come back in prompt order. `llm.engine` is the InprocClient
+(engine/client.py) that steps the engine core in this process.
 """
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import itertools
 from typing import Any, Optional, Sequence, Union
 
 from tessera.config import EngineConfig
+from tessera.engine.client import InprocClient
 from tessera.engine.scheduler import QueueFullError
-from tessera.frontend import PromptType
+from tessera.frontend.input import PromptType
 from tessera.gc_tuning import freeze_after_startup, unfreeze
-from tessera.llm_engine import LLMEngine
 from tessera.outputs import RequestOutput
 from tessera.sampling_params import SamplingParams
 
@@ -31,7 +32,7 @@ class LLM:
         pause large batches ~100 ms at a time (gc_tuning.py); `release_gc()` (or deleting
         this LLM) gives them back. Reference cycles that die meanwhile wait until then."""
         self._frozen = False
-        self.engine = LLMEngine(EngineConfig.from_kwargs(model=model, **kwargs))
+        self.engine = InprocClient(EngineConfig.from_kwargs(model=model, **kwargs))
         self._ids = itertools.count()
         if freeze_gc:
             freeze_after_startup()
@@ -74,8 +75,8 @@ class LLM:
 
     def apply_chat_template(self, messages: Messages, add_generation_prompt: bool = True,
                             chat_template: Optional[str] = None) -> list[int]:
-        return self.engine.frontend.apply_chat_template(messages, add_generation_prompt,
-                                                        chat_template)
+        return self.engine.input.apply_chat_template(messages, add_generation_prompt,
+                                                     chat_template)
 
     def _params_list(self, sampling_params, count: int) -> list[SamplingParams]:
         if sampling_params is None:

@@ -2,9 +2,10 @@
 
 `gpu_links()` reads the link between each pair of GPUs (NVML when the nvidia-ml-py
 package is there, else `nvidia-smi topo -m`): "NVLink" or "PCIe"-class. `check_layout`
-refuses impossible tensor-parallel layouts with a clear error, logs the links, and warns
-when TP would span GPUs without NVLink (all-reduces then cross PCIe: pipeline
-parallelism suits that better).
+refuses impossible tensor-parallel layouts with a clear error (the engine core, before any
+worker starts); `check_gpus` (rank 0 of a multi-GPU layout) checks the GPU count, logs the
+links, and warns when TP would span GPUs without NVLink (all-reduces then cross PCIe:
+pipeline parallelism suits that better).
 """
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ def gpu_links(count: int) -> dict[tuple[int, int], str]:
 
 
 def check_layout(num_heads: int, num_kv_heads: int, intermediate: int, num_layers: int,
-                 tp: int, on_cuda: bool, pp: int = 1) -> None:
+                 tp: int, pp: int = 1) -> None:
+    """Refuses a TP/PP layout the model cannot take (ValueError naming the fix); no torch."""
     if num_heads % tp:
         raise ValueError(f"tensor_parallel_size {tp} does not divide the {num_heads} attention "
                          "heads; choose a divisor of the head count.")
@@ -68,8 +70,11 @@ def check_layout(num_heads: int, num_kv_heads: int, intermediate: int, num_layer
                          "multiple of the KV head count (KV heads are then replicated).")
     if pp > num_layers:
         raise ValueError(f"pipeline_parallel_size {pp} exceeds the model's {num_layers} layers.")
-    if not on_cuda or tp * pp == 1:
-        return
+
+
+def check_gpus(tp: int, pp: int = 1) -> None:
+    """On a GPU host, by rank 0: enough GPUs for the layout; logs the links and warns when
+    TP would cross PCIe."""
     import torch
     available = torch.cuda.device_count()
     if tp * pp > available:

@@ -6,38 +6,35 @@ batches, `collect` the oldest's output (the stages work on different batches at 
 With async scheduling (one device), two steps are in flight: step N+1 is scheduled and
 submitted before step N's output is collected, so the scheduler, input preparation and
 output handling of one step run while the device computes the other.
-The core never touches tensors or CUDA: the executor is handed in (in-process for now,
-worker processes later) and only exchanges the plain messages of `protocol.py`.
+The core never touches tensors or CUDA: its executor (executor/base.py:
+`executor_class(config)`, or one handed in) runs the workers, in this process or in
+processes of their own, and only exchanges the plain messages of `protocol.py`.
+On start it sizes the KV cache (the executor's estimate, or CacheConfig.num_blocks) and
+logs what was set up.
 """
 from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any, Protocol
+from typing import Any, Optional
 
 from tessera.config import EngineConfig
 from tessera.engine.kv_cache.manager import KVCacheManager
 from tessera.engine.protocol import EngineCoreOutput, ModelRunnerOutput, SchedulerOutput
 from tessera.engine.request import Request
 from tessera.engine.scheduler import Scheduler
+from tessera.executor.base import Executor, executor_class
 
 logger = logging.getLogger(__name__)
 
 
-class Executor(Protocol):
-    def num_kv_blocks(self) -> int: ...
-    def init_kv_cache(self, num_blocks: int) -> None: ...
-    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput: ...
-    def submit(self, sched: SchedulerOutput) -> None: ...  # starts a step
-    def collect(self) -> ModelRunnerOutput: ...  # the oldest submitted step's output
-
-
 class EngineCore:
-    def __init__(self, config: EngineConfig, executor: Executor, max_model_len: int):
+    def __init__(self, config: EngineConfig, executor: Optional[Executor] = None):
         self.config = config
-        self.executor = executor
-        num_blocks = config.cache.num_blocks or executor.num_kv_blocks()
-        executor.init_kv_cache(num_blocks)
+        self.executor = executor or executor_class(config)(config)
+        max_model_len = config.max_model_len
+        num_blocks = config.cache.num_blocks or self.executor.num_kv_blocks()
+        self.executor.init_kv_cache(num_blocks)
         self.kv = KVCacheManager(num_blocks, config.cache.block_size,
                                  config.cache.enable_prefix_caching)
         pp = config.parallel.pipeline_parallel_size
@@ -52,6 +49,19 @@ class EngineCore:
         self.last_step_tokens = self.last_step_requests = self.last_step_context = 0
         self.prompt_tokens_total = 0  # prompt tokens computed (recomputation included)
         self.generation_tokens_total = 0
+        self._log_setup()
+
+    def _log_setup(self) -> None:
+        info, c = self.executor.info, self.config
+        capacity, max_len = self.num_blocks * c.cache.block_size, c.max_model_len
+        logger.info("model %s: %.2f GiB of weights (%s, %s) loaded in %.1f s", c.info.path,
+                    info.weight_gib, info.dtype, info.device, info.load_seconds)
+        logger.info("KV cache (%s): %d blocks x %d tokens = %d tokens; maximum concurrency at "
+                    "%d tokens per request: %.2fx", info.kv_cache_dtype, self.num_blocks,
+                    c.cache.block_size, capacity, max_len, capacity / max_len)
+        if capacity < max_len:
+            logger.warning("the KV cache holds %d tokens, less than the context length %d: "
+                           "requests that could outgrow it are refused", capacity, max_len)
 
     @property
     def num_blocks(self) -> int:
@@ -78,7 +88,7 @@ class EngineCore:
 
     def _finish_step(self, sched: SchedulerOutput, out: ModelRunnerOutput):
         self.num_steps += 1
-        self.generation_tokens_total += len(out.sampled_token_ids)
+        self.generation_tokens_total += sum(len(t) for t in out.sampled_token_ids.values())
         return self.scheduler.update_from_output(sched, out)
 
     def _pipelined_step(self) -> list[EngineCoreOutput]:
@@ -110,13 +120,17 @@ class EngineCore:
             self.scheduler.schedule_in_flight = enabled
             self.pipeline_depth = 2 if enabled else 1
 
+    def shutdown(self) -> None:
+        self.executor.shutdown()
+
     def stats(self) -> dict[str, Any]:
         s = self.scheduler
         return {"running": len(s.running), "waiting": len(s.waiting), "kv_usage": self.kv.usage,
                 "free_blocks": self.kv.num_free_blocks, "num_blocks": self.num_blocks,
                 "preemptions": s.num_preemptions, "prompt_tokens": self.prompt_tokens_total,
                 "generation_tokens": self.generation_tokens_total, "steps": self.num_steps,
-                "prefix_hit_tokens": self.kv.hit_tokens, "prefix_query_tokens": self.kv.query_tokens}
+                "prefix_hit_tokens": self.kv.hit_tokens,
+                "prefix_query_tokens": self.kv.query_tokens}
 
     def _record_shape(self, sched: SchedulerOutput) -> None:
         reqs = self.scheduler.requests

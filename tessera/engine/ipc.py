@@ -12,7 +12,7 @@ from typing import Optional, Union
 
 import msgspec
 
-from tessera.engine.protocol import EngineCoreOutput
+from tessera.engine.protocol import EngineCoreOutput, WorkerInfo
 from tessera.sampling_params import SamplingParams
 
 
@@ -48,11 +48,7 @@ class Ready(msgspec.Struct, tag=True):
     num_blocks: int
     block_size: int
     max_model_len: int
-    load_seconds: float
-    weight_gib: float
-    device: str
-    dtype: str
-    kv_cache_dtype: str = ""
+    worker: WorkerInfo  # device, dtypes, weights, load time
 
 
 class Outputs(msgspec.Struct, tag=True):

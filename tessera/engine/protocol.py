@@ -2,10 +2,12 @@
 
 SchedulerOutput (core -> worker): new requests in full (`NewRequestData`), running ones
 as diffs (`CachedRequestData`: new block ids and this step's tokens), tokens to compute per
-request, and
-requests the worker can forget. ModelRunnerOutput (worker -> core): sampled ids and
-logprobs. EngineCoreOutput (core -> frontend): per request, its new tokens and finish.
-Plain data only (ints, floats, strings, lists): these cross process boundaries later.
+request (speculative tokens to verify included: `scheduled_spec_token_ids`), and requests
+the worker can forget. ModelRunnerOutput (worker -> core): per request the tokens a step
+sampled (a list: several when speculative tokens were accepted; one today) and their
+logprobs. EngineCoreOutput (core -> front end): per request, its new tokens and finish.
+WorkerInfo (worker -> executor -> core): what a worker set up.
+Plain data only (ints, floats, strings, lists): these cross process boundaries (msgspec).
 """
 from __future__ import annotations
 
@@ -41,9 +43,12 @@ class CachedRequestData:
 class SchedulerOutput:
     new_requests: list[NewRequestData]
     cached_requests: list[CachedRequestData]
-    num_scheduled_tokens: dict[str, int]  # in batch order
+    num_scheduled_tokens: dict[str, int]  # in batch order; speculative tokens included
     finished_request_ids: set[str]  # the worker drops their state
     preempted_request_ids: set[str]
+    # request id -> the draft tokens this step verifies (the last of its scheduled
+    # tokens); requests without drafts are absent
+    scheduled_spec_token_ids: dict[str, list[int]] = dataclasses.field(default_factory=dict)
 
     @property
     def total_num_scheduled_tokens(self) -> int:
@@ -56,10 +61,24 @@ class SchedulerOutput:
 
 @dataclasses.dataclass
 class ModelRunnerOutput:
-    sampled_token_ids: dict[str, int]
-    logprobs: dict[str, LogprobsEntry]
+    # request id -> the tokens this step gives it, in order (accepted drafts, then the
+    # token sampled after them); a request whose step sampled nothing is absent
+    sampled_token_ids: dict[str, list[int]]
+    logprobs: dict[str, list[LogprobsEntry]]  # one entry per sampled token
     # request id -> (first prompt position covered, entries for positions from there)
     prompt_logprobs: dict[str, tuple[int, list[LogprobsEntry]]]
+
+
+@dataclasses.dataclass
+class WorkerInfo:
+    """What a worker set up, as the engine logs and reports it."""
+    device: str
+    dtype: str
+    kv_cache_dtype: str
+    weight_gib: float  # this rank's weights
+    load_seconds: float
+    bytes_per_block: int  # KV cache bytes of one block over this rank's layers
+    world_size: int = 1
 
 
 @dataclasses.dataclass

@@ -1,10 +1,12 @@
 """Request: one sequence's state inside the engine core.
 
-A request has `num_tokens` (prompt + output so far), `num_pending_tokens` (tokens being
-sampled by steps still in flight, not known here yet) and `num_computed_tokens` (how many
-positions are in the KV cache or being written by a scheduled step: it advances when a
-step is scheduled). The scheduler's one rule is to let every request catch up; a request
-samples a new token when a step brings it level (computed == tokens + pending).
+A request has `num_tokens` (prompt + output so far), `num_pending_tokens` (steps still in
+flight that will sample for it; their tokens are not known here yet), `spec_token_ids`
+(draft tokens proposed for it, to be verified by its next step) and `num_computed_tokens`
+(how many positions are in the KV cache or being written by a scheduled step: it advances
+when a step is scheduled, and goes back by the drafts a step rejects). The scheduler's one
+rule is to let every request catch up; a request samples when a step brings it level
+(computed == tokens + pending + drafts).
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ class Request:
         self.output_token_ids: list[int] = []
         self.num_computed_tokens = 0
         self.num_pending_tokens = 0  # sampled by in-flight steps, not appended yet
+        self.spec_token_ids: list[int] = []  # drafts its next step verifies
         self.status = RequestStatus.WAITING
         self.stop_reason: int | str | None = None
         self.num_preemptions = 0

@@ -13,6 +13,11 @@ A request's computed count advances when it is scheduled. With `schedule_in_flig
 token that step samples is pending here (the worker feeds it from the device), and a
 request whose pending tokens already reach max_tokens is left alone. Without it
 (pipeline stages), requests in flight are skipped.
+Several tokens per request per step: a request's draft tokens (`spec_token_ids`, from a
+speculative proposer) are scheduled after its known tokens and listed in the output's
+`scheduled_spec_token_ids`; the step returns the accepted drafts plus one sampled token,
+and the computed count goes back by the drafts it rejected. Each returned token is
+checked against the stop rule (stopping.py) in order; tokens after a stop are dropped.
 """
 from __future__ import annotations
 
@@ -24,6 +29,9 @@ from tessera.engine.kv_cache.manager import KVCacheManager
 from tessera.engine.protocol import (CachedRequestData, EngineCoreOutput, ModelRunnerOutput,
                                      NewRequestData, SchedulerOutput)
 from tessera.engine.request import Request, RequestStatus
+from tessera.stopping import check_stop, length_reached
+
+_FINISHED = {"stop": RequestStatus.FINISHED_STOPPED, "length": RequestStatus.FINISHED_LENGTH}
 
 
 class QueueFullError(RuntimeError):
@@ -86,6 +94,7 @@ class Scheduler:
         new_reqs: list[NewRequestData] = []
         cached: list[CachedRequestData] = []
         preempted: set[str] = set()
+        spec: dict[str, list[int]] = {}
 
         i = 0
         while i < len(self.running) and budget > 0:
@@ -108,8 +117,12 @@ class Scheduler:
             if new_blocks is None:
                 break
             start = req.num_computed_tokens  # tokens still being sampled are not known here
-            cached.append(CachedRequestData(req.request_id, new_blocks,
-                                            req.token_slice(start, start + n)))
+            known = req.token_slice(start, start + n)
+            cached.append(CachedRequestData(req.request_id, new_blocks, known))
+            drafts = (req.spec_token_ids[:max(0, start + n - req.num_tokens)]
+                      if req.spec_token_ids and not req.num_pending_tokens else [])
+            if drafts:
+                spec[req.request_id] = drafts
             num_scheduled[req.request_id] = n
             self._advance(req, n)
             budget -= n
@@ -142,24 +155,24 @@ class Scheduler:
 
         finished, self._finished_ids = self._finished_ids, set()
         self.in_flight.update(num_scheduled)
-        return SchedulerOutput(new_reqs, cached, num_scheduled, finished, preempted)
+        return SchedulerOutput(new_reqs, cached, num_scheduled, finished, preempted, spec)
 
     def _tokens_to_compute(self, req: Request) -> int:
         if req.request_id in self.in_flight and not self.schedule_in_flight:
             return 0  # pipeline: its last step is still running
         ahead = req.num_tokens + req.num_pending_tokens
         if req.num_pending_tokens:
-            p = req.params
-            if ((p.max_tokens is not None
-                 and req.num_output_tokens + req.num_pending_tokens >= p.max_tokens)
-                    or ahead >= self.max_model_len):
+            if length_reached(req.params, req.num_output_tokens + req.num_pending_tokens, ahead,
+                              self.max_model_len):
                 return 0  # the tokens in flight finish it
-        return ahead - req.num_computed_tokens
+            return ahead - req.num_computed_tokens  # no drafts behind unknown tokens
+        return ahead + len(req.spec_token_ids) - req.num_computed_tokens
 
     def _advance(self, req: Request, n: int) -> None:
-        """The step computes n more positions; reaching the end, it samples a token."""
+        """The step computes n more positions; reaching the end (drafts included), it
+        samples."""
         req.num_computed_tokens += n
-        if req.num_computed_tokens == req.num_tokens + req.num_pending_tokens:
+        if req.num_computed_tokens >= req.num_tokens + req.num_pending_tokens:
             req.num_pending_tokens += 1
 
     def _newest_idle(self):
@@ -180,23 +193,36 @@ class Scheduler:
             if req is None or req.status != RequestStatus.RUNNING:
                 continue  # aborted while the step ran
             prompt_lps = self._take_prompt_logprobs(req, out.prompt_logprobs.get(rid))
-            token = out.sampled_token_ids.get(rid)
-            if token is None:
+            tokens = out.sampled_token_ids.get(rid)
+            if not tokens:
                 self.kv.cache_blocks(req)
                 if prompt_lps:
                     outputs.append(EngineCoreOutput(rid, [], [], prompt_lps))
                 continue
+            drafts = sched.scheduled_spec_token_ids.get(rid, [])
+            req.num_computed_tokens -= len(drafts) - (len(tokens) - 1)  # rejected drafts
+            req.spec_token_ids = []
             req.num_pending_tokens -= 1
-            req.output_token_ids.append(token)
+            new, status = self._append(req, tokens)
             self.kv.cache_blocks(req)
-            lps = [out.logprobs[rid]] if rid in out.logprobs else []
-            status = self._check_stop(req, token)
+            lps = out.logprobs.get(rid, [])[:len(new)]
             if status is not None:
                 self.running.remove(req)
                 self._finish(req, status)
-            outputs.append(EngineCoreOutput(rid, [token], lps, prompt_lps, req.finish_reason,
+            outputs.append(EngineCoreOutput(rid, new, lps, prompt_lps, req.finish_reason,
                                             req.stop_reason, req.num_cached_tokens))
         return outputs
+
+    def _append(self, req: Request, tokens: list[int]):
+        """Appends tokens up to the first that stops the request: (appended, status)."""
+        for i, token in enumerate(tokens):
+            req.output_token_ids.append(token)
+            stop = check_stop(req.params, token, req.num_output_tokens, req.num_tokens,
+                              req.eos_token_ids, self.max_model_len)
+            if stop is not None:
+                reason, req.stop_reason = stop
+                return tokens[:i + 1], _FINISHED[reason]
+        return tokens, None
 
     # -- helpers -----------------------------------------------------------------------
     def _take_prompt_logprobs(self, req: Request, got) -> list:
@@ -206,20 +232,6 @@ class Scheduler:
         fresh = entries[max(0, req.num_prompt_logprobs_done - start):]
         req.num_prompt_logprobs_done += len(fresh)
         return fresh
-
-    def _check_stop(self, req: Request, token: int):
-        p = req.params
-        if req.num_output_tokens >= p.min_tokens:
-            if not p.ignore_eos and token in req.eos_token_ids:
-                return RequestStatus.FINISHED_STOPPED
-            if token in p.stop_token_ids:
-                req.stop_reason = token
-                return RequestStatus.FINISHED_STOPPED
-        if p.max_tokens is not None and req.num_output_tokens >= p.max_tokens:
-            return RequestStatus.FINISHED_LENGTH
-        if req.num_tokens >= self.max_model_len:
-            return RequestStatus.FINISHED_LENGTH
-        return None
 
     def _preempt(self, req: Request) -> None:
         self.kv.free(req)

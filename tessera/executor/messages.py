@@ -1,8 +1,9 @@
 """Messages between the multi-process executor and its workers (msgspec, never pickle).
 
 Executor -> worker: InitCache, Step (a SchedulerOutput), Shutdown. Worker -> executor:
-Hello (after loading: its KV-block estimate and what it set up), Ack, StepDone (rank 0's
-ModelRunnerOutput), WorkerError (any exception, with the rank; the worker then exits).
+Hello (after loading: its KV-block estimate and its WorkerInfo), Ack, StepDone (the
+output rank's ModelRunnerOutput), WorkerError (any exception, with the rank; the worker
+then exits).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Union
 
 import msgspec
 
-from tessera.engine.protocol import ModelRunnerOutput, SchedulerOutput
+from tessera.engine.protocol import ModelRunnerOutput, SchedulerOutput, WorkerInfo
 
 
 class InitCache(msgspec.Struct, tag=True):
@@ -28,7 +29,7 @@ class Shutdown(msgspec.Struct, tag=True):
 class Hello(msgspec.Struct, tag=True):
     rank: int
     num_blocks: int
-    info: dict[str, Union[str, float, int]]
+    info: WorkerInfo
 
 
 class Ack(msgspec.Struct, tag=True):

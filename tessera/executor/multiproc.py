@@ -1,14 +1,16 @@
-"""MultiprocExecutor: one worker process per rank (TP x PP of them).
+"""MultiprocExecutor: one worker process per rank (TP x PP of them), each a Worker.
 
-Flow: start N `tessera.executor.worker_proc` processes (config as JSON on the command
-line; a free loopback port for the process group), wait for each Hello, size the KV
-cache by the smallest estimate, then per step send the same SchedulerOutput to every
-rank and wait for rank 0's ModelRunnerOutput. Waiting is bounded: a worker that dies or
+Flow: start N `tessera.executor.worker_proc` processes (the config, model metadata
+included, as JSON on the command line; a free port on ParallelConfig.distributed_init_host
+for the process group), wait for each Hello, size the KV cache by the smallest estimate,
+then per step send the same SchedulerOutput to every rank and wait for the output rank's
+ModelRunnerOutput. Waiting is bounded: a worker that dies or
 reports an error, or a step slower than `collective_timeout_s`, raises WorkerFailure
 (the engine then stops) instead of hanging.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import socket
@@ -20,10 +22,9 @@ import time
 import zmq
 
 from tessera.config import EngineConfig
-from tessera.engine.protocol import ModelRunnerOutput, SchedulerOutput
-from tessera.engine_proc import config_to_json
+from tessera.engine.protocol import ModelRunnerOutput, SchedulerOutput, WorkerInfo
 from tessera.executor import messages as msg
-from tessera.models.loader import ModelSource
+from tessera.executor.base import Executor
 
 logger = logging.getLogger(__name__)
 STARTUP_TIMEOUT_S = 1800.0
@@ -33,15 +34,16 @@ class WorkerFailure(RuntimeError):
     """A worker died, failed, or did not answer in time."""
 
 
-def _free_port() -> int:
+def _free_port(host: str) -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
-class MultiprocExecutor:
-    def __init__(self, config: EngineConfig, source: ModelSource):
-        self.world = config.parallel.tensor_parallel_size * config.parallel.pipeline_parallel_size
+class MultiprocExecutor(Executor):
+    def __init__(self, config: EngineConfig):
+        super().__init__(config)
+        self.world = config.parallel.world_size
         self.timeout = config.parallel.collective_timeout_s
         self._tmp = tempfile.mkdtemp(prefix="tessera-workers-")
         self._ctx = zmq.Context()
@@ -49,8 +51,9 @@ class MultiprocExecutor:
         out_addr = f"ipc://{self._tmp}/results"
         self._results.bind(out_addr)
         self._inboxes, self._procs = [], []
-        dist_init = f"tcp://127.0.0.1:{_free_port()}"
-        eos = ",".join(str(e) for e in source.arch.eos_token_ids)
+        host = config.parallel.distributed_init_host
+        dist_init = f"tcp://{host}:{_free_port(host)}"
+        config_json = config.to_json()
         for rank in range(self.world):
             inbox = self._ctx.socket(zmq.PUSH)
             inbox.setsockopt(zmq.LINGER, 0)
@@ -59,13 +62,13 @@ class MultiprocExecutor:
             self._inboxes.append(inbox)
             self._procs.append(subprocess.Popen(
                 [sys.executable, "-m", "tessera.executor.worker_proc", "--config",
-                 config_to_json(config), "--eos", eos, "--dist-init", dist_init,
-                 "--input", addr, "--output", out_addr, "--rank", str(rank),
-                 "--world", str(self.world)], stdin=subprocess.DEVNULL))
+                 config_json, "--dist-init", dist_init, "--input", addr, "--output", out_addr,
+                 "--rank", str(rank)], stdin=subprocess.DEVNULL))
         hellos = [self._wait(msg.Hello, STARTUP_TIMEOUT_S) for _ in range(self.world)]
         self._blocks = min(h.num_blocks for h in hellos)
-        self._info = next(h.info for h in hellos if h.rank == 0)
-        self._info["weight_gib"] = sum(float(h.info["weight_gib"]) for h in hellos) / len(hellos)
+        first = next(h.info for h in hellos if h.rank == 0)
+        self._info = dataclasses.replace(  # weights: the mean rank's share
+            first, weight_gib=sum(h.info.weight_gib for h in hellos) / len(hellos))
 
     def num_kv_blocks(self) -> int:
         return self._blocks
@@ -75,10 +78,6 @@ class MultiprocExecutor:
         for _ in range(self.world):
             self._wait(msg.Ack, STARTUP_TIMEOUT_S)
 
-    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
-        self.submit(sched)
-        return self.collect()
-
     def submit(self, sched: SchedulerOutput) -> None:
         """Starts a step; workers run steps in order, so stages overlap on several."""
         self._broadcast(msg.Step(sched))
@@ -87,8 +86,9 @@ class MultiprocExecutor:
         """The output of the oldest submitted step (the last stage answers in order)."""
         return self._wait(msg.StepDone, self.timeout).output
 
-    def describe(self) -> dict:
-        return {**self._info, "world_size": self.world}
+    @property
+    def info(self) -> WorkerInfo:
+        return self._info
 
     def _broadcast(self, m) -> None:
         frame = msg.encoder.encode(m)

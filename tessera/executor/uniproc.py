@@ -1,30 +1,36 @@
-"""UniprocExecutor: the model runner in this very process (TP = PP = 1)."""
+"""UniprocExecutor: one Worker in this very process (one rank)."""
 from __future__ import annotations
 
 from tessera.config import EngineConfig
-from tessera.engine.protocol import ModelRunnerOutput, SchedulerOutput
-from tessera.models.loader import ModelSource
-from tessera.worker.model_runner import ModelRunner
+from tessera.engine.protocol import ModelRunnerOutput, SchedulerOutput, WorkerInfo
+from tessera.executor.base import Executor
+from tessera.worker.worker import Worker
 
 
-class UniprocExecutor:
-    def __init__(self, config: EngineConfig, source: ModelSource):
-        self.runner = ModelRunner(config, source)
+class UniprocExecutor(Executor):
+    def __init__(self, config: EngineConfig):
+        super().__init__(config)
+        self.worker = Worker(config)
+        self.runner = self.worker.runner
 
     def num_kv_blocks(self) -> int:
-        return self.runner.num_kv_blocks()
+        return self.worker.num_kv_blocks()
 
     def init_kv_cache(self, num_blocks: int) -> None:
-        self.runner.init_kv_cache(num_blocks)
-
-    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
-        return self.runner.execute(sched)
+        self.worker.init_kv_cache(num_blocks)
 
     def submit(self, sched: SchedulerOutput) -> None:
-        self.runner.submit(sched)
+        self.worker.submit(sched)
 
     def collect(self) -> ModelRunnerOutput:
-        return self.runner.collect()
+        return self.worker.collect()
 
-    def describe(self) -> dict:
-        return self.runner.describe()
+    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        return self.worker.execute(sched)
+
+    @property
+    def info(self) -> WorkerInfo:
+        return self.worker.info
+
+    def shutdown(self) -> None:
+        self.worker.shutdown()

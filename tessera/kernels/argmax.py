@@ -1,4 +1,5 @@
-"""Row argmax over a wide last dimension (logits over the vocabulary), Triton; `argmax_ref`.
+"""Row argmax over a wide last dimension (logits over the vocabulary), Triton (its
+definition: `argmax_ref`, kernels/reference.py).
 
 x [N, V] float32 / bf16 / fp16 -> [N] int64: the index of each row's largest value, the first one where
 several are equal (as torch.argmax gives). NaN counts as larger than everything (as in
@@ -18,6 +19,7 @@ import triton
 import triton.language as tl
 
 from tessera.kernels import pdl
+from tessera.kernels.pdl import pdl_launch_args
 
 CHUNK = 4096  # elements per program of kernel 1
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # compared in float32 exactly
@@ -61,7 +63,7 @@ def _argmax_final(val_ptr, idx_ptr, out_ptr, num_chunks, CHUNKS_PAD: tl.constexp
     tl.store(out_ptr + row, tl.sum(tl.where(chunks == first, i, 0), axis=0).to(tl.int64))
 
 
-def argmax_rows(x: torch.Tensor) -> torch.Tensor:
+def argmax_rows(x: torch.Tensor, pdl: bool = True) -> torch.Tensor:
     """x [N, V] (float) -> [N] int64, each row's first maximum (kernel 1 then kernel 2)."""
     if x.dim() != 2 or x.shape[1] == 0:
         raise ValueError(f"argmax_rows takes [N, V] with V > 0, got {tuple(x.shape)}")
@@ -77,13 +79,9 @@ def argmax_rows(x: torch.Tensor) -> torch.Tensor:
     num_chunks = triton.cdiv(vocab, chunk)
     vals = torch.empty(rows * num_chunks, dtype=torch.float32, device=x.device)
     idxs = torch.empty(rows * num_chunks, dtype=torch.int32, device=x.device)
-    launch = pdl.pdl_launch_args(x.device)
+    launch = pdl_launch_args(x.device, pdl)
     _argmax_partial[(rows, num_chunks)](x, vals, idxs, vocab, x.stride(0), num_chunks,
                                         CHUNK=chunk, **launch)
     _argmax_final[(rows,)](vals, idxs, out, num_chunks,
                            CHUNKS_PAD=max(16, triton.next_power_of_2(num_chunks)), **launch)
     return out
-
-
-def argmax_ref(x: torch.Tensor) -> torch.Tensor:
-    return x.argmax(dim=-1)

@@ -21,13 +21,13 @@ the unfused ops (each projection rounded to the dtype, silu rounded before the m
 from __future__ import annotations
 
 import functools
-import os
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
+from tessera import envs
 from tessera.kernels.silu_and_mul import silu_mul
 
 BLOCK_M = 16  # assignment rows per block, at least: a decode step has ~1 per expert
@@ -50,7 +50,7 @@ def align_by_expert(ids: torch.Tensor, first: int, num_local: int, block_m: int 
     n = ids.numel()
     blocks = triton.cdiv(n + num_local * (block_m - 1), block_m)
     a_pad, e_pad = triton.next_power_of_2(max(n, 16)), triton.next_power_of_2(max(num_local, 16))
-    runs_triton = ids.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    runs_triton = ids.is_cuda or envs.triton_interpreted()
     if not runs_triton or a_pad * e_pad > ALIGN_KERNEL_MAX:
         return align_by_expert_ref(ids, first, num_local, block_m)
     sorted_ids = torch.empty(blocks * block_m, dtype=torch.int32, device=ids.device)

@@ -3,7 +3,7 @@
 Objects: `PendingNorm` (scaled, parts, residual: a norm left for the next projection),
 `add_pending_norm` (jit: the epilogue of the projection before the norm), `load_parts` and
 `inverse_rms` (jit: the projection after it), `pending_norm_ref` (PyTorch: what a
-PendingNorm holds; the norm it stands for is kernels/rms_norm.py's `rms_norm_ref` of its
+PendingNorm holds; the norm it stands for is kernels/reference.py's `rms_norm_ref` of its
 residual).
 
 RMSNorm(s) @ W^T = r * ((g * s) @ W^T), with r = rsqrt(mean(s^2) + eps) one scalar per row

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from tessera.kernels import pdl
+from tessera.kernels.pdl import pdl_launch_args
 from tessera.kernels.attention_tiles import load_kv_tile, online_softmax_step
 
 # A/B knob (benchmarks/decode_attention_kv.py --sweep): the partial kernel's tile of keys
@@ -143,7 +144,7 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
                            seq_lens: torch.Tensor, scale: float,
                            sliding_window: Optional[int] = None,
                            num_splits: Optional[int] = None,
-                           out: Optional[torch.Tensor] = None) -> torch.Tensor:
+                           out: Optional[torch.Tensor] = None, pdl: bool = True) -> torch.Tensor:
     num_seqs, num_heads, head_dim = q.shape
     _, _, block_size, num_kv_heads, _ = kv_cache.shape
     group = num_heads // num_kv_heads
@@ -165,14 +166,14 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, NUM_HEADS=num_heads,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # fp32 stays fp32 (no TF32)
-        DIRECT=direct, **launch_options(kv_cache, splits), **pdl.pdl_launch_args(q.device))
+        DIRECT=direct, **launch_options(kv_cache, splits), **pdl_launch_args(q.device, pdl))
     if direct:
         return out
     _decode_reduce[(num_seqs, num_heads)](
         acc, ml, out, out.stride(0), out.stride(1), splits, HEAD_DIM=head_dim,
         SPLITS_PAD=max(16, triton.next_power_of_2(splits)),  # one variant for 2..16 splits
         NUM_HEADS=num_heads,
-        **pdl.pdl_launch_args(q.device))
+        **pdl_launch_args(q.device, pdl))
     return out
 
 

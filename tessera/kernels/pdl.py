@@ -6,50 +6,35 @@ kernel before it lets it start early by calling `gdc_launch_dependents`. In a de
 of a few rows every kernel is short, so this hides each launch and each GEMV's ramp-up
 (it prefetches its first weight tile, which no kernel writes, before waiting).
 
-Objects: `nvidia_sm90_or_later(device)` (where PDL, and the skinny GEMM's tuning,
-apply); `pdl_launch_args(device)` -> the launch keywords (USE_PDL for the kernel's
-constexpr, launch_pdl for Triton's launcher); `set_pdl(on)` switches it for A/B runs
-(the env var TESSERA_PDL=0 does too). Jit side, no-ops unless USE_PDL: `enter` (short
-kernels: let the next launch, then wait), `wait` and `launch_dependents` (the skinny GEMM
-loads and prefetches weights before its wait, and lets the next kernel launch a few steps
-before its loop ends: skinny_gemm.TRIGGER_STEPS). Every kernel that takes USE_PDL waits
+Objects: `pdl_launch_args(device, enabled)` -> the launch keywords (USE_PDL for the
+kernel's constexpr, launch_pdl for Triton's launcher). Every kernel wrapper takes `pdl=`
+(on by default); the model's ops pass the engine's KernelConfig.pdl (layers/ops.py). Jit
+side, no-ops unless USE_PDL: `enter` (short kernels: let the next launch, then wait),
+`wait` and `launch_dependents` (the skinny GEMM loads and prefetches weights before its
+wait, and lets the next kernel launch a few steps before its loop ends:
+skinny_gemm.TRIGGER_STEPS). Every kernel that takes USE_PDL waits
 before its first access to activations, so a chain of such kernels keeps the stream's
 order for all they read and write; kernels without it (cuBLAS, PyTorch's) wait for the
 whole prior kernel as usual.
 """
 from __future__ import annotations
 
-import functools
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-_enabled = os.environ.get("TESSERA_PDL", "1") != "0"
+from tessera import envs
+from tessera.kernels.hardware import nvidia_sm90_or_later
 
 
-def set_pdl(on: bool) -> None:
-    global _enabled
-    _enabled = on
+def pdl_active(device: torch.device, enabled: bool = True) -> bool:
+    """Enabled, on Hopper or later, and compiled (not under Triton's interpreter)."""
+    return enabled and not envs.triton_interpreted() and nvidia_sm90_or_later(device)
 
 
-@functools.lru_cache(maxsize=None)
-def nvidia_sm90_or_later(device: torch.device) -> bool:
-    """An NVIDIA (not ROCm) GPU of compute capability 9.0 or later (Hopper on)."""
-    return (device.type == "cuda" and torch.version.hip is None
-            and torch.cuda.get_device_capability(device)[0] >= 9)
-
-
-def pdl_active(device: torch.device) -> bool:
-    """On, on Hopper or later, and compiled (not under Triton's interpreter)."""
-    return (_enabled and os.environ.get("TRITON_INTERPRET") != "1"
-            and nvidia_sm90_or_later(device))
-
-
-def pdl_launch_args(device: torch.device) -> dict:
+def pdl_launch_args(device: torch.device, enabled: bool = True) -> dict:
     """Keyword arguments for a kernel launch: USE_PDL always, launch_pdl when on."""
-    if pdl_active(device):
+    if pdl_active(device, enabled):
         return {"USE_PDL": True, "launch_pdl": True}
     return {"USE_PDL": False}
 

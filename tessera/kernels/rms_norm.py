@@ -1,4 +1,5 @@
-"""Fused residual add + RMSNorm, Triton, one program per row; `rms_norm_ref` beside it.
+"""Fused residual add + RMSNorm, Triton, one program per row; its definition is `rms_norm_ref`
+(kernels/reference.py).
 
 x, residual: [T, H]; weight: [H]. Without a residual: out = w * norm(x). With one:
 s = x + residual (in the activations' dtype, as the unfused model adds), out = w *
@@ -14,6 +15,7 @@ import triton
 import triton.language as tl
 
 from tessera.kernels import pdl
+from tessera.kernels.pdl import pdl_launch_args
 
 
 @triton.jit
@@ -36,21 +38,12 @@ def _rms_norm(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, eps,
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
-             residual: Optional[torch.Tensor] = None):
+             residual: Optional[torch.Tensor] = None, pdl: bool = True):
     x = x.contiguous()
     rows, cols = x.shape
     out = torch.empty_like(x)
     res_out = torch.empty_like(x) if residual is not None else out
     _rms_norm[(rows,)](x, residual.contiguous() if residual is not None else x, weight, out,
                        res_out, cols, eps, HAS_RESIDUAL=residual is not None,
-                       BLOCK=triton.next_power_of_2(cols), **pdl.pdl_launch_args(x.device))
+                       BLOCK=triton.next_power_of_2(cols), **pdl_launch_args(x.device, pdl))
     return out if residual is None else (out, res_out)
-
-
-def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float,
-                 residual: Optional[torch.Tensor] = None):
-    if residual is not None:
-        x = x + residual
-    xf = x.float()
-    y = weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-    return y if residual is None else (y, x)

@@ -1,4 +1,5 @@
-"""Fused rotary embedding + KV-cache write, Triton; `rotary_kv_write_ref` beside it.
+"""Fused rotary embedding + KV-cache write, Triton; its definition is
+`rotary_kv_write_ref` (kernels/reference.py).
 
 One program per token: rotates its query heads (returned) and key heads ("rotate_half"
 layout: first and second halves of each head pair up), then stores the rotated key and
@@ -13,14 +14,13 @@ projection's launch.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from tessera import envs
 from tessera.kernels import pdl
-from tessera.quant.kv_cache import store_rows
+from tessera.kernels.pdl import pdl_launch_args
 
 
 @triton.jit
@@ -132,12 +132,12 @@ def cache_store_options(kv_cache: torch.Tensor) -> dict:
     """The constexprs of `store_cast` for this cache: FP8_CACHE (saturate into e4m3) and
     PRE_ROUND (under the interpreter, whose fp8 cast rounds wrongly)."""
     return dict(FP8_CACHE=kv_cache.dtype == torch.float8_e4m3fn,
-                PRE_ROUND=os.environ.get("TRITON_INTERPRET") == "1")
+                PRE_ROUND=envs.triton_interpreted())
 
 
 def rotary_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                     cos_sin: torch.Tensor, kv_cache: torch.Tensor,
-                    slot_mapping: torch.Tensor) -> torch.Tensor:
+                    slot_mapping: torch.Tensor, pdl: bool = True) -> torch.Tensor:
     tokens, num_q, head_dim = q.shape
     num_kv = k.shape[1]
     q_out = torch.empty(tokens, num_q, head_dim, dtype=q.dtype, device=q.device)
@@ -151,18 +151,5 @@ def rotary_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions
         QH_PAD=triton.next_power_of_2(num_q), KVH_PAD=triton.next_power_of_2(num_kv),
         **cache_store_options(kv_cache),
         enable_fp_fusion=False,  # no FMA: each product rounds, as PyTorch's ops round
-        **pdl.pdl_launch_args(q.device))
+        **pdl_launch_args(q.device, pdl))
     return q_out
-
-
-def rotary_kv_write_ref(q, k, v, positions, cos_sin, kv_cache, slot_mapping) -> torch.Tensor:
-    cos, sin = cos_sin[positions].to(q.dtype).unsqueeze(1).chunk(2, dim=-1)  # [T, 1, D/2]
-
-    def rot(x):  # the model's unfused path: ops in the activations' dtype
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-
-    num_kv, head_dim = k.shape[1], k.shape[2]
-    store_rows(kv_cache[0].view(-1, num_kv, head_dim), slot_mapping, rot(k))
-    store_rows(kv_cache[1].view(-1, num_kv, head_dim), slot_mapping, v)
-    return rot(q)

@@ -1,4 +1,5 @@
-"""SiLU-and-mul, Triton: out = silu(gate) * up over x = [gate | up]; `silu_and_mul_ref`.
+"""SiLU-and-mul, Triton: out = silu(gate) * up over x = [gate | up]; its definition:
+`silu_and_mul_ref` (kernels/reference.py).
 
 x: [T, 2d] -> [T, d]. silu runs in float32 and is rounded to the activations' dtype
 before the multiply, as the unfused PyTorch ops round. `silu_mul` is that rounding on
@@ -11,6 +12,7 @@ import triton
 import triton.language as tl
 
 from tessera.kernels import pdl
+from tessera.kernels.pdl import pdl_launch_args
 
 
 @triton.jit
@@ -33,16 +35,11 @@ def silu_mul(gate, up):
     return (act.to(tl.float32) * up.to(tl.float32)).to(gate.dtype)
 
 
-def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+def silu_and_mul(x: torch.Tensor, pdl: bool = True) -> torch.Tensor:
     x = x.contiguous()
     rows, d = x.shape[0], x.shape[1] // 2
     out = torch.empty(rows, d, dtype=x.dtype, device=x.device)
     block = min(1024, triton.next_power_of_2(d))
     _silu_and_mul[(rows, triton.cdiv(d, block))](x, out, d, BLOCK=block,
-                                                 **pdl.pdl_launch_args(x.device))
+                                                 **pdl_launch_args(x.device, pdl))
     return out
-
-
-def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
-    gate, up = x.chunk(2, dim=-1)
-    return torch.nn.functional.silu(gate) * up

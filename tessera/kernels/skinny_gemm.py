@@ -40,6 +40,7 @@ import triton
 import triton.language as tl
 
 from tessera.kernels import pdl
+from tessera.kernels.pdl import pdl_launch_args
 from tessera.kernels.norm_epilogue import (PendingNorm, add_pending_norm, inverse_rms,
                                            load_parts)
 from tessera.kernels.rotary_kv_write import cache_store_options, rope_epilogue
@@ -220,7 +221,8 @@ def shared_memory_bytes(cfg: SkinnyConfig, gated: bool, itemsize: int) -> int:
 
 def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                 gated: bool = False, config: Optional[SkinnyConfig] = None,
-                norm_parts: Optional[torch.Tensor] = None, eps: float = 0.0) -> torch.Tensor:
+                norm_parts: Optional[torch.Tensor] = None, eps: float = 0.0,
+                pdl: bool = True) -> torch.Tensor:
     """x [M, K] @ weight [N, K]^T (+ bias) -> [M, N]; gated: silu(gate) * up -> [M, N/2].
     With norm_parts, x is a PendingNorm's `scaled` (g * s) and these its `parts`: the
     product is of RMSNorm(s) (eps its epsilon), as if the norm had run first."""
@@ -238,14 +240,15 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     cfg = config or pick_config(n, k, gated, x.element_size())
     y = torch.empty(rows, n, dtype=x.dtype, device=x.device)
     _launch(x, weight, bias, y, n, cfg, dict(GATED=gated),
-            EVEN=n % cfg.block_n == 0 and k % cfg.block_k == 0,
+            EVEN=n % cfg.block_n == 0 and k % cfg.block_k == 0, pdl=pdl,
             **_norm_in(norm_parts, eps))
     return y
 
 
 def skinny_gemm_add_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                          residual: torch.Tensor, norm_weight: torch.Tensor,
-                         config: Optional[SkinnyConfig] = None) -> PendingNorm:
+                         config: Optional[SkinnyConfig] = None, pdl: bool = True
+                         ) -> PendingNorm:
     """s = residual + x [M, K] @ weight [N, K]^T (+ bias), and the RMSNorm (weight
     norm_weight [N]) that follows it left pending for the next projection
     (kernels/norm_epilogue.py): PendingNorm(g * s, partial sums of s^2, s)."""
@@ -271,7 +274,7 @@ def skinny_gemm_add_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     _launch(x, weight, bias, pending.residual, n, cfg, dict(NORM_OUT=True),
             EVEN=n % cfg.block_n == 0 and k % cfg.block_k == 0, grid=programs,
             parts=pending.parts, residual=residual, norm_weight=norm_weight.contiguous(),
-            scaled=pending.scaled)
+            scaled=pending.scaled, pdl=pdl)
     return pending
 
 
@@ -300,7 +303,7 @@ _PLAIN = dict(GATED=False, ROPE=False, NUM_Q=0, NUM_KV=0, HALF=0, FP8_CACHE=Fals
 def _launch(x, weight, bias, y, n, cfg, mode: dict, EVEN: bool, grid: Optional[int] = None,
             rope_args: tuple = (), stride_kvs: int = 0, parts=None, num_parts: int = 0,
             eps: float = 0.0, residual=None, norm_weight=None, scaled=None,
-            NORM_IN: bool = False, PART_BLOCK: int = 1, **options):
+            NORM_IN: bool = False, PART_BLOCK: int = 1, pdl: bool = True, **options):
     """mode: the constexprs that differ from _PLAIN. A pending norm
     (kernels/norm_epilogue.py) to finish: parts, num_parts, eps (NORM_IN); to leave:
     parts, residual, norm_weight, scaled (NORM_OUT). Unused pointers get the weight's."""
@@ -318,14 +321,14 @@ def _launch(x, weight, bias, y, n, cfg, mode: dict, EVEN: bool, grid: Optional[i
         PREFETCH_K=prefetch_columns(weight), LINE=line_columns(weight),
         TRIGGER_STEPS=TRIGGER_STEPS,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **options,
-        **pdl.pdl_launch_args(x.device))
+        **pdl_launch_args(x.device, pdl))
 
 
 def skinny_qkv_rope(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                     positions: torch.Tensor, cos_sin: torch.Tensor, kv_cache: torch.Tensor,
                     slot_mapping: torch.Tensor, num_heads: int, num_kv_heads: int,
-                    norm_parts: Optional[torch.Tensor] = None, eps: float = 0.0
-                    ) -> torch.Tensor:
+                    norm_parts: Optional[torch.Tensor] = None, eps: float = 0.0,
+                    pdl: bool = True) -> torch.Tensor:
     """The q/k/v projection of a few tokens with rotary embedding and the KV-cache write
     in its epilogue (what `skinny_gemm` then `rotary_kv_write` do, in one launch).
     x [M, K]; weight [(Hq + 2 Hkv) D, K] (q, k, v heads stacked); positions, slot_mapping
@@ -359,7 +362,7 @@ def skinny_qkv_rope(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
             grid=(num_heads + 2 * num_kv_heads) * chunks,
             rope_args=(positions, cos_sin, slot_mapping, kv_cache), stride_kvs=kv_cache.stride(0),
             enable_fp_fusion=False,  # the rotation rounds each product, as PyTorch does
-            **_norm_in(norm_parts, eps))
+            pdl=pdl, **_norm_in(norm_parts, eps))
     return q
 
 

@@ -3,7 +3,8 @@
 With TP ranks, each holds a contiguous slice of the vocabulary's rows (the vocabulary
 padded to a multiple of the rank count). Embedding: each rank looks up the ids in its
 slice (others give zeros) and an all-reduce sums them. LM head: each rank computes the
-logits of its slice and an all-gather joins them. With one rank, both are plain.
+logits of its slice and an all-gather joins them. With one rank, both are plain. The head
+computes through the dense linear method (a skinny GEMM for a few rows where it runs).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tessera.distributed.parallel_state import all_gather_last, all_reduce, tp_rank, tp_size
-from tessera.layers.linear import linear
+from tessera.layers.context import current
 from tessera.models.weight_utils import materialize, narrow, shape_of
 
 
@@ -45,10 +46,18 @@ class VocabEmbedding(nn.Module):
 
 
 class LMHead(VocabEmbedding):
+    """Computes with the dense linear method (layers/context.py): a quantization policy
+    leaves the head in 16 bits (and a tied head is the embedding table itself)."""
+
+    def __init__(self, vocab_size: int, hidden_size: int):
+        super().__init__(vocab_size, hidden_size)
+        self.register_parameter("bias", None)
+        self.method = current().dense_method
+
     def forward(self, hidden: torch.Tensor, as_float: bool = True) -> torch.Tensor:
         """hidden: [N, hidden] -> logits [N, vocab] in float32 (as_float=False: in the
         weights' dtype, which is all an argmax needs: widening changes no order)."""
-        logits = linear(hidden, self.weight)
+        logits = self.method.apply(self, hidden)
         if self.tp_size > 1:
             logits = all_gather_last(logits)[:, :self.vocab_size]
         return logits.float() if as_float else logits

@@ -7,50 +7,32 @@ Forward: steps of up to FUSED_MAX_TOKENS tokens on CUDA run kernels/fused_moe.py
 grouped GEMMs read the expert ids on the device (no host sync, so decode steps are
 captured in CUDA graphs); longer steps sort tokens by expert and run one cuBLAS matmul
 per expert over its tokens (a loop over experts, never over tokens), results weighted
-and added back in expert order. `set_fused_moe` (env TESSERA_FUSED_MOE) switches.
+and added back in expert order. KernelConfig.fused_moe switches: "auto" (kernel ops, up to
+FUSED_MAX_TOKENS tokens), "always" (any device and length; on the CPU under
+TRITON_INTERPRET=1), "off"; `fused_moe_captures(kernel, ops)` says whether decode steps
+take the kernels, so that the model runner may capture them in CUDA graphs.
 Parallelism: with expert parallelism, each TP rank owns E / tp whole experts; without
 it, every rank holds every expert's slice of the intermediate dimension. Either way the
 tokens are the same on every rank, and one all-reduce combines the partial sums.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tessera.config import KernelConfig
 from tessera.distributed.parallel_state import all_reduce, expert_parallel, tp_rank, tp_size
-from tessera.kernels.fused_moe import fused_moe
+from tessera.layers.context import current
 from tessera.models.weight_utils import materialize, narrow
 
 FUSED_MAX_TOKENS = 512  # the largest decode CUDA graph; longer (prefill) steps loop
-_MODES = ("auto", "off", "always")
-_mode = os.environ.get("TESSERA_FUSED_MOE", "auto")
 
 
-def set_fused_moe(mode: str) -> None:
-    """Takes effect for steps run from now on; decode graphs captured before keep the
-    path they were captured with (switch before building the engine)."""
-    global _mode
-    if mode not in _MODES:
-        raise ValueError(f"fused MoE mode must be one of {_MODES}, got {mode!r}")
-    _mode = mode
-
-
-def fused_moe_captures() -> bool:
-    """Whether CUDA decode steps (up to FUSED_MAX_TOKENS) take the device-side kernels, so
-    a MoE model's decode steps can be captured in CUDA graphs."""
-    return _mode != "off"
-
-
-def uses_fused_moe(x: torch.Tensor) -> bool:
-    """Whether a step of x's tokens runs the experts in the device-side kernels
-    (kernels/fused_moe.py): on CUDA up to FUSED_MAX_TOKENS tokens ("auto"), never
-    ("off"), or on any device ("always"; on CPU under TRITON_INTERPRET=1)."""
-    if _mode == "always":
-        return True
-    return _mode == "auto" and x.is_cuda and x.shape[0] <= FUSED_MAX_TOKENS
+def fused_moe_captures(kernel: KernelConfig, ops) -> bool:
+    """Whether decode steps (up to FUSED_MAX_TOKENS tokens) take the device-side kernels,
+    so a MoE model's decode steps can be captured in CUDA graphs."""
+    return kernel.fused_moe == "always" or (kernel.fused_moe == "auto" and ops.kernels)
 
 
 def route(router_logits: torch.Tensor, top_k: int, renormalize: bool, dtype: torch.dtype):
@@ -84,6 +66,18 @@ class FusedMoE(nn.Module):
         self.w13 = nn.Parameter(torch.empty(local, 2 * self.inter, hidden), requires_grad=False)
         self.w2 = nn.Parameter(torch.empty(local, hidden, self.inter), requires_grad=False)
         self.w13.weight_loader = self.w2.weight_loader = self.weight_loader
+        ctx = current()
+        self.mode = ctx.kernel.fused_moe
+        self.kernels = None  # kernels/fused_moe.py, imported where it may run
+        if fused_moe_captures(ctx.kernel, ctx.ops):
+            from tessera.kernels import fused_moe as kernels
+            self.kernels = kernels
+
+    def uses_fused(self, x: torch.Tensor) -> bool:
+        """Whether a step of x's tokens runs the experts in the device-side kernels
+        (kernels/fused_moe.py): up to FUSED_MAX_TOKENS tokens, or any with "always"."""
+        return self.kernels is not None and (self.mode == "always"
+                                             or x.shape[0] <= FUSED_MAX_TOKENS)
 
     def weight_loader(self, param: nn.Parameter, loaded, shard_id) -> None:
         """shard_id: (expert id, "gate" | "up" | "down")."""
@@ -102,8 +96,8 @@ class FusedMoE(nn.Module):
     def forward(self, x: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
         """x: [T, H]; router_logits: [T, E] -> [T, H]."""
         weights, ids = route(router_logits, self.top_k, self.renormalize, x.dtype)
-        if uses_fused_moe(x):
-            out = fused_moe(x, self.w13, self.w2, weights, ids, self.first_expert)
+        if self.uses_fused(x):
+            out = self.kernels.fused_moe(x, self.w13, self.w2, weights, ids, self.first_expert)
             return all_reduce(out) if self.tp_size > 1 else out
         return self._per_expert(x, weights, ids)
 

@@ -1,9 +1,11 @@
-"""RMSNorm, with an optional fused residual add (returns the new residual too).
-On CUDA one Triton kernel does both (kernels/rms_norm.py); elsewhere, PyTorch ops."""
+"""RMSNorm, with an optional fused residual add (returns the new residual too), through
+the ops the model was built with (layers/ops.py: one Triton kernel, or PyTorch)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from tessera.layers.context import current
 
 
 class RMSNorm(nn.Module):
@@ -11,19 +13,8 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden_size))
-
-    def _norm(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        self.ops = current().ops
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         """x, residual: [num_tokens, hidden]. With a residual: (norm(x + r), x + r)."""
-        if x.is_cuda:
-            from tessera.kernels.rms_norm import rms_norm
-            return rms_norm(x, self.weight, self.eps, residual)
-        if residual is None:
-            return self._norm(x)
-        x = x + residual
-        return self._norm(x), x
+        return self.ops.rms_norm(x, self.weight, self.eps, residual)

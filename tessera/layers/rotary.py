@@ -1,6 +1,8 @@
 """Rotary position embedding (neox / HF "rotate_half" layout) with default, linear and
-llama3 frequency scaling. A cos/sin table is built once for every position; the forward
-pass looks rows up by each token's position, so ragged batches need no padding."""
+llama3 frequency scaling: RotaryEmbedding holds a cos/sin table built once for every
+position ([max_position, head_dim] float32, cos | sin); the ops that rotate
+(layers/ops.py: `rotary_kv_write`, and the q/k/v projection's epilogue) look its rows up
+by each token's position, so ragged batches need no padding."""
 from __future__ import annotations
 
 import math
@@ -38,14 +40,3 @@ class RotaryEmbedding(nn.Module):
         freqs = torch.outer(t, inv_freq)  # [max_position, head_dim / 2]
         self.register_buffer("cos_sin", torch.cat([freqs.cos(), freqs.sin()], dim=-1),
                              persistent=False)  # [max_position, head_dim]
-
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        """positions: [T]; q: [T, Hq, D]; k: [T, Hkv, D] -> rotated (q, k), same dtype."""
-        # computed in the activations' dtype, as HF transformers and vLLM do
-        cos, sin = self.cos_sin[positions].to(q.dtype).unsqueeze(1).chunk(2, dim=-1)  # [T, 1, D/2]
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)

@@ -1,7 +1,8 @@
 """Sampler: one batch of logits -> one token per row, each row with its own settings.
 
-Objects: SamplingBatch (per-row settings as tensors, built by the model runner),
-`sample(logits, batch)` and `argmax_last` (greedy rows and the race's draw). Order:
+Objects: SamplingBatch (per-row settings as tensors, built by the model runner) and
+`sample(logits, batch, argmax)`; `argmax` is the model's ops' (layers/ops.py: the
+split-row kernel on a GPU), for greedy rows and the race's draw. Order:
 logprobs of the raw distribution (what users are shown) -> min_tokens bans ->
 repetition/presence/frequency penalties -> greedy rows take the argmax; the others:
 temperature -> top-k -> top-p -> min-p -> a draw by the exponential race (argmax p / q,
@@ -11,21 +12,14 @@ draws the same tokens whatever else is in the batch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from tessera.engine.protocol import LogprobsEntry
-from tessera.kernels import argmax
+from tessera.kernels.reference import argmax_ref
 
-
-def argmax_last(x: torch.Tensor) -> torch.Tensor:
-    """x [N, V] -> [N] int64, each row's first maximum: on a GPU the split-row kernel
-    (kernels/argmax.py; PyTorch's takes ~26 us for 128k logits), elsewhere (and for
-    float64) torch.argmax."""
-    if x.is_cuda and x.dtype in argmax.DTYPES:
-        return argmax.argmax_rows(x)
-    return x.argmax(dim=-1)
+Argmax = Callable[[torch.Tensor], torch.Tensor]  # [N, V] -> [N] int64, first maximum
 
 
 @dataclasses.dataclass
@@ -50,7 +44,7 @@ class SamplingBatch:
     use_min_p: Optional[bool] = None
 
 
-def sample(logits: torch.Tensor, batch: SamplingBatch
+def sample(logits: torch.Tensor, batch: SamplingBatch, argmax: Argmax = argmax_ref
            ) -> tuple[torch.Tensor, list[Optional[LogprobsEntry]]]:
     """logits: [N, V] float32 -> (tokens [N] int64 on the logits' device, logprobs entry
     per row or None). Without logprobs nothing waits for the device."""
@@ -62,11 +56,11 @@ def sample(logits: torch.Tensor, batch: SamplingBatch
             logits[row, banned] = float("-inf")
     if batch.any_penalty:
         apply_penalties(logits, batch)
-    greedy_ids = argmax_last(logits)  # [N]
+    greedy_ids = argmax(logits)  # [N]
     if batch.all_greedy:
         tokens = greedy_ids
     else:
-        sampled = _sample_random(logits, batch)
+        sampled = _sample_random(logits, batch, argmax)
         tokens = torch.where(batch.temperature < 1e-5, greedy_ids, sampled)
     entries = [None] * tokens.shape[0]
     if raw_logprobs is not None:
@@ -93,7 +87,7 @@ def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> None:
     logits -= batch.presence_penalty[:, None] * (out_counts > 0).float()
 
 
-def _sample_random(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+def _sample_random(logits: torch.Tensor, batch: SamplingBatch, argmax: Argmax) -> torch.Tensor:
     temp = torch.where(batch.temperature < 1e-5, torch.ones_like(batch.temperature),
                        batch.temperature)
     logits = logits / temp[:, None]
@@ -111,7 +105,7 @@ def _sample_random(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     else:
         for row, gen in enumerate(batch.generators):
             q[row].exponential_(generator=gen)
-    return argmax_last(probs / q)
+    return argmax(probs / q)
 
 
 def _top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,

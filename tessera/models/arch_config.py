@@ -1,17 +1,17 @@
 """ArchConfig: the shape of a decoder-only transformer, whatever file it came from.
 
-Flow: `from_hf_dict(config.json contents)` or the GGUF reader (`models/gguf_loader.py`)
-or a named shape (`models/shapes.py`) -> ArchConfig -> the model class in `registry.py`.
-Both the legacy (`rope_theta` + `rope_scaling`) and the transformers-5 (`rope_parameters`)
-ways of writing RoPE settings are understood.
+Objects: ArchConfig; Architecture (one registered architecture: its name, its translation
+of a Hugging Face `config.json`, and the model class that serves it, named as
+"module:Class" so that nothing here imports torch); `rope_settings` and `base_fields`,
+the parts of a translation every family shares. Families declare their architectures
+beside their model (models/llama_config.py for models/llama.py); models/registry.py
+collects them. Both the legacy (`rope_theta` + `rope_scaling`) and the transformers-5
+(`rope_parameters`) ways of writing RoPE settings are understood.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
-
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM",
-                           "MixtralForCausalLM", "Qwen2MoeForCausalLM")
+from typing import Any, Callable
 
 
 @dataclasses.dataclass
@@ -43,11 +43,8 @@ class ArchConfig:
     moe_layers: tuple[int, ...] = ()  # layers whose MLP is the MoE block
 
     def __post_init__(self) -> None:
-        if self.architecture not in SUPPORTED_ARCHITECTURES:
-            raise ValueError(
-                f"Architecture {self.architecture!r} is not supported. "
-                f"Supported: {', '.join(SUPPORTED_ARCHITECTURES)}."
-            )
+        self.eos_token_ids = tuple(self.eos_token_ids)  # lists when read back from JSON
+        self.moe_layers = tuple(self.moe_layers)
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_attention_heads ({self.num_heads}) must be a multiple of "
@@ -78,7 +75,14 @@ class ArchConfig:
         return self.num_layers * attention + mlps + embed + h
 
 
-def _rope_settings(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    name: str  # as config.json's "architectures" names it
+    from_hf: Callable[[dict[str, Any]], ArchConfig]  # config.json contents -> ArchConfig
+    model_class: str  # "module:Class", imported only where the model is built
+
+
+def rope_settings(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     params = cfg.get("rope_parameters")
     if params:  # transformers >= 5
         theta = float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
@@ -93,67 +97,30 @@ def _rope_settings(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     return theta, scaling
 
 
-def from_hf_dict(cfg: dict[str, Any]) -> ArchConfig:
-    """Build an ArchConfig from the contents of a Hugging Face `config.json`."""
-    archs = cfg.get("architectures") or []
-    if not archs:
-        raise ValueError("config.json names no 'architectures'; cannot tell which model this is.")
-    arch = archs[0]
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(
-            f"Architecture {arch!r} is not supported. Supported: {', '.join(SUPPORTED_ARCHITECTURES)}."
-        )
-    try:
-        num_heads = int(cfg["num_attention_heads"])
-        hidden = int(cfg["hidden_size"])
-        theta, scaling = _rope_settings(cfg)
-        eos = cfg.get("eos_token_id")
-        eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
-        sliding = (cfg.get("sliding_window")
-                   if arch in ("MistralForCausalLM", "MixtralForCausalLM") else None)
-        if arch == "Qwen2ForCausalLM" and cfg.get("use_sliding_window"):
-            raise ValueError("Qwen2 with use_sliding_window=true is not supported yet.")
-        return ArchConfig(
-            architecture=arch,
-            vocab_size=int(cfg["vocab_size"]),
-            hidden_size=hidden,
-            intermediate_size=int(cfg["intermediate_size"]),
-            num_layers=int(cfg["num_hidden_layers"]),
-            num_heads=num_heads,
-            num_kv_heads=int(cfg.get("num_key_value_heads") or num_heads),
-            head_dim=int(cfg.get("head_dim") or hidden // num_heads),
-            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-            rope_theta=theta,
-            rope_scaling=scaling,
-            max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            attention_bias=arch in ("Qwen2ForCausalLM", "Qwen2MoeForCausalLM")
-            or bool(cfg.get("attention_bias", False)),
-            sliding_window=int(sliding) if sliding else None,
-            bos_token_id=cfg.get("bos_token_id"),
-            eos_token_ids=tuple(int(e) for e in eos_ids),
-            torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype"),
-            **_moe_fields(arch, cfg),
-        )
-    except KeyError as e:
-        raise ValueError(f"config.json lacks the field {e.args[0]!r} needed for {arch}.") from None
-
-
-def _moe_fields(arch: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    layers = int(cfg["num_hidden_layers"])
-    if arch == "MixtralForCausalLM":
-        return dict(num_experts=int(cfg["num_local_experts"]),
-                    num_experts_per_tok=int(cfg["num_experts_per_tok"]),
-                    moe_intermediate_size=int(cfg["intermediate_size"]), norm_topk_prob=True,
-                    moe_layers=tuple(range(layers)))
-    if arch == "Qwen2MoeForCausalLM":
-        step, dense = int(cfg.get("decoder_sparse_step", 1)), set(cfg.get("mlp_only_layers") or [])
-        experts = int(cfg["num_experts"])
-        return dict(num_experts=experts, num_experts_per_tok=int(cfg["num_experts_per_tok"]),
-                    moe_intermediate_size=int(cfg["moe_intermediate_size"]),
-                    shared_expert_intermediate_size=int(
-                        cfg.get("shared_expert_intermediate_size") or 0),
-                    norm_topk_prob=bool(cfg.get("norm_topk_prob", False)),
-                    moe_layers=tuple(i for i in range(layers) if i not in dense and experts
-                                     and (i + 1) % step == 0))
-    return {}
+def base_fields(arch: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The ArchConfig fields every decoder-only family writes the same way in config.json
+    (KeyError for a missing required one: the registry names it)."""
+    num_heads = int(cfg["num_attention_heads"])
+    hidden = int(cfg["hidden_size"])
+    theta, scaling = rope_settings(cfg)
+    eos = cfg.get("eos_token_id")
+    eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
+    return dict(
+        architecture=arch,
+        vocab_size=int(cfg["vocab_size"]),
+        hidden_size=hidden,
+        intermediate_size=int(cfg["intermediate_size"]),
+        num_layers=int(cfg["num_hidden_layers"]),
+        num_heads=num_heads,
+        num_kv_heads=int(cfg.get("num_key_value_heads") or num_heads),
+        head_dim=int(cfg.get("head_dim") or hidden // num_heads),
+        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        attention_bias=bool(cfg.get("attention_bias", False)),
+        bos_token_id=cfg.get("bos_token_id"),
+        eos_token_ids=tuple(int(e) for e in eos_ids),
+        torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype"),
+    )

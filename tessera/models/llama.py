@@ -11,6 +11,9 @@ Under pipeline parallelism a rank builds only its stage's part (`LlamaModel.run_
 runs its layers). `load_weights` maps Hugging Face names onto the stacked q/k/v and
 gate/up parameters through each parameter's weight_loader, skipping other stages' tensors.
 Qwen2 differs only by q/k/v biases; Mistral only by its sliding window.
+The model never calls a kernel nor reads a layer's weight: the fused decode paths are the
+linear layers' epilogues (layers/linear.py), the rest runs through the ops the layers were
+built with (layers/ops.py). `kv_cache_specs()` gives each local layer's KV-cache shape.
 """
 from __future__ import annotations
 
@@ -20,18 +23,17 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from tessera.kernels.norm_epilogue import PendingNorm
-from tessera.kernels.skinny_gemm import skinny_gemm, skinny_gemm_add_norm, skinny_qkv_rope
 from tessera.layers.activation import SiluAndMul
 from tessera.layers.attention import Attention, AttentionMetadata
 from tessera.layers.embedding import LMHead, VocabEmbedding
 from tessera.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear, ReplicatedLinear,
-                                   RowParallelLinear, uses_norm_fusion, uses_qkv_rope)
+                                   RowParallelLinear)
 from tessera.layers.moe import FusedMoE
 from tessera.layers.norm import RMSNorm
 from tessera.layers.rotary import RotaryEmbedding
 from tessera.distributed.parallel_state import layer_range, pp_stage
 from tessera.models.arch_config import ArchConfig
+from tessera.models.interface import KVCacheSpec
 from tessera.models.weight_utils import materialize, shape_of
 
 # A checkpoint's expert tensor: Mixtral's experts.E.w1/w3/w2, Qwen2-MoE's gate/up/down_proj
@@ -52,30 +54,30 @@ def default_weight_loader(param: nn.Parameter, loaded, shard_id=None) -> None:
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg: ArchConfig, rotary_emb: RotaryEmbedding):
+    def __init__(self, cfg: ArchConfig, rotary_emb: RotaryEmbedding, prefix: str):
         super().__init__()
         self.qkv_proj = QKVParallelLinear(cfg.hidden_size, cfg.head_dim, cfg.num_heads,
-                                          cfg.num_kv_heads, bias=cfg.attention_bias)
+                                          cfg.num_kv_heads, bias=cfg.attention_bias,
+                                          prefix=f"{prefix}.qkv_proj")
         self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.head_dim = cfg.head_dim
-        self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size)
+        self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size,
+                                        prefix=f"{prefix}.o_proj")
         self.attn = Attention(self.num_heads, cfg.head_dim, self.num_kv_heads, rotary_emb,
                               cfg.sliding_window)  # one cos/sin table shared by all layers
 
     def forward(self, positions, hidden, kv_cache, meta: AttentionMetadata):
         return self.o_proj(self.attend(positions, hidden, kv_cache, meta))
 
-    def attend(self, positions, hidden, kv_cache, meta: AttentionMetadata, norm_parts=None,
+    def attend(self, positions, hidden, kv_cache, meta: AttentionMetadata, pending=None,
                eps: float = 0.0):
-        """hidden [T, H] -> attention output [T, Hq * D], before o_proj. norm_parts, eps:
-        hidden is a PendingNorm's g * s (decode kernels only; kernels/norm_epilogue.py)."""
-        if norm_parts is not None or (meta.use_kernels and meta.decode_only
-                                      and uses_qkv_rope(hidden, self.qkv_proj.weight)):
+        """hidden [T, H] -> attention output [T, Hq * D], before o_proj. pending, eps:
+        hidden is the scaled input of the RMSNorm the layer before left pending."""
+        if pending is not None or (meta.decode_only and self.qkv_proj.fuses_rope(hidden)):
             # a few decode tokens: rotary and the cache write in the projection's epilogue
-            q = skinny_qkv_rope(hidden, self.qkv_proj.weight, self.qkv_proj.bias, positions,
-                                self.attn.rotary_emb.cos_sin, kv_cache, meta.slot_mapping,
-                                self.num_heads, self.num_kv_heads, norm_parts=norm_parts,
-                                eps=eps)  # [T, Hq, D]
+            q = self.qkv_proj.forward_qkv_rope(hidden, positions, self.attn.rotary_emb.cos_sin,
+                                               kv_cache, meta.slot_mapping, pending,
+                                               eps)  # [T, Hq, D]
             return self.attn.attend(q, kv_cache, meta)
         qkv = self.qkv_proj(hidden)  # [T, (Hq + 2 Hkv) * D]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
@@ -87,10 +89,11 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, hidden: int, intermediate: int):
+    def __init__(self, hidden: int, intermediate: int, prefix: str):
         super().__init__()
-        self.gate_up_proj = MergedColumnParallelLinear(hidden, [intermediate] * 2)
-        self.down_proj = RowParallelLinear(intermediate, hidden)
+        self.gate_up_proj = MergedColumnParallelLinear(hidden, [intermediate] * 2,
+                                                       prefix=f"{prefix}.gate_up_proj")
+        self.down_proj = RowParallelLinear(intermediate, hidden, prefix=f"{prefix}.down_proj")
         self.act = SiluAndMul()
 
     def forward(self, x):
@@ -100,15 +103,18 @@ class LlamaMLP(nn.Module):
 class SparseMoeBlock(nn.Module):
     """Router + experts (Mixtral), plus a gated shared expert (Qwen2-MoE)."""
 
-    def __init__(self, cfg: ArchConfig):
+    def __init__(self, cfg: ArchConfig, prefix: str):
         super().__init__()
-        self.gate = ReplicatedLinear(cfg.hidden_size, cfg.num_experts, bias=False)
+        self.gate = ReplicatedLinear(cfg.hidden_size, cfg.num_experts, bias=False,
+                                     prefix=f"{prefix}.gate")
         self.experts = FusedMoE(cfg.num_experts, cfg.num_experts_per_tok, cfg.hidden_size,
                                 cfg.moe_intermediate_size, cfg.norm_topk_prob)
         self.shared_expert = self.shared_expert_gate = None
         if cfg.shared_expert_intermediate_size:
-            self.shared_expert = LlamaMLP(cfg.hidden_size, cfg.shared_expert_intermediate_size)
-            self.shared_expert_gate = ReplicatedLinear(cfg.hidden_size, 1, bias=False)
+            self.shared_expert = LlamaMLP(cfg.hidden_size, cfg.shared_expert_intermediate_size,
+                                          f"{prefix}.shared_expert")
+            self.shared_expert_gate = ReplicatedLinear(cfg.hidden_size, 1, bias=False,
+                                                       prefix=f"{prefix}.shared_expert_gate")
 
     def forward(self, x):
         out = self.experts(x, self.gate(x))
@@ -120,11 +126,12 @@ class SparseMoeBlock(nn.Module):
 class LlamaDecoderLayer(nn.Module):
     def __init__(self, cfg: ArchConfig, rotary_emb: RotaryEmbedding, index: int):
         super().__init__()
+        prefix = f"model.layers.{index}"
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = LlamaAttention(cfg, rotary_emb)
+        self.self_attn = LlamaAttention(cfg, rotary_emb, f"{prefix}.self_attn")
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = (SparseMoeBlock(cfg) if index in cfg.moe_layers
-                    else LlamaMLP(cfg.hidden_size, cfg.intermediate_size))
+        self.mlp = (SparseMoeBlock(cfg, f"{prefix}.mlp") if index in cfg.moe_layers
+                    else LlamaMLP(cfg.hidden_size, cfg.intermediate_size, f"{prefix}.mlp"))
 
     def _input_norm(self, hidden, residual):
         """(normed input, residual): the first layer's input is its own residual."""
@@ -140,27 +147,26 @@ class LlamaDecoderLayer(nn.Module):
 
     def forward_fused_norms(self, positions, hidden, residual, kv_cache, meta,
                             next_norm: RMSNorm | None):
-        """A decode step of a few rows with no norm kernel (kernels/norm_epilogue.py):
-        o_proj adds to the residual and leaves the post-attention norm pending for gate/up;
-        with next_norm (the next layer's input norm) down_proj does the same for the next
-        q/k/v, and the layer returns (PendingNorm, None); without, (MLP output, residual).
-        hidden: a PendingNorm from the layer before, or [T, H] (the first layer here)."""
-        if isinstance(hidden, PendingNorm):
-            x, parts, residual = hidden.scaled, hidden.parts, hidden.residual
+        """A decode step of a few rows with no norm kernel (the linear layers' add-norm
+        epilogue): o_proj adds to the residual and leaves the post-attention norm pending
+        (a PendingNorm: scaled, parts, residual) for gate/up; with next_norm (the next
+        layer's input norm) down_proj does the same for the next q/k/v, and the layer
+        returns (PendingNorm, None); without, (MLP output, residual).
+        hidden: the PendingNorm the layer before left, or [T, H] (the first layer here)."""
+        if isinstance(hidden, torch.Tensor):
+            (x, residual), pending = self._input_norm(hidden, residual), None
         else:
-            (x, residual), parts = self._input_norm(hidden, residual), None
-        attn = self.self_attn
-        out = attn.attend(positions, x, kv_cache, meta, parts,
+            x, pending, residual = hidden.scaled, hidden, hidden.residual
+        attn, post_norm = self.self_attn, self.post_attention_layernorm
+        out = attn.attend(positions, x, kv_cache, meta, pending,
                           self.input_layernorm.eps)  # [T, Hq * D]
-        post = skinny_gemm_add_norm(out, attn.o_proj.weight, attn.o_proj.bias, residual,
-                                    self.post_attention_layernorm.weight)
-        h = skinny_gemm(post.scaled, self.mlp.gate_up_proj.weight, gated=True,
-                        norm_parts=post.parts, eps=self.post_attention_layernorm.eps)  # [T, I]
+        post = attn.o_proj.forward_add_norm(out, residual, post_norm)
+        h = self.mlp.gate_up_proj.forward_gated(post.scaled, self.mlp.act, post,
+                                                post_norm.eps)  # [T, I]
         down = self.mlp.down_proj
         if next_norm is None:
-            return skinny_gemm(h, down.weight, down.bias), post.residual
-        return skinny_gemm_add_norm(h, down.weight, down.bias, post.residual,
-                                    next_norm.weight), None
+            return down(h), post.residual
+        return down.forward_add_norm(h, post.residual, next_norm), None
 
 
 class LlamaModel(nn.Module):
@@ -209,10 +215,10 @@ class LlamaModel(nn.Module):
         return hidden, residual
 
     def _fuses_norms(self, hidden: torch.Tensor, meta) -> bool:
-        """A decode step of few rows whose layers are all dense (`uses_norm_fusion`)."""
-        qkv_weight = self.layers[str(self.start)].self_attn.qkv_proj.weight if self.dense else None
-        return (self.dense and meta.use_kernels and meta.decode_only
-                and uses_norm_fusion(hidden, qkv_weight))
+        """A decode step of few rows whose layers are all dense, where the projections
+        can hold the norms (QKVParallelLinear.fuses_norms)."""
+        return (self.dense and meta.decode_only
+                and self.layers[str(self.start)].self_attn.qkv_proj.fuses_norms(hidden))
 
 
 class LlamaForCausalLM(nn.Module):
@@ -227,6 +233,12 @@ class LlamaForCausalLM(nn.Module):
     @property
     def num_local_layers(self) -> int:
         return len(self.model.layers)
+
+    def kv_cache_specs(self) -> list[KVCacheSpec]:
+        """This rank's KV-cache shape of each local layer, in order."""
+        return [KVCacheSpec(layer.self_attn.num_kv_heads, layer.self_attn.head_dim,
+                            layer.self_attn.attn.sliding_window)
+                for layer in self.model.layers.values()]
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 kv_caches: list[torch.Tensor], meta: AttentionMetadata, intermediate=None):

@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from tessera.server import kserve, openai_api
-from tessera.server.engine_client import EngineClient, EngineDeadError, RequestRejected
+from tessera.engine.mp_client import EngineDeadError, MPClient, RequestRejected
 from tessera.server.errors import ApiError, error_body, error_response, param_of, validation_message
 from tessera.server.protocol import request_fields
 from tessera.server.metrics import ServerMetrics
@@ -31,7 +31,7 @@ PROTECTED = ("/v1", "/v2", "/tokenize", "/detokenize")
 
 @dataclasses.dataclass
 class ServerState:
-    client: EngineClient
+    client: MPClient
     metrics: ServerMetrics
     model_name: str
     model_path: str

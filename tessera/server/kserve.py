@@ -43,7 +43,7 @@ def _params(s, parameters: Any) -> SamplingParams:
         raise ApiError(400, "parameters must be a JSON object.", "parameters")
     given = {k: v for k, v in (parameters or {}).items() if k in _PARAM_FIELDS}
     given.setdefault("max_tokens", 16)
-    return s.client.frontend.default_sampling_params(**given)
+    return s.client.input.default_sampling_params(**given)
 
 
 @router.get("/v2")
@@ -95,7 +95,7 @@ async def infer(request: Request, name: str, version: Optional[str] = None):
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
         raise ApiError(400, "text_input.data must be a non-empty list of strings.", "inputs")
     params = _params(s, body.get("parameters"))
-    front = s.client.frontend
+    front = s.client.input
     prompts = [front.prepare_prompt(t) for t in texts]
     rid = body.get("id") or uuid.uuid4().hex
     streams = [s.client.generate(f"v2-{uuid.uuid4().hex}", p, params) for p in prompts]
@@ -117,7 +117,7 @@ async def _generate_setup(request: Request, name: str, version: Optional[str]):
         raise ApiError(400, "parameters must be a JSON object.", "parameters")
     params = _params(s, {**{k: v for k, v in body.items() if k != "parameters"},
                          **(parameters or {})})
-    prompt = s.client.frontend.prepare_prompt(text)
+    prompt = s.client.input.prepare_prompt(text)
     return s, params, s.client.generate(f"v2-{uuid.uuid4().hex}", prompt, params)
 
 

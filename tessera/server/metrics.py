@@ -1,6 +1,6 @@
 """Prometheus metrics under the `tessera:` prefix, and the periodic stats log line.
 
-Objects: ServerMetrics (an EngineClient observer: arrival, each output, done, and the
+Objects: ServerMetrics (an MPClient observer: arrival, each output, done, and the
 engine's stats snapshots) and its registry, rendered at GET /metrics. Engine-wide
 values (running, waiting, KV usage, token counters, preemptions, prefix hits) are read
 from the latest snapshot by a collector; per-request latencies (TTFT, inter-token,
@@ -74,7 +74,7 @@ class ServerMetrics:
         self._timings: dict[str, _Timing] = {}
         self._last_log = (time.monotonic(), 0, 0)
 
-    # -- EngineClient observer ----------------------------------------------------------
+    # -- MPClient observer -------------------------------------------------------------
     def on_arrival(self, request_id: str, prompt_tokens: int, now: float) -> None:
         self._timings[request_id] = _Timing(now, prompt_tokens)
 

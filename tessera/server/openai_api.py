@@ -3,7 +3,7 @@
 
 Flow of a request: pydantic body -> model name check (404) -> prompts tokenized and
 checked against the context (400 with the message clients match on) -> SamplingParams
-(400 naming the field) -> EngineClient.generate per prompt -> one JSON response, or SSE
+(400 naming the field) -> MPClient.generate per prompt -> one JSON response, or SSE
 chunks (chat: role chunk first; holdback for stop strings; optional usage chunk;
 `data: [DONE]`). A client that disconnects aborts its requests (blocks freed at once).
 """
@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator, Optional
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from tessera.frontend import PreparedPrompt
+from tessera.frontend.input import PreparedPrompt
 from tessera.sampling_params import SamplingParams
 from tessera.server import openai_format as fmt
 from tessera.server.errors import ApiError, error_body
@@ -38,7 +38,7 @@ def check_model(state, model: Optional[str]) -> str:
 
 
 def _max_tokens(state, prompt_len: int, asked: Optional[int], kind: str) -> int:
-    limit = state.client.frontend.max_model_len
+    limit = state.client.input.max_model_len
     if asked is not None and asked < 1:
         raise ApiError(400, f"max_tokens must be at least 1, got {asked}.", "max_tokens")
     completion = asked if asked is not None else max(limit - prompt_len, 0)
@@ -104,8 +104,8 @@ async def list_models(request: Request):
     s = _state(request)
     return {"object": "list", "data": [{
         "id": s.model_name, "object": "model", "created": s.started, "owned_by": "tessera",
-        "root": s.model_path, "max_model_len": s.client.frontend.max_model_len,
-        "vocab_size": s.client.frontend.arch.vocab_size}]}
+        "root": s.model_path, "max_model_len": s.client.input.max_model_len,
+        "vocab_size": s.client.input.arch.vocab_size}]}
 
 
 # -- /v1/completions ----------------------------------------------------------------------
@@ -115,7 +115,7 @@ async def completions(body: CompletionRequest, request: Request):
     model = check_model(s, body.model)
     if body.suffix:
         raise ApiError(400, "suffix is not supported.", "suffix")
-    front = s.client.frontend
+    front = s.client.input
     needs = [f for f, asked in (("echo", body.echo), ("logprobs", body.logprobs is not None),
                                 ("stop", bool(body.stop))) if asked]
     if front.tokenizer is None and needs:
@@ -169,7 +169,7 @@ def _completion_choice(front, body: CompletionRequest, index: int, prompt: Prepa
 
 
 async def _completion_chunks(s, body, rid, model, prompts, params, streams) -> AsyncIterator[str]:
-    front = s.client.frontend
+    front = s.client.input
     with_ids = returns_token_ids(front, body)
     trackers = [DeltaTracker(sp.stop) for sp in params]
     echoed: set[int] = set()
@@ -213,7 +213,7 @@ async def _completion_chunks(s, body, rid, model, prompts, params, streams) -> A
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     s = _state(request)
     model = check_model(s, body.model)
-    front = s.client.frontend
+    front = s.client.input
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs requires logprobs=true.", "top_logprobs")
     messages = [m.as_template_dict() for m in body.messages]
@@ -282,7 +282,7 @@ async def _chat_chunks(body, rid, model, prompt, params: SamplingParams,
 async def tokenize(body: TokenizeRequest, request: Request):
     s = _state(request)
     check_model(s, body.model)
-    front = s.client.frontend
+    front = s.client.input
     if (body.prompt is None) == (body.messages is None):
         raise ApiError(400, "give exactly one of prompt or messages.", "prompt")
     if body.messages is not None:
@@ -299,7 +299,7 @@ async def tokenize(body: TokenizeRequest, request: Request):
 async def detokenize(body: DetokenizeRequest, request: Request):
     s = _state(request)
     check_model(s, body.model)
-    front = s.client.frontend
+    front = s.client.input
     bad = [t for t in body.tokens if not 0 <= t < front.arch.vocab_size]
     if bad:
         raise ApiError(400, f"token id {bad[0]} is outside the vocabulary.", "tokens")

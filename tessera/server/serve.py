@@ -1,8 +1,8 @@
 """`tessera serve [MODEL]`: the engine in its own process, the API here, on uvicorn.
 
-Flow: parse options (engine options generated from the config dataclasses) ->
-EngineClient (tokenizer and model metadata here; the engine process loads weights and
-the KV cache) -> FastAPI app with a lifespan that waits for the engine, logs what was set
+Flow: parse options (engine options generated from the config dataclasses) -> MPClient
+(engine/mp_client.py: tokenizer and model metadata here; the engine core process loads
+weights and the KV cache) -> FastAPI app with a lifespan that waits for the engine, logs what was set
 up and starts the periodic stats line -> uvicorn. If the engine process dies, the server
 fails in-flight requests, answers /health with 503 and exits with status 1.
 """
@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 
+from tessera.cli_args import add_engine_args, engine_kwargs
 from tessera.config import EngineConfig
 from tessera.default_model import FILENAME as DEFAULT_FILENAME
 from tessera.gc_tuning import freeze_after_startup, unfreeze
@@ -22,7 +23,7 @@ logger = logging.getLogger("tessera.server")
 DEFAULT_MODEL_NAME = DEFAULT_FILENAME.split(".")[0]  # SmolLM2-135M-Instruct
 
 
-def add_serve_parser(sub, add_engine_args) -> None:
+def add_serve_parser(sub) -> None:
     p = sub.add_parser("serve", help="serve a model over HTTP (OpenAI API, KServe v2)")
     p.add_argument("model_tag", nargs="?", default=None, metavar="MODEL",
                    help="HF folder or .gguf file (default: SmolLM2-135M-Instruct)")
@@ -38,8 +39,6 @@ def add_serve_parser(sub, add_engine_args) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from tessera.cli import engine_kwargs
-
     kwargs = engine_kwargs(args)
     if args.model_tag:
         kwargs["model"] = args.model_tag
@@ -50,25 +49,26 @@ def run_serve(args: argparse.Namespace) -> int:
 async def serve(config: EngineConfig, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from tessera.engine.mp_client import MPClient
     from tessera.server.app import ServerState, create_app
-    from tessera.server.engine_client import EngineClient
     from tessera.server.metrics import ServerMetrics
 
     name = args.served_model_name or config.model.model or DEFAULT_MODEL_NAME
-    client = EngineClient(config)
+    client = MPClient(config)
     metrics = ServerMetrics(name)
     client.observers.append(metrics)
-    state = ServerState(client, metrics, name, client.frontend.source.path, int(time.time()))
+    state = ServerState(client, metrics, name, client.input.model_path, int(time.time()))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         ready = await client.start()
         freeze_after_startup()  # gc_tuning.py: no full collections walking start-up
+        w = ready.worker
         logger.info("engine ready: %s on %s (%s), %.2f GiB of weights loaded in %.1f s",
-                    name, ready.device, ready.dtype, ready.weight_gib, ready.load_seconds)
+                    name, w.device, w.dtype, w.weight_gib, w.load_seconds)
         tokens = ready.num_blocks * ready.block_size
         logger.info("KV cache (%s): %d tokens in %d blocks of %d; maximum concurrency at "
-                    "full context (%d tokens): %.2fx", ready.kv_cache_dtype or ready.dtype,
+                    "full context (%d tokens): %.2fx", w.kv_cache_dtype,
                     tokens, ready.num_blocks, ready.block_size, ready.max_model_len,
                     tokens / ready.max_model_len)
         stats = asyncio.create_task(_log_stats(metrics, args.stats_interval))

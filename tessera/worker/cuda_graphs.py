@@ -50,7 +50,7 @@ class DecodeGraphs:
     def _meta(self, batch: int) -> AttentionMetadata:
         return AttentionMetadata(slot_mapping=self.slot_mapping[:batch], num_decode_tokens=batch,
                                  decode_block_tables=self.block_tables[:batch],
-                                 decode_seq_lens=self.seq_lens[:batch], use_kernels=True)
+                                 decode_seq_lens=self.seq_lens[:batch])
 
     @torch.inference_mode()
     def capture(self, sizes: list[int]) -> None:

@@ -61,12 +61,14 @@ class StepInputs:
 
 
 def prepare_inputs(states: dict[str, RequestState], scheduled: dict[str, int],
-                   block_size: int, device: torch.device, use_kernels: bool = False) -> StepInputs:
-    """With kernels, one-token (decode) sequences go first, for the decode kernel."""
+                   block_size: int, device: torch.device,
+                   decodes_first: bool = False) -> StepInputs:
+    """decodes_first (kernel ops): one-token (decode) sequences go first, for the decode
+    kernel; otherwise every sequence is ragged."""
     order = list(scheduled)
-    if use_kernels:
+    if decodes_first:
         order = [r for r in order if scheduled[r] == 1] + [r for r in order if scheduled[r] != 1]
-    num_decodes = sum(1 for r in order if scheduled[r] == 1) if use_kernels else 0
+    num_decodes = sum(1 for r in order if scheduled[r] == 1) if decodes_first else 0
     ids: list[int] = []
     positions: list[int] = []
     slots: list[int] = []
@@ -121,8 +123,7 @@ def prepare_inputs(states: dict[str, RequestState], scheduled: dict[str, int],
     every_row = len(sample_rows) == len(ids)  # then sample_rows == range(T)
     sample_t = None if every_row or not sample_rows else pack.add(sample_rows)
     views = pack.to(device)  # one host-to-device copy for the whole step
-    meta = AttentionMetadata(slot_mapping=views[slots_t], num_decode_tokens=num_decodes,
-                             use_kernels=use_kernels)
+    meta = AttentionMetadata(slot_mapping=views[slots_t], num_decode_tokens=num_decodes)
     if num_decodes:
         meta.decode_block_tables, meta.decode_seq_lens = views[dec_tables], views[dec_lens]
     if ragged is not None:

@@ -10,8 +10,11 @@ sample (tokens stay on the device; a non-blocking copy to pinned memory starts) 
 returns without waiting. `collect`: waits for the oldest step's copy, appends its tokens
 to the states and returns its ModelRunnerOutput. Async scheduling submits step N+1
 before collecting step N.
-`num_kv_blocks()` sizes the cache: a share of GPU memory after a profiling forward pass,
-or `cpu_kv_cache_gb` on CPU.
+`num_kv_blocks()` sizes the cache from the model's per-layer KV-cache specs: a share of
+GPU memory after a profiling forward pass, or `cpu_kv_cache_gb` on CPU.
+The runner is built by a Worker (worker/worker.py) on its device and dtype; the model and
+the runner share one LayerContext (layers/context.py), so the ops the runner asks (decode
+rows first? which argmax?) are the ones the model's layers run.
 """
 from __future__ import annotations
 
@@ -25,11 +28,15 @@ import torch
 
 from tessera.config import EngineConfig
 from tessera.distributed.parallel_state import pp_stage, recv_from_prev, send_to_next
-from tessera.engine.protocol import ModelRunnerOutput, SchedulerOutput
+from tessera.engine.protocol import (ModelRunnerOutput, NewRequestData, SchedulerOutput,
+                                     WorkerInfo)
+from tessera.layers.context import make_context
 from tessera.layers.moe import FUSED_MAX_TOKENS, fused_moe_captures
-from tessera.layers.sampler import SamplingBatch, argmax_last, gather_logprobs, sample
-from tessera.models.loader import ModelSource, load_model
+from tessera.layers.sampler import SamplingBatch, gather_logprobs, sample
+from tessera.models.loader import load_model
 from tessera.quant.kv_cache import resolve_kv_cache_dtype
+from tessera.sampling_params import SamplingParams
+from tessera.stopping import banned_token_ids
 from tessera.worker.cuda_graphs import DecodeGraphs, default_buckets
 from tessera.worker.input_batch import RequestState, prepare_inputs
 from tessera.worker.warm_up import warm_up
@@ -53,23 +60,24 @@ class _StepInFlight:
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig, source: ModelSource):
+    def __init__(self, config: EngineConfig, device: torch.device, dtype: torch.dtype):
         self.config = config
-        self.device = config.model.torch_device
-        self.dtype = config.model.torch_dtype
+        self.device, self.dtype = device, dtype
         self.kv_dtype = resolve_kv_cache_dtype(config.cache.kv_cache_dtype, self.dtype,
                                                self.device)  # the model's, or fp8
         self.block_size = config.cache.block_size
-        self.arch = source.arch
-        tp = config.parallel.tensor_parallel_size
-        self.kv_heads = max(1, self.arch.num_kv_heads // tp)  # this rank's share (or a replica)
+        self.arch = config.info.arch
+        self.max_model_len = config.max_model_len
+        self.context = make_context(config.kernel, device)
+        self.ops = self.context.ops
         start = time.perf_counter()
-        self.model = load_model(config.model, source)
+        self.model = load_model(config, device, dtype, self.context)
         self.load_seconds = time.perf_counter() - start
         self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        self.kv_specs = self.model.kv_cache_specs()  # one per local layer
+        self.kv_heads = self.kv_specs[0].num_kv_heads if self.kv_specs else 1
         self.kv_caches: list[torch.Tensor] = []
         self.graphs: Optional[DecodeGraphs] = None
-        self.use_kernels = self.device.type == "cuda"
         self.stage = pp_stage()
         self.states: dict[str, RequestState] = {}
         self._in_flight: deque[_StepInFlight] = deque()
@@ -79,16 +87,14 @@ class ModelRunner:
     # -- KV cache ------------------------------------------------------------------------
     @property
     def bytes_per_block(self) -> int:
-        a = self.arch
-        return (2 * self.model.num_local_layers * self.block_size * self.kv_heads * a.head_dim
-                * self.kv_dtype.itemsize)
+        return sum(spec.bytes_per_block(self.block_size, self.kv_dtype.itemsize)
+                   for spec in self.kv_specs)
 
-    def describe(self) -> dict:
+    def info(self, world_size: int = 1) -> WorkerInfo:
         """What the engine logs and reports of this worker: device, dtypes, weights."""
-        return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
-                "weight_gib": self.weight_bytes / 2**30, "load_seconds": self.load_seconds,
-                "bytes_per_block": self.bytes_per_block,
-                "kv_cache_dtype": str(self.kv_dtype).removeprefix("torch.")}
+        return WorkerInfo(str(self.device), str(self.dtype).removeprefix("torch."),
+                          str(self.kv_dtype).removeprefix("torch."), self.weight_bytes / 2**30,
+                          self.load_seconds, self.bytes_per_block, world_size)
 
     def num_kv_blocks(self) -> int:
         if self.device.type != "cuda":
@@ -110,37 +116,31 @@ class ModelRunner:
     @torch.inference_mode()
     def _profile_run(self) -> None:
         """One forward pass of a full token budget, to measure activation memory."""
-        from tessera.engine.protocol import NewRequestData
-        from tessera.sampling_params import SamplingParams
         n = min(self.config.scheduler.max_num_batched_tokens, self.arch.max_position_embeddings - 1)
         blocks = -(-n // self.block_size)
         self.init_kv_cache(blocks, for_serving=False)
-        req = NewRequestData("profile", [0] * n, n, SamplingParams(max_tokens=1), list(range(blocks)),
-                             0, 0)
-        from tessera.engine.protocol import SchedulerOutput as S
-        self.execute(S([req], [], {"profile": n}, set(), set()))
+        req = NewRequestData("profile", [0] * n, n, SamplingParams(max_tokens=1),
+                             list(range(blocks)), 0, 0)
+        self.execute(SchedulerOutput([req], [], {"profile": n}, set(), set()))
         self.states.clear()
         self.kv_caches = []
         torch.cuda.synchronize(self.device)
-
-    @property
-    def max_model_len(self) -> int:
-        return self.config.model.max_model_len or self.arch.max_position_embeddings
 
     def init_kv_cache(self, num_blocks: int, for_serving: bool = True) -> None:
         """Allocates the blocks, plus one scratch block (id num_blocks) that padded rows of
         a CUDA-graph batch write to; then, for serving (not for the profiling pass),
         captures the decode graphs and runs the warm-up steps (worker/warm_up.py) that
         compile the kernels' remaining variants."""
-        a = self.arch
-        shape = (2, num_blocks + 1, self.block_size, self.kv_heads, a.head_dim)
-        self.kv_caches = [torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
-                          for _ in range(self.model.num_local_layers)]
-        if (for_serving and self.use_kernels and not self.config.model.enforce_eager
+        self.kv_caches = [torch.zeros((2, num_blocks + 1, self.block_size, spec.num_kv_heads,
+                                       spec.head_dim), dtype=self.kv_dtype, device=self.device)
+                          for spec in self.kv_specs]
+        on_gpu = self.device.type == "cuda" and self.ops.kernels
+        moe_ok = not self.arch.num_experts or fused_moe_captures(self.config.kernel, self.ops)
+        if (for_serving and on_gpu and not self.config.model.enforce_eager
                 and self.stage.size == 1  # graphs hold no send/recv between stages
-                and (not a.num_experts or fused_moe_captures())):  # MoE: on the device
+                and moe_ok):  # MoE: the expert ids stay on the device
             self._capture_graphs(num_blocks)
-        if for_serving and self.device.type == "cuda":
+        if for_serving and on_gpu:
             start = time.perf_counter()
             if warm_up(self):
                 logger.info("warm-up steps took %.1f s", time.perf_counter() - start)
@@ -172,7 +172,7 @@ class ModelRunner:
             self._in_flight.append(_StepInFlight.nothing_sampled())
             return
         inputs = prepare_inputs(self.states, sched.num_scheduled_tokens, self.block_size,
-                                self.device, self.use_kernels)
+                                self.device, self.ops.decodes_first)
         if inputs.feed_rows is not None:  # decode inputs sampled by the step before
             inputs.input_ids[inputs.feed_rows] = self._last_tokens[inputs.feed_src]
         hidden = self.graphs.run(inputs) if self.graphs is not None else None
@@ -192,12 +192,13 @@ class ModelRunner:
             # [N, V]; a plain greedy step's argmax reads the model's dtype, no float32 copy
             logits = self.model.compute_logits(rows, as_float=not greedy)
             if greedy:
-                step.tokens = argmax_last(logits)
+                step.tokens = self.ops.argmax(logits)
             else:
                 if any(_needs_history(st.params) for st in states):
                     self._resolve_all()  # penalties read every output token
-                step.tokens, entries = sample(logits, self._sampling_batch(states))
-                step.logprobs = {st.request_id: e for st, e in zip(states, entries)
+                step.tokens, entries = sample(logits, self._sampling_batch(states),
+                                              self.ops.argmax)
+                step.logprobs = {st.request_id: [e] for st, e in zip(states, entries)
                                  if e is not None}
             for row, st in enumerate(states):
                 st.num_unresolved += 1
@@ -214,7 +215,7 @@ class ModelRunner:
         """The oldest submitted step's output (waits for its tokens)."""
         step = self._in_flight.popleft()
         tokens = self._resolve(step)
-        sampled = {st.request_id: tok for st, tok in zip(step.states, tokens)}
+        sampled = {st.request_id: [tok] for st, tok in zip(step.states, tokens)}
         return ModelRunnerOutput(sampled, step.logprobs, step.prompt_logprobs)
 
     def _resolve(self, step: _StepInFlight) -> list[int]:
@@ -305,11 +306,8 @@ class ModelRunner:
                 and not self._banned(st))
 
     def _banned(self, st: RequestState) -> list[int]:
-        p = st.params
-        if st.num_known_and_pending - st.num_prompt_tokens >= p.min_tokens:
-            return []
-        eos = [] if p.ignore_eos else list(self.arch.eos_token_ids)
-        return eos + list(p.stop_token_ids)
+        return banned_token_ids(st.params, st.num_known_and_pending - st.num_prompt_tokens,
+                                self.arch.eos_token_ids)
 
     def _prompt_logprobs(self, hidden, rows) -> dict:
         result = {}

@@ -29,8 +29,6 @@ from __future__ import annotations
 import torch
 
 from tessera.engine.protocol import CachedRequestData, NewRequestData, SchedulerOutput
-from tessera.kernels.paged_decode_attention import default_num_splits
-from tessera.layers.sampler import argmax_last
 from tessera.sampling_params import SamplingParams
 
 _PARAMS = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
@@ -51,6 +49,7 @@ def warm_up(runner) -> bool:
     phase.step({"a": 1, "b": 1, "d": min(_LONG_PROMPT, longest - 2)}, decoding=("a", "b"))
     phase.forget("a", "b", "d")
     if runner.graphs is None:
+        from tessera.kernels.paged_decode_attention import default_num_splits
         unsplit = next(n for n in range(1, 1 << 12)  # the decode kernel stops splitting
                        if default_num_splits(n, runner.kv_heads) == 1)
         for n in sorted({1, 2, 16, unsplit}):
@@ -60,7 +59,7 @@ def warm_up(runner) -> bool:
     for rows in (1, 16):
         logits = runner.model.compute_logits(
             torch.zeros(rows, runner.arch.hidden_size, dtype=runner.dtype, device=runner.device))
-        argmax_last(logits)  # the sampler's float32 variant (greedy steps met the model dtype's)
+        runner.ops.argmax(logits)  # the sampler's float32 variant (greedy steps: the model dtype's)
     return True
 
 

@@ -61,8 +61,8 @@ def test_each_rank_holds_a_shard(tiny_llama):
     one = LLM(folder, skip_tokenizer_init=True, num_blocks=16)
     two = LLM(folder, skip_tokenizer_init=True, num_blocks=16, tensor_parallel_size=2)
     try:
-        full = one.engine.executor.describe()["weight_gib"]
-        shard = two.engine.executor.describe()["weight_gib"]
+        full = one.engine.executor.info.weight_gib
+        shard = two.engine.executor.info.weight_gib
         assert 0.45 * full < shard < 0.55 * full  # every matrix, embedding and head split
     finally:
         two.engine.executor.shutdown()

@@ -87,8 +87,8 @@ def test_scheduler_schedules_in_flight_requests_up_to_max_tokens():
     assert second.cached_requests[0].new_token_ids == []  # the worker has it on the device
     assert req.num_pending_tokens == 2 and req.num_computed_tokens == 4
     assert s.schedule().is_empty  # two tokens in flight reach max_tokens: nothing to waste
-    s.update_from_output(first, ModelRunnerOutput({"a": 11}, {}, {}))
-    outs = s.update_from_output(second, ModelRunnerOutput({"a": 12}, {}, {}))
+    s.update_from_output(first, ModelRunnerOutput({"a": [11]}, {}, {}))
+    outs = s.update_from_output(second, ModelRunnerOutput({"a": [12]}, {}, {}))
     assert req.output_token_ids == [11, 12] and outs[0].finish_reason == "length"
     assert kv.num_free_blocks == 32
 
@@ -103,7 +103,7 @@ def test_scheduler_drops_the_in_flight_token_of_a_preempted_request():
     first = s.schedule()  # both prefill (one block each)
     second = s.schedule()  # a needs a second block: b, in flight, is preempted
     assert second.preempted_request_ids == {"b"} and b.num_pending_tokens == 0
-    s.update_from_output(first, ModelRunnerOutput({"a": 7, "b": 8}, {}, {}))
+    s.update_from_output(first, ModelRunnerOutput({"a": [7], "b": [8]}, {}, {}))
     assert b.output_token_ids == [] and a.output_token_ids == [7]  # b's token dropped
     assert list(s.waiting) == [b]
 

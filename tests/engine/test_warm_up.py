@@ -62,7 +62,7 @@ def test_step_inputs_start_on_16_byte_boundaries():
               "b": RequestState("b", list(range(3)), 3, params, [1], 2, 0),
               "c": RequestState("c", list(range(5)), 5, params, [2], 4, 0)}
     inputs = prepare_inputs(states, {"a": 7, "b": 1, "c": 1}, 8, torch.device("cpu"),
-                            use_kernels=True)
+                            decodes_first=True)
     views = [inputs.input_ids, inputs.positions, inputs.meta.slot_mapping,
              inputs.meta.decode_block_tables, inputs.meta.decode_seq_lens,
              inputs.meta.ragged.block_tables, inputs.meta.ragged.seq_lens,

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from tessera.kernels import argmax as argmax_mod
-from tessera.kernels.argmax import argmax_ref, argmax_rows
+from tessera.kernels.argmax import argmax_rows
+from tessera.kernels.reference import argmax_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])

@@ -12,8 +12,8 @@ from tessera.kernels.paged_decode_attention import (paged_decode_attention,
                                                     paged_decode_attention_ref)
 from tessera.kernels.paged_prefill_attention import (paged_prefill_attention,
                                                      paged_prefill_attention_ref)
-from tessera.kernels.rotary_kv_write import rotary_kv_write, rotary_kv_write_ref
-from tessera.layers.attention import write_kv_cache
+from tessera.kernels.reference import rotary_kv_write_ref
+from tessera.kernels.rotary_kv_write import rotary_kv_write
 from tessera.layers.rotary import RotaryEmbedding
 from tessera.quant.kv_cache import FP8_MAX, resolve_kv_cache_dtype
 from tests.conftest import make_tiny_checkpoint
@@ -77,10 +77,13 @@ def test_write_kernel_rounds_hard_values_as_torch_does():
 
 
 def test_layer_write_saturates_into_fp8():
+    """The reference ops' write (the CPU path), at position 0 where rotation is identity."""
     cache = torch.zeros(2, 3, 4, 1, 8).to(FP8)
     k = torch.full((2, 1, 8), -900.0)
     v = torch.full((2, 1, 8), 0.3)
-    write_kv_cache(k, v, cache, torch.tensor([1, 6]))
+    cos_sin = RotaryEmbedding(8, 4, 10000.0).cos_sin
+    rotary_kv_write_ref(k.clone(), k, v, torch.tensor([0, 0]), cos_sin, cache,
+                        torch.tensor([1, 6]))
     assert (cache.float()[0].view(-1, 1, 8)[[1, 6]] == -FP8_MAX).all()
     assert (cache.float()[1].view(-1, 1, 8)[[1, 6]] == 0.3125).all()  # 0.3 on e4m3's grid
 
@@ -163,10 +166,9 @@ def test_engine_with_an_fp8_cache_stays_close(tmp_path):
     outs, block_bytes = {}, {}
     for name, kv_dtype, kernels in runs:
         llm = LLM(str(tmp_path), skip_tokenizer_init=True, block_size=8, num_blocks=64,
-                  device=DEVICE, dtype="float32", kv_cache_dtype=kv_dtype)
+                  device=DEVICE, dtype="float32", kv_cache_dtype=kv_dtype,
+                  kernel_backend="triton" if kernels else "auto")
         runner = llm.engine.executor.runner
-        if kernels:
-            runner.use_kernels = True
         block_bytes[name] = runner.bytes_per_block
         outs[name] = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
         del llm, runner

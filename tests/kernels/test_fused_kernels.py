@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tessera.kernels.rms_norm import rms_norm, rms_norm_ref
-from tessera.kernels.rotary_kv_write import rotary_kv_write, rotary_kv_write_ref
-from tessera.kernels.silu_and_mul import silu_and_mul, silu_and_mul_ref
+from tessera.kernels.reference import rms_norm_ref, rotary_kv_write_ref, silu_and_mul_ref
+from tessera.kernels.rms_norm import rms_norm
+from tessera.kernels.rotary_kv_write import rotary_kv_write
+from tessera.kernels.silu_and_mul import silu_and_mul
 from tessera.layers.rotary import RotaryEmbedding
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -13,8 +13,7 @@ from tessera import LLM, SamplingParams
 from tessera.kernels import fused_moe as fused_moe_module
 from tessera.kernels.fused_moe import (align_by_expert, align_by_expert_ref, block_rows,
                                        fused_moe, fused_moe_ref, pick_config)
-from tessera.layers import moe as moe_module
-from tessera.layers.moe import route, set_fused_moe
+from tessera.layers.moe import route
 from tests.conftest import hf_greedy
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -117,21 +116,18 @@ def test_compiled_kernels_fit_this_gpu():
 def test_tiny_moe_models_through_the_kernels_equal_hf(tiny_moe, mode, monkeypatch):
     arch, folder, hf_model = tiny_moe
     calls = []
-    monkeypatch.setattr(moe_module, "fused_moe", lambda *a: calls.append(1) or fused_moe(*a))
+    monkeypatch.setattr(fused_moe_module, "fused_moe",
+                        lambda *a: calls.append(1) or fused_moe(*a))
     prompts = [[5, 17, 99, 3], list(range(20, 33))]
-    try:
-        set_fused_moe(mode)
-        llm = LLM(folder, skip_tokenizer_init=True, num_blocks=64, device=DEVICE,
-                  dtype="float32")
-        outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
-                            SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
-    finally:
-        set_fused_moe("auto")
+    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=64, device=DEVICE,
+              dtype="float32", fused_moe=mode)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
+                        SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
     for p, out in zip(prompts, outs):
         assert out.outputs[0].token_ids == hf_greedy(hf_model, p, 8)[0], arch
     assert bool(calls) == (mode == "always")
     with pytest.raises(ValueError, match="mode"):
-        set_fused_moe("fast")
+        LLM(folder, skip_tokenizer_init=True, fused_moe="fast")
 
 
 @pytest.mark.gpu

@@ -15,8 +15,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 def test_mixed_steps_with_the_decode_kernel_equal_hf(tiny_llama):
     folder, hf_model = tiny_llama
     llm = LLM(folder, skip_tokenizer_init=True, num_blocks=64, block_size=8,
-              max_num_batched_tokens=12, device=DEVICE, dtype="float32")
-    llm.engine.executor.runner.use_kernels = True  # already so on CUDA
+              max_num_batched_tokens=12, device=DEVICE, dtype="float32",
+              kernel_backend="triton")  # the kernels, as on CUDA (CPU: interpreted)
     prompts = [[5, 17, 99, 3], list(range(20, 45)), [300, 7, 7, 150, 42]]
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
                         SamplingParams(temperature=0, max_tokens=10, ignore_eos=True))

@@ -5,11 +5,13 @@ epilogue) and the projections that finish the norm (`skinny_gemm` plain and gate
 float32/float16; GPU: bfloat16 too."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from tessera.kernels.norm_epilogue import pending_norm_ref
-from tessera.kernels.rms_norm import rms_norm_ref
+from tessera.kernels.reference import rms_norm_ref
 from tessera.kernels.skinny_gemm import (MAX_ROWS, SkinnyConfig, pick_config, skinny_gemm,
                                          skinny_gemm_add_norm, skinny_gemm_ref, skinny_qkv_rope)
 from tests.kernels.test_skinny_qkv_rope import qkv_case, unfused
@@ -137,17 +139,20 @@ def test_bad_parts_and_shapes_are_refused():
 def test_norm_fusion_is_chosen_where_it_is_safe():
     """Where q/k/v takes rotary, except in float16 (g * s could overflow its range before
     the 1/rms scale) or when switched off."""
-    from tessera.layers.linear import (set_norm_fusion, set_skinny_gemm, uses_norm_fusion,
-                                       uses_qkv_rope)
+    from tessera.config import KernelConfig
+    from tessera.layers.context import make_context
+
+    def method(**switches):  # q/k/v's dense method, kernels on (as on CUDA)
+        kernel = KernelConfig(skinny_gemm="always", kernel_backend="triton", **switches)
+        return make_context(kernel, torch.device(DEVICE)).dense_method
+
+    def layer(w):
+        return SimpleNamespace(weight=w, bias=None)
+
     x32, w32 = rand(2, 64, dtype=torch.float32), rand(96, 64, dtype=torch.float32)
     x16, w16 = x32.half(), w32.half()
-    try:
-        set_skinny_gemm("always")
-        assert uses_norm_fusion(x32, w32)
-        assert uses_qkv_rope(x16, w16) and not uses_norm_fusion(x16, w16)
-        set_norm_fusion(False)
-        assert uses_qkv_rope(x32, w32) and not uses_norm_fusion(x32, w32)
-    finally:
-        set_skinny_gemm("auto")
-        set_norm_fusion(True)
-    assert not uses_norm_fusion(rand(17, 64, dtype=torch.float32), w32)  # not a skinny step
+    on, off = method(), method(norm_fusion=False)
+    assert on.fuses_norms(layer(w32), x32)
+    assert on.fuses_rope(layer(w16), x16) and not on.fuses_norms(layer(w16), x16)
+    assert off.fuses_rope(layer(w32), x32) and not off.fuses_norms(layer(w32), x32)
+    assert not on.fuses_norms(layer(w32), rand(17, 64, dtype=torch.float32))  # not skinny

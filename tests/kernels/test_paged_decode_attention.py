@@ -62,7 +62,8 @@ def test_sliding_window_and_small_pages():
 
 def test_matches_the_model_reference_path():
     """The layer's ragged reference (layers/attention.py) agrees for one-token queries."""
-    from tessera.layers.attention import RaggedMetadata, paged_attention_ref
+    from tessera.kernels.reference import paged_attention_ref
+    from tessera.layers.attention import RaggedMetadata
     q, kv, tables, lens = _case(8, 2, seq_lens=[3, 20, 16])
     b = len(lens)
     meta = RaggedMetadata(block_tables=tables.long(), seq_lens=lens.long(),

@@ -64,7 +64,8 @@ def test_sliding_window_and_small_pages():
 
 def test_matches_the_layer_reference():
     """Agrees with the model's ragged reference path (layers/attention.py)."""
-    from tessera.layers.attention import RaggedMetadata, paged_attention_ref
+    from tessera.kernels.reference import paged_attention_ref
+    from tessera.layers.attention import RaggedMetadata
     q, kv, tables, lens, starts, max_q = _case(8, 2, query_lens=[9, 30], prefix_lens=[7, 0])
     q_lens = (starts[1:] - starts[:-1]).long()
     seq_idx = torch.repeat_interleave(torch.arange(2, device=DEVICE), q_lens)

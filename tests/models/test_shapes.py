@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from tessera.models.arch_config import from_hf_dict
+from tessera.models.registry import from_hf_dict
 from tessera.models.registry import model_class
 from tessera.models.shapes import NAMED_SHAPES, named_shape
 
@@ -61,19 +61,19 @@ def test_parameter_count_matches_the_built_model(name):
 def test_benchmarks_engine_of_random_weights():
     """`bench.random_weights_engine`, which every benchmark script builds on: a named
     shape, its defaults (float32 off CUDA, 2048-token context) and overrides applied."""
-    from tessera.bench import random_weights_engine
+    from tessera.bench.offline import random_weights_engine
     engine = random_weights_engine("smollm2-135m", num_blocks=8, max_num_seqs=4)
     assert engine.arch.hidden_size == 576
     assert engine.config.model.max_model_len == 2048
     assert engine.config.scheduler.max_num_seqs == 4 and engine.core.num_blocks == 8
     if not torch.cuda.is_available():
-        assert engine.config.model.torch_dtype == torch.float32
+        assert engine.executor.info.dtype == "float32"
 
 
 def test_latency_bench_says_when_no_step_decoded_the_whole_batch():
     """Prompts prefilled in many chunks while the first requests already finished: no
     step ran all sequences at once, and the error says what to change."""
-    from tessera.bench import random_weights_engine, run_latency
+    from tessera.bench.offline import random_weights_engine, run_latency
     engine = random_weights_engine("smollm2-135m", num_blocks=64, max_num_batched_tokens=16)
     with pytest.raises(ValueError, match="raise the output length"):
         run_latency(engine, batch=4, input_len=16, output_len=1, bandwidth=1e11)

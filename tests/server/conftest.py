@@ -1,14 +1,14 @@
 """A live `tessera serve` process (the default model, on CPU) for the server tests.
 
 `server` is shared by the whole session; `start_server(tmp_dir, *args)`
-(tessera/server/launch.py) starts another one (e.g. with --api-key) and the returned
+(tests/helpers/launch.py) starts another one (e.g. with --api-key) and the returned
 handle stops it. Only loopback addresses are used.
 """
 from __future__ import annotations
 
 import pytest
 
-from tessera.server.launch import start_server
+from tests.helpers.launch import start_server
 
 
 @pytest.fixture(scope="session")

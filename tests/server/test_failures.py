@@ -24,7 +24,7 @@ import httpx
 import psutil
 import pytest
 
-from tessera.server.launch import start_server
+from tests.helpers.launch import start_server
 from tests.server.helpers import assert_error, wait_until_idle
 
 KEY = "secret"
@@ -171,12 +171,12 @@ def _engine_child(server_pid: int) -> psutil.Process:
     while time.monotonic() < deadline:
         for child in psutil.Process(server_pid).children():
             try:
-                if "tessera.engine_proc" in " ".join(child.cmdline()):
+                if "tessera.engine.core_proc" in " ".join(child.cmdline()):
                     return child
             except psutil.NoSuchProcess:
                 continue
         time.sleep(0.2)
-    raise AssertionError(f"no tessera.engine_proc child under pid {server_pid}")
+    raise AssertionError(f"no tessera.engine.core_proc child under pid {server_pid}")
 
 
 def test_engine_death_fails_the_stream_and_stops_the_server(tmp_path_factory, model_name):

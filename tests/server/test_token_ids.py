@@ -18,7 +18,7 @@ import sys
 import httpx
 import pytest
 
-from tessera.server.launch import start_server
+from tests.helpers.launch import start_server
 from tests.server.helpers import assert_error, sse_events, wait_until_idle
 
 TIMEOUT = httpx.Timeout(300.0, connect=10.0)

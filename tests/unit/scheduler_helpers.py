@@ -68,7 +68,7 @@ class FakeWorker:
             assert len(s.kv.block_ids(rid)) * s.kv.block_size >= before + n
             self.first_scheduled_step.setdefault(rid, len(self.steps))
             if before + n == req.num_tokens:
-                sampled[rid] = self.next_token(req)
+                sampled[rid] = [self.next_token(req)]
         outs = s.update_from_output(so, ModelRunnerOutput(sampled, {}, {}))
         for out in outs:
             self.tokens.setdefault(out.request_id, []).extend(out.new_token_ids)

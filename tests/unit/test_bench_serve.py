@@ -13,7 +13,7 @@ import math
 import httpx
 import pytest
 
-from tessera.bench_serve import (RequestRecord, arrival_times, make_workload, run_serving,
+from tessera.bench.serving import (RequestRecord, arrival_times, make_workload, run_serving,
                                  summarize)
 
 
@@ -130,7 +130,7 @@ def test_bench_refuses_options_its_workload_would_ignore(argv, named):
 
 
 def test_bench_accepts_its_own_options_and_defaults_given_again():
-    from tessera.bench import refuse_foreign_options
+    from tessera.bench.cli import refuse_foreign_options
     from tessera.cli import build_parser
     for argv in (["bench", "serve", "--seed", "3", "--num-prompts", "9", "--input-range",
                   "128", "1024", "--request-rate", "2"],

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from tessera.engine.detokenizer import IncrementalDetokenizer, find_stop
-from tessera.engine.output_processor import OutputProcessor
+from tessera.frontend.detokenizer import IncrementalDetokenizer, find_stop
+from tessera.frontend.output import OutputProcessor
 from tessera.engine.protocol import EngineCoreOutput
 from tessera.outputs import Logprob
 from tessera.sampling_params import SamplingParams

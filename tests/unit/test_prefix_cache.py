@@ -26,7 +26,7 @@ def req(rid, tokens, max_tokens=2, **kw) -> Request:
 
 def step(s: Scheduler):
     out = s.schedule()
-    sampled = {rid: 7 for rid in out.num_scheduled_tokens  # computed counts include the step
+    sampled = {rid: [7] for rid in out.num_scheduled_tokens  # computed counts include the step
                if s.requests[rid].num_computed_tokens == s.requests[rid].num_tokens}
     s.update_from_output(out, ModelRunnerOutput(sampled, {}, {}))
     return out

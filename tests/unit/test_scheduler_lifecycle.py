@@ -149,7 +149,7 @@ def test_abort_while_the_step_runs_drops_its_output():
     sched.add_request(make_request("a", 4, max_tokens=5))
     so = sched.schedule()
     sched.abort(["a"])
-    outs = sched.update_from_output(so, ModelRunnerOutput({"a": FILL}, {}, {}))
+    outs = sched.update_from_output(so, ModelRunnerOutput({"a": [FILL]}, {}, {}))
     assert outs == []
     assert_no_leak(sched)
     assert sched.schedule().finished_request_ids == {"a"}

@@ -2,9 +2,11 @@
 
 `find_prefix(req)` returns the cached blocks that hold the longest run of the request's
 leading full blocks (never all its tokens: the last one must be computed to sample).
-`allocate_slots(req, n, hits)` takes references on those hits and makes room for `n`
-more tokens (computed tokens plus n must fit in its blocks); it returns the new block
-ids, or None when the pool is short (nothing is taken then; the scheduler preempts).
+`allocate_slots(req, n, hits, num_lookahead)` takes references on those hits and makes
+room for `n` more tokens and `num_lookahead` beyond them (slots a speculative proposer
+writes drafts' KV into): computed tokens plus n plus lookahead must fit in its blocks; it
+returns the new block ids, or None when the pool is short (nothing is taken then; the
+scheduler preempts).
 `cache_blocks(req)` registers the request's newly full, computed blocks under their
 prefix hashes. `free(req)` gives every block back (the tail first, so the tail is
 evicted first). Token i of a request lives in block_ids[i // block_size].
@@ -66,11 +68,13 @@ class KVCacheManager:
         return hits
 
     def allocate_slots(self, req: Request, num_new_tokens: int,
-                       hits: Optional[list[int]] = None) -> Optional[list[int]]:
+                       hits: Optional[list[int]] = None,
+                       num_lookahead: int = 0) -> Optional[list[int]]:
         """`hits` (from find_prefix) is given at admission only; it may be empty."""
         admission, hits = hits is not None, hits or []
         owned = self._blocks.setdefault(req.request_id, [])
-        total = req.num_computed_tokens + len(hits) * self.block_size + num_new_tokens
+        total = (req.num_computed_tokens + len(hits) * self.block_size + num_new_tokens
+                 + num_lookahead)
         need = self.blocks_needed(total) - len(owned) - len(hits)
         free_hits = sum(1 for b in hits if self.pool.is_free(b))
         if max(need, 0) + free_hits > self.pool.num_free_blocks:

@@ -1,20 +1,18 @@
-"""Reading llama.cpp GGUF files: model shape, weights and tokenizer.
+"""Reading llama.cpp GGUF files' metadata: model shape and tokenizer (no torch).
 
 Public objects:
 - `read_gguf_arch(path) -> ArchConfig`: the model shape from GGUF metadata
   (`general.architecture` `llama` -> LlamaForCausalLM, Mistral files included;
   `qwen2` -> Qwen2ForCausalLM with q/k/v biases).
-- `iter_gguf_weights(path, arch)`: yields `(hf_name, float32 tensor)` one tensor at a
-  time, dequantized with `gguf.quants.dequantize`, renamed to Hugging Face parameter
-  names and, for `llama`, with llama.cpp's RoPE row permutation of attn_q / attn_k undone.
 - `load_gguf_tokenizer(path)`: the transformers tokenizer stored in the file, with its
   chat template and BOS-adding forced to the file's `tokenizer.ggml.add_bos_token`.
 - `GGUF_ARCHITECTURES`: GGUF architecture name -> ArchConfig architecture.
+- `open_reader`, `gguf_architecture`, `dequantize_tensor`: shared with the weight reader
+  (models/loader/gguf.py).
 
-Flow: `_open_reader` (checks the path and the GGUF magic) -> `GGUFReader` (memory-mapped)
--> metadata via `_field` / tensors via `_hf_name` + `_dequantize` + `_unpermute_rope_rows`.
-Shapes: GGUF lists dims innermost first; the reader's arrays (and `dequantize`'s output)
-are already in numpy/HF order (out_features, in_features).
+Flow: `open_reader` (checks the path and the GGUF magic) -> `GGUFReader` (memory-mapped)
+-> metadata via `_field`. Shapes: GGUF lists dims innermost first; the reader's arrays (and
+`dequantize`'s output) are already in numpy/HF order (out_features, in_features).
 Llama 3 style RoPE scaling is stored by llama.cpp as a `rope_freqs` tensor of per-frequency
 divisors; `_llama3_scaling_from_rope_freqs` recovers equivalent `rope_scaling` settings.
 """
@@ -23,39 +21,16 @@ from __future__ import annotations
 import functools
 import math
 import os
-import re
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import torch
 
 from tessera.models.arch_config import ArchConfig
 
 GGUF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
-_GLOBAL_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-_LAYER_NAMES = {
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-_LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
-# Tensors with no Hugging Face parameter: RoPE tables (folded into the config instead).
-_SKIPPED = re.compile(r"rope_freqs\.weight|blk\.\d+\.attn_rot_embd(\.weight)?")
 
-
-def _open_reader(path: str):
+def open_reader(path: str):
     """A GGUFReader for `path`, with clear errors for a missing or non-GGUF file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"GGUF file not found: {path}")
@@ -88,7 +63,7 @@ def _decimal(value: float) -> float:
     return float(str(np.float32(value)))
 
 
-def _gguf_architecture(reader, path: str) -> str:
+def gguf_architecture(reader, path: str) -> str:
     arch = _field(reader, "general.architecture")
     if arch not in GGUF_ARCHITECTURES:
         raise ValueError(
@@ -100,8 +75,8 @@ def _gguf_architecture(reader, path: str) -> str:
 
 def read_gguf_arch(path: str) -> ArchConfig:
     """Build the ArchConfig of the model stored in the GGUF file at `path`."""
-    reader = _open_reader(path)
-    arch = _gguf_architecture(reader, path)
+    reader = open_reader(path)
+    arch = gguf_architecture(reader, path)
 
     def need(key: str) -> Any:
         value = _field(reader, f"{arch}.{key}")
@@ -159,7 +134,7 @@ def _rope_scaling(reader, arch, tensors, theta, head_dim, path) -> dict[str, Any
             scaling["original_max_position_embeddings"] = int(original)
         return scaling
     if "rope_freqs.weight" in tensors:
-        divisors = _dequantize(tensors["rope_freqs.weight"]).reshape(-1).astype(np.float64)
+        divisors = dequantize_tensor(tensors["rope_freqs.weight"]).reshape(-1).astype(np.float64)
         return _llama3_scaling_from_rope_freqs(divisors, theta, head_dim, path)
     return None
 
@@ -203,20 +178,7 @@ def _llama3_divisors(scaling: dict[str, Any], wavelengths: np.ndarray) -> np.nda
                     np.where(wavelengths > original / low, factor, middle))
 
 
-def _hf_name(gguf_name: str) -> str | None:
-    """The Hugging Face parameter name for a GGUF tensor, or None for tensors to skip."""
-    if gguf_name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[gguf_name]
-    if _SKIPPED.fullmatch(gguf_name):
-        return None
-    match = _LAYER_TENSOR.fullmatch(gguf_name)
-    if match and match.group(2) in _LAYER_NAMES:
-        layer, part, kind = match.groups()
-        return f"model.layers.{layer}.{_LAYER_NAMES[part]}.{kind}"
-    raise ValueError(f"GGUF tensor {gguf_name!r} has no known Hugging Face counterpart.")
-
-
-def _dequantize(tensor) -> np.ndarray:
+def dequantize_tensor(tensor) -> np.ndarray:
     """float32 array of `tensor` in HF shape (GGUF dims reversed)."""
     from gguf import GGMLQuantizationType as Q
     from gguf.quants import dequantize
@@ -236,38 +198,11 @@ def _dequantize(tensor) -> np.ndarray:
     return np.array(values, dtype=np.float32).reshape(shape)
 
 
-def _unpermute_rope_rows(weight: np.ndarray, n_head: int) -> np.ndarray:
-    """Undo llama.cpp's `reshape(n_head, 2, d/2, ...).swapaxes(1, 2)` of q/k rows."""
-    rows = weight.shape[0]
-    split = weight.reshape(n_head, rows // n_head // 2, 2, *weight.shape[1:])
-    return split.swapaxes(1, 2).reshape(weight.shape)
-
-
-def count_gguf_tensors(path: str) -> int:
-    return len(_open_reader(path).tensors)
-
-
-def iter_gguf_weights(path: str, arch: ArchConfig) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (Hugging Face name, float32 tensor in HF shape) for each weight, one at a time."""
-    reader = _open_reader(path)
-    permuted = _gguf_architecture(reader, path) == "llama"
-    for tensor in reader.tensors:
-        name = _hf_name(tensor.name)
-        if name is None:
-            continue
-        values = _dequantize(tensor)
-        if permuted and ".self_attn.q_proj." in name:
-            values = _unpermute_rope_rows(values, arch.num_heads)
-        elif permuted and ".self_attn.k_proj." in name:
-            values = _unpermute_rope_rows(values, arch.num_kv_heads)
-        yield name, torch.from_numpy(values)
-
-
 def load_gguf_tokenizer(path: str):
     """The transformers tokenizer stored in the GGUF file, BOS-adding as the file says."""
     from transformers import AutoTokenizer
 
-    reader = _open_reader(path)
+    reader = open_reader(path)
     add_bos = _field(reader, "tokenizer.ggml.add_bos_token")
     template = _field(reader, "tokenizer.chat_template")
     del reader

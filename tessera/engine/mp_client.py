@@ -1,12 +1,13 @@
-"""EngineClient: the API process's handle on the engine process.
+"""MPClient: the engine core in a process of its own, over ZMQ (the API server's client).
 
-It starts `python -m tessera.engine_proc` (config as JSON on the command line), binds a
-PUSH socket (ClientMessages out) and a PULL socket (EngineMessages in), and waits for
-Ready. `generate()` is an async iterator of RequestOutputs for one request: it sends
-AddRequest per child (n > 1), and the reader task routes each step's outputs, after the
-Frontend's OutputProcessor (detokenize, stop strings), to the request's queue. Leaving
-the iterator early (client disconnect, error) aborts the request in the engine, which
-frees its KV blocks at once. If the engine process dies, every waiting request gets
+It starts `python -m tessera.engine.core_proc` (the config, its resolved model metadata
+included, as JSON on the command line), binds a PUSH socket (ClientMessages out) and a PULL
+socket (EngineMessages in), and waits for Ready. `generate()` is an async iterator of
+RequestOutputs for one request: the shared EngineClient logic (engine/client.py) validates
+and fans it out, AddRequest goes per child (n > 1), and the reader task routes each step's
+outputs, after the output processor (detokenize, stop strings), to the request's queue.
+Leaving the iterator early (client disconnect, error) aborts the request in the engine,
+which frees its KV blocks at once. If the engine process dies, every waiting request gets
 EngineDeadError and `on_dead` fires (the server then exits).
 """
 from __future__ import annotations
@@ -27,8 +28,8 @@ import zmq.asyncio
 
 from tessera.config import EngineConfig
 from tessera.engine import ipc
-from tessera.engine_proc import config_to_json
-from tessera.frontend import Frontend, PreparedPrompt
+from tessera.engine.client import Children, EngineClient
+from tessera.frontend.input import PreparedPrompt
 from tessera.outputs import RequestOutput
 from tessera.sampling_params import SamplingParams
 
@@ -45,11 +46,9 @@ class RequestRejected(Exception):
         self.status = status
 
 
-class EngineClient:
+class MPClient(EngineClient):
     def __init__(self, config: EngineConfig, on_dead: Optional[Callable[[str], None]] = None):
-        self.config = config
-        self.frontend = Frontend(config)
-        self.output_processor = self.frontend.output_processor
+        super().__init__(config)
         self.on_dead = on_dead
         self.ready: Optional[ipc.Ready] = None
         self.stats = ipc.Stats()
@@ -73,10 +72,8 @@ class EngineClient:
         self._ctx = zmq.asyncio.Context()
         self._from_engine = self._ctx.socket(zmq.PULL)
         self._from_engine.bind(out_addr)
-        eos = ",".join(str(e) for e in self.frontend.arch.eos_token_ids)
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tessera.engine_proc", "--config", config_to_json(self.config),
-             "--eos", eos, "--max-model-len", str(self.frontend.max_model_len),
+            [sys.executable, "-m", "tessera.engine.core_proc", "--config", self.config.to_json(),
              "--input", in_addr, "--output", out_addr], stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + ready_timeout_s
         while self.ready is None:
@@ -109,10 +106,6 @@ class EngineClient:
                 getattr(self, sock).close(linger=0)
         shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def kill_engine_for_test(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-
     # -- requests ------------------------------------------------------------------------
     def new_request_id(self, prefix: str) -> str:
         return f"{prefix}-{next(self._ids)}-{os.urandom(4).hex()}"
@@ -121,18 +114,13 @@ class EngineClient:
                        params: SamplingParams) -> AsyncIterator[RequestOutput]:
         if self.dead:
             raise EngineDeadError(self.dead)
-        children = self.frontend.children(request_id, params)
         queue: asyncio.Queue = asyncio.Queue()
         self._queues[request_id] = queue
-        self.output_processor.add_request(request_id, prompt.text, prompt.token_ids, children)
-        for cid, child_params in children:
-            self._child_parent[cid] = request_id
         for obs in self.observers:
             obs.on_arrival(request_id, len(prompt.token_ids), time.monotonic())
-        finished = False
+        finished, children = False, []
         try:
-            for cid, child_params in children:
-                self._send(ipc.AddRequest(cid, prompt.token_ids, child_params))
+            children = self._start(request_id, prompt, params)
             while True:
                 item = await queue.get()
                 if isinstance(item, Exception):
@@ -146,12 +134,16 @@ class EngineClient:
                 self.abort(request_id)
             self._forget(request_id, [cid for cid, _ in children])
 
-    def abort(self, request_id: str) -> None:
-        children = self.output_processor.child_ids(request_id)
-        self.output_processor.abort(request_id)
-        if children and not self.dead:
+    def _send_children(self, request_id: str, prompt: PreparedPrompt,
+                       children: Children) -> None:
+        for cid, child_params in children:
+            self._child_parent[cid] = request_id
+            self._send(ipc.AddRequest(cid, prompt.token_ids, child_params))
+
+    def _abort_children(self, child_ids: list[str]) -> None:
+        if not self.dead:
             try:
-                self._send(ipc.AbortRequests(children))
+                self._send(ipc.AbortRequests(child_ids))
             except EngineDeadError:
                 pass  # nothing left to abort
 
@@ -193,13 +185,7 @@ class EngineClient:
         self.stats = msg.stats
         for obs in self.observers:
             obs.on_stats(msg.stats, msg.queue_times)
-        outputs, to_abort = self.output_processor.process(msg.outputs)
-        if to_abort and not self.dead:
-            try:
-                self._send(ipc.AbortRequests(to_abort))
-            except EngineDeadError:
-                pass
-        for out in outputs:
+        for out in self._process(msg.outputs):
             for obs in self.observers:
                 obs.on_output(out.request_id, out, now)
             queue = self._queues.get(out.request_id)

@@ -1,25 +1,18 @@
-"""Frontend: what runs where requests come in, before and after the engine core.
+"""InputProcessor: what happens to a request where it comes in, before the engine core.
 
-Objects: PreparedPrompt, Frontend. The frontend knows the model's metadata (read from the
-checkpoint's config, no weights), owns the tokenizer, validates and tokenizes prompts
-(ValueError naming the problem), fans n > 1 out into child requests, and turns the
-core's outputs into RequestOutputs (OutputProcessor: detokenization, stop strings).
-Both the in-process LLMEngine and the server's engine client use it; it never touches
-tensors, so it can live in the API process.
+Objects: PreparedPrompt, InputProcessor. It holds the resolved config (its ModelInfo:
+frontend/model_info.py) and the tokenizer; it validates and tokenizes prompts (ValueError
+naming the problem), renders chat templates, gives the model's default sampling settings
+and fans n > 1 out into child requests. It never touches tensors (no torch, no model
+code), so it lives in the API process; the engine clients (engine/client.py) use it.
 """
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any, Optional, Union
 
 from tessera.config import EngineConfig
-from tessera.engine.output_processor import OutputProcessor
-from tessera.models.loader import ModelSource, resolve_model
 from tessera.sampling_params import SamplingParams
-from tessera.tokenizer import generation_defaults, generation_eos_ids, load_tokenizer
-
-logger = logging.getLogger(__name__)
 
 PromptType = Union[str, list[int], dict]
 
@@ -30,31 +23,15 @@ class PreparedPrompt:
     token_ids: list[int]
 
 
-class Frontend:
-    def __init__(self, config: EngineConfig):
+class InputProcessor:
+    def __init__(self, config: EngineConfig, tokenizer: Optional[Any]):
         self.config = config
-        source = resolve_model(config.model)
-        self.tokenizer = load_tokenizer(config.model, source)
-        source.arch = dataclasses.replace(source.arch, eos_token_ids=self._eos_ids(source))
-        self.source = source
-        self.arch = source.arch
-        self.max_model_len = self._max_model_len()
-        self.generation_defaults = generation_defaults(source)
-        self.output_processor = OutputProcessor(self.tokenizer)
-
-    def _eos_ids(self, source: ModelSource) -> tuple[int, ...]:
-        ids = set(source.arch.eos_token_ids) | set(generation_eos_ids(source))
-        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        return tuple(sorted(ids))
-
-    def _max_model_len(self) -> int:
-        limit = self.arch.max_position_embeddings
-        asked = self.config.model.max_model_len
-        if asked is not None and asked > limit:
-            raise ValueError(f"max_model_len {asked} is longer than the model's context "
-                             f"({limit} positions).")
-        return asked or limit
+        self.tokenizer = tokenizer
+        info = config.info
+        self.arch = info.arch
+        self.model_path = info.path
+        self.max_model_len = info.max_model_len
+        self.generation_defaults = info.generation_defaults
 
     def default_sampling_params(self, **overrides: Any) -> SamplingParams:
         return SamplingParams(**{**self.generation_defaults, **overrides})

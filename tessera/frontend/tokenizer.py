@@ -1,8 +1,10 @@
-"""Tokenizer and generation defaults for a model source.
+"""Tokenizer and generation defaults for a model source (the API process's side).
 
 `load_tokenizer(ModelConfig, ModelSource)` returns a Hugging Face tokenizer (with its chat
 template) from the model folder, from the GGUF metadata, or None for named random shapes.
-`generation_defaults(source)` reads `generation_config.json` sampling defaults.
+`generation_defaults(source)` reads `generation_config.json` sampling defaults and
+`generation_eos_ids(source)` its EOS ids. (transformers' tokenizers import torch when it is
+installed: the one place the API process meets it, at start-up.)
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import os
 from typing import Any, Optional
 
 from tessera.config import ModelConfig
-from tessera.models.loader import ModelSource
+from tessera.models.source import ModelSource
 
 _SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
@@ -21,7 +23,7 @@ def load_tokenizer(cfg: ModelConfig, source: ModelSource) -> Optional[Any]:
         return None
     path = cfg.tokenizer or source.path
     if path.endswith(".gguf") and os.path.isfile(path):
-        from tessera.models.gguf_loader import load_gguf_tokenizer
+        from tessera.models.gguf_meta import load_gguf_tokenizer
         return load_gguf_tokenizer(path)
     if os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f)) for f in
                                    ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):

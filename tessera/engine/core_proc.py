@@ -1,7 +1,9 @@
-"""The engine process: loads the model, runs the EngineCore busy loop, talks ZMQ.
+"""The engine core process: runs the EngineCore busy loop, talks ZMQ.
 
-Started by the server's EngineClient as `python -m tessera.engine_proc` with the engine
-config as JSON on the command line (no pickle anywhere). It connects a PULL socket for
+Started by the MPClient (engine/mp_client.py) as `python -m tessera.engine.core_proc`
+with the engine config, its resolved model metadata included, as JSON on the command line
+(no pickle anywhere). Its executor loads the model (in this process, or in worker
+processes of its own). It connects a PULL socket for
 ClientMessages and a PUSH socket for EngineMessages, sends Ready once the model and KV
 cache are up (or Fatal), then loops: take every pending message (block only when idle),
 run one step, push its outputs with a stats snapshot. It exits on Shutdown, when its
@@ -10,8 +12,6 @@ parent dies, or on an error (after sending Fatal).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import logging
 import os
 import sys
@@ -19,7 +19,7 @@ import time
 
 import zmq
 
-from tessera.config import CacheConfig, EngineConfig, ModelConfig, ParallelConfig, SchedulerConfig
+from tessera.config import EngineConfig
 from tessera.engine import ipc
 from tessera.engine.request import Request
 from tessera.engine.scheduler import QueueFullError
@@ -29,47 +29,31 @@ IDLE_POLL_MS = 200
 STATS_INTERVAL_S = 1.0
 
 
-def config_to_json(config: EngineConfig) -> str:
-    return json.dumps(dataclasses.asdict(config))
-
-
-def config_from_json(text: str) -> EngineConfig:
-    d = json.loads(text)
-    return EngineConfig(ModelConfig(**d["model"]), CacheConfig(**d["cache"]),
-                        SchedulerConfig(**d["scheduler"]), ParallelConfig(**d["parallel"]))
-
-
 class EngineProc:
-    def __init__(self, config: EngineConfig, eos_token_ids: tuple[int, ...], max_model_len: int,
-                 input_addr: str, output_addr: str):
+    def __init__(self, config: EngineConfig, input_addr: str, output_addr: str):
         self.ctx = zmq.Context()
         self.inbox = self.ctx.socket(zmq.PULL)
         self.inbox.connect(input_addr)
         self.outbox = self.ctx.socket(zmq.PUSH)
         self.outbox.connect(output_addr)
-        self.eos = eos_token_ids
+        self.eos = config.info.arch.eos_token_ids
         self.parent = os.getppid()
         self.running = True
         try:
-            self.core = self._build(config, max_model_len)
+            self.core = self._build(config)
         except Exception as e:  # tell the API process why, then die
             logger.exception("engine failed to start")
             self._send(ipc.Fatal(f"{type(e).__name__}: {e}"))
             raise
 
-    def _build(self, config: EngineConfig, max_model_len: int):
+    def _build(self, config: EngineConfig):
+        from tessera.engine.core import EngineCore
         from tessera.gc_tuning import freeze_after_startup
-        from tessera.llm_engine import build_core
-        from tessera.models.loader import resolve_model
 
-        source = resolve_model(config.model)
-        source.arch = dataclasses.replace(source.arch, eos_token_ids=self.eos)
-        core = build_core(config, source, max_model_len)
+        core = EngineCore(config)
         freeze_after_startup()  # gc_tuning.py: no full collections walking start-up
-        info = core.executor.describe()
-        self._send(ipc.Ready(core.num_blocks, config.cache.block_size, max_model_len,
-                             info["load_seconds"], info["weight_gib"], info["device"],
-                             info["dtype"], str(info.get("kv_cache_dtype", info["dtype"]))))
+        self._send(ipc.Ready(core.num_blocks, config.cache.block_size, config.max_model_len,
+                             core.executor.info))
         return core
 
     def _send(self, msg) -> None:
@@ -100,6 +84,7 @@ class EngineProc:
         while self.running:
             if os.getppid() != self.parent:
                 logger.error("the API process is gone; the engine exits")
+                self.core.shutdown()
                 return
             self._drain_inbox()
             outputs = self.core.step() if self.core.has_unfinished() else []
@@ -108,21 +93,18 @@ class EngineProc:
                 queue_times, self.core.scheduler.queue_times = self.core.scheduler.queue_times, {}
                 self._send(ipc.Outputs(outputs, ipc.stats_from(self.core.stats()), queue_times))
                 last_stats = now
+        self.core.shutdown()
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", required=True)
-    ap.add_argument("--eos", default="")
-    ap.add_argument("--max-model-len", type=int, required=True)
     ap.add_argument("--input", required=True)
     ap.add_argument("--output", required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    eos = tuple(int(x) for x in args.eos.split(",") if x)
     try:
-        proc = EngineProc(config_from_json(args.config), eos, args.max_model_len, args.input,
-                          args.output)
+        proc = EngineProc(EngineConfig.from_json(args.config), args.input, args.output)
     except Exception:
         return 1
     try:

@@ -4,18 +4,20 @@ Per sample (a "child"; a request with n > 1 has n children) it keeps a Tracker: 
 incremental detokenizer, the text and ids so far, logprobs in vLLM's shape. It applies
 stop strings (which need text, so they live here, not in the core): a match truncates
 the text, finishes the child, and its id is returned so the core aborts it and frees
-its blocks. A parent's RequestOutput gathers its children in index order; a parent added
-with stream=False (offline generation) gets one, at the end, and no copies before.
+its blocks; min_tokens gates them as it gates stop tokens (stopping.py). A parent's
+RequestOutput gathers its children in index order; a parent added with stream=False
+(offline generation) gets one, at the end, and no copies before.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Optional
 
-from tessera.engine.detokenizer import IncrementalDetokenizer, find_stop
 from tessera.engine.protocol import EngineCoreOutput, LogprobsEntry
+from tessera.frontend.detokenizer import IncrementalDetokenizer, find_stop
 from tessera.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
 from tessera.sampling_params import SamplingParams
+from tessera.stopping import may_stop
 
 
 @dataclasses.dataclass
@@ -111,7 +113,7 @@ class OutputProcessor:
                 continue
             before = len(tr.text)
             tr.text += tr.detokenizer.add_token(tok)
-            if tr.params.stop and len(tr.token_ids) >= tr.params.min_tokens:
+            if tr.params.stop and may_stop(tr.params, len(tr.token_ids)):
                 hit = find_stop(tr.text, before, tr.params.stop)
                 if hit is not None:
                     idx, stop = hit

@@ -1,0 +1,55 @@
+"""What layers take from the engine when a model is built.
+
+Objects: LayerContext (the ops, kernel or reference: layers/ops.py; the kernel switches;
+`linear_method(prefix)`, the LinearMethod each linear layer computes with: the seam where
+a quantization policy chooses per layer, quant/base.py), `make_context(KernelConfig,
+device)`, `building(ctx)` and `current()`. The model loader builds the model inside
+`with building(ctx):`; each layer keeps what it needs from `current()` in its __init__, so
+nothing global is read while the model runs. Outside `building` (a layer made alone, in a
+test), the default: reference ops and dense 16-bit linear layers.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Callable, Iterator, Optional
+
+import torch
+
+from tessera.config import KernelConfig
+from tessera.layers.ops import ReferenceOps, make_ops
+from tessera.quant.base import LinearMethod
+from tessera.quant.unquantized import UnquantizedLinearMethod
+
+
+@dataclasses.dataclass
+class LayerContext:
+    ops: ReferenceOps
+    kernel: KernelConfig
+    linear_method: Callable[[str], LinearMethod]  # layer prefix -> its method
+    dense_method: LinearMethod  # 16-bit, for layers a policy never quantizes (LM head)
+
+
+def make_context(kernel: KernelConfig, device: torch.device) -> LayerContext:
+    ops = make_ops(kernel, device)
+    dense = UnquantizedLinearMethod(kernel, ops, device)
+    return LayerContext(ops, kernel, lambda prefix: dense, dense)
+
+
+_current: Optional[LayerContext] = None
+
+
+@contextlib.contextmanager
+def building(ctx: LayerContext) -> Iterator[LayerContext]:
+    global _current
+    previous, _current = _current, ctx
+    try:
+        yield ctx
+    finally:
+        _current = previous
+
+
+def current() -> LayerContext:
+    if _current is not None:
+        return _current
+    return make_context(KernelConfig(kernel_backend="reference"), torch.device("cpu"))

@@ -1,0 +1,55 @@
+"""Model loading: build the architecture's class on the worker's device, then fill it.
+
+Flow: `load_model(config, device, dtype, context)`: the class from the registry
+(models/registry.py) is built in the worker's layer context (layers/context.py: ops,
+kernel switches, linear methods) under the target device and dtype, then fed (name,
+tensor) pairs from the checkpoint into `model.load_weights` (each parameter's
+weight_loader shards and copies its piece): safetensors.py for a Hugging Face folder,
+gguf.py for a GGUF file, dummy.py for random weights. Last, each linear layer's method processes its weights once
+(`process_weights_after_loading`). The source comes resolved in the config
+(config.model_info): nothing here reads the checkpoint's metadata again.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from tessera.config import EngineConfig
+from tessera.layers.context import LayerContext, building
+from tessera.models.registry import model_class
+
+
+def load_model(config: EngineConfig, device: torch.device, dtype: torch.dtype,
+               context: LayerContext) -> nn.Module:
+    info = config.info
+    old_dtype = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(dtype)
+        with torch.device(device), building(context):
+            model = model_class(info.arch)(info.arch)
+    finally:
+        torch.set_default_dtype(old_dtype)
+    if info.kind == "dummy":
+        from tessera.models.loader.dummy import fill_random
+        fill_random(model, config.model.seed)
+    elif info.kind == "gguf":
+        from tessera.models.loader.gguf import count_gguf_tensors, iter_gguf_weights
+        model.load_weights(_progress(iter_gguf_weights(info.path, info.arch),
+                                     count_gguf_tensors(info.path)))
+    else:
+        from tessera.models.loader.safetensors import count_safetensors, iter_safetensors
+        model.load_weights(_progress(iter_safetensors(info.path), count_safetensors(info.path)))
+    for module in model.modules():
+        method = getattr(module, "method", None)
+        if method is not None:
+            method.process_weights_after_loading(module)
+    return model.eval()
+
+
+def _progress(weights: Iterator[tuple[str, torch.Tensor]], total: int):
+    """A progress bar over the checkpoint's tensors."""
+    from tqdm import tqdm
+    with tqdm(weights, desc="Loading weights", unit="tensor", total=total, mininterval=1.0) as bar:
+        yield from bar

@@ -1,0 +1,58 @@
+"""LinearMethod: how a linear layer holds its weight and computes with it.
+
+The linear layers (layers/linear.py) own one each, chosen when the model is built
+(layers/context.py: `linear_method(prefix)`, the seam where a quantization policy picks a
+format per layer). The layer keeps the parallel layout (which rows or columns a rank
+holds) and hands the method each tensor; the method keeps the format:
+- `create_weights(layer, in_features, out_features, bias)` registers the parameters (each
+  with `weight_loader = layer.weight_loader`, so loading shards the same way);
+- `process_weights_after_loading(layer)` may repack them once every tensor is in;
+- `apply(layer, x)`: x [T, in] -> [T, out] (bias added).
+Epilogues the fused decode paths need (a method that has none says so with `fuses_*`,
+and the model then runs the plain ops):
+- `apply_gated(layer, x, pending, eps)`: silu(gate) * up of a [gate | up] layer;
+- `apply_qkv_rope(...)`: the q/k/v projection with rotary embedding and the KV-cache write;
+- `apply_add_norm(layer, x, residual, norm)`: residual + x @ W^T, with the RMSNorm after it
+  left pending for the next projection (`pending`: what this returned; eps its epsilon).
+"""
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import nn
+
+
+class LinearMethod(abc.ABC):
+    @abc.abstractmethod
+    def create_weights(self, layer: nn.Module, in_features: int, out_features: int,
+                       bias: bool) -> None: ...
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        pass
+
+    @abc.abstractmethod
+    def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor: ...
+
+    def fuses_gated(self, layer: nn.Module, x: torch.Tensor) -> bool:
+        return False
+
+    def apply_gated(self, layer: nn.Module, x: torch.Tensor, pending=None,
+                    eps: float = 0.0) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no gated epilogue")
+
+    def fuses_rope(self, layer: nn.Module, x: torch.Tensor) -> bool:
+        return False
+
+    def apply_qkv_rope(self, layer: nn.Module, x: torch.Tensor, positions: torch.Tensor,
+                       cos_sin: torch.Tensor, kv_cache: torch.Tensor,
+                       slot_mapping: torch.Tensor, num_heads: int, num_kv_heads: int,
+                       pending=None, eps: float = 0.0) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no rotary epilogue")
+
+    def fuses_norms(self, layer: nn.Module, x: torch.Tensor) -> bool:
+        return False
+
+    def apply_add_norm(self, layer: nn.Module, x: torch.Tensor, residual: torch.Tensor,
+                       norm_weight: torch.Tensor):
+        raise NotImplementedError(f"{type(self).__name__} has no add-norm epilogue")
