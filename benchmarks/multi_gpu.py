@@ -39,9 +39,9 @@ import torch
 
 from tessera import LLM, SamplingParams
 from tessera.bench.offline import (_weight_bytes_read, measure_bandwidth, random_weights_engine,
-                           run_latency, run_throughput)
+                                   run_latency, run_throughput)
 from tessera.distributed.topology import gpu_links
-from tessera.llm_engine import LLMEngine
+from tessera.engine.client import InprocClient
 
 PROMPTS = [[1, 2, 3, 4], list(range(10, 70)), [7] * 9]
 NEW_TOKENS = 32
@@ -53,10 +53,9 @@ def log(*a) -> None:
     print(time.strftime("[%H:%M:%S]"), *a, flush=True)
 
 
-def free(engine: LLMEngine) -> None:
-    """Stops the worker processes of a TP/PP engine (MultiprocExecutor, tp * pp > 1)."""
-    if hasattr(engine.executor, "shutdown"):
-        engine.executor.shutdown()
+def free(engine: InprocClient) -> None:
+    """Stops the engine's workers (the worker processes of a TP/PP engine)."""
+    engine.shutdown()
 
 
 def cleanup() -> None:
@@ -140,12 +139,12 @@ def correctness(args):
 
 
 # -- speed ---------------------------------------------------------------------------------
-def engine_for(model: str, **kw) -> LLMEngine:
+def engine_for(model: str, **kw) -> InprocClient:
     cleanup()
     return random_weights_engine(model, **kw)
 
 
-def latency(engine: LLMEngine, tp: int, bw: float) -> dict:
+def latency(engine: InprocClient, tp: int, bw: float) -> dict:
     """Batch-1 decode (prompt 32, 64 new) and the bytes each GPU reads per step."""
     run_latency(engine, 1, 32, 8, bw, seed=5)  # warm-up
     r = run_latency(engine, 1, 32, 64, bw)
@@ -157,7 +156,7 @@ def latency(engine: LLMEngine, tp: int, bw: float) -> dict:
             "p90_step_ms": r["p90_step_ms"], "weight_gb_per_gpu": w_gpu / 1e9,
             "kv_mb_per_gpu": kv_gpu / 1e6, "bandwidth_per_gpu_tb_s": (w_gpu + kv_gpu) / step / 1e12,
             "of_copy_bandwidth": (w_gpu + kv_gpu) / step / bw, "weight_gib_loaded_per_gpu":
-                engine.executor.describe()["weight_gib"]}
+                engine.executor.info.weight_gib}
 
 
 def decode_run(model: str, tp: int, bw: float, **kw) -> dict:
@@ -168,7 +167,7 @@ def decode_run(model: str, tp: int, bw: float, **kw) -> dict:
         free(engine)
 
 
-def workload(engine: LLMEngine, num_prompts: int) -> dict:
+def workload(engine: InprocClient, num_prompts: int) -> dict:
     """All requests at once: prompts of 128-1024 tokens, 128-512 new tokens each."""
     run_throughput(engine, 8, (16, 64), (8, 16), seed=99)  # warm-up
     return run_throughput(engine, num_prompts, (128, 1024), (128, 512))

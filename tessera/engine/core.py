@@ -6,8 +6,8 @@ batches, `collect` the oldest's output (the stages work on different batches at 
 With async scheduling (one device), two steps are in flight: step N+1 is scheduled and
 submitted before step N's output is collected, so the scheduler, input preparation and
 output handling of one step run while the device computes the other.
-The core never touches tensors or CUDA: its executor (executor/base.py:
-`executor_class(config)`, or one handed in) runs the workers, in this process or in
+The core never touches tensors or CUDA: its executor (executor/base.py; picked by
+`executor_class(config)`, or handed in) runs the workers, in this process or in
 processes of their own, and only exchanges the plain messages of `protocol.py`.
 On start it sizes the KV cache (the executor's estimate, or CacheConfig.num_blocks) and
 logs what was set up.
@@ -23,7 +23,8 @@ from tessera.engine.kv_cache.manager import KVCacheManager
 from tessera.engine.protocol import EngineCoreOutput, ModelRunnerOutput, SchedulerOutput
 from tessera.engine.request import Request
 from tessera.engine.scheduler import Scheduler
-from tessera.executor.base import Executor, executor_class
+from tessera.executor import executor_class
+from tessera.executor.base import Executor
 
 logger = logging.getLogger(__name__)
 

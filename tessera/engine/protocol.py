@@ -79,6 +79,7 @@ class WorkerInfo:
     load_seconds: float
     bytes_per_block: int  # KV cache bytes of one block over this rank's layers
     world_size: int = 1
+    kernels: dict[str, str] = dataclasses.field(default_factory=dict)  # what its model runs
 
 
 @dataclasses.dataclass

@@ -1,11 +1,10 @@
 """Executor: how the engine core runs its workers (no torch here).
 
-Objects: Executor (what the core drives: `num_kv_blocks()`, `init_kv_cache(n)`, `submit`
-then `collect` a step, or `execute`; `info` (WorkerInfo), `shutdown()`) and
-`executor_class(config)`: ParallelConfig.distributed_executor_backend "uni" (the worker
-in this process: UniprocExecutor), "mp" (a process per rank: MultiprocExecutor), "auto"
-(uni for one rank, else mp). Each wraps worker/worker.py's Worker; a Ray executor will be
-one more class here. A layout the model cannot take is refused before any worker starts.
+Objects: Executor, what the core drives: `num_kv_blocks()`, `init_kv_cache(n)`, `submit`
+then `collect` a step, or `execute`; `info` (WorkerInfo), `shutdown()`. Implementations
+(executor/uniproc.py, executor/multiproc.py; Ray's later) each wrap worker/worker.py's
+Worker; `executor_class(config)` (executor/__init__.py) picks one. A layout the model
+cannot take is refused before any worker starts.
 """
 from __future__ import annotations
 
@@ -49,13 +48,3 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def shutdown(self) -> None: ...
 
-
-def executor_class(config: EngineConfig) -> type[Executor]:
-    backend = config.parallel.distributed_executor_backend
-    if backend == "auto":
-        backend = "mp" if config.parallel.world_size > 1 else "uni"
-    if backend == "uni":
-        from tessera.executor.uniproc import UniprocExecutor
-        return UniprocExecutor
-    from tessera.executor.multiproc import MultiprocExecutor
-    return MultiprocExecutor

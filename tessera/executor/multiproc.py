@@ -66,9 +66,9 @@ class MultiprocExecutor(Executor):
                  "--rank", str(rank)], stdin=subprocess.DEVNULL))
         hellos = [self._wait(msg.Hello, STARTUP_TIMEOUT_S) for _ in range(self.world)]
         self._blocks = min(h.num_blocks for h in hellos)
-        first = next(h.info for h in hellos if h.rank == 0)
+        self.worker_infos = [h.info for h in sorted(hellos, key=lambda h: h.rank)]
         self._info = dataclasses.replace(  # weights: the mean rank's share
-            first, weight_gib=sum(h.info.weight_gib for h in hellos) / len(hellos))
+            self.worker_infos[0], weight_gib=sum(h.info.weight_gib for h in hellos) / self.world)
 
     def num_kv_blocks(self) -> int:
         return self._blocks

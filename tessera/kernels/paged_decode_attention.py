@@ -6,7 +6,7 @@ Shapes: q [B, Hq, D]; kv_cache [2, num_blocks, block_size, Hkv, D]; block_tables
 -> out [B, Hq, D].
 
 Kernel 1 (`_decode_partial`): one program per (sequence, KV head, split); its work,
-`attend_group` (also used by benchmarks/overlap_probe.py's persistent experiment), holds
+`attend_group` (a jit function of its own, for kernels that attend a group elsewhere), holds
 all the query heads that share the KV head (GQA group, padded to 16 rows for tl.dot) and
 walks a range of the sequence in tiles of 64 tokens (128 from an fp8 cache when the
 context is not split; at least a page; each token's page looked up in the block table),

@@ -17,6 +17,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from tessera.config import KernelConfig
+from tessera.distributed.parallel_state import tp_size
 from tessera.layers.ops import ReferenceOps, make_ops
 from tessera.quant.base import LinearMethod
 from tessera.quant.unquantized import UnquantizedLinearMethod
@@ -28,6 +29,19 @@ class LayerContext:
     kernel: KernelConfig
     linear_method: Callable[[str], LinearMethod]  # layer prefix -> its method
     dense_method: LinearMethod  # 16-bit, for layers a policy never quantizes (LM head)
+
+
+    def describe(self) -> dict[str, str]:
+        """The kernel paths this context's layers take (as built, not as asked)."""
+        dense, kernels, on = self.dense_method, self.ops.kernels, {True: "on", False: "off"}
+        moe = self.kernel.fused_moe
+        return {"ops": "triton" if kernels else "reference",
+                "skinny_gemm": dense.mode if dense.skinny_here else "off",
+                "qkv_rope": on[dense.skinny_here and dense.qkv_rope and kernels],
+                "norm_fusion": on[dense.skinny_here and dense.norm_fusion and kernels
+                                  and tp_size() == 1],
+                "fused_moe": moe if moe == "always" or (moe == "auto" and kernels) else "off",
+                "pdl": on[kernels and self.ops.pdl]}
 
 
 def make_context(kernel: KernelConfig, device: torch.device) -> LayerContext:

@@ -4,8 +4,9 @@ Objects: ReferenceOps (the definitions of kernels/reference.py: what runs on the
 without Triton installed), KernelOps (the Triton kernels of kernels/, passing the
 engine's PDL switch; on the CPU they run only under TRITON_INTERPRET=1, for tests) and
 `make_ops(KernelConfig, device)`, which picks one when a worker builds its model
-(layers/context.py): "auto" takes the kernels on CUDA and the references elsewhere. Layers
-keep the ops they were built with; nothing is decided per call from global state.
+(layers/context.py): "auto" takes the kernels on CUDA (where Triton is installed) and the
+references elsewhere. Layers keep the ops they were built with; nothing is decided per
+call from global state.
 Ops: rms_norm (with the residual add), silu_and_mul, rotary_kv_write (rotate q and k,
 write k and v to the paged cache), attention (decode rows first, then ragged prefill
 chunks, over the paged cache), argmax. `decodes_first` tells the input preparation
@@ -13,6 +14,8 @@ chunks, over the paged cache), argmax. `decodes_first` tells the input preparati
 """
 from __future__ import annotations
 
+import importlib.util
+import logging
 from typing import Optional
 
 import torch
@@ -20,6 +23,8 @@ import torch
 from tessera.config import KernelConfig
 from tessera.kernels.reference import (argmax_ref, paged_attention_ref, rms_norm_ref,
                                        rotary_kv_write_ref, silu_and_mul_ref)
+
+logger = logging.getLogger(__name__)
 
 
 class ReferenceOps:
@@ -95,5 +100,16 @@ class KernelOps(ReferenceOps):
 def make_ops(kernel: KernelConfig, device: torch.device) -> ReferenceOps:
     backend = kernel.kernel_backend
     if backend == "auto":
-        backend = "triton" if device.type == "cuda" else "reference"
-    return KernelOps(kernel.pdl) if backend == "triton" else ReferenceOps()
+        backend = "triton" if device.type == "cuda" and _has_triton() else "reference"
+        if device.type == "cuda" and backend == "reference":
+            logger.warning("Triton is not installed: the model runs PyTorch's ops, slowly")
+    if backend == "reference":
+        return ReferenceOps()
+    if not _has_triton():
+        raise ValueError("kernel_backend 'triton' needs the triton package "
+                         "(pip install triton), or choose kernel_backend auto or reference.")
+    return KernelOps(kernel.pdl)
+
+
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None

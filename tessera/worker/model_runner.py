@@ -94,7 +94,8 @@ class ModelRunner:
         """What the engine logs and reports of this worker: device, dtypes, weights."""
         return WorkerInfo(str(self.device), str(self.dtype).removeprefix("torch."),
                           str(self.kv_dtype).removeprefix("torch."), self.weight_bytes / 2**30,
-                          self.load_seconds, self.bytes_per_block, world_size)
+                          self.load_seconds, self.bytes_per_block, world_size,
+                          self.context.describe())
 
     def num_kv_blocks(self) -> int:
         if self.device.type != "cuda":

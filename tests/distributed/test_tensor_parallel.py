@@ -78,3 +78,41 @@ def test_impossible_layouts_are_refused(tiny_llama):
         LLM(folder, skip_tokenizer_init=True, pipeline_parallel_size=4)
     with pytest.raises(ValueError, match="pp_layer_partition '1' must list 2"):
         LLM(folder, skip_tokenizer_init=True, pipeline_parallel_size=2, pp_layer_partition="1")
+
+
+def test_kernel_switches_in_the_config_reach_every_worker(tiny_llama, tp1_outputs):
+    """TP=2 worker processes build their models with the config's kernel section (here the
+    Triton kernels, under the interpreter the workers inherit, the skinny GEMM forced on,
+    q/k/v rotary fusion and PDL off), each reports what its layers run (no norm fusion
+    over two ranks), and the tokens equal the reference path's."""
+    folder, _ = tiny_llama
+    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=64, max_num_batched_tokens=16,
+              tensor_parallel_size=2, kernel_backend="triton", skinny_gemm="always",
+              qkv_rope=False, pdl=False)
+    try:
+        reported = [info.kernels for info in llm.engine.executor.worker_infos]
+        assert reported == [{"ops": "triton", "skinny_gemm": "always", "qkv_rope": "off",
+                             "norm_fusion": "off", "fused_moe": "auto", "pdl": "off"}] * 2
+        outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], PARAMS)
+        for ref, out in zip(tp1_outputs, outs):
+            assert out.outputs[0].token_ids == ref.outputs[0].token_ids
+    finally:
+        llm.engine.executor.shutdown()
+
+
+def test_one_rank_in_a_worker_process_equals_this_process(tiny_llama, tp1_outputs):
+    """distributed_executor_backend="mp" runs even one rank in a process of its own."""
+    folder, _ = tiny_llama
+    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=64, max_num_batched_tokens=16,
+              distributed_executor_backend="mp")
+    try:
+        assert type(llm.engine.executor).__name__ == "MultiprocExecutor"
+        assert llm.engine.executor.info.kernels["ops"] == "reference"  # auto, on the CPU
+        outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], PARAMS)
+        for ref, out in zip(tp1_outputs, outs):
+            assert out.outputs[0].token_ids == ref.outputs[0].token_ids
+    finally:
+        llm.engine.executor.shutdown()
+    with pytest.raises(ValueError, match="'uni' runs one rank"):
+        LLM(folder, skip_tokenizer_init=True, tensor_parallel_size=2,
+            distributed_executor_backend="uni")

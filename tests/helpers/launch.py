@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import httpx
 
@@ -47,14 +48,17 @@ class LiveServer:
                 self.proc.kill()
 
 
-def start_server(log_dir: str, *serve_args: str, timeout: float = 240.0) -> LiveServer:
+def start_server(log_dir: str, *serve_args: str, timeout: float = 240.0,
+                 env: Optional[dict[str, str]] = None) -> LiveServer:
     """`python -m tessera.cli serve --port P *serve_args`, up once /health answers 200;
-    RuntimeError with the log's tail if it exits or is not up within timeout seconds."""
+    RuntimeError with the log's tail if it exits or is not up within timeout seconds.
+    env: the child's environment (default: this process's)."""
     port = free_port()
     log_path = os.path.join(log_dir, f"server-{port}.log")
     with open(log_path, "w") as log:  # the child keeps its own handle
         proc = subprocess.Popen([sys.executable, "-m", "tessera.cli", "serve", "--port",
-                                 str(port), *serve_args], stdout=log, stderr=subprocess.STDOUT)
+                                 str(port), *serve_args], stdout=log, stderr=subprocess.STDOUT,
+                                env=env)
     server = LiveServer(proc, f"http://127.0.0.1:{port}", log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

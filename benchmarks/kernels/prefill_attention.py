@@ -6,7 +6,7 @@ tokens, and a 2048-token chunk after a 2048-token cached prefix. FLOPs count onl
 causal mask keeps (4 x D x heads per query-key pair). --sweep tries tile sizes, warps
 and pipeline stages (paged_prefill_attention.LAUNCH_OVERRIDES); best per case last.
 
-    python benchmarks/prefill_attention.py [--sweep] [--kv-cache-dtype fp8]
+    python benchmarks/kernels/prefill_attention.py [--sweep] [--kv-cache-dtype fp8]
 """
 from __future__ import annotations
 

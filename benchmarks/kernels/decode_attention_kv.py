@@ -2,7 +2,7 @@
 KV bandwidth it reaches (bytes of K and V read / time), Llama-3-8B's heads (32 q, 8 KV,
 head 128), block size 16, batches 64-512 at ~1k context. One table last.
 
-    python benchmarks/decode_attention_kv.py [--context 1024] [--sweep]
+    python benchmarks/kernels/decode_attention_kv.py [--context 1024] [--sweep]
 
 --sweep: the same for each tile of keys x warps x pipeline stages of the partial kernel
 (paged_decode_attention.LAUNCH_OVERRIDES), best per batch and cache last.

@@ -7,7 +7,7 @@ of a small sweep (CONFIGS: block_n, block_k, warps, stages), in us per call (CUD
 calls, median of 5); the bytes the chosen experts' weights take over the time give the
 read bandwidth. One table last; JSON to --out.
 
-    python benchmarks/fused_moe_sweep.py --out $OUT/moe.json [--batches 1,32]
+    python benchmarks/kernels/fused_moe_sweep.py --out $OUT/moe.json [--batches 1,32]
 """
 from __future__ import annotations
 

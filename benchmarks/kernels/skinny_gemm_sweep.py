@@ -4,11 +4,11 @@ For the Llama-3-8B weight shapes (or `--shape`): every config of a grid at M = 1
 TB/s read, checked against the reference), then the best config at M = 1..16 next to
 cuBLAS, and the gated gate/up projection (SiLU-and-mul in its epilogue) against the
 unfused pair of kernels. Weights rotate over copies that together
-exceed L2, as the 32 layers of a model do. (The engine's decode graph with and without
-the kernel: benchmarks/small_batch_ab.py.)
+exceed L2, as the 32 layers of a model do. (The engine's decode step with and without
+the kernel: `tessera bench latency --skinny-gemm off` against the default.)
 
-    python benchmarks/skinny_gemm_sweep.py --out $OUT/skinny.json [--quick]
-    python benchmarks/skinny_gemm_sweep.py --out $OUT/uses.json --uses $OUT/overrides.json
+    python benchmarks/kernels/skinny_gemm_sweep.py --out $OUT/skinny.json [--quick]
+    python benchmarks/kernels/skinny_gemm_sweep.py --out $OUT/uses.json --uses $OUT/overrides.json
 """
 from __future__ import annotations
 
@@ -174,7 +174,7 @@ def uses_sweep(name: str, dtype) -> dict:
     """Each engine use of the skinny GEMM at M = 1 (under PDL where on, as in the engine) over
     `pipeline_grid`; the best of each but q/k/v (which decode steps run through
     `skinny_qkv_rope`, another kernel mode) becomes an override (CONFIG_OVERRIDES' key and
-    fields) for benchmarks/small_batch_ab.py."""
+    fields) to try in kernels/skinny_gemm.py."""
     out, overrides = {}, {}
     for use, (n, k, gated) in engine_uses(name).items():
         rows_w = 2 * n if gated else n
@@ -213,7 +213,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the default config only")
     ap.add_argument("--uses", metavar="OVERRIDES_JSON",
                     help="only sweep the engine's uses over tiles and pipeline depths; write the "
-                         "best of each here for small_batch_ab.py")
+                         "best of each here (CONFIG_OVERRIDES entries)")
     args = ap.parse_args()
     dtype = torch.bfloat16
     if args.uses:
