@@ -24,7 +24,7 @@ from tessera.bench.offline import measure_bandwidth, random_weights_engine, run_
 from tessera.gc_tuning import frozen
 from tessera.models.shapes import NAMED_SHAPES
 
-GPT_FAST = {1: 161.6, 64: 4213.0}  # tok/s on the same card, BENCHMARKS.md
+GPT_FAST = {1: 205.2, 64: 4667.0}  # tok/s on the H200, BENCHMARKS.md (2026-12-03)
 
 
 def hf_latency(new_tokens: int = 64) -> float:

@@ -33,16 +33,21 @@ def length_reached(params: SamplingParams, num_output_tokens: int, num_tokens: i
             or num_tokens >= max_model_len)
 
 
+_EOS, _LENGTH = ("stop", None), ("length", None)
+
+
 def check_stop(params: SamplingParams, token: int, num_output_tokens: int, num_tokens: int,
                eos_token_ids: tuple[int, ...], max_model_len: int
                ) -> Optional[tuple[str, StopReason]]:
-    if may_stop(params, num_output_tokens):
-        if not params.ignore_eos and token in eos_token_ids:
-            return "stop", None
+    """(may_stop and length_reached written out: this runs for every token of every step.)"""
+    if num_output_tokens >= params.min_tokens:
+        if token in eos_token_ids and not params.ignore_eos:
+            return _EOS
         if token in params.stop_token_ids:
             return "stop", token
-    if length_reached(params, num_output_tokens, num_tokens, max_model_len):
-        return "length", None
+    max_tokens = params.max_tokens
+    if (max_tokens is not None and num_output_tokens >= max_tokens) or num_tokens >= max_model_len:
+        return _LENGTH
     return None
 
 
@@ -50,7 +55,7 @@ def banned_token_ids(params: SamplingParams, num_output_tokens: int,
                      eos_token_ids: tuple[int, ...]) -> list[int]:
     """The token ids the next sample (after num_output_tokens) may not be: EOS (unless
     ignore_eos) and the stop ids, while fewer than min_tokens tokens exist."""
-    if may_stop(params, num_output_tokens):
+    if num_output_tokens >= params.min_tokens:  # may_stop, written out (every row, every step)
         return []
     eos = [] if params.ignore_eos else list(eos_token_ids)
     return eos + list(params.stop_token_ids)

@@ -187,6 +187,7 @@ class Scheduler:
     def update_from_output(self, sched: SchedulerOutput,
                            out: ModelRunnerOutput) -> list[EngineCoreOutput]:
         outputs = []
+        spec = sched.scheduled_spec_token_ids
         self.in_flight.difference_update(sched.num_scheduled_tokens)
         for rid, n in sched.num_scheduled_tokens.items():
             req = self.requests.get(rid)
@@ -199,13 +200,15 @@ class Scheduler:
                 if prompt_lps:
                     outputs.append(EngineCoreOutput(rid, [], [], prompt_lps))
                 continue
-            drafts = sched.scheduled_spec_token_ids.get(rid, [])
-            req.num_computed_tokens -= len(drafts) - (len(tokens) - 1)  # rejected drafts
-            req.spec_token_ids = []
+            if spec and rid in spec:  # the drafts it rejected go back
+                req.num_computed_tokens -= len(spec[rid]) - (len(tokens) - 1)
+                req.spec_token_ids = []
             req.num_pending_tokens -= 1
             new, status = self._append(req, tokens)
             self.kv.cache_blocks(req)
-            lps = out.logprobs.get(rid, [])[:len(new)]
+            lps = out.logprobs.get(rid) or []
+            if len(lps) > len(new):
+                lps = lps[:len(new)]
             if status is not None:
                 self.running.remove(req)
                 self._finish(req, status)
@@ -215,9 +218,10 @@ class Scheduler:
 
     def _append(self, req: Request, tokens: list[int]):
         """Appends tokens up to the first that stops the request: (appended, status)."""
+        outputs, prompt_len = req.output_token_ids, len(req.prompt_token_ids)
         for i, token in enumerate(tokens):
-            req.output_token_ids.append(token)
-            stop = check_stop(req.params, token, req.num_output_tokens, req.num_tokens,
+            outputs.append(token)
+            stop = check_stop(req.params, token, len(outputs), prompt_len + len(outputs),
                               req.eos_token_ids, self.max_model_len)
             if stop is not None:
                 reason, req.stop_reason = stop

@@ -304,7 +304,8 @@ class ModelRunner:
     def _plain_greedy(self, st: RequestState) -> bool:
         p = st.params
         return (p.greedy and p.logprobs is None and not _needs_history(p)
-                and not self._banned(st))
+                and not banned_token_ids(p, st.num_known_and_pending - st.num_prompt_tokens,
+                                         self.arch.eos_token_ids))
 
     def _banned(self, st: RequestState) -> list[int]:
         return banned_token_ids(st.params, st.num_known_and_pending - st.num_prompt_tokens,
