@@ -3,9 +3,9 @@
 `gpu_links()` reads the link between each pair of GPUs (NVML when the nvidia-ml-py
 package is there, else `nvidia-smi topo -m`): "NVLink" or "PCIe"-class. `check_layout`
 refuses impossible tensor-parallel layouts with a clear error (the engine core, before any
-worker starts); `check_gpus` (rank 0 of a multi-GPU layout) checks the GPU count, logs the
-links, and warns when TP would span GPUs without NVLink (all-reduces then cross PCIe:
-pipeline parallelism suits that better).
+worker starts); `check_gpus` (each rank of a multi-GPU layout, before it takes its GPU)
+checks the GPU count and, on rank 0, logs the links and warns when TP would span GPUs
+without NVLink (all-reduces then cross PCIe: pipeline parallelism suits that better).
 """
 from __future__ import annotations
 
@@ -72,15 +72,15 @@ def check_layout(num_heads: int, num_kv_heads: int, intermediate: int, num_layer
         raise ValueError(f"pipeline_parallel_size {pp} exceeds the model's {num_layers} layers.")
 
 
-def check_gpus(tp: int, pp: int = 1) -> None:
-    """On a GPU host, by rank 0: enough GPUs for the layout; logs the links and warns when
-    TP would cross PCIe."""
+def check_gpus(tp: int, pp: int = 1, log_links: bool = True) -> None:
+    """On a GPU host, by every rank before it takes its GPU: enough GPUs for the layout;
+    with log_links (rank 0), logs the links and warns when TP would cross PCIe."""
     import torch
     available = torch.cuda.device_count()
     if tp * pp > available:
         raise ValueError(f"tensor_parallel_size {tp} x pipeline_parallel_size {pp} needs "
                          f"{tp * pp} GPUs; this host has {available}.")
-    if tp == 1:
+    if tp == 1 or not log_links:
         return
     links = gpu_links(tp)
     if links:

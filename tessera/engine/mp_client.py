@@ -55,7 +55,8 @@ class MPClient(EngineClient):
         self.dead: Optional[str] = None
         self.observers: list = []  # objects with on_output(parent_id, RequestOutput, now) etc.
         self._queues: dict[str, asyncio.Queue] = {}
-        self._child_parent: dict[str, str] = {}
+        self._child_parent: dict[str, str] = {}  # child request id -> its request
+        self._children: dict[str, list[str]] = {}  # request id -> child ids sent
         self._ids = itertools.count()
         self._tmp = tempfile.mkdtemp(prefix="tessera-ipc-")
         self._proc: Optional[subprocess.Popen] = None
@@ -118,9 +119,9 @@ class MPClient(EngineClient):
         self._queues[request_id] = queue
         for obs in self.observers:
             obs.on_arrival(request_id, len(prompt.token_ids), time.monotonic())
-        finished, children = False, []
+        finished = False
         try:
-            children = self._start(request_id, prompt, params)
+            self._start(request_id, prompt, params)
             while True:
                 item = await queue.get()
                 if isinstance(item, Exception):
@@ -132,12 +133,14 @@ class MPClient(EngineClient):
         finally:
             if not finished:
                 self.abort(request_id)
-            self._forget(request_id, [cid for cid, _ in children])
+            self._forget(request_id)
 
     def _send_children(self, request_id: str, prompt: PreparedPrompt,
                        children: Children) -> None:
+        sent = self._children.setdefault(request_id, [])
         for cid, child_params in children:
             self._child_parent[cid] = request_id
+            sent.append(cid)
             self._send(ipc.AddRequest(cid, prompt.token_ids, child_params))
 
     def _abort_children(self, child_ids: list[str]) -> None:
@@ -147,9 +150,9 @@ class MPClient(EngineClient):
             except EngineDeadError:
                 pass  # nothing left to abort
 
-    def _forget(self, request_id: str, children: list[str]) -> None:
+    def _forget(self, request_id: str) -> None:
         self._queues.pop(request_id, None)
-        for cid in children:
+        for cid in self._children.pop(request_id, []):
             self._child_parent.pop(cid, None)
         for obs in self.observers:
             obs.on_done(request_id)

@@ -14,9 +14,11 @@ token that step samples is pending here (the worker feeds it from the device), a
 request whose pending tokens already reach max_tokens is left alone. Without it
 (pipeline stages), requests in flight are skipped.
 Several tokens per request per step: a request's draft tokens (`spec_token_ids`, from a
-speculative proposer) are scheduled after its known tokens and listed in the output's
-`scheduled_spec_token_ids`; the step returns the accepted drafts plus one sampled token,
-and the computed count goes back by the drafts it rejected. Each returned token is
+speculative proposer, set before each step) are scheduled after its known tokens, as many
+as the budget, the context length and max_tokens allow, and listed in the output's
+`scheduled_spec_token_ids` (the rest are dropped: a proposer proposes anew each step); the
+step returns the accepted drafts plus one sampled token, and the computed count goes back
+by the drafts it rejected. Each returned token is
 checked against the stop rule (stopping.py) in order; tokens after a stop are dropped.
 """
 from __future__ import annotations
@@ -119,10 +121,11 @@ class Scheduler:
             start = req.num_computed_tokens  # tokens still being sampled are not known here
             known = req.token_slice(start, start + n)
             cached.append(CachedRequestData(req.request_id, new_blocks, known))
-            drafts = (req.spec_token_ids[:max(0, start + n - req.num_tokens)]
+            drafts = (self._drafts(req)[:max(0, start + n - req.num_tokens)]
                       if req.spec_token_ids and not req.num_pending_tokens else [])
             if drafts:
                 spec[req.request_id] = drafts
+            req.spec_token_ids = []  # proposed for this step: scheduled, or dropped
             num_scheduled[req.request_id] = n
             self._advance(req, n)
             budget -= n
@@ -166,7 +169,15 @@ class Scheduler:
                               self.max_model_len):
                 return 0  # the tokens in flight finish it
             return ahead - req.num_computed_tokens  # no drafts behind unknown tokens
-        return ahead + len(req.spec_token_ids) - req.num_computed_tokens
+        return ahead + len(self._drafts(req)) - req.num_computed_tokens
+
+    def _drafts(self, req: Request) -> list[int]:
+        """The drafts a step may verify: none at a position past the context length, nor
+        more than the output budget can take (a step returns up to drafts + 1 tokens)."""
+        room = self.max_model_len - req.num_tokens
+        if req.params.max_tokens is not None:
+            room = min(room, req.params.max_tokens - req.num_output_tokens - 1)
+        return req.spec_token_ids[:max(0, room)]
 
     def _advance(self, req: Request, n: int) -> None:
         """The step computes n more positions; reaching the end (drafts included), it
@@ -202,7 +213,6 @@ class Scheduler:
                 continue
             if spec and rid in spec:  # the drafts it rejected go back
                 req.num_computed_tokens -= len(spec[rid]) - (len(tokens) - 1)
-                req.spec_token_ids = []
             req.num_pending_tokens -= 1
             new, status = self._append(req, tokens)
             self.kv.cache_blocks(req)
@@ -240,6 +250,7 @@ class Scheduler:
     def _preempt(self, req: Request) -> None:
         self.kv.free(req)
         req.num_computed_tokens = req.num_pending_tokens = 0
+        req.spec_token_ids = []
         req.status = RequestStatus.PREEMPTED
         req.num_preemptions += 1
         self.num_preemptions += 1

@@ -1,4 +1,5 @@
-"""UniprocExecutor: one Worker in this very process (one rank)."""
+"""UniprocExecutor: one Worker in this very process (one rank); steps go straight to its
+model runner."""
 from __future__ import annotations
 
 from tessera.config import EngineConfig
@@ -14,19 +15,19 @@ class UniprocExecutor(Executor):
         self.runner = self.worker.runner
 
     def num_kv_blocks(self) -> int:
-        return self.worker.num_kv_blocks()
+        return self.runner.num_kv_blocks()
 
     def init_kv_cache(self, num_blocks: int) -> None:
-        self.worker.init_kv_cache(num_blocks)
+        self.runner.init_kv_cache(num_blocks)
 
     def submit(self, sched: SchedulerOutput) -> None:
-        self.worker.submit(sched)
+        self.runner.submit(sched)
 
     def collect(self) -> ModelRunnerOutput:
-        return self.worker.collect()
+        return self.runner.collect()
 
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
-        return self.worker.execute(sched)
+        return self.runner.execute(sched)
 
     @property
     def info(self) -> WorkerInfo:

@@ -49,7 +49,8 @@ def run(args, inbox, outbox) -> None:
     from tessera.worker.worker import Worker
 
     worker = Worker(EngineConfig.from_json(args.config), args.rank, args.dist_init)
-    outbox.send(msg.encoder.encode(msg.Hello(args.rank, worker.num_kv_blocks(), worker.info)))
+    runner = worker.runner
+    outbox.send(msg.encoder.encode(msg.Hello(args.rank, runner.num_kv_blocks(), worker.info)))
     parent = os.getppid()
     while True:
         if not inbox.poll(1000):
@@ -61,11 +62,11 @@ def run(args, inbox, outbox) -> None:
             worker.shutdown()
             return
         if isinstance(m, msg.InitCache):
-            worker.init_kv_cache(m.num_blocks)
+            runner.init_kv_cache(m.num_blocks)
             freeze_after_startup()  # gc_tuning.py: no full collections walking start-up
             outbox.send(msg.encoder.encode(msg.Ack(args.rank)))
         elif isinstance(m, msg.Step):
-            out = worker.execute(m.sched)
+            out = runner.execute(m.sched)
             if worker.returns_output:
                 outbox.send(msg.encoder.encode(msg.StepDone(out)))
 

@@ -160,14 +160,14 @@ class MoeConfig(NamedTuple):
     num_stages: int
 
 
-# From benchmarks/fused_moe_sweep.py (one H100, Mixtral's experts, bf16), by (gated, rows
-# per block): 16-row blocks (batch 1 and 32) gate/up 154.7 / 607.9 us against 172.8 /
+# From benchmarks/kernels/fused_moe_sweep.py (one H100, Mixtral's experts, bf16), by
+# (gated, rows per block): 16-row blocks (batch 1 and 32) gate/up 154.7 / 607.9 us against 172.8 /
 # 677.0 for 64 x 64 tiles in 3 stages, down 81.9 / 314.8 against 118.7 / 317.7; 64-row
 # blocks (batch 256) gate/up 665.5 us and down 340.7 (the 16-row tiles: 748.5 and 621.4).
 # 32-row blocks take the 64-row tiles (not swept).
 TUNED = {(True, 16): MoeConfig(32, 256, 4, 4), (False, 16): MoeConfig(32, 512, 4, 3),
          (True, 64): MoeConfig(64, 128, 4, 4), (False, 64): MoeConfig(128, 64, 4, 3)}
-CONFIG_OVERRIDES: dict = {}  # A/B knob (benchmarks/fused_moe_sweep.py): gated -> MoeConfig
+CONFIG_OVERRIDES: dict = {}  # A/B knob (benchmarks/kernels/fused_moe_sweep.py): gated -> config
 SMEM_MARGIN = 8 << 10  # shared memory left to the compiler's own use
 
 

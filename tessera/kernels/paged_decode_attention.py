@@ -26,8 +26,8 @@ from tessera.kernels import pdl
 from tessera.kernels.pdl import pdl_launch_args
 from tessera.kernels.attention_tiles import load_kv_tile, online_softmax_step
 
-# A/B knob (benchmarks/decode_attention_kv.py --sweep): the partial kernel's tile of keys
-# and launch options, e.g. {"TILE": 128, "num_warps": 8, "num_stages": 4}
+# A/B knob (benchmarks/kernels/decode_attention_kv.py --sweep): the partial kernel's tile of
+# keys and launch options, e.g. {"TILE": 128, "num_warps": 8, "num_stages": 4}
 LAUNCH_OVERRIDES: dict = {}
 
 
@@ -121,8 +121,8 @@ def _decode_reduce(acc_ptr, ml_ptr, out_ptr, stride_ob, stride_oh, num_splits,
 def launch_options(kv_cache: torch.Tensor, splits: int) -> dict:
     """The partial kernel's tile of keys and pipeline depth: 64 keys and Triton's 3 stages;
     with an fp8 cache, whose widening keeps the kernel busy, 5 stages and, once the context
-    is not split, 128-key tiles (`benchmarks/decode_attention_kv.py --sweep`, one H100, 1k
-    context: batch 64 / 256 / 512 in 67 / 229 / 447 us against 86 / 254 / 477; bf16 is at
+    is not split, 128-key tiles (`benchmarks/kernels/decode_attention_kv.py --sweep`, one
+    H100, 1k context: batch 64 / 256 / 512 in 67 / 229 / 447 us against 86 / 254 / 477; bf16 is at
     the copy bandwidth already, and no config beat its default). The stages matter under
     Triton 3.6 (the H100's), which pipelines these gathered loads (40 KB of shared memory
     at 5 stages against 23 KB at 3); triton 3.9 (the CPU machines') leaves them

@@ -21,8 +21,9 @@ import triton.language as tl
 
 from tessera.kernels.attention_tiles import load_kv_tile, online_softmax_step
 
-# A/B knob (benchmarks/prefill_attention.py --sweep): tile sizes and launch options for
-# long queries, e.g. {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
+# A/B knob (benchmarks/kernels/prefill_attention.py --sweep): tile sizes and launch
+# options for long queries, e.g. {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8,
+# "num_stages": 3}
 LAUNCH_OVERRIDES: dict = {}
 
 
@@ -71,9 +72,9 @@ def _prefill(q_ptr, kv_ptr, tables_ptr, seq_lens_ptr, qstart_ptr, out_ptr, scale
 
 def launch_options(kv_cache: torch.Tensor, max_query_len: int) -> dict:
     """Tiles of 16 queries for short ones; else 64 queries, keys in tiles of 32 (64 from an
-    fp8 cache) and 2 pipeline stages (`benchmarks/prefill_attention.py --sweep`, one H100:
-    8 prompts of 1024 tokens in 354 us against 411 with 64-key tiles and 3 stages, bf16;
-    fp8 375 against 418). LAUNCH_OVERRIDES last, for long queries."""
+    fp8 cache) and 2 pipeline stages (`benchmarks/kernels/prefill_attention.py --sweep`,
+    one H100: 8 prompts of 1024 tokens in 354 us against 411 with 64-key tiles and 3
+    stages, bf16; fp8 375 against 418). LAUNCH_OVERRIDES last, for long queries."""
     if max_query_len <= 32:
         return dict(BLOCK_M=16, BLOCK_N=64)
     return {"BLOCK_M": 64, "BLOCK_N": 64 if kv_cache.dtype == torch.float8_e4m3fn else 32,

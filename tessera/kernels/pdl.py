@@ -7,8 +7,9 @@ of a few rows every kernel is short, so this hides each launch and each GEMV's r
 (it prefetches its first weight tile, which no kernel writes, before waiting).
 
 Objects: `pdl_launch_args(device, enabled)` -> the launch keywords (USE_PDL for the
-kernel's constexpr, launch_pdl for Triton's launcher). Every kernel wrapper takes `pdl=`
-(on by default); the model's ops pass the engine's KernelConfig.pdl (layers/ops.py). Jit
+kernel's constexpr, launch_pdl for Triton's launcher). Every wrapper of a kernel that takes
+part in PDL takes `pdl=` (on by default); the model's ops and linear method pass the
+engine's KernelConfig.pdl (layers/ops.py, quant/unquantized.py). Jit
 side, no-ops unless USE_PDL: `enter` (short kernels: let the next launch, then wait),
 `wait` and `launch_dependents` (the skinny GEMM loads and prefetches weights before its
 wait, and lets the next kernel launch a few steps before its loop ends:

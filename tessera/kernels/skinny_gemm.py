@@ -20,7 +20,7 @@ The RMSNorm between two projections needs no kernel of its own (kernels/norm_epi
 The work is split along N only: each program owns BLOCK_N rows of W and walks all of K
 in BLOCK_K steps, `tl.dot`(W tile [BLOCK_N, BLOCK_K], x^T tile [BLOCK_K, 16]) with the
 rows of x padded to 16. A step of a few rows is bound by reading W, so the product's
-waste is free and the loads are what is tuned (`pick_config`, from benchmarks/
+waste is free and the loads are what is tuned (`pick_config`, from benchmarks/kernels/
 skinny_gemm_sweep.py on an H100: 6-10% faster than cuBLAS on the Llama-3-8B shapes).
 Under PDL (kernels/pdl.py) the first W tile is loaded, and the leading columns of every
 row (PREFETCH_BYTES in all) asked of L2, before waiting for the kernel that produces x (on

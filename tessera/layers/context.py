@@ -29,25 +29,33 @@ class LayerContext:
     kernel: KernelConfig
     linear_method: Callable[[str], LinearMethod]  # layer prefix -> its method
     dense_method: LinearMethod  # 16-bit, for layers a policy never quantizes (LM head)
+    device: torch.device
 
-
-    def describe(self) -> dict[str, str]:
-        """The kernel paths this context's layers take (as built, not as asked)."""
+    def describe(self, dtype: torch.dtype) -> dict[str, str]:
+        """The kernel paths a model of this dtype built here takes (as built, not as
+        asked): the skinny GEMM "always", "on" (auto, where it applies) or "off", etc."""
         dense, kernels, on = self.dense_method, self.ops.kernels, {True: "on", False: "off"}
+        skinny = dense.skinny_here and (dense.mode == "always"
+                                        or dtype in (torch.bfloat16, torch.float16))
         moe = self.kernel.fused_moe
+        pdl = False
+        if kernels and self.ops.pdl:
+            from tessera.kernels.pdl import pdl_active
+            pdl = pdl_active(self.device)
         return {"ops": "triton" if kernels else "reference",
-                "skinny_gemm": dense.mode if dense.skinny_here else "off",
-                "qkv_rope": on[dense.skinny_here and dense.qkv_rope and kernels],
-                "norm_fusion": on[dense.skinny_here and dense.norm_fusion and kernels
-                                  and tp_size() == 1],
+                "skinny_gemm": ("always" if dense.mode == "always" else "on") if skinny
+                else "off",
+                "qkv_rope": on[skinny and dense.qkv_rope and kernels],
+                "norm_fusion": on[skinny and dense.norm_fusion and kernels
+                                  and tp_size() == 1 and dtype != torch.float16],
                 "fused_moe": moe if moe == "always" or (moe == "auto" and kernels) else "off",
-                "pdl": on[kernels and self.ops.pdl]}
+                "pdl": on[pdl]}
 
 
 def make_context(kernel: KernelConfig, device: torch.device) -> LayerContext:
     ops = make_ops(kernel, device)
     dense = UnquantizedLinearMethod(kernel, ops, device)
-    return LayerContext(ops, kernel, lambda prefix: dense, dense)
+    return LayerContext(ops, kernel, lambda prefix: dense, dense, device)
 
 
 _current: Optional[LayerContext] = None

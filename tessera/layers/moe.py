@@ -3,9 +3,9 @@
 Objects: FusedMoE (all experts' weights stacked: w13 [E_local, 2 * I_local, H] holding
 [gate | up], w2 [E_local, H, I_local]) and `route` (softmax over all experts, top-k, and
 renormalization when the model asks for it, as Mixtral and Qwen2-MoE define it).
-Forward: steps of up to FUSED_MAX_TOKENS tokens on CUDA run kernels/fused_moe.py, whose
-grouped GEMMs read the expert ids on the device (no host sync, so decode steps are
-captured in CUDA graphs); longer steps sort tokens by expert and run one cuBLAS matmul
+Forward: steps of up to FUSED_MAX_TOKENS tokens with kernel ops (CUDA with Triton) run
+kernels/fused_moe.py, whose grouped GEMMs read the expert ids on the device (no host
+sync, so decode steps are captured in CUDA graphs); longer steps sort tokens by expert and run one cuBLAS matmul
 per expert over its tokens (a loop over experts, never over tokens), results weighted
 and added back in expert order. KernelConfig.fused_moe switches: "auto" (kernel ops, up to
 FUSED_MAX_TOKENS tokens), "always" (any device and length; on the CPU under

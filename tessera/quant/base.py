@@ -12,8 +12,9 @@ Epilogues the fused decode paths need (a method that has none says so with `fuse
 and the model then runs the plain ops):
 - `apply_gated(layer, x, pending, eps)`: silu(gate) * up of a [gate | up] layer;
 - `apply_qkv_rope(...)`: the q/k/v projection with rotary embedding and the KV-cache write;
-- `apply_add_norm(layer, x, residual, norm)`: residual + x @ W^T, with the RMSNorm after it
-  left pending for the next projection (`pending`: what this returned; eps its epsilon).
+- `apply_add_norm(layer, x, residual, norm_weight)`: residual + x @ W^T, with the RMSNorm
+  (weight norm_weight) after it left pending for the next projection (`pending` in the
+  others: what this returned; `eps` that norm's epsilon).
 """
 from __future__ import annotations
 

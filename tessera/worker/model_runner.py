@@ -95,7 +95,7 @@ class ModelRunner:
         return WorkerInfo(str(self.device), str(self.dtype).removeprefix("torch."),
                           str(self.kv_dtype).removeprefix("torch."), self.weight_bytes / 2**30,
                           self.load_seconds, self.bytes_per_block, world_size,
-                          self.context.describe())
+                          self.context.describe(self.dtype))
 
     def num_kv_blocks(self) -> int:
         if self.device.type != "cuda":
@@ -168,6 +168,9 @@ class ModelRunner:
     @torch.inference_mode()
     def submit(self, sched: SchedulerOutput) -> None:
         """Queues the step on the device; returns before its tokens are back."""
+        if sched.scheduled_spec_token_ids:
+            raise NotImplementedError("this model runner cannot verify draft tokens yet "
+                                      "(speculative decoding needs its rejection sampler)")
         self._update_states(sched)
         if sched.is_empty:
             self._in_flight.append(_StepInFlight.nothing_sampled())

@@ -3,10 +3,11 @@
 
 Flow: `Worker(config, rank, dist_init)` picks the device and dtype (worker/device.py; with
 several ranks on a GPU host, GPU `rank`), joins the process groups when there are several
-ranks (distributed/parallel_state.py: TP groups per pipeline stage), builds and loads this
-rank's share of the model (worker/model_runner.py) -> `num_kv_blocks()` (a memory profile)
--> `init_kv_cache(n)` (the cache, decode graphs, warm-up) -> `execute(SchedulerOutput)`
-(or `submit` then `collect`) -> `info` (WorkerInfo) -> `shutdown()`.
+ranks (distributed/parallel_state.py: TP groups per pipeline stage), and builds and loads
+this rank's share of the model in its `runner` (worker/model_runner.py), which the
+executor then drives: `num_kv_blocks()` (a memory profile) -> `init_kv_cache(n)` (the
+cache, decode graphs, warm-up) -> `execute(SchedulerOutput)` (or `submit` then
+`collect`). `info` (WorkerInfo) and `shutdown()` are the worker's own.
 `returns_output`: TP rank 0 of the last pipeline stage, whose ModelRunnerOutput the engine
 takes; the other ranks only join the collectives and pass hidden states on.
 """
@@ -21,7 +22,7 @@ import torch
 from tessera.config import EngineConfig
 from tessera.distributed import parallel_state
 from tessera.distributed.topology import check_gpus
-from tessera.engine.protocol import ModelRunnerOutput, SchedulerOutput, WorkerInfo
+from tessera.engine.protocol import WorkerInfo
 from tessera.worker.device import resolve_device, resolve_dtype
 from tessera.worker.model_runner import ModelRunner
 
@@ -37,6 +38,7 @@ class Worker:
         cuda = self.device.type == "cuda"
         if self.world_size > 1:
             if cuda:
+                check_gpus(par.tensor_parallel_size, par.pipeline_parallel_size, rank == 0)
                 torch.cuda.set_device(rank)
             else:
                 torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.world_size))
@@ -44,8 +46,6 @@ class Worker:
                                          par.pipeline_parallel_size, dist_init,
                                          "nccl" if cuda else "gloo", par.collective_timeout_s,
                                          par.pp_layer_partition)
-            if cuda and rank == 0:
-                check_gpus(par.tensor_parallel_size, par.pipeline_parallel_size)
         parallel_state.set_expert_parallel(par.enable_expert_parallel)
         self.runner = ModelRunner(config, self.device, self.dtype)
 
@@ -56,21 +56,6 @@ class Worker:
     @property
     def info(self) -> WorkerInfo:
         return self.runner.info(self.world_size)
-
-    def num_kv_blocks(self) -> int:
-        return self.runner.num_kv_blocks()
-
-    def init_kv_cache(self, num_blocks: int) -> None:
-        self.runner.init_kv_cache(num_blocks)
-
-    def submit(self, sched: SchedulerOutput) -> None:
-        self.runner.submit(sched)
-
-    def collect(self) -> ModelRunnerOutput:
-        return self.runner.collect()
-
-    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
-        return self.runner.execute(sched)
 
     def shutdown(self) -> None:
         """Lets go of the KV cache and the decode graphs (their memory returns once the

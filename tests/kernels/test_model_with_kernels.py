@@ -1,7 +1,8 @@
-"""The model path that CUDA takes (fused rotary + cache write; decode sequences first,
-through the Triton decode kernel; prefill chunks through the reference) with a tiny
-Llama in float32: greedy tokens equal HF transformers while chunked prefill and decodes
-mix. On CPU the kernels run under the interpreter; on a GPU, natively."""
+"""The model path that CUDA takes (kernel_backend="triton": fused rotary + cache write;
+decode sequences first, through the Triton decode kernel; prefill chunks through the
+Triton prefill kernel) with a tiny Llama in float32: greedy tokens equal HF transformers
+while chunked prefill and decodes mix. On CPU the kernels run under the interpreter; on a
+GPU, natively."""
 from __future__ import annotations
 
 import torch

@@ -98,3 +98,34 @@ def test_lookahead_slots_take_blocks_beyond_the_scheduled_tokens():
     assert len(kv.allocate_slots(req, 1, num_lookahead=3)) == 1  # slots up to 10: block 3
     assert kv.allocate_slots(req, 1, num_lookahead=100) is None  # more than the pool
     assert len(kv.block_ids("a")) == 3  # a refusal takes nothing
+
+
+def test_drafts_stop_at_the_output_budget_and_the_context():
+    sched = make_scheduler(block_size=4)
+    req = decoding(sched, max_tokens=4)  # one output so far: room for 2 drafts + 1 token
+    req.spec_token_ids = [11, 12, 13, 14, 15]
+    so = sched.schedule()
+    assert so.scheduled_spec_token_ids == {"r": [11, 12]} and so.num_scheduled_tokens["r"] == 3
+    assert req.spec_token_ids == []  # the rest dropped: a proposer proposes anew each step
+
+    sched = make_scheduler(block_size=4, max_model_len=9)
+    req = decoding(sched, max_tokens=None)  # 7 tokens: positions 7 and 8 are the last
+    req.spec_token_ids = [11, 12, 13, 14]
+    so = sched.schedule()
+    assert so.scheduled_spec_token_ids == {"r": [11, 12]}  # positions 7, 8 (< 9)
+
+
+def test_the_model_runner_refuses_drafts_it_cannot_verify(tiny_llama):
+    """Until speculative decoding brings its rejection sampler, a step with drafts is an
+    error that says so, not tokens computed at the wrong positions."""
+    import pytest
+
+    from tessera import LLM
+    folder, _ = tiny_llama
+    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=16, async_scheduling=False)
+    llm.engine.add_request("r", {"prompt_token_ids": [5, 6, 7]},
+                           SamplingParams(max_tokens=8, ignore_eos=True))
+    llm.engine.step()
+    llm.engine.core.scheduler.requests["r"].spec_token_ids = [9, 9]
+    with pytest.raises(NotImplementedError, match="draft tokens"):
+        llm.engine.step()
