@@ -2,9 +2,10 @@
 
 `load_tokenizer(ModelConfig, ModelSource)` returns a Hugging Face tokenizer (with its chat
 template) from the model folder, from the GGUF metadata, or None for named random shapes.
-`generation_defaults(source)` reads `generation_config.json` sampling defaults and
-`generation_eos_ids(source)` its EOS ids. (transformers' tokenizers import torch when it is
-installed: the one place the API process meets it, at start-up.)
+In a process that keeps torch out (frontend/torch_free.py: the API server's), a GGUF
+file's tokenizer comes from a folder exported once by a subprocess
+(frontend/gguf_tokenizer.py). `generation_defaults(source)` reads `generation_config.json`
+sampling defaults and `generation_eos_ids(source)` its EOS ids.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import os
 from typing import Any, Optional
 
 from tessera.config import ModelConfig
+from tessera.frontend.gguf_tokenizer import exported_tokenizer_dir
+from tessera.frontend.torch_free import torch_kept_out
 from tessera.models.source import ModelSource
 
 _SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
@@ -23,6 +26,9 @@ def load_tokenizer(cfg: ModelConfig, source: ModelSource) -> Optional[Any]:
         return None
     path = cfg.tokenizer or source.path
     if path.endswith(".gguf") and os.path.isfile(path):
+        if torch_kept_out():  # transformers' GGUF reader needs torch: build it elsewhere
+            from transformers import AutoTokenizer
+            return AutoTokenizer.from_pretrained(exported_tokenizer_dir(path))
         from tessera.models.gguf_meta import load_gguf_tokenizer
         return load_gguf_tokenizer(path)
     if os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f)) for f in

@@ -1,8 +1,9 @@
 """`tessera serve [MODEL]`: the engine in its own process, the API here, on uvicorn.
 
-Flow: parse options (engine options generated from the config dataclasses) -> MPClient
-(engine/mp_client.py: tokenizer and model metadata here; the engine core process loads
-weights and the KV cache) -> FastAPI app with a lifespan that waits for the engine, logs what was set
+Flow: parse options (engine options generated from the config dataclasses) -> torch kept
+out of this process (frontend/torch_free.py) -> MPClient (engine/mp_client.py: tokenizer
+and model metadata here; the engine core process loads weights and the KV cache) ->
+FastAPI app with a lifespan that waits for the engine, logs what was set
 up and starts the periodic stats line -> uvicorn. If the engine process dies, the server
 fails in-flight requests, answers /health with 503 and exits with status 1.
 """
@@ -17,6 +18,7 @@ import time
 from tessera.cli_args import add_engine_args, engine_kwargs
 from tessera.config import EngineConfig
 from tessera.default_model import FILENAME as DEFAULT_FILENAME
+from tessera.frontend.torch_free import keep_torch_out
 from tessera.gc_tuning import freeze_after_startup, unfreeze
 
 logger = logging.getLogger("tessera.server")
@@ -39,6 +41,7 @@ def add_serve_parser(sub) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    keep_torch_out()  # this process only speaks HTTP and tokenizes (frontend/torch_free.py)
     kwargs = engine_kwargs(args)
     if args.model_tag:
         kwargs["model"] = args.model_tag

@@ -379,3 +379,28 @@ def test_unsupported_architecture(tmp_path):
     _write_gguf(path, "falcon", {})
     with pytest.raises(ValueError, match=r"'falcon'.*Supported: llama, qwen2"):
         read_gguf_arch(str(path))
+
+
+# ---------------------------------------------------------------- exported for the API process
+
+
+def test_the_exported_tokenizer_is_the_files_own(smollm_tokenizer, tmp_path):
+    """The API process keeps torch out, so a GGUF file's tokenizer is exported by a
+    subprocess (frontend/gguf_tokenizer.py) as a Hugging Face folder; loaded back it
+    encodes, decodes and renders the chat template as the one built from the file."""
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from tessera.frontend import gguf_tokenizer
+    out = tmp_path / "tok"
+    proc = subprocess.run([sys.executable, "-m", "tessera.frontend.gguf_tokenizer", SMOLLM2,
+                           str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    exported = AutoTokenizer.from_pretrained(str(out))
+    gguf_tokenizer._same(smollm_tokenizer, exported)  # raises on any difference
+    other = AutoTokenizer.from_pretrained(str(out))
+    other.add_bos_token = True  # a different tokenizer: the check must notice
+    with pytest.raises(RuntimeError, match="encodes"):
+        gguf_tokenizer._same(smollm_tokenizer, other)
