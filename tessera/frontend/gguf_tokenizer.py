@@ -7,7 +7,8 @@ transformers builds a GGUF file's tokenizer through its GGUF reader, which impor
 folder, loads the folder back and checks that it encodes, decodes and renders the chat
 template exactly as the original; the folder is cached under
 $XDG_CACHE_HOME/tessera/tokenizers (or ~/.cache/...), keyed by the file's path, size and
-modification time and transformers' version, so later starts skip the subprocess. The API
+modification time, transformers' version and EXPORT_FORMAT, so later starts skip the
+subprocess. The API
 process then loads the folder with `AutoTokenizer`, no torch needed.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 
+EXPORT_FORMAT = 1  # raise when the export changes: older cached folders are then not used
 _PROBES = ("Hello world, ünïcode ☃ .", "  two spaces\nand a line", "<|im_end|> text 12345")
 _MESSAGES = [{"role": "system", "content": "Be brief."},
              {"role": "user", "content": "What is the capital of France?"}]
@@ -41,7 +43,7 @@ def cache_root() -> str:
 def _key(path: str) -> str:
     stat = os.stat(path)
     text = (f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}:"
-            f"{importlib.metadata.version('transformers')}")
+            f"{importlib.metadata.version('transformers')}:{EXPORT_FORMAT}")
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

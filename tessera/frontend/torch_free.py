@@ -8,7 +8,9 @@ so transformers runs in its tokenizers-only mode (its advisory line saying so is
 TRANSFORMERS_NO_ADVISORY_WARNINGS). Child processes (the engine core, its workers) start
 fresh interpreters and import torch as usual. What needs torch to build a tokenizer (a GGUF
 file's: transformers' GGUF reader) runs in a subprocess (frontend/gguf_tokenizer.py).
-`torch_kept_out()` says whether this process keeps it out.
+`torch_kept_out()` says whether this process keeps it out; `hide_packages(*names)` is the
+mechanism, for any top-level package (the tests hide Triton with it, as where it is not
+installed).
 """
 from __future__ import annotations
 
@@ -20,12 +22,22 @@ from importlib.machinery import PathFinder
 logger = logging.getLogger(__name__)
 
 
-class _NoTorchFinder(PathFinder):
+class _HidingFinder(PathFinder):
+    """The path finder, except for the hidden top-level packages (and their modules)."""
+    hidden: frozenset = frozenset()
+
     @classmethod
     def find_spec(cls, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
+        if name.partition(".")[0] in cls.hidden:
             return None
         return PathFinder.find_spec(name, path, target)
+
+
+def hide_packages(*names: str) -> None:
+    """Makes these top-level packages unfindable in this process, as if not installed
+    (modules already imported stay)."""
+    _HidingFinder.hidden = _HidingFinder.hidden | frozenset(names)
+    sys.meta_path[:] = [_HidingFinder if f is PathFinder else f for f in sys.meta_path]
 
 
 def keep_torch_out() -> None:
@@ -33,8 +45,8 @@ def keep_torch_out() -> None:
         logger.debug("torch is imported already: it stays")
         return
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    sys.meta_path[:] = [_NoTorchFinder if f is PathFinder else f for f in sys.meta_path]
+    hide_packages("torch")
 
 
 def torch_kept_out() -> bool:
-    return _NoTorchFinder in sys.meta_path
+    return "torch" in _HidingFinder.hidden and _HidingFinder in sys.meta_path

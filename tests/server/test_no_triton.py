@@ -1,8 +1,9 @@
 """A CPU install without Triton serves the default model: Triton is only imported where
 kernels run (layers/ops.py picks the PyTorch references on the CPU), so blocking its
 import in every process (the API, the engine core and its in-process worker) changes
-nothing a client sees. The block is a `sitecustomize` on PYTHONPATH whose path finder
-does not find triton, as where the package is missing."""
+nothing a client sees. The block is a `sitecustomize` on PYTHONPATH that hides the package
+from every process's path finder (frontend/torch_free.py: `hide_packages`), as where it is
+not installed."""
 from __future__ import annotations
 
 import os
@@ -13,17 +14,9 @@ import httpx
 from tests.helpers.launch import start_server
 
 BLOCKER = textwrap.dedent('''
-    import sys
-    from importlib.machinery import PathFinder
+    from tessera.frontend.torch_free import hide_packages
 
-    class NoTriton(PathFinder):
-        @classmethod
-        def find_spec(cls, name, path=None, target=None):
-            if name == "triton" or name.startswith("triton."):
-                return None
-            return PathFinder.find_spec(name, path, target)
-
-    sys.meta_path[:] = [NoTriton if f is PathFinder else f for f in sys.meta_path]
+    hide_packages("triton")
 ''')
 
 
