@@ -36,7 +36,10 @@ class InputProcessor:
     def default_sampling_params(self, **overrides: Any) -> SamplingParams:
         return SamplingParams(**{**self.generation_defaults, **overrides})
 
-    def prepare_prompt(self, prompt: PromptType, check_length: bool = True) -> PreparedPrompt:
+    def prepare_prompt(self, prompt: PromptType, check_length: bool = True,
+                       add_special_tokens: bool = True) -> PreparedPrompt:
+        """A text prompt is encoded (with the tokenizer's special tokens: BOS where it adds
+        one, unless add_special_tokens is False); token ids are checked."""
         if isinstance(prompt, PreparedPrompt):
             return prompt
         if isinstance(prompt, dict):
@@ -49,7 +52,8 @@ class InputProcessor:
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError("this engine has no tokenizer: pass prompt token ids.")
-            text, ids = prompt, self.tokenizer.encode(prompt)
+            text, ids = prompt, self.tokenizer.encode(prompt,
+                                                      add_special_tokens=add_special_tokens)
         else:
             text, ids = None, list(prompt)
             bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < self.arch.vocab_size]
@@ -78,7 +82,11 @@ class InputProcessor:
         return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
-                            chat_template: Optional[str] = None, **kwargs: Any) -> list[int]:
+                            chat_template: Optional[str] = None,
+                            add_special_tokens: bool = False, **kwargs: Any) -> list[int]:
+        """The conversation rendered by the chat template (kwargs reach the template:
+        documents, continue_final_message, ...) and encoded; add_special_tokens: the
+        tokenizer's own (BOS ...) on top of what the template writes."""
         tok = self.tokenizer
         if tok is None:
             raise ValueError("this model has no tokenizer, so it has no chat template.")
@@ -93,4 +101,4 @@ class InputProcessor:
                                            add_generation_prompt=add_generation_prompt, **extra)
         except jinja2.TemplateError as e:
             raise ValueError(f"chat template error: {e}") from None
-        return tok.encode(text, add_special_tokens=False)
+        return tok.encode(text, add_special_tokens=add_special_tokens)

@@ -29,12 +29,16 @@ def error_response(status: int, message: str, param: Optional[str] = None) -> JS
 
 
 def validation_message(errors: list[dict]) -> tuple[str, Optional[str]]:
-    """pydantic errors -> ('field: what is wrong; ...', first field)."""
+    """pydantic errors -> ('field: what is wrong; ...', first field). A field the body may
+    not carry is named as unsupported (Tessera refuses what it does not implement)."""
     parts, first = [], None
     for err in errors:
         loc = [str(x) for x in err.get("loc", ()) if x not in ("body",)]
         field = ".".join(loc) or "body"
         first = first or field
+        if err.get("type") == "extra_forbidden":
+            parts.append(f"{field}: this field is not supported by this server")
+            continue
         parts.append(f"{field}: {err.get('msg', 'invalid value')}")
     return "; ".join(parts) or "invalid request body", first
 

@@ -5,7 +5,9 @@ Routes: GET /v2 (server metadata), /v2/health/live, /v2/health/ready,
 `text_input` tensor in, `text_output` out; one completion per element), and Triton's
 generate extension: POST .../generate (JSON {"text_input", "parameters"} -> {"text_output"})
 and .../generate_stream (SSE, one event per text delta). Sampling settings come from
-`parameters` (SamplingParams field names; max_tokens defaults to 16).
+`parameters` (SamplingParams field names, also accepted at a generate body's top level;
+max_tokens defaults to 16); any other key, and any other top-level key of an infer body,
+is refused with a 400 naming it.
 """
 from __future__ import annotations
 
@@ -39,11 +41,23 @@ def _model(request: Request, name: str, version: Optional[str]):
 
 
 def _params(s, parameters: Any) -> SamplingParams:
+    """SamplingParams from `parameters` (their field names); any other key is refused."""
     if parameters is not None and not isinstance(parameters, dict):
         raise ApiError(400, "parameters must be a JSON object.", "parameters")
-    given = {k: v for k, v in (parameters or {}).items() if k in _PARAM_FIELDS}
+    given = dict(parameters or {})
+    unknown = sorted(k for k in given if k not in _PARAM_FIELDS)
+    if unknown:
+        raise ApiError(400, f"parameter {unknown[0]!r} is not supported (sampling parameters: "
+                            f"{', '.join(sorted(_PARAM_FIELDS))}).", unknown[0])
     given.setdefault("max_tokens", 16)
     return s.client.input.default_sampling_params(**given)
+
+
+def _refuse_keys(body: dict[str, Any], known: tuple[str, ...]) -> None:
+    unknown = sorted(k for k in body if k not in known)
+    if unknown:
+        raise ApiError(400, f"{unknown[0]!r} is not supported here (known: {', '.join(known)}).",
+                       unknown[0])
 
 
 @router.get("/v2")
@@ -87,6 +101,7 @@ async def model_ready(request: Request, name: str, version: Optional[str] = None
 async def infer(request: Request, name: str, version: Optional[str] = None):
     s = _model(request, name, version)
     body = await _json(request)
+    _refuse_keys(body, ("id", "inputs", "outputs", "parameters"))
     inputs = {i.get("name"): i for i in body.get("inputs", []) if isinstance(i, dict)}
     tensor = inputs.get("text_input")
     if tensor is None or tensor.get("datatype", "BYTES") != "BYTES":
@@ -115,7 +130,8 @@ async def _generate_setup(request: Request, name: str, version: Optional[str]):
     parameters = body.get("parameters")
     if parameters is not None and not isinstance(parameters, dict):
         raise ApiError(400, "parameters must be a JSON object.", "parameters")
-    params = _params(s, {**{k: v for k, v in body.items() if k != "parameters"},
+    params = _params(s, {**{k: v for k, v in body.items()
+                            if k not in ("parameters", "text_input", "id")},
                          **(parameters or {})})
     prompt = s.client.input.prepare_prompt(text)
     return s, params, s.client.generate(f"v2-{uuid.uuid4().hex}", prompt, params)

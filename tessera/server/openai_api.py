@@ -37,6 +37,15 @@ def check_model(state, model: Optional[str]) -> str:
     return state.model_name
 
 
+def check_supported(body) -> None:
+    """400 naming the first field that asks for what Tessera does not implement."""
+    refused = body.check_supported()
+    if refused is not None:
+        field, what = refused
+        raise ApiError(400, f"{field} is not supported: Tessera does not implement {what}.",
+                       field)
+
+
 def _max_tokens(state, prompt_len: int, asked: Optional[int], kind: str) -> int:
     limit = state.client.input.max_model_len
     if asked is not None and asked < 1:
@@ -113,15 +122,16 @@ async def list_models(request: Request):
 async def completions(body: CompletionRequest, request: Request):
     s = _state(request)
     model = check_model(s, body.model)
-    if body.suffix:
-        raise ApiError(400, "suffix is not supported.", "suffix")
+    check_supported(body)
     front = s.client.input
     needs = [f for f, asked in (("echo", body.echo), ("logprobs", body.logprobs is not None),
                                 ("stop", bool(body.stop))) if asked]
     if front.tokenizer is None and needs:
         raise ApiError(400, f"{needs[0]} needs the model's tokenizer, and this server has none "
                        "(the new tokens come back as token_ids).", needs[0])
-    prompts = [front.prepare_prompt(p, check_length=False) for p in body.prompts()]
+    prompts = [front.prepare_prompt(p, check_length=False,
+                                    add_special_tokens=body.add_special_tokens)
+               for p in body.prompts()]
     params = []
     for p in prompts:
         max_tokens = _max_tokens(s, len(p.token_ids), body.max_tokens, "completion")
@@ -213,6 +223,7 @@ async def _completion_chunks(s, body, rid, model, prompts, params, streams) -> A
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     s = _state(request)
     model = check_model(s, body.model)
+    check_supported(body)
     front = s.client.input
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs requires logprobs=true.", "top_logprobs")
@@ -220,7 +231,16 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     template_kwargs = dict(body.chat_template_kwargs or {})
     add_generation_prompt = template_kwargs.pop("add_generation_prompt",
                                                 body.add_generation_prompt)
+    if body.continue_final_message:
+        if add_generation_prompt:
+            raise ApiError(400, "continue_final_message needs add_generation_prompt=false "
+                                "(the last message is continued, no new one begun).",
+                           "continue_final_message")
+        template_kwargs["continue_final_message"] = True
+    if body.documents is not None:
+        template_kwargs["documents"] = body.documents
     ids = front.apply_chat_template(messages, add_generation_prompt, body.chat_template,
+                                    add_special_tokens=body.add_special_tokens,
                                     **template_kwargs)  # ValueError (400) on template errors
     prompt = front.prepare_prompt(ids, check_length=False)
     max_tokens = _max_tokens(s, len(ids), body.requested_max_tokens(), "chat")
