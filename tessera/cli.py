@@ -16,7 +16,9 @@ import logging
 import sys
 from typing import Any, Optional
 
+from tessera import __version__
 from tessera.cli_args import add_engine_args, engine_kwargs
+from tessera.logs import LEVELS, setup_logging
 
 
 def _sampling_args(parser: argparse.ArgumentParser) -> None:
@@ -52,26 +54,44 @@ def build_parser() -> argparse.ArgumentParser:
     from tessera.server.serve import add_serve_parser
 
     parser = argparse.ArgumentParser(prog="tessera", description="LLM inference engine and server")
+    parser.add_argument("--version", action="version", version=f"tessera {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", choices=LEVELS, default="info",
+                        help="how much to log (default: info; debug adds tracebacks)")
     sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="complete one prompt and print the text")
+    gen = sub.add_parser("generate", help="complete one prompt and print the text",
+                         parents=[common])
     gen.add_argument("prompt")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     _sampling_args(gen)
     add_engine_args(gen)
     gen.set_defaults(func=_generate)
-    add_serve_parser(sub)
-    add_bench_parser(sub)
+    add_serve_parser(sub, [common])
+    add_bench_parser(sub, [common])
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    """Exit codes: 0 done; 2 bad options or inputs (found before anything starts: one
+    `tessera: error:` line); 1 a start or run that failed (one such line; the traceback at
+    --log-level debug); 130 interrupted (Ctrl-C)."""
     args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, "api" if args.command == "serve" else "cli")
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as e:
-        print(f"tessera: error: {e}", file=sys.stderr)
-        return 2
+        return _error(e, 2)
+    except (RuntimeError, OSError) as e:
+        return _error(e, 1)
+    except KeyboardInterrupt:
+        print("tessera: interrupted", file=sys.stderr)
+        return 130
+
+
+def _error(e: Exception, code: int) -> int:
+    logging.getLogger("tessera").debug("the error in full", exc_info=e)
+    print(f"tessera: error: {e}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

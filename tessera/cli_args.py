@@ -32,12 +32,15 @@ def add_engine_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ())
                 continue
             flags = ["--" + f.name.replace("_", "-")] + _ALIASES.get(f.name, [])
             kind = _field_type(cls, f)
-            help_text = f"{f.metadata.get('help', '')} (default: {f.default})".lstrip()
+            help_text = f.metadata.get("help", "")
+            if "default:" not in help_text:
+                help_text = f"{help_text} (default: {f.default})".lstrip()
             if kind is bool:
                 group.add_argument(*flags, action=argparse.BooleanOptionalAction,
                                    default=f.default, help=help_text)
             else:
-                group.add_argument(*flags, type=kind, default=f.default, help=help_text)
+                group.add_argument(*flags, type=kind, default=f.default, help=help_text,
+                                   choices=f.metadata.get("choices"))
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:

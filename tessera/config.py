@@ -29,8 +29,9 @@ KERNEL_MODES = ("auto", "off", "always")
 EXECUTORS = ("auto", "uni", "mp")
 
 
-def _field(default: Any, help: str) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help})
+def _field(default: Any, help: str, choices: Optional[tuple] = None) -> Any:
+    """A config field with its CLI help and, where the set is fixed, its choices."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclasses.dataclass
@@ -39,9 +40,10 @@ class ModelConfig:
         None, "HF folder, .gguf file, or a named shape with --load-format dummy")
     tokenizer: Optional[str] = _field(None, "tokenizer folder or .gguf (default: the model's)")
     dtype: str = _field("auto", "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, "
-                                "float16")
+                                "float16", DTYPE_NAMES)
     device: str = _field("auto", "auto (cuda if available), cpu, cuda, cuda:N")
-    load_format: str = _field("auto", "auto, safetensors, gguf, dummy (random weights)")
+    load_format: str = _field("auto", "auto, safetensors, gguf, dummy (random weights)",
+                              LOAD_FORMATS)
     max_model_len: Optional[int] = _field(None, "context length (default: the model's)")
     seed: int = _field(0, "seeds dummy weights and unseeded sampling")
     skip_tokenizer_init: bool = _field(False, "no tokenizer: token ids in and out")
@@ -68,7 +70,7 @@ class CacheConfig:
     num_blocks: Optional[int] = _field(None, "overrides the computed number of KV blocks")
     enable_prefix_caching: bool = _field(True, "reuse KV blocks of identical prompt prefixes")
     kv_cache_dtype: str = _field("auto", "auto (the model's dtype) or fp8 (float8 e4m3: half "
-                                         "of bf16)")
+                                         "of bf16)", KV_CACHE_DTYPES)
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -114,7 +116,7 @@ class ParallelConfig:
                                          "balanced)")
     distributed_executor_backend: str = _field(
         "auto", "auto (one process for one rank, else mp), uni (this process), mp (a worker "
-                "process per rank)")
+                "process per rank)", EXECUTORS)
     distributed_init_host: str = _field("127.0.0.1", "address the ranks' process group meets "
                                                      "at (rank 0's host)")
 
@@ -145,15 +147,15 @@ class KernelConfig:
     """Which kernels a worker runs; fixed when its model is built (layers/ops.py)."""
     kernel_backend: str = _field(
         "auto", "auto (Triton kernels on CUDA, the PyTorch references elsewhere), triton "
-                "(everywhere; on CPU only under TRITON_INTERPRET=1), reference")
+                "(everywhere; on CPU only under TRITON_INTERPRET=1), reference", KERNEL_BACKENDS)
     skinny_gemm: str = _field("auto", "products of <= 16 rows through the skinny GEMM: auto "
-                                      "(Hopper+, bf16/fp16), off, always")
+                                      "(Hopper+, bf16/fp16), off, always", KERNEL_MODES)
     qkv_rope: bool = _field(True, "decode steps: rotary + KV-cache write in the q/k/v "
                                   "projection's epilogue")
     norm_fusion: bool = _field(True, "decode steps: RMSNorms inside the projections around "
                                      "them")
     fused_moe: str = _field("auto", "MoE steps of <= 512 tokens through the grouped Triton "
-                                    "GEMMs: auto (CUDA), off, always")
+                                    "GEMMs: auto (CUDA), off, always", KERNEL_MODES)
     pdl: bool = _field(True, "programmatic dependent launch between decode kernels (Hopper+)")
 
     def __post_init__(self) -> None:

@@ -27,7 +27,11 @@ def test_python_dash_m_tessera_is_the_cli():
 def test_bad_option_value_is_a_clear_error():
     proc = run_cli("generate", "hi", "--dtype", "float8")
     assert proc.returncode == 2
-    assert "dtype 'float8' is not supported" in proc.stderr
+    assert "--dtype: invalid choice: 'float8'" in proc.stderr  # argparse lists the choices
+    proc = run_cli("generate", "hi", "--max-num-seqs", "0")  # checked by the config
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == ("tessera: error: max_num_seqs must be "
+                                                    ">= 1, got 0.")
 
 
 def test_bench_throughput_and_latency_on_a_tiny_model(tiny_llama, tmp_path):

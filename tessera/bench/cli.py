@@ -16,8 +16,9 @@ from tessera.cli_args import add_engine_args, engine_kwargs
 from tessera.config import EngineConfig
 
 
-def add_bench_parser(sub) -> None:
-    p = sub.add_parser("bench", help="latency, throughput and serving benchmarks")
+def add_bench_parser(sub, parents: list) -> None:
+    p = sub.add_parser("bench", help="latency, throughput and serving benchmarks",
+                       parents=parents)
     p.add_argument("workload", choices=["latency", "throughput", "serve"])
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--input-len", type=int, default=32)

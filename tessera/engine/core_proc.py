@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 
@@ -23,6 +22,8 @@ from tessera.config import EngineConfig
 from tessera.engine import ipc
 from tessera.engine.request import Request
 from tessera.engine.scheduler import QueueFullError
+from tessera.lifeline import die_with_parent, parent_alive
+from tessera.logs import setup_logging
 
 logger = logging.getLogger("tessera.engine")
 IDLE_POLL_MS = 200
@@ -30,19 +31,20 @@ STATS_INTERVAL_S = 1.0
 
 
 class EngineProc:
-    def __init__(self, config: EngineConfig, input_addr: str, output_addr: str):
+    def __init__(self, config: EngineConfig, input_addr: str, output_addr: str,
+                 parent_pid: int):
         self.ctx = zmq.Context()
         self.inbox = self.ctx.socket(zmq.PULL)
         self.inbox.connect(input_addr)
         self.outbox = self.ctx.socket(zmq.PUSH)
         self.outbox.connect(output_addr)
         self.eos = config.info.arch.eos_token_ids
-        self.parent = os.getppid()
+        self.parent = parent_pid
         self.running = True
         try:
             self.core = self._build(config)
-        except Exception as e:  # tell the API process why, then die
-            logger.exception("engine failed to start")
+        except Exception as e:  # tell the API process why (it prints it), then die
+            logger.debug("engine failed to start", exc_info=True)
             self._send(ipc.Fatal(f"{type(e).__name__}: {e}"))
             raise
 
@@ -82,7 +84,7 @@ class EngineProc:
     def run(self) -> None:
         last_stats = 0.0
         while self.running:
-            if os.getppid() != self.parent:
+            if not parent_alive(self.parent):
                 logger.error("the API process is gone; the engine exits")
                 self.core.shutdown()
                 return
@@ -101,10 +103,14 @@ def main(argv=None) -> int:
     ap.add_argument("--config", required=True)
     ap.add_argument("--input", required=True)
     ap.add_argument("--output", required=True)
+    ap.add_argument("--parent-pid", type=int, required=True)
+    ap.add_argument("--log-level", default="info")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    die_with_parent(args.parent_pid)  # lifeline.py: never outlive the API process
+    setup_logging(args.log_level, "engine")
     try:
-        proc = EngineProc(EngineConfig.from_json(args.config), args.input, args.output)
+        proc = EngineProc(EngineConfig.from_json(args.config), args.input, args.output,
+                          args.parent_pid)
     except Exception:
         return 1
     try:

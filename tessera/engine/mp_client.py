@@ -29,6 +29,7 @@ import zmq.asyncio
 from tessera.config import EngineConfig
 from tessera.engine import ipc
 from tessera.engine.client import Children, EngineClient
+from tessera.logs import level_name
 from tessera.frontend.input import PreparedPrompt
 from tessera.outputs import RequestOutput
 from tessera.sampling_params import SamplingParams
@@ -58,12 +59,23 @@ class MPClient(EngineClient):
         self._child_parent: dict[str, str] = {}  # child request id -> its request
         self._children: dict[str, list[str]] = {}  # request id -> child ids sent
         self._ids = itertools.count()
-        self._tmp = tempfile.mkdtemp(prefix="tessera-ipc-")
+        self._tmp: Optional[str] = None  # the IPC sockets' folder, while the engine runs
         self._proc: Optional[subprocess.Popen] = None
         self._tasks: list[asyncio.Task] = []
 
     # -- life cycle ----------------------------------------------------------------------
     async def start(self, ready_timeout_s: float = 1800.0) -> ipc.Ready:
+        """Starts the engine process and waits for it; on any failure or interruption
+        (Ctrl-C included) the engine is stopped and the IPC folder removed before the
+        error goes on."""
+        try:
+            return await self._launch(ready_timeout_s)
+        except BaseException:
+            await self.shutdown()
+            raise
+
+    async def _launch(self, ready_timeout_s: float) -> ipc.Ready:
+        self._tmp = tempfile.mkdtemp(prefix="tessera-ipc-")
         in_addr, out_addr = f"ipc://{self._tmp}/in", f"ipc://{self._tmp}/out"
         self._sync_ctx = zmq.Context()
         self._to_engine = self._sync_ctx.socket(zmq.PUSH)
@@ -75,7 +87,8 @@ class MPClient(EngineClient):
         self._from_engine.bind(out_addr)
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "tessera.engine.core_proc", "--config", self.config.to_json(),
-             "--input", in_addr, "--output", out_addr], stdin=subprocess.DEVNULL)
+             "--input", in_addr, "--output", out_addr, "--parent-pid", str(os.getpid()),
+             "--log-level", level_name()], stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + ready_timeout_s
         while self.ready is None:
             if self._proc.poll() is not None:
@@ -94,18 +107,26 @@ class MPClient(EngineClient):
         return self.ready
 
     async def shutdown(self) -> None:
+        """Stops the engine (Shutdown, then SIGKILL after 10 s; at once if it is not ready
+        yet), closes the sockets and removes the IPC folder. Safe to call more than once."""
         for task in self._tasks:
             task.cancel()
-        if self._proc is not None and self._proc.poll() is None:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
             try:
+                if self.ready is None:
+                    raise EngineDeadError("not started")  # nothing to finish: stop it now
                 self._send(ipc.Shutdown())
-                await asyncio.to_thread(self._proc.wait, 10)
-            except (subprocess.TimeoutExpired, zmq.ZMQError, EngineDeadError):
-                self._proc.kill()
+                await asyncio.to_thread(proc.wait, 10)
+            except (subprocess.TimeoutExpired, zmq.ZMQError, EngineDeadError,
+                    asyncio.CancelledError):
+                proc.kill()
+                proc.wait()
         for sock in ("_to_engine", "_from_engine"):
             if hasattr(self, sock):
                 getattr(self, sock).close(linger=0)
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
     # -- requests ------------------------------------------------------------------------
     def new_request_id(self, prefix: str) -> str:

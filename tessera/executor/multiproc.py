@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from tessera.config import EngineConfig
 from tessera.engine.protocol import ModelRunnerOutput, SchedulerOutput, WorkerInfo
 from tessera.executor import messages as msg
 from tessera.executor.base import Executor
+from tessera.logs import level_name
 
 logger = logging.getLogger(__name__)
 STARTUP_TIMEOUT_S = 1800.0
@@ -63,7 +65,8 @@ class MultiprocExecutor(Executor):
             self._procs.append(subprocess.Popen(
                 [sys.executable, "-m", "tessera.executor.worker_proc", "--config",
                  config_json, "--dist-init", dist_init, "--input", addr, "--output", out_addr,
-                 "--rank", str(rank)], stdin=subprocess.DEVNULL))
+                 "--rank", str(rank), "--parent-pid", str(os.getpid()),
+                 "--log-level", level_name()], stdin=subprocess.DEVNULL))
         hellos = [self._wait(msg.Hello, STARTUP_TIMEOUT_S) for _ in range(self.world)]
         self._blocks = min(h.num_blocks for h in hellos)
         self.worker_infos = [h.info for h in sorted(hellos, key=lambda h: h.rank)]

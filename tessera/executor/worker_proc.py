@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 import zmq
@@ -18,6 +17,8 @@ import zmq
 from tessera.config import EngineConfig
 from tessera.executor import messages as msg
 from tessera.gc_tuning import freeze_after_startup
+from tessera.lifeline import die_with_parent, parent_alive
+from tessera.logs import setup_logging
 
 logger = logging.getLogger("tessera.worker")
 
@@ -27,9 +28,11 @@ def main(argv=None) -> int:
     for name in ("--config", "--dist-init", "--input", "--output"):
         ap.add_argument(name, required=True)
     ap.add_argument("--rank", type=int, required=True)
+    ap.add_argument("--parent-pid", type=int, required=True)
+    ap.add_argument("--log-level", default="info")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=f"%(levelname)s rank{args.rank} %(name)s: "
-                                                   "%(message)s")
+    die_with_parent(args.parent_pid)  # lifeline.py: never outlive the engine process
+    setup_logging(args.log_level, f"rank{args.rank}")
     ctx = zmq.Context()
     inbox = ctx.socket(zmq.PULL)
     inbox.connect(args.input)
@@ -51,10 +54,9 @@ def run(args, inbox, outbox) -> None:
     worker = Worker(EngineConfig.from_json(args.config), args.rank, args.dist_init)
     runner = worker.runner
     outbox.send(msg.encoder.encode(msg.Hello(args.rank, runner.num_kv_blocks(), worker.info)))
-    parent = os.getppid()
     while True:
         if not inbox.poll(1000):
-            if os.getppid() != parent:
+            if not parent_alive(args.parent_pid):
                 raise RuntimeError("the engine process is gone")
             continue
         m = msg.to_worker.decode(inbox.recv())

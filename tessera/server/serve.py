@@ -1,11 +1,15 @@
 """`tessera serve [MODEL]`: the engine in its own process, the API here, on uvicorn.
 
-Flow: parse options (engine options generated from the config dataclasses) -> torch kept
-out of this process (frontend/torch_free.py) -> MPClient (engine/mp_client.py: tokenizer
-and model metadata here; the engine core process loads weights and the KV cache) ->
-FastAPI app with a lifespan that waits for the engine, logs what was set
-up and starts the periodic stats line -> uvicorn. If the engine process dies, the server
-fails in-flight requests, answers /health with 503 and exits with status 1.
+Flow, failing fast: parse options (engine options generated from the config dataclasses;
+the port's range checked by argparse) -> torch kept out of this process
+(frontend/torch_free.py) -> the listening socket bound (a taken port fails here, in a
+second, before any model is read) -> MPClient (engine/mp_client.py: the checkpoint's
+metadata read once and the tokenizer loaded here; a context longer than the model's is
+refused here) -> the engine core process started and awaited (weights, KV cache; a
+failure or Ctrl-C stops it and removes its IPC folder) -> uvicorn on the bound socket,
+with Tessera's log format (logs.py). Start-up phases are logged with their times. If the
+engine process dies, the server fails in-flight requests, answers /health with 503 and
+exits with status 1.
 """
 from __future__ import annotations
 
@@ -13,8 +17,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
+import socket
 import time
 
+from tessera import __version__
 from tessera.cli_args import add_engine_args, engine_kwargs
 from tessera.config import EngineConfig
 from tessera.default_model import FILENAME as DEFAULT_FILENAME
@@ -25,19 +32,35 @@ logger = logging.getLogger("tessera.server")
 DEFAULT_MODEL_NAME = DEFAULT_FILENAME.split(".")[0]  # SmolLM2-135M-Instruct
 
 
-def add_serve_parser(sub) -> None:
-    p = sub.add_parser("serve", help="serve a model over HTTP (OpenAI API, KServe v2)")
+def port_number(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (1..65535)")
+    return port
+
+
+def add_serve_parser(sub, parents: list) -> None:
+    p = sub.add_parser("serve", help="serve a model over HTTP (OpenAI API, KServe v2)",
+                       parents=parents)
     p.add_argument("model_tag", nargs="?", default=None, metavar="MODEL",
                    help="HF folder or .gguf file (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
-    p.add_argument("--served-model-name", default=None)
-    p.add_argument("--max-body-bytes", type=int, default=4 << 20)
-    p.add_argument("--stats-interval", type=float, default=10.0,
-                   help="seconds between stats log lines while busy")
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on "
+                                                       "(default: 127.0.0.1)")
+    g.add_argument("--port", type=port_number, default=8000, help="TCP port (default: 8000)")
+    g.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' "
+                                                   "(default: no key)")
+    g.add_argument("--served-model-name", default=None,
+                   help="the model's name in the API (default: the model's path, or "
+                        f"{DEFAULT_MODEL_NAME})")
+    g.add_argument("--max-body-bytes", type=int, default=4 << 20,
+                   help="largest request body; more is a 413 (default: 4 MiB)")
+    g.add_argument("--stats-interval", type=float, default=10.0,
+                   help="seconds between stats log lines while busy (default: 10)")
+    g.add_argument("--disable-access-log", action="store_true",
+                   help="no log line per HTTP request (default: logged)")
     add_engine_args(p)
-    p.set_defaults(func=run_serve)
+    p.set_defaults(func=run_serve, serve_parser=p)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -49,31 +72,62 @@ def run_serve(args: argparse.Namespace) -> int:
     return asyncio.run(serve(config, args))
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound and listening before the engine starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
+def _options(args: argparse.Namespace) -> str:
+    """The options given other values than their defaults, as flags."""
+    parser = args.serve_parser
+    changed = [f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(args).items())
+               if k not in ("func", "serve_parser", "command", "model_tag", "api_key")
+               and parser.get_default(k) != v]
+    return " ".join(changed) or "none"
+
+
 async def serve(config: EngineConfig, args: argparse.Namespace) -> int:
     import uvicorn
 
     from tessera.engine.mp_client import MPClient
+    from tessera.logs import uvicorn_log_config
     from tessera.server.app import ServerState, create_app
     from tessera.server.metrics import ServerMetrics
 
+    sock = _listen(args.host, args.port)
     name = args.served_model_name or config.model.model or DEFAULT_MODEL_NAME
-    client = MPClient(config)
+    logger.info("tessera %s serving %s on http://%s:%d; options changed: %s", __version__,
+                name, args.host, args.port, _options(args))
+    try:
+        start = time.monotonic()
+        client = MPClient(config)
+        logger.info("tokenizer and model metadata ready in %.1f s", time.monotonic() - start)
+        start = time.monotonic()
+        logger.info("starting the engine process (weights, KV cache, warm-up) ...")
+        ready = await _start_engine(client)
+    except BaseException:
+        sock.close()
+        raise
+    freeze_after_startup()  # gc_tuning.py: no full collections walking start-up
+    w = ready.worker
+    logger.info("engine ready in %.1f s: %s on %s (%s), %.2f GiB of weights loaded in %.1f s",
+                time.monotonic() - start, name, w.device, w.dtype, w.weight_gib,
+                w.load_seconds)
     metrics = ServerMetrics(name)
     client.observers.append(metrics)
     state = ServerState(client, metrics, name, client.input.model_path, int(time.time()))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        ready = await client.start()
-        freeze_after_startup()  # gc_tuning.py: no full collections walking start-up
-        w = ready.worker
-        logger.info("engine ready: %s on %s (%s), %.2f GiB of weights loaded in %.1f s",
-                    name, w.device, w.dtype, w.weight_gib, w.load_seconds)
-        tokens = ready.num_blocks * ready.block_size
-        logger.info("KV cache (%s): %d tokens in %d blocks of %d; maximum concurrency at "
-                    "full context (%d tokens): %.2fx", w.kv_cache_dtype,
-                    tokens, ready.num_blocks, ready.block_size, ready.max_model_len,
-                    tokens / ready.max_model_len)
         stats = asyncio.create_task(_log_stats(metrics, args.stats_interval))
         try:
             yield
@@ -83,16 +137,28 @@ async def serve(config: EngineConfig, args: argparse.Namespace) -> int:
             await client.shutdown()
 
     app = create_app(state, args.api_key, args.max_body_bytes, lifespan)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
-                                           log_level="info", timeout_graceful_shutdown=3))
+    server = uvicorn.Server(uvicorn.Config(
+        app, log_config=uvicorn_log_config(args.log_level), log_level=args.log_level,
+        access_log=not args.disable_access_log, timeout_graceful_shutdown=3))
 
     def on_dead(message: str) -> None:
         logger.error("shutting down: %s", message)
         server.should_exit = True
 
     client.on_dead = on_dead
-    await server.serve()
+    await server.serve(sockets=[sock])
     return 1 if client.dead or not server.started else 0
+
+
+async def _start_engine(client):
+    """client.start(), with SIGTERM as well as Ctrl-C cancelling it (it then stops the
+    engine and removes its IPC folder before the error goes on)."""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await client.start()
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 async def _log_stats(metrics, interval: float) -> None:

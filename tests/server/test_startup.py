@@ -1,0 +1,90 @@
+"""`tessera serve` starting up as a user meets it: a taken port fails in seconds without
+reading the model; an interrupted start (SIGINT before the engine process exists, or while
+it loads) leaves no process and no IPC folder behind; a start that fails in the engine
+prints one `tessera: error:` line and exits 1."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import torch
+
+
+def _serve(tmp_path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # the IPC folders go here
+    return subprocess.Popen([sys.executable, "-m", "tessera", "serve", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_taken_port_fails_fast_without_loading_the_model(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        start = time.monotonic()
+        proc = _serve(tmp_path, "--port", str(taken.getsockname()[1]))
+        _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - start < 3, err
+    assert proc.returncode == 1
+    assert err.strip().splitlines()[-1].startswith("tessera: error: cannot listen on")
+    assert "Loading weights" not in err and "Traceback" not in err
+
+
+def _descendants(pid: int) -> set[int]:
+    try:
+        return {p.pid for p in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+@pytest.mark.parametrize("when", ["before the engine", "while the engine loads"])
+def test_an_interrupted_start_leaves_no_process_and_no_folder(tmp_path, when):
+    proc = _serve(tmp_path, "--port", str(_free_port()), "--num-blocks", "64")
+    seen: set[int] = set()
+    if when == "before the engine":
+        time.sleep(0.5)
+    else:  # the engine process exists and is loading
+        deadline = time.monotonic() + 60
+        while not seen and time.monotonic() < deadline:
+            seen |= _descendants(proc.pid)
+            time.sleep(0.1)
+        assert seen, "no engine process appeared"
+        time.sleep(1.5)
+    seen |= _descendants(proc.pid)
+    proc.send_signal(signal.SIGINT)  # the API process only: its children must follow
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    deadline = time.monotonic() + 10
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+              for p in seen) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = [p for p in seen if psutil.pid_exists(p)
+             and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"left running: {alive}"
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("tessera-")], os.listdir(tmp_path)
+    assert "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_engine_that_cannot_start_is_one_error_line(tmp_path):
+    """The device is checked in the engine process (it has torch): its failure comes back
+    as one line, exit status 1, and nothing is left behind."""
+    proc = _serve(tmp_path, "--port", str(_free_port()), "--device", "cuda")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    lines = err.strip().splitlines()
+    assert lines[-1] == ("tessera: error: the engine failed to start: ValueError: device "
+                         "'cuda' was asked for, but CUDA is not available here.")
+    assert "Traceback" not in err
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("tessera-")]
