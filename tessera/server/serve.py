@@ -7,7 +7,8 @@ second, before any model is read) -> MPClient (engine/mp_client.py: the checkpoi
 metadata read once and the tokenizer loaded here; a context longer than the model's is
 refused here) -> the engine core process started and awaited (weights, KV cache; a
 failure or Ctrl-C stops it and removes its IPC folder) -> uvicorn on the bound socket,
-with Tessera's log format (logs.py). Start-up phases are logged with their times. If the
+with Tessera's log format (logs.py). Start-up phases are logged with their times, and a
+line every 5 s while one lasts. If the
 engine process dies, the server fails in-flight requests, answers /health with 503 and
 exits with status 1.
 """
@@ -109,11 +110,12 @@ async def serve(config: EngineConfig, args: argparse.Namespace) -> int:
                 name, args.host, args.port, _options(args))
     try:
         start = time.monotonic()
-        client = MPClient(config)
+        async with _heartbeat("reading the model's metadata and tokenizer"):
+            client = await asyncio.to_thread(MPClient, config)
         logger.info("tokenizer and model metadata ready in %.1f s", time.monotonic() - start)
         start = time.monotonic()
-        logger.info("starting the engine process (weights, KV cache, warm-up) ...")
-        ready = await _start_engine(client)
+        async with _heartbeat("starting the engine process (weights, KV cache, warm-up)"):
+            ready = await _start_engine(client)
     except BaseException:
         sock.close()
         raise
@@ -148,6 +150,23 @@ async def serve(config: EngineConfig, args: argparse.Namespace) -> int:
     client.on_dead = on_dead
     await server.serve(sockets=[sock])
     return 1 if client.dead or not server.started else 0
+
+
+@contextlib.asynccontextmanager
+async def _heartbeat(doing: str, every_s: float = 5.0):
+    """Logs what start-up is doing, and again every few seconds while it lasts."""
+    logger.info("%s ...", doing)
+    start = time.monotonic()
+
+    async def beat():
+        while True:
+            await asyncio.sleep(every_s)
+            logger.info("still %s (%.0f s)", doing, time.monotonic() - start)
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
 
 
 async def _start_engine(client):
