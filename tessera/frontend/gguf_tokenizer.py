@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import logging
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ import sys
 import tempfile
 
 EXPORT_FORMAT = 1  # raise when the export changes: older cached folders are then not used
+logger = logging.getLogger(__name__)
 _PROBES = ("Hello world, ünïcode ☃ .", "  two spaces\nand a line", "<|im_end|> text 12345")
 _MESSAGES = [{"role": "system", "content": "Be brief."},
              {"role": "user", "content": "What is the capital of France?"}]
@@ -53,6 +55,8 @@ def exported_tokenizer_dir(path: str, timeout_s: float = 600.0) -> str:
     folder = os.path.join(root, _key(path))
     if os.path.isfile(os.path.join(folder, "tokenizer.json")):
         return folder
+    logger.info("building the tokenizer of %s once, in a subprocess (it is cached in %s)",
+                os.path.basename(path), root)
     scratch = tempfile.mkdtemp(prefix="export-", dir=root)
     try:
         proc = subprocess.run([sys.executable, "-m", "tessera.frontend.gguf_tokenizer", path,
