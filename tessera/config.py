@@ -48,6 +48,9 @@ class ModelConfig:
     seed: int = _field(0, "seeds dummy weights and unseeded sampling")
     skip_tokenizer_init: bool = _field(False, "no tokenizer: token ids in and out")
     enforce_eager: bool = _field(False, "no CUDA graphs for decode steps")
+    cpu_threads: Optional[int] = _field(
+        None, "intra-op threads of a CPU engine (default: the physical cores given to the "
+              "process, shared among its ranks)")
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPE_NAMES:
@@ -60,6 +63,8 @@ class ModelConfig:
             raise ValueError(f"device {self.device!r} is not supported; choose auto, cpu or cuda.")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}.")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"cpu_threads must be >= 1, got {self.cpu_threads}.")
 
 
 @dataclasses.dataclass

@@ -11,10 +11,11 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_generate_chat_answers_paris():
-    proc = run_cli("generate", "--chat", "What is the capital of France?")
+    proc = run_cli("generate", "--chat", "What is the capital of France?", "--cpu-threads", "1")
     assert proc.returncode == 0, proc.stderr
     assert "Paris" in proc.stdout
     assert "KV cache" in proc.stderr  # the start-up log says what it set up
+    assert "CPU engine: 1 intra-op thread\n" in proc.stderr
 
 
 def test_python_dash_m_tessera_is_the_cli():

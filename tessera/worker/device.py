@@ -4,8 +4,14 @@
 for CUDA where there is none is a ValueError naming it. `resolve_dtype(ModelConfig,
 device)`: "auto" is bfloat16 on CUDA and float32 on the CPU. Several ranks of one host
 each take their own GPU (`torch.cuda.set_device(rank)`, worker/worker.py).
+`cpu_threads(ModelConfig, ranks)`: a CPU rank's intra-op threads: the config's, or the
+physical cores given to the process (`physical_cores()`: the cores, not their hardware
+threads, of the CPUs this process may run on) shared among the ranks; more threads than
+cores only make the ranks contend.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -30,3 +36,20 @@ def resolve_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
     if cfg.dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return DTYPES[cfg.dtype]
+
+
+def physical_cores() -> int:
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cores = set()
+    for cpu in cpus:
+        topology = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+        try:
+            with open(f"{topology}/physical_package_id") as a, open(f"{topology}/core_id") as b:
+                cores.add((a.read().strip(), b.read().strip()))
+        except OSError:
+            cores.add(("cpu", str(cpu)))  # no topology: count the CPU itself
+    return len(cores) or os.cpu_count() or 1
+
+
+def cpu_threads(cfg: ModelConfig, ranks: int = 1) -> int:
+    return cfg.cpu_threads or max(1, physical_cores() // ranks)

@@ -14,7 +14,6 @@ takes; the other ranks only join the collectives and pass hidden states on.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Optional
 
 import torch
@@ -23,7 +22,7 @@ from tessera.config import EngineConfig
 from tessera.distributed import parallel_state
 from tessera.distributed.topology import check_gpus
 from tessera.engine.protocol import WorkerInfo
-from tessera.worker.device import resolve_device, resolve_dtype
+from tessera.worker.device import cpu_threads, resolve_device, resolve_dtype
 from tessera.worker.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
@@ -36,12 +35,15 @@ class Worker:
         self.device = resolve_device(config.model)
         self.dtype = resolve_dtype(config.model, self.device)
         cuda = self.device.type == "cuda"
+        if not cuda:
+            threads = cpu_threads(config.model, self.world_size)
+            torch.set_num_threads(threads)
+            logger.info("CPU engine: %d intra-op thread%s%s", threads, "s" * (threads > 1),
+                        "" if config.model.cpu_threads else " (--cpu-threads to change)")
         if self.world_size > 1:
             if cuda:
                 check_gpus(par.tensor_parallel_size, par.pipeline_parallel_size, rank == 0)
                 torch.cuda.set_device(rank)
-            else:
-                torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.world_size))
             parallel_state.init_parallel(rank, par.tensor_parallel_size,
                                          par.pipeline_parallel_size, dist_init,
                                          "nccl" if cuda else "gloo", par.collective_timeout_s,

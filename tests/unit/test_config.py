@@ -3,6 +3,7 @@ config (the resolved model metadata included) to the engine process and the work
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 
@@ -53,3 +54,15 @@ def test_the_executor_follows_the_config():
     assert chosen(distributed_executor_backend="mp") == "MultiprocExecutor"
     with pytest.raises(ValueError, match="distributed_executor_backend 'ray'"):
         EngineConfig.from_kwargs(distributed_executor_backend="ray")
+
+
+def test_cpu_threads_default_to_the_physical_cores_shared_by_the_ranks():
+    from tessera.config import ModelConfig
+    from tessera.worker.device import cpu_threads, physical_cores
+    cores = physical_cores()
+    assert 1 <= cores <= (os.cpu_count() or 1)
+    assert cpu_threads(ModelConfig()) == cores
+    assert cpu_threads(ModelConfig(), ranks=cores * 4) == 1  # at least one each
+    assert cpu_threads(ModelConfig(cpu_threads=3), ranks=2) == 3
+    with pytest.raises(ValueError, match="cpu_threads must be >= 1"):
+        ModelConfig(cpu_threads=0)
