@@ -1,5 +1,13 @@
 """Incremental detokenization and stop strings.
 
+`make_detokenizer(tokenizer, prompt_ids, skip_special_tokens)` picks one of two
+detokenizers with the same interface (`add_token(id)` -> new text, `flush()` -> what is
+held back at the end): StreamDetokenizer for fast tokenizers whose decode is their
+backend's (tokenizers' DecodeStream, in Rust: no re-decoding of a window per token), and
+IncrementalDetokenizer for the others (a tokenizer whose decode cleans spaces up, a slow
+one). Both start from the prompt's last tokens, so the first output token's leading space
+comes out as in context, and never split a character.
+
 IncrementalDetokenizer turns one token at a time into text deltas. It decodes a short
 window of ids (from `prefix_offset`) and emits only the text beyond what the window
 before the newest tokens decoded to; while the text ends in U+FFFD (a multi-byte
@@ -12,6 +20,7 @@ space comes out as the tokenizer would decode it in context.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Optional
 
 _CONTEXT_TOKENS = 5
@@ -44,6 +53,77 @@ class IncrementalDetokenizer:
             return ""
         self._prefix_offset, self._read_offset = self._read_offset, len(self._ids)
         return full[len(prefix):]
+
+
+class StreamDetokenizer:
+    """tokenizers' DecodeStream over the tokenizer's backend, prefilled with the prompt's
+    last tokens. The stream holds a split character back (step gives None); `flush` gives
+    what it still holds, decoded in context (U+FFFD for a dangling partial character)."""
+
+    def __init__(self, tokenizer: Any, prompt_token_ids: list[int],
+                 skip_special_tokens: bool = True):
+        from tokenizers.decoders import DecodeStream
+        self.tokenizer, self.skip_special_tokens = tokenizer, skip_special_tokens
+        self.backend = tokenizer.backend_tokenizer
+        self._recent = list(prompt_token_ids[-_CONTEXT_TOKENS:])  # emitted, for context
+        self._held: list[int] = []  # given to the stream, not emitted yet
+        self.stream = DecodeStream(ids=list(self._recent),
+                                   skip_special_tokens=skip_special_tokens)
+
+    def add_token(self, token_id: int) -> str:
+        text = self.stream.step(self.backend, token_id)
+        if text is None:
+            self._held.append(token_id)
+            return ""
+        self._recent = (self._recent + self._held + [token_id])[-_CONTEXT_TOKENS:]
+        self._held = []
+        return text
+
+    def flush(self) -> str:
+        if not self._held:
+            return ""
+        decode = self.tokenizer.decode
+        before = decode(self._recent, skip_special_tokens=self.skip_special_tokens)
+        full = decode(self._recent + self._held, skip_special_tokens=self.skip_special_tokens)
+        self._held = []
+        return full[len(before):]
+
+
+def make_detokenizer(tokenizer: Any, prompt_token_ids: list[int],
+                     skip_special_tokens: bool = True):
+    if streams_exactly(tokenizer):
+        return StreamDetokenizer(tokenizer, prompt_token_ids, skip_special_tokens)
+    return IncrementalDetokenizer(tokenizer, prompt_token_ids, skip_special_tokens)
+
+
+_STREAMS: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
+_PROBE = "Hello , world . It 's a test ! Isn 't it ?"
+
+
+def streams_exactly(tokenizer: Any) -> bool:
+    """Whether the tokenizer is fast and decodes exactly as its backend (so a DecodeStream
+    gives its text): no clean-up of spaces on top. Found by decoding a probe once."""
+    try:
+        return _STREAMS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    ok = False
+    if getattr(tokenizer, "is_fast", False) and backend is not None:
+        try:
+            import tokenizers.decoders
+            if not hasattr(tokenizers.decoders, "DecodeStream"):  # tokenizers < 0.21
+                raise ImportError("no DecodeStream")
+            ids = tokenizer.encode(_PROBE, add_special_tokens=False)
+            ok = (tokenizer.decode(ids, skip_special_tokens=True)
+                  == backend.decode(ids, skip_special_tokens=True))
+        except (ImportError, TypeError, ValueError):
+            ok = False
+    try:
+        _STREAMS[tokenizer] = ok
+    except TypeError:
+        pass
+    return ok
 
 
 def find_stop(text: str, start: int, stops: list[str]) -> Optional[tuple[int, str]]:

@@ -14,7 +14,7 @@ import dataclasses
 from typing import Any, Optional
 
 from tessera.engine.protocol import EngineCoreOutput, LogprobsEntry
-from tessera.frontend.detokenizer import IncrementalDetokenizer, find_stop
+from tessera.frontend.detokenizer import find_stop, make_detokenizer
 from tessera.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
 from tessera.sampling_params import SamplingParams
 from tessera.stopping import may_stop
@@ -25,7 +25,7 @@ class Tracker:
     parent_id: str
     index: int
     params: SamplingParams
-    detokenizer: Optional[IncrementalDetokenizer]
+    detokenizer: Optional[Any]  # frontend/detokenizer.py: make_detokenizer
     text: str = ""
     token_ids: list[int] = dataclasses.field(default_factory=list)
     logprobs: Optional[list[PositionLogprobs]] = None
@@ -64,8 +64,8 @@ class OutputProcessor:
             parent.prompt_logprobs = [None]
         self.parents[request_id] = parent
         for index, (cid, params) in enumerate(child_params):
-            detok = (IncrementalDetokenizer(self.tokenizer, prompt_token_ids,
-                                            params.skip_special_tokens)
+            detok = (make_detokenizer(self.tokenizer, prompt_token_ids,
+                                      params.skip_special_tokens)
                      if self.tokenizer is not None else None)
             self.trackers[cid] = Tracker(request_id, index, params, detok,
                                          logprobs=[] if params.logprobs is not None else None,

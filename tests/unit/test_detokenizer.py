@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from tessera.frontend.detokenizer import IncrementalDetokenizer, find_stop
+from tessera.frontend.detokenizer import (IncrementalDetokenizer, StreamDetokenizer, find_stop,
+                                          make_detokenizer, streams_exactly)
 from tessera.frontend.output import OutputProcessor
 from tessera.engine.protocol import EngineCoreOutput
 from tessera.outputs import Logprob
@@ -50,11 +51,21 @@ def tokenizer():
                                    clean_up_tokenization_spaces=False)
 
 
-def stream(tokenizer, prompt_ids: list[int], ids: list[int],
-           skip_special_tokens: bool = True) -> tuple[list[str], str]:
-    detok = IncrementalDetokenizer(tokenizer, prompt_ids, skip_special_tokens)
-    deltas = [detok.add_token(t) for t in ids]
-    return deltas, detok.flush()
+@pytest.fixture(params=[IncrementalDetokenizer, StreamDetokenizer])
+def detokenizer(request):
+    """Both detokenizers: the tests below hold for each (StreamDetokenizer runs tokenizers'
+    DecodeStream; IncrementalDetokenizer decodes a window per token)."""
+    return request.param
+
+
+@pytest.fixture
+def stream(detokenizer):
+    def run(tokenizer, prompt_ids: list[int], ids: list[int],
+            skip_special_tokens: bool = True) -> tuple[list[str], str]:
+        detok = detokenizer(tokenizer, prompt_ids, skip_special_tokens)
+        deltas = [detok.add_token(t) for t in ids]
+        return deltas, detok.flush()
+    return run
 
 
 # -- the tokenizer fixture itself ------------------------------------------------------------
@@ -70,7 +81,7 @@ def test_fixture_splits_multibyte_characters_across_tokens(tokenizer):
 
 @pytest.mark.parametrize("text", TEXTS)
 @pytest.mark.parametrize("prompt", ["", "Prompt: 你好 ", "x🙂🚀"])
-def test_deltas_concatenate_to_full_decode(tokenizer, text, prompt):
+def test_deltas_concatenate_to_full_decode(stream, tokenizer, text, prompt):
     prompt_ids = tokenizer.encode(prompt) if prompt else []
     ids = tokenizer.encode(text)
     deltas, tail = stream(tokenizer, prompt_ids, ids)
@@ -80,16 +91,17 @@ def test_deltas_concatenate_to_full_decode(tokenizer, text, prompt):
 
 
 @pytest.mark.parametrize("text", TEXTS)
-def test_no_delta_contains_replacement_character(tokenizer, text):
+def test_no_delta_contains_replacement_character(stream, tokenizer, text):
     ids = tokenizer.encode(text)
     deltas, tail = stream(tokenizer, tokenizer.encode("你好"), ids)
     assert all("\ufffd" not in d for d in deltas + [tail])
 
 
 @pytest.mark.parametrize("text", TEXTS)
-def test_text_is_emitted_on_character_boundaries_as_soon_as_complete(tokenizer, text):
+def test_text_is_emitted_on_character_boundaries_as_soon_as_complete(detokenizer, tokenizer,
+                                                                     text):
     ids = tokenizer.encode(text)
-    detok = IncrementalDetokenizer(tokenizer, [])
+    detok = detokenizer(tokenizer, [])
     so_far = ""
     for k, t in enumerate(ids, start=1):
         so_far += detok.add_token(t)
@@ -101,7 +113,7 @@ def test_text_is_emitted_on_character_boundaries_as_soon_as_complete(tokenizer, 
             assert so_far == decoded
 
 
-def test_split_character_is_held_back_until_complete(tokenizer):
+def test_split_character_is_held_back_until_complete(stream, tokenizer):
     ids = tokenizer.encode("🙂")
     assert len(ids) > 1
     deltas, tail = stream(tokenizer, [], ids)
@@ -109,7 +121,7 @@ def test_split_character_is_held_back_until_complete(tokenizer):
     assert deltas[-1] == "🙂" and tail == ""
 
 
-def test_prompt_window_starting_inside_a_character(tokenizer):
+def test_prompt_window_starting_inside_a_character(stream, tokenizer):
     # The detokenizer keeps only the last 5 prompt tokens; here they begin in the middle
     # of a 4-byte emoji, so its context decodes with replacement characters.
     prompt_ids = tokenizer.encode("a🙂🚀🙂")
@@ -119,7 +131,7 @@ def test_prompt_window_starting_inside_a_character(tokenizer):
     assert "".join(deltas) + tail == " ok 你好"
 
 
-def test_flush_returns_a_dangling_partial_character(tokenizer):
+def test_flush_returns_a_dangling_partial_character(stream, tokenizer):
     ids = tokenizer.encode("ab你")
     partial = ids[:-1]  # the last byte(s) of 你 never arrive
     assert tokenizer.decode(partial).endswith("\ufffd")
@@ -129,7 +141,7 @@ def test_flush_returns_a_dangling_partial_character(tokenizer):
     assert tail.endswith("\ufffd")
 
 
-def test_special_tokens_skipped_or_kept(tokenizer):
+def test_special_tokens_skipped_or_kept(stream, tokenizer):
     eot = tokenizer.convert_tokens_to_ids(EOT)
     ids = tokenizer.encode("Hi") + [eot]
     deltas, tail = stream(tokenizer, [], ids, skip_special_tokens=True)
@@ -137,6 +149,20 @@ def test_special_tokens_skipped_or_kept(tokenizer):
     assert deltas[-1] == ""
     deltas, tail = stream(tokenizer, [], ids, skip_special_tokens=False)
     assert "".join(deltas) + tail == "Hi" + EOT
+
+
+def test_fast_tokenizers_stream_and_cleaning_ones_do_not(tokenizer):
+    """A fast tokenizer that decodes as its backend gets the DecodeStream; one that cleans
+    spaces up on top of its backend ("Hello ," -> "Hello,") keeps the window decoder."""
+    assert streams_exactly(tokenizer)
+    assert isinstance(make_detokenizer(tokenizer, [], True), StreamDetokenizer)
+    from transformers import PreTrainedTokenizerFast
+    cleaning = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer,
+                                       eos_token=EOT, clean_up_tokenization_spaces=True)
+    cleaning.clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output = True
+    if cleaning.decode(cleaning.encode("Hello , world")) == "Hello, world":  # it cleans
+        assert not streams_exactly(cleaning)
+        assert isinstance(make_detokenizer(cleaning, [], True), IncrementalDetokenizer)
 
 
 # -- find_stop ------------------------------------------------------------------------------------
