@@ -1,4 +1,4 @@
-"""`tessera` command line: generate, serve, bench.
+"""`tessera` command line: generate, serve, bench, and chat / complete (clients of a server).
 
 Engine options are generated from the fields of the config dataclasses (cli_args.py: one
 place defines an option, its type, its default and its help), e.g.
@@ -8,6 +8,8 @@ place defines an option, its type, its default and its help), e.g.
     tessera generate --chat "What is the capital of France?"
     tessera serve [MODEL] --port 8000
     tessera bench latency --model llama-3-8b --load-format dummy --batch-size 1
+    tessera chat --url http://127.0.0.1:8000/v1
+    tessera serve --config serve.yaml      (config_file.py: the command line wins)
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any, Optional
 
 from tessera import __version__
 from tessera.cli_args import add_engine_args, engine_kwargs
+from tessera.config_file import apply_config_file, subcommand_parser
 from tessera.logs import LEVELS, setup_logging
 
 
@@ -51,6 +54,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from tessera.bench.cli import add_bench_parser
+    from tessera.client_cli import add_client_parsers
     from tessera.server.serve import add_serve_parser
 
     parser = argparse.ArgumentParser(prog="tessera", description="LLM inference engine and server")
@@ -58,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-level", choices=LEVELS, default="info",
                         help="how much to log (default: info; debug adds tracebacks)")
+    common.add_argument("--config", default=None, metavar="FILE.yaml",
+                        help="options from a YAML file (`max-num-seqs: 64`, one per line); "
+                             "the command line wins (default: none)")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="complete one prompt and print the text",
                          parents=[common])
@@ -68,14 +75,29 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=_generate)
     add_serve_parser(sub, [common])
     add_bench_parser(sub, [common])
+    add_client_parsers(sub, [common])
     return parser
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """The command line, over a --config file's values (which become the defaults)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config:
+        replaced = apply_config_file(subcommand_parser(parser, args.command), args.config)
+        args = parser.parse_args(argv)
+        args.replaced_defaults = replaced
+    return args
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Exit codes: 0 done; 2 bad options or inputs (found before anything starts: one
     `tessera: error:` line); 1 a start or run that failed (one such line; the traceback at
     --log-level debug); 130 interrupted (Ctrl-C)."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except (ValueError, FileNotFoundError) as e:
+        return _error(e, 2)
     setup_logging(args.log_level, "api" if args.command == "serve" else "cli")
     try:
         return args.func(args)

@@ -39,6 +39,12 @@ class ModelConfig:
     model: Optional[str] = _field(
         None, "HF folder, .gguf file, or a named shape with --load-format dummy")
     tokenizer: Optional[str] = _field(None, "tokenizer folder or .gguf (default: the model's)")
+    chat_template: Optional[str] = _field(
+        None, "Jinja chat template, or a file holding one (default: the tokenizer's)")
+    generation_config: str = _field(
+        "auto", "default sampling parameters: auto (the checkpoint's generation_config.json), "
+                "none (Tessera's; the checkpoint's EOS ids still apply), or a folder or file "
+                "with a generation_config.json (default: auto)")
     dtype: str = _field("auto", "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, "
                                 "float16", DTYPE_NAMES)
     device: str = _field("auto", "auto (cuda if available), cpu, cuda, cuda:N")

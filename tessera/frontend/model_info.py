@@ -4,18 +4,23 @@
 source (models/source.py: config.json or the GGUF header; no weights, no torch), the
 tokenizer (frontend/tokenizer.py), the EOS ids (the model's, its generation config's and
 its tokenizer's), the one context length (`max_model_len`: asked for, at most the model's)
-and the generation config's sampling defaults. The ModelInfo then travels with the config
+and the sampling defaults of the generation config `generation_config` picks (logged when
+there are some). The ModelInfo then travels with the config
 to the engine process and every worker, which never read the checkpoint's metadata again.
 A config already resolved is resolved again only for its tokenizer.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Optional
 
 from tessera.config import EngineConfig, ModelConfig, ModelInfo
-from tessera.frontend.tokenizer import generation_defaults, generation_eos_ids, load_tokenizer
+from tessera.frontend.tokenizer import (generation_config_path, generation_defaults,
+                                        generation_eos_ids, load_tokenizer)
 from tessera.models.source import ModelSource, resolve_source
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_config(config: EngineConfig) -> tuple[EngineConfig, Optional[Any]]:
@@ -29,7 +34,11 @@ def resolve_config(config: EngineConfig) -> tuple[EngineConfig, Optional[Any]]:
 
 
 def _model_info(cfg: ModelConfig, source: ModelSource, tokenizer) -> ModelInfo:
-    ids = set(source.arch.eos_token_ids) | set(generation_eos_ids(source))
+    ids = set(source.arch.eos_token_ids)  # the checkpoint's own generation config's too
+    ids |= set(generation_eos_ids(generation_config_path(cfg, source, "auto")))
+    chosen = generation_config_path(cfg, source)
+    if cfg.generation_config not in ("auto", "none"):
+        ids |= set(generation_eos_ids(chosen))
     if tokenizer is not None and tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     arch = dataclasses.replace(source.arch, eos_token_ids=tuple(sorted(ids)))
@@ -37,5 +46,8 @@ def _model_info(cfg: ModelConfig, source: ModelSource, tokenizer) -> ModelInfo:
     if cfg.max_model_len is not None and cfg.max_model_len > limit:
         raise ValueError(f"max_model_len {cfg.max_model_len} is longer than the model's context "
                          f"({limit} positions).")
-    return ModelInfo(source.kind, source.path, arch, cfg.max_model_len or limit,
-                     generation_defaults(source))
+    defaults = generation_defaults(chosen)
+    if defaults:
+        logger.info("default sampling parameters from %s: %s (--generation-config none for "
+                    "Tessera's)", chosen, ", ".join(f"{k}={v}" for k, v in defaults.items()))
+    return ModelInfo(source.kind, source.path, arch, cfg.max_model_len or limit, defaults)

@@ -1,9 +1,11 @@
 """The FastAPI application: state, middleware, error mapping, routes.
 
-Objects: ServerState (engine client, metrics, served model name, start time) and
-`create_app(state, api_key, max_body_bytes)`. A pure-ASGI middleware enforces the API
-key (constant-time compare; /v1, /v2, /tokenize, /detokenize) and the body-size bound
-(413) before any route runs. Exception handlers render every error in the OpenAI shape:
+Objects: ServerState (engine client, metrics, served model names, start time),
+CorsOptions and `create_app(state, api_key, max_body_bytes, lifespan, cors)`. A pure-ASGI
+middleware enforces the API key (constant-time compare; /v1, /v2, /tokenize, /detokenize)
+and the body-size bound (413) before any route runs; outside it, where origins are
+allowed, Starlette's CORS middleware answers preflights and marks responses. /health,
+/version and /metrics are open. Exception handlers render every error in the OpenAI shape:
 pydantic schema errors and ValueErrors as 400 naming the field, ApiError with its
 status, a refused request (queue full) as 503, a dead engine as 503.
 """
@@ -19,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
+from tessera import __version__
 from tessera.server import kserve, openai_api
 from tessera.engine.mp_client import EngineDeadError, MPClient, RequestRejected
 from tessera.server.errors import ApiError, error_body, error_response, param_of, validation_message
@@ -33,9 +36,22 @@ PROTECTED = ("/v1", "/v2", "/tokenize", "/detokenize")
 class ServerState:
     client: MPClient
     metrics: ServerMetrics
-    model_name: str
+    model_names: list[str]  # requests may name any; responses give the first
     model_path: str
     started: int
+
+    @property
+    def model_name(self) -> str:
+        return self.model_names[0]
+
+
+@dataclasses.dataclass
+class CorsOptions:
+    """Which web origins may call the API (none: no CORS headers at all)."""
+    allowed_origins: list[str] = dataclasses.field(default_factory=list)
+    allowed_methods: list[str] = dataclasses.field(default_factory=lambda: ["*"])
+    allowed_headers: list[str] = dataclasses.field(default_factory=lambda: ["*"])
+    allow_credentials: bool = False
 
 
 class GuardMiddleware:
@@ -90,8 +106,9 @@ async def _reply(send, status: int, message: str) -> None:
 
 
 def create_app(state: ServerState, api_key: Optional[str] = None,
-               max_body_bytes: int = 4 << 20, lifespan=None) -> FastAPI:
-    app = FastAPI(title="Tessera", lifespan=lifespan)
+               max_body_bytes: int = 4 << 20, lifespan=None,
+               cors: Optional[CorsOptions] = None):
+    app = FastAPI(title="Tessera", version=__version__, lifespan=lifespan)
     app.state.tessera = state
     app.include_router(openai_api.router)
     app.include_router(kserve.router)
@@ -99,6 +116,10 @@ def create_app(state: ServerState, api_key: Optional[str] = None,
     @app.get("/metrics")
     async def metrics():
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/version")
+    async def version():
+        return {"version": __version__}
 
     @app.exception_handler(RequestValidationError)
     async def on_schema_error(request: Request, exc: RequestValidationError):
@@ -123,4 +144,11 @@ def create_app(state: ServerState, api_key: Optional[str] = None,
     async def on_dead(request: Request, exc: EngineDeadError):
         return error_response(503, f"The engine is not running: {exc}")
 
-    return GuardMiddleware(app, api_key, max_body_bytes)
+    guarded = GuardMiddleware(app, api_key, max_body_bytes)
+    if cors is None or not cors.allowed_origins:
+        return guarded
+    from starlette.middleware.cors import CORSMiddleware
+    return CORSMiddleware(guarded, allow_origins=cors.allowed_origins,
+                          allow_methods=cors.allowed_methods,
+                          allow_headers=cors.allowed_headers,
+                          allow_credentials=cors.allow_credentials)

@@ -31,9 +31,9 @@ VERSION = "1"
 
 def _model(request: Request, name: str, version: Optional[str]):
     s = request.app.state.tessera
-    if name != s.model_name:
-        raise ApiError(404, f"Model `{name}` is not served here (serving `{s.model_name}`).",
-                       "model_name")
+    if name not in s.model_names:
+        raise ApiError(404, f"Model `{name}` is not served here (serving "
+                            f"{', '.join(f'`{n}`' for n in s.model_names)}).", "model_name")
     if version not in (None, VERSION):
         raise ApiError(404, f"Model `{name}` has no version {version!r} (versions: {VERSION}).",
                        "model_version")

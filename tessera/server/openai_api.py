@@ -32,7 +32,8 @@ def _state(request: Request):
 
 
 def check_model(state, model: Optional[str]) -> str:
-    if model and model != state.model_name:
+    """The served name responses give, for a request naming any served name (or none)."""
+    if model and model not in state.model_names:
         raise ApiError(404, f"The model `{model}` does not exist.", "model")
     return state.model_name
 
@@ -112,9 +113,9 @@ def sse_response(chunks: AsyncIterator[str], done: bool = True) -> StreamingResp
 async def list_models(request: Request):
     s = _state(request)
     return {"object": "list", "data": [{
-        "id": s.model_name, "object": "model", "created": s.started, "owned_by": "tessera",
+        "id": name, "object": "model", "created": s.started, "owned_by": "tessera",
         "root": s.model_path, "max_model_len": s.client.input.max_model_len,
-        "vocab_size": s.client.input.arch.vocab_size}]}
+        "vocab_size": s.client.input.arch.vocab_size} for name in s.model_names]}
 
 
 # -- /v1/completions ----------------------------------------------------------------------

@@ -7,7 +7,8 @@ second, before any model is read) -> MPClient (engine/mp_client.py: the checkpoi
 metadata read once and the tokenizer loaded here; a context longer than the model's is
 refused here) -> the engine core process started and awaited (weights, KV cache; a
 failure or Ctrl-C stops it and removes its IPC folder) -> uvicorn on the bound socket,
-with Tessera's log format (logs.py). Start-up phases are logged with their times, and a
+with Tessera's log format (logs.py), the API key check, the body bound and CORS
+(server/app.py). Start-up phases are logged with their times, and a
 line every 5 s while one lasts. If the
 engine process dies, the server fails in-flight requests, answers /health with 503 and
 exits with status 1.
@@ -18,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import time
@@ -49,17 +51,27 @@ def add_serve_parser(sub, parents: list) -> None:
     g.add_argument("--host", default="127.0.0.1", help="address to listen on "
                                                        "(default: 127.0.0.1)")
     g.add_argument("--port", type=port_number, default=8000, help="TCP port (default: 8000)")
-    g.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' "
-                                                   "(default: no key)")
-    g.add_argument("--served-model-name", default=None,
-                   help="the model's name in the API (default: the model's path, or "
-                        f"{DEFAULT_MODEL_NAME})")
+    g.add_argument("--api-key", default=os.environ.get("TESSERA_API_KEY") or None,
+                   help="require 'Authorization: Bearer KEY' on /v1, /v2, /tokenize and "
+                        "/detokenize (default: $TESSERA_API_KEY, else no key)")
+    g.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
+                   help="the model's names in the API: requests may use any, responses give "
+                        f"the first (default: the model's path, or {DEFAULT_MODEL_NAME})")
     g.add_argument("--max-body-bytes", type=int, default=4 << 20,
                    help="largest request body; more is a 413 (default: 4 MiB)")
     g.add_argument("--stats-interval", type=float, default=10.0,
                    help="seconds between stats log lines while busy (default: 10)")
     g.add_argument("--disable-access-log", action="store_true",
                    help="no log line per HTTP request (default: logged)")
+    g.add_argument("--allowed-origins", nargs="+", default=[], metavar="ORIGIN",
+                   help="CORS: web pages of these origins may call the API, e.g. "
+                        "http://localhost:3000, or * for any (default: none)")
+    g.add_argument("--allowed-methods", nargs="+", default=["*"], metavar="METHOD",
+                   help="CORS: the methods allowed to them (default: *)")
+    g.add_argument("--allowed-headers", nargs="+", default=["*"], metavar="HEADER",
+                   help="CORS: the request headers allowed to them (default: *)")
+    g.add_argument("--allow-credentials", action="store_true",
+                   help="CORS: allow cookies and credentials (default: not allowed)")
     add_engine_args(p)
     p.set_defaults(func=run_serve, serve_parser=p)
 
@@ -87,12 +99,19 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+_NOT_OPTIONS = ("func", "serve_parser", "command", "model_tag", "api_key", "config",
+                "replaced_defaults")
+
+
 def _options(args: argparse.Namespace) -> str:
-    """The options given other values than their defaults, as flags."""
-    parser = args.serve_parser
-    changed = [f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(args).items())
-               if k not in ("func", "serve_parser", "command", "model_tag", "api_key")
-               and parser.get_default(k) != v]
+    """The options given other values than their defaults (by a config file or the
+    command line), as flags."""
+    parser, replaced = args.serve_parser, getattr(args, "replaced_defaults", {})
+    changed = []
+    for k, v in sorted(vars(args).items()):
+        if k not in _NOT_OPTIONS and replaced.get(k, parser.get_default(k)) != v:
+            value = " ".join(map(str, v)) if isinstance(v, list) else v
+            changed.append(f"--{k.replace('_', '-')} {value}")
     return " ".join(changed) or "none"
 
 
@@ -101,13 +120,15 @@ async def serve(config: EngineConfig, args: argparse.Namespace) -> int:
 
     from tessera.engine.mp_client import MPClient
     from tessera.logs import uvicorn_log_config
-    from tessera.server.app import ServerState, create_app
+    from tessera.server.app import CorsOptions, ServerState, create_app
     from tessera.server.metrics import ServerMetrics
 
     sock = _listen(args.host, args.port)
-    name = args.served_model_name or config.model.model or DEFAULT_MODEL_NAME
-    logger.info("tessera %s serving %s on http://%s:%d; options changed: %s", __version__,
-                name, args.host, args.port, _options(args))
+    names = args.served_model_name or [config.model.model or DEFAULT_MODEL_NAME]
+    name = names[0]
+    logger.info("tessera %s serving %s on http://%s:%d; options changed: %s%s", __version__,
+                " = ".join(names), args.host, args.port, _options(args),
+                f" (config file {args.config})" if args.config else "")
     try:
         start = time.monotonic()
         async with _heartbeat("reading the model's metadata and tokenizer"):
@@ -126,7 +147,7 @@ async def serve(config: EngineConfig, args: argparse.Namespace) -> int:
                 w.load_seconds)
     metrics = ServerMetrics(name)
     client.observers.append(metrics)
-    state = ServerState(client, metrics, name, client.input.model_path, int(time.time()))
+    state = ServerState(client, metrics, names, client.input.model_path, int(time.time()))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -138,7 +159,9 @@ async def serve(config: EngineConfig, args: argparse.Namespace) -> int:
             unfreeze()
             await client.shutdown()
 
-    app = create_app(state, args.api_key, args.max_body_bytes, lifespan)
+    cors = CorsOptions(args.allowed_origins, args.allowed_methods, args.allowed_headers,
+                       args.allow_credentials)
+    app = create_app(state, args.api_key, args.max_body_bytes, lifespan, cors)
     server = uvicorn.Server(uvicorn.Config(
         app, log_config=uvicorn_log_config(args.log_level), log_level=args.log_level,
         access_log=not args.disable_access_log, timeout_graceful_shutdown=3))
