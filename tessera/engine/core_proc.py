@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 
@@ -52,6 +53,7 @@ class EngineProc:
         from tessera.engine.core import EngineCore
         from tessera.gc_tuning import freeze_after_startup
 
+        logger.info("engine process %d up: loading the model", os.getpid())
         core = EngineCore(config)
         freeze_after_startup()  # gc_tuning.py: no full collections walking start-up
         self._send(ipc.Ready(core.num_blocks, config.cache.block_size, config.max_model_len,
