@@ -9,7 +9,7 @@ refused here) -> the engine core process started and awaited (weights, KV cache;
 failure or Ctrl-C stops it and removes its IPC folder) -> uvicorn on the bound socket,
 with Tessera's log format (logs.py), the API key check, the body bound and CORS
 (server/app.py). Start-up phases are logged with their times, and a
-line every 5 s while one lasts. If the
+line every 4 s while one lasts. If the
 engine process dies, the server fails in-flight requests, answers /health with 503 and
 exits with status 1.
 """
@@ -176,7 +176,7 @@ async def serve(config: EngineConfig, args: argparse.Namespace) -> int:
 
 
 @contextlib.asynccontextmanager
-async def _heartbeat(doing: str, every_s: float = 5.0):
+async def _heartbeat(doing: str, every_s: float = 4.0):
     """Logs what start-up is doing, and again every few seconds while it lasts."""
     logger.info("%s ...", doing)
     start = time.monotonic()
