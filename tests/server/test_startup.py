@@ -1,17 +1,22 @@
 """`tessera serve` starting up as a user meets it: a taken port fails in seconds without
 reading the model; options that cannot work (a port out of range, a context longer than
-the model's, a GGUF tensor type that cannot be read) fail before the engine starts; an interrupted start (SIGINT before the engine process exists, or while
-it loads) leaves no process and no IPC folder behind; a start that fails in the engine
-prints one `tessera: error:` line and exits 1."""
+the model's, a GGUF tensor type that cannot be read) fail before the engine starts; an
+interrupted start (SIGINT before the engine process exists, while it loads, or once
+serving) leaves no process and no IPC folder behind; start-up names its phases and their
+times, a line at least every 5 s; a start that fails in the engine prints one
+`tessera: error:` line and exits 1."""
 from __future__ import annotations
 
+import datetime
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 
+import httpx
 import psutil
 import pytest
 import torch
@@ -82,6 +87,28 @@ def test_options_are_checked_before_the_engine_starts(tmp_path, case):
     assert time.monotonic() - start < 15, err  # seconds, not a model load
 
 
+def test_start_up_says_what_it_does_at_least_every_5_s(server):
+    """From the first line to 'engine ready' (the session's server on the default model),
+    each phase is named with its time and no two timestamped lines are 5 s apart."""
+    stamps, ready = [], None
+    for line in server.log().splitlines():
+        m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) ", line)
+        if m:
+            stamps.append(datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f"))
+            if "engine ready in" in line:
+                ready = len(stamps)
+                break
+    assert ready, server.log()
+    gaps = [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:])]
+    assert max(gaps) < 5, gaps
+    log = server.log()
+    for phase in (r"tokenizer and model metadata ready in [\d.]+ s",
+                  r"engine process \d+ up: loading the model",
+                  r"GiB of weights \(float32, cpu\) loaded in [\d.]+ s",
+                  r"KV cache .* set up in [\d.]+ s", r"engine ready in [\d.]+ s"):
+        assert re.search(phase, log), phase
+
+
 def _descendants(pid: int) -> set[int]:
     try:
         return {p.pid for p in psutil.Process(pid).children(recursive=True)}
@@ -89,12 +116,24 @@ def _descendants(pid: int) -> set[int]:
         return set()
 
 
-@pytest.mark.parametrize("when", ["before the engine", "while the engine loads"])
+@pytest.mark.parametrize("when", ["before the engine", "while the engine loads",
+                                  "once serving"])
 def test_an_interrupted_start_leaves_no_process_and_no_folder(tmp_path, when):
-    proc = _serve(tmp_path, "--port", str(_free_port()), "--num-blocks", "64")
+    port = _free_port()
+    proc = _serve(tmp_path, "--port", str(port), "--num-blocks", "64")
     seen: set[int] = set()
     if when == "before the engine":
         time.sleep(0.5)
+    elif when == "once serving":
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            seen |= _descendants(proc.pid)
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        assert seen, "no engine process appeared"
     else:  # the engine process exists and is loading
         deadline = time.monotonic() + 60
         while not seen and time.monotonic() < deadline:
