@@ -4,6 +4,7 @@ process as JSON.
 Objects: ModelConfig (which checkpoint, dtype, device), CacheConfig (paged KV cache),
 SchedulerConfig (token budget per step, sequences per step), ParallelConfig (TP/PP/EP,
 which executor), KernelConfig (which kernels run: the switches of the fast paths),
+QuantConfig (quantized weights: the method, the layers kept 16-bit, a policy file),
 ModelInfo (the checkpoint's metadata, resolved once by the front end:
 frontend/model_info.py) and EngineConfig, which holds them all.
 `EngineConfig.from_kwargs(**kw)` routes flat keyword arguments (the ones `LLM(...)` and the
@@ -27,6 +28,7 @@ LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
 KERNEL_BACKENDS = ("auto", "triton", "reference")
 KERNEL_MODES = ("auto", "off", "always")
 EXECUTORS = ("auto", "uni", "mp")
+QUANTIZATIONS = ("none", "int8", "fp8", "int4")
 
 
 def _field(default: Any, help: str, choices: Optional[tuple] = None) -> Any:
@@ -180,6 +182,32 @@ class KernelConfig:
 
 
 @dataclasses.dataclass
+class QuantConfig:
+    """How linear layers store their weights (quant_policy.py resolves it per layer)."""
+    quantization: Optional[str] = _field(
+        None, "quantize a 16-bit checkpoint's linear layers at load: none, int8 (weight-only, "
+              "per channel), fp8 (e4m3 per channel; fp8 activations on GPUs of compute "
+              "capability 8.9+), int4 (weight-only, groups along K) (default: the policy "
+              "file's, else none)", QUANTIZATIONS)
+    keep_full_precision: str = _field(
+        "", "comma-separated glob patterns of layer names kept 16-bit, e.g. "
+            "'model.layers.0.*,*.down_proj' (embeddings, the LM head and MoE routers always are)")
+    quantization_policy: Optional[str] = _field(
+        None, "a policy file (YAML/JSON, as `tessera quant-sensitivity` writes): the method "
+              "per layer pattern")
+    quantization_group_size: int = _field(128, "int4: weights per scale along the input "
+                                               "dimension (32, 64 or 128)")
+
+    def __post_init__(self) -> None:
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization {self.quantization!r} is not supported; choose one "
+                             f"of {', '.join(QUANTIZATIONS)}.")
+        if self.quantization_group_size not in (32, 64, 128):
+            raise ValueError(f"quantization_group_size must be 32, 64 or 128, got "
+                             f"{self.quantization_group_size}.")
+
+
+@dataclasses.dataclass
 class ModelInfo:
     """The checkpoint's metadata, resolved once (frontend/model_info.py) and shipped with
     the config: no other process reads the checkpoint's config again."""
@@ -195,7 +223,7 @@ class ModelInfo:
 
 
 PARTS = (("model", ModelConfig), ("cache", CacheConfig), ("scheduler", SchedulerConfig),
-         ("parallel", ParallelConfig), ("kernel", KernelConfig))
+         ("parallel", ParallelConfig), ("kernel", KernelConfig), ("quant", QuantConfig))
 
 
 @dataclasses.dataclass
@@ -205,6 +233,7 @@ class EngineConfig:
     scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
     kernel: KernelConfig = dataclasses.field(default_factory=KernelConfig)
+    quant: QuantConfig = dataclasses.field(default_factory=QuantConfig)
     model_info: Optional[ModelInfo] = None  # filled by the front end, before any process starts
 
     @classmethod

@@ -58,8 +58,9 @@ class EngineCore:
     def _log_setup(self) -> None:
         info, c = self.executor.info, self.config
         capacity, max_len = self.num_blocks * c.cache.block_size, c.max_model_len
-        logger.info("model %s: %.2f GiB of weights (%s, %s) loaded in %.1f s", c.info.path,
-                    info.weight_gib, info.dtype, info.device, info.load_seconds)
+        logger.info("model %s: %.2f GiB of weights (%s; %s activations, %s) loaded in %.1f s",
+                    c.info.path, info.weight_gib, info.describe_weights(), info.dtype,
+                    info.device, info.load_seconds)
         logger.info("KV cache (%s): %d blocks x %d tokens = %d tokens; maximum concurrency at "
                     "%d tokens per request: %.2fx; set up in %.1f s", info.kv_cache_dtype,
                     self.num_blocks, c.cache.block_size, capacity, max_len, capacity / max_len,

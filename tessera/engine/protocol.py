@@ -80,6 +80,12 @@ class WorkerInfo:
     bytes_per_block: int  # KV cache bytes of one block over this rank's layers
     world_size: int = 1
     kernels: dict[str, str] = dataclasses.field(default_factory=dict)  # what its model runs
+    weight_bytes: dict[str, int] = dataclasses.field(default_factory=dict)  # by precision
+
+    def describe_weights(self) -> str:
+        """"int8 6.48 GiB, bfloat16 1.96 GiB": the weights by precision, largest first."""
+        parts = sorted(self.weight_bytes.items(), key=lambda kv: -kv[1])
+        return ", ".join(f"{name} {n / 2**30:.2f} GiB" for name, n in parts)
 
 
 @dataclasses.dataclass

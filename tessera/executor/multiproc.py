@@ -70,8 +70,13 @@ class MultiprocExecutor(Executor):
         hellos = [self._wait(msg.Hello, STARTUP_TIMEOUT_S) for _ in range(self.world)]
         self._blocks = min(h.num_blocks for h in hellos)
         self.worker_infos = [h.info for h in sorted(hellos, key=lambda h: h.rank)]
+        by_precision: dict[str, int] = {}
+        for h in hellos:
+            for name, n in h.info.weight_bytes.items():
+                by_precision[name] = by_precision.get(name, 0) + n // self.world
         self._info = dataclasses.replace(  # weights: the mean rank's share
-            self.worker_infos[0], weight_gib=sum(h.info.weight_gib for h in hellos) / self.world)
+            self.worker_infos[0], weight_gib=sum(h.info.weight_gib for h in hellos) / self.world,
+            weight_bytes=by_precision)
 
     def num_kv_blocks(self) -> int:
         return self._blocks

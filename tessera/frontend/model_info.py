@@ -19,11 +19,13 @@ from tessera.config import EngineConfig, ModelConfig, ModelInfo
 from tessera.frontend.tokenizer import (generation_config_path, generation_defaults,
                                         generation_eos_ids, load_tokenizer)
 from tessera.models.source import ModelSource, resolve_source
+from tessera.quant_policy import resolve_policy
 
 logger = logging.getLogger(__name__)
 
 
 def resolve_config(config: EngineConfig) -> tuple[EngineConfig, Optional[Any]]:
+    resolve_policy(config.quant)  # a bad policy file fails here, before any process starts
     source = resolve_source(config.model) if config.model_info is None else ModelSource(
         config.model_info.kind, config.model_info.path, config.model_info.arch)
     tokenizer = load_tokenizer(config.model, source)

@@ -3,7 +3,8 @@
 Objects: LayerContext (the ops, kernel or reference: layers/ops.py; the kernel switches;
 `linear_method(prefix)`, the LinearMethod each linear layer computes with: the seam where
 a quantization policy chooses per layer, quant/base.py), `make_context(KernelConfig,
-device)`, `building(ctx)` and `current()`. The model loader builds the model inside
+device, QuantPolicy)` (quant_policy.py: a format per layer prefix), `building(ctx)` and
+`current()`. The model loader builds the model inside
 `with building(ctx):`; each layer keeps what it needs from `current()` in its __init__, so
 nothing global is read while the model runs. Outside `building` (a layer made alone, in a
 test), the default: reference ops and dense 16-bit linear layers.
@@ -20,6 +21,7 @@ from tessera.config import KernelConfig
 from tessera.distributed.parallel_state import tp_size
 from tessera.layers.ops import ReferenceOps, make_ops
 from tessera.quant.base import LinearMethod
+from tessera.quant_policy import QuantPolicy
 from tessera.quant.unquantized import UnquantizedLinearMethod
 
 
@@ -52,10 +54,20 @@ class LayerContext:
                 "pdl": on[pdl]}
 
 
-def make_context(kernel: KernelConfig, device: torch.device) -> LayerContext:
+def make_context(kernel: KernelConfig, device: torch.device,
+                 policy: Optional[QuantPolicy] = None) -> LayerContext:
+    """The context a worker builds its model in; policy (quant_policy.py) picks each
+    linear layer's format (default: every layer dense)."""
     ops = make_ops(kernel, device)
     dense = UnquantizedLinearMethod(kernel, ops, device)
-    return LayerContext(ops, kernel, lambda prefix: dense, dense, device)
+    if policy is None or not policy.quantized:
+        return LayerContext(ops, kernel, lambda prefix: dense, dense, device)
+    from tessera.quant.quantized import QuantizedLinearMethod
+    methods: dict[str, LinearMethod] = {"none": dense}
+    for kind in sorted(policy.kinds - {"none"}):
+        methods[kind] = QuantizedLinearMethod(kind, policy.group_size, kernel, ops, device)
+    return LayerContext(ops, kernel, lambda prefix: methods[policy.kind_for(prefix)], dense,
+                        device)
 
 
 _current: Optional[LayerContext] = None

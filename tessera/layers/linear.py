@@ -23,25 +23,20 @@ from torch import nn
 from tessera.distributed.parallel_state import all_reduce, tp_rank, tp_size
 from tessera.layers.activation import SiluAndMul
 from tessera.layers.context import current
-from tessera.models.weight_utils import materialize, narrow, shape_of
-
-
-def _check_shape(name: str, param: torch.Tensor, loaded) -> None:
-    if tuple(param.shape) != shape_of(loaded):
-        raise ValueError(f"{name}: checkpoint shape {shape_of(loaded)} does not fit "
-                         f"parameter shape {tuple(param.shape)}")
+from tessera.models.weight_utils import narrow, shape_of
 
 
 class LinearBase(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool, prefix: str = ""):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+        self.prefix = prefix
         self.method = current().linear_method(prefix)
         self.method.create_weights(self, in_features, out_features, bias)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
-        _check_shape(type(self).__name__, param, loaded)
-        param.data.copy_(materialize(loaded))
+        rows = self.method.logical_shape(self, param)[0]
+        self.method.store(self, param, 0, rows, loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.method.apply(self, x)  # [T, in] -> [T, out]
@@ -84,8 +79,7 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         size = self.output_sizes[shard_id] // self.tp_size
         offset = sum(self.output_sizes[:shard_id]) // self.tp_size
         piece = narrow(loaded, 0, self.tp_rank * size, size)
-        _check_shape(f"shard {shard_id}", param.data.narrow(0, offset, size), piece)
-        param.data.narrow(0, offset, size).copy_(materialize(piece))
+        self.method.store(self, param, offset, size, piece, f" (shard {shard_id})")
 
     def forward_gated(self, x: torch.Tensor, act: nn.Module, pending=None,
                       eps: float = 0.0) -> torch.Tensor:
@@ -119,8 +113,7 @@ class QKVParallelLinear(ColumnParallelLinear):
         offset, size = {"q": (0, q), "k": (q, kv), "v": (q + kv, kv)}[shard_id]
         rank = self.tp_rank if shard_id == "q" else self.tp_rank // self.kv_replicas
         piece = narrow(loaded, 0, rank * size, size)
-        _check_shape(f"{shard_id}_proj", param.data.narrow(0, offset, size), piece)
-        param.data.narrow(0, offset, size).copy_(materialize(piece))
+        self.method.store(self, param, offset, size, piece, f" ({shard_id}_proj)")
 
     def fuses_rope(self, x: torch.Tensor) -> bool:
         """Whether this step's projection of x also rotates q and k and writes the cache."""
@@ -144,8 +137,9 @@ class RowParallelLinear(LinearBase):
         super().__init__(in_features // self.tp_size, out_features, bias, prefix)
 
     def weight_loader(self, param, loaded, shard_id=None):
-        if param.dim() == 2:
-            size = param.shape[1]
+        shape = self.method.logical_shape(self, param)
+        if len(shape) == 2:
+            size = shape[1]
             loaded = narrow(loaded, 1, self.tp_rank * size, size)
         elif self.tp_rank != 0:  # the bias is added once, on rank 0
             loaded = torch.zeros(shape_of(loaded))

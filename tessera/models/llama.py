@@ -302,7 +302,9 @@ class LlamaForCausalLM(nn.Module):
 
     def _check_complete(self, loaded: set[str]) -> None:
         missing = []
-        for name, _ in self.named_parameters():
+        for name, param in self.named_parameters():
+            if getattr(param, "derived", False):
+                continue  # filled with another tensor (a quantized weight's scales)
             if name.endswith(("qkv_proj.weight", "qkv_proj.bias")):
                 parts = [f"{name}:{s}" for s in "qkv"]
             elif name.endswith("gate_up_proj.weight"):

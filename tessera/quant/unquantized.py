@@ -45,17 +45,29 @@ class UnquantizedLinearMethod(LinearMethod):
         else:
             layer.register_parameter("bias", None)
 
+    def kernel_weight(self, layer: nn.Module):
+        """What the kernels take as W: the [out, in] tensor here (a QuantizedWeight in
+        quantized methods)."""
+        return layer.weight
+
+    def weight_fits(self, layer: nn.Module, x: torch.Tensor) -> bool:
+        return layer.weight.dtype == x.dtype and 0 not in layer.weight.shape
+
     def skinny(self, layer: nn.Module, x: torch.Tensor) -> bool:
         """Whether x [T, in] @ W^T takes the skinny GEMM."""
-        w = layer.weight
         if (not self.skinny_here or x.dim() != 2 or not 0 < x.shape[0] <= self.kernels.MAX_ROWS
-                or w.dtype != x.dtype or 0 in w.shape):
+                or not self.weight_fits(layer, x)):
             return False
         return self.mode == "always" or x.dtype in (torch.bfloat16, torch.float16)
 
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.skinny(layer, x):
-            return self.kernels.skinny_gemm(x, layer.weight, layer.bias, pdl=self.pdl)
+            return self.kernels.skinny_gemm(x, self.kernel_weight(layer), layer.bias,
+                                            pdl=self.pdl)
+        return self.apply_many(layer, x)
+
+    def apply_many(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The product where the skinny GEMM does not run."""
         return F.linear(x, layer.weight, layer.bias)
 
     def fuses_gated(self, layer: nn.Module, x: torch.Tensor) -> bool:
@@ -63,7 +75,7 @@ class UnquantizedLinearMethod(LinearMethod):
 
     def apply_gated(self, layer, x, pending=None, eps=0.0):
         return self.kernels.skinny_gemm(
-            x, layer.weight, gated=True, norm_parts=None if pending is None else pending.parts,
+            x, self.kernel_weight(layer), gated=True, norm_parts=None if pending is None else pending.parts,
             eps=eps, pdl=self.pdl)
 
     def fuses_rope(self, layer: nn.Module, x: torch.Tensor) -> bool:
@@ -72,7 +84,7 @@ class UnquantizedLinearMethod(LinearMethod):
     def apply_qkv_rope(self, layer, x, positions, cos_sin, kv_cache, slot_mapping, num_heads,
                        num_kv_heads, pending=None, eps=0.0):
         return self.kernels.skinny_qkv_rope(
-            x, layer.weight, layer.bias, positions, cos_sin, kv_cache, slot_mapping, num_heads,
+            x, self.kernel_weight(layer), layer.bias, positions, cos_sin, kv_cache, slot_mapping, num_heads,
             num_kv_heads, norm_parts=None if pending is None else pending.parts, eps=eps,
             pdl=self.pdl)  # [T, Hq, D]
 
@@ -81,5 +93,5 @@ class UnquantizedLinearMethod(LinearMethod):
                 and self.fuses_rope(layer, x))
 
     def apply_add_norm(self, layer, x, residual, norm_weight):
-        return self.kernels.skinny_gemm_add_norm(x, layer.weight, layer.bias, residual,
+        return self.kernels.skinny_gemm_add_norm(x, self.kernel_weight(layer), layer.bias, residual,
                                                  norm_weight, pdl=self.pdl)

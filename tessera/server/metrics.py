@@ -1,7 +1,8 @@
 """Prometheus metrics under the `tessera:` prefix, and the periodic stats log line.
 
 Objects: ServerMetrics (an MPClient observer: arrival, each output, done, and the
-engine's stats snapshots) and its registry, rendered at GET /metrics. Engine-wide
+engine's stats snapshots) and its registry, rendered at GET /metrics. The weights'
+bytes by precision (fixed at start-up) are a gauge; engine-wide
 values (running, waiting, KV usage, token counters, preemptions, prefix hits) are read
 from the latest snapshot by a collector; per-request latencies (TTFT, inter-token,
 end-to-end, queue time) are histograms observed here in the API process.
@@ -45,6 +46,12 @@ class _StatsCollector:
             g = GaugeMetricFamily(f"tessera:{metric}", doc, labels=["model_name"])
             g.add_metric([name], value)
             yield g
+        g = GaugeMetricFamily("tessera:weight_bytes", "Weight bytes per rank by precision "
+                              "(int8, fp8, int4 with their scales; 16-bit)",
+                              labels=["model_name", "precision"])
+        for precision, n in sorted(self.metrics.weight_bytes.items()):
+            g.add_metric([name, precision], n)
+        yield g
         counters = (("num_preemptions", "Requests preempted", s.preemptions),
                     ("prompt_tokens", "Prompt tokens computed", s.prompt_tokens),
                     ("generation_tokens", "Tokens generated", s.generation_tokens),
@@ -59,8 +66,9 @@ class _StatsCollector:
 
 
 class ServerMetrics:
-    def __init__(self, model_name: str):
+    def __init__(self, model_name: str, weight_bytes: dict[str, int] | None = None):
         self.model_name = model_name
+        self.weight_bytes = dict(weight_bytes or {})  # precision -> bytes (WorkerInfo)
         self.stats = Stats()
         self.registry = CollectorRegistry()
         self.registry.register(_StatsCollector(self))

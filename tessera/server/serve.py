@@ -142,10 +142,10 @@ async def serve(config: EngineConfig, args: argparse.Namespace) -> int:
         raise
     freeze_after_startup()  # gc_tuning.py: no full collections walking start-up
     w = ready.worker
-    logger.info("engine ready in %.1f s: %s on %s (%s), %.2f GiB of weights loaded in %.1f s",
-                time.monotonic() - start, name, w.device, w.dtype, w.weight_gib,
-                w.load_seconds)
-    metrics = ServerMetrics(name)
+    logger.info("engine ready in %.1f s: %s on %s (%s), %.2f GiB of weights (%s) loaded in "
+                "%.1f s", time.monotonic() - start, name, w.device, w.dtype, w.weight_gib,
+                w.describe_weights(), w.load_seconds)
+    metrics = ServerMetrics(name, w.weight_bytes)
     client.observers.append(metrics)
     state = ServerState(client, metrics, names, client.input.model_path, int(time.time()))
 

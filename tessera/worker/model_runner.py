@@ -31,6 +31,8 @@ from tessera.distributed.parallel_state import pp_stage, recv_from_prev, send_to
 from tessera.engine.protocol import (ModelRunnerOutput, NewRequestData, SchedulerOutput,
                                      WorkerInfo)
 from tessera.layers.context import make_context
+from tessera.quant.accounting import weight_bytes_by_precision
+from tessera.quant_policy import resolve_policy
 from tessera.layers.moe import FUSED_MAX_TOKENS, fused_moe_captures
 from tessera.layers.sampler import SamplingBatch, gather_logprobs, sample
 from tessera.models.loader import load_model
@@ -68,12 +70,13 @@ class ModelRunner:
         self.block_size = config.cache.block_size
         self.arch = config.info.arch
         self.max_model_len = config.max_model_len
-        self.context = make_context(config.kernel, device)
+        self.context = make_context(config.kernel, device, resolve_policy(config.quant))
         self.ops = self.context.ops
         start = time.perf_counter()
         self.model = load_model(config, device, dtype, self.context)
         self.load_seconds = time.perf_counter() - start
-        self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        self.bytes_by_precision = weight_bytes_by_precision(self.model)  # {"int8": bytes, ...}
+        self.weight_bytes = sum(self.bytes_by_precision.values())
         self.kv_specs = self.model.kv_cache_specs()  # one per local layer
         self.kv_heads = self.kv_specs[0].num_kv_heads if self.kv_specs else 1
         self.kv_caches: list[torch.Tensor] = []
@@ -95,7 +98,7 @@ class ModelRunner:
         return WorkerInfo(str(self.device), str(self.dtype).removeprefix("torch."),
                           str(self.kv_dtype).removeprefix("torch."), self.weight_bytes / 2**30,
                           self.load_seconds, self.bytes_per_block, world_size,
-                          self.context.describe(self.dtype))
+                          self.context.describe(self.dtype), dict(self.bytes_by_precision))
 
     def num_kv_blocks(self) -> int:
         if self.device.type != "cuda":

@@ -1,0 +1,27 @@
+"""Weight bytes by precision: what the start-up log and /metrics report.
+
+`weight_bytes_by_precision(model)` -> {"int8": bytes, "bfloat16": bytes, ...}: a linear
+layer's bytes (its data, scales, offsets and bias) count under its method's format
+(quant/base.py `precision`), every other parameter (embeddings, norms, the LM head)
+under its dtype; a tensor shared by two modules (tied embeddings) counts once.
+(engine/protocol.py's WorkerInfo carries them and describes them for the log.)
+"""
+from __future__ import annotations
+
+from torch import nn
+
+
+def weight_bytes_by_precision(model: nn.Module) -> dict[str, int]:
+    out: dict[str, int] = {}
+    seen: set[int] = set()
+    for module in model.modules():
+        method = getattr(module, "method", None)
+        for p in module.parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            name = (method.precision(module) if method is not None
+                    else str(p.dtype).removeprefix("torch."))
+            out[name] = out.get(name, 0) + p.numel() * p.element_size()
+    return out
+

@@ -1,0 +1,131 @@
+"""Quantized weight formats: their layouts, the PyTorch quantizers and the references.
+
+Objects: QuantizedWeight (one layer's quantized matrix, as the kernels take it), FP8_MAX,
+INT4_GROUP (the default group), `quantize(kind, w, group_size)` -> QuantizedWeight and the
+per-format `quantize_int8`, `quantize_fp8`, `quantize_int4`; `dequantize(qw, dtype)`;
+`pack_int4` / `unpack_int4`; `quant_linear_ref(x, qw, bias)` (the product every quantized
+kernel is tested against: x @ dequantize(qw)^T in float32, rounded to x's dtype).
+
+Layouts (W is nn.Linear's [N, K]: N outputs, K inputs):
+- int8 (W8A16): data int8 [N, K], symmetric per output channel: w = data * scale,
+  scale float32 [N] = max|w_row| / 127.
+- fp8: data float8_e4m3fn [N, K] per output channel: w = data * scale, scale float32 [N]
+  = max|w_row| / 448 (rows of zeros get scale 1).
+- int4 (W4A16): groups of G (group_size, 128 by default) along K; q in [0, 15] packed two
+  per byte, data uint8 [N, K / 2] with column 2j in the low nibble of byte j and 2j + 1
+  in the high one; w = q * scale + offset, scale and offset [N, K / G] in the
+  activations' dtype (offset is the group's minimum: an asymmetric zero point; GPTQ's
+  and GGUF Q4_0's symmetric q - 8 is offset = -8 * scale, Q4_1's min is its offset).
+Quantizing is row-local (each output row, and each int4 group, on its own), so tensor-
+parallel shards and the stacked q/k/v or gate/up pieces quantize independently as they
+arrive, with no 16-bit copy of the whole model ever held.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+INT8_MAX = 127.0
+INT4_GROUP = 128
+KINDS = ("int8", "fp8", "int4")
+
+
+class QuantizedWeight(NamedTuple):
+    kind: str  # "int8" | "fp8" | "int4"
+    data: torch.Tensor  # int8 [N, K] | float8_e4m3fn [N, K] | uint8 [N, K // 2]
+    scale: torch.Tensor  # float32 [N] | int4: [N, K // G] in the activations' dtype
+    offset: Optional[torch.Tensor] = None  # int4: [N, K // G]; None otherwise
+    group_size: int = 0  # int4: G
+
+    @property
+    def out_features(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.data.shape[1] * (2 if self.kind == "int4" else 1)
+
+
+def _row_absmax(w: torch.Tensor) -> torch.Tensor:
+    return w.float().abs().amax(dim=1)  # [N]
+
+
+def quantize_int8(w: torch.Tensor) -> QuantizedWeight:
+    """w [N, K] (any float dtype) -> int8 per output channel."""
+    amax = _row_absmax(w)
+    scale = torch.where(amax > 0, amax / INT8_MAX, torch.ones_like(amax))
+    data = torch.round(w.float() / scale[:, None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return QuantizedWeight("int8", data, scale)
+
+
+def quantize_fp8(w: torch.Tensor) -> QuantizedWeight:
+    """w [N, K] -> float8 e4m3 per output channel (round to nearest, saturating)."""
+    amax = _row_absmax(w)
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    data = (w.float() / scale[:, None]).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return QuantizedWeight("fp8", data, scale)
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """q [N, K] integers in [0, 15] -> uint8 [N, K / 2] (even columns in the low nibble)."""
+    q = q.to(torch.uint8)
+    return q[:, 0::2] | (q[:, 1::2] << 4)
+
+
+def unpack_int4(data: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, K / 2] -> uint8 [N, K] in [0, 15]."""
+    low, high = data & 0xF, data >> 4
+    return torch.stack([low, high], dim=-1).reshape(data.shape[0], -1)
+
+
+def quantize_int4(w: torch.Tensor, group_size: int = INT4_GROUP,
+                  scale_dtype: Optional[torch.dtype] = None) -> QuantizedWeight:
+    """w [N, K] -> int4 in groups of group_size along K, asymmetric (offset = the group's
+    minimum, rounded to scale_dtype, default w's dtype; q rounded against the stored
+    scale and offset, so what the kernel reads is what was fitted)."""
+    n, k = w.shape
+    if k % group_size or k % 2:
+        raise ValueError(f"int4 needs the input size ({k}) to be a multiple of the group "
+                         f"size {group_size}")
+    dtype = scale_dtype or w.dtype
+    groups = w.float().reshape(n, k // group_size, group_size)
+    low, high = groups.amin(-1), groups.amax(-1)  # [N, K / G]
+    scale = ((high - low) / 15.0).to(dtype)
+    offset = low.to(dtype)
+    s = scale.float().clamp_min(torch.finfo(torch.float32).tiny)[..., None]
+    q = torch.round((groups - offset.float()[..., None]) / s).clamp_(0, 15)
+    return QuantizedWeight("int4", pack_int4(q.reshape(n, k)), scale, offset, group_size)
+
+
+def quantize(kind: str, w: torch.Tensor, group_size: int = INT4_GROUP,
+             scale_dtype: Optional[torch.dtype] = None) -> QuantizedWeight:
+    if kind == "int8":
+        return quantize_int8(w)
+    if kind == "fp8":
+        return quantize_fp8(w)
+    if kind == "int4":
+        return quantize_int4(w, group_size, scale_dtype)
+    raise ValueError(f"unknown quantization {kind!r}; choose one of {', '.join(KINDS)}")
+
+
+def dequantize(qw: QuantizedWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The [N, K] matrix qw stands for, computed in float32, returned in dtype."""
+    if qw.kind in ("int8", "fp8"):
+        return (qw.data.float() * qw.scale.float()[:, None]).to(dtype)
+    q = unpack_int4(qw.data).float()
+    n, k = q.shape
+    g = qw.group_size
+    w = (q.reshape(n, k // g, g) * qw.scale.float()[..., None] + qw.offset.float()[..., None])
+    return w.reshape(n, k).to(dtype)
+
+
+def quant_linear_ref(x: torch.Tensor, qw: QuantizedWeight,
+                     bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x [M, K] @ dequantize(qw)^T (+ bias) -> [M, N]: float32 products and sums, rounded
+    to x's dtype once at the end."""
+    y = x.float() @ dequantize(qw).t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)

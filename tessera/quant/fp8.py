@@ -1,0 +1,56 @@
+"""FP8 W8A8: fp8 weights times fp8 activations on the tensor cores (compute capability 8.9+).
+
+Objects: `w8a8_supported(device)`, `w8a8_fits(x, qw)`, `quantize_rows_fp8(x)` (dynamic
+per-token scales), `w8a8_linear(x, qw, bias)` (torch._scaled_mm with row-wise scales)
+and `w8a8_linear_ref` (the same arithmetic in float32, the test's oracle).
+Flow: x [M, K] -> per-row scale sx = max|x_row| / 448 and xq = x / sx in e4m3 [M, K];
+y [M, N] = (xq @ Wq^T) * sx * sw (sw: the weight's per-channel scale [N]), one cuBLASLt
+fp8 GEMM with the scales applied in its epilogue, then the bias. Used by
+QuantizedLinearMethod (quant/quantized.py) for products of more than 16 rows; decode
+steps of few rows stay weight-only (the skinny GEMM: bound by reading W, where fp8
+activations save nothing).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from tessera.quant.formats import FP8_MAX, QuantizedWeight
+
+
+def w8a8_supported(device: torch.device) -> bool:
+    return (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+            and hasattr(torch, "_scaled_mm"))
+
+
+def w8a8_fits(x: torch.Tensor, qw: QuantizedWeight) -> bool:
+    """cuBLASLt's fp8 GEMM: dims multiples of 16, row-wise scales with a bf16 output."""
+    return (qw.kind == "fp8" and x.dim() == 2 and x.dtype == torch.bfloat16
+            and x.shape[1] % 16 == 0 and qw.out_features % 16 == 0 and x.shape[0] > 0)
+
+
+def quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (e4m3 [M, K], float32 scales [M, 1]): each row scaled to +-448."""
+    amax = x.abs().amax(dim=1, keepdim=True).float()
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    xq = (x.float() / scale).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return xq, scale
+
+
+def w8a8_linear(x: torch.Tensor, qw: QuantizedWeight,
+                bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x [M, K] (bf16) @ W^T with fp8 operands -> [M, N] bf16."""
+    xq, sx = quantize_rows_fp8(x)
+    y = torch._scaled_mm(xq, qw.data.t(), scale_a=sx, scale_b=qw.scale.view(1, -1),
+                         out_dtype=x.dtype)
+    return y if bias is None else y + bias
+
+
+def w8a8_linear_ref(x: torch.Tensor, qw: QuantizedWeight,
+                    bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    xq, sx = quantize_rows_fp8(x)
+    y = (xq.float() @ qw.data.float().t()) * sx * qw.scale.float().view(1, -1)
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)

@@ -1,0 +1,141 @@
+"""Quantized linear methods: int8, fp8 and int4 weights, quantized as they load.
+
+Objects: QuantizedLinearMethod(kind, group_size, kernel, ops, device) (one per format,
+shared by every layer of that format), `check_quantization_device(kind, device)`.
+The formats are quant/formats.py's. A layer holds `weight` (the quantized data: int8 or
+float8_e4m3fn [N, K], or uint8 [N, K / 2] for int4), `weight_scale` (float32 [N]; int4:
+[N, K / G] in the activations' dtype) and, for int4, `weight_offset` [N, K / G]. The
+scales are marked `derived` (filled with the weight, not read from the checkpoint).
+
+Flow: the layer's loader slices a checkpoint piece for its rows (a TP shard, the q / k /
+v or gate / up part) and calls `store`, which quantizes that piece on the layer's device
+and writes its rows of data and scales (quantization is row-local, so the pieces
+quantize independently and no 16-bit copy of the model is ever held). `apply` computes:
+- up to 16 rows (decode) where the skinny GEMM runs: kernels/skinny_gemm.py, which takes
+  the QuantizedWeight and dequantizes in registers, with every epilogue of the dense path
+  (gated SiLU-and-mul, rotary + KV write, residual add + pending norm), inherited from
+  UnquantizedLinearMethod through `kernel_weight`;
+- more rows with kernel ops: fp8 on GPUs of compute capability 8.9+ quantizes the
+  activations per token and runs torch._scaled_mm (W8A8, quant/fp8.py); otherwise
+  kernels/quant_gemm.py (weight-only, dequantized in registers);
+- without kernels (the CPU): the reference, x @ dequantize(W)^T (quant/formats.py).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tessera.config import KernelConfig
+from tessera.models.weight_utils import materialize
+from tessera.quant.base import layer_name
+from tessera.quant.formats import QuantizedWeight, dequantize, quantize
+from tessera.quant.unquantized import UnquantizedLinearMethod
+
+DATA_DTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn, "int4": torch.uint8}
+RANDOM_ROWS = 4096  # rows of random weights made and quantized at a time
+
+
+def check_quantization_device(kind: str, device: torch.device) -> None:
+    """A clear error where the device cannot run the format."""
+    if kind == "fp8" and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
+        raise ValueError("fp8 weights need an NVIDIA GPU of compute capability 8.0 or later "
+                         "(fp8 activations: 8.9); use int8 or int4.")
+
+
+class QuantizedLinearMethod(UnquantizedLinearMethod):
+    def __init__(self, kind: str, group_size: int, kernel: KernelConfig, ops,
+                 device: torch.device):
+        super().__init__(kernel, ops, device)
+        check_quantization_device(kind, device)
+        self.kind, self.group_size = kind, group_size
+        self.gemm = None  # kernels/quant_gemm.py where kernels run
+        if ops.kernels:
+            from tessera.kernels import quant_gemm
+            self.gemm = quant_gemm
+        self.w8a8 = False
+        if kind == "fp8" and ops.kernels and device.type == "cuda":
+            from tessera.quant.fp8 import w8a8_supported
+            self.w8a8 = w8a8_supported(device)
+
+    def create_weights(self, layer: nn.Module, in_features: int, out_features: int,
+                       bias: bool) -> None:
+        group = self.group_size
+        if self.kind == "int4" and in_features % group:
+            raise ValueError(f"{layer_name(layer)}: int4 needs the input size ({in_features} "
+                             f"on this rank) to be a multiple of the group size {group}: choose "
+                             f"a --quantization-group-size that divides it, keep the layer "
+                             f"16-bit (--keep-full-precision) or choose another method.")
+        cols = in_features // 2 if self.kind == "int4" else in_features
+        layer.weight = nn.Parameter(torch.empty(out_features, cols, dtype=DATA_DTYPES[self.kind]),
+                                    requires_grad=False)
+        layer.weight.weight_loader = layer.weight_loader
+        if self.kind == "int4":
+            scales = (out_features, in_features // group)
+            layer.weight_scale = nn.Parameter(torch.empty(scales), requires_grad=False)
+            layer.weight_offset = nn.Parameter(torch.empty(scales), requires_grad=False)
+            layer.weight_offset.derived = True
+        else:
+            layer.weight_scale = nn.Parameter(torch.empty(out_features, dtype=torch.float32),
+                                              requires_grad=False)
+            layer.register_parameter("weight_offset", None)
+        layer.weight_scale.derived = True
+        if bias:
+            layer.bias = nn.Parameter(torch.empty(out_features), requires_grad=False)
+            layer.bias.weight_loader = layer.weight_loader
+        else:
+            layer.register_parameter("bias", None)
+
+    def logical_shape(self, layer: nn.Module, param: torch.Tensor) -> tuple[int, ...]:
+        if param is layer.weight and self.kind == "int4":
+            return (param.shape[0], param.shape[1] * 2)
+        return tuple(param.shape)
+
+    def store(self, layer, param, row_offset, rows, loaded, what=""):
+        if param is not layer.weight:
+            return super().store(layer, param, row_offset, rows, loaded, what)
+        self.check_piece(layer, param, rows, loaded, what)
+        self._store_rows(layer, row_offset, materialize(loaded).to(param.device))
+
+    def _store_rows(self, layer: nn.Module, row_offset: int, w: torch.Tensor) -> None:
+        """Quantize w [rows, K] into rows [row_offset, row_offset + rows) of the layer."""
+        qw = quantize(self.kind, w, self.group_size, layer.weight_scale.dtype
+                      if self.kind == "int4" else None)
+        rows = w.shape[0]
+        layer.weight.data.narrow(0, row_offset, rows).copy_(qw.data)
+        layer.weight_scale.data.narrow(0, row_offset, rows).copy_(qw.scale)
+        if qw.offset is not None:
+            layer.weight_offset.data.narrow(0, row_offset, rows).copy_(qw.offset)
+
+    def fill_random(self, layer: nn.Module, generator: torch.Generator) -> None:
+        """N(0, 0.02) weights, made RANDOM_ROWS rows at a time and quantized."""
+        n, k = self.logical_shape(layer, layer.weight)
+        for start in range(0, n, RANDOM_ROWS):
+            rows = min(RANDOM_ROWS, n - start)
+            w = torch.empty(rows, k, device=layer.weight.device,
+                            dtype=layer.weight_scale.dtype if self.kind == "int4"
+                            else torch.get_default_dtype())
+            self._store_rows(layer, start, w.normal_(0.0, 0.02, generator=generator))
+        if layer.bias is not None:
+            layer.bias.data.zero_()
+
+    def precision(self, layer: nn.Module) -> str:
+        return self.kind
+
+    def kernel_weight(self, layer: nn.Module) -> QuantizedWeight:
+        return QuantizedWeight(self.kind, layer.weight, layer.weight_scale, layer.weight_offset,
+                               self.group_size if self.kind == "int4" else 0)
+
+    def weight_fits(self, layer: nn.Module, x: torch.Tensor) -> bool:
+        return 0 not in layer.weight.shape and x.dtype in (torch.float32, torch.float16,
+                                                           torch.bfloat16)
+
+    def apply_many(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        qw = self.kernel_weight(layer)
+        if self.w8a8:
+            from tessera.quant.fp8 import w8a8_fits, w8a8_linear
+            if w8a8_fits(x, qw):
+                return w8a8_linear(x, qw, layer.bias)
+        if self.gemm is not None and x.dim() == 2 and x.shape[0] > 0:
+            return self.gemm.quant_gemm(x, qw, layer.bias)
+        return F.linear(x, dequantize(qw, x.dtype), layer.bias)  # [T, out]

@@ -1,0 +1,127 @@
+"""Mixed precision as a policy: which format each linear layer takes.
+
+Objects: QuantPolicy (default method, per-pattern overrides, patterns kept 16-bit, int4
+group size; `kind_for(prefix)`), ALWAYS_FULL_PRECISION (MoE routers: a few KB that choose
+experts), `resolve_policy(QuantConfig)` (the command line's options over a policy file),
+`load_policy_file(path)` / `policy_file_text(...)` (read and write the file format).
+No torch: the front end resolves the policy before any process starts, so a bad file or
+pattern fails at once.
+
+Layer names are Tessera's module prefixes: `model.layers.3.self_attn.qkv_proj`,
+`model.layers.3.self_attn.o_proj`, `model.layers.3.mlp.gate_up_proj`,
+`model.layers.3.mlp.down_proj` (q/k/v and gate/up are stacked, so they share a format).
+Embeddings and the LM head never take a linear method from the policy: they stay 16-bit.
+Patterns are shell globs (fnmatch). The file (YAML or JSON):
+
+    quantization: int8            # the default for layers no rule names
+    group_size: 128               # int4 only (optional)
+    layers:                       # first matching pattern wins
+      model.layers.0.mlp.down_proj: none
+      "model.layers.1.*": int8
+
+Precedence: keep_full_precision patterns (and the routers) first, then the file's layer
+rules, then the default: --quantization if given, else the file's `quantization`, else none.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import os
+from typing import Any, Optional
+
+KINDS = ("none", "int8", "fp8", "int4")
+ALWAYS_FULL_PRECISION = ("*.mlp.gate", "*.shared_expert_gate")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantPolicy:
+    default: str = "none"
+    rules: tuple[tuple[str, str], ...] = ()  # (pattern, kind), first match wins
+    keep: tuple[str, ...] = ()  # patterns kept 16-bit
+    group_size: int = 128
+
+    def kind_for(self, prefix: str) -> str:
+        """The format of the linear layer named prefix: none, int8, fp8 or int4."""
+        if any(fnmatch.fnmatchcase(prefix, p) for p in ALWAYS_FULL_PRECISION + self.keep):
+            return "none"
+        for pattern, kind in self.rules:
+            if fnmatch.fnmatchcase(prefix, pattern):
+                return kind
+        return self.default
+
+    @property
+    def kinds(self) -> set[str]:
+        """Every format some layer may take."""
+        return {self.default, *(kind for _, kind in self.rules)}
+
+    @property
+    def quantized(self) -> bool:
+        return self.kinds != {"none"}
+
+
+def _check_kind(kind: Any, where: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"{where}: {kind!r} is not a quantization; choose one of "
+                         f"{', '.join(KINDS)}.")
+    return kind
+
+
+def load_policy_file(path: str) -> dict[str, Any]:
+    """The file's fields, checked: quantization, group_size, layers [(pattern, kind)]."""
+    if not os.path.isfile(path):
+        raise ValueError(f"quantization policy {path!r}: no such file.")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        if path.endswith(".json"):
+            data = json.loads(text)
+        else:
+            import yaml
+            data = yaml.safe_load(text)
+    except Exception as e:  # noqa: BLE001 - the parser's own message names the place
+        raise ValueError(f"quantization policy {path!r} does not parse: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"quantization policy {path!r}: expected a mapping with "
+                         f"'quantization' and 'layers'.")
+    unknown = set(data) - {"quantization", "group_size", "layers", "measured"}
+    if unknown:
+        raise ValueError(f"quantization policy {path!r}: unknown field(s) "
+                         f"{', '.join(sorted(unknown))}.")
+    layers = data.get("layers") or {}
+    if not isinstance(layers, dict):
+        raise ValueError(f"quantization policy {path!r}: 'layers' must map patterns to "
+                         f"methods.")
+    rules = [(str(p), _check_kind(k, f"{path}: layer {p!r}")) for p, k in layers.items()]
+    default = data.get("quantization")
+    if default is not None:
+        _check_kind(default, f"{path}: quantization")
+    group = data.get("group_size", 128)
+    if group not in (32, 64, 128):
+        raise ValueError(f"{path}: group_size must be 32, 64 or 128, got {group!r}.")
+    return {"quantization": default, "group_size": group, "layers": rules}
+
+
+def resolve_policy(quant) -> QuantPolicy:
+    """The policy a QuantConfig (config.py) asks for."""
+    keep = tuple(p.strip() for p in (quant.keep_full_precision or "").split(",") if p.strip())
+    rules, file_default, group = (), None, quant.quantization_group_size
+    if quant.quantization_policy:
+        data = load_policy_file(quant.quantization_policy)
+        rules, file_default = tuple(data["layers"]), data["quantization"]
+        group = data["group_size"]
+    default = quant.quantization or file_default or "none"
+    return QuantPolicy(default, rules, keep, group)
+
+
+def policy_file_text(default: str, layers: dict[str, str], group_size: int = 128,
+                     measured: Optional[dict[str, Any]] = None) -> str:
+    """A policy file (YAML) for these choices, with what was measured as a record."""
+    import yaml
+    data: dict[str, Any] = {"quantization": default}
+    if default == "int4" or "int4" in layers.values():
+        data["group_size"] = group_size
+    data["layers"] = layers
+    if measured:
+        data["measured"] = measured
+    return yaml.safe_dump(data, sort_keys=False)
