@@ -216,6 +216,10 @@ class ModelInfo:
     arch: ArchConfig  # eos_token_ids: the model's, its generation config's and tokenizer's
     max_model_len: int  # the one context length: asked for, or the model's
     generation_defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # the checkpoint's own quantization (models/checkpoint_quant.py): "" | gguf | fp8 | gptq,
+    # and each quantized linear layer's format spec ("int4/32", "fp8", ...)
+    quant_method: str = ""
+    quant_layers: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelInfo":

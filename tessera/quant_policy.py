@@ -1,8 +1,10 @@
 """Mixed precision as a policy: which format each linear layer takes.
 
 Objects: QuantPolicy (default method, per-pattern overrides, patterns kept 16-bit, int4
-group size; `kind_for(prefix)`), ALWAYS_FULL_PRECISION (MoE routers: a few KB that choose
-experts), `resolve_policy(QuantConfig)` (the command line's options over a policy file),
+group size; `spec_for(prefix)`: the layer's format spec, "none", "int8", "fp8", "int8/G"
+or "int4/G"; `parse_spec`), ALWAYS_FULL_PRECISION (MoE routers: a few KB that choose
+experts), `resolve_policy(QuantConfig, ModelInfo, native)` (the command line's options
+over a policy file over the checkpoint's own formats),
 `load_policy_file(path)` / `policy_file_text(...)` (read and write the file format).
 No torch: the front end resolves the policy before any process starts, so a bad file or
 pattern fails at once.
@@ -20,7 +22,13 @@ Patterns are shell globs (fnmatch). The file (YAML or JSON):
       "model.layers.1.*": int8
 
 Precedence: keep_full_precision patterns (and the routers) first, then the file's layer
-rules, then the default: --quantization if given, else the file's `quantization`, else none.
+rules, then the default: --quantization if given, else the file's `quantization`, else the
+checkpoint's own format per layer (a GGUF's Q4_1 layers -> int4/32, an FP8 folder's ->
+fp8: models/checkpoint_quant.py), else none. A GGUF keeps its formats only where kernels
+run (`native`: on the CPU the PyTorch reference would dequantize every step, so a GGUF
+is expanded to 16/32-bit there, unless asked otherwise); other quantized checkpoints
+keep theirs everywhere. A layer whose checkpoint format differs from the one chosen is
+dequantized and re-quantized at load.
 """
 from __future__ import annotations
 
@@ -41,23 +49,36 @@ class QuantPolicy:
     keep: tuple[str, ...] = ()  # patterns kept 16-bit
     group_size: int = 128
 
-    def kind_for(self, prefix: str) -> str:
-        """The format of the linear layer named prefix: none, int8, fp8 or int4."""
+    exact: tuple[tuple[str, str], ...] = ()  # (prefix, spec): the checkpoint's own, last
+
+    def spec_for(self, prefix: str) -> str:
+        """The format spec of the linear layer named prefix."""
         if any(fnmatch.fnmatchcase(prefix, p) for p in ALWAYS_FULL_PRECISION + self.keep):
             return "none"
         for pattern, kind in self.rules:
             if fnmatch.fnmatchcase(prefix, pattern):
-                return kind
-        return self.default
+                return self._spec(kind)
+        return dict(self.exact).get(prefix, self._spec(self.default))
+
+    def _spec(self, kind: str) -> str:
+        return f"int4/{self.group_size}" if kind == "int4" else kind
 
     @property
-    def kinds(self) -> set[str]:
+    def specs(self) -> set[str]:
         """Every format some layer may take."""
-        return {self.default, *(kind for _, kind in self.rules)}
+        return ({self._spec(self.default)} | {self._spec(k) for _, k in self.rules}
+                | {spec for _, spec in self.exact})
 
     @property
     def quantized(self) -> bool:
-        return self.kinds != {"none"}
+        return self.specs != {"none"}
+
+
+def parse_spec(spec: str) -> tuple[str, int]:
+    """"int4/32" -> ("int4", 32); "int8" -> ("int8", 0): the kind and its group (0: per
+    output channel)."""
+    kind, _, group = spec.partition("/")
+    return kind, int(group or 0)
 
 
 def _check_kind(kind: Any, where: str) -> str:
@@ -102,16 +123,21 @@ def load_policy_file(path: str) -> dict[str, Any]:
     return {"quantization": default, "group_size": group, "layers": rules}
 
 
-def resolve_policy(quant) -> QuantPolicy:
-    """The policy a QuantConfig (config.py) asks for."""
+def resolve_policy(quant, info=None, native: bool = True) -> QuantPolicy:
+    """The policy a QuantConfig (config.py) asks for, over a checkpoint whose ModelInfo
+    (config.py) is info; native: whether quantized kernels run (see the module's doc)."""
     keep = tuple(p.strip() for p in (quant.keep_full_precision or "").split(",") if p.strip())
     rules, file_default, group = (), None, quant.quantization_group_size
     if quant.quantization_policy:
         data = load_policy_file(quant.quantization_policy)
         rules, file_default = tuple(data["layers"]), data["quantization"]
         group = data["group_size"]
+    exact: tuple = ()
+    if not (quant.quantization or file_default) and info is not None and info.quant_layers:
+        if native or info.quant_method != "gguf":
+            exact = tuple(sorted(info.quant_layers.items()))
     default = quant.quantization or file_default or "none"
-    return QuantPolicy(default, rules, keep, group)
+    return QuantPolicy(default, rules, keep, group, exact)
 
 
 def policy_file_text(default: str, layers: dict[str, str], group_size: int = 128,

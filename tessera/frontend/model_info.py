@@ -3,7 +3,8 @@
 `resolve_config(config)` -> (config with its ModelInfo filled, tokenizer or None): the
 source (models/source.py: config.json or the GGUF header; no weights, no torch), the
 tokenizer (frontend/tokenizer.py), the EOS ids (the model's, its generation config's and
-its tokenizer's), the one context length (`max_model_len`: asked for, at most the model's)
+its tokenizer's), the one context length (`max_model_len`: asked for, at most the model's),
+the checkpoint's own quantization (models/checkpoint_quant.py)
 and the sampling defaults of the generation config `generation_config` picks (logged when
 there are some). The ModelInfo then travels with the config
 to the engine process and every worker, which never read the checkpoint's metadata again.
@@ -18,6 +19,7 @@ from typing import Any, Optional
 from tessera.config import EngineConfig, ModelConfig, ModelInfo
 from tessera.frontend.tokenizer import (generation_config_path, generation_defaults,
                                         generation_eos_ids, load_tokenizer)
+from tessera.models.checkpoint_quant import checkpoint_quant
 from tessera.models.source import ModelSource, resolve_source
 from tessera.quant_policy import resolve_policy
 
@@ -52,4 +54,6 @@ def _model_info(cfg: ModelConfig, source: ModelSource, tokenizer) -> ModelInfo:
     if defaults:
         logger.info("default sampling parameters from %s: %s (--generation-config none for "
                     "Tessera's)", chosen, ", ".join(f"{k}={v}" for k, v in defaults.items()))
-    return ModelInfo(source.kind, source.path, arch, cfg.max_model_len or limit, defaults)
+    quant = checkpoint_quant(source.kind, source.path)
+    return ModelInfo(source.kind, source.path, arch, cfg.max_model_len or limit, defaults,
+                     quant.method, quant.layers)

@@ -21,7 +21,7 @@ from tessera.config import KernelConfig
 from tessera.distributed.parallel_state import tp_size
 from tessera.layers.ops import ReferenceOps, make_ops
 from tessera.quant.base import LinearMethod
-from tessera.quant_policy import QuantPolicy
+from tessera.quant_policy import QuantPolicy, parse_spec
 from tessera.quant.unquantized import UnquantizedLinearMethod
 
 
@@ -64,9 +64,10 @@ def make_context(kernel: KernelConfig, device: torch.device,
         return LayerContext(ops, kernel, lambda prefix: dense, dense, device)
     from tessera.quant.quantized import QuantizedLinearMethod
     methods: dict[str, LinearMethod] = {"none": dense}
-    for kind in sorted(policy.kinds - {"none"}):
-        methods[kind] = QuantizedLinearMethod(kind, policy.group_size, kernel, ops, device)
-    return LayerContext(ops, kernel, lambda prefix: methods[policy.kind_for(prefix)], dense,
+    for spec in sorted(policy.specs - {"none"}):
+        kind, group = parse_spec(spec)
+        methods[spec] = QuantizedLinearMethod(kind, group, kernel, ops, device)
+    return LayerContext(ops, kernel, lambda prefix: methods[policy.spec_for(prefix)], dense,
                         device)
 
 

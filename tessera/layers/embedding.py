@@ -14,7 +14,7 @@ from torch import nn
 
 from tessera.distributed.parallel_state import all_gather_last, all_reduce, tp_rank, tp_size
 from tessera.layers.context import current
-from tessera.models.weight_utils import materialize, narrow, shape_of
+from tessera.models.weight_utils import dense, narrow, shape_of
 
 
 class VocabEmbedding(nn.Module):
@@ -31,7 +31,7 @@ class VocabEmbedding(nn.Module):
             raise ValueError(f"embedding: checkpoint shape {shape_of(loaded)} does not fit "
                              f"({self.vocab_size}, {param.shape[1]})")
         size = min(self.shard, self.vocab_size - self.start)
-        rows = materialize(narrow(loaded, 0, self.start, size))
+        rows = dense(narrow(loaded, 0, self.start, size), param.dtype)
         param.data.zero_()
         param.data[:rows.shape[0]].copy_(rows)
 

@@ -24,7 +24,7 @@ from torch import nn
 from tessera.config import KernelConfig
 from tessera.distributed.parallel_state import all_reduce, expert_parallel, tp_rank, tp_size
 from tessera.layers.context import current
-from tessera.models.weight_utils import materialize, narrow
+from tessera.models.weight_utils import dense, narrow
 
 FUSED_MAX_TOKENS = 512  # the largest decode CUDA graph; longer (prefill) steps loop
 
@@ -87,11 +87,11 @@ class FusedMoE(nn.Module):
             return  # another rank's expert
         start = 0 if self.ep else self.tp_rank * self.inter
         if kind == "down":
-            param.data[e].copy_(materialize(narrow(loaded, 1, start, self.inter)))
+            param.data[e].copy_(dense(narrow(loaded, 1, start, self.inter), param.dtype))
         else:
             offset = 0 if kind == "gate" else self.inter
             param.data[e, offset:offset + self.inter].copy_(
-                materialize(narrow(loaded, 0, start, self.inter)))
+                dense(narrow(loaded, 0, start, self.inter), param.dtype))
 
     def forward(self, x: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
         """x: [T, H]; router_logits: [T, E] -> [T, H]."""

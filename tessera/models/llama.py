@@ -34,7 +34,7 @@ from tessera.layers.rotary import RotaryEmbedding
 from tessera.distributed.parallel_state import layer_range, pp_stage
 from tessera.models.arch_config import ArchConfig
 from tessera.models.interface import KVCacheSpec
-from tessera.models.weight_utils import materialize, shape_of
+from tessera.models.weight_utils import dense, shape_of
 
 # A checkpoint's expert tensor: Mixtral's experts.E.w1/w3/w2, Qwen2-MoE's gate/up/down_proj
 _EXPERT = re.compile(r"\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
@@ -50,7 +50,7 @@ def default_weight_loader(param: nn.Parameter, loaded, shard_id=None) -> None:
     if tuple(param.shape) != shape_of(loaded):
         raise ValueError(f"checkpoint shape {shape_of(loaded)} does not fit parameter shape "
                          f"{tuple(param.shape)}")
-    param.data.copy_(materialize(loaded))
+    param.data.copy_(dense(loaded, param.dtype))
 
 
 class LlamaAttention(nn.Module):

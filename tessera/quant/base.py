@@ -28,7 +28,7 @@ import abc
 import torch
 from torch import nn
 
-from tessera.models.weight_utils import materialize, shape_of
+from tessera.models.weight_utils import dense, shape_of
 
 
 def layer_name(layer: nn.Module) -> str:
@@ -56,9 +56,9 @@ class LinearMethod(abc.ABC):
     def store(self, layer: nn.Module, param: nn.Parameter, row_offset: int, rows: int, loaded,
               what: str = "") -> None:
         """param[row_offset : row_offset + rows] = loaded (a checkpoint piece of that many
-        rows), as a plain copy."""
+        rows), as a plain copy (a quantized piece dequantized)."""
         self.check_piece(layer, param, rows, loaded, what)
-        param.data.narrow(0, row_offset, rows).copy_(materialize(loaded))
+        param.data.narrow(0, row_offset, rows).copy_(dense(loaded, param.dtype))
 
     def fill_random(self, layer: nn.Module, generator: torch.Generator) -> None:
         """Weights from N(0, 0.02), biases 0."""

@@ -8,14 +8,15 @@ kernel is tested against: x @ dequantize(qw)^T in float32, rounded to x's dtype)
 
 Layouts (W is nn.Linear's [N, K]: N outputs, K inputs):
 - int8 (W8A16): data int8 [N, K], symmetric per output channel: w = data * scale,
-  scale float32 [N] = max|w_row| / 127.
+  scale float32 [N] = max|w_row| / 127; or, with group_size G (GGUF Q8_0: 32), per group
+  along K: scale [N, K / G] (float16 or float32: the layer's choice).
 - fp8: data float8_e4m3fn [N, K] per output channel: w = data * scale, scale float32 [N]
   = max|w_row| / 448 (rows of zeros get scale 1).
 - int4 (W4A16): groups of G (group_size, 128 by default) along K; q in [0, 15] packed two
   per byte, data uint8 [N, K / 2] with column 2j in the low nibble of byte j and 2j + 1
-  in the high one; w = q * scale + offset, scale and offset [N, K / G] in the
-  activations' dtype (offset is the group's minimum: an asymmetric zero point; GPTQ's
-  and GGUF Q4_0's symmetric q - 8 is offset = -8 * scale, Q4_1's min is its offset).
+  in the high one; w = q * scale + offset, scale and offset [N, K / G] (float16 in a
+  16-bit model, else float32; offset is the group's minimum: an asymmetric zero point;
+  GPTQ's and GGUF Q4_0's symmetric q - 8 is offset = -8 * scale, Q4_1's min its offset).
 Quantizing is row-local (each output row, and each int4 group, on its own), so tensor-
 parallel shards and the stacked q/k/v or gate/up pieces quantize independently as they
 arrive, with no 16-bit copy of the whole model ever held.
@@ -35,9 +36,9 @@ KINDS = ("int8", "fp8", "int4")
 class QuantizedWeight(NamedTuple):
     kind: str  # "int8" | "fp8" | "int4"
     data: torch.Tensor  # int8 [N, K] | float8_e4m3fn [N, K] | uint8 [N, K // 2]
-    scale: torch.Tensor  # float32 [N] | int4: [N, K // G] in the activations' dtype
+    scale: torch.Tensor  # float32 [N] | grouped: [N, K // G] float16 or float32
     offset: Optional[torch.Tensor] = None  # int4: [N, K // G]; None otherwise
-    group_size: int = 0  # int4: G
+    group_size: int = 0  # int4, grouped int8: G; 0: per output channel
 
     @property
     def out_features(self) -> int:
@@ -45,19 +46,39 @@ class QuantizedWeight(NamedTuple):
 
     @property
     def in_features(self) -> int:
-        return self.data.shape[1] * (2 if self.kind == "int4" else 1)
+        return self.in_features_of(self.data.shape[1])
+
+    def in_features_of(self, data_columns: int) -> int:
+        """K for data of this many columns (int4 packs two a byte)."""
+        return data_columns * (2 if self.kind == "int4" else 1)
 
 
 def _row_absmax(w: torch.Tensor) -> torch.Tensor:
     return w.float().abs().amax(dim=1)  # [N]
 
 
-def quantize_int8(w: torch.Tensor) -> QuantizedWeight:
-    """w [N, K] (any float dtype) -> int8 per output channel."""
-    amax = _row_absmax(w)
-    scale = torch.where(amax > 0, amax / INT8_MAX, torch.ones_like(amax))
-    data = torch.round(w.float() / scale[:, None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
-    return QuantizedWeight("int8", data, scale)
+def _check_groups(k: int, group_size: int, kind: str) -> None:
+    if k % group_size or k % 2:
+        raise ValueError(f"{kind} in groups needs the input size ({k}) to be a multiple of "
+                         f"the group size {group_size}")
+
+
+def quantize_int8(w: torch.Tensor, group_size: int = 0,
+                  scale_dtype: Optional[torch.dtype] = None) -> QuantizedWeight:
+    """w [N, K] (any float dtype) -> int8 per output channel (group_size 0, float32
+    scales) or per group of group_size along K (scales in scale_dtype, default w's)."""
+    if not group_size:
+        amax = _row_absmax(w)
+        scale = torch.where(amax > 0, amax / INT8_MAX, torch.ones_like(amax))
+        data = torch.round(w.float() / scale[:, None]).clamp_(-INT8_MAX, INT8_MAX)
+        return QuantizedWeight("int8", data.to(torch.int8), scale)
+    n, k = w.shape
+    _check_groups(k, group_size, "int8")
+    groups = w.float().reshape(n, k // group_size, group_size)
+    scale = (groups.abs().amax(-1) / INT8_MAX).to(scale_dtype or w.dtype)  # [N, K / G]
+    s = scale.float().clamp_min(torch.finfo(torch.float32).tiny)[..., None]
+    data = torch.round(groups / s).clamp_(-INT8_MAX, INT8_MAX).reshape(n, k)
+    return QuantizedWeight("int8", data.to(torch.int8), scale, None, group_size)
 
 
 def quantize_fp8(w: torch.Tensor) -> QuantizedWeight:
@@ -86,9 +107,7 @@ def quantize_int4(w: torch.Tensor, group_size: int = INT4_GROUP,
     minimum, rounded to scale_dtype, default w's dtype; q rounded against the stored
     scale and offset, so what the kernel reads is what was fitted)."""
     n, k = w.shape
-    if k % group_size or k % 2:
-        raise ValueError(f"int4 needs the input size ({k}) to be a multiple of the group "
-                         f"size {group_size}")
+    _check_groups(k, group_size, "int4")
     dtype = scale_dtype or w.dtype
     groups = w.float().reshape(n, k // group_size, group_size)
     low, high = groups.amin(-1), groups.amax(-1)  # [N, K / G]
@@ -99,25 +118,27 @@ def quantize_int4(w: torch.Tensor, group_size: int = INT4_GROUP,
     return QuantizedWeight("int4", pack_int4(q.reshape(n, k)), scale, offset, group_size)
 
 
-def quantize(kind: str, w: torch.Tensor, group_size: int = INT4_GROUP,
+def quantize(kind: str, w: torch.Tensor, group_size: int = 0,
              scale_dtype: Optional[torch.dtype] = None) -> QuantizedWeight:
     if kind == "int8":
-        return quantize_int8(w)
+        return quantize_int8(w, group_size, scale_dtype)
     if kind == "fp8":
         return quantize_fp8(w)
     if kind == "int4":
-        return quantize_int4(w, group_size, scale_dtype)
+        return quantize_int4(w, group_size or INT4_GROUP, scale_dtype)
     raise ValueError(f"unknown quantization {kind!r}; choose one of {', '.join(KINDS)}")
 
 
 def dequantize(qw: QuantizedWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The [N, K] matrix qw stands for, computed in float32, returned in dtype."""
-    if qw.kind in ("int8", "fp8"):
+    if not qw.group_size:
         return (qw.data.float() * qw.scale.float()[:, None]).to(dtype)
-    q = unpack_int4(qw.data).float()
+    q = (unpack_int4(qw.data) if qw.kind == "int4" else qw.data).float()
     n, k = q.shape
     g = qw.group_size
-    w = (q.reshape(n, k // g, g) * qw.scale.float()[..., None] + qw.offset.float()[..., None])
+    w = q.reshape(n, k // g, g) * qw.scale.float()[..., None]
+    if qw.offset is not None:
+        w = w + qw.offset.float()[..., None]
     return w.reshape(n, k).to(dtype)
 
 

@@ -3,13 +3,15 @@
 Objects: QuantizedLinearMethod(kind, group_size, kernel, ops, device) (one per format,
 shared by every layer of that format), `check_quantization_device(kind, device)`.
 The formats are quant/formats.py's. A layer holds `weight` (the quantized data: int8 or
-float8_e4m3fn [N, K], or uint8 [N, K / 2] for int4), `weight_scale` (float32 [N]; int4:
-[N, K / G] in the activations' dtype) and, for int4, `weight_offset` [N, K / G]. The
+float8_e4m3fn [N, K], or uint8 [N, K / 2] for int4), `weight_scale` (float32 [N]; with a
+group size G, as int4 always has: [N, K / G], float16 in a 16-bit model, else float32)
+and, for int4, `weight_offset` [N, K / G]. The
 scales are marked `derived` (filled with the weight, not read from the checkpoint).
 
 Flow: the layer's loader slices a checkpoint piece for its rows (a TP shard, the q / k /
 v or gate / up part) and calls `store`, which quantizes that piece on the layer's device
-and writes its rows of data and scales (quantization is row-local, so the pieces
+and writes its rows of data and scales (a piece already in this format, from a quantized
+checkpoint, is copied as it is; one in another format is dequantized and re-quantized) (quantization is row-local, so the pieces
 quantize independently and no 16-bit copy of the model is ever held). `apply` computes:
 - up to 16 rows (decode) where the skinny GEMM runs: kernels/skinny_gemm.py, which takes
   the QuantizedWeight and dequantizes in registers, with every epilogue of the dense path
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tessera.config import KernelConfig
-from tessera.models.weight_utils import materialize
+from tessera.models.weight_utils import dense, materialize
 from tessera.quant.base import layer_name
 from tessera.quant.formats import QuantizedWeight, dequantize, quantize
 from tessera.quant.unquantized import UnquantizedLinearMethod
@@ -49,6 +51,8 @@ class QuantizedLinearMethod(UnquantizedLinearMethod):
         super().__init__(kernel, ops, device)
         check_quantization_device(kind, device)
         self.kind, self.group_size = kind, group_size
+        # grouped int8 (GGUF Q8_0) has no kernel yet: the reference computes it
+        self.kernel_format = kind == "int4" or not group_size
         self.gemm = None  # kernels/quant_gemm.py where kernels run
         if ops.kernels:
             from tessera.kernels import quant_gemm
@@ -61,8 +65,8 @@ class QuantizedLinearMethod(UnquantizedLinearMethod):
     def create_weights(self, layer: nn.Module, in_features: int, out_features: int,
                        bias: bool) -> None:
         group = self.group_size
-        if self.kind == "int4" and in_features % group:
-            raise ValueError(f"{layer_name(layer)}: int4 needs the input size ({in_features} "
+        if group and in_features % group:
+            raise ValueError(f"{layer_name(layer)}: {self.kind} needs the input size ({in_features} "
                              f"on this rank) to be a multiple of the group size {group}: choose "
                              f"a --quantization-group-size that divides it, keep the layer "
                              f"16-bit (--keep-full-precision) or choose another method.")
@@ -70,14 +74,19 @@ class QuantizedLinearMethod(UnquantizedLinearMethod):
         layer.weight = nn.Parameter(torch.empty(out_features, cols, dtype=DATA_DTYPES[self.kind]),
                                     requires_grad=False)
         layer.weight.weight_loader = layer.weight_loader
-        if self.kind == "int4":
+        if group:  # fp16 scales in a 16-bit model: GGUF's exactly, and more bits than bf16
             scales = (out_features, in_features // group)
-            layer.weight_scale = nn.Parameter(torch.empty(scales), requires_grad=False)
-            layer.weight_offset = nn.Parameter(torch.empty(scales), requires_grad=False)
-            layer.weight_offset.derived = True
+            dtype = torch.float32 if torch.get_default_dtype() == torch.float32 else torch.float16
+            layer.weight_scale = nn.Parameter(torch.empty(scales, dtype=dtype),
+                                              requires_grad=False)
         else:
             layer.weight_scale = nn.Parameter(torch.empty(out_features, dtype=torch.float32),
                                               requires_grad=False)
+        if self.kind == "int4":
+            layer.weight_offset = nn.Parameter(torch.empty(scales, dtype=dtype),
+                                               requires_grad=False)
+            layer.weight_offset.derived = True
+        else:
             layer.register_parameter("weight_offset", None)
         layer.weight_scale.derived = True
         if bias:
@@ -95,13 +104,20 @@ class QuantizedLinearMethod(UnquantizedLinearMethod):
         if param is not layer.weight:
             return super().store(layer, param, row_offset, rows, loaded, what)
         self.check_piece(layer, param, rows, loaded, what)
-        self._store_rows(layer, row_offset, materialize(loaded).to(param.device))
+        piece = materialize(loaded)
+        if isinstance(piece, QuantizedWeight) and (piece.kind, piece.group_size) == (
+                self.kind, self.group_size):
+            self._copy_rows(layer, row_offset, piece)  # the checkpoint's own format, as it is
+        else:  # 16-bit, or another format: (dequantized and) quantized to this one
+            self._store_rows(layer, row_offset, dense(piece).to(param.device))
 
     def _store_rows(self, layer: nn.Module, row_offset: int, w: torch.Tensor) -> None:
         """Quantize w [rows, K] into rows [row_offset, row_offset + rows) of the layer."""
-        qw = quantize(self.kind, w, self.group_size, layer.weight_scale.dtype
-                      if self.kind == "int4" else None)
-        rows = w.shape[0]
+        self._copy_rows(layer, row_offset,
+                        quantize(self.kind, w, self.group_size, layer.weight_scale.dtype))
+
+    def _copy_rows(self, layer: nn.Module, row_offset: int, qw: QuantizedWeight) -> None:
+        rows = qw.data.shape[0]
         layer.weight.data.narrow(0, row_offset, rows).copy_(qw.data)
         layer.weight_scale.data.narrow(0, row_offset, rows).copy_(qw.scale)
         if qw.offset is not None:
@@ -113,7 +129,7 @@ class QuantizedLinearMethod(UnquantizedLinearMethod):
         for start in range(0, n, RANDOM_ROWS):
             rows = min(RANDOM_ROWS, n - start)
             w = torch.empty(rows, k, device=layer.weight.device,
-                            dtype=layer.weight_scale.dtype if self.kind == "int4"
+                            dtype=layer.weight_scale.dtype if self.group_size
                             else torch.get_default_dtype())
             self._store_rows(layer, start, w.normal_(0.0, 0.02, generator=generator))
         if layer.bias is not None:
@@ -124,10 +140,10 @@ class QuantizedLinearMethod(UnquantizedLinearMethod):
 
     def kernel_weight(self, layer: nn.Module) -> QuantizedWeight:
         return QuantizedWeight(self.kind, layer.weight, layer.weight_scale, layer.weight_offset,
-                               self.group_size if self.kind == "int4" else 0)
+                               self.group_size)
 
     def weight_fits(self, layer: nn.Module, x: torch.Tensor) -> bool:
-        return 0 not in layer.weight.shape and x.dtype in (torch.float32, torch.float16,
+        return self.kernel_format and 0 not in layer.weight.shape and x.dtype in (torch.float32, torch.float16,
                                                            torch.bfloat16)
 
     def apply_many(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -136,6 +152,6 @@ class QuantizedLinearMethod(UnquantizedLinearMethod):
             from tessera.quant.fp8 import w8a8_fits, w8a8_linear
             if w8a8_fits(x, qw):
                 return w8a8_linear(x, qw, layer.bias)
-        if self.gemm is not None and x.dim() == 2 and x.shape[0] > 0:
+        if self.gemm is not None and self.kernel_format and x.dim() == 2 and x.shape[0] > 0:
             return self.gemm.quant_gemm(x, qw, layer.bias)
         return F.linear(x, dequantize(qw, x.dtype), layer.bias)  # [T, out]

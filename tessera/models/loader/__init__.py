@@ -5,7 +5,9 @@ Flow: `load_model(config, device, dtype, context)`: the class from the registry
 kernel switches, linear methods) under the target device and dtype, then fed (name,
 tensor) pairs from the checkpoint into `model.load_weights` (each parameter's
 weight_loader shards and copies its piece): safetensors.py for a Hugging Face folder,
-gguf.py for a GGUF file, dummy.py for random weights. Last, each linear layer's method processes its weights once
+gguf.py for a GGUF file (its Q8_0 / Q4_0 / Q4_1 matrices kept quantized), dummy.py
+for random weights; a quantized folder's layers (fp8, GPTQ) come through
+prequantized.py, each layer's parts gathered into one QuantizedWeight. Last, each linear layer's method processes its weights once
 (`process_weights_after_loading`). The source comes resolved in the config
 (config.model_info): nothing here reads the checkpoint's metadata again.
 """
@@ -40,7 +42,14 @@ def load_model(config: EngineConfig, device: torch.device, dtype: torch.dtype,
                                      count_gguf_tensors(info.path)))
     else:
         from tessera.models.loader.safetensors import count_safetensors, iter_safetensors
-        model.load_weights(_progress(iter_safetensors(info.path), count_safetensors(info.path)))
+        weights = iter_safetensors(info.path)
+        if info.quant_method:  # a quantized folder: each layer's parts as one weight
+            from tessera.models.loader.prequantized import assemble
+            spec = next(iter(info.quant_layers.values()))
+            weights = assemble(weights, "fp8" if info.quant_method == "fp8" else "gptq",
+                               group=int(spec.partition("/")[2] or 0),
+                               zero_offset=0 if info.quant_method == "gptq_v2" else 1)
+        model.load_weights(_progress(weights, count_safetensors(info.path)))
     for module in model.modules():
         method = getattr(module, "method", None)
         if method is not None:

@@ -1,0 +1,198 @@
+"""Quantized models end to end on the CPU: a 16-bit checkpoint quantized at load equals HF
+transformers on the dequantized weights (the quantization is exactly what the formats
+say, and nothing else changes); checkpoints already quantized (FP8 and GPTQ folders
+written here by hand from their published layouts, a Q4_1 GGUF) load kept in their
+format and equal their dequantized weights; the policy reaches the layers; bad
+checkpoints and shapes get errors naming the layer."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tessera import LLM, SamplingParams
+from tessera.quant.formats import dequantize, quantize
+from tests.conftest import hf_greedy, make_tiny_checkpoint
+
+NEW_TOKENS = 12
+PROMPTS = [[5, 17, 99, 3], list(range(20, 50))]
+LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _is_linear(name: str) -> bool:
+    return name.endswith(".weight") and name.split(".")[-2] in LINEAR
+
+
+def _dequantized(hf_model, kind: str, group: int):
+    """A copy of the HF model whose linear weights are dequantize(quantize(W))."""
+    ref = copy.deepcopy(hf_model)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if _is_linear(name):
+                p.copy_(dequantize(quantize(kind, p.float(), group, torch.float32)))
+    return ref
+
+
+def _runner(llm):
+    return llm.engine.core.executor.worker.runner
+
+
+def _greedy(llm):
+    params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True, logprobs=1)
+    return [o.outputs[0] for o in llm.generate([{"prompt_token_ids": p} for p in PROMPTS],
+                                               params)]
+
+
+def _assert_equal_hf(outs, hf_model):
+    for prompt, got in zip(PROMPTS, outs):
+        tokens, logprobs = hf_greedy(hf_model, prompt, NEW_TOKENS)
+        assert got.token_ids == tokens
+        for step, (tok, entry) in enumerate(zip(got.token_ids, got.logprobs)):
+            assert abs(entry[tok].logprob - logprobs[step][tok].item()) < 1e-3
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def tiny(request, tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp(f"tiny-q-{request.param}"))
+    return folder, make_tiny_checkpoint(request.param, folder)
+
+
+@pytest.mark.parametrize("kind", ["int8", "fp8", "int4"])
+def test_quantized_at_load_equals_hf_on_dequantized_weights(tiny, kind):
+    folder, hf_model = tiny
+    group = 32 if kind == "int4" else 0
+    llm = LLM(folder, skip_tokenizer_init=True, device="cpu", num_blocks=64,
+              quantization=kind, quantization_group_size=32)
+    _assert_equal_hf(_greedy(llm), _dequantized(hf_model, kind, group))
+    by_precision = llm.engine.executor.info.weight_bytes
+    assert set(by_precision) == {kind, "float32"}  # embeddings, norms stay full precision
+    full = sum(p.numel() for n, p in hf_model.named_parameters() if _is_linear(n))
+    per_weight = {"int8": 1, "fp8": 1, "int4": 0.5}[kind]
+    scales = {"int8": 0.1, "fp8": 0.1, "int4": 8 / 32}[kind]  # fp32 scale (+ offset) / group
+    assert full * per_weight < by_precision[kind] <= full * (per_weight + scales) + 4 * 2000
+
+
+def test_keep_full_precision_and_policy_reach_the_layers(tiny_llama):
+    folder, _ = tiny_llama
+    llm = LLM(folder, skip_tokenizer_init=True, device="cpu", num_blocks=32,
+              quantization="int8", keep_full_precision="*.down_proj,model.layers.0.*")
+    layers = _runner(llm).model.model.layers
+    assert layers["0"].self_attn.qkv_proj.weight.dtype == torch.float32
+    assert layers["1"].self_attn.qkv_proj.weight.dtype == torch.int8
+    assert layers["1"].mlp.down_proj.weight.dtype == torch.float32
+    assert layers["2"].mlp.gate_up_proj.weight.dtype == torch.int8
+
+
+def test_int4_group_that_does_not_divide_names_the_layer(tiny_llama):
+    folder, _ = tiny_llama  # hidden 64, intermediate 160
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.qkv_proj: int4 needs "
+                                         r"the input size \(64 on this rank\)"):
+        LLM(folder, skip_tokenizer_init=True, device="cpu", quantization="int4")
+
+
+def test_random_weights_quantized(tiny_llama):
+    llm = LLM(tiny_llama[0], load_format="dummy", skip_tokenizer_init=True, device="cpu",
+              num_blocks=16, quantization="int4", quantization_group_size=32)
+    assert "int4" in llm.engine.executor.info.weight_bytes
+    out = llm.generate({"prompt_token_ids": [1, 2, 3]},
+                       SamplingParams(max_tokens=4, ignore_eos=True, temperature=0))[0]
+    assert len(out.outputs[0].token_ids) == 4
+
+
+# -- checkpoints already quantized ------------------------------------------------------
+def _write_quantized_folder(src: str, dst: str, method: str, group: int = 32):
+    """The tiny checkpoint rewritten as an fp8 (per-channel, fbgemm_fp8 names) or a GPTQ
+    (4-bit, symmetric, AutoGPTQ's original zero-point storage) folder; returns the
+    dequantized state dict (what the folder stands for)."""
+    os.makedirs(dst, exist_ok=True)
+    state = load_file(os.path.join(src, "model.safetensors"))
+    out, dequantized = {}, dict(state)
+    for name, w in state.items():
+        if not _is_linear(name):
+            out[name] = w
+            continue
+        module = name[:-len(".weight")]
+        if method == "fp8":
+            qw = quantize("fp8", w)
+            out[module + ".weight"] = qw.data
+            out[module + ".weight_scale"] = qw.scale[:, None]
+        else:
+            n, k = w.shape
+            scale = (w.reshape(n, k // group, group).abs().amax(-1) / 7).half()  # [N, K/G]
+            s = scale.float().repeat_interleave(group, 1)
+            q = (torch.round(w / s) + 8).clamp(0, 15).to(torch.int32)  # [N, K]
+            packed = (q.t().reshape(k // 8, 8, n) << (4 * torch.arange(8))[None, :, None])
+            out[module + ".qweight"] = packed.sum(1).to(torch.int32)  # [K / 8, N]
+            zeros = torch.full((k // group, n // 8), 0, dtype=torch.int32)
+            for j in range(8):
+                zeros |= 7 << (4 * j)  # z - 1 = 7 in every nibble
+            out[module + ".qzeros"] = zeros
+            out[module + ".scales"] = scale.t().contiguous()
+            out[module + ".g_idx"] = torch.arange(k, dtype=torch.int32) // group
+            w = (q.float() - 8) * s
+        dequantized[name] = w if method == "gptq" else dequantize(qw)
+    save_file(out, os.path.join(dst, "model.safetensors"))
+    with open(os.path.join(src, "config.json")) as f:
+        config = json.load(f)
+    config["quantization_config"] = (
+        {"quant_method": "fbgemm_fp8", "activation_scale_ub": 1200.0} if method == "fp8" else
+        {"quant_method": "gptq", "bits": 4, "group_size": group, "sym": True, "desc_act": False})
+    with open(os.path.join(dst, "config.json"), "w") as f:
+        json.dump(config, f)
+    return dequantized
+
+
+@pytest.mark.parametrize("method,kind", [("fp8", "fp8"), ("gptq", "int4")])
+def test_quantized_checkpoints_load_in_their_format(tiny_llama, tmp_path, method, kind):
+    folder, hf_model = tiny_llama
+    dequantized = _write_quantized_folder(folder, str(tmp_path / method), method)
+    llm = LLM(str(tmp_path / method), skip_tokenizer_init=True, device="cpu", num_blocks=64)
+    assert set(llm.engine.executor.info.weight_bytes) == {kind, "float32"}
+    ref = copy.deepcopy(hf_model)
+    ref.load_state_dict(dequantized, strict=False)
+    _assert_equal_hf(_greedy(llm), ref)
+
+
+def test_quantized_checkpoint_missing_scales_names_the_layer(tiny_llama, tmp_path):
+    folder, _ = tiny_llama
+    dst = str(tmp_path / "fp8-broken")
+    _write_quantized_folder(folder, dst, "fp8")
+    state = load_file(os.path.join(dst, "model.safetensors"))
+    del state["model.layers.1.mlp.down_proj.weight_scale"]
+    save_file(state, os.path.join(dst, "model.safetensors"))
+    with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.down_proj: the checkpoint "
+                                         r"has weight but no weight_scale"):
+        LLM(dst, skip_tokenizer_init=True, device="cpu", num_blocks=16)
+
+
+@pytest.mark.parametrize("config,error", [
+    ({"quant_method": "fp8", "weight_block_size": [128, 128]}, "block-wise fp8"),
+    ({"quant_method": "gptq", "bits": 8, "group_size": 128}, "GPTQ with 8 bits"),
+    ({"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": True}, "act-order"),
+    ({"quant_method": "awq"}, "quant_method 'awq' is not supported"),
+])
+def test_unsupported_checkpoint_quantization_is_refused(tiny_llama, tmp_path, config, error):
+    folder, _ = tiny_llama
+    dst = tmp_path / "bad"
+    dst.mkdir()
+    with open(os.path.join(folder, "config.json")) as f:
+        cfg = json.load(f)
+    cfg["quantization_config"] = config
+    (dst / "config.json").write_text(json.dumps(cfg))
+    os.symlink(os.path.join(folder, "model.safetensors"), dst / "model.safetensors")
+    with pytest.raises(ValueError, match=error):
+        LLM(str(dst), skip_tokenizer_init=True, device="cpu")
+
+
+def test_gguf_q4_1_kept_as_it_is(smollm2_path):
+    """The default model's Q4_1 matrices, as int4 in groups of 32, are copied, not
+    re-fitted: they dequantize to exactly the weights the 16-bit load holds."""
+    dense = _runner(LLM(smollm2_path, num_blocks=16)).model.model.layers["3"].mlp.down_proj
+    kept = LLM(smollm2_path, num_blocks=16, quantization="int4", quantization_group_size=32)
+    layer = _runner(kept).model.model.layers["3"].mlp.down_proj
+    assert layer.weight.dtype == torch.uint8
+    assert torch.equal(dequantize(layer.method.kernel_weight(layer)), dense.weight)
