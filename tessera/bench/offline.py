@@ -69,13 +69,15 @@ def random_weights_engine(model: str = "llama-3-8b", **overrides: Any) -> Inproc
 
 
 def _weight_bytes_read(engine: InprocClient) -> int:
-    """Weight bytes one decode step of one sequence reads over all ranks (the embedding
-    table is only looked up by row, so it does not count unless the LM head shares it;
-    of a mixture of experts, only the routed top-k experts count)."""
-    a = engine.arch
-    embed = a.vocab_size * a.hidden_size
-    return ((a.num_parameters(active_only=True) - (0 if a.tie_word_embeddings else embed))
-            * _itemsize(engine))
+    """Weight bytes one decode step of one sequence reads over all ranks, as loaded (a
+    quantized layer's data and scales): all of them but the embedding table, which is
+    only looked up by row (unless the LM head shares it), and, of a mixture of experts,
+    the experts not routed to (only the top-k count)."""
+    a, info = engine.arch, engine.executor.info
+    total = sum(info.weight_bytes.values()) * info.world_size
+    embed = 0 if a.tie_word_embeddings else a.vocab_size * a.hidden_size
+    idle_experts = a.num_parameters() - a.num_parameters(active_only=True)
+    return total - (embed + idle_experts) * _itemsize(engine)
 
 
 def _itemsize(engine: InprocClient) -> int:

@@ -5,8 +5,10 @@ Objects: `align_by_expert` (the (token, k) assignments sorted by local expert, e
 expert's run padded to a whole block of rows: one Triton program `_align` for a small
 step, else PyTorch ops `align_by_expert_ref`; static shapes either way; `block_rows` picks
 16-64 rows per block), `_moe_gemm` (the kernel; `pick_config` its tiles),
-`fused_moe` (the launcher: two GEMMs), `fused_moe_ref` (a loop over experts in PyTorch).
-Shapes: x [T, H]; w13 [E, 2I, H] ([gate | up] rows); w2 [E, H, I]; weights, ids [T, k]
+`fused_moe` (the launcher: two GEMMs), `fused_moe_ref` (a loop over experts in PyTorch),
+`expert_weight` (one expert's matrix, dequantized).
+Shapes: x [T, H]; w13 [E, 2I, H] ([gate | up] rows); w2 [E, H, I] (16-bit, or int8 / fp8
+with float32 per-channel scales w13_scale [E, 2I], w2_scale [E, H]); weights, ids [T, k]
 (routing weights in x's dtype, global expert ids); experts [first, first + E) are this
 rank's -> out [T, H] (this rank's partial sum; the caller all-reduces).
 Flow: sorted_ids [P] lists assignment ids a = t * k + j grouped by expert, padded with
@@ -112,12 +114,14 @@ def align_by_expert_ref(ids: torch.Tensor, first: int, num_local: int, block_m: 
 
 
 @triton.jit
-def _moe_gemm(x_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, rw_ptr, N, K, num_rows,
-              num_experts, stride_we, TOP_K: tl.constexpr, GATED: tl.constexpr,
-              WEIGHTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+def _moe_gemm(x_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, rw_ptr, scale_ptr, N, K,
+              num_rows, num_experts, stride_we, TOP_K: tl.constexpr, GATED: tl.constexpr,
+              WEIGHTED: tl.constexpr, SCALED: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
     # GATED: x rows are tokens (row a // TOP_K), W has 2N rows (gate | up), out silu*up
-    # [A, N]; else x rows are assignments, out [A, N] (times the routing weight if WEIGHTED)
+    # [A, N]; else x rows are assignments, out [A, N] (times the routing weight if WEIGHTED).
+    # SCALED: W holds int8 / fp8 values, widened to x's dtype as they load, and each output
+    # row's float32 scale (scale_ptr [E, rows of W]) multiplies the accumulator after the loop
     block = tl.program_id(0)
     expert = tl.load(block_expert_ptr + block)
     if expert >= num_experts:  # past the last used block
@@ -137,11 +141,16 @@ def _moe_gemm(x_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, rw_ptr, N, K,
         xt = tl.load(x_ptr + src.to(tl.int64)[:, None] * K + kk[None, :],
                      mask=row_ok[:, None] & k_ok[None, :], other=0.0)  # [BM, BK]
         w = tl.load(w_rows + kk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        acc = tl.dot(xt, tl.trans(w), acc, input_precision=PRECISION)
+        acc = tl.dot(xt, tl.trans(w.to(xt.dtype)), acc, input_precision=PRECISION)
         if GATED:
             w2 = tl.load(w_rows + N.to(tl.int64) * K + kk[None, :],
                          mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-            acc2 = tl.dot(xt, tl.trans(w2), acc2, input_precision=PRECISION)
+            acc2 = tl.dot(xt, tl.trans(w2.to(xt.dtype)), acc2, input_precision=PRECISION)
+    if SCALED:
+        scales = scale_ptr + expert.to(tl.int64) * (2 * N if GATED else N)
+        acc = acc * tl.load(scales + ns, mask=n_ok, other=0.0)[None, :]
+        if GATED:
+            acc2 = acc2 * tl.load(scales + N + ns, mask=n_ok, other=0.0)[None, :]
     dt = out_ptr.dtype.element_ty
     out = acc.to(dt)
     if GATED:  # silu(gate) * up, each rounded as the unfused ops round
@@ -196,20 +205,24 @@ def pick_config(gated: bool, block_m: int, itemsize: int, limit: int) -> MoeConf
     return cfg
 
 
-def _gemm(x, w, out, sorted_ids, block_expert, rw, n, top_k, gated, weighted, block_m):
+def _gemm(x, w, out, sorted_ids, block_expert, rw, n, top_k, gated, weighted, block_m,
+          scale=None):
     blocks = block_expert.numel()
     cfg = pick_config(gated, block_m, x.element_size(), shared_memory_bytes(x.device))
     _moe_gemm[(blocks, triton.cdiv(n, cfg.block_n))](
-        x, w, out, sorted_ids, block_expert, rw, n, x.shape[1], out.shape[0], w.shape[0],
-        w.stride(0),
-        TOP_K=top_k, GATED=gated, WEIGHTED=weighted, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
+        x, w, out, sorted_ids, block_expert, rw, rw if scale is None else scale, n, x.shape[1],
+        out.shape[0], w.shape[0], w.stride(0), TOP_K=top_k, GATED=gated, WEIGHTED=weighted,
+        SCALED=scale is not None, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, weights: torch.Tensor,
-              ids: torch.Tensor, first_expert: int = 0) -> torch.Tensor:
-    """The experts' gated MLPs for each token's top-k experts, weighted and summed."""
+              ids: torch.Tensor, first_expert: int = 0, w13_scale=None,
+              w2_scale=None) -> torch.Tensor:
+    """The experts' gated MLPs for each token's top-k experts, weighted and summed. With
+    scales (float32 [E, 2I] and [E, H]), w13 and w2 hold int8 or fp8 values per output
+    channel: w = value * scale."""
     tokens, hidden = x.shape
     num_local, two_i, _ = w13.shape
     top_k = ids.shape[1]
@@ -221,21 +234,33 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, weights: tor
     block_m = block_rows(assigned, num_local)
     sorted_ids, block_expert = align_by_expert(ids, first_expert, num_local, block_m)
     act = torch.empty(assigned, two_i // 2, dtype=x.dtype, device=x.device)
-    _gemm(x, w13, act, sorted_ids, block_expert, act, two_i // 2, top_k, True, False, block_m)
+    _gemm(x, w13, act, sorted_ids, block_expert, act, two_i // 2, top_k, True, False, block_m,
+          w13_scale)
     per_assignment = torch.zeros(assigned, hidden, dtype=x.dtype, device=x.device)
     _gemm(act, w2, per_assignment, sorted_ids, block_expert,
-          weights.reshape(-1).to(x.dtype).contiguous(), hidden, top_k, False, True, block_m)
+          weights.reshape(-1).to(x.dtype).contiguous(), hidden, top_k, False, True, block_m,
+          w2_scale)
     return per_assignment.view(tokens, top_k, hidden).float().sum(1).to(x.dtype)
 
 
+def expert_weight(w: torch.Tensor, scale, e: int, dtype: torch.dtype) -> torch.Tensor:
+    """Expert e's [rows, K] matrix in dtype (dequantized with its scales [E, rows])."""
+    if scale is None:
+        return w[e]
+    return (w[e].float() * scale[e].float()[:, None]).to(dtype)
+
+
 def fused_moe_ref(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, weights: torch.Tensor,
-                  ids: torch.Tensor, first_expert: int = 0) -> torch.Tensor:
+                  ids: torch.Tensor, first_expert: int = 0, w13_scale=None,
+                  w2_scale=None) -> torch.Tensor:
     """Per expert (host loop): its tokens' gated MLP, times the routing weight, summed."""
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     for e in range(w13.shape[0]):
         token, slot = (ids == first_expert + e).nonzero(as_tuple=True)
         if token.numel():
-            gate, up = torch.nn.functional.linear(x[token], w13[e]).chunk(2, dim=-1)
-            y = torch.nn.functional.linear(torch.nn.functional.silu(gate) * up, w2[e])
+            gate, up = torch.nn.functional.linear(
+                x[token], expert_weight(w13, w13_scale, e, x.dtype)).chunk(2, dim=-1)
+            y = torch.nn.functional.linear(torch.nn.functional.silu(gate) * up,
+                                           expert_weight(w2, w2_scale, e, x.dtype))
             out.index_add_(0, token, (y * weights[token, slot, None].to(x.dtype)).float())
     return out.to(x.dtype)

@@ -32,6 +32,7 @@ class LayerContext:
     linear_method: Callable[[str], LinearMethod]  # layer prefix -> its method
     dense_method: LinearMethod  # 16-bit, for layers a policy never quantizes (LM head)
     device: torch.device
+    quant_spec: Callable[[str], str] = lambda prefix: "none"  # prefix -> format (MoE experts)
 
     def describe(self, dtype: torch.dtype) -> dict[str, str]:
         """The kernel paths a model of this dtype built here takes (as built, not as
@@ -68,7 +69,7 @@ def make_context(kernel: KernelConfig, device: torch.device,
         kind, group = parse_spec(spec)
         methods[spec] = QuantizedLinearMethod(kind, group, kernel, ops, device)
     return LayerContext(ops, kernel, lambda prefix: methods[policy.spec_for(prefix)], dense,
-                        device)
+                        device, policy.spec_for)
 
 
 _current: Optional[LayerContext] = None

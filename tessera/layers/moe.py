@@ -11,11 +11,16 @@ and added back in expert order. KernelConfig.fused_moe switches: "auto" (kernel 
 FUSED_MAX_TOKENS tokens), "always" (any device and length; on the CPU under
 TRITON_INTERPRET=1), "off"; `fused_moe_captures(kernel, ops)` says whether decode steps
 take the kernels, so that the model runner may capture them in CUDA graphs.
-Parallelism: with expert parallelism, each TP rank owns E / tp whole experts; without
+Quantized experts (the policy's format for `<prefix>`, e.g. model.layers.3.mlp.experts):
+int8 or fp8 per output channel, w13_scale [E_local, 2 I_local] and w2_scale [E_local, H]
+float32, quantized as each expert's pieces load; the kernels widen the values as they
+load them and scale the accumulators. Parallelism: with expert parallelism, each TP rank owns E / tp whole experts; without
 it, every rank holds every expert's slice of the intermediate dimension. Either way the
 tokens are the same on every rank, and one all-reduce combines the partial sums.
 """
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +30,11 @@ from tessera.config import KernelConfig
 from tessera.distributed.parallel_state import all_reduce, expert_parallel, tp_rank, tp_size
 from tessera.layers.context import current
 from tessera.models.weight_utils import dense, narrow
+from tessera.quant.formats import quantize
+from tessera.quant.quantized import DATA_DTYPES
+from tessera.quant_policy import parse_spec
+
+logger = logging.getLogger(__name__)
 
 FUSED_MAX_TOKENS = 512  # the largest decode CUDA graph; longer (prefill) steps loop
 
@@ -46,8 +56,11 @@ def route(router_logits: torch.Tensor, top_k: int, renormalize: bool, dtype: tor
 
 class FusedMoE(nn.Module):
     def __init__(self, num_experts: int, top_k: int, hidden: int, intermediate: int,
-                 renormalize: bool):
+                 renormalize: bool, prefix: str = ""):
         super().__init__()
+        ctx = current()
+        self.prefix = prefix
+        self.quant_kind = expert_format(ctx.quant_spec(prefix), prefix)  # None: 16-bit
         self.num_experts, self.top_k, self.renormalize = num_experts, top_k, renormalize
         self.tp_rank, self.tp_size = tp_rank(), tp_size()
         self.ep = expert_parallel() and self.tp_size > 1
@@ -63,10 +76,19 @@ class FusedMoE(nn.Module):
                                  f"TP={self.tp_size}")
             local, self.first_expert, self.inter = num_experts, 0, intermediate // self.tp_size
         self.local_experts = local
-        self.w13 = nn.Parameter(torch.empty(local, 2 * self.inter, hidden), requires_grad=False)
-        self.w2 = nn.Parameter(torch.empty(local, hidden, self.inter), requires_grad=False)
+        dtype = DATA_DTYPES.get(self.quant_kind)  # None: the model's
+        self.w13 = nn.Parameter(torch.empty(local, 2 * self.inter, hidden, dtype=dtype),
+                                requires_grad=False)
+        self.w2 = nn.Parameter(torch.empty(local, hidden, self.inter, dtype=dtype),
+                               requires_grad=False)
         self.w13.weight_loader = self.w2.weight_loader = self.weight_loader
-        ctx = current()
+        self.w13_scale = self.w2_scale = None
+        if self.quant_kind:  # float32 per output channel, filled with the weights
+            self.w13_scale = nn.Parameter(torch.empty(local, 2 * self.inter, dtype=torch.float32),
+                                          requires_grad=False)
+            self.w2_scale = nn.Parameter(torch.empty(local, hidden, dtype=torch.float32),
+                                         requires_grad=False)
+            self.w13_scale.derived = self.w2_scale.derived = True
         self.mode = ctx.kernel.fused_moe
         self.kernels = None  # kernels/fused_moe.py, imported where it may run
         if fused_moe_captures(ctx.kernel, ctx.ops):
@@ -87,17 +109,37 @@ class FusedMoE(nn.Module):
             return  # another rank's expert
         start = 0 if self.ep else self.tp_rank * self.inter
         if kind == "down":
-            param.data[e].copy_(dense(narrow(loaded, 1, start, self.inter), param.dtype))
+            self._store(param, e, 0, dense(narrow(loaded, 1, start, self.inter)))
         else:
             offset = 0 if kind == "gate" else self.inter
-            param.data[e, offset:offset + self.inter].copy_(
-                dense(narrow(loaded, 0, start, self.inter), param.dtype))
+            self._store(param, e, offset, dense(narrow(loaded, 0, start, self.inter)))
+
+    def _store(self, param: nn.Parameter, e: int, row: int, w: torch.Tensor) -> None:
+        """Rows [row, row + len(w)) of expert e's matrix = w, quantized per row if the
+        experts are."""
+        rows = w.shape[0]
+        if self.quant_kind is None:
+            param.data[e, row:row + rows].copy_(w)
+            return
+        qw = quantize(self.quant_kind, w.to(param.device))
+        param.data[e, row:row + rows].copy_(qw.data)
+        scale = self.w2_scale if param is self.w2 else self.w13_scale
+        scale.data[e, row:row + rows].copy_(qw.scale)
+
+    def fill_random(self, generator: torch.Generator) -> None:
+        """Random N(0, 0.02) experts (benchmarks), one expert matrix at a time."""
+        for param in (self.w13, self.w2):
+            for e in range(self.local_experts):
+                w = torch.empty(param.shape[1:], device=param.device,
+                                dtype=torch.float32 if self.quant_kind else param.dtype)
+                self._store(param, e, 0, w.normal_(0.0, 0.02, generator=generator))
 
     def forward(self, x: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
         """x: [T, H]; router_logits: [T, E] -> [T, H]."""
         weights, ids = route(router_logits, self.top_k, self.renormalize, x.dtype)
         if self.uses_fused(x):
-            out = self.kernels.fused_moe(x, self.w13, self.w2, weights, ids, self.first_expert)
+            out = self.kernels.fused_moe(x, self.w13, self.w2, weights, ids, self.first_expert,
+                                         self.w13_scale, self.w2_scale)
             return all_reduce(out) if self.tp_size > 1 else out
         return self._per_expert(x, weights, ids)
 
@@ -114,9 +156,31 @@ class FusedMoE(nn.Module):
             n = counts[self.first_expert + e]
             if n:
                 tok = tokens[start:start + n]
-                gate_up = F.linear(x[tok], self.w13[e])  # [n, 2I]
-                gate, up = gate_up.chunk(2, dim=-1)
-                y = F.linear(F.silu(gate) * up, self.w2[e])  # [n, H]
+                gate_up = F.linear(x[tok], self._expert(self.w13, self.w13_scale, e, x.dtype))
+                gate, up = gate_up.chunk(2, dim=-1)  # [n, I] each
+                y = F.linear(F.silu(gate) * up,
+                             self._expert(self.w2, self.w2_scale, e, x.dtype))  # [n, H]
                 out.index_add_(0, tok, y * w_sorted[start:start + n, None])
             start += n
         return all_reduce(out) if self.tp_size > 1 else out
+
+    @staticmethod
+    def _expert(w: torch.Tensor, scale, e: int, dtype: torch.dtype) -> torch.Tensor:
+        """Expert e's matrix in dtype, dequantized if the experts are quantized."""
+        if scale is None:
+            return w[e]
+        return (w[e].float() * scale[e][:, None]).to(dtype)
+
+
+def expert_format(spec: str, prefix: str):
+    """The experts' format for a policy spec: None (16-bit), int8 or fp8, per output
+    channel. The expert kernels have no grouped formats: int4 and grouped int8 experts
+    are held in int8 per channel (logged)."""
+    kind, group = parse_spec(spec)
+    if kind == "none":
+        return None
+    if kind == "int4" or group:
+        logger.warning("%s: MoE experts are held in int8 per channel (the expert kernels "
+                       "have no %s format)", prefix or "experts", spec)
+        return "int8"
+    return kind

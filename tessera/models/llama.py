@@ -108,7 +108,8 @@ class SparseMoeBlock(nn.Module):
         self.gate = ReplicatedLinear(cfg.hidden_size, cfg.num_experts, bias=False,
                                      prefix=f"{prefix}.gate")
         self.experts = FusedMoE(cfg.num_experts, cfg.num_experts_per_tok, cfg.hidden_size,
-                                cfg.moe_intermediate_size, cfg.norm_topk_prob)
+                                cfg.moe_intermediate_size, cfg.norm_topk_prob,
+                                f"{prefix}.experts")
         self.shared_expert = self.shared_expert_gate = None
         if cfg.shared_expert_intermediate_size:
             self.shared_expert = LlamaMLP(cfg.hidden_size, cfg.shared_expert_intermediate_size,

@@ -2,7 +2,8 @@
 
 `weight_bytes_by_precision(model)` -> {"int8": bytes, "bfloat16": bytes, ...}: a linear
 layer's bytes (its data, scales, offsets and bias) count under its method's format
-(quant/base.py `precision`), every other parameter (embeddings, norms, the LM head)
+(quant/base.py `precision`), quantized MoE experts' under theirs (`quant_kind`), every
+other parameter (embeddings, norms, the LM head)
 under its dtype; a tensor shared by two modules (tied embeddings) counts once.
 (engine/protocol.py's WorkerInfo carries them and describes them for the log.)
 """
@@ -20,8 +21,10 @@ def weight_bytes_by_precision(model: nn.Module) -> dict[str, int]:
             if id(p) in seen:
                 continue
             seen.add(id(p))
-            name = (method.precision(module) if method is not None
-                    else str(p.dtype).removeprefix("torch."))
+            if method is not None:
+                name = method.precision(module)
+            else:  # MoE experts name their format; anything else its dtype
+                name = getattr(module, "quant_kind", None) or str(p.dtype).removeprefix("torch.")
             out[name] = out.get(name, 0) + p.numel() * p.element_size()
     return out
 

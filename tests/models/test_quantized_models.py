@@ -196,3 +196,36 @@ def test_gguf_q4_1_kept_as_it_is(smollm2_path):
     layer = _runner(kept).model.model.layers["3"].mlp.down_proj
     assert layer.weight.dtype == torch.uint8
     assert torch.equal(dequantize(layer.method.kernel_weight(layer)), dense.weight)
+
+
+# -- mixture of experts -----------------------------------------------------------------
+def _dequantized_folder(src: str, dst: str, kind: str) -> None:
+    """src with every projection and expert matrix replaced by dequantize(quantize(W)),
+    the routers, embeddings, LM head and norms as they are."""
+    os.makedirs(dst, exist_ok=True)
+    state = load_file(os.path.join(src, "model.safetensors"))
+    for name, w in state.items():
+        last = name.split(".")[-2] if name.endswith(".weight") else ""
+        if w.dim() == 2 and (last in LINEAR or last in ("w1", "w2", "w3")):
+            state[name] = dequantize(quantize(kind, w.float())).to(w.dtype)
+    save_file(state, os.path.join(dst, "model.safetensors"))
+    for f in os.listdir(src):
+        if f.endswith(".json"):
+            with open(os.path.join(src, f)) as a, open(os.path.join(dst, f), "w") as b:
+                b.write(a.read())
+
+
+@pytest.mark.parametrize("kind", ["int8", "fp8"])
+def test_quantized_experts_equal_the_dequantized_model(tiny_moe, tmp_path, kind):
+    _, folder, _ = tiny_moe
+    _dequantized_folder(folder, str(tmp_path / "deq"), kind)
+    options = dict(skip_tokenizer_init=True, device="cpu", num_blocks=64)
+    quantized = LLM(folder, quantization=kind, **options)
+    experts = _runner(quantized).model.model.layers["0"].mlp.experts
+    assert experts.w13.dtype == {"int8": torch.int8, "fp8": torch.float8_e4m3fn}[kind]
+    assert _runner(quantized).model.model.layers["0"].mlp.gate.weight.dtype == torch.float32
+    got, want = _greedy(quantized), _greedy(LLM(str(tmp_path / "deq"), **options))
+    for a, b in zip(got, want):
+        assert a.token_ids == b.token_ids
+        for tok, x, y in zip(a.token_ids, a.logprobs, b.logprobs):
+            assert abs(x[tok].logprob - y[tok].logprob) < 1e-4
