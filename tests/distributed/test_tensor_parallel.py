@@ -116,3 +116,29 @@ def test_one_rank_in_a_worker_process_equals_this_process(tiny_llama, tp1_output
     with pytest.raises(ValueError, match="'uni' runs one rank"):
         LLM(folder, skip_tokenizer_init=True, tensor_parallel_size=2,
             distributed_executor_backend="uni")
+
+
+
+def test_quantized_tensor_parallel_matches_single_process(tiny_llama):
+    """int8 weights quantized shard by shard on each rank: the o and down projections'
+    shards get their own per-row scales, so logprobs agree to int8's step, not exactly
+    (the tiny model's greedy choices are near-ties, so its prompts' logprobs are compared:
+    teacher-forced, no divergence can compound)."""
+    folder, _ = tiny_llama
+    options = dict(skip_tokenizer_init=True, num_blocks=64, max_num_batched_tokens=16,
+                   quantization="int8")
+    params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0)
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    one = LLM(folder, **options)
+    ref = one.generate(prompts, params)
+    llm = LLM(folder, tensor_parallel_size=2, **options)
+    try:
+        outs = llm.generate(prompts, params)
+        for prompt, r, out in zip(PROMPTS, ref, outs):
+            for tok, a, b in zip(prompt[1:], out.prompt_logprobs[1:], r.prompt_logprobs[1:]):
+                assert abs(a[tok].logprob - b[tok].logprob) < 2e-2
+        shard = llm.engine.executor.info.weight_bytes["int8"]
+        whole = one.engine.executor.info.weight_bytes["int8"]
+        assert 0.45 * whole < shard < 0.6 * whole  # each rank holds about half
+    finally:
+        llm.engine.executor.shutdown()

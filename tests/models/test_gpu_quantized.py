@@ -1,0 +1,55 @@
+"""On a CUDA GPU, in bf16: quantized models through the Triton kernels (the skinny decode
+GEMM with its epilogues, the tiled GEMM for prefill, fp8 x fp8 through torch._scaled_mm)
+equal HF transformers on the dequantized weights, within bf16's tolerance (fp8's prefill
+also quantizes activations, so its tolerance is wider); the fp8 W8A8 product equals its
+float32 reference. Run on the lent GPU machine (`pytest -m gpu`)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from tessera import LLM
+from tessera.quant.formats import dequantize, quantize
+from tests.models.test_gpu_parity import PROMPTS, _compare
+
+pytestmark = pytest.mark.gpu
+
+LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _dequantized_bf16(hf_model, kind: str, group: int):
+    ref = copy.deepcopy(hf_model)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.endswith(".weight") and name.split(".")[-2] in LINEAR:
+                p.copy_(dequantize(quantize(kind, p.float(), group, torch.float16)))
+    return ref.to("cuda", torch.bfloat16)
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4", "fp8"])
+def test_quantized_tiny_models_bf16_equal_hf(tiny_model, kind):
+    arch, folder, hf_model = tiny_model
+    group = 32 if kind == "int4" else 0
+    llm = LLM(folder, skip_tokenizer_init=True, dtype="bfloat16", device="cuda",
+              num_blocks=256, max_num_batched_tokens=32, quantization=kind,
+              quantization_group_size=32)
+    kernels = llm.engine.executor.info.kernels
+    assert kernels["skinny_gemm"] == "on", kernels
+    _compare(llm, _dequantized_bf16(hf_model, kind, group), PROMPTS,
+             logprob_tol=0.3 if kind == "fp8" else 0.05)
+
+
+def test_fp8_w8a8_equals_its_reference():
+    from tessera.quant.fp8 import w8a8_linear, w8a8_linear_ref, w8a8_supported
+    if not w8a8_supported(torch.device("cuda")):
+        pytest.skip("fp8 x fp8 needs compute capability 8.9+")
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(512, 1024, generator=g) * 0.02
+    x = torch.randn(37, 1024, generator=g).to("cuda", torch.bfloat16)
+    qw = quantize("fp8", w)
+    qw = qw._replace(data=qw.data.cuda(), scale=qw.scale.cuda())
+    bias = torch.randn(512, generator=g).to("cuda", torch.bfloat16)
+    got, want = w8a8_linear(x, qw, bias), w8a8_linear_ref(x, qw, bias)
+    assert torch.allclose(got.float(), want.float(), atol=2e-2, rtol=2e-2)
