@@ -16,6 +16,11 @@ each program owns dims of one head's first half and their partners in the second
 The RMSNorm between two projections needs no kernel of its own (kernels/norm_epilogue.py):
 `skinny_gemm_add_norm` adds its product to the residual and leaves the norm pending
 (a PendingNorm); `skinny_gemm` and `skinny_qkv_rope` finish it, given its parts.
+W may be a QuantizedWeight (quant/formats.py: int8, fp8, int4, grouped int8) in every
+mode: `_quant_loop` widens or dequantizes its tiles in registers (kernels/quant_tiles.py)
+and applies per-row scales to the float32 accumulator after the loop, before the pending
+norm's 1/rms, the bias and the epilogue; `quant_config` (QUANT_CONFIG_OVERRIDES, the A/B
+knob) picks its tiles. The dense kernel's compiled code is unchanged (constexpr branches).
 
 The work is split along N only: each program owns BLOCK_N rows of W and walks all of K
 in BLOCK_K steps, `tl.dot`(W tile [BLOCK_N, BLOCK_K], x^T tile [BLOCK_K, 16]) with the
@@ -33,7 +38,7 @@ to the accumulator after the loop).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
 import torch
 import triton
@@ -43,8 +48,10 @@ from tessera.kernels import pdl
 from tessera.kernels.pdl import pdl_launch_args
 from tessera.kernels.norm_epilogue import (PendingNorm, add_pending_norm, inverse_rms,
                                            load_parts)
+from tessera.kernels.quant_tiles import QuantArgs, fast_dequant, quant_args, quant_dot, row_scale
 from tessera.kernels.rotary_kv_write import cache_store_options, rope_epilogue
 from tessera.kernels.silu_and_mul import silu_mul
+from tessera.quant.formats import QuantizedWeight, quant_linear_ref
 
 MAX_ROWS = 16  # one tl.dot column block; above this cuBLAS is the better GEMM
 PREFETCH_BYTES = 8 << 20  # under PDL: how much of W is asked of L2 before the wait
@@ -103,9 +110,40 @@ def _x_tile(x_ptr, ms, ks, m_ok, K, stride_xm):
 
 
 @triton.jit
+def _quant_loop(w_rows, rows2, scale_ptr, offset_ptr, ns, ns2, n_ok, x_ptr, ms, m_ok, K,
+                stride_xm, trigger_k, KIND: tl.constexpr, GROUP: tl.constexpr,
+                FAST: tl.constexpr, TWO: tl.constexpr, EVEN: tl.constexpr,
+                PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_K: tl.constexpr, TRIGGER_STEPS: tl.constexpr, USE_PDL: tl.constexpr):
+    """The K loop over a quantized W (kernels/quant_tiles.py: `quant_dot`), one panel or
+    two (TWO) -> float32 (acc, acc2) [BLOCK_N, BLOCK_M], per-row scales applied."""
+    s_rows, s_rows2, o_rows, o_rows2 = scale_ptr, scale_ptr, offset_ptr, offset_ptr
+    if GROUP > 0:  # each row's K / GROUP scales (and offsets)
+        s_rows = scale_ptr + ns.to(tl.int64) * (K // GROUP)
+        o_rows = offset_ptr + ns.to(tl.int64) * (K // GROUP)
+        s_rows2 = scale_ptr + ns2.to(tl.int64) * (K // GROUP)
+        o_rows2 = offset_ptr + ns2.to(tl.int64) * (K // GROUP)
+    acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    acc2 = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        if TRIGGER_STEPS > 0:  # as the dense loop: the next kernel may launch from here
+            if k0 == trigger_k:
+                pdl.launch_dependents(USE_PDL)
+        acc, acc2 = quant_dot(acc, acc2, w_rows, rows2, s_rows, s_rows2, o_rows, o_rows2,
+                              x_ptr, ms, m_ok, n_ok, k0, K, stride_xm, KIND, GROUP, FAST, TWO,
+                              EVEN, PRECISION, BLOCK_K)
+    if GROUP == 0:  # int8 / fp8: w = q * scale, one scale per row
+        acc = row_scale(acc, scale_ptr, ns, n_ok)
+        if TWO:
+            acc2 = row_scale(acc2, scale_ptr, ns2, n_ok)
+    return acc, acc2
+
+
+@triton.jit
 def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
                  pos_ptr, cs_ptr, slot_ptr, kv_ptr, stride_kvs,
-                 part_ptr, num_parts, eps, res_ptr, g_ptr, scaled_ptr,
+                 part_ptr, num_parts, eps, res_ptr, g_ptr, scaled_ptr, scale_ptr, offset_ptr,
+                 KIND: tl.constexpr, GROUP: tl.constexpr, FAST: tl.constexpr,
                  HAS_BIAS: tl.constexpr, GATED: tl.constexpr, ROPE: tl.constexpr,
                  NORM_IN: tl.constexpr, NORM_OUT: tl.constexpr, PART_BLOCK: tl.constexpr,
                  NUM_Q: tl.constexpr, NUM_KV: tl.constexpr, HALF: tl.constexpr,
@@ -133,13 +171,17 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
     ms = tl.arange(0, BLOCK_M)
     ks = tl.arange(0, BLOCK_K)
     m_ok = ms < M
-    w_rows = w_ptr + ns.to(tl.int64)[:, None] * K  # [BLOCK_N, 1] row starts
-    rows2 = w_ptr + ns2.to(tl.int64)[:, None] * K
-    w = _tile(w_rows, ks, n_ok, K, EVEN)  # weights: no kernel writes them, so before the wait
+    KW = K  # W's row length in its elements (int4: bytes, two columns each)
+    if KIND == "int4":
+        KW = K // 2
+    w_rows = w_ptr + ns.to(tl.int64)[:, None] * KW  # [BLOCK_N, 1] row starts
+    rows2 = w_ptr + ns2.to(tl.int64)[:, None] * KW
+    if KIND == "":  # weights: no kernel writes them, so before the wait
+        w = _tile(w_rows, ks, n_ok, K, EVEN)
     if USE_PDL and PREFETCH_K > 0:
-        _prefetch_l2(w_ptr, w_rows, n_ok, K, PREFETCH_K, LINE)
+        _prefetch_l2(w_ptr, w_rows, n_ok, KW, PREFETCH_K, LINE)
         if GATED or ROPE:  # two panels of W per program
-            _prefetch_l2(w_ptr, rows2, n_ok, K, PREFETCH_K, LINE)
+            _prefetch_l2(w_ptr, rows2, n_ok, KW, PREFETCH_K, LINE)
     pdl.wait(USE_PDL)
     ok = n_ok[:, None] & m_ok[None, :]
     if NORM_IN:  # x is a pending norm's g * s: its partial sums give each row's 1/rms
@@ -147,20 +189,27 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
     if NORM_OUT:  # the residual this output is added to, and the next norm's weight
         res = tl.load(res_ptr + ms[None, :] * stride_ym + ns[:, None], mask=ok, other=0.0)
         g = tl.load(g_ptr + ns, mask=n_ok, other=0.0)
-    xt = _x_tile(x_ptr, ms, ks, m_ok, K, stride_xm)
-    acc = tl.dot(w, xt, input_precision=PRECISION)  # [BLOCK_N, BLOCK_M]
-    if GATED or ROPE:
-        acc2 = tl.dot(_tile(rows2, ks, n_ok, K, EVEN), xt, input_precision=PRECISION)
     trigger_k = (tl.cdiv(K, BLOCK_K) - TRIGGER_STEPS) * BLOCK_K
-    for k0 in range(BLOCK_K, K, BLOCK_K):
-        if TRIGGER_STEPS > 0:  # let the next kernel launch this many steps before the end
-            if k0 == trigger_k:
-                pdl.launch_dependents(USE_PDL)
-        kk = k0 + ks
-        xt = _x_tile(x_ptr, ms, kk, m_ok, K, stride_xm)
-        acc = tl.dot(_tile(w_rows, kk, n_ok, K, EVEN), xt, acc, input_precision=PRECISION)
+    if KIND == "":
+        xt = _x_tile(x_ptr, ms, ks, m_ok, K, stride_xm)
+        acc = tl.dot(w, xt, input_precision=PRECISION)  # [BLOCK_N, BLOCK_M]
         if GATED or ROPE:
-            acc2 = tl.dot(_tile(rows2, kk, n_ok, K, EVEN), xt, acc2, input_precision=PRECISION)
+            acc2 = tl.dot(_tile(rows2, ks, n_ok, K, EVEN), xt, input_precision=PRECISION)
+        for k0 in range(BLOCK_K, K, BLOCK_K):
+            if TRIGGER_STEPS > 0:  # let the next kernel launch this many steps before the end
+                if k0 == trigger_k:
+                    pdl.launch_dependents(USE_PDL)
+            kk = k0 + ks
+            xt = _x_tile(x_ptr, ms, kk, m_ok, K, stride_xm)
+            acc = tl.dot(_tile(w_rows, kk, n_ok, K, EVEN), xt, acc, input_precision=PRECISION)
+            if GATED or ROPE:
+                acc2 = tl.dot(_tile(rows2, kk, n_ok, K, EVEN), xt, acc2,
+                              input_precision=PRECISION)
+    else:  # quantized W, widened in registers (kernels/quant_tiles.py)
+        acc, acc2 = _quant_loop(w_rows, rows2, scale_ptr, offset_ptr, ns, ns2, n_ok, x_ptr, ms,
+                                m_ok, K, stride_xm, trigger_k, KIND, GROUP, FAST, GATED or ROPE,
+                                EVEN, PRECISION, BLOCK_N, BLOCK_M, BLOCK_K, TRIGGER_STEPS,
+                                USE_PDL)
     pdl.launch_dependents(USE_PDL)  # for a K too short to reach trigger_k (else a no-op);
     # at the start of the kernel it was slower (171.4 vs 173.9 tok/s)
     dt = y_ptr.dtype.element_ty
@@ -187,14 +236,21 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
         tl.store(y_ptr + ms[None, :] * stride_ym + ns[:, None], out, mask=ok)
 
 
-def pick_config(n: int, k: int, gated: bool = False, itemsize: int = 2) -> SkinnyConfig:
-    """`tuned_config` (or CONFIG_OVERRIDES' entry for 2-byte elements), with stages dropped
-    (down to 2) while over SMEM_CAP_BYTES if set."""
-    cfg = tuned_config(n, k, gated, itemsize)
-    if itemsize == 2:
-        cfg = CONFIG_OVERRIDES.get((n, k, gated), cfg)
+def pick_config(n: int, k: int, gated: bool = False, itemsize: int = 2, kind: str = "",
+                group: int = 0) -> SkinnyConfig:
+    """`tuned_config` (or CONFIG_OVERRIDES' entry for 2-byte elements; for a quantized
+    W (kind, group: quant/formats.py) `quant_config` or QUANT_CONFIG_OVERRIDES'), with
+    stages dropped (down to 2) while over SMEM_CAP_BYTES if set."""
+    if kind:
+        cfg = QUANT_CONFIG_OVERRIDES.get((kind, n, k, gated),
+                                         quant_config(kind, n, k, gated, itemsize, group))
+    else:
+        cfg = tuned_config(n, k, gated, itemsize)
+        if itemsize == 2:
+            cfg = CONFIG_OVERRIDES.get((n, k, gated), cfg)
+    bits = weight_bits(kind, itemsize)
     while (SMEM_CAP_BYTES and cfg.num_stages > 2
-           and shared_memory_bytes(cfg, gated, itemsize) > SMEM_CAP_BYTES):
+           and shared_memory_bytes(cfg, gated, itemsize, bits) > SMEM_CAP_BYTES):
         cfg = cfg._replace(num_stages=cfg.num_stages - 1)
     return cfg
 
@@ -213,39 +269,91 @@ def tuned_config(n: int, k: int, gated: bool = False, itemsize: int = 2) -> Skin
                         num_stages=4 if gated else 6)
 
 
-def shared_memory_bytes(cfg: SkinnyConfig, gated: bool, itemsize: int) -> int:
-    """What the software pipeline stages hold: W panel(s) and the x tile, per stage."""
+# A/B knobs for quantized W: (kind, n, k, gated) -> SkinnyConfig; the bytes of each W row
+# per K step (K >= 8192: twice); the shared memory the stages may fill (two programs an SM)
+QUANT_CONFIG_OVERRIDES: dict = {}
+QUANT_STEP_BYTES = 256
+QUANT_SMEM_BYTES = 96 << 10
+
+
+def quant_config(kind: str, n: int, k: int, gated: bool = False, itemsize: int = 2,
+                 group: int = 0) -> SkinnyConfig:
+    """First tiles for a quantized W [n, k], from the compiled code (sm_90 SASS; not yet
+    timed: benchmarks/kernels/quant_gemm_sweep.py): 32-row panels on 2 warps, one warp a
+    16-row MMA tile, so no warp widens another's weights (4 warps on 32 rows doubled the
+    conversion work) and twice the programs of 64-row panels; each step QUANT_STEP_BYTES
+    of every row (in groups: whole groups, at most 8 a step; K >= 8192: twice), and as
+    many stages (2-6) as fit QUANT_SMEM_BYTES with x's tile beside them."""
+    per_byte = 2 if kind == "int4" else 1
+    step = QUANT_STEP_BYTES * (2 if k >= 8192 else 1) * per_byte
+    block_k = max(min(step, triton.next_power_of_2(k)), 16)
+    if group:  # whole groups, one dot each
+        block_k = min(max(block_k, group), 8 * group)
+    cfg = SkinnyConfig(block_n=32, block_k=block_k, num_warps=2, num_stages=6)
+    bits = weight_bits(kind, itemsize)
+    while (cfg.num_stages > 2
+           and shared_memory_bytes(cfg, gated, itemsize, bits) > QUANT_SMEM_BYTES):
+        cfg = cfg._replace(num_stages=cfg.num_stages - 1)
+    return cfg
+
+
+def weight_bits(kind: str, itemsize: int) -> int:
+    """Bits of one W element: the activations' for a dense W, else the format's."""
+    return {"": 8 * itemsize, "int8": 8, "fp8": 8, "int4": 4}[kind]
+
+
+def shared_memory_bytes(cfg: SkinnyConfig, gated: bool, itemsize: int,
+                        bits: Optional[int] = None) -> int:
+    """What the software pipeline stages hold: W panel(s) (`bits` an element, by default
+    the activations') and the x tile, per stage."""
     panels = 2 if gated else 1
-    return cfg.num_stages * (panels * cfg.block_n + MAX_ROWS) * cfg.block_k * itemsize
+    w_bytes = panels * cfg.block_n * cfg.block_k * (bits or 8 * itemsize) // 8
+    return cfg.num_stages * (w_bytes + MAX_ROWS * cfg.block_k * itemsize)
 
 
-def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+Weight = Union[torch.Tensor, QuantizedWeight]  # dense [N, K] or quantized (quant/formats.py)
+
+
+def _fit(cfg: SkinnyConfig, qa: QuantArgs) -> SkinnyConfig:
+    """Steps in groups are whole groups: block_k rounded to a multiple of the group."""
+    if not qa.GROUP:
+        return cfg
+    return cfg._replace(block_k=max(qa.GROUP, cfg.block_k // qa.GROUP * qa.GROUP))
+
+
+def _config(config, qa: QuantArgs, n: int, gated: bool, x: torch.Tensor) -> SkinnyConfig:
+    return _fit(config or pick_config(n, qa.k, gated, x.element_size(), qa.KIND, qa.GROUP), qa)
+
+
+def skinny_gemm(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor] = None,
                 gated: bool = False, config: Optional[SkinnyConfig] = None,
                 norm_parts: Optional[torch.Tensor] = None, eps: float = 0.0,
                 pdl: bool = True) -> torch.Tensor:
     """x [M, K] @ weight [N, K]^T (+ bias) -> [M, N]; gated: silu(gate) * up -> [M, N/2].
-    With norm_parts, x is a PendingNorm's `scaled` (g * s) and these its `parts`: the
-    product is of RMSNorm(s) (eps its epsilon), as if the norm had run first."""
+    weight: dense, or a QuantizedWeight dequantized in registers. With norm_parts, x is a
+    PendingNorm's `scaled` (g * s) and these its `parts`: the product is of RMSNorm(s)
+    (eps its epsilon), as if the norm had run first."""
     rows, k = x.shape
-    n = weight.shape[0] // 2 if gated else weight.shape[0]
-    _check(x, weight, rows, k)
-    if gated and (weight.shape[0] % 2 or bias is not None):
+    qa = quant_args(weight)
+    n = qa.rows // 2 if gated else qa.rows
+    _check(x, qa, rows, k)
+    if gated and (qa.rows % 2 or bias is not None):
         raise ValueError("gated needs an even number of weight rows and no bias")
     if n == 0 or k == 0:  # nothing to read: the PyTorch ops give the right empty/zero/bias
         if norm_parts is not None:
             raise ValueError("a pending norm needs a weight with rows and columns")
         return skinny_gemm_ref(x, weight, bias, gated)
-    x, weight = x.contiguous(), weight.contiguous()
+    x = x.contiguous()
     bias = bias.contiguous() if bias is not None else None
-    cfg = config or pick_config(n, k, gated, x.element_size())
+    cfg = _config(config, qa, n, gated, x)
     y = torch.empty(rows, n, dtype=x.dtype, device=x.device)
-    _launch(x, weight, bias, y, n, cfg, dict(GATED=gated),
+    _launch(x, qa, bias, y, n, cfg, dict(GATED=gated),
             EVEN=n % cfg.block_n == 0 and k % cfg.block_k == 0, pdl=pdl,
             **_norm_in(norm_parts, eps))
     return y
 
 
-def skinny_gemm_add_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+def skinny_gemm_add_norm(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor],
                          residual: torch.Tensor, norm_weight: torch.Tensor,
                          config: Optional[SkinnyConfig] = None, pdl: bool = True
                          ) -> PendingNorm:
@@ -253,36 +361,37 @@ def skinny_gemm_add_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     norm_weight [N]) that follows it left pending for the next projection
     (kernels/norm_epilogue.py): PendingNorm(g * s, partial sums of s^2, s)."""
     rows, k = x.shape
-    n = weight.shape[0]
-    _check(x, weight, rows, k)
+    qa = quant_args(weight)
+    n = qa.rows
+    _check(x, qa, rows, k)
     if n == 0 or k == 0:
         raise ValueError(f"skinny_gemm_add_norm needs a weight with rows and columns, got "
-                         f"{tuple(weight.shape)}")
+                         f"{(n, qa.k)}")
     for name, t, shape in (("residual", residual, (rows, n)), ("norm weight", norm_weight, (n,))):
         if t.shape != shape or t.dtype != x.dtype or t.device != x.device:
             raise ValueError(f"skinny_gemm_add_norm: the {name} must be {x.dtype} {shape} on "
-                             f"{x.device} (x {tuple(x.shape)} @ weight {tuple(weight.shape)}^T), "
+                             f"{x.device} (x {tuple(x.shape)} @ weight {(n, qa.k)}^T), "
                              f"got {t.dtype} {tuple(t.shape)} on {t.device}")
-    x, weight, residual = x.contiguous(), weight.contiguous(), residual.contiguous()
+    x, residual = x.contiguous(), residual.contiguous()
     bias = bias.contiguous() if bias is not None else None
-    cfg = config or pick_config(n, k, False, x.element_size())
+    cfg = _config(config, qa, n, False, x)
     programs = triton.cdiv(n, cfg.block_n)
     pending = PendingNorm(scaled=torch.empty(rows, n, dtype=x.dtype, device=x.device),
                           parts=torch.empty(programs, MAX_ROWS, dtype=torch.float32,
                                             device=x.device),
                           residual=torch.empty(rows, n, dtype=x.dtype, device=x.device))
-    _launch(x, weight, bias, pending.residual, n, cfg, dict(NORM_OUT=True),
+    _launch(x, qa, bias, pending.residual, n, cfg, dict(NORM_OUT=True),
             EVEN=n % cfg.block_n == 0 and k % cfg.block_k == 0, grid=programs,
             parts=pending.parts, residual=residual, norm_weight=norm_weight.contiguous(),
             scaled=pending.scaled, pdl=pdl)
     return pending
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor, rows: int, k: int) -> None:
+def _check(x: torch.Tensor, qa: QuantArgs, rows: int, k: int) -> None:
     if rows > MAX_ROWS:
         raise ValueError(f"skinny_gemm takes at most {MAX_ROWS} rows, got {rows}")
-    if weight.shape[1] != k:
-        raise ValueError(f"x has {k} columns but the weight is {tuple(weight.shape)}")
+    if qa.k != k:
+        raise ValueError(f"x has {k} columns but the weight is {(qa.rows, qa.k)}")
 
 
 def _norm_in(parts: Optional[torch.Tensor], eps: float) -> dict:
@@ -300,20 +409,22 @@ _PLAIN = dict(GATED=False, ROPE=False, NUM_Q=0, NUM_KV=0, HALF=0, FP8_CACHE=Fals
               PRE_ROUND=False, NORM_OUT=False)  # the kernel's mode constexprs, rope's unused
 
 
-def _launch(x, weight, bias, y, n, cfg, mode: dict, EVEN: bool, grid: Optional[int] = None,
-            rope_args: tuple = (), stride_kvs: int = 0, parts=None, num_parts: int = 0,
-            eps: float = 0.0, residual=None, norm_weight=None, scaled=None,
+def _launch(x, qa: QuantArgs, bias, y, n, cfg, mode: dict, EVEN: bool,
+            grid: Optional[int] = None, rope_args: tuple = (), stride_kvs: int = 0, parts=None,
+            num_parts: int = 0, eps: float = 0.0, residual=None, norm_weight=None, scaled=None,
             NORM_IN: bool = False, PART_BLOCK: int = 1, pdl: bool = True, **options):
     """mode: the constexprs that differ from _PLAIN. A pending norm
     (kernels/norm_epilogue.py) to finish: parts, num_parts, eps (NORM_IN); to leave:
     parts, residual, norm_weight, scaled (NORM_OUT). Unused pointers get the weight's."""
     rows, k = x.shape
+    weight = qa.data  # what the kernel reads: W itself, or its quantized data
     pos, cs, slots, kv = rope_args or (weight,) * 4  # unused pointers outside rope mode
     parts, res, g, scaled = (weight if t is None else t
                              for t in (parts, residual, norm_weight, scaled))
     _skinny_gemm[(grid or triton.cdiv(n, cfg.block_n),)](
         x, weight, bias if bias is not None else weight, y, rows, n, k, x.stride(0), y.stride(0),
-        pos, cs, slots, kv, stride_kvs, parts, num_parts, eps, res, g, scaled,
+        pos, cs, slots, kv, stride_kvs, parts, num_parts, eps, res, g, scaled, qa.scale,
+        qa.offset, KIND=qa.KIND, GROUP=qa.GROUP, FAST=fast_dequant(x) and bool(qa.KIND),
         HAS_BIAS=bias is not None, **{**_PLAIN, **mode}, NORM_IN=NORM_IN,
         PART_BLOCK=PART_BLOCK, EVEN=EVEN,
         PRECISION="ieee" if x.dtype == torch.float32 else "tf32",  # fp32 stays fp32
@@ -324,40 +435,44 @@ def _launch(x, weight, bias, y, n, cfg, mode: dict, EVEN: bool, grid: Optional[i
         **pdl_launch_args(x.device, pdl))
 
 
-def skinny_qkv_rope(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+def skinny_qkv_rope(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor],
                     positions: torch.Tensor, cos_sin: torch.Tensor, kv_cache: torch.Tensor,
                     slot_mapping: torch.Tensor, num_heads: int, num_kv_heads: int,
                     norm_parts: Optional[torch.Tensor] = None, eps: float = 0.0,
                     pdl: bool = True) -> torch.Tensor:
     """The q/k/v projection of a few tokens with rotary embedding and the KV-cache write
     in its epilogue (what `skinny_gemm` then `rotary_kv_write` do, in one launch).
-    x [M, K]; weight [(Hq + 2 Hkv) D, K] (q, k, v heads stacked); positions, slot_mapping
-    [M]; cos_sin [max_pos, D]; kv_cache [2, blocks, block_size, Hkv, D] -> q [M, Hq, D].
-    Each program owns BLOCK_N dims of one head's first half and the matching dims of its
-    second half (two W panels, as gated mode owns gate and up rows), so it can rotate.
-    norm_parts, eps: x is a pending norm's g * s, as in `skinny_gemm`."""
+    x [M, K]; weight [(Hq + 2 Hkv) D, K] (q, k, v heads stacked; dense or quantized);
+    positions, slot_mapping [M]; cos_sin [max_pos, D]; kv_cache [2, blocks, block_size,
+    Hkv, D] -> q [M, Hq, D]. Each program owns BLOCK_N dims of one head's first half and
+    the matching dims of its second half (two W panels, as gated mode owns gate and up
+    rows), so it can rotate. norm_parts, eps: x is a pending norm's g * s, as in
+    `skinny_gemm`."""
     rows, k = x.shape
     head_dim = cos_sin.shape[1]
-    n = weight.shape[0]
-    if (rows > MAX_ROWS or weight.shape[1] != k or head_dim % 2
+    qa = quant_args(weight)
+    n = qa.rows
+    if (rows > MAX_ROWS or qa.k != k or head_dim % 2
             or n != (num_heads + 2 * num_kv_heads) * head_dim):
         raise ValueError(f"skinny_qkv_rope: x {tuple(x.shape)} and weight "
-                         f"{tuple(weight.shape)} do not fit {num_heads} + 2 x {num_kv_heads} "
+                         f"{(n, qa.k)} do not fit {num_heads} + 2 x {num_kv_heads} "
                          f"heads of {head_dim} (even; at most {MAX_ROWS} rows)")
     if positions.shape != (rows,) or slot_mapping.shape != (rows,):
         raise ValueError(f"skinny_qkv_rope: {rows} rows need as many positions and slots, "
                          f"got {tuple(positions.shape)} and {tuple(slot_mapping.shape)}")
     assert kv_cache.is_contiguous() and kv_cache.shape[-2:] == (num_kv_heads, head_dim)
-    x, weight = x.contiguous(), weight.contiguous()
+    x = x.contiguous()
     bias = bias.contiguous() if bias is not None else None
     half = head_dim // 2
-    plain = pick_config(n, k, False, x.element_size())
+    plain = _config(None, qa, n, False, x)
     cfg = plain._replace(block_n=max(16, min(plain.block_n // 2, triton.next_power_of_2(half))))
+    if qa.KIND:  # a warp per 16-row MMA tile: no warp widens another's weights
+        cfg = cfg._replace(num_warps=min(cfg.num_warps, cfg.block_n // 16))
     chunks = triton.cdiv(half, cfg.block_n)
     q = torch.empty(rows, num_heads, head_dim, dtype=x.dtype, device=x.device)
     mode = dict(ROPE=True, NUM_Q=num_heads, NUM_KV=num_kv_heads, HALF=half,
                 **cache_store_options(kv_cache))
-    _launch(x, weight, bias, q.view(rows, -1), n, cfg, mode,
+    _launch(x, qa, bias, q.view(rows, -1), n, cfg, mode,
             EVEN=half % cfg.block_n == 0 and k % cfg.block_k == 0,
             grid=(num_heads + 2 * num_kv_heads) * chunks,
             rope_args=(positions, cos_sin, slot_mapping, kv_cache), stride_kvs=kv_cache.stride(0),
@@ -366,10 +481,14 @@ def skinny_qkv_rope(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     return q
 
 
-def skinny_gemm_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+def skinny_gemm_ref(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor] = None,
                     gated: bool = False) -> torch.Tensor:
-    """The unfused PyTorch ops, in the same roundings."""
-    y = torch.nn.functional.linear(x, weight, bias)
+    """The unfused PyTorch ops, in the same roundings (a quantized W: `quant_linear_ref`,
+    the float32 product of the dequantized W rounded once)."""
+    if isinstance(weight, QuantizedWeight):
+        y = quant_linear_ref(x, weight, bias)
+    else:
+        y = torch.nn.functional.linear(x, weight, bias)
     if not gated:
         return y
     gate, up = y.chunk(2, dim=-1)

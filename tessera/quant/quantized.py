@@ -51,8 +51,9 @@ class QuantizedLinearMethod(UnquantizedLinearMethod):
         super().__init__(kernel, ops, device)
         check_quantization_device(kind, device)
         self.kind, self.group_size = kind, group_size
-        # grouped int8 (GGUF Q8_0) has no kernel yet: the reference computes it
-        self.kernel_format = kind == "int4" or not group_size
+        # the kernels take powers of two from 16 as groups (kernels/quant_tiles.py)
+        self.kernel_format = not group_size or (group_size >= 16
+                                                and not group_size & (group_size - 1))
         self.gemm = None  # kernels/quant_gemm.py where kernels run
         if ops.kernels:
             from tessera.kernels import quant_gemm

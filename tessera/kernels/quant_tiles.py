@@ -1,0 +1,291 @@
+"""Dequantizing weight tiles in registers, Triton: the pieces shared by the skinny decode
+GEMM (kernels/skinny_gemm.py) and the tiled quantized GEMM (kernels/quant_gemm.py).
+
+Objects (formats: quant/formats.py). Jit: `quant_dot` (one K step of a quantized W as the
+MMA's A operand, one or two panels sharing x's tile), `row_scale` (per-row scales on the
+accumulator), `widen` (an int8 or fp8 tile -> the activations' dtype, exactly),
+`int4_halves` / `int4_tile` (packed int4 bytes [R, C] -> the low and high nibbles
+[R, C], or interleaved [R, 2C] in W's column order, q exact), `x_tile_t` (x^T's tile).
+Host: `QuantArgs` / `quant_args` (a dense tensor or a QuantizedWeight -> the pointers
+and constexprs a kernel takes), `unsupported` (why a weight cannot be taken, or None),
+`weight_bytes`, `fast_dequant` (whether the PTX conversions apply).
+
+Dequantization: per-row kinds (int8, fp8) widen W's tile to x's dtype and scale the
+float32 accumulator after the loop (exact: the scale is one per output). Grouped kinds
+(int4, GGUF-style int8) take one dot per group, W dequantized in x's dtype with the
+group's scale (and offset) by one FMA a weight, so nothing per group touches the
+accumulator; scaling the accumulator per group instead costs 2 * 16 / G FMAs a weight
+at 16 padded rows (1 at G = 32) and an x sum per group for the offset.
+Why the conversions matter: a decode step reads each weight once, so its speed is the
+memory's, and the conversions must keep pace: an H100 streams ~15 one-byte (~29 int4)
+weights a clock per SM, while its int -> float converter (I2F) does 16 a clock, which
+would bound int4 at about half the memory's speed. So on the GPU in fp16 or bf16 (FAST)
+they run as inline PTX on four packed bytes at a time with full-rate integer and
+half-precision ops (the "magic number" trick: a nibble or byte OR-ed into the mantissa
+of 1024.0 (fp16) or 128.0 (bf16) is that float plus the integer; one packed FMA removes
+it; fp8 -> bf16 by moving its bits into place and one exact multiply by 2^120): int4 1.5,
+int8 -> fp16 1.5, fp8 -> bf16 2.5 instructions a weight. fp8 -> fp16 is one native packed
+conversion and int8 -> bf16 the compiler's own I2F-free sequence, so those stay casts.
+Compiled for sm_90 (SASS counted, 32-row panels on 2 warps), whole K loops take per
+weight: int4 (G = 128) 4.3 instructions with FAST, 5.8 without; int8 (fp16) 3.2 vs 4.5;
+fp8 (fp16) 2.2. FAST_DEQUANT is the A/B knob; off it (and under Triton's interpreter,
+which runs no PTX, and in float32) the same values come from plain Triton casts.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Union
+
+import torch
+import triton
+import triton.language as tl
+
+from tessera import envs
+from tessera.quant.formats import QuantizedWeight
+
+FAST_DEQUANT = True  # A/B knob: the PTX conversions on the GPU (fp16 / bf16 activations)
+
+# fp16: 1024.0 | q is 1024 + q (q < 1024); bf16: 128.0 | q is 128 + q (q < 128)
+_NIBBLES_PTX = """{
+.reg .b32 t0, t1, t2, t3, z, one, neg;
+mov.b32 z, 0;
+mov.b32 one, ONE;
+mov.b32 neg, NEG;
+prmt.b32 t0, $4, z, 0x4140;
+prmt.b32 t1, $4, z, 0x4342;
+shr.b32 t2, t0, 4;
+shr.b32 t3, t1, 4;
+lop3.b32 t0, t0, 0x000F000F, MAGIC, 0xEA;
+lop3.b32 t1, t1, 0x000F000F, MAGIC, 0xEA;
+lop3.b32 t2, t2, 0x000F000F, MAGIC, 0xEA;
+lop3.b32 t3, t3, 0x000F000F, MAGIC, 0xEA;
+fma.rn.TYPE $0, t0, one, neg;
+fma.rn.TYPE $1, t1, one, neg;
+fma.rn.TYPE $2, t2, one, neg;
+fma.rn.TYPE $3, t3, one, neg;
+}"""
+# (prmt 0x4140 / 0x4342: bytes 0, 1 (2, 3) into the low bytes of two 16-bit halves;
+# lop3 0xEA: (a & b) | c)
+_NIBBLES_FP16 = tl.constexpr(_NIBBLES_PTX.replace("ONE", "0x3C003C00").replace("NEG", "0xE400E400")
+                             .replace("MAGIC", "0x64006400").replace("TYPE", "f16x2"))
+_NIBBLES_BF16 = tl.constexpr(_NIBBLES_PTX.replace("ONE", "0x3F803F80").replace("NEG", "0xC300C300")
+                             .replace("MAGIC", "0x43004300").replace("TYPE", "bf16x2"))
+
+# int8 -> fp16: (q ^ 0x80) | 1024.0 is 1024 + 128 + q; lop3 0xBE: (a ^ b) | c
+_INT8_FP16 = tl.constexpr("""{
+.reg .b32 t0, t1, z, one, neg;
+mov.b32 z, 0;
+mov.b32 one, 0x3C003C00;
+mov.b32 neg, 0xE480E480;
+prmt.b32 t0, $2, z, 0x4140;
+prmt.b32 t1, $2, z, 0x4342;
+lop3.b32 t0, t0, 0x00800080, 0x64006400, 0xBE;
+lop3.b32 t1, t1, 0x00800080, 0x64006400, 0xBE;
+fma.rn.f16x2 $0, t0, one, neg;
+fma.rn.f16x2 $1, t1, one, neg;
+}""")
+
+# e4m3 -> bf16: sign to bit 15, exponent and mantissa (7 bits) to bits 4-10 of each half
+# (prmt 0x1404 / 0x3424: bytes 0, 1 (2, 3) into the high bytes of the halves), which is
+# the value times 2^-120 (subnormals included: bf16 keeps them); times 2^120 is exact
+_FP8_BF16 = tl.constexpr("""{
+.reg .b32 p0, p1, s0, s1, z, scale, nzero;
+mov.b32 z, 0;
+mov.b32 scale, 0x7B807B80;
+mov.b32 nzero, 0x80008000;
+prmt.b32 p0, $2, z, 0x1404;
+prmt.b32 p1, $2, z, 0x3424;
+shr.b32 s0, p0, 4;
+shr.b32 s1, p1, 4;
+and.b32 p0, p0, 0x80008000;
+and.b32 p1, p1, 0x80008000;
+lop3.b32 s0, s0, 0x07F007F0, p0, 0xEA;
+lop3.b32 s1, s1, 0x07F007F0, p1, 0xEA;
+fma.rn.bf16x2 $0, s0, scale, nzero;
+fma.rn.bf16x2 $1, s1, scale, nzero;
+}""")
+
+
+@triton.jit
+def widen(q, dt: tl.constexpr, FAST: tl.constexpr):
+    """An int8 or fp8 (e4m3) tile -> dt, exactly (every int8 and e4m3 value is one of
+    fp16's, bf16's and fp32's)."""
+    if FAST and q.dtype == tl.int8 and dt == tl.float16:
+        return tl.inline_asm_elementwise(_INT8_FP16, "=r,=r,r", [q], dtype=tl.float16,
+                                         is_pure=True, pack=4)
+    if FAST and q.dtype == tl.float8e4nv and dt == tl.bfloat16:
+        return tl.inline_asm_elementwise(_FP8_BF16, "=r,=r,r", [q.to(tl.uint8, bitcast=True)],
+                                         dtype=tl.bfloat16, is_pure=True, pack=4)
+    return q.to(dt)
+
+
+@triton.jit
+def int4_halves(b, dt: tl.constexpr, FAST: tl.constexpr):
+    """b [R, C] uint8 (two int4 per byte) -> (low, high) [R, C] in dt: q in [0, 15] of
+    columns 2j and 2j + 1, exactly."""
+    if FAST and dt == tl.float16:
+        return tl.inline_asm_elementwise(_NIBBLES_FP16, "=r,=r,=r,=r,r", [b],
+                                         dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+    if FAST and dt == tl.bfloat16:
+        return tl.inline_asm_elementwise(_NIBBLES_BF16, "=r,=r,=r,=r,r", [b],
+                                         dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+    return (b & 0xF).to(dt), (b >> 4).to(dt)
+
+
+@triton.jit
+def int4_tile(b, dt: tl.constexpr, FAST: tl.constexpr):
+    """b [R, C] uint8 -> q [R, 2C] in dt, in W's column order (low nibble first)."""
+    lo, hi = int4_halves(b, dt, FAST)
+    return tl.reshape(tl.join(lo, hi), [b.shape[0], 2 * b.shape[1]])
+
+
+@triton.jit
+def x_tile_t(x_ptr, ms, ks, m_ok, K, stride_xm):
+    """x^T [len(ks), len(ms)]: columns ks of rows ms of x (0 past K and M)."""
+    return tl.load(x_ptr + ms[None, :] * stride_xm + ks[:, None],
+                   mask=(ks < K)[:, None] & m_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _bytes(rows, cols, n_ok, limit, EVEN: tl.constexpr):
+    """W's stored elements [R, C] at rows [R, 1] (pointers) and cols [C] (< limit)."""
+    if EVEN:
+        return tl.load(rows + cols[None, :])
+    return tl.load(rows + cols[None, :], mask=n_ok[:, None] & (cols < limit)[None, :], other=0.0)
+
+
+@triton.jit
+def _group_tile(rows, s_rows, o_rows, kg, n_ok, K, dt: tl.constexpr, KIND: tl.constexpr,
+                GROUP: tl.constexpr, FAST: tl.constexpr, EVEN: tl.constexpr):
+    """W's columns [kg, kg + GROUP) of these rows dequantized to dt [R, GROUP]: int4
+    q * scale + offset, grouped int8 q * scale (the rows' scale and offset of group
+    kg / GROUP; one rounding to dt, q exact)."""
+    if KIND == "int4":
+        q = int4_tile(_bytes(rows, kg // 2 + tl.arange(0, GROUP // 2), n_ok, K // 2, EVEN), dt,
+                      FAST)
+    else:
+        q = widen(_bytes(rows, kg + tl.arange(0, GROUP), n_ok, K, EVEN), dt, FAST)
+    ok = n_ok & (tl.full(n_ok.shape, kg, tl.int32) < K)  # this group's rows
+    if EVEN:
+        s = tl.load(s_rows + kg // GROUP)
+    else:
+        s = tl.load(s_rows + kg // GROUP, mask=ok, other=0.0)
+    if KIND == "int4":
+        if EVEN:
+            o = tl.load(o_rows + kg // GROUP)
+        else:
+            o = tl.load(o_rows + kg // GROUP, mask=ok, other=0.0)
+        return tl.fma(q, s.to(dt)[:, None], o.to(dt)[:, None])
+    return q * s.to(dt)[:, None]
+
+
+@triton.jit
+def quant_dot(acc, acc2, rows, rows2, s_rows, s_rows2, o_rows, o_rows2, x_ptr, ms, m_ok, n_ok,
+              k0, K, stride_xm, KIND: tl.constexpr, GROUP: tl.constexpr, FAST: tl.constexpr,
+              TWO: tl.constexpr, EVEN: tl.constexpr, PRECISION: tl.constexpr,
+              BLOCK_K: tl.constexpr):
+    """One step of BLOCK_K columns from k0 of a quantized W, as the A operand (W in
+    registers, x^T the B one): acc [R, BM] += W[rows, k0:] @ x[ms, k0:]^T, and acc2 the
+    same for rows2 (TWO: two panels that share x's tile; else acc2 comes back as it came).
+    Per-row scales (int8, fp8; GROUP 0): W widened to x's dtype, the scale left for after
+    the loop (`row_scale`). In groups (int4, grouped int8): one dot per group of GROUP
+    columns, W dequantized in x's dtype with the group's scale (and offset), so nothing
+    per group is left for the accumulator. rows, rows2: [R, 1] pointers to the rows'
+    stored data; s_rows, o_rows (groups): [R] pointers to the rows' scales and offsets.
+    EVEN: no row past N and no column past K."""
+    dt = x_ptr.dtype.element_ty
+    if GROUP > 0:
+        for g in tl.static_range(BLOCK_K // GROUP):
+            kg = k0 + g * GROUP
+            xt = x_tile_t(x_ptr, ms, kg + tl.arange(0, GROUP), m_ok, K, stride_xm)
+            w = _group_tile(rows, s_rows, o_rows, kg, n_ok, K, dt, KIND, GROUP, FAST, EVEN)
+            acc = tl.dot(w, xt, acc, input_precision=PRECISION)
+            if TWO:
+                w2 = _group_tile(rows2, s_rows2, o_rows2, kg, n_ok, K, dt, KIND, GROUP, FAST,
+                                 EVEN)
+                acc2 = tl.dot(w2, xt, acc2, input_precision=PRECISION)
+    else:
+        ks = k0 + tl.arange(0, BLOCK_K)
+        xt = x_tile_t(x_ptr, ms, ks, m_ok, K, stride_xm)
+        acc = tl.dot(widen(_bytes(rows, ks, n_ok, K, EVEN), dt, FAST), xt, acc,
+                     input_precision=PRECISION)
+        if TWO:
+            acc2 = tl.dot(widen(_bytes(rows2, ks, n_ok, K, EVEN), dt, FAST), xt, acc2,
+                          input_precision=PRECISION)
+    return acc, acc2
+
+
+@triton.jit
+def row_scale(acc, scale_ptr, ns, n_ok):
+    """acc [R, BM] times the per-row scales (float32) of rows ns [R]."""
+    return acc * tl.load(scale_ptr + ns, mask=n_ok, other=0.0)[:, None]
+
+
+class QuantArgs(NamedTuple):
+    """What a kernel takes for its weight: data (the tensor it reads), scale and offset
+    (the data tensor where the format has none), KIND ("" dense, "int8", "fp8",
+    "int4"), GROUP (the group size; 0: one scale per row), rows and k (W is [rows, k])."""
+    data: torch.Tensor
+    scale: torch.Tensor
+    offset: torch.Tensor
+    KIND: str
+    GROUP: int
+    rows: int
+    k: int
+
+
+DATA_DTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn, "int4": torch.uint8}
+
+
+def unsupported(qw: QuantizedWeight) -> Optional[str]:
+    """Why the kernels cannot take this weight (None: they can). They take int8 and fp8
+    with float32 scales per row, and groups (int4; int8, e.g. GGUF Q8_0) of a power of two
+    from 16 columns, which divides K, with float scales (and int4's offsets) [N, K / G]."""
+    kind, g = qw.kind, qw.group_size
+    if kind not in DATA_DTYPES:
+        return f"unknown quantized weight kind {kind!r}"
+    n, k = qw.out_features, qw.in_features
+    if qw.data.dtype != DATA_DTYPES[kind] or qw.data.dim() != 2:
+        return f"{kind} data must be {DATA_DTYPES[kind]} [N, K], got {qw.data.dtype}"
+    if kind == "int4" and not g:
+        return "int4 needs a group size"
+    if kind == "fp8" and g:
+        return "fp8 weights take one scale per row"
+    if g and (g < 16 or g & (g - 1) or k % g):
+        return f"groups of {g} columns (K = {k}): the kernels take powers of two >= 16"
+    shape = (n, k // g) if g else (n,)
+    parts = [("scales", qw.scale)] + ([("offsets", qw.offset)] if kind == "int4" else [])
+    for name, t in parts:
+        if t is None or tuple(t.shape) != shape or not t.dtype.is_floating_point:
+            return (f"{kind} {name} must be float {shape}, got "
+                    f"{None if t is None else (t.dtype, tuple(t.shape))}")
+    if not g and qw.scale.dtype != torch.float32:
+        return f"per-row scales must be float32, got {qw.scale.dtype}"
+    return None
+
+
+def quant_args(weight: Union[torch.Tensor, QuantizedWeight]) -> QuantArgs:
+    """A dense [N, K] weight or a QuantizedWeight -> QuantArgs (contiguous tensors);
+    ValueError for a weight the kernels cannot take (`unsupported`)."""
+    if isinstance(weight, torch.Tensor):
+        w = weight.contiguous()
+        return QuantArgs(w, w, w, "", 0, w.shape[0], w.shape[1])
+    why = unsupported(weight)
+    if why:
+        raise ValueError(f"quantized GEMM: {why}")
+    data, scale = weight.data.contiguous(), weight.scale.contiguous()
+    offset = weight.offset.contiguous() if weight.offset is not None else scale
+    return QuantArgs(data, scale, offset, weight.kind, weight.group_size,
+                     weight.out_features, weight.in_features)
+
+
+def weight_bytes(weight: Union[torch.Tensor, QuantizedWeight]) -> int:
+    """Bytes a product reads for this weight (data, scales, offsets)."""
+    parts = [weight] if isinstance(weight, torch.Tensor) else [
+        t for t in (weight.data, weight.scale, weight.offset) if t is not None]
+    return sum(t.numel() * t.element_size() for t in parts)
+
+
+def fast_dequant(x: torch.Tensor) -> bool:
+    """The PTX conversions apply: FAST_DEQUANT, CUDA (not interpreted), fp16 or bf16."""
+    return (FAST_DEQUANT and x.is_cuda and not envs.triton_interpreted()
+            and x.dtype in (torch.float16, torch.bfloat16))

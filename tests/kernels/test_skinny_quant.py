@@ -1,0 +1,220 @@
+"""The skinny GEMM (decode steps of <= 16 rows) on quantized weights (int8, fp8, int4 in
+groups of 32 and 128, grouped int8) against the PyTorch references with the dequantized
+weight: plain, bias, gated, q/k/v with rotary and the KV-cache write, the residual add
+leaving a norm pending, and products that finish a pending norm; configs rounded to whole
+groups; weights the kernels cannot take refused. CPU: interpreter in float32/float16 (the
+plain Triton conversions); GPU: bfloat16 too, and the PTX conversions equal to the plain
+ones bit for bit."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tessera.kernels import quant_tiles
+from tessera.kernels.norm_epilogue import pending_norm_ref
+from tessera.kernels.quant_tiles import unsupported
+from tessera.kernels.reference import rms_norm_ref
+from tessera.kernels.skinny_gemm import (MAX_ROWS, SkinnyConfig, pick_config, skinny_gemm,
+                                         skinny_gemm_add_norm, skinny_gemm_ref, skinny_qkv_rope)
+from tessera.quant.formats import QuantizedWeight, quantize
+from tests.kernels.test_skinny_qkv_rope import qkv_case, unfused
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+# the kernel rounds the dequantized W to the dtype before the product; the reference keeps
+# it in float32: one rounding more than the dense kernels' tests allow for
+TOL = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+# (kind, group): per-row int8 / fp8, int4 in GGUF's and the default group, grouped int8
+KINDS = [("int8", 0), ("fp8", 0), ("int4", 32), ("int4", 128), ("int8", 32)]
+IDS = [f"{k}{g or ''}" for k, g in KINDS]
+EPS = 1e-5
+SMALL = SkinnyConfig(block_n=32, block_k=64, num_warps=2, num_stages=2)
+
+
+def rand(*shape, dtype, seed=0, scale=1.0, shift=0.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g) * scale + shift).to(device=DEVICE, dtype=dtype)
+
+
+def quant(kind, group, n, k, dtype, seed=1, scale_dtype=None):
+    """A quantized random [n, k] weight (rows of norm ~1)."""
+    return quantize(kind, rand(n, k, dtype=dtype, seed=seed, scale=k ** -0.5), group,
+                    scale_dtype)
+
+
+def width(group):
+    """A K that is no multiple of the 256-wide steps but is of the group."""
+    return 384 if group == 128 else 224
+
+
+def close(got, ref, dtype, scale=1.0):
+    tol = TOL[dtype] * scale
+    return torch.allclose(got.float(), ref.float(), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind,group", KINDS, ids=IDS)
+@pytest.mark.parametrize("rows", [1, 3, 16])
+def test_plain_bias_and_gated(dtype, kind, group, rows):
+    n, k = 100, width(group)  # 100: no multiple of the 32-row panels
+    x = rand(rows, k, dtype=dtype)
+    qw = quant(kind, group, n, k, dtype)
+    b = rand(n, dtype=dtype, seed=2)
+    assert close(skinny_gemm(x, qw), skinny_gemm_ref(x, qw), dtype)
+    assert close(skinny_gemm(x, qw, b), skinny_gemm_ref(x, qw, b), dtype)
+    q2 = quant(kind, group, 2 * n, k, dtype, seed=3)  # [gate | up]: each half its scales
+    got = skinny_gemm(x, q2, gated=True)
+    assert got.shape == (rows, n)
+    assert close(got, skinny_gemm_ref(x, q2, gated=True), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind,group", KINDS, ids=IDS)
+def test_even_tiles_and_small_configs(dtype, kind, group):
+    """Whole panels and steps (no masks), and a config whose steps are narrower than a
+    group (rounded up to whole groups)."""
+    n, k = 64, 256
+    x = rand(4, k, dtype=dtype)
+    qw = quant(kind, group, n, k, dtype)
+    ref = skinny_gemm_ref(x, qw)
+    assert close(skinny_gemm(x, qw), ref, dtype)
+    assert close(skinny_gemm(x, qw, config=SMALL), ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind,group", KINDS, ids=IDS)
+@pytest.mark.parametrize("heads,head_dim,rows,bias,cache", [
+    ((4, 2), 16, 3, True, "model"),  # half a head (8) smaller than a panel, biases
+    ((2, 1), 64, 1, False, "model"),
+    ((3, 1), 96, 16, False, "fp8")])  # 48 dims over a 32-row panel, the second part-masked
+def test_qkv_rope_matches_the_unfused_ops(dtype, kind, group, heads, head_dim, rows, bias,
+                                          cache):
+    num_q, num_kv = heads
+    k = width(group)
+    x = rand(rows, k, dtype=dtype)
+    w, b, rope, positions, slots, kv = qkv_case(rows, k, num_q, num_kv, head_dim, dtype, bias)
+    qw = quantize(kind, w, group)
+    if cache == "fp8":
+        kv = kv.to(torch.float8_e4m3fn)
+    ref_kv = kv.clone()
+    q = skinny_qkv_rope(x, qw, b, positions, rope.cos_sin, kv, slots, num_q, num_kv)
+    ref_q = unfused(x, qw, b, positions, rope.cos_sin, ref_kv, slots, num_q, num_kv)
+    assert q.shape == (rows, num_q, head_dim)
+    assert close(q, ref_q, dtype)
+    got, want = kv.float(), ref_kv.float()
+    if cache == "fp8":  # the summation order may move a value one e4m3 step
+        assert torch.allclose(got, want, rtol=0.13, atol=2 ** -9)
+        assert (got != want).float().mean() < 0.05
+    else:
+        assert close(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind,group", KINDS, ids=IDS)
+@pytest.mark.parametrize("rows,bias", [(1, False), (16, True)])
+def test_add_norm_leaves_what_the_reference_does(dtype, kind, group, rows, bias):
+    n, k = 96, width(group)
+    x = rand(rows, k, dtype=dtype)
+    qw = quant(kind, group, n, k, dtype)
+    b = rand(n, dtype=dtype, seed=2) if bias else None
+    residual = rand(rows, n, dtype=dtype, seed=3)
+    g = rand(n, dtype=dtype, seed=4, scale=0.1, shift=1.0)
+    got = skinny_gemm_add_norm(x, qw, b, residual, g)
+    block_n = pick_config(n, k, False, x.element_size(), kind, group).block_n
+    ref = pending_norm_ref(residual + skinny_gemm_ref(x, qw, b), g, block_n, MAX_ROWS)
+    assert close(got.residual, ref.residual, dtype)
+    assert close(got.scaled, ref.scaled, dtype)
+    assert got.parts.shape == ref.parts.shape
+    assert torch.allclose(got.parts, ref.parts, rtol=TOL[dtype] * 2, atol=TOL[dtype])
+    assert torch.all(got.parts[:, rows:] == 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind,group", KINDS, ids=IDS)
+@pytest.mark.parametrize("mode", ["plain", "gated", "rope"])
+def test_pending_norm_finished_by_a_quantized_projection(dtype, kind, group, mode):
+    rows, k = 3, width(group)
+    s = rand(rows, k, dtype=dtype, seed=5, scale=3.0)
+    g = rand(k, dtype=dtype, seed=4, scale=0.1, shift=1.0)
+    pending = pending_norm_ref(s, g, 32, MAX_ROWS)
+    normed = rms_norm_ref(s, g, EPS)
+    if mode == "rope":
+        w, b, rope, positions, slots, kv = qkv_case(rows, k, 4, 2, 32, dtype, True)
+        qw = quantize(kind, w, group)
+        ref_kv = kv.clone()
+        q = skinny_qkv_rope(pending.scaled, qw, b, positions, rope.cos_sin, kv, slots, 4, 2,
+                            norm_parts=pending.parts, eps=EPS)
+        ref_q = unfused(normed, qw, b, positions, rope.cos_sin, ref_kv, slots, 4, 2)
+        assert close(q, ref_q, dtype, scale=2.0)
+        assert close(kv, ref_kv, dtype, scale=2.0)
+        return
+    gated = mode == "gated"
+    qw = quant(kind, group, 160 if gated else 80, k, dtype)
+    b = None if gated else rand(80, dtype=dtype, seed=2)
+    got = skinny_gemm(pending.scaled, qw, b, gated=gated, norm_parts=pending.parts, eps=EPS)
+    assert close(got, skinny_gemm_ref(normed, qw, b, gated), dtype, scale=2.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else []))
+def test_group_scales_in_another_dtype(dtype):
+    """A 16-bit model keeps float16 group scales (bf16 activations too), a float32 one
+    float32: the kernel widens them to the activations' dtype."""
+    x = rand(2, 256, dtype=dtype)
+    for scale_dtype in (torch.float32, torch.float16):
+        qw = quant("int4", 32, 64, 256, dtype, scale_dtype=scale_dtype)
+        assert qw.scale.dtype == scale_dtype
+        assert close(skinny_gemm(x, qw), skinny_gemm_ref(x, qw), dtype)
+
+
+def test_quantized_configs_fit_and_round_to_groups():
+    for kind, group in KINDS:
+        for k in (224, 4096, 14336):
+            if group and k % group:
+                continue
+            for gated in (False, True):
+                cfg = pick_config(4096, k, gated, 2, kind, group)
+                assert cfg.num_warps * 16 <= cfg.block_n  # no warp widens another's rows
+                assert not group or cfg.block_k % group == 0
+    assert pick_config(4096, 4096, False, 2, "int4", 128).block_k == 512  # 256 bytes a row
+
+
+def test_weights_the_kernels_cannot_take_are_refused():
+    x = rand(2, 64, dtype=torch.float32)
+    qw = quant("int8", 0, 32, 64, torch.float32)
+    assert unsupported(qw) is None
+    bad = [qw._replace(kind="int3"), qw._replace(scale=qw.scale.half()),
+           qw._replace(group_size=32), quant("int8", 0, 32, 64, torch.float32)._replace(
+               data=qw.data.view(torch.uint8)),
+           quantize("fp8", x.new_ones(32, 64))._replace(group_size=32)]
+    g24 = quantize("int4", rand(32, 48, dtype=torch.float32), 24)  # no power of two
+    for weight in bad + [g24]:
+        assert unsupported(weight)
+        with pytest.raises(ValueError, match="quantized GEMM"):
+            skinny_gemm(x if weight is not g24 else x[:, :48], weight)
+    with pytest.raises(ValueError, match="columns"):
+        skinny_gemm(x[:, :32], qw)
+    with pytest.raises(ValueError, match="at most 16 rows"):
+        skinny_gemm(rand(17, 64, dtype=torch.float32), qw)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="the PTX conversions run on the GPU only")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind,group", KINDS, ids=IDS)
+def test_ptx_conversions_equal_the_plain_casts(dtype, kind, group, monkeypatch):
+    """Every conversion is exact, so the PTX and the plain casts give the same bits."""
+    x = rand(5, 512, dtype=dtype)
+    qw = quant(kind, group, 2 * 96, 512, dtype)
+    fast = skinny_gemm(x, qw, gated=True), skinny_gemm(x, qw)
+    monkeypatch.setattr(quant_tiles, "FAST_DEQUANT", False)
+    plain = skinny_gemm(x, qw, gated=True), skinny_gemm(x, qw)
+    assert all(torch.equal(a, b) for a, b in zip(fast, plain))
+
+
+def test_dense_and_quantized_share_the_reference():
+    """skinny_gemm_ref takes either weight; a QuantizedWeight is its dequantized product."""
+    x = rand(3, 64, dtype=torch.float32)
+    qw = quant("int4", 32, 48, 64, torch.float32)
+    assert isinstance(qw, QuantizedWeight)
+    from tessera.quant.formats import dequantize
+    assert close(skinny_gemm_ref(x, qw), skinny_gemm_ref(x, dequantize(qw)), torch.float32)
