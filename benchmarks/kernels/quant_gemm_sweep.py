@@ -52,7 +52,8 @@ MODELS = {"8b": {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096
                   "down": (8192, 28672)}}
 # around the defaults (one warp a 16-row MMA tile of W, so none widens another's rows)
 SKINNY_GRID = [SkinnyConfig(bn, bk, bn // 16, s) for bn, bk, s in
-               ((32, 256, 4), (32, 512, 3), (16, 256, 6), (64, 256, 4), (64, 128, 6))]
+               ((32, 256, 4), (32, 512, 3), (16, 256, 6), (16, 512, 4), (64, 256, 4),
+                (64, 128, 6), (64, 512, 3))]
 GEMM_GRID = [QuantGemmConfig(*c) for c in ((64, 64, 128, 4, 4), (128, 64, 128, 4, 3),
                                            (128, 128, 128, 8, 3), (256, 128, 64, 8, 3))]
 TOL = {torch.bfloat16: 2e-2, torch.float16: 4e-3}
@@ -159,7 +160,7 @@ def timed(fns) -> float:
 
 
 @torch.inference_mode()
-def sweep(models, kinds, quick: bool) -> list[dict]:
+def sweep(models, kinds, quick: bool, rows=(1, 4, 16, 64, 256, 2048)) -> list[dict]:
     rows_out = []
     dt = torch.bfloat16
     for model in models:
@@ -167,7 +168,7 @@ def sweep(models, kinds, quick: bool) -> list[dict]:
             dense = [torch.randn(n, k, device="cuda", dtype=dt) / k ** 0.5
                      for _ in range(copies(n * k * 2))]
             base = {}
-            for m in (1, 4, 16, 64, 256, 2048):
+            for m in rows:
                 x = torch.randn(m, k, device="cuda", dtype=dt)
                 base[m] = dict(cublas=timed([lambda w=w: F.linear(x, w) for w in dense]))
                 if m <= MAX_ROWS:
@@ -178,7 +179,7 @@ def sweep(models, kinds, quick: bool) -> list[dict]:
                 qws = [first] + [quantize(kind, dense[i % len(dense)], group)
                                  for i in range(1, copies(weight_bytes(first)))]
                 gb = weight_bytes(qws[0]) / 1e9
-                for m in (1, 4, 16, 64, 256, 2048):
+                for m in rows:
                     x = torch.randn(m, k, device="cuda", dtype=dt)
                     if m <= MAX_ROWS:
                         configs = [None] if quick or m > 1 else [None] + SKINNY_GRID
@@ -223,13 +224,15 @@ def main() -> None:
     ap.add_argument("--models", default="8b,70b")
     ap.add_argument("--kinds", default="int8,fp8,int4,int4g32")
     ap.add_argument("--quick", action="store_true", help="default configs only")
+    ap.add_argument("--rows", default="1,4,16,64,256,2048", help="rows of x to time")
     args = ap.parse_args()
     res: dict = {"device": torch.cuda.get_device_name()}
     if args.check or args.check_only:
         res["check"] = check()
     if not args.check_only:
         print(f"\n{res['device']}: bf16 activations; us per call, weight GB/s, TFLOP/s")
-        res["sweep"] = sweep(args.models.split(","), args.kinds.split(","), args.quick)
+        res["sweep"] = sweep(args.models.split(","), args.kinds.split(","), args.quick,
+                             [int(r) for r in args.rows.split(",")])
     with open(args.out, "w") as f:
         json.dump(res, f, indent=2)
     if args.check or args.check_only:
