@@ -1,7 +1,8 @@
 """FP8 W8A8: fp8 weights times fp8 activations on the tensor cores (compute capability 8.9+).
 
-Objects: `w8a8_supported(device)`, `w8a8_fits(x, qw)`, `quantize_rows_fp8(x)` (dynamic
-per-token scales), `w8a8_linear(x, qw, bias)` (torch._scaled_mm with row-wise scales)
+Objects: `w8a8_supported(device)`, `w8a8_fits(x, qw)`, `quantize_rows_fp8_ref(x)` (dynamic
+per-token scales; kernels/fp8_rows.py computes them in one kernel), `w8a8_linear(x, qw,
+bias)` (torch._scaled_mm with row-wise scales)
 and `w8a8_linear_ref` (the same arithmetic in float32, the test's oracle).
 Flow: x [M, K] -> per-row scale sx = max|x_row| / 448 and xq = x / sx in e4m3 [M, K];
 y [M, N] = (xq @ Wq^T) * sx * sw (sw: the weight's per-channel scale [N]), one cuBLASLt
@@ -30,8 +31,9 @@ def w8a8_fits(x: torch.Tensor, qw: QuantizedWeight) -> bool:
             and x.shape[1] % 16 == 0 and qw.out_features % 16 == 0 and x.shape[0] > 0)
 
 
-def quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] -> (e4m3 [M, K], float32 scales [M, 1]): each row scaled to +-448."""
+def quantize_rows_fp8_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (e4m3 [M, K], float32 scales [M, 1]): each row scaled to +-448 (the
+    definition kernels/fp8_rows.py computes in one kernel)."""
     amax = x.abs().amax(dim=1, keepdim=True).float()
     scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
     xq = (x.float() / scale).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
@@ -41,7 +43,8 @@ def quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def w8a8_linear(x: torch.Tensor, qw: QuantizedWeight,
                 bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """x [M, K] (bf16) @ W^T with fp8 operands -> [M, N] bf16."""
-    xq, sx = quantize_rows_fp8(x)
+    from tessera.kernels.fp8_rows import quantize_rows_fp8
+    xq, sx = quantize_rows_fp8(x.contiguous())
     y = torch._scaled_mm(xq, qw.data.t(), scale_a=sx, scale_b=qw.scale.view(1, -1),
                          out_dtype=x.dtype)
     return y if bias is None else y + bias
@@ -49,7 +52,7 @@ def w8a8_linear(x: torch.Tensor, qw: QuantizedWeight,
 
 def w8a8_linear_ref(x: torch.Tensor, qw: QuantizedWeight,
                     bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    xq, sx = quantize_rows_fp8(x)
+    xq, sx = quantize_rows_fp8_ref(x)
     y = (xq.float() @ qw.data.float().t()) * sx * qw.scale.float().view(1, -1)
     if bias is not None:
         y = y + bias.float()
