@@ -10,6 +10,7 @@ place defines an option, its type, its default and its help), e.g.
     tessera bench latency --model llama-3-8b --load-format dummy --batch-size 1
     tessera chat --url http://127.0.0.1:8000/v1
     tessera serve --config serve.yaml      (config_file.py: the command line wins)
+    tessera quant-sensitivity MODEL --data text.txt --method int4 --budget 2 --out policy.yaml
 """
 from __future__ import annotations
 
@@ -52,6 +53,42 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quant_sensitivity(args: argparse.Namespace) -> int:
+    from tessera.quant.sensitivity import run
+    return run(args)
+
+
+def _add_quant_sensitivity_parser(sub, parents: list) -> None:
+    p = sub.add_parser("quant-sensitivity", parents=parents,
+                       help="rank linear layers by the perplexity one costs when quantized "
+                            "and write a policy keeping the worst 16-bit")
+    p.add_argument("model_tag", nargs="?", default=None, metavar="MODEL",
+                   help="HF folder or .gguf file (default: SmolLM2-135M-Instruct)")
+    g = p.add_argument_group("sensitivity")
+    g.add_argument("--data", required=True, metavar="FILE",
+                   help="text the perplexity is measured on")
+    g.add_argument("--method", choices=("int8", "fp8", "int4"), default="int8",
+                   help="the format the other layers take (default: int8)")
+    g.add_argument("--group-size", type=int, choices=(32, 64, 128), default=None,
+                   help="int4's group (default: the largest of 128, 64, 32 dividing every layer)")
+    g.add_argument("--tokens", type=int, default=1024,
+                   help="tokens of the data to measure on (default: 1024)")
+    g.add_argument("--window", type=int, default=512,
+                   help="tokens per scored window; each window's first is unscored (default: 512)")
+    which = g.add_mutually_exclusive_group()
+    which.add_argument("--budget", type=float, default=None, metavar="PCT",
+                       help="keep as few layers 16-bit as leave the predicted perplexity "
+                            "increase within PCT %% (default: 1)")
+    which.add_argument("--keep", type=int, default=None, metavar="N",
+                       help="keep the N most sensitive layers 16-bit")
+    g.add_argument("--out", required=True, metavar="POLICY.yaml", help="the policy file to write")
+    add_engine_args(p, skip=("model", "quantization", "keep_full_precision",
+                             "quantization_policy", "quantization_group_size",
+                             "distributed_executor_backend", "enforce_eager",
+                             "skip_tokenizer_init", "enable_prefix_caching"))
+    p.set_defaults(func=_quant_sensitivity)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tessera.bench.cli import add_bench_parser
     from tessera.client_cli import add_client_parsers
@@ -76,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub, [common])
     add_bench_parser(sub, [common])
     add_client_parsers(sub, [common])
+    _add_quant_sensitivity_parser(sub, [common])
     return parser
 
 

@@ -195,14 +195,15 @@ class QuantConfig:
     quantization_policy: Optional[str] = _field(
         None, "a policy file (YAML/JSON, as `tessera quant-sensitivity` writes): the method "
               "per layer pattern")
-    quantization_group_size: int = _field(128, "int4: weights per scale along the input "
-                                               "dimension (32, 64 or 128)")
+    quantization_group_size: Optional[int] = _field(
+        None, "int4: weights per scale along the input dimension, 32, 64 or 128 (default: 32 "
+              "for a GGUF checkpoint, whose 4-bit blocks are 32 wide, else 128)")
 
     def __post_init__(self) -> None:
         if self.quantization is not None and self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization {self.quantization!r} is not supported; choose one "
                              f"of {', '.join(QUANTIZATIONS)}.")
-        if self.quantization_group_size not in (32, 64, 128):
+        if self.quantization_group_size not in (None, 32, 64, 128):
             raise ValueError(f"quantization_group_size must be 32, 64 or 128, got "
                              f"{self.quantization_group_size}.")
 

@@ -16,11 +16,14 @@ Embeddings and the LM head never take a linear method from the policy: they stay
 Patterns are shell globs (fnmatch). The file (YAML or JSON):
 
     quantization: int8            # the default for layers no rule names
-    group_size: 128               # int4 only (optional)
+    group_size: 128               # int4 only (optional; the command line's wins)
     layers:                       # first matching pattern wins
       model.layers.0.mlp.down_proj: none
       "model.layers.1.*": int8
 
+The int4 group: --quantization-group-size, else the file's, else 32 for a GGUF checkpoint
+(its 4-bit blocks: measured on Qwen2.5-Coder-1.5B, int4 in groups of 128 cost +5.6%
+perplexity over the GGUF, in groups of 32 +0.8%), else 128.
 Precedence: keep_full_precision patterns (and the routers) first, then the file's layer
 rules, then the default: --quantization if given, else the file's `quantization`, else the
 checkpoint's own format per layer (a GGUF's Q4_1 layers -> int4/32, an FP8 folder's ->
@@ -117,8 +120,8 @@ def load_policy_file(path: str) -> dict[str, Any]:
     default = data.get("quantization")
     if default is not None:
         _check_kind(default, f"{path}: quantization")
-    group = data.get("group_size", 128)
-    if group not in (32, 64, 128):
+    group = data.get("group_size")
+    if group not in (None, 32, 64, 128):
         raise ValueError(f"{path}: group_size must be 32, 64 or 128, got {group!r}.")
     return {"quantization": default, "group_size": group, "layers": rules}
 
@@ -131,7 +134,9 @@ def resolve_policy(quant, info=None, native: bool = True) -> QuantPolicy:
     if quant.quantization_policy:
         data = load_policy_file(quant.quantization_policy)
         rules, file_default = tuple(data["layers"]), data["quantization"]
-        group = data["group_size"]
+        group = group or data["group_size"]
+    if group is None:  # a GGUF's 4-bit layers come in blocks of 32: a coarser group
+        group = 32 if getattr(info, "kind", None) == "gguf" else 128  # rounds them again
     exact: tuple = ()
     if not (quant.quantization or file_default) and info is not None and info.quant_layers:
         if native or info.quant_method != "gguf":

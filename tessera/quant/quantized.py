@@ -66,6 +66,8 @@ class QuantizedLinearMethod(UnquantizedLinearMethod):
     def create_weights(self, layer: nn.Module, in_features: int, out_features: int,
                        bias: bool) -> None:
         group = self.group_size
+        if self.kind == "int4" and not group:
+            raise ValueError(f"{layer_name(layer)}: int4 needs a group size")
         if group and in_features % group:
             raise ValueError(f"{layer_name(layer)}: {self.kind} needs the input size ({in_features} "
                              f"on this rank) to be a multiple of the group size {group}: choose "

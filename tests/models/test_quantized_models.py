@@ -189,10 +189,11 @@ def test_unsupported_checkpoint_quantization_is_refused(tiny_llama, tmp_path, co
 
 
 def test_gguf_q4_1_kept_as_it_is(smollm2_path):
-    """The default model's Q4_1 matrices, as int4 in groups of 32, are copied, not
-    re-fitted: they dequantize to exactly the weights the 16-bit load holds."""
+    """The default model's Q4_1 matrices, as int4 in groups of 32 (a GGUF's default
+    group), are copied, not re-fitted: they dequantize to exactly the weights the 16-bit
+    load holds."""
     dense = _runner(LLM(smollm2_path, num_blocks=16)).model.model.layers["3"].mlp.down_proj
-    kept = LLM(smollm2_path, num_blocks=16, quantization="int4", quantization_group_size=32)
+    kept = LLM(smollm2_path, num_blocks=16, quantization="int4")
     layer = _runner(kept).model.model.layers["3"].mlp.down_proj
     assert layer.weight.dtype == torch.uint8
     assert torch.equal(dequantize(layer.method.kernel_weight(layer)), dense.weight)
