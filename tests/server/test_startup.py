@@ -104,7 +104,8 @@ def test_start_up_says_what_it_does_at_least_every_5_s(server):
     log = server.log()
     for phase in (r"tokenizer and model metadata ready in [\d.]+ s",
                   r"engine process \d+ up: loading the model",
-                  r"GiB of weights \(float32, cpu\) loaded in [\d.]+ s",
+                  r"GiB of weights \(float32 [\d.]+ GiB; float32 activations, cpu\) "
+                  r"loaded in [\d.]+ s",
                   r"KV cache .* set up in [\d.]+ s", r"engine ready in [\d.]+ s"):
         assert re.search(phase, log), phase
 
