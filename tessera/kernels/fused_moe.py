@@ -5,8 +5,8 @@ Objects: `align_by_expert` (the (token, k) assignments sorted by local expert, e
 expert's run padded to a whole block of rows: one Triton program `_align` for a small
 step, else PyTorch ops `align_by_expert_ref`; static shapes either way; `block_rows` picks
 16-64 rows per block), `_moe_gemm` (the kernel; `pick_config` its tiles),
-`fused_moe` (the launcher: two GEMMs), `fused_moe_ref` (a loop over experts in PyTorch),
-`expert_weight` (one expert's matrix, dequantized).
+`fused_moe` (the launcher: two GEMMs), `fused_moe_ref` (a loop over experts in PyTorch,
+quant/formats.py's `expert_weight` dequantizing quantized experts).
 Shapes: x [T, H]; w13 [E, 2I, H] ([gate | up] rows); w2 [E, H, I] (16-bit, or int8 / fp8
 with float32 per-channel scales w13_scale [E, 2I], w2_scale [E, H]); weights, ids [T, k]
 (routing weights in x's dtype, global expert ids); experts [first, first + E) are this
@@ -31,6 +31,7 @@ import triton.language as tl
 
 from tessera import envs
 from tessera.kernels.silu_and_mul import silu_mul
+from tessera.quant.formats import expert_weight
 
 BLOCK_M = 16  # assignment rows per block, at least: a decode step has ~1 per expert
 
@@ -241,13 +242,6 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, weights: tor
           weights.reshape(-1).to(x.dtype).contiguous(), hidden, top_k, False, True, block_m,
           w2_scale)
     return per_assignment.view(tokens, top_k, hidden).float().sum(1).to(x.dtype)
-
-
-def expert_weight(w: torch.Tensor, scale, e: int, dtype: torch.dtype) -> torch.Tensor:
-    """Expert e's [rows, K] matrix in dtype (dequantized with its scales [E, rows])."""
-    if scale is None:
-        return w[e]
-    return (w[e].float() * scale[e].float()[:, None]).to(dtype)
 
 
 def fused_moe_ref(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, weights: torch.Tensor,

@@ -30,7 +30,7 @@ from tessera.config import KernelConfig
 from tessera.distributed.parallel_state import all_reduce, expert_parallel, tp_rank, tp_size
 from tessera.layers.context import current
 from tessera.models.weight_utils import dense, narrow
-from tessera.quant.formats import quantize
+from tessera.quant.formats import expert_weight, quantize
 from tessera.quant.quantized import DATA_DTYPES
 from tessera.quant_policy import parse_spec
 
@@ -156,20 +156,13 @@ class FusedMoE(nn.Module):
             n = counts[self.first_expert + e]
             if n:
                 tok = tokens[start:start + n]
-                gate_up = F.linear(x[tok], self._expert(self.w13, self.w13_scale, e, x.dtype))
+                gate_up = F.linear(x[tok], expert_weight(self.w13, self.w13_scale, e, x.dtype))
                 gate, up = gate_up.chunk(2, dim=-1)  # [n, I] each
                 y = F.linear(F.silu(gate) * up,
-                             self._expert(self.w2, self.w2_scale, e, x.dtype))  # [n, H]
+                             expert_weight(self.w2, self.w2_scale, e, x.dtype))  # [n, H]
                 out.index_add_(0, tok, y * w_sorted[start:start + n, None])
             start += n
         return all_reduce(out) if self.tp_size > 1 else out
-
-    @staticmethod
-    def _expert(w: torch.Tensor, scale, e: int, dtype: torch.dtype) -> torch.Tensor:
-        """Expert e's matrix in dtype, dequantized if the experts are quantized."""
-        if scale is None:
-            return w[e]
-        return (w[e].float() * scale[e][:, None]).to(dtype)
 
 
 def expert_format(spec: str, prefix: str):

@@ -3,7 +3,7 @@
 Objects: QuantizedWeight (one layer's quantized matrix, as the kernels take it), FP8_MAX,
 INT4_GROUP (the default group), `quantize(kind, w, group_size)` -> QuantizedWeight and the
 per-format `quantize_int8`, `quantize_fp8`, `quantize_int4`; `dequantize(qw, dtype)`;
-`pack_int4` / `unpack_int4`; `quant_linear_ref(x, qw, bias)` (the product every quantized
+`pack_int4` / `unpack_int4`; `expert_weight` (one MoE expert's matrix, dequantized); `quant_linear_ref(x, qw, bias)` (the product every quantized
 kernel is tested against: x @ dequantize(qw)^T in float32, rounded to x's dtype).
 
 Layouts (W is nn.Linear's [N, K]: N outputs, K inputs):
@@ -140,6 +140,15 @@ def dequantize(qw: QuantizedWeight, dtype: torch.dtype = torch.float32) -> torch
     if qw.offset is not None:
         w = w + qw.offset.float()[..., None]
     return w.reshape(n, k).to(dtype)
+
+
+def expert_weight(w: torch.Tensor, scale: Optional[torch.Tensor], e: int,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """MoE expert e's [rows, K] matrix in dtype: w [E, rows, K] as it is, or int8 / fp8
+    dequantized with its per-row scales [E, rows]."""
+    if scale is None:
+        return w[e]
+    return (w[e].float() * scale[e].float()[:, None]).to(dtype)
 
 
 def quant_linear_ref(x: torch.Tensor, qw: QuantizedWeight,
