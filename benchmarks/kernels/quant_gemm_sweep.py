@@ -7,10 +7,11 @@ pending norm finished; quant_gemm) in bf16 against quant_linear_ref composed wit
 unfused ops, plus the PTX conversions against plain casts (bit-equal); exits 1 on a miss.
 Timing: the Llama-3-8B and 70B projections (qkv, o, gate_up, down), weights rotating over
 copies that exceed L2 (as a model's layers do), CUDA graphs: skinny at M = 1, 4, 16
-(default config, and at M = 1 a small grid of configs) next to the bf16 skinny GEMM and
-cuBLAS (F.linear); quant_gemm at M = 64, 256, 2048 (the table's config and a few others)
-next to cuBLAS. Each row: us, GB/s of the weight bytes read (data + scales), TFLOP/s,
-and the ratio to cuBLAS bf16. One call does both:
+(default config, and at M = 1 a grid of configs, K split or not: `skinny_grid`) next
+to the bf16 skinny GEMM and cuBLAS (F.linear); quant_gemm at M = 64, 256, 2048 (the
+table's config and a few others) next to cuBLAS. Each row: us, GB/s of the weight bytes
+read (data + scales), TFLOP/s, and the ratio to cuBLAS bf16 (the JSON: every config's
+time too). One call does both:
 
     python benchmarks/kernels/quant_gemm_sweep.py --check --models 8b --out $OUT/q8b.json
     python benchmarks/kernels/quant_gemm_sweep.py --models 70b --out $OUT/q70b.json
@@ -50,14 +51,18 @@ MODELS = {"8b": {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096
                  "down": (4096, 14336)},
           "70b": {"qkv": (10240, 8192), "o": (8192, 8192), "gate_up": (57344, 8192),
                   "down": (8192, 28672)}}
-# around the defaults (one warp a 16-row MMA tile of W, so none widens another's rows)
-SKINNY_GRID = [SkinnyConfig(bn, bk, bn // 16, s) for bn, bk, s in
-               ((32, 256, 4), (32, 512, 3), (16, 256, 6), (16, 512, 4), (64, 256, 4),
-                (64, 128, 6), (64, 512, 3))]
 GEMM_GRID = [QuantGemmConfig(*c) for c in ((64, 64, 128, 4, 4), (128, 64, 128, 4, 3),
                                            (128, 128, 128, 8, 3), (256, 128, 64, 8, 3))]
 TOL = {torch.bfloat16: 2e-2, torch.float16: 4e-3}
 DEVICE = "cuda"  # (the checks' device; the CPU interpreter runs them too, in fp16)
+
+
+def skinny_grid(kind: str) -> list:
+    """Configs to time at M = 1: panels of 16, 32, 64 rows (a warp per 16-row MMA tile, so
+    none widens another's rows), steps of 256 or 512 bytes a row, K split in 1-8."""
+    per_byte = 2 if kind == "int4" else 1
+    return [SkinnyConfig(bn, step * per_byte, bn // 16, 3 if bn * step > 16384 else 4, split)
+            for bn in (16, 32, 64) for step in (256, 512) for split in (1, 2, 4, 8)]
 
 
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -182,7 +187,7 @@ def sweep(models, kinds, quick: bool, rows=(1, 4, 16, 64, 256, 2048)) -> list[di
                 for m in rows:
                     x = torch.randn(m, k, device="cuda", dtype=dt)
                     if m <= MAX_ROWS:
-                        configs = [None] if quick or m > 1 else [None] + SKINNY_GRID
+                        configs = [None] if quick or m > 1 else [None] + skinny_grid(kind)
                         run = lambda qw, c: skinny_gemm(x, qw, config=c)  # noqa: E731
                     else:
                         configs = [None] if quick else [None] + GEMM_GRID
@@ -199,6 +204,7 @@ def sweep(models, kinds, quick: bool, rows=(1, 4, 16, 64, 256, 2048)) -> list[di
                     row = dict(model=model, matrix=name, n=n, k=k, kind=label, m=m,
                                default_us=default, best_us=best_us, best_config=list(best_cfg),
                                gb_s=gb / default * 1e6, tflops=2 * m * n * k / default / 1e6,
+                               configs=[[list(c) if c else None, us] for us, c in res],
                                **{f"{b}_us": v for b, v in base[m].items()})
                     rows_out.append(row)
                     print_row(row)
@@ -225,7 +231,10 @@ def main() -> None:
     ap.add_argument("--kinds", default="int8,fp8,int4,int4g32")
     ap.add_argument("--quick", action="store_true", help="default configs only")
     ap.add_argument("--rows", default="1,4,16,64,256,2048", help="rows of x to time")
+    ap.add_argument("--int4-halves", action="store_true",
+                    help="int4 groups as two half-width dots (quant_tiles.INT4_HALVES)")
     args = ap.parse_args()
+    quant_tiles.INT4_HALVES = args.int4_halves
     res: dict = {"device": torch.cuda.get_device_name()}
     if args.check or args.check_only:
         res["check"] = check()

@@ -30,6 +30,11 @@ Compiled for sm_90 (SASS counted, 32-row panels on 2 warps), whole K loops take 
 weight: int4 (G = 128) 4.3 instructions with FAST, 5.8 without; int8 (fp16) 3.2 vs 4.5;
 fp8 (fp16) 2.2. FAST_DEQUANT is the A/B knob; off it (and under Triton's interpreter,
 which runs no PTX, and in float32) the same values come from plain Triton casts.
+INT4_HALVES (A/B knob, off): each int4 group as two dots of half its width, the low
+nibbles (W's even columns) against x's even columns and the high ones against its odd
+columns, so the widened tiles need no interleaving; on the H200 at one row (2026-12-03,
+g128) it was faster on the 8B's gate/up (52.7 -> 45.9 us) and slower on the rest (qkv
+14.0 -> 17.4, o 13.4 -> 14.3, down 33.2 -> 36.0).
 """
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ from tessera import envs
 from tessera.quant.formats import QuantizedWeight
 
 FAST_DEQUANT = True  # A/B knob: the PTX conversions on the GPU (fp16 / bf16 activations)
+INT4_HALVES = False  # A/B knob: int4 groups as two half-width dots (`_int4_halves_dot`)
 
 # fp16: 1024.0 | q is 1024 + q (q < 1024); bf16: 128.0 | q is 128 + q (q < 128)
 _NIBBLES_PTX = """{
@@ -179,10 +185,30 @@ def _group_tile(rows, s_rows, o_rows, kg, n_ok, K, dt: tl.constexpr, KIND: tl.co
 
 
 @triton.jit
+def _int4_halves_dot(acc, rows, s_rows, o_rows, x_even, x_odd, kg, n_ok, K, dt: tl.constexpr,
+                     GROUP: tl.constexpr, FAST: tl.constexpr, EVEN: tl.constexpr,
+                     PRECISION: tl.constexpr):
+    """One int4 group as two dots of GROUP / 2 columns: the low nibbles (W's even columns)
+    with x's even columns, the high ones with its odd columns, so the dequantized tiles
+    need no interleaving (join + reshape) before the MMA."""
+    lo, hi = int4_halves(_bytes(rows, kg // 2 + tl.arange(0, GROUP // 2), n_ok, K // 2, EVEN),
+                         dt, FAST)
+    ok = n_ok & (tl.full(n_ok.shape, kg, tl.int32) < K)
+    if EVEN:
+        s = tl.load(s_rows + kg // GROUP).to(dt)[:, None]
+        o = tl.load(o_rows + kg // GROUP).to(dt)[:, None]
+    else:
+        s = tl.load(s_rows + kg // GROUP, mask=ok, other=0.0).to(dt)[:, None]
+        o = tl.load(o_rows + kg // GROUP, mask=ok, other=0.0).to(dt)[:, None]
+    acc = tl.dot(tl.fma(lo, s, o), x_even, acc, input_precision=PRECISION)
+    return tl.dot(tl.fma(hi, s, o), x_odd, acc, input_precision=PRECISION)
+
+
+@triton.jit
 def quant_dot(acc, acc2, rows, rows2, s_rows, s_rows2, o_rows, o_rows2, x_ptr, ms, m_ok, n_ok,
               k0, K, stride_xm, KIND: tl.constexpr, GROUP: tl.constexpr, FAST: tl.constexpr,
               TWO: tl.constexpr, EVEN: tl.constexpr, PRECISION: tl.constexpr,
-              BLOCK_K: tl.constexpr):
+              BLOCK_K: tl.constexpr, HALVES: tl.constexpr = False):
     """One step of BLOCK_K columns from k0 of a quantized W, as the A operand (W in
     registers, x^T the B one): acc [R, BM] += W[rows, k0:] @ x[ms, k0:]^T, and acc2 the
     same for rows2 (TWO: two panels that share x's tile; else acc2 comes back as it came).
@@ -193,7 +219,18 @@ def quant_dot(acc, acc2, rows, rows2, s_rows, s_rows2, o_rows, o_rows2, x_ptr, m
     stored data; s_rows, o_rows (groups): [R] pointers to the rows' scales and offsets.
     EVEN: no row past N and no column past K."""
     dt = x_ptr.dtype.element_ty
-    if GROUP > 0:
+    if KIND == "int4" and HALVES:
+        for g in tl.static_range(BLOCK_K // GROUP):
+            kg = k0 + g * GROUP
+            evens = kg + 2 * tl.arange(0, GROUP // 2)
+            x_even = x_tile_t(x_ptr, ms, evens, m_ok, K, stride_xm)  # [GROUP / 2, BM]
+            x_odd = x_tile_t(x_ptr, ms, evens + 1, m_ok, K, stride_xm)
+            acc = _int4_halves_dot(acc, rows, s_rows, o_rows, x_even, x_odd, kg, n_ok, K, dt,
+                                   GROUP, FAST, EVEN, PRECISION)
+            if TWO:
+                acc2 = _int4_halves_dot(acc2, rows2, s_rows2, o_rows2, x_even, x_odd, kg, n_ok,
+                                        K, dt, GROUP, FAST, EVEN, PRECISION)
+    elif GROUP > 0:
         for g in tl.static_range(BLOCK_K // GROUP):
             kg = k0 + g * GROUP
             xt = x_tile_t(x_ptr, ms, kg + tl.arange(0, GROUP), m_ok, K, stride_xm)

@@ -2,8 +2,8 @@
 
 Objects: `skinny_gemm` (the launcher), `skinny_gemm_ref` (PyTorch), `skinny_qkv_rope`
 (q/k/v with rotary and the cache write), `skinny_gemm_add_norm` (o/down with the residual
-add and the next norm's first half), `pick_config` (`tuned_config`, or the
-CONFIG_OVERRIDES A/B knob, within the SMEM_CAP_BYTES one).
+add and the next norm's first half); the tiles come from kernels/skinny_config.py
+(`pick_config`, `SkinnyConfig`).
 Shapes: x [M, K] (M <= MAX_ROWS) and W [N, K] (nn.Linear's layout) -> y [M, N].
 With `gated=True`, W is a stacked [gate | up] of 2I rows and the result is
 silu(x @ gate^T) * (x @ up^T) [M, I]: each program owns the same rows of both halves, so
@@ -22,11 +22,14 @@ and applies per-row scales to the float32 accumulator after the loop, before the
 norm's 1/rms, the bias and the epilogue; `quant_config` (QUANT_CONFIG_OVERRIDES, the A/B
 knob) picks its tiles. The dense kernel's compiled code is unchanged (constexpr branches).
 
-The work is split along N only: each program owns BLOCK_N rows of W and walks all of K
-in BLOCK_K steps, `tl.dot`(W tile [BLOCK_N, BLOCK_K], x^T tile [BLOCK_K, 16]) with the
+The work is split along N: each program owns BLOCK_N rows of W and walks K in BLOCK_K
+steps, `tl.dot`(W tile [BLOCK_N, BLOCK_K], x^T tile [BLOCK_K, 16]) with the
 rows of x padded to 16. A step of a few rows is bound by reading W, so the product's
 waste is free and the loads are what is tuned (`pick_config`, from benchmarks/kernels/
 skinny_gemm_sweep.py on an H100: 6-10% faster than cuBLAS on the Llama-3-8B shapes).
+A config may also split K among split_k programs (kernels/split_k.py: the last of them
+adds the partial sums and runs the epilogue), as quantized weights' configs do where a
+product has few panels.
 Under PDL (kernels/pdl.py) the first W tile is loaded, and the leading columns of every
 row (PREFETCH_BYTES in all) asked of L2, before waiting for the kernel that produces x (on
 the H100, batch 1: 8 MiB 176.1 tok/s, 16-24 MiB 175.7, 32 MiB 173.4, 1024 columns
@@ -38,7 +41,7 @@ to the accumulator after the loop).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Union
+from typing import Optional, Union
 
 import torch
 import triton
@@ -51,16 +54,15 @@ from tessera.kernels.norm_epilogue import (PendingNorm, add_pending_norm, invers
 from tessera.kernels.quant_tiles import QuantArgs, fast_dequant, quant_args, quant_dot, row_scale
 from tessera.kernels.rotary_kv_write import cache_store_options, rope_epilogue
 from tessera.kernels.silu_and_mul import silu_mul
+from tessera.kernels.skinny_config import MAX_ROWS, SkinnyConfig, pick_config
+from tessera.kernels import quant_tiles, split_k
 from tessera.quant.formats import QuantizedWeight, quant_linear_ref
 
-MAX_ROWS = 16  # one tl.dot column block; above this cuBLAS is the better GEMM
 PREFETCH_BYTES = 8 << 20  # under PDL: how much of W is asked of L2 before the wait
-SMEM_CAP_BYTES: Optional[int] = None  # A/B knob: fewer stages, e.g. two programs per SM
 # Under PDL, K steps before the end of its loop at which a GEMM lets the next kernel launch
 # (A/B knob). On H100s, batch 1 (norms in the projections): 0 (after the loop) 178.3 tok/s,
 # 1: 178.9, 2: 179.0-179.8, 3: 179.0, 4: 178.9
 TRIGGER_STEPS = 2
-CONFIG_OVERRIDES: dict = {}  # A/B knob: (n, k, gated) -> SkinnyConfig, for 2-byte weights
 
 
 def line_columns(weight: torch.Tensor) -> int:
@@ -89,13 +91,6 @@ def _prefetch_l2(w_ptr, w_rows, n_ok, K, PREFETCH_K: tl.constexpr, LINE: tl.cons
                               dtype=tl.int32, is_pure=False, pack=1)
 
 
-class SkinnyConfig(NamedTuple):
-    block_n: int
-    block_k: int
-    num_warps: int
-    num_stages: int
-
-
 @triton.jit
 def _tile(w_rows, ks, n_ok, K, EVEN: tl.constexpr):
     if EVEN:
@@ -111,12 +106,14 @@ def _x_tile(x_ptr, ms, ks, m_ok, K, stride_xm):
 
 @triton.jit
 def _quant_loop(w_rows, rows2, scale_ptr, offset_ptr, ns, ns2, n_ok, x_ptr, ms, m_ok, K,
-                stride_xm, trigger_k, KIND: tl.constexpr, GROUP: tl.constexpr,
+                k_lo, k_hi, stride_xm, trigger_k, KIND: tl.constexpr, GROUP: tl.constexpr,
                 FAST: tl.constexpr, TWO: tl.constexpr, EVEN: tl.constexpr,
                 PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_K: tl.constexpr, TRIGGER_STEPS: tl.constexpr, USE_PDL: tl.constexpr):
-    """The K loop over a quantized W (kernels/quant_tiles.py: `quant_dot`), one panel or
-    two (TWO) -> float32 (acc, acc2) [BLOCK_N, BLOCK_M], per-row scales applied."""
+                BLOCK_K: tl.constexpr, TRIGGER_STEPS: tl.constexpr, USE_PDL: tl.constexpr,
+                HALVES: tl.constexpr):
+    """The loop over columns [k_lo, k_hi) of a quantized W (kernels/quant_tiles.py:
+    `quant_dot`), one panel or two (TWO) -> float32 (acc, acc2) [BLOCK_N, BLOCK_M], per-row
+    scales applied."""
     s_rows, s_rows2, o_rows, o_rows2 = scale_ptr, scale_ptr, offset_ptr, offset_ptr
     if GROUP > 0:  # each row's K / GROUP scales (and offsets)
         s_rows = scale_ptr + ns.to(tl.int64) * (K // GROUP)
@@ -125,13 +122,13 @@ def _quant_loop(w_rows, rows2, scale_ptr, offset_ptr, ns, ns2, n_ok, x_ptr, ms, 
         o_rows2 = offset_ptr + ns2.to(tl.int64) * (K // GROUP)
     acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     acc2 = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_lo, k_hi, BLOCK_K):
         if TRIGGER_STEPS > 0:  # as the dense loop: the next kernel may launch from here
             if k0 == trigger_k:
                 pdl.launch_dependents(USE_PDL)
         acc, acc2 = quant_dot(acc, acc2, w_rows, rows2, s_rows, s_rows2, o_rows, o_rows2,
                               x_ptr, ms, m_ok, n_ok, k0, K, stride_xm, KIND, GROUP, FAST, TWO,
-                              EVEN, PRECISION, BLOCK_K)
+                              EVEN, PRECISION, BLOCK_K, HALVES)
     if GROUP == 0:  # int8 / fp8: w = q * scale, one scale per row
         acc = row_scale(acc, scale_ptr, ns, n_ok)
         if TWO:
@@ -143,18 +140,23 @@ def _quant_loop(w_rows, rows2, scale_ptr, offset_ptr, ns, ns2, n_ok, x_ptr, ms, 
 def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
                  pos_ptr, cs_ptr, slot_ptr, kv_ptr, stride_kvs,
                  part_ptr, num_parts, eps, res_ptr, g_ptr, scaled_ptr, scale_ptr, offset_ptr,
-                 KIND: tl.constexpr, GROUP: tl.constexpr, FAST: tl.constexpr,
+                 work_ptr, count_ptr, K_PER, KIND: tl.constexpr, GROUP: tl.constexpr,
+                 FAST: tl.constexpr,
                  HAS_BIAS: tl.constexpr, GATED: tl.constexpr, ROPE: tl.constexpr,
                  NORM_IN: tl.constexpr, NORM_OUT: tl.constexpr, PART_BLOCK: tl.constexpr,
                  NUM_Q: tl.constexpr, NUM_KV: tl.constexpr, HALF: tl.constexpr,
                  FP8_CACHE: tl.constexpr, PRE_ROUND: tl.constexpr, EVEN: tl.constexpr,
                  PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr, PREFETCH_K: tl.constexpr, LINE: tl.constexpr,
-                 TRIGGER_STEPS: tl.constexpr, USE_PDL: tl.constexpr):
+                 TRIGGER_STEPS: tl.constexpr, USE_PDL: tl.constexpr, SPLIT: tl.constexpr,
+                 HALVES: tl.constexpr):
     # N: rows of the output (I when gated; W then has 2I rows, up at row offset N; in rope
-    # mode the heads, NUM_Q + 2 NUM_KV of 2 HALF rows, place the programs instead)
+    # mode the heads, NUM_Q + 2 NUM_KV of 2 HALF rows, place the programs instead). Along
+    # axis 1, SPLIT programs take K_PER columns each (kernels/split_k.py).
     tl.static_assert(not (NORM_OUT and (GATED or ROPE)), "NORM_OUT is for plain products")
     pid = tl.program_id(0)
+    k_lo = tl.program_id(1) * K_PER
+    k_hi = tl.minimum(k_lo + K_PER, K)
     head = 0
     if ROPE:  # BLOCK_N dims of one head's first half; their partners are HALF rows down
         chunks = (HALF + BLOCK_N - 1) // BLOCK_N
@@ -177,7 +179,7 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
     w_rows = w_ptr + ns.to(tl.int64)[:, None] * KW  # [BLOCK_N, 1] row starts
     rows2 = w_ptr + ns2.to(tl.int64)[:, None] * KW
     if KIND == "":  # weights: no kernel writes them, so before the wait
-        w = _tile(w_rows, ks, n_ok, K, EVEN)
+        w = _tile(w_rows, k_lo + ks, n_ok, K, EVEN)
     if USE_PDL and PREFETCH_K > 0:
         _prefetch_l2(w_ptr, w_rows, n_ok, KW, PREFETCH_K, LINE)
         if GATED or ROPE:  # two panels of W per program
@@ -189,13 +191,14 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
     if NORM_OUT:  # the residual this output is added to, and the next norm's weight
         res = tl.load(res_ptr + ms[None, :] * stride_ym + ns[:, None], mask=ok, other=0.0)
         g = tl.load(g_ptr + ns, mask=n_ok, other=0.0)
-    trigger_k = (tl.cdiv(K, BLOCK_K) - TRIGGER_STEPS) * BLOCK_K
+    trigger_k = k_lo + (tl.cdiv(k_hi - k_lo, BLOCK_K) - TRIGGER_STEPS) * BLOCK_K
     if KIND == "":
-        xt = _x_tile(x_ptr, ms, ks, m_ok, K, stride_xm)
+        xt = _x_tile(x_ptr, ms, k_lo + ks, m_ok, K, stride_xm)
         acc = tl.dot(w, xt, input_precision=PRECISION)  # [BLOCK_N, BLOCK_M]
+        acc2 = acc
         if GATED or ROPE:
-            acc2 = tl.dot(_tile(rows2, ks, n_ok, K, EVEN), xt, input_precision=PRECISION)
-        for k0 in range(BLOCK_K, K, BLOCK_K):
+            acc2 = tl.dot(_tile(rows2, k_lo + ks, n_ok, K, EVEN), xt, input_precision=PRECISION)
+        for k0 in range(k_lo + BLOCK_K, k_hi, BLOCK_K):
             if TRIGGER_STEPS > 0:  # let the next kernel launch this many steps before the end
                 if k0 == trigger_k:
                     pdl.launch_dependents(USE_PDL)
@@ -207,108 +210,40 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
                               input_precision=PRECISION)
     else:  # quantized W, widened in registers (kernels/quant_tiles.py)
         acc, acc2 = _quant_loop(w_rows, rows2, scale_ptr, offset_ptr, ns, ns2, n_ok, x_ptr, ms,
-                                m_ok, K, stride_xm, trigger_k, KIND, GROUP, FAST, GATED or ROPE,
-                                EVEN, PRECISION, BLOCK_N, BLOCK_M, BLOCK_K, TRIGGER_STEPS,
-                                USE_PDL)
+                                m_ok, K, k_lo, k_hi, stride_xm, trigger_k, KIND, GROUP, FAST,
+                                GATED or ROPE, EVEN, PRECISION, BLOCK_N, BLOCK_M, BLOCK_K,
+                                TRIGGER_STEPS, USE_PDL, HALVES)
     pdl.launch_dependents(USE_PDL)  # for a K too short to reach trigger_k (else a no-op);
     # at the start of the kernel it was slower (171.4 vs 173.9 tok/s)
-    dt = y_ptr.dtype.element_ty
-    if NORM_IN:
-        r = inverse_rms(parts, K, eps)[None, :]
-        acc = acc * r
-        if GATED or ROPE:
-            acc2 = acc2 * r
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + ns, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+    if SPLIT > 1:  # the last program along K adds the partials and runs the epilogue
+        acc, acc2, last = split_k.reduce_partials(acc, acc2, work_ptr, count_ptr, pid,
+                                                  tl.program_id(1), GATED or ROPE, SPLIT,
+                                                  BLOCK_N, BLOCK_M)
+    else:
+        last = True
+    if last:
+        dt = y_ptr.dtype.element_ty
+        if NORM_IN:
+            r = inverse_rms(parts, K, eps)[None, :]
+            acc = acc * r
+            if GATED or ROPE:
+                acc2 = acc2 * r
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + ns, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+            if ROPE:
+                acc2 += tl.load(b_ptr + ns2, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+        out = acc.to(dt)
         if ROPE:
-            acc2 += tl.load(b_ptr + ns2, mask=n_ok, other=0.0).to(tl.float32)[:, None]
-    out = acc.to(dt)
-    if ROPE:
-        rope_epilogue(out, acc2.to(dt), head, dim, ok, ms, m_ok, y_ptr, stride_ym, pos_ptr,
-                      cs_ptr, slot_ptr, kv_ptr, stride_kvs, NUM_Q, NUM_KV, HALF, FP8_CACHE,
-                      PRE_ROUND)
-    elif NORM_OUT:
-        add_pending_norm(out, res, g, ns, ms, ok, y_ptr, stride_ym, scaled_ptr, part_ptr, pid,
-                         BLOCK_M)
-    else:
-        if GATED:  # silu(gate) * up, each rounded as the unfused ops round
-            out = silu_mul(out, acc2.to(dt))
-        tl.store(y_ptr + ms[None, :] * stride_ym + ns[:, None], out, mask=ok)
-
-
-def pick_config(n: int, k: int, gated: bool = False, itemsize: int = 2, kind: str = "",
-                group: int = 0) -> SkinnyConfig:
-    """`tuned_config` (or CONFIG_OVERRIDES' entry for 2-byte elements; for a quantized
-    W (kind, group: quant/formats.py) `quant_config` or QUANT_CONFIG_OVERRIDES'), with
-    stages dropped (down to 2) while over SMEM_CAP_BYTES if set."""
-    if kind:
-        cfg = QUANT_CONFIG_OVERRIDES.get((kind, n, k, gated),
-                                         quant_config(kind, n, k, gated, itemsize, group))
-    else:
-        cfg = tuned_config(n, k, gated, itemsize)
-        if itemsize == 2:
-            cfg = CONFIG_OVERRIDES.get((n, k, gated), cfg)
-    bits = weight_bits(kind, itemsize)
-    while (SMEM_CAP_BYTES and cfg.num_stages > 2
-           and shared_memory_bytes(cfg, gated, itemsize, bits) > SMEM_CAP_BYTES):
-        cfg = cfg._replace(num_stages=cfg.num_stages - 1)
-    return cfg
-
-
-def tuned_config(n: int, k: int, gated: bool = False, itemsize: int = 2) -> SkinnyConfig:
-    """Tile sizes for W [n, k] (per half when gated), the best of the H100 sweep in bf16:
-    64-row panels in 128-wide steps six deep (four when gated: two panels per step); long
-    rows (K >= 8192) in 512-wide steps. Steps are as many bytes wide for other element
-    sizes (fp32: half the columns), so the stages fit Hopper's shared memory (bf16: 120 KB
-    at most; see `shared_memory_bytes`). Tuned on Hopper (H100); `linear` uses it there
-    only."""
-    if k >= 8192:  # gated: two panels per step, so half as wide
-        return SkinnyConfig(block_n=32, block_k=(512 if gated else 1024) // itemsize,
-                            num_warps=4, num_stages=3)
-    return SkinnyConfig(block_n=64, block_k=256 // itemsize, num_warps=4,
-                        num_stages=4 if gated else 6)
-
-
-# A/B knobs for quantized W: (kind, n, k, gated) -> SkinnyConfig; the bytes of each W row
-# per K step (K >= 8192: twice); the shared memory the stages may fill (two programs an SM)
-QUANT_CONFIG_OVERRIDES: dict = {}
-QUANT_STEP_BYTES = 256
-QUANT_SMEM_BYTES = 96 << 10
-
-
-def quant_config(kind: str, n: int, k: int, gated: bool = False, itemsize: int = 2,
-                 group: int = 0) -> SkinnyConfig:
-    """First tiles for a quantized W [n, k], from the compiled code (sm_90 SASS; not yet
-    timed: benchmarks/kernels/quant_gemm_sweep.py): 32-row panels on 2 warps, one warp a
-    16-row MMA tile, so no warp widens another's weights (4 warps on 32 rows doubled the
-    conversion work) and twice the programs of 64-row panels; each step QUANT_STEP_BYTES
-    of every row (in groups: whole groups, at most 8 a step; K >= 8192: twice), and as
-    many stages (2-6) as fit QUANT_SMEM_BYTES with x's tile beside them."""
-    per_byte = 2 if kind == "int4" else 1
-    step = QUANT_STEP_BYTES * (2 if k >= 8192 else 1) * per_byte
-    block_k = max(min(step, triton.next_power_of_2(k)), 16)
-    if group:  # whole groups, one dot each
-        block_k = min(max(block_k, group), 8 * group)
-    cfg = SkinnyConfig(block_n=32, block_k=block_k, num_warps=2, num_stages=6)
-    bits = weight_bits(kind, itemsize)
-    while (cfg.num_stages > 2
-           and shared_memory_bytes(cfg, gated, itemsize, bits) > QUANT_SMEM_BYTES):
-        cfg = cfg._replace(num_stages=cfg.num_stages - 1)
-    return cfg
-
-
-def weight_bits(kind: str, itemsize: int) -> int:
-    """Bits of one W element: the activations' for a dense W, else the format's."""
-    return {"": 8 * itemsize, "int8": 8, "fp8": 8, "int4": 4}[kind]
-
-
-def shared_memory_bytes(cfg: SkinnyConfig, gated: bool, itemsize: int,
-                        bits: Optional[int] = None) -> int:
-    """What the software pipeline stages hold: W panel(s) (`bits` an element, by default
-    the activations') and the x tile, per stage."""
-    panels = 2 if gated else 1
-    w_bytes = panels * cfg.block_n * cfg.block_k * (bits or 8 * itemsize) // 8
-    return cfg.num_stages * (w_bytes + MAX_ROWS * cfg.block_k * itemsize)
+            rope_epilogue(out, acc2.to(dt), head, dim, ok, ms, m_ok, y_ptr, stride_ym, pos_ptr,
+                          cs_ptr, slot_ptr, kv_ptr, stride_kvs, NUM_Q, NUM_KV, HALF, FP8_CACHE,
+                          PRE_ROUND)
+        elif NORM_OUT:
+            add_pending_norm(out, res, g, ns, ms, ok, y_ptr, stride_ym, scaled_ptr, part_ptr, pid,
+                             BLOCK_M)
+        else:
+            if GATED:  # silu(gate) * up, each rounded as the unfused ops round
+                out = silu_mul(out, acc2.to(dt))
+            tl.store(y_ptr + ms[None, :] * stride_ym + ns[:, None], out, mask=ok)
 
 
 Weight = Union[torch.Tensor, QuantizedWeight]  # dense [N, K] or quantized (quant/formats.py)
@@ -421,16 +356,24 @@ def _launch(x, qa: QuantArgs, bias, y, n, cfg, mode: dict, EVEN: bool,
     pos, cs, slots, kv = rope_args or (weight,) * 4  # unused pointers outside rope mode
     parts, res, g, scaled = (weight if t is None else t
                              for t in (parts, residual, norm_weight, scaled))
-    _skinny_gemm[(grid or triton.cdiv(n, cfg.block_n),)](
+    panels = grid or triton.cdiv(n, cfg.block_n)
+    k_per = split_k.k_per_split(k, cfg.block_k, cfg.split_k)
+    split = split_k.splits(k, k_per)
+    work, count = weight, weight  # unused without a split
+    if split > 1:
+        work = split_k.workspace(panels, split, cfg.block_n, x.device)
+        count = split_k.counters(x.device)
+    _skinny_gemm[(panels, split)](
         x, weight, bias if bias is not None else weight, y, rows, n, k, x.stride(0), y.stride(0),
         pos, cs, slots, kv, stride_kvs, parts, num_parts, eps, res, g, scaled, qa.scale,
-        qa.offset, KIND=qa.KIND, GROUP=qa.GROUP, FAST=fast_dequant(x) and bool(qa.KIND),
+        qa.offset, work, count, k_per, KIND=qa.KIND, GROUP=qa.GROUP,
+        FAST=fast_dequant(x) and bool(qa.KIND),
         HAS_BIAS=bias is not None, **{**_PLAIN, **mode}, NORM_IN=NORM_IN,
         PART_BLOCK=PART_BLOCK, EVEN=EVEN,
         PRECISION="ieee" if x.dtype == torch.float32 else "tf32",  # fp32 stays fp32
         BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         PREFETCH_K=prefetch_columns(weight), LINE=line_columns(weight),
-        TRIGGER_STEPS=TRIGGER_STEPS,
+        TRIGGER_STEPS=TRIGGER_STEPS, SPLIT=split, HALVES=quant_tiles.INT4_HALVES,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **options,
         **pdl_launch_args(x.device, pdl))
 

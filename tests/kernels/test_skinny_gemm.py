@@ -11,6 +11,7 @@ import torch
 
 from tessera import LLM, SamplingParams
 from tessera.config import KernelConfig
+from tessera.kernels import skinny_config
 from tessera.kernels import skinny_gemm as skinny_module
 from tessera.kernels.skinny_gemm import (SkinnyConfig, skinny_gemm, skinny_gemm_add_norm,
                                          skinny_gemm_ref, skinny_qkv_rope)
@@ -60,10 +61,10 @@ def test_skinny_gemm_matches_reference(dtype, rows, n, k, config):
 
 def test_config_overrides_apply_to_two_byte_weights_only(monkeypatch):
     deep = SkinnyConfig(block_n=32, block_k=128, num_warps=4, num_stages=8)
-    monkeypatch.setattr(skinny_module, "CONFIG_OVERRIDES", {(4096, 4096, False): deep})
-    assert skinny_module.pick_config(4096, 4096) == deep
-    assert skinny_module.pick_config(4096, 4096, gated=True) != deep
-    assert skinny_module.pick_config(4096, 4096, itemsize=4) != deep
+    monkeypatch.setattr(skinny_config, "CONFIG_OVERRIDES", {(4096, 4096, False): deep})
+    assert skinny_config.pick_config(4096, 4096) == deep
+    assert skinny_config.pick_config(4096, 4096, gated=True) != deep
+    assert skinny_config.pick_config(4096, 4096, itemsize=4) != deep
 
 
 def test_skinny_gemm_refuses_bad_shapes():
@@ -216,6 +217,6 @@ def test_pdl_on_and_off_give_the_same_tokens(tmp_path):
 def test_default_configs_fit_hopper_shared_memory(k, gated, itemsize):
     """The H100 sweep's largest working config held 120 KB; Hopper has 227 KB a block.
     (A config over it fails at launch, e.g. a 70B shape's gate/up with K = 8192.)"""
-    from tessera.kernels.skinny_gemm import pick_config, shared_memory_bytes
+    from tessera.kernels.skinny_config import pick_config, shared_memory_bytes
     cfg = pick_config(4096, k, gated, itemsize)
     assert shared_memory_bytes(cfg, gated, itemsize) <= 160 * 1024

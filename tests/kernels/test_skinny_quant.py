@@ -221,3 +221,15 @@ def test_dense_and_quantized_share_the_reference():
     assert isinstance(qw, QuantizedWeight)
     from tessera.quant.formats import dequantize
     assert close(skinny_gemm_ref(x, qw), skinny_gemm_ref(x, dequantize(qw)), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("group", [32, 128])
+def test_int4_as_two_half_width_dots(monkeypatch, dtype, group):
+    """quant_tiles.INT4_HALVES: each int4 group as two dots (even columns, odd columns)."""
+    monkeypatch.setattr(quant_tiles, "INT4_HALVES", True)
+    k = width(group)
+    x = rand(3, k, dtype=dtype)
+    q2 = quant("int4", group, 200, k, dtype, seed=3)
+    assert close(skinny_gemm(x, q2), skinny_gemm_ref(x, q2), dtype)
+    assert close(skinny_gemm(x, q2, gated=True), skinny_gemm_ref(x, q2, gated=True), dtype)

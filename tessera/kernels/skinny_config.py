@@ -1,0 +1,113 @@
+"""Tiles of the skinny decode GEMM (kernels/skinny_gemm.py): which config a product takes.
+
+Objects: `SkinnyConfig` (block_n rows of W a program, block_k columns a step, warps,
+pipeline stages, split_k programs along K), `pick_config` (the entry: `tuned_config` for
+a dense W or `quant_config` for a quantized one, the CONFIG_OVERRIDES /
+QUANT_CONFIG_OVERRIDES A/B knobs, within the SMEM_CAP_BYTES one), `split_for` (how many
+programs share K), `weight_bits`, `shared_memory_bytes`.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import triton
+
+MAX_ROWS = 16  # one tl.dot column block; above this cuBLAS is the better GEMM
+SMEM_CAP_BYTES: Optional[int] = None  # A/B knob: fewer stages, e.g. two programs per SM
+CONFIG_OVERRIDES: dict = {}  # A/B knob: (n, k, gated) -> SkinnyConfig, for 2-byte weights
+
+
+class SkinnyConfig(NamedTuple):
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    split_k: int = 1  # programs along K, their partial sums added by the last (split_k.py)
+
+
+def pick_config(n: int, k: int, gated: bool = False, itemsize: int = 2, kind: str = "",
+                group: int = 0) -> SkinnyConfig:
+    """`tuned_config` (or CONFIG_OVERRIDES' entry for 2-byte elements; for a quantized
+    W (kind, group: quant/formats.py) `quant_config` or QUANT_CONFIG_OVERRIDES'), with
+    stages dropped (down to 2) while over SMEM_CAP_BYTES if set."""
+    if kind:
+        cfg = QUANT_CONFIG_OVERRIDES.get((kind, n, k, gated),
+                                         quant_config(kind, n, k, gated, itemsize, group))
+    else:
+        cfg = tuned_config(n, k, gated, itemsize)
+        if itemsize == 2:
+            cfg = CONFIG_OVERRIDES.get((n, k, gated), cfg)
+    bits = weight_bits(kind, itemsize)
+    while (SMEM_CAP_BYTES and cfg.num_stages > 2
+           and shared_memory_bytes(cfg, gated, itemsize, bits) > SMEM_CAP_BYTES):
+        cfg = cfg._replace(num_stages=cfg.num_stages - 1)
+    return cfg
+
+
+def tuned_config(n: int, k: int, gated: bool = False, itemsize: int = 2) -> SkinnyConfig:
+    """Tile sizes for W [n, k] (per half when gated), the best of the H100 sweep in bf16:
+    64-row panels in 128-wide steps six deep (four when gated: two panels per step); long
+    rows (K >= 8192) in 512-wide steps. Steps are as many bytes wide for other element
+    sizes (fp32: half the columns), so the stages fit Hopper's shared memory (bf16: 120 KB
+    at most; see `shared_memory_bytes`). Tuned on Hopper (H100); `linear` uses it there
+    only."""
+    if k >= 8192:  # gated: two panels per step, so half as wide
+        return SkinnyConfig(block_n=32, block_k=(512 if gated else 1024) // itemsize,
+                            num_warps=4, num_stages=3)
+    return SkinnyConfig(block_n=64, block_k=256 // itemsize, num_warps=4,
+                        num_stages=4 if gated else 6)
+
+
+# A/B knobs for quantized W: (kind, n, k, gated) -> SkinnyConfig; the bytes of each W row
+# per K step; the shared memory the stages may fill; the programs (panels x splits of K)
+# a product aims at, by kind (int8 / fp8: twice as many with K >= 8192)
+QUANT_CONFIG_OVERRIDES: dict = {}
+QUANT_STEP_BYTES = 256
+QUANT_SMEM_BYTES = 128 << 10
+QUANT_PROGRAMS = {"int8": 256, "fp8": 256, "int4": 384}
+
+
+def quant_config(kind: str, n: int, k: int, gated: bool = False, itemsize: int = 2,
+                 group: int = 0) -> SkinnyConfig:
+    """Tiles for a quantized W [n, k] (per half when gated), from the H200 sweeps at one row
+    (benchmarks/kernels/quant_gemm_sweep.py, 2026-12-03, Llama-3-8B and 70B shapes):
+    32-row panels on 2 warps (one warp a 16-row MMA tile, so no warp widens another's
+    weights), 4 stages (6 were 25% slower on gate/up), each step QUANT_STEP_BYTES of every
+    row (512 were 4-27% slower on the 70B's K = 8192; in groups: whole groups, at most 8 a
+    step), and K split (split_k.py) in the fewest powers of two that make QUANT_PROGRAMS
+    programs (int8 / fp8 with K >= 8192: twice), each of at least four steps: one 32-row
+    panel and its 2 warps can neither keep the memory busy nor widen fast enough, and a
+    4096-row product has only 128 panels. At one row (us, unsplit -> the rule's): int8
+    o 4096 x 4096 11.5 -> 9.5, down 4096 x 14336 32.6 -> 19.8, qkv 6144 x 4096 13.6 ->
+    11.8; 70B o 8192 x 8192 27.1 -> 20.8, down 8192 x 28672 77.2 -> 58.5 (its qkv, 10240
+    rows, was best unsplit: 30.2 against 34.9); int4 g128 down 46.8 -> 32.9, qkv 16.8 ->
+    13.9. The gate/up products (896 panels and more) stay whole."""
+    per_byte = 2 if kind == "int4" else 1
+    block_k = max(min(QUANT_STEP_BYTES * per_byte, triton.next_power_of_2(k)), 16)
+    if group:  # whole groups, one dot each
+        block_k = min(max(block_k, group), 8 * group)
+    target = QUANT_PROGRAMS[kind] * (2 if k >= 8192 and kind != "int4" else 1)
+    panels, split = triton.cdiv(n, 32), 1
+    while panels * split < target and k >= 4 * 2 * split * block_k:
+        split *= 2
+    cfg = SkinnyConfig(block_n=32, block_k=block_k, num_warps=2, num_stages=4, split_k=split)
+    bits = weight_bits(kind, itemsize)
+    while (cfg.num_stages > 2
+           and shared_memory_bytes(cfg, gated, itemsize, bits) > QUANT_SMEM_BYTES):
+        cfg = cfg._replace(num_stages=cfg.num_stages - 1)
+    return cfg
+
+
+def weight_bits(kind: str, itemsize: int) -> int:
+    """Bits of one W element: the activations' for a dense W, else the format's."""
+    return {"": 8 * itemsize, "int8": 8, "fp8": 8, "int4": 4}[kind]
+
+
+def shared_memory_bytes(cfg: SkinnyConfig, gated: bool, itemsize: int,
+                        bits: Optional[int] = None) -> int:
+    """What the software pipeline stages hold: W panel(s) (`bits` an element, by default
+    the activations') and the x tile, per stage."""
+    panels = 2 if gated else 1
+    w_bytes = panels * cfg.block_n * cfg.block_k * (bits or 8 * itemsize) // 8
+    return cfg.num_stages * (w_bytes + MAX_ROWS * cfg.block_k * itemsize)
+
