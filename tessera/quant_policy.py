@@ -5,7 +5,9 @@ group size; `spec_for(prefix)`: the layer's format spec, "none", "int8", "fp8", 
 or "int4/G"; `parse_spec`), ALWAYS_FULL_PRECISION (MoE routers: a few KB that choose
 experts), `resolve_policy(QuantConfig, ModelInfo, native)` (the command line's options
 over a policy file over the checkpoint's own formats),
-`load_policy_file(path)` / `policy_file_text(...)` (read and write the file format).
+`load_policy_file(path)` / `policy_file_text(...)` (read and write the file format),
+`check_patterns(policy, names, num_layers)` (refuse patterns that name no layer: run by
+the worker once its model is built, the front end not knowing the layers' names).
 No torch: the front end resolves the policy before any process starts, so a bad file or
 pattern fails at once.
 
@@ -39,10 +41,12 @@ import dataclasses
 import fnmatch
 import json
 import os
-from typing import Any, Optional
+import re
+from typing import Any, Iterable, Optional
 
 KINDS = ("none", "int8", "fp8", "int4")
 ALWAYS_FULL_PRECISION = ("*.mlp.gate", "*.shared_expert_gate")
+_LAYER_INDEX = re.compile(r"^(.*\.layers\.)(\d+)(\..*)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +79,31 @@ class QuantPolicy:
     @property
     def quantized(self) -> bool:
         return self.specs != {"none"}
+
+    def unmatched(self, names: Iterable[str]) -> list[str]:
+        """The patterns (kept 16-bit, or a layer rule) that name none of these layers."""
+        names = list(names)
+        return [p for p in (*self.keep, *(p for p, _ in self.rules))
+                if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+
+
+def check_patterns(policy: QuantPolicy, names: Iterable[str], num_layers: int) -> None:
+    """ValueError naming each pattern of the policy that matches no linear layer of the
+    model (a typo would otherwise leave a layer quantized that was meant to stay 16-bit).
+    names: the layers a worker built; `model.layers.I.` names stand for every layer
+    index below num_layers too (a pipeline stage builds only its own layers)."""
+    names = set(names)
+    for name in list(names):
+        m = _LAYER_INDEX.match(name)
+        if m:
+            names.update(f"{m[1]}{i}{m[3]}" for i in range(num_layers))
+    missing = policy.unmatched(names)
+    if missing:
+        first = sorted(n for n in names if ".layers.0." in n) or sorted(names)
+        examples = ", ".join(first[:4])
+        raise ValueError(f"quantization policy: {', '.join(repr(p) for p in missing)} "
+                         f"match{'es' if len(missing) == 1 else ''} no linear layer of this "
+                         f"model (shell globs over Tessera's layer names, e.g. {examples})")
 
 
 def parse_spec(spec: str) -> tuple[str, int]:

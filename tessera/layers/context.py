@@ -4,7 +4,8 @@ Objects: LayerContext (the ops, kernel or reference: layers/ops.py; the kernel s
 `linear_method(prefix)`, the LinearMethod each linear layer computes with: the seam where
 a quantization policy chooses per layer, quant/base.py), `make_context(KernelConfig,
 device, QuantPolicy)` (quant_policy.py: a format per layer prefix), `building(ctx)` and
-`current()`. The model loader builds the model inside
+`current()`. `layer_names`: the prefixes the policy was asked about (quant_policy.py:
+`check_patterns`). The model loader builds the model inside
 `with building(ctx):`; each layer keeps what it needs from `current()` in its __init__, so
 nothing global is read while the model runs. Outside `building` (a layer made alone, in a
 test), the default: reference ops and dense 16-bit linear layers.
@@ -33,6 +34,7 @@ class LayerContext:
     dense_method: LinearMethod  # 16-bit, for layers a policy never quantizes (LM head)
     device: torch.device
     quant_spec: Callable[[str], str] = lambda prefix: "none"  # prefix -> format (MoE experts)
+    layer_names: list[str] = dataclasses.field(default_factory=list)  # asked of the policy
 
     def describe(self, dtype: torch.dtype) -> dict[str, str]:
         """The kernel paths a model of this dtype built here takes (as built, not as
@@ -68,8 +70,13 @@ def make_context(kernel: KernelConfig, device: torch.device,
     for spec in sorted(policy.specs - {"none"}):
         kind, group = parse_spec(spec)
         methods[spec] = QuantizedLinearMethod(kind, group, kernel, ops, device)
-    return LayerContext(ops, kernel, lambda prefix: methods[policy.spec_for(prefix)], dense,
-                        device, policy.spec_for)
+    names: list[str] = []
+
+    def spec_for(prefix: str) -> str:  # recording the names, for check_patterns
+        names.append(prefix)
+        return policy.spec_for(prefix)
+    return LayerContext(ops, kernel, lambda prefix: methods[spec_for(prefix)], dense, device,
+                        spec_for, names)
 
 
 _current: Optional[LayerContext] = None

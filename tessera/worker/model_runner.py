@@ -33,7 +33,7 @@ from tessera.engine.protocol import (ModelRunnerOutput, NewRequestData, Schedule
 from tessera.layers.context import make_context
 from tessera.layers.ops import make_ops
 from tessera.quant.accounting import weight_bytes_by_precision
-from tessera.quant_policy import resolve_policy
+from tessera.quant_policy import check_patterns, resolve_policy
 from tessera.layers.moe import FUSED_MAX_TOKENS, fused_moe_captures
 from tessera.layers.sampler import SamplingBatch, gather_logprobs, sample
 from tessera.models.loader import load_model
@@ -77,6 +77,8 @@ class ModelRunner:
         self.ops = self.context.ops
         start = time.perf_counter()
         self.model = load_model(config, device, dtype, self.context)
+        if policy.quantized:  # a pattern naming no layer is a mistake, not a no-op
+            check_patterns(policy, self.context.layer_names, config.info.arch.num_layers)
         self.load_seconds = time.perf_counter() - start
         self.bytes_by_precision = weight_bytes_by_precision(self.model)  # {"int8": bytes, ...}
         self.weight_bytes = sum(self.bytes_by_precision.values())

@@ -87,6 +87,12 @@ def test_keep_full_precision_and_policy_reach_the_layers(tiny_llama):
     assert layers["2"].mlp.gate_up_proj.weight.dtype == torch.int8
 
 
+def test_a_keep_pattern_that_names_no_layer_is_refused(tiny_llama):
+    with pytest.raises(ValueError, match=r"'\*\.q_proj' matches no linear layer"):
+        LLM(tiny_llama[0], skip_tokenizer_init=True, device="cpu", num_blocks=16,
+            quantization="int8", keep_full_precision="*.q_proj")
+
+
 def test_int4_group_that_does_not_divide_names_the_layer(tiny_llama):
     folder, _ = tiny_llama  # hidden 64, intermediate 160
     with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.qkv_proj: int4 needs "

@@ -13,7 +13,7 @@ from tessera.models.checkpoint_quant import gguf_spec, tessera_prefix
 from tessera.models.weight_utils import dense, narrow, shape_of
 from tessera.quant.formats import (QuantizedWeight, dequantize, pack_int4, quant_linear_ref,
                                    quantize, unpack_int4)
-from tessera.quant_policy import (QuantPolicy, load_policy_file, parse_spec, policy_file_text,
+from tessera.quant_policy import (QuantPolicy, check_patterns, load_policy_file, parse_spec, policy_file_text,
                                   resolve_policy)
 
 
@@ -116,6 +116,18 @@ def test_policy_precedence():
     assert p.spec_for("model.layers.1.self_attn.qkv_proj") == "int8"
     assert p.specs == {"int8", "none", "int4/64", "int4/32"}
     assert parse_spec("int4/32") == ("int4", 32) and parse_spec("fp8") == ("fp8", 0)
+
+
+def test_patterns_that_name_no_layer_are_refused():
+    names = [f"model.layers.{i}.{m}" for i in (2, 3)  # a pipeline stage's layers
+             for m in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj")]
+    ok = QuantPolicy("int8", rules=(("model.layers.0.*", "none"),), keep=("*.o_proj",))
+    check_patterns(ok, names, num_layers=4)  # layer 0 is on another stage: still a layer
+    assert ok.unmatched(names) == ["model.layers.0.*"]
+    bad = QuantPolicy("int8", rules=(("model.layers.7.*", "none"),), keep=("*.q_proj",))
+    with pytest.raises(ValueError, match=r"'\*\.q_proj', 'model\.layers\.7\.\*' match no "
+                                         r"linear layer.*model\.layers\.0\.mlp\.gate_up_proj"):
+        check_patterns(bad, names, num_layers=4)
 
 
 def test_policy_from_the_checkpoint_and_the_command_line():
