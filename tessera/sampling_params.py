@@ -1,15 +1,20 @@
 """SamplingParams: how one request picks its tokens and when it stops.
 
 Validated at construction: a bad value raises ValueError naming the field, so the
-server can answer HTTP 400 and the engine never sees it. Field names follow vLLM and
-the OpenAI API so users' code carries over.
+server can answer HTTP 400 and the engine never sees it. Integers are integers (never
+true/false) below MAX_INT (2^31: they become int32/int64 tensors and msgpack frames),
+floats are finite. Token ids are checked against the vocabulary where it is known
+(frontend/input.py, and again by the engine core). Field names follow vLLM and the
+OpenAI API so users' code carries over.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional
 
 _MAX_LOGPROBS = 20
+MAX_INT = 2**31  # counts, top_k and token ids stay below it
 
 
 @dataclasses.dataclass
@@ -56,9 +61,20 @@ class SamplingParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 bad(name, "must be a number")
-        for name in ("n", "top_k", "min_tokens"):
-            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
+            try:
+                setattr(self, name, float(value))  # an int field value becomes its float
+            except OverflowError:
+                bad(name, "must be a finite number")
+            if not math.isfinite(getattr(self, name)):
+                bad(name, "must be a finite number")
+        for name in ("n", "top_k", "min_tokens", "max_tokens", "logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is None and name in ("max_tokens", "logprobs", "prompt_logprobs"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
                 bad(name, "must be an integer")
+            if not -MAX_INT < value < MAX_INT:
+                bad(name, "must be below 2^31 in magnitude")
         for name in ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "must be true or false")
@@ -94,8 +110,9 @@ class SamplingParams:
                 bad(name, f"must be an integer in [0, {_MAX_LOGPROBS}]")
         if any(not isinstance(s, str) or not s for s in self.stop):
             bad("stop", "must be non-empty strings")
-        if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
-            bad("stop_token_ids", "must be non-negative integers")
+        if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < MAX_INT
+               for t in self.stop_token_ids):
+            bad("stop_token_ids", "must be token ids (integers in [0, 2^31))")
 
     @property
     def greedy(self) -> bool:

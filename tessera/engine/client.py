@@ -46,6 +46,16 @@ class EngineClient(abc.ABC):
     def prepare_prompt(self, prompt: PromptType) -> PreparedPrompt:
         return self.input.prepare_prompt(prompt)
 
+    def check_fan_out(self, sequences: int) -> None:
+        """ValueError when one API request asks for more sequences (prompts x n) than the
+        waiting queue holds (--max-waiting): checked before any of them is sent, so one
+        request can neither fill the queue nor be half admitted."""
+        limit = self.config.scheduler.max_waiting
+        if sequences > limit:
+            raise ValueError(f"this request asks for {sequences} sequences (prompts x n); "
+                             f"the server takes at most {limit} in one request "
+                             f"(--max-waiting).")
+
     def _start(self, request_id: str, prompt: Union[PromptType, PreparedPrompt],
                params: SamplingParams, stream: bool = True) -> Children:
         """Validates, fans out, sends the children, registers the request's outputs."""

@@ -22,7 +22,7 @@ from typing import Any, Optional
 from tessera.config import EngineConfig
 from tessera.engine.kv_cache.manager import KVCacheManager
 from tessera.engine.protocol import EngineCoreOutput, ModelRunnerOutput, SchedulerOutput
-from tessera.engine.request import Request
+from tessera.engine.request import Request, check_token_ids
 from tessera.engine.scheduler import Scheduler
 from tessera.executor import executor_class
 from tessera.executor.base import Executor
@@ -74,6 +74,9 @@ class EngineCore:
         return self.kv.pool.num_blocks
 
     def add_request(self, req: Request) -> None:
+        """Queues req; ValueError for token ids outside the vocabulary (the core checks
+        what reaches it itself), QueueFullError when the waiting queue is full."""
+        check_token_ids(req.prompt_token_ids, req.params, self.config.info.arch.vocab_size)
         self.scheduler.add_request(req)
 
     def abort(self, request_ids: list[str]) -> None:

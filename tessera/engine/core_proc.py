@@ -6,8 +6,10 @@ with the engine config, its resolved model metadata included, as JSON on the com
 processes of its own). It connects a PULL socket for
 ClientMessages and a PUSH socket for EngineMessages, sends Ready once the model and KV
 cache are up (or Fatal), then loops: take every pending message (block only when idle),
-run one step, push its outputs with a stats snapshot. It exits on Shutdown, when its
-parent dies, or on an error (after sending Fatal).
+run one step, push its outputs with a stats snapshot. A message that does not decode, or
+a request the core refuses (token ids outside the vocabulary, a full queue), costs that
+request alone (Rejected). It exits on Shutdown, when its parent dies, or on an error in
+the step loop (after sending Fatal).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import os
 import sys
 import time
 
+import msgspec
 import zmq
 
 from tessera.config import EngineConfig
@@ -80,8 +83,26 @@ class EngineProc:
     def _drain_inbox(self) -> None:
         timeout = 0 if self.core.has_unfinished() else IDLE_POLL_MS
         while self.inbox.poll(timeout):
-            self._handle(ipc.client_decoder.decode(self.inbox.recv()))
+            frame = self.inbox.recv()
             timeout = 0
+            try:
+                msg = ipc.client_decoder.decode(frame)
+            except msgspec.MsgspecError as e:  # a bad frame costs its request, nothing more
+                self._refuse_frame(frame, e)
+                continue
+            self._handle(msg)
+
+    def _refuse_frame(self, frame: bytes, error: Exception) -> None:
+        """A frame that does not decode (a wrong type, a value SamplingParams refuses):
+        Rejected (400) for its request where its id can be read, else logged and dropped."""
+        try:
+            loose = msgspec.msgpack.decode(frame)
+        except msgspec.MsgspecError:
+            loose = None
+        rid = loose.get("request_id") if isinstance(loose, dict) else None
+        logger.warning("refused a message from the API process (request %r): %s", rid, error)
+        if isinstance(rid, str):
+            self._send(ipc.Rejected(rid, f"invalid request: {error}", 400))
 
     def run(self) -> None:
         last_stats = 0.0

@@ -58,6 +58,7 @@ class MPClient(EngineClient):
         self._queues: dict[str, asyncio.Queue] = {}
         self._child_parent: dict[str, str] = {}  # child request id -> its request
         self._children: dict[str, list[str]] = {}  # request id -> child ids sent
+        self._pending_aborts: list[str] = []  # child ids to abort, not yet sent
         self._ids = itertools.count()
         self._tmp: Optional[str] = None  # the IPC sockets' folder, while the engine runs
         self._proc: Optional[subprocess.Popen] = None
@@ -158,18 +159,35 @@ class MPClient(EngineClient):
 
     def _send_children(self, request_id: str, prompt: PreparedPrompt,
                        children: Children) -> None:
+        """All or none: if one child cannot be sent (a full send queue: RequestRejected
+        503), those already sent are aborted."""
         sent = self._children.setdefault(request_id, [])
-        for cid, child_params in children:
-            self._child_parent[cid] = request_id
-            sent.append(cid)
-            self._send(ipc.AddRequest(cid, prompt.token_ids, child_params))
+        try:
+            for cid, child_params in children:
+                self._child_parent[cid] = request_id
+                self._send(ipc.AddRequest(cid, prompt.token_ids, child_params))
+                sent.append(cid)
+        except RequestRejected:
+            if sent:
+                self._abort_children(list(sent))
+            raise
 
     def _abort_children(self, child_ids: list[str]) -> None:
-        if not self.dead:
-            try:
-                self._send(ipc.AbortRequests(child_ids))
-            except EngineDeadError:
-                pass  # nothing left to abort
+        self._pending_aborts.extend(child_ids)
+        self._flush_aborts()
+
+    def _flush_aborts(self) -> None:
+        """Sends the aborts not yet sent; with the send queue full they wait for the next
+        engine message (an abort must not be lost: the request would hold its blocks)."""
+        if not self._pending_aborts or self.dead:
+            return
+        ids, self._pending_aborts = self._pending_aborts, []
+        try:
+            self._send(ipc.AbortRequests(ids))
+        except RequestRejected:
+            self._pending_aborts = ids + self._pending_aborts
+        except EngineDeadError:
+            pass  # nothing left to abort
 
     def _forget(self, request_id: str) -> None:
         self._queues.pop(request_id, None)
@@ -179,8 +197,10 @@ class MPClient(EngineClient):
             obs.on_done(request_id)
 
     def _send(self, msg) -> None:
-        """Never blocks: with no engine to take it, the engine is dead (the event loop must
-        not wait on a peer that will not come back)."""
+        """Never blocks (the event loop must not wait on its peer). A full send queue is
+        backpressure, not death: the message's request is refused (RequestRejected 503),
+        the engine serves on; whether the engine lives is the process watch's and its
+        Fatal message's to say."""
         if self._proc is not None and self._proc.poll() is not None:
             self._fail(f"the engine process exited with code {self._proc.returncode}")
         if self.dead:
@@ -188,13 +208,15 @@ class MPClient(EngineClient):
         try:
             self._to_engine.send(ipc.encoder.encode(msg), flags=zmq.NOBLOCK)
         except zmq.Again:
-            self._fail("the engine process stopped taking requests")
-            raise EngineDeadError(self.dead) from None
+            logger.warning("the engine's input queue is full: a request is refused (503)")
+            raise RequestRejected("the server is busy: the engine's input queue is full; "
+                                  "retry later", 503) from None
 
     # -- engine messages -----------------------------------------------------------------
     async def _read_loop(self) -> None:
         while True:
             msg = ipc.engine_decoder.decode(await self._from_engine.recv())
+            self._flush_aborts()
             if isinstance(msg, ipc.Outputs):
                 self._on_outputs(msg)
             elif isinstance(msg, ipc.Rejected):

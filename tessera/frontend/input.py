@@ -68,9 +68,14 @@ class InputProcessor:
                              "new token must fit).")
         return PreparedPrompt(text, ids)
 
-    @staticmethod
-    def children(request_id: str, params: SamplingParams) -> list[tuple[str, SamplingParams]]:
-        """n > 1 becomes n single-sample requests; seeded ones get seeds seed, seed+1, ..."""
+    def children(self, request_id: str, params: SamplingParams
+                 ) -> list[tuple[str, SamplingParams]]:
+        """n > 1 becomes n single-sample requests; seeded ones get seeds seed, seed+1, ...
+        Stop token ids are checked against the vocabulary first (ValueError)."""
+        bad = next((t for t in params.stop_token_ids if t >= self.arch.vocab_size), None)
+        if bad is not None:
+            raise ValueError(f"stop_token_ids {bad} is outside the vocabulary "
+                             f"(0..{self.arch.vocab_size - 1}).")
         if params.n == 1:
             return [(request_id, params)]
         return [(f"{request_id}-{i}", params.clone(

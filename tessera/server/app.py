@@ -7,7 +7,9 @@ and the body-size bound (413) before any route runs; outside it, where origins a
 allowed, Starlette's CORS middleware answers preflights and marks responses. /health,
 /version and /metrics are open. Exception handlers render every error in the OpenAI shape:
 pydantic schema errors and ValueErrors as 400 naming the field, ApiError with its
-status, a refused request (queue full) as 503, a dead engine as 503.
+status, a refused request (queue full) as 503, a dead engine as 503, an unknown route or
+method as 404 / 405, and anything else as 500 with an incident id (the details go to the
+log, never to the client).
 """
 from __future__ import annotations
 
@@ -15,11 +17,13 @@ import dataclasses
 import hmac
 import json
 import logging
+import uuid
 from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tessera import __version__
 from tessera.server import kserve, openai_api
@@ -139,6 +143,19 @@ def create_app(state: ServerState, api_key: Optional[str] = None,
     @app.exception_handler(RequestRejected)
     async def on_rejected(request: Request, exc: RequestRejected):
         return error_response(exc.status, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException):
+        message = {404: "There is no such route.", 405: "This route does not take that method."}
+        return error_response(exc.status_code, message.get(exc.status_code, str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def on_internal_error(request: Request, exc: Exception):
+        incident = uuid.uuid4().hex[:12]
+        logger.error("internal error %s on %s %s", incident, request.method, request.url.path,
+                     exc_info=exc)
+        return error_response(500, f"Internal server error (incident {incident}; the "
+                                   "server's log has the details).")
 
     @app.exception_handler(EngineDeadError)
     async def on_dead(request: Request, exc: EngineDeadError):

@@ -50,7 +50,11 @@ def _params(s, parameters: Any) -> SamplingParams:
         raise ApiError(400, f"parameter {unknown[0]!r} is not supported (sampling parameters: "
                             f"{', '.join(sorted(_PARAM_FIELDS))}).", unknown[0])
     given.setdefault("max_tokens", 16)
-    return s.client.input.default_sampling_params(**given)
+    params = s.client.input.default_sampling_params(**given)
+    if params.n != 1:  # one text_output per input: more samples would be computed and lost
+        raise ApiError(400, f"n must be 1 on the KServe routes (one text_output per input), "
+                            f"got {params.n}.", "n")
+    return params
 
 
 def _refuse_keys(body: dict[str, Any], known: tuple[str, ...]) -> None:
@@ -102,7 +106,9 @@ async def infer(request: Request, name: str, version: Optional[str] = None):
     s = _model(request, name, version)
     body = await _json(request)
     _refuse_keys(body, ("id", "inputs", "outputs", "parameters"))
-    inputs = {i.get("name"): i for i in body.get("inputs", []) if isinstance(i, dict)}
+    if not isinstance(body.get("inputs"), list):
+        raise ApiError(400, "infer needs 'inputs', a list of tensors.", "inputs")
+    inputs = {i.get("name"): i for i in body["inputs"] if isinstance(i, dict)}
     tensor = inputs.get("text_input")
     if tensor is None or tensor.get("datatype", "BYTES") != "BYTES":
         raise ApiError(400, "infer needs a BYTES input tensor named 'text_input'.", "inputs")
@@ -110,6 +116,7 @@ async def infer(request: Request, name: str, version: Optional[str] = None):
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
         raise ApiError(400, "text_input.data must be a non-empty list of strings.", "inputs")
     params = _params(s, body.get("parameters"))
+    s.client.check_fan_out(len(texts))
     front = s.client.input
     prompts = [front.prepare_prompt(t) for t in texts]
     rid = body.get("id") or uuid.uuid4().hex

@@ -130,6 +130,7 @@ async def completions(body: CompletionRequest, request: Request):
     if front.tokenizer is None and needs:
         raise ApiError(400, f"{needs[0]} needs the model's tokenizer, and this server has none "
                        "(the new tokens come back as token_ids).", needs[0])
+    s.client.check_fan_out(len(body.prompts()) * body.n)  # before tokenizing any of them
     prompts = [front.prepare_prompt(p, check_length=False,
                                     add_special_tokens=body.add_special_tokens)
                for p in body.prompts()]
@@ -247,6 +248,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     max_tokens = _max_tokens(s, len(ids), body.requested_max_tokens(), "chat")
     k = (body.top_logprobs or 0) if body.logprobs else None
     params = body.sampling_params(front.generation_defaults, max_tokens, k, None)
+    s.client.check_fan_out(params.n)
     rid = f"chatcmpl-{uuid.uuid4().hex}"
     stream = s.client.generate(rid, prompt, params)
     if body.stream:

@@ -18,6 +18,8 @@ HTTP 400).
 """
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any, Callable, ClassVar, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -140,8 +142,9 @@ class _SamplingFields(_Request):
 
 
 def request_fields() -> set[str]:
-    """Every field a completion or chat request names (for errors' `param`)."""
-    return set(CompletionRequest.model_fields) | set(ChatCompletionRequest.model_fields)
+    """Every field a completion, chat or KServe request names (for errors' `param`)."""
+    return (set(CompletionRequest.model_fields) | set(ChatCompletionRequest.model_fields)
+            | {f.name for f in dataclasses.fields(SamplingParams)})
 
 
 class CompletionRequest(_SamplingFields):

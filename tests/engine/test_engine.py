@@ -12,6 +12,7 @@ import os
 import pytest
 
 from tessera import LLM, SamplingParams
+from tessera.engine.request import Request
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +106,14 @@ def test_bad_input_is_refused_and_disturbs_nothing(tiny_llama):
         llm.generate({"prompt_token_ids": []})
     with pytest.raises(ValueError, match="temperature"):
         SamplingParams(temperature=-1)
+    with pytest.raises(ValueError, match="stop_token_ids 1000000000 is outside the vocab"):
+        llm.generate({"prompt_token_ids": [1, 2]},  # min_tokens indexes logits with it
+                     SamplingParams(min_tokens=1, stop_token_ids=[10**9]))
+    core = llm.engine.core  # the core checks what reaches it on its own (frames from the API)
+    with pytest.raises(ValueError, match="stop_token_ids 384 is outside"):
+        core.add_request(Request("direct", [1, 2], SamplingParams(stop_token_ids=[384])))
+    with pytest.raises(ValueError, match="prompt token id -1 is outside"):
+        core.add_request(Request("direct", [1, -1], SamplingParams()))
     assert_no_leak(llm)  # the valid first prompt of the refused batch was never queued
     out = llm.generate({"prompt_token_ids": [1, 2]},
                        SamplingParams(temperature=0, max_tokens=100, ignore_eos=True))[0]

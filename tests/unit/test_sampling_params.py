@@ -43,6 +43,21 @@ from tessera.sampling_params import SamplingParams
     ("stop_token_ids", {"stop_token_ids": [-1]}),
     ("stop_token_ids", {"stop_token_ids": [5, -7]}),
     ("stop_token_ids", {"stop_token_ids": ["5"]}),
+    # issue 17: booleans are not integers, integers stay below 2^31, floats are finite
+    ("max_tokens", {"max_tokens": True}),
+    ("logprobs", {"logprobs": True}),
+    ("prompt_logprobs", {"prompt_logprobs": False}),
+    ("top_k", {"top_k": 2**63}),
+    ("max_tokens", {"max_tokens": 2**64}),
+    ("min_tokens", {"min_tokens": 2**31, "max_tokens": None}),
+    ("n", {"n": 2**40}),
+    ("stop_token_ids", {"stop_token_ids": [2**64]}),
+    ("temperature", {"temperature": float("nan")}),
+    ("temperature", {"temperature": float("inf")}),
+    ("top_p", {"top_p": float("nan")}),
+    ("repetition_penalty", {"repetition_penalty": float("inf")}),
+    ("repetition_penalty", {"repetition_penalty": 10**400}),
+    ("presence_penalty", {"presence_penalty": float("nan")}),
 ], ids=lambda v: repr(v) if isinstance(v, dict) else v)
 def test_invalid_value_raises_value_error_naming_the_field(field, kwargs):
     with pytest.raises(ValueError) as info:
@@ -141,3 +156,9 @@ def test_clone_applies_changes_and_revalidates():
     assert p.n == 3 and p.seed is None
     with pytest.raises(ValueError, match="temperature"):
         p.clone(temperature=-1.0)
+
+
+def test_an_integer_float_field_becomes_a_float():
+    """msgpack frames carry float fields as floats (an int of 2^64 could not be encoded)."""
+    p = SamplingParams(repetition_penalty=2**64, temperature=1)
+    assert isinstance(p.repetition_penalty, float) and isinstance(p.temperature, float)
