@@ -17,6 +17,15 @@ from tessera.sampling_params import SamplingParams
 PromptType = Union[str, list[int], dict]
 
 
+def check_text(text: str, what: str) -> None:
+    """ValueError unless text is encodable UTF-8 (JSON may carry a lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{what} is not valid Unicode text: a lone surrogate "
+                         f"{text[e.start]!r} at character {e.start}.") from None
+
+
 @dataclasses.dataclass
 class PreparedPrompt:
     text: Optional[str]
@@ -52,6 +61,7 @@ class InputProcessor:
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError("this engine has no tokenizer: pass prompt token ids.")
+            check_text(prompt, "the prompt")
             text, ids = prompt, self.tokenizer.encode(prompt,
                                                       add_special_tokens=add_special_tokens)
         else:
@@ -104,6 +114,8 @@ class InputProcessor:
         try:
             text = tok.apply_chat_template(messages, tokenize=False, chat_template=chat_template,
                                            add_generation_prompt=add_generation_prompt, **extra)
-        except jinja2.TemplateError as e:
-            raise ValueError(f"chat template error: {e}") from None
+        except (jinja2.TemplateError, TypeError, AttributeError, KeyError) as e:
+            # the template meeting values of the wrong shape (tools: 5) is the request's fault
+            raise ValueError(f"chat template error: {type(e).__name__}: {e}") from None
+        check_text(text, "the conversation")
         return tok.encode(text, add_special_tokens=add_special_tokens)

@@ -194,6 +194,8 @@ class ChatMessage(BaseModel):
                 if part.get("type") != "text":
                     raise ValueError(f"messages: content part type {part.get('type')!r} is not "
                                      "supported (text only).")
+                if not isinstance(part.get("text", ""), str):
+                    raise ValueError("messages: a text content part's text must be a string.")
                 texts.append(part.get("text", ""))
             content = "".join(texts)
         d = {"role": self.role, "content": content or ""}

@@ -91,6 +91,21 @@ def test_fan_out_past_the_queue_is_refused_before_anything_is_sent(http, model_n
     assert_error(r, 400, contains="1025 sequences")
 
 
+def test_malformed_text_is_a_400(http, model_name, before):
+    """Each was a 500: a lone surrogate reached the tokenizer, a number as a text part's
+    text, and the template iterating `tools: 5`."""
+    r = raw_post(http, "/v1/completions", f'{{"model": {json.dumps(model_name)}, '
+                                          f'"prompt": "a\\ud800b", "max_tokens": 2}}')
+    assert_error(r, 400, contains="lone surrogate")
+    chat = {"model": model_name, "max_tokens": 2}
+    r = http.post("/v1/chat/completions", json={**chat, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": 5}]}]})
+    assert_error(r, 400, contains="must be a string")
+    r = http.post("/v1/chat/completions", json={**chat, "chat_template_kwargs": {"tools": 5},
+                                                "messages": [{"role": "user", "content": "hi"}]})
+    assert_error(r, 400, contains="chat template error")
+
+
 def test_errors_outside_the_routes_take_the_openai_shape(http, model_name, before):
     assert_error(http.get("/v1/nothing-here"), 404, contains="no such route")
     assert_error(http.delete("/v1/completions"), 405)
