@@ -1,11 +1,11 @@
 """The FastAPI application: state, middleware, error mapping, routes.
 
 Objects: ServerState (engine client, metrics, served model names, start time),
-CorsOptions and `create_app(state, api_key, max_body_bytes, lifespan, cors)`. A pure-ASGI
-middleware enforces the API key (constant-time compare; /v1, /v2, /tokenize, /detokenize)
-and the body-size bound (413) before any route runs; outside it, where origins are
-allowed, Starlette's CORS middleware answers preflights and marks responses. /health,
-/version and /metrics are open. Exception handlers render every error in the OpenAI shape:
+CorsOptions and `create_app(state, api_key, max_body_bytes, lifespan, cors, metrics_open)`.
+A pure-ASGI middleware enforces the API key (constant-time compare; every route but the
+health probes and /version, /metrics too unless metrics_open) and the body-size bound (413) before any
+route runs; outside it, where origins are allowed, Starlette's CORS middleware answers
+preflights and marks responses. Exception handlers render every error in the OpenAI shape:
 pydantic schema errors and ValueErrors as 400 naming the field, ApiError with its
 status, a refused request (queue full) as 503, a dead engine as 503, an unknown route or
 method as 404 / 405, and anything else as 500 with an incident id (the details go to the
@@ -28,12 +28,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tessera import __version__
 from tessera.server import kserve, openai_api
 from tessera.engine.mp_client import EngineDeadError, MPClient, RequestRejected
-from tessera.server.errors import ApiError, error_body, error_response, param_of, validation_message
+from tessera.server.errors import (ApiError, error_body, error_response, param_of,
+                                   validation_message)
 from tessera.server.protocol import request_fields
 from tessera.server.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
-PROTECTED = ("/v1", "/v2", "/tokenize", "/detokenize")
+OPEN = ("/health", "/v2/health/live", "/v2/health/ready", "/version")  # never behind a key
 
 
 @dataclasses.dataclass
@@ -59,21 +60,31 @@ class CorsOptions:
 
 
 class GuardMiddleware:
-    """API key and body-size checks, answered before the app sees the request."""
+    """API key and body-size checks, answered before the app sees the request. With a
+    key, every route but the health probes and /version (OPEN) needs it, the docs and the schema
+    too, and /metrics unless metrics_open; the scheme is case-insensitive ("bearer
+    KEY"), the key compared in constant time, and a 401 says how to authenticate
+    (WWW-Authenticate: Bearer)."""
 
-    def __init__(self, app, api_key: Optional[str], max_body_bytes: int):
+    def __init__(self, app, api_key: Optional[str], max_body_bytes: int,
+                 metrics_open: bool = False):
         self.app, self.max_body = app, max_body_bytes
-        self.expected = f"Bearer {api_key}".encode() if api_key else None
+        self.key = api_key.encode() if api_key else None
+        self.open = OPEN + (("/metrics",) if metrics_open else ())
+
+    def _authorized(self, headers: dict) -> bool:
+        scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+        ok_key = hmac.compare_digest(given.strip(), self.key)
+        return scheme.lower() == b"bearer" and ok_key
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
-        if self.expected and scope["path"].startswith(PROTECTED):
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                return await _reply(send, 401, "Invalid or missing API key (Authorization: "
-                                               "Bearer <key>).")
+        if self.key and scope["path"] not in self.open and not self._authorized(headers):
+            return await _reply(send, 401, "Invalid or missing API key (Authorization: "
+                                           "Bearer <key>).",
+                                [(b"www-authenticate", b'Bearer realm="tessera"')])
         too_big = f"The request body is larger than {self.max_body} bytes."
         length = headers.get(b"content-length")
         if length is not None:
@@ -101,17 +112,18 @@ class GuardMiddleware:
         return await self.app(scope, replay, send)
 
 
-async def _reply(send, status: int, message: str) -> None:
+async def _reply(send, status: int, message: str, extra_headers: tuple = ()) -> None:
     body = json.dumps(error_body(status, message)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()),
+                            *extra_headers]})
     await send({"type": "http.response.body", "body": body})
 
 
 def create_app(state: ServerState, api_key: Optional[str] = None,
                max_body_bytes: int = 4 << 20, lifespan=None,
-               cors: Optional[CorsOptions] = None):
+               cors: Optional[CorsOptions] = None, metrics_open: bool = False):
     app = FastAPI(title="Tessera", version=__version__, lifespan=lifespan)
     app.state.tessera = state
     app.include_router(openai_api.router)
@@ -161,7 +173,7 @@ def create_app(state: ServerState, api_key: Optional[str] = None,
     async def on_dead(request: Request, exc: EngineDeadError):
         return error_response(503, f"The engine is not running: {exc}")
 
-    guarded = GuardMiddleware(app, api_key, max_body_bytes)
+    guarded = GuardMiddleware(app, api_key, max_body_bytes, metrics_open)
     if cors is None or not cors.allowed_origins:
         return guarded
     from starlette.middleware.cors import CORSMiddleware

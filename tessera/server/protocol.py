@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from typing import Any, Callable, ClassVar, Optional, Union
+from typing import Any, Callable, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -171,7 +171,7 @@ class ChatMessage(BaseModel):
     null refusal, no tool calls) are accepted; tool calls are refused with tools."""
     model_config = ConfigDict(extra="forbid")
 
-    role: str
+    role: Literal["system", "user", "assistant", "tool", "developer"]  # others: 400
     content: Optional[Union[str, list[dict[str, Any]]]] = None
     name: Optional[str] = None
     refusal: Optional[str] = None

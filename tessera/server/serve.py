@@ -52,8 +52,11 @@ def add_serve_parser(sub, parents: list) -> None:
                                                        "(default: 127.0.0.1)")
     g.add_argument("--port", type=port_number, default=8000, help="TCP port (default: 8000)")
     g.add_argument("--api-key", default=os.environ.get("TESSERA_API_KEY") or None,
-                   help="require 'Authorization: Bearer KEY' on /v1, /v2, /tokenize and "
-                        "/detokenize (default: $TESSERA_API_KEY, else no key)")
+                   help="require 'Authorization: Bearer KEY' on every route but the health "
+                        "probes (/health, /v2/health/live, /v2/health/ready) (default: "
+                        "$TESSERA_API_KEY, else no key)")
+    g.add_argument("--open-metrics", action="store_true",
+                   help="with --api-key, leave /metrics open (for a scraper without the key)")
     g.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
                    help="the model's names in the API: requests may use any, responses give "
                         f"the first (default: the model's path, or {DEFAULT_MODEL_NAME})")
@@ -161,7 +164,8 @@ async def serve(config: EngineConfig, args: argparse.Namespace) -> int:
 
     cors = CorsOptions(args.allowed_origins, args.allowed_methods, args.allowed_headers,
                        args.allow_credentials)
-    app = create_app(state, args.api_key, args.max_body_bytes, lifespan, cors)
+    app = create_app(state, args.api_key, args.max_body_bytes, lifespan, cors,
+                     args.open_metrics)
     server = uvicorn.Server(uvicorn.Config(
         app, log_config=uvicorn_log_config(args.log_level), log_level=args.log_level,
         access_log=not args.disable_access_log, timeout_graceful_shutdown=3))

@@ -50,12 +50,12 @@ def metric(text: str, name: str) -> float:
     return float(m.group(1))
 
 
-def wait_until_idle(base_url: str, timeout_s: float) -> bool:
+def wait_until_idle(base_url: str, timeout_s: float, headers: Optional[dict] = None) -> bool:
     """Polls /metrics until nothing runs or waits and the KV cache is empty (the engine's
     stats arrive within a second or so of going idle); False if that never happens."""
     deadline = time.monotonic() + timeout_s
     while True:
-        text = httpx.get(base_url + "/metrics", timeout=30).text
+        text = httpx.get(base_url + "/metrics", timeout=30, headers=headers).text
         if (metric(text, "tessera:num_requests_running") == 0
                 and metric(text, "tessera:num_requests_waiting") == 0
                 and metric(text, "tessera:kv_cache_usage_perc") == 0):

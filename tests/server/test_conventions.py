@@ -115,9 +115,9 @@ def _client(*args: str, stdin: str = "", key: str | None = KEY) -> subprocess.Co
 
 def _looked_up_tokens(conv) -> float:
     """Prompt tokens the engine has seen (every prompt is looked up in the prefix cache)."""
-    assert wait_until_idle(conv.base_url, 60)
+    assert wait_until_idle(conv.base_url, 60, AUTH)
     time.sleep(1.5)  # the engine's last stats
-    return metric(httpx.get(conv.base_url + "/metrics", timeout=30).text,
+    return metric(httpx.get(conv.base_url + "/metrics", timeout=30, headers=AUTH).text,
                   "tessera:prefix_cache_queries_total")
 
 

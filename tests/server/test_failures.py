@@ -45,9 +45,9 @@ def guarded(tmp_path_factory):
 
 # -- API key ----------------------------------------------------------------------------------
 PROTECTED = [("GET", "/v1/models", None), ("GET", "/v2", None),
-             ("GET", "/v2/health/ready", None),
              ("POST", "/tokenize", {"prompt": "hello"}),
-             ("POST", "/detokenize", {"tokens": [1, 2]})]
+             ("POST", "/detokenize", {"tokens": [1, 2]}),
+             ("GET", "/metrics", None), ("GET", "/openapi.json", None), ("GET", "/docs", None)]
 
 
 @pytest.mark.parametrize("method,path,body", PROTECTED, ids=[p[1] for p in PROTECTED])
@@ -61,6 +61,7 @@ def test_missing_or_wrong_key_is_401(guarded, method, path, body, headers):
                       timeout=TIMEOUT)
     err = assert_error(r, 401)
     assert err["type"] == "authentication_error"
+    assert r.headers["www-authenticate"].startswith("Bearer")
 
 
 @pytest.mark.parametrize("method,path,body", PROTECTED, ids=[p[1] for p in PROTECTED])
@@ -81,6 +82,15 @@ def test_health_is_open(guarded):
     r = httpx.get(guarded.base_url + "/health", timeout=TIMEOUT)
     assert r.status_code == 200
     assert r.json() == {"status": "ok"}
+    for probe in ("/v2/health/live", "/v2/health/ready"):  # Kubernetes probes carry no key
+        assert httpx.get(guarded.base_url + probe, timeout=TIMEOUT).status_code == 200
+
+
+def test_the_scheme_is_case_insensitive(guarded):
+    for scheme in ("bearer", "BEARER"):
+        r = httpx.get(guarded.v1 + "/models", headers={"Authorization": f"{scheme} {KEY}"},
+                      timeout=TIMEOUT)
+        assert r.status_code == 200, r.text
 
 
 # -- body bound -------------------------------------------------------------------------------
@@ -162,7 +172,7 @@ def test_full_queue_refuses_with_503_and_recovers(guarded, model_name):
         assert r.json()["usage"]["completion_tokens"] == max_tokens
 
     _still_serves(guarded)
-    assert wait_until_idle(guarded.base_url, 15), "requests or KV blocks left after the burst"
+    assert wait_until_idle(guarded.base_url, 15, AUTH), "requests or KV blocks left"
 
 
 # -- engine death -------------------------------------------------------------------------------

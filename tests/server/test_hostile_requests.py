@@ -104,6 +104,9 @@ def test_malformed_text_is_a_400(http, model_name, before):
     r = http.post("/v1/chat/completions", json={**chat, "chat_template_kwargs": {"tools": 5},
                                                 "messages": [{"role": "user", "content": "hi"}]})
     assert_error(r, 400, contains="chat template error")
+    r = http.post("/v1/chat/completions", json={**chat, "messages": [
+        {"role": "wizard", "content": "hi"}]})  # any role used to be rendered
+    assert_error(r, 400, param="messages.0.role")
 
 
 def test_errors_outside_the_routes_take_the_openai_shape(http, model_name, before):
