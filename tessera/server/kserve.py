@@ -22,7 +22,7 @@ from tessera import __version__
 from tessera.sampling_params import SamplingParams
 from tessera.server.errors import ApiError, error_body
 from tessera.server.openai_api import all_final, sse_response, until_disconnect
-from tessera.server.streaming import DeltaTracker, sse
+from tessera.server.streaming import DeltaTracker, admitted, sse
 
 router = APIRouter()
 _PARAM_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
@@ -157,6 +157,7 @@ async def generate(request: Request, name: str, version: Optional[str] = None):
 @router.post("/v2/models/{name}/versions/{version}/generate_stream")
 async def generate_stream(request: Request, name: str, version: Optional[str] = None):
     s, params, stream = await _generate_setup(request, name, version)
+    stream = (await admitted([stream]))[0]  # a refusal is the status, not an event
 
     async def events() -> AsyncIterator[str]:
         tracker = DeltaTracker(params.stop)

@@ -22,7 +22,7 @@ from tessera.server import openai_format as fmt
 from tessera.server.errors import ApiError, error_body
 from tessera.server.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                                      TokenizeRequest)
-from tessera.server.streaming import DeltaTracker, merge_streams, sse
+from tessera.server.streaming import DeltaTracker, admitted, merge_streams, sse
 
 router = APIRouter()
 
@@ -141,8 +141,10 @@ async def completions(body: CompletionRequest, request: Request):
             front.generation_defaults, max_tokens, body.logprobs,
             body.logprobs if body.echo and body.logprobs is not None else None))
     rid = f"cmpl-{uuid.uuid4().hex}"
-    streams = [s.client.generate(f"{rid}-{i}", p, sp) for i, (p, sp) in enumerate(zip(prompts, params))]
-    if body.stream:
+    streams = [s.client.generate(f"{rid}-{i}", p, sp)
+               for i, (p, sp) in enumerate(zip(prompts, params))]
+    if body.stream:  # a refusal is the response's status, not an event after a 200
+        streams = await admitted(streams)
         return sse_response(_completion_chunks(s, body, rid, model, prompts, params, streams))
     finals = await until_disconnect(request, all_final(streams))
     choices, completion_tokens = [], 0
@@ -252,6 +254,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     rid = f"chatcmpl-{uuid.uuid4().hex}"
     stream = s.client.generate(rid, prompt, params)
     if body.stream:
+        stream = (await admitted([stream]))[0]
         return sse_response(_chat_chunks(body, rid, model, prompt, params, stream))
     out = (await until_disconnect(request, all_final([stream])))[0]
     choices = []

@@ -4,7 +4,8 @@ Objects: DeltaTracker (per choice: how much text and how many tokens were alread
 while a request runs, the last `max_stop_len - 1` characters are held back, since a
 stop string completed later would cut them), `merge_streams` (several requests' output
 streams, e.g. a completions call with a list of prompts, as one stream of
-(prompt index, output)), `sse` (one Server-Sent Events frame).
+(prompt index, output)), `sse` (one Server-Sent Events frame), `admitted` (streams with
+their first outputs awaited, so a refused request is an HTTP status, not an event).
 """
 from __future__ import annotations
 
@@ -79,3 +80,43 @@ async def merge_streams(streams: list[AsyncIterator[RequestOutput]]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def admitted(streams: list[AsyncIterator[RequestOutput]]
+                   ) -> list[AsyncIterator[RequestOutput]]:
+    """The streams, each with its first output already awaited (all at once, so their
+    requests reach the engine together): whatever refuses a request before it produces
+    anything (a bad value: 400; a full queue: 503) raises here, before the route sends an
+    HTTP status and starts the event stream. If one raises, the others are closed (their
+    requests aborted) and the first error is raised."""
+    results = await asyncio.gather(*(_first_awaited(s) for s in streams),
+                                   return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        for r in results:
+            if not isinstance(r, BaseException):
+                await r.aclose()
+        raise errors[0]
+    return results
+
+
+async def _first_awaited(stream: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
+    it = stream.__aiter__()
+    try:
+        first = await it.__anext__()
+    except StopAsyncIteration:
+        first = _DONE
+    return _resumed(first, it)
+
+
+async def _resumed(first: Any, it: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
+    """first, then the rest of it; closing this closes it (its request is aborted)."""
+    try:
+        if first is not _DONE:
+            yield first
+            async for out in it:
+                yield out
+    finally:
+        close = getattr(it, "aclose", None)
+        if close is not None:
+            await close()

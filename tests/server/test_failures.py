@@ -175,6 +175,31 @@ def test_full_queue_refuses_with_503_and_recovers(guarded, model_name):
     assert wait_until_idle(guarded.base_url, 15, AUTH), "requests or KV blocks left"
 
 
+def test_a_refused_stream_is_a_503_status_not_an_event(guarded, model_name):
+    """Streams are admitted before their 200: a full queue answers 503 as the status."""
+    n = 8
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=guarded.v1, headers=AUTH, timeout=TIMEOUT,
+                                     limits=httpx.Limits(max_connections=n)) as client:
+            async def one(i):
+                body = {"model": model_name, "prompt": f"Stream {i} says", "max_tokens": 16,
+                        "ignore_eos": True, "stream": True}
+                async with client.stream("POST", "/completions", json=body) as r:
+                    return r.status_code, (await r.aread()).decode()
+            return await asyncio.gather(*[one(i) for i in range(n)])
+
+    results = asyncio.run(burst())
+    statuses = [status for status, _ in results]
+    assert 503 in statuses and 200 in statuses, statuses
+    for status, text in results:
+        if status == 200:  # a served stream has no error event in it
+            assert '"error"' not in text and text.rstrip().endswith("data: [DONE]"), text
+        else:
+            assert json.loads(text)["error"]["code"] == 503
+    assert wait_until_idle(guarded.base_url, 15, AUTH), "requests or KV blocks left"
+
+
 # -- engine death -------------------------------------------------------------------------------
 def _engine_child(server_pid: int) -> psutil.Process:
     deadline = time.monotonic() + 10

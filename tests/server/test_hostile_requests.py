@@ -109,6 +109,24 @@ def test_malformed_text_is_a_400(http, model_name, before):
     assert_error(r, 400, param="messages.0.role")
 
 
+@pytest.mark.parametrize("route", ["completions", "chat", "kserve"])
+def test_a_stream_refused_by_the_engine_client_is_a_400_status(http, model_name, before, route):
+    """A stop id outside the vocabulary is found where the request is admitted: the
+    stream's status says so (it used to be a 200 with an error event)."""
+    bad = {"max_tokens": 4, "min_tokens": 1, "stop_token_ids": [10**9]}
+    if route == "kserve":
+        r = http.post(f"/v2/models/{model_name}/generate_stream",
+                      json={"text_input": "Hi", "parameters": bad})
+    elif route == "chat":
+        r = http.post("/v1/chat/completions", json={
+            "model": model_name, "messages": [{"role": "user", "content": "Hi"}],
+            "stream": True, **bad})
+    else:
+        r = http.post("/v1/completions", json={"model": model_name, "prompt": ["Hi", "Ho"],
+                                               "stream": True, **bad})
+    assert_error(r, 400, contains="outside the vocabulary")
+
+
 def test_errors_outside_the_routes_take_the_openai_shape(http, model_name, before):
     assert_error(http.get("/v1/nothing-here"), 404, contains="no such route")
     assert_error(http.delete("/v1/completions"), 405)
