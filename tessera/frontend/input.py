@@ -41,6 +41,7 @@ class InputProcessor:
         self.model_path = info.path
         self.max_model_len = info.max_model_len
         self.generation_defaults = info.generation_defaults
+        self._max_text_bytes: Optional[int] = None  # `_check_size`'s bound, on first use
 
     def default_sampling_params(self, **overrides: Any) -> SamplingParams:
         return SamplingParams(**{**self.generation_defaults, **overrides})
@@ -62,6 +63,7 @@ class InputProcessor:
             if self.tokenizer is None:
                 raise ValueError("this engine has no tokenizer: pass prompt token ids.")
             check_text(prompt, "the prompt")
+            self._check_size(prompt)
             text, ids = prompt, self.tokenizer.encode(prompt,
                                                       add_special_tokens=add_special_tokens)
         else:
@@ -77,6 +79,20 @@ class InputProcessor:
                              f"length is {self.max_model_len} tokens (prompt plus at least one "
                              "new token must fit).")
         return PreparedPrompt(text, ids)
+
+    def _check_size(self, text: str) -> None:
+        """ValueError, before tokenizing, for a text too long to fit the context whatever
+        its tokens: more UTF-8 bytes than the context length times twice the longest
+        token's (a token's text in the vocabulary never has fewer bytes than it decodes
+        to); a prompt of megabytes costs no tokenizer time."""
+        if self._max_text_bytes is None:
+            vocab = self.tokenizer.get_vocab()
+            longest = max((len(t.encode("utf-8", "replace")) for t in vocab), default=1)
+            self._max_text_bytes = 2 * longest * self.max_model_len
+        if len(text) > self._max_text_bytes // 4 and \
+                len(text.encode("utf-8")) > self._max_text_bytes:
+            raise ValueError(f"the prompt has {len(text.encode('utf-8'))} bytes of text, more "
+                             f"than can fit the model's context of {self.max_model_len} tokens.")
 
     def children(self, request_id: str, params: SamplingParams
                  ) -> list[tuple[str, SamplingParams]]:

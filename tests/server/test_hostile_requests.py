@@ -127,6 +127,13 @@ def test_a_stream_refused_by_the_engine_client_is_a_400_status(http, model_name,
     assert_error(r, 400, contains="outside the vocabulary")
 
 
+def test_a_prompt_too_long_to_fit_is_refused_before_tokenizing(http, model_name, before):
+    """3 MB of text cannot fit 8192 tokens of SmolLM2 whatever its tokens (its longest is
+    162 bytes): refused by size (tokenizing it held the event loop for seconds)."""
+    r = http.post("/v1/completions", json={"model": model_name, "prompt": "x" * 3_000_000})
+    assert_error(r, 400, contains="more than can fit the model's context")
+
+
 def test_errors_outside_the_routes_take_the_openai_shape(http, model_name, before):
     assert_error(http.get("/v1/nothing-here"), 404, contains="no such route")
     assert_error(http.delete("/v1/completions"), 405)

@@ -23,9 +23,13 @@ import torch
 
 
 def _serve(tmp_path, *args: str) -> subprocess.Popen:
+    """`tessera serve` as a terminal would start it: Ctrl-C (SIGINT) not ignored, even
+    when this test run was itself started in the background (`cmd &` in a script ignores
+    SIGINT, and children inherit that)."""
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # the IPC folders go here
     return subprocess.Popen([sys.executable, "-m", "tessera", "serve", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _free_port() -> int:
