@@ -58,10 +58,12 @@ class LayerContext:
 
 
 def make_context(kernel: KernelConfig, device: torch.device,
-                 policy: Optional[QuantPolicy] = None) -> LayerContext:
+                 policy: Optional[QuantPolicy] = None,
+                 ops: Optional[ReferenceOps] = None) -> LayerContext:
     """The context a worker builds its model in; policy (quant_policy.py) picks each
-    linear layer's format (default: every layer dense)."""
-    ops = make_ops(kernel, device)
+    linear layer's format (default: every layer dense); ops: make_ops' (made here if
+    not given)."""
+    ops = ops or make_ops(kernel, device)
     dense = UnquantizedLinearMethod(kernel, ops, device)
     if policy is None or not policy.quantized:
         return LayerContext(ops, kernel, lambda prefix: dense, dense, device)

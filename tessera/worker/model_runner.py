@@ -71,9 +71,9 @@ class ModelRunner:
         self.block_size = config.cache.block_size
         self.arch = config.info.arch
         self.max_model_len = config.max_model_len
-        policy = resolve_policy(config.quant, config.info,
-                                native=make_ops(config.kernel, device).kernels)
-        self.context = make_context(config.kernel, device, policy)
+        ops = make_ops(config.kernel, device)  # where kernels run, a GGUF stays quantized
+        policy = resolve_policy(config.quant, config.info, native=ops.kernels)
+        self.context = make_context(config.kernel, device, policy, ops)
         self.ops = self.context.ops
         start = time.perf_counter()
         self.model = load_model(config, device, dtype, self.context)
