@@ -164,8 +164,8 @@ class MPClient(EngineClient):
         sent = self._children.setdefault(request_id, [])
         try:
             for cid, child_params in children:
-                self._child_parent[cid] = request_id
                 self._send(ipc.AddRequest(cid, prompt.token_ids, child_params))
+                self._child_parent[cid] = request_id  # (replies are read after this)
                 sent.append(cid)
         except RequestRejected:
             if sent:

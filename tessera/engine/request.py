@@ -17,12 +17,13 @@ from typing import Optional
 from tessera.sampling_params import SamplingParams
 
 
-def check_token_ids(prompt_token_ids: list[int], params: SamplingParams,
+def check_token_ids(prompt_token_ids: list[int], params: Optional[SamplingParams],
                     vocab_size: int) -> None:
-    """ValueError unless every prompt and stop token id is an integer in the vocabulary
-    (the sampler indexes logits with stop ids while min_tokens holds them back)."""
-    for what, ids in (("prompt token id", prompt_token_ids),
-                      ("stop_token_ids", params.stop_token_ids)):
+    """ValueError unless every prompt and stop token id (params', if given) is an
+    integer in the vocabulary (the sampler indexes logits with stop ids while min_tokens
+    holds them back). The front end checks here, and the engine core again."""
+    stop = params.stop_token_ids if params is not None else []
+    for what, ids in (("prompt token id", prompt_token_ids), ("stop_token_ids", stop)):
         bad = next((t for t in ids if isinstance(t, bool) or not isinstance(t, int)
                     or not 0 <= t < vocab_size), None)
         if bad is not None:

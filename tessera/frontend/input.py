@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any, Optional, Union
 
 from tessera.config import EngineConfig
+from tessera.engine.request import check_token_ids
 from tessera.sampling_params import SamplingParams
 
 PromptType = Union[str, list[int], dict]
@@ -68,10 +69,7 @@ class InputProcessor:
                                                       add_special_tokens=add_special_tokens)
         else:
             text, ids = None, list(prompt)
-            bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < self.arch.vocab_size]
-            if bad:
-                raise ValueError(f"prompt token id {bad[0]!r} is outside the vocabulary "
-                                 f"(0..{self.arch.vocab_size - 1}).")
+            check_token_ids(ids, None, self.arch.vocab_size)
         if not ids:
             raise ValueError("the prompt is empty.")
         if check_length and len(ids) >= self.max_model_len:
@@ -89,19 +87,18 @@ class InputProcessor:
             vocab = self.tokenizer.get_vocab()
             longest = max((len(t.encode("utf-8", "replace")) for t in vocab), default=1)
             self._max_text_bytes = 2 * longest * self.max_model_len
-        if len(text) > self._max_text_bytes // 4 and \
-                len(text.encode("utf-8")) > self._max_text_bytes:
-            raise ValueError(f"the prompt has {len(text.encode('utf-8'))} bytes of text, more "
-                             f"than can fit the model's context of {self.max_model_len} tokens.")
+        if len(text) <= self._max_text_bytes // 4:  # 4 bytes a character at most
+            return
+        size = len(text.encode("utf-8"))
+        if size > self._max_text_bytes:
+            raise ValueError(f"the prompt has {size} bytes of text, more than can fit the "
+                             f"model's context of {self.max_model_len} tokens.")
 
     def children(self, request_id: str, params: SamplingParams
                  ) -> list[tuple[str, SamplingParams]]:
         """n > 1 becomes n single-sample requests; seeded ones get seeds seed, seed+1, ...
         Stop token ids are checked against the vocabulary first (ValueError)."""
-        bad = next((t for t in params.stop_token_ids if t >= self.arch.vocab_size), None)
-        if bad is not None:
-            raise ValueError(f"stop_token_ids {bad} is outside the vocabulary "
-                             f"(0..{self.arch.vocab_size - 1}).")
+        check_token_ids([], params, self.arch.vocab_size)
         if params.n == 1:
             return [(request_id, params)]
         return [(f"{request_id}-{i}", params.clone(

@@ -3,8 +3,8 @@
 Objects: `SkinnyConfig` (block_n rows of W a program, block_k columns a step, warps,
 pipeline stages, split_k programs along K), `pick_config` (the entry: `tuned_config` for
 a dense W or `quant_config` for a quantized one, the CONFIG_OVERRIDES /
-QUANT_CONFIG_OVERRIDES A/B knobs, within the SMEM_CAP_BYTES one), `split_for` (how many
-programs share K), `weight_bits`, `shared_memory_bytes`.
+QUANT_CONFIG_OVERRIDES A/B knobs, within the SMEM_CAP_BYTES one; `quant_config` also picks
+how many programs share K), `weight_bits`, `shared_memory_bytes`.
 """
 from __future__ import annotations
 

@@ -3,9 +3,9 @@
 Objects: ServerState (engine client, metrics, served model names, start time),
 CorsOptions and `create_app(state, api_key, max_body_bytes, lifespan, cors, metrics_open)`.
 A pure-ASGI middleware enforces the API key (constant-time compare; every route but the
-health probes and /version, /metrics too unless metrics_open) and the body-size bound (413) before any
-route runs; outside it, where origins are allowed, Starlette's CORS middleware answers
-preflights and marks responses. Exception handlers render every error in the OpenAI shape:
+health probes and /version, /metrics too unless metrics_open) and the body-size bound
+(413) before any route runs; outside it, where origins are allowed, Starlette's CORS
+middleware answers preflights and marks responses. Exception handlers render every error in the OpenAI shape:
 pydantic schema errors and ValueErrors as 400 naming the field, ApiError with its
 status, a refused request (queue full) as 503, a dead engine as 503, an unknown route or
 method as 404 / 405, and anything else as 500 with an incident id (the details go to the
@@ -61,8 +61,8 @@ class CorsOptions:
 
 class GuardMiddleware:
     """API key and body-size checks, answered before the app sees the request. With a
-    key, every route but the health probes and /version (OPEN) needs it, the docs and the schema
-    too, and /metrics unless metrics_open; the scheme is case-insensitive ("bearer
+    key, every route but the health probes and /version (OPEN) needs it, the docs and the
+    schema too, and /metrics unless metrics_open; the scheme is case-insensitive ("bearer
     KEY"), the key compared in constant time, and a 401 says how to authenticate
     (WWW-Authenticate: Bearer)."""
 
