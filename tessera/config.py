@@ -5,8 +5,9 @@ Objects: ModelConfig (which checkpoint, dtype, device), CacheConfig (paged KV ca
 SchedulerConfig (token budget per step, sequences per step), ParallelConfig (TP/PP/EP,
 which executor), KernelConfig (which kernels run: the switches of the fast paths),
 QuantConfig (quantized weights: the method, the layers kept 16-bit, a policy file),
+SpeculativeConfig (speculative decoding: a draft model or n-gram drafts, how many tokens),
 ModelInfo (the checkpoint's metadata, resolved once by the front end:
-frontend/model_info.py) and EngineConfig, which holds them all.
+frontend/model_info.py; the draft model's too) and EngineConfig, which holds them all.
 `EngineConfig.from_kwargs(**kw)` routes flat keyword arguments (the ones `LLM(...)` and the
 CLI take) to the right part; each part validates itself in `__post_init__` and raises
 ValueError naming the field. `to_json()` / `from_json()` carry the whole config, the
@@ -29,6 +30,8 @@ KERNEL_BACKENDS = ("auto", "triton", "reference")
 KERNEL_MODES = ("auto", "off", "always")
 EXECUTORS = ("auto", "uni", "mp")
 QUANTIZATIONS = ("none", "int8", "fp8", "int4")
+SPEC_METHODS = ("draft", "ngram")
+MAX_SPEC_TOKENS = 16
 
 
 def _field(default: Any, help: str, choices: Optional[tuple] = None) -> Any:
@@ -209,6 +212,54 @@ class QuantConfig:
 
 
 @dataclasses.dataclass
+class SpeculativeConfig:
+    """Speculative decoding (spec_decode/): drafts proposed each step, verified by the
+    target in one pass; off unless a method or a draft model is given."""
+    speculative_model: Optional[str] = _field(
+        None, "draft model (HF folder or .gguf with the target's tokenizer): it proposes "
+              "tokens that the model verifies in one pass")
+    speculative_method: Optional[str] = _field(
+        None, "draft (a --speculative-model; the default when one is given) or ngram "
+              "(prompt lookup: drafts copied from earlier text of the same request)",
+        SPEC_METHODS)
+    num_speculative_tokens: int = _field(4, "drafts per step, at most (1..16)")
+    ngram_min: int = _field(1, "ngram: shortest suffix matched")
+    ngram_max: int = _field(4, "ngram: longest suffix matched (tried first)")
+    speculative_max_batch: int = _field(
+        32, "no drafts in a step of more requests than this: at large batch a step is "
+            "compute-bound and verifying drafts costs more than it saves")
+    speculative_adaptive: bool = _field(
+        True, "drafts per request from its running acceptance rate")
+
+    def __post_init__(self) -> None:
+        if self.speculative_method is not None and self.speculative_method not in SPEC_METHODS:
+            raise ValueError(f"speculative_method {self.speculative_method!r} is not one of "
+                             f"{', '.join(SPEC_METHODS)}.")
+        if self.speculative_method == "ngram" and self.speculative_model:
+            raise ValueError("speculative_method 'ngram' drafts without a model; drop "
+                             f"speculative_model {self.speculative_model!r}, or use method "
+                             "'draft'.")
+        if self.speculative_method == "draft" and not self.speculative_model:
+            raise ValueError("speculative_method 'draft' needs a speculative_model.")
+        if not 1 <= self.num_speculative_tokens <= MAX_SPEC_TOKENS:
+            raise ValueError(f"num_speculative_tokens must be in 1..{MAX_SPEC_TOKENS}, got "
+                             f"{self.num_speculative_tokens}.")
+        if not 1 <= self.ngram_min <= self.ngram_max:
+            raise ValueError(f"ngram_min ({self.ngram_min}) and ngram_max ({self.ngram_max}) "
+                             "must satisfy 1 <= ngram_min <= ngram_max.")
+        if self.speculative_max_batch < 1:
+            raise ValueError(f"speculative_max_batch must be >= 1, got "
+                             f"{self.speculative_max_batch}.")
+
+    @property
+    def method(self) -> Optional[str]:
+        """"draft", "ngram", or None (no speculation)."""
+        if self.speculative_method:
+            return self.speculative_method
+        return "draft" if self.speculative_model else None
+
+
+@dataclasses.dataclass
 class ModelInfo:
     """The checkpoint's metadata, resolved once (frontend/model_info.py) and shipped with
     the config: no other process reads the checkpoint's config again."""
@@ -228,7 +279,8 @@ class ModelInfo:
 
 
 PARTS = (("model", ModelConfig), ("cache", CacheConfig), ("scheduler", SchedulerConfig),
-         ("parallel", ParallelConfig), ("kernel", KernelConfig), ("quant", QuantConfig))
+         ("parallel", ParallelConfig), ("kernel", KernelConfig), ("quant", QuantConfig),
+         ("speculative", SpeculativeConfig))
 
 
 @dataclasses.dataclass
@@ -239,10 +291,15 @@ class EngineConfig:
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
     kernel: KernelConfig = dataclasses.field(default_factory=KernelConfig)
     quant: QuantConfig = dataclasses.field(default_factory=QuantConfig)
+    speculative: SpeculativeConfig = dataclasses.field(default_factory=SpeculativeConfig)
     model_info: Optional[ModelInfo] = None  # filled by the front end, before any process starts
+    draft_info: Optional[ModelInfo] = None  # the draft model's, with speculative_model
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "EngineConfig":
+        """speculative_config={"model": ..., "method": ..., "num_speculative_tokens": ...}
+        (vLLM's shape) is taken as the speculative_* options."""
+        kwargs.update(_speculative_kwargs(kwargs.pop("speculative_config", None)))
         parts = {}
         for name, part_cls in PARTS:
             fields = {f.name for f in dataclasses.fields(part_cls)}
@@ -270,5 +327,24 @@ class EngineConfig:
     def from_json(cls, text: str) -> "EngineConfig":
         d = json.loads(text)
         parts = {name: part_cls(**d[name]) for name, part_cls in PARTS}
-        info = d.get("model_info")
-        return cls(**parts, model_info=ModelInfo.from_dict(info) if info else None)
+        info, draft = d.get("model_info"), d.get("draft_info")
+        return cls(**parts, model_info=ModelInfo.from_dict(info) if info else None,
+                   draft_info=ModelInfo.from_dict(draft) if draft else None)
+
+
+def _speculative_kwargs(spec: Optional[dict[str, Any]]) -> dict[str, Any]:
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict):
+        raise TypeError("speculative_config must be a dict, e.g. {'method': 'ngram', "
+                        "'num_speculative_tokens': 4}.")
+    short = {"model": "speculative_model", "method": "speculative_method"}
+    names = {f.name for f in dataclasses.fields(SpeculativeConfig)} - set(short.values())
+    out = {}
+    for key, value in spec.items():
+        name = short.get(key, key)
+        if name not in names and key not in short:
+            raise TypeError(f"unknown speculative_config key {key!r}; known: model, method, "
+                            f"{', '.join(sorted(names))}.")
+        out[name] = value
+    return out

@@ -3,7 +3,9 @@
 `step()`: schedule -> executor.execute -> scheduler.update_from_output -> outputs.
 With pipeline stages, up to one batch per stage is in flight: `submit` several disjoint
 batches, `collect` the oldest's output (the stages work on different batches at once).
-With async scheduling (one device), two steps are in flight: step N+1 is scheduled and
+With speculative decoding, steps are synchronous (each step's drafts come back with the
+step before's output). With async scheduling (one device, no speculation), two steps are
+in flight: step N+1 is scheduled and
 submitted before step N's output is collected, so the scheduler, input preparation and
 output handling of one step run while the device computes the other.
 The core never touches tensors or CUDA: its executor (executor/base.py; picked by
@@ -42,9 +44,12 @@ class EngineCore:
         self.kv = KVCacheManager(num_blocks, config.cache.block_size,
                                  config.cache.enable_prefix_caching)
         pp = config.parallel.pipeline_parallel_size
-        overlap = pp == 1 and config.scheduler.async_scheduling
+        spec = config.speculative
+        # speculation steps synchronously: a step's drafts come from the step before
+        overlap = pp == 1 and config.scheduler.async_scheduling and spec.method is None
+        lookahead = spec.num_speculative_tokens if spec.method == "draft" else 0
         self.scheduler = Scheduler(config.scheduler, self.kv, max_model_len,
-                                   schedule_in_flight=overlap)
+                                   schedule_in_flight=overlap, num_lookahead=lookahead)
         self.num_steps = 0
         self.pipeline_depth = 2 if overlap else pp
         self._in_flight: deque = deque()
@@ -125,6 +130,8 @@ class EngineCore:
         both on one loaded model). Pipeline stages keep their own depth."""
         if self.has_unfinished():
             raise RuntimeError("async scheduling can only be switched while the engine is idle")
+        if enabled and self.config.speculative.method is not None:
+            return  # speculation steps synchronously
         if self.config.parallel.pipeline_parallel_size == 1:
             self.scheduler.schedule_in_flight = enabled
             self.pipeline_depth = 2 if enabled else 1
@@ -139,7 +146,9 @@ class EngineCore:
                 "preemptions": s.num_preemptions, "prompt_tokens": self.prompt_tokens_total,
                 "generation_tokens": self.generation_tokens_total, "steps": self.num_steps,
                 "prefix_hit_tokens": self.kv.hit_tokens,
-                "prefix_query_tokens": self.kv.query_tokens}
+                "prefix_query_tokens": self.kv.query_tokens,
+                "spec_drafted": s.num_drafted, "spec_accepted": s.num_accepted,
+                "spec_verify_steps": s.num_verify_steps}
 
     def _record_shape(self, sched: SchedulerOutput) -> None:
         reqs = self.scheduler.requests

@@ -4,8 +4,8 @@ SchedulerOutput (core -> worker): new requests in full (`NewRequestData`), runni
 as diffs (`CachedRequestData`: new block ids and this step's tokens), tokens to compute per
 request (speculative tokens to verify included: `scheduled_spec_token_ids`), and requests
 the worker can forget. ModelRunnerOutput (worker -> core): per request the tokens a step
-sampled (a list: several when speculative tokens were accepted; one today) and their
-logprobs. EngineCoreOutput (core -> front end): per request, its new tokens and finish.
+sampled (a list: several when speculative tokens were accepted) and their logprobs, and
+the drafts proposed for each request's next step. EngineCoreOutput (core -> front end): per request, its new tokens and finish.
 WorkerInfo (worker -> executor -> core): what a worker set up.
 Plain data only (ints, floats, strings, lists): these cross process boundaries (msgspec).
 """
@@ -67,6 +67,8 @@ class ModelRunnerOutput:
     logprobs: dict[str, list[LogprobsEntry]]  # one entry per sampled token
     # request id -> (first prompt position covered, entries for positions from there)
     prompt_logprobs: dict[str, tuple[int, list[LogprobsEntry]]]
+    # request id -> draft tokens proposed for its next step (speculative decoding)
+    spec_token_ids: dict[str, list[int]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass

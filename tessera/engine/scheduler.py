@@ -42,8 +42,9 @@ class QueueFullError(RuntimeError):
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig, kv: KVCacheManager, max_model_len: int,
-                 schedule_in_flight: bool = False):
+                 schedule_in_flight: bool = False, num_lookahead: int = 0):
         self.config = config
+        self.num_lookahead = num_lookahead  # slots past a step's tokens a draft model writes
         self.schedule_in_flight = schedule_in_flight
         self.kv = kv
         self.max_model_len = max_model_len
@@ -54,6 +55,7 @@ class Scheduler:
         self.num_preemptions = 0
         self.queue_times: dict[str, float] = {}  # first admissions since last drained
         self.in_flight: set[str] = set()  # scheduled in a step whose output is not back yet
+        self.num_drafted = self.num_accepted = self.num_verify_steps = 0  # speculation
 
     # -- admission and abort ---------------------------------------------------------
     def add_request(self, req: Request) -> None:
@@ -62,7 +64,8 @@ class Scheduler:
         if len(self.waiting) >= self.config.max_waiting:
             raise QueueFullError(f"the waiting queue is full ({self.config.max_waiting} requests)")
         max_tokens = req.params.max_tokens
-        longest = min(req.num_prompt_tokens + (max_tokens or self.max_model_len), self.max_model_len)
+        longest = min(req.num_prompt_tokens + (max_tokens or self.max_model_len)
+                      + self.num_lookahead, self.max_model_len)
         capacity = self.kv.pool.num_blocks * self.kv.block_size
         if self.kv.blocks_needed(longest) > self.kv.pool.num_blocks:
             raise ValueError(
@@ -105,7 +108,7 @@ class Scheduler:
             if n <= 0:
                 i += 1
                 continue
-            new_blocks = self.kv.allocate_slots(req, n)
+            new_blocks = self.kv.allocate_slots(req, n, num_lookahead=self._lookahead(req, n))
             while new_blocks is None:  # short of blocks: preempt the newest running request
                 victim = self._newest_idle()
                 if victim is None:
@@ -115,7 +118,8 @@ class Scheduler:
                 preempted.add(victim.request_id)
                 if victim is req:
                     break
-                new_blocks = self.kv.allocate_slots(req, n)
+                new_blocks = self.kv.allocate_slots(req, n,
+                                                    num_lookahead=self._lookahead(req, n))
             if new_blocks is None:
                 break
             start = req.num_computed_tokens  # tokens still being sampled are not known here
@@ -137,7 +141,8 @@ class Scheduler:
             hits = self.kv.find_prefix(req)  # a new or preempted request computes from 0
             num_hit = len(hits) * self.kv.block_size
             n = min(req.num_tokens - num_hit, budget)
-            if self.kv.allocate_slots(req, n, hits) is None:
+            lookahead = self._lookahead(req, num_hit + n, admitted=True)
+            if self.kv.allocate_slots(req, n, hits, lookahead) is None:
                 break
             req.num_computed_tokens = num_hit
             req.num_cached_tokens = max(req.num_cached_tokens, num_hit)
@@ -170,6 +175,12 @@ class Scheduler:
                 return 0  # the tokens in flight finish it
             return ahead - req.num_computed_tokens  # no drafts behind unknown tokens
         return ahead + len(self._drafts(req)) - req.num_computed_tokens
+
+    def _lookahead(self, req: Request, n: int, admitted: bool = False) -> int:
+        """Slots a draft model writes beyond the step's n tokens (its drafts for the next
+        step), within the context."""
+        computed = (0 if admitted else req.num_computed_tokens) + n
+        return max(0, min(self.num_lookahead, self.max_model_len - computed))
 
     def _drafts(self, req: Request) -> list[int]:
         """The drafts a step may verify: none at a position past the context length, nor
@@ -213,6 +224,9 @@ class Scheduler:
                 continue
             if spec and rid in spec:  # the drafts it rejected go back
                 req.num_computed_tokens -= len(spec[rid]) - (len(tokens) - 1)
+                self.num_drafted += len(spec[rid])
+                self.num_accepted += len(tokens) - 1
+                self.num_verify_steps += 1
             req.num_pending_tokens -= 1
             new, status = self._append(req, tokens)
             self.kv.cache_blocks(req)
@@ -222,6 +236,8 @@ class Scheduler:
             if status is not None:
                 self.running.remove(req)
                 self._finish(req, status)
+            else:
+                req.spec_token_ids = list(out.spec_token_ids.get(rid, ()))
             outputs.append(EngineCoreOutput(rid, new, lps, prompt_lps, req.finish_reason,
                                             req.stop_reason, req.num_cached_tokens))
         return outputs

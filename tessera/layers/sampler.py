@@ -1,7 +1,9 @@
 """Sampler: one batch of logits -> one token per row, each row with its own settings.
 
 Objects: SamplingBatch (per-row settings as tensors, built by the model runner) and
-`sample(logits, batch, argmax)`; `argmax` is the model's ops' (layers/ops.py: the
+`sample(logits, batch, argmax)`, made of `adjusted_logits` (bans, penalties),
+`probabilities` (temperature and the filters) and `race` (the draw), which speculative
+decoding's rejection sampler (spec_decode/rejection.py) uses too; `argmax` is the model's ops' (layers/ops.py: the
 split-row kernel on a GPU), for greedy rows and the race's draw. Order:
 logprobs of the raw distribution (what users are shown) -> min_tokens bans ->
 repetition/presence/frequency penalties -> greedy rows take the argmax; the others:
@@ -50,22 +52,29 @@ def sample(logits: torch.Tensor, batch: SamplingBatch, argmax: Argmax = argmax_r
     per row or None). Without logprobs nothing waits for the device."""
     raw_logprobs = (torch.log_softmax(logits, dim=-1)
                     if any(n is not None for n in batch.num_logprobs) else None)
+    logits = adjusted_logits(logits, batch)
+    greedy_ids = argmax(logits)  # [N]
+    if batch.all_greedy:
+        tokens = greedy_ids
+    else:
+        sampled = race(probabilities(logits, batch), batch.generators, argmax)
+        tokens = torch.where(batch.temperature < 1e-5, greedy_ids, sampled)
+    entries = [None] * tokens.shape[0]
+    if raw_logprobs is not None:
+        entries = gather_logprobs(raw_logprobs, tokens, batch.num_logprobs)
+    return tokens, entries
+
+
+def adjusted_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """A copy of logits [N, V] with min_tokens bans and penalties applied: what greedy
+    rows take the argmax of, and random rows' filters start from."""
     logits = logits.clone()
     for row, banned in enumerate(batch.banned_token_ids):
         if banned:
             logits[row, banned] = float("-inf")
     if batch.any_penalty:
         apply_penalties(logits, batch)
-    greedy_ids = argmax(logits)  # [N]
-    if batch.all_greedy:
-        tokens = greedy_ids
-    else:
-        sampled = _sample_random(logits, batch, argmax)
-        tokens = torch.where(batch.temperature < 1e-5, greedy_ids, sampled)
-    entries = [None] * tokens.shape[0]
-    if raw_logprobs is not None:
-        entries = gather_logprobs(raw_logprobs, tokens, batch.num_logprobs)
-    return tokens, entries
+    return logits
 
 
 def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> None:
@@ -87,7 +96,10 @@ def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> None:
     logits -= batch.presence_penalty[:, None] * (out_counts > 0).float()
 
 
-def _sample_random(logits: torch.Tensor, batch: SamplingBatch, argmax: Argmax) -> torch.Tensor:
+def probabilities(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """Adjusted logits [N, V] -> the distribution random rows draw from [N, V]:
+    temperature, top-k, top-p, min-p (greedy rows get temperature 1; callers take their
+    argmax instead)."""
     temp = torch.where(batch.temperature < 1e-5, torch.ones_like(batch.temperature),
                        batch.temperature)
     logits = logits / temp[:, None]
@@ -99,11 +111,17 @@ def _sample_random(logits: torch.Tensor, batch: SamplingBatch, argmax: Argmax) -
     if use_min_p:
         floor = batch.min_p[:, None] * probs.max(dim=-1, keepdim=True).values
         probs = torch.where(probs < floor, torch.zeros_like(probs), probs)
+    return probs
+
+
+def race(probs: torch.Tensor, generators: list[torch.Generator], argmax: Argmax) -> torch.Tensor:
+    """One draw per row of probs [N, V] (unnormalized is fine): argmax p / q with
+    q ~ Exp(1) from the row's generator -> [N] int64."""
     q = torch.empty_like(probs)
-    if all(g is batch.generators[0] for g in batch.generators):
-        q.exponential_(generator=batch.generators[0])
+    if all(g is generators[0] for g in generators):
+        q.exponential_(generator=generators[0])
     else:
-        for row, gen in enumerate(batch.generators):
+        for row, gen in enumerate(generators):
             q[row].exponential_(generator=gen)
     return argmax(probs / q)
 

@@ -4,14 +4,16 @@ Objects: RequestState (what the worker keeps between steps: tokens, blocks, comp
 count, sampling settings, its generator), StepInputs (flat tensors for the model plus
 which rows sample or score prompt tokens), and `prepare_inputs(states, scheduled)`.
 Ragged layout: the new tokens of all requests are packed one after another in
-`input_ids` [T]; nothing is padded. With async scheduling a decode's input token may
+`input_ids` [T]; nothing is padded. A request's draft tokens (speculative decoding:
+`RequestState.drafts`) follow its known tokens, and its last known token's row and every
+draft's row sample (the rejection sampler judges them together). With async scheduling a decode's input token may
 still be on the device (sampled by the step before, not copied back yet): its row is 0
 here and `feed_rows`/`feed_src` say where the runner copies it from on the device.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -32,6 +34,10 @@ class RequestState:
     generator: Optional[torch.Generator] = None
     num_unresolved: int = 0  # sampled tokens still on the device (not in token_ids yet)
     sample_row: int = -1  # row of the newest of them in its step's token tensor
+    num_cached_at_start: int = 0  # computed when it (re)joined: prefix-cache hits
+    drafts: list[int] = dataclasses.field(default_factory=list)  # this step verifies them
+    spec: Any = None  # the speculative proposer's own state of it (spec_decode/)
+    acceptance: Optional[float] = None  # running share of its drafts accepted
 
     @property
     def num_known_and_pending(self) -> int:
@@ -52,6 +58,7 @@ class StepInputs:
     positions: torch.Tensor  # [T] int64
     meta: AttentionMetadata
     sample_rows: list[int]  # row in hidden states of each sampling request's last token
+    # (with drafts: its last known token's and each draft's, in order)
     sample_request_ids: list[str]
     prompt_rows: list[PromptLogprobRows]
     feed_rows: Optional[torch.Tensor] = None  # [F] rows of input_ids whose token is ...
@@ -80,7 +87,13 @@ def prepare_inputs(states: dict[str, RequestState], scheduled: dict[str, int],
         start, row0 = st.num_computed_tokens, len(ids)
         end = start + n
         blocks = st.block_ids
-        if n == 1:  # a decode: the common case, kept cheap
+        if st.drafts:  # the last known token(s), then the drafts to verify
+            ids += (st.token_ids + st.drafts)[start:end]
+            positions += range(start, end)
+            pos = np.arange(start, end)
+            slots += (np.asarray(blocks)[pos // block_size] * block_size
+                      + pos % block_size).tolist()
+        elif n == 1:  # a decode: the common case, kept cheap
             if start < len(st.token_ids):
                 ids.append(st.token_ids[start])
             else:  # sampled by the previous step, still on the device
@@ -98,8 +111,8 @@ def prepare_inputs(states: dict[str, RequestState], scheduled: dict[str, int],
         seq_lens.append(end)
         query_lens.append(n)
         tables.append(blocks)
-        if end == st.num_known_and_pending:
-            sample_rows.append(row0 + n - 1)
+        if end == st.num_known_and_pending + len(st.drafts):
+            sample_rows += range(row0 + n - 1 - len(st.drafts), row0 + n)
             sample_ids.append(rid)
         if st.params.prompt_logprobs is not None:
             # position p scores prompt token p + 1

@@ -39,6 +39,7 @@ from tessera.layers.sampler import SamplingBatch, gather_logprobs, sample
 from tessera.models.loader import load_model
 from tessera.quant.kv_cache import resolve_kv_cache_dtype
 from tessera.sampling_params import SamplingParams
+from tessera.spec_decode.decoder import SpecDecoder
 from tessera.stopping import banned_token_ids
 from tessera.worker.cuda_graphs import DecodeGraphs, default_buckets
 from tessera.worker.input_batch import RequestState, prepare_inputs
@@ -56,6 +57,7 @@ class _StepInFlight:
     logprobs: dict
     prompt_logprobs: dict
     resolved: bool = False
+    output: Optional[ModelRunnerOutput] = None  # a speculative step's, complete already
 
     @classmethod
     def nothing_sampled(cls) -> "_StepInFlight":
@@ -91,12 +93,18 @@ class ModelRunner:
         self._in_flight: deque[_StepInFlight] = deque()
         self._last_tokens: Optional[torch.Tensor] = None  # the newest step's sampled ids
         self.default_generator = torch.Generator(device=self.device).manual_seed(config.model.seed)
+        self.spec: Optional[SpecDecoder] = None  # speculative decoding (spec_decode/)
+        if config.speculative.method is not None:
+            self.spec = SpecDecoder(config, device, dtype, self.kv_dtype, self.block_size)
+            self.weight_bytes += self.spec.proposer.weight_bytes
 
     # -- KV cache ------------------------------------------------------------------------
     @property
     def bytes_per_block(self) -> int:
-        return sum(spec.bytes_per_block(self.block_size, self.kv_dtype.itemsize)
-                   for spec in self.kv_specs)
+        """The target's KV bytes of one block, plus a draft model's (same block ids)."""
+        draft = self.spec.proposer.bytes_per_block if self.spec is not None else 0
+        return draft + sum(spec.bytes_per_block(self.block_size, self.kv_dtype.itemsize)
+                           for spec in self.kv_specs)
 
     def info(self, world_size: int = 1) -> WorkerInfo:
         """What the engine logs and reports of this worker: device, dtypes, weights."""
@@ -143,6 +151,9 @@ class ModelRunner:
         self.kv_caches = [torch.zeros((2, num_blocks + 1, self.block_size, spec.num_kv_heads,
                                        spec.head_dim), dtype=self.kv_dtype, device=self.device)
                           for spec in self.kv_specs]
+        draft = getattr(self.spec, "proposer", None)
+        if hasattr(draft, "init_kv_cache"):
+            draft.init_kv_cache(num_blocks)
         on_gpu = self.device.type == "cuda" and self.ops.kernels
         moe_ok = not self.arch.num_experts or fused_moe_captures(self.config.kernel, self.ops)
         if (for_serving and on_gpu and not self.config.model.enforce_eager
@@ -165,6 +176,9 @@ class ModelRunner:
                                    self.device)
         sizes = default_buckets(max_batch)
         self.graphs.capture(sizes)
+        draft = getattr(self.spec, "proposer", None)
+        if hasattr(draft, "capture_graphs"):
+            draft.capture_graphs(max_batch, -(-max_len // self.block_size), num_blocks)
         logger.info("captured %d decode CUDA graphs (batch %d..%d) in %.1f s", len(sizes),
                     sizes[0], sizes[-1], time.perf_counter() - start)
 
@@ -176,10 +190,13 @@ class ModelRunner:
     @torch.inference_mode()
     def submit(self, sched: SchedulerOutput) -> None:
         """Queues the step on the device; returns before its tokens are back."""
-        if sched.scheduled_spec_token_ids:
-            raise NotImplementedError("this model runner cannot verify draft tokens yet "
-                                      "(speculative decoding needs its rejection sampler)")
+        if sched.scheduled_spec_token_ids and self.spec is None:
+            raise NotImplementedError("draft tokens were scheduled but this engine has no "
+                                      "speculative decoding configured")
+        self._step_start = time.perf_counter()
         self._update_states(sched)
+        for rid, drafts in sched.scheduled_spec_token_ids.items():
+            self.states[rid].drafts = list(drafts)
         if sched.is_empty:
             self._in_flight.append(_StepInFlight.nothing_sampled())
             return
@@ -196,6 +213,10 @@ class ModelRunner:
             self._in_flight.append(_StepInFlight.nothing_sampled())
             return
         prompt_logprobs = self._prompt_logprobs(hidden, inputs.prompt_rows)
+        if self.spec is not None:
+            self._in_flight.append(self._speculative_step(sched, hidden, inputs,
+                                                          prompt_logprobs))
+            return
         states = [self.states[rid] for rid in inputs.sample_request_ids]
         step = _StepInFlight(states, None, None, None, {}, prompt_logprobs)
         if states:
@@ -223,9 +244,32 @@ class ModelRunner:
                 step.ready.record()
         self._in_flight.append(step)
 
+    def _speculative_step(self, sched: SchedulerOutput, hidden, inputs,
+                          prompt_logprobs: dict) -> _StepInFlight:
+        """Verifies the drafts (every sampling row at once), then proposes the next
+        step's drafts; the whole output is known when it returns (spec_decode/)."""
+        states = [self.states[rid] for rid in inputs.sample_request_ids]
+        out = ModelRunnerOutput({}, {}, prompt_logprobs)
+        if states:
+            rows = hidden if inputs.sample_index is None else hidden[inputs.sample_index]
+            logits = self.model.compute_logits(rows)  # [R, V] float32
+            emitted, entries = self.spec.verify(logits, states, self._sampling_batch,
+                                                self.ops.argmax)
+            self.spec.note_verify_time(time.perf_counter() - self._step_start)
+            out.sampled_token_ids = {st.request_id: t for st, t in zip(states, emitted)}
+            out.logprobs = {st.request_id: e for st, e in zip(states, entries) if e}
+        step_states = [self.states[rid] for rid in sched.num_scheduled_tokens]
+        out.spec_token_ids = self.spec.propose(step_states, states, self._sampling_batch,
+                                               self.ops.argmax)
+        step = _StepInFlight.nothing_sampled()
+        step.output = out
+        return step
+
     def collect(self) -> ModelRunnerOutput:
         """The oldest submitted step's output (waits for its tokens)."""
         step = self._in_flight.popleft()
+        if step.output is not None:
+            return step.output
         tokens = self._resolve(step)
         sampled = {st.request_id: [tok] for st, tok in zip(step.states, tokens)}
         return ModelRunnerOutput(sampled, step.logprobs, step.prompt_logprobs)
@@ -272,7 +316,8 @@ class ModelRunner:
             self.states[new.request_id] = RequestState(
                 new.request_id, list(new.token_ids), new.num_prompt_tokens, new.params,
                 list(new.block_ids), new.num_computed_tokens, new.num_prompt_logprobs_done,
-                old.generator if old else self._make_generator(new.params.seed))
+                old.generator if old else self._make_generator(new.params.seed),
+                num_cached_at_start=new.num_computed_tokens)
         for cached in sched.cached_requests:
             st = self.states[cached.request_id]
             st.block_ids.extend(cached.new_block_ids)
@@ -284,8 +329,12 @@ class ModelRunner:
             return None
         return torch.Generator(device=self.device).manual_seed(seed)
 
-    def _sampling_batch(self, states: list[RequestState]) -> SamplingBatch:
-        """Per-row settings, sent without waiting for the device (pinned, non-blocking)."""
+    def _sampling_batch(self, states: list[RequestState],
+                        drafts_before: Optional[list[list[int]]] = None) -> SamplingBatch:
+        """Per-row settings, sent without waiting for the device (pinned, non-blocking).
+        drafts_before: per row, the drafts before its position (a verify step's rows),
+        which count as outputs for penalties and min_tokens."""
+        before = drafts_before or [[] for _ in states]
         ps = [s.params for s in states]
         floats = self._to_device(torch.tensor(
             [(p.temperature, p.top_p, p.min_p, p.presence_penalty, p.frequency_penalty,
@@ -298,9 +347,10 @@ class ModelRunner:
             use_top_k=any(p.top_k > 0 for p in ps), use_top_p=any(p.top_p < 1 for p in ps),
             use_min_p=any(p.min_p > 0 for p in ps),
             prompt_token_ids=[s.token_ids[:s.num_prompt_tokens] for s in states],
-            output_token_ids=[s.token_ids[s.num_prompt_tokens:] for s in states],
+            output_token_ids=[s.token_ids[s.num_prompt_tokens:] + b
+                              for s, b in zip(states, before)],
             generators=[s.generator or self.default_generator for s in states],
-            banned_token_ids=[self._banned(s) for s in states],
+            banned_token_ids=[self._banned(s, len(b)) for s, b in zip(states, before)],
             num_logprobs=[p.logprobs for p in ps],
             all_greedy=all(p.greedy for p in ps),
             any_penalty=any(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1
@@ -318,9 +368,10 @@ class ModelRunner:
                 and not banned_token_ids(p, st.num_known_and_pending - st.num_prompt_tokens,
                                          self.arch.eos_token_ids))
 
-    def _banned(self, st: RequestState) -> list[int]:
-        return banned_token_ids(st.params, st.num_known_and_pending - st.num_prompt_tokens,
-                                self.arch.eos_token_ids)
+    def _banned(self, st: RequestState, num_drafts: int = 0) -> list[int]:
+        return banned_token_ids(
+            st.params, st.num_known_and_pending - st.num_prompt_tokens + num_drafts,
+            self.arch.eos_token_ids)
 
     def _prompt_logprobs(self, hidden, rows) -> dict:
         result = {}

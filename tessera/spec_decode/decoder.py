@@ -1,0 +1,157 @@
+"""SpecDecoder: the model runner's speculative half: verify a step's drafts, propose the
+next step's.
+
+Objects: SpecDecoder, NgramProposer. The engine runs speculation with synchronous steps
+(no async scheduling: the next step's drafts depend on this step's tokens, which come
+back to the host here). Per step, after the target's forward over every request's known
+tokens and drafts (worker/input_batch.py):
+1. `verify(logits, states, batch_of)`: the rejection sampler (rejection.py) over the
+   sampling rows (a request with k drafts has k + 1), each row with its own history
+   (the drafts before it count as outputs for penalties and min_tokens) -> per request
+   its emitted tokens; the states' computed counts go back by the rejected drafts, the
+   tokens are appended, and each request's acceptance rate is updated.
+2. `propose(step_states, sampled, ...)`: how many drafts each request gets (`_num_drafts`)
+   and the proposer's drafts (draft.py's DraftModel, or n-gram lookup).
+How many drafts (adaptive, `speculative_adaptive`): with a request's running acceptance
+rate a (per draft, exponentially weighted) and c, the measured cost of one draft step over
+one verify step (the draft model's; 0 for n-gram), a step of k drafts yields
+E(k) = (1 - a^(k+1)) / (1 - a) tokens for 1 + k c of the time; k in 1..K maximizes
+E(k) / (1 + k c). Off-switch: a step of more than `speculative_max_batch` requests
+proposes nothing (a large batch is compute-bound: a verify token costs as much as a
+plain one), so the next step is a plain decode step.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+import torch
+
+from tessera.config import EngineConfig
+from tessera.engine.protocol import LogprobsEntry
+from tessera.layers.sampler import SamplingBatch
+from tessera.spec_decode.ngram import propose_ngram
+from tessera.spec_decode.rejection import VerifyRows, verify
+from tessera.worker.input_batch import RequestState
+
+BatchOf = Callable[[list[RequestState], Optional[list[list[int]]]], SamplingBatch]
+ACCEPTANCE_PRIOR = 0.6  # a new request's assumed acceptance rate
+ACCEPTANCE_WEIGHT = 0.3  # weight of each step in the running rate
+
+
+class NgramProposer:
+    weight_bytes = 0
+    bytes_per_block = 0
+
+    def __init__(self, n_min: int, n_max: int):
+        self.n_min, self.n_max = n_min, n_max
+
+    def propose(self, states, proposing: dict[str, int], batch_of, argmax):
+        out = {}
+        for st in states:
+            k = proposing.get(st.request_id, 0)
+            drafts = propose_ngram(st.token_ids, k, self.n_min, self.n_max) if k else []
+            if drafts:
+                out[st.request_id] = (drafts, None)
+        return out
+
+
+class SpecDecoder:
+    def __init__(self, config: EngineConfig, device: torch.device, dtype: torch.dtype,
+                 kv_dtype: torch.dtype, block_size: int):
+        self.cfg = config.speculative
+        self.max_model_len = config.max_model_len
+        if self.cfg.method == "draft":
+            from tessera.spec_decode.draft import DraftModel
+            self.proposer = DraftModel(config, device, dtype, kv_dtype, block_size)
+        else:
+            self.proposer = NgramProposer(self.cfg.ngram_min, self.cfg.ngram_max)
+        self.draft_cost = 0.0  # one draft step / one verify step, measured (n-gram: 0)
+        self._verify_seconds: Optional[float] = None
+        self.device = device
+
+    # -- verify ------------------------------------------------------------------------
+    def verify(self, logits: torch.Tensor, states: list[RequestState], batch_of: BatchOf,
+               argmax) -> tuple[list[list[int]], list[list[LogprobsEntry]]]:
+        """logits: [R, V] float32, the sampling rows of `states` in order."""
+        row_states, before, spans, draft_ids = [], [], [], []
+        for st in states:
+            spans.append((len(row_states), len(st.drafts) + 1))
+            for i in range(len(st.drafts) + 1):
+                row_states.append(st)
+                before.append(st.drafts[:i])
+                draft_ids.append(st.drafts[i] if i < len(st.drafts) else -1)
+        rows = VerifyRows(spans, torch.tensor(draft_ids, device=logits.device))
+        q = self._draft_probs(states, logits)
+        emitted, entries = verify(logits, batch_of(row_states, before), rows, q, argmax)
+        for st, toks in zip(states, emitted):
+            if st.drafts:
+                accepted = len(toks) - 1
+                st.num_computed_tokens -= len(st.drafts) - accepted
+                rate = accepted / len(st.drafts)
+                prior = ACCEPTANCE_PRIOR if st.acceptance is None else st.acceptance
+                st.acceptance = prior + ACCEPTANCE_WEIGHT * (rate - prior)
+            st.token_ids.extend(toks)
+            st.drafts = []
+        return emitted, entries
+
+    def _draft_probs(self, states: list[RequestState], logits) -> Optional[torch.Tensor]:
+        """q rows aligned with the verify rows (zeros where q is one-hot), or None."""
+        if not any(getattr(st.spec, "q", None) is not None and st.drafts for st in states):
+            return None
+        parts = []
+        for st in states:
+            q = getattr(st.spec, "q", None)
+            k = len(st.drafts)
+            block = torch.zeros((k + 1, logits.shape[1]), device=logits.device)
+            if q is not None and k:
+                block[:k] = q[:k]
+            parts.append(block)
+        return torch.cat(parts)
+
+    # -- propose -----------------------------------------------------------------------
+    def propose(self, step_states: list[RequestState], sampled: list[RequestState],
+                batch_of: BatchOf, argmax) -> dict[str, list[int]]:
+        """-> request id -> drafts for its next step (only requests that got some)."""
+        proposing = {}
+        if len(step_states) <= self.cfg.speculative_max_batch:
+            for st in sampled:
+                k = self._num_drafts(st)
+                if k > 0:
+                    proposing[st.request_id] = k
+        start = time.perf_counter()
+        got = self.proposer.propose(step_states, proposing,
+                                    lambda sts: batch_of(sts, None), argmax)
+        self._measure_draft(time.perf_counter() - start, proposing)
+        out = {}
+        for st in sampled:
+            drafts, q = got.get(st.request_id, ([], None))
+            if getattr(st.spec, "q", None) is not None or q is not None:
+                st.spec.q = q
+            if drafts:
+                out[st.request_id] = drafts
+        return out
+
+    def _num_drafts(self, st: RequestState) -> int:
+        p = st.params
+        room = self.max_model_len - len(st.token_ids)
+        if p.max_tokens is not None:
+            room = min(room, p.max_tokens - (len(st.token_ids) - st.num_prompt_tokens) - 1)
+        k_max = min(self.cfg.num_speculative_tokens, room)
+        if k_max <= 0 or not self.cfg.speculative_adaptive:
+            return max(0, k_max)
+        a = min(ACCEPTANCE_PRIOR if st.acceptance is None else st.acceptance, 0.99)
+        return max(range(1, k_max + 1),
+                   key=lambda k: (1 - a ** (k + 1)) / (1 - a) / (1 + k * self.draft_cost))
+
+    def note_verify_time(self, seconds: float) -> None:
+        """The target's step time (the runner measures it), for the draft cost ratio."""
+        prev = self._verify_seconds
+        self._verify_seconds = seconds if prev is None else prev + 0.2 * (seconds - prev)
+
+    def _measure_draft(self, seconds: float, proposing: dict[str, int]) -> None:
+        if not proposing or not self._verify_seconds or self.proposer.weight_bytes == 0:
+            return
+        per_step = seconds / max(proposing.values())
+        ratio = per_step / self._verify_seconds
+        self.draft_cost += 0.2 * (ratio - self.draft_cost)

@@ -1,0 +1,186 @@
+"""DraftModel: a small model with its own paged KV cache that proposes draft tokens.
+
+Objects: DraftModel. It is built beside the target in the same worker (same device,
+dtype, kernels and tensor-parallel group: with TP each rank holds its shard, as the
+target's) and its KV cache has as many blocks as the target's, addressed by the same
+block ids: token i of a request is in block_ids[i // block_size] in both caches, so the
+scheduler's block bookkeeping (allocation, lookahead slots, prefix caching, preemption)
+serves both, and `bytes_per_block` adds the draft's to the target's when the cache is
+sized.
+Flow of `propose(states, proposing, ks)` after each verify step:
+1. catch up: one ragged forward over every request of the step, positions
+   [draft_valid, upto): the tokens the draft has not seen (a prompt chunk; the accepted
+   drafts it had not written and the token sampled after them). `upto` is the target's
+   computed count, plus the newly sampled token for a request that sampled;
+2. the proposing requests' last rows give draft 1 (greedy requests: the argmax; others a
+   draw from the request's distribution q, kept for the rejection sampler);
+3. k - 1 one-token steps (decode graphs where captured) give drafts 2..k.
+Draft KV written at the draft positions stays valid for the drafts the target accepts:
+the next catch-up starts after the longest run of proposed drafts that came true.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Optional
+
+import torch
+
+from tessera.config import EngineConfig, QuantConfig
+from tessera.layers.context import make_context
+from tessera.layers.ops import make_ops
+from tessera.layers.sampler import SamplingBatch, probabilities, race
+from tessera.models.loader import load_model
+from tessera.quant_policy import resolve_policy
+from tessera.worker.input_batch import RequestState, prepare_inputs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class DraftProgress:
+    """The draft's view of one request, kept on its RequestState (`spec`)."""
+    valid: int = 0  # leading positions whose draft KV holds the request's true tokens
+    upto: int = 0  # known tokens when the last proposal was made
+    proposed: list[int] = dataclasses.field(default_factory=list)
+    q: Optional[torch.Tensor] = None  # [k, V] the drawn drafts' distributions (zeros: argmax)
+
+
+class DraftModel:
+    def __init__(self, config: EngineConfig, device: torch.device, dtype: torch.dtype,
+                 kv_dtype: torch.dtype, block_size: int):
+        info = config.draft_info
+        draft_config = dataclasses.replace(
+            config, model=dataclasses.replace(config.model, model=info.path),
+            quant=QuantConfig(), model_info=info, draft_info=None)
+        ops = make_ops(config.kernel, device)
+        policy = resolve_policy(draft_config.quant, info, native=ops.kernels)
+        self.context = make_context(config.kernel, device, policy, ops)
+        self.model = load_model(draft_config, device, dtype, self.context)
+        self.device, self.kv_dtype, self.block_size = device, kv_dtype, block_size
+        self.decodes_first = ops.decodes_first
+        self.kv_specs = self.model.kv_cache_specs()
+        self.kv_caches: list[torch.Tensor] = []
+        self.graphs = None
+        self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    @property
+    def bytes_per_block(self) -> int:
+        return sum(spec.bytes_per_block(self.block_size, self.kv_dtype.itemsize)
+                   for spec in self.kv_specs)
+
+    def init_kv_cache(self, num_blocks: int) -> None:
+        """As many blocks as the target's, plus the scratch block (id num_blocks)."""
+        self.kv_caches = [torch.zeros((2, num_blocks + 1, self.block_size, spec.num_kv_heads,
+                                       spec.head_dim), dtype=self.kv_dtype, device=self.device)
+                          for spec in self.kv_specs]
+
+    def capture_graphs(self, max_batch: int, max_blocks: int, num_blocks: int) -> None:
+        from tessera.worker.cuda_graphs import DecodeGraphs, default_buckets
+        self.graphs = DecodeGraphs(self.model, self.kv_caches, max_batch, max_blocks,
+                                   num_blocks, self.block_size, self.device)
+        self.graphs.capture(default_buckets(max_batch))
+
+    @torch.inference_mode()
+    def propose(self, states: list[RequestState], proposing: dict[str, int],
+                batch_of, argmax) -> dict[str, tuple[list[int], Optional[torch.Tensor]]]:
+        """states: every request of the step; proposing: request id -> drafts wanted (k);
+        batch_of(states) -> their SamplingBatch. -> request id -> (drafts, q [k, V] float32
+        of the drafts that were drawn, or None when all were argmaxes)."""
+        views, scheduled = {}, {}
+        for st in states:
+            if not isinstance(st.spec, DraftProgress):  # new, or resumed after preemption:
+                st.spec = DraftProgress(valid=st.num_cached_at_start)  # prefix hits hold
+            prog = st.spec  # the draft's KV as well as the target's
+            if prog.proposed:  # drafts written at [upto, upto + k - 1) that came true
+                true = st.token_ids[prog.upto:prog.upto + len(prog.proposed) - 1]
+                run = next((i for i, (a, b) in enumerate(zip(true, prog.proposed))
+                            if a != b), len(true))
+                prog.valid = max(prog.valid, min(prog.upto + run, len(st.token_ids)))
+                prog.proposed = []
+            upto = (len(st.token_ids) if st.request_id in proposing
+                    else min(st.num_computed_tokens, len(st.token_ids)))
+            prog.valid = min(prog.valid, upto)
+            if st.request_id in proposing and prog.valid == upto:
+                prog.valid -= 1  # the last known token is the input that gives draft 1
+            if upto > prog.valid:
+                views[st.request_id] = _view(st, st.token_ids[:upto], prog.valid)
+                scheduled[st.request_id] = upto - prog.valid
+                prog.valid = upto
+        if not proposing:
+            if scheduled:
+                self._forward(views, scheduled)
+            return {}
+        hidden, inputs = self._forward(views, scheduled)
+        order = [rid for rid in inputs.sample_request_ids if rid in proposing]
+        rows = [inputs.sample_rows[inputs.sample_request_ids.index(rid)] for rid in order]
+        by_id = {st.request_id: st for st in states}
+        live = [by_id[rid] for rid in order]
+        batch = batch_of(live)
+        drafts: dict[str, list[int]] = {rid: [] for rid in order}
+        probs: dict[str, list[Optional[torch.Tensor]]] = {rid: [] for rid in order}
+        tokens = self._draw(hidden[rows], batch, argmax, order, drafts, probs)
+        for step in range(1, max(proposing[rid] for rid in order)):
+            go = [i for i, rid in enumerate(order) if len(drafts[rid]) < proposing[rid]]
+            if not go:
+                break
+            sub_views, sub_sched = {}, {}
+            for i in go:
+                st = live[i]
+                known = st.token_ids + drafts[st.request_id]
+                sub_views[st.request_id] = _view(st, known, len(known) - 1)
+                sub_sched[st.request_id] = 1
+            hidden, inputs = self._forward(sub_views, sub_sched)
+            pos = {rid: r for r, rid in zip(inputs.sample_rows, inputs.sample_request_ids)}
+            sub_order = [order[i] for i in go]
+            sub_batch = batch_of([live[i] for i in go])
+            tokens = self._draw(hidden[[pos[rid] for rid in sub_order]], sub_batch, argmax,
+                                sub_order, drafts, probs)
+        out = {}
+        for st in live:
+            rid = st.request_id
+            st.spec.upto, st.spec.proposed = len(st.token_ids), list(drafts[rid])
+            q = probs[rid]
+            out[rid] = (drafts[rid], None if all(p is None for p in q) else _stack(q))
+        del tokens
+        return out
+
+    def _forward(self, views, scheduled):
+        inputs = prepare_inputs(views, scheduled, self.block_size, self.device,
+                                self.decodes_first)
+        hidden = self.graphs.run(inputs) if self.graphs is not None else None
+        if hidden is None:
+            hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
+        return hidden, inputs
+
+    def _draw(self, hidden, batch: SamplingBatch, argmax, order, drafts, probs):
+        """One draft per row: the argmax for greedy rows, else a draw from q."""
+        logits = self.model.compute_logits(hidden)  # [N, V] float32
+        tokens = argmax(logits)
+        q = None
+        if not batch.all_greedy:
+            q = probabilities(logits, batch)
+            drawn = race(q, batch.generators, argmax)
+            greedy = batch.temperature < 1e-5
+            tokens = torch.where(greedy, tokens, drawn)
+        tokens_l = tokens.tolist()
+        greedy_l = [True] * len(order) if q is None else (batch.temperature < 1e-5).tolist()
+        for i, rid in enumerate(order):
+            drafts[rid].append(tokens_l[i])
+            probs[rid].append(None if greedy_l[i] else q[i])
+        return tokens
+
+
+def _view(st: RequestState, tokens: list[int], start: int) -> RequestState:
+    """The draft's state of a request: its tokens up to what the draft computes, from
+    `start` (no prompt logprobs; its own block ids)."""
+    params = st.params if st.params.prompt_logprobs is None else dataclasses.replace(
+        st.params, prompt_logprobs=None)
+    return RequestState(st.request_id, tokens, st.num_prompt_tokens, params, st.block_ids,
+                        start, 0)
+
+
+def _stack(q: list[Optional[torch.Tensor]]) -> torch.Tensor:
+    """Per draft its q row; a greedy draft's row is zeros (q is one-hot at it)."""
+    like = next(p for p in q if p is not None)
+    return torch.stack([p if p is not None else torch.zeros_like(like) for p in q])
