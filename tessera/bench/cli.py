@@ -95,6 +95,10 @@ def _run_workload(args: argparse.Namespace, engine) -> int:
               f"{r['median_step_ms']:.2f} ms/step, {r['tok_s']:.1f} tok/s "
               f"({r['tok_s_per_seq']:.1f} per sequence); roofline {r['roofline_step_ms']:.2f} ms "
               f"at {bandwidth / 1e12:.2f} TB/s -> {r['roofline_ratio']:.1%}")
+        if "acceptance_rate" in r:
+            print(f"speculative decoding: {r['spec_drafted']} drafts, acceptance "
+                  f"{r['acceptance_rate']:.1%}, mean accepted length "
+                  f"{r['mean_accepted_length']:.2f} tokens per verify step")
     else:
         run_throughput(engine, 8, (16, 64), (8, 16), seed=_WARM_UP_SEED + args.seed)
         r = run_throughput(engine, args.num_prompts, tuple(args.input_range),
@@ -102,6 +106,14 @@ def _run_workload(args: argparse.Namespace, engine) -> int:
         print(f"throughput  {r['num_prompts']} requests: {r['wall_s']:.1f} s, "
               f"{r['output_tok_s']:.0f} output tok/s, {r['total_tok_s']:.0f} total tok/s, "
               f"peak KV {r['peak_kv_usage']:.1%}, {r['preemptions']} preemptions")
+        stats = engine.stats()
+        if stats.get("spec_verify_steps"):
+            from tessera.server.metrics import spec_rates
+            rate, length = spec_rates(stats["spec_drafted"], stats["spec_accepted"],
+                                      stats["spec_verify_steps"])
+            r.update(acceptance_rate=rate, mean_accepted_length=length)
+            print(f"speculative decoding: acceptance {rate:.1%}, mean accepted length "
+                  f"{length:.2f}")
     r.update(model=engine.config.model.model, dtype=f"torch.{info.dtype}",
              device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
     if args.json:

@@ -3,7 +3,9 @@ engine core in this process (an InprocClient).
 
 latency: `batch` requests of `input_len` random tokens, `output_len` new tokens each
 (ignore EOS); every engine step is timed; the median pure-decode step gives ms per
-output token and tok/s, set against the decode roofline: (weight bytes read + KV bytes
+output token and tok/s (with speculative decoding, where a step gives several tokens per
+sequence: the tokens of the decode steps over their time, and the acceptance rate and
+mean accepted length), set against the decode roofline: (weight bytes read + KV bytes
 read) / the copy bandwidth measured on this device in the same run.
 throughput: `num_prompts` requests with input and output lengths drawn uniformly from
 the given ranges, all submitted at once; wall time, output and total tok/s, peak KV use.
@@ -98,15 +100,19 @@ def run_latency(engine: InprocClient, batch: int, input_len: int, output_len: in
         engine.add_request(f"lat-{seed}-{i}", [rng.randrange(vocab) for _ in range(input_len)],
                            params, stream=False)
     core = engine.core
-    steps, contexts = [], []
+    spec_before = _spec_counts(core)
+    steps, contexts, decode_tokens = [], [], 0
     start = time.perf_counter()
     while engine.has_unfinished_requests():
+        prompt, generated = core.prompt_tokens_total, core.generation_tokens_total
         t = time.perf_counter()
         engine.step()
         dt = time.perf_counter() - t
-        if core.last_step_tokens == core.last_step_requests == batch:
+        # a decode step: every sequence in it, no prompt token (with drafts, > 1 token each)
+        if core.last_step_requests == batch and core.prompt_tokens_total == prompt:
             steps.append(dt)
             contexts.append(core.last_step_context)
+            decode_tokens += core.generation_tokens_total - generated
     wall = time.perf_counter() - start
     if not steps:
         raise ValueError(f"no step decoded all {batch} sequences at once: the first ones "
@@ -115,11 +121,26 @@ def run_latency(engine: InprocClient, batch: int, input_len: int, output_len: in
     step = statistics.median(steps)
     kv_bytes = statistics.median(contexts) * engine.arch.kv_bytes_per_token * _kv_itemsize(engine)
     floor = (_weight_bytes_read(engine) + kv_bytes) / bandwidth
-    return {"workload": "latency", "batch": batch, "input_len": input_len,
-            "output_len": output_len, "decode_steps": len(steps), "median_step_ms": step * 1e3,
-            "p90_step_ms": sorted(steps)[int(0.9 * (len(steps) - 1))] * 1e3,
-            "tok_s": batch / step, "tok_s_per_seq": 1 / step, "roofline_step_ms": floor * 1e3,
-            "roofline_ratio": floor / step, "wall_s": wall, "seed": seed}
+    result = {"workload": "latency", "batch": batch, "input_len": input_len,
+              "output_len": output_len, "decode_steps": len(steps),
+              "median_step_ms": step * 1e3,
+              "p90_step_ms": sorted(steps)[int(0.9 * (len(steps) - 1))] * 1e3,
+              "tok_s": batch / step, "tok_s_per_seq": 1 / step, "roofline_step_ms": floor * 1e3,
+              "roofline_ratio": floor / step, "wall_s": wall, "seed": seed}
+    drafted, accepted, verifies = (a - b for a, b in zip(_spec_counts(core), spec_before))
+    if engine.config.speculative.method is not None:  # tokens per second of decode time
+        tok_s = decode_tokens / sum(steps)  # (a step gives several tokens per sequence)
+        result.update(tok_s=tok_s, tok_s_per_seq=tok_s / batch,
+                      roofline_ratio=floor * tok_s / batch, spec_drafted=drafted,
+                      spec_accepted=accepted,
+                      acceptance_rate=accepted / drafted if drafted else 0.0,
+                      mean_accepted_length=1 + accepted / verifies if verifies else 1.0)
+    return result
+
+
+def _spec_counts(core) -> tuple[int, int, int]:
+    s = core.scheduler
+    return s.num_drafted, s.num_accepted, s.num_verify_steps
 
 
 def add_throughput_requests(engine: InprocClient, num_prompts: int,

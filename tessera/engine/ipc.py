@@ -42,6 +42,9 @@ class Stats(msgspec.Struct):
     steps: int = 0
     prefix_hit_tokens: int = 0
     prefix_query_tokens: int = 0
+    spec_drafted: int = 0  # speculative decoding: draft tokens verified
+    spec_accepted: int = 0  # ... and accepted
+    spec_verify_steps: int = 0  # request-steps that verified drafts
 
 
 class Ready(msgspec.Struct, tag=True):

@@ -3,7 +3,9 @@
 Objects: ServerMetrics (an MPClient observer: arrival, each output, done, and the
 engine's stats snapshots) and its registry, rendered at GET /metrics. The weights'
 bytes by precision (fixed at start-up) are a gauge; engine-wide
-values (running, waiting, KV usage, token counters, preemptions, prefix hits) are read
+values (running, waiting, KV usage, token counters, preemptions, prefix hits,
+speculative decoding's drafted / accepted tokens, acceptance rate, mean accepted length)
+are read
 from the latest snapshot by a collector; per-request latencies (TTFT, inter-token,
 end-to-end, queue time) are histograms observed here in the API process.
 """
@@ -59,10 +61,31 @@ class _StatsCollector:
                      s.prefix_hit_tokens),
                     ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
                      s.prefix_query_tokens))
+        if s.spec_verify_steps:  # speculative decoding
+            counters += (
+                ("spec_decode_num_draft_tokens", "Draft tokens verified", s.spec_drafted),
+                ("spec_decode_num_accepted_tokens", "Draft tokens accepted", s.spec_accepted),
+                ("spec_decode_num_verify_steps", "Request-steps that verified drafts",
+                 s.spec_verify_steps))
         for metric, doc, value in counters:
             c = CounterMetricFamily(f"tessera:{metric}", doc, labels=["model_name"])
             c.add_metric([name], value)
             yield c
+        if s.spec_verify_steps:
+            rate, length = spec_rates(s.spec_drafted, s.spec_accepted, s.spec_verify_steps)
+            for metric, doc, value in (
+                    ("spec_decode_acceptance_rate", "Share of draft tokens accepted", rate),
+                    ("spec_decode_mean_accepted_length", "Tokens per verify step (accepted "
+                     "drafts + 1)", length)):
+                g = GaugeMetricFamily(f"tessera:{metric}", doc, labels=["model_name"])
+                g.add_metric([name], value)
+                yield g
+
+
+def spec_rates(drafted: int, accepted: int, verify_steps: int) -> tuple[float, float]:
+    """(acceptance rate, mean tokens per verify step: accepted drafts + the one sampled)."""
+    return (accepted / drafted if drafted else 0.0,
+            1 + accepted / verify_steps if verify_steps else 0.0)
 
 
 class ServerMetrics:
@@ -120,7 +143,11 @@ class ServerMetrics:
         dt = max(now - then, 1e-6)
         self._last_log = (now, s.prompt_tokens, s.generation_tokens)
         hit = s.prefix_hit_tokens / s.prefix_query_tokens if s.prefix_query_tokens else 0.0
+        spec = ""
+        if s.spec_verify_steps:
+            rate, length = spec_rates(s.spec_drafted, s.spec_accepted, s.spec_verify_steps)
+            spec = f", Draft acceptance: {rate:.1%}, Mean accepted length: {length:.2f}"
         return (f"Avg prompt throughput: {(s.prompt_tokens - prompt) / dt:.1f} tokens/s, "
                 f"Avg generation throughput: {(s.generation_tokens - gen) / dt:.1f} tokens/s, "
                 f"Running: {s.running} reqs, Waiting: {s.waiting} reqs, "
-                f"KV cache usage: {s.kv_usage:.1%}, Prefix cache hit rate: {hit:.1%}")
+                f"KV cache usage: {s.kv_usage:.1%}, Prefix cache hit rate: {hit:.1%}{spec}")

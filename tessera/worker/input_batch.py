@@ -67,26 +67,34 @@ class StepInputs:
     # every row samples, in order)
 
 
+def _as_decodes(st: RequestState, n: int) -> bool:
+    """A decode, or a verify step of one known token and its drafts: one-token rows."""
+    return n == 1 or (bool(st.drafts) and n == len(st.drafts) + 1)
+
+
 def prepare_inputs(states: dict[str, RequestState], scheduled: dict[str, int],
                    block_size: int, device: torch.device,
                    decodes_first: bool = False) -> StepInputs:
     """decodes_first (kernel ops): one-token (decode) sequences go first, for the decode
-    kernel; otherwise every sequence is ragged."""
+    kernel (and CUDA graphs), verify steps' tokens among them, one row each; otherwise
+    every sequence is ragged."""
     order = list(scheduled)
     if decodes_first:
-        order = [r for r in order if scheduled[r] == 1] + [r for r in order if scheduled[r] != 1]
-    num_decodes = sum(1 for r in order if scheduled[r] == 1) if decodes_first else 0
+        order = ([r for r in order if _as_decodes(states[r], scheduled[r])]
+                 + [r for r in order if not _as_decodes(states[r], scheduled[r])])
     ids: list[int] = []
     positions: list[int] = []
     slots: list[int] = []
     seq_lens, query_lens, tables = [], [], []
     sample_rows, sample_ids, prompt_rows = [], [], []
     feed_rows, feed_src = [], []
+    num_decodes = 0  # leading rows that run as one-token sequences
     for rid in order:
         st, n = states[rid], scheduled[rid]
         start, row0 = st.num_computed_tokens, len(ids)
         end = start + n
         blocks = st.block_ids
+        decode = decodes_first and _as_decodes(st, n)
         if st.drafts:  # the last known token(s), then the drafts to verify
             ids += (st.token_ids + st.drafts)[start:end]
             positions += range(start, end)
@@ -108,9 +116,16 @@ def prepare_inputs(states: dict[str, RequestState], scheduled: dict[str, int],
             pos = np.arange(start, end)
             slots += (np.asarray(blocks)[pos // block_size] * block_size
                       + pos % block_size).tolist()
-        seq_lens.append(end)
-        query_lens.append(n)
-        tables.append(blocks)
+        if decode:  # each row its own sequence, seeing the positions up to its own (a
+            # verify step's drafts attend to the rows before them, written this step)
+            seq_lens += range(start + 1, end + 1)
+            query_lens += [1] * n
+            tables += [blocks] * n
+            num_decodes += n
+        else:
+            seq_lens.append(end)
+            query_lens.append(n)
+            tables.append(blocks)
         if end == st.num_known_and_pending + len(st.drafts):
             sample_rows += range(row0 + n - 1 - len(st.drafts), row0 + n)
             sample_ids.append(rid)
@@ -129,7 +144,7 @@ def prepare_inputs(states: dict[str, RequestState], scheduled: dict[str, int],
         dec_tables = pack.add_table(tables[:num_decodes])
         dec_lens = pack.add(seq_lens[:num_decodes])
     ragged = None
-    if num_decodes < len(order):
+    if num_decodes < len(tables):
         ragged = _ragged(pack, tables[num_decodes:], seq_lens[num_decodes:],
                          query_lens[num_decodes:])
     feed = (pack.add(feed_rows), pack.add(feed_src)) if feed_rows else None
