@@ -3,9 +3,10 @@
 `step()`: schedule -> executor.execute -> scheduler.update_from_output -> outputs.
 With pipeline stages, up to one batch per stage is in flight: `submit` several disjoint
 batches, `collect` the oldest's output (the stages work on different batches at once).
-With speculative decoding, steps are synchronous (each step's drafts come back with the
-step before's output). With async scheduling (one device, no speculation), two steps are
-in flight: step N+1 is scheduled and
+With speculative decoding, steps of up to `speculative_max_batch` running requests are
+synchronous (each step's drafts come back with the step before's output); larger batches
+do not speculate and step as without it. With async scheduling (one device), two steps
+are in flight: step N+1 is scheduled and
 submitted before step N's output is collected, so the scheduler, input preparation and
 output handling of one step run while the device computes the other.
 The core never touches tensors or CUDA: its executor (executor/base.py; picked by
@@ -45,8 +46,10 @@ class EngineCore:
                                  config.cache.enable_prefix_caching)
         pp = config.parallel.pipeline_parallel_size
         spec = config.speculative
-        # speculation steps synchronously: a step's drafts come from the step before
-        overlap = pp == 1 and config.scheduler.async_scheduling and spec.method is None
+        overlap = pp == 1 and config.scheduler.async_scheduling
+        # speculation steps synchronously (a step's drafts come from the step before), in
+        # batches up to this size; larger ones step as without it (async, if enabled)
+        self.spec_max_batch = spec.speculative_max_batch if spec.method else None
         lookahead = spec.num_speculative_tokens if spec.method == "draft" else 0
         self.scheduler = Scheduler(config.scheduler, self.kv, max_model_len,
                                    schedule_in_flight=overlap, num_lookahead=lookahead)
@@ -109,7 +112,11 @@ class EngineCore:
         """Keeps up to `pipeline_depth` batches in flight (pipeline stages: GPipe-style
         micro-batches over disjoint requests; async scheduling: consecutive steps of the
         same requests), then takes back the oldest."""
-        while len(self._in_flight) < self.pipeline_depth:
+        depth = self.pipeline_depth
+        if (self.spec_max_batch is not None and depth == 2
+                and len(self.scheduler.running) <= self.spec_max_batch):
+            depth = 1  # speculating: the next step's drafts come with this one's output
+        while len(self._in_flight) < depth:
             sched = self.scheduler.schedule()
             if sched.is_empty:
                 if sched.finished_request_ids:  # still tell the workers to forget them
@@ -130,8 +137,6 @@ class EngineCore:
         both on one loaded model). Pipeline stages keep their own depth."""
         if self.has_unfinished():
             raise RuntimeError("async scheduling can only be switched while the engine is idle")
-        if enabled and self.config.speculative.method is not None:
-            return  # speculation steps synchronously
         if self.config.parallel.pipeline_parallel_size == 1:
             self.scheduler.schedule_in_flight = enabled
             self.pipeline_depth = 2 if enabled else 1

@@ -18,6 +18,12 @@ NAMED_SHAPES: dict[str, dict] = {
                         intermediate_size=28672, num_layers=80, num_heads=64, num_kv_heads=8,
                         head_dim=128, rope_theta=500000.0, rope_scaling=_LLAMA3_ROPE,
                         max_position_embeddings=131072, eos_token_ids=(128001, 128009)),
+    "llama-3.2-1b": dict(architecture="LlamaForCausalLM", vocab_size=128256, hidden_size=2048,
+                         intermediate_size=8192, num_layers=16, num_heads=32, num_kv_heads=8,
+                         head_dim=64, rope_theta=500000.0,
+                         rope_scaling={**_LLAMA3_ROPE, "factor": 32.0},
+                         max_position_embeddings=131072, tie_word_embeddings=True,
+                         eos_token_ids=(128001, 128009)),  # Llama-3-8B's draft
     "smollm2-135m": dict(architecture="LlamaForCausalLM", vocab_size=49152, hidden_size=576,
                          intermediate_size=1536, num_layers=30, num_heads=9, num_kv_heads=3,
                          head_dim=64, rope_theta=100000.0, max_position_embeddings=8192,

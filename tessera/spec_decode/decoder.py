@@ -69,6 +69,9 @@ class SpecDecoder:
         self.draft_cost = 0.0  # one draft step / one verify step, measured (n-gram: 0)
         self._verify_seconds: Optional[float] = None
         self.device = device
+        # host seconds and counts of verify steps (forward + rejection sampling) and of
+        # proposals (catch-up + draft steps), for benchmarks
+        self.timings = {"verify": [0.0, 0], "propose": [0.0, 0]}
 
     # -- verify ------------------------------------------------------------------------
     def verify(self, logits: torch.Tensor, states: list[RequestState], batch_of: BatchOf,
@@ -122,7 +125,11 @@ class SpecDecoder:
         start = time.perf_counter()
         got = self.proposer.propose(step_states, proposing,
                                     lambda sts: batch_of(sts, None), argmax)
-        self._measure_draft(time.perf_counter() - start, proposing)
+        seconds = time.perf_counter() - start
+        if proposing:
+            self.timings["propose"][0] += seconds
+            self.timings["propose"][1] += 1
+        self._measure_draft(seconds, proposing)
         out = {}
         for st in sampled:
             drafts, q = got.get(st.request_id, ([], None))
@@ -146,6 +153,8 @@ class SpecDecoder:
 
     def note_verify_time(self, seconds: float) -> None:
         """The target's step time (the runner measures it), for the draft cost ratio."""
+        self.timings["verify"][0] += seconds
+        self.timings["verify"][1] += 1
         prev = self._verify_seconds
         self._verify_seconds = seconds if prev is None else prev + 0.2 * (seconds - prev)
 

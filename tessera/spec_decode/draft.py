@@ -7,16 +7,19 @@ block ids: token i of a request is in block_ids[i // block_size] in both caches,
 scheduler's block bookkeeping (allocation, lookahead slots, prefix caching, preemption)
 serves both, and `bytes_per_block` adds the draft's to the target's when the cache is
 sized.
-Flow of `propose(states, proposing, ks)` after each verify step:
-1. catch up: one ragged forward over every request of the step, positions
-   [draft_valid, upto): the tokens the draft has not seen (a prompt chunk; the accepted
-   drafts it had not written and the token sampled after them). `upto` is the target's
-   computed count, plus the newly sampled token for a request that sampled;
+Flow of `propose(states, proposing, ...)` after each verify step:
+1. catch up: one ragged forward over the proposing requests, positions
+   [draft_valid, upto): the tokens the draft has not seen (the prompt, at first; the
+   accepted drafts it had not written and the token sampled after them; what came while
+   the request did not speculate). `upto` counts every known token;
 2. the proposing requests' last rows give draft 1 (greedy requests: the argmax; others a
    draw from the request's distribution q, kept for the rejection sampler);
 3. k - 1 one-token steps (decode graphs where captured) give drafts 2..k.
 Draft KV written at the draft positions stays valid for the drafts the target accepts:
-the next catch-up starts after the longest run of proposed drafts that came true.
+the next catch-up starts after the longest run of proposed drafts that came true. A new
+(or resumed) request's draft starts from position 0 whatever the target found in the
+prefix cache: the draft's KV in a shared block may never have been written (its
+request did not speculate), so it is written again (the same tokens, the same values).
 """
 from __future__ import annotations
 
@@ -79,7 +82,7 @@ class DraftModel:
         from tessera.worker.cuda_graphs import DecodeGraphs, default_buckets
         self.graphs = DecodeGraphs(self.model, self.kv_caches, max_batch, max_blocks,
                                    num_blocks, self.block_size, self.device)
-        self.graphs.capture(default_buckets(max_batch))
+        self.graphs.capture(default_buckets(max_batch, every_upto=8))
 
     @torch.inference_mode()
     def propose(self, states: list[RequestState], proposing: dict[str, int],
@@ -89,27 +92,26 @@ class DraftModel:
         of the drafts that were drawn, or None when all were argmaxes)."""
         views, scheduled = {}, {}
         for st in states:
-            if not isinstance(st.spec, DraftProgress):  # new, or resumed after preemption:
-                st.spec = DraftProgress(valid=st.num_cached_at_start)  # prefix hits hold
-            prog = st.spec  # the draft's KV as well as the target's
+            if st.request_id not in proposing:
+                continue
+            if not isinstance(st.spec, DraftProgress):  # new, or resumed after preemption
+                st.spec = DraftProgress()
+            prog = st.spec
             if prog.proposed:  # drafts written at [upto, upto + k - 1) that came true
                 true = st.token_ids[prog.upto:prog.upto + len(prog.proposed) - 1]
                 run = next((i for i, (a, b) in enumerate(zip(true, prog.proposed))
                             if a != b), len(true))
                 prog.valid = max(prog.valid, min(prog.upto + run, len(st.token_ids)))
                 prog.proposed = []
-            upto = (len(st.token_ids) if st.request_id in proposing
-                    else min(st.num_computed_tokens, len(st.token_ids)))
+            upto = len(st.token_ids)
             prog.valid = min(prog.valid, upto)
-            if st.request_id in proposing and prog.valid == upto:
+            if prog.valid == upto:
                 prog.valid -= 1  # the last known token is the input that gives draft 1
             if upto > prog.valid:
                 views[st.request_id] = _view(st, st.token_ids[:upto], prog.valid)
                 scheduled[st.request_id] = upto - prog.valid
                 prog.valid = upto
         if not proposing:
-            if scheduled:
-                self._forward(views, scheduled)
             return {}
         hidden, inputs = self._forward(views, scheduled)
         order = [rid for rid in inputs.sample_request_ids if rid in proposing]

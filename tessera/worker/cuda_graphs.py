@@ -24,8 +24,11 @@ from tessera.worker.input_batch import StepInputs
 logger = logging.getLogger(__name__)
 
 
-def default_buckets(max_batch: int) -> list[int]:
-    sizes = [1, 2, 4, 8] + list(range(16, 257, 16)) + list(range(288, 513, 32))
+def default_buckets(max_batch: int, every_upto: int = 1) -> list[int]:
+    """Batch sizes to capture: 1, 2, 4, 8, then steps of 16 and 32; every size up to
+    `every_upto` (speculative decoding: a verify step of k + 1 rows pads to no more)."""
+    sizes = ([1, 2, 4, 8] + list(range(1, every_upto + 1)) + list(range(16, 257, 16))
+             + list(range(288, 513, 32)))
     return sorted({s for s in sizes if s < max_batch} | {max_batch})
 
 

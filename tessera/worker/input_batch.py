@@ -34,7 +34,6 @@ class RequestState:
     generator: Optional[torch.Generator] = None
     num_unresolved: int = 0  # sampled tokens still on the device (not in token_ids yet)
     sample_row: int = -1  # row of the newest of them in its step's token tensor
-    num_cached_at_start: int = 0  # computed when it (re)joined: prefix-cache hits
     drafts: list[int] = dataclasses.field(default_factory=list)  # this step verifies them
     spec: Any = None  # the speculative proposer's own state of it (spec_decode/)
     acceptance: Optional[float] = None  # running share of its drafts accepted

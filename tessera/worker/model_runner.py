@@ -174,7 +174,9 @@ class ModelRunner:
         self.graphs = DecodeGraphs(self.model, self.kv_caches, max_batch,
                                    -(-max_len // self.block_size), num_blocks, self.block_size,
                                    self.device)
-        sizes = default_buckets(max_batch)
+        spec = self.config.speculative
+        every = 2 * (spec.num_speculative_tokens + 1) if spec.method else 1
+        sizes = default_buckets(max_batch, every)
         self.graphs.capture(sizes)
         draft = getattr(self.spec, "proposer", None)
         if hasattr(draft, "capture_graphs"):
@@ -213,7 +215,8 @@ class ModelRunner:
             self._in_flight.append(_StepInFlight.nothing_sampled())
             return
         prompt_logprobs = self._prompt_logprobs(hidden, inputs.prompt_rows)
-        if self.spec is not None:
+        if self.spec is not None and (sched.scheduled_spec_token_ids or len(
+                sched.num_scheduled_tokens) <= self.config.speculative.speculative_max_batch):
             self._in_flight.append(self._speculative_step(sched, hidden, inputs,
                                                           prompt_logprobs))
             return
@@ -247,7 +250,9 @@ class ModelRunner:
     def _speculative_step(self, sched: SchedulerOutput, hidden, inputs,
                           prompt_logprobs: dict) -> _StepInFlight:
         """Verifies the drafts (every sampling row at once), then proposes the next
-        step's drafts; the whole output is known when it returns (spec_decode/)."""
+        step's drafts; the whole output is known when it returns (spec_decode/). A larger
+        batch samples as without speculation (its tokens may stay on the device)."""
+        self._resolve_all()  # tokens of an earlier plain step first, in order
         states = [self.states[rid] for rid in inputs.sample_request_ids]
         out = ModelRunnerOutput({}, {}, prompt_logprobs)
         if states:
@@ -316,8 +321,7 @@ class ModelRunner:
             self.states[new.request_id] = RequestState(
                 new.request_id, list(new.token_ids), new.num_prompt_tokens, new.params,
                 list(new.block_ids), new.num_computed_tokens, new.num_prompt_logprobs_done,
-                old.generator if old else self._make_generator(new.params.seed),
-                num_cached_at_start=new.num_computed_tokens)
+                old.generator if old else self._make_generator(new.params.seed))
         for cached in sched.cached_requests:
             st = self.states[cached.request_id]
             st.block_ids.extend(cached.new_block_ids)

@@ -170,3 +170,21 @@ def test_bad_settings_are_refused_at_start(tiny_llama, tmp_path):
     with pytest.raises(ValueError, match="pipeline stages"):
         LLM(folder, skip_tokenizer_init=True, pipeline_parallel_size=2,
             speculative_method="ngram")
+
+
+def test_batches_above_the_limit_step_as_without_speculation(tiny_llama, small_draft):
+    """speculative_max_batch 2 with 4 requests: async plain steps while more than 2 run,
+    speculation once the batch shrinks; output still exactly plain decoding's."""
+    folder, _ = tiny_llama
+    params = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True)
+              for m in (8, 12, 40, 40)]
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    plain = LLM(folder, skip_tokenizer_init=True, num_blocks=64).generate(prompts, params)
+    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=64, speculative_config=dict(
+        model=small_draft, num_speculative_tokens=3, speculative_max_batch=2))
+    spec = llm.generate(prompts, params)
+    assert [o.outputs[0].token_ids for o in spec] == [o.outputs[0].token_ids for o in plain]
+    core = llm.engine.core
+    assert core.max_in_flight == 2  # the large batch overlapped its steps
+    assert core.stats()["spec_drafted"] > 0  # the small one speculated
+    assert core.stats()["free_blocks"] == core.num_blocks
