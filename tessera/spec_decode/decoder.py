@@ -75,8 +75,15 @@ class SpecDecoder:
 
     # -- verify ------------------------------------------------------------------------
     def verify(self, logits: torch.Tensor, states: list[RequestState], batch_of: BatchOf,
-               argmax) -> tuple[list[list[int]], list[list[LogprobsEntry]]]:
-        """logits: [R, V] float32, the sampling rows of `states` in order."""
+               argmax, plain_greedy: bool = False
+               ) -> tuple[list[list[int]], list[list[LogprobsEntry]]]:
+        """logits: [R, V] (float32 unless plain_greedy: every request greedy with no
+        logprobs, penalties or bans, where the argmax alone decides), the sampling rows
+        of `states` in order."""
+        if plain_greedy:
+            emitted = self._verify_argmax(argmax(logits).tolist(), states)
+            self._apply(states, emitted)
+            return emitted, [[] for _ in states]
         row_states, before, spans, draft_ids = [], [], [], []
         for st in states:
             spans.append((len(row_states), len(st.drafts) + 1))
@@ -87,6 +94,24 @@ class SpecDecoder:
         rows = VerifyRows(spans, torch.tensor(draft_ids, device=logits.device))
         q = self._draft_probs(states, logits)
         emitted, entries = verify(logits, batch_of(row_states, before), rows, q, argmax)
+        self._apply(states, emitted)
+        return emitted, entries
+
+    @staticmethod
+    def _verify_argmax(ids: list[int], states: list[RequestState]) -> list[list[int]]:
+        """Greedy rows on the host: the drafts that are the argmax, then the argmax."""
+        emitted, row = [], 0
+        for st in states:
+            n = 0
+            while n < len(st.drafts) and st.drafts[n] == ids[row + n]:
+                n += 1
+            emitted.append(st.drafts[:n] + [ids[row + n]])
+            row += len(st.drafts) + 1
+        return emitted
+
+    @staticmethod
+    def _apply(states: list[RequestState], emitted: list[list[int]]) -> None:
+        """Rejected drafts roll the computed count back; tokens appended; rates kept."""
         for st, toks in zip(states, emitted):
             if st.drafts:
                 accepted = len(toks) - 1
@@ -96,7 +121,6 @@ class SpecDecoder:
                 st.acceptance = prior + ACCEPTANCE_WEIGHT * (rate - prior)
             st.token_ids.extend(toks)
             st.drafts = []
-        return emitted, entries
 
     def _draft_probs(self, states: list[RequestState], logits) -> Optional[torch.Tensor]:
         """q rows aligned with the verify rows (zeros where q is one-hot), or None."""

@@ -14,7 +14,10 @@ Flow of `propose(states, proposing, ...)` after each verify step:
    the request did not speculate). `upto` counts every known token;
 2. the proposing requests' last rows give draft 1 (greedy requests: the argmax; others a
    draw from the request's distribution q, kept for the rejection sampler);
-3. k - 1 one-token steps (decode graphs where captured) give drafts 2..k.
+3. k - 1 one-token steps (decode graphs where captured) give drafts 2..k; each step's
+   input ids are the step before's drafts, fed on the device, so the host waits once,
+   for all the drafts at the end. The catch-up too runs as one-token rows (a graph)
+   when it is at most k + 1 tokens, as it is in steady state.
 Draft KV written at the draft positions stays valid for the drafts the target accepts:
 the next catch-up starts after the longest run of proposed drafts that came true. A new
 (or resumed) request's draft starts from position 0 whatever the target found in the
@@ -62,6 +65,9 @@ class DraftModel:
         self.model = load_model(draft_config, device, dtype, self.context)
         self.device, self.kv_dtype, self.block_size = device, kv_dtype, block_size
         self.decodes_first = ops.decodes_first
+        # catch-up steps of a few tokens (the accepted drafts and the one after) run as
+        # one-token decode rows: the draft's decode graphs take them
+        self.decode_rows_upto = config.speculative.num_speculative_tokens + 1
         self.kv_specs = self.model.kv_cache_specs()
         self.kv_caches: list[torch.Tensor] = []
         self.graphs = None
@@ -115,62 +121,65 @@ class DraftModel:
             return {}
         hidden, inputs = self._forward(views, scheduled)
         order = [rid for rid in inputs.sample_request_ids if rid in proposing]
-        rows = [inputs.sample_rows[inputs.sample_request_ids.index(rid)] for rid in order]
+        last_row = dict(zip(inputs.sample_request_ids, inputs.sample_rows))  # one each
         by_id = {st.request_id: st for st in states}
         live = [by_id[rid] for rid in order]
         batch = batch_of(live)
-        drafts: dict[str, list[int]] = {rid: [] for rid in order}
-        probs: dict[str, list[Optional[torch.Tensor]]] = {rid: [] for rid in order}
-        tokens = self._draw(hidden[rows], batch, argmax, order, drafts, probs)
-        for step in range(1, max(proposing[rid] for rid in order)):
-            go = [i for i, rid in enumerate(order) if len(drafts[rid]) < proposing[rid]]
-            if not go:
-                break
-            sub_views, sub_sched = {}, {}
+        greedy = [st.params.greedy for st in live]
+        # drafts stay on the device until the last step: one wait per proposal
+        tokens, q = self._draw(hidden[[last_row[rid] for rid in order]], batch, argmax)
+        columns, q_columns = [tokens], [q]  # per draft step: [N] ids, [N, V] or None
+        want = [proposing[rid] for rid in order]
+        for step in range(1, max(want)):
+            go = [i for i, k in enumerate(want) if k > step]
+            sub_views = {}
             for i in go:
                 st = live[i]
-                known = st.token_ids + drafts[st.request_id]
+                known = st.token_ids + [0] * step  # the drafts' ids are fed on the device
                 sub_views[st.request_id] = _view(st, known, len(known) - 1)
-                sub_sched[st.request_id] = 1
-            hidden, inputs = self._forward(sub_views, sub_sched)
-            pos = {rid: r for r, rid in zip(inputs.sample_rows, inputs.sample_request_ids)}
-            sub_order = [order[i] for i in go]
-            sub_batch = batch_of([live[i] for i in go])
-            tokens = self._draw(hidden[[pos[rid] for rid in sub_order]], sub_batch, argmax,
-                                sub_order, drafts, probs)
+            feed = tokens if len(go) == len(order) else tokens[go]
+            hidden, inputs = self._forward(sub_views, dict.fromkeys(sub_views, 1), feed)
+            sub_batch = batch if len(go) == len(order) else batch_of([live[i] for i in go])
+            drawn, q = self._draw(hidden, sub_batch, argmax)
+            tokens = drawn if len(go) == len(order) else tokens.index_copy(
+                0, torch.tensor(go, device=tokens.device), drawn)
+            if q is not None and len(go) < len(order):
+                full = torch.zeros((len(order), q.shape[1]), device=q.device)
+                q = full.index_copy(0, torch.tensor(go, device=q.device), q)
+            columns.append(tokens)
+            q_columns.append(q)
+        table = torch.stack(columns, dim=1).tolist()  # [N, steps]
         out = {}
-        for st in live:
-            rid = st.request_id
-            st.spec.upto, st.spec.proposed = len(st.token_ids), list(drafts[rid])
-            q = probs[rid]
-            out[rid] = (drafts[rid], None if all(p is None for p in q) else _stack(q))
-        del tokens
+        for i, st in enumerate(live):
+            rid, k = st.request_id, want[i]
+            drafts = table[i][:k]
+            st.spec.upto, st.spec.proposed = len(st.token_ids), list(drafts)
+            q_rows = None
+            if not greedy[i] and q_columns[0] is not None:
+                q_rows = torch.stack([qc[i] for qc in q_columns[:k]])
+            out[rid] = (drafts, q_rows)
         return out
 
-    def _forward(self, views, scheduled):
+    def _forward(self, views, scheduled, feed: Optional[torch.Tensor] = None):
+        """feed: [rows] the input ids, on the device (one-token steps)."""
         inputs = prepare_inputs(views, scheduled, self.block_size, self.device,
-                                self.decodes_first)
+                                self.decodes_first, self.decode_rows_upto)
+        if feed is not None:
+            inputs.input_ids.copy_(feed)
         hidden = self.graphs.run(inputs) if self.graphs is not None else None
         if hidden is None:
             hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
         return hidden, inputs
 
-    def _draw(self, hidden, batch: SamplingBatch, argmax, order, drafts, probs):
-        """One draft per row: the argmax for greedy rows, else a draw from q."""
+    def _draw(self, hidden, batch: SamplingBatch, argmax):
+        """One draft per row -> ([N] ids on the device, q [N, V] float32 or None): the
+        argmax for greedy rows, else a draw from the request's distribution q."""
+        if batch.all_greedy:
+            return argmax(self.model.compute_logits(hidden, as_float=False)), None
         logits = self.model.compute_logits(hidden)  # [N, V] float32
-        tokens = argmax(logits)
-        q = None
-        if not batch.all_greedy:
-            q = probabilities(logits, batch)
-            drawn = race(q, batch.generators, argmax)
-            greedy = batch.temperature < 1e-5
-            tokens = torch.where(greedy, tokens, drawn)
-        tokens_l = tokens.tolist()
-        greedy_l = [True] * len(order) if q is None else (batch.temperature < 1e-5).tolist()
-        for i, rid in enumerate(order):
-            drafts[rid].append(tokens_l[i])
-            probs[rid].append(None if greedy_l[i] else q[i])
-        return tokens
+        q = probabilities(logits, batch)
+        drawn = race(q, batch.generators, argmax)
+        return torch.where(batch.temperature < 1e-5, argmax(logits), drawn), q
 
 
 def _view(st: RequestState, tokens: list[int], start: int) -> RequestState:
@@ -180,9 +189,3 @@ def _view(st: RequestState, tokens: list[int], start: int) -> RequestState:
         st.params, prompt_logprobs=None)
     return RequestState(st.request_id, tokens, st.num_prompt_tokens, params, st.block_ids,
                         start, 0)
-
-
-def _stack(q: list[Optional[torch.Tensor]]) -> torch.Tensor:
-    """Per draft its q row; a greedy draft's row is zeros (q is one-hot at it)."""
-    like = next(p for p in q if p is not None)
-    return torch.stack([p if p is not None else torch.zeros_like(like) for p in q])

@@ -66,21 +66,17 @@ class StepInputs:
     # every row samples, in order)
 
 
-def _as_decodes(st: RequestState, n: int) -> bool:
-    """A decode, or a verify step of one known token and its drafts: one-token rows."""
-    return n == 1 or (bool(st.drafts) and n == len(st.drafts) + 1)
-
-
 def prepare_inputs(states: dict[str, RequestState], scheduled: dict[str, int],
-                   block_size: int, device: torch.device,
-                   decodes_first: bool = False) -> StepInputs:
-    """decodes_first (kernel ops): one-token (decode) sequences go first, for the decode
-    kernel (and CUDA graphs), verify steps' tokens among them, one row each; otherwise
-    every sequence is ragged."""
+                   block_size: int, device: torch.device, decodes_first: bool = False,
+                   decode_rows_upto: int = 1) -> StepInputs:
+    """decodes_first (kernel ops): sequences of up to `decode_rows_upto` tokens (1: the
+    decodes; speculative decoding: a verify step's k + 1) go first, one row per token for
+    the decode kernel (and CUDA graphs), each row seeing the positions up to its own;
+    otherwise every sequence is ragged."""
     order = list(scheduled)
     if decodes_first:
-        order = ([r for r in order if _as_decodes(states[r], scheduled[r])]
-                 + [r for r in order if not _as_decodes(states[r], scheduled[r])])
+        order = ([r for r in order if scheduled[r] <= decode_rows_upto]
+                 + [r for r in order if scheduled[r] > decode_rows_upto])
     ids: list[int] = []
     positions: list[int] = []
     slots: list[int] = []
@@ -93,7 +89,7 @@ def prepare_inputs(states: dict[str, RequestState], scheduled: dict[str, int],
         start, row0 = st.num_computed_tokens, len(ids)
         end = start + n
         blocks = st.block_ids
-        decode = decodes_first and _as_decodes(st, n)
+        decode = decodes_first and n <= decode_rows_upto
         if st.drafts:  # the last known token(s), then the drafts to verify
             ids += (st.token_ids + st.drafts)[start:end]
             positions += range(start, end)

@@ -94,7 +94,9 @@ class ModelRunner:
         self._last_tokens: Optional[torch.Tensor] = None  # the newest step's sampled ids
         self.default_generator = torch.Generator(device=self.device).manual_seed(config.model.seed)
         self.spec: Optional[SpecDecoder] = None  # speculative decoding (spec_decode/)
+        self.decode_rows_upto = 1  # verify steps of k + 1 tokens run as decode rows
         if config.speculative.method is not None:
+            self.decode_rows_upto = config.speculative.num_speculative_tokens + 1
             self.spec = SpecDecoder(config, device, dtype, self.kv_dtype, self.block_size)
             self.weight_bytes += self.spec.proposer.weight_bytes
 
@@ -203,7 +205,7 @@ class ModelRunner:
             self._in_flight.append(_StepInFlight.nothing_sampled())
             return
         inputs = prepare_inputs(self.states, sched.num_scheduled_tokens, self.block_size,
-                                self.device, self.ops.decodes_first)
+                                self.device, self.ops.decodes_first, self.decode_rows_upto)
         if inputs.feed_rows is not None:  # decode inputs sampled by the step before
             inputs.input_ids[inputs.feed_rows] = self._last_tokens[inputs.feed_src]
         hidden = self.graphs.run(inputs) if self.graphs is not None else None
@@ -257,9 +259,10 @@ class ModelRunner:
         out = ModelRunnerOutput({}, {}, prompt_logprobs)
         if states:
             rows = hidden if inputs.sample_index is None else hidden[inputs.sample_index]
-            logits = self.model.compute_logits(rows)  # [R, V] float32
+            greedy = all(self._plain_greedy(st) for st in states)
+            logits = self.model.compute_logits(rows, as_float=not greedy)  # [R, V]
             emitted, entries = self.spec.verify(logits, states, self._sampling_batch,
-                                                self.ops.argmax)
+                                                self.ops.argmax, greedy)
             self.spec.note_verify_time(time.perf_counter() - self._step_start)
             out.sampled_token_ids = {st.request_id: t for st, t in zip(states, emitted)}
             out.logprobs = {st.request_id: e for st, e in zip(states, entries) if e}

@@ -40,7 +40,7 @@ def small_draft(tmp_path_factory):
 
 
 def run(folder, prompts, params, **kw):
-    llm = LLM(folder, skip_tokenizer_init=True, **kw)
+    llm = LLM(folder, skip_tokenizer_init=True, dtype="float32", **kw)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
     stats = llm.engine.stats()
     assert stats["running"] == stats["waiting"] == 0
@@ -101,7 +101,7 @@ def test_request_settings_behave_as_without_speculation(tiny_llama, small_draft)
 
 def test_aborts_mid_speculation_free_every_block(tiny_llama, small_draft):
     folder, _ = tiny_llama
-    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=32, block_size=4,
+    llm = LLM(folder, skip_tokenizer_init=True, dtype="float32", num_blocks=32, block_size=4,
               speculative_config=dict(model=small_draft, num_speculative_tokens=4))
     engine = llm.engine
     p = SamplingParams(temperature=0.8, seed=1, max_tokens=60, ignore_eos=True)
@@ -129,7 +129,7 @@ def test_sampled_tokens_follow_the_targets_distribution(tiny_llama, small_draft)
     prompt = [7, 8, 9, 10]
     params = [SamplingParams(temperature=1.0, top_k=5, seed=s, max_tokens=3, ignore_eos=True)
               for s in range(1600)]
-    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=2048, block_size=4,
+    llm = LLM(folder, skip_tokenizer_init=True, dtype="float32", num_blocks=2048, block_size=4,
               max_num_seqs=256, speculative_config=dict(
                   model=small_draft, num_speculative_tokens=2, speculative_max_batch=256))
     outs = [o.outputs[0].token_ids for o in llm.generate([{"prompt_token_ids": prompt}] *
@@ -158,17 +158,17 @@ def test_bad_settings_are_refused_at_start(tiny_llama, tmp_path):
     transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(
         **{**TINY, "vocab_size": 500, "num_hidden_layers": 1})).save_pretrained(other)
     with pytest.raises(ValueError, match="vocabulary of 500 tokens"):
-        LLM(folder, skip_tokenizer_init=True, num_blocks=8, speculative_model=other)
+        LLM(folder, skip_tokenizer_init=True, dtype="float32", num_blocks=8, speculative_model=other)
     with pytest.raises(ValueError, match="num_speculative_tokens must be in 1..16"):
-        LLM(folder, skip_tokenizer_init=True, speculative_config=dict(
+        LLM(folder, skip_tokenizer_init=True, dtype="float32", speculative_config=dict(
             method="ngram", num_speculative_tokens=0))
     with pytest.raises(ValueError, match="'ngram' drafts without a model"):
-        LLM(folder, skip_tokenizer_init=True, speculative_config=dict(
+        LLM(folder, skip_tokenizer_init=True, dtype="float32", speculative_config=dict(
             method="ngram", model=folder))
     with pytest.raises(TypeError, match="unknown speculative_config key 'k'"):
-        LLM(folder, skip_tokenizer_init=True, speculative_config=dict(k=3))
+        LLM(folder, skip_tokenizer_init=True, dtype="float32", speculative_config=dict(k=3))
     with pytest.raises(ValueError, match="pipeline stages"):
-        LLM(folder, skip_tokenizer_init=True, pipeline_parallel_size=2,
+        LLM(folder, skip_tokenizer_init=True, dtype="float32", pipeline_parallel_size=2,
             speculative_method="ngram")
 
 
@@ -179,8 +179,8 @@ def test_batches_above_the_limit_step_as_without_speculation(tiny_llama, small_d
     params = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True)
               for m in (8, 12, 40, 40)]
     prompts = [{"prompt_token_ids": p} for p in PROMPTS]
-    plain = LLM(folder, skip_tokenizer_init=True, num_blocks=64).generate(prompts, params)
-    llm = LLM(folder, skip_tokenizer_init=True, num_blocks=64, speculative_config=dict(
+    plain = LLM(folder, skip_tokenizer_init=True, dtype="float32", num_blocks=64).generate(prompts, params)
+    llm = LLM(folder, skip_tokenizer_init=True, dtype="float32", num_blocks=64, speculative_config=dict(
         model=small_draft, num_speculative_tokens=3, speculative_max_batch=2))
     spec = llm.generate(prompts, params)
     assert [o.outputs[0].token_ids for o in spec] == [o.outputs[0].token_ids for o in plain]
