@@ -27,6 +27,7 @@ from tessera.engine.kv_cache.manager import KVCacheManager
 from tessera.engine.protocol import EngineCoreOutput, ModelRunnerOutput, SchedulerOutput
 from tessera.engine.request import Request, check_token_ids
 from tessera.engine.scheduler import Scheduler
+from tessera.engine.spec_policy import DraftPolicy
 from tessera.executor import executor_class
 from tessera.executor.base import Executor
 
@@ -52,7 +53,8 @@ class EngineCore:
         self.spec_max_batch = spec.speculative_max_batch if spec.method else None
         lookahead = spec.num_speculative_tokens if spec.method == "draft" else 0
         self.scheduler = Scheduler(config.scheduler, self.kv, max_model_len,
-                                   schedule_in_flight=overlap, num_lookahead=lookahead)
+                                   schedule_in_flight=overlap, num_lookahead=lookahead,
+                                   draft_policy=DraftPolicy(spec) if spec.method else None)
         self.num_steps = 0
         self.pipeline_depth = 2 if overlap else pp
         self._in_flight: deque = deque()

@@ -49,6 +49,9 @@ class SchedulerOutput:
     # request id -> the draft tokens this step verifies (the last of its scheduled
     # tokens); requests without drafts are absent
     scheduled_spec_token_ids: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    # request id -> drafts to propose for it after this step, should it sample (the
+    # engine's DraftPolicy: every rank proposes the same); absent: none
+    num_drafts: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def total_num_scheduled_tokens(self) -> int:
@@ -69,6 +72,7 @@ class ModelRunnerOutput:
     prompt_logprobs: dict[str, tuple[int, list[LogprobsEntry]]]
     # request id -> draft tokens proposed for its next step (speculative decoding)
     spec_token_ids: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    draft_cost: float = 0.0  # measured: one draft step's time over one verify step's
 
 
 @dataclasses.dataclass

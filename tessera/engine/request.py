@@ -55,6 +55,7 @@ class Request:
         self.num_computed_tokens = 0
         self.num_pending_tokens = 0  # sampled by in-flight steps, not appended yet
         self.spec_token_ids: list[int] = []  # drafts its next step verifies
+        self.acceptance: Optional[float] = None  # running share of its drafts accepted
         self.status = RequestStatus.WAITING
         self.stop_reason: int | str | None = None
         self.num_preemptions = 0

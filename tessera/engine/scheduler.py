@@ -18,19 +18,23 @@ speculative proposer, set before each step) are scheduled after its known tokens
 as the budget, the context length and max_tokens allow, and listed in the output's
 `scheduled_spec_token_ids` (the rest are dropped: a proposer proposes anew each step); the
 step returns the accepted drafts plus one sampled token, and the computed count goes back
-by the drafts it rejected. Each returned token is
+by the drafts it rejected. With speculation configured, the output also says how many
+drafts to propose for each request after the step (`num_drafts`, spec_policy.py), and a
+draft model gets `num_lookahead` slots past each request's tokens for its drafts' KV. Each returned token is
 checked against the stop rule (stopping.py) in order; tokens after a stop are dropped.
 """
 from __future__ import annotations
 
 import time
 from collections import deque
+from typing import Optional
 
 from tessera.config import SchedulerConfig
 from tessera.engine.kv_cache.manager import KVCacheManager
 from tessera.engine.protocol import (CachedRequestData, EngineCoreOutput, ModelRunnerOutput,
                                      NewRequestData, SchedulerOutput)
 from tessera.engine.request import Request, RequestStatus
+from tessera.engine.spec_policy import DraftPolicy
 from tessera.stopping import check_stop, length_reached
 
 _FINISHED = {"stop": RequestStatus.FINISHED_STOPPED, "length": RequestStatus.FINISHED_LENGTH}
@@ -42,9 +46,11 @@ class QueueFullError(RuntimeError):
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig, kv: KVCacheManager, max_model_len: int,
-                 schedule_in_flight: bool = False, num_lookahead: int = 0):
+                 schedule_in_flight: bool = False, num_lookahead: int = 0,
+                 draft_policy: Optional[DraftPolicy] = None):
         self.config = config
         self.num_lookahead = num_lookahead  # slots past a step's tokens a draft model writes
+        self.draft_policy = draft_policy  # speculative decoding: drafts per request
         self.schedule_in_flight = schedule_in_flight
         self.kv = kv
         self.max_model_len = max_model_len
@@ -163,7 +169,14 @@ class Scheduler:
 
         finished, self._finished_ids = self._finished_ids, set()
         self.in_flight.update(num_scheduled)
-        return SchedulerOutput(new_reqs, cached, num_scheduled, finished, preempted, spec)
+        out = SchedulerOutput(new_reqs, cached, num_scheduled, finished, preempted, spec)
+        if self.draft_policy is not None:
+            size = len(num_scheduled)
+            for rid in num_scheduled:
+                k = self.draft_policy.num_drafts(self.requests[rid], size)
+                if k:
+                    out.num_drafts[rid] = k
+        return out
 
     def _tokens_to_compute(self, req: Request) -> int:
         if req.request_id in self.in_flight and not self.schedule_in_flight:
@@ -210,6 +223,8 @@ class Scheduler:
                            out: ModelRunnerOutput) -> list[EngineCoreOutput]:
         outputs = []
         spec = sched.scheduled_spec_token_ids
+        if self.draft_policy is not None:
+            self.draft_policy.note_draft_cost(out.draft_cost)
         self.in_flight.difference_update(sched.num_scheduled_tokens)
         for rid, n in sched.num_scheduled_tokens.items():
             req = self.requests.get(rid)
@@ -227,6 +242,7 @@ class Scheduler:
                 self.num_drafted += len(spec[rid])
                 self.num_accepted += len(tokens) - 1
                 self.num_verify_steps += 1
+                DraftPolicy.note_verified(req, len(spec[rid]), len(tokens) - 1)
             req.num_pending_tokens -= 1
             new, status = self._append(req, tokens)
             self.kv.cache_blocks(req)

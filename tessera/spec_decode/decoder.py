@@ -9,16 +9,13 @@ tokens and drafts (worker/input_batch.py):
    sampling rows (a request with k drafts has k + 1), each row with its own history
    (the drafts before it count as outputs for penalties and min_tokens) -> per request
    its emitted tokens; the states' computed counts go back by the rejected drafts, the
-   tokens are appended, and each request's acceptance rate is updated.
-2. `propose(step_states, sampled, ...)`: how many drafts each request gets (`_num_drafts`)
-   and the proposer's drafts (draft.py's DraftModel, or n-gram lookup).
-How many drafts (adaptive, `speculative_adaptive`): with a request's running acceptance
-rate a (per draft, exponentially weighted) and c, the measured cost of one draft step over
-one verify step (the draft model's; 0 for n-gram), a step of k drafts yields
-E(k) = (1 - a^(k+1)) / (1 - a) tokens for 1 + k c of the time; k in 1..K maximizes
-E(k) / (1 + k c). Off-switch: a step of more than `speculative_max_batch` requests
-proposes nothing (a large batch is compute-bound: a verify token costs as much as a
-plain one), so the next step is a plain decode step.
+   tokens are appended.
+2. `propose(step_states, sampled, num_drafts, ...)`: the proposer's drafts (draft.py's
+   DraftModel, or n-gram lookup), as many as the engine's DraftPolicy asked for each
+   request (engine/spec_policy.py: the adaptive count and the batch-size off-switch),
+   within the context and max_tokens.
+`draft_cost`: one draft step's host time over one verify step's (exponentially weighted),
+measured here and sent back to the DraftPolicy (n-gram drafts: 0).
 """
 from __future__ import annotations
 
@@ -35,8 +32,6 @@ from tessera.spec_decode.rejection import VerifyRows, verify
 from tessera.worker.input_batch import RequestState
 
 BatchOf = Callable[[list[RequestState], Optional[list[list[int]]]], SamplingBatch]
-ACCEPTANCE_PRIOR = 0.6  # a new request's assumed acceptance rate
-ACCEPTANCE_WEIGHT = 0.3  # weight of each step in the running rate
 
 
 class NgramProposer:
@@ -111,14 +106,9 @@ class SpecDecoder:
 
     @staticmethod
     def _apply(states: list[RequestState], emitted: list[list[int]]) -> None:
-        """Rejected drafts roll the computed count back; tokens appended; rates kept."""
+        """Rejected drafts roll the computed count back; the tokens are appended."""
         for st, toks in zip(states, emitted):
-            if st.drafts:
-                accepted = len(toks) - 1
-                st.num_computed_tokens -= len(st.drafts) - accepted
-                rate = accepted / len(st.drafts)
-                prior = ACCEPTANCE_PRIOR if st.acceptance is None else st.acceptance
-                st.acceptance = prior + ACCEPTANCE_WEIGHT * (rate - prior)
+            st.num_computed_tokens -= len(st.drafts) - (len(toks) - 1)
             st.token_ids.extend(toks)
             st.drafts = []
 
@@ -138,14 +128,14 @@ class SpecDecoder:
 
     # -- propose -----------------------------------------------------------------------
     def propose(self, step_states: list[RequestState], sampled: list[RequestState],
-                batch_of: BatchOf, argmax) -> dict[str, list[int]]:
-        """-> request id -> drafts for its next step (only requests that got some)."""
+                num_drafts: dict[str, int], batch_of: BatchOf, argmax) -> dict[str, list[int]]:
+        """num_drafts: request id -> drafts wanted (the engine's DraftPolicy). -> request
+        id -> drafts for its next step (only requests that got some)."""
         proposing = {}
-        if len(step_states) <= self.cfg.speculative_max_batch:
-            for st in sampled:
-                k = self._num_drafts(st)
-                if k > 0:
-                    proposing[st.request_id] = k
+        for st in sampled:
+            k = min(num_drafts.get(st.request_id, 0), self._room(st))
+            if k > 0:
+                proposing[st.request_id] = k
         start = time.perf_counter()
         got = self.proposer.propose(step_states, proposing,
                                     lambda sts: batch_of(sts, None), argmax)
@@ -163,17 +153,14 @@ class SpecDecoder:
                 out[st.request_id] = drafts
         return out
 
-    def _num_drafts(self, st: RequestState) -> int:
-        p = st.params
+    def _room(self, st: RequestState) -> int:
+        """Drafts that fit the context and the output budget (a verify step gives up to
+        drafts + 1 tokens)."""
         room = self.max_model_len - len(st.token_ids)
-        if p.max_tokens is not None:
-            room = min(room, p.max_tokens - (len(st.token_ids) - st.num_prompt_tokens) - 1)
-        k_max = min(self.cfg.num_speculative_tokens, room)
-        if k_max <= 0 or not self.cfg.speculative_adaptive:
-            return max(0, k_max)
-        a = min(ACCEPTANCE_PRIOR if st.acceptance is None else st.acceptance, 0.99)
-        return max(range(1, k_max + 1),
-                   key=lambda k: (1 - a ** (k + 1)) / (1 - a) / (1 + k * self.draft_cost))
+        if st.params.max_tokens is not None:
+            room = min(room, st.params.max_tokens
+                       - (len(st.token_ids) - st.num_prompt_tokens) - 1)
+        return room
 
     def note_verify_time(self, seconds: float) -> None:
         """The target's step time (the runner measures it), for the draft cost ratio."""

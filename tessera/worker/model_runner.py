@@ -267,8 +267,9 @@ class ModelRunner:
             out.sampled_token_ids = {st.request_id: t for st, t in zip(states, emitted)}
             out.logprobs = {st.request_id: e for st, e in zip(states, entries) if e}
         step_states = [self.states[rid] for rid in sched.num_scheduled_tokens]
-        out.spec_token_ids = self.spec.propose(step_states, states, self._sampling_batch,
-                                               self.ops.argmax)
+        out.spec_token_ids = self.spec.propose(step_states, states, sched.num_drafts,
+                                               self._sampling_batch, self.ops.argmax)
+        out.draft_cost = self.spec.draft_cost
         step = _StepInFlight.nothing_sampled()
         step.output = out
         return step

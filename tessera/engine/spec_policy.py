@@ -1,0 +1,49 @@
+"""DraftPolicy: how many draft tokens each request gets, decided in the engine core.
+
+The scheduler asks `num_drafts(req, batch_size)` for every request it schedules and sends
+the answers in the SchedulerOutput (`num_drafts`): the workers propose that many after
+the step (one decision for every tensor-parallel rank, which must run the same draft
+steps). Inputs, all measured:
+- a request's running acceptance rate a (per draft, exponentially weighted with weight
+  0.3 per verify step, from 0.6 before its first): `note_verified(req, drafted, accepted)`;
+- c, the cost of one draft step over one verify step, from the worker's timings
+  (`note_draft_cost`; 0 for n-gram drafts, which cost no forward).
+A step of k drafts yields E(k) = (1 - a^(k+1)) / (1 - a) tokens for 1 + k c of the time:
+k in 1..K maximizes E(k) / (1 + k c) (K: num_speculative_tokens; with adaptivity off,
+always K). Off-switch: no drafts in a step of more than `speculative_max_batch` requests
+(a large batch is compute-bound, so a verify token costs what a plain one does).
+"""
+from __future__ import annotations
+
+from tessera.config import SpeculativeConfig
+from tessera.engine.request import Request
+
+ACCEPTANCE_PRIOR = 0.6
+ACCEPTANCE_WEIGHT = 0.3
+
+
+class DraftPolicy:
+    def __init__(self, config: SpeculativeConfig):
+        self.k_max = config.num_speculative_tokens
+        self.adaptive = config.speculative_adaptive
+        self.max_batch = config.speculative_max_batch
+        self.draft_cost = 0.0
+
+    def num_drafts(self, req: Request, batch_size: int) -> int:
+        if batch_size > self.max_batch:
+            return 0
+        if not self.adaptive:
+            return self.k_max
+        a = min(ACCEPTANCE_PRIOR if req.acceptance is None else req.acceptance, 0.99)
+        c = self.draft_cost
+        return max(range(1, self.k_max + 1),
+                   key=lambda k: (1 - a ** (k + 1)) / (1 - a) / (1 + k * c))
+
+    @staticmethod
+    def note_verified(req: Request, drafted: int, accepted: int) -> None:
+        prior = ACCEPTANCE_PRIOR if req.acceptance is None else req.acceptance
+        req.acceptance = prior + ACCEPTANCE_WEIGHT * (accepted / drafted - prior)
+
+    def note_draft_cost(self, ratio: float) -> None:
+        if ratio > 0:
+            self.draft_cost = ratio
