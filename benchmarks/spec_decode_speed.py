@@ -9,6 +9,7 @@ Llama-3.2-1B, bf16). Measures:
           upper bound), end to end;
   draft   the draft shape proposing k every step (random weights: acceptance ~0, the
           worst case), end to end, with the host time of a verify step and of a proposal;
+  draft_int8  the same with the draft's weights in int8 (--speculative-quantization);
   b64     batch 64 (prompt 1024) plain and with the draft (the off-switch at
           speculative_max_batch 32 keeps it a plain step).
 Then the batch-1 speedup that the measured step costs give at acceptance rates a:
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import statistics
 import time
 
 import torch
@@ -61,8 +63,15 @@ def graph_costs(engine, rows=range(1, 9)) -> dict:
 
 
 def spec_timings(engine) -> dict:
-    t = engine.core.executor.worker.runner.spec.timings
-    return {k: (s / n * 1e3 if n else 0.0) for k, (s, n) in t.items()}  # ms
+    """Median ms of a verify step and of a proposal over the timed run."""
+    runner = engine.core.executor.worker.runner
+    return {k: statistics.median(v) * 1e3 if v else 0.0
+            for k, v in runner.spec.timings.items()}
+
+
+def clear_timings(engine) -> None:
+    for v in engine.core.executor.worker.runner.spec.timings.values():
+        v.clear()
 
 
 def predicted(plain_step_ms: float, step_ms: float, k: int, rates) -> dict:
@@ -86,8 +95,9 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bw = measure_bandwidth(device)
     rates = [0.5, 0.6, 0.7, 0.8, 0.9] + [float(a) for a in args.acceptance.split(",") if a]
-    res: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "date": time.strftime("%Y-%m-%d"),
-                 "target": args.target, "draft": args.draft, "k": args.k}
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    res: dict = {"device": name, "date": time.strftime("%Y-%m-%d"), "target": args.target,
+                 "draft": args.draft, "k": args.k}
 
     def save():
         with open(args.out, "w") as f:
@@ -102,41 +112,43 @@ def main() -> None:
     release(engine)
     save()
     fixed = dict(num_speculative_tokens=args.k, speculative_adaptive=False)
-    engine, res["self_setup_s"] = build(args.target, speculative_model=args.target, **fixed)
-    with frozen():
-        run_latency(engine, 1, 32, 16, bw, seed=9)
-        res["self_b1"] = run_latency(engine, 1, 32, args.output_len, bw)
-        res["self_ms"] = spec_timings(engine)
-    release(engine)
-    save()
-    engine, res["draft_setup_s"] = build(args.target, speculative_model=args.draft, **fixed)
-    with frozen():
-        run_latency(engine, 1, 32, 16, bw, seed=9)
-        res["draft_b1"] = run_latency(engine, 1, 32, args.output_len, bw)
-        res["draft_ms"] = spec_timings(engine)
-        res["draft_graphs"] = graph_costs(engine, rows=[args.k + 1])
-        res["draft_b64"] = run_latency(engine, 64, args.b64_prompt, 128, bw)
-    release(engine)
     plain_ms = res["plain_b1"]["median_step_ms"]
-    step_ms = res["draft_ms"]["verify"] + res["draft_ms"]["propose"]
-    res["predicted_speedup"] = predicted(plain_ms, step_ms, args.k, rates)
-    save()
+    runs = [("self", args.target, None), ("draft", args.draft, None),
+            ("draft_int8", args.draft, "int8")]
+    for name, draft, quant in runs:
+        engine, res[f"{name}_setup_s"] = build(args.target, speculative_model=draft,
+                                               speculative_quantization=quant, **fixed)
+        with frozen():
+            run_latency(engine, 1, 32, 16, bw, seed=9)
+            clear_timings(engine)
+            res[f"{name}_b1"] = run_latency(engine, 1, 32, args.output_len, bw)
+            res[f"{name}_ms"] = ms = spec_timings(engine)
+            res[f"{name}_graphs"] = graph_costs(engine, rows=[args.k + 1])
+            if name == "draft":
+                res["draft_b64"] = run_latency(engine, 64, args.b64_prompt, 128, bw)
+        release(engine)
+        if name != "self":
+            res[f"{name}_predicted_speedup"] = predicted(
+                plain_ms, ms["verify"] + ms["propose"], args.k, rates)
+        save()
     print(f"{res['device']}, {res['date']}: {args.target} target, {args.draft} draft, "
           f"k = {args.k}")
     g = res["graphs"]["target_us"]
     print("target forward (graph), rows: " + ", ".join(f"{r}: {us:.0f} us"
                                                         for r, us in g.items()))
-    print(f"draft forward (graph), 1 row: {res['draft_graphs'].get('draft_us', 0):.0f} us")
+    for name in ("draft", "draft_int8"):
+        print(f"{name} forward (graph), 1 row: {res[name + '_graphs'].get('draft_us', 0):.0f} us")
     print("| run | tok/s | ms/step | acceptance | verify ms | propose ms |")
     print("|---|---|---|---|---|---|")
-    for name in ("plain_b1", "self_b1", "draft_b1", "plain_b64", "draft_b64"):
+    for name in ("plain_b1", "self_b1", "draft_b1", "draft_int8_b1", "plain_b64", "draft_b64"):
         r = res[name]
         ms = res.get(name.split("_")[0] + "_ms", {})
         print(f"| {name} | {r['tok_s']:.1f} | {r['median_step_ms']:.2f} | "
               f"{r.get('acceptance_rate', float('nan')):.2f} | {ms.get('verify', 0):.2f} | "
               f"{ms.get('propose', 0):.2f} |")
-    print("predicted batch-1 speedup over plain at acceptance a: " + ", ".join(
-        f"{a}: {x:.2f}x" for a, x in res["predicted_speedup"].items()))
+    for name in ("draft", "draft_int8"):
+        print(f"{name}: predicted batch-1 speedup over plain at acceptance a: " + ", ".join(
+            f"{a}: {x:.2f}x" for a, x in res[name + "_predicted_speedup"].items()))
 
 
 if __name__ == "__main__":

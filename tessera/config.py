@@ -223,6 +223,9 @@ class SpeculativeConfig:
               "(prompt lookup: drafts copied from earlier text of the same request)",
         SPEC_METHODS)
     num_speculative_tokens: int = _field(4, "drafts per step, at most (1..16)")
+    speculative_quantization: Optional[str] = _field(
+        None, "quantize the draft model's linear layers at load (as --quantization does "
+              "the model's): a draft step reads fewer bytes", QUANTIZATIONS)
     ngram_min: int = _field(1, "ngram: shortest suffix matched")
     ngram_max: int = _field(4, "ngram: longest suffix matched (tried first)")
     speculative_max_batch: int = _field(
@@ -239,6 +242,12 @@ class SpeculativeConfig:
             raise ValueError("speculative_method 'ngram' drafts without a model; drop "
                              f"speculative_model {self.speculative_model!r}, or use method "
                              "'draft'.")
+        if (self.speculative_quantization is not None
+                and self.speculative_quantization not in QUANTIZATIONS):
+            raise ValueError(f"speculative_quantization {self.speculative_quantization!r} is "
+                             f"not one of {', '.join(QUANTIZATIONS)}.")
+        if self.speculative_quantization and not self.speculative_model:
+            raise ValueError("speculative_quantization applies to a speculative_model.")
         if self.speculative_method == "draft" and not self.speculative_model:
             raise ValueError("speculative_method 'draft' needs a speculative_model.")
         if not 1 <= self.num_speculative_tokens <= MAX_SPEC_TOKENS:

@@ -5,7 +5,8 @@ as diffs (`CachedRequestData`: new block ids and this step's tokens), tokens to 
 request (speculative tokens to verify included: `scheduled_spec_token_ids`), and requests
 the worker can forget. ModelRunnerOutput (worker -> core): per request the tokens a step
 sampled (a list: several when speculative tokens were accepted) and their logprobs, and
-the drafts proposed for each request's next step. EngineCoreOutput (core -> front end): per request, its new tokens and finish.
+the drafts proposed for each request's next step. EngineCoreOutput (core -> front end):
+per request, its new tokens and finish.
 WorkerInfo (worker -> executor -> core): what a worker set up.
 Plain data only (ints, floats, strings, lists): these cross process boundaries (msgspec).
 """

@@ -20,8 +20,9 @@ as the budget, the context length and max_tokens allow, and listed in the output
 step returns the accepted drafts plus one sampled token, and the computed count goes back
 by the drafts it rejected. With speculation configured, the output also says how many
 drafts to propose for each request after the step (`num_drafts`, spec_policy.py), and a
-draft model gets `num_lookahead` slots past each request's tokens for its drafts' KV. Each returned token is
-checked against the stop rule (stopping.py) in order; tokens after a stop are dropped.
+draft model gets `num_lookahead` slots past each request's tokens for its drafts' KV.
+Each returned token is checked against the stop rule (stopping.py) in order; tokens after
+a stop are dropped.
 """
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ measured here and sent back to the DraftPolicy (n-gram drafts: 0).
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Callable, Optional
 
 import torch
@@ -64,9 +65,9 @@ class SpecDecoder:
         self.draft_cost = 0.0  # one draft step / one verify step, measured (n-gram: 0)
         self._verify_seconds: Optional[float] = None
         self.device = device
-        # host seconds and counts of verify steps (forward + rejection sampling) and of
+        # host seconds of the latest verify steps (forward + rejection sampling) and
         # proposals (catch-up + draft steps), for benchmarks
-        self.timings = {"verify": [0.0, 0], "propose": [0.0, 0]}
+        self.timings = {"verify": deque(maxlen=4096), "propose": deque(maxlen=4096)}
 
     # -- verify ------------------------------------------------------------------------
     def verify(self, logits: torch.Tensor, states: list[RequestState], batch_of: BatchOf,
@@ -141,8 +142,7 @@ class SpecDecoder:
                                     lambda sts: batch_of(sts, None), argmax)
         seconds = time.perf_counter() - start
         if proposing:
-            self.timings["propose"][0] += seconds
-            self.timings["propose"][1] += 1
+            self.timings["propose"].append(seconds)
         self._measure_draft(seconds, proposing)
         out = {}
         for st in sampled:
@@ -164,8 +164,7 @@ class SpecDecoder:
 
     def note_verify_time(self, seconds: float) -> None:
         """The target's step time (the runner measures it), for the draft cost ratio."""
-        self.timings["verify"][0] += seconds
-        self.timings["verify"][1] += 1
+        self.timings["verify"].append(seconds)
         prev = self._verify_seconds
         self._verify_seconds = seconds if prev is None else prev + 0.2 * (seconds - prev)
 

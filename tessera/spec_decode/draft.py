@@ -37,6 +37,7 @@ from tessera.layers.context import make_context
 from tessera.layers.ops import make_ops
 from tessera.layers.sampler import SamplingBatch, probabilities, race
 from tessera.models.loader import load_model
+from tessera.quant.accounting import weight_bytes_by_precision
 from tessera.quant_policy import resolve_policy
 from tessera.worker.input_batch import RequestState, prepare_inputs
 
@@ -58,7 +59,8 @@ class DraftModel:
         info = config.draft_info
         draft_config = dataclasses.replace(
             config, model=dataclasses.replace(config.model, model=info.path),
-            quant=QuantConfig(), model_info=info, draft_info=None)
+            quant=QuantConfig(quantization=config.speculative.speculative_quantization),
+            model_info=info, draft_info=None)
         ops = make_ops(config.kernel, device)
         policy = resolve_policy(draft_config.quant, info, native=ops.kernels)
         self.context = make_context(config.kernel, device, policy, ops)
@@ -71,7 +73,8 @@ class DraftModel:
         self.kv_specs = self.model.kv_cache_specs()
         self.kv_caches: list[torch.Tensor] = []
         self.graphs = None
-        self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        self.bytes_by_precision = weight_bytes_by_precision(self.model)
+        self.weight_bytes = sum(self.bytes_by_precision.values())
 
     @property
     def bytes_per_block(self) -> int:

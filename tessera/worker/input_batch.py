@@ -6,9 +6,10 @@ which rows sample or score prompt tokens), and `prepare_inputs(states, scheduled
 Ragged layout: the new tokens of all requests are packed one after another in
 `input_ids` [T]; nothing is padded. A request's draft tokens (speculative decoding:
 `RequestState.drafts`) follow its known tokens, and its last known token's row and every
-draft's row sample (the rejection sampler judges them together). With async scheduling a decode's input token may
-still be on the device (sampled by the step before, not copied back yet): its row is 0
-here and `feed_rows`/`feed_src` say where the runner copies it from on the device.
+draft's row sample (the rejection sampler judges them together). With async scheduling a
+decode's input token may still be on the device (sampled by the step before, not copied
+back yet): its row is 0 here and `feed_rows`/`feed_src` say where the runner copies it
+from on the device.
 """
 from __future__ import annotations
 

@@ -158,7 +158,8 @@ def test_bad_settings_are_refused_at_start(tiny_llama, tmp_path):
     transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(
         **{**TINY, "vocab_size": 500, "num_hidden_layers": 1})).save_pretrained(other)
     with pytest.raises(ValueError, match="vocabulary of 500 tokens"):
-        LLM(folder, skip_tokenizer_init=True, dtype="float32", num_blocks=8, speculative_model=other)
+        LLM(folder, skip_tokenizer_init=True, dtype="float32", num_blocks=8,
+            speculative_model=other)
     with pytest.raises(ValueError, match="num_speculative_tokens must be in 1..16"):
         LLM(folder, skip_tokenizer_init=True, dtype="float32", speculative_config=dict(
             method="ngram", num_speculative_tokens=0))
@@ -179,8 +180,10 @@ def test_batches_above_the_limit_step_as_without_speculation(tiny_llama, small_d
     params = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True)
               for m in (8, 12, 40, 40)]
     prompts = [{"prompt_token_ids": p} for p in PROMPTS]
-    plain = LLM(folder, skip_tokenizer_init=True, dtype="float32", num_blocks=64).generate(prompts, params)
-    llm = LLM(folder, skip_tokenizer_init=True, dtype="float32", num_blocks=64, speculative_config=dict(
+    plain = LLM(folder, skip_tokenizer_init=True, dtype="float32",
+                num_blocks=64).generate(prompts, params)
+    llm = LLM(folder, skip_tokenizer_init=True, dtype="float32", num_blocks=64,
+              speculative_config=dict(
         model=small_draft, num_speculative_tokens=3, speculative_max_batch=2))
     spec = llm.generate(prompts, params)
     assert [o.outputs[0].token_ids for o in spec] == [o.outputs[0].token_ids for o in plain]
