@@ -3,10 +3,10 @@
 `step()`: schedule -> executor.execute -> scheduler.update_from_output -> outputs.
 With pipeline stages, up to one batch per stage is in flight: `submit` several disjoint
 batches, `collect` the oldest's output (the stages work on different batches at once).
-With speculative decoding, steps of up to `speculative_max_batch` running requests are
-synchronous (each step's drafts come back with the step before's output); larger batches
-do not speculate and step as without it. With async scheduling (one device), two steps
-are in flight: step N+1 is scheduled and
+With speculative decoding, a step that asks for drafts (`num_drafts`, spec_policy.py) is
+collected before the next is scheduled (its output brings the drafts the next step
+verifies); a step that asks for none (a large batch, drafts that do not pay) steps as
+without speculation. With async scheduling (one device), two steps are in flight: step N+1 is scheduled and
 submitted before step N's output is collected, so the scheduler, input preparation and
 output handling of one step run while the device computes the other.
 The core never touches tensors or CUDA: its executor (executor/base.py; picked by
@@ -48,9 +48,6 @@ class EngineCore:
         pp = config.parallel.pipeline_parallel_size
         spec = config.speculative
         overlap = pp == 1 and config.scheduler.async_scheduling
-        # speculation steps synchronously (a step's drafts come from the step before), in
-        # batches up to this size; larger ones step as without it (async, if enabled)
-        self.spec_max_batch = spec.speculative_max_batch if spec.method else None
         lookahead = spec.num_speculative_tokens if spec.method == "draft" else 0
         self.scheduler = Scheduler(config.scheduler, self.kv, max_model_len,
                                    schedule_in_flight=overlap, num_lookahead=lookahead,
@@ -114,11 +111,9 @@ class EngineCore:
         """Keeps up to `pipeline_depth` batches in flight (pipeline stages: GPipe-style
         micro-batches over disjoint requests; async scheduling: consecutive steps of the
         same requests), then takes back the oldest."""
-        depth = self.pipeline_depth
-        if (self.spec_max_batch is not None and depth == 2
-                and len(self.scheduler.running) <= self.spec_max_batch):
-            depth = 1  # speculating: the next step's drafts come with this one's output
-        while len(self._in_flight) < depth:
+        while len(self._in_flight) < self.pipeline_depth:
+            if self._in_flight and self._in_flight[-1][0].num_drafts:
+                break  # its output brings the drafts the next step verifies
             sched = self.scheduler.schedule()
             if sched.is_empty:
                 if sched.finished_request_ids:  # still tell the workers to forget them

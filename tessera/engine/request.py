@@ -56,6 +56,7 @@ class Request:
         self.num_pending_tokens = 0  # sampled by in-flight steps, not appended yet
         self.spec_token_ids: list[int] = []  # drafts its next step verifies
         self.acceptance: Optional[float] = None  # running share of its drafts accepted
+        self.spec_idle_steps = 0  # steps it drafted nothing since speculating paid off
         self.status = RequestStatus.WAITING
         self.stop_reason: int | str | None = None
         self.num_preemptions = 0

@@ -10,8 +10,12 @@ steps). Inputs, all measured:
   (`note_draft_cost`; 0 for n-gram drafts, which cost no forward).
 A step of k drafts yields E(k) = (1 - a^(k+1)) / (1 - a) tokens for 1 + k c of the time:
 k in 1..K maximizes E(k) / (1 + k c) (K: num_speculative_tokens; with adaptivity off,
-always K). Off-switch: no drafts in a step of more than `speculative_max_batch` requests
-(a large batch is compute-bound, so a verify token costs what a plain one does).
+always K). When even the best k is a loss (E(k) / (1 + k c) < 1: drafts that rarely come
+true, or cost too much), the request drafts nothing, but one draft every PROBE_EVERY steps
+keeps its rate current. Off-switch: no drafts in a step of more than
+`speculative_max_batch` requests (a large batch is compute-bound, so a verify token costs
+what a plain one does). A step with no drafts asked for runs as without speculation
+(asynchronously, where async scheduling is on: engine/core.py).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from tessera.engine.request import Request
 
 ACCEPTANCE_PRIOR = 0.6
 ACCEPTANCE_WEIGHT = 0.3
+PROBE_EVERY = 8
 
 
 class DraftPolicy:
@@ -36,8 +41,13 @@ class DraftPolicy:
             return self.k_max
         a = min(ACCEPTANCE_PRIOR if req.acceptance is None else req.acceptance, 0.99)
         c = self.draft_cost
-        return max(range(1, self.k_max + 1),
-                   key=lambda k: (1 - a ** (k + 1)) / (1 - a) / (1 + k * c))
+        gain = {k: (1 - a ** (k + 1)) / (1 - a) / (1 + k * c) for k in range(1, self.k_max + 1)}
+        best = max(gain, key=gain.get)
+        if gain[best] >= 1:
+            req.spec_idle_steps = 0
+            return best
+        req.spec_idle_steps += 1  # a loss: no drafts, but a probe now and then
+        return 1 if req.spec_idle_steps % PROBE_EVERY == 0 else 0
 
     @staticmethod
     def note_verified(req: Request, drafted: int, accepted: int) -> None:

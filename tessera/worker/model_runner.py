@@ -217,8 +217,7 @@ class ModelRunner:
             self._in_flight.append(_StepInFlight.nothing_sampled())
             return
         prompt_logprobs = self._prompt_logprobs(hidden, inputs.prompt_rows)
-        if self.spec is not None and (sched.scheduled_spec_token_ids or len(
-                sched.num_scheduled_tokens) <= self.config.speculative.speculative_max_batch):
+        if self.spec is not None and (sched.scheduled_spec_token_ids or sched.num_drafts):
             self._in_flight.append(self._speculative_step(sched, hidden, inputs,
                                                           prompt_logprobs))
             return
@@ -252,8 +251,9 @@ class ModelRunner:
     def _speculative_step(self, sched: SchedulerOutput, hidden, inputs,
                           prompt_logprobs: dict) -> _StepInFlight:
         """Verifies the drafts (every sampling row at once), then proposes the next
-        step's drafts; the whole output is known when it returns (spec_decode/). A larger
-        batch samples as without speculation (its tokens may stay on the device)."""
+        step's drafts; the whole output is known when it returns (spec_decode/). A step
+        with no drafts to verify or propose samples as without speculation (its tokens
+        may stay on the device)."""
         self._resolve_all()  # tokens of an earlier plain step first, in order
         states = [self.states[rid] for rid in inputs.sample_request_ids]
         out = ModelRunnerOutput({}, {}, prompt_logprobs)

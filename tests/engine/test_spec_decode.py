@@ -49,9 +49,12 @@ def run(folder, prompts, params, **kw):
 
 
 def spec_config(kind, folder, draft):
+    """Drafts every step (adaptivity off: with it, drafts that cost as much as the model
+    itself, or that rarely come true, would rightly be switched off)."""
     if kind == "ngram":
-        return dict(method="ngram", num_speculative_tokens=3)
-    return dict(model=folder if kind == "self" else draft, num_speculative_tokens=4)
+        return dict(method="ngram", num_speculative_tokens=3, speculative_adaptive=False)
+    return dict(model=folder if kind == "self" else draft, num_speculative_tokens=4,
+                speculative_adaptive=False)
 
 
 @pytest.mark.parametrize("setting", list(SETTINGS))
@@ -87,8 +90,8 @@ def test_request_settings_behave_as_without_speculation(tiny_llama, small_draft)
     for params in cases:
         plain, _, plain_llm = run(folder, PROMPTS, params, num_blocks=64)
         spec, stats, spec_llm = run(folder, PROMPTS, params, num_blocks=64,
-                                    speculative_config=dict(model=small_draft,
-                                                            num_speculative_tokens=3))
+                                    speculative_config=spec_config("small", folder,
+                                                                   small_draft))
         assert spec == plain, params
     a = plain_llm.generate({"prompt_token_ids": PROMPTS[1]}, params)[0].outputs[0]
     b = spec_llm.generate({"prompt_token_ids": PROMPTS[1]}, params)[0].outputs[0]
@@ -102,7 +105,7 @@ def test_request_settings_behave_as_without_speculation(tiny_llama, small_draft)
 def test_aborts_mid_speculation_free_every_block(tiny_llama, small_draft):
     folder, _ = tiny_llama
     llm = LLM(folder, skip_tokenizer_init=True, dtype="float32", num_blocks=32, block_size=4,
-              speculative_config=dict(model=small_draft, num_speculative_tokens=4))
+              speculative_config=spec_config("small", folder, small_draft))
     engine = llm.engine
     p = SamplingParams(temperature=0.8, seed=1, max_tokens=60, ignore_eos=True)
     for i in range(4):
@@ -131,7 +134,8 @@ def test_sampled_tokens_follow_the_targets_distribution(tiny_llama, small_draft)
               for s in range(1600)]
     llm = LLM(folder, skip_tokenizer_init=True, dtype="float32", num_blocks=2048, block_size=4,
               max_num_seqs=256, speculative_config=dict(
-                  model=small_draft, num_speculative_tokens=2, speculative_max_batch=256))
+                  model=small_draft, num_speculative_tokens=2, speculative_max_batch=256,
+                  speculative_adaptive=False))
     outs = [o.outputs[0].token_ids for o in llm.generate([{"prompt_token_ids": prompt}] *
                                                           len(params), params)]
     stats = llm.engine.stats()
@@ -184,7 +188,8 @@ def test_batches_above_the_limit_step_as_without_speculation(tiny_llama, small_d
                 num_blocks=64).generate(prompts, params)
     llm = LLM(folder, skip_tokenizer_init=True, dtype="float32", num_blocks=64,
               speculative_config=dict(
-        model=small_draft, num_speculative_tokens=3, speculative_max_batch=2))
+        model=small_draft, num_speculative_tokens=3, speculative_max_batch=2,
+        speculative_adaptive=False))
     spec = llm.generate(prompts, params)
     assert [o.outputs[0].token_ids for o in spec] == [o.outputs[0].token_ids for o in plain]
     core = llm.engine.core

@@ -33,7 +33,7 @@ def test_verify_steps_as_decode_rows_equal_hf(tiny_llama):
     llm = LLM(folder, skip_tokenizer_init=True, num_blocks=64, block_size=8,
               max_num_batched_tokens=16, device=DEVICE, dtype="float32",
               kernel_backend="triton", speculative_config=dict(
-                  model=folder, num_speculative_tokens=3))
+                  model=folder, num_speculative_tokens=3, speculative_adaptive=False))
     prompts = [[5, 17, 99, 3], list(range(20, 45))]
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
                         SamplingParams(temperature=0, max_tokens=10, ignore_eos=True))

@@ -17,7 +17,8 @@ from tests.server.helpers import metric, wait_until_idle
 def spec_server(tmp_path_factory):
     srv = start_server(str(tmp_path_factory.mktemp("spec-server")), "--num-blocks", "200",
                        "--speculative-model", default_model_path(),
-                       "--num-speculative-tokens", "3", "--stats-interval", "1")
+                       "--num-speculative-tokens", "3", "--no-speculative-adaptive",
+                       "--stats-interval", "1")
     yield srv
     srv.stop()
 

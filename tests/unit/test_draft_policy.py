@@ -25,7 +25,8 @@ def test_more_drafts_for_requests_whose_drafts_come_true():
     p = policy()
     p.note_draft_cost(0.1)  # a draft step costs a tenth of a verify step
     assert p.num_drafts(request(0.95), 1) == 6
-    assert p.num_drafts(request(0.05), 1) == 1
+    assert p.num_drafts(request(0.2), 1) == 1
+    assert p.num_drafts(request(0.05), 1) == 0  # 1.05 tokens for 1.1 of the time: a loss
     assert 1 < p.num_drafts(request(0.7), 1) < 6
     p.note_draft_cost(0.5)  # expensive drafts: fewer of them
     assert p.num_drafts(request(0.7), 1) < policy().num_drafts(request(0.7), 1)
@@ -59,3 +60,14 @@ def test_the_scheduler_sends_each_requests_draft_count():
     both = sched.schedule()
     assert len(both.num_scheduled_tokens) == 2
     assert both.num_drafts == {}  # two requests > speculative_max_batch 1
+
+
+def test_requests_whose_drafts_do_not_pay_draft_only_to_probe():
+    p = policy()
+    p.note_draft_cost(0.5)  # a draft step costs half a verify step
+    req = request(0.02)  # and almost none comes true
+    asked = [p.num_drafts(req, 1) for _ in range(16)]
+    assert asked.count(0) == 14 and asked.count(1) == 2  # one probe every 8 steps
+    for _ in range(10):
+        DraftPolicy.note_verified(req, 1, 1)  # the probes come true after all
+    assert p.num_drafts(req, 1) > 1
