@@ -10,6 +10,8 @@ Llama-3.2-1B, bf16). Measures:
   draft   the draft shape proposing k every step (random weights: acceptance ~0, the
           worst case), end to end, with the host time of a verify step and of a proposal;
   draft_int8  the same with the draft's weights in int8 (--speculative-quantization);
+  adaptive    the draft with the adaptive count (default): drafts that never come true
+          are switched off but for a probe every 8 steps;
   b64     batch 64 (prompt 1024) plain and with the draft (the off-switch at
           speculative_max_batch 32 keeps it a plain step).
 Then the batch-1 speedup that the measured step costs give at acceptance rates a:
@@ -114,10 +116,11 @@ def main() -> None:
     fixed = dict(num_speculative_tokens=args.k, speculative_adaptive=False)
     plain_ms = res["plain_b1"]["median_step_ms"]
     runs = [("self", args.target, None), ("draft", args.draft, None),
-            ("draft_int8", args.draft, "int8")]
+            ("draft_int8", args.draft, "int8"), ("adaptive", args.draft, None)]
     for name, draft, quant in runs:
+        options = dict(fixed, speculative_adaptive=name == "adaptive")
         engine, res[f"{name}_setup_s"] = build(args.target, speculative_model=draft,
-                                               speculative_quantization=quant, **fixed)
+                                               speculative_quantization=quant, **options)
         with frozen():
             run_latency(engine, 1, 32, 16, bw, seed=9)
             clear_timings(engine)
@@ -127,7 +130,7 @@ def main() -> None:
             if name == "draft":
                 res["draft_b64"] = run_latency(engine, 64, args.b64_prompt, 128, bw)
         release(engine)
-        if name != "self":
+        if name in ("draft", "draft_int8"):
             res[f"{name}_predicted_speedup"] = predicted(
                 plain_ms, ms["verify"] + ms["propose"], args.k, rates)
         save()
@@ -140,7 +143,8 @@ def main() -> None:
         print(f"{name} forward (graph), 1 row: {res[name + '_graphs'].get('draft_us', 0):.0f} us")
     print("| run | tok/s | ms/step | acceptance | verify ms | propose ms |")
     print("|---|---|---|---|---|---|")
-    for name in ("plain_b1", "self_b1", "draft_b1", "draft_int8_b1", "plain_b64", "draft_b64"):
+    for name in ("plain_b1", "self_b1", "draft_b1", "draft_int8_b1", "adaptive_b1", "plain_b64",
+                 "draft_b64"):
         r = res[name]
         ms = res.get(name.split("_")[0] + "_ms", {})
         print(f"| {name} | {r['tok_s']:.1f} | {r['median_step_ms']:.2f} | "
