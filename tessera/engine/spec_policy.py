@@ -11,8 +11,9 @@ steps). Inputs, all measured:
 A step of k drafts yields E(k) = (1 - a^(k+1)) / (1 - a) tokens for 1 + k c of the time:
 k in 1..K maximizes E(k) / (1 + k c) (K: num_speculative_tokens; with adaptivity off,
 always K). When even the best k is a loss (E(k) / (1 + k c) < 1: drafts that rarely come
-true, or cost too much), the request drafts nothing, but one draft every PROBE_EVERY steps
-keeps its rate current. Off-switch: no drafts in a step of more than
+true, or cost too much), the request drafts nothing but a probe of one draft, after 8,
+16, 32, 64 and 128 idle steps and then every 128, to keep its rate current (a probe that
+comes true raises the rate by 0.3 of the way to 1, which may make drafting pay again). Off-switch: no drafts in a step of more than
 `speculative_max_batch` requests (a large batch is compute-bound, so a verify token costs
 what a plain one does). A step with no drafts asked for runs as without speculation
 (asynchronously, where async scheduling is on: engine/core.py).
@@ -24,7 +25,7 @@ from tessera.engine.request import Request
 
 ACCEPTANCE_PRIOR = 0.6
 ACCEPTANCE_WEIGHT = 0.3
-PROBE_EVERY = 8
+PROBE_FIRST, PROBE_MAX = 8, 128  # idle steps before the first probe; the longest gap
 
 
 class DraftPolicy:
@@ -47,7 +48,9 @@ class DraftPolicy:
             req.spec_idle_steps = 0
             return best
         req.spec_idle_steps += 1  # a loss: no drafts, but a probe now and then
-        return 1 if req.spec_idle_steps % PROBE_EVERY == 0 else 0
+        n = req.spec_idle_steps
+        probe = n >= PROBE_FIRST and (n & (n - 1) == 0 or n % PROBE_MAX == 0)
+        return 1 if probe else 0
 
     @staticmethod
     def note_verified(req: Request, drafted: int, accepted: int) -> None:

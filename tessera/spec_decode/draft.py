@@ -67,9 +67,9 @@ class DraftModel:
         self.model = load_model(draft_config, device, dtype, self.context)
         self.device, self.kv_dtype, self.block_size = device, kv_dtype, block_size
         self.decodes_first = ops.decodes_first
-        # catch-up steps of a few tokens (the accepted drafts and the one after) run as
-        # one-token decode rows: the draft's decode graphs take them
-        self.decode_rows_upto = config.speculative.num_speculative_tokens + 1
+        # catch-up steps of a few tokens (the accepted drafts and the one after; what came
+        # since a request's last probe) run as one-token decode rows, in the draft's graphs
+        self.decode_rows_upto = max(config.speculative.num_speculative_tokens + 1, 16)
         self.kv_specs = self.model.kv_cache_specs()
         self.kv_caches: list[torch.Tensor] = []
         self.graphs = None

@@ -66,8 +66,10 @@ def test_requests_whose_drafts_do_not_pay_draft_only_to_probe():
     p = policy()
     p.note_draft_cost(0.5)  # a draft step costs half a verify step
     req = request(0.02)  # and almost none comes true
-    asked = [p.num_drafts(req, 1) for _ in range(16)]
-    assert asked.count(0) == 14 and asked.count(1) == 2  # one probe every 8 steps
+    asked = [p.num_drafts(req, 1) for _ in range(512)]
+    probes = [i + 1 for i, k in enumerate(asked) if k]
+    assert probes == [8, 16, 32, 64, 128, 256, 384, 512]  # backing off to every 128
+    assert set(asked) == {0, 1}
     for _ in range(10):
         DraftPolicy.note_verified(req, 1, 1)  # the probes come true after all
     assert p.num_drafts(req, 1) > 1
