@@ -16,7 +16,10 @@ The decode-graph capture meets the decode variants of the batch sizes it capture
 - without decode graphs (`enforce_eager`, MoE models): decode-only steps of 1, 2 and 16
   sequences, and of enough sequences that the decode kernel stops splitting;
 - the LM head on 1 and 16 rows, and the argmax of its float32 logits (the sampler's;
-  greedy steps above took it in the model's dtype).
+  greedy steps above took it in the model's dtype);
+- with a draft model (speculative decoding), each step above also asks it for drafts: its
+  catch-up over the prompts (one-token rows up to 16, ragged past that) and its draft
+  steps meet their variants too.
 
 Phases are cut to the step budget (`max_num_batched_tokens`, `max_num_seqs`) and the
 context length, so they meet only what serving can meet. Requests take cache blocks from 0
@@ -70,9 +73,13 @@ class _Phase:
         self.runner = runner
         self.num_blocks = runner.kv_caches[0].shape[1] - 1  # less the graphs' scratch block
         self.next_block = 0
+        spec = runner.config.speculative
+        # a draft model proposes after each step (its own kernels' variants are met too),
+        # writing its drafts' KV past the sampled token
+        self.num_drafts = spec.num_speculative_tokens if spec.method == "draft" else 0
 
     def _blocks(self, tokens: int) -> list[int]:
-        count = -(-(tokens + 1) // self.runner.block_size)  # room for the sampled token
+        count = -(-(tokens + 1 + self.num_drafts) // self.runner.block_size)
         first, self.next_block = self.next_block, self.next_block + count
         return [(first + i) % self.num_blocks for i in range(count)]
 
@@ -81,7 +88,10 @@ class _Phase:
                               self._blocks(n), 0, 0)
                for rid, n in scheduled.items() if rid not in decoding]
         cached = [CachedRequestData(rid, [], []) for rid in decoding]
-        self.runner.execute(SchedulerOutput(new, cached, scheduled, set(), set()))
+        sched = SchedulerOutput(new, cached, scheduled, set(), set())
+        if self.num_drafts:
+            sched.num_drafts = dict.fromkeys(scheduled, self.num_drafts)
+        self.runner.execute(sched)
 
     def forget(self, *request_ids: str) -> None:
         self.runner.execute(SchedulerOutput([], [], {}, set(request_ids), set()))

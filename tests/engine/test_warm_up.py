@@ -113,3 +113,33 @@ def test_serving_compiles_no_kernel_after_start_up(tmp_path, enforce_eager):
     llm.generate(prompts[:3], sampled)  # the sampler: float32 logits and their argmax
     new = {name: set(keys) - set(before.get(name, [])) for name, keys in compiled_keys().items()}
     assert not any(new.values()), {name: len(keys) for name, keys in new.items() if keys}
+
+
+@pytest.mark.gpu
+def test_a_draft_model_compiles_nothing_after_start_up(tmp_path):
+    """Speculative decoding with a draft of other widths (Llama-3.2-1B's: head_dim 64):
+    its catch-up (short and long), draft steps and the verify steps' decode rows meet no
+    new variant once the engine is up, as drafts pay off, stop and probe."""
+    import transformers
+    target, draft = str(tmp_path / "target"), str(tmp_path / "draft")
+    for folder, widths in ((target, EIGHT_B_WIDTHS), (draft, dict(
+            EIGHT_B_WIDTHS, hidden_size=2048, intermediate_size=8192, head_dim=64))):
+        config = transformers.LlamaConfig(**widths)
+        config.architectures = ["LlamaForCausalLM"]
+        config.save_pretrained(folder)
+    llm = LLM(target, load_format="dummy", dtype="bfloat16", skip_tokenizer_init=True,
+              num_blocks=2048, max_num_batched_tokens=512, speculative_config=dict(
+                  model=draft, num_speculative_tokens=4))
+    before = compiled_keys()
+    rng = random.Random(1)
+    prompts = [{"prompt_token_ids": [rng.randrange(3, 300) for _ in range(rng.randrange(1, 200))]}
+               for _ in range(12)]
+    params = [SamplingParams(temperature=0, max_tokens=rng.randrange(1, 60), ignore_eos=True)
+              for _ in prompts]
+    for n in (1, 3, 12):
+        llm.generate(prompts[:n], params[:n])
+    llm.generate(prompts[:2], [SamplingParams(temperature=0.8, seed=i, max_tokens=20,
+                                              ignore_eos=True) for i in range(2)])
+    assert llm.engine.stats()["spec_drafted"] > 0
+    new = {name: set(keys) - set(before.get(name, [])) for name, keys in compiled_keys().items()}
+    assert not any(new.values()), {name: len(keys) for name, keys in new.items() if keys}
