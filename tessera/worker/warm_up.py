@@ -59,11 +59,27 @@ def warm_up(runner) -> bool:
             if n <= min(budget, max_seqs):
                 phase.step({f"s{i}": 1 for i in range(n)})  # one-token prompts: decodes
                 phase.forget(*(f"s{i}" for i in range(n)))
-    for rows in (1, 16):
-        logits = runner.model.compute_logits(
-            torch.zeros(rows, runner.arch.hidden_size, dtype=runner.dtype, device=runner.device))
-        runner.ops.argmax(logits)  # the sampler's float32 variant (greedy steps: the model dtype's)
+    _lm_heads(runner)
     return True
+
+
+def _lm_heads(runner) -> None:
+    """The LM head in float32 and its argmax (the sampler's; greedy steps above took the
+    model's dtype), on 1 and 16 rows; with speculation also on a verify step's k + 1 rows,
+    in both dtypes, and the draft model's head as its sampled drafts take it."""
+    heads = [(runner.model, runner.arch.hidden_size)]
+    row_counts = {1, 16}
+    spec = runner.config.speculative
+    if spec.method is not None:
+        row_counts |= {2, 4, 8, spec.num_speculative_tokens + 1}
+        draft = getattr(runner.spec.proposer, "model", None)
+        if draft is not None:
+            heads.append((draft, runner.config.draft_info.arch.hidden_size))
+    for model, hidden in heads:
+        for rows in sorted(row_counts):
+            x = torch.zeros(rows, hidden, dtype=runner.dtype, device=runner.device)
+            for as_float in ((True, False) if spec.method else (True,)):
+                runner.ops.argmax(model.compute_logits(x, as_float=as_float))
 
 
 class _Phase:
