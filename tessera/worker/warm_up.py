@@ -18,8 +18,8 @@ The decode-graph capture meets the decode variants of the batch sizes it capture
 - the LM head on 1 and 16 rows, and the argmax of its float32 logits (the sampler's;
   greedy steps above took it in the model's dtype);
 - with a draft model (speculative decoding), each step above also asks it for drafts: its
-  catch-up over the prompts (one-token rows up to 16, ragged past that) and its draft
-  steps meet their variants too.
+  catch-up over the prompts (one-token rows up to 16, ragged past that: a 20-token prompt
+  is added for the short-query tiles) and its draft steps meet their variants too.
 
 Phases are cut to the step budget (`max_num_batched_tokens`, `max_num_seqs`) and the
 context length, so they meet only what serving can meet. Requests take cache blocks from 0
@@ -49,6 +49,9 @@ def warm_up(runner) -> bool:
     phase.step({"a": 5, "b": 9} if longest >= 14 else {"a": 2, "b": 2})
     phase.step({"c": min(16, longest)})
     phase.forget("c")
+    if phase.num_drafts and longest >= 20:  # the draft's catch-up of 17-32 tokens: ragged,
+        phase.step({"e": 20})  # short-query tiles (up to 16 it runs as decode rows)
+        phase.forget("e")
     phase.step({"a": 1, "b": 1, "d": min(_LONG_PROMPT, longest - 2)}, decoding=("a", "b"))
     phase.forget("a", "b", "d")
     if runner.graphs is None:
