@@ -49,9 +49,10 @@ def warm_up(runner) -> bool:
     phase.step({"a": 5, "b": 9} if longest >= 14 else {"a": 2, "b": 2})
     phase.step({"c": min(16, longest)})
     phase.forget("c")
-    if phase.num_drafts and longest >= 20:  # the draft's catch-up of 17-32 tokens: ragged,
-        phase.step({"e": 20})  # short-query tiles (up to 16 it runs as decode rows)
-        phase.forget("e")
+    if phase.num_drafts and longest >= 32:  # the draft's catch-up of 17-32 tokens: ragged,
+        phase.step({"e": 20})  # short-query tiles (up to 16 it runs as decode rows), and
+        phase.step({"f": 32})  # a multiple of 16, its own variant
+        phase.forget("e", "f")
     phase.step({"a": 1, "b": 1, "d": min(_LONG_PROMPT, longest - 2)}, decoding=("a", "b"))
     phase.forget("a", "b", "d")
     if runner.graphs is None:
