@@ -104,7 +104,8 @@ class _Phase:
         return [(first + i) % self.num_blocks for i in range(count)]
 
     def step(self, scheduled: dict[str, int], decoding: tuple[str, ...] = ()) -> None:
-        new = [NewRequestData(rid, [1 + i % 7 for i in range(n)], n, _PARAMS,
+        params = _PARAMS.clone(max_tokens=2 + self.num_drafts)  # room for the drafts
+        new = [NewRequestData(rid, [1 + i % 7 for i in range(n)], n, params,
                               self._blocks(n), 0, 0)
                for rid, n in scheduled.items() if rid not in decoding]
         cached = [CachedRequestData(rid, [], []) for rid in decoding]
