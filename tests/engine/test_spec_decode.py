@@ -196,3 +196,22 @@ def test_batches_above_the_limit_step_as_without_speculation(tiny_llama, small_d
     assert core.max_in_flight == 2  # the large batch overlapped its steps
     assert core.stats()["spec_drafted"] > 0  # the small one speculated
     assert core.stats()["free_blocks"] == core.num_blocks
+
+
+def test_stop_strings_and_text_as_without_speculation():
+    """The default model with n-gram drafts: several tokens arrive per step, and the
+    output processor's stop strings and detokenization cut them as it does one by one."""
+    prompt = ("def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\n"
+              "def add(a, b):\n")
+    params = [SamplingParams(temperature=0, max_tokens=40),
+              SamplingParams(temperature=0, max_tokens=40, stop=["a - b"]),
+              SamplingParams(temperature=0, max_tokens=40, stop=["\n\n"],
+                             include_stop_str_in_output=True)]
+    plain = LLM(num_blocks=64).generate([prompt] * 3, params)
+    llm = LLM(num_blocks=64, speculative_config=dict(method="ngram", num_speculative_tokens=4,
+                                                     speculative_adaptive=False))
+    spec = llm.generate([prompt] * 3, params)
+    for a, b in zip(plain, spec):
+        assert (b.outputs[0].text, b.outputs[0].finish_reason, b.outputs[0].stop_reason) == (
+            a.outputs[0].text, a.outputs[0].finish_reason, a.outputs[0].stop_reason)
+    assert llm.engine.stats()["spec_accepted"] > 0  # the code repeats: drafts come true
