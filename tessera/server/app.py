@@ -1,11 +1,13 @@
 """The FastAPI application: state, middleware, error mapping, routes.
 
-Objects: ServerState (engine client, metrics, served model names, start time),
+Objects: ServerState (engine client, metrics, served model names, start time, the
+prompt workers that tokenize and render templates off the event loop: prompt_work.py),
 CorsOptions and `create_app(state, api_key, max_body_bytes, lifespan, cors, metrics_open)`.
 A pure-ASGI middleware enforces the API key (constant-time compare; every route but the
 health probes and /version, /metrics too unless metrics_open) and the body-size bound
 (413) before any route runs; outside it, where origins are allowed, Starlette's CORS
-middleware answers preflights and marks responses. Exception handlers render every error in the OpenAI shape:
+middleware answers preflights and marks responses. Exception handlers render every error
+in the OpenAI shape:
 pydantic schema errors and ValueErrors as 400 naming the field, ApiError with its
 status, a refused request (queue full) as 503, a dead engine as 503, an unknown route or
 method as 404 / 405, and anything else as 500 with an incident id (the details go to the
@@ -32,6 +34,7 @@ from tessera.server.errors import (ApiError, error_body, error_response, param_o
                                    validation_message)
 from tessera.server.protocol import request_fields
 from tessera.server.metrics import ServerMetrics
+from tessera.server.prompt_work import PromptWorkers
 
 logger = logging.getLogger(__name__)
 OPEN = ("/health", "/v2/health/live", "/v2/health/ready", "/version")  # never behind a key
@@ -44,6 +47,8 @@ class ServerState:
     model_names: list[str]  # requests may name any; responses give the first
     model_path: str
     started: int
+    prompts: PromptWorkers = dataclasses.field(default_factory=PromptWorkers)  # off the loop
+    trust_request_chat_template: bool = False  # --trust-request-chat-template
 
     @property
     def model_name(self) -> str:

@@ -118,7 +118,8 @@ async def infer(request: Request, name: str, version: Optional[str] = None):
     params = _params(s, body.get("parameters"))
     s.client.check_fan_out(len(texts))
     front = s.client.input
-    prompts = [front.prepare_prompt(t) for t in texts]
+    prompts = await s.prompts.run(lambda: [front.prepare_prompt(t) for t in texts],
+                                  what="text_input")
     rid = body.get("id") or uuid.uuid4().hex
     streams = [s.client.generate(f"v2-{uuid.uuid4().hex}", p, params) for p in prompts]
     finals = await until_disconnect(request, all_final(streams))
@@ -140,7 +141,7 @@ async def _generate_setup(request: Request, name: str, version: Optional[str]):
     params = _params(s, {**{k: v for k, v in body.items()
                             if k not in ("parameters", "text_input", "id")},
                          **(parameters or {})})
-    prompt = s.client.input.prepare_prompt(text)
+    prompt = await s.prompts.run(s.client.input.prepare_prompt, text, what="text_input")
     return s, params, s.client.generate(f"v2-{uuid.uuid4().hex}", prompt, params)
 
 

@@ -131,9 +131,9 @@ async def completions(body: CompletionRequest, request: Request):
         raise ApiError(400, f"{needs[0]} needs the model's tokenizer, and this server has none "
                        "(the new tokens come back as token_ids).", needs[0])
     s.client.check_fan_out(len(body.prompts()) * body.n)  # before tokenizing any of them
-    prompts = [front.prepare_prompt(p, check_length=False,
-                                    add_special_tokens=body.add_special_tokens)
-               for p in body.prompts()]
+    prompts = await s.prompts.run(lambda: [  # tokenized off the event loop
+        front.prepare_prompt(p, check_length=False, add_special_tokens=body.add_special_tokens)
+        for p in body.prompts()])
     params = []
     for p in prompts:
         max_tokens = _max_tokens(s, len(p.token_ids), body.max_tokens, "completion")
@@ -243,9 +243,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         template_kwargs["continue_final_message"] = True
     if body.documents is not None:
         template_kwargs["documents"] = body.documents
-    ids = front.apply_chat_template(messages, add_generation_prompt, body.chat_template,
-                                    add_special_tokens=body.add_special_tokens,
-                                    **template_kwargs)  # ValueError (400) on template errors
+    if body.chat_template is not None and not s.trust_request_chat_template:
+        raise ApiError(400, "this server renders the model's own chat template; a request's "
+                       "chat_template is refused unless it was started with "
+                       "--trust-request-chat-template.", "chat_template")
+    ids = await s.prompts.run(  # off the event loop; ValueError (400) on template errors
+        front.apply_chat_template, messages, add_generation_prompt, body.chat_template,
+        add_special_tokens=body.add_special_tokens, what="messages", **template_kwargs)
     prompt = front.prepare_prompt(ids, check_length=False)
     max_tokens = _max_tokens(s, len(ids), body.requested_max_tokens(), "chat")
     k = (body.top_logprobs or 0) if body.logprobs else None
@@ -312,12 +316,14 @@ async def tokenize(body: TokenizeRequest, request: Request):
     if (body.prompt is None) == (body.messages is None):
         raise ApiError(400, "give exactly one of prompt or messages.", "prompt")
     if body.messages is not None:
-        ids = front.apply_chat_template([m.as_template_dict() for m in body.messages],
-                                        body.add_generation_prompt)
+        ids = await s.prompts.run(front.apply_chat_template,
+                                  [m.as_template_dict() for m in body.messages],
+                                  body.add_generation_prompt, what="messages")
     elif front.tokenizer is None:
         raise ApiError(400, "this model has no tokenizer to tokenize the prompt with.", "prompt")
     else:
-        ids = front.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+        ids = await s.prompts.run(front.tokenizer.encode, body.prompt,
+                                  add_special_tokens=body.add_special_tokens)
     return {"tokens": ids, "count": len(ids), "max_model_len": front.max_model_len}
 
 

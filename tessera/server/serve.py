@@ -62,6 +62,13 @@ def add_serve_parser(sub, parents: list) -> None:
                         f"the first (default: the model's path, or {DEFAULT_MODEL_NAME})")
     g.add_argument("--max-body-bytes", type=int, default=4 << 20,
                    help="largest request body; more is a 413 (default: 4 MiB)")
+    g.add_argument("--trust-request-chat-template", action="store_true",
+                   help="let requests bring their own chat_template (Jinja, rendered in a "
+                        "sandbox); refused by default")
+    g.add_argument("--prompt-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="longest time tokenizing a request's prompts or rendering its chat "
+                        "template may take, off the event loop, before it is refused "
+                        "(default: 10)")
     g.add_argument("--stats-interval", type=float, default=10.0,
                    help="seconds between stats log lines while busy (default: 10)")
     g.add_argument("--disable-access-log", action="store_true",
@@ -125,6 +132,7 @@ async def serve(config: EngineConfig, args: argparse.Namespace) -> int:
     from tessera.logs import uvicorn_log_config
     from tessera.server.app import CorsOptions, ServerState, create_app
     from tessera.server.metrics import ServerMetrics
+    from tessera.server.prompt_work import PromptWorkers
 
     sock = _listen(args.host, args.port)
     names = args.served_model_name or [config.model.model or DEFAULT_MODEL_NAME]
@@ -150,7 +158,9 @@ async def serve(config: EngineConfig, args: argparse.Namespace) -> int:
                 w.describe_weights(), w.load_seconds)
     metrics = ServerMetrics(name, w.weight_bytes)
     client.observers.append(metrics)
-    state = ServerState(client, metrics, names, client.input.model_path, int(time.time()))
+    state = ServerState(client, metrics, names, client.input.model_path, int(time.time()),
+                        PromptWorkers(timeout_s=args.prompt_timeout),
+                        args.trust_request_chat_template)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -160,6 +170,7 @@ async def serve(config: EngineConfig, args: argparse.Namespace) -> int:
         finally:
             stats.cancel()
             unfreeze()
+            state.prompts.shutdown()
             await client.shutdown()
 
     cors = CorsOptions(args.allowed_origins, args.allowed_methods, args.allowed_headers,

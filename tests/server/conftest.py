@@ -14,7 +14,8 @@ from tests.helpers.launch import start_server
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     srv = start_server(str(tmp_path_factory.mktemp("server")), "--num-blocks", "600",
-                       "--max-waiting", "1024", "--stats-interval", "2")
+                       "--max-waiting", "1024", "--stats-interval", "2",
+                       "--trust-request-chat-template")  # the field tests send templates
     yield srv
     srv.stop()
 
