@@ -5,7 +5,9 @@ included, as JSON on the command line), binds a PUSH socket (ClientMessages out)
 socket (EngineMessages in), and waits for Ready. `generate()` is an async iterator of
 RequestOutputs for one request: the shared EngineClient logic (engine/client.py) validates
 and fans it out, AddRequest goes per child (n > 1), and the reader task routes each step's
-outputs, after the output processor (detokenize, stop strings), to the request's queue.
+outputs, after the output processor (detokenize, stop strings), to the request's mailbox,
+which keeps only the newest (cumulative) output: a client that reads slowly or not at all
+holds one (engine/latest.py).
 Leaving the iterator early (client disconnect, error) aborts the request in the engine,
 which frees its KV blocks at once. If the engine process dies, every waiting request gets
 EngineDeadError and `on_dead` fires (the server then exits).
@@ -29,6 +31,7 @@ import zmq.asyncio
 from tessera.config import EngineConfig
 from tessera.engine import ipc
 from tessera.engine.client import Children, EngineClient
+from tessera.engine.latest import Latest
 from tessera.logs import level_name
 from tessera.frontend.input import PreparedPrompt
 from tessera.outputs import RequestOutput
@@ -55,7 +58,7 @@ class MPClient(EngineClient):
         self.stats = ipc.Stats()
         self.dead: Optional[str] = None
         self.observers: list = []  # objects with on_output(parent_id, RequestOutput, now) etc.
-        self._queues: dict[str, asyncio.Queue] = {}
+        self._queues: dict[str, Latest] = {}  # request id -> its newest output
         self._child_parent: dict[str, str] = {}  # child request id -> its request
         self._children: dict[str, list[str]] = {}  # request id -> child ids sent
         self._pending_aborts: list[str] = []  # child ids to abort, not yet sent
@@ -137,7 +140,7 @@ class MPClient(EngineClient):
                        params: SamplingParams) -> AsyncIterator[RequestOutput]:
         if self.dead:
             raise EngineDeadError(self.dead)
-        queue: asyncio.Queue = asyncio.Queue()
+        queue = Latest()
         self._queues[request_id] = queue
         for obs in self.observers:
             obs.on_arrival(request_id, len(prompt.token_ids), time.monotonic())
@@ -145,9 +148,7 @@ class MPClient(EngineClient):
         try:
             self._start(request_id, prompt, params)
             while True:
-                item = await queue.get()
-                if isinstance(item, Exception):
-                    raise item
+                item = await queue.get()  # raises the request's error, if it got one
                 finished = item.finished
                 yield item
                 if finished:
@@ -222,7 +223,7 @@ class MPClient(EngineClient):
             elif isinstance(msg, ipc.Rejected):
                 parent = self._child_parent.get(msg.request_id)
                 if parent in self._queues:
-                    self._queues[parent].put_nowait(RequestRejected(msg.message, msg.status))
+                    self._queues[parent].fail(RequestRejected(msg.message, msg.status))
             elif isinstance(msg, ipc.Fatal):
                 self._fail(f"the engine failed: {msg.message}")
 
@@ -236,7 +237,7 @@ class MPClient(EngineClient):
                 obs.on_output(out.request_id, out, now)
             queue = self._queues.get(out.request_id)
             if queue is not None:
-                queue.put_nowait(out)
+                queue.put(out)
 
     async def _watch(self) -> None:
         while self._proc.poll() is None:
@@ -249,6 +250,6 @@ class MPClient(EngineClient):
         self.dead = message
         logger.error("%s; failing %d in-flight request(s)", message, len(self._queues))
         for queue in self._queues.values():
-            queue.put_nowait(EngineDeadError(message))
+            queue.fail(EngineDeadError(message))
         if self.on_dead is not None:
             self.on_dead(message)

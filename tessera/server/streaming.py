@@ -55,15 +55,17 @@ async def merge_streams(streams: list[AsyncIterator[RequestOutput]]
         async for out in streams[0]:
             yield 0, out
         return
-    queue: asyncio.Queue = asyncio.Queue()
+    # bounded: a consumer that stops reading stops the pumps, and each stream's mailbox
+    # then keeps only its newest output (engine/latest.py), not a copy per step
+    queue: asyncio.Queue = asyncio.Queue(maxsize=len(streams))
 
     async def pump(i: int, stream: AsyncIterator[RequestOutput]) -> None:
         try:
             async for out in stream:
-                queue.put_nowait((i, out))
-            queue.put_nowait((i, _DONE))
+                await queue.put((i, out))
+            await queue.put((i, _DONE))
         except Exception as e:  # surfaces in the consumer
-            queue.put_nowait((i, e))
+            await queue.put((i, e))
 
     tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
     remaining = len(tasks)
