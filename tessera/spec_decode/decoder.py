@@ -55,16 +55,15 @@ class NgramProposer:
 class SpecDecoder:
     def __init__(self, config: EngineConfig, device: torch.device, dtype: torch.dtype,
                  kv_dtype: torch.dtype, block_size: int):
-        self.cfg = config.speculative
+        spec = config.speculative
         self.max_model_len = config.max_model_len
-        if self.cfg.method == "draft":
+        if spec.method == "draft":
             from tessera.spec_decode.draft import DraftModel
             self.proposer = DraftModel(config, device, dtype, kv_dtype, block_size)
         else:
-            self.proposer = NgramProposer(self.cfg.ngram_min, self.cfg.ngram_max)
+            self.proposer = NgramProposer(spec.ngram_min, spec.ngram_max)
         self.draft_cost = 0.0  # one draft step / one verify step, measured (n-gram: 0)
         self._verify_seconds: Optional[float] = None
-        self.device = device
         # host seconds of the latest verify steps (forward + rejection sampling) and
         # proposals (catch-up + draft steps), for benchmarks
         self.timings = {"verify": deque(maxlen=4096), "propose": deque(maxlen=4096)}
