@@ -13,6 +13,8 @@ import dataclasses
 import math
 from typing import Optional
 
+from tessera.structured.params import StructuredOutputsParams
+
 _MAX_LOGPROBS = 20
 MAX_INT = 2**31  # counts, top_k and token ids stay below it
 
@@ -37,8 +39,12 @@ class SamplingParams:
     logprobs: Optional[int] = None  # top alternatives per output token (0: sampled only)
     prompt_logprobs: Optional[int] = None
     skip_special_tokens: bool = True
+    # the output must match a JSON schema, regex, choice or grammar (structured/params.py)
+    structured_outputs: Optional[StructuredOutputsParams] = None
 
     def __post_init__(self) -> None:
+        if self.structured_outputs is not None:
+            self.structured_outputs = StructuredOutputsParams.of(self.structured_outputs)
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if not isinstance(self.stop, (list, tuple, type(None))):
@@ -113,6 +119,10 @@ class SamplingParams:
         if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < MAX_INT
                for t in self.stop_token_ids):
             bad("stop_token_ids", "must be token ids (integers in [0, 2^31))")
+        if self.structured_outputs is not None and (self.ignore_eos or self.min_tokens):
+            field = "ignore_eos" if self.ignore_eos else "min_tokens"
+            bad(field, "cannot be combined with structured outputs (the grammar decides where "
+                "the output ends)")
 
     @property
     def greedy(self) -> bool:

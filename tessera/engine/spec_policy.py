@@ -15,7 +15,8 @@ true, or cost too much), the request drafts nothing but a probe of one draft, af
 16, 32, 64 and 128 idle steps and then every 128, to keep its rate current (a probe that
 comes true raises the rate by 0.3 of the way to 1, which may make drafting pay again). Off-switch: no drafts in a step of more than
 `speculative_max_batch` requests (a large batch is compute-bound, so a verify token costs
-what a plain one does). A step with no drafts asked for runs as without speculation
+what a plain one does). A request with structured outputs drafts nothing (its verify rows
+would each need the grammar's mask at a position not yet reached). A step with no drafts asked for runs as without speculation
 (asynchronously, where async scheduling is on: engine/core.py).
 """
 from __future__ import annotations
@@ -36,8 +37,8 @@ class DraftPolicy:
         self.draft_cost = 0.0
 
     def num_drafts(self, req: Request, batch_size: int) -> int:
-        if batch_size > self.max_batch:
-            return 0
+        if batch_size > self.max_batch or req.params.structured_outputs is not None:
+            return 0  # a large batch; a grammar's masks (drafts would need one per position)
         if not self.adaptive:
             return self.k_max
         a = min(ACCEPTANCE_PRIOR if req.acceptance is None else req.acceptance, 0.99)

@@ -3,12 +3,15 @@
 Objects: PreparedPrompt, InputProcessor. It holds the resolved config (its ModelInfo:
 frontend/model_info.py) and the tokenizer; it validates and tokenizes prompts (ValueError
 naming the problem), renders chat templates, gives the model's default sampling settings
-and fans n > 1 out into child requests. It never touches tensors (no torch, no model
-code), so it lives in the API process; the engine clients (engine/client.py) use it.
+and fans n > 1 out into child requests; it checks a request's structured outputs
+(`check_structured`: the grammar compiles, structured/grammar.py). It never touches
+tensors (no torch, no model code), so it lives in the API process; the engine clients
+(engine/client.py) use it.
 """
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any, Optional, Union
 
 from tessera.config import EngineConfig
@@ -43,6 +46,8 @@ class InputProcessor:
         self.max_model_len = info.max_model_len
         self.generation_defaults = info.generation_defaults
         self._max_text_bytes: Optional[int] = None  # `_check_size`'s bound, on first use
+        self._grammars = None  # structured/grammar.py GrammarCompiler, on first use
+        self._grammars_lock = threading.Lock()
 
     def default_sampling_params(self, **overrides: Any) -> SamplingParams:
         return SamplingParams(**{**self.generation_defaults, **overrides})
@@ -99,10 +104,30 @@ class InputProcessor:
         """n > 1 becomes n single-sample requests; seeded ones get seeds seed, seed+1, ...
         Stop token ids are checked against the vocabulary first (ValueError)."""
         check_token_ids([], params, self.arch.vocab_size)
+        self.check_structured(params)
         if params.n == 1:
             return [(request_id, params)]
         return [(f"{request_id}-{i}", params.clone(
             n=1, seed=None if params.seed is None else params.seed + i)) for i in range(params.n)]
+
+    def check_structured(self, params: SamplingParams) -> None:
+        """ValueError naming what is wrong with params' grammar, if it has one (compiled
+        once per schema and cached: the server calls this off its event loop first)."""
+        if params.structured_outputs is not None:
+            self.grammars.check(params.structured_outputs)
+
+    @property
+    def grammars(self):
+        """The GrammarCompiler (built on first use: reading the vocabulary takes ~0.5 s)."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                if self.tokenizer is None:
+                    raise ValueError("structured outputs need the model's tokenizer, and this "
+                                     "server has none.")
+                from tessera.structured.grammar import GrammarCompiler
+                self._grammars = GrammarCompiler(self.tokenizer, self.arch.vocab_size,
+                                                 self.arch.eos_token_ids)
+            return self._grammars
 
     def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
         if self.tokenizer is None:
@@ -115,6 +140,12 @@ class InputProcessor:
         """The conversation rendered by the chat template (kwargs reach the template:
         documents, continue_final_message, ...) and encoded; add_special_tokens: the
         tokenizer's own (BOS ...) on top of what the template writes."""
+        text = self.chat_text(messages, add_generation_prompt, chat_template, **kwargs)
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def chat_text(self, messages: list[dict], add_generation_prompt: bool = True,
+                  chat_template: Optional[str] = None, **kwargs: Any) -> str:
+        """The conversation rendered by the chat template, as text."""
         tok = self.tokenizer
         if tok is None:
             raise ValueError("this model has no tokenizer, so it has no chat template.")
@@ -131,4 +162,4 @@ class InputProcessor:
             # the template meeting values of the wrong shape (tools: 5) is the request's fault
             raise ValueError(f"chat template error: {type(e).__name__}: {e}") from None
         check_text(text, "the conversation")
-        return tok.encode(text, add_special_tokens=add_special_tokens)
+        return text

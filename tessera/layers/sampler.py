@@ -5,7 +5,8 @@ Objects: SamplingBatch (per-row settings as tensors, built by the model runner) 
 `probabilities` (temperature and the filters) and `race` (the draw), which speculative
 decoding's rejection sampler (spec_decode/rejection.py) uses too; `argmax` is the model's ops' (layers/ops.py: the
 split-row kernel on a GPU), for greedy rows and the race's draw. Order:
-logprobs of the raw distribution (what users are shown) -> min_tokens bans ->
+logprobs of the raw distribution (what users are shown) -> structured outputs' token
+bitmask (`apply_token_bitmask`; worker/grammar_masks.py fills it) -> min_tokens bans ->
 repetition/presence/frequency penalties -> greedy rows take the argmax; the others:
 temperature -> top-k -> top-p -> min-p -> a draw by the exponential race (argmax p / q,
 q ~ Exp(1)), with a row's own torch.Generator when it has a seed, so a seeded request
@@ -40,6 +41,8 @@ class SamplingBatch:
     num_logprobs: list[Optional[int]]  # per row: top alternatives wanted (None: no logprobs)
     all_greedy: bool
     any_penalty: bool
+    # structured outputs: [N, W] int32 token bitmask (bit j of word w allows token 32w + j)
+    allowed: Optional[torch.Tensor] = None
     # which filters some row uses, known on the host (None: read from the tensors, a sync)
     use_top_k: Optional[bool] = None
     use_top_p: Optional[bool] = None
@@ -69,12 +72,23 @@ def adjusted_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     """A copy of logits [N, V] with min_tokens bans and penalties applied: what greedy
     rows take the argmax of, and random rows' filters start from."""
     logits = logits.clone()
+    if batch.allowed is not None:
+        apply_token_bitmask(logits, batch.allowed)
     for row, banned in enumerate(batch.banned_token_ids):
         if banned:
             logits[row, banned] = float("-inf")
     if batch.any_penalty:
         apply_penalties(logits, batch)
     return logits
+
+
+def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> None:
+    """logits [N, V] float, in place: tokens whose bit is 0 in bitmask [N, W] int32 get
+    -inf (a few elementwise kernels on the device)."""
+    n, vocab = logits.shape
+    shifts = torch.arange(32, dtype=torch.int32, device=bitmask.device)
+    allowed = ((bitmask[:, :, None] >> shifts) & 1).bool().reshape(n, -1)[:, :vocab]  # [N, V]
+    logits.masked_fill_(~allowed, float("-inf"))
 
 
 def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> None:

@@ -6,7 +6,8 @@ Routes: GET /v2 (server metadata), /v2/health/live, /v2/health/ready,
 generate extension: POST .../generate (JSON {"text_input", "parameters"} -> {"text_output"})
 and .../generate_stream (SSE, one event per text delta). Sampling settings come from
 `parameters` (SamplingParams field names, also accepted at a generate body's top level;
-max_tokens defaults to 16); any other key, and any other top-level key of an infer body,
+max_tokens defaults to 16; `structured_outputs` constrains the output: {"json": schema}, a
+regex, a choice or a grammar, checked like the OpenAI routes'); any other key, and any other top-level key of an infer body,
 is refused with a 400 naming it.
 """
 from __future__ import annotations
@@ -55,6 +56,13 @@ def _params(s, parameters: Any) -> SamplingParams:
         raise ApiError(400, f"n must be 1 on the KServe routes (one text_output per input), "
                             f"got {params.n}.", "n")
     return params
+
+
+async def _check_grammar(s, params: SamplingParams) -> None:
+    """structured_outputs' grammar compiled off the event loop (ValueError: 400)."""
+    if params.structured_outputs is not None:
+        await s.prompts.run(s.client.input.check_structured, params,
+                            what="structured_outputs grammar")
 
 
 def _refuse_keys(body: dict[str, Any], known: tuple[str, ...]) -> None:
@@ -117,6 +125,7 @@ async def infer(request: Request, name: str, version: Optional[str] = None):
         raise ApiError(400, "text_input.data must be a non-empty list of strings.", "inputs")
     params = _params(s, body.get("parameters"))
     s.client.check_fan_out(len(texts))
+    await _check_grammar(s, params)
     front = s.client.input
     prompts = await s.prompts.run(lambda: [front.prepare_prompt(t) for t in texts],
                                   what="text_input")
@@ -141,6 +150,7 @@ async def _generate_setup(request: Request, name: str, version: Optional[str]):
     params = _params(s, {**{k: v for k, v in body.items()
                             if k not in ("parameters", "text_input", "id")},
                          **(parameters or {})})
+    await _check_grammar(s, params)
     prompt = await s.prompts.run(s.client.input.prepare_prompt, text, what="text_input")
     return s, params, s.client.generate(f"v2-{uuid.uuid4().hex}", prompt, params)
 

@@ -37,6 +37,7 @@ class RequestState:
     sample_row: int = -1  # row of the newest of them in its step's token tensor
     drafts: list[int] = dataclasses.field(default_factory=list)  # this step verifies them
     spec: Any = None  # the speculative proposer's own state of it (spec_decode/)
+    grammar: Any = None  # structured outputs: its matcher (worker/grammar_masks.py)
 
     @property
     def num_known_and_pending(self) -> int:

@@ -42,6 +42,7 @@ from tessera.sampling_params import SamplingParams
 from tessera.spec_decode.decoder import SpecDecoder
 from tessera.stopping import banned_token_ids
 from tessera.worker.cuda_graphs import DecodeGraphs, default_buckets
+from tessera.worker.grammar_masks import GrammarMasks
 from tessera.worker.input_batch import RequestState, prepare_inputs
 from tessera.worker.warm_up import warm_up
 
@@ -95,6 +96,8 @@ class ModelRunner:
         self.default_generator = torch.Generator(device=self.device).manual_seed(config.model.seed)
         self.spec: Optional[SpecDecoder] = None  # speculative decoding (spec_decode/)
         self.decode_rows_upto = 1  # verify steps of k + 1 tokens run as decode rows
+        # structured outputs: the matchers and per-step token masks (where tokens are sampled)
+        self.grammars = GrammarMasks(config, device) if self.stage.last else None
         if config.speculative.method is not None:
             self.decode_rows_upto = config.speculative.num_speculative_tokens + 1
             self.spec = SpecDecoder(config, device, dtype, self.kv_dtype, self.block_size)
@@ -231,8 +234,8 @@ class ModelRunner:
             if greedy:
                 step.tokens = self.ops.argmax(logits)
             else:
-                if any(_needs_history(st.params) for st in states):
-                    self._resolve_all()  # penalties read every output token
+                if any(_needs_history(st.params) or st.grammar for st in states):
+                    self._resolve_all()  # penalties and grammars read every output token
                 step.tokens, entries = sample(logits, self._sampling_batch(states),
                                               self.ops.argmax)
                 step.logprobs = {st.request_id: [e] for st, e in zip(states, entries)
@@ -322,10 +325,13 @@ class ModelRunner:
                 self.states[rid].block_ids = []
         for new in sched.new_requests:
             old = self.states.get(new.request_id)
-            self.states[new.request_id] = RequestState(
+            st = self.states[new.request_id] = RequestState(
                 new.request_id, list(new.token_ids), new.num_prompt_tokens, new.params,
                 list(new.block_ids), new.num_computed_tokens, new.num_prompt_logprobs_done,
-                old.generator if old else self._make_generator(new.params.seed))
+                old.generator if old else self._make_generator(new.params.seed),
+                grammar=old.grammar if old else None)  # a resumed request's matcher goes on
+            if new.params.structured_outputs is not None and self.grammars is not None:
+                self.grammars.attach(st)
         for cached in sched.cached_requests:
             st = self.states[cached.request_id]
             st.block_ids.extend(cached.new_block_ids)
@@ -361,6 +367,7 @@ class ModelRunner:
             banned_token_ids=[self._banned(s, len(b)) for s, b in zip(states, before)],
             num_logprobs=[p.logprobs for p in ps],
             all_greedy=all(p.greedy for p in ps),
+            allowed=self.grammars.bitmask(states) if self.grammars is not None else None,
             any_penalty=any(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1
                             for p in ps),
         )
@@ -372,7 +379,7 @@ class ModelRunner:
 
     def _plain_greedy(self, st: RequestState) -> bool:
         p = st.params
-        return (p.greedy and p.logprobs is None and not _needs_history(p)
+        return (p.greedy and p.logprobs is None and not _needs_history(p) and st.grammar is None
                 and not banned_token_ids(p, st.num_known_and_pending - st.num_prompt_tokens,
                                          self.arch.eos_token_ids))
 

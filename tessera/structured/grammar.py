@@ -1,0 +1,111 @@
+"""Grammars for structured outputs, compiled with llguidance.
+
+Objects: GrammarCompiler (the model's tokenizer as llguidance sees it, and a bounded LRU
+cache of compiled grammars by StructuredOutputsParams.key), `grammar_definition(params)`
+(llguidance's grammar text for a JSON schema, any JSON object, a regex, a choice, or a
+Lark/GBNF grammar). Two processes compile: the API process checks each request's
+grammar (a 400 naming the problem: an invalid schema, an unsupported keyword, a regex
+that does not parse), and the workers that sample (worker/grammar_masks.py) make one
+matcher per request: a copy of the cached compiled grammar, advanced token by token.
+JSON is generated compact (no whitespace between tokens: small models otherwise loop on
+newlines); a schema's own `x-guidance` settings may change that.
+
+Why llguidance, not xgrammar (benchmarks/grammar_backends.py, RESULTS.md): it compiles
+JSON schemas in about a millisecond (lazily: no whole-vocabulary precomputation), covers
+more of JSON Schema (patterns, numeric bounds) and names what it does not support rather
+than ignoring it, computes a mask in tens of microseconds, fills a batch of masks on its
+own threads, and needs neither torch nor a GPU build (the API process checks grammars
+without torch).
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import OrderedDict
+from typing import Any, Sequence
+
+import llguidance
+import llguidance.hf
+
+from tessera.structured.params import StructuredOutputsParams
+
+CACHE_SIZE = 256  # compiled grammars kept
+_JSON_DEFAULTS = {"whitespace_flexible": False}
+
+
+def grammar_definition(params: StructuredOutputsParams) -> str:
+    kind = params.kind
+    if kind == "json":
+        return llguidance.LLMatcher.grammar_from_json_schema(params.json, defaults=_JSON_DEFAULTS)
+    if kind == "json_object":
+        return llguidance.LLMatcher.grammar_from_json_schema({"type": "object"},
+                                                             defaults=_JSON_DEFAULTS)
+    if kind == "regex":
+        return llguidance.LLMatcher.grammar_from_regex(params.regex)
+    if kind == "choice":
+        return llguidance.grammar_from("choice", json.dumps(params.choice))
+    return llguidance.grammar_from("grammar", params.grammar)  # Lark, or GBNF/EBNF
+
+
+class GrammarCompiler:
+    """hf_tokenizer: a fast Hugging Face tokenizer; vocab_size: the model's (its logits'
+    width, which may exceed the tokenizer's); eos_token_ids: the ids that end a request,
+    allowed where the grammar is complete. Thread-safe (the API checks in a pool)."""
+
+    def __init__(self, hf_tokenizer: Any, vocab_size: int, eos_token_ids: Sequence[int],
+                 cache_size: int = CACHE_SIZE):
+        if not eos_token_ids:
+            raise ValueError("structured outputs need the model's end-of-sequence token id.")
+        self.vocab_size = vocab_size
+        self.eos_token_ids = list(eos_token_ids)
+        self.tokenizer = llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=vocab_size,
+                                                      eos_token=self.eos_token_ids)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, str], llguidance.LLMatcher] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def check(self, params: StructuredOutputsParams) -> None:
+        """ValueError naming what is wrong with params' grammar (compiled and cached)."""
+        self._compiled(params)
+
+    def matcher(self, params: StructuredOutputsParams) -> llguidance.LLMatcher:
+        """A fresh matcher at the grammar's start (a copy of the cached compiled one)."""
+        return self._compiled(params).deep_copy()
+
+    def _compiled(self, params: StructuredOutputsParams) -> llguidance.LLMatcher:
+        key = params.key
+        with self._lock:
+            template = self._cache.get(key)
+            if template is not None:
+                self._cache.move_to_end(key)
+                self.hits += 1
+                return template
+        template = self._compile(params)
+        with self._lock:
+            self.misses += 1
+            self._cache[key] = template
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return template
+
+    def _compile(self, params: StructuredOutputsParams) -> llguidance.LLMatcher:
+        what = {"json": "JSON schema", "json_object": "JSON object", "regex": "regex",
+                "choice": "choice", "grammar": "grammar"}[params.kind]
+        try:
+            definition = grammar_definition(params)
+        except (ValueError, TypeError, RuntimeError) as e:
+            raise ValueError(f"structured outputs: the {what} is invalid: {e}") from None
+        matcher = llguidance.LLMatcher(self.tokenizer, definition, log_level=0)
+        if matcher.is_error():
+            raise ValueError(f"structured outputs: the {what} cannot be used: "
+                             f"{_first_line(matcher.get_error())}")
+        return matcher
+
+
+def _first_line(message: str) -> str:
+    """llguidance's message without its echo of the grammar and the caret lines."""
+    lines = [ln.strip() for ln in message.strip().splitlines()]
+    kept = [ln for ln in lines if ln and not re.fullmatch(r"\^+|\d+ \|.*", ln)]
+    return " ".join(kept)[:500] if kept else "unknown error"
