@@ -35,6 +35,7 @@ from tessera.server.errors import (ApiError, error_body, error_response, param_o
 from tessera.server.protocol import request_fields
 from tessera.server.metrics import ServerMetrics
 from tessera.server.prompt_work import PromptWorkers
+from tessera.server.tools import ToolOptions
 
 logger = logging.getLogger(__name__)
 OPEN = ("/health", "/v2/health/live", "/v2/health/ready", "/version")  # never behind a key
@@ -49,6 +50,7 @@ class ServerState:
     started: int
     prompts: PromptWorkers = dataclasses.field(default_factory=PromptWorkers)  # off the loop
     trust_request_chat_template: bool = False  # --trust-request-chat-template
+    tools: ToolOptions = dataclasses.field(default_factory=ToolOptions)  # tool-call flags
 
     @property
     def model_name(self) -> str:

@@ -3,7 +3,7 @@
 
 Flow of a request: pydantic body -> model name check (404) -> prompts tokenized and
 checked against the context (400 with the message clients match on) -> SamplingParams
-(400 naming the field) -> MPClient.generate per prompt -> one JSON response, or SSE
+(400 naming the field) -> structured outputs' grammar compiled (400 naming the problem) -> MPClient.generate per prompt -> one JSON response, or SSE
 chunks (chat: role chunk first; holdback for stop strings; optional usage chunk;
 `data: [DONE]`). A client that disconnects aborts its requests (blocks freed at once).
 """
@@ -23,6 +23,8 @@ from tessera.server.errors import ApiError, error_body
 from tessera.server.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                                      TokenizeRequest)
 from tessera.server.streaming import DeltaTracker, admitted, merge_streams, sse
+from tessera.server.tool_parsers import ToolStream, parser_for, tool_calls_of
+from tessera.server.tools import plan_tools, tool_conversation
 
 router = APIRouter()
 
@@ -45,6 +47,21 @@ def check_supported(body) -> None:
         field, what = refused
         raise ApiError(400, f"{field} is not supported: Tessera does not implement {what}.",
                        field)
+
+
+async def check_structured(state, body, params: SamplingParams,
+                           field: Optional[str] = None) -> None:
+    """A 400 naming the field whose grammar does not compile (compiled off the event loop;
+    cached, so the engine client's own check finds it)."""
+    if params.structured_outputs is None:
+        return
+    field = field or body.structured_field()
+    try:
+        await state.prompts.run(state.client.input.check_structured, params,
+                                what=f"{field} grammar")
+    except ValueError as e:
+        raise ApiError(400, f"{field} is invalid: "
+                       f"{str(e).removeprefix('structured outputs: ')}", field) from None
 
 
 def _max_tokens(state, prompt_len: int, asked: Optional[int], kind: str) -> int:
@@ -140,6 +157,7 @@ async def completions(body: CompletionRequest, request: Request):
         params.append(body.sampling_params(
             front.generation_defaults, max_tokens, body.logprobs,
             body.logprobs if body.echo and body.logprobs is not None else None))
+    await check_structured(s, body, params[0])
     rid = f"cmpl-{uuid.uuid4().hex}"
     streams = [s.client.generate(f"{rid}-{i}", p, sp)
                for i, (p, sp) in enumerate(zip(prompts, params))]
@@ -231,6 +249,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     front = s.client.input
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs requires logprobs=true.", "top_logprobs")
+    plan = plan_tools(body, s.tools)
     messages = [m.as_template_dict() for m in body.messages]
     template_kwargs = dict(body.chat_template_kwargs or {})
     add_generation_prompt = template_kwargs.pop("add_generation_prompt",
@@ -247,26 +266,34 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         raise ApiError(400, "this server renders the model's own chat template; a request's "
                        "chat_template is refused unless it was started with "
                        "--trust-request-chat-template.", "chat_template")
-    ids = await s.prompts.run(  # off the event loop; ValueError (400) on template errors
-        front.apply_chat_template, messages, add_generation_prompt, body.chat_template,
-        add_special_tokens=body.add_special_tokens, what="messages", **template_kwargs)
+    def render() -> list[int]:  # off the event loop; ValueError (400) on template errors
+        msgs, tool_kwargs = tool_conversation(front, messages, plan, body.chat_template)
+        return front.apply_chat_template(msgs, add_generation_prompt, body.chat_template,
+                                         add_special_tokens=body.add_special_tokens,
+                                         **template_kwargs, **tool_kwargs)
+    ids = await s.prompts.run(render, what="messages")
     prompt = front.prepare_prompt(ids, check_length=False)
     max_tokens = _max_tokens(s, len(ids), body.requested_max_tokens(), "chat")
     k = (body.top_logprobs or 0) if body.logprobs else None
     params = body.sampling_params(front.generation_defaults, max_tokens, k, None)
     s.client.check_fan_out(params.n)
+    params.structured_outputs = plan.grammar() or params.structured_outputs
+    await check_structured(s, body, params, "tools" if plan.grammar() else None)
     rid = f"chatcmpl-{uuid.uuid4().hex}"
     stream = s.client.generate(rid, prompt, params)
     if body.stream:
         stream = (await admitted([stream]))[0]
-        return sse_response(_chat_chunks(body, rid, model, prompt, params, stream))
+        return sse_response(_chat_chunks(body, rid, model, prompt, params, stream, plan))
     out = (await until_disconnect(request, all_final([stream])))[0]
     choices = []
     for c in out.outputs:
         ids = {"token_ids": c.token_ids} if body.return_token_ids else {}
-        choices.append({"index": c.index, "message": {"role": "assistant", "content": c.text},
+        message, finish = {"role": "assistant", "content": c.text}, fmt.finish_fields(c)
+        if plan.calls:
+            message, finish = _tool_message(plan, c)
+        choices.append({"index": c.index, "message": message,
                         "logprobs": fmt.chat_logprobs(c.token_ids, c.logprobs, k)
-                        if k is not None else None, **ids, **fmt.finish_fields(c)})
+                        if k is not None else None, **ids, **finish})
     answer = fmt.envelope(rid, "chat.completion", model, choices, usage=fmt.usage(
         len(prompt.token_ids), sum(len(c.token_ids) for c in out.outputs), out.num_cached_tokens))
     if body.return_token_ids:
@@ -274,10 +301,26 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     return answer
 
 
+def _tool_message(plan, c) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(message, finish fields) of a choice that may hold tool calls."""
+    content, calls = parser_for(plan.mode, plan.parser, plan.named).parse(c.text, True)
+    tool_calls = tool_calls_of(calls, plan.parallel)
+    finish = fmt.finish_fields(c)
+    if not tool_calls:  # no call (or one cut short): the text is the answer
+        return {"role": "assistant", "content": c.text}, finish
+    if c.finish_reason == "stop":
+        finish = {"finish_reason": "tool_calls", "stop_reason": c.stop_reason}
+    return {"role": "assistant", "content": content if content.strip() else None,
+            "tool_calls": tool_calls}, finish
+
+
 async def _chat_chunks(body, rid, model, prompt, params: SamplingParams,
-                       stream) -> AsyncIterator[str]:
+                       stream, plan) -> AsyncIterator[str]:
     k = (body.top_logprobs or 0) if body.logprobs else None
     tracker = DeltaTracker(params.stop)
+    tools = {i: ToolStream(parser_for(plan.mode, plan.parser, plan.named), plan.parallel)
+             for i in range(params.n)} if plan.calls else {}
+    released = {i: "" for i in range(params.n)}  # text given out so far, per choice
     obj = "chat.completion.chunk"
     prompt_ids = {"prompt_token_ids": prompt.token_ids} if body.return_token_ids else {}
     for i in range(params.n):
@@ -294,14 +337,24 @@ async def _chat_chunks(body, rid, model, prompt, params: SamplingParams,
             logprobs = (fmt.chat_logprobs(c.token_ids[first:end], c.logprobs[first:end], k)
                         if k is not None and end > first else None)
             ids = {"token_ids": c.token_ids[first:end]} if body.return_token_ids else {}
-            if text or logprobs or (ids and end > first):
-                yield sse(fmt.envelope(rid, obj, model, [{"index": c.index, "delta": {
-                    "content": text}, "logprobs": logprobs, **ids, "finish_reason": None}]))
+            delta: dict[str, Any] = {"content": text}
+            if plan.calls:
+                released[c.index] += text
+                text, calls = tools[c.index].delta(released[c.index], c.finished)
+                delta = {"content": text} if text or not calls else {}
+                if calls:
+                    delta["tool_calls"] = calls
+            if text or logprobs or (ids and end > first) or delta.get("tool_calls"):
+                yield sse(fmt.envelope(rid, obj, model, [{"index": c.index, "delta": delta,
+                                                          "logprobs": logprobs, **ids,
+                                                          "finish_reason": None}]))
             if c.finished:
                 completion_tokens += len(c.token_ids)
+                finish = fmt.finish_fields(c)
+                if plan.calls and tools[c.index].called and c.finish_reason == "stop":
+                    finish["finish_reason"] = "tool_calls"
                 yield sse(fmt.envelope(rid, obj, model, [{"index": c.index, "delta": {},
-                                                          "logprobs": None,
-                                                          **fmt.finish_fields(c)}]))
+                                                          "logprobs": None, **finish}]))
     if body.include_usage:
         yield sse(fmt.envelope(rid, obj, model, [], usage=fmt.usage(len(prompt.token_ids),
                                                                     completion_tokens, cached)))

@@ -6,25 +6,33 @@ Every field a request may carry is one of three kinds; nothing is silently ignor
   stop_token_ids, ..., `return_token_ids`: each choice, and each streamed chunk, also
   carries its new token ids, the prompt's once), and vLLM's chat extras
   (add_special_tokens, continue_final_message, documents, chat_template[_kwargs]);
+  structured outputs (STRUCTURED_FIELDS, one per request): OpenAI's `response_format`
+  (text, json_object, json_schema), vLLM's `structured_outputs` ({json | json_object |
+  regex | choice | grammar}) and its older `guided_json`, `guided_regex`,
+  `guided_choice`, `guided_grammar`;
 - accepted without effect, the allow-list NO_EFFECT (`user`, `metadata`,
   `safety_identifier`, `prompt_cache_key`: identifiers and hints whose absence of effect
-  changes no answer);
+  changes no answer; a json_schema's `name`, `description` and `strict`: the schema is
+  always enforced);
 - refused with a 400 naming the field: any other field (pydantic `extra="forbid"`), and
-  the fields in UNSUPPORTED (and CHAT_UNSUPPORTED) when they ask for what Tessera lacks (`response_format` other
-  than text, `tools` and tool choices, `best_of` above n, beam search, priorities, audio,
-  ...; `check_supported()`). Structured output and tool calling come with their own issue.
+  the fields in UNSUPPORTED (and CHAT_UNSUPPORTED) when they ask for what Tessera lacks
+  (`tools` and tool choices, `best_of` above n, beam search, priorities, audio, ...;
+  `check_supported()`).
 `sampling_params` validates values through SamplingParams (ValueError naming the field ->
 HTTP 400).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from typing import Any, Callable, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from tessera.sampling_params import SamplingParams
+from tessera.server.tools import NamedToolChoice, Tool
+from tessera.structured.params import StructuredOutputsParams
 
 MAX_N = 16  # samples per request
 NO_EFFECT = ("user", "metadata", "safety_identifier", "prompt_cache_key")
@@ -44,10 +52,6 @@ def _absent(v: Any) -> bool:  # any value at all asks for it (an empty object to
 
 # field -> (does this value ask for nothing Tessera lacks?, what is not implemented)
 UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "response_format": (lambda v: v is None or v == {"type": "text"},
-                        "structured output (response_format other than text)"),
-    "tools": (_empty, "tool calling"),
-    "tool_choice": (_none_or("none", "auto"), "tool calling"),
     "functions": (_empty, "function calling"),
     "function_call": (_none_or("none", "auto"), "function calling"),
     "logit_bias": (_empty, "logit_bias"),
@@ -64,6 +68,26 @@ UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "verbosity": (_absent, "verbosity"),
 }
 CHAT_UNSUPPORTED = {"echo": (_none_or(False), "echo of the last message in chat")}
+
+
+class JsonSchemaFormat(BaseModel):
+    """response_format's json_schema: the schema is enforced whatever `strict` says."""
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: Optional[str] = None  # a label: no effect
+    description: Optional[str] = None  # no effect
+    schema_: Optional[Union[dict[str, Any], bool]] = Field(None, alias="schema")
+    strict: Optional[bool] = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JsonSchemaFormat] = None
+
+
+# the fields that ask for structured outputs (one per request)
+STRUCTURED_FIELDS = ("response_format", "structured_outputs", "guided_json", "guided_regex",
+                     "guided_choice", "guided_grammar")
 
 
 class StreamOptions(BaseModel):
@@ -106,6 +130,13 @@ class _SamplingFields(_Request):
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     return_token_ids: bool = False
+    # structured outputs (STRUCTURED_FIELDS): OpenAI's, vLLM's current and legacy names
+    response_format: Optional[ResponseFormat] = None
+    structured_outputs: Optional[dict[str, Any]] = None
+    guided_json: Optional[Union[str, dict[str, Any]]] = None
+    guided_regex: Optional[str] = None
+    guided_choice: Optional[list[str]] = None
+    guided_grammar: Optional[str] = None
     # accepted without effect (NO_EFFECT)
     user: Optional[str] = None
     metadata: Optional[dict[str, str]] = None
@@ -116,7 +147,6 @@ class _SamplingFields(_Request):
     best_of: Optional[int] = None
     use_beam_search: Optional[bool] = None
     priority: Optional[int] = None
-    response_format: Optional[dict[str, Any]] = None
     service_tier: Optional[str] = None
     store: Optional[bool] = None
 
@@ -134,11 +164,45 @@ class _SamplingFields(_Request):
             stop_token_ids=self.stop_token_ids,
             include_stop_str_in_output=self.include_stop_str_in_output,
             ignore_eos=self.ignore_eos, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
-            skip_special_tokens=self.skip_special_tokens)
+            skip_special_tokens=self.skip_special_tokens,
+            structured_outputs=self.structured_outputs_params())
+
+    def structured_field(self) -> Optional[str]:
+        """The field that asks for structured outputs (ValueError if several do)."""
+        asked = [f for f in STRUCTURED_FIELDS if getattr(self, f) is not None]
+        if self.response_format is not None and self.response_format.type == "text":
+            asked.remove("response_format")
+        if len(asked) > 1:
+            raise ValueError(f"{asked[0]} and {asked[1]} both ask for structured outputs; "
+                             "give one.")
+        return asked[0] if asked else None
+
+    def structured_outputs_params(self) -> Optional[StructuredOutputsParams]:
+        field = self.structured_field()
+        if field is None:
+            return None
+        try:
+            if field == "response_format":
+                return _from_response_format(self.response_format)
+            if field == "structured_outputs":
+                return StructuredOutputsParams.of(self.structured_outputs)
+            kind = field.removeprefix("guided_")
+            return StructuredOutputsParams(**{kind: getattr(self, field)})
+        except ValueError as e:
+            raise ValueError(f"{field} is invalid: "
+                             f"{str(e).removeprefix('structured outputs: ')}") from None
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+
+def _from_response_format(rf: ResponseFormat) -> StructuredOutputsParams:
+    if rf.type == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    if rf.json_schema is None or rf.json_schema.schema_ is None:
+        raise ValueError("a json_schema response format needs json_schema.schema.")
+    return StructuredOutputsParams(json=rf.json_schema.schema_)
 
 
 def request_fields() -> set[str]:
@@ -166,27 +230,45 @@ class CompletionRequest(_SamplingFields):
         return list(p)
 
 
+class ToolCallFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    arguments: str  # JSON text of an object
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ChatMessage(BaseModel):
-    """A message of the conversation. Fields of past assistant turns that say nothing (a
-    null refusal, no tool calls) are accepted; tool calls are refused with tools."""
+    """A message of the conversation: an assistant's past tool calls and the tool
+    results (role "tool", tool_call_id) come back as the chat template expects them (the
+    arguments as objects). Fields of past turns that say nothing (a null refusal) pass;
+    those that ask for what Tessera lacks (audio, a legacy function_call) are refused."""
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant", "tool", "developer"]  # others: 400
     content: Optional[Union[str, list[dict[str, Any]]]] = None
     name: Optional[str] = None
     refusal: Optional[str] = None
-    tool_calls: Optional[list[dict[str, Any]]] = None
+    tool_calls: Optional[list[ToolCall]] = None
     tool_call_id: Optional[str] = None
     function_call: Optional[dict[str, Any]] = None
     audio: Optional[dict[str, Any]] = None
     annotations: Optional[list[dict[str, Any]]] = None
 
     def as_template_dict(self) -> dict[str, Any]:
-        for field in ("refusal", "tool_calls", "tool_call_id", "function_call", "audio",
-                      "annotations"):
+        for field in ("refusal", "function_call", "audio", "annotations"):
             if getattr(self, field):
                 raise ValueError(f"messages: {field} in a message is not supported "
-                                 "(tool calling and audio are not implemented).")
+                                 "(legacy function calls and audio are not implemented).")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("messages: only assistant messages carry tool_calls.")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("messages: a tool message needs the tool_call_id it answers.")
         content = self.content
         if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
             texts = []
@@ -198,10 +280,27 @@ class ChatMessage(BaseModel):
                     raise ValueError("messages: a text content part's text must be a string.")
                 texts.append(part.get("text", ""))
             content = "".join(texts)
-        d = {"role": self.role, "content": content or ""}
+        d: dict[str, Any] = {"role": self.role, "content": content or ""}
         if self.name:
             d["name"] = self.name
+        if self.tool_call_id:
+            d["tool_call_id"] = self.tool_call_id
+        if self.tool_calls:
+            d["tool_calls"] = [{"id": c.id, "type": "function", "function": {
+                "name": c.function.name, "arguments": _arguments(c.function.arguments)}}
+                for c in self.tool_calls]
         return d
+
+
+def _arguments(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ValueError(f"messages: a tool call's arguments must be a JSON object, got "
+                         f"{text!r:.100}.")
+    return value
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -218,10 +317,11 @@ class ChatCompletionRequest(_SamplingFields):
     documents: Optional[list[dict[str, Any]]] = None  # for templates that render them (RAG)
     chat_template: Optional[str] = None
     chat_template_kwargs: Optional[dict[str, Any]] = None
+    # tool calling (server/tools.py)
+    tools: Optional[list[Tool]] = None
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
+    parallel_tool_calls: Optional[bool] = None
     # refused unless they ask for nothing (UNSUPPORTED)
-    tools: Optional[list[dict[str, Any]]] = None
-    tool_choice: Optional[Union[str, dict[str, Any]]] = None
-    parallel_tool_calls: Optional[bool] = None  # no effect without tools
     functions: Optional[list[dict[str, Any]]] = None
     function_call: Optional[Union[str, dict[str, Any]]] = None
     echo: Optional[bool] = None

@@ -30,6 +30,7 @@ from tessera.config import EngineConfig
 from tessera.default_model import FILENAME as DEFAULT_FILENAME
 from tessera.frontend.torch_free import keep_torch_out
 from tessera.gc_tuning import freeze_after_startup, unfreeze
+from tessera.server.tool_parsers import PARSERS
 
 logger = logging.getLogger("tessera.server")
 DEFAULT_MODEL_NAME = DEFAULT_FILENAME.split(".")[0]  # SmolLM2-135M-Instruct
@@ -65,6 +66,13 @@ def add_serve_parser(sub, parents: list) -> None:
     g.add_argument("--trust-request-chat-template", action="store_true",
                    help="let requests bring their own chat_template (Jinja, rendered in a "
                         "sandbox); refused by default")
+    g.add_argument("--enable-auto-tool-choice", action="store_true",
+                   help="let the model decide whether to call tools (tool_choice 'auto', the "
+                        "default with tools); needs --tool-call-parser")
+    g.add_argument("--tool-call-parser", choices=PARSERS, default=None,
+                   help="how the model writes tool calls: hermes (Hermes, Qwen2.5; also "
+                        "models whose template ignores tools, which get them as text) or "
+                        "llama3_json (Llama 3.1/3.2)")
     g.add_argument("--prompt-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="longest time tokenizing a request's prompts or rendering its chat "
                         "template may take, off the event loop, before it is refused "
@@ -88,6 +96,9 @@ def add_serve_parser(sub, parents: list) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     keep_torch_out()  # this process only speaks HTTP and tokenizes (frontend/torch_free.py)
+    if args.enable_auto_tool_choice and args.tool_call_parser is None:
+        args.serve_parser.error("--enable-auto-tool-choice needs --tool-call-parser "
+                                f"({', '.join(PARSERS)})")
     kwargs = engine_kwargs(args)
     if args.model_tag:
         kwargs["model"] = args.model_tag
@@ -133,6 +144,7 @@ async def serve(config: EngineConfig, args: argparse.Namespace) -> int:
     from tessera.server.app import CorsOptions, ServerState, create_app
     from tessera.server.metrics import ServerMetrics
     from tessera.server.prompt_work import PromptWorkers
+    from tessera.server.tools import ToolOptions
 
     sock = _listen(args.host, args.port)
     names = args.served_model_name or [config.model.model or DEFAULT_MODEL_NAME]
@@ -160,7 +172,8 @@ async def serve(config: EngineConfig, args: argparse.Namespace) -> int:
     client.observers.append(metrics)
     state = ServerState(client, metrics, names, client.input.model_path, int(time.time()),
                         PromptWorkers(timeout_s=args.prompt_timeout),
-                        args.trust_request_chat_template)
+                        args.trust_request_chat_template,
+                        ToolOptions(args.enable_auto_tool_choice, args.tool_call_parser))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -15,7 +15,8 @@ from tests.helpers.launch import start_server
 def server(tmp_path_factory):
     srv = start_server(str(tmp_path_factory.mktemp("server")), "--num-blocks", "600",
                        "--max-waiting", "1024", "--stats-interval", "2",
-                       "--trust-request-chat-template")  # the field tests send templates
+                       "--trust-request-chat-template",  # the field tests send templates
+                       "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
     yield srv
     srv.stop()
 

@@ -47,17 +47,21 @@ VLLM_EXTRAS = {
     "request_id": "r-1", "logits_processors": ["m.P"], "return_tokens_as_token_ids": True,
     "cache_salt": "salt", "kv_transfer_params": {}, "vllm_xargs": {"a": 1},
     "return_token_ids": True, "response_format": {"type": "json_object"},
+    "structured_outputs": {"choice": ["a", "b"]},
 }
 VLLM_CHAT_EXTRAS = {"echo": True, "add_generation_prompt": True,
                     "continue_final_message": False, "documents": [{"title": "t", "text": "x"}],
                     "chat_template": "{{ messages[0]['content'] }}"}
 VLLM_COMPLETION_EXTRAS = {"prompt_embeds": "AAAA"}
 
+STRUCTURED = {"response_format", "structured_outputs", "guided_json", "guided_regex",
+              "guided_choice", "guided_grammar"}
 IMPLEMENTED_COMPLETIONS = {
     "echo", "frequency_penalty", "logprobs", "max_tokens", "n", "presence_penalty", "seed",
     "stop", "stream", "stream_options", "temperature", "top_p", "user", "top_k", "min_p",
     "repetition_penalty", "stop_token_ids", "include_stop_str_in_output", "ignore_eos",
-    "min_tokens", "skip_special_tokens", "add_special_tokens", "return_token_ids"}
+    "min_tokens", "skip_special_tokens", "add_special_tokens", "return_token_ids",
+    *STRUCTURED}
 IMPLEMENTED_CHAT = {
     "frequency_penalty", "logprobs", "max_completion_tokens", "max_tokens", "metadata", "n",
     "parallel_tool_calls", "presence_penalty", "prompt_cache_key", "safety_identifier",
@@ -65,7 +69,8 @@ IMPLEMENTED_CHAT = {
     "user", "top_k", "min_p", "repetition_penalty", "stop_token_ids",
     "include_stop_str_in_output", "ignore_eos", "min_tokens", "skip_special_tokens",
     "add_special_tokens", "chat_template_kwargs", "return_token_ids",
-    "add_generation_prompt", "continue_final_message", "documents", "chat_template"}
+    "add_generation_prompt", "continue_final_message", "documents", "chat_template",
+    "tools", *STRUCTURED}  # tool_choice "required" without tools: a 400 naming it
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +139,7 @@ def test_chat_extras_take_effect(http):
     assert r.json()["prompt_token_ids"] == with_docs.json()["tokens"]
 
 
-def test_tool_calls_in_the_history_are_refused_and_null_fields_pass(http):
+def test_tool_calls_in_the_history_pass_and_so_do_null_fields(http):
     past = {"role": "assistant", "content": "Paris.", "refusal": None, "tool_calls": None,
             "function_call": None, "audio": None, "annotations": []}
     ok = http.post("/v1/chat/completions", json={"messages": [*CHAT, past, *CHAT],
@@ -142,9 +147,13 @@ def test_tool_calls_in_the_history_are_refused_and_null_fields_pass(http):
     assert ok.status_code == 200, ok.text
     called = {**past, "tool_calls": [{"id": "c", "type": "function",
                                       "function": {"name": "f", "arguments": "{}"}}]}
-    r = http.post("/v1/chat/completions", json={"messages": [*CHAT, called], "max_tokens": 2})
-    err = assert_error(r, 400)
-    assert "tool_calls" in err["message"]
+    result = {"role": "tool", "tool_call_id": "c", "content": "42"}
+    r = http.post("/v1/chat/completions", json={"messages": [*CHAT, called, result],
+                                                "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    audio = {**past, "audio": {"id": "a"}}
+    r = http.post("/v1/chat/completions", json={"messages": [*CHAT, audio], "max_tokens": 2})
+    assert "audio" in assert_error(r, 400)["message"]
     r = http.post("/v1/chat/completions", json={"messages": [{**CHAT[0], "mood": "x"}]})
     assert_error(r, 400, "messages.0.mood")
 
