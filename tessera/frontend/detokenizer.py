@@ -5,8 +5,9 @@ detokenizers with the same interface (`add_token(id)` -> new text, `flush()` -> 
 held back at the end): StreamDetokenizer for fast tokenizers whose decode is their
 backend's (tokenizers' DecodeStream, in Rust: no re-decoding of a window per token), and
 IncrementalDetokenizer for the others (a tokenizer whose decode cleans spaces up, a slow
-one). Both start from the prompt's last tokens, so the first output token's leading space
-comes out as in context, and never split a character.
+one). Both start from the prompt's last tokens (less those that end it mid-character),
+so the first output token's leading space comes out as in context, and never split a
+character.
 
 IncrementalDetokenizer turns one token at a time into text deltas. It decodes a short
 window of ids (from `prefix_offset`) and emits only the text beyond what the window
@@ -26,11 +27,22 @@ from typing import Any, Optional
 _CONTEXT_TOKENS = 5
 
 
+def _context(tokenizer: Any, prompt_token_ids: list[int], skip_special_tokens: bool
+             ) -> list[int]:
+    """The prompt's last few tokens, less any that end it mid-character (token-id
+    prompts can): their bytes are the prompt's, and must not come out as output text."""
+    ids = list(prompt_token_ids[-_CONTEXT_TOKENS:])
+    while ids and tokenizer.decode(ids, skip_special_tokens=skip_special_tokens
+                                   ).endswith("\ufffd"):
+        ids.pop()
+    return ids
+
+
 class IncrementalDetokenizer:
     def __init__(self, tokenizer: Any, prompt_token_ids: list[int], skip_special_tokens: bool = True):
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
-        self._ids = list(prompt_token_ids[-_CONTEXT_TOKENS:])
+        self._ids = _context(tokenizer, prompt_token_ids, skip_special_tokens)
         self._prefix_offset = 0
         self._read_offset = len(self._ids)
 
@@ -65,7 +77,7 @@ class StreamDetokenizer:
         from tokenizers.decoders import DecodeStream
         self.tokenizer, self.skip_special_tokens = tokenizer, skip_special_tokens
         self.backend = tokenizer.backend_tokenizer
-        self._recent = list(prompt_token_ids[-_CONTEXT_TOKENS:])  # emitted, for context
+        self._recent = _context(tokenizer, prompt_token_ids, skip_special_tokens)
         self._held: list[int] = []  # given to the stream, not emitted yet
         self.stream = DecodeStream(ids=list(self._recent),
                                    skip_special_tokens=skip_special_tokens)

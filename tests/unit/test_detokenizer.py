@@ -131,6 +131,16 @@ def test_prompt_window_starting_inside_a_character(stream, tokenizer):
     assert "".join(deltas) + tail == " ok 你好"
 
 
+def test_prompt_ending_inside_a_character_gives_none_of_its_text(stream, tokenizer):
+    """A token-id prompt may stop mid-character: its text stays the prompt's (it once
+    came out at the head of the first output delta)."""
+    emoji = tokenizer.encode("🙂")
+    prompt_ids = tokenizer.encode("say hi") + emoji[:-1]
+    ids = tokenizer.encode(" ok")
+    deltas, tail = stream(tokenizer, prompt_ids, ids)
+    assert "".join(deltas) + tail == " ok"
+
+
 def test_flush_returns_a_dangling_partial_character(stream, tokenizer):
     ids = tokenizer.encode("ab你")
     partial = ids[:-1]  # the last byte(s) of 你 never arrive
