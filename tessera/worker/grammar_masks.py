@@ -8,8 +8,10 @@ preempted one keeps its own. In a step with constrained rows, after the forward 
 queued on the device, the runner waits for the earlier steps' tokens (their copies are
 done by then: the device is busy with this step's forward) and `bitmask(states)` feeds
 each matcher the tokens it has not seen, then fills the rows' masks on llguidance's
-threads into a pinned [N, W] int32 array (W = ceil(V / 32); bit j of word w allows token
-32w + j; unconstrained rows all ones) and copies it to the device without waiting; the
+threads (up to 16; each grammar is compiled once per thread, and requests get copies in
+turn, so rows filled at once rarely share caches and their locks) into a pinned [N, W]
+int32 buffer (W = ceil(V / 32); bit j of word w allows token 32w + j; unconstrained rows
+all ones; two buffers used in turn) and copies it to the device without waiting; the
 sampler sets the logits of disallowed tokens to -inf (layers/sampler.py
 `apply_token_bitmask`). A step
 without constrained rows costs nothing here and waits for nothing.
@@ -22,9 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Optional
 
+import llguidance.numpy as lgn
 import numpy as np
 import torch
 
@@ -32,6 +38,7 @@ from tessera.config import EngineConfig
 from tessera.worker.input_batch import RequestState
 
 logger = logging.getLogger(__name__)
+MAX_FILL_THREADS = 16  # llguidance's threads filling one step's masks
 
 
 @dataclasses.dataclass
@@ -50,6 +57,11 @@ class GrammarMasks:
         self.words = (self.vocab_size + 31) // 32
         self._compiler: Optional[Future] = None
         self._executor = None  # llguidance.LLExecutor, made with the compiler
+        self.fill_seconds: deque = deque(maxlen=4096)  # host time of recent steps' masks
+        # ... of which feeding the matchers, and filling (llguidance) and copying
+        self.timings = {"advance": deque(maxlen=4096), "fill": deque(maxlen=4096)}
+        self._buffers: Optional[list[torch.Tensor]] = None  # _buffer()'s
+        self._turn = 0
         if not config.model.skip_tokenizer_init:
             self._compiler = ThreadPoolExecutor(1, "grammar-compiler").submit(self._build)
 
@@ -64,8 +76,10 @@ class GrammarMasks:
                                                                   info.arch))
         if tokenizer is None:
             return None
-        self._executor = llguidance.LLExecutor()
-        return GrammarCompiler(tokenizer, self.vocab_size, self.eos_token_ids)
+        threads = max(1, min(MAX_FILL_THREADS, (os.cpu_count() or 1) - 1))
+        self._executor = llguidance.LLExecutor(num_threads=threads)
+        return GrammarCompiler(tokenizer, self.vocab_size, self.eos_token_ids,
+                               families=threads)
 
     @property
     def compiler(self):
@@ -93,10 +107,12 @@ class GrammarMasks:
         rows = [(row, st.grammar) for row, st in enumerate(states) if st.grammar is not None]
         if not rows:
             return None
-        mask = np.full((len(states), self.words), -1, dtype=np.int32)
+        start = time.perf_counter()
+        host, mask = self._buffer(len(states))
+        mask.fill(-1)
+        self._advance([states[row] for row, _ in rows])
         fill = []
         for row, g in rows:
-            self._advance(states[row], g)
             if g.failed:
                 bits = mask.view(np.uint32)
                 bits[row] = 0
@@ -104,22 +120,59 @@ class GrammarMasks:
                     bits[row, t // 32] |= np.uint32(1 << (t % 32))
             else:
                 fill.append((g.matcher, row))
-        if fill:
-            import llguidance.numpy as lgn
+        advanced = time.perf_counter()
+        if len(fill) > 1:  # on llguidance's threads
             lgn.fill_next_token_bitmask_par(self._executor, fill, mask)
-        host = torch.from_numpy(mask)
-        if self.device.type != "cuda":
-            return host
-        return host.pin_memory().to(self.device, non_blocking=True)
+        elif fill:  # one row: no thread to wake
+            lgn.fill_next_token_bitmask(fill[0][0], mask, fill[0][1])
+        out = host.to(self.device, non_blocking=True) if self.device.type == "cuda" else host
+        end = time.perf_counter()
+        self.fill_seconds.append(end - start)
+        self.timings["advance"].append(advanced - start)
+        self.timings["fill"].append(end - advanced)
+        return out
 
-    def _advance(self, st: RequestState, g: GrammarState) -> None:
-        outputs = st.token_ids[st.num_prompt_tokens + g.num_consumed:]
-        g.num_consumed += len(outputs)
-        stops = set(self.eos_token_ids) | set(st.params.stop_token_ids)
-        for t in outputs:
-            if g.failed or t in stops:
+    def _buffer(self, rows: int) -> tuple[torch.Tensor, np.ndarray]:
+        """A host buffer [rows, W] int32 (pinned on a GPU; two, used in turn: the copy
+        from the one before last is done, the runner waited for that step's tokens) and
+        its numpy view."""
+        if self._buffers is None or self._buffers[0].shape[0] < rows:
+            size = max(rows, 2 * (self._buffers[0].shape[0] if self._buffers else 32))
+            pin = self.device.type == "cuda"
+            self._buffers = [torch.empty((size, self.words), dtype=torch.int32,
+                                         pin_memory=pin) for _ in range(2)]
+        self._turn ^= 1
+        host = self._buffers[self._turn][:rows]
+        return host, host.numpy()
+
+    def _advance(self, states: list[RequestState]) -> None:
+        """Feeds each constrained request's matcher the output tokens it has not seen
+        (one each, usually: on llguidance's threads when several rows have one)."""
+        single, stops = [], set(self.eos_token_ids)
+        for st in states:
+            g = st.grammar
+            new = st.token_ids[st.num_prompt_tokens + g.num_consumed:]
+            g.num_consumed += len(new)
+            new = [t for t in new if t not in stops and t not in st.params.stop_token_ids]
+            if g.failed or not new:
                 continue
-            if not g.matcher.consume_token(t):
-                logger.error("request %s: the grammar rejected token %d; only the end of the "
-                             "sequence is allowed now", st.request_id, t)
-                g.failed = True
+            if len(new) == 1:
+                single.append((st, new[0]))
+                continue
+            for t in new:
+                if not g.failed and not g.matcher.consume_token(t):
+                    self._rejected(st, t)
+        if len(single) > 1:
+            accepted = lgn.consume_token_par(self._executor, [(st.grammar.matcher, t)
+                                                              for st, t in single])
+        else:
+            accepted = [st.grammar.matcher.consume_token(t) for st, t in single]
+        for (st, t), ok in zip(single, accepted):
+            if not ok:
+                self._rejected(st, t)
+
+    @staticmethod
+    def _rejected(st: RequestState, token: int) -> None:
+        logger.error("request %s: the grammar rejected token %d; only the end of the sequence "
+                     "is allowed now", st.request_id, token)
+        st.grammar.failed = True
