@@ -3,7 +3,7 @@ model over SmolLM2's tokenizer (its 49152 ids): every output matches its grammar
 async scheduling and without (token for token the same), through chunked prompts and
 preemption (a resumed request's matcher goes on where it was), beside unconstrained
 requests whose tokens the masks must not touch (greedy: the same tokens after
-preemption too), and with n-gram speculation on (the
+preemption too), under tensor parallelism, and with n-gram speculation on (the
 constrained requests draft nothing, the others still do). No KV block may leak."""
 from __future__ import annotations
 
@@ -111,3 +111,19 @@ def test_a_bad_grammar_is_refused_before_the_engine(model):
             "type": "array", "uniqueItems": True}}))
     assert llm.generate(["x"], SamplingParams(max_tokens=3, structured_outputs={
         "choice": ["yes"]}))[0].outputs[0].text == "yes"
+
+
+def test_under_tensor_parallelism(model):
+    """TP=2 (gloo, a worker process per rank, each with its own matchers): the same
+    tokens as one process, greedy and seeded-sampled, every output matching."""
+    params = _params(0.0) + _params(1.0)
+    one, _ = run(model, PROMPTS * 2, params)
+    llm = LLM(model, dtype="float32", num_blocks=64, block_size=8, tensor_parallel_size=2)
+    try:
+        outs = llm.generate(PROMPTS * 2, params)
+        assert [o.outputs[0].token_ids for o in outs] == [o.token_ids for o in one]
+        for out, (_, check) in zip(outs, GRAMMARS * 2):
+            assert check(out.outputs[0].text), out.outputs[0].text
+        assert llm.engine.stats()["free_blocks"] == 64
+    finally:
+        llm.engine.executor.shutdown()
