@@ -9,10 +9,11 @@ size of --batches, the same decode runs twice with sampling at temperature 1 (se
               records: enums, bounded integers, patterns, strings; the grammar cannot
               end before max_tokens, so the lengths match plain's).
 First, 16 sampled single records must all parse with every field (a check that the
-masks reach the sampler on the device). Reported per batch: the median wall time of a decode step with the whole batch in it,
-tokens per second from it, the overhead, and the median host time of filling one step's
-masks (worker/grammar_masks.py: feeding the matchers, llguidance's threads, the copy to
-the device), which runs while the device computes the forward.
+masks reach the sampler on the device). Reported per batch: the median wall time of a
+decode step with the whole batch in it, tokens per second from it, the overhead, and the
+median host time of one step's masks (worker/grammar_masks.py): feeding the matchers the
+last tokens (advance), then filling on llguidance's threads and starting the copy to the
+device (fill).
 
     python benchmarks/structured_output_overhead.py --tokenizer DIR --out $OUT/so.json
 """

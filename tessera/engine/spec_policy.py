@@ -16,8 +16,9 @@ true, or cost too much), the request drafts nothing but a probe of one draft, af
 comes true raises the rate by 0.3 of the way to 1, which may make drafting pay again). Off-switch: no drafts in a step of more than
 `speculative_max_batch` requests (a large batch is compute-bound, so a verify token costs
 what a plain one does). A request with structured outputs drafts nothing (its verify rows
-would each need the grammar's mask at a position not yet reached). A step with no drafts asked for runs as without speculation
-(asynchronously, where async scheduling is on: engine/core.py).
+would each need the grammar's mask at a position not yet reached). A step with no drafts
+asked for runs as without speculation (asynchronously, where async scheduling is on:
+engine/core.py).
 """
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ generate extension: POST .../generate (JSON {"text_input", "parameters"} -> {"te
 and .../generate_stream (SSE, one event per text delta). Sampling settings come from
 `parameters` (SamplingParams field names, also accepted at a generate body's top level;
 max_tokens defaults to 16; `structured_outputs` constrains the output: {"json": schema}, a
-regex, a choice or a grammar, checked like the OpenAI routes'); any other key, and any other top-level key of an infer body,
-is refused with a 400 naming it.
+regex, a choice or a grammar, checked like the OpenAI routes'); any other key, and any
+other top-level key of an infer body, is refused with a 400 naming it.
 """
 from __future__ import annotations
 

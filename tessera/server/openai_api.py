@@ -3,9 +3,12 @@
 
 Flow of a request: pydantic body -> model name check (404) -> prompts tokenized and
 checked against the context (400 with the message clients match on) -> SamplingParams
-(400 naming the field) -> structured outputs' grammar compiled (400 naming the problem) -> MPClient.generate per prompt -> one JSON response, or SSE
-chunks (chat: role chunk first; holdback for stop strings; optional usage chunk;
-`data: [DONE]`). A client that disconnects aborts its requests (blocks freed at once).
+(400 naming the field) -> structured outputs' grammar compiled (400 naming the
+problem) -> MPClient.generate per prompt -> one JSON response, or SSE chunks (chat: role
+chunk first; holdback for stop strings; optional usage chunk; `data: [DONE]`). Chat with
+tools (server/tools.py): the plan (mode, grammar, parser) first, the tools rendered into
+the prompt, the answer parsed for calls (server/tool_parsers.py), streamed as deltas.
+A client that disconnects aborts its requests (blocks freed at once).
 """
 from __future__ import annotations
 

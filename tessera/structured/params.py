@@ -5,7 +5,8 @@ object), `regex`, `choice` (one of these strings, exactly), `grammar` (Lark or G
 as llguidance reads them). Validated at construction (ValueError naming the field);
 the schema is kept as compact JSON text (its keys in their order: a schema's properties
 are generated in the order it lists them), so the value crosses processes as plain data
-and `key` (what compiled grammars are cached by) is the text. No grammar library here: structured/grammar.py compiles.
+and `key` (what compiled grammars are cached by) is the text. No grammar library here:
+structured/grammar.py compiles.
 """
 from __future__ import annotations
 

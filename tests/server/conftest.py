@@ -1,11 +1,14 @@
 """A live `tessera serve` process (the default model, on CPU) for the server tests.
 
-`server` is shared by the whole session; `start_server(tmp_dir, *args)`
+`server` is shared by the whole session (`sdk` and `api`: an openai SDK client and an
+httpx client of it); `start_server(tmp_dir, *args)`
 (tests/helpers/launch.py) starts another one (e.g. with --api-key) and the returned
 handle stops it. Only loopback addresses are used.
 """
 from __future__ import annotations
 
+import httpx
+import openai
 import pytest
 
 from tests.helpers.launch import start_server
@@ -19,6 +22,19 @@ def server(tmp_path_factory):
                        "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="module")
+def sdk(server):
+    """The openai SDK against the shared server."""
+    return openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def api(server):
+    """A plain HTTP client of the shared server."""
+    with httpx.Client(base_url=server.base_url, timeout=120) as c:
+        yield c
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,7 @@ import json
 import re
 from typing import Literal
 
-import httpx
 import jsonschema
-import openai
 import pydantic
 import pytest
 
@@ -30,19 +28,8 @@ class Person(pydantic.BaseModel):
     kind: Literal["friend", "colleague"]
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def http(server):
-    with httpx.Client(base_url=server.base_url, timeout=120) as c:
-        yield c
-
-
-def test_sdk_parse_returns_the_pydantic_object(client, model_name):
-    r = client.beta.chat.completions.parse(model=model_name, messages=ASK, temperature=0,
+def test_sdk_parse_returns_the_pydantic_object(sdk, model_name):
+    r = sdk.beta.chat.completions.parse(model=model_name, messages=ASK, temperature=0,
                                            max_tokens=80, response_format=Person)
     person = r.choices[0].message.parsed
     assert isinstance(person, Person)
@@ -50,21 +37,21 @@ def test_sdk_parse_returns_the_pydantic_object(client, model_name):
     assert r.choices[0].finish_reason == "stop"
 
 
-def test_json_schema_sampled_and_streamed(client, model_name):
+def test_json_schema_sampled_and_streamed(sdk, model_name):
     fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON,
                                                   "strict": True}}
-    r = client.chat.completions.create(model=model_name, messages=ASK, max_tokens=120,
+    r = sdk.chat.completions.create(model=model_name, messages=ASK, max_tokens=120,
                                        temperature=1.0, seed=3, n=3, response_format=fmt)
     for choice in r.choices:
         jsonschema.validate(json.loads(choice.message.content), PERSON)
-    chunks = client.chat.completions.create(model=model_name, messages=ASK, max_tokens=120,
+    chunks = sdk.chat.completions.create(model=model_name, messages=ASK, max_tokens=120,
                                             temperature=0, response_format=fmt, stream=True)
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     jsonschema.validate(json.loads(text), PERSON)
 
 
-def test_json_object_on_completions(client, model_name):
-    r = client.completions.create(model=model_name, prompt="A JSON object with a cat's name and age:",
+def test_json_object_on_completions(sdk, model_name):
+    r = sdk.completions.create(model=model_name, prompt="A JSON object with a cat's name and age:",
                                   max_tokens=100, temperature=0,
                                   extra_body={"response_format": {"type": "json_object"}})
     assert isinstance(json.loads(r.choices[0].text), dict)
@@ -80,16 +67,16 @@ def test_json_object_on_completions(client, model_name):
      lambda t: 2 <= len(json.loads(t)) <= 4),
     ({"structured_outputs": {"regex": "(cat|dog)s?"}}, lambda t: re.fullmatch("(cat|dog)s?", t)),
 ])
-def test_vllm_fields(client, model_name, extra, check):
-    r = client.chat.completions.create(model=model_name, messages=ASK, max_tokens=40,
+def test_vllm_fields(sdk, model_name, extra, check):
+    r = sdk.chat.completions.create(model=model_name, messages=ASK, max_tokens=40,
                                        temperature=0.7, seed=1, extra_body=extra)
     text = r.choices[0].message.content
     assert check(text), text
     assert r.choices[0].finish_reason == "stop"
 
 
-def test_kserve_generate_takes_structured_outputs(http, model_name):
-    r = http.post(f"/v2/models/{model_name}/generate", json={
+def test_kserve_generate_takes_structured_outputs(api, model_name):
+    r = api.post(f"/v2/models/{model_name}/generate", json={
         "text_input": "Is the sky blue?", "parameters": {
             "max_tokens": 10, "structured_outputs": {"choice": ["yes", "no"]}}})
     assert r.status_code == 200, r.text
@@ -116,12 +103,12 @@ BAD = [
 
 @pytest.mark.parametrize("extra,param,words", BAD, ids=[b[1] + str(i) for i, b in
                                                         enumerate(BAD)])
-def test_bad_grammars_are_400_naming_the_problem(http, server, extra, param, words):
-    r = http.post("/v1/chat/completions", json={"messages": ASK, "max_tokens": 5, **extra})
+def test_bad_grammars_are_400_naming_the_problem(api, server, extra, param, words):
+    r = api.post("/v1/chat/completions", json={"messages": ASK, "max_tokens": 5, **extra})
     err = assert_error(r, 400, param)
     if words:
         assert words in err["message"], err
-    ok = http.post("/v1/chat/completions", json={"messages": ASK, "max_tokens": 3})
+    ok = api.post("/v1/chat/completions", json={"messages": ASK, "max_tokens": 3})
     assert ok.status_code == 200
 
 

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import jsonschema
-import openai
 import pytest
 
 from tests.server.helpers import assert_error
@@ -29,17 +27,6 @@ SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 ASK = [{"role": "user", "content": "What is the weather like in Paris today?"}]
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def http(server):
-    with httpx.Client(base_url=server.base_url, timeout=120) as c:
-        yield c
-
-
 def _check_calls(message) -> None:
     assert message.tool_calls, message
     for call in message.tool_calls:
@@ -47,9 +34,9 @@ def _check_calls(message) -> None:
         jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
 
 
-def test_required_always_yields_a_parseable_call(client, model_name):
+def test_required_always_yields_a_parseable_call(sdk, model_name):
     for parallel in (True, False):
-        r = client.chat.completions.create(
+        r = sdk.chat.completions.create(
             model=model_name, messages=ASK, tools=TOOLS, tool_choice="required", n=3,
             temperature=1.0, seed=5, max_tokens=120, parallel_tool_calls=parallel)
         for choice in r.choices:
@@ -59,8 +46,8 @@ def test_required_always_yields_a_parseable_call(client, model_name):
                 assert len(choice.message.tool_calls) == 1
 
 
-def test_named_function_is_called(client, model_name):
-    r = client.chat.completions.create(
+def test_named_function_is_called(sdk, model_name):
+    r = sdk.chat.completions.create(
         model=model_name, messages=ASK, tools=TOOLS, temperature=0, max_tokens=100,
         tool_choice={"type": "function", "function": {"name": "get_time"}})
     message = r.choices[0].message
@@ -68,10 +55,10 @@ def test_named_function_is_called(client, model_name):
     assert [c.function.name for c in message.tool_calls] == ["get_time"]
 
 
-def _streamed(client, **kwargs):
+def _streamed(sdk, **kwargs):
     """(content, {index: (id, name, arguments)}, finish_reason) of a streamed answer."""
     content, calls, finish = "", {}, None
-    for chunk in client.chat.completions.create(stream=True, **kwargs):
+    for chunk in sdk.chat.completions.create(stream=True, **kwargs):
         if not chunk.choices:
             continue
         choice = chunk.choices[0]
@@ -86,41 +73,41 @@ def _streamed(client, **kwargs):
     return content, calls, finish
 
 
-def test_streamed_calls_join_to_the_whole_answer(client, model_name):
+def test_streamed_calls_join_to_the_whole_answer(sdk, model_name):
     kwargs = dict(model=model_name, messages=ASK, tools=TOOLS, tool_choice="required",
                   temperature=0, max_tokens=150)
-    whole = client.chat.completions.create(**kwargs).choices[0].message
-    content, calls, finish = _streamed(client, **kwargs)
+    whole = sdk.chat.completions.create(**kwargs).choices[0].message
+    content, calls, finish = _streamed(sdk, **kwargs)
     assert finish == "tool_calls" and content == ""
     assert [(name, args) for _, name, args in calls.values()] == [
         (c.function.name, c.function.arguments) for c in whole.tool_calls]
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_round_trip(client, model_name, stream):
+def test_round_trip(sdk, model_name, stream):
     kwargs = dict(model=model_name, tools=TOOLS, temperature=0, max_tokens=120)
-    first = client.chat.completions.create(messages=ASK, tool_choice="required", **kwargs)
+    first = sdk.chat.completions.create(messages=ASK, tool_choice="required", **kwargs)
     call = first.choices[0].message.tool_calls[0]
     history = [*ASK, first.choices[0].message.model_dump(exclude_none=True),
                {"role": "tool", "tool_call_id": call.id,
                 "content": json.dumps({"temperature": 21, "sky": "sunny"})}]
     if not stream:
-        answer = client.chat.completions.create(messages=history, tool_choice="auto",
+        answer = sdk.chat.completions.create(messages=history, tool_choice="auto",
                                                 **kwargs).choices[0]
         message = answer.message
         assert message.content or message.tool_calls
         if message.tool_calls:  # the model may call again: the call must parse
             _check_calls(message)
         return
-    content, calls, finish = _streamed(client, messages=history, tool_choice="auto", **kwargs)
+    content, calls, finish = _streamed(sdk, messages=history, tool_choice="auto", **kwargs)
     assert content or calls
     assert finish in ("stop", "length", "tool_calls")
     for _, name, args in calls.values():
         jsonschema.validate(json.loads(args), SCHEMAS[name])
 
 
-def test_tool_choice_none_answers_in_text(client, model_name):
-    r = client.chat.completions.create(model=model_name, messages=ASK, tools=TOOLS,
+def test_tool_choice_none_answers_in_text(sdk, model_name):
+    r = sdk.chat.completions.create(model=model_name, messages=ASK, tools=TOOLS,
                                        tool_choice="none", temperature=0, max_tokens=20)
     assert r.choices[0].message.tool_calls is None and r.choices[0].message.content
 
@@ -143,10 +130,10 @@ BAD = [
 
 
 @pytest.mark.parametrize("extra,param,words", BAD, ids=[str(i) for i in range(len(BAD))])
-def test_bad_tool_requests_are_400(http, extra, param, words):
-    r = http.post("/v1/chat/completions", json={"messages": ASK, "max_tokens": 5, **extra})
+def test_bad_tool_requests_are_400(api, extra, param, words):
+    r = api.post("/v1/chat/completions", json={"messages": ASK, "max_tokens": 5, **extra})
     err = assert_error(r, 400, param)
     if words:
         assert words in err["message"], err
-    assert http.post("/v1/chat/completions", json={"messages": ASK,
+    assert api.post("/v1/chat/completions", json={"messages": ASK,
                                                    "max_tokens": 2}).status_code == 200
