@@ -280,8 +280,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     k = (body.top_logprobs or 0) if body.logprobs else None
     params = body.sampling_params(front.generation_defaults, max_tokens, k, None)
     s.client.check_fan_out(params.n)
-    params.structured_outputs = plan.grammar() or params.structured_outputs
-    await check_structured(s, body, params, "tools" if plan.grammar() else None)
+    forced = plan.grammar()  # required or named tool calls
+    params.structured_outputs = forced or params.structured_outputs
+    await check_structured(s, body, params, "tools" if forced else None)
     rid = f"chatcmpl-{uuid.uuid4().hex}"
     stream = s.client.generate(rid, prompt, params)
     if body.stream:

@@ -61,7 +61,6 @@ class GrammarCompiler:
                  cache_size: int = CACHE_SIZE, families: int = 1):
         if not eos_token_ids:
             raise ValueError("structured outputs need the model's end-of-sequence token id.")
-        self.vocab_size = vocab_size
         self.eos_token_ids = list(eos_token_ids)
         self.tokenizer = llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=vocab_size,
                                                       eos_token=self.eos_token_ids)
@@ -70,7 +69,6 @@ class GrammarCompiler:
         # key -> [compiled matchers (families of them), how many copies were handed out]
         self._cache: OrderedDict[tuple[str, str], list] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = self.misses = 0
 
     def check(self, params: StructuredOutputsParams) -> None:
         """ValueError naming what is wrong with params' grammar (compiled and cached)."""
@@ -98,11 +96,9 @@ class GrammarCompiler:
             entry = self._cache.get(key)
             if entry is not None:
                 self._cache.move_to_end(key)
-                self.hits += 1
                 return entry
         entry = [[self._compile(params)], 0]
         with self._lock:
-            self.misses += 1
             self._cache[key] = entry
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
@@ -118,11 +114,11 @@ class GrammarCompiler:
         matcher = llguidance.LLMatcher(self.tokenizer, definition, log_level=0)
         if matcher.is_error():
             raise ValueError(f"structured outputs: the {what} cannot be used: "
-                             f"{_first_line(matcher.get_error())}")
+                             f"{_reason(matcher.get_error())}")
         return matcher
 
 
-def _first_line(message: str) -> str:
+def _reason(message: str) -> str:
     """llguidance's message without its echo of the grammar and the caret lines."""
     lines = [ln.strip() for ln in message.strip().splitlines()]
     kept = [ln for ln in lines if ln and not re.fullmatch(r"\^+|\d+ \|.*", ln)]

@@ -57,8 +57,7 @@ class GrammarMasks:
         self.words = (self.vocab_size + 31) // 32
         self._compiler: Optional[Future] = None
         self._executor = None  # llguidance.LLExecutor, made with the compiler
-        self.fill_seconds: deque = deque(maxlen=4096)  # host time of recent steps' masks
-        # ... of which feeding the matchers, and filling (llguidance) and copying
+        # host seconds of recent steps' masks: feeding the matchers, filling and copying
         self.timings = {"advance": deque(maxlen=4096), "fill": deque(maxlen=4096)}
         self._buffers: Optional[list[torch.Tensor]] = None  # _buffer()'s
         self._turn = 0
@@ -127,7 +126,6 @@ class GrammarMasks:
             lgn.fill_next_token_bitmask(fill[0][0], mask, fill[0][1])
         out = host.to(self.device, non_blocking=True) if self.device.type == "cuda" else host
         end = time.perf_counter()
-        self.fill_seconds.append(end - start)
         self.timings["advance"].append(advanced - start)
         self.timings["fill"].append(end - advanced)
         return out
