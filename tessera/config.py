@@ -3,8 +3,9 @@ process as JSON.
 
 Objects: ModelConfig (which checkpoint, dtype, device), CacheConfig (paged KV cache),
 SchedulerConfig (token budget per step, sequences per step), ParallelConfig (TP/PP/EP,
-which executor), KernelConfig (which kernels run: the switches of the fast paths),
-QuantConfig (quantized weights: the method, the layers kept 16-bit, a policy file),
+which executor), OffloadConfig (decoder layers kept in CPU memory or a file),
+KernelConfig (which kernels run: the switches of the fast paths), QuantConfig (quantized
+weights: the method, the layers kept 16-bit, a policy file),
 SpeculativeConfig (speculative decoding: a draft model or n-gram drafts, how many tokens),
 ModelInfo (the checkpoint's metadata, resolved once by the front end:
 frontend/model_info.py; the draft model's too) and EngineConfig, which holds them all.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Any, Optional
 
 from tessera.models.arch_config import ArchConfig
@@ -102,11 +104,18 @@ class CacheConfig:
                              f"one of {', '.join(KV_CACHE_DTYPES)}.")
 
 
+# defaults of the scheduler's batch limits: (plain, under weight offload): an offloaded step
+# moves its layers whatever the batch, so under offload larger batches come nearly free
+BATCH_DEFAULTS = {"max_num_batched_tokens": (2048, 16384), "max_num_seqs": (256, 512)}
+
+
 @dataclasses.dataclass
 class SchedulerConfig:
-    max_num_batched_tokens: int = _field(2048, "token budget of one step (prefill chunks + "
-                                               "decodes)")
-    max_num_seqs: int = _field(256, "requests in one step")
+    max_num_batched_tokens: Optional[int] = _field(
+        None, "token budget of one step: prefill chunks + decodes (default: 2048; 16384 with "
+              "weight offload)")
+    max_num_seqs: Optional[int] = _field(
+        None, "requests in one step (default: 256; 512 with weight offload)")
     max_waiting: int = _field(4096, "bounded queue: more waiting requests are refused (503)")
     # schedule step N+1 while step N runs on the device (its sampled tokens stay there
     # and feed N+1): the CPU side of a step leaves the GPU's critical path. Off with
@@ -114,6 +123,9 @@ class SchedulerConfig:
     async_scheduling: bool = _field(True, "schedule the next step while one runs")
 
     def __post_init__(self) -> None:
+        self.defaulted = {name for name in BATCH_DEFAULTS if getattr(self, name) is None}
+        for name in self.defaulted:
+            setattr(self, name, BATCH_DEFAULTS[name][0])
         for name in ("max_num_batched_tokens", "max_num_seqs", "max_waiting"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
@@ -156,6 +168,34 @@ class ParallelConfig:
     @property
     def world_size(self) -> int:
         return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+@dataclasses.dataclass
+class OffloadConfig:
+    """Weights beyond device memory (models/loader/offload.py, layers/weight_stream.py)."""
+    cpu_offload_gb: float = _field(
+        0.0, "GiB of device memory to free per GPU by keeping whole decoder layers in pinned "
+             "CPU memory, copied in layer by layer each step on a side stream")
+    offload_dir: Optional[str] = _field(
+        None, "keep the offloaded layers (--cpu-offload-gb) in a file in this directory, "
+              "read ahead into pinned buffers, instead of in CPU memory")
+
+    def __post_init__(self) -> None:
+        if not self.cpu_offload_gb >= 0:
+            raise ValueError(f"cpu_offload_gb must be >= 0, got {self.cpu_offload_gb}.")
+        if self.offload_dir is None:
+            return
+        if not self.cpu_offload_gb:
+            raise ValueError("offload_dir needs cpu_offload_gb > 0: it holds the layers "
+                             "cpu_offload_gb offloads.")
+        where = self.offload_dir
+        while where and not os.path.exists(where):
+            where = os.path.dirname(os.path.abspath(where).rstrip("/"))
+        if os.path.exists(self.offload_dir) and not os.path.isdir(self.offload_dir):
+            raise ValueError(f"offload_dir {self.offload_dir!r} is not a directory.")
+        if not os.access(where or ".", os.W_OK | os.X_OK):
+            raise ValueError(f"offload_dir {self.offload_dir!r} is not writable "
+                             f"({where!r} is not).")
 
 
 @dataclasses.dataclass
@@ -288,8 +328,8 @@ class ModelInfo:
 
 
 PARTS = (("model", ModelConfig), ("cache", CacheConfig), ("scheduler", SchedulerConfig),
-         ("parallel", ParallelConfig), ("kernel", KernelConfig), ("quant", QuantConfig),
-         ("speculative", SpeculativeConfig))
+         ("parallel", ParallelConfig), ("offload", OffloadConfig), ("kernel", KernelConfig),
+         ("quant", QuantConfig), ("speculative", SpeculativeConfig))
 
 
 @dataclasses.dataclass
@@ -301,8 +341,15 @@ class EngineConfig:
     kernel: KernelConfig = dataclasses.field(default_factory=KernelConfig)
     quant: QuantConfig = dataclasses.field(default_factory=QuantConfig)
     speculative: SpeculativeConfig = dataclasses.field(default_factory=SpeculativeConfig)
+    offload: OffloadConfig = dataclasses.field(default_factory=OffloadConfig)
     model_info: Optional[ModelInfo] = None  # filled by the front end, before any process starts
     draft_info: Optional[ModelInfo] = None  # the draft model's, with speculative_model
+
+    def __post_init__(self) -> None:
+        if self.offload.cpu_offload_gb:  # limits left to their defaults favour large batches
+            for name in self.scheduler.defaulted:
+                setattr(self.scheduler, name, BATCH_DEFAULTS[name][1])
+            self.scheduler.defaulted = set()
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "EngineConfig":

@@ -95,6 +95,10 @@ def _run_workload(args: argparse.Namespace, engine) -> int:
               f"{r['median_step_ms']:.2f} ms/step, {r['tok_s']:.1f} tok/s "
               f"({r['tok_s_per_seq']:.1f} per sequence); roofline {r['roofline_step_ms']:.2f} ms "
               f"at {bandwidth / 1e12:.2f} TB/s -> {r['roofline_ratio']:.1%}")
+        if "transfer_step_ms" in r:
+            print(f"weight offload: a step copies {r['offload_step_gib']:.2f} GiB at "
+                  f"{r['offload_gb_s']:.1f} GB/s (host to device, measured): transfer bound "
+                  f"{r['transfer_step_ms']:.2f} ms -> {r['transfer_ratio']:.1%}")
         if "acceptance_rate" in r:
             print(f"speculative decoding: {r['spec_drafted']} drafts, acceptance "
                   f"{r['acceptance_rate']:.1%}, mean accepted length "

@@ -6,11 +6,14 @@ latency: `batch` requests of `input_len` random tokens, `output_len` new tokens 
 output token and tok/s (with speculative decoding, where a step gives several tokens per
 sequence: the tokens of the decode steps over their time, and the acceptance rate and
 mean accepted length), set against the decode roofline: (weight bytes read + KV bytes
-read) / the copy bandwidth measured on this device in the same run.
+read) / the copy bandwidth measured on this device in the same run; with weight offload
+also against the transfer bound (`transfer_bound`: bytes a step copies from the host /
+the host-to-device rate measured at start-up).
 throughput: `num_prompts` requests with input and output lengths drawn uniformly from
 the given ranges, all submitted at once; wall time, output and total tok/s, peak KV use.
 Helpers the scripts in benchmarks/ share: `measure_bandwidth`, `cuda_time_us`,
-`random_weights_engine`, `run_latency`, `run_throughput`, `add_throughput_requests`.
+`random_weights_engine`, `run_latency`, `run_throughput`, `add_throughput_requests`,
+`transfer_bound`.
 """
 from __future__ import annotations
 
@@ -127,6 +130,7 @@ def run_latency(engine: InprocClient, batch: int, input_len: int, output_len: in
               "p90_step_ms": sorted(steps)[int(0.9 * (len(steps) - 1))] * 1e3,
               "tok_s": batch / step, "tok_s_per_seq": 1 / step, "roofline_step_ms": floor * 1e3,
               "roofline_ratio": floor / step, "wall_s": wall, "seed": seed}
+    result.update(transfer_bound(engine, step))
     drafted, accepted, verifies = (a - b for a, b in zip(_spec_counts(core), spec_before))
     if engine.config.speculative.method is not None:  # tokens per second of decode time
         tok_s = decode_tokens / sum(steps)  # (a step gives several tokens per sequence)
@@ -136,6 +140,18 @@ def run_latency(engine: InprocClient, batch: int, input_len: int, output_len: in
                       acceptance_rate=accepted / drafted if drafted else 0.0,
                       mean_accepted_length=1 + accepted / verifies if verifies else 1.0)
     return result
+
+
+def transfer_bound(engine: InprocClient, step_s: float) -> dict[str, Any]:
+    """With weight offload: the bytes a step copies from the host, over the host-to-device
+    rate measured when the engine started (each rank moves its own share at once), set
+    against the measured step time."""
+    memory = engine.executor.info.memory
+    moved, rate = memory.get("offload_step_bytes"), memory.get("offload_bytes_per_s")
+    if not moved or not rate:
+        return {}
+    return {"offload_step_gib": moved / 2**30, "offload_gb_s": rate / 1e9,
+            "transfer_step_ms": moved / rate * 1e3, "transfer_ratio": moved / rate / step_s}
 
 
 def _spec_counts(core) -> tuple[int, int, int]:

@@ -60,6 +60,7 @@ class EngineCore:
         self.last_step_tokens = self.last_step_requests = self.last_step_context = 0
         self.prompt_tokens_total = 0  # prompt tokens computed (recomputation included)
         self.generation_tokens_total = 0
+        self.device_memory: dict[str, int] = {}  # the allocator's figures, as last reported
         self._log_setup()
 
     def _log_setup(self) -> None:
@@ -72,6 +73,8 @@ class EngineCore:
                     "%d tokens per request: %.2fx; set up in %.1f s", info.kv_cache_dtype,
                     self.num_blocks, c.cache.block_size, capacity, max_len, capacity / max_len,
                     self._kv_seconds)
+        if info.memory:
+            logger.info("memory: %s", info.describe_memory())
         if capacity < max_len:
             logger.warning("the KV cache holds %d tokens, less than the context length %d: "
                            "requests that could outgrow it are refused", capacity, max_len)
@@ -104,6 +107,8 @@ class EngineCore:
 
     def _finish_step(self, sched: SchedulerOutput, out: ModelRunnerOutput):
         self.num_steps += 1
+        if out.memory:
+            self.device_memory = out.memory
         self.generation_tokens_total += sum(len(t) for t in out.sampled_token_ids.values())
         return self.scheduler.update_from_output(sched, out)
 
@@ -145,6 +150,8 @@ class EngineCore:
         s = self.scheduler
         return {"running": len(s.running), "waiting": len(s.waiting), "kv_usage": self.kv.usage,
                 "free_blocks": self.kv.num_free_blocks, "num_blocks": self.num_blocks,
+                "cached_blocks": self.kv.pool.num_cached_free_blocks,
+                "memory": self.device_memory,
                 "preemptions": s.num_preemptions, "prompt_tokens": self.prompt_tokens_total,
                 "generation_tokens": self.generation_tokens_total, "steps": self.num_steps,
                 "prefix_hit_tokens": self.kv.hit_tokens,

@@ -45,6 +45,8 @@ class Stats(msgspec.Struct):
     spec_drafted: int = 0  # speculative decoding: draft tokens verified
     spec_accepted: int = 0  # ... and accepted
     spec_verify_steps: int = 0  # request-steps that verified drafts
+    cached_blocks: int = 0  # free KV blocks that still hold a findable prefix
+    memory: dict[str, int] = {}  # the device allocator's reserved / allocated bytes
 
 
 class Ready(msgspec.Struct, tag=True):

@@ -74,6 +74,7 @@ class ModelRunnerOutput:
     # request id -> draft tokens proposed for its next step (speculative decoding)
     spec_token_ids: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     draft_cost: float = 0.0  # measured: one draft step's time over one verify step's
+    memory: dict[str, int] = dataclasses.field(default_factory=dict)  # allocator, now and then
 
 
 @dataclasses.dataclass
@@ -88,11 +89,40 @@ class WorkerInfo:
     world_size: int = 1
     kernels: dict[str, str] = dataclasses.field(default_factory=dict)  # what its model runs
     weight_bytes: dict[str, int] = dataclasses.field(default_factory=dict)  # by precision
+    memory: dict[str, int] = dataclasses.field(default_factory=dict)  # worker/memory.py
 
     def describe_weights(self) -> str:
         """"int8 6.48 GiB, bfloat16 1.96 GiB": the weights by precision, largest first."""
         parts = sorted(self.weight_bytes.items(), key=lambda kv: -kv[1])
         return ", ".join(f"{name} {n / 2**30:.2f} GiB" for name, n in parts)
+
+    def describe_memory(self) -> str:
+        """"weights 14.96 GiB on the device, 8.00 GiB in CPU memory, ...": the log's line."""
+        memory = self.memory
+        g = {k: v / 2**30 for k, v in memory.items()}
+        parts = [f"weights {g.get('weights_device', 0):.2f} GiB on the device"]
+        if memory.get("weights_cpu"):
+            parts.append(f"{g['weights_cpu']:.2f} GiB in CPU memory")
+        if memory.get("weights_disk"):
+            parts.append(f"{g['weights_disk']:.2f} GiB on disk")
+        if memory.get("weights_deduplicated"):
+            parts.append(f"{g['weights_deduplicated']:.2f} GiB saved by storing identical "
+                         "tensors once")
+        parts.append(f"KV cache {g.get('kv_cache', 0):.2f} GiB")
+        if "cuda_graphs" in memory:
+            parts.append(f"CUDA graphs {g['cuda_graphs']:.2f} GiB")
+        if memory.get("allocator_reserved"):
+            reserved, allocated = memory["allocator_reserved"], memory["allocator_allocated"]
+            parts.append(f"allocator {reserved / 2**30:.2f} GiB reserved, "
+                         f"{allocated / 2**30:.2f} GiB allocated "
+                         f"({1 - allocated / reserved:.1%} unused)")
+        if memory.get("offload_step_bytes"):
+            rate = memory.get("offload_bytes_per_s")
+            step = memory["offload_step_bytes"]
+            bound = f", at {rate / 1e9:.1f} GB/s >= {step / rate * 1e3:.1f} ms" if rate else ""
+            parts.append(f"a step copies {g['offload_step_bytes']:.2f} GiB of offloaded layers"
+                         + bound)
+        return "; ".join(parts)
 
 
 @dataclasses.dataclass

@@ -5,7 +5,8 @@ Objects: LayerContext (the ops, kernel or reference: layers/ops.py; the kernel s
 a quantization policy chooses per layer, quant/base.py), `make_context(KernelConfig,
 device, QuantPolicy)` (quant_policy.py: a format per layer prefix), `building(ctx)` and
 `current()`. `layer_names`: the prefixes the policy was asked about (quant_policy.py:
-`check_patterns`). The model loader builds the model inside
+`check_patterns`). `home(i)`: where a model builds decoder layer i (CPU memory for a layer
+weight offload streams in). The model loader builds the model inside
 `with building(ctx):`; each layer keeps what it needs from `current()` in its __init__, so
 nothing global is read while the model runs. Outside `building` (a layer made alone, in a
 test), the default: reference ops and dense 16-bit linear layers.
@@ -35,6 +36,13 @@ class LayerContext:
     device: torch.device
     quant_spec: Callable[[str], str] = lambda prefix: "none"  # prefix -> format (MoE experts)
     layer_names: list[str] = dataclasses.field(default_factory=list)  # asked of the policy
+    offloaded: frozenset[int] = frozenset()  # decoder layers built in CPU memory (offload)
+
+    def home(self, layer: int):
+        """Where decoder layer `layer` is built: CPU memory for an offloaded one (its
+        weights then move to their host store: models/loader/offload.py), else the
+        device the model is built on."""
+        return torch.device("cpu") if layer in self.offloaded else contextlib.nullcontext()
 
     def describe(self, dtype: torch.dtype) -> dict[str, str]:
         """The kernel paths a model of this dtype built here takes (as built, not as

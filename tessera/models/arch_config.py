@@ -41,10 +41,24 @@ class ArchConfig:
     shared_expert_intermediate_size: int = 0  # Qwen2-MoE's always-on expert (0: none)
     norm_topk_prob: bool = True  # renormalize the top-k routing weights
     moe_layers: tuple[int, ...] = ()  # layers whose MLP is the MoE block
+    # MobileLLM-style block repetition: (i, j) pairs, layer i runs layer j's weights (j < i,
+    # j not itself shared) with its own KV cache; config.json's "layer_share": {"i": j}
+    layer_share: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         self.eos_token_ids = tuple(self.eos_token_ids)  # lists when read back from JSON
         self.moe_layers = tuple(self.moe_layers)
+        self.layer_share = tuple(sorted((int(i), int(j)) for i, j in self.layer_share))
+        shared = dict(self.layer_share)
+        for i, j in self.layer_share:
+            if not 0 <= j < i < self.num_layers or j in shared:
+                raise ValueError(f"layer_share {i} -> {j}: a layer may run the weights of an "
+                                 f"earlier layer of its own (0 <= j < i < {self.num_layers}, "
+                                 "j not shared itself).")
+            if (i in self.moe_layers) != (j in self.moe_layers):
+                raise ValueError(f"layer_share {i} -> {j}: one is a MoE layer, the other not.")
+        if len(shared) != len(self.layer_share):
+            raise ValueError("layer_share names a layer twice.")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_attention_heads ({self.num_heads}) must be a multiple of "
@@ -123,4 +137,5 @@ def base_fields(arch: str, cfg: dict[str, Any]) -> dict[str, Any]:
         bos_token_id=cfg.get("bos_token_id"),
         eos_token_ids=tuple(int(e) for e in eos_ids),
         torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype"),
+        layer_share=tuple((int(i), int(j)) for i, j in (cfg.get("layer_share") or {}).items()),
     )

@@ -11,6 +11,10 @@ Under pipeline parallelism a rank builds only its stage's part (`LlamaModel.run_
 runs its layers). `load_weights` maps Hugging Face names onto the stacked q/k/v and
 gate/up parameters through each parameter's weight_loader, skipping other stages' tensors.
 Qwen2 differs only by q/k/v biases; Mistral only by its sliding window.
+Weight sharing: with `layer_share` (i -> j, MobileLLM's block repetition) layer i is layer
+j's module under a second index, with its own KV cache. Weight offload: decoder layers the
+context places in CPU memory (`LayerContext.home`) are copied in by `weight_stream`
+(layers/weight_stream.py), which `run_layers` tells when each layer starts and ends.
 The model never calls a kernel nor reads a layer's weight: the fused decode paths are the
 linear layers' epilogues (layers/linear.py), the rest runs through the ops the layers were
 built with (layers/ops.py). `kv_cache_specs()` gives each local layer's KV-cache shape.
@@ -25,6 +29,7 @@ from torch import nn
 
 from tessera.layers.activation import SiluAndMul
 from tessera.layers.attention import Attention, AttentionMetadata
+from tessera.layers.context import current
 from tessera.layers.embedding import LMHead, VocabEmbedding
 from tessera.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear, ReplicatedLinear,
                                    RowParallelLinear)
@@ -182,8 +187,16 @@ class LlamaModel(nn.Module):
         self.embed_tokens = VocabEmbedding(cfg.vocab_size, cfg.hidden_size) if self.first else None
         rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta,
                                  cfg.rope_scaling)
-        self.layers = nn.ModuleDict({str(i): LlamaDecoderLayer(cfg, rotary, i)
-                                     for i in range(self.start, self.end)})
+        self.layers = nn.ModuleDict()
+        shares = dict(cfg.layer_share)
+        for i in range(self.start, self.end):
+            j = shares.get(i)
+            if j is not None and j >= self.start:  # the same weights, its own KV cache
+                self.layers[str(i)] = self.layers[str(j)]
+                continue
+            with current().home(i):  # offloaded layers are built in CPU memory
+                self.layers[str(i)] = LlamaDecoderLayer(cfg, rotary, i)
+        self.weight_stream = None  # offloaded layers' copies (layers/weight_stream.py)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps) if self.last else None
         self.dense = bool(self.layers) and all(isinstance(layer.mlp, LlamaMLP)
                                                for layer in self.layers.values())
@@ -206,13 +219,22 @@ class LlamaModel(nn.Module):
         """(hidden, residual) through these layers (each with its KV cache) -> (hidden,
         residual) after the last: what a pipeline stage does between its ends."""
         fused = self._fuses_norms(hidden, meta)
+        stream = self.weight_stream  # offloaded layers wait for their weights' copy
+        if stream is not None:
+            stream.begin()
         for i, (layer, kv_cache) in enumerate(zip(layers, kv_caches)):
+            if stream is not None:
+                stream.before(i)
             if fused:
                 following = layers[i + 1].input_layernorm if i + 1 < len(layers) else None
                 hidden, residual = layer.forward_fused_norms(positions, hidden, residual,
                                                              kv_cache, meta, following)
             else:
                 hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
+            if stream is not None:
+                stream.after(i)
+        if stream is not None:
+            stream.end()
         return hidden, residual
 
     def _fuses_norms(self, hidden: torch.Tensor, meta) -> bool:
@@ -235,6 +257,15 @@ class LlamaForCausalLM(nn.Module):
     def num_local_layers(self) -> int:
         return len(self.model.layers)
 
+    @property
+    def weight_stream(self):
+        """The offloaded layers' copies (layers/weight_stream.py), or None."""
+        return self.model.weight_stream
+
+    def decoder_layers(self) -> dict[int, nn.Module]:
+        """This rank's decoder layers by global index (a shared layer under each index)."""
+        return {int(i): layer for i, layer in self.model.layers.items()}
+
     def kv_cache_specs(self) -> list[KVCacheSpec]:
         """This rank's KV-cache shape of each local layer, in order."""
         return [KVCacheSpec(layer.self_attn.num_kv_heads, layer.self_attn.head_dim,
@@ -254,7 +285,7 @@ class LlamaForCausalLM(nn.Module):
         params = dict(self.named_parameters(remove_duplicate=False))
         loaded: set[str] = set()
         tied = self.config.tie_word_embeddings
-        for name, tensor in weights:
+        for name, tensor in self._with_shares(weights):
             if "rotary_emb.inv_freq" in name:
                 continue
             if name == "lm_head.weight" and tied:
@@ -288,6 +319,24 @@ class LlamaForCausalLM(nn.Module):
             loader(param, tensor, shard)
             loaded.add(target if shard is None else f"{target}:{shard}")
         self._check_complete(loaded)
+
+    def _with_shares(self, weights):
+        """The checkpoint's tensors, and a shared layer's (`layer_share`: i runs j's
+        weights) under its own name where this pipeline stage holds i but not j; a shared
+        layer's own tensors, if the checkpoint has them, are not read."""
+        shares = dict(self.config.layer_share)
+        sharers: dict[int, list[int]] = {}
+        for i, j in shares.items():
+            if self.model.start <= i < self.model.end and not self.model.start <= j:
+                sharers.setdefault(j, []).append(i)
+        for name, tensor in weights:
+            layer = _LAYER.match(name)
+            index = int(layer.group(1)) if layer else None
+            if index in shares:
+                continue
+            yield name, tensor
+            for i in sharers.get(index, ()):
+                yield f"model.layers.{i}.{name[layer.end():]}", tensor
 
     def _owns(self, name: str) -> bool:
         layer = _LAYER.match(name)

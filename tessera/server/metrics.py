@@ -2,7 +2,9 @@
 
 Objects: ServerMetrics (an MPClient observer: arrival, each output, done, and the
 engine's stats snapshots) and its registry, rendered at GET /metrics. The weights'
-bytes by precision (fixed at start-up) are a gauge; engine-wide
+bytes by precision and the memory accounting (worker/memory.py: fixed at start-up, the
+allocator's figures as the engine last reported them) are gauges, as are the KV blocks
+used / cached / free; engine-wide
 values (running, waiting, KV usage, token counters, preemptions, prefix hits,
 speculative decoding's drafted / accepted tokens, acceptance rate, mean accepted length)
 are read
@@ -54,6 +56,22 @@ class _StatsCollector:
         for precision, n in sorted(self.metrics.weight_bytes.items()):
             g.add_metric([name, precision], n)
         yield g
+        g = GaugeMetricFamily("tessera:memory_bytes", "Memory per rank: weights on the device, "
+                              "in CPU memory and on disk (offload), saved by storing identical "
+                              "tensors once; KV cache; CUDA graphs; the allocator's reserved and "
+                              "allocated bytes; offloaded bytes a step copies, and the measured "
+                              "host-to-device and disk rates (bytes/s)",
+                              labels=["model_name", "kind"])
+        for kind, n in sorted({**self.metrics.memory, **s.memory}.items()):
+            g.add_metric([name, kind], n)
+        yield g
+        g = GaugeMetricFamily("tessera:kv_cache_blocks", "KV-cache blocks: used by requests, "
+                              "free but holding a cached prefix, free and empty",
+                              labels=["model_name", "state"])
+        for state, n in (("used", s.num_blocks - s.free_blocks), ("cached", s.cached_blocks),
+                         ("free", s.free_blocks - s.cached_blocks)):
+            g.add_metric([name, state], n)
+        yield g
         counters = (("num_preemptions", "Requests preempted", s.preemptions),
                     ("prompt_tokens", "Prompt tokens computed", s.prompt_tokens),
                     ("generation_tokens", "Tokens generated", s.generation_tokens),
@@ -89,9 +107,11 @@ def spec_rates(drafted: int, accepted: int, verify_steps: int) -> tuple[float, f
 
 
 class ServerMetrics:
-    def __init__(self, model_name: str, weight_bytes: dict[str, int] | None = None):
+    def __init__(self, model_name: str, weight_bytes: dict[str, int] | None = None,
+                 memory: dict[str, int] | None = None):
         self.model_name = model_name
         self.weight_bytes = dict(weight_bytes or {})  # precision -> bytes (WorkerInfo)
+        self.memory = dict(memory or {})  # kind -> bytes at start-up (WorkerInfo.memory)
         self.stats = Stats()
         self.registry = CollectorRegistry()
         self.registry.register(_StatsCollector(self))

@@ -168,7 +168,7 @@ async def serve(config: EngineConfig, args: argparse.Namespace) -> int:
     logger.info("engine ready in %.1f s: %s on %s (%s), %.2f GiB of weights (%s) loaded in "
                 "%.1f s", time.monotonic() - start, name, w.device, w.dtype, w.weight_gib,
                 w.describe_weights(), w.load_seconds)
-    metrics = ServerMetrics(name, w.weight_bytes)
+    metrics = ServerMetrics(name, w.weight_bytes, w.memory)
     client.observers.append(metrics)
     state = ServerState(client, metrics, names, client.input.model_path, int(time.time()),
                         PromptWorkers(timeout_s=args.prompt_timeout),

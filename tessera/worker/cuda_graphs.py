@@ -8,7 +8,9 @@ of ~10 kernels per layer from Python. `run(inputs)` copies a step's inputs into 
 buffers, pads the batch to its bucket (padding rows write their K/V to a scratch block
 and attend to it alone) and replays; it returns None when the step does not fit (a
 prefill or mixed step, or a batch above the largest bucket), and the caller runs eagerly.
-`replays` counts the steps that ran as a graph.
+`replays` counts the steps that ran as a graph. With offloaded layers
+(layers/weight_stream.py) a graph holds their copies on the side stream too; a replay
+first waits for the copies an eager step before it queued.
 """
 from __future__ import annotations
 
@@ -34,8 +36,10 @@ def default_buckets(max_batch: int, every_upto: int = 1) -> list[int]:
 
 class DecodeGraphs:
     def __init__(self, model, kv_caches: list[torch.Tensor], max_batch: int, max_blocks: int,
-                 scratch_block: int, block_size: int, device: torch.device):
+                 scratch_block: int, block_size: int, device: torch.device,
+                 weight_stream=None):
         self.model, self.kv_caches = model, kv_caches
+        self.weight_stream = weight_stream  # offloaded layers: their copies are in the graphs
         self.scratch_slot = scratch_block * block_size
         self.scratch_block = scratch_block
         self.max_blocks = max_blocks
@@ -96,6 +100,8 @@ class DecodeGraphs:
             self.seq_lens[batch:bucket].fill_(1)
             self.block_tables[batch:bucket, 0].fill_(self.scratch_block)
         graph, hidden = self.graphs[bucket]
+        if self.weight_stream is not None:  # an eager step's last copies come first
+            self.weight_stream.join()
         graph.replay()
         self.replays += 1
         return hidden[:batch]

@@ -44,6 +44,7 @@ from tessera.stopping import banned_token_ids
 from tessera.worker.cuda_graphs import DecodeGraphs, default_buckets
 from tessera.worker.grammar_masks import GrammarMasks
 from tessera.worker.input_batch import RequestState, prepare_inputs
+from tessera.worker.memory import allocator_memory, setup_memory
 from tessera.worker.warm_up import warm_up
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,9 @@ class ModelRunner:
         self.kv_heads = self.kv_specs[0].num_kv_heads if self.kv_specs else 1
         self.kv_caches: list[torch.Tensor] = []
         self.graphs: Optional[DecodeGraphs] = None
+        self.graph_bytes = 0  # what capturing the decode graphs reserved
+        self.weight_stream = self.model.weight_stream  # offloaded layers (None: none)
+        self._memory_sent = 0.0  # when a step's output last carried the allocator's figures
         self.stage = pp_stage()
         self.states: dict[str, RequestState] = {}
         self._in_flight: deque[_StepInFlight] = deque()
@@ -116,7 +120,8 @@ class ModelRunner:
         return WorkerInfo(str(self.device), str(self.dtype).removeprefix("torch."),
                           str(self.kv_dtype).removeprefix("torch."), self.weight_bytes / 2**30,
                           self.load_seconds, self.bytes_per_block, world_size,
-                          self.context.describe(self.dtype), dict(self.bytes_by_precision))
+                          self.context.describe(self.dtype), dict(self.bytes_by_precision),
+                          setup_memory(self))
 
     def num_kv_blocks(self) -> int:
         if self.device.type != "cuda":
@@ -161,10 +166,17 @@ class ModelRunner:
             draft.init_kv_cache(num_blocks)
         on_gpu = self.device.type == "cuda" and self.ops.kernels
         moe_ok = not self.arch.num_experts or fused_moe_captures(self.config.kernel, self.ops)
+        stream_ok = self.weight_stream is None or self.weight_stream.capturable
+        if for_serving and on_gpu and not stream_ok:
+            logger.info("decode steps run eagerly: the offloaded layers come from a file, and "
+                        "each copy waits on the host for its read")
         if (for_serving and on_gpu and not self.config.model.enforce_eager
                 and self.stage.size == 1  # graphs hold no send/recv between stages
-                and moe_ok):  # MoE: the expert ids stay on the device
+                and moe_ok  # MoE: the expert ids stay on the device
+                and stream_ok):
+            reserved = torch.cuda.memory_reserved(self.device)
             self._capture_graphs(num_blocks)
+            self.graph_bytes = torch.cuda.memory_reserved(self.device) - reserved
         if for_serving and on_gpu:
             start = time.perf_counter()
             if warm_up(self):
@@ -178,7 +190,7 @@ class ModelRunner:
             max_batch = min(max_batch, FUSED_MAX_TOKENS)
         self.graphs = DecodeGraphs(self.model, self.kv_caches, max_batch,
                                    -(-max_len // self.block_size), num_blocks, self.block_size,
-                                   self.device)
+                                   self.device, self.weight_stream)
         spec = self.config.speculative
         every = 2 * (spec.num_speculative_tokens + 1) if spec.method else 1
         sizes = default_buckets(max_batch, every)
@@ -281,10 +293,16 @@ class ModelRunner:
         """The oldest submitted step's output (waits for its tokens)."""
         step = self._in_flight.popleft()
         if step.output is not None:
-            return step.output
-        tokens = self._resolve(step)
-        sampled = {st.request_id: [tok] for st, tok in zip(step.states, tokens)}
-        return ModelRunnerOutput(sampled, step.logprobs, step.prompt_logprobs)
+            out = step.output
+        else:
+            tokens = self._resolve(step)
+            sampled = {st.request_id: [tok] for st, tok in zip(step.states, tokens)}
+            out = ModelRunnerOutput(sampled, step.logprobs, step.prompt_logprobs)
+        now = time.monotonic()
+        if now - self._memory_sent > 1.0 and self.device.type == "cuda":
+            self._memory_sent = now  # the allocator's figures, for /metrics
+            out.memory = allocator_memory(self.device)
+        return out
 
     def _resolve(self, step: _StepInFlight) -> list[int]:
         """Waits for the step's tokens and appends them to their requests (once)."""

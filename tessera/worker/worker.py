@@ -63,3 +63,5 @@ class Worker:
         """Lets go of the KV cache and the decode graphs (their memory returns once the
         runner is dropped); a worker process then exits, which ends its process group."""
         self.runner.kv_caches, self.runner.graphs = [], None
+        if self.runner.weight_stream is not None:  # an offload file is removed
+            self.runner.weight_stream.store.close()

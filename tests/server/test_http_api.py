@@ -6,6 +6,7 @@ streaming chat (and completions) responses. Small max_tokens throughout: CPU mac
 """
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
@@ -135,6 +136,24 @@ def test_metrics_names_and_counters_grow(http, model_name):
     assert metric(after, "tessera:e2e_request_latency_seconds_count") >= e2e0 + 1
     assert metric(after, "tessera:time_to_first_token_seconds_count") >= ttft0 + 1
     assert 0.0 <= metric(after, "tessera:kv_cache_usage_perc") <= 1.0
+
+
+def test_metrics_account_for_memory_and_blocks(http, model_name):
+    """Memory by kind (worker/memory.py) and the KV blocks used / cached / free, which add
+    up to the pool (a CPU engine: no allocator figures, no CUDA graphs)."""
+    text = http.get("/metrics").text
+
+    def labelled(name: str, label: str) -> dict[str, float]:
+        return {m.group(1): float(m.group(2)) for m in re.finditer(
+            rf'^{name}{{[^}}]*{label}="([a-z_]+)"[^}}]*}} ([0-9.e+-]+)$', text, re.M)}
+    memory = labelled("tessera:memory_bytes", "kind")
+    assert memory["weights_device"] > 0 and memory["kv_cache"] > 0
+    assert "weights_deduplicated" in memory and "cuda_graphs" not in memory
+    blocks = labelled("tessera:kv_cache_blocks", "state")
+    assert set(blocks) == {"used", "cached", "free"} and min(blocks.values()) >= 0
+    usage = metric(text, "tessera:kv_cache_usage_perc")
+    total = sum(blocks.values())
+    assert abs(blocks["used"] / total - usage) < 1e-6
 
 
 # -- errors in the OpenAI shape ------------------------------------------------------------

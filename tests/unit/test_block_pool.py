@@ -236,3 +236,18 @@ def test_free_of_unknown_or_already_freed_request_is_harmless():
     kv.free(r)
     kv.free(r)  # second free: nothing left to free, must not double-free blocks
     assert kv.num_free_blocks == 4
+
+
+def test_pool_counts_free_blocks_that_hold_a_prefix():
+    pool = BlockPool(4)
+    a, b = pool.allocate(2)
+    pool.register(a, b"hash-a")
+    assert pool.num_cached_free_blocks == 0  # in use
+    pool.free([a, b])
+    assert pool.num_cached_free_blocks == 1  # free, still findable
+    pool.touch([a])
+    assert pool.num_cached_free_blocks == 0
+    pool.free([a])
+    assert pool.num_cached_free_blocks == 1
+    pool.allocate(4)  # evicts every block, a included
+    assert pool.num_cached_free_blocks == 0 and not pool.cached

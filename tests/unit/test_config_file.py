@@ -38,7 +38,7 @@ def test_the_file_sets_options_and_the_command_line_wins(tmp_path):
     assert args.allowed_origins == ["http://localhost:3000"]  # one value for a list
     assert args.kv_cache_dtype == "fp8" and args.log_level == "warning"
     # what the file changed is known, so the server logs it among the changed options
-    assert args.replaced_defaults["max_num_seqs"] == 256
+    assert args.replaced_defaults["max_num_seqs"] is None  # auto: 256, or 512 under offload
     # wherever --config stands, the command line wins
     args = parse_args(["serve", "--port", "9003", "--config", path])
     assert args.port == 9003

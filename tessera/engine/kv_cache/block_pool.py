@@ -6,6 +6,7 @@ the least recently freed. A full block may carry a hash of its tokens and all to
 before it (`prefix_hash`); such a block stays findable through `cached` after it is
 freed, until allocation evicts it, so a later request with the same prefix can `touch`
 it back instead of recomputing. Reference counts > 1 mean requests share a block.
+`num_cached_free_blocks`: free blocks still findable (the memory accounting's "cached").
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class BlockPool:
         self._ref_counts = [0] * num_blocks
         self._hash_of: list[Optional[BlockHash]] = [None] * num_blocks
         self.cached: dict[BlockHash, int] = {}
+        self.num_cached_free_blocks = 0  # free blocks that still hold a findable prefix
 
     @property
     def num_free_blocks(self) -> int:
@@ -47,6 +49,8 @@ class BlockPool:
         ids = []
         for _ in range(n):
             block, _ = self._free.popitem(last=False)
+            if self._hash_of[block] is not None:
+                self.num_cached_free_blocks -= 1
             self._evict(block)
             self._ref_counts[block] = 1
             ids.append(block)
@@ -57,6 +61,8 @@ class BlockPool:
         for i in block_ids:
             if self._ref_counts[i] == 0:
                 del self._free[i]
+                if self._hash_of[i] is not None:
+                    self.num_cached_free_blocks -= 1
             self._ref_counts[i] += 1
 
     def share(self, block_ids: list[int]) -> None:
@@ -72,6 +78,8 @@ class BlockPool:
             self._ref_counts[i] -= 1
             if self._ref_counts[i] == 0:
                 self._free[i] = None
+                if self._hash_of[i] is not None:
+                    self.num_cached_free_blocks += 1
 
     def ref_count(self, block_id: int) -> int:
         return self._ref_counts[block_id]
@@ -84,6 +92,8 @@ class BlockPool:
         if block_hash not in self.cached and self._hash_of[block_id] is None:
             self.cached[block_hash] = block_id
             self._hash_of[block_id] = block_hash
+            if self._ref_counts[block_id] == 0:
+                self.num_cached_free_blocks += 1
 
     def _evict(self, block_id: int) -> None:
         h = self._hash_of[block_id]

@@ -8,8 +8,12 @@ weight_loader shards and copies its piece): safetensors.py for a Hugging Face fo
 gguf.py for a GGUF file (its Q8_0 / Q4_0 / Q4_1 matrices kept quantized), dummy.py
 for random weights; a quantized folder's layers (fp8, GPTQ) come through
 prequantized.py, each layer's parts gathered into one QuantizedWeight. Last, each linear layer's method processes its weights once
-(`process_weights_after_loading`). The source comes resolved in the config
-(config.model_info): nothing here reads the checkpoint's metadata again.
+(`process_weights_after_loading`). Then identical tensors are stored once (dedup.py) and,
+with `cpu_offload_gb`, the layers offload.py planned (pricing a copy of the model built on
+the meta device), built in CPU memory and loaded straight into their store, are streamed
+in each step.
+The source comes resolved in the config (config.model_info): nothing here reads the
+checkpoint's metadata again.
 """
 from __future__ import annotations
 
@@ -26,16 +30,20 @@ from tessera.models.registry import model_class
 def load_model(config: EngineConfig, device: torch.device, dtype: torch.dtype,
                context: LayerContext) -> nn.Module:
     info = config.info
-    old_dtype = torch.get_default_dtype()
-    try:
-        torch.set_default_dtype(dtype)
-        with torch.device(device), building(context):
-            model = model_class(info.arch)(info.arch)
-    finally:
-        torch.set_default_dtype(old_dtype)
+    plan = None
+    if config.offload.cpu_offload_gb:  # priced on the meta device, then built for real
+        from tessera.models.loader.offload import layer_bytes, plan_offload
+        plan = plan_offload(layer_bytes(_build(info, torch.device("meta"), dtype, context)),
+                            config.offload.cpu_offload_gb)
+        context.offloaded = frozenset(plan.layers)
+    model = _build(info, device, dtype, context)
+    store = None
+    if plan is not None:  # the offloaded layers load straight into their store
+        from tessera.models.loader.offload import place_in_store
+        store = place_in_store(model, plan, config.offload.offload_dir, device)
     if info.kind == "dummy":
         from tessera.models.loader.dummy import fill_random
-        fill_random(model, config.model.seed)
+        fill_random(model, config.model.seed, device)
     elif info.kind == "gguf":
         from tessera.models.loader.gguf import count_gguf_tensors, iter_gguf_weights
         model.load_weights(_progress(iter_gguf_weights(info.path, info.arch),
@@ -54,7 +62,29 @@ def load_model(config: EngineConfig, device: torch.device, dtype: torch.dtype,
         method = getattr(module, "method", None)
         if method is not None:
             method.process_weights_after_loading(module)
+    from tessera.models.loader.dedup import share_identical
+    model.dedup_saved_bytes = share_identical(model, device, _offloaded(model, plan))
+    if plan is not None:
+        from tessera.models.loader.offload import attach_stream
+        attach_stream(model, plan, store, device)
     return model.eval()
+
+
+def _offloaded(model: nn.Module, plan) -> set[int]:
+    if plan is None:
+        return set()
+    from tessera.models.loader.offload import offloaded_param_ids
+    return offloaded_param_ids(model, plan)
+
+
+def _build(info, device: torch.device, dtype: torch.dtype, context: LayerContext) -> nn.Module:
+    old_dtype = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(dtype)
+        with torch.device(device), building(context):
+            return model_class(info.arch)(info.arch)
+    finally:
+        torch.set_default_dtype(old_dtype)
 
 
 def _progress(weights: Iterator[tuple[str, torch.Tensor]], total: int):
