@@ -172,17 +172,23 @@ class ParallelConfig:
 
 @dataclasses.dataclass
 class OffloadConfig:
-    """Weights beyond device memory (models/loader/offload.py, layers/weight_stream.py)."""
+    """Weights and KV beyond device memory (models/loader/offload.py,
+    layers/weight_stream.py; engine/kv_cache/host_tier.py, worker/kv_host_tier.py)."""
     cpu_offload_gb: float = _field(
         0.0, "GiB of device memory to free per GPU by keeping whole decoder layers in pinned "
              "CPU memory, copied in layer by layer each step on a side stream")
     offload_dir: Optional[str] = _field(
         None, "keep the offloaded layers (--cpu-offload-gb) in a file in this directory, "
               "read ahead into pinned buffers, instead of in CPU memory")
+    kv_offload_gb: float = _field(
+        0.0, "GiB of pinned CPU memory (per GPU) for a second level of the prefix cache: KV "
+             "blocks evicted from the device are copied there and back on a hit instead of "
+             "being recomputed")
 
     def __post_init__(self) -> None:
-        if not self.cpu_offload_gb >= 0:
-            raise ValueError(f"cpu_offload_gb must be >= 0, got {self.cpu_offload_gb}.")
+        for name in ("cpu_offload_gb", "kv_offload_gb"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if self.offload_dir is None:
             return
         if not self.cpu_offload_gb:
@@ -346,6 +352,13 @@ class EngineConfig:
     draft_info: Optional[ModelInfo] = None  # the draft model's, with speculative_model
 
     def __post_init__(self) -> None:
+        if self.offload.kv_offload_gb:
+            if not self.cache.enable_prefix_caching:
+                raise ValueError("kv_offload_gb needs enable_prefix_caching: the host tier "
+                                 "finds blocks by their prefix hash.")
+            if self.speculative.method == "draft":
+                raise ValueError("kv_offload_gb does not work with a draft model yet: the "
+                                 "draft's KV cache is not copied to the host tier.")
         if self.offload.cpu_offload_gb:  # limits left to their defaults favour large batches
             for name in self.scheduler.defaulted:
                 setattr(self.scheduler, name, BATCH_DEFAULTS[name][1])

@@ -41,10 +41,16 @@ class EngineCore:
         max_model_len = config.max_model_len
         start = time.perf_counter()
         num_blocks = config.cache.num_blocks or self.executor.num_kv_blocks()
-        self.executor.init_kv_cache(num_blocks)  # on a GPU: graphs captured, warm-up run
+        # the KV host tier: kv_offload_gb of blocks, priced as the first rank's
+        host_blocks = int(config.offload.kv_offload_gb * 2**30
+                          // self.executor.info.bytes_per_block)
+        if config.offload.kv_offload_gb and not host_blocks:
+            raise ValueError(f"kv_offload_gb {config.offload.kv_offload_gb:g} holds no KV block "
+                             f"({self.executor.info.bytes_per_block} bytes each).")
+        self.executor.init_kv_cache(num_blocks, host_blocks)  # GPU: graphs, warm-up
         self._kv_seconds = time.perf_counter() - start
         self.kv = KVCacheManager(num_blocks, config.cache.block_size,
-                                 config.cache.enable_prefix_caching)
+                                 config.cache.enable_prefix_caching, host_blocks)
         pp = config.parallel.pipeline_parallel_size
         spec = config.speculative
         overlap = pp == 1 and config.scheduler.async_scheduling
@@ -61,6 +67,7 @@ class EngineCore:
         self.prompt_tokens_total = 0  # prompt tokens computed (recomputation included)
         self.generation_tokens_total = 0
         self.device_memory: dict[str, int] = {}  # the allocator's figures, as last reported
+        self._block_bytes = self.executor.info.bytes_per_block  # a KV block on the first rank
         self._log_setup()
 
     def _log_setup(self) -> None:
@@ -151,6 +158,11 @@ class EngineCore:
         return {"running": len(s.running), "waiting": len(s.waiting), "kv_usage": self.kv.usage,
                 "free_blocks": self.kv.num_free_blocks, "num_blocks": self.num_blocks,
                 "cached_blocks": self.kv.pool.num_cached_free_blocks,
+                "host_blocks": self.kv.host.num_blocks if self.kv.host else 0,
+                "host_used_blocks": self.kv.host.num_used_blocks if self.kv.host else 0,
+                "host_hit_tokens": self.kv.host_hit_tokens,
+                "kv_bytes_to_host": self.kv.blocks_to_host * self._block_bytes,
+                "kv_bytes_to_device": self.kv.blocks_to_device * self._block_bytes,
                 "memory": self.device_memory,
                 "preemptions": s.num_preemptions, "prompt_tokens": self.prompt_tokens_total,
                 "generation_tokens": self.generation_tokens_total, "steps": self.num_steps,

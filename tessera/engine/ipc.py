@@ -46,6 +46,11 @@ class Stats(msgspec.Struct):
     spec_accepted: int = 0  # ... and accepted
     spec_verify_steps: int = 0  # request-steps that verified drafts
     cached_blocks: int = 0  # free KV blocks that still hold a findable prefix
+    host_blocks: int = 0  # the KV host tier: its blocks, those holding a prefix
+    host_used_blocks: int = 0
+    host_hit_tokens: int = 0  # prompt tokens found in the host tier (in prefix_hit_tokens too)
+    kv_bytes_to_host: int = 0  # KV bytes copied out to the host tier, and back (first rank)
+    kv_bytes_to_device: int = 0
     memory: dict[str, int] = {}  # the device allocator's reserved / allocated bytes
 
 

@@ -53,6 +53,10 @@ class SchedulerOutput:
     # request id -> drafts to propose for it after this step, should it sample (the
     # engine's DraftPolicy: every rank proposes the same); absent: none
     num_drafts: dict[str, int] = dataclasses.field(default_factory=dict)
+    # the KV host tier's copies, run before the forward in this order: (device block,
+    # host block) evicted ones out, then (host block, device block) found ones back
+    kv_to_host: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+    kv_to_device: list[tuple[int, int]] = dataclasses.field(default_factory=list)
 
     @property
     def total_num_scheduled_tokens(self) -> int:
@@ -109,6 +113,8 @@ class WorkerInfo:
             parts.append(f"{g['weights_deduplicated']:.2f} GiB saved by storing identical "
                          "tensors once")
         parts.append(f"KV cache {g.get('kv_cache', 0):.2f} GiB")
+        if memory.get("kv_cache_host"):
+            parts.append(f"KV host tier {g['kv_cache_host']:.2f} GiB in CPU memory")
         if "cuda_graphs" in memory:
             parts.append(f"CUDA graphs {g['cuda_graphs']:.2f} GiB")
         if memory.get("allocator_reserved"):

@@ -146,7 +146,7 @@ class Scheduler:
                and len(self.running) < self.config.max_num_seqs):
             req = self.waiting[0]
             hits = self.kv.find_prefix(req)  # a new or preempted request computes from 0
-            num_hit = len(hits) * self.kv.block_size
+            num_hit = hits.num_blocks * self.kv.block_size
             n = min(req.num_tokens - num_hit, budget)
             lookahead = self._lookahead(req, num_hit + n, admitted=True)
             if self.kv.allocate_slots(req, n, hits, lookahead) is None:
@@ -171,6 +171,7 @@ class Scheduler:
         finished, self._finished_ids = self._finished_ids, set()
         self.in_flight.update(num_scheduled)
         out = SchedulerOutput(new_reqs, cached, num_scheduled, finished, preempted, spec)
+        out.kv_to_host, out.kv_to_device = self.kv.take_copies()  # the KV host tier's
         if self.draft_policy is not None:
             size = len(num_scheduled)
             for rid in num_scheduled:

@@ -27,7 +27,8 @@ class Executor(abc.ABC):
         """The number of KV blocks every rank can hold (the smallest estimate)."""
 
     @abc.abstractmethod
-    def init_kv_cache(self, num_blocks: int) -> None: ...
+    def init_kv_cache(self, num_blocks: int, num_host_blocks: int = 0) -> None:
+        """The device cache of num_blocks, and a KV host tier of num_host_blocks."""
 
     @abc.abstractmethod
     def submit(self, sched: SchedulerOutput) -> None:

@@ -1,7 +1,8 @@
 """Messages between the multi-process executor and its workers (msgspec, never pickle).
 
 Executor -> worker: InitCache, Step (a SchedulerOutput), Shutdown. Worker -> executor:
-Hello (after loading: its KV-block estimate and its WorkerInfo), Ack, StepDone (the
+Hello (after loading: its KV-block estimate and its WorkerInfo), Ack (after InitCache,
+with the memory accounting: worker/memory.py), StepDone (the
 output rank's ModelRunnerOutput), WorkerError (any exception, with the rank; the worker
 then exits).
 """
@@ -16,6 +17,7 @@ from tessera.engine.protocol import ModelRunnerOutput, SchedulerOutput, WorkerIn
 
 class InitCache(msgspec.Struct, tag=True):
     num_blocks: int
+    num_host_blocks: int = 0  # the KV host tier's
 
 
 class Step(msgspec.Struct, tag=True):
@@ -34,6 +36,7 @@ class Hello(msgspec.Struct, tag=True):
 
 class Ack(msgspec.Struct, tag=True):
     rank: int
+    memory: dict[str, int] = {}  # after InitCache: the worker's memory accounting
 
 
 class StepDone(msgspec.Struct, tag=True):

@@ -81,10 +81,10 @@ class MultiprocExecutor(Executor):
     def num_kv_blocks(self) -> int:
         return self._blocks
 
-    def init_kv_cache(self, num_blocks: int) -> None:
-        self._broadcast(msg.InitCache(num_blocks))
-        for _ in range(self.world):
-            self._wait(msg.Ack, STARTUP_TIMEOUT_S)
+    def init_kv_cache(self, num_blocks: int, num_host_blocks: int = 0) -> None:
+        self._broadcast(msg.InitCache(num_blocks, num_host_blocks))
+        acks = [self._wait(msg.Ack, STARTUP_TIMEOUT_S) for _ in range(self.world)]
+        self._info.memory = min(acks, key=lambda a: a.rank).memory  # rank 0's, set up
 
     def submit(self, sched: SchedulerOutput) -> None:
         """Starts a step; workers run steps in order, so stages overlap on several."""

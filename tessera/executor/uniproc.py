@@ -17,8 +17,8 @@ class UniprocExecutor(Executor):
     def num_kv_blocks(self) -> int:
         return self.runner.num_kv_blocks()
 
-    def init_kv_cache(self, num_blocks: int) -> None:
-        self.runner.init_kv_cache(num_blocks)
+    def init_kv_cache(self, num_blocks: int, num_host_blocks: int = 0) -> None:
+        self.runner.init_kv_cache(num_blocks, num_host_blocks=num_host_blocks)
 
     def submit(self, sched: SchedulerOutput) -> None:
         self.runner.submit(sched)

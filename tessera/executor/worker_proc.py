@@ -64,9 +64,9 @@ def run(args, inbox, outbox) -> None:
             worker.shutdown()
             return
         if isinstance(m, msg.InitCache):
-            runner.init_kv_cache(m.num_blocks)
+            runner.init_kv_cache(m.num_blocks, num_host_blocks=m.num_host_blocks)
             freeze_after_startup()  # gc_tuning.py: no full collections walking start-up
-            outbox.send(msg.encoder.encode(msg.Ack(args.rank)))
+            outbox.send(msg.encoder.encode(msg.Ack(args.rank, worker.info.memory)))
         elif isinstance(m, msg.Step):
             out = runner.execute(m.sched)
             if worker.returns_output:

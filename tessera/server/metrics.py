@@ -72,6 +72,7 @@ class _StatsCollector:
                          ("free", s.free_blocks - s.cached_blocks)):
             g.add_metric([name, state], n)
         yield g
+        yield from _host_tier(s, name)
         counters = (("num_preemptions", "Requests preempted", s.preemptions),
                     ("prompt_tokens", "Prompt tokens computed", s.prompt_tokens),
                     ("generation_tokens", "Tokens generated", s.generation_tokens),
@@ -98,6 +99,28 @@ class _StatsCollector:
                 g = GaugeMetricFamily(f"tessera:{metric}", doc, labels=["model_name"])
                 g.add_metric([name], value)
                 yield g
+
+
+def _host_tier(s, name: str):
+    """Prefix hits by tier; with a KV host tier, its blocks and the bytes copied."""
+    c = CounterMetricFamily("tessera:prefix_cache_tier_hits", "Prompt tokens found in the "
+                            "prefix cache, by tier: device blocks, or the KV host tier's",
+                            labels=["model_name", "tier"])
+    c.add_metric([name, "device"], s.prefix_hit_tokens - s.host_hit_tokens)
+    c.add_metric([name, "host"], s.host_hit_tokens)
+    yield c
+    if not s.host_blocks:
+        return
+    g = GaugeMetricFamily("tessera:kv_host_tier_blocks", "KV host tier blocks: holding a "
+                          "prefix, or empty", labels=["model_name", "state"])
+    g.add_metric([name, "used"], s.host_used_blocks)
+    g.add_metric([name, "free"], s.host_blocks - s.host_used_blocks)
+    yield g
+    c = CounterMetricFamily("tessera:kv_offload_bytes", "KV bytes copied between the device "
+                            "and the host tier (first rank)", labels=["model_name", "direction"])
+    c.add_metric([name, "to_host"], s.kv_bytes_to_host)
+    c.add_metric([name, "to_device"], s.kv_bytes_to_device)
+    yield c
 
 
 def spec_rates(drafted: int, accepted: int, verify_steps: int) -> tuple[float, float]:

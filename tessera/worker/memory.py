@@ -8,7 +8,8 @@ device: weights stored once count once, offloaded layers only as their two slots
 runner sends them with a step's output about once a second: /metrics follows them),
 (engine/protocol.py `WorkerInfo.describe_memory` words them for the start-up log).
 Keys: weights_device, weights_cpu (an offload store: pinned memory or a file's read
-buffers), weights_disk, weights_deduplicated (bytes saved), kv_cache, cuda_graphs,
+buffers), weights_disk, weights_deduplicated (bytes saved), kv_cache, kv_cache_host (the
+KV host tier's pinned blocks), cuda_graphs,
 allocator_reserved, allocator_allocated; with offload also offload_step_bytes (a step
 moves) and offload_bytes_per_s (measured host-to-device rate; disk_read_bytes_per_s for
 a file).
@@ -42,6 +43,8 @@ def setup_memory(runner) -> dict[str, int]:
     out = {"weights_device": device_weight_bytes(model, device),
            "weights_deduplicated": getattr(model, "dedup_saved_bytes", 0),
            "kv_cache": sum(t.numel() * t.element_size() for t in runner.kv_caches)}
+    if runner.kv_host is not None:
+        out["kv_cache_host"] = runner.kv_host.store.numel()
     if device.type == "cuda":
         out["cuda_graphs"] = runner.graph_bytes
     stream = runner.weight_stream

@@ -44,6 +44,7 @@ from tessera.stopping import banned_token_ids
 from tessera.worker.cuda_graphs import DecodeGraphs, default_buckets
 from tessera.worker.grammar_masks import GrammarMasks
 from tessera.worker.input_batch import RequestState, prepare_inputs
+from tessera.worker.kv_host_tier import KVHostTier
 from tessera.worker.memory import allocator_memory, setup_memory
 from tessera.worker.warm_up import warm_up
 
@@ -91,6 +92,7 @@ class ModelRunner:
         self.kv_caches: list[torch.Tensor] = []
         self.graphs: Optional[DecodeGraphs] = None
         self.graph_bytes = 0  # what capturing the decode graphs reserved
+        self.kv_host: Optional[KVHostTier] = None  # the KV cache's host tier
         self.weight_stream = self.model.weight_stream  # offloaded layers (None: none)
         self._memory_sent = 0.0  # when a step's output last carried the allocator's figures
         self.stage = pp_stage()
@@ -153,14 +155,17 @@ class ModelRunner:
         self.kv_caches = []
         torch.cuda.synchronize(self.device)
 
-    def init_kv_cache(self, num_blocks: int, for_serving: bool = True) -> None:
+    def init_kv_cache(self, num_blocks: int, for_serving: bool = True,
+                      num_host_blocks: int = 0) -> None:
         """Allocates the blocks, plus one scratch block (id num_blocks) that padded rows of
-        a CUDA-graph batch write to; then, for serving (not for the profiling pass),
-        captures the decode graphs and runs the warm-up steps (worker/warm_up.py) that
-        compile the kernels' remaining variants."""
+        a CUDA-graph batch write to, and the KV host tier's (worker/kv_host_tier.py); then,
+        for serving (not for the profiling pass), captures the decode graphs and runs the
+        warm-up steps (worker/warm_up.py) that compile the kernels' remaining variants."""
         self.kv_caches = [torch.zeros((2, num_blocks + 1, self.block_size, spec.num_kv_heads,
                                        spec.head_dim), dtype=self.kv_dtype, device=self.device)
                           for spec in self.kv_specs]
+        self.kv_host = (KVHostTier(self.kv_caches, num_host_blocks, self.device)
+                        if num_host_blocks else None)
         draft = getattr(self.spec, "proposer", None)
         if hasattr(draft, "init_kv_cache"):
             draft.init_kv_cache(num_blocks)
@@ -213,6 +218,8 @@ class ModelRunner:
             raise NotImplementedError("draft tokens were scheduled but this engine has no "
                                       "speculative decoding configured")
         self._step_start = time.perf_counter()
+        if self.kv_host is not None:  # evicted blocks out, found ones back, before the forward
+            self.kv_host.apply(sched.kv_to_host, sched.kv_to_device)
         self._update_states(sched)
         for rid, drafts in sched.scheduled_spec_token_ids.items():
             self.states[rid].drafts = list(drafts)

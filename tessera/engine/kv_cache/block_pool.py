@@ -7,12 +7,14 @@ before it (`prefix_hash`); such a block stays findable through `cached` after it
 freed, until allocation evicts it, so a later request with the same prefix can `touch`
 it back instead of recomputing. Reference counts > 1 mean requests share a block.
 `num_cached_free_blocks`: free blocks still findable (the memory accounting's "cached").
+`on_evict(block, hash)`, if set, hears of each findable block allocation evicts (the KV
+host tier copies it out first: kv_cache/host_tier.py).
 """
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 BlockHash = bytes
 
@@ -34,6 +36,7 @@ class BlockPool:
         self._hash_of: list[Optional[BlockHash]] = [None] * num_blocks
         self.cached: dict[BlockHash, int] = {}
         self.num_cached_free_blocks = 0  # free blocks that still hold a findable prefix
+        self.on_evict: Optional[Callable[[int, BlockHash], None]] = None  # (block, its hash)
 
     @property
     def num_free_blocks(self) -> int:
@@ -101,3 +104,5 @@ class BlockPool:
             self._hash_of[block_id] = None
             if self.cached.get(h) == block_id:
                 del self.cached[h]
+                if self.on_evict is not None:  # the KV host tier may keep a copy
+                    self.on_evict(block_id, h)
