@@ -114,8 +114,27 @@ def test_offload_parameters_view_the_slots(deep_llama):
         llm.engine.executor.shutdown()
 
 
-def test_offload_under_tensor_parallel(deep_llama, resident):
-    assert _run(deep_llama, tensor_parallel_size=2, cpu_offload_gb=TINY_BUDGET) == resident[0]
+@pytest.mark.parametrize("layout", [dict(tensor_parallel_size=2),
+                                    dict(pipeline_parallel_size=2)], ids=["tp2", "pp2"])
+def test_offload_under_parallelism(deep_llama, resident, layout):
+    """Each rank offloads its own share (PP: four of each stage's four layers)."""
+    assert _run(deep_llama, cpu_offload_gb=TINY_BUDGET, **layout) == resident[0]
+
+
+def test_offload_of_quantized_layers(deep_llama):
+    """int8 layers (data and scales) travel like 16-bit ones."""
+    assert (_run(deep_llama, quantization="int8", cpu_offload_gb=TINY_BUDGET / 2)
+            == _run(deep_llama, quantization="int8"))
+
+
+def test_offload_of_moe_experts(tmp_path):
+    import transformers
+    from tests.conftest import TINY
+    torch.manual_seed(0)
+    cfg = transformers.MixtralConfig(**{**TINY, "num_hidden_layers": 6}, num_local_experts=4,
+                                     num_experts_per_tok=2)
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(str(tmp_path))
+    assert (_run(str(tmp_path), cpu_offload_gb=5e-4) == _run(str(tmp_path)))
 
 
 def test_offload_file_is_a_safetensors_file(deep_llama, tmp_path):
@@ -191,3 +210,25 @@ def test_offload_favours_large_batches_unless_told():
 def test_plan_prices_what_is_stored():
     plan = OffloadPlan([1, 3, 5, 7], {1: 100, 3: 300, 5: 100, 7: 200})
     assert (plan.slot_bytes, plan.stored_bytes, plan.freed_bytes) == (300, 700, 100)
+
+
+def test_bench_reports_the_transfer_bound(deep_llama):
+    """`tessera bench latency`'s transfer bound: the bytes a step copies over the
+    host-to-device rate measured at start-up, against the step time."""
+    from tessera.bench.offline import random_weights_engine, run_latency, transfer_bound
+    engine = random_weights_engine(deep_llama, cpu_offload_gb=TINY_BUDGET, num_blocks=64,
+                                   max_model_len=512)
+    try:
+        memory = engine.executor.info.memory
+        r = run_latency(engine, 2, 8, 4, bandwidth=1e10)
+        assert r["offload_step_gib"] * 2**30 == memory["offload_step_bytes"]
+        expected = memory["offload_step_bytes"] / memory["offload_bytes_per_s"]
+        assert r["transfer_step_ms"] == pytest.approx(expected * 1e3)
+        assert r["transfer_ratio"] == pytest.approx(expected / (r["median_step_ms"] / 1e3))
+    finally:
+        engine.shutdown()
+    plain = random_weights_engine(deep_llama, num_blocks=64, max_model_len=512)
+    try:
+        assert transfer_bound(plain, 0.01) == {}
+    finally:
+        plain.shutdown()
