@@ -13,7 +13,8 @@ FileStore: a safetensors file in the offload directory, one U8 tensor per layer
 ("layer.J"), its data starting on a page. Loading writes through a shared memory map of
 the file; then the file is synced and dropped from the page cache, and a read-ahead thread
 reads the layers, in the order steps use them (o_0, o_1, ..., o_{m-1}, o_0, ...), with
-page-aligned direct reads (O_DIRECT where the file system has it; several chunks at once)
+page-aligned direct reads (O_DIRECT where the file system has it; equal chunks, several at
+once)
 into `buffers` pinned staging buffers, each reused once the copy out of it is done. The
 file is removed at close (or exit). `read_seconds` / `read_bytes` measure the disk.
 """
@@ -32,7 +33,7 @@ from typing import Optional
 import torch
 
 ALIGN = 4096  # every parameter and layer starts on a page (a file's aligned direct reads)
-CHUNK = 32 * 2**20  # bytes per direct read; several run at once
+MIN_CHUNK = 2**20  # a layer is read in 4 chunks per reader thread, each at least this
 GiB = 2**30
 
 
@@ -184,14 +185,17 @@ class FileStore:
         view = memoryview(into.numpy())
         start = time.perf_counter()
 
+        # 4 equal, page-aligned chunks per reader: no reader idles at the layer's tail
+        size = max(MIN_CHUNK, -(-nbytes // (4 * self.readers * ALIGN)) * ALIGN)
+
         def chunk(at: int) -> None:
-            end = min(at + CHUNK, nbytes)
+            end = min(at + size, nbytes)
             while at < end:
                 got = os.preadv(self._fd, [view[at:end]], self.data_start + offset + at)
                 if got <= 0:
                     raise OSError(f"offload file {self.path}: short read at {offset + at}")
                 at += got
-        for f in [pool.submit(chunk, at) for at in range(0, nbytes, CHUNK)]:
+        for f in [pool.submit(chunk, at) for at in range(0, nbytes, size)]:
             f.result()
         self.read_seconds += time.perf_counter() - start
         self.read_bytes += nbytes
