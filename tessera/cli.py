@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub, [common])
     add_client_parsers(sub, [common])
     _add_quant_sensitivity_parser(sub, [common])
+    from tessera.planner.plan import add_plan_parser
+    add_plan_parser(sub, [common])
     return parser
 
 

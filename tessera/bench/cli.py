@@ -1,9 +1,10 @@
-"""`tessera bench latency | throughput | serve`: the subcommand.
+"""`tessera bench latency | throughput | serve | profile`: the subcommand.
 
 `add_bench_parser(sub)` defines its options (the engine's from the config, cli_args.py);
 `refuse_foreign_options` refuses, by name, options the chosen workload would ignore;
-`run_bench` runs latency or throughput on an engine in this process (bench/offline.py)
-or the serving workload against a running server (bench/serving.py). All print a table
+`run_bench` runs latency or throughput on an engine in this process (bench/offline.py),
+the planner's step-time profile (bench/profile.py), or the serving workload against a
+running server (bench/serving.py). All print a table
 and can write JSON (`--json`).
 """
 from __future__ import annotations
@@ -19,14 +20,19 @@ from tessera.config import EngineConfig
 def add_bench_parser(sub, parents: list) -> None:
     p = sub.add_parser("bench", help="latency, throughput and serving benchmarks",
                        parents=parents)
-    p.add_argument("workload", choices=["latency", "throughput", "serve"])
+    p.add_argument("workload", choices=["latency", "throughput", "serve", "profile"])
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--input-len", type=int, default=32)
     p.add_argument("--output-len", type=int, default=256)
     p.add_argument("--num-prompts", type=int, default=1000)
     p.add_argument("--input-range", type=int, nargs=2, default=(128, 1024))
     p.add_argument("--output-range", type=int, nargs=2, default=(128, 512))
-    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                   help="profile: batch sizes (default: 1 4 16 64, and 256 on a GPU)")
+    p.add_argument("--input-lens", type=int, nargs="+", default=(64, 512),
+                   help="profile: prompt lengths (default: 64 512)")
+    p.add_argument("--json", default=None, help="write the results here (profile: the "
+                                                 "profile `tessera plan` reads)")
     serve_options = add_serve_args(p)
     add_engine_args(p)
     p.set_defaults(func=run_bench, bench_parser=p, serve_options=serve_options)
@@ -34,6 +40,7 @@ def add_bench_parser(sub, parents: list) -> None:
 
 LATENCY_OPTIONS = {"batch_size", "input_len", "output_len"}
 REQUESTS_OPTIONS = {"num_prompts", "input_range", "output_range"}
+PROFILE_OPTIONS = {"batch_sizes", "input_lens"}
 
 
 def refuse_foreign_options(args: argparse.Namespace) -> None:
@@ -42,8 +49,9 @@ def refuse_foreign_options(args: argparse.Namespace) -> None:
     outside throughput and serve, the engine's for serve (the server's engine is measured)."""
     serve, engine, workload = args.serve_options, set(engine_kwargs(args)), args.workload
     applies = {"latency": LATENCY_OPTIONS | engine, "throughput": REQUESTS_OPTIONS | engine,
-               "serve": REQUESTS_OPTIONS | serve | {"seed"}}[workload]
-    foreign = (LATENCY_OPTIONS | REQUESTS_OPTIONS | serve | engine) - applies
+               "serve": REQUESTS_OPTIONS | serve | {"seed"},
+               "profile": PROFILE_OPTIONS | engine}[workload]
+    foreign = (LATENCY_OPTIONS | REQUESTS_OPTIONS | PROFILE_OPTIONS | serve | engine) - applies
     given = sorted(name for name in foreign if _normal(getattr(args, name))
                    != _normal(args.bench_parser.get_default(name)))
     if given:
@@ -84,6 +92,8 @@ def _run_workload(args: argparse.Namespace, engine) -> int:
 
     info = engine.executor.info
     device = torch.device(info.device)
+    if args.workload == "profile":
+        return _profile(args, engine, device)
     if args.workload == "latency":
         bandwidth = measure_bandwidth(device)
         run_latency(engine, min(args.batch_size, 2), args.input_len, 8, bandwidth,
@@ -124,3 +134,23 @@ def _run_workload(args: argparse.Namespace, engine) -> int:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=2)
     return 0
+
+
+def _profile(args: argparse.Namespace, engine, device) -> int:
+    from tessera.bench.profile import run_profile
+    batches = args.batch_sizes or ([1, 4, 16, 64, 256] if device.type == "cuda"
+                                   else [1, 4, 16, 64])
+    longest = engine.config.max_model_len - 16
+    lens = [n for n in args.input_lens if n <= longest] or [longest]
+    run_profile(engine, [1, 2], lens[:1], 4, seed=_WARM_UP_SEED + args.seed)  # warm-up
+    r = run_profile(engine, batches, lens, 16, seed=args.seed)
+    f = r["fit"]
+    print(f"profile  {len(r['samples'])} steps (batches {batches}, prompts {lens}): step = "
+          f"{f['c0'] * 1e3:.3f} ms + {f['c_tok'] * 1e6:.3f} us/token + {f['c_seq'] * 1e6:.3f} "
+          f"us/sequence + {f['c_ctx'] * 1e9:.3f} ns/context token; fit error median "
+          f"{r['fit_error_median']:.1%}, p90 {r['fit_error_p90']:.1%}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(r, fh, indent=1)
+    return 0
+

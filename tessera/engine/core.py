@@ -62,8 +62,9 @@ class EngineCore:
         self.pipeline_depth = 2 if overlap else pp
         self._in_flight: deque = deque()
         self.max_in_flight = 0
-        # shape of the last step, for stats and benchmarks
+        # shape of the last step scheduled (the steps_scheduled-th), for stats and benchmarks
         self.last_step_tokens = self.last_step_requests = self.last_step_context = 0
+        self.steps_scheduled = 0
         self.prompt_tokens_total = 0  # prompt tokens computed (recomputation included)
         self.generation_tokens_total = 0
         self.device_memory: dict[str, int] = {}  # the allocator's figures, as last reported
@@ -173,6 +174,7 @@ class EngineCore:
 
     def _record_shape(self, sched: SchedulerOutput) -> None:
         reqs = self.scheduler.requests
+        self.steps_scheduled += 1
         self.last_step_tokens = sched.total_num_scheduled_tokens
         self.last_step_requests = len(sched.num_scheduled_tokens)
         # computed counts already include this step's tokens

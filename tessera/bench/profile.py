@@ -1,0 +1,53 @@
+"""`tessera bench profile`: times every engine step over a grid of batch sizes and prompt
+lengths, for the planner's calibrated latency model (planner/latency.py ProfileModel).
+
+`run_profile(engine, batches, input_lens, output_len)`: for each prompt length and batch
+size, that many requests of random tokens are queued at once and stepped to the end;
+each step's shape (tokens computed, sequences, context tokens read: the engine core's
+`last_step_*`) and wall time is a sample (prefill chunks, mixed steps and pure decode
+steps alike). Returns the profile (model, device, dtype, layout, samples) with the linear
+fit over it and the fit's median and p90 relative error, which `tessera plan` reads back.
+"""
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from typing import Any
+
+from tessera.sampling_params import SamplingParams
+
+
+def run_profile(engine, batches: list[int], input_lens: list[int], output_len: int = 16,
+                seed: int = 0) -> dict[str, Any]:
+    from tessera.planner.latency import ProfileModel
+    rng = random.Random(seed)
+    vocab, core = engine.arch.vocab_size, engine.core
+    params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
+    samples: list[list[float]] = []
+    for k, input_len in enumerate(input_lens):
+        for batch in batches:
+            for i in range(batch):
+                engine.add_request(f"prof-{k}-{batch}-{i}",
+                                   [rng.randrange(vocab) for _ in range(input_len)], params,
+                                   stream=False)
+            while engine.has_unfinished_requests():
+                before = core.steps_scheduled
+                t = time.perf_counter()
+                engine.step()
+                dt = time.perf_counter() - t
+                if core.steps_scheduled > before:  # not a call that only collected
+                    samples.append([core.last_step_tokens, core.last_step_requests,
+                                    core.last_step_context, dt])
+    fit = ProfileModel.fit([tuple(s) for s in samples])
+    errors = sorted(abs(fit.step_seconds(*s[:3]) - s[3]) / s[3] for s in samples)  # all
+    c = engine.config
+    return {"model": c.model.model, "device": engine.executor.info.device,
+            "dtype": engine.executor.info.dtype,
+            "tensor_parallel_size": c.parallel.tensor_parallel_size,
+            "pipeline_parallel_size": c.parallel.pipeline_parallel_size,
+            "max_num_batched_tokens": c.scheduler.max_num_batched_tokens,
+            "fit": {"c0": fit.c0, "c_tok": fit.c_tok, "c_seq": fit.c_seq, "c_ctx": fit.c_ctx},
+            "fit_error_median": statistics.median(errors),
+            "fit_error_p90": errors[int(0.9 * (len(errors) - 1))],
+            "samples": samples}

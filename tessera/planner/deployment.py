@@ -1,0 +1,155 @@
+"""A deployment file: the models to serve, their traffic and SLOs, and the hardware.
+
+Objects: ModelSpec (a name, its shape: a named shape or a Hugging Face folder, precision,
+traffic: rate and burstiness or a trace, lengths, SLO, an optional latency profile) and
+Deployment (models, hardware, simulated duration, the group sizes to try, the attainment
+to reach), read by `load_deployment(path)` from YAML or JSON. Every mistake is a
+ValueError that names the field: an unknown model or preset, a model bigger than the
+devices, an SLO below what one step takes.
+
+    hardware: {preset: h200, count: 8, price_per_hour: 3.5, memory_price_per_gb_hour: 0.001}
+    duration: 60            # seconds of traffic simulated (default 60)
+    target_attainment: 0.99
+    models:
+      - name: chat
+        model: llama-3-8b   # a named shape or a folder with config.json
+        precision: bfloat16 # or int8, fp8, int4
+        rate: 4             # requests per second
+        cv: 3               # burstiness (1: Poisson)
+        prompt_len: [128, 1024]
+        output_len: 128
+        slo: {ttft: 0.5, tpot: 0.05}   # seconds; e2e too
+        profile: llama-3-8b-h200.json  # `tessera bench profile`; none: the roofline
+    trace: requests.jsonl   # instead of rates (time, model, prompt_len, output_len)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Optional
+
+from tessera.models.arch_config import ArchConfig
+from tessera.planner.hardware import Hardware, hardware
+from tessera.planner.simulator import SLO
+from tessera.planner.traffic import Lengths
+
+BYTES_PER_WEIGHT = {"bfloat16": 2.0, "float16": 2.0, "int8": 1.0, "fp8": 1.0,
+                    "int4": 0.53}  # int4: 4 bits + a scale and an offset per 128
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    name: str
+    arch: ArchConfig
+    precision: str
+    rate: float
+    cv: float
+    lengths: Lengths
+    slo: SLO
+    profile: Optional[str] = None
+
+    @property
+    def weight_bytes(self) -> float:
+        return self.arch.num_parameters() * BYTES_PER_WEIGHT[self.precision]
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return self.arch.kv_bytes_per_token * 2  # a 16-bit cache
+
+    @property
+    def max_len(self) -> int:
+        return self.lengths.prompt[1] + self.lengths.output[1]
+
+
+@dataclasses.dataclass
+class Deployment:
+    models: list[ModelSpec]
+    hardware: Hardware
+    duration: float = 60.0
+    target_attainment: float = 0.99
+    group_sizes: Optional[list[int]] = None
+    trace: Optional[str] = None
+    seed: int = 0
+
+
+def _arch(name: str, where: str) -> ArchConfig:
+    from tessera.models.shapes import NAMED_SHAPES, named_shape
+    if name.lower().removeprefix("dummy:") in NAMED_SHAPES:
+        return named_shape(name)
+    config = os.path.join(name, "config.json")
+    if os.path.isfile(config):
+        from tessera.models.registry import from_hf_dict
+        with open(config) as f:
+            return from_hf_dict(json.load(f))
+    raise ValueError(f"{where}: unknown model {name!r}: not a named shape "
+                     f"({', '.join(NAMED_SHAPES)}) nor a folder with a config.json")
+
+
+def _model(d: dict[str, Any], i: int, has_trace: bool) -> ModelSpec:
+    where = f"models[{i}]"
+    if not isinstance(d, dict) or "name" not in d or "model" not in d:
+        raise ValueError(f"{where}: each model needs a name and a model (shape or folder)")
+    where = f"model {d['name']!r}"
+    known = {"name", "model", "precision", "rate", "cv", "prompt_len", "output_len", "slo",
+             "profile"}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    precision = d.get("precision", "bfloat16")
+    if precision not in BYTES_PER_WEIGHT:
+        raise ValueError(f"{where}: precision {precision!r} is not one of "
+                         f"{', '.join(BYTES_PER_WEIGHT)}")
+    rate = float(d.get("rate", 0.0))
+    if rate < 0 or (not rate and not has_trace):
+        raise ValueError(f"{where}: rate must be > 0 requests/s (or give a trace)")
+    slo = d.get("slo") or {}
+    if not isinstance(slo, dict) or set(slo) - {"ttft", "tpot", "e2e"} or not slo:
+        raise ValueError(f"{where}: slo must set some of ttft, tpot, e2e (seconds)")
+    if any(float(v) <= 0 for v in slo.values()):
+        raise ValueError(f"{where}: SLO bounds must be > 0 seconds")
+    profile = d.get("profile")
+    if profile is not None and not os.path.isfile(profile):
+        raise ValueError(f"{where}: profile {profile!r} does not exist")
+    return ModelSpec(str(d["name"]), _arch(str(d["model"]), where), precision, rate,
+                     float(d.get("cv", 1.0)),
+                     Lengths.of(d.get("prompt_len", 512), d.get("output_len", 128)),
+                     SLO(**{k: float(v) for k, v in slo.items()}), profile)
+
+
+def load_deployment(path: str) -> Deployment:
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read the deployment file: {e}") from None
+    if path.endswith(".json"):
+        data = json.loads(text)
+    else:
+        import yaml
+        data = yaml.safe_load(text)
+    if not isinstance(data, dict) or not data.get("models") or "hardware" not in data:
+        raise ValueError(f"{path}: a deployment needs `models` (a list) and `hardware`")
+    unknown = set(data) - {"models", "hardware", "duration", "target_attainment",
+                           "group_sizes", "trace", "seed"}
+    if unknown:
+        raise ValueError(f"{path}: unknown field(s) {', '.join(sorted(unknown))}")
+    trace = data.get("trace")
+    models = [_model(m, i, trace is not None) for i, m in enumerate(data["models"])]
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: model names repeat: {names}")
+    hw = hardware(data["hardware"])
+    for m in models:
+        if m.weight_bytes > hw.count * hw.usable_bytes:
+            raise ValueError(
+                f"model {m.name!r} needs {m.weight_bytes / 2**30:.1f} GiB of weights; "
+                f"{hw.count} x {hw.name} hold {hw.count * hw.usable_bytes / 2**30:.1f} GiB")
+    sizes = data.get("group_sizes")
+    if sizes is not None and any(hw.count % s for s in sizes):
+        raise ValueError(f"{path}: group_sizes must divide the device count {hw.count}")
+    if trace is not None and not os.path.isfile(trace):
+        raise ValueError(f"{path}: trace {trace!r} does not exist")
+    return Deployment(models, hw, float(data.get("duration", 60.0)),
+                      float(data.get("target_attainment", 0.99)), sizes, trace,
+                      int(data.get("seed", 0)))
