@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from tessera.planner.deployment import Deployment, ModelSpec
+from tessera.planner.deployment import BYTES_PER_WEIGHT, Deployment, ModelSpec
 from tessera.planner.hardware import Hardware
 from tessera.planner.latency import (ProfileModel, RooflineModel, ScaledModel,
                                      load_profile)
@@ -73,7 +73,7 @@ _PROFILES: dict[str, tuple[ProfileModel, dict]] = {}
 
 
 def latency_model(spec: ModelSpec, hw: Hardware, tp: int, pp: int):
-    bpw = {"bfloat16": 2.0, "float16": 2.0}.get(spec.precision, 1.0)
+    bpw = BYTES_PER_WEIGHT[spec.precision]  # int4 too: its scales and offsets counted
     roof = RooflineModel(spec.arch, hw, tp, pp, bytes_per_weight=bpw)
     if spec.profile is None:
         return roof
