@@ -30,7 +30,8 @@ KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
 KERNEL_BACKENDS = ("auto", "triton", "reference")
 KERNEL_MODES = ("auto", "off", "always")
-EXECUTORS = ("auto", "uni", "mp")
+EXECUTORS = ("auto", "uni", "mp", "ray")
+RAY_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 QUANTIZATIONS = ("none", "int8", "fp8", "int4")
 SPEC_METHODS = ("draft", "ngram")
 MAX_SPEC_TOKENS = 16
@@ -144,7 +145,14 @@ class ParallelConfig:
                                          "balanced)")
     distributed_executor_backend: str = _field(
         "auto", "auto (one process for one rank, else mp), uni (this process), mp (a worker "
-                "process per rank)", EXECUTORS)
+                "process per rank), ray (a Ray actor per rank, across the cluster's nodes)",
+        EXECUTORS)
+    ray_address: Optional[str] = _field(
+        None, "the Ray cluster to join (default: RAY_ADDRESS, else the one `ray start` began "
+              "on this host, else a new local one)")
+    ray_placement_strategy: str = _field(
+        "PACK", "how Ray places the ranks' bundles on nodes: PACK (few nodes), SPREAD, "
+                "STRICT_PACK (one node), STRICT_SPREAD (a node each)", RAY_STRATEGIES)
     distributed_init_host: str = _field("127.0.0.1", "address the ranks' process group meets "
                                                      "at (rank 0's host)")
 

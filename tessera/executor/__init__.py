@@ -2,7 +2,8 @@
 
 `executor_class(config)` picks the implementation from
 ParallelConfig.distributed_executor_backend: "uni" (the worker in this process:
-UniprocExecutor), "mp" (a process per rank: MultiprocExecutor), "auto" (uni for one rank,
+UniprocExecutor), "mp" (a process per rank: MultiprocExecutor), "ray" (a Ray actor per rank, across a
+cluster's nodes: RayExecutor), "auto" (uni for one rank,
 else mp). Each is imported only when chosen (the uniprocess one brings torch with it).
 """
 from __future__ import annotations
@@ -21,5 +22,8 @@ def executor_class(config: "EngineConfig") -> "type[Executor]":
     if backend == "uni":
         from tessera.executor.uniproc import UniprocExecutor
         return UniprocExecutor
+    if backend == "ray":
+        from tessera.executor.ray_executor import RayExecutor
+        return RayExecutor
     from tessera.executor.multiproc import MultiprocExecutor
     return MultiprocExecutor

@@ -2,138 +2,57 @@
 
 Flow: start N `tessera.executor.worker_proc` processes (the config, model metadata
 included, as JSON on the command line; a free port on ParallelConfig.distributed_init_host
-for the process group), wait for each Hello, size the KV cache by the smallest estimate,
-then per step send the same SchedulerOutput to every rank and wait for the output rank's
-ModelRunnerOutput. Waiting is bounded: a worker that dies or
-reports an error, or a step slower than `collective_timeout_s`, raises WorkerFailure
-(the engine then stops) instead of hanging.
+for the process group; IPC sockets in a private folder), then the protocol of
+executor/messaging.py: Hellos, InitCache, a Step per step. A worker process that exits
+is a WorkerFailure at the next wait.
 """
 from __future__ import annotations
 
-import dataclasses
-import logging
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import time
-
-import zmq
 
 from tessera.config import EngineConfig
-from tessera.engine.protocol import ModelRunnerOutput, SchedulerOutput, WorkerInfo
-from tessera.executor import messages as msg
-from tessera.executor.base import Executor
+from tessera.executor.messaging import STARTUP_TIMEOUT_S, MessagingExecutor, WorkerFailure
 from tessera.logs import level_name
 
-logger = logging.getLogger(__name__)
-STARTUP_TIMEOUT_S = 1800.0
+__all__ = ["MultiprocExecutor", "WorkerFailure", "STARTUP_TIMEOUT_S", "free_port"]
 
 
-class WorkerFailure(RuntimeError):
-    """A worker died, failed, or did not answer in time."""
-
-
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
 
-class MultiprocExecutor(Executor):
+class MultiprocExecutor(MessagingExecutor):
     def __init__(self, config: EngineConfig):
         super().__init__(config)
-        self.world = config.parallel.world_size
-        self.timeout = config.parallel.collective_timeout_s
+        self._procs: list[subprocess.Popen] = []
         self._tmp = tempfile.mkdtemp(prefix="tessera-workers-")
-        self._ctx = zmq.Context()
-        self._results = self._ctx.socket(zmq.PULL)
-        out_addr = f"ipc://{self._tmp}/results"
-        self._results.bind(out_addr)
-        self._inboxes, self._procs = [], []
+        out_addr, inboxes = self._bind(f"ipc://{self._tmp}/results",
+                                       lambda rank: f"ipc://{self._tmp}/rank{rank}")
         host = config.parallel.distributed_init_host
-        dist_init = f"tcp://{host}:{_free_port(host)}"
+        dist_init = f"tcp://{host}:{free_port(host)}"
         config_json = config.to_json()
-        for rank in range(self.world):
-            inbox = self._ctx.socket(zmq.PUSH)
-            inbox.setsockopt(zmq.LINGER, 0)
-            addr = f"ipc://{self._tmp}/rank{rank}"
-            inbox.bind(addr)
-            self._inboxes.append(inbox)
+        for rank, addr in enumerate(inboxes):
             self._procs.append(subprocess.Popen(
                 [sys.executable, "-m", "tessera.executor.worker_proc", "--config",
                  config_json, "--dist-init", dist_init, "--input", addr, "--output", out_addr,
                  "--rank", str(rank), "--parent-pid", str(os.getpid()),
                  "--log-level", level_name()], stdin=subprocess.DEVNULL))
-        hellos = [self._wait(msg.Hello, STARTUP_TIMEOUT_S) for _ in range(self.world)]
-        self._blocks = min(h.num_blocks for h in hellos)
-        self.worker_infos = [h.info for h in sorted(hellos, key=lambda h: h.rank)]
-        by_precision: dict[str, int] = {}
-        for h in hellos:
-            for name, n in h.info.weight_bytes.items():
-                by_precision[name] = by_precision.get(name, 0) + n // self.world
-        self._info = dataclasses.replace(  # weights: the mean rank's share
-            self.worker_infos[0], weight_gib=sum(h.info.weight_gib for h in hellos) / self.world,
-            weight_bytes=by_precision)
+        self._greet()
 
-    def num_kv_blocks(self) -> int:
-        return self._blocks
-
-    def init_kv_cache(self, num_blocks: int, num_host_blocks: int = 0) -> None:
-        self._broadcast(msg.InitCache(num_blocks, num_host_blocks))
-        acks = [self._wait(msg.Ack, STARTUP_TIMEOUT_S) for _ in range(self.world)]
-        self._info.memory = min(acks, key=lambda a: a.rank).memory  # rank 0's, set up
-
-    def submit(self, sched: SchedulerOutput) -> None:
-        """Starts a step; workers run steps in order, so stages overlap on several."""
-        self._broadcast(msg.Step(sched))
-
-    def collect(self) -> ModelRunnerOutput:
-        """The output of the oldest submitted step (the last stage answers in order)."""
-        return self._wait(msg.StepDone, self.timeout).output
-
-    @property
-    def info(self) -> WorkerInfo:
-        return self._info
-
-    def _broadcast(self, m) -> None:
-        frame = msg.encoder.encode(m)
-        for rank, inbox in enumerate(self._inboxes):
-            self._check_alive()
-            try:
-                inbox.send(frame, flags=zmq.NOBLOCK)
-            except zmq.Again:
-                raise WorkerFailure(f"worker {rank} is not taking messages") from None
-
-    def _wait(self, kind, timeout_s: float):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._results.poll(100):
-                m = msg.from_worker.decode(self._results.recv())
-                if isinstance(m, msg.WorkerError):
-                    self.shutdown()
-                    raise WorkerFailure(f"worker {m.rank} failed: {m.message}")
-                if isinstance(m, kind):
-                    return m
-            self._check_alive()
-        self.shutdown()
-        raise WorkerFailure(f"no answer from the workers within {timeout_s:.0f} s")
-
-    def _check_alive(self) -> None:
+    def _check_alive(self) -> str:
         for rank, proc in enumerate(self._procs):
             if proc.poll() is not None:
-                code = proc.returncode
-                self.shutdown()
-                raise WorkerFailure(f"worker {rank} exited with code {code}")
+                return f"worker {rank} exited with code {proc.returncode}"
+        return ""
 
-    def shutdown(self) -> None:
-        for inbox in self._inboxes:
-            try:
-                inbox.send(msg.encoder.encode(msg.Shutdown()), flags=zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
+    def _stop_workers(self) -> None:
         for proc in self._procs:
             try:
                 proc.wait(5)

@@ -2,15 +2,17 @@
 
 Flow: read the config (model metadata included) from the command line -> Worker (joins the
 process groups, loads this rank's shard: worker/worker.py) -> send Hello (KV-block estimate,
-WorkerInfo) -> loop on messages: InitCache, Step (run this stage's layers on the shared
+WorkerInfo) -> `serve` messages: InitCache, Step (run this stage's layers on the shared
 SchedulerOutput; the output rank returns the sampled tokens), Shutdown. Any exception is
 reported as WorkerError before the process exits; so is the parent's death (it exits).
+A Ray actor (executor/ray_worker.py) runs the same `serve_worker`.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from typing import Callable, Optional
 
 import zmq
 
@@ -33,30 +35,46 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     die_with_parent(args.parent_pid)  # lifeline.py: never outlive the engine process
     setup_logging(args.log_level, f"rank{args.rank}")
+
+    def wanted() -> bool:
+        return parent_alive(args.parent_pid)
+    return serve_worker(EngineConfig.from_json(args.config), args.rank, args.dist_init,
+                        args.input, args.output, wanted)
+
+
+def serve_worker(config: EngineConfig, rank: int, dist_init: str, input_addr: str,
+                 output_addr: str, wanted: Callable[[], bool],
+                 local_gpu: Optional[int] = None) -> int:
+    """Connects to the executor's sockets, builds the Worker and serves its messages until
+    Shutdown (0) or an error, which it reports as WorkerError (1). `wanted()` is asked
+    whenever a second passes without a message: False means the engine is gone."""
     ctx = zmq.Context()
     inbox = ctx.socket(zmq.PULL)
-    inbox.connect(args.input)
+    inbox.connect(input_addr)
     outbox = ctx.socket(zmq.PUSH)
-    outbox.connect(args.output)
+    outbox.connect(output_addr)
     try:
-        run(args, inbox, outbox)
+        _run(config, rank, dist_init, inbox, outbox, wanted, local_gpu)
     except Exception as e:
         logger.exception("worker failed")
-        outbox.send(msg.encoder.encode(msg.WorkerError(args.rank, f"{type(e).__name__}: {e}")))
-        outbox.close(linger=2000)
+        outbox.send(msg.encoder.encode(msg.WorkerError(rank, f"{type(e).__name__}: {e}")))
         return 1
+    finally:
+        inbox.close(linger=0)
+        outbox.close(linger=2000)
+        ctx.term()
     return 0
 
 
-def run(args, inbox, outbox) -> None:
+def _run(config, rank, dist_init, inbox, outbox, wanted, local_gpu) -> None:
     from tessera.worker.worker import Worker
 
-    worker = Worker(EngineConfig.from_json(args.config), args.rank, args.dist_init)
+    worker = Worker(config, rank, dist_init, local_gpu=local_gpu)
     runner = worker.runner
-    outbox.send(msg.encoder.encode(msg.Hello(args.rank, runner.num_kv_blocks(), worker.info)))
+    outbox.send(msg.encoder.encode(msg.Hello(rank, runner.num_kv_blocks(), worker.info)))
     while True:
         if not inbox.poll(1000):
-            if not parent_alive(args.parent_pid):
+            if not wanted():
                 raise RuntimeError("the engine process is gone")
             continue
         m = msg.to_worker.decode(inbox.recv())
@@ -66,7 +84,7 @@ def run(args, inbox, outbox) -> None:
         if isinstance(m, msg.InitCache):
             runner.init_kv_cache(m.num_blocks, num_host_blocks=m.num_host_blocks)
             freeze_after_startup()  # gc_tuning.py: no full collections walking start-up
-            outbox.send(msg.encoder.encode(msg.Ack(args.rank, worker.info.memory)))
+            outbox.send(msg.encoder.encode(msg.Ack(rank, worker.info.memory)))
         elif isinstance(m, msg.Step):
             out = runner.execute(m.sched)
             if worker.returns_output:

@@ -2,7 +2,8 @@
 (in this process, in a process of its own, or a Ray actor later).
 
 Flow: `Worker(config, rank, dist_init)` picks the device and dtype (worker/device.py; with
-several ranks on a GPU host, GPU `rank`), joins the process groups when there are several
+several ranks on a GPU host, GPU `rank`; a Ray actor passes `local_gpu`, the one GPU Ray
+gave it), joins the process groups when there are several
 ranks (distributed/parallel_state.py: TP groups per pipeline stage), and builds and loads
 this rank's share of the model in its `runner` (worker/model_runner.py), which the
 executor then drives: `num_kv_blocks()` (a memory profile) -> `init_kv_cache(n)` (the
@@ -29,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 
 class Worker:
-    def __init__(self, config: EngineConfig, rank: int = 0, dist_init: Optional[str] = None):
+    def __init__(self, config: EngineConfig, rank: int = 0, dist_init: Optional[str] = None,
+                 local_gpu: Optional[int] = None):
         par = config.parallel
         self.config, self.rank, self.world_size = config, rank, par.world_size
         self.device = resolve_device(config.model)
@@ -41,9 +43,10 @@ class Worker:
             logger.info("CPU engine: %d intra-op thread%s%s", threads, "s" * (threads > 1),
                         "" if config.model.cpu_threads else " (--cpu-threads to change)")
         if self.world_size > 1:
-            if cuda:
+            if cuda and local_gpu is None:  # every rank on this host: GPU `rank` is its own
                 check_gpus(par.tensor_parallel_size, par.pipeline_parallel_size, rank == 0)
-                torch.cuda.set_device(rank)
+            if cuda:
+                torch.cuda.set_device(rank if local_gpu is None else local_gpu)
             parallel_state.init_parallel(rank, par.tensor_parallel_size,
                                          par.pipeline_parallel_size, dist_init,
                                          "nccl" if cuda else "gloo", par.collective_timeout_s,
