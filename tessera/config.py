@@ -122,6 +122,9 @@ class SchedulerConfig:
     # and feed N+1): the CPU side of a step leaves the GPU's critical path. Off with
     # pipeline parallelism, which keeps disjoint micro-batches in flight instead.
     async_scheduling: bool = _field(True, "schedule the next step while one runs")
+    price_per_hour: float = _field(
+        0.0, "dollars per device-hour (an engine of TP x PP devices costs that many): each "
+             "response's usage carries its request's share (cost_usd), /metrics the totals")
 
     def __post_init__(self) -> None:
         self.defaulted = {name for name in BATCH_DEFAULTS if getattr(self, name) is None}
@@ -130,6 +133,8 @@ class SchedulerConfig:
         for name in ("max_num_batched_tokens", "max_num_seqs", "max_waiting"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if not self.price_per_hour >= 0:
+            raise ValueError(f"price_per_hour must be >= 0, got {self.price_per_hour}.")
 
 
 @dataclasses.dataclass
@@ -137,6 +142,9 @@ class ParallelConfig:
     tensor_parallel_size: int = _field(1, "Megatron-style: heads and MLP columns split over "
                                           "ranks")
     pipeline_parallel_size: int = _field(1, "layers split into stages")
+    data_parallel_size: int = _field(1, "replicas of the whole model (each TP x PP devices, "
+                                        "an engine process of its own) behind one endpoint; "
+                                        "a router balances them (tessera serve)")
     collective_timeout_s: float = _field(60.0, "a collective or a step slower than this is an "
                                                "error")
     enable_expert_parallel: bool = _field(False, "MoE: whole experts per TP rank, not expert "
@@ -157,7 +165,7 @@ class ParallelConfig:
                                                      "at (rank 0's host)")
 
     def __post_init__(self) -> None:
-        for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+        for name in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if self.pp_layer_partition:

@@ -43,3 +43,4 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     num_cached_tokens: int = 0
+    cost: float = 0.0  # dollars: the request's share of the instance's time (--price-per-hour)

@@ -92,6 +92,9 @@ class InprocClient(EngineClient):
     when it finishes."""
 
     def __init__(self, config: EngineConfig, core: Optional[EngineCore] = None):
+        if config.parallel.data_parallel_size > 1:
+            raise ValueError("data_parallel_size > 1 is served by `tessera serve` (an engine "
+                             "process per replica); an engine in this process is one replica.")
         super().__init__(config)
         self.core = core or EngineCore(self.config)
         self.executor = self.core.executor

@@ -23,6 +23,7 @@ from collections import deque
 from typing import Any, Optional
 
 from tessera.config import EngineConfig
+from tessera.engine.cost import CostMeter
 from tessera.engine.kv_cache.manager import KVCacheManager
 from tessera.engine.protocol import EngineCoreOutput, ModelRunnerOutput, SchedulerOutput
 from tessera.engine.request import Request, check_token_ids
@@ -69,6 +70,8 @@ class EngineCore:
         self.generation_tokens_total = 0
         self.device_memory: dict[str, int] = {}  # the allocator's figures, as last reported
         self._block_bytes = self.executor.info.bytes_per_block  # a KV block on the first rank
+        price = config.scheduler.price_per_hour  # engine/cost.py: each request's share
+        self.cost = CostMeter(price, config.parallel.world_size) if price else None
         self._log_setup()
 
     def _log_setup(self) -> None:
@@ -118,7 +121,12 @@ class EngineCore:
         if out.memory:
             self.device_memory = out.memory
         self.generation_tokens_total += sum(len(t) for t in out.sampled_token_ids.values())
-        return self.scheduler.update_from_output(sched, out)
+        if self.cost is not None:
+            self.cost.step_done(sched.num_scheduled_tokens, self.scheduler.requests)
+        outputs = self.scheduler.update_from_output(sched, out)
+        if self.cost is not None and not self.has_unfinished():
+            self.cost.went_idle()
+        return outputs
 
     def _pipelined_step(self) -> list[EngineCoreOutput]:
         """Keeps up to `pipeline_depth` batches in flight (pipeline stages: GPipe-style
@@ -170,10 +178,14 @@ class EngineCore:
                 "prefix_hit_tokens": self.kv.hit_tokens,
                 "prefix_query_tokens": self.kv.query_tokens,
                 "spec_drafted": s.num_drafted, "spec_accepted": s.num_accepted,
-                "spec_verify_steps": s.num_verify_steps}
+                "spec_verify_steps": s.num_verify_steps,
+                "cost_requests_usd": self.cost.requests_usd if self.cost else 0.0,
+                "cost_idle_usd": self.cost.idle_usd if self.cost else 0.0}
 
     def _record_shape(self, sched: SchedulerOutput) -> None:
         reqs = self.scheduler.requests
+        if self.cost is not None:
+            self.cost.idle_until()  # an idle spell, if any, ends with this step
         self.steps_scheduled += 1
         self.last_step_tokens = sched.total_num_scheduled_tokens
         self.last_step_requests = len(sched.num_scheduled_tokens)

@@ -52,6 +52,8 @@ class Stats(msgspec.Struct):
     kv_bytes_to_host: int = 0  # KV bytes copied out to the host tier, and back (first rank)
     kv_bytes_to_device: int = 0
     memory: dict[str, int] = {}  # the device allocator's reserved / allocated bytes
+    cost_requests_usd: float = 0.0  # --price-per-hour: wall time's cost shared by requests
+    cost_idle_usd: float = 0.0  # ... and while no request was in the engine
 
 
 class Ready(msgspec.Struct, tag=True):

@@ -1,8 +1,11 @@
 """MPClient: the engine core in a process of its own, over ZMQ (the API server's client).
 
-It starts `python -m tessera.engine.core_proc` (the config, its resolved model metadata
-included, as JSON on the command line), binds a PUSH socket (ClientMessages out) and a PULL
-socket (EngineMessages in), and waits for Ready. `generate()` is an async iterator of
+It starts `python -m tessera.engine.core_proc` (engine/core_handle.py's CoreProcess: the
+config, its resolved model metadata included, as JSON on the command line; a PUSH socket
+for ClientMessages, a PULL socket for EngineMessages) and waits for Ready; with
+`--data-parallel-size N`, N of them at once, each a replica with its own devices
+(engine/replicas.py), and a Router (engine/router.py) picks each request's replica by
+load and prefix affinity; their stats are summed. `generate()` is an async iterator of
 RequestOutputs for one request: the shared EngineClient logic (engine/client.py) validates
 and fans it out, AddRequest goes per child (n > 1), and the reader task routes each step's
 outputs, after the output processor (detokenize, stop strings), to the request's mailbox,
@@ -18,21 +21,18 @@ import asyncio
 import itertools
 import logging
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from typing import AsyncIterator, Callable, Optional
 
 import zmq
-import zmq.asyncio
 
 from tessera.config import EngineConfig
 from tessera.engine import ipc
 from tessera.engine.client import Children, EngineClient
+from tessera.engine.core_handle import CoreProcess
 from tessera.engine.latest import Latest
-from tessera.logs import level_name
+from tessera.engine.replicas import replica_env, sum_stats
+from tessera.engine.router import Router
 from tessera.frontend.input import PreparedPrompt
 from tessera.outputs import RequestOutput
 from tessera.sampling_params import SamplingParams
@@ -55,82 +55,45 @@ class MPClient(EngineClient):
         super().__init__(config)
         self.on_dead = on_dead
         self.ready: Optional[ipc.Ready] = None
-        self.stats = ipc.Stats()
+        self.stats = ipc.Stats()  # all replicas together
         self.dead: Optional[str] = None
         self.observers: list = []  # objects with on_output(parent_id, RequestOutput, now) etc.
         self._queues: dict[str, Latest] = {}  # request id -> its newest output
         self._child_parent: dict[str, str] = {}  # child request id -> its request
         self._children: dict[str, list[str]] = {}  # request id -> child ids sent
+        self._replica_of: dict[str, int] = {}  # request id -> the replica serving it
         self._pending_aborts: list[str] = []  # child ids to abort, not yet sent
         self._ids = itertools.count()
-        self._tmp: Optional[str] = None  # the IPC sockets' folder, while the engine runs
-        self._proc: Optional[subprocess.Popen] = None
+        replicas = self.config.parallel.data_parallel_size
+        self.cores = [CoreProcess(self.config, i, replica_env(self.config, i))
+                      for i in range(replicas)]
+        self.router = Router(replicas, self.config.cache.block_size,
+                             self.config.scheduler.max_num_seqs or 256)
         self._tasks: list[asyncio.Task] = []
 
     # -- life cycle ----------------------------------------------------------------------
     async def start(self, ready_timeout_s: float = 1800.0) -> ipc.Ready:
-        """Starts the engine process and waits for it; on any failure or interruption
-        (Ctrl-C included) the engine is stopped and the IPC folder removed before the
-        error goes on."""
+        """Starts the engine process (one per data-parallel replica, at once) and waits for
+        them; on any failure or interruption (Ctrl-C included) every engine is stopped and
+        its IPC folder removed before the error goes on."""
         try:
-            return await self._launch(ready_timeout_s)
+            readies = await asyncio.gather(*(c.launch(ready_timeout_s) for c in self.cores))
         except BaseException:
             await self.shutdown()
             raise
-
-    async def _launch(self, ready_timeout_s: float) -> ipc.Ready:
-        self._tmp = tempfile.mkdtemp(prefix="tessera-ipc-")
-        in_addr, out_addr = f"ipc://{self._tmp}/in", f"ipc://{self._tmp}/out"
-        self._sync_ctx = zmq.Context()
-        self._to_engine = self._sync_ctx.socket(zmq.PUSH)
-        self._to_engine.setsockopt(zmq.LINGER, 0)
-        self._to_engine.setsockopt(zmq.SNDHWM, 100_000)
-        self._to_engine.bind(in_addr)
-        self._ctx = zmq.asyncio.Context()
-        self._from_engine = self._ctx.socket(zmq.PULL)
-        self._from_engine.bind(out_addr)
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tessera.engine.core_proc", "--config", self.config.to_json(),
-             "--input", in_addr, "--output", out_addr, "--parent-pid", str(os.getpid()),
-             "--log-level", level_name()], stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + ready_timeout_s
-        while self.ready is None:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"the engine process exited with code {self._proc.returncode} "
-                                   "while starting (its log is above)")
-            if time.monotonic() > deadline:
-                raise RuntimeError("the engine process did not become ready in time")
-            if await self._from_engine.poll(200):
-                msg = ipc.engine_decoder.decode(await self._from_engine.recv())
-                if isinstance(msg, ipc.Fatal):
-                    raise RuntimeError(f"the engine failed to start: {msg.message}")
-                if isinstance(msg, ipc.Ready):
-                    self.ready = msg
-        self.stats = ipc.Stats(num_blocks=self.ready.num_blocks, free_blocks=self.ready.num_blocks)
-        self._tasks = [asyncio.create_task(self._read_loop()), asyncio.create_task(self._watch())]
+        self.ready = readies[0]
+        self.stats = sum_stats([c.stats for c in self.cores])
+        self._tasks = [asyncio.create_task(self._read_loop(c)) for c in self.cores]
+        self._tasks.append(asyncio.create_task(self._watch()))
         return self.ready
 
     async def shutdown(self) -> None:
-        """Stops the engine (Shutdown, then SIGKILL after 10 s; at once if it is not ready
-        yet), closes the sockets and removes the IPC folder. Safe to call more than once."""
+        """Stops the engines (Shutdown, then SIGKILL after 10 s; at once if one is not
+        ready yet), closes the sockets and removes the IPC folders. Safe to call more than
+        once."""
         for task in self._tasks:
             task.cancel()
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            try:
-                if self.ready is None:
-                    raise EngineDeadError("not started")  # nothing to finish: stop it now
-                self._send(ipc.Shutdown())
-                await asyncio.to_thread(proc.wait, 10)
-            except (subprocess.TimeoutExpired, zmq.ZMQError, EngineDeadError,
-                    asyncio.CancelledError):
-                proc.kill()
-                proc.wait()
-        for sock in ("_to_engine", "_from_engine"):
-            if hasattr(self, sock):
-                getattr(self, sock).close(linger=0)
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+        await asyncio.gather(*(c.stop() for c in self.cores))
 
     # -- requests ------------------------------------------------------------------------
     def new_request_id(self, prefix: str) -> str:
@@ -163,9 +126,12 @@ class MPClient(EngineClient):
         """All or none: if one child cannot be sent (a full send queue: RequestRejected
         503), those already sent are aborted."""
         sent = self._children.setdefault(request_id, [])
+        replica = self.router.pick(prompt.token_ids) if len(self.cores) > 1 else 0
+        self._replica_of[request_id] = replica
         try:
             for cid, child_params in children:
-                self._send(ipc.AddRequest(cid, prompt.token_ids, child_params))
+                self._send(ipc.AddRequest(cid, prompt.token_ids, child_params), replica)
+                self.router.sent(replica)
                 self._child_parent[cid] = request_id  # (replies are read after this)
                 sent.append(cid)
         except RequestRejected:
@@ -174,52 +140,58 @@ class MPClient(EngineClient):
             raise
 
     def _abort_children(self, child_ids: list[str]) -> None:
-        self._pending_aborts.extend(child_ids)
+        self._pending_aborts.extend(
+            (self._replica_of.get(self._child_parent.get(cid, ""), 0), cid) for cid in child_ids)
         self._flush_aborts()
 
     def _flush_aborts(self) -> None:
-        """Sends the aborts not yet sent; with the send queue full they wait for the next
+        """Sends the aborts not yet sent; with a send queue full they wait for the next
         engine message (an abort must not be lost: the request would hold its blocks)."""
         if not self._pending_aborts or self.dead:
             return
-        ids, self._pending_aborts = self._pending_aborts, []
-        try:
-            self._send(ipc.AbortRequests(ids))
-        except RequestRejected:
-            self._pending_aborts = ids + self._pending_aborts
-        except EngineDeadError:
-            pass  # nothing left to abort
+        pending, self._pending_aborts = self._pending_aborts, []
+        for replica in sorted({r for r, _ in pending}):
+            ids = [cid for r, cid in pending if r == replica]
+            try:
+                self._send(ipc.AbortRequests(ids), replica)
+            except RequestRejected:
+                self._pending_aborts += [(replica, cid) for cid in ids]
+            except EngineDeadError:
+                return  # nothing left to abort
 
     def _forget(self, request_id: str) -> None:
         self._queues.pop(request_id, None)
-        for cid in self._children.pop(request_id, []):
+        children = self._children.pop(request_id, [])
+        for cid in children:
             self._child_parent.pop(cid, None)
+        replica = self._replica_of.pop(request_id, None)
+        if replica is not None and children:
+            self.router.finished(replica, len(children))
         for obs in self.observers:
             obs.on_done(request_id)
 
-    def _send(self, msg) -> None:
+    def _send(self, msg, replica: int = 0) -> None:
         """Never blocks (the event loop must not wait on its peer). A full send queue is
         backpressure, not death: the message's request is refused (RequestRejected 503),
         the engine serves on; whether the engine lives is the process watch's and its
         Fatal message's to say."""
-        if self._proc is not None and self._proc.poll() is not None:
-            self._fail(f"the engine process exited with code {self._proc.returncode}")
+        self._check_exits()
         if self.dead:
             raise EngineDeadError(self.dead)
         try:
-            self._to_engine.send(ipc.encoder.encode(msg), flags=zmq.NOBLOCK)
+            self.cores[replica].send(msg)
         except zmq.Again:
             logger.warning("the engine's input queue is full: a request is refused (503)")
             raise RequestRejected("the server is busy: the engine's input queue is full; "
                                   "retry later", 503) from None
 
     # -- engine messages -----------------------------------------------------------------
-    async def _read_loop(self) -> None:
+    async def _read_loop(self, core: CoreProcess) -> None:
         while True:
-            msg = ipc.engine_decoder.decode(await self._from_engine.recv())
+            msg = await core.recv()
             self._flush_aborts()
             if isinstance(msg, ipc.Outputs):
-                self._on_outputs(msg)
+                self._on_outputs(msg, core)
             elif isinstance(msg, ipc.Rejected):
                 parent = self._child_parent.get(msg.request_id)
                 if parent in self._queues:
@@ -227,11 +199,14 @@ class MPClient(EngineClient):
             elif isinstance(msg, ipc.Fatal):
                 self._fail(f"the engine failed: {msg.message}")
 
-    def _on_outputs(self, msg: ipc.Outputs) -> None:
+    def _on_outputs(self, msg: ipc.Outputs, core: CoreProcess) -> None:
         now = time.monotonic()
-        self.stats = msg.stats
+        core.stats = msg.stats
+        self.router.kv_usage[core.index] = msg.stats.kv_usage
+        self.stats = msg.stats if len(self.cores) == 1 else sum_stats(
+            [c.stats for c in self.cores])
         for obs in self.observers:
-            obs.on_stats(msg.stats, msg.queue_times)
+            obs.on_stats(self.stats, msg.queue_times)
         for out in self._process(msg.outputs):
             for obs in self.observers:
                 obs.on_output(out.request_id, out, now)
@@ -239,10 +214,16 @@ class MPClient(EngineClient):
             if queue is not None:
                 queue.put(out)
 
+    def _check_exits(self) -> None:
+        for core in self.cores:
+            code = core.exited()
+            if code is not None:
+                self._fail(f"{core.name} exited with code {code}")
+
     async def _watch(self) -> None:
-        while self._proc.poll() is None:
+        while not self.dead:
+            self._check_exits()
             await asyncio.sleep(0.25)
-        self._fail(f"the engine process exited with code {self._proc.returncode}")
 
     def _fail(self, message: str) -> None:
         if self.dead:

@@ -140,6 +140,7 @@ class EngineCoreOutput:
     finish_reason: Optional[str] = None
     stop_reason: int | str | None = None
     num_cached_tokens: int = 0
+    cost: float = 0.0  # dollars so far (--price-per-hour; engine/cost.py)
 
     @property
     def finished(self) -> bool:

@@ -61,6 +61,7 @@ class Request:
         self.stop_reason: int | str | None = None
         self.num_preemptions = 0
         self.num_cached_tokens = 0  # prompt tokens found in the prefix cache
+        self.cost = 0.0  # dollars of the instance's time its tokens took (engine/cost.py)
         self.num_prompt_logprobs_done = 1 if params.prompt_logprobs is not None else 0
 
     @property

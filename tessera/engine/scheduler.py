@@ -257,7 +257,7 @@ class Scheduler:
             else:
                 req.spec_token_ids = list(out.spec_token_ids.get(rid, ()))
             outputs.append(EngineCoreOutput(rid, new, lps, prompt_lps, req.finish_reason,
-                                            req.stop_reason, req.num_cached_tokens))
+                                            req.stop_reason, req.num_cached_tokens, req.cost))
         return outputs
 
     def _append(self, req: Request, tokens: list[int]):

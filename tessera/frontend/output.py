@@ -47,6 +47,7 @@ class Parent:
     children: list[str]
     prompt_logprobs: Optional[list[Optional[PositionLogprobs]]] = None
     num_cached_tokens: int = 0
+    costs: dict[str, float] = dataclasses.field(default_factory=dict)  # child id -> dollars
     stream: bool = True  # False: one RequestOutput, when every child has finished
 
 
@@ -88,6 +89,7 @@ class OutputProcessor:
             if out.new_prompt_logprobs and tr.index == 0:
                 parent.prompt_logprobs += [self._to_logprobs(e) for e in out.new_prompt_logprobs]
             parent.num_cached_tokens = max(parent.num_cached_tokens, out.num_cached_tokens)
+            parent.costs[out.request_id] = out.cost
             if self._append(tr, out) and not out.finished:
                 to_abort.append(out.request_id)
             if parent.stream or all(self.trackers[c].finish_reason is not None
@@ -146,4 +148,4 @@ class OutputProcessor:
                 self.trackers.pop(cid)
         return RequestOutput(parent.request_id, parent.prompt, parent.prompt_token_ids,
                              parent.prompt_logprobs, completions, finished,
-                             parent.num_cached_tokens)
+                             parent.num_cached_tokens, sum(parent.costs.values()))

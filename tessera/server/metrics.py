@@ -8,7 +8,8 @@ used / cached / free; engine-wide
 values (running, waiting, KV usage, token counters, preemptions, prefix hits,
 speculative decoding's drafted / accepted tokens, acceptance rate, mean accepted length)
 are read
-from the latest snapshot by a collector; per-request latencies (TTFT, inter-token,
+from the latest snapshot by a collector (with data-parallel replicas: their sum, and
+`replica_*` families per replica with the router's counts); per-request latencies (TTFT, inter-token,
 end-to-end, queue time) are histograms observed here in the API process.
 """
 from __future__ import annotations
@@ -73,6 +74,8 @@ class _StatsCollector:
             g.add_metric([name, state], n)
         yield g
         yield from _host_tier(s, name)
+        if self.metrics.replicas is not None:
+            yield from _replicas(self.metrics.replicas, name)
         counters = (("num_preemptions", "Requests preempted", s.preemptions),
                     ("prompt_tokens", "Prompt tokens computed", s.prompt_tokens),
                     ("generation_tokens", "Tokens generated", s.generation_tokens),
@@ -80,6 +83,13 @@ class _StatsCollector:
                      s.prefix_hit_tokens),
                     ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
                      s.prefix_query_tokens))
+        if s.cost_requests_usd or s.cost_idle_usd:  # --price-per-hour
+            c = CounterMetricFamily("tessera:cost_usd", "Dollars of the devices' time "
+                                    "(--price-per-hour): shared by requests by the tokens "
+                                    "they computed, or idle", labels=["model_name", "kind"])
+            c.add_metric([name, "requests"], s.cost_requests_usd)
+            c.add_metric([name, "idle"], s.cost_idle_usd)
+            yield c
         if s.spec_verify_steps:  # speculative decoding
             counters += (
                 ("spec_decode_num_draft_tokens", "Draft tokens verified", s.spec_drafted),
@@ -123,6 +133,38 @@ def _host_tier(s, name: str):
     yield c
 
 
+def _replicas(client, name: str):
+    """Data-parallel replicas, each apart (the families above are their totals): its
+    requests, KV usage and token counters, and the router's requests sent to it."""
+    families = (
+        ("replica_num_requests_running", "Requests in the replica's running batch", "running",
+         GaugeMetricFamily),
+        ("replica_num_requests_waiting", "Requests waiting in the replica", "waiting",
+         GaugeMetricFamily),
+        ("replica_kv_cache_usage_perc", "Fraction of the replica's KV-cache blocks in use",
+         "kv_usage", GaugeMetricFamily),
+        ("replica_prompt_tokens", "Prompt tokens the replica computed", "prompt_tokens",
+         CounterMetricFamily),
+        ("replica_generation_tokens", "Tokens the replica generated", "generation_tokens",
+         CounterMetricFamily))
+    for metric, doc, field, kind in families:
+        f = kind(f"tessera:{metric}", doc, labels=["model_name", "replica"])
+        for core in client.cores:
+            f.add_metric([name, str(core.index)], getattr(core.stats, field))
+        yield f
+    router = client.router
+    c = CounterMetricFamily("tessera:replica_routed_requests", "Sequences the router sent to "
+                            "the replica", labels=["model_name", "replica"])
+    for i, n in enumerate(router.routed):
+        c.add_metric([name, str(i)], n)
+    yield c
+    c = CounterMetricFamily("tessera:router_prefix_affinity_hits", "Requests sent to a "
+                            "replica that served their prefix rather than the least loaded",
+                            labels=["model_name"])
+    c.add_metric([name], router.affinity_hits)
+    yield c
+
+
 def spec_rates(drafted: int, accepted: int, verify_steps: int) -> tuple[float, float]:
     """(acceptance rate, mean tokens per verify step: accepted drafts + the one sampled)."""
     return (accepted / drafted if drafted else 0.0,
@@ -135,7 +177,8 @@ class ServerMetrics:
         self.model_name = model_name
         self.weight_bytes = dict(weight_bytes or {})  # precision -> bytes (WorkerInfo)
         self.memory = dict(memory or {})  # kind -> bytes at start-up (WorkerInfo.memory)
-        self.stats = Stats()
+        self.stats = Stats()  # all replicas together
+        self.replicas = None  # with data-parallel replicas: the MPClient (its cores, router)
         self.registry = CollectorRegistry()
         self.registry.register(_StatsCollector(self))
         hist = dict(labelnames=["model_name"], registry=self.registry, buckets=_LATENCY_BUCKETS)

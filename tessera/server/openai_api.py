@@ -175,7 +175,7 @@ async def completions(body: CompletionRequest, request: Request):
             choices.append(_completion_choice(front, body, i * body.n + c.index, prompt, out, c))
     return fmt.envelope(rid, "text_completion", model, choices, usage=fmt.usage(
         sum(len(p.token_ids) for p in prompts), completion_tokens,
-        sum(o.num_cached_tokens for o in finals)))
+        sum(o.num_cached_tokens for o in finals), sum(o.cost for o in finals)))
 
 
 def returns_token_ids(front, body) -> bool:
@@ -210,9 +210,9 @@ async def _completion_chunks(s, body, rid, model, prompts, params, streams) -> A
     echoed: set[int] = set()
     introduced: set[int] = set()  # choices whose prompt token ids were sent
     completion_tokens = 0
-    cached = {}
+    cached, costs = {}, {}
     async for i, out in merge_streams(streams):
-        cached[i] = out.num_cached_tokens
+        cached[i], costs[i] = out.num_cached_tokens, out.cost
         for c in out.outputs:
             if trackers[i].skip(c):
                 continue
@@ -240,7 +240,8 @@ async def _completion_chunks(s, body, rid, model, prompts, params, streams) -> A
                    {"finish_reason": None, "stop_reason": None})}]))
     if body.include_usage:
         yield sse(fmt.envelope(rid, "text_completion", model, [], usage=fmt.usage(
-            sum(len(p.token_ids) for p in prompts), completion_tokens, sum(cached.values()))))
+            sum(len(p.token_ids) for p in prompts), completion_tokens, sum(cached.values()),
+            sum(costs.values()))))
 
 
 # -- /v1/chat/completions -----------------------------------------------------------------
@@ -299,7 +300,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                         "logprobs": fmt.chat_logprobs(c.token_ids, c.logprobs, k)
                         if k is not None else None, **ids, **finish})
     answer = fmt.envelope(rid, "chat.completion", model, choices, usage=fmt.usage(
-        len(prompt.token_ids), sum(len(c.token_ids) for c in out.outputs), out.num_cached_tokens))
+        len(prompt.token_ids), sum(len(c.token_ids) for c in out.outputs), out.num_cached_tokens,
+        out.cost))
     if body.return_token_ids:
         answer["prompt_token_ids"] = prompt.token_ids
     return answer
@@ -332,8 +334,9 @@ async def _chat_chunks(body, rid, model, prompt, params: SamplingParams,
             "role": "assistant", "content": ""}, "logprobs": None, **prompt_ids,
             "finish_reason": None}]))
     completion_tokens = cached = 0
+    cost = 0.0
     async for out in stream:
-        cached = out.num_cached_tokens
+        cached, cost = out.num_cached_tokens, out.cost
         for c in out.outputs:
             if tracker.skip(c):
                 continue
@@ -360,8 +363,8 @@ async def _chat_chunks(body, rid, model, prompt, params: SamplingParams,
                 yield sse(fmt.envelope(rid, obj, model, [{"index": c.index, "delta": {},
                                                           "logprobs": None, **finish}]))
     if body.include_usage:
-        yield sse(fmt.envelope(rid, obj, model, [], usage=fmt.usage(len(prompt.token_ids),
-                                                                    completion_tokens, cached)))
+        yield sse(fmt.envelope(rid, obj, model, [], usage=fmt.usage(
+            len(prompt.token_ids), completion_tokens, cached, cost)))
 
 
 # -- /tokenize, /detokenize ---------------------------------------------------------------

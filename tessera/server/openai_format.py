@@ -2,7 +2,8 @@
 
 Completions logprobs: {tokens, token_logprobs, top_logprobs, text_offset}, with the
 prompt's first (echo). Chat logprobs: {content: [{token, logprob, bytes, top_logprobs}]}.
-Usage counts prompt tokens once per prompt and completion tokens over all choices.
+Usage counts prompt tokens once per prompt and completion tokens over all choices, and
+with --price-per-hour the requests' cost in dollars.
 """
 from __future__ import annotations
 
@@ -54,12 +55,16 @@ def chat_logprobs(token_ids: list[int], entries: list[PositionLogprobs], k: int)
     return {"content": content}
 
 
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: Optional[int] = None
-          ) -> dict[str, Any]:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: Optional[int] = None,
+          cost: float = 0.0) -> dict[str, Any]:
+    """cost: dollars, the requests' share of the instance's time; only a server with
+    --price-per-hour counts it (engine/cost.py), and only then is `cost_usd` there."""
     u: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                          "total_tokens": prompt_tokens + completion_tokens}
     if cached_tokens is not None:
         u["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    if cost > 0:
+        u["cost_usd"] = cost
     return u
 
 

@@ -170,6 +170,10 @@ async def serve(config: EngineConfig, args: argparse.Namespace) -> int:
                 w.describe_weights(), w.load_seconds)
     metrics = ServerMetrics(name, w.weight_bytes, w.memory)
     client.observers.append(metrics)
+    if len(client.cores) > 1:
+        metrics.replicas = client
+        logger.info("%d data-parallel replicas behind one endpoint (a router balances them by "
+                    "load and prefix affinity)", len(client.cores))
     state = ServerState(client, metrics, names, client.input.model_path, int(time.time()),
                         PromptWorkers(timeout_s=args.prompt_timeout),
                         args.trust_request_chat_template,

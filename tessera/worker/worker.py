@@ -38,7 +38,7 @@ class Worker:
         self.dtype = resolve_dtype(config.model, self.device)
         cuda = self.device.type == "cuda"
         if not cuda:
-            threads = cpu_threads(config.model, self.world_size)
+            threads = cpu_threads(config.model, self.world_size * par.data_parallel_size)
             torch.set_num_threads(threads)
             logger.info("CPU engine: %d intra-op thread%s%s", threads, "s" * (threads > 1),
                         "" if config.model.cpu_threads else " (--cpu-threads to change)")

@@ -52,8 +52,9 @@ def test_the_executor_follows_the_config():
     assert chosen() == "UniprocExecutor"
     assert chosen(tensor_parallel_size=2) == "MultiprocExecutor"
     assert chosen(distributed_executor_backend="mp") == "MultiprocExecutor"
-    with pytest.raises(ValueError, match="distributed_executor_backend 'ray'"):
-        EngineConfig.from_kwargs(distributed_executor_backend="ray")
+    assert chosen(distributed_executor_backend="ray") == "RayExecutor"
+    with pytest.raises(ValueError, match="distributed_executor_backend 'slurm'"):
+        EngineConfig.from_kwargs(distributed_executor_backend="slurm")
 
 
 def test_cpu_threads_default_to_the_physical_cores_shared_by_the_ranks():
