@@ -4,7 +4,9 @@ Two small models (random weights of the SmolLM2-135M shape and of a 12-layer, 51
 Llama) share one device, as a group of the planner does: one loop steps their two
 engines in turn (round robin among those with work), requests arriving on the wall clock
 from a trace. First each model's step times are profiled (`tessera bench profile`'s
-run_profile) on the same engine settings; then for each trace (Poisson, and Gamma with a
+run_profile) on the same engine settings, alone and with the other model stepping in
+between (the step times of models taking turns, which the simulator uses for a model
+whose group-mate stepped last); then for each trace (Poisson, and Gamma with a
 coefficient of variation of 3) the real run is set beside the simulator's prediction for
 the same arrivals (planner/simulator.py with the profiles' fits): SLO attainment and the
 p50 / p99 of TTFT, TPOT and end-to-end latency, per model and in all.
@@ -22,7 +24,7 @@ import time
 import torch
 
 from tessera.bench.offline import random_weights_engine
-from tessera.bench.profile import run_profile
+from tessera.bench.profile import drain, keep_busy, run_profile
 from tessera.planner.latency import ProfileModel
 from tessera.planner.simulator import SLO, Group, Instance, Record, SimResult, simulate
 from tessera.planner.traffic import Lengths, arrivals, merge
@@ -88,17 +90,26 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--rates", type=float, nargs=2, default=(0.4, 0.3))
     ap.add_argument("--out", default=None)
+    ap.add_argument("--solo-profiles", dest="colocated", action="store_false",
+                    help="profile each model alone only (the simulator then ignores that the "
+                         "models take turns)")
     args = ap.parse_args()
     torch.manual_seed(0)
     models = {"smollm2": "smollm2-135m", "llama512": small_llama("/tmp/tessera-llama512")}
     engines = {n: random_weights_engine(m, dtype="float32", **LIMITS)
                for n, m in models.items()}
-    fits = {}
+    fits, shared = {}, {}
     for n, e in engines.items():
+        (other,) = [o for m, o in engines.items() if m != n]
         run_profile(e, [1, 2], [64], 4)  # warm-up
         p = run_profile(e, [1, 2, 4, 8, 16], [32, 128], 16)
         fits[n] = ProfileModel.fit([tuple(s) for s in p["samples"]])
         print(n, p["fit"], f"fit error median {p['fit_error_median']:.1%}", flush=True)
+        if args.colocated:  # the other model steps between the timed steps
+            p = run_profile(e, [1, 2, 4, 8, 16], [32, 128], 16, between=keep_busy(other))
+            drain(other)
+            shared[n] = ProfileModel.fit([tuple(s) for s in p["samples"]])
+            print(n, "colocated", p["fit"], flush=True)
     lengths = {"smollm2": Lengths.of((16, 128), (8, 32)),
                "llama512": Lengths.of((16, 128), (8, 32))}
     slos = {"smollm2": SLO(ttft=1.0, tpot=0.15), "llama512": SLO(ttft=1.0, tpot=0.15)}
@@ -108,8 +119,8 @@ def main() -> None:
                           for n, rate in zip(models, args.rates)))
         measured = real_run(engines, traffic)
         group = Group("cpu", [Instance(n, fits[n], BLOCKS, BLOCK, LIMITS[
-            "max_num_batched_tokens"], LIMITS["max_num_seqs"], LIMITS["max_model_len"])
-                              for n in models])
+            "max_num_batched_tokens"], LIMITS["max_num_seqs"], LIMITS["max_model_len"],
+            shared_latency=shared.get(n)) for n in models])
         predicted = simulate([group], traffic)
         for model in (None, *models):
             row = {"trace": label, "model": model or "all", "requests": sum(

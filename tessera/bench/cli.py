@@ -31,6 +31,10 @@ def add_bench_parser(sub, parents: list) -> None:
                    help="profile: batch sizes (default: 1 4 16 64, and 256 on a GPU)")
     p.add_argument("--input-lens", type=int, nargs="+", default=(64, 512),
                    help="profile: prompt lengths (default: 64 512)")
+    p.add_argument("--colocated-with", default=None, metavar="MODEL",
+                   help="profile: also time every step while MODEL (same engine options) "
+                        "steps in between, as models sharing a device group take turns; "
+                        "the planner uses these samples for groups of several models")
     p.add_argument("--json", default=None, help="write the results here (profile: the "
                                                  "profile `tessera plan` reads)")
     serve_options = add_serve_args(p)
@@ -40,7 +44,7 @@ def add_bench_parser(sub, parents: list) -> None:
 
 LATENCY_OPTIONS = {"batch_size", "input_len", "output_len"}
 REQUESTS_OPTIONS = {"num_prompts", "input_range", "output_range"}
-PROFILE_OPTIONS = {"batch_sizes", "input_lens"}
+PROFILE_OPTIONS = {"batch_sizes", "input_lens", "colocated_with"}
 
 
 def refuse_foreign_options(args: argparse.Namespace) -> None:
@@ -144,13 +148,34 @@ def _profile(args: argparse.Namespace, engine, device) -> int:
     lens = [n for n in args.input_lens if n <= longest] or [longest]
     run_profile(engine, [1, 2], lens[:1], 4, seed=_WARM_UP_SEED + args.seed)  # warm-up
     r = run_profile(engine, batches, lens, 16, seed=args.seed)
-    f = r["fit"]
-    print(f"profile  {len(r['samples'])} steps (batches {batches}, prompts {lens}): step = "
-          f"{f['c0'] * 1e3:.3f} ms + {f['c_tok'] * 1e6:.3f} us/token + {f['c_seq'] * 1e6:.3f} "
-          f"us/sequence + {f['c_ctx'] * 1e9:.3f} ns/context token; fit error median "
-          f"{r['fit_error_median']:.1%}, p90 {r['fit_error_p90']:.1%}")
+    _print_fit("profile ", r, batches, lens)
+    if args.colocated_with:
+        r["colocated"] = _colocated(args, engine, batches, lens)
+        _print_fit(f"with {args.colocated_with}", r["colocated"], batches, lens)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(r, fh, indent=1)
     return 0
+
+
+def _colocated(args: argparse.Namespace, engine, batches, lens) -> dict:
+    """The same grid, timed while the --colocated-with model steps between the steps."""
+    from tessera.bench.profile import drain, keep_busy, run_profile
+    from tessera.engine.client import InprocClient
+    kwargs = dict(engine_kwargs(args), skip_tokenizer_init=True, model=args.colocated_with)
+    other = InprocClient(EngineConfig.from_kwargs(**kwargs))
+    between = keep_busy(other)
+    run_profile(engine, [1, 2], lens[:1], 4, seed=_WARM_UP_SEED + args.seed, between=between)
+    r = run_profile(engine, batches, lens, 16, seed=args.seed, between=between)
+    drain(other)
+    return {"with": args.colocated_with, **{k: r[k] for k in (
+        "fit", "fit_error_median", "fit_error_p90", "samples")}}
+
+
+def _print_fit(label: str, r: dict, batches, lens) -> None:
+    f = r["fit"]
+    print(f"{label}  {len(r['samples'])} steps (batches {batches}, prompts {lens}): step = "
+          f"{f['c0'] * 1e3:.3f} ms + {f['c_tok'] * 1e6:.3f} us/token + {f['c_seq'] * 1e6:.3f} "
+          f"us/sequence + {f['c_ctx'] * 1e9:.3f} ns/context token; fit error median "
+          f"{r['fit_error_median']:.1%}, p90 {r['fit_error_p90']:.1%}")
 

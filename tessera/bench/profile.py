@@ -7,19 +7,24 @@ each step's shape (tokens computed, sequences, context tokens read: the engine c
 `last_step_*`) and wall time is a sample (prefill chunks, mixed steps and pure decode
 steps alike). Returns the profile (model, device, dtype, layout, samples) with the linear
 fit over it and the fit's median and p90 relative error, which `tessera plan` reads back.
+With `between=keep_busy(other)` another engine steps after each timed step: the samples
+of two models taking turns on one device (`--colocated-with`; the planner's simulator
+uses them for a model whose group-mate stepped last).
 """
 from __future__ import annotations
 
 import random
 import statistics
 import time
-from typing import Any
+from typing import Any, Callable, Optional
 
 from tessera.sampling_params import SamplingParams
 
 
 def run_profile(engine, batches: list[int], input_lens: list[int], output_len: int = 16,
-                seed: int = 0) -> dict[str, Any]:
+                seed: int = 0, between: Optional[Callable[[], None]] = None) -> dict[str, Any]:
+    """between: called after each timed step, untimed (keep_busy: another engine steps,
+    so the samples are those of models taking turns on one device)."""
     from tessera.planner.latency import ProfileModel
     rng = random.Random(seed)
     vocab, core = engine.arch.vocab_size, engine.core
@@ -36,6 +41,8 @@ def run_profile(engine, batches: list[int], input_lens: list[int], output_len: i
                 t = time.perf_counter()
                 engine.step()
                 dt = time.perf_counter() - t
+                if between is not None:
+                    between()
                 if core.steps_scheduled > before:  # not a call that only collected
                     samples.append([core.last_step_tokens, core.last_step_requests,
                                     core.last_step_context, dt])
@@ -51,3 +58,23 @@ def run_profile(engine, batches: list[int], input_lens: list[int], output_len: i
             "fit_error_median": statistics.median(errors),
             "fit_error_p90": errors[int(0.9 * (len(errors) - 1))],
             "samples": samples}
+
+
+def keep_busy(other, requests: int = 4, seed: int = 1) -> Callable[[], None]:
+    """A `between` for run_profile: one step of `other`, an engine kept decoding `requests`
+    requests (finished ones replaced), as a model sharing the device would."""
+    rng, ids = random.Random(seed), iter(range(10**9))
+    params = SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True)
+
+    def step() -> None:
+        while len(other.core.scheduler.requests) < requests:
+            other.add_request(f"busy-{next(ids)}", [rng.randrange(other.arch.vocab_size)
+                                                   for _ in range(32)], params, stream=False)
+        other.step()
+    return step
+
+
+def drain(engine) -> None:
+    """Runs an engine's requests to their end (after keep_busy)."""
+    while engine.has_unfinished_requests():
+        engine.step()

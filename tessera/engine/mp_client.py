@@ -18,6 +18,7 @@ EngineDeadError and `on_dead` fires (the server then exits).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import os
@@ -51,7 +52,11 @@ class RequestRejected(Exception):
 
 
 class MPClient(EngineClient):
-    def __init__(self, config: EngineConfig, on_dead: Optional[Callable[[str], None]] = None):
+    def __init__(self, config: EngineConfig, on_dead: Optional[Callable[[str], None]] = None,
+                 placements: Optional[list[tuple[EngineConfig, dict[str, str]]]] = None):
+        """placements: the replicas' own configs and environments (a deployment file's
+        model on several device groups: server/deployment.py); default: config's
+        data_parallel_size replicas, on the GPUs in order."""
         super().__init__(config)
         self.on_dead = on_dead
         self.ready: Optional[ipc.Ready] = None
@@ -64,9 +69,15 @@ class MPClient(EngineClient):
         self._replica_of: dict[str, int] = {}  # request id -> the replica serving it
         self._pending_aborts: list[str] = []  # child ids to abort, not yet sent
         self._ids = itertools.count()
-        replicas = self.config.parallel.data_parallel_size
-        self.cores = [CoreProcess(self.config, i, replica_env(self.config, i))
-                      for i in range(replicas)]
+        if placements is None:
+            placements = [(self.config, replica_env(self.config, i))
+                          for i in range(self.config.parallel.data_parallel_size)]
+        else:  # the model's metadata, resolved once, goes to every replica
+            placements = [(dataclasses.replace(c, model_info=self.config.model_info,
+                                               draft_info=self.config.draft_info), env)
+                          for c, env in placements]
+        replicas = len(placements)
+        self.cores = [CoreProcess(c, i, env) for i, (c, env) in enumerate(placements)]
         self.router = Router(replicas, self.config.cache.block_size,
                              self.config.scheduler.max_num_seqs or 256)
         self._tasks: list[asyncio.Task] = []

@@ -5,7 +5,7 @@ engine/router.py picks each request's).
 Objects: `replica_env(config, i)`, the environment replica i's engine process starts with:
 on a GPU host its slice of the GPUs (CUDA_VISIBLE_DEVICES: ranks i*TP*PP ... of the visible
 ones; refused when the host has too few), nothing on the CPU or under Ray (which places the
-workers itself); `sum_stats(stats)`, the replicas' Stats as one (counters and blocks summed,
+workers itself; the replicas must then join one running cluster); `sum_stats(stats)`, the replicas' Stats as one (counters and blocks summed,
 KV usage over all blocks).
 """
 from __future__ import annotations
@@ -29,8 +29,17 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(len(os.listdir(_NVIDIA_GPUS)))]
 
 
+RAY_LOCAL_CLUSTER = "/tmp/ray/ray_current_cluster"  # what `ray start` leaves for ray.init()
+
+
 def replica_env(config: EngineConfig, index: int) -> dict[str, str]:
     par = config.parallel
+    if (par.data_parallel_size > 1 and par.distributed_executor_backend == "ray"
+            and not (par.ray_address or os.environ.get("RAY_ADDRESS")
+                     or os.path.exists(RAY_LOCAL_CLUSTER))):
+        raise ValueError("data_parallel_size > 1 with the Ray backend needs a running Ray "
+                         "cluster for the replicas to share (`ray start --head`, or "
+                         "--ray-address / RAY_ADDRESS); each would start its own.")
     if (par.data_parallel_size == 1 or par.distributed_executor_backend == "ray"
             or config.model.device == "cpu"):
         return {}

@@ -12,7 +12,7 @@ devices, an SLO below what one step takes.
     target_attainment: 0.99
     models:
       - name: chat
-        model: llama-3-8b   # a named shape or a folder with config.json
+        model: llama-3-8b   # a named shape, a folder with config.json, or a .gguf file
         precision: bfloat16 # or int8, fp8, int4
         rate: 4             # requests per second
         cv: 3               # burstiness (1: Poisson)
@@ -48,6 +48,7 @@ class ModelSpec:
     lengths: Lengths
     slo: SLO
     profile: Optional[str] = None
+    source: str = ""  # the `model` field: a named shape or a folder (what is served)
 
     @property
     def weight_bytes(self) -> float:
@@ -77,13 +78,17 @@ def _arch(name: str, where: str) -> ArchConfig:
     from tessera.models.shapes import NAMED_SHAPES, named_shape
     if name.lower().removeprefix("dummy:") in NAMED_SHAPES:
         return named_shape(name)
+    if name.endswith(".gguf") and os.path.isfile(name):
+        from tessera.config import ModelConfig
+        from tessera.models.source import resolve_source
+        return resolve_source(ModelConfig(model=name)).arch
     config = os.path.join(name, "config.json")
     if os.path.isfile(config):
         from tessera.models.registry import from_hf_dict
         with open(config) as f:
             return from_hf_dict(json.load(f))
     raise ValueError(f"{where}: unknown model {name!r}: not a named shape "
-                     f"({', '.join(NAMED_SHAPES)}) nor a folder with a config.json")
+                     f"({', '.join(NAMED_SHAPES)}), a folder with a config.json nor a .gguf file")
 
 
 def _model(d: dict[str, Any], i: int, has_trace: bool) -> ModelSpec:
@@ -114,7 +119,7 @@ def _model(d: dict[str, Any], i: int, has_trace: bool) -> ModelSpec:
     return ModelSpec(str(d["name"]), _arch(str(d["model"]), where), precision, rate,
                      float(d.get("cv", 1.0)),
                      Lengths.of(d.get("prompt_len", 512), d.get("output_len", 128)),
-                     SLO(**{k: float(v) for k, v in slo.items()}), profile)
+                     SLO(**{k: float(v) for k, v in slo.items()}), profile, str(d["model"]))
 
 
 def load_deployment(path: str) -> Deployment:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Optional
 
 import numpy as np
 
@@ -86,17 +87,25 @@ class ProfileModel:
         return cls(*full, source=source, stages=stages)
 
 
-def load_profile(path: str) -> tuple[ProfileModel, dict]:
-    """(the fitted model, the profile's metadata) of a `tessera bench profile` JSON."""
+def load_profile(path: str, colocated: bool = False) -> tuple[Optional[ProfileModel], dict]:
+    """(the fitted model, the profile's metadata) of a `tessera bench profile` JSON; with
+    colocated, the fit of its samples taken with another model stepping in between
+    (`--colocated-with`), None when it has none."""
     try:
         with open(path) as f:
             data = json.load(f)
-        samples = [tuple(s) for s in data["samples"]]
+        part = data.get("colocated") if colocated else data
+        samples = [tuple(s) for s in part["samples"]] if part is not None else []
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a `tessera bench profile` file: {e}") from None
+    meta = {k: v for k, v in data.items() if k not in ("samples", "colocated")}
+    if not samples:
+        if not colocated:
+            raise ValueError(f"{path} is not a `tessera bench profile` file: no samples")
+        return None, meta
     pp = int(data.get("pipeline_parallel_size", 1))
-    model = ProfileModel.fit(samples, source=f"profile {path}", stages=pp)
-    return model, {k: v for k, v in data.items() if k != "samples"}
+    where = f"profile {path}" + (" (colocated)" if colocated else "")
+    return ProfileModel.fit(samples, source=where, stages=pp), meta
 
 
 @dataclasses.dataclass

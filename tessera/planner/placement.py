@@ -48,8 +48,9 @@ class Placement:
     note: str = ""
 
     def describe(self) -> str:
-        return "; ".join(f"group {i} ({self.layout.group_size} devices): "
-                         f"{', '.join(g) or 'idle'}" for i, g in enumerate(self.groups))
+        n = self.layout.group_size
+        return "; ".join(f"group {i} ({n} device{'s' * (n > 1)}): {', '.join(g) or 'idle'}"
+                         for i, g in enumerate(self.groups))
 
 
 def layouts(d: Deployment) -> list[Layout]:
@@ -69,17 +70,23 @@ def _splits(m: ModelSpec, tp: int, pp: int) -> bool:
     return a.num_heads % tp == 0 and a.intermediate_size % tp == 0 and pp <= a.num_layers
 
 
-_PROFILES: dict[str, tuple[ProfileModel, dict]] = {}
+_PROFILES: dict[tuple[str, bool], tuple[Optional[ProfileModel], dict]] = {}
 
 
-def latency_model(spec: ModelSpec, hw: Hardware, tp: int, pp: int):
+def latency_model(spec: ModelSpec, hw: Hardware, tp: int, pp: int, colocated: bool = False):
+    """The model's step times at TP x PP: its profile's fit (scaled by the roofline's
+    ratio when measured at another layout), else the roofline. colocated: the fit of the
+    profile's samples taken with another model taking turns, None when it has none."""
     bpw = BYTES_PER_WEIGHT[spec.precision]  # int4 too: its scales and offsets counted
     roof = RooflineModel(spec.arch, hw, tp, pp, bytes_per_weight=bpw)
     if spec.profile is None:
-        return roof
-    if spec.profile not in _PROFILES:
-        _PROFILES[spec.profile] = load_profile(spec.profile)
-    base, meta = _PROFILES[spec.profile]
+        return None if colocated else roof
+    key = (spec.profile, colocated)
+    if key not in _PROFILES:
+        _PROFILES[key] = load_profile(spec.profile, colocated)
+    base, meta = _PROFILES[key]
+    if base is None:
+        return None
     at_tp, at_pp = int(meta.get("tensor_parallel_size", 1)), int(
         meta.get("pipeline_parallel_size", 1))
     if (at_tp, at_pp) == (tp, pp):
@@ -100,9 +107,11 @@ def build_groups(d: Deployment, layout: Layout, groups: list[list[str]],
             blocks = int(left / len(specs) // (s.kv_bytes_per_token * BLOCK))
             if blocks * BLOCK < s.max_len:
                 return None  # no room for its longest request
+            shared = (latency_model(s, hw, layout.tp, layout.pp, colocated=True)
+                      if len(specs) > 1 else None)
             instances.append(Instance(s.name, latency_model(s, hw, layout.tp, layout.pp),
                                       num_blocks=blocks, block_size=BLOCK,
-                                      max_model_len=max(s.max_len, 1)))
+                                      max_model_len=max(s.max_len, 1), shared_latency=shared))
         out.append(Group(f"g{i}", instances, devices=layout.group_size))
     return out
 

@@ -46,6 +46,9 @@ class Instance:
     max_num_batched_tokens: int = 2048
     max_num_seqs: int = 256
     max_model_len: int = 8192
+    # step times when another instance of the group stepped last (measured with models
+    # taking turns: `tessera bench profile --colocated-with`); None: `latency` always
+    shared_latency: object = None
 
     def __post_init__(self) -> None:
         self.scheduler = Scheduler(
@@ -66,6 +69,13 @@ class Group:
     devices: int = 1
     busy_until: float = 0.0
     _next: int = 0  # round robin
+    last: Optional[Instance] = None  # the instance that stepped last
+
+    def latency_of(self, inst: Instance):
+        """inst's step-time model now: the colocated one after another instance's step."""
+        if inst.shared_latency is not None and self.last not in (None, inst):
+            return inst.shared_latency
+        return inst.latency
 
     def next_step(self):
         """(instance, its SchedulerOutput) of the next instance in turn with a step."""
@@ -170,8 +180,10 @@ def simulate(groups: list[Group], arrivals: list[Arrival],
         reqs = inst.scheduler.requests
         tokens, seqs = sched.total_num_scheduled_tokens, len(sched.num_scheduled_tokens)
         context = sum(reqs[r].num_computed_tokens for r in sched.num_scheduled_tokens)
-        latency = inst.latency.step_seconds(tokens, seqs, context)
-        interval = min(latency, inst.latency.interval_seconds(tokens, seqs, context))
+        model = g.latency_of(inst)
+        g.last = inst
+        latency = model.step_seconds(tokens, seqs, context)
+        interval = min(latency, model.interval_seconds(tokens, seqs, context))
         sampled = {r: [TOKEN] for r in sched.num_scheduled_tokens
                    if reqs[r].num_pending_tokens > 0}
         g.busy_until = now + interval

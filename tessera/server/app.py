@@ -51,10 +51,29 @@ class ServerState:
     prompts: PromptWorkers = dataclasses.field(default_factory=PromptWorkers)  # off the loop
     trust_request_chat_template: bool = False  # --trust-request-chat-template
     tools: ToolOptions = dataclasses.field(default_factory=ToolOptions)  # tool-call flags
+    # with a deployment file: every other served name -> that model's state
+    others: dict[str, "ServerState"] = dataclasses.field(default_factory=dict)
 
     @property
     def model_name(self) -> str:
         return self.model_names[0]
+
+    def for_model(self, name: Optional[str]) -> "ServerState":
+        """The state of the model a request names (this one for none, or one of its own
+        names)."""
+        return self.others.get(name, self) if name else self
+
+    def all_models(self) -> list["ServerState"]:
+        """This model's state first, then each other model's once."""
+        out = [self]
+        for other in self.others.values():
+            if all(other is not o for o in out):
+                out.append(other)
+        return out
+
+    def dead(self) -> Optional[str]:
+        """Why some model's engine is gone, if one is."""
+        return next((m.client.dead for m in self.all_models() if m.client.dead), None)
 
 
 @dataclasses.dataclass

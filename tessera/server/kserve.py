@@ -32,13 +32,14 @@ VERSION = "1"
 
 def _model(request: Request, name: str, version: Optional[str]):
     s = request.app.state.tessera
-    if name not in s.model_names:
+    names = [n for m in s.all_models() for n in m.model_names]
+    if name not in names:
         raise ApiError(404, f"Model `{name}` is not served here (serving "
-                            f"{', '.join(f'`{n}`' for n in s.model_names)}).", "model_name")
+                            f"{', '.join(f'`{n}`' for n in names)}).", "model_name")
     if version not in (None, VERSION):
         raise ApiError(404, f"Model `{name}` has no version {version!r} (versions: {VERSION}).",
                        "model_version")
-    return s
+    return s.for_model(name)
 
 
 def _params(s, parameters: Any) -> SamplingParams:
@@ -84,7 +85,7 @@ async def live():
 
 @router.get("/v2/health/ready")
 async def ready(request: Request):
-    if request.app.state.tessera.client.dead:
+    if request.app.state.tessera.dead():
         return JSONResponse(error_body(503, "the engine is not running"), status_code=503)
     return {"ready": True}
 

@@ -1,7 +1,9 @@
 """Prometheus metrics under the `tessera:` prefix, and the periodic stats log line.
 
 Objects: ServerMetrics (an MPClient observer: arrival, each output, done, and the
-engine's stats snapshots) and its registry, rendered at GET /metrics. The weights'
+engine's stats snapshots) and its registry, rendered at GET /metrics; with several models
+(a deployment file) each has a ServerMetrics in one registry, its samples labelled by
+model_name. The weights'
 bytes by precision and the memory accounting (worker/memory.py: fixed at start-up, the
 allocator's figures as the engine last reported them) are gauges, as are the KV blocks
 used / cached / free; engine-wide
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -39,11 +42,23 @@ class _Timing:
 
 
 class _StatsCollector:
-    def __init__(self, metrics: "ServerMetrics"):
-        self.metrics = metrics
+    """Every served model's families, merged by name (one family, a sample per model)."""
+
+    def __init__(self, members: list["ServerMetrics"]):
+        self.members = members
 
     def collect(self):
-        s, name = self.metrics.stats, self.metrics.model_name
+        merged: dict[str, Any] = {}
+        for m in self.members:
+            for family in self._families(m):
+                if family.name in merged:
+                    merged[family.name].samples.extend(family.samples)
+                else:
+                    merged[family.name] = family
+        yield from merged.values()
+
+    def _families(self, metrics: "ServerMetrics"):
+        s, name = metrics.stats, metrics.model_name
         gauges = (("num_requests_running", "Requests in the running batch", s.running),
                   ("num_requests_waiting", "Requests waiting to be scheduled", s.waiting),
                   ("kv_cache_usage_perc", "Fraction of KV-cache blocks in use", s.kv_usage))
@@ -54,7 +69,7 @@ class _StatsCollector:
         g = GaugeMetricFamily("tessera:weight_bytes", "Weight bytes per rank by precision "
                               "(int8, fp8, int4 with their scales; 16-bit)",
                               labels=["model_name", "precision"])
-        for precision, n in sorted(self.metrics.weight_bytes.items()):
+        for precision, n in sorted(metrics.weight_bytes.items()):
             g.add_metric([name, precision], n)
         yield g
         g = GaugeMetricFamily("tessera:memory_bytes", "Memory per rank: weights on the device, "
@@ -63,7 +78,7 @@ class _StatsCollector:
                               "allocated bytes; offloaded bytes a step copies, and the measured "
                               "host-to-device and disk rates (bytes/s)",
                               labels=["model_name", "kind"])
-        for kind, n in sorted({**self.metrics.memory, **s.memory}.items()):
+        for kind, n in sorted({**metrics.memory, **s.memory}.items()):
             g.add_metric([name, kind], n)
         yield g
         g = GaugeMetricFamily("tessera:kv_cache_blocks", "KV-cache blocks: used by requests, "
@@ -74,8 +89,8 @@ class _StatsCollector:
             g.add_metric([name, state], n)
         yield g
         yield from _host_tier(s, name)
-        if self.metrics.replicas is not None:
-            yield from _replicas(self.metrics.replicas, name)
+        if metrics.replicas is not None:
+            yield from _replicas(metrics.replicas, name)
         counters = (("num_preemptions", "Requests preempted", s.preemptions),
                     ("prompt_tokens", "Prompt tokens computed", s.prompt_tokens),
                     ("generation_tokens", "Tokens generated", s.generation_tokens),
@@ -173,14 +188,28 @@ def spec_rates(drafted: int, accepted: int, verify_steps: int) -> tuple[float, f
 
 class ServerMetrics:
     def __init__(self, model_name: str, weight_bytes: dict[str, int] | None = None,
-                 memory: dict[str, int] | None = None):
+                 memory: dict[str, int] | None = None, shared: "ServerMetrics | None" = None):
+        """shared: another served model's metrics, whose registry this one joins (one
+        /metrics for every model, told apart by model_name)."""
         self.model_name = model_name
         self.weight_bytes = dict(weight_bytes or {})  # precision -> bytes (WorkerInfo)
         self.memory = dict(memory or {})  # kind -> bytes at start-up (WorkerInfo.memory)
         self.stats = Stats()  # all replicas together
         self.replicas = None  # with data-parallel replicas: the MPClient (its cores, router)
+        if shared is not None:
+            self.registry, self._collector = shared.registry, shared._collector
+            self._collector.members.append(self)
+            for attr in ("ttft", "itl", "e2e", "queue", "finished"):
+                setattr(self, attr, getattr(shared, attr))
+        else:
+            self._new_registry()
+        self._timings: dict[str, _Timing] = {}
+        self._last_log = (time.monotonic(), 0, 0)
+
+    def _new_registry(self) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_StatsCollector(self))
+        self._collector = _StatsCollector([self])
+        self.registry.register(self._collector)
         hist = dict(labelnames=["model_name"], registry=self.registry, buckets=_LATENCY_BUCKETS)
         self.ttft = Histogram("tessera:time_to_first_token_seconds", "Time to first token", **hist)
         self.itl = Histogram("tessera:inter_token_latency_seconds", "Time between tokens", **hist)
@@ -188,8 +217,6 @@ class ServerMetrics:
         self.queue = Histogram("tessera:request_queue_time_seconds", "Time waiting in queue", **hist)
         self.finished = Counter("tessera:request_success", "Finished requests",
                                 ["model_name", "finished_reason"], registry=self.registry)
-        self._timings: dict[str, _Timing] = {}
-        self._last_log = (time.monotonic(), 0, 0)
 
     # -- MPClient observer -------------------------------------------------------------
     def on_arrival(self, request_id: str, prompt_tokens: int, now: float) -> None:

@@ -36,11 +36,13 @@ def _state(request: Request):
     return request.app.state.tessera
 
 
-def check_model(state, model: Optional[str]) -> str:
-    """The served name responses give, for a request naming any served name (or none)."""
-    if model and model not in state.model_names:
+def check_model(state, model: Optional[str]):
+    """(the state of the model a request names, the served name responses give); any of a
+    model's served names will do, and none means the first model."""
+    if model and model not in state.model_names and model not in state.others:
         raise ApiError(404, f"The model `{model}` does not exist.", "model")
-    return state.model_name
+    s = state.for_model(model)
+    return s, s.model_name
 
 
 def check_supported(body) -> None:
@@ -131,18 +133,17 @@ def sse_response(chunks: AsyncIterator[str], done: bool = True) -> StreamingResp
 # -- /v1/models ---------------------------------------------------------------------------
 @router.get("/v1/models")
 async def list_models(request: Request):
-    s = _state(request)
     return {"object": "list", "data": [{
         "id": name, "object": "model", "created": s.started, "owned_by": "tessera",
         "root": s.model_path, "max_model_len": s.client.input.max_model_len,
-        "vocab_size": s.client.input.arch.vocab_size} for name in s.model_names]}
+        "vocab_size": s.client.input.arch.vocab_size}
+        for s in _state(request).all_models() for name in s.model_names]}
 
 
 # -- /v1/completions ----------------------------------------------------------------------
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
-    s = _state(request)
-    model = check_model(s, body.model)
+    s, model = check_model(_state(request), body.model)
     check_supported(body)
     front = s.client.input
     needs = [f for f, asked in (("echo", body.echo), ("logprobs", body.logprobs is not None),
@@ -247,8 +248,7 @@ async def _completion_chunks(s, body, rid, model, prompts, params, streams) -> A
 # -- /v1/chat/completions -----------------------------------------------------------------
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
-    s = _state(request)
-    model = check_model(s, body.model)
+    s, model = check_model(_state(request), body.model)
     check_supported(body)
     front = s.client.input
     if body.top_logprobs is not None and not body.logprobs:
@@ -370,8 +370,7 @@ async def _chat_chunks(body, rid, model, prompt, params: SamplingParams,
 # -- /tokenize, /detokenize ---------------------------------------------------------------
 @router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, request: Request):
-    s = _state(request)
-    check_model(s, body.model)
+    s, _ = check_model(_state(request), body.model)
     front = s.client.input
     if (body.prompt is None) == (body.messages is None):
         raise ApiError(400, "give exactly one of prompt or messages.", "prompt")
@@ -389,8 +388,7 @@ async def tokenize(body: TokenizeRequest, request: Request):
 
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, request: Request):
-    s = _state(request)
-    check_model(s, body.model)
+    s, _ = check_model(_state(request), body.model)
     front = s.client.input
     bad = [t for t in body.tokens if not 0 <= t < front.arch.vocab_size]
     if bad:
@@ -400,7 +398,7 @@ async def detokenize(body: DetokenizeRequest, request: Request):
 
 @router.get("/health")
 async def health(request: Request):
-    s = _state(request)
-    if s.client.dead:
-        return JSONResponse(error_body(503, s.client.dead), status_code=503)
+    dead = _state(request).dead()
+    if dead:
+        return JSONResponse(error_body(503, dead), status_code=503)
     return JSONResponse({"status": "ok"})

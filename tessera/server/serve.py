@@ -6,7 +6,9 @@ the port's range checked by argparse) -> torch kept out of this process
 second, before any model is read) -> MPClient (engine/mp_client.py: the checkpoint's
 metadata read once and the tokenizer loaded here; a context longer than the model's is
 refused here) -> the engine core process started and awaited (weights, KV cache; a
-failure or Ctrl-C stops it and removes its IPC folder) -> uvicorn on the bound socket,
+failure or Ctrl-C stops it and removes its IPC folder; one per data-parallel replica, and
+with `--deployment FILE` one per model per device group its plan gave it:
+server/deployment.py, requests routed by `model`) -> uvicorn on the bound socket,
 with Tessera's log format (logs.py), the API key check, the body bound and CORS
 (server/app.py). Start-up phases are logged with their times, and a
 line every 4 s while one lasts. If the
@@ -28,6 +30,7 @@ from tessera import __version__
 from tessera.cli_args import add_engine_args, engine_kwargs
 from tessera.config import EngineConfig
 from tessera.default_model import FILENAME as DEFAULT_FILENAME
+from tessera.server.deployment import ServedModel
 from tessera.frontend.torch_free import keep_torch_out
 from tessera.gc_tuning import freeze_after_startup, unfreeze
 from tessera.server.tool_parsers import PARSERS
@@ -61,6 +64,10 @@ def add_serve_parser(sub, parents: list) -> None:
     g.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
                    help="the model's names in the API: requests may use any, responses give "
                         f"the first (default: the model's path, or {DEFAULT_MODEL_NAME})")
+    g.add_argument("--deployment", default=None, metavar="FILE",
+                   help="serve the models of a deployment file (YAML/JSON, as `tessera plan` "
+                        "reads) as its plan places them: AlpaServe-style placement of many "
+                        "models on shared devices, requests routed by `model`")
     g.add_argument("--max-body-bytes", type=int, default=4 << 20,
                    help="largest request body; more is a 413 (default: 4 MiB)")
     g.add_argument("--trust-request-chat-template", action="store_true",
@@ -100,10 +107,28 @@ def run_serve(args: argparse.Namespace) -> int:
         args.serve_parser.error("--enable-auto-tool-choice needs --tool-call-parser "
                                 f"({', '.join(PARSERS)})")
     kwargs = engine_kwargs(args)
+    if args.deployment:
+        return asyncio.run(serve(_deployed(args, kwargs), args))
     if args.model_tag:
         kwargs["model"] = args.model_tag
     config = EngineConfig.from_kwargs(**kwargs)
-    return asyncio.run(serve(config, args))
+    names = args.served_model_name or [config.model.model or DEFAULT_MODEL_NAME]
+    return asyncio.run(serve([ServedModel(names, config)], args))
+
+
+def _deployed(args: argparse.Namespace, kwargs: dict) -> list[ServedModel]:
+    """The deployment file's models, placed by the plan (server/deployment.py)."""
+    if args.model_tag or args.served_model_name:
+        args.serve_parser.error("--deployment names the models; give no MODEL or "
+                                "--served-model-name with it")
+    from tessera.server.deployment import place_models
+    kwargs.pop("model", None)
+    try:
+        models, report = place_models(args.deployment, kwargs)
+    except ValueError as e:
+        args.serve_parser.error(str(e))
+    logger.info("the plan for %s:\n%s", args.deployment, report)
+    return models
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -136,59 +161,37 @@ def _options(args: argparse.Namespace) -> str:
     return " ".join(changed) or "none"
 
 
-async def serve(config: EngineConfig, args: argparse.Namespace) -> int:
+async def serve(models: list[ServedModel], args: argparse.Namespace) -> int:
     import uvicorn
 
-    from tessera.engine.mp_client import MPClient
     from tessera.logs import uvicorn_log_config
-    from tessera.server.app import CorsOptions, ServerState, create_app
-    from tessera.server.metrics import ServerMetrics
-    from tessera.server.prompt_work import PromptWorkers
-    from tessera.server.tools import ToolOptions
+    from tessera.server.app import CorsOptions, create_app
 
     sock = _listen(args.host, args.port)
-    names = args.served_model_name or [config.model.model or DEFAULT_MODEL_NAME]
-    name = names[0]
     logger.info("tessera %s serving %s on http://%s:%d; options changed: %s%s", __version__,
-                " = ".join(names), args.host, args.port, _options(args),
-                f" (config file {args.config})" if args.config else "")
+                ", ".join(" = ".join(m.names) for m in models), args.host, args.port,
+                _options(args), f" (config file {args.config})" if args.config else "")
     try:
-        start = time.monotonic()
-        async with _heartbeat("reading the model's metadata and tokenizer"):
-            client = await asyncio.to_thread(MPClient, config)
-        logger.info("tokenizer and model metadata ready in %.1f s", time.monotonic() - start)
-        start = time.monotonic()
-        async with _heartbeat("starting the engine process (weights, KV cache, warm-up)"):
-            ready = await _start_engine(client)
+        clients = await _start_clients(models)
     except BaseException:
         sock.close()
         raise
     freeze_after_startup()  # gc_tuning.py: no full collections walking start-up
-    w = ready.worker
-    logger.info("engine ready in %.1f s: %s on %s (%s), %.2f GiB of weights (%s) loaded in "
-                "%.1f s", time.monotonic() - start, name, w.device, w.dtype, w.weight_gib,
-                w.describe_weights(), w.load_seconds)
-    metrics = ServerMetrics(name, w.weight_bytes, w.memory)
-    client.observers.append(metrics)
-    if len(client.cores) > 1:
-        metrics.replicas = client
-        logger.info("%d data-parallel replicas behind one endpoint (a router balances them by "
-                    "load and prefix affinity)", len(client.cores))
-    state = ServerState(client, metrics, names, client.input.model_path, int(time.time()),
-                        PromptWorkers(timeout_s=args.prompt_timeout),
-                        args.trust_request_chat_template,
-                        ToolOptions(args.enable_auto_tool_choice, args.tool_call_parser))
+    state = _states(models, clients, args)
+    everyone = state.all_models()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        stats = asyncio.create_task(_log_stats(metrics, args.stats_interval))
+        stats = [asyncio.create_task(_log_stats(m.metrics, args.stats_interval))
+                 for m in everyone]
         try:
             yield
         finally:
-            stats.cancel()
+            for task in stats:
+                task.cancel()
             unfreeze()
             state.prompts.shutdown()
-            await client.shutdown()
+            await asyncio.gather(*(c.shutdown() for c in clients))
 
     cors = CorsOptions(args.allowed_origins, args.allowed_methods, args.allowed_headers,
                        args.allow_credentials)
@@ -202,9 +205,61 @@ async def serve(config: EngineConfig, args: argparse.Namespace) -> int:
         logger.error("shutting down: %s", message)
         server.should_exit = True
 
-    client.on_dead = on_dead
+    for client in clients:
+        client.on_dead = on_dead
     await server.serve(sockets=[sock])
-    return 1 if client.dead or not server.started else 0
+    return 1 if state.dead() or not server.started else 0
+
+
+async def _start_clients(models: list[ServedModel]) -> list:
+    """Each model's MPClient (metadata and tokenizer read here), then every engine process
+    started at once; on a failure or Ctrl-C / SIGTERM every engine is stopped."""
+    from tessera.engine.mp_client import MPClient
+
+    start = time.monotonic()
+    async with _heartbeat("reading the model's metadata and tokenizer"):
+        clients = [await asyncio.to_thread(MPClient, m.config, None, m.placements)
+                   for m in models]
+    logger.info("tokenizer and model metadata ready in %.1f s", time.monotonic() - start)
+    start = time.monotonic()
+    engines = sum(len(c.cores) for c in clients)
+    async with _heartbeat(f"starting {engines} engine process{'es' * (engines > 1)} "
+                          "(weights, KV cache, warm-up)"):
+        await _start_engines(clients)
+    for m, c in zip(models, clients):
+        w = c.ready.worker
+        logger.info("engine ready in %.1f s: %s on %s (%s), %.2f GiB of weights (%s) loaded "
+                    "in %.1f s%s", time.monotonic() - start, m.names[0], w.device, w.dtype,
+                    w.weight_gib, w.describe_weights(), w.load_seconds,
+                    f"; {len(c.cores)} replicas behind one name (a router balances them by "
+                    "load and prefix affinity)" if len(c.cores) > 1 else "")
+    return clients
+
+
+def _states(models: list[ServedModel], clients: list, args: argparse.Namespace):
+    """The first model's ServerState, holding every other model's by each of its names;
+    their metrics share one registry."""
+    from tessera.server.app import ServerState
+    from tessera.server.metrics import ServerMetrics
+    from tessera.server.prompt_work import PromptWorkers
+    from tessera.server.tools import ToolOptions
+
+    prompts = PromptWorkers(timeout_s=args.prompt_timeout)
+    tools = ToolOptions(args.enable_auto_tool_choice, args.tool_call_parser)
+    states, shared = [], None
+    for m, client in zip(models, clients):
+        w = client.ready.worker
+        metrics = ServerMetrics(m.names[0], w.weight_bytes, w.memory, shared)
+        shared = shared or metrics
+        client.observers.append(metrics)
+        if len(client.cores) > 1:
+            metrics.replicas = client
+        states.append(ServerState(client, metrics, m.names, client.input.model_path,
+                                  int(time.time()), prompts, args.trust_request_chat_template,
+                                  tools))
+    first = states[0]
+    first.others = {name: st for st in states[1:] for name in st.model_names}
+    return first
 
 
 @contextlib.asynccontextmanager
@@ -224,13 +279,16 @@ async def _heartbeat(doing: str, every_s: float = 4.0):
         task.cancel()
 
 
-async def _start_engine(client):
-    """client.start(), with SIGTERM as well as Ctrl-C cancelling it (it then stops the
-    engine and removes its IPC folder before the error goes on)."""
+async def _start_engines(clients: list) -> None:
+    """Every client's start(), with SIGTERM as well as Ctrl-C cancelling them (each then
+    stops its engines and removes their IPC folders before the error goes on)."""
     loop, task = asyncio.get_running_loop(), asyncio.current_task()
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
     try:
-        return await client.start()
+        await asyncio.gather(*(c.start() for c in clients))
+    except BaseException:
+        await asyncio.gather(*(c.shutdown() for c in clients))
+        raise
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
 

@@ -5,12 +5,15 @@ node removed mid-run fails the engine within the collective timeout and leaves n
 behind; a layout the cluster cannot hold is refused with its resources."""
 from __future__ import annotations
 
+import os
 import time
 
+import openai
 import pytest
 
 from tessera import LLM, SamplingParams
 from tessera.executor.messaging import WorkerFailure
+from tests.helpers.launch import start_server
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -79,6 +82,30 @@ def test_too_big_a_layout_is_refused_with_the_clusters_resources(cluster, tiny_l
     with pytest.raises(RuntimeError, match=r"cannot place 4 bundle\(s\) of \{'CPU': 1\} \(STRICT_SPREAD\): its nodes hold "
                        r"CPU 1; CPU 1; nothing"):
         _ray_llm(tiny_llama[0], tensor_parallel_size=4)
+    assert _free_cpus_reach(2)
+
+
+def test_replicas_of_a_server_run_on_the_clusters_nodes(cluster, tmp_path):
+    """`tessera serve --data-parallel-size 2` with the Ray backend: each replica's engine
+    joins the cluster (RAY_ADDRESS) and its worker lands on a node of its own."""
+    c, _ = cluster
+    srv = start_server(str(tmp_path), "--data-parallel-size", "2", "--num-blocks", "64",
+                       "--distributed-executor-backend", "ray",
+                       "--ray-placement-strategy", "STRICT_SPREAD",
+                       env={**os.environ, "RAY_ADDRESS": c.address})
+    try:
+        groups = [g for g in ray.util.placement_group_table().values()
+                  if g["state"] == "CREATED"]
+        assert len(groups) == 2
+        nodes = {n for g in groups for n in g["bundles_to_node_id"].values()}
+        assert len(nodes) == 2  # one replica's rank on each node
+        client = openai.OpenAI(base_url=srv.v1, api_key="x", max_retries=0, timeout=120)
+        for prompt in ("Hello", "The sky is", "One, two,"):
+            r = client.completions.create(model="SmolLM2-135M-Instruct", prompt=prompt,
+                                          max_tokens=4)
+            assert r.usage.completion_tokens == 4
+    finally:
+        srv.stop()
     assert _free_cpus_reach(2)
 
 

@@ -104,6 +104,29 @@ def test_simulator_shares_a_group_and_counts_device_time():
     assert math.isinf(r.records[0].ttft) and r.attainment({"a": SLO(e2e=100)}) == 0.0
 
 
+def test_models_taking_turns_step_at_their_colocated_times(tmp_path):
+    """A step after the other model's takes the colocated profile's 15 ms, not 10 ms; a
+    model alone on its group, or after its own step, keeps its solo times."""
+    solo, turns = ProfileModel(0.010, 0, 0, 0), ProfileModel(0.015, 0, 0, 0)
+    group = Group("g", [Instance("a", solo, 64, shared_latency=turns),
+                        Instance("b", solo, 64, shared_latency=turns)])
+    r = simulate([group], [Arrival(0.0, "a", 8, 3), Arrival(0.0, "b", 8, 3)])
+    a, b = r.records
+    assert (a.finish, b.finish) == pytest.approx((0.070, 0.085))
+    alone = Group("g", [Instance("a", solo, 64, shared_latency=turns)])
+    r = simulate([alone], [Arrival(0.0, "a", 8, 3)])
+    assert r.records[0].finish == pytest.approx(0.030)
+    samples = [(t, 1, 0, 0.01 + 1e-5 * t) for t in (1, 8, 64, 256, 512)]
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"samples": samples}))
+    assert load_profile(str(path), colocated=True)[0] is None  # none measured
+    path.write_text(json.dumps({"samples": samples, "colocated": {
+        "with": "x", "samples": [(t, n, c, 2 * dt) for t, n, c, dt in samples]}}))
+    fit, meta = load_profile(str(path), colocated=True)
+    assert fit.step_seconds(64, 1, 0) == pytest.approx(2 * (0.01 + 1e-5 * 64))
+    assert "colocated" not in meta
+
+
 def _deploy(tmp_path, **over) -> str:
     d = {"hardware": {"preset": "h200", "count": 2, "price_per_hour": 4.0,
                       "memory_price_per_gb_hour": 0.001},

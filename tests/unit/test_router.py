@@ -58,8 +58,13 @@ def test_each_replica_gets_its_own_gpus(monkeypatch):
     assert replica_env(_config(3, tp=2), 1) == {"CUDA_VISIBLE_DEVICES": "2,3"}
     assert replica_env(_config(1, tp=2), 0) == {}  # one replica: as before
     assert replica_env(_config(3, tp=2, device="cpu"), 1) == {}
-    assert replica_env(_config(3, tp=2, backend="ray"), 1) == {}  # Ray places workers
     with pytest.raises(ValueError, match="needs 8 GPUs; this host has 6"):
         replica_env(_config(4, tp=2), 0)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert replica_env(_config(2), 1) == {}  # no GPUs: CPU replicas
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr("tessera.engine.replicas.RAY_LOCAL_CLUSTER", "/nonexistent")
+    with pytest.raises(ValueError, match="needs a running Ray cluster"):
+        replica_env(_config(2, backend="ray"), 0)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert replica_env(_config(3, tp=2, backend="ray"), 1) == {}  # Ray places workers
