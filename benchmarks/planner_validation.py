@@ -102,11 +102,11 @@ def main() -> None:
     for n, e in engines.items():
         (other,) = [o for m, o in engines.items() if m != n]
         run_profile(e, [1, 2], [64], 4)  # warm-up
-        p = run_profile(e, [1, 2, 4, 8, 16], [32, 128], 16)
+        p = run_profile(e, [1, 2, 3, 4, 8, 16], [32, 128], 16)
         fits[n] = ProfileModel.fit([tuple(s) for s in p["samples"]])
         print(n, p["fit"], f"fit error median {p['fit_error_median']:.1%}", flush=True)
         if args.colocated:  # the other model steps between the timed steps
-            p = run_profile(e, [1, 2, 4, 8, 16], [32, 128], 16, between=keep_busy(other))
+            p = run_profile(e, [1, 2, 3, 4, 8, 16], [32, 128], 16, between=keep_busy(other))
             drain(other)
             shared[n] = ProfileModel.fit([tuple(s) for s in p["samples"]])
             print(n, "colocated", p["fit"], flush=True)

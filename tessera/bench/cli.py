@@ -28,7 +28,8 @@ def add_bench_parser(sub, parents: list) -> None:
     p.add_argument("--input-range", type=int, nargs=2, default=(128, 1024))
     p.add_argument("--output-range", type=int, nargs=2, default=(128, 512))
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None,
-                   help="profile: batch sizes (default: 1 4 16 64, and 256 on a GPU)")
+                   help="profile: batch sizes (default: 1 2 3 4 8 16 64 on a CPU, 1 2 4 8 16 "
+                        "64 256 on a GPU)")
     p.add_argument("--input-lens", type=int, nargs="+", default=(64, 512),
                    help="profile: prompt lengths (default: 64 512)")
     p.add_argument("--colocated-with", default=None, metavar="MODEL",
@@ -142,8 +143,8 @@ def _run_workload(args: argparse.Namespace, engine) -> int:
 
 def _profile(args: argparse.Namespace, engine, device) -> int:
     from tessera.bench.profile import run_profile
-    batches = args.batch_sizes or ([1, 4, 16, 64, 256] if device.type == "cuda"
-                                   else [1, 4, 16, 64])
+    batches = args.batch_sizes or ([1, 2, 4, 8, 16, 64, 256] if device.type == "cuda"
+                                   else [1, 2, 3, 4, 8, 16, 64])
     longest = engine.config.max_model_len - 16
     lens = [n for n in args.input_lens if n <= longest] or [longest]
     run_profile(engine, [1, 2], lens[:1], 4, seed=_WARM_UP_SEED + args.seed)  # warm-up

@@ -2,7 +2,9 @@
 lengths, for the planner's calibrated latency model (planner/latency.py ProfileModel).
 
 `run_profile(engine, batches, input_lens, output_len)`: for each prompt length and batch
-size, that many requests of random tokens are queued at once and stepped to the end;
+size, that many requests of random tokens (the first of that length, the others of
+random lengths down to half of it, so the batch's contexts differ as real ones do) are
+queued at once and stepped to the end;
 each step's shape (tokens computed, sequences, context tokens read: the engine core's
 `last_step_*`) and wall time is a sample (prefill chunks, mixed steps and pure decode
 steps alike). Returns the profile (model, device, dtype, layout, samples) with the linear
@@ -32,9 +34,10 @@ def run_profile(engine, batches: list[int], input_lens: list[int], output_len: i
     samples: list[list[float]] = []
     for k, input_len in enumerate(input_lens):
         for batch in batches:
-            for i in range(batch):
+            for i in range(batch):  # lengths up to input_len: the contexts differ
+                n = input_len if i == 0 else rng.randint(max(1, input_len // 2), input_len)
                 engine.add_request(f"prof-{k}-{batch}-{i}",
-                                   [rng.randrange(vocab) for _ in range(input_len)], params,
+                                   [rng.randrange(vocab) for _ in range(n)], params,
                                    stream=False)
             while engine.has_unfinished_requests():
                 before = core.steps_scheduled

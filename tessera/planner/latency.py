@@ -4,7 +4,8 @@ A step's shape: the tokens it computes (prefill chunks + decode tokens), the seq
 it, and the context tokens its attention reads. Objects:
 - ProfileModel: t = c0 + c_tok * tokens + c_seq * seqs + c_ctx * context, least squares
   of the relative error over the steps a `tessera bench profile` run timed on the target
-  hardware (`load_profile` reads its JSON); the planner's calibrated model;
+  hardware (`load_profile` reads its JSON), times a factor per decode batch size that the
+  profile measured (interpolated between them); the planner's calibrated model;
 - RooflineModel(arch, hardware, tp, pp, weight_bytes, kv_itemsize): a pipeline stage's time
   is max(bytes read / bandwidth, FLOPs / FLOP rate) plus a fixed per-step overhead and the
   TP all-reduces over the link; the model used when no profile is given (the plan says so);
@@ -38,9 +39,17 @@ class ProfileModel:
     c_ctx: float
     source: str = "profile"
     stages: int = 1  # the profiled layout's pipeline stages
+    # pure decode steps (a token per sequence): (sequences, measured / linear fit), the
+    # median over the profile's steps of that batch; a GEMM's speed is not linear in its
+    # rows at small batches (a CPU's BLAS: 2 and 3 rows slower than 4; a GPU's graph
+    # buckets), which the line cannot follow
+    decode_factors: tuple = ()
 
     def step_seconds(self, tokens: int, seqs: int, context: int) -> float:
-        return self.c0 + self.c_tok * tokens + self.c_seq * seqs + self.c_ctx * context
+        t = self.c0 + self.c_tok * tokens + self.c_seq * seqs + self.c_ctx * context
+        if self.decode_factors and tokens == seqs:
+            t *= _interpolate(self.decode_factors, seqs)
+        return t
 
     def interval_seconds(self, tokens: int, seqs: int, context: int) -> float:
         return self.step_seconds(tokens, seqs, context) / self.stages
@@ -66,7 +75,7 @@ class ProfileModel:
                 break
             data = data[keep]
             model = cls._fit(data, source, stages)
-        return model
+        return dataclasses.replace(model, decode_factors=_decode_factors(model, samples))
 
     @classmethod
     def _fit(cls, data, source: str, stages: int) -> "ProfileModel":
@@ -85,6 +94,26 @@ class ProfileModel:
         for k, c in zip(keep, coef):
             full[k] = max(float(c), 0.0)
         return cls(*full, source=source, stages=stages)
+
+
+def _decode_factors(model: ProfileModel, samples) -> tuple:
+    """(seqs, median of measured / fitted) for each batch of >= 3 pure decode steps."""
+    ratios: dict[int, list[float]] = {}
+    for tokens, seqs, context, seconds in samples:
+        if tokens == seqs and seconds > 0:
+            ratios.setdefault(int(seqs), []).append(
+                seconds / model.step_seconds(tokens, seqs, context))
+    return tuple((n, float(np.median(r))) for n, r in sorted(ratios.items()) if len(r) >= 3)
+
+
+def _interpolate(points: tuple, x: float) -> float:
+    """Piecewise linear through (x, y) points, flat beyond the ends."""
+    if x <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return points[-1][1]
 
 
 def load_profile(path: str, colocated: bool = False) -> tuple[Optional[ProfileModel], dict]:

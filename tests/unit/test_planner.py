@@ -59,6 +59,24 @@ def test_profile_fit_recovers_known_coefficients(tmp_path):
         ProfileModel.fit(samples[:3])
 
 
+def test_the_fit_follows_decode_batches_the_line_cannot():
+    """A CPU's GEMM with 2 or 3 rows is slower than with 4: the measured decode steps of
+    each batch size correct the line, interpolated between batch sizes; prefill steps keep
+    the line."""
+    line = ProfileModel(0.050, 1e-4, 0.0, 0.0)
+    slow = {1: 1.0, 2: 1.6, 4: 1.0, 8: 1.0}
+    samples = [(b, b, 100 * b, line.step_seconds(b, b, 0) * slow[b]) for b in slow
+               for _ in range(5)]
+    samples += [(t, 2, 0, line.step_seconds(t, 2, 0)) for t in (64, 256, 512, 1024)]
+    fit = ProfileModel.fit(samples)
+    base = fit.c0 + fit.c_tok * 2 + fit.c_seq * 2 + fit.c_ctx * 200
+    assert fit.step_seconds(2, 2, 200) == pytest.approx(
+        line.step_seconds(2, 2, 0) * 1.6, rel=0.05)
+    assert fit.step_seconds(3, 3, 0) / (fit.c0 + 3 * (fit.c_tok + fit.c_seq)) > 1.2
+    assert fit.step_seconds(256, 2, 0) == pytest.approx(line.step_seconds(256, 2, 0), rel=0.05)
+    assert base < fit.step_seconds(2, 2, 200)
+
+
 def test_roofline_and_scaling_follow_the_layout():
     arch, hw = named_shape("llama-3-8b"), hardware("h200")
     one = RooflineModel(arch, hw)
