@@ -83,12 +83,18 @@ class MPClient(EngineClient):
         self._tasks: list[asyncio.Task] = []
 
     # -- life cycle ----------------------------------------------------------------------
-    async def start(self, ready_timeout_s: float = 1800.0) -> ipc.Ready:
-        """Starts the engine process (one per data-parallel replica, at once) and waits for
-        them; on any failure or interruption (Ctrl-C included) every engine is stopped and
-        its IPC folder removed before the error goes on."""
+    async def start(self, ready_timeout_s: float = 1800.0, one_at_a_time: bool = False
+                    ) -> ipc.Ready:
+        """Starts the engine process (one per data-parallel replica, at once; one_at_a_time
+        when engines share GPUs, so each sizes its KV cache by what the others left) and
+        waits for them; on any failure or interruption (Ctrl-C included) every engine is
+        stopped and its IPC folder removed before the error goes on."""
         try:
-            readies = await asyncio.gather(*(c.launch(ready_timeout_s) for c in self.cores))
+            if one_at_a_time:
+                readies = [await c.launch(ready_timeout_s) for c in self.cores]
+            else:
+                readies = await asyncio.gather(*(c.launch(ready_timeout_s)
+                                                 for c in self.cores))
         except BaseException:
             await self.shutdown()
             raise

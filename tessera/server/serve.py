@@ -225,7 +225,8 @@ async def _start_clients(models: list[ServedModel]) -> list:
     engines = sum(len(c.cores) for c in clients)
     async with _heartbeat(f"starting {engines} engine process{'es' * (engines > 1)} "
                           "(weights, KV cache, warm-up)"):
-        await _start_engines(clients)
+        # a deployment's engines may share GPUs: each starts once the others hold theirs
+        await _start_engines(clients, any(m.placements for m in models))
     for m, c in zip(models, clients):
         w = c.ready.worker
         logger.info("engine ready in %.1f s: %s on %s (%s), %.2f GiB of weights (%s) loaded "
@@ -279,13 +280,18 @@ async def _heartbeat(doing: str, every_s: float = 4.0):
         task.cancel()
 
 
-async def _start_engines(clients: list) -> None:
-    """Every client's start(), with SIGTERM as well as Ctrl-C cancelling them (each then
-    stops its engines and removes their IPC folders before the error goes on)."""
+async def _start_engines(clients: list, one_at_a_time: bool = False) -> None:
+    """Every client's start() (at once, or one engine after another), with SIGTERM as
+    well as Ctrl-C cancelling them (each then stops its engines and removes their IPC
+    folders before the error goes on)."""
     loop, task = asyncio.get_running_loop(), asyncio.current_task()
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
     try:
-        await asyncio.gather(*(c.start() for c in clients))
+        if one_at_a_time:
+            for c in clients:
+                await c.start(one_at_a_time=True)
+        else:
+            await asyncio.gather(*(c.start() for c in clients))
     except BaseException:
         await asyncio.gather(*(c.shutdown() for c in clients))
         raise

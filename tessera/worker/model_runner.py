@@ -74,6 +74,12 @@ class ModelRunner:
         self.kv_dtype = resolve_kv_cache_dtype(config.cache.kv_cache_dtype, self.dtype,
                                                self.device)  # the model's, or fp8
         self.block_size = config.cache.block_size
+        # bytes of the GPU in use before this engine allocated anything: other processes'
+        # (engines sharing the GPU: a deployment's models) and this process's CUDA context
+        self.used_at_start = 0
+        if device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(device)
+            self.used_at_start = total - free
         self.arch = config.info.arch
         self.max_model_len = config.max_model_len
         ops = make_ops(config.kernel, device)  # where kernels run, a GGUF stays quantized
@@ -133,8 +139,15 @@ class ModelRunner:
         self._profile_run()
         free, total = torch.cuda.mem_get_info(self.device)
         peak = torch.cuda.max_memory_allocated(self.device)
-        non_torch = total - free - torch.cuda.memory_reserved(self.device)
+        # memory held before this engine started is not its own: its share
+        # (gpu_memory_utilization) is of the total, less what it itself uses
+        non_torch = max(0, total - free - torch.cuda.memory_reserved(self.device)
+                        - self.used_at_start)
         budget = total * self.config.cache.gpu_memory_utilization - peak - non_torch
+        if self.used_at_start > 2**31:  # other engines share the GPU: at most what is free
+            cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(
+                self.device)
+            budget = min(budget, free + cached - 2**28)
         if budget < self.bytes_per_block:
             raise RuntimeError(
                 f"no GPU memory left for the KV cache (weights {self.weight_bytes / 2**30:.1f} GiB,"
