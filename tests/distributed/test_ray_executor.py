@@ -13,6 +13,7 @@ import pytest
 
 from tessera import LLM, SamplingParams
 from tessera.executor.messaging import WorkerFailure
+from tests.helpers.outputs import assert_same_greedy
 from tests.helpers.launch import start_server
 
 ray = pytest.importorskip("ray")
@@ -67,11 +68,7 @@ def test_two_nodes_equal_one_process(cluster, tiny_llama, reference, layout):
     try:
         assert len(_actor_nodes(llm.engine.executor)) == 2  # a rank on each node
         outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], PARAMS)
-        for ref, out in zip(reference, outs):
-            assert out.outputs[0].token_ids == ref.outputs[0].token_ids
-            for a, b, t in zip(out.outputs[0].logprobs, ref.outputs[0].logprobs,
-                               ref.outputs[0].token_ids):
-                assert abs(a[t].logprob - b[t].logprob) < 1e-4
+        assert_same_greedy(reference, outs)
         assert llm.engine.stats()["free_blocks"] == 64
     finally:
         llm.engine.executor.shutdown()

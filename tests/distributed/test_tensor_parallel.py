@@ -9,6 +9,7 @@ import pytest
 
 from tessera import LLM, SamplingParams
 from tessera.executor.multiproc import WorkerFailure
+from tests.helpers.outputs import assert_same_greedy
 
 PROMPTS = [[5, 17, 99, 3], list(range(20, 60)), [300, 7, 7, 150, 42]]
 PARAMS = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=0)
@@ -28,11 +29,7 @@ def test_tensor_parallel_equals_single_process(tiny_llama, tp1_outputs, tp):
               tensor_parallel_size=tp)
     try:
         outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], PARAMS)
-        for ref, out in zip(tp1_outputs, outs):
-            assert out.outputs[0].token_ids == ref.outputs[0].token_ids
-            for a, b, t in zip(out.outputs[0].logprobs, ref.outputs[0].logprobs,
-                               ref.outputs[0].token_ids):
-                assert abs(a[t].logprob - b[t].logprob) < 1e-4
+        assert_same_greedy(tp1_outputs, outs)
         assert llm.engine.stats()["free_blocks"] == 64
     finally:
         llm.engine.executor.shutdown()

@@ -14,9 +14,12 @@ import msgspec
 import pytest
 import zmq
 
+from tessera.config import EngineConfig, ModelConfig
 from tessera.engine import ipc
+from tessera.engine.core_handle import CoreProcess
 from tessera.engine.core_proc import EngineProc
 from tessera.engine.mp_client import MPClient, RequestRejected
+from tessera.engine.router import Router
 from tessera.frontend.input import PreparedPrompt
 from tessera.sampling_params import SamplingParams
 
@@ -75,9 +78,12 @@ def test_a_frame_that_does_not_decode_costs_its_request_alone():
 
 
 def client(full: bool) -> MPClient:
+    """An MPClient with one engine process whose send socket is an Outbox."""
     c = MPClient.__new__(MPClient)
-    c._proc, c.dead, c._to_engine = None, None, Outbox(full)
-    c._children, c._child_parent, c._pending_aborts = {}, {}, []
+    core = CoreProcess(EngineConfig(ModelConfig("m")))
+    core._to_engine = Outbox(full)
+    c.cores, c.router, c.dead, c.observers = [core], Router(1, 16, 256), None, []
+    c._children, c._child_parent, c._replica_of, c._pending_aborts = {}, {}, {}, []
     return c
 
 
@@ -90,18 +96,19 @@ def test_a_full_send_queue_refuses_the_request_and_keeps_the_engine():
 
 def test_children_sent_before_the_queue_filled_are_aborted_later():
     c = client(full=False)
-    sent = c._to_engine.sent
+    outbox = c.cores[0]._to_engine
+    sent = outbox.sent
 
     def fill_after_first(frame, flags=0):
         if sent:
             raise zmq.Again()
         sent.append(frame)
-    c._to_engine.send = fill_after_first
+    outbox.send = fill_after_first
     with pytest.raises(RequestRejected):
         c._send_children("r", PreparedPrompt(None, [1, 2]),
                          [("r-0", SamplingParams()), ("r-1", SamplingParams())])
-    assert c._pending_aborts == ["r-0"]  # the queue was still full for the abort
-    c._to_engine.send = lambda frame, flags=0: sent.append(frame)
+    assert c._pending_aborts == [(0, "r-0")]  # the queue was still full for the abort
+    outbox.send = lambda frame, flags=0: sent.append(frame)
     c._flush_aborts()  # what the reader does on every engine message
     assert ipc.client_decoder.decode(sent[-1]) == ipc.AbortRequests(["r-0"])
     assert c._pending_aborts == [] and c.dead is None
