@@ -1,4 +1,5 @@
-"""`tessera` command line: generate, serve, bench, and chat / complete (clients of a server).
+"""`tessera` command line: generate, serve, bench, plan, distill, and chat / complete
+(clients of a server).
 
 Engine options are generated from the fields of the config dataclasses (cli_args.py: one
 place defines an option, its type, its default and its help), e.g.
@@ -11,6 +12,7 @@ place defines an option, its type, its default and its help), e.g.
     tessera chat --url http://127.0.0.1:8000/v1
     tessera serve --config serve.yaml      (config_file.py: the command line wins)
     tessera quant-sensitivity MODEL --data text.txt --method int4 --budget 2 --out policy.yaml
+    tessera distill --teacher T --student-layers 8 --data FILES --steps N --out DIR
 """
 from __future__ import annotations
 
@@ -116,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quant_sensitivity_parser(sub, [common])
     from tessera.planner.plan import add_plan_parser
     add_plan_parser(sub, [common])
+    from tessera.distill.cli import add_distill_parser
+    add_distill_parser(sub, [common])
     return parser
 
 
