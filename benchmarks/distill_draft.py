@@ -109,11 +109,13 @@ def main() -> None:
     ap.add_argument("--eval-sequences", type=int, default=16)
     ap.add_argument("--k", type=int, default=4, help="draft tokens per verify step")
     ap.add_argument("--max-tokens", type=int, default=64, help="generated per prompt")
+    ap.add_argument("--prompts", type=int, default=20, help="prompts per set (at most 20)")
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/tessera-models"))
     args = ap.parse_args()
     from tessera.distill.trainer import DistillConfig, distill
 
     train, held, code_prompts = write_data(os.path.join(args.work, "data"))
+    chat_prompts, code_prompts = CODING[:args.prompts], code_prompts[:args.prompts]
     out = os.path.join(args.work, f"{args.pair}-student")
     if args.pair == "smollm2":
         teacher = model_path("smollm2", args.cache)
@@ -132,7 +134,7 @@ def main() -> None:
         lr = args.lr or 2e-5
     report = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or "cpu",
               "pair": args.pair, "teacher": teacher, "args": vars(args)}
-    report["draft_before"] = acceptance(teacher, initial, CODING, code_prompts, args.k,
+    report["draft_before"] = acceptance(teacher, initial, chat_prompts, code_prompts, args.k,
                                         args.max_tokens)
     print("before:", json.dumps(report["draft_before"]), flush=True)
     summary = distill(DistillConfig(
@@ -143,7 +145,7 @@ def main() -> None:
         max_tokens=args.steps * args.batch_size * args.seq_len + args.seq_len,
         resume=True, **student))
     report["distill"] = summary
-    report["draft_after"] = acceptance(teacher, out, CODING, code_prompts, args.k,
+    report["draft_after"] = acceptance(teacher, out, chat_prompts, code_prompts, args.k,
                                        args.max_tokens)
     with open(os.path.join(args.work, f"{args.pair}-report.json"), "w") as f:
         json.dump(report, f, indent=1)

@@ -275,7 +275,8 @@ def distill(cfg: DistillConfig) -> dict:
             history.append(entry)
             bar.write(f"step {step}: held-out KL {entry['kl']:.4f}, perplexity "
                       f"{entry['ppl']:.2f}, train loss {stats['loss']:.4f}, {rate:.0f} tok/s")
-        _log(cfg.out, {**entry, "tokens_per_s": rate})
+        _log(cfg.out, {**entry, "tokens_per_s": rate,
+                       "elapsed_s": time.perf_counter() - started})
         if step % cfg.save_every == 0 or step == cfg.steps:
             ckpt.save_checkpoint(cfg.out, step, student, optimizer, scheduler, identity,
                                  history, cfg.keep_checkpoints)

@@ -162,3 +162,27 @@ def test_bad_input_gets_a_clear_error(teacher, tmp_path, capsys):
     code = main(["distill", "--teacher", teacher, "--student-layers", "2", "--data",
                  str(bad), "--out", str(tmp_path / "o5")])
     assert code == 2 and "bad.jsonl:2" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_bf16_autocast_trains_and_the_student_serves(teacher, tmp_path):
+    """GPU: the student trains under bf16 autocast (float32 master weights), the loss falls,
+    and the folder serves in Tessera on the GPU with HF's greedy tokens (both in float32, so
+    near-ties cannot flip)."""
+    out = str(tmp_path / "gpu")
+    assert distill(teacher, out, "--student-layers", "2", "--steps", "12", "--eval-every", "12",
+                   "--device", "cuda") == 0
+    lines = log(out)
+    train = [e["train"]["loss"] for e in lines if "train" in e]
+    assert sum(train[-3:]) < sum(train[:3]) and lines[-1]["kl"] < lines[0]["kl"]
+    import transformers
+
+    from tessera import LLM, SamplingParams
+    prompt = [5, 40, 99, 120, 7]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).cuda()
+    expected = hf.generate(torch.tensor([prompt]).cuda(), max_new_tokens=6, do_sample=False,
+                           eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+    llm = LLM(out, dtype="float32", enforce_eager=True, gpu_memory_utilization=0.3)
+    got = llm.generate({"prompt_token_ids": prompt},
+                       SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
+    assert got[0].outputs[0].token_ids == expected
