@@ -242,6 +242,15 @@ class MPClient(EngineClient):
             self._check_exits()
             await asyncio.sleep(0.25)
 
+    def fail_in_flight(self, message: str, status: int = 503) -> int:
+        """Ends every request in flight with RequestRejected(message, status) (a server
+        that stops draining: each client gets an answer, not a cut connection); their
+        generators abort them in the engine. Returns how many were ended."""
+        queues = list(self._queues.values())
+        for queue in queues:
+            queue.fail(RequestRejected(message, status))
+        return len(queues)
+
     def _fail(self, message: str) -> None:
         if self.dead:
             return

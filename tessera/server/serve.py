@@ -13,7 +13,9 @@ with Tessera's log format (logs.py), the API key check, the body bound and CORS
 (server/app.py). Start-up phases are logged with their times, and a
 line every 4 s while one lasts. If the
 engine process dies, the server fails in-flight requests, answers /health with 503 and
-exits with status 1.
+exits with status 1. On SIGTERM or Ctrl-C it drains (`draining_server`): no new
+connections, requests in flight get `--shutdown-timeout` seconds to finish, then a 503 in
+the OpenAI shape (an error event and [DONE] on a stream), then the engines stop.
 """
 from __future__ import annotations
 
@@ -84,6 +86,18 @@ def add_serve_parser(sub, parents: list) -> None:
                    help="longest time tokenizing a request's prompts or rendering its chat "
                         "template may take, off the event loop, before it is refused "
                         "(default: 10)")
+    g.add_argument("--max-connections", type=int, default=None, metavar="N",
+                   help="open HTTP connections at most; one more is answered 503 and closed "
+                        "at once (default: the open-file limit, raised to its hard limit, "
+                        "less 128)")
+    g.add_argument("--request-read-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="a request's headers and body must arrive within this time of its "
+                        "first byte, else 408 and the connection is closed (default: 30)")
+    g.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="on SIGTERM / Ctrl-C: new connections are refused at once, requests "
+                        "in flight may finish for this long; those still running then end "
+                        "with a 503 error (an error event and [DONE] on a stream) "
+                        "(default: 30)")
     g.add_argument("--stats-interval", type=float, default=10.0,
                    help="seconds between stats log lines while busy (default: 10)")
     g.add_argument("--disable-access-log", action="store_true",
@@ -106,6 +120,11 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.enable_auto_tool_choice and args.tool_call_parser is None:
         args.serve_parser.error("--enable-auto-tool-choice needs --tool-call-parser "
                                 f"({', '.join(PARSERS)})")
+    for name, value, low in (("--max-connections", args.max_connections, 1),
+                             ("--request-read-timeout", args.request_read_timeout, 1e-3),
+                             ("--shutdown-timeout", args.shutdown_timeout, 0)):
+        if value is not None and not value >= low:
+            args.serve_parser.error(f"{name} must be at least {low:g} (got {value:g})")
     kwargs = engine_kwargs(args)
     if args.deployment:
         return asyncio.run(serve(_deployed(args, kwargs), args))
@@ -197,9 +216,14 @@ async def serve(models: list[ServedModel], args: argparse.Namespace) -> int:
                        args.allow_credentials)
     app = create_app(state, args.api_key, args.max_body_bytes, lifespan, cors,
                      args.open_metrics)
-    server = uvicorn.Server(uvicorn.Config(
+    from tessera.server.http_protocol import default_max_connections, guarded_protocol
+    max_connections = args.max_connections or default_max_connections()
+    server = draining_server(uvicorn.Config(
         app, log_config=uvicorn_log_config(args.log_level), log_level=args.log_level,
-        access_log=not args.disable_access_log, timeout_graceful_shutdown=3))
+        access_log=not args.disable_access_log,
+        http=guarded_protocol(args.request_read_timeout, max_connections),
+        timeout_graceful_shutdown=args.shutdown_timeout + ANSWER_S),
+        clients, args.shutdown_timeout)
 
     def on_dead(message: str) -> None:
         logger.error("shutting down: %s", message)
@@ -209,6 +233,36 @@ async def serve(models: list[ServedModel], args: argparse.Namespace) -> int:
         client.on_dead = on_dead
     await server.serve(sockets=[sock])
     return 1 if state.dead() or not server.started else 0
+
+
+ANSWER_S = 5.0  # after the shutdown timeout, the time routes have to answer their 503s
+
+
+def draining_server(config, clients: list, drain_s: float):
+    """A uvicorn Server whose shutdown drains: uvicorn stops accepting and waits for the
+    requests in flight; after drain_s those still running are ended with a 503 error
+    (EngineClient.fail_in_flight), which their routes answer in the OpenAI shape (an error
+    event and [DONE] on a stream) within ANSWER_S, before uvicorn would cancel them."""
+    import uvicorn
+
+    class _Draining(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            logger.info("shutting down: requests in flight have %.0f s to finish", drain_s)
+            timer = asyncio.get_running_loop().call_later(drain_s, self._expire)
+            try:
+                await super().shutdown(sockets)
+            finally:
+                timer.cancel()
+
+        def _expire(self) -> None:
+            ended = sum(c.fail_in_flight(
+                f"The server is shutting down: this request did not finish within the "
+                f"{drain_s:g} s shutdown timeout.", 503) for c in clients)
+            if ended:
+                logger.warning("shutdown timeout: %d request(s) in flight ended with 503",
+                               ended)
+
+    return _Draining(config)
 
 
 async def _start_clients(models: list[ServedModel]) -> list:
