@@ -34,6 +34,7 @@ from tessera.server.errors import (ApiError, error_body, error_response, param_o
                                    validation_message)
 from tessera.server.protocol import request_fields
 from tessera.server.metrics import ServerMetrics
+from tessera.server.openapi import install_openapi
 from tessera.server.prompt_work import PromptWorkers
 from tessera.server.tools import ToolOptions
 
@@ -154,6 +155,7 @@ def create_app(state: ServerState, api_key: Optional[str] = None,
     app.state.tessera = state
     app.include_router(openai_api.router)
     app.include_router(kserve.router)
+    install_openapi(app)  # the document as the routes answer (server/openapi.py)
 
     @app.get("/metrics")
     async def metrics():
