@@ -2,7 +2,8 @@
 
 Objects: PreparedPrompt, InputProcessor. It holds the resolved config (its ModelInfo:
 frontend/model_info.py) and the tokenizer; it validates and tokenizes prompts (ValueError
-naming the problem), renders chat templates, gives the model's default sampling settings
+naming the problem), renders chat templates (a message's spelled control tokens stay text:
+frontend/control_tokens.py), gives the model's default sampling settings
 and fans n > 1 out into child requests; it checks a request's structured outputs
 (`check_structured`: the grammar compiles, structured/grammar.py). It never touches
 tensors (no torch, no model code), so it lives in the API process; the engine clients
@@ -16,6 +17,7 @@ from typing import Any, Optional, Union
 
 from tessera.config import EngineConfig
 from tessera.engine.request import check_token_ids
+from tessera.frontend.control_tokens import ControlTokens
 from tessera.sampling_params import SamplingParams
 
 PromptType = Union[str, list[int], dict]
@@ -48,6 +50,7 @@ class InputProcessor:
         self._max_text_bytes: Optional[int] = None  # `_check_size`'s bound, on first use
         self._grammars = None  # structured/grammar.py GrammarCompiler, on first use
         self._grammars_lock = threading.Lock()
+        self._control: Optional[ControlTokens] = None  # the tokenizer's, on first use
 
     def default_sampling_params(self, **overrides: Any) -> SamplingParams:
         return SamplingParams(**{**self.generation_defaults, **overrides})
@@ -139,9 +142,14 @@ class InputProcessor:
                             add_special_tokens: bool = False, **kwargs: Any) -> list[int]:
         """The conversation rendered by the chat template (kwargs reach the template:
         documents, continue_final_message, ...) and encoded; add_special_tokens: the
-        tokenizer's own (BOS ...) on top of what the template writes."""
-        text = self.chat_text(messages, add_generation_prompt, chat_template, **kwargs)
-        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        tokenizer's own (BOS ...) on top of what the template writes. A message's text that
+        spells a control token (`<|im_start|>`) is encoded as text: no forged turns
+        (frontend/control_tokens.py)."""
+        if self._control is None:
+            self._control = ControlTokens(self.tokenizer)
+        return self._control.encode_conversation(
+            lambda msgs: self.chat_text(msgs, add_generation_prompt, chat_template, **kwargs),
+            messages, add_special_tokens)
 
     def chat_text(self, messages: list[dict], add_generation_prompt: bool = True,
                   chat_template: Optional[str] = None, **kwargs: Any) -> str:
