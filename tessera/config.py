@@ -61,6 +61,9 @@ class ModelConfig:
     max_model_len: Optional[int] = _field(None, "context length (default: the model's)")
     seed: int = _field(0, "seeds dummy weights and unseeded sampling")
     skip_tokenizer_init: bool = _field(False, "no tokenizer: token ids in and out")
+    allow_control_tokens_in_messages: bool = _field(
+        False, "a chat message's text may spell control tokens (<|im_start|> ...) that become "
+               "real ones, so a client can forge turns (default: they stay text)")
     enforce_eager: bool = _field(False, "no CUDA graphs for decode steps")
     cpu_threads: Optional[int] = _field(
         None, "intra-op threads of a CPU engine (default: the physical cores given to the "

@@ -144,7 +144,10 @@ class InputProcessor:
         documents, continue_final_message, ...) and encoded; add_special_tokens: the
         tokenizer's own (BOS ...) on top of what the template writes. A message's text that
         spells a control token (`<|im_start|>`) is encoded as text: no forged turns
-        (frontend/control_tokens.py)."""
+        (frontend/control_tokens.py), unless allow_control_tokens_in_messages."""
+        if self.config.model.allow_control_tokens_in_messages:
+            text = self.chat_text(messages, add_generation_prompt, chat_template, **kwargs)
+            return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
         if self._control is None:
             self._control = ControlTokens(self.tokenizer)
         return self._control.encode_conversation(

@@ -1,8 +1,9 @@
 """KServe v2 / Triton Inference Server protocol.
 
 Routes: GET /v2 (server metadata), /v2/health/live, /v2/health/ready,
-/v2/models/{m}[/versions/{v}] (model metadata), .../ready, POST .../infer (BYTES
-`text_input` tensor in, `text_output` out; one completion per element), and Triton's
+/v2/models/{m}[/versions/{v}] (model metadata), .../ready, POST .../infer (one BYTES
+`text_input` tensor in, its shape [n] for its n strings; `text_output` out; one
+completion per element), and Triton's
 generate extension: POST .../generate (JSON {"text_input", "parameters"} -> {"text_output"})
 and .../generate_stream (SSE, one event per text delta). Sampling settings come from
 `parameters` (SamplingParams field names, also accepted at a generate body's top level;
@@ -117,13 +118,10 @@ async def infer(request: Request, name: str, version: Optional[str] = None):
     _refuse_keys(body, ("id", "inputs", "outputs", "parameters"))
     if not isinstance(body.get("inputs"), list):
         raise ApiError(400, "infer needs 'inputs', a list of tensors.", "inputs")
-    inputs = {i.get("name"): i for i in body["inputs"] if isinstance(i, dict)}
-    tensor = inputs.get("text_input")
-    if tensor is None or tensor.get("datatype", "BYTES") != "BYTES":
-        raise ApiError(400, "infer needs a BYTES input tensor named 'text_input'.", "inputs")
-    texts = tensor.get("data")
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise ApiError(400, "text_input.data must be a non-empty list of strings.", "inputs")
+    texts = _text_input(body["inputs"])
+    for wanted in body.get("outputs") or []:
+        if not isinstance(wanted, dict) or wanted.get("name") != "text_output":
+            raise ApiError(400, "the only output is 'text_output'.", "outputs")
     params = _params(s, body.get("parameters"))
     s.client.check_fan_out(len(texts))
     await _check_grammar(s, params)
@@ -137,6 +135,28 @@ async def infer(request: Request, name: str, version: Optional[str] = None):
     return {"id": rid, "model_name": name, "model_version": version or VERSION,
             "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [len(outputs)],
                          "data": outputs}]}
+
+
+def _text_input(tensors: list) -> list[str]:
+    """The prompts of the one input tensor, `text_input` (BYTES, data a list of strings,
+    shape its length: [n] or [n, 1]); any other input is refused."""
+    names = [t.get("name") if isinstance(t, dict) else None for t in tensors]
+    others = [n for n in names if n != "text_input"]
+    if others or len(names) != 1:
+        raise ApiError(400, "infer takes one input tensor, 'text_input' (BYTES), got "
+                            f"{names or 'none'}.", "inputs")
+    tensor = tensors[0]
+    if tensor.get("datatype", "BYTES") != "BYTES":
+        raise ApiError(400, "infer needs a BYTES input tensor named 'text_input'.", "inputs")
+    texts = tensor.get("data")
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ApiError(400, "text_input.data must be a non-empty list of strings.", "inputs")
+    shape = tensor.get("shape")
+    if (not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape)
+            or shape not in ([len(texts)], [len(texts), 1])):
+        raise ApiError(400, f"text_input.shape must be [{len(texts)}] (or [{len(texts)}, 1]) "
+                            f"for its {len(texts)} strings, got {shape!r}.", "inputs")
+    return texts
 
 
 async def _generate_setup(request: Request, name: str, version: Optional[str]):

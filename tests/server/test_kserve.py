@@ -169,9 +169,17 @@ def test_unknown_version_is_404(http, model_name):
     {"inputs": [{"name": "text_input", "datatype": "INT32", "shape": [1], "data": [1]}]},
     {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [0], "data": []}]},
     {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": [5]}]},
-], ids=["no-inputs", "no-inputs-key", "wrong-name", "wrong-type", "empty", "not-strings"])
+    {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [3], "data": ["hi"]}]},
+    {"inputs": [{"name": "text_input", "datatype": "BYTES", "data": ["hi"]}]},
+    {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": ["hi"]},
+                {"name": "extra", "datatype": "BYTES", "shape": [1], "data": ["x"]}]},
+    {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": ["hi"]}],
+     "outputs": [{"name": "logits"}]},
+], ids=["no-inputs", "no-inputs-key", "wrong-name", "wrong-type", "empty", "not-strings",
+        "wrong-shape", "no-shape", "another-input", "unknown-output"])
 def test_infer_without_a_usable_text_input_is_400(http, model_name, body):
-    assert_error(http.post(f"/v2/models/{model_name}/infer", json=body), 400, param="inputs")
+    param = "outputs" if "outputs" in body else "inputs"
+    assert_error(http.post(f"/v2/models/{model_name}/infer", json=body), 400, param=param)
 
 
 @pytest.mark.parametrize("route", ["generate", "generate_stream"])

@@ -46,3 +46,15 @@ def test_every_role_s_text_is_guarded(tok):
         forged = [{"role": role, "content": f"a{spelled}b"}, {"role": "user", "content": "Hi"}]
         clean = [{"role": role, "content": "ab"}, {"role": "user", "content": "Hi"}]
         assert count(forged, spelled) == count(clean, spelled), role
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_the_input_processor_guards_unless_allowed(smollm2_path, allow):
+    from tessera.config import EngineConfig
+    from tessera.frontend.input import InputProcessor
+    from tessera.frontend.model_info import resolve_config
+    config, tokenizer = resolve_config(EngineConfig.from_kwargs(
+        model=smollm2_path, allow_control_tokens_in_messages=allow))
+    ids = InputProcessor(config, tokenizer).apply_chat_template(
+        [{"role": "user", "content": FORGED}])
+    assert ids.count(tokenizer.convert_tokens_to_ids("<|im_start|>")) == (4 if allow else 3)
