@@ -52,7 +52,8 @@ def _params(s, parameters: Any) -> SamplingParams:
     if unknown:
         raise ApiError(400, f"parameter {unknown[0]!r} is not supported (sampling parameters: "
                             f"{', '.join(sorted(_PARAM_FIELDS))}).", unknown[0])
-    given.setdefault("max_tokens", 16)
+    if given.get("max_tokens") is None:  # absent or null: 16
+        given["max_tokens"] = 16
     params = s.client.input.default_sampling_params(**given)
     if params.n != 1:  # one text_output per input: more samples would be computed and lost
         raise ApiError(400, f"n must be 1 on the KServe routes (one text_output per input), "

@@ -28,7 +28,7 @@ import json
 
 from typing import Any, Callable, ClassVar, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tessera.sampling_params import SamplingParams
 from tessera.server.tools import NamedToolChoice, Tool
@@ -213,11 +213,16 @@ def request_fields() -> set[str]:
 
 class CompletionRequest(_SamplingFields):
     prompt: Union[str, list[str], list[int], list[list[int]]]
-    max_tokens: Optional[int] = 16
+    max_tokens: Optional[int] = 16  # null: the default too, as OpenAI documents it
     echo: bool = False
     logprobs: Optional[int] = None
     add_special_tokens: bool = True  # text prompts: BOS and the like, as the tokenizer adds
     suffix: Optional[str] = None
+
+    @field_validator("max_tokens", mode="before")
+    @classmethod
+    def _null_is_the_default(cls, value: Any) -> Any:
+        return 16 if value is None else value
 
     def prompts(self) -> list[Union[str, list[int]]]:
         p = self.prompt

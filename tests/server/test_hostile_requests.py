@@ -146,3 +146,12 @@ def test_the_server_is_whole_afterwards(http, server, model_name, before):
     r = http.post("/v1/completions", json={"model": model_name, **GREEDY})
     assert r.status_code == 200 and r.json()["choices"][0]["text"] == before
     assert wait_until_idle(server.base_url, 30)
+
+
+def test_a_null_max_tokens_on_completions_is_the_default_16(http, model_name):
+    """OpenAI documents max_tokens "integer or null, defaults to 16" for completions; null
+    ran to the full context (issue 17)."""
+    r = http.post("/v1/completions", json={"model": model_name, "prompt": "Count: 1, 2,",
+                                           "max_tokens": None, "ignore_eos": True,
+                                           "temperature": 0})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 16
