@@ -52,6 +52,7 @@ class ServerState:
     prompts: PromptWorkers = dataclasses.field(default_factory=PromptWorkers)  # off the loop
     trust_request_chat_template: bool = False  # --trust-request-chat-template
     tools: ToolOptions = dataclasses.field(default_factory=ToolOptions)  # tool-call flags
+    stream_stall_s: float = 60.0  # --stream-stall-timeout
     # with a deployment file: every other served name -> that model's state
     others: dict[str, "ServerState"] = dataclasses.field(default_factory=dict)
 

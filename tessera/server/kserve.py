@@ -202,7 +202,7 @@ async def generate_stream(request: Request, name: str, version: Optional[str] = 
             if text or c.finished:
                 yield sse({"model_name": name, "model_version": version or VERSION,
                            "text_output": text, "finish_reason": c.finish_reason})
-    return sse_response(events(), done=False)
+    return sse_response(events(), s.stream_stall_s, done=False)
 
 
 async def _json(request: Request) -> dict[str, Any]:

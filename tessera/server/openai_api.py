@@ -25,6 +25,7 @@ from tessera.server import openai_format as fmt
 from tessera.server.errors import ApiError, error_body
 from tessera.server.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                                      TokenizeRequest)
+from tessera.server.stall_guard import StallGuardedStream
 from tessera.server.streaming import DeltaTracker, admitted, merge_streams, sse
 from tessera.server.tool_parsers import ToolStream, parser_for, tool_calls_of
 from tessera.server.tools import plan_tools, tool_conversation
@@ -115,7 +116,10 @@ async def all_final(streams: list[AsyncIterator]) -> list[Any]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def sse_response(chunks: AsyncIterator[str], done: bool = True) -> StreamingResponse:
+def sse_response(chunks: AsyncIterator[str], stall_s: float,
+                 done: bool = True) -> StreamingResponse:
+    """An SSE response of chunks; a client that reads nothing for stall_s is dropped and
+    its request aborted (server/stall_guard.py)."""
     async def guarded() -> AsyncIterator[str]:
         try:
             async for chunk in chunks:
@@ -127,7 +131,7 @@ def sse_response(chunks: AsyncIterator[str], done: bool = True) -> StreamingResp
             yield sse(error_body(status, str(e)))
         if done:
             yield sse("[DONE]")
-    return StreamingResponse(guarded(), media_type="text/event-stream")
+    return StallGuardedStream(guarded(), stall_s, media_type="text/event-stream")
 
 
 # -- /v1/models ---------------------------------------------------------------------------
@@ -167,7 +171,8 @@ async def completions(body: CompletionRequest, request: Request):
                for i, (p, sp) in enumerate(zip(prompts, params))]
     if body.stream:  # a refusal is the response's status, not an event after a 200
         streams = await admitted(streams)
-        return sse_response(_completion_chunks(s, body, rid, model, prompts, params, streams))
+        return sse_response(_completion_chunks(s, body, rid, model, prompts, params, streams),
+                            s.stream_stall_s)
     finals = await until_disconnect(request, all_final(streams))
     choices, completion_tokens = [], 0
     for i, (prompt, out) in enumerate(zip(prompts, finals)):
@@ -288,7 +293,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     stream = s.client.generate(rid, prompt, params)
     if body.stream:
         stream = (await admitted([stream]))[0]
-        return sse_response(_chat_chunks(body, rid, model, prompt, params, stream, plan))
+        return sse_response(_chat_chunks(body, rid, model, prompt, params, stream, plan),
+                            s.stream_stall_s)
     out = (await until_disconnect(request, all_final([stream])))[0]
     choices = []
     for c in out.outputs:

@@ -93,6 +93,9 @@ def add_serve_parser(sub, parents: list) -> None:
     g.add_argument("--request-read-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="a request's headers and body must arrive within this time of its "
                         "first byte, else 408 and the connection is closed (default: 30)")
+    g.add_argument("--stream-stall-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="a stream whose client reads nothing for this long is dropped and its "
+                        "request aborted, its KV blocks freed (default: 60)")
     g.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="on SIGTERM / Ctrl-C: new connections are refused at once, requests "
                         "in flight may finish for this long; those still running then end "
@@ -122,6 +125,7 @@ def run_serve(args: argparse.Namespace) -> int:
                                 f"({', '.join(PARSERS)})")
     for name, value, low in (("--max-connections", args.max_connections, 1),
                              ("--request-read-timeout", args.request_read_timeout, 1e-3),
+                             ("--stream-stall-timeout", args.stream_stall_timeout, 1e-3),
                              ("--shutdown-timeout", args.shutdown_timeout, 0)):
         if value is not None and not value >= low:
             args.serve_parser.error(f"{name} must be at least {low:g} (got {value:g})")
@@ -311,7 +315,7 @@ def _states(models: list[ServedModel], clients: list, args: argparse.Namespace):
             metrics.replicas = client
         states.append(ServerState(client, metrics, m.names, client.input.model_path,
                                   int(time.time()), prompts, args.trust_request_chat_template,
-                                  tools))
+                                  tools, stream_stall_s=args.stream_stall_timeout))
     first = states[0]
     first.others = {name: st for st in states[1:] for name in st.model_names}
     return first
