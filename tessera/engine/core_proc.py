@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 
 import msgspec
 import zmq
@@ -75,6 +76,13 @@ class EngineProc:
                 self._send(ipc.Rejected(msg.request_id, str(e), 503))
             except ValueError as e:
                 self._send(ipc.Rejected(msg.request_id, str(e), 400))
+            except Exception as e:  # a fault admitting one request costs that request alone
+                incident = uuid.uuid4().hex[:12]
+                logger.exception("request %s could not be admitted (incident %s)",
+                                 msg.request_id, incident)
+                self._send(ipc.Rejected(msg.request_id, f"Internal error admitting the "
+                                        f"request (incident {incident}; the server's log has "
+                                        f"the details).", 500))
         elif isinstance(msg, ipc.AbortRequests):
             self.core.abort(msg.request_ids)
         elif isinstance(msg, ipc.Shutdown):

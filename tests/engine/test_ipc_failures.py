@@ -112,3 +112,20 @@ def test_children_sent_before_the_queue_filled_are_aborted_later():
     c._flush_aborts()  # what the reader does on every engine message
     assert ipc.client_decoder.decode(sent[-1]) == ipc.AbortRequests(["r-0"])
     assert c._pending_aborts == [] and c.dead is None
+
+
+def test_a_fault_admitting_one_request_costs_that_request_alone():
+    class Faulty(Core):
+        def add_request(self, req):
+            if req.request_id == "boom":
+                raise RuntimeError("a bug in admission")
+            super().add_request(req)
+    proc = EngineProc.__new__(EngineProc)
+    proc.core, proc.outbox, proc.eos = Faulty(), Outbox(), (2,)
+    proc.inbox = Inbox([add_request_frame("boom", max_tokens=4),
+                        add_request_frame("good", max_tokens=4)])
+    proc._drain_inbox()
+    assert proc.core.added == ["good"]
+    (reply,) = [ipc.engine_decoder.decode(f) for f in proc.outbox.sent]
+    assert (reply.request_id, reply.status) == ("boom", 500)
+    assert "incident" in reply.message and "a bug" not in reply.message  # no internals
