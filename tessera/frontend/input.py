@@ -145,6 +145,8 @@ class InputProcessor:
         tokenizer's own (BOS ...) on top of what the template writes. A message's text that
         spells a control token (`<|im_start|>`) is encoded as text: no forged turns
         (frontend/control_tokens.py), unless allow_control_tokens_in_messages."""
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer, so it has no chat template.")
         if self.config.model.allow_control_tokens_in_messages:
             text = self.chat_text(messages, add_generation_prompt, chat_template, **kwargs)
             return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
