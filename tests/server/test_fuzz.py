@@ -79,7 +79,6 @@ def test_generated_requests_get_no_server_error(server, model_name):
                 assert {"message", "code"} <= body["error"].keys(), body
         run()
     assert not failures, failures[:5]
-    print(sorted(statuses.items()))
     for path in ("/v1/completions", "/v1/chat/completions", "/v2/models/{name}/generate",
                  "/v2/models/{name}/infer"):
         assert statuses[path, 4] > 0  # generated bodies were refused ...
