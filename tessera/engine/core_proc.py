@@ -8,8 +8,9 @@ ClientMessages and a PUSH socket for EngineMessages, sends Ready once the model 
 cache are up (or Fatal), then loops: take every pending message (block only when idle),
 run one step, push its outputs with a stats snapshot. A message that does not decode, or
 a request the core refuses (token ids outside the vocabulary, a full queue), costs that
-request alone (Rejected). It exits on Shutdown, when its parent dies, or on an error in
-the step loop (after sending Fatal).
+request alone (Rejected); so does a request that fails in a step (the worker isolates
+it: worker/step_faults.py; Rejected 500). It exits on Shutdown, when its parent dies, or
+on a device or worker failure in the step loop (after sending Fatal).
 """
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ class EngineProc:
                 self._send(ipc.Rejected(msg.request_id, str(e), 503))
             except ValueError as e:
                 self._send(ipc.Rejected(msg.request_id, str(e), 400))
-            except Exception as e:  # a fault admitting one request costs that request alone
+            except Exception:  # a fault admitting one request costs that request alone
                 incident = uuid.uuid4().hex[:12]
                 logger.exception("request %s could not be admitted (incident %s)",
                                  msg.request_id, incident)
@@ -112,6 +113,14 @@ class EngineProc:
         if isinstance(rid, str):
             self._send(ipc.Rejected(rid, f"invalid request: {error}", 400))
 
+    def _send_failures(self, outputs: list) -> list:
+        """Requests that failed in the worker (finish reason "error") are Rejected (500,
+        the message naming the incident); the rest go out as usual."""
+        for out in outputs:
+            if out.finish_reason == "error":
+                self._send(ipc.Rejected(out.request_id, str(out.stop_reason), 500))
+        return [out for out in outputs if out.finish_reason != "error"]
+
     def run(self) -> None:
         last_stats = 0.0
         while self.running:
@@ -121,6 +130,8 @@ class EngineProc:
                 return
             self._drain_inbox()
             outputs = self.core.step() if self.core.has_unfinished() else []
+            if any(out.finish_reason == "error" for out in outputs):
+                outputs = self._send_failures(outputs)
             now = time.monotonic()
             if outputs or self.core.scheduler.queue_times or now - last_stats > STATS_INTERVAL_S:
                 queue_times, self.core.scheduler.queue_times = self.core.scheduler.queue_times, {}

@@ -3,7 +3,7 @@
 API -> engine (`ClientMessage`): AddRequest (token ids + SamplingParams), AbortRequests,
 Shutdown. Engine -> API (`EngineMessage`): Ready (what was set up), Outputs (each step's
 EngineCoreOutputs plus a stats snapshot), Rejected (a request the core refused: 400 or
-503), Fatal (the engine cannot go on). Decoding validates types, so a malformed frame
+503; or one that failed in a step: 500), Fatal (the engine cannot go on). Decoding validates types, so a malformed frame
 is an error, never code.
 """
 from __future__ import annotations
@@ -72,7 +72,7 @@ class Outputs(msgspec.Struct, tag=True):
 class Rejected(msgspec.Struct, tag=True):
     request_id: str
     message: str
-    status: int  # 400: invalid, 503: queue full
+    status: int  # 400: invalid, 503: queue full, 500: failed in the engine (an incident)
 
 
 class Fatal(msgspec.Struct, tag=True):

@@ -4,9 +4,10 @@ SchedulerOutput (core -> worker): new requests in full (`NewRequestData`), runni
 as diffs (`CachedRequestData`: new block ids and this step's tokens), tokens to compute per
 request (speculative tokens to verify included: `scheduled_spec_token_ids`), and requests
 the worker can forget. ModelRunnerOutput (worker -> core): per request the tokens a step
-sampled (a list: several when speculative tokens were accepted) and their logprobs, and
-the drafts proposed for each request's next step. EngineCoreOutput (core -> front end):
-per request, its new tokens and finish.
+sampled (a list: several when speculative tokens were accepted) and their logprobs, the
+drafts proposed for each request's next step, and the requests that failed in the
+worker. EngineCoreOutput (core -> front end): per request, its new tokens and finish
+("error": it failed in the worker, stop_reason says why).
 WorkerInfo (worker -> executor -> core): what a worker set up.
 Plain data only (ints, floats, strings, lists): these cross process boundaries (msgspec).
 """
@@ -79,6 +80,9 @@ class ModelRunnerOutput:
     spec_token_ids: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     draft_cost: float = 0.0  # measured: one draft step's time over one verify step's
     memory: dict[str, int] = dataclasses.field(default_factory=dict)  # allocator, now and then
+    # request id -> why it failed in the worker (worker/step_faults.py): the core ends it
+    # with an error; the engine goes on
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass

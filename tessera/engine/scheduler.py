@@ -228,6 +228,7 @@ class Scheduler:
         if self.draft_policy is not None:
             self.draft_policy.note_draft_cost(out.draft_cost)
         self.in_flight.difference_update(sched.num_scheduled_tokens)
+        outputs.extend(self._fail(out.failed))
         for rid, n in sched.num_scheduled_tokens.items():
             req = self.requests.get(rid)
             if req is None or req.status != RequestStatus.RUNNING:
@@ -258,6 +259,21 @@ class Scheduler:
                 req.spec_token_ids = list(out.spec_token_ids.get(rid, ()))
             outputs.append(EngineCoreOutput(rid, new, lps, prompt_lps, req.finish_reason,
                                             req.stop_reason, req.num_cached_tokens, req.cost))
+        return outputs
+
+    def _fail(self, failed: dict[str, str]) -> list[EngineCoreOutput]:
+        """Ends the requests that failed in the worker (finish reason "error", the
+        message as stop reason); their blocks are freed."""
+        outputs = []
+        for rid, message in failed.items():
+            req = self.requests.get(rid)
+            if req is None or req.status.finished:
+                continue
+            (self.running if req.status == RequestStatus.RUNNING else self.waiting).remove(req)
+            self._finish(req, RequestStatus.FINISHED_ERROR)
+            req.stop_reason = message
+            outputs.append(EngineCoreOutput(rid, [], [], [], "error", message,
+                                            req.num_cached_tokens, req.cost))
         return outputs
 
     def _append(self, req: Request, tokens: list[int]):

@@ -10,6 +10,11 @@ sample (tokens stay on the device; a non-blocking copy to pinned memory starts) 
 returns without waiting. `collect`: waits for the oldest step's copy, appends its tokens
 to the states and returns its ModelRunnerOutput. Async scheduling submits step N+1
 before collecting step N.
+Faults (worker/step_faults.py), once serving: an exception setting up one new request's
+state fails that request alone; any other exception in a step that is not the device's
+fails that step's requests. Either way they are reported in the output's `failed`, their
+state is dropped (later steps that still schedule them skip them, the same on every rank)
+and the runner goes on; device failures propagate (fatal).
 `num_kv_blocks()` sizes the cache from the model's per-layer KV-cache specs: a share of
 GPU memory after a profiling forward pass, or `cpu_kv_cache_gb` on CPU.
 The runner is built by a Worker (worker/worker.py) on its device and dtype; the model and
@@ -46,6 +51,7 @@ from tessera.worker.grammar_masks import GrammarMasks
 from tessera.worker.input_batch import RequestState, prepare_inputs
 from tessera.worker.kv_host_tier import KVHostTier
 from tessera.worker.memory import allocator_memory, setup_memory
+from tessera.worker.step_faults import is_device_failure, request_failures, without_requests
 from tessera.worker.warm_up import warm_up
 
 logger = logging.getLogger(__name__)
@@ -61,6 +67,7 @@ class _StepInFlight:
     prompt_logprobs: dict
     resolved: bool = False
     output: Optional[ModelRunnerOutput] = None  # a speculative step's, complete already
+    failed: dict = dataclasses.field(default_factory=dict)  # request id -> message
 
     @classmethod
     def nothing_sampled(cls) -> "_StepInFlight":
@@ -103,6 +110,9 @@ class ModelRunner:
         self._memory_sent = 0.0  # when a step's output last carried the allocator's figures
         self.stage = pp_stage()
         self.states: dict[str, RequestState] = {}
+        self.isolate_faults = False  # on once serving: start-up and warm-up stay loud
+        self._dropped: set[str] = set()  # failed here; skipped until the core finishes them
+        self._failed: dict[str, str] = {}  # request id -> message, for the next output
         self._in_flight: deque[_StepInFlight] = deque()
         self._last_tokens: Optional[torch.Tensor] = None  # the newest step's sampled ids
         self.default_generator = torch.Generator(device=self.device).manual_seed(config.model.seed)
@@ -199,6 +209,7 @@ class ModelRunner:
             start = time.perf_counter()
             if warm_up(self):
                 logger.info("warm-up steps took %.1f s", time.perf_counter() - start)
+        self.isolate_faults = for_serving
 
     def _capture_graphs(self, num_blocks: int) -> None:
         start = time.perf_counter()
@@ -226,7 +237,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def submit(self, sched: SchedulerOutput) -> None:
-        """Queues the step on the device; returns before its tokens are back."""
+        """Queues the step on the device; returns before its tokens are back. A fault
+        that is not the device's fails the step's requests (module docstring)."""
         if sched.scheduled_spec_token_ids and self.spec is None:
             raise NotImplementedError("draft tokens were scheduled but this engine has no "
                                       "speculative decoding configured")
@@ -234,6 +246,20 @@ class ModelRunner:
         if self.kv_host is not None:  # evicted blocks out, found ones back, before the forward
             self.kv_host.apply(sched.kv_to_host, sched.kv_to_device)
         self._update_states(sched)
+        if self._dropped:
+            sched = without_requests(sched, self._dropped)
+        last_tokens = self._last_tokens
+        try:
+            self._submit(sched)
+        except Exception as e:
+            if not self.isolate_faults or is_device_failure(e):
+                raise
+            self._last_tokens = last_tokens  # the feed of later steps stays the one before
+            self._in_flight.append(_StepInFlight.nothing_sampled())
+            self._drop(list(sched.num_scheduled_tokens), e, "a step")
+        self._in_flight[-1].failed, self._failed = self._failed, {}
+
+    def _submit(self, sched: SchedulerOutput) -> None:
         for rid, drafts in sched.scheduled_spec_token_ids.items():
             self.states[rid].drafts = list(drafts)
         if sched.is_empty:
@@ -315,9 +341,18 @@ class ModelRunner:
         if step.output is not None:
             out = step.output
         else:
-            tokens = self._resolve(step)
+            try:
+                tokens = self._resolve(step)
+            except Exception as e:
+                if not self.isolate_faults or is_device_failure(e):
+                    raise
+                tokens = []
+                self._drop([st.request_id for st in step.states], e, "collecting a step")
+                step.failed.update(self._failed)
+                self._failed = {}
             sampled = {st.request_id: [tok] for st, tok in zip(step.states, tokens)}
             out = ModelRunnerOutput(sampled, step.logprobs, step.prompt_logprobs)
+        out.failed.update(step.failed)
         now = time.monotonic()
         if now - self._memory_sent > 1.0 and self.device.type == "cuda":
             self._memory_sent = now  # the allocator's figures, for /metrics
@@ -355,26 +390,47 @@ class ModelRunner:
             send_to_next(list(out))
         return out
 
+    def _drop(self, request_ids: list[str], exc: Exception, what: str) -> None:
+        """These requests failed (exc): their state goes, the next output says why."""
+        self._failed.update(request_failures(request_ids, exc, what))
+        for rid in request_ids:
+            self.states.pop(rid, None)
+            self._dropped.add(rid)
+
     def _update_states(self, sched: SchedulerOutput) -> None:
         for rid in sched.finished_request_ids:
             self.states.pop(rid, None)
+            self._dropped.discard(rid)
         for rid in sched.preempted_request_ids:
             if rid in self.states:  # keep the generator: its draws continue after resumption
                 self.states[rid].block_ids = []
         for new in sched.new_requests:
-            old = self.states.get(new.request_id)
-            st = self.states[new.request_id] = RequestState(
-                new.request_id, list(new.token_ids), new.num_prompt_tokens, new.params,
-                list(new.block_ids), new.num_computed_tokens, new.num_prompt_logprobs_done,
-                old.generator if old else self._make_generator(new.params.seed),
-                grammar=old.grammar if old else None)  # a resumed request's matcher goes on
-            if new.params.structured_outputs is not None and self.grammars is not None:
-                self.grammars.attach(st)
+            if new.request_id in self._dropped:
+                continue
+            try:
+                self._add_state(new)
+            except Exception as e:  # one request's settings cannot fail the others
+                if not self.isolate_faults or is_device_failure(e):
+                    raise
+                self._drop([new.request_id], e, "setting up a request")
         for cached in sched.cached_requests:
+            if cached.request_id in self._dropped:
+                continue
             st = self.states[cached.request_id]
             st.block_ids.extend(cached.new_block_ids)
             start = st.num_computed_tokens
             st.token_ids[start:start + len(cached.new_token_ids)] = cached.new_token_ids
+
+    def _add_state(self, new: NewRequestData) -> None:
+        old = self.states.get(new.request_id)
+        st = RequestState(
+            new.request_id, list(new.token_ids), new.num_prompt_tokens, new.params,
+            list(new.block_ids), new.num_computed_tokens, new.num_prompt_logprobs_done,
+            old.generator if old else self._make_generator(new.params.seed),
+            grammar=old.grammar if old else None)  # a resumed request's matcher goes on
+        if new.params.structured_outputs is not None and self.grammars is not None:
+            self.grammars.attach(st)
+        self.states[new.request_id] = st
 
     def _make_generator(self, seed):
         if seed is None:

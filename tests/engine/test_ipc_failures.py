@@ -129,3 +129,14 @@ def test_a_fault_admitting_one_request_costs_that_request_alone():
     (reply,) = [ipc.engine_decoder.decode(f) for f in proc.outbox.sent]
     assert (reply.request_id, reply.status) == ("boom", 500)
     assert "incident" in reply.message and "a bug" not in reply.message  # no internals
+
+
+def test_a_request_that_failed_in_a_step_is_rejected_with_500():
+    from tessera.engine.protocol import EngineCoreOutput
+    proc = EngineProc.__new__(EngineProc)
+    proc.outbox = Outbox()
+    failed = EngineCoreOutput("bad", [], [], [], "error", "Internal error (incident 1a2b)")
+    fine = EngineCoreOutput("good", [5], [], [])
+    assert proc._send_failures([failed, fine]) == [fine]
+    (reply,) = [ipc.engine_decoder.decode(f) for f in proc.outbox.sent]
+    assert reply == ipc.Rejected("bad", "Internal error (incident 1a2b)", 500)
