@@ -39,6 +39,17 @@ from tessera.worker.input_batch import RequestState
 
 logger = logging.getLogger(__name__)
 MAX_FILL_THREADS = 16  # llguidance's threads filling one step's masks
+# A/B knob: a step's masks filled in the background while the engine works on the step
+# before (the runner samples the step later: model_runner.py); off, in place
+BACKGROUND_FILL = True
+
+
+@dataclasses.dataclass
+class MaskJob:
+    """One step's masks being made: the host buffer [N, W] (None: no constrained row)
+    and the background fill (None: done)."""
+    host: Optional[torch.Tensor]
+    fill: Optional[Future]
 
 
 @dataclasses.dataclass
@@ -57,9 +68,11 @@ class GrammarMasks:
         self.words = (self.vocab_size + 31) // 32
         self._compiler: Optional[Future] = None
         self._executor = None  # llguidance.LLExecutor, made with the compiler
-        # host seconds of recent steps' masks: feeding the matchers, filling and copying
-        self.timings = {"advance": deque(maxlen=4096), "fill": deque(maxlen=4096)}
+        # host seconds of recent steps' masks: feeding the matchers (the step loop),
+        # filling (a helper thread, when in the background) and the step loop's wait for it
+        self.timings = {name: deque(maxlen=4096) for name in ("advance", "fill", "wait")}
         self._buffers: Optional[list[torch.Tensor]] = None  # _buffer()'s
+        self._helper: Optional[ThreadPoolExecutor] = None  # background fills (`start`)
         self._turn = 0
         if not config.model.skip_tokenizer_init:
             self._compiler = ThreadPoolExecutor(1, "grammar-compiler").submit(self._build)
@@ -103,9 +116,16 @@ class GrammarMasks:
     def bitmask(self, states: list[RequestState]) -> Optional[torch.Tensor]:
         """[N, W] int32 on the device for the sampling rows `states` (their earlier tokens
         known), or None when no row is constrained."""
+        return self.finish(self.start(states, in_background=False))
+
+    def start(self, states: list[RequestState], in_background: bool = True) -> "MaskJob":
+        """Feeds the matchers (here), then fills the masks: on a helper thread when
+        in_background (llguidance lets go of the GIL while it fills, so the step loop's
+        own work goes on meanwhile), else before returning. `finish` gives the device
+        mask."""
         rows = [(row, st.grammar) for row, st in enumerate(states) if st.grammar is not None]
         if not rows:
-            return None
+            return MaskJob(None, None)
         start = time.perf_counter()
         host, mask = self._buffer(len(states))
         mask.fill(-1)
@@ -120,15 +140,33 @@ class GrammarMasks:
             else:
                 fill.append((g.matcher, row))
         advanced = time.perf_counter()
+        self.timings["advance"].append(advanced - start)
+        if in_background and len(fill) > 1:
+            if self._helper is None:
+                self._helper = ThreadPoolExecutor(1, "grammar-fill")
+            return MaskJob(host, self._helper.submit(self._fill, fill, mask))
+        self._fill(fill, mask)
+        return MaskJob(host, None)
+
+    def _fill(self, fill: list, mask: np.ndarray) -> None:
+        start = time.perf_counter()
         if len(fill) > 1:  # on llguidance's threads
             lgn.fill_next_token_bitmask_par(self._executor, fill, mask)
         elif fill:  # one row: no thread to wake
             lgn.fill_next_token_bitmask(fill[0][0], mask, fill[0][1])
-        out = host.to(self.device, non_blocking=True) if self.device.type == "cuda" else host
-        end = time.perf_counter()
-        self.timings["advance"].append(advanced - start)
-        self.timings["fill"].append(end - advanced)
-        return out
+        self.timings["fill"].append(time.perf_counter() - start)
+
+    def finish(self, job: "MaskJob") -> Optional[torch.Tensor]:
+        """The job's masks [N, W] on the device (the copy started, not waited for), or
+        None when no row is constrained; waits for a background fill."""
+        if job.host is None:
+            return None
+        if job.fill is not None:
+            start = time.perf_counter()
+            job.fill.result()
+            self.timings["wait"].append(time.perf_counter() - start)
+        return (job.host.to(self.device, non_blocking=True) if self.device.type == "cuda"
+                else job.host)
 
     def _buffer(self, rows: int) -> tuple[torch.Tensor, np.ndarray]:
         """A host buffer [rows, W] int32 (pinned on a GPU; two, used in turn: the copy

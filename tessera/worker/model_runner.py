@@ -9,7 +9,11 @@ device) -> model forward -> LM head on the rows that sample or score prompt toke
 sample (tokens stay on the device; a non-blocking copy to pinned memory starts) ->
 returns without waiting. `collect`: waits for the oldest step's copy, appends its tokens
 to the states and returns its ModelRunnerOutput. Async scheduling submits step N+1
-before collecting step N.
+before collecting step N. A step with grammar rows (structured outputs) leaves its
+sampling for later: its masks need step N's tokens, so `collect(N)` starts filling them
+on a helper thread (worker/grammar_masks.py) and the step is sampled when the next step
+is submitted (or when it is itself collected), so the engine's own work on step N's
+output and the next schedule overlaps the fill.
 Faults (worker/step_faults.py), once serving: an exception setting up one new request's
 state fails that request alone; any other exception in a step that is not the device's
 fails that step's requests. Either way they are reported in the output's `failed`, their
@@ -40,15 +44,16 @@ from tessera.layers.ops import make_ops
 from tessera.quant.accounting import weight_bytes_by_precision
 from tessera.quant_policy import check_patterns, resolve_policy
 from tessera.layers.moe import FUSED_MAX_TOKENS, fused_moe_captures
-from tessera.layers.sampler import SamplingBatch, gather_logprobs, sample
+from tessera.layers.sampler import gather_logprobs, sample
 from tessera.models.loader import load_model
 from tessera.quant.kv_cache import resolve_kv_cache_dtype
 from tessera.sampling_params import SamplingParams
 from tessera.spec_decode.decoder import SpecDecoder
-from tessera.stopping import banned_token_ids
 from tessera.worker.cuda_graphs import DecodeGraphs, default_buckets
-from tessera.worker.grammar_masks import GrammarMasks
+from tessera.worker import grammar_masks
+from tessera.worker.grammar_masks import GrammarMasks, MaskJob
 from tessera.worker.input_batch import RequestState, prepare_inputs
+from tessera.worker.sampling_inputs import MASKS_HERE, SamplingInputs, needs_history
 from tessera.worker.kv_host_tier import KVHostTier
 from tessera.worker.memory import allocator_memory, setup_memory
 from tessera.worker.step_faults import is_device_failure, request_failures, without_requests
@@ -68,6 +73,8 @@ class _StepInFlight:
     resolved: bool = False
     output: Optional[ModelRunnerOutput] = None  # a speculative step's, complete already
     failed: dict = dataclasses.field(default_factory=dict)  # request id -> message
+    logits: Optional[torch.Tensor] = None  # [N, V] while its sampling waits for masks
+    masks: Optional[MaskJob] = None  # those masks, being made
 
     @classmethod
     def nothing_sampled(cls) -> "_StepInFlight":
@@ -115,11 +122,14 @@ class ModelRunner:
         self._failed: dict[str, str] = {}  # request id -> message, for the next output
         self._in_flight: deque[_StepInFlight] = deque()
         self._last_tokens: Optional[torch.Tensor] = None  # the newest step's sampled ids
-        self.default_generator = torch.Generator(device=self.device).manual_seed(config.model.seed)
+        self._unsampled: Optional[_StepInFlight] = None  # its sampling waits for masks
+        default_generator = torch.Generator(device=self.device).manual_seed(config.model.seed)
         self.spec: Optional[SpecDecoder] = None  # speculative decoding (spec_decode/)
         self.decode_rows_upto = 1  # verify steps of k + 1 tokens run as decode rows
         # structured outputs: the matchers and per-step token masks (where tokens are sampled)
         self.grammars = GrammarMasks(config, device) if self.stage.last else None
+        self.sampling = SamplingInputs(device, default_generator, self.arch.eos_token_ids,
+                                       self.grammars)
         if config.speculative.method is not None:
             self.decode_rows_upto = config.speculative.num_speculative_tokens + 1
             self.spec = SpecDecoder(config, device, dtype, self.kv_dtype, self.block_size)
@@ -242,6 +252,7 @@ class ModelRunner:
         if sched.scheduled_spec_token_ids and self.spec is None:
             raise NotImplementedError("draft tokens were scheduled but this engine has no "
                                       "speculative decoding configured")
+        self._sample_unsampled()  # the step before, whose tokens this one's inputs take
         self._step_start = time.perf_counter()
         if self.kv_host is not None:  # evicted blocks out, found ones back, before the forward
             self.kv_host.apply(sched.kv_to_host, sched.kv_to_device)
@@ -286,28 +297,59 @@ class ModelRunner:
         step = _StepInFlight(states, None, None, None, {}, prompt_logprobs)
         if states:
             rows = hidden if inputs.sample_index is None else hidden[inputs.sample_index]
-            greedy = all(self._plain_greedy(st) for st in states)  # no settings to gather
+            greedy = all(self.sampling.plain_greedy(st) for st in states)  # no settings to gather
             # [N, V]; a plain greedy step's argmax reads the model's dtype, no float32 copy
-            logits = self.model.compute_logits(rows, as_float=not greedy)
-            if greedy:
-                step.tokens = self.ops.argmax(logits)
+            step.logits = self.model.compute_logits(rows, as_float=not greedy)
+            if (any(st.grammar for st in states) and self.spec is None
+                    and grammar_masks.BACKGROUND_FILL):
+                self._unsampled = step  # sampled by `_sample_unsampled` (module docstring)
             else:
-                if any(_needs_history(st.params) or st.grammar for st in states):
-                    self._resolve_all()  # penalties and grammars read every output token
-                step.tokens, entries = sample(logits, self._sampling_batch(states),
-                                              self.ops.argmax)
-                step.logprobs = {st.request_id: [e] for st, e in zip(states, entries)
-                                 if e is not None}
-            for row, st in enumerate(states):
-                st.num_unresolved += 1
-                st.sample_row = row
-            self._last_tokens = step.tokens
-            if self.device.type == "cuda":
-                step.host = torch.empty(len(states), dtype=torch.int64, pin_memory=True)
-                step.host.copy_(step.tokens, non_blocking=True)
-                step.ready = torch.cuda.Event()
-                step.ready.record()
+                self._sample(step, greedy)
         self._in_flight.append(step)
+
+    def _sample_unsampled(self) -> None:
+        """Samples the step whose sampling waits for its masks (before the next step's
+        inputs, which take its tokens, and before its own tokens are collected); a fault
+        in it fails that step's requests (module docstring)."""
+        step, self._unsampled = self._unsampled, None
+        if step is None:
+            return
+        last_tokens = self._last_tokens
+        try:
+            self._sample(step, False)
+        except Exception as e:
+            if not self.isolate_faults or is_device_failure(e):
+                raise
+            self._last_tokens, step.tokens = last_tokens, None
+            self._drop([st.request_id for st in step.states], e, "sampling a step")
+            step.failed.update(self._failed)
+            self._failed = {}
+
+    def _sample(self, step: _StepInFlight, greedy: bool) -> None:
+        """Samples step's rows from its logits; the tokens stay on the device (a copy to
+        pinned memory starts)."""
+        states, logits, step.logits = step.states, step.logits, None
+        if greedy:
+            step.tokens = self.ops.argmax(logits)
+        else:
+            if any(needs_history(st.params) or st.grammar for st in states):
+                self._resolve_all()  # penalties and grammars read every output token
+            allowed = MASKS_HERE
+            if step.masks is not None:  # filled in the background since its tokens came
+                allowed, step.masks = self.grammars.finish(step.masks), None
+            step.tokens, entries = sample(logits, self.sampling.batch(states, allowed=allowed),
+                                          self.ops.argmax)
+            step.logprobs = {st.request_id: [e] for st, e in zip(states, entries)
+                             if e is not None}
+        for row, st in enumerate(states):
+            st.num_unresolved += 1
+            st.sample_row = row
+        self._last_tokens = step.tokens
+        if self.device.type == "cuda":
+            step.host = torch.empty(len(states), dtype=torch.int64, pin_memory=True)
+            step.host.copy_(step.tokens, non_blocking=True)
+            step.ready = torch.cuda.Event()
+            step.ready.record()
 
     def _speculative_step(self, sched: SchedulerOutput, hidden, inputs,
                           prompt_logprobs: dict) -> _StepInFlight:
@@ -320,24 +362,27 @@ class ModelRunner:
         out = ModelRunnerOutput({}, {}, prompt_logprobs)
         if states:
             rows = hidden if inputs.sample_index is None else hidden[inputs.sample_index]
-            greedy = all(self._plain_greedy(st) for st in states)
+            greedy = all(self.sampling.plain_greedy(st) for st in states)
             logits = self.model.compute_logits(rows, as_float=not greedy)  # [R, V]
-            emitted, entries = self.spec.verify(logits, states, self._sampling_batch,
+            emitted, entries = self.spec.verify(logits, states, self.sampling.batch,
                                                 self.ops.argmax, greedy)
             self.spec.note_verify_time(time.perf_counter() - self._step_start)
             out.sampled_token_ids = {st.request_id: t for st, t in zip(states, emitted)}
             out.logprobs = {st.request_id: e for st, e in zip(states, entries) if e}
         step_states = [self.states[rid] for rid in sched.num_scheduled_tokens]
         out.spec_token_ids = self.spec.propose(step_states, states, sched.num_drafts,
-                                               self._sampling_batch, self.ops.argmax)
+                                               self.sampling.batch, self.ops.argmax)
         out.draft_cost = self.spec.draft_cost
         step = _StepInFlight.nothing_sampled()
         step.output = out
         return step
 
     def collect(self) -> ModelRunnerOutput:
-        """The oldest submitted step's output (waits for its tokens)."""
+        """The oldest submitted step's output (waits for its tokens). Then, if the next
+        step's sampling waits for masks, they start being filled in the background."""
         step = self._in_flight.popleft()
+        if step is self._unsampled:
+            self._sample_unsampled()
         if step.output is not None:
             out = step.output
         else:
@@ -353,6 +398,9 @@ class ModelRunner:
             sampled = {st.request_id: [tok] for st, tok in zip(step.states, tokens)}
             out = ModelRunnerOutput(sampled, step.logprobs, step.prompt_logprobs)
         out.failed.update(step.failed)
+        waiting = self._unsampled
+        if waiting is not None and self._in_flight and self._in_flight[0] is waiting:
+            waiting.masks = self.grammars.start(waiting.states)  # every earlier token known
         now = time.monotonic()
         if now - self._memory_sent > 1.0 and self.device.type == "cuda":
             self._memory_sent = now  # the allocator's figures, for /metrics
@@ -437,51 +485,6 @@ class ModelRunner:
             return None
         return torch.Generator(device=self.device).manual_seed(seed)
 
-    def _sampling_batch(self, states: list[RequestState],
-                        drafts_before: Optional[list[list[int]]] = None) -> SamplingBatch:
-        """Per-row settings, sent without waiting for the device (pinned, non-blocking).
-        drafts_before: per row, the drafts before its position (a verify step's rows),
-        which count as outputs for penalties and min_tokens."""
-        before = drafts_before or [[] for _ in states]
-        ps = [s.params for s in states]
-        floats = self._to_device(torch.tensor(
-            [(p.temperature, p.top_p, p.min_p, p.presence_penalty, p.frequency_penalty,
-              p.repetition_penalty) for p in ps], dtype=torch.float32))  # [N, 6]
-        top_k = self._to_device(torch.tensor([p.top_k for p in ps], dtype=torch.int64))
-        return SamplingBatch(
-            temperature=floats[:, 0], top_k=top_k, top_p=floats[:, 1], min_p=floats[:, 2],
-            presence_penalty=floats[:, 3], frequency_penalty=floats[:, 4],
-            repetition_penalty=floats[:, 5],
-            use_top_k=any(p.top_k > 0 for p in ps), use_top_p=any(p.top_p < 1 for p in ps),
-            use_min_p=any(p.min_p > 0 for p in ps),
-            prompt_token_ids=[s.token_ids[:s.num_prompt_tokens] for s in states],
-            output_token_ids=[s.token_ids[s.num_prompt_tokens:] + b
-                              for s, b in zip(states, before)],
-            generators=[s.generator or self.default_generator for s in states],
-            banned_token_ids=[self._banned(s, len(b)) for s, b in zip(states, before)],
-            num_logprobs=[p.logprobs for p in ps],
-            all_greedy=all(p.greedy for p in ps),
-            allowed=self.grammars.bitmask(states) if self.grammars is not None else None,
-            any_penalty=any(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1
-                            for p in ps),
-        )
-
-    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
-        if self.device.type != "cuda":
-            return t
-        return t.pin_memory().to(self.device, non_blocking=True)
-
-    def _plain_greedy(self, st: RequestState) -> bool:
-        p = st.params
-        return (p.greedy and p.logprobs is None and not _needs_history(p) and st.grammar is None
-                and not banned_token_ids(p, st.num_known_and_pending - st.num_prompt_tokens,
-                                         self.arch.eos_token_ids))
-
-    def _banned(self, st: RequestState, num_drafts: int = 0) -> list[int]:
-        return banned_token_ids(
-            st.params, st.num_known_and_pending - st.num_prompt_tokens + num_drafts,
-            self.arch.eos_token_ids)
-
     def _prompt_logprobs(self, hidden, rows) -> dict:
         result = {}
         for r in rows:
@@ -494,7 +497,3 @@ class ModelRunner:
             result[r.request_id] = (r.first_token, entries)
         return result
 
-
-def _needs_history(p) -> bool:
-    """Penalties read the request's output tokens, so they must all be known here."""
-    return bool(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1)

@@ -83,6 +83,21 @@ def test_outputs_match_their_grammars_in_every_setting(model, temperature):
         assert texts["preemption"] == texts["async"]
 
 
+@pytest.mark.parametrize("async_scheduling", [True, False])
+def test_masks_are_filled_while_the_engine_works_on_the_step_before(model, async_scheduling):
+    """With async scheduling the masks of a step are filled on a helper thread from the
+    moment the tokens before them are known (the runner's sampling of that step waits
+    for them: `wait`); stepping synchronously, they are filled in place (no wait)."""
+    llm = LLM(model, dtype="float32", num_blocks=64, block_size=8,
+              async_scheduling=async_scheduling)
+    masks = llm.engine.core.executor.runner.grammars
+    outs = llm.generate(PROMPTS * 2, _params(0.0) * 2)
+    for out, (_, check) in zip(outs, GRAMMARS * 2):
+        assert check(out.outputs[0].text), out.outputs[0].text
+    assert len(masks.timings["fill"]) > 0
+    assert (len(masks.timings["wait"]) > 0) == async_scheduling
+
+
 def test_unconstrained_rows_are_untouched(model):
     plain = [SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True),
              SamplingParams(max_tokens=12, temperature=1.0, seed=3, ignore_eos=True)]
