@@ -59,3 +59,27 @@ def test_bench_throughput_and_latency_on_a_tiny_model(tiny_llama, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(out.read_text())
     assert r["batch"] == 2 and r["decode_steps"] >= 1 and r["tok_s"] > 0
+
+
+def test_bad_serve_guard_values_are_refused_before_anything_starts():
+    for option, value, message in (
+            ("--max-connections", "0", "--max-connections must be at least 1 (got 0)"),
+            ("--request-read-timeout", "0", "--request-read-timeout must be at least 0.001"),
+            ("--stream-stall-timeout", "nan", "--stream-stall-timeout must be at least 0.001"),
+            ("--shutdown-timeout", "-1", "--shutdown-timeout must be at least 0 (got -1)")):
+        proc = run_cli("serve", option, value, "--port", "1")
+        assert proc.returncode == 2, (option, proc.stderr)
+        assert message in proc.stderr, (option, proc.stderr)
+
+
+def test_the_connection_limit_follows_the_open_file_limit():
+    from tessera.server.http_protocol import (FD_MARGIN, default_max_connections,
+                                              raise_open_file_limit)
+    assert default_max_connections(4096) == 4096 - FD_MARGIN
+    assert default_max_connections(100) == 16  # never below a usable few
+    assert default_max_connections(None) == 65536  # unlimited
+    limit = raise_open_file_limit()
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert limit == (None if soft == resource.RLIM_INFINITY else soft)
+    assert soft == hard or hard == resource.RLIM_INFINITY  # raised as far as allowed

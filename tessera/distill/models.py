@@ -76,11 +76,8 @@ def _from_gguf(path: str):
 
 def _rebuild_buffers(model, config) -> None:
     """Non-persistent buffers (RoPE inverse frequencies) were built on the meta device:
-    rebuild the rotary module on the CPU."""
-    import importlib
-    module = importlib.import_module(type(model).__module__)
-    rotary_cls = next(getattr(module, n) for n in dir(module) if n.endswith("RotaryEmbedding"))
-    model.model.rotary_emb = rotary_cls(config=config)
+    rebuild the rotary module (of the class the model made) on the CPU."""
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
 
 
 def load_causal_lm(path: str, dtype: torch.dtype = torch.float32):

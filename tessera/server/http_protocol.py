@@ -9,8 +9,9 @@ H11Protocol, given to uvicorn as its `http` protocol class:
   of the connection opening): a slower client (slowloris, a stalled upload) is answered
   408 and dropped. The clock stops once the body is in; generation time is not bounded
   here. Idle keep-alive connections are closed by uvicorn's own keep-alive timeout.
-`default_max_connections()`: the open-file limit (raised to its hard limit first) less a
-margin for the process's own files and sockets.
+`raise_open_file_limit()` (the soft open-file limit raised to the hard one; the server
+calls it at start) and `default_max_connections(open_files)`: that limit less a margin
+for the process's own files and sockets.
 """
 from __future__ import annotations
 
@@ -28,12 +29,14 @@ FD_MARGIN = 128  # descriptors kept for the process's own files, sockets and pip
 _REASONS = {408: b"Request Timeout", 503: b"Service Unavailable"}
 
 
-def default_max_connections() -> int:
-    """The open-file limit less FD_MARGIN, after raising the soft limit to the hard one."""
+def raise_open_file_limit() -> Optional[int]:
+    """Raises the soft open-file limit to the hard one (a server holds a descriptor per
+    connection); returns the soft limit now (None: unlimited; 1024 where it cannot be read:
+    not a POSIX system)."""
     try:
         import resource
     except ImportError:  # not a POSIX system
-        return 1024 - FD_MARGIN
+        return 1024
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and hard != resource.RLIM_INFINITY and soft < hard:
         try:
@@ -41,9 +44,15 @@ def default_max_connections() -> int:
             soft = hard
         except (ValueError, OSError):
             pass
-    if soft == resource.RLIM_INFINITY:
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def default_max_connections(open_files: Optional[int]) -> int:
+    """The connection limit for an open-file limit (None: unlimited): it less FD_MARGIN,
+    at least 16; 65536 when unlimited."""
+    if open_files is None:
         return 65536
-    return max(16, int(soft) - FD_MARGIN)
+    return max(16, open_files - FD_MARGIN)
 
 
 def guarded_protocol(read_timeout_s: float, max_connections: Optional[int]) -> type:

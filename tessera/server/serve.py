@@ -220,8 +220,10 @@ async def serve(models: list[ServedModel], args: argparse.Namespace) -> int:
                        args.allow_credentials)
     app = create_app(state, args.api_key, args.max_body_bytes, lifespan, cors,
                      args.open_metrics)
-    from tessera.server.http_protocol import default_max_connections, guarded_protocol
-    max_connections = args.max_connections or default_max_connections()
+    from tessera.server.http_protocol import (default_max_connections, guarded_protocol,
+                                              raise_open_file_limit)
+    open_files = raise_open_file_limit()  # a descriptor per connection
+    max_connections = args.max_connections or default_max_connections(open_files)
     server = draining_server(uvicorn.Config(
         app, log_config=uvicorn_log_config(args.log_level), log_level=args.log_level,
         access_log=not args.disable_access_log,

@@ -17,21 +17,13 @@ import pytest
 import torch
 
 from tessera.cli import main
+from tests.helpers.bpe import train_bpe
 
 SOURCES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "../../tessera/distill/*.py")))
 
 
 def _tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train(SOURCES, trainers.BpeTrainer(
-        vocab_size=384, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
+    return train_bpe(SOURCES, 384)
 
 
 def _model(folder: str, layers: int, vocab: int, tokenizer=None, seed: int = 0) -> str:
