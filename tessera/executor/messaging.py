@@ -8,13 +8,16 @@ cache by the smallest estimate, sum the weights. Per step the same SchedulerOutp
 every rank; the output rank's ModelRunnerOutput comes back in step order. Waiting is
 bounded: a worker that is gone (`_check_alive`, the subclass's), reports an error, or a step
 slower than `collective_timeout_s` raises WorkerFailure (the engine then stops) instead of
-hanging. Only msgpack frames cross these sockets, never pickle.
+hanging. Only msgpack frames cross these sockets, never pickle. Sockets on a network (Ray's
+TCP ones) are CURVE-encrypted: a peer must know the executor's public key, which it is
+handed when started, to connect, read steps or send results (`connect_secured`).
 """
 from __future__ import annotations
 
 import abc
 import dataclasses
 import time
+from typing import Optional
 
 import zmq
 
@@ -26,6 +29,23 @@ from tessera.executor.base import Executor
 STARTUP_TIMEOUT_S = 1800.0
 
 
+def _secured(sock, keys):
+    """sock as a CURVE server with this (public, secret) key pair; as it is if None."""
+    if keys is not None:
+        sock.curve_publickey, sock.curve_secretkey = keys
+        sock.curve_server = True
+    return sock
+
+
+def connect_secured(sock, address: str, server_key) -> None:
+    """Connects sock to a MessagingExecutor's socket at address: encrypted (CURVE, with a
+    key pair of its own) when the executor gave its public key server_key."""
+    if server_key:
+        sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+        sock.curve_serverkey = server_key.encode()
+    sock.connect(address)
+
+
 class WorkerFailure(RuntimeError):
     """A worker died, failed, or did not answer in time."""
 
@@ -35,19 +55,26 @@ class MessagingExecutor(Executor):
         super().__init__(config)
         self.world = config.parallel.world_size
         self.timeout = config.parallel.collective_timeout_s
-        self._ctx = zmq.Context()
+        self._ctx: Optional[zmq.Context] = None  # made by `_bind` (a failed start before it
+        # leaves no context and no I/O thread behind); terminated by `shutdown`
         self._inboxes: list = []
         self._closed = False
         self._last_check = 0.0  # a subclass may ask `_check_alive` only now and then
 
-    def _bind(self, results_addr: str, inbox_addr) -> tuple[str, list[str]]:
+    def _bind(self, results_addr: str, inbox_addr, encrypt: bool = False
+              ) -> tuple[str, list[str]]:
         """Binds the results socket and one inbox per rank (`inbox_addr(rank)`); returns the
-        addresses workers connect to (a TCP port 0 becomes the one bound)."""
-        self._results = self._ctx.socket(zmq.PULL)
+        addresses workers connect to (a TCP port 0 becomes the one bound). encrypt: the
+        sockets are CURVE servers (`server_key` is their public key, which a worker must
+        know to connect at all: sockets on a network, not a private folder)."""
+        self._ctx = zmq.Context()
+        keys = zmq.curve_keypair() if encrypt else None
+        self.server_key = keys[0].decode() if keys else None
+        self._results = _secured(self._ctx.socket(zmq.PULL), keys)
         self._results.bind(results_addr)
         inboxes = []
         for rank in range(self.world):
-            inbox = self._ctx.socket(zmq.PUSH)
+            inbox = _secured(self._ctx.socket(zmq.PUSH), keys)
             inbox.setsockopt(zmq.LINGER, 0)
             inbox.bind(inbox_addr(rank))
             self._inboxes.append(inbox)
@@ -139,3 +166,5 @@ class MessagingExecutor(Executor):
         for sock in [*self._inboxes, getattr(self, "_results", None)]:
             if sock is not None:
                 sock.close(linger=0)
+        if self._ctx is not None:
+            self._ctx.term()

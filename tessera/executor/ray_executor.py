@@ -7,11 +7,14 @@ when the cluster has GPUs and the model is not on the CPU, else {"CPU": n}) by
 `ray_placement_strategy`, refused with the cluster's resources when it cannot be placed ->
 a RayWorker actor in each bundle -> rank 0's actor names the address the process group
 meets at (NCCL on GPUs, gloo on CPUs) -> each actor's `serve` connects to this executor's
-TCP sockets, bound on this node's IP, and the protocol of executor/messaging.py runs as
-for worker processes: no pickled tensors, only msgpack frames. The actors' `serve` calls are
+TCP sockets, bound on this node's IP and CURVE-encrypted (each actor is handed the
+executor's public key; a peer without it can neither connect, read a step nor send a
+result), and the protocol of executor/messaging.py runs as for worker processes: no
+pickled tensors, only msgpack frames. The actors' `serve` calls are
 watched: one that ends (its node or actor died) is a WorkerFailure at the next wait, so a
 lost node fails the engine's requests within the collective timeout instead of hanging.
-Ray's own transport is not authenticated: the cluster's network must be trusted.
+Ray's own transport (which carries that key and the config) is not authenticated unless
+the cluster enables Ray's TLS: the cluster's network must be trusted for Ray itself.
 """
 from __future__ import annotations
 
@@ -102,10 +105,12 @@ class RayExecutor(MessagingExecutor):
                     placement_group=self._pg, placement_group_bundle_index=rank)).remote())
         ip0, port = ray.get(self._actors[0].address.remote(), timeout=STARTUP_TIMEOUT_S)
         here = ray.util.get_node_ip_address()
-        out_addr, inboxes = self._bind(f"tcp://{here}:*", lambda rank: f"tcp://{here}:*")
+        out_addr, inboxes = self._bind(f"tcp://{here}:*", lambda rank: f"tcp://{here}:*",
+                                       encrypt=True)
         config_json = config.to_json()
         self._loops = [actor.serve.remote(config_json, rank, f"tcp://{ip0}:{port}",
-                                          inboxes[rank], out_addr, level_name())
+                                          inboxes[rank], out_addr, level_name(),
+                                          self.server_key)
                        for rank, actor in enumerate(self._actors)]
         logger.info("Ray executor: %d actor(s), bundles %s (%s); rank 0 on %s",
                     self.world, bundle, strategy, ip0)

@@ -18,6 +18,7 @@ import zmq
 
 from tessera.config import EngineConfig
 from tessera.executor import messages as msg
+from tessera.executor.messaging import connect_secured
 from tessera.gc_tuning import freeze_after_startup
 from tessera.lifeline import die_with_parent, parent_alive
 from tessera.logs import setup_logging
@@ -44,15 +45,16 @@ def main(argv=None) -> int:
 
 def serve_worker(config: EngineConfig, rank: int, dist_init: str, input_addr: str,
                  output_addr: str, wanted: Callable[[], bool],
-                 local_gpu: Optional[int] = None) -> int:
-    """Connects to the executor's sockets, builds the Worker and serves its messages until
+                 local_gpu: Optional[int] = None, server_key: Optional[str] = None) -> int:
+    """Connects to the executor's sockets (encrypted when server_key, the executor's
+    public CURVE key, is given), builds the Worker and serves its messages until
     Shutdown (0) or an error, which it reports as WorkerError (1). `wanted()` is asked
     whenever a second passes without a message: False means the engine is gone."""
     ctx = zmq.Context()
     inbox = ctx.socket(zmq.PULL)
-    inbox.connect(input_addr)
+    connect_secured(inbox, input_addr, server_key)
     outbox = ctx.socket(zmq.PUSH)
-    outbox.connect(output_addr)
+    connect_secured(outbox, output_addr, server_key)
     try:
         _run(config, rank, dist_init, inbox, outbox, wanted, local_gpu)
     except Exception as e:
