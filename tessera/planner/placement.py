@@ -17,6 +17,7 @@ alternatives), the best being the highest attainment, then the least busy device
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Optional
 
 from tessera.planner.deployment import BYTES_PER_WEIGHT, Deployment, ModelSpec
@@ -70,7 +71,8 @@ def _splits(m: ModelSpec, tp: int, pp: int) -> bool:
     return a.num_heads % tp == 0 and a.intermediate_size % tp == 0 and pp <= a.num_layers
 
 
-_PROFILES: dict[tuple[str, bool], tuple[Optional[ProfileModel], dict]] = {}
+# (path, mtime, size, colocated) -> the profile's fit and metadata, read once per version
+_PROFILES: dict[tuple, tuple[Optional[ProfileModel], dict]] = {}
 
 
 def latency_model(spec: ModelSpec, hw: Hardware, tp: int, pp: int, colocated: bool = False):
@@ -81,7 +83,8 @@ def latency_model(spec: ModelSpec, hw: Hardware, tp: int, pp: int, colocated: bo
     roof = RooflineModel(spec.arch, hw, tp, pp, bytes_per_weight=bpw)
     if spec.profile is None:
         return None if colocated else roof
-    key = (spec.profile, colocated)
+    stat = os.stat(spec.profile)  # a profile written again is read again
+    key = (spec.profile, stat.st_mtime_ns, stat.st_size, colocated)
     if key not in _PROFILES:
         _PROFILES[key] = load_profile(spec.profile, colocated)
     base, meta = _PROFILES[key]

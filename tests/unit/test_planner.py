@@ -211,3 +211,21 @@ def test_plan_reports_and_says_when_the_slo_cannot_be_met(tmp_path, capsys):
     assert report.needs is not None and "would not" in report.needs
     assert "is not met" in render(report)
     assert main(["plan", tight]) == 3
+
+
+def test_a_profile_written_again_is_read_again(tmp_path):
+    """latency_model caches a profile's fit per version of the file, not per path."""
+    import dataclasses
+    import os
+
+    from tessera.planner.placement import latency_model
+    d = load_deployment(_deploy(tmp_path))
+    path = tmp_path / "chat.json"
+    fits = []
+    for c0 in (0.010, 0.020):
+        path.write_text(json.dumps({"samples": [(t, 1, 0, c0 + 1e-5 * t)
+                                                for t in (1, 8, 64, 256, 512)]}))
+        os.utime(path, ns=(int(c0 * 1e12), int(c0 * 1e12)))  # distinct mtimes
+        spec = dataclasses.replace(d.models[0], profile=str(path))
+        fits.append(latency_model(spec, d.hardware, 1, 1).step_seconds(64, 1, 0))
+    assert fits == pytest.approx([0.010 + 64e-5, 0.020 + 64e-5])
