@@ -4,16 +4,16 @@ the rows that sample.
 
 Flow (model_runner.py): a new request with `structured_outputs` gets a matcher
 (`attach`: a copy of the compiled grammar, cached by schema: structured/grammar.py); a
-preempted one keeps its own. In a step with constrained rows, after the forward is
-queued on the device, the runner waits for the earlier steps' tokens (their copies are
-done by then: the device is busy with this step's forward) and `bitmask(states)` feeds
-each matcher the tokens it has not seen, then fills the rows' masks on llguidance's
+preempted one keeps its own. A step with constrained rows is sampled once the tokens
+before it are known: `start(states)` takes each row's tokens its matcher has not seen,
+then (on a helper thread, so the step loop goes on with the step before's output and the
+next schedule: BACKGROUND_FILL) feeds them and fills the rows' masks on llguidance's
 threads (up to 16; each grammar is compiled once per thread, and requests get copies in
 turn, so rows filled at once rarely share caches and their locks) into a pinned [N, W]
 int32 buffer (W = ceil(V / 32); bit j of word w allows token 32w + j; unconstrained rows
-all ones; two buffers used in turn) and copies it to the device without waiting; the
-sampler sets the logits of disallowed tokens to -inf (layers/sampler.py
-`apply_token_bitmask`). A step
+all ones; two buffers used in turn); `finish(job)` waits for that and copies the buffer
+to the device without waiting; the sampler sets the logits of disallowed tokens to -inf
+(layers/sampler.py `apply_token_bitmask`). `bitmask(states)` does both in place. A step
 without constrained rows costs nothing here and waits for nothing.
 The compiler (the model's tokenizer as llguidance sees it, ~0.5 s) is built on a
 background thread at start-up, so the first constrained request does not stall the steps.
@@ -68,8 +68,8 @@ class GrammarMasks:
         self.words = (self.vocab_size + 31) // 32
         self._compiler: Optional[Future] = None
         self._executor = None  # llguidance.LLExecutor, made with the compiler
-        # host seconds of recent steps' masks: feeding the matchers (the step loop),
-        # filling (a helper thread, when in the background) and the step loop's wait for it
+        # host seconds of recent steps' masks: feeding the matchers and filling (on a
+        # helper thread, when in the background) and the step loop's wait for them
         self.timings = {name: deque(maxlen=4096) for name in ("advance", "fill", "wait")}
         self._buffers: Optional[list[torch.Tensor]] = None  # _buffer()'s
         self._helper: Optional[ThreadPoolExecutor] = None  # background fills (`start`)
@@ -119,42 +119,46 @@ class GrammarMasks:
         return self.finish(self.start(states, in_background=False))
 
     def start(self, states: list[RequestState], in_background: bool = True) -> "MaskJob":
-        """Feeds the matchers (here), then fills the masks: on a helper thread when
-        in_background (llguidance lets go of the GIL while it fills, so the step loop's
-        own work goes on meanwhile), else before returning. `finish` gives the device
-        mask."""
-        rows = [(row, st.grammar) for row, st in enumerate(states) if st.grammar is not None]
+        """Takes each constrained row's output tokens its matcher has not seen (here),
+        then feeds them and fills the masks (`_make`): on a helper thread when
+        in_background and several rows are constrained (llguidance lets go of the GIL
+        while it works, so the step loop's own work goes on meanwhile), else before
+        returning. `finish` gives the device mask."""
+        rows = [(row, st, self._unseen(st)) for row, st in enumerate(states)
+                if st.grammar is not None]
         if not rows:
             return MaskJob(None, None)
-        start = time.perf_counter()
         host, mask = self._buffer(len(states))
+        if in_background and len(rows) > 1:
+            if self._helper is None:
+                self._helper = ThreadPoolExecutor(1, "grammar-fill")
+            return MaskJob(host, self._helper.submit(self._make, rows, mask))
+        self._make(rows, mask)
+        return MaskJob(host, None)
+
+    def _make(self, rows: list, mask: np.ndarray) -> None:
+        """Feeds the rows' matchers their unseen tokens, then fills their masks (all ones
+        for the rows not constrained; only the end of the sequence where a matcher
+        failed)."""
+        start = time.perf_counter()
         mask.fill(-1)
-        self._advance([states[row] for row, _ in rows])
+        self._advance([(st, new) for _, st, new in rows])
         fill = []
-        for row, g in rows:
-            if g.failed:
+        for row, st, _ in rows:
+            if st.grammar.failed:
                 bits = mask.view(np.uint32)
                 bits[row] = 0
                 for t in self.eos_token_ids:
                     bits[row, t // 32] |= np.uint32(1 << (t % 32))
             else:
-                fill.append((g.matcher, row))
+                fill.append((st.grammar.matcher, row))
         advanced = time.perf_counter()
-        self.timings["advance"].append(advanced - start)
-        if in_background and len(fill) > 1:
-            if self._helper is None:
-                self._helper = ThreadPoolExecutor(1, "grammar-fill")
-            return MaskJob(host, self._helper.submit(self._fill, fill, mask))
-        self._fill(fill, mask)
-        return MaskJob(host, None)
-
-    def _fill(self, fill: list, mask: np.ndarray) -> None:
-        start = time.perf_counter()
         if len(fill) > 1:  # on llguidance's threads
             lgn.fill_next_token_bitmask_par(self._executor, fill, mask)
         elif fill:  # one row: no thread to wake
             lgn.fill_next_token_bitmask(fill[0][0], mask, fill[0][1])
-        self.timings["fill"].append(time.perf_counter() - start)
+        self.timings["advance"].append(advanced - start)
+        self.timings["fill"].append(time.perf_counter() - advanced)
 
     def finish(self, job: "MaskJob") -> Optional[torch.Tensor]:
         """The job's masks [N, W] on the device (the copy started, not waited for), or
@@ -181,15 +185,21 @@ class GrammarMasks:
         host = self._buffers[self._turn][:rows]
         return host, host.numpy()
 
-    def _advance(self, states: list[RequestState]) -> None:
-        """Feeds each constrained request's matcher the output tokens it has not seen
-        (one each, usually: on llguidance's threads when several rows have one)."""
-        single, stops = [], set(self.eos_token_ids)
-        for st in states:
+    def _unseen(self, st: RequestState) -> list[int]:
+        """st's output tokens its matcher has not been fed (the end-of-sequence and stop
+        ids left out: they end the request, not the grammar), counted as fed."""
+        g = st.grammar
+        new = st.token_ids[st.num_prompt_tokens + g.num_consumed:]
+        g.num_consumed += len(new)
+        stops = self.eos_token_ids
+        return [t for t in new if t not in stops and t not in st.params.stop_token_ids]
+
+    def _advance(self, rows: list[tuple[RequestState, list[int]]]) -> None:
+        """Feeds each matcher its unseen tokens (one each, usually: on llguidance's
+        threads when several rows have one)."""
+        single = []
+        for st, new in rows:
             g = st.grammar
-            new = st.token_ids[st.num_prompt_tokens + g.num_consumed:]
-            g.num_consumed += len(new)
-            new = [t for t in new if t not in stops and t not in st.params.stop_token_ids]
             if g.failed or not new:
                 continue
             if len(new) == 1:
