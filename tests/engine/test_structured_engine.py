@@ -142,3 +142,19 @@ def test_under_tensor_parallelism(model):
         assert llm.engine.stats()["free_blocks"] == 64
     finally:
         llm.engine.executor.shutdown()
+
+
+def test_under_pipeline_parallelism(model):
+    """PP=2 (gloo; two micro-batches in flight, the last stage's matchers): the same
+    tokens as one process, greedy and seeded-sampled, every output matching."""
+    params = _params(0.0) + _params(1.0)
+    one, _ = run(model, PROMPTS * 2, params)
+    llm = LLM(model, dtype="float32", num_blocks=64, block_size=8, pipeline_parallel_size=2)
+    try:
+        outs = llm.generate(PROMPTS * 2, params)
+        assert [o.outputs[0].token_ids for o in outs] == [o.token_ids for o in one]
+        for out, (_, check) in zip(outs, GRAMMARS * 2):
+            assert check(out.outputs[0].text), out.outputs[0].text
+        assert llm.engine.stats()["free_blocks"] == 64
+    finally:
+        llm.engine.executor.shutdown()
