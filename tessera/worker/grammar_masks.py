@@ -5,10 +5,9 @@ the rows that sample.
 Flow (model_runner.py): a new request with `structured_outputs` gets a matcher
 (`attach`: a copy of the compiled grammar, cached by schema: structured/grammar.py); a
 preempted one keeps its own. A step with constrained rows is sampled once the tokens
-before it are known: `start(states)` takes each row's tokens its matcher has not seen,
-then (on a helper thread, so the step loop goes on with the step before's output and the
-next schedule: BACKGROUND_FILL) feeds them and fills the rows' masks on llguidance's
-threads (up to 16; each grammar is compiled once per thread, and requests get copies in
+before it are known: `start(states)` feeds each row's matcher the tokens it has not
+seen, then (on a helper thread, so the step loop goes on with the step before's output
+and the next schedule: BACKGROUND_FILL) fills the rows' masks on llguidance's threads (up to 16; each grammar is compiled once per thread, and requests get copies in
 turn, so rows filled at once rarely share caches and their locks) into a pinned [N, W]
 int32 buffer (W = ceil(V / 32); bit j of word w allows token 32w + j; unconstrained rows
 all ones; two buffers used in turn); `finish(job)` waits for that and copies the buffer
@@ -25,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -68,8 +68,8 @@ class GrammarMasks:
         self.words = (self.vocab_size + 31) // 32
         self._compiler: Optional[Future] = None
         self._executor = None  # llguidance.LLExecutor, made with the compiler
-        # host seconds of recent steps' masks: feeding the matchers and filling (on a
-        # helper thread, when in the background) and the step loop's wait for them
+        # host seconds of recent steps' masks: feeding the matchers (the step loop),
+        # filling (a helper thread, when in the background) and the step loop's wait for it
         self.timings = {name: deque(maxlen=4096) for name in ("advance", "fill", "wait")}
         self._buffers: Optional[list[torch.Tensor]] = None  # _buffer()'s
         self._helper: Optional[ThreadPoolExecutor] = None  # background fills (`start`)
@@ -119,32 +119,24 @@ class GrammarMasks:
         return self.finish(self.start(states, in_background=False))
 
     def start(self, states: list[RequestState], in_background: bool = True) -> "MaskJob":
-        """Takes each constrained row's output tokens its matcher has not seen (here),
-        then feeds them and fills the masks (`_make`): on a helper thread when
-        in_background and several rows are constrained (llguidance lets go of the GIL
-        while it works, so the step loop's own work goes on meanwhile), else before
-        returning. `finish` gives the device mask."""
-        rows = [(row, st, self._unseen(st)) for row, st in enumerate(states)
-                if st.grammar is not None]
+        """Feeds each constrained row's matcher the tokens it has not seen (here: on
+        llguidance's threads, the step loop waiting), then fills the rows' masks: on a
+        helper thread when in_background and several rows fill, else before returning.
+        `finish` gives the device mask.
+        Why the handshake: a thread needs the GIL to start, and CPython hands it over only
+        when its holder blocks or every switch interval (5 ms), so a helper would wait
+        out the step loop's own work and fill nothing meanwhile; here the loop waits (GIL
+        released) until the helper is inside llguidance, which lets go of the GIL while it
+        fills, and only then goes on."""
+        rows = [(row, st) for row, st in enumerate(states) if st.grammar is not None]
         if not rows:
             return MaskJob(None, None)
+        begin = time.perf_counter()
         host, mask = self._buffer(len(states))
-        if in_background and len(rows) > 1:
-            if self._helper is None:
-                self._helper = ThreadPoolExecutor(1, "grammar-fill")
-            return MaskJob(host, self._helper.submit(self._make, rows, mask))
-        self._make(rows, mask)
-        return MaskJob(host, None)
-
-    def _make(self, rows: list, mask: np.ndarray) -> None:
-        """Feeds the rows' matchers their unseen tokens, then fills their masks (all ones
-        for the rows not constrained; only the end of the sequence where a matcher
-        failed)."""
-        start = time.perf_counter()
         mask.fill(-1)
-        self._advance([(st, new) for _, st, new in rows])
+        self._advance([(st, self._unseen(st)) for _, st in rows])
         fill = []
-        for row, st, _ in rows:
+        for row, st in rows:
             if st.grammar.failed:
                 bits = mask.view(np.uint32)
                 bits[row] = 0
@@ -152,13 +144,29 @@ class GrammarMasks:
                     bits[row, t // 32] |= np.uint32(1 << (t % 32))
             else:
                 fill.append((st.grammar.matcher, row))
-        advanced = time.perf_counter()
+        self.timings["advance"].append(time.perf_counter() - begin)
+        if in_background and len(fill) > 1:
+            if self._helper is None:
+                self._helper = ThreadPoolExecutor(1, "grammar-fill")
+            inside = threading.Event()
+            job = self._helper.submit(self._fill, fill, mask, inside)
+            inside.wait()
+            return MaskJob(host, job)
+        self._fill(fill, mask)
+        return MaskJob(host, None)
+
+    def _fill(self, fill: list, mask: np.ndarray,
+              inside: Optional[threading.Event] = None) -> None:
+        """Fills the masks of `fill`'s (matcher, row) pairs; sets `inside` just before
+        llguidance takes over (it keeps the GIL until it lets go of it there)."""
+        begin = time.perf_counter()
+        if inside is not None:
+            inside.set()
         if len(fill) > 1:  # on llguidance's threads
             lgn.fill_next_token_bitmask_par(self._executor, fill, mask)
         elif fill:  # one row: no thread to wake
             lgn.fill_next_token_bitmask(fill[0][0], mask, fill[0][1])
-        self.timings["advance"].append(advanced - start)
-        self.timings["fill"].append(time.perf_counter() - advanced)
+        self.timings["fill"].append(time.perf_counter() - begin)
 
     def finish(self, job: "MaskJob") -> Optional[torch.Tensor]:
         """The job's masks [N, W] on the device (the copy started, not waited for), or
