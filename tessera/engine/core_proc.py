@@ -116,10 +116,10 @@ class EngineProc:
     def _send_failures(self, outputs: list) -> list:
         """Requests that failed in the worker (finish reason "error") are Rejected (500,
         the message naming the incident); the rest go out as usual."""
-        for out in outputs:
-            if out.finish_reason == "error":
-                self._send(ipc.Rejected(out.request_id, str(out.stop_reason), 500))
-        return [out for out in outputs if out.finish_reason != "error"]
+        failed = [out for out in outputs if out.finish_reason == "error"]
+        for out in failed:
+            self._send(ipc.Rejected(out.request_id, str(out.stop_reason), 500))
+        return [out for out in outputs if out.finish_reason != "error"] if failed else outputs
 
     def run(self) -> None:
         last_stats = 0.0
@@ -130,8 +130,7 @@ class EngineProc:
                 return
             self._drain_inbox()
             outputs = self.core.step() if self.core.has_unfinished() else []
-            if any(out.finish_reason == "error" for out in outputs):
-                outputs = self._send_failures(outputs)
+            outputs = self._send_failures(outputs)
             now = time.monotonic()
             if outputs or self.core.scheduler.queue_times or now - last_stats > STATS_INTERVAL_S:
                 queue_times, self.core.scheduler.queue_times = self.core.scheduler.queue_times, {}

@@ -3,8 +3,8 @@
 API -> engine (`ClientMessage`): AddRequest (token ids + SamplingParams), AbortRequests,
 Shutdown. Engine -> API (`EngineMessage`): Ready (what was set up), Outputs (each step's
 EngineCoreOutputs plus a stats snapshot), Rejected (a request the core refused: 400 or
-503; or one that failed in a step: 500), Fatal (the engine cannot go on). Decoding validates types, so a malformed frame
-is an error, never code.
+503; or one that failed in a step: 500), Fatal (the engine cannot go on). Decoding
+validates types, so a malformed frame is an error, never code.
 """
 from __future__ import annotations
 

@@ -3,9 +3,10 @@ one per placement-group bundle).
 
 Flow: `address()` tells the executor this node's IP and a free port there (rank 0's is
 where the process group meets); `serve(...)` then runs worker_proc.serve_worker on the
-executor's ZMQ sockets (CURVE-encrypted: `server_key`, the executor's public key), the same
-messages as a worker process (msgpack, never pickle), until Shutdown. The actor's GPU, if Ray gave it one, is its device 0. The actor dies with
-its owner, the engine process, so it needs no lifeline of its own.
+executor's ZMQ sockets (CURVE-encrypted: `server_key`, the executor's public key), the
+same messages as a worker process (msgpack, never pickle), until Shutdown. The actor's
+GPU, if Ray gave it one, is its device 0. The actor dies with its owner, the engine
+process, so it needs no lifeline of its own.
 """
 from __future__ import annotations
 

@@ -7,8 +7,9 @@ Flow (model_runner.py): a new request with `structured_outputs` gets a matcher
 preempted one keeps its own. A step with constrained rows is sampled once the tokens
 before it are known: `start(states)` feeds each row's matcher the tokens it has not
 seen, then (on a helper thread, so the step loop goes on with the step before's output
-and the next schedule: BACKGROUND_FILL) fills the rows' masks on llguidance's threads (up to 16; each grammar is compiled once per thread, and requests get copies in
-turn, so rows filled at once rarely share caches and their locks) into a pinned [N, W]
+and the next schedule: BACKGROUND_FILL) fills the rows' masks on llguidance's threads
+(up to 16; each grammar is compiled once per thread, and requests get copies in turn,
+so rows filled at once rarely share caches and their locks) into a pinned [N, W]
 int32 buffer (W = ceil(V / 32); bit j of word w allows token 32w + j; unconstrained rows
 all ones; two buffers used in turn); `finish(job)` waits for that and copies the buffer
 to the device without waiting; the sampler sets the logits of disallowed tokens to -inf

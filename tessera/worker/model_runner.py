@@ -263,11 +263,9 @@ class ModelRunner:
         try:
             self._submit(sched)
         except Exception as e:
-            if not self.isolate_faults or is_device_failure(e):
-                raise
+            self._drop(list(sched.num_scheduled_tokens), e, "a step")
             self._last_tokens = last_tokens  # the feed of later steps stays the one before
             self._in_flight.append(_StepInFlight.nothing_sampled())
-            self._drop(list(sched.num_scheduled_tokens), e, "a step")
         self._in_flight[-1].failed, self._failed = self._failed, {}
 
     def _submit(self, sched: SchedulerOutput) -> None:
@@ -318,12 +316,8 @@ class ModelRunner:
         try:
             self._sample(step, False)
         except Exception as e:
-            if not self.isolate_faults or is_device_failure(e):
-                raise
+            self._drop([st.request_id for st in step.states], e, "sampling a step", step)
             self._last_tokens, step.tokens = last_tokens, None
-            self._drop([st.request_id for st in step.states], e, "sampling a step")
-            step.failed.update(self._failed)
-            self._failed = {}
 
     def _sample(self, step: _StepInFlight, greedy: bool) -> None:
         """Samples step's rows from its logits; the tokens stay on the device (a copy to
@@ -389,12 +383,8 @@ class ModelRunner:
             try:
                 tokens = self._resolve(step)
             except Exception as e:
-                if not self.isolate_faults or is_device_failure(e):
-                    raise
+                self._drop([st.request_id for st in step.states], e, "collecting a step", step)
                 tokens = []
-                self._drop([st.request_id for st in step.states], e, "collecting a step")
-                step.failed.update(self._failed)
-                self._failed = {}
             sampled = {st.request_id: [tok] for st, tok in zip(step.states, tokens)}
             out = ModelRunnerOutput(sampled, step.logprobs, step.prompt_logprobs)
         out.failed.update(step.failed)
@@ -438,9 +428,15 @@ class ModelRunner:
             send_to_next(list(out))
         return out
 
-    def _drop(self, request_ids: list[str], exc: Exception, what: str) -> None:
-        """These requests failed (exc): their state goes, the next output says why."""
-        self._failed.update(request_failures(request_ids, exc, what))
+    def _drop(self, request_ids: list[str], exc: Exception, what: str,
+              step: Optional[_StepInFlight] = None) -> None:
+        """Called while exc is being handled: re-raises it when it is fatal (the device's,
+        or before serving); else these requests failed: their state goes, and the output
+        of `step` (default: the next step submitted) says why."""
+        if not self.isolate_faults or is_device_failure(exc):
+            raise  # the exception being handled, its traceback whole
+        failed = request_failures(request_ids, exc, what)
+        (step.failed if step is not None else self._failed).update(failed)
         for rid in request_ids:
             self.states.pop(rid, None)
             self._dropped.add(rid)
@@ -458,8 +454,6 @@ class ModelRunner:
             try:
                 self._add_state(new)
             except Exception as e:  # one request's settings cannot fail the others
-                if not self.isolate_faults or is_device_failure(e):
-                    raise
                 self._drop([new.request_id], e, "setting up a request")
         for cached in sched.cached_requests:
             if cached.request_id in self._dropped:

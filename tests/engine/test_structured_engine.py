@@ -3,7 +3,7 @@ model over SmolLM2's tokenizer (its 49152 ids): every output matches its grammar
 async scheduling and without (token for token the same), through chunked prompts and
 preemption (a resumed request's matcher goes on where it was), beside unconstrained
 requests whose tokens the masks must not touch (greedy: the same tokens after
-preemption too), under tensor parallelism, and with n-gram speculation on (the
+preemption too), under tensor and pipeline parallelism, and with n-gram speculation on (the
 constrained requests draft nothing, the others still do). No KV block may leak."""
 from __future__ import annotations
 
@@ -128,28 +128,15 @@ def test_a_bad_grammar_is_refused_before_the_engine(model):
         "choice": ["yes"]}))[0].outputs[0].text == "yes"
 
 
-def test_under_tensor_parallelism(model):
-    """TP=2 (gloo, a worker process per rank, each with its own matchers): the same
-    tokens as one process, greedy and seeded-sampled, every output matching."""
+@pytest.mark.parametrize("layout", [dict(tensor_parallel_size=2),
+                                    dict(pipeline_parallel_size=2)], ids=["tp2", "pp2"])
+def test_under_model_parallelism(model, layout):
+    """TP=2 (gloo, a worker process per rank, each with its own matchers) and PP=2 (two
+    micro-batches in flight, the last stage's matchers): the same tokens as one process,
+    greedy and seeded-sampled, every output matching."""
     params = _params(0.0) + _params(1.0)
     one, _ = run(model, PROMPTS * 2, params)
-    llm = LLM(model, dtype="float32", num_blocks=64, block_size=8, tensor_parallel_size=2)
-    try:
-        outs = llm.generate(PROMPTS * 2, params)
-        assert [o.outputs[0].token_ids for o in outs] == [o.token_ids for o in one]
-        for out, (_, check) in zip(outs, GRAMMARS * 2):
-            assert check(out.outputs[0].text), out.outputs[0].text
-        assert llm.engine.stats()["free_blocks"] == 64
-    finally:
-        llm.engine.executor.shutdown()
-
-
-def test_under_pipeline_parallelism(model):
-    """PP=2 (gloo; two micro-batches in flight, the last stage's matchers): the same
-    tokens as one process, greedy and seeded-sampled, every output matching."""
-    params = _params(0.0) + _params(1.0)
-    one, _ = run(model, PROMPTS * 2, params)
-    llm = LLM(model, dtype="float32", num_blocks=64, block_size=8, pipeline_parallel_size=2)
+    llm = LLM(model, dtype="float32", num_blocks=64, block_size=8, **layout)
     try:
         outs = llm.generate(PROMPTS * 2, params)
         assert [o.outputs[0].token_ids for o in outs] == [o.token_ids for o in one]
