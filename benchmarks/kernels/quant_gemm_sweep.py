@@ -11,7 +11,8 @@ copies that exceed L2 (as a model's layers do), CUDA graphs: skinny at M = 1, 4,
 to the bf16 skinny GEMM and cuBLAS (F.linear); quant_gemm at M = 64, 256, 2048 (the
 table's config and a few others) next to cuBLAS. Each row: us, GB/s of the weight bytes
 read (data + scales), TFLOP/s, and the ratio to cuBLAS bf16 (the JSON: every config's
-time too). One call does both:
+time too); for fp8 above 16 rows also W8A8 (the activations' quantization and
+torch._scaled_mm, as the model runs it) and _scaled_mm alone. One call does both:
 
     python benchmarks/kernels/quant_gemm_sweep.py --check --models 8b --out $OUT/q8b.json
     python benchmarks/kernels/quant_gemm_sweep.py --models 70b --out $OUT/q70b.json
@@ -43,7 +44,9 @@ from tessera.kernels.skinny_gemm import (MAX_ROWS, SkinnyConfig, pick_config,  #
                                          skinny_gemm, skinny_gemm_add_norm, skinny_gemm_ref,
                                          skinny_qkv_rope)
 from tessera.layers.rotary import RotaryEmbedding  # noqa: E402
+from tessera.kernels.fp8_rows import quantize_rows_fp8  # noqa: E402
 from tessera.quant.formats import quant_linear_ref, quantize  # noqa: E402
+from tessera.quant.fp8 import w8a8_linear, w8a8_supported  # noqa: E402
 
 KINDS = {"int8": ("int8", 0), "fp8": ("fp8", 0), "int4": ("int4", 128),
          "int4g32": ("int4", 32), "int8g32": ("int8", 32)}
@@ -52,7 +55,9 @@ MODELS = {"8b": {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096
           "70b": {"qkv": (10240, 8192), "o": (8192, 8192), "gate_up": (57344, 8192),
                   "down": (8192, 28672)}}
 GEMM_GRID = [QuantGemmConfig(*c) for c in ((64, 64, 128, 4, 4), (128, 64, 128, 4, 3),
-                                           (128, 128, 128, 8, 3), (256, 128, 64, 8, 3))]
+                                           (128, 128, 128, 8, 3), (256, 128, 64, 8, 3),
+                                           (64, 64, 256, 4, 4), (64, 128, 128, 4, 4),
+                                           (64, 128, 256, 8, 3), (32, 64, 256, 4, 4))]
 TOL = {torch.bfloat16: 2e-2, torch.float16: 4e-3}
 DEVICE = "cuda"  # (the checks' device; the CPU interpreter runs them too, in fp16)
 
@@ -201,6 +206,12 @@ def sweep(models, kinds, quick: bool, rows=(1, 4, 16, 64, 256, 2048)) -> list[di
                     if best_cfg is None:
                         best_cfg = (pick_config(n, k, False, 2, kind, group) if m <= MAX_ROWS
                                     else gemm_config(m, kind, group))
+                    if kind == "fp8" and m > MAX_ROWS and w8a8_supported(x.device):
+                        base[m]["w8a8"] = timed([lambda qw=qw: w8a8_linear(x, qw) for qw in qws])
+                        xq, sx = quantize_rows_fp8(x)
+                        base[m]["scaled_mm"] = timed([lambda qw=qw: torch._scaled_mm(
+                            xq, qw.data.t(), scale_a=sx, scale_b=qw.scale.view(1, -1),
+                            out_dtype=dt) for qw in qws])
                     row = dict(model=model, matrix=name, n=n, k=k, kind=label, m=m,
                                default_us=default, best_us=best_us, best_config=list(best_cfg),
                                gb_s=gb / default * 1e6, tflops=2 * m * n * k / default / 1e6,
@@ -217,6 +228,8 @@ def sweep(models, kinds, quick: bool, rows=(1, 4, 16, 64, 256, 2048)) -> list[di
 def print_row(r: dict) -> None:
     vs = r["cublas_us"] / r["default_us"]
     sk = f" skinny bf16 {r['skinny_bf16_us']:7.1f}" if "skinny_bf16_us" in r else " " * 20
+    if "w8a8_us" in r:
+        sk = f" w8a8 {r['w8a8_us']:7.1f} (_scaled_mm {r['scaled_mm_us']:7.1f})"
     print(f"{r['model']:3} {r['matrix']:7} {r['kind']:7} M={r['m']:<4} {r['default_us']:8.1f} us"
           f" {r['gb_s']:7.0f} GB/s {r['tflops']:6.1f} TF/s | cuBLAS bf16 {r['cublas_us']:8.1f}"
           f" ({vs:4.2f}x){sk} | best {r['best_us']:8.1f} {r['best_config']}", flush=True)

@@ -81,7 +81,7 @@ def prefetch_columns(weight: torch.Tensor) -> int:
 
 
 @triton.jit
-def _prefetch_l2(w_ptr, w_rows, n_ok, K, PREFETCH_K: tl.constexpr, LINE: tl.constexpr):
+def prefetch_l2(w_ptr, w_rows, n_ok, K, PREFETCH_K: tl.constexpr, LINE: tl.constexpr):
     """Asks L2 for the first PREFETCH_K columns of these W rows, one 128-byte line (LINE
     columns) at a time; rows past N ask for W's first line instead."""
     cols = tl.arange(0, PREFETCH_K // LINE) * LINE
@@ -181,9 +181,9 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
     if KIND == "":  # weights: no kernel writes them, so before the wait
         w = _tile(w_rows, k_lo + ks, n_ok, K, EVEN)
     if USE_PDL and PREFETCH_K > 0:
-        _prefetch_l2(w_ptr, w_rows, n_ok, KW, PREFETCH_K, LINE)
+        prefetch_l2(w_ptr, w_rows, n_ok, KW, PREFETCH_K, LINE)
         if GATED or ROPE:  # two panels of W per program
-            _prefetch_l2(w_ptr, rows2, n_ok, KW, PREFETCH_K, LINE)
+            prefetch_l2(w_ptr, rows2, n_ok, KW, PREFETCH_K, LINE)
     pdl.wait(USE_PDL)
     ok = n_ok[:, None] & m_ok[None, :]
     if NORM_IN:  # x is a pending norm's g * s: its partial sums give each row's 1/rms

@@ -1,4 +1,5 @@
-"""Split-K for the skinny decode GEMM (kernels/skinny_gemm.py): several programs share one
+"""Split-K for the skinny decode GEMM (kernels/skinny_gemm.py) and the fp8 GEMM of few rows
+(kernels/fp8_gemm.py): several programs share one
 panel's K, and the last of them to finish adds their partial sums and runs the epilogue.
 
 Why: a decode step has few output rows a program (a warp's MMA tile is 16 rows of W), so
@@ -84,9 +85,10 @@ def splits(k: int, k_per: int) -> int:
     return max(triton.cdiv(k, k_per), 1)
 
 
-def workspace(panels: int, split: int, block_n: int, device: torch.device) -> torch.Tensor:
-    """Room for every program's partial sums: [panels, split, 2, block_n, MAX_ROWS] fp32."""
+def workspace(panels: int, split: int, block_n: int, device: torch.device,
+              block_m: int = MAX_ROWS) -> torch.Tensor:
+    """Room for every program's partial sums: [panels, split, 2, block_n, block_m] fp32."""
     if panels > MAX_PANELS:
         raise ValueError(f"split-K has counters for {MAX_PANELS} panels, not {panels}")
-    return torch.empty(panels * split * 2 * block_n * MAX_ROWS, dtype=torch.float32,
+    return torch.empty(panels * split * 2 * block_n * block_m, dtype=torch.float32,
                        device=device)

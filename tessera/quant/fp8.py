@@ -2,11 +2,13 @@
 
 Objects: `w8a8_supported(device)`, `w8a8_fits(x, qw)`, `quantize_rows_fp8_ref(x)` (dynamic
 per-token scales; kernels/fp8_rows.py computes them in one kernel), `w8a8_linear(x, qw,
-bias)` (torch._scaled_mm with row-wise scales)
-and `w8a8_linear_ref` (the same arithmetic in float32, the test's oracle).
+bias)` and `w8a8_linear_ref` (the same arithmetic in float32, the test's oracle);
+FEW_ROWS.
 Flow: x [M, K] -> per-row scale sx = max|x_row| / 448 and xq = x / sx in e4m3 [M, K];
-y [M, N] = (xq @ Wq^T) * sx * sw (sw: the weight's per-channel scale [N]), one cuBLASLt
-fp8 GEMM with the scales applied in its epilogue, then the bias. Used by
+y [M, N] = (xq @ Wq^T) * sx * sw (sw: the weight's per-channel scale [N]) (+ bias): up to
+FEW_ROWS rows (decode batches) kernels/fp8_gemm.py, whose tiles keep the memory busy where
+cuBLASLt's are too few (H200, Llama-3-8B products at 64 rows: 71 us a layer against 107),
+above that torch._scaled_mm (cuBLASLt, row-wise scales in its epilogue). Used by
 QuantizedLinearMethod (quant/quantized.py) for products of more than 16 rows; decode
 steps of few rows stay weight-only (the skinny GEMM: bound by reading W, where fp8
 activations save nothing).
@@ -18,6 +20,8 @@ from typing import Optional
 import torch
 
 from tessera.quant.formats import FP8_MAX, QuantizedWeight
+
+FEW_ROWS = 128  # up to this many rows kernels/fp8_gemm.py, above _scaled_mm
 
 
 def w8a8_supported(device: torch.device) -> bool:
@@ -41,10 +45,13 @@ def quantize_rows_fp8_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def w8a8_linear(x: torch.Tensor, qw: QuantizedWeight,
-                bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """x [M, K] (bf16) @ W^T with fp8 operands -> [M, N] bf16."""
+                bias: Optional[torch.Tensor] = None, pdl: bool = True) -> torch.Tensor:
+    """x [M, K] (bf16) @ W^T with fp8 operands -> [M, N] bf16 (pdl: kernels/pdl.py)."""
     from tessera.kernels.fp8_rows import quantize_rows_fp8
-    xq, sx = quantize_rows_fp8(x.contiguous())
+    xq, sx = quantize_rows_fp8(x.contiguous(), pdl=pdl)
+    if x.shape[0] <= FEW_ROWS:
+        from tessera.kernels.fp8_gemm import fp8_gemm
+        return fp8_gemm(xq, sx, qw, bias, x.dtype, pdl=pdl)
     y = torch._scaled_mm(xq, qw.data.t(), scale_a=sx, scale_b=qw.scale.view(1, -1),
                          out_dtype=x.dtype)
     return y if bias is None else y + bias

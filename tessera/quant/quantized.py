@@ -18,7 +18,8 @@ quantize independently and no 16-bit copy of the model is ever held). `apply` co
   (gated SiLU-and-mul, rotary + KV write, residual add + pending norm), inherited from
   UnquantizedLinearMethod through `kernel_weight`;
 - more rows with kernel ops: fp8 on GPUs of compute capability 8.9+ quantizes the
-  activations per token and runs torch._scaled_mm (W8A8, quant/fp8.py); otherwise
+  activations per token and multiplies fp8 by fp8 (W8A8, quant/fp8.py: kernels/fp8_gemm.py
+  up to 128 rows, torch._scaled_mm above); otherwise
   kernels/quant_gemm.py (weight-only, dequantized in registers);
 - without kernels (the CPU): the reference, x @ dequantize(W)^T (quant/formats.py).
 """
@@ -154,7 +155,7 @@ class QuantizedLinearMethod(UnquantizedLinearMethod):
         if self.w8a8:
             from tessera.quant.fp8 import w8a8_fits, w8a8_linear
             if w8a8_fits(x, qw):
-                return w8a8_linear(x, qw, layer.bias)
+                return w8a8_linear(x, qw, layer.bias, pdl=self.pdl)
         if self.gemm is not None and self.kernel_format and x.dim() == 2 and x.shape[0] > 0:
             return self.gemm.quant_gemm(x, qw, layer.bias)
         return F.linear(x, dequantize(qw, x.dtype), layer.bias)  # [T, out]

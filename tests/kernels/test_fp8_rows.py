@@ -17,7 +17,7 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m,k", [(1, 64), (5, 1500), (3, 2048)])
+@pytest.mark.parametrize("m,k", [(1, 64), (5, 1500), (3, 2048), (2, 20000)])  # one pass; two
 def test_quantize_rows_matches_reference(dtype, m, k):
     g = torch.Generator().manual_seed(m * k)
     x = (torch.randn(m, k, generator=g) * 3).to(DEVICE, dtype)
