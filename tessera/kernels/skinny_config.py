@@ -60,11 +60,11 @@ def tuned_config(n: int, k: int, gated: bool = False, itemsize: int = 2) -> Skin
 
 # A/B knobs for quantized W: (kind, n, k, gated) -> SkinnyConfig; the bytes of each W row
 # per K step; the shared memory the stages may fill; the programs (panels x splits of K)
-# a product aims at, by kind (int8 / fp8: twice as many with K >= 8192)
+# a product aims at
 QUANT_CONFIG_OVERRIDES: dict = {}
 QUANT_STEP_BYTES = 256
 QUANT_SMEM_BYTES = 128 << 10
-QUANT_PROGRAMS = {"int8": 256, "fp8": 256, "int4": 384}
+QUANT_PROGRAMS = 300
 
 
 def quant_config(kind: str, n: int, k: int, gated: bool = False, itemsize: int = 2,
@@ -74,21 +74,21 @@ def quant_config(kind: str, n: int, k: int, gated: bool = False, itemsize: int =
     32-row panels on 2 warps (one warp a 16-row MMA tile, so no warp widens another's
     weights), 4 stages (6 were 25% slower on gate/up), each step QUANT_STEP_BYTES of every
     row (512 were 4-27% slower on the 70B's K = 8192; in groups: whole groups, at most 8 a
-    step), and K split (split_k.py) in the fewest powers of two that make QUANT_PROGRAMS
-    programs (int8 / fp8 with K >= 8192: twice), each of at least four steps: one 32-row
-    panel and its 2 warps can neither keep the memory busy nor widen fast enough, and a
-    4096-row product has only 128 panels. At one row (us, unsplit -> the rule's): int8
-    o 4096 x 4096 11.5 -> 9.5, down 4096 x 14336 32.6 -> 19.8, qkv 6144 x 4096 13.6 ->
-    11.8; 70B o 8192 x 8192 27.1 -> 20.8, down 8192 x 28672 77.2 -> 58.5 (its qkv, 10240
-    rows, was best unsplit: 30.2 against 34.9); int4 g128 down 46.8 -> 32.9, qkv 16.8 ->
-    13.9. The gate/up products (896 panels and more) stay whole."""
+    step), and K split (split_k.py) in the fewest powers of two that make at least
+    QUANT_PROGRAMS programs, each of at least four steps: one 32-row panel and its 2 warps
+    can neither keep the memory busy nor widen fast enough, and a 4096-row product has
+    only 128 panels. One target for every kind and K picks the sweep's best split of each
+    product (us at one row, unsplit -> the rule's): int8 o 4096 x 4096 11.5 -> 9.5 (4),
+    down 4096 x 14336 32.6 -> 19.8 (4), qkv 6144 x 4096 13.6 -> 11.8 (2); 70B o 8192 x
+    8192 27.1 -> 20.8 (2), down 8192 x 28672 77.2 -> 58.5 (2), its qkv (10240 rows: 320
+    panels) unsplit 30.2 (split 2: 34.9); int4 g128 down 46.8 -> 32.9, qkv 16.8 -> 13.9.
+    The gate/up products (896 panels and more) stay whole."""
     per_byte = 2 if kind == "int4" else 1
     block_k = max(min(QUANT_STEP_BYTES * per_byte, triton.next_power_of_2(k)), 16)
     if group:  # whole groups, one dot each
         block_k = min(max(block_k, group), 8 * group)
-    target = QUANT_PROGRAMS[kind] * (2 if k >= 8192 and kind != "int4" else 1)
     panels, split = triton.cdiv(n, 32), 1
-    while panels * split < target and k >= 4 * 2 * split * block_k:
+    while panels * split < QUANT_PROGRAMS and k >= 4 * 2 * split * block_k:
         split *= 2
     cfg = SkinnyConfig(block_n=32, block_k=block_k, num_warps=2, num_stages=4, split_k=split)
     bits = weight_bits(kind, itemsize)
