@@ -15,6 +15,7 @@ target) and writes JSON to --out. Examples:
         --methods none,int8,int4,fp8 --runs b1 --runs-for none,fp8:b64,tput
     python benchmarks/quant_speed.py --out $OUT/q70b.json --shape llama-3-70b \
         --methods int8,fp8 --runs b1
+--profile b1,b64 adds the kernels of steady decode steps at batch 1 / 64 (step_kernels.py).
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ import torch
 from tessera.bench.offline import (measure_bandwidth, random_weights_engine, run_latency,
                                    run_throughput)
 from tessera.gc_tuning import frozen
+
+from step_kernels import kernel_profile, print_profile
 
 # issue 20: batch-1 tok/s on the Llama-3-8B shape, and 70B with 8-bit weights
 TARGETS = {("llama-3-8b", "int8", "b1"): 400, ("llama-3-8b", "int4", "b1"): 550,
@@ -59,6 +62,10 @@ def bench_method(shape: str, method: str, runs: list[str], bandwidth: float,
                     "kernels": info.kernels}
     with frozen():
         run_latency(engine, 2, 32, 8, bandwidth, seed=9)  # warm-up
+        for run in args.profile:  # kernels of steady decode steps at batch 1 / 64
+            batch, input_len = (1, 32) if run == "b1" else (64, 1024)
+            result[f"profile_{run}"] = p = kernel_profile(engine, batch, input_len)
+            print_profile(p, f"{shape} {method} {run}")
         if "b1" in runs:
             result["b1"] = run_latency(engine, 1, 32, 256, bandwidth)
         if "b64" in runs:
@@ -103,7 +110,9 @@ def main() -> None:
     ap.add_argument("--num-prompts", type=int, default=1000)
     ap.add_argument("--max-num-seqs", type=int, default=512)
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    ap.add_argument("--profile", default="", help="kernel profiles of decode steps: b1,b64")
     args = ap.parse_args()
+    args.profile = [r for r in args.profile.split(",") if r]
     bandwidth = measure_bandwidth(torch.device("cuda"))
     extra = parse_runs_for(args.runs_for)
     results = []
