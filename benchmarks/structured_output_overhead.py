@@ -30,6 +30,7 @@ import torch
 
 from tessera.bench.offline import random_weights_engine
 from tessera.sampling_params import SamplingParams
+from tessera.structured import grammar
 from tessera.worker import grammar_masks
 
 PERSON = {"type": "object", "properties": {
@@ -95,12 +96,16 @@ def main() -> None:
     ap.add_argument("--input-len", type=int, default=64)
     ap.add_argument("--output-len", type=int, default=256)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--default-slices", action="store_true",
+                    help="llguidance's default slices (A/B of structured/grammar.SLICES)")
     ap.add_argument("--fill-in-place", action="store_true",
                     help="the masks filled in place, not in the background (the A/B knob "
                          "worker/grammar_masks.BACKGROUND_FILL)")
     args = ap.parse_args()
     if args.fill_in_place:
         grammar_masks.BACKGROUND_FILL = False
+    if args.default_slices:
+        grammar.SLICES = None
     engine = random_weights_engine(args.model, tokenizer=args.tokenizer,
                                    skip_tokenizer_init=False, max_num_seqs=128)
     masks = engine.core.executor.worker.runner.grammars
