@@ -4,10 +4,14 @@ order, from torch.profiler (CUDA activity; kernels inside CUDA graphs included).
 `kernel_profile(engine, batch, input_len, steps)`: `batch` requests of random prompts of
 `input_len` tokens are queued and stepped until every one is decoding; then `steps`
 steps run under the profiler, and the requests are stepped to their end. Returns
-{"steps", "wall_ms_per_step", "busy_ms_per_step" (kernel time summed: the GPU's busy
-share of the step), "by_name": [[name, ms per step, launches per step], ...] (largest
-first), "one_step": [[name, us], ...] (the kernels of the middle profiled step in launch
-order, for reading one layer's products)}. `print_profile(p, title)` prints the
+{"steps", "wall_ms_per_step" (under the profiler: a little longer than without),
+"busy_ms_per_step" (kernel time summed: the GPU's busy share of the step; under PDL
+kernels overlap and a kernel's time includes its wait for the one before),
+"by_name": [[name, ms per step, launches per step], ...] (largest first), "one_step":
+[[name, us], ...] (the kernels of the middle profiled step in launch order, for reading
+one layer's products; with async scheduling a step's slice starts with the step
+before's sampling)}. The engine must run in this process (the uniproc
+executor): a worker process's kernels are not seen. `print_profile(p, title)` prints the
 top rows and the first kernels of one step.
 
 Used by benchmarks/quant_speed.py --profile (issue 20: what stands between a method's
@@ -43,6 +47,8 @@ def kernel_profile(engine, batch: int, input_len: int, steps: int = 16, seed: in
             engine.step()
             if _decoding(core, batch, before):
                 break
+    else:
+        raise RuntimeError(f"no two steps in a row decoded all {batch} requests")
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         start = time.perf_counter()

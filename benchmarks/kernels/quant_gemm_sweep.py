@@ -206,17 +206,18 @@ def sweep(models, kinds, quick: bool, rows=(1, 4, 16, 64, 256, 2048)) -> list[di
                     if best_cfg is None:
                         best_cfg = (pick_config(n, k, False, 2, kind, group) if m <= MAX_ROWS
                                     else gemm_config(m, kind, group))
+                    fp8_runs = {}  # this kind's own: the W8A8 product as the model runs it
                     if kind == "fp8" and m > MAX_ROWS and w8a8_supported(x.device):
-                        base[m]["w8a8"] = timed([lambda qw=qw: w8a8_linear(x, qw) for qw in qws])
+                        fp8_runs["w8a8"] = timed([lambda qw=qw: w8a8_linear(x, qw) for qw in qws])
                         xq, sx = quantize_rows_fp8(x)
-                        base[m]["scaled_mm"] = timed([lambda qw=qw: torch._scaled_mm(
+                        fp8_runs["scaled_mm"] = timed([lambda qw=qw: torch._scaled_mm(
                             xq, qw.data.t(), scale_a=sx, scale_b=qw.scale.view(1, -1),
                             out_dtype=dt) for qw in qws])
                     row = dict(model=model, matrix=name, n=n, k=k, kind=label, m=m,
                                default_us=default, best_us=best_us, best_config=list(best_cfg),
                                gb_s=gb / default * 1e6, tflops=2 * m * n * k / default / 1e6,
                                configs=[[list(c) if c else None, us] for us, c in res],
-                               **{f"{b}_us": v for b, v in base[m].items()})
+                               **{f"{b}_us": v for b, v in {**base[m], **fp8_runs}.items()})
                     rows_out.append(row)
                     print_row(row)
                 del qws

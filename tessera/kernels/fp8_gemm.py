@@ -31,9 +31,6 @@ from tessera.kernels.pdl import pdl_launch_args
 from tessera.kernels.skinny_gemm import line_columns, prefetch_columns, prefetch_l2
 from tessera.quant.formats import QuantizedWeight
 
-MAX_ROWS = 128  # above this cuBLASLt's tiles are enough (quant/quantized.py)
-
-
 class Fp8GemmConfig(NamedTuple):
     block_m: int  # rows of x (the MMA's N)
     block_n: int  # rows of W (the MMA's M)
@@ -51,25 +48,29 @@ SMEM_BYTES = 200 << 10  # what the pipeline stages may fill
 
 def pick_config(m: int, n: int, k: int) -> Fp8GemmConfig:
     """x's rows in one block (16-128), 64-row W panels, K whole (H200 sweeps at 32, 64 and
-    128 rows, 2026-12-04, Llama-3-8B products: splitting K was slower wherever N had 64
-    panels or more, the fix-up's partials costing more than the extra programs gained):
-    256-wide steps six deep, or where there are MANY_TILES tiles 128-wide three deep (64
-    rows, gate/up: 32.7 us against 34.1) in 128-row panels from 128 rows of x (37.0 us
-    against 45.4); K split in two while the tiles are fewer than FEW_TILES, and at 128
-    rows where K >= 8192 (down: 23.4 us against 28.7)."""
+    128 rows, 2026-12-04, Llama-3-8B products: splitting K was slower wherever W had 64
+    panels or more, the fix-up's partials costing more than the extra programs gained,
+    but for the down product at 128 rows): 256-wide steps, as many stages as SMEM_BYTES
+    holds up to six (four at 128 rows), or where there are MANY_TILES tiles 128-wide
+    three deep (64 rows, gate/up: 32.7 us against 34.1), in 128-row panels from 128 rows
+    of x (37.0 us against 45.4). K is split in powers of two while there are fewer than
+    FEW_TILES tiles (a narrow W), and in two at 65-128 rows where K >= 8192 and the tiles
+    are fewer than MANY_TILES (down: 23.4 us against 28.7)."""
     block_m = max(16, triton.next_power_of_2(m))
     if (block_m, n, k) in CONFIG_OVERRIDES:
         return CONFIG_OVERRIDES[(block_m, n, k)]
     tiles = triton.cdiv(n, 64) * triton.cdiv(m, block_m)
     block_n, block_k, stages = 64, 256, 6
-    if tiles >= MANY_TILES:
+    many = tiles >= MANY_TILES
+    if many:
         block_n, block_k, stages = (128 if block_m >= 128 else 64), 128, 3
     while stages > 2 and stages * (block_n + block_m) * block_k > SMEM_BYTES:
         stages -= 1
     split = 1
-    while (tiles * split < FEW_TILES or (block_m >= 128 and k >= 8192 and split == 1)) \
-            and k >= 4 * 2 * split * block_k:
+    while tiles * split < FEW_TILES and k >= 4 * 2 * split * block_k:
         split *= 2
+    if split == 1 and block_m >= 128 and k >= 8192 and not many:
+        split = 2
     return Fp8GemmConfig(block_m, block_n, block_k, 4, stages, split)
 
 
@@ -94,7 +95,7 @@ def _fp8_gemm(x_ptr, sx_ptr, w_ptr, sw_ptr, b_ptr, y_ptr, work_ptr, count_ptr, M
     k_lo = pid_k * K_PER
     k_hi = tl.minimum(k_lo + K_PER, K)
     if USE_PDL and PREFETCH_K > 0:  # W: no kernel writes it, so asked of L2 before the wait
-        prefetch_l2(w_ptr, w_rows + k_lo, n_ok, K - k_lo, PREFETCH_K, LINE)
+        prefetch_l2(w_ptr, w_rows + k_lo, n_ok, k_hi - k_lo, PREFETCH_K, LINE)
     pdl.wait(USE_PDL)
     acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
@@ -139,6 +140,8 @@ def fp8_gemm(xq: torch.Tensor, sx: torch.Tensor, qw: QuantizedWeight,
     n = qw.data.shape[0]
     if qw.data.shape[1] != k:
         raise ValueError(f"fp8_gemm: x has {k} columns but the weight is {tuple(qw.data.shape)}")
+    if xq.stride(1) != 1 or not qw.data.is_contiguous():
+        raise ValueError("fp8_gemm: x's rows and the weight must be contiguous")
     y = torch.empty(m, n, dtype=out_dtype, device=xq.device)
     if m == 0 or n == 0:
         return y
@@ -147,7 +150,8 @@ def fp8_gemm(xq: torch.Tensor, sx: torch.Tensor, qw: QuantizedWeight,
     split = split_k.splits(k, k_per)
     tiles = triton.cdiv(n, cfg.block_n) * triton.cdiv(m, cfg.block_m)
     line = line_columns(qw.data)
-    prefetch = prefetch_columns(qw.data) // split  # each program's share of W's first lines
+    prefetch = prefetch_columns(qw.data) // split  # each program's share, a power of two
+    prefetch = 1 << (prefetch.bit_length() - 1) if prefetch >= line else 0
     work, count = y, y  # unused without a split
     if split > 1:
         work = split_k.workspace(tiles, split, cfg.block_n, xq.device, cfg.block_m)
@@ -157,7 +161,7 @@ def fp8_gemm(xq: torch.Tensor, sx: torch.Tensor, qw: QuantizedWeight,
         m, n, k, k_per, xq.stride(0), y.stride(0), HAS_BIAS=bias is not None, SPLIT=split,
         EVEN=n % cfg.block_n == 0 and k % cfg.block_k == 0 and k_per % cfg.block_k == 0,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        PREFETCH_K=prefetch if prefetch >= line else 0, LINE=line,
+        PREFETCH_K=prefetch, LINE=line,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch_args(xq.device, pdl))
     return y
 

@@ -58,7 +58,7 @@ def quantize_rows_fp8(x: torch.Tensor, pdl: bool = True) -> tuple[torch.Tensor, 
     scale = torch.empty(m, 1, dtype=torch.float32, device=x.device)
     if m:
         whole = triton.next_power_of_2(k)
-        if whole <= ONE_PASS_MAX:  # a row's 2-4 elements a thread, read once
+        if whole <= ONE_PASS_MAX:  # read once: 8-32 elements a thread
             _quantize_rows[(m,)](x, q, scale, k, x.stride(0), q.stride(0), BLOCK_K=whole,
                                  ONE_PASS=True, num_warps=max(4, min(16, whole // 1024)),
                                  **launch)

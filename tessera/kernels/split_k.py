@@ -23,7 +23,7 @@ products at once would need a buffer each.)
 
 Objects: jit `reduce_partials`; host `counters(device)`, `k_per_split(k, block_k, split)`
 (columns each program takes: whole steps), `splits(k, k_per)` (programs that get any),
-`workspace(panels, split, block_n, device)`.
+`workspace(panels, split, block_n, device, block_m)`.
 """
 from __future__ import annotations
 

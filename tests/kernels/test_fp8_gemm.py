@@ -1,11 +1,13 @@
 """The fp8 x fp8 GEMM of few rows (kernels/fp8_gemm.py) against fp8_gemm_ref (the float32
-product of the same e4m3 operands): masked and whole tiles, with and without a bias, K
-whole and split in 2 and 3 (the counters back at zero, the result the same run after
-run), the config rule, bad weights refused. CPU: the interpreter (operands quantized by
-the PyTorch reference: the interpreter's own e4m3 rounding is wrong, test_fp8_rows.py),
+product of the same e4m3 operands): masked and whole tiles, several row blocks and
+128-row panels, with and without a bias, K whole and split in 2 and 3 (one split ending
+inside a step; the counters back at zero, the result the same run after run), the
+config rule, bad weights and layouts refused. CPU: the interpreter (operands quantized
+by the PyTorch reference: the interpreter's own e4m3 rounding is wrong, test_fp8_rows.py),
 outputs in float32 / float16; GPU (compute capability 8.9+; the error against the largest
-output, the MMA summing in fewer bits than float32): bfloat16 too, and the whole
-W8A8 product (quant/fp8.py w8a8_linear) on both sides of FEW_ROWS."""
+output, the MMA summing in fewer bits than float32): bfloat16 too, the same result with
+and without PDL, and the whole W8A8 product (quant/fp8.py w8a8_linear) on both sides of
+FEW_ROWS."""
 from __future__ import annotations
 
 import pytest
@@ -54,7 +56,9 @@ def close(got, ref, dtype):
     (64, 128, 512, Fp8GemmConfig(64, 64, 128, 4, 2)),  # whole tiles, no masks
     (20, 96, 768, Fp8GemmConfig(32, 64, 128, 4, 2, 2)),  # K split in two
     (3, 64, 640, Fp8GemmConfig(16, 64, 128, 4, 2, 3)),  # in three, the last shorter
-], ids=["masked", "whole", "split2", "split3"])
+    (20, 64, 700, Fp8GemmConfig(32, 64, 128, 4, 2, 3)),  # ... and ending inside a step
+    (150, 256, 512, Fp8GemmConfig(64, 128, 128, 4, 2)),  # three row blocks, 128-row panels
+], ids=["masked", "whole", "split2", "split3", "split3-ragged", "row-blocks"])
 @pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
 def test_fp8_gemm_matches_reference(dtype, m, n, k, config, with_bias):
     xq, sx, qw, bias = operands(m, n, k)
@@ -79,12 +83,35 @@ def test_pick_config_rule():
                 assert cfg.block_k == (128 if tiles >= MANY_TILES else 256)
 
 
+def test_pick_config_splits_only_narrow_or_long_products():
+    assert pick_config(64, 512, 4096).split_k > 1  # 8 tiles: too few programs
+    assert pick_config(128, 4096, 14336).split_k == 2  # the down product at 128 rows
+    assert pick_config(128, 57344, 8192).split_k == 1  # many tiles: K whole
+    assert pick_config(64, 4096, 14336).split_k == 1
+    assert pick_config(128, 28672, 4096).block_n == 128
+
+
 def test_fp8_gemm_refuses_other_weights():
     xq, sx, qw, _ = operands(4, 64, 256)
     with pytest.raises(ValueError, match="per-channel fp8"):
         fp8_gemm(xq, sx, quantize("int8", torch.randn(64, 256).to(DEVICE)))
     with pytest.raises(ValueError, match="columns"):
         fp8_gemm(xq[:, :128], sx, qw)
+    with pytest.raises(ValueError, match="contiguous"):
+        fp8_gemm(xq.t().contiguous().t(), sx, qw)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not FP8_MMA, reason="fp8 tensor cores need compute capability 8.9+")
+def test_fp8_gemm_same_with_and_without_pdl():
+    """Under PDL (W prefetched before the wait, the next kernel let in after the loop) the
+    result is the same as launched plainly, split K included, back to back."""
+    xq, sx, qw, bias = operands(64, 4096, 4096)
+    cfg = Fp8GemmConfig(64, 64, 256, 4, 4, 3)
+    plain = [fp8_gemm(xq, sx, qw, bias.bfloat16(), config=cfg, pdl=False) for _ in range(2)]
+    chained = [fp8_gemm(xq, sx, qw, bias.bfloat16(), config=cfg, pdl=True) for _ in range(2)]
+    assert all(torch.equal(plain[0], y) for y in plain[1:] + chained)
+    assert not torch.any(split_k.counters(torch.device(DEVICE)))
 
 
 @pytest.mark.gpu
