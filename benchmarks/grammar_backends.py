@@ -15,7 +15,9 @@ cache off; llguidance's lexer is lazy: its first mask is listed apart), mask fil
 CPUs), then by a per-row loop. Probes: keywords outside the generator, 8 walks each. JSON is
 compact (--any-whitespace: free whitespace, where walks linger). xgrammar's default
 strict_mode forbids unlisted properties, which JSON Schema and llguidance allow (walks then
-wander into random keys): --xgr-non-strict compares like with like.
+wander into random keys): --xgr-non-strict compares like with like. "xgrammar (tessera's)"
+is Tessera's route (structured/xgrammar_backend.py): the schemas it takes xgrammar for,
+its masks, which must give no invalid output.
 
     .venv/bin/python benchmarks/grammar_backends.py [--schemas 200] [--tokenizer PATH]
         [--batch-steps 100] [--threads N] [--seed 0] [--any-whitespace] [--xgr-non-strict]
@@ -111,6 +113,24 @@ class Xgr:
     def compile(self, schema):
         return self.x.GrammarMatcher(self.comp.compile_json_schema(json.dumps(schema),
                                                                    **self.opts))
+
+
+class XgrTessera(Xgr):
+    """Tessera's xgrammar path (structured/xgrammar_backend.py): only the schemas `fits`
+    admits (the others are llguidance's: counted here as not compiled), the bounded
+    strings' character class fixed, compact JSON."""
+    name = "xgrammar (tessera's)"
+
+    def __init__(self, tok, vocab, args):
+        super().__init__(tok, vocab, args)
+        from tessera.structured.xgrammar_backend import XGrammarCompiler
+        self.tessera = XGrammarCompiler(tok, vocab, [tok.eos_token_id], args.threads)
+
+    def compile(self, schema):
+        from tessera.structured.xgrammar_backend import fits
+        if not fits(schema):
+            raise ValueError("not taken: llguidance serves it")
+        return self.x.GrammarMatcher(self.tessera._compile(schema))
 
 
 class Llg:
@@ -267,7 +287,7 @@ def main():
           f"seed {args.seed}, {'free' if args.any_whitespace else 'compact'} JSON, "
           f"{args.threads} threads, xgrammar strict_mode={not args.xgr_non_strict}")
     rows, backends = [], []
-    for cls in (Xgr, Llg):
+    for cls in (Xgr, XgrTessera, Llg):
         t0 = time.perf_counter()
         backends.append(be := cls(tok, len(tok), args))
         print(f"\n== {be.name}: tokenizer set-up {time.perf_counter() - t0:.2f} s")

@@ -5,7 +5,8 @@ For a schema (default: benchmarks/structured_output_overhead.py's person record)
 matchers walk by uniformly random allowed tokens (seeded; a random-weights model samples
 much like this) for --steps steps; each step times feeding the tokens (`consume_token`
 per row) and filling the B masks, serially and with llguidance's executor at several
-thread counts. Prints the median microseconds per step.
+thread counts, and through Tessera's xgrammar route (xgrN: N of its threads). Prints the
+median microseconds per step.
 
     python benchmarks/grammar_fill_profile.py --tokenizer DIR [--batch 64] [--steps 100]
 """
@@ -66,6 +67,33 @@ def walk(template, tok, hf, vocab: int, batch: int, steps: int, executor
     return fill, consume
 
 
+def walk_xgrammar(hf, vocab: int, batch: int, steps: int, threads: int) -> list[float]:
+    """The same walk through Tessera's xgrammar route (structured/xgrammar_backend.py):
+    fill seconds per step on `threads` of xgrammar's threads."""
+    import xgrammar
+
+    from tessera.structured.params import StructuredOutputsParams
+    from tessera.structured.xgrammar_backend import XGrammarCompiler, fill_masks
+    compiler = XGrammarCompiler(hf, vocab, [hf.eos_token_id], threads)
+    params = StructuredOutputsParams(json=PERSON)
+    matchers = [compiler.matcher(params) for _ in range(batch)]
+    pool = xgrammar.BatchGrammarMatcher(max_threads=threads)
+    mask = lgn.allocate_token_bitmask(batch, vocab)
+    rng, fill = random.Random(0), []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fill_masks(pool, [(m, row) for row, m in enumerate(matchers)], mask)
+        fill.append(time.perf_counter() - start)
+        for row, m in enumerate(matchers):
+            ids = allowed_ids(mask[row], vocab)
+            t = int(ids[rng.randrange(len(ids))]) if len(ids) else hf.eos_token_id
+            if t == hf.eos_token_id or m.inner.is_terminated():
+                matchers[row] = compiler.matcher(params)
+            else:
+                m.consume_token(t)
+    return fill
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokenizer", required=True)
@@ -91,6 +119,8 @@ def main() -> None:
         fill, consume = walk(template, tok, hf, vocab, args.batch, args.steps, ex)
         times[name] = fill
         times.setdefault("consume", consume)
+    for t in executors:  # Tessera's xgrammar route, for the schemas it serves
+        times[f"xgr{t}"] = walk_xgrammar(hf, vocab, args.batch, args.steps, t)
     print(f"batch {args.batch}, {args.steps} steps, {os.cpu_count()} CPUs; "
           "median (p90) microseconds per step")
     for name, values in times.items():

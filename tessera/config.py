@@ -28,6 +28,7 @@ from tessera.models.arch_config import ArchConfig
 DTYPE_NAMES = ("auto", "float32", "fp32", "float", "bfloat16", "bf16", "float16", "fp16", "half")
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
+STRUCTURED_BACKENDS = ("auto", "llguidance")
 KERNEL_BACKENDS = ("auto", "triton", "reference")
 KERNEL_MODES = ("auto", "off", "always")
 EXECUTORS = ("auto", "uni", "mp", "ray")
@@ -64,6 +65,10 @@ class ModelConfig:
     allow_control_tokens_in_messages: bool = _field(
         False, "a chat message's text may spell control tokens (<|im_start|> ...) that become "
                "real ones, so a client can forge turns (default: they stay text)")
+    structured_outputs_backend: str = _field(
+        "auto", "the token masks' grammar library: auto (xgrammar for the JSON schemas whose "
+                "masks it makes soundly, llguidance for the rest) or llguidance",
+        STRUCTURED_BACKENDS)
     enforce_eager: bool = _field(False, "no CUDA graphs for decode steps")
     cpu_threads: Optional[int] = _field(
         None, "intra-op threads of a CPU engine (default: the physical cores given to the "
@@ -82,6 +87,9 @@ class ModelConfig:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}.")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ValueError(f"cpu_threads must be >= 1, got {self.cpu_threads}.")
+        if self.structured_outputs_backend not in STRUCTURED_BACKENDS:
+            raise ValueError(f"structured_outputs_backend {self.structured_outputs_backend!r} "
+                             f"is not one of {STRUCTURED_BACKENDS}.")
 
 
 @dataclasses.dataclass

@@ -12,14 +12,17 @@ matcher per request: a copy of the cached compiled grammar, advanced token by to
 JSON is generated compact (no whitespace between tokens: small models otherwise loop on
 newlines); a schema's own `x-guidance` settings may change that.
 
-Why llguidance, not xgrammar (benchmarks/grammar_backends.py, RESULTS.md): it compiles
-JSON schemas in about a millisecond (lazily: no whole-vocabulary precomputation), covers
+Why llguidance first (benchmarks/grammar_backends.py, RESULTS.md): it compiles JSON
+schemas in about a millisecond (lazily: no whole-vocabulary precomputation), covers
 more of JSON Schema (patterns, numeric bounds) and names what it does not support rather
-than ignoring it, computes a mask in tens of microseconds, fills a batch of masks on its
-own threads, and needs neither torch nor a GPU build (the API process checks grammars
-without torch). Measured on the H200's host (benchmarks/grammar_fill_profile.py): copies of
-one compiled matcher share its caches behind a lock, so filling 64 masks on 16 threads
-took as long as on one (5.9 ms); with 16 families, 1.4 ms.
+than ignoring it, fills a batch of masks on its own threads, and needs neither torch nor
+a GPU build (the API process checks grammars without torch). Its masks cost a walk of
+the vocabulary where a bounded string leaves few characters, so for the JSON schemas
+that xgrammar enforces soundly the worker takes xgrammar's precomputed masks instead
+(structured/xgrammar_backend.py; --structured-outputs-backend). Measured on the H200's
+host (benchmarks/grammar_fill_profile.py): copies of one compiled matcher share its
+caches behind a lock, so filling 64 masks on 16 threads took as long as on one (5.9 ms);
+with 16 families, 1.4 ms.
 """
 from __future__ import annotations
 

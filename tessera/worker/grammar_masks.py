@@ -1,21 +1,23 @@
-"""GrammarMasks: a sampling worker's structured outputs: one llguidance matcher per
-constrained request, advanced by its output tokens, and per step the token bitmask of
-the rows that sample.
+"""GrammarMasks: a sampling worker's structured outputs: one matcher per constrained
+request (xgrammar's for a JSON schema it serves soundly under the default backend "auto":
+structured/xgrammar_backend.py; llguidance's otherwise), advanced by its output tokens,
+and per step the token bitmask of the rows that sample.
 
 Flow (model_runner.py): a new request with `structured_outputs` gets a matcher
 (`attach`: a copy of the compiled grammar, cached by schema: structured/grammar.py); a
 preempted one keeps its own. A step with constrained rows is sampled once the tokens
 before it are known: `start(states)` feeds each row's matcher the tokens it has not
 seen, then (on a helper thread, so the step loop goes on with the step before's output
-and the next schedule: BACKGROUND_FILL) fills the rows' masks on llguidance's threads
-(up to 16; each grammar is compiled once per thread, and requests get copies in turn,
-so rows filled at once rarely share caches and their locks) into a pinned [N, W]
+and the next schedule: BACKGROUND_FILL) fills the rows' masks, xgrammar's rows on its
+threads, then llguidance's on its own (up to 16; each grammar is compiled once per
+thread, and requests get copies in turn, so rows filled at once rarely share caches and
+their locks) into a pinned [N, W]
 int32 buffer (W = ceil(V / 32); bit j of word w allows token 32w + j; unconstrained rows
 all ones; two buffers used in turn); `finish(job)` waits for that and copies the buffer
 to the device without waiting; the sampler sets the logits of disallowed tokens to -inf
 (layers/sampler.py `apply_token_bitmask`). `bitmask(states)` does both in place. A step
 without constrained rows costs nothing here and waits for nothing.
-The compiler (the model's tokenizer as llguidance sees it, ~0.5 s) is built on a
+The compilers (the model's tokenizer as the libraries see it, ~1 s) are built on a
 background thread at start-up, so the first constrained request does not stall the steps.
 A matcher that rejects a token (it cannot happen to a masked token) allows only the end
 of the sequence, so its request ends rather than going on unconstrained.
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 
 from tessera.config import EngineConfig
+from tessera.structured.xgrammar_backend import XGrammarMatcher, fill_masks
 from tessera.worker.input_batch import RequestState
 
 logger = logging.getLogger(__name__)
@@ -55,7 +58,7 @@ class MaskJob:
 
 @dataclasses.dataclass
 class GrammarState:
-    matcher: object  # llguidance.LLMatcher
+    matcher: object  # llguidance.LLMatcher, or an XGrammarMatcher
     num_consumed: int = 0  # output tokens fed to the matcher
     failed: bool = False
 
@@ -69,6 +72,8 @@ class GrammarMasks:
         self.words = (self.vocab_size + 31) // 32
         self._compiler: Optional[Future] = None
         self._executor = None  # llguidance.LLExecutor, made with the compiler
+        self._xgrammar = None  # structured/xgrammar_backend.py's compiler (backend auto)
+        self._xgrammar_pool = None  # xgrammar.BatchGrammarMatcher: its threads
         # host seconds of recent steps' masks: feeding the matchers (the step loop),
         # filling (a helper thread, when in the background) and the step loop's wait for it
         self.timings = {name: deque(maxlen=4096) for name in ("advance", "fill", "wait")}
@@ -91,8 +96,23 @@ class GrammarMasks:
             return None
         threads = max(1, min(MAX_FILL_THREADS, (os.cpu_count() or 1) - 1))
         self._executor = llguidance.LLExecutor(num_threads=threads)
-        return GrammarCompiler(tokenizer, self.vocab_size, self.eos_token_ids,
-                               families=threads)
+        compiler = GrammarCompiler(tokenizer, self.vocab_size, self.eos_token_ids,
+                                   families=threads)
+        if self.config.model.structured_outputs_backend == "auto":
+            self._build_xgrammar(tokenizer, threads)
+        return compiler
+
+    def _build_xgrammar(self, tokenizer, threads: int) -> None:
+        try:
+            import xgrammar
+
+            from tessera.structured.xgrammar_backend import XGrammarCompiler
+            self._xgrammar = XGrammarCompiler(tokenizer, self.vocab_size, self.eos_token_ids,
+                                              threads)
+            self._xgrammar_pool = xgrammar.BatchGrammarMatcher(max_threads=threads)
+        except Exception as e:  # noqa: BLE001 - llguidance serves every grammar then
+            logger.warning("xgrammar is unavailable (%s); llguidance makes every mask", e)
+            self._xgrammar = None
 
     @property
     def compiler(self):
@@ -109,10 +129,23 @@ class GrammarMasks:
         if so is None or st.grammar is not None:
             return
         try:
-            st.grammar = GrammarState(self.compiler.matcher(so))
+            compiler = self.compiler
+            matcher = self._xgrammar_matcher(so, st.request_id)
+            st.grammar = GrammarState(matcher or compiler.matcher(so))
         except ValueError as e:
             logger.error("request %s: %s", st.request_id, e)
             st.grammar = GrammarState(None, failed=True)
+
+    def _xgrammar_matcher(self, so, request_id: str):
+        """xgrammar's matcher where it serves this grammar soundly, else None."""
+        if self._xgrammar is None:
+            return None
+        try:
+            return self._xgrammar.matcher(so)
+        except Exception as e:  # noqa: BLE001 - a schema xgrammar cannot take: llguidance's
+            logger.warning("request %s: xgrammar could not compile the schema (%s); "
+                           "llguidance makes its masks", request_id, e)
+            return None
 
     def bitmask(self, states: list[RequestState]) -> Optional[torch.Tensor]:
         """[N, W] int32 on the device for the sampling rows `states` (their earlier tokens
@@ -158,11 +191,16 @@ class GrammarMasks:
 
     def _fill(self, fill: list, mask: np.ndarray,
               inside: Optional[threading.Event] = None) -> None:
-        """Fills the masks of `fill`'s (matcher, row) pairs; sets `inside` just before
-        llguidance takes over (it keeps the GIL until it lets go of it there)."""
+        """Fills the masks of `fill`'s (matcher, row) pairs: xgrammar's rows on its threads,
+        then llguidance's on its own; sets `inside` just before the libraries take over
+        (they keep the GIL until they let go of it there)."""
         begin = time.perf_counter()
         if inside is not None:
             inside.set()
+        fast = [(m, row) for m, row in fill if isinstance(m, XGrammarMatcher)]
+        if fast:
+            fill_masks(self._xgrammar_pool, fast, mask)
+            fill = [(m, row) for m, row in fill if not isinstance(m, XGrammarMatcher)]
         if len(fill) > 1:  # on llguidance's threads
             lgn.fill_next_token_bitmask_par(self._executor, fill, mask)
         elif fill:  # one row: no thread to wake
@@ -217,11 +255,16 @@ class GrammarMasks:
             for t in new:
                 if not g.failed and not g.matcher.consume_token(t):
                     self._rejected(st, t)
-        if len(single) > 1:
+        fast = [(st, t) for st, t in single if isinstance(st.grammar.matcher, XGrammarMatcher)]
+        single = [(st, t) for st, t in single
+                  if not isinstance(st.grammar.matcher, XGrammarMatcher)]
+        if len(single) > 1:  # llguidance's, on its threads
             accepted = lgn.consume_token_par(self._executor, [(st.grammar.matcher, t)
                                                               for st, t in single])
         else:
             accepted = [st.grammar.matcher.consume_token(t) for st, t in single]
+        single += fast  # xgrammar's: a few microseconds each
+        accepted += [st.grammar.matcher.consume_token(t) for st, t in fast]
         for (st, t), ok in zip(single, accepted):
             if not ok:
                 self._rejected(st, t)

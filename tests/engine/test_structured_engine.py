@@ -98,6 +98,22 @@ def test_masks_are_filled_while_the_engine_works_on_the_step_before(model, async
     assert (len(masks.timings["wait"]) > 0) == async_scheduling
 
 
+@pytest.mark.parametrize("backend", ["auto", "llguidance"])
+def test_json_schemas_through_either_library(model, backend):
+    """auto: xgrammar makes the masks of the schemas it enforces soundly (the JSON row
+    here), llguidance the rest; llguidance: all of them. Every output matches."""
+    llm = LLM(model, dtype="float32", num_blocks=64, block_size=8,
+              structured_outputs_backend=backend)
+    masks = llm.engine.core.executor.runner.grammars
+    outs = llm.generate(PROMPTS * 2, _params(1.0) * 2)
+    for out, (_, check) in zip(outs, GRAMMARS * 2):
+        assert out.outputs[0].finish_reason == "stop", out.outputs[0].text
+        assert check(out.outputs[0].text), out.outputs[0].text
+    assert (masks._xgrammar is not None) == (backend == "auto")
+    with pytest.raises(ValueError, match="structured_outputs_backend"):
+        LLM(model, dtype="float32", structured_outputs_backend="outlines")
+
+
 def test_unconstrained_rows_are_untouched(model):
     plain = [SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True),
              SamplingParams(max_tokens=12, temperature=1.0, seed=3, ignore_eos=True)]

@@ -1,0 +1,182 @@
+"""xgrammar for the JSON schemas whose masks it makes soundly: precomputed token masks per
+grammar state, several times cheaper to fill than llguidance's walks where a bounded
+string leaves few characters (benchmarks/RESULTS.md, 2026-12-04: Qwen2.5's vocabulary,
+the overhead benchmark's schema, one thread: 18.7 us a row against 136.5).
+
+Objects: `fits(schema)` (whether a JSON schema keeps to the keywords checked here),
+XGrammarCompiler (the tokenizer as xgrammar sees it; `matcher(params)` -> an
+XGrammarMatcher for a fitting schema, None for anything else, which llguidance serves),
+XGrammarMatcher (`consume_token`, as llguidance's matcher; `inner`, xgrammar's),
+`fill_masks(pool, rows, mask)`.
+
+Why a whitelist: xgrammar 0.2.9 compiles some schemas into grammars that accept
+invalid output or ignore a constraint (benchmarks/grammar_backends.py, fourteenth
+session): a string with minLength / maxLength becomes `[^"\\\\\\r\\n]{m,n}`, which lets
+raw control characters into the JSON (fixed here in the grammar's text: the class of its
+own unbounded strings), and `not`, `uniqueItems`, `allOf`, look-around in patterns and
+`format` are compiled and not enforced. So only these keywords take this path: type
+(one name), properties / required / additionalProperties (absent or false; absent
+means none here, a subset of the schema's instances), items / minItems / maxItems,
+minLength / maxLength, patterns of literal text, ranges, \\d, \\w, groups, alternatives,
+quantifiers and anchors (no `.`, negation or look-around: a character they admit may be
+one JSON must escape), integer bounds, enum / const of scalars, anyOf, local $ref to
+$defs / definitions, and annotations. Everything else, and `x-guidance` options, stays
+with llguidance, which the API process checks every grammar with in any case.
+JSON is generated compact (separators "," and ":"), as structured/grammar.py does.
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import OrderedDict
+from typing import Any, Optional, Sequence
+
+from tessera.structured.params import StructuredOutputsParams
+
+CACHE_SIZE = 256  # compiled grammars kept
+ANNOTATIONS = {"title", "description", "default", "examples", "$comment", "$schema", "$id",
+               "deprecated", "readOnly", "writeOnly"}
+TYPE_KEYS = {"object": {"properties", "required", "additionalProperties"},
+             "array": {"items", "minItems", "maxItems"},
+             "string": {"minLength", "maxLength", "pattern"},
+             "integer": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"},
+             "number": set(), "boolean": set(), "null": set()}
+# a pattern of literal text, ranges, \d / \w / escaped punctuation, groups, alternatives,
+# quantifiers and anchors, of characters JSON needs no escape for: no '.', no negated
+# class, no backslash or quote, no look-around or back-reference
+_SAFE = r"A-Za-z0-9 _@,:#%&!~'<>;=/\-"
+_PATTERN_TOKEN = re.compile(r"\\[dw.\-+*?()\[\]{}|^$/@_:,]"
+                            rf"|\[(?!\^)(?:\\[dw.\-+]|[{_SAFE}.+])+\]"
+                            r"|\((?:\?:|(?!\?))|[)|^$*+?]|\{\d+(?:,\d*)?\}"
+                            rf"|[{_SAFE}]")
+# xgrammar's class for a character of a bounded string, and the one its unbounded strings use
+_BOUNDED_CHAR = r'[^\"\\\r\n]'
+_JSON_CHAR = r'[^\0-\x1f\"\\\r\n]'
+
+
+def _scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (str, bool, int, float))
+
+
+def _simple_pattern(p: Any) -> bool:
+    if not isinstance(p, str) or not p:
+        return False
+    pos = 0
+    while pos < len(p):
+        m = _PATTERN_TOKEN.match(p, pos)
+        if m is None:
+            return False
+        pos = m.end()
+    return True
+
+
+def _fits(node: Any, defs: dict) -> bool:
+    if not isinstance(node, dict):
+        return False
+    keys = set(node) - ANNOTATIONS
+    if "$ref" in keys:
+        ref = node["$ref"]
+        name = ref.rsplit("/", 1)[-1] if isinstance(ref, str) else None
+        return (keys == {"$ref"} and isinstance(ref, str)
+                and ref.startswith(("#/$defs/", "#/definitions/")) and name in defs)
+    if "enum" in keys or "const" in keys:
+        values = node.get("enum", [node.get("const")])
+        return (keys <= {"enum", "const", "type"} and len(keys & {"enum", "const"}) == 1
+                and isinstance(values, list) and bool(values) and all(map(_scalar, values)))
+    if "anyOf" in keys:
+        options = node["anyOf"]
+        return (keys == {"anyOf"} and isinstance(options, list) and bool(options)
+                and all(_fits(o, defs) for o in options))
+    kind = node.get("type")
+    if not isinstance(kind, str) or kind not in TYPE_KEYS or not keys - {"type"} <= TYPE_KEYS[kind]:
+        return False
+    if kind == "object":
+        props = node.get("properties", {})
+        required = node.get("required", [])
+        return (isinstance(props, dict) and node.get("additionalProperties", False) is False
+                and isinstance(required, list) and set(required) <= set(props)
+                and all(_fits(v, defs) for v in props.values()))
+    if kind == "array":
+        return "items" not in node or _fits(node["items"], defs)
+    if kind == "string":
+        return "pattern" not in node or (_simple_pattern(node["pattern"])
+                                         and not keys & {"minLength", "maxLength"})
+    if kind == "integer":
+        return all(isinstance(node[k], int) and not isinstance(node[k], bool)
+                   for k in keys - {"type"})
+    return True
+
+
+def fits(schema: Any) -> bool:
+    """Whether xgrammar's masks for this JSON schema (a dict) are sound: every keyword in
+    the list above, at every level, $defs / definitions included."""
+    if not isinstance(schema, dict) or "x-guidance" in schema:
+        return False
+    defs = {}
+    for key in ("$defs", "definitions"):
+        if key in schema:
+            if not isinstance(schema[key], dict):
+                return False
+            defs.update(schema[key])
+    root = {k: v for k, v in schema.items() if k not in ("$defs", "definitions")}
+    return _fits(root, defs) and all(_fits(d, defs) for d in defs.values())
+
+
+class XGrammarMatcher:
+    """One request's xgrammar matcher, as the worker drives llguidance's: consume_token."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def consume_token(self, token: int) -> bool:
+        return self.inner.accept_token(token)
+
+
+class XGrammarCompiler:
+    """hf_tokenizer, vocab_size (the logits' width) and eos_token_ids as GrammarCompiler's
+    (structured/grammar.py); compiled grammars cached by the schema's text. Thread-safe."""
+
+    def __init__(self, hf_tokenizer: Any, vocab_size: int, eos_token_ids: Sequence[int],
+                 threads: int = 1, cache_size: int = CACHE_SIZE):
+        import xgrammar
+        self._xgr = xgrammar
+        self.info = xgrammar.TokenizerInfo.from_huggingface(
+            hf_tokenizer, vocab_size=vocab_size, stop_token_ids=list(eos_token_ids))
+        self.compiler = xgrammar.GrammarCompiler(self.info, max_threads=max(1, threads))
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def matcher(self, params: StructuredOutputsParams) -> Optional[XGrammarMatcher]:
+        """A fresh matcher for a JSON schema that `fits`, else None."""
+        if params.kind != "json":
+            return None
+        with self._lock:
+            compiled = self._cache.get(params.key)
+            if compiled is not None:
+                self._cache.move_to_end(params.key)
+        if compiled is None:
+            schema = json.loads(params.json)
+            if not fits(schema):
+                return None
+            compiled = self._compile(schema)
+            with self._lock:
+                self._cache[params.key] = compiled
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return XGrammarMatcher(self._xgr.GrammarMatcher(compiled))
+
+    def _compile(self, schema: dict) -> Any:
+        xgr = self._xgr
+        grammar = xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False,
+                                               separators=(",", ":"))
+        text = str(grammar).replace(_BOUNDED_CHAR, _JSON_CHAR)  # no raw control characters
+        return self.compiler.compile_grammar(xgr.Grammar.from_ebnf(text, root_rule_name="root"))
+
+
+def fill_masks(pool: Any, rows: list[tuple[XGrammarMatcher, int]], mask: Any) -> None:
+    """Fills rows' masks (matcher, row index) into mask [N, W] int32 (host), on xgrammar's
+    threads (pool: an xgrammar.BatchGrammarMatcher)."""
+    pool.batch_fill_next_token_bitmask([m.inner for m, _ in rows], mask,
+                                       [row for _, row in rows])

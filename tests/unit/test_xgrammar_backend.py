@@ -1,0 +1,119 @@
+"""xgrammar's path for JSON schemas (structured/xgrammar_backend.py): which schemas it takes
+(`fits`: the keywords it enforces, patterns JSON needs no escapes for), that its bounded
+strings admit no raw control character (xgrammar 0.2.9's own grammar does), compact JSON,
+and random walks over SmolLM2's vocabulary (uniform over the allowed tokens, as random
+weights sample) whose every finished output validates against its schema."""
+from __future__ import annotations
+
+import json
+import random
+
+import jsonschema
+import numpy as np
+import pytest
+
+from tessera.structured.params import StructuredOutputsParams
+from tessera.structured.xgrammar_backend import XGrammarCompiler, fill_masks, fits
+
+xgrammar = pytest.importorskip("xgrammar")
+
+S, I = {"type": "string"}, {"type": "integer"}
+TAKEN = [
+    {"type": "object", "properties": {"a": S, "b": I}, "required": ["a"],
+     "additionalProperties": False},
+    {"type": "array", "items": {"type": "string", "maxLength": 4}, "minItems": 1, "maxItems": 3},
+    {"type": "string", "pattern": r"^[a-z]{1,12}@[a-z]{1,10}\.(com|org|net)$"},
+    {"enum": ["a\"b", "é", 3, None, True]}, {"const": "x"},
+    {"anyOf": [I | {"minimum": -5, "maximum": 5}, {"type": "null"}]},
+    {"$defs": {"p": {"type": "object", "properties": {"n": S}}}, "type": "object",
+     "properties": {"x": {"$ref": "#/$defs/p"}}, "title": "annotations pass"},
+]
+REFUSED = {  # keywords xgrammar would compile and not enforce, or compiles unsoundly
+    "format": S | {"format": "date"}, "not": {"not": S}, "allOf": {"allOf": [I, I]},
+    "oneOf": {"oneOf": [I, S]}, "uniqueItems": {"type": "array", "uniqueItems": True},
+    "extra properties": {"type": "object", "additionalProperties": True},
+    "number bounds": {"type": "number", "minimum": 0},
+    "look-ahead": S | {"pattern": "(?=a)a"}, "dot": S | {"pattern": "a.b"},
+    "negated class": S | {"pattern": "[^a]"}, "quote": S | {"pattern": '"'},
+    "backslash": S | {"pattern": r"\\"}, "back-reference": S | {"pattern": r"(a)\1"},
+    "\\s": S | {"pattern": r"\s"}, "pattern with lengths": S | {"pattern": "a+", "maxLength": 3},
+    "several types": {"type": ["string", "null"]}, "x-guidance": {"type": "object",
+                                                                   "x-guidance": {}},
+    "remote $ref": {"$ref": "http://example.com/s"}, "missing $def": {"$ref": "#/$defs/q"},
+    "required not listed": {"type": "object", "properties": {}, "required": ["a"]},
+    "bool schema": True,
+}
+
+
+@pytest.mark.parametrize("schema", TAKEN, ids=range(len(TAKEN)))
+def test_fits_takes_enforced_keywords(schema):
+    assert fits(schema)
+
+
+@pytest.mark.parametrize("schema", REFUSED.values(), ids=REFUSED.keys())
+def test_fits_refuses_the_rest(schema):
+    assert not fits(schema)
+
+
+@pytest.fixture(scope="module")
+def compiler():
+    from transformers import AutoTokenizer
+
+    from tessera.default_model import default_model_path
+    from tessera.frontend.gguf_tokenizer import exported_tokenizer_dir
+    tok = AutoTokenizer.from_pretrained(exported_tokenizer_dir(default_model_path()))
+    return XGrammarCompiler(tok, 49152, [tok.eos_token_id]), tok
+
+
+def params(schema):
+    return StructuredOutputsParams(json=schema)
+
+
+def test_bounded_strings_refuse_raw_control_characters(compiler):
+    c, _ = compiler
+    schema = {"type": "object", "properties": {"a": S | {"maxLength": 5}},
+              "required": ["a"], "additionalProperties": False}
+    m = c.matcher(params(schema)).inner
+    assert m.accept_string('{"a":"x')  # compact: no space after the colon
+    assert not m.accept_string("\t")
+    m = c.matcher(params(schema)).inner
+    assert m.accept_string('{"a":"hé w"}') and m.is_completed()
+
+
+def test_schemas_it_does_not_fit_are_left_to_llguidance(compiler):
+    c, _ = compiler
+    assert c.matcher(params(REFUSED["format"])) is None
+    assert c.matcher(StructuredOutputsParams(regex="a+")) is None
+
+
+@pytest.mark.parametrize("schema", TAKEN + [
+    {"type": "object", "properties": {
+        "name": S | {"maxLength": 8}, "age": I | {"minimum": 0, "maximum": 120},
+        "email": S | {"pattern": r"^[a-z]{1,6}@[a-z]{1,5}\.(com|org)$"},
+        "role": {"enum": ["admin", "x\ty", "q\"uote"]},
+        "tags": {"type": "array", "items": S | {"minLength": 2, "maxLength": 6}, "maxItems": 3}},
+     "required": ["name", "age", "email", "role", "tags"], "additionalProperties": False}],
+    ids=list(range(len(TAKEN))) + ["record"])
+def test_random_walks_give_valid_json(compiler, schema):
+    c, tok = compiler
+    pool = xgrammar.BatchGrammarMatcher(max_threads=1)
+    vocab, eos = 49152, tok.eos_token_id
+    finished = 0
+    for seed in range(6):
+        rng, m, ids = random.Random(seed), c.matcher(params(schema)), []
+        mask = np.zeros((1, (vocab + 31) // 32), dtype=np.int32)
+        for _ in range(200):
+            fill_masks(pool, [(m, 0)], mask)
+            allowed = np.flatnonzero(np.unpackbits(mask[0].view(np.uint8),
+                                                   bitorder="little")[:vocab])
+            assert len(allowed), "a matcher that allows nothing"
+            if eos in allowed and (rng.random() < 0.5 or len(allowed) == 1):
+                break
+            t = int(rng.choice([t for t in allowed if t != eos]))
+            assert m.consume_token(t)
+            ids.append(t)
+        else:
+            continue  # the cap: not finished, nothing to judge
+        finished += 1
+        jsonschema.validate(json.loads(tok.decode(ids)), schema)
+    assert finished >= 3
