@@ -1,13 +1,14 @@
-"""xgrammar for the JSON schemas whose masks it makes soundly: precomputed token masks per
-grammar state, several times cheaper to fill than llguidance's walks where a bounded
-string leaves few characters (benchmarks/RESULTS.md, 2026-12-04: Qwen2.5's vocabulary,
-the overhead benchmark's schema, one thread: 18.7 us a row against 136.5).
+"""xgrammar for the JSON schemas whose masks it makes soundly: token masks kept per grammar
+state, several times cheaper to fill than llguidance's walks where a bounded string
+leaves few characters (benchmarks/RESULTS.md, 2026-12-04: Qwen2.5's vocabulary, 64 rows
+of the overhead benchmark's record, one thread: 1.5 ms a step against 12-17).
 
 Objects: `fits(schema)` (whether a JSON schema keeps to the keywords checked here),
 XGrammarCompiler (the tokenizer as xgrammar sees it; `matcher(params)` -> an
 XGrammarMatcher for a fitting schema, None for anything else, which llguidance serves),
 XGrammarMatcher (`consume_token`, as llguidance's matcher; `inner`, xgrammar's),
-`fill_masks(pool, rows, mask)`.
+`fill_masks(pool, rows, mask)`, `vocabulary_mismatches(info, llg_tokenizer)` (the worker
+takes xgrammar only where both libraries read every token's bytes alike).
 
 Why a whitelist: xgrammar 0.2.9 compiles some schemas into grammars that accept
 invalid output or ignore a constraint (benchmarks/grammar_backends.py, fourteenth
@@ -27,6 +28,8 @@ JSON is generated compact (separators "," and ":"), as structured/grammar.py doe
 from __future__ import annotations
 
 import json
+import logging
+import math
 import re
 import threading
 from collections import OrderedDict
@@ -34,6 +37,7 @@ from typing import Any, Optional, Sequence
 
 from tessera.structured.params import StructuredOutputsParams
 
+logger = logging.getLogger(__name__)
 CACHE_SIZE = 256  # compiled grammars kept
 ANNOTATIONS = {"title", "description", "default", "examples", "$comment", "$schema", "$id",
                "deprecated", "readOnly", "writeOnly"}
@@ -50,40 +54,53 @@ _PATTERN_TOKEN = re.compile(r"\\[dw.\-+*?()\[\]{}|^$/@_:,]"
                             rf"|\[(?!\^)(?:\\[dw.\-+]|[{_SAFE}.+])+\]"
                             r"|\((?:\?:|(?!\?))|[)|^$*+?]|\{\d+(?:,\d*)?\}"
                             rf"|[{_SAFE}]")
-# xgrammar's class for a character of a bounded string, and the one its unbounded strings use
+# xgrammar's classes for a character of a bounded string (raw control characters pass)
+# and of an unbounded one (UTF-8-encoded surrogates pass), both made this one
 _BOUNDED_CHAR = r'[^\"\\\r\n]'
-_JSON_CHAR = r'[^\0-\x1f\"\\\r\n]'
+_UNBOUNDED_CHAR = r'[^\0-\x1f\"\\\r\n]'
+_JSON_CHAR = r'[^\0-\x1f\"\\\r\n\uD800-\uDFFF]'
 
 
 def _scalar(v: Any) -> bool:
-    return v is None or isinstance(v, (str, bool, int, float))
+    """A JSON scalar xgrammar writes exactly (its integers are 64-bit)."""
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        return True
+    if isinstance(v, int):
+        return -2**63 <= v < 2**63
+    return isinstance(v, float) and math.isfinite(v)
 
 
 def _simple_pattern(p: Any) -> bool:
+    """Whether p is made of _PATTERN_TOKEN's tokens, '^' only first and '$' only last
+    (xgrammar ignores an anchor elsewhere)."""
     if not isinstance(p, str) or not p:
         return False
-    pos = 0
+    tokens, pos = [], 0
     while pos < len(p):
         m = _PATTERN_TOKEN.match(p, pos)
         if m is None:
             return False
+        tokens.append(m.group())
         pos = m.end()
-    return True
+    return "^" not in tokens[1:] and "$" not in tokens[:-1]
 
 
 def _fits(node: Any, defs: dict) -> bool:
     if not isinstance(node, dict):
         return False
     keys = set(node) - ANNOTATIONS
-    if "$ref" in keys:
+    if "$ref" in keys:  # exactly #/$defs/NAME or #/definitions/NAME, a definition checked
         ref = node["$ref"]
-        name = ref.rsplit("/", 1)[-1] if isinstance(ref, str) else None
-        return (keys == {"$ref"} and isinstance(ref, str)
-                and ref.startswith(("#/$defs/", "#/definitions/")) and name in defs)
-    if "enum" in keys or "const" in keys:
+        if keys != {"$ref"} or not isinstance(ref, str):
+            return False
+        _, _, rest = ref.partition("#/")
+        container, _, name = rest.partition("/")
+        return (ref.startswith("#/") and container in defs and "/" not in name
+                and "~" not in name and name in defs[container])
+    if "enum" in keys or "const" in keys:  # alone: xgrammar drops a `type` beside them
         values = node.get("enum", [node.get("const")])
-        return (keys <= {"enum", "const", "type"} and len(keys & {"enum", "const"}) == 1
-                and isinstance(values, list) and bool(values) and all(map(_scalar, values)))
+        return (len(keys) == 1 and isinstance(values, list) and bool(values)
+                and all(map(_scalar, values)))
     if "anyOf" in keys:
         options = node["anyOf"]
         return (keys == {"anyOf"} and isinstance(options, list) and bool(options)
@@ -97,8 +114,8 @@ def _fits(node: Any, defs: dict) -> bool:
         return (isinstance(props, dict) and node.get("additionalProperties", False) is False
                 and isinstance(required, list) and set(required) <= set(props)
                 and all(_fits(v, defs) for v in props.values()))
-    if kind == "array":
-        return "items" not in node or _fits(node["items"], defs)
+    if kind == "array":  # (without items xgrammar writes only [], or fails on minItems)
+        return "items" in node and _fits(node["items"], defs)
     if kind == "string":
         return "pattern" not in node or (_simple_pattern(node["pattern"])
                                          and not keys & {"minLength", "maxLength"})
@@ -113,14 +130,14 @@ def fits(schema: Any) -> bool:
     the list above, at every level, $defs / definitions included."""
     if not isinstance(schema, dict) or "x-guidance" in schema:
         return False
-    defs = {}
+    defs = {}  # container -> its definitions, each container checked apart
     for key in ("$defs", "definitions"):
         if key in schema:
             if not isinstance(schema[key], dict):
                 return False
-            defs.update(schema[key])
+            defs[key] = schema[key]
     root = {k: v for k, v in schema.items() if k not in ("$defs", "definitions")}
-    return _fits(root, defs) and all(_fits(d, defs) for d in defs.values())
+    return _fits(root, defs) and all(_fits(d, defs) for c in defs.values() for d in c.values())
 
 
 class XGrammarMatcher:
@@ -135,7 +152,11 @@ class XGrammarMatcher:
 
 class XGrammarCompiler:
     """hf_tokenizer, vocab_size (the logits' width) and eos_token_ids as GrammarCompiler's
-    (structured/grammar.py); compiled grammars cached by the schema's text. Thread-safe."""
+    (structured/grammar.py); compiled grammars cached by the schema's text, and so are the
+    schemas it does not take (None). Compiles lazily (xgrammar's dynamic compilation: a
+    state's mask is made the first time a matcher reaches it, so a new schema costs ~1 ms
+    here, not ~55 ms of precomputing masks over Qwen2.5's vocabulary on the step loop).
+    Thread-safe."""
 
     def __init__(self, hf_tokenizer: Any, vocab_size: int, eos_token_ids: Sequence[int],
                  threads: int = 1, cache_size: int = CACHE_SIZE):
@@ -143,40 +164,63 @@ class XGrammarCompiler:
         self._xgr = xgrammar
         self.info = xgrammar.TokenizerInfo.from_huggingface(
             hf_tokenizer, vocab_size=vocab_size, stop_token_ids=list(eos_token_ids))
-        self.compiler = xgrammar.GrammarCompiler(self.info, max_threads=max(1, threads))
+        self.compiler = xgrammar.GrammarCompiler(  # (its own cache is unbounded: ours is)
+            self.info, max_threads=max(1, threads), cache_enabled=False,
+            enable_dynamic_compilation=True)
         self.cache_size = cache_size
         self._cache: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
     def matcher(self, params: StructuredOutputsParams) -> Optional[XGrammarMatcher]:
-        """A fresh matcher for a JSON schema that `fits`, else None."""
+        """A fresh matcher for a JSON schema that `fits` and compiles, else None."""
         if params.kind != "json":
             return None
         with self._lock:
+            known = params.key in self._cache
             compiled = self._cache.get(params.key)
-            if compiled is not None:
+            if known:
                 self._cache.move_to_end(params.key)
-        if compiled is None:
-            schema = json.loads(params.json)
-            if not fits(schema):
-                return None
-            compiled = self._compile(schema)
+        if not known:
+            compiled = self._compile_fitting(params.json)
             with self._lock:
                 self._cache[params.key] = compiled
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
-        return XGrammarMatcher(self._xgr.GrammarMatcher(compiled))
+        return None if compiled is None else XGrammarMatcher(self._xgr.GrammarMatcher(compiled))
+
+    def _compile_fitting(self, text: str) -> Any:
+        schema = json.loads(text)
+        if not fits(schema):
+            return None
+        try:
+            return self._compile(schema)
+        except Exception as e:  # noqa: BLE001 - xgrammar refuses it: llguidance serves it
+            logger.warning("xgrammar cannot compile a schema (%s); llguidance serves it", e)
+            return None
 
     def _compile(self, schema: dict) -> Any:
         xgr = self._xgr
         grammar = xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False,
                                                separators=(",", ":"))
-        text = str(grammar).replace(_BOUNDED_CHAR, _JSON_CHAR)  # no raw control characters
+        text = str(grammar).replace(_BOUNDED_CHAR, _JSON_CHAR).replace(_UNBOUNDED_CHAR,
+                                                                       _JSON_CHAR)
         return self.compiler.compile_grammar(xgr.Grammar.from_ebnf(text, root_rule_name="root"))
 
 
+_NEVER_UTF8 = set(range(0xF5, 0x100)) | {0xC0, 0xC1}  # bytes no UTF-8 text holds
+
+
+def vocabulary_mismatches(info: Any, llg_tokenizer: Any) -> list[int]:
+    """Token ids whose bytes xgrammar (info: its TokenizerInfo) and llguidance read apart,
+    but for tokens llguidance reads as nothing that hold a byte no UTF-8 text has (Qwen2.5's
+    lone 0xFF: no JSON output can take it). The masks are only as right as the bytes."""
+    return [i for i, xb in enumerate(info.decoded_vocab)
+            if (lb := llg_tokenizer.decode_bytes([i])) != xb
+            and not (lb == b"" and _NEVER_UTF8 & set(xb))]
+
+
 def fill_masks(pool: Any, rows: list[tuple[XGrammarMatcher, int]], mask: Any) -> None:
-    """Fills rows' masks (matcher, row index) into mask [N, W] int32 (host), on xgrammar's
-    threads (pool: an xgrammar.BatchGrammarMatcher)."""
+    """Fills rows' masks (matcher, row index) into mask [N, W] int32 (host) (pool: an
+    xgrammar.BatchGrammarMatcher; it lets go of the GIL while it fills)."""
     pool.batch_fill_next_token_bitmask([m.inner for m, _ in rows], mask,
                                        [row for _, row in rows])

@@ -9,7 +9,7 @@ preempted one keeps its own. A step with constrained rows is sampled once the to
 before it are known: `start(states)` feeds each row's matcher the tokens it has not
 seen, then (on a helper thread, so the step loop goes on with the step before's output
 and the next schedule: BACKGROUND_FILL) fills the rows' masks, xgrammar's rows on its
-threads, then llguidance's on its own (up to 16; each grammar is compiled once per
+one thread, then llguidance's on its threads (up to 16; each grammar is compiled once per
 thread, and requests get copies in turn, so rows filled at once rarely share caches and
 their locks) into a pinned [N, W]
 int32 buffer (W = ceil(V / 32); bit j of word w allows token 32w + j; unconstrained rows
@@ -99,17 +99,25 @@ class GrammarMasks:
         compiler = GrammarCompiler(tokenizer, self.vocab_size, self.eos_token_ids,
                                    families=threads)
         if self.config.model.structured_outputs_backend == "auto":
-            self._build_xgrammar(tokenizer, threads)
+            self._build_xgrammar(tokenizer, threads, compiler.tokenizer)
         return compiler
 
-    def _build_xgrammar(self, tokenizer, threads: int) -> None:
+    def _build_xgrammar(self, tokenizer, threads: int, llg_tokenizer) -> None:
         try:
             import xgrammar
 
-            from tessera.structured.xgrammar_backend import XGrammarCompiler
-            self._xgrammar = XGrammarCompiler(tokenizer, self.vocab_size, self.eos_token_ids,
-                                              threads)
-            self._xgrammar_pool = xgrammar.BatchGrammarMatcher(max_threads=threads)
+            from tessera.structured.xgrammar_backend import (XGrammarCompiler,
+                                                             vocabulary_mismatches)
+            xgr = XGrammarCompiler(tokenizer, self.vocab_size, self.eos_token_ids, threads)
+            apart = vocabulary_mismatches(xgr.info, llg_tokenizer)
+            if apart:
+                logger.warning("xgrammar and llguidance read %d tokens' bytes apart (ids %s); "
+                               "llguidance makes every mask", len(apart), apart[:8])
+                return
+            # one thread: its lazily made masks are shared by a grammar's matchers, and 64
+            # rows take ~1 ms (RESULTS, 2026-12-04)
+            self._xgrammar_pool = xgrammar.BatchGrammarMatcher(max_threads=1)
+            self._xgrammar = xgr
         except Exception as e:  # noqa: BLE001 - llguidance serves every grammar then
             logger.warning("xgrammar is unavailable (%s); llguidance makes every mask", e)
             self._xgrammar = None
@@ -130,22 +138,16 @@ class GrammarMasks:
             return
         try:
             compiler = self.compiler
-            matcher = self._xgrammar_matcher(so, st.request_id)
+            matcher = self._xgrammar_matcher(so)
             st.grammar = GrammarState(matcher or compiler.matcher(so))
         except ValueError as e:
             logger.error("request %s: %s", st.request_id, e)
             st.grammar = GrammarState(None, failed=True)
 
-    def _xgrammar_matcher(self, so, request_id: str):
-        """xgrammar's matcher where it serves this grammar soundly, else None."""
-        if self._xgrammar is None:
-            return None
-        try:
-            return self._xgrammar.matcher(so)
-        except Exception as e:  # noqa: BLE001 - a schema xgrammar cannot take: llguidance's
-            logger.warning("request %s: xgrammar could not compile the schema (%s); "
-                           "llguidance makes its masks", request_id, e)
-            return None
+    def _xgrammar_matcher(self, so):
+        """xgrammar's matcher where it serves this grammar soundly, else None (a schema it
+        cannot compile is remembered as llguidance's)."""
+        return None if self._xgrammar is None else self._xgrammar.matcher(so)
 
     def bitmask(self, states: list[RequestState]) -> Optional[torch.Tensor]:
         """[N, W] int32 on the device for the sampling rows `states` (their earlier tokens
@@ -191,8 +193,8 @@ class GrammarMasks:
 
     def _fill(self, fill: list, mask: np.ndarray,
               inside: Optional[threading.Event] = None) -> None:
-        """Fills the masks of `fill`'s (matcher, row) pairs: xgrammar's rows on its threads,
-        then llguidance's on its own; sets `inside` just before the libraries take over
+        """Fills the masks of `fill`'s (matcher, row) pairs: xgrammar's rows, then
+        llguidance's on its threads; sets `inside` just before the libraries take over
         (they keep the GIL until they let go of it there)."""
         begin = time.perf_counter()
         if inside is not None:

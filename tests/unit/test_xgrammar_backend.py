@@ -1,6 +1,7 @@
 """xgrammar's path for JSON schemas (structured/xgrammar_backend.py): which schemas it takes
-(`fits`: the keywords it enforces, patterns JSON needs no escapes for), that its bounded
-strings admit no raw control character (xgrammar 0.2.9's own grammar does), compact JSON,
+(`fits`: the keywords it enforces, patterns JSON needs no escapes for), that its strings
+admit no raw control character nor encoded surrogate (xgrammar 0.2.9's own grammar does),
+that both libraries read SmolLM2's token bytes alike, compact JSON,
 and random walks over SmolLM2's vocabulary (uniform over the allowed tokens, as random
 weights sample) whose every finished output validates against its schema."""
 from __future__ import annotations
@@ -22,6 +23,7 @@ TAKEN = [
     {"type": "object", "properties": {"a": S, "b": I}, "required": ["a"],
      "additionalProperties": False},
     {"type": "array", "items": {"type": "string", "maxLength": 4}, "minItems": 1, "maxItems": 3},
+    {"type": "string", "pattern": "^ab(c|d)*$"}, {"type": "string", "pattern": "x[0-9]+"},
     {"type": "string", "pattern": r"^[a-z]{1,12}@[a-z]{1,10}\.(com|org|net)$"},
     {"enum": ["a\"b", "é", 3, None, True]}, {"const": "x"},
     {"anyOf": [I | {"minimum": -5, "maximum": 5}, {"type": "null"}]},
@@ -42,6 +44,15 @@ REFUSED = {  # keywords xgrammar would compile and not enforce, or compiles unso
     "remote $ref": {"$ref": "http://example.com/s"}, "missing $def": {"$ref": "#/$defs/q"},
     "required not listed": {"type": "object", "properties": {}, "required": ["a"]},
     "bool schema": True,
+    "enum beside a type": {"type": "string", "enum": ["a", 1]},
+    "const beside a type": {"type": "integer", "const": "x"},
+    "an integer past 64 bits": {"const": 12345678901234567890},
+    "an anchor inside": S | {"pattern": "a$b"}, "a caret inside": S | {"pattern": "x(^a)"},
+    "array without items": {"type": "array", "minItems": 2},
+    "a def in both containers": {"$defs": {"p": S | {"format": "date"}},
+                                 "definitions": {"p": S}, "$ref": "#/$defs/p"},
+    "a path into a def": {"$defs": {"default": S, "a": {"type": "object", "default": {}}},
+                          "$ref": "#/$defs/a/default"},
 }
 
 
@@ -80,10 +91,29 @@ def test_bounded_strings_refuse_raw_control_characters(compiler):
     assert m.accept_string('{"a":"hé w"}') and m.is_completed()
 
 
+def test_strings_refuse_encoded_surrogates(compiler):
+    c, _ = compiler
+    for string in (S, S | {"maxLength": 3}):
+        m = c.matcher(params(string)).inner
+        assert not m.accept_string(b'"\xed\xa0\x80')  # U+D800 in UTF-8: not UTF-8
+        assert c.matcher(params(string)).inner.accept_string('"é"'.encode())
+
+
+def test_both_libraries_read_the_vocabulary_alike(compiler):
+    import llguidance.hf
+
+    from tessera.structured.xgrammar_backend import vocabulary_mismatches
+    c, tok = compiler
+    llg = llguidance.hf.from_tokenizer(tok, n_vocab=49152, eos_token=[tok.eos_token_id])
+    assert vocabulary_mismatches(c.info, llg) == []
+
+
 def test_schemas_it_does_not_fit_are_left_to_llguidance(compiler):
     c, _ = compiler
     assert c.matcher(params(REFUSED["format"])) is None
     assert c.matcher(StructuredOutputsParams(regex="a+")) is None
+    empty = params(I | {"minimum": 5, "maximum": 1})  # fits, but xgrammar refuses it
+    assert c.matcher(empty) is None and c.matcher(empty) is None  # (remembered)
 
 
 @pytest.mark.parametrize("schema", TAKEN + [
