@@ -8,7 +8,8 @@ Objects: `rms_norm_ref` (with the residual add fused: returns (normed, x + resid
 `silu_and_mul_ref` ([gate | up] -> silu(gate) * up), `rotary_kv_write_ref` (rotate q and k,
 store k and v in the paged cache, return rotated q), `paged_attention_ref` (ragged queries
 over their paged context, one batched SDPA; the metadata is layers/attention.py's
-RaggedMetadata, read by field), `argmax_ref`.
+RaggedMetadata, read by field), `argmax_ref`, `apply_token_bitmask_ref` (structured
+outputs' mask: disallowed tokens' logits to -inf, in place).
 """
 from __future__ import annotations
 
@@ -72,3 +73,12 @@ def paged_attention_ref(q: torch.Tensor, kv_cache: torch.Tensor, meta,
 def argmax_ref(x: torch.Tensor) -> torch.Tensor:
     """x [N, V] -> [N] int64: each row's first maximum (NaN wins)."""
     return x.argmax(dim=-1)
+
+
+def apply_token_bitmask_ref(logits: torch.Tensor, bitmask: torch.Tensor) -> None:
+    """logits [N, V] float, in place: tokens whose bit is 0 in bitmask [N, W] int32 (bit
+    j of word w: token 32w + j) get -inf."""
+    n, vocab = logits.shape
+    shifts = torch.arange(32, dtype=torch.int32, device=bitmask.device)
+    allowed = ((bitmask[:, :, None] >> shifts) & 1).bool().reshape(n, -1)[:, :vocab]  # [N, V]
+    logits.masked_fill_(~allowed, float("-inf"))

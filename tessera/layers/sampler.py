@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 
 from tessera.engine.protocol import LogprobsEntry
-from tessera.kernels.reference import argmax_ref
+from tessera.kernels.reference import apply_token_bitmask_ref, argmax_ref
 
 Argmax = Callable[[torch.Tensor], torch.Tensor]  # [N, V] -> [N] int64, first maximum
 
@@ -34,7 +34,7 @@ class SamplingBatch:
     presence_penalty: torch.Tensor  # [N]
     frequency_penalty: torch.Tensor  # [N]
     repetition_penalty: torch.Tensor  # [N]
-    prompt_token_ids: list[list[int]]
+    prompt_token_ids: list[list[int]]  # per row (read only with any_penalty)
     output_token_ids: list[list[int]]
     generators: list[torch.Generator]  # a seeded request's own, else the runner's
     banned_token_ids: list[list[int]]  # per row: ids that may not be sampled yet (min_tokens)
@@ -84,11 +84,12 @@ def adjusted_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
 
 def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> None:
     """logits [N, V] float, in place: tokens whose bit is 0 in bitmask [N, W] int32 get
-    -inf (a few elementwise kernels on the device)."""
-    n, vocab = logits.shape
-    shifts = torch.arange(32, dtype=torch.int32, device=bitmask.device)
-    allowed = ((bitmask[:, :, None] >> shifts) & 1).bool().reshape(n, -1)[:, :vocab]  # [N, V]
-    logits.masked_fill_(~allowed, float("-inf"))
+    -inf (kernels/token_bitmask.py's one launch on a GPU; its definition elsewhere)."""
+    if logits.is_cuda:
+        from tessera.kernels.token_bitmask import apply_token_bitmask as kernel
+        kernel(logits, bitmask)
+    else:
+        apply_token_bitmask_ref(logits, bitmask)
 
 
 def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> None:

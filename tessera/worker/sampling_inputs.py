@@ -48,22 +48,24 @@ class SamplingInputs:
             [(p.temperature, p.top_p, p.min_p, p.presence_penalty, p.frequency_penalty,
               p.repetition_penalty) for p in ps], dtype=torch.float32))  # [N, 6]
         top_k = self._to_device(torch.tensor([p.top_k for p in ps], dtype=torch.int64))
+        any_penalty = any(needs_history(p) for p in ps)
         return SamplingBatch(
             temperature=floats[:, 0], top_k=top_k, top_p=floats[:, 1], min_p=floats[:, 2],
             presence_penalty=floats[:, 3], frequency_penalty=floats[:, 4],
             repetition_penalty=floats[:, 5],
             use_top_k=any(p.top_k > 0 for p in ps), use_top_p=any(p.top_p < 1 for p in ps),
             use_min_p=any(p.min_p > 0 for p in ps),
-            prompt_token_ids=[s.token_ids[:s.num_prompt_tokens] for s in states],
-            output_token_ids=[s.token_ids[s.num_prompt_tokens:] + b
-                              for s, b in zip(states, before)],
+            # the token lists only for penalties (copies of whole sequences, every step)
+            prompt_token_ids=([s.token_ids[:s.num_prompt_tokens] for s in states]
+                              if any_penalty else []),
+            output_token_ids=([s.token_ids[s.num_prompt_tokens:] + b
+                               for s, b in zip(states, before)] if any_penalty else []),
             generators=[s.generator or self.default_generator for s in states],
             banned_token_ids=[self.banned(s, len(b)) for s, b in zip(states, before)],
             num_logprobs=[p.logprobs for p in ps],
             all_greedy=all(p.greedy for p in ps),
             allowed=allowed,
-            any_penalty=any(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1
-                            for p in ps),
+            any_penalty=any_penalty,
         )
 
     def plain_greedy(self, st: RequestState) -> bool:
