@@ -7,7 +7,8 @@ Objects: `fits(schema)` (whether a JSON schema keeps to the keywords checked her
 XGrammarCompiler (the tokenizer as xgrammar sees it; `matcher(params)` -> an
 XGrammarMatcher for a fitting schema, None for anything else, which llguidance serves),
 XGrammarMatcher (`consume_token`, as llguidance's matcher; `inner`, xgrammar's),
-`fill_masks(pool, rows, mask)`, `vocabulary_mismatches(info, llg_tokenizer)` (the worker
+`accept_tokens(rows)` and `fill_masks(pool, rows, mask)` (batch calls that let go of the
+GIL), `vocabulary_mismatches(info, llg_tokenizer)` (the worker
 takes xgrammar only where both libraries read every token's bytes alike).
 
 Why a whitelist: xgrammar 0.2.9 compiles some schemas into grammars that accept
@@ -217,6 +218,14 @@ def vocabulary_mismatches(info: Any, llg_tokenizer: Any) -> list[int]:
     return [i for i, xb in enumerate(info.decoded_vocab)
             if (lb := llg_tokenizer.decode_bytes([i])) != xb
             and not (lb == b"" and _NEVER_UTF8 & set(xb))]
+
+
+def accept_tokens(rows: list[tuple[XGrammarMatcher, int]]) -> list[bool]:
+    """Feeds each matcher its token, all in one call that lets go of the GIL; whether
+    each was accepted."""
+    import xgrammar
+    return xgrammar.BatchGrammarMatcher.batch_accept_token([m.inner for m, _ in rows],
+                                                           [t for _, t in rows])
 
 
 def fill_masks(pool: Any, rows: list[tuple[XGrammarMatcher, int]], mask: Any) -> None:

@@ -6,17 +6,18 @@ and per step the token bitmask of the rows that sample.
 Flow (model_runner.py): a new request with `structured_outputs` gets a matcher
 (`attach`: a copy of the compiled grammar, cached by schema: structured/grammar.py); a
 preempted one keeps its own. A step with constrained rows is sampled once the tokens
-before it are known: `start(states)` feeds each row's matcher the tokens it has not
-seen, then (on a helper thread, so the step loop goes on with the step before's output
-and the next schedule: BACKGROUND_FILL) fills the rows' masks, xgrammar's rows on its
-one thread, then llguidance's on its threads (up to 16; each grammar is compiled once per
-thread, and requests get copies in turn, so rows filled at once rarely share caches and
-their locks) into a pinned [N, W]
-int32 buffer (W = ceil(V / 32); bit j of word w allows token 32w + j; unconstrained rows
-all ones; two buffers used in turn); `finish(job)` waits for that and copies the buffer
-to the device without waiting; the sampler sets the logits of disallowed tokens to -inf
-(layers/sampler.py `apply_token_bitmask`). `bitmask(states)` does both in place. A step
-without constrained rows costs nothing here and waits for nothing.
+before it are known: `start(states)` takes each row's tokens its matcher has not seen,
+feeds them to the matchers (xgrammar's rows in one call), then (on a helper thread, so
+the step loop goes on with the step before's output and the next schedule:
+BACKGROUND_FILL) fills the rows' masks: xgrammar's rows in one call (on its threads
+from ROWS_FOR_THREADS rows), llguidance's on its threads (up
+to 16; each grammar is compiled once per thread, and requests get copies in turn, so
+rows filled at once rarely share caches and their locks), into a pinned [N, W] int32
+buffer (W = ceil(V / 32); bit j of word w allows token 32w + j; unconstrained rows all
+ones; two buffers used in turn); `finish(job)` waits for that and copies the buffer to
+the device without waiting; the sampler sets the logits of disallowed tokens to -inf
+(layers/sampler.py `apply_token_bitmask`: one kernel on a GPU). `bitmask(states)` does
+both in place. A step without constrained rows costs nothing here and waits for nothing.
 The compilers (the model's tokenizer as the libraries see it, ~1 s) are built on a
 background thread at start-up, so the first constrained request does not stall the steps.
 A matcher that rejects a token (it cannot happen to a masked token) allows only the end
@@ -27,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import threading
+import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,11 +39,20 @@ import numpy as np
 import torch
 
 from tessera.config import EngineConfig
-from tessera.structured.xgrammar_backend import XGrammarMatcher, fill_masks
+from tessera.structured.xgrammar_backend import XGrammarMatcher, accept_tokens, fill_masks
 from tessera.worker.input_batch import RequestState
 
 logger = logging.getLogger(__name__)
 MAX_FILL_THREADS = 16  # llguidance's threads filling one step's masks
+# xgrammar's threads filling a step's masks from ROWS_FOR_THREADS rows (64 rows on the
+# H200's host: 1.45 ms on one thread, 0.88 on four, no better on eight; waking them costs
+# ~0.1 ms, more than a few rows take: RESULTS, 2026-12-04)
+XGRAMMAR_FILL_THREADS = 4
+ROWS_FOR_THREADS = 16
+# the engine process's GIL switch interval once masks are made in the background: the
+# helper needs the GIL for a few lines between library calls, and CPython's default (5
+# ms) would let the step loop keep it that long
+SWITCH_INTERVAL = 0.0002
 # A/B knob: a step's masks filled in the background while the engine works on the step
 # before (the runner samples the step later: model_runner.py); off, in place
 BACKGROUND_FILL = True
@@ -73,7 +83,8 @@ class GrammarMasks:
         self._compiler: Optional[Future] = None
         self._executor = None  # llguidance.LLExecutor, made with the compiler
         self._xgrammar = None  # structured/xgrammar_backend.py's compiler (backend auto)
-        self._xgrammar_pool = None  # xgrammar.BatchGrammarMatcher: its threads
+        # xgrammar.BatchGrammarMatcher: of one thread and of XGRAMMAR_FILL_THREADS
+        self._xgrammar_pools: Optional[tuple] = None
         # host seconds of recent steps' masks: feeding the matchers (the step loop),
         # filling (a helper thread, when in the background) and the step loop's wait for it
         self.timings = {name: deque(maxlen=4096) for name in ("advance", "fill", "wait")}
@@ -114,9 +125,10 @@ class GrammarMasks:
                 logger.warning("xgrammar and llguidance read %d tokens' bytes apart (ids %s); "
                                "llguidance makes every mask", len(apart), apart[:8])
                 return
-            # one thread: its lazily made masks are shared by a grammar's matchers, and 64
-            # rows take ~1 ms (RESULTS, 2026-12-04)
-            self._xgrammar_pool = xgrammar.BatchGrammarMatcher(max_threads=1)
+            # (lazily made masks are shared by a grammar's matchers safely across
+            # threads: tests/unit/test_xgrammar_backend.py)
+            self._xgrammar_pools = tuple(xgrammar.BatchGrammarMatcher(max_threads=n)
+                                         for n in (1, min(threads, XGRAMMAR_FILL_THREADS)))
             self._xgrammar = xgr
         except Exception as e:  # noqa: BLE001 - llguidance serves every grammar then
             logger.warning("xgrammar is unavailable (%s); llguidance makes every mask", e)
@@ -155,25 +167,25 @@ class GrammarMasks:
         return self.finish(self.start(states, in_background=False))
 
     def start(self, states: list[RequestState], in_background: bool = True) -> "MaskJob":
-        """Feeds each constrained row's matcher the tokens it has not seen (here: on
-        llguidance's threads, the step loop waiting), then fills the rows' masks: on a
-        helper thread when in_background and several rows fill, else before returning.
-        `finish` gives the device mask.
-        Why the handshake: a thread needs the GIL to start, and CPython hands it over only
-        when its holder blocks or every switch interval (5 ms), so a helper would wait
-        out the step loop's own work and fill nothing meanwhile; here the loop waits (GIL
-        released) until the helper is inside llguidance, which lets go of the GIL while it
-        fills, and only then goes on."""
+        """Feeds each constrained row's matcher the tokens it has not seen (here, on the
+        step loop: xgrammar's rows in one call, llguidance's on its threads), then fills
+        the rows' masks: on a helper thread when in_background and several rows
+        constrained, else before returning. `finish` gives the device mask.
+        The helper spends its time inside the libraries, which let go of the GIL there;
+        it needs the GIL only to start and to end, and the step loop hands it over within
+        SWITCH_INTERVAL."""
         rows = [(row, st) for row, st in enumerate(states) if st.grammar is not None]
         if not rows:
             return MaskJob(None, None)
         begin = time.perf_counter()
         host, mask = self._buffer(len(states))
-        mask.fill(-1)
+        if len(rows) < len(states):  # unconstrained rows allow every token
+            constrained = {row for row, _ in rows}
+            mask[[r for r in range(len(states)) if r not in constrained]] = -1
         self._advance([(st, self._unseen(st)) for _, st in rows])
         fill = []
         for row, st in rows:
-            if st.grammar.failed:
+            if st.grammar.failed:  # only the end of the sequence
                 bits = mask.view(np.uint32)
                 bits[row] = 0
                 for t in self.eos_token_ids:
@@ -184,24 +196,19 @@ class GrammarMasks:
         if in_background and len(fill) > 1:
             if self._helper is None:
                 self._helper = ThreadPoolExecutor(1, "grammar-fill")
-            inside = threading.Event()
-            job = self._helper.submit(self._fill, fill, mask, inside)
-            inside.wait()
-            return MaskJob(host, job)
+                if sys.getswitchinterval() > SWITCH_INTERVAL:
+                    sys.setswitchinterval(SWITCH_INTERVAL)
+            return MaskJob(host, self._helper.submit(self._fill, fill, mask))
         self._fill(fill, mask)
         return MaskJob(host, None)
 
-    def _fill(self, fill: list, mask: np.ndarray,
-              inside: Optional[threading.Event] = None) -> None:
-        """Fills the masks of `fill`'s (matcher, row) pairs: xgrammar's rows, then
-        llguidance's on its threads; sets `inside` just before the libraries take over
-        (they keep the GIL until they let go of it there)."""
+    def _fill(self, fill: list, mask: np.ndarray) -> None:
+        """Fills the masks of `fill`'s (matcher, row) pairs: xgrammar's rows (on its
+        threads from ROWS_FOR_THREADS rows), then llguidance's on its threads."""
         begin = time.perf_counter()
-        if inside is not None:
-            inside.set()
         fast = [(m, row) for m, row in fill if isinstance(m, XGrammarMatcher)]
         if fast:
-            fill_masks(self._xgrammar_pool, fast, mask)
+            fill_masks(self._xgrammar_pools[len(fast) >= ROWS_FOR_THREADS], fast, mask)
             fill = [(m, row) for m, row in fill if not isinstance(m, XGrammarMatcher)]
         if len(fill) > 1:  # on llguidance's threads
             lgn.fill_next_token_bitmask_par(self._executor, fill, mask)
@@ -265,8 +272,9 @@ class GrammarMasks:
                                                               for st, t in single])
         else:
             accepted = [st.grammar.matcher.consume_token(t) for st, t in single]
-        single += fast  # xgrammar's: a few microseconds each
-        accepted += [st.grammar.matcher.consume_token(t) for st, t in fast]
+        if fast:  # xgrammar's, in one call without the GIL
+            single += fast
+            accepted += accept_tokens([(st.grammar.matcher, t) for st, t in fast])
         for (st, t), ok in zip(single, accepted):
             if not ok:
                 self._rejected(st, t)

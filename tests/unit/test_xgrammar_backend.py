@@ -147,3 +147,41 @@ def test_random_walks_give_valid_json(compiler, schema):
         finished += 1
         jsonschema.validate(json.loads(tok.decode(ids)), schema)
     assert finished >= 3
+
+
+RECORD = {"type": "object", "properties": {
+    "name": S | {"maxLength": 8}, "age": I | {"minimum": 0, "maximum": 120},
+    "tags": {"type": "array", "items": S | {"maxLength": 6}, "maxItems": 3}},
+    "required": ["name", "age", "tags"], "additionalProperties": False}
+
+
+def test_threads_fill_masks_as_one_does(compiler):
+    """The worker fills a step's rows on several of xgrammar's threads and feeds their
+    tokens in one call (worker/grammar_masks.py); with lazily made masks, rows of one
+    fresh grammar reach new states at once. Each step's masks equal those of a second
+    fresh grammar whose rows are fed and filled one at a time on one thread."""
+    from tessera.structured.xgrammar_backend import accept_tokens
+    _, tok = compiler
+    vocab, rows = 49152, 24
+    many, one = (XGrammarCompiler(tok, vocab, [tok.eos_token_id]) for _ in range(2))
+    par, serial = [[c.matcher(params(RECORD)) for _ in range(rows)] for c in (many, one)]
+    pool4, pool1 = (xgrammar.BatchGrammarMatcher(max_threads=n) for n in (4, 1))
+    got, want = (np.zeros((rows, (vocab + 31) // 32), dtype=np.int32) for _ in range(2))
+    rng, live, checked = random.Random(0), list(range(rows)), 0
+    while live:
+        fill_masks(pool4, [(par[r], r) for r in live], got)
+        for r in live:
+            fill_masks(pool1, [(serial[r], r)], want)
+        assert np.array_equal(got[live], want[live])
+        checked += len(live)
+        steps = []
+        for r in live:
+            allowed = np.flatnonzero(np.unpackbits(want[r].view(np.uint8),
+                                                   bitorder="little")[:vocab])
+            allowed = [t for t in allowed if t != tok.eos_token_id]
+            if allowed:
+                steps.append((r, int(rng.choice(allowed))))
+        assert all(accept_tokens([(par[r], t) for r, t in steps]))
+        assert all(serial[r].consume_token(t) for r, t in steps)
+        live = [r for r, _ in steps]
+    assert checked >= 10 * rows  # rows' masks compared
