@@ -1,9 +1,9 @@
 """Grammars for structured outputs, compiled with llguidance.
 
 Objects: GrammarCompiler (the model's tokenizer as llguidance sees it, and a bounded LRU
-cache of compiled grammars by StructuredOutputsParams.key: up to `families` independently
-compiled matchers per grammar, one more for each request until there are that many,
-then copies of them in turn), `grammar_definition(params)`
+cache of compiled grammars by StructuredOutputsParams.key, structured/compiled_cache.py:
+up to `families` independently compiled matchers per grammar, one more for each request
+until there are that many, then copies of them in turn), `grammar_definition(params)`
 (llguidance's grammar text for a JSON schema, any JSON object, a regex, a choice, or a
 Lark/GBNF grammar). Two processes compile: the API process checks each request's
 grammar (a 400 naming the problem: an invalid schema, an unsupported keyword, a regex
@@ -29,12 +29,12 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections import OrderedDict
 from typing import Any, Sequence
 
 import llguidance
 import llguidance.hf
 
+from tessera.structured.compiled_cache import CompiledCache
 from tessera.structured.params import StructuredOutputsParams
 
 CACHE_SIZE = 256  # compiled grammars kept
@@ -80,11 +80,10 @@ class GrammarCompiler:
         self.tokenizer = llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=vocab_size,
                                                       eos_token=self.eos_token_ids,
                                                       slices=SLICES)
-        self.cache_size = cache_size
         self.families = max(1, families)
         # key -> [compiled matchers (families of them), how many copies were handed out]
-        self._cache: OrderedDict[tuple[str, str], list] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache = CompiledCache(cache_size)
+        self._lock = threading.Lock()  # an entry's families and turn
 
     def check(self, params: StructuredOutputsParams) -> None:
         """ValueError naming what is wrong with params' grammar (compiled and cached)."""
@@ -107,18 +106,7 @@ class GrammarCompiler:
         return families[turn % len(families)].deep_copy()
 
     def _compiled(self, params: StructuredOutputsParams) -> list:
-        key = params.key
-        with self._lock:
-            entry = self._cache.get(key)
-            if entry is not None:
-                self._cache.move_to_end(key)
-                return entry
-        entry = [[self._compile(params)], 0]
-        with self._lock:
-            self._cache[key] = entry
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return entry
+        return self._cache.get(params.key, lambda: [[self._compile(params)], 0])
 
     def _compile(self, params: StructuredOutputsParams) -> llguidance.LLMatcher:
         what = {"json": "JSON schema", "json_object": "JSON object", "regex": "regex",

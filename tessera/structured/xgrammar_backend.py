@@ -32,10 +32,9 @@ import json
 import logging
 import math
 import re
-import threading
-from collections import OrderedDict
 from typing import Any, Optional, Sequence
 
+from tessera.structured.compiled_cache import CompiledCache
 from tessera.structured.params import StructuredOutputsParams
 
 logger = logging.getLogger(__name__)
@@ -168,25 +167,13 @@ class XGrammarCompiler:
         self.compiler = xgrammar.GrammarCompiler(  # (its own cache is unbounded: ours is)
             self.info, max_threads=max(1, threads), cache_enabled=False,
             enable_dynamic_compilation=True)
-        self.cache_size = cache_size
-        self._cache: OrderedDict[str, Any] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache = CompiledCache(cache_size)
 
     def matcher(self, params: StructuredOutputsParams) -> Optional[XGrammarMatcher]:
         """A fresh matcher for a JSON schema that `fits` and compiles, else None."""
         if params.kind != "json":
             return None
-        with self._lock:
-            known = params.key in self._cache
-            compiled = self._cache.get(params.key)
-            if known:
-                self._cache.move_to_end(params.key)
-        if not known:
-            compiled = self._compile_fitting(params.json)
-            with self._lock:
-                self._cache[params.key] = compiled
-                while len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
+        compiled = self._cache.get(params.key, lambda: self._compile_fitting(params.json))
         return None if compiled is None else XGrammarMatcher(self._xgr.GrammarMatcher(compiled))
 
     def _compile_fitting(self, text: str) -> Any:

@@ -150,16 +150,13 @@ class GrammarMasks:
             return
         try:
             compiler = self.compiler
-            matcher = self._xgrammar_matcher(so)
+            # xgrammar's where it serves this grammar soundly (a schema it cannot compile
+            # is remembered as llguidance's)
+            matcher = self._xgrammar.matcher(so) if self._xgrammar is not None else None
             st.grammar = GrammarState(matcher or compiler.matcher(so))
         except ValueError as e:
             logger.error("request %s: %s", st.request_id, e)
             st.grammar = GrammarState(None, failed=True)
-
-    def _xgrammar_matcher(self, so):
-        """xgrammar's matcher where it serves this grammar soundly, else None (a schema it
-        cannot compile is remembered as llguidance's)."""
-        return None if self._xgrammar is None else self._xgrammar.matcher(so)
 
     def bitmask(self, states: list[RequestState]) -> Optional[torch.Tensor]:
         """[N, W] int32 on the device for the sampling rows `states` (their earlier tokens
