@@ -9,7 +9,8 @@ references elsewhere. Layers keep the ops they were built with; nothing is decid
 call from global state.
 Ops: rms_norm (with the residual add), silu_and_mul, rotary_kv_write (rotate q and k,
 write k and v to the paged cache), attention (decode rows first, then ragged prefill
-chunks, over the paged cache), argmax. `decodes_first` tells the input preparation
+chunks, over the paged cache), argmax, apply_token_bitmask (structured outputs' mask on the
+logits, in place; the sampler takes it through SamplingBatch.apply_mask). `decodes_first` tells the input preparation
 (worker/input_batch.py) to put one-token sequences first, for the decode kernel.
 """
 from __future__ import annotations
@@ -21,8 +22,9 @@ from typing import Optional
 import torch
 
 from tessera.config import KernelConfig
-from tessera.kernels.reference import (argmax_ref, paged_attention_ref, rms_norm_ref,
-                                       rotary_kv_write_ref, silu_and_mul_ref)
+from tessera.kernels.reference import (apply_token_bitmask_ref, argmax_ref,
+                                       paged_attention_ref, rms_norm_ref, rotary_kv_write_ref,
+                                       silu_and_mul_ref)
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,9 @@ class ReferenceOps:
     def argmax(self, x: torch.Tensor) -> torch.Tensor:
         return argmax_ref(x)  # [N, V] -> [N]
 
+    def apply_token_bitmask(self, logits: torch.Tensor, bitmask: torch.Tensor) -> None:
+        apply_token_bitmask_ref(logits, bitmask)  # [N, V] in place; bitmask [N, W] int32
+
 
 class KernelOps(ReferenceOps):
     kernels = True
@@ -59,9 +64,10 @@ class KernelOps(ReferenceOps):
 
     def __init__(self, pdl: bool = True):
         from tessera.kernels import (argmax, paged_decode_attention, paged_prefill_attention,
-                                     rms_norm, rotary_kv_write, silu_and_mul)
+                                     rms_norm, rotary_kv_write, silu_and_mul, token_bitmask)
         self.pdl = pdl
         self._argmax, self._decode = argmax, paged_decode_attention
+        self._bitmask = token_bitmask
         self._prefill, self._norm = paged_prefill_attention, rms_norm
         self._rotary, self._silu = rotary_kv_write, silu_and_mul
 
@@ -95,6 +101,9 @@ class KernelOps(ReferenceOps):
         if x.dtype in self._argmax.DTYPES:
             return self._argmax.argmax_rows(x, pdl=self.pdl)
         return argmax_ref(x)
+
+    def apply_token_bitmask(self, logits, bitmask):
+        self._bitmask.apply_token_bitmask(logits, bitmask)
 
 
 def make_ops(kernel: KernelConfig, device: torch.device) -> ReferenceOps:

@@ -6,7 +6,8 @@ Objects: SamplingBatch (per-row settings as tensors, built by the model runner) 
 decoding's rejection sampler (spec_decode/rejection.py) uses too; `argmax` is the model's ops' (layers/ops.py: the
 split-row kernel on a GPU), for greedy rows and the race's draw. Order:
 logprobs of the raw distribution (what users are shown) -> structured outputs' token
-bitmask (`apply_token_bitmask`; worker/grammar_masks.py fills it) -> min_tokens bans ->
+bitmask (worker/grammar_masks.py fills it; `batch.apply_mask` applies it: the model's
+ops', one kernel on a GPU) -> min_tokens bans ->
 repetition/presence/frequency penalties -> greedy rows take the argmax; the others:
 temperature -> top-k -> top-p -> min-p -> a draw by the exponential race (argmax p / q,
 q ~ Exp(1)), with a row's own torch.Generator when it has a seed, so a seeded request
@@ -34,7 +35,7 @@ class SamplingBatch:
     presence_penalty: torch.Tensor  # [N]
     frequency_penalty: torch.Tensor  # [N]
     repetition_penalty: torch.Tensor  # [N]
-    prompt_token_ids: list[list[int]]  # per row (read only with any_penalty)
+    prompt_token_ids: list[list[int]]  # per row; both lists empty unless any_penalty
     output_token_ids: list[list[int]]
     generators: list[torch.Generator]  # a seeded request's own, else the runner's
     banned_token_ids: list[list[int]]  # per row: ids that may not be sampled yet (min_tokens)
@@ -43,6 +44,9 @@ class SamplingBatch:
     any_penalty: bool
     # structured outputs: [N, W] int32 token bitmask (bit j of word w allows token 32w + j)
     allowed: Optional[torch.Tensor] = None
+    # how `allowed` is applied to logits [N, V] in place: the model's ops' (layers/ops.py:
+    # one Triton kernel on a GPU, kernels/token_bitmask.py), else the definition
+    apply_mask: Callable[[torch.Tensor, torch.Tensor], None] = apply_token_bitmask_ref
     # which filters some row uses, known on the host (None: read from the tensors, a sync)
     use_top_k: Optional[bool] = None
     use_top_p: Optional[bool] = None
@@ -73,23 +77,13 @@ def adjusted_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     rows take the argmax of, and random rows' filters start from."""
     logits = logits.clone()
     if batch.allowed is not None:
-        apply_token_bitmask(logits, batch.allowed)
+        batch.apply_mask(logits, batch.allowed)
     for row, banned in enumerate(batch.banned_token_ids):
         if banned:
             logits[row, banned] = float("-inf")
     if batch.any_penalty:
         apply_penalties(logits, batch)
     return logits
-
-
-def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> None:
-    """logits [N, V] float, in place: tokens whose bit is 0 in bitmask [N, W] int32 get
-    -inf (kernels/token_bitmask.py's one launch on a GPU; its definition elsewhere)."""
-    if logits.is_cuda:
-        from tessera.kernels.token_bitmask import apply_token_bitmask as kernel
-        kernel(logits, bitmask)
-    else:
-        apply_token_bitmask_ref(logits, bitmask)
 
 
 def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> None:

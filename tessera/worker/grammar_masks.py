@@ -16,8 +16,10 @@ rows filled at once rarely share caches and their locks), into a pinned [N, W] i
 buffer (W = ceil(V / 32); bit j of word w allows token 32w + j; unconstrained rows all
 ones; two buffers used in turn); `finish(job)` waits for that and copies the buffer to
 the device without waiting; the sampler sets the logits of disallowed tokens to -inf
-(layers/sampler.py `apply_token_bitmask`: one kernel on a GPU). `bitmask(states)` does
+(the model's ops' `apply_token_bitmask`, through SamplingBatch.apply_mask: one kernel
+on a GPU). `bitmask(states)` does
 both in place. A step without constrained rows costs nothing here and waits for nothing.
+The first background fill lowers the process's GIL switch interval (SWITCH_INTERVAL).
 The compilers (the model's tokenizer as the libraries see it, ~1 s) are built on a
 background thread at start-up, so the first constrained request does not stall the steps.
 A matcher that rejects a token (it cannot happen to a masked token) allows only the end
@@ -49,9 +51,11 @@ MAX_FILL_THREADS = 16  # llguidance's threads filling one step's masks
 # ~0.1 ms, more than a few rows take: RESULTS, 2026-12-04)
 XGRAMMAR_FILL_THREADS = 4
 ROWS_FOR_THREADS = 16
-# the engine process's GIL switch interval once masks are made in the background: the
-# helper needs the GIL for a few lines between library calls, and CPython's default (5
-# ms) would let the step loop keep it that long
+# the process's GIL switch interval once masks are made in the background: the helper
+# needs the GIL for a few lines at its start and end, and CPython's default (5 ms) would
+# let the step loop keep it that long. Process-wide and kept (sys.setswitchinterval):
+# with the offline LLM, the user's own process; any other Python thread there also
+# takes the GIL from the loop after 0.2 ms, where it waited 5.
 SWITCH_INTERVAL = 0.0002
 # A/B knob: a step's masks filled in the background while the engine works on the step
 # before (the runner samples the step later: model_runner.py); off, in place
@@ -125,8 +129,10 @@ class GrammarMasks:
                 logger.warning("xgrammar and llguidance read %d tokens' bytes apart (ids %s); "
                                "llguidance makes every mask", len(apart), apart[:8])
                 return
-            # (lazily made masks are shared by a grammar's matchers safely across
-            # threads: tests/unit/test_xgrammar_backend.py)
+            # lazily made masks are shared by a grammar's matchers across threads:
+            # xgrammar synchronizes their insertion (its pull requests 795 and 815, which
+            # added dynamic compilation); evidence here, not proof:
+            # tests/unit/test_xgrammar_backend.py::test_threads_fill_masks_as_one_does
             self._xgrammar_pools = tuple(xgrammar.BatchGrammarMatcher(max_threads=n)
                                          for n in (1, min(threads, XGRAMMAR_FILL_THREADS)))
             self._xgrammar = xgr
@@ -166,9 +172,9 @@ class GrammarMasks:
     def start(self, states: list[RequestState], in_background: bool = True) -> "MaskJob":
         """Feeds each constrained row's matcher the tokens it has not seen (here, on the
         step loop: xgrammar's rows in one call, llguidance's on its threads), then fills
-        the rows' masks: on a helper thread when in_background and several rows
-        constrained, else before returning. `finish` gives the device mask.
-        The helper spends its time inside the libraries, which let go of the GIL there;
+        the rows' masks: on a helper thread when in_background and several rows to fill
+        (a failed matcher's row is written here), else before returning. `finish` gives
+        the device mask. The helper spends its time inside the libraries, which let go of the GIL there;
         it needs the GIL only to start and to end, and the step loop hands it over within
         SWITCH_INTERVAL."""
         rows = [(row, st) for row, st in enumerate(states) if st.grammar is not None]

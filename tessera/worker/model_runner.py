@@ -129,7 +129,7 @@ class ModelRunner:
         # structured outputs: the matchers and per-step token masks (where tokens are sampled)
         self.grammars = GrammarMasks(config, device) if self.stage.last else None
         self.sampling = SamplingInputs(device, default_generator, self.arch.eos_token_ids,
-                                       self.grammars)
+                                       self.grammars, self.ops.apply_token_bitmask)
         if config.speculative.method is not None:
             self.decode_rows_upto = config.speculative.num_speculative_tokens + 1
             self.spec = SpecDecoder(config, device, dtype, self.kv_dtype, self.block_size)

@@ -2,7 +2,8 @@
 
 Objects: SamplingInputs (`batch(states)`: layers/sampler.py's SamplingBatch for the
 sampling rows, the settings copied to the device without waiting, the grammar masks
-made there or handed in; `plain_greedy(st)`: whether a row needs nothing but an argmax),
+made there or handed in, and the model's ops' way of applying them; `plain_greedy(st)`:
+whether a row needs nothing but an argmax),
 `needs_history(params)` (penalties read every output token, so they must all be known),
 MASKS_HERE (the default of `batch`'s `allowed`: the masks are made by `batch` itself).
 Used by the model runner (worker/model_runner.py) and, through its `batch`, by the
@@ -14,6 +15,7 @@ from typing import Any, Optional
 
 import torch
 
+from tessera.kernels.reference import apply_token_bitmask_ref
 from tessera.layers.sampler import SamplingBatch
 from tessera.stopping import banned_token_ids
 from tessera.worker.input_batch import RequestState
@@ -28,8 +30,9 @@ def needs_history(p) -> bool:
 
 class SamplingInputs:
     def __init__(self, device: torch.device, default_generator: torch.Generator,
-                 eos_token_ids, grammars=None):
+                 eos_token_ids, grammars=None, apply_mask=None):
         self.device = device
+        self.apply_mask = apply_mask or apply_token_bitmask_ref  # the model's ops'
         self.default_generator = default_generator  # rows without a seed draw from it
         self.eos_token_ids = eos_token_ids
         self.grammars = grammars  # worker/grammar_masks.py (None: not the sampling stage)
@@ -65,6 +68,7 @@ class SamplingInputs:
             num_logprobs=[p.logprobs for p in ps],
             all_greedy=all(p.greedy for p in ps),
             allowed=allowed,
+            apply_mask=self.apply_mask,
             any_penalty=any_penalty,
         )
 

@@ -15,8 +15,9 @@ The decode-graph capture meets the decode variants of the batch sizes it capture
   prefill attention in its long-query tiles, cuBLAS GEMMs), LM head on 3 rows;
 - without decode graphs (`enforce_eager`, MoE models): decode-only steps of 1, 2 and 16
   sequences, and of enough sequences that the decode kernel stops splitting;
-- the LM head on 1 and 16 rows, and the argmax of its float32 logits (the sampler's;
-  greedy steps above took it in the model's dtype);
+- the LM head on 1 and 16 rows, the argmax of its float32 logits (the sampler's; greedy
+  steps above took it in the model's dtype) and, where the runner samples, the structured
+  outputs' mask on them;
 - with a draft model (speculative decoding), each step above also asks it for drafts: its
   catch-up over the prompts (one-token rows up to 16, ragged past that: a 20-token prompt
   is added for the short-query tiles) and its draft steps meet their variants too.
@@ -68,9 +69,10 @@ def warm_up(runner) -> bool:
 
 
 def _lm_heads(runner) -> None:
-    """The LM head in float32 and its argmax (the sampler's; greedy steps above took the
-    model's dtype), on 1 and 16 rows; with speculation also on a verify step's k + 1 rows,
-    in both dtypes, and the draft model's head as its sampled drafts take it."""
+    """The LM head in float32, its argmax (the sampler's; greedy steps above took the
+    model's dtype) and the structured outputs' mask on it, on 1 and 16 rows; with
+    speculation also on a verify step's k + 1 rows, in both dtypes, and the draft model's
+    head as its sampled drafts take it."""
     heads = [(runner.model, runner.arch.hidden_size)]
     row_counts = {1, 16}
     spec = runner.config.speculative
@@ -79,11 +81,17 @@ def _lm_heads(runner) -> None:
         draft = getattr(runner.spec.proposer, "model", None)
         if draft is not None:
             heads.append((draft, runner.config.draft_info.arch.hidden_size))
+    masks = runner.grammars is not None and not runner.config.model.skip_tokenizer_init
     for model, hidden in heads:
         for rows in sorted(row_counts):
             x = torch.zeros(rows, hidden, dtype=runner.dtype, device=runner.device)
             for as_float in ((True, False) if spec.method else (True,)):
-                runner.ops.argmax(model.compute_logits(x, as_float=as_float))
+                logits = model.compute_logits(x, as_float=as_float)
+                runner.ops.argmax(logits)
+                if masks and as_float:  # structured outputs' mask (they need a tokenizer)
+                    runner.ops.apply_token_bitmask(logits, torch.full(
+                        (rows, (logits.shape[1] + 31) // 32), -1, dtype=torch.int32,
+                        device=runner.device))
 
 
 class _Phase:

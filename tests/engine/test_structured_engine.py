@@ -105,6 +105,10 @@ def test_json_schemas_through_either_library(model, backend, monkeypatch):
     Every output matches."""
     from tessera.worker import grammar_masks
     monkeypatch.setattr(grammar_masks, "ROWS_FOR_THREADS", 2)
+    pools = []
+    fill = grammar_masks.fill_masks
+    monkeypatch.setattr(grammar_masks, "fill_masks",
+                        lambda pool, rows, mask: pools.append(pool) or fill(pool, rows, mask))
     llm = LLM(model, dtype="float32", num_blocks=64, block_size=8,
               structured_outputs_backend=backend)
     masks = llm.engine.core.executor.runner.grammars
@@ -113,6 +117,8 @@ def test_json_schemas_through_either_library(model, backend, monkeypatch):
         assert out.outputs[0].finish_reason == "stop", out.outputs[0].text
         assert check(out.outputs[0].text), out.outputs[0].text
     assert (masks._xgrammar is not None) == (backend == "auto")
+    if backend == "auto":  # some steps filled two JSON rows at once, on xgrammar's threads
+        assert any(pool is masks._xgrammar_pools[1] for pool in pools)
     with pytest.raises(ValueError, match="structured_outputs_backend"):
         LLM(model, dtype="float32", structured_outputs_backend="outlines")
 

@@ -2,8 +2,9 @@
 definition (kernels/reference.py `apply_token_bitmask_ref`): vocabularies that are and
 are not multiples of 32 and of the block, a mask wider than the vocabulary, rows with no
 token or every token allowed, logits rows wider than the vocabulary (a row stride);
-fp32 and fp16 under the interpreter on the CPU, bf16 too on the GPU. Bad shapes are
-refused."""
+a mask with a row stride of its own, an empty batch; fp32 and fp16 under the interpreter
+on the CPU, bf16 too on the GPU. Bad shapes (a mask too narrow for the vocabulary, not
+2-D, not int32, other rows) are refused."""
 from __future__ import annotations
 
 import pytest
@@ -60,11 +61,26 @@ def test_rows_wider_than_the_vocabulary(small_blocks, dtype):
     assert torch.equal(wide[:, 150:], before)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_mask_with_its_own_row_stride_and_an_empty_batch(small_blocks, dtype):
+    logits = torch.randn(3, 100, device=DEVICE).to(dtype)
+    words = random_mask(3, 8, 11)[:, :4]  # rows of 8 words, 4 of them read
+    want = logits.clone()
+    apply_token_bitmask_ref(want, words)
+    apply_token_bitmask(logits, words)
+    assert torch.equal(logits, want)
+    apply_token_bitmask(logits[:0], words[:0])  # nothing to do
+
+
 def test_bad_shapes_are_refused():
     logits = torch.zeros(2, 64, device=DEVICE)
     with pytest.raises(ValueError, match="int32"):
         apply_token_bitmask(logits, torch.zeros(2, 2, dtype=torch.int64, device=DEVICE))
     with pytest.raises(ValueError, match="int32"):
         apply_token_bitmask(logits, torch.zeros(3, 2, dtype=torch.int32, device=DEVICE))
+    with pytest.raises(ValueError, match=r">= 2"):  # too narrow: tokens 32-63 unread
+        apply_token_bitmask(logits, torch.zeros(2, 1, dtype=torch.int32, device=DEVICE))
+    with pytest.raises(ValueError, match="int32"):  # not [N, W]
+        apply_token_bitmask(logits, torch.zeros(4, dtype=torch.int32, device=DEVICE))
     with pytest.raises(ValueError, match="unit column stride"):
         apply_token_bitmask(logits.t(), torch.zeros(64, 1, dtype=torch.int32, device=DEVICE))

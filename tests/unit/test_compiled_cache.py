@@ -1,6 +1,7 @@
 """The compiled-grammar cache (structured/compiled_cache.py): kept values are given back
 without making them again, the least recently used is dropped past the size, a failed
-make keeps nothing, threads share one cache, and a size under one is refused."""
+make keeps nothing, threads share one cache (missing a key at once, churning past its
+size), and a size under one is refused."""
 from __future__ import annotations
 
 import threading
@@ -41,18 +42,29 @@ def test_a_failed_make_keeps_nothing():
 
 
 def test_threads_share_it():
-    cache = CompiledCache(8)
-    results = []
+    """Threads missing one key at once all get a value, and every value made is one of
+    theirs; threads over more keys than it holds leave it at its size."""
+    cache = CompiledCache(4)
+    start, made, got, wrong = threading.Barrier(16), [], [], []
 
-    def work(i):
-        results.append(cache.get(i % 4, lambda: (i % 4) * 10))
+    def miss_together(i):
+        start.wait()
+        got.append(cache.get("k", lambda: made.append(i) or i))
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(32)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(set(results)) == [0, 10, 20, 30] and len(cache) == 4
+    def churn(i):
+        for j in range(50):
+            key = (i + j) % 12
+            if cache.get(key, lambda: key * 10) != key * 10:
+                wrong.append(key)
+
+    for target in (miss_together, churn):
+        threads = [threading.Thread(target=target, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(got) == 16 and set(got) <= set(made) and len(made) >= 1
+    assert wrong == [] and len(cache) == 4
 
 
 def test_a_size_under_one_is_refused():

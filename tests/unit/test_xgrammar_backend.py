@@ -2,8 +2,10 @@
 (`fits`: the keywords it enforces, patterns JSON needs no escapes for), that its strings
 admit no raw control character nor encoded surrogate (xgrammar 0.2.9's own grammar does),
 that both libraries read SmolLM2's token bytes alike, compact JSON,
-and random walks over SmolLM2's vocabulary (uniform over the allowed tokens, as random
-weights sample) whose every finished output validates against its schema."""
+random walks over SmolLM2's vocabulary (uniform over the allowed tokens, as random
+weights sample) whose every finished output validates against its schema, and masks of
+a fresh lazily compiled grammar filled on several threads (rows fed in one call) equal to
+those filled one row at a time."""
 from __future__ import annotations
 
 import json
