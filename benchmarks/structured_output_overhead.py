@@ -105,6 +105,9 @@ def main() -> None:
                     help="the masks filled in place, not in the background (the A/B knob "
                          "worker/grammar_masks.BACKGROUND_FILL)")
     args = ap.parse_args()
+    unknown = set(args.modes.split(",")) - {"plain", "json"}
+    if unknown:
+        ap.error(f"--modes takes plain and json, not {', '.join(sorted(unknown))}")
     if args.fill_in_place:
         grammar_masks.BACKGROUND_FILL = False
     if args.default_slices:

@@ -1,11 +1,12 @@
 """Structured outputs' token bitmask applied to the logits in place, Triton (its
 definition: `apply_token_bitmask_ref`, kernels/reference.py).
 
-logits [N, V] float (any row stride) and bitmask [N, W] int32 (any row stride; W >=
-ceil(V / 32), else refused; bit j of word w allows token 32w + j): every disallowed token's logit becomes -inf. One
-program per (row, BLOCK columns): it reads BLOCK / 32 words and the BLOCK logits once and
-writes -inf where a bit is clear, one launch for the whole batch (the PyTorch definition
-expands the mask to [N, V] booleans in several kernels and ~10 bytes a logit of traffic).
+logits [N, V] float (any row stride) and bitmask [N, W] int32 (any row stride; W >= ceil(V /
+32), else refused; bit j of word w allows token 32w + j): every disallowed token's logit
+becomes -inf. One program per (row, BLOCK columns): it reads BLOCK / 32 words and the BLOCK
+logits once and writes -inf where a bit is clear, one launch for the whole batch (the
+PyTorch definition expands the mask to [N, V] booleans in several kernels and ~10 bytes a
+logit of traffic).
 """
 from __future__ import annotations
 

@@ -7,11 +7,12 @@ engine's PDL switch; on the CPU they run only under TRITON_INTERPRET=1, for test
 (layers/context.py): "auto" takes the kernels on CUDA (where Triton is installed) and the
 references elsewhere. Layers keep the ops they were built with; nothing is decided per
 call from global state.
-Ops: rms_norm (with the residual add), silu_and_mul, rotary_kv_write (rotate q and k,
-write k and v to the paged cache), attention (decode rows first, then ragged prefill
-chunks, over the paged cache), argmax, apply_token_bitmask (structured outputs' mask on the
-logits, in place; the sampler takes it through SamplingBatch.apply_mask). `decodes_first` tells the input preparation
-(worker/input_batch.py) to put one-token sequences first, for the decode kernel.
+Ops: rms_norm (with the residual add), silu_and_mul, rotary_kv_write (rotate q and k, write
+k and v to the paged cache), attention (decode rows first, then ragged prefill chunks, over
+the paged cache), argmax, apply_token_bitmask (structured outputs' mask on the logits, in
+place; the sampler takes it through SamplingBatch.apply_mask). `decodes_first` tells the
+input preparation (worker/input_batch.py) to put one-token sequences first, for the decode
+kernel.
 """
 from __future__ import annotations
 

@@ -3,23 +3,22 @@ request (xgrammar's for a JSON schema it serves soundly under the default backen
 structured/xgrammar_backend.py; llguidance's otherwise), advanced by its output tokens,
 and per step the token bitmask of the rows that sample.
 
-Flow (model_runner.py): a new request with `structured_outputs` gets a matcher
-(`attach`: a copy of the compiled grammar, cached by schema: structured/grammar.py); a
-preempted one keeps its own. A step with constrained rows is sampled once the tokens
-before it are known: `start(states)` takes each row's tokens its matcher has not seen,
-feeds them to the matchers (xgrammar's rows in one call), then (on a helper thread, so
-the step loop goes on with the step before's output and the next schedule:
-BACKGROUND_FILL) fills the rows' masks: xgrammar's rows in one call (on its threads
-from ROWS_FOR_THREADS rows), llguidance's on its threads (up
-to 16; each grammar is compiled once per thread, and requests get copies in turn, so
-rows filled at once rarely share caches and their locks), into a pinned [N, W] int32
-buffer (W = ceil(V / 32); bit j of word w allows token 32w + j; unconstrained rows all
-ones; two buffers used in turn); `finish(job)` waits for that and copies the buffer to
-the device without waiting; the sampler sets the logits of disallowed tokens to -inf
-(the model's ops' `apply_token_bitmask`, through SamplingBatch.apply_mask: one kernel
-on a GPU). `bitmask(states)` does
-both in place. A step without constrained rows costs nothing here and waits for nothing.
-The first background fill lowers the process's GIL switch interval (SWITCH_INTERVAL).
+Flow (model_runner.py): a new request with `structured_outputs` gets a matcher (`attach`: a
+copy of the compiled grammar, cached by schema: structured/grammar.py); a preempted one
+keeps its own. A step with constrained rows is sampled once the tokens before it are known:
+`start(states)` takes each row's tokens its matcher has not seen, feeds them to the matchers
+(xgrammar's rows in one call), then (on a helper thread, so the step loop goes on with the
+step before's output and the next schedule: BACKGROUND_FILL) fills the rows' masks:
+xgrammar's rows in one call (on its threads from ROWS_FOR_THREADS rows), llguidance's on its
+threads (up to 16; each grammar is compiled once per thread, and requests get copies in
+turn, so rows filled at once rarely share caches and their locks), into a pinned [N, W]
+int32 buffer (W = ceil(V / 32); bit j of word w allows token 32w + j; unconstrained rows all
+ones; two buffers used in turn); `finish(job)` waits for that and copies the buffer to the
+device without waiting; the sampler sets the logits of disallowed tokens to -inf (the
+model's ops' `apply_token_bitmask`, through SamplingBatch.apply_mask: one kernel on a GPU).
+`bitmask(states)` does both in place. A step without constrained rows costs nothing here and
+waits for nothing. The first background fill lowers the process's GIL switch interval
+(SWITCH_INTERVAL).
 The compilers (the model's tokenizer as the libraries see it, ~1 s) are built on a
 background thread at start-up, so the first constrained request does not stall the steps.
 A matcher that rejects a token (it cannot happen to a masked token) allows only the end
@@ -174,9 +173,9 @@ class GrammarMasks:
         step loop: xgrammar's rows in one call, llguidance's on its threads), then fills
         the rows' masks: on a helper thread when in_background and several rows to fill
         (a failed matcher's row is written here), else before returning. `finish` gives
-        the device mask. The helper spends its time inside the libraries, which let go of the GIL there;
-        it needs the GIL only to start and to end, and the step loop hands it over within
-        SWITCH_INTERVAL."""
+        the device mask. The helper spends its time inside the libraries, which let go
+        of the GIL there; it needs the GIL only to start and to end, and the step loop
+        hands it over within SWITCH_INTERVAL."""
         rows = [(row, st) for row, st in enumerate(states) if st.grammar is not None]
         if not rows:
             return MaskJob(None, None)
@@ -268,17 +267,16 @@ class GrammarMasks:
                 if not g.failed and not g.matcher.consume_token(t):
                     self._rejected(st, t)
         fast = [(st, t) for st, t in single if isinstance(st.grammar.matcher, XGrammarMatcher)]
-        single = [(st, t) for st, t in single
-                  if not isinstance(st.grammar.matcher, XGrammarMatcher)]
-        if len(single) > 1:  # llguidance's, on its threads
+        slow = [(st, t) for st, t in single
+                if not isinstance(st.grammar.matcher, XGrammarMatcher)]
+        if len(slow) > 1:  # llguidance's, on its threads
             accepted = lgn.consume_token_par(self._executor, [(st.grammar.matcher, t)
-                                                              for st, t in single])
+                                                              for st, t in slow])
         else:
-            accepted = [st.grammar.matcher.consume_token(t) for st, t in single]
+            accepted = [st.grammar.matcher.consume_token(t) for st, t in slow]
         if fast:  # xgrammar's, in one call without the GIL
-            single += fast
             accepted += accept_tokens([(st.grammar.matcher, t) for st, t in fast])
-        for (st, t), ok in zip(single, accepted):
+        for (st, t), ok in zip(slow + fast, accepted):
             if not ok:
                 self._rejected(st, t)
 
