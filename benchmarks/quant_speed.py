@@ -15,12 +15,15 @@ target) and writes JSON to --out. Examples:
         --methods none,int8,int4,fp8 --runs b1 --runs-for none,fp8:b64,tput
     python benchmarks/quant_speed.py --out $OUT/q70b.json --shape llama-3-70b \
         --methods int8,fp8 --runs b1
---profile b1,b64 adds the kernels of steady decode steps at batch 1 / 64 (step_kernels.py).
+--profile b1,b64 adds the kernels of steady decode steps at batch 1 / 64 (step_kernels.py);
+--set MODULE.NAME=VALUE sets an A/B knob before the engines are built.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import gc
+import importlib
 import json
 import time
 
@@ -36,6 +39,17 @@ from step_kernels import kernel_profile, print_profile
 TARGETS = {("llama-3-8b", "int8", "b1"): 400, ("llama-3-8b", "int4", "b1"): 550,
            ("llama-3-8b", "fp8", "b1"): 380, ("llama-3-70b", "int8", "b1"): 50,
            ("llama-3-70b", "fp8", "b1"): 50}
+
+
+def set_knob(text: str) -> None:
+    """"package.module.NAME=VALUE" (VALUE a Python literal): sets a module's A/B knob."""
+    target, _, value = text.partition("=")
+    module, _, name = target.rpartition(".")
+    mod = importlib.import_module(module)
+    if not hasattr(mod, name):
+        raise SystemExit(f"--set: {module} has no {name}")
+    setattr(mod, name, ast.literal_eval(value))
+    print(f"knob {module}.{name} = {getattr(mod, name)!r}", flush=True)
 
 
 def parse_runs_for(text: str) -> dict[str, list[str]]:
@@ -111,7 +125,12 @@ def main() -> None:
     ap.add_argument("--max-num-seqs", type=int, default=512)
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
     ap.add_argument("--profile", default="", help="kernel profiles of decode steps: b1,b64")
+    ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
+                    help="an A/B knob set before the engines are built, e.g. "
+                         "tessera.kernels.skinny_gemm.QUANT_PRELOAD=False (repeatable)")
     args = ap.parse_args()
+    for knob in args.set:
+        set_knob(knob)
     args.profile = [r for r in args.profile.split(",") if r]
     bandwidth = measure_bandwidth(torch.device("cuda"))
     extra = parse_runs_for(args.runs_for)

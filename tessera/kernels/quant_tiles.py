@@ -5,7 +5,8 @@ Objects (formats: quant/formats.py). Jit: `quant_dot` (one K step of a quantized
 MMA's A operand, one or two panels sharing x's tile), `row_scale` (per-row scales on the
 accumulator), `widen` (an int8 or fp8 tile -> the activations' dtype, exactly),
 `int4_halves` / `int4_tile` (packed int4 bytes [R, C] -> the low and high nibbles
-[R, C], or interleaved [R, 2C] in W's column order, q exact), `x_tile_t` (x^T's tile).
+[R, C], or interleaved [R, 2C] in W's column order, q exact), `x_tile_t` (x^T's tile),
+`stored` (W's stored elements of a tile, as they are).
 Host: `QuantArgs` / `quant_args` (a dense tensor or a QuantizedWeight -> the pointers
 and constexprs a kernel takes), `unsupported` (why a weight cannot be taken, or None),
 `weight_bytes`, `fast_dequant` (whether the PTX conversions apply).
@@ -152,7 +153,7 @@ def x_tile_t(x_ptr, ms, ks, m_ok, K, stride_xm):
 
 
 @triton.jit
-def _bytes(rows, cols, n_ok, limit, EVEN: tl.constexpr):
+def stored(rows, cols, n_ok, limit, EVEN: tl.constexpr):
     """W's stored elements [R, C] at rows [R, 1] (pointers) and cols [C] (< limit)."""
     if EVEN:
         return tl.load(rows + cols[None, :])
@@ -166,10 +167,10 @@ def _group_tile(rows, s_rows, o_rows, kg, n_ok, K, dt: tl.constexpr, KIND: tl.co
     q * scale + offset, grouped int8 q * scale (the rows' scale and offset of group
     kg / GROUP; one rounding to dt, q exact)."""
     if KIND == "int4":
-        q = int4_tile(_bytes(rows, kg // 2 + tl.arange(0, GROUP // 2), n_ok, K // 2, EVEN), dt,
+        q = int4_tile(stored(rows, kg // 2 + tl.arange(0, GROUP // 2), n_ok, K // 2, EVEN), dt,
                       FAST)
     else:
-        q = widen(_bytes(rows, kg + tl.arange(0, GROUP), n_ok, K, EVEN), dt, FAST)
+        q = widen(stored(rows, kg + tl.arange(0, GROUP), n_ok, K, EVEN), dt, FAST)
     ok = n_ok & (tl.full(n_ok.shape, kg, tl.int32) < K)  # this group's rows
     if EVEN:
         s = tl.load(s_rows + kg // GROUP)
@@ -191,7 +192,7 @@ def _int4_halves_dot(acc, rows, s_rows, o_rows, x_even, x_odd, kg, n_ok, K, dt: 
     """One int4 group as two dots of GROUP / 2 columns: the low nibbles (W's even columns)
     with x's even columns, the high ones with its odd columns, so the dequantized tiles
     need no interleaving (join + reshape) before the MMA."""
-    lo, hi = int4_halves(_bytes(rows, kg // 2 + tl.arange(0, GROUP // 2), n_ok, K // 2, EVEN),
+    lo, hi = int4_halves(stored(rows, kg // 2 + tl.arange(0, GROUP // 2), n_ok, K // 2, EVEN),
                          dt, FAST)
     ok = n_ok & (tl.full(n_ok.shape, kg, tl.int32) < K)
     if EVEN:
@@ -243,10 +244,10 @@ def quant_dot(acc, acc2, rows, rows2, s_rows, s_rows2, o_rows, o_rows2, x_ptr, m
     else:
         ks = k0 + tl.arange(0, BLOCK_K)
         xt = x_tile_t(x_ptr, ms, ks, m_ok, K, stride_xm)
-        acc = tl.dot(widen(_bytes(rows, ks, n_ok, K, EVEN), dt, FAST), xt, acc,
+        acc = tl.dot(widen(stored(rows, ks, n_ok, K, EVEN), dt, FAST), xt, acc,
                      input_precision=PRECISION)
         if TWO:
-            acc2 = tl.dot(widen(_bytes(rows2, ks, n_ok, K, EVEN), dt, FAST), xt, acc2,
+            acc2 = tl.dot(widen(stored(rows2, ks, n_ok, K, EVEN), dt, FAST), xt, acc2,
                           input_precision=PRECISION)
     return acc, acc2
 

@@ -30,7 +30,8 @@ skinny_gemm_sweep.py on an H100: 6-10% faster than cuBLAS on the Llama-3-8B shap
 A config may also split K among split_k programs (kernels/split_k.py: the last of them
 adds the partial sums and runs the epilogue), as quantized weights' configs do where a
 product has few panels.
-Under PDL (kernels/pdl.py) the first W tile is loaded, and the leading columns of every
+Under PDL (kernels/pdl.py) the first W tile is loaded (an int8 / fp8 W's stored bytes too:
+QUANT_PRELOAD, the loop's first step peeled), and the leading columns of every
 row (PREFETCH_BYTES in all) asked of L2, before waiting for the kernel that produces x (on
 the H100, batch 1: 8 MiB 176.1 tok/s, 16-24 MiB 175.7, 32 MiB 173.4, 1024 columns
 whatever the size ~174); it lets the next kernel launch TRIGGER_STEPS steps before its
@@ -63,6 +64,9 @@ PREFETCH_BYTES = 8 << 20  # under PDL: how much of W is asked of L2 before the w
 # (A/B knob). On H100s, batch 1 (norms in the projections): 0 (after the loop) 178.3 tok/s,
 # 1: 178.9, 2: 179.0-179.8, 3: 179.0, 4: 178.9
 TRIGGER_STEPS = 2
+# A/B knob: under PDL, a per-row quantized W's (int8, fp8) first step loaded before the
+# wait, as a dense W's is (its dequantization waits for x's dtype only, not for x)
+QUANT_PRELOAD = False  # off until measured on the GPU
 
 
 def line_columns(weight: torch.Tensor) -> int:
@@ -105,23 +109,22 @@ def _x_tile(x_ptr, ms, ks, m_ok, K, stride_xm):
 
 
 @triton.jit
-def _quant_loop(w_rows, rows2, scale_ptr, offset_ptr, ns, ns2, n_ok, x_ptr, ms, m_ok, K,
-                k_lo, k_hi, stride_xm, trigger_k, KIND: tl.constexpr, GROUP: tl.constexpr,
+def _quant_loop(acc, acc2, w_rows, rows2, scale_ptr, offset_ptr, ns, ns2, n_ok, x_ptr, ms,
+                m_ok, K, k_lo, k_hi, stride_xm, trigger_k, KIND: tl.constexpr,
+                GROUP: tl.constexpr,
                 FAST: tl.constexpr, TWO: tl.constexpr, EVEN: tl.constexpr,
                 PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_K: tl.constexpr, TRIGGER_STEPS: tl.constexpr, USE_PDL: tl.constexpr,
                 HALVES: tl.constexpr):
     """The loop over columns [k_lo, k_hi) of a quantized W (kernels/quant_tiles.py:
-    `quant_dot`), one panel or two (TWO) -> float32 (acc, acc2) [BLOCK_N, BLOCK_M], per-row
-    scales applied."""
+    `quant_dot`), one panel or two (TWO), onto float32 (acc, acc2) [BLOCK_N, BLOCK_M]
+    (the sums of the columns before k_lo, unscaled) -> the sums, per-row scales applied."""
     s_rows, s_rows2, o_rows, o_rows2 = scale_ptr, scale_ptr, offset_ptr, offset_ptr
     if GROUP > 0:  # each row's K / GROUP scales (and offsets)
         s_rows = scale_ptr + ns.to(tl.int64) * (K // GROUP)
         o_rows = offset_ptr + ns.to(tl.int64) * (K // GROUP)
         s_rows2 = scale_ptr + ns2.to(tl.int64) * (K // GROUP)
         o_rows2 = offset_ptr + ns2.to(tl.int64) * (K // GROUP)
-    acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
-    acc2 = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         if TRIGGER_STEPS > 0:  # as the dense loop: the next kernel may launch from here
             if k0 == trigger_k:
@@ -149,7 +152,7 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
                  PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr, PREFETCH_K: tl.constexpr, LINE: tl.constexpr,
                  TRIGGER_STEPS: tl.constexpr, USE_PDL: tl.constexpr, SPLIT: tl.constexpr,
-                 HALVES: tl.constexpr):
+                 HALVES: tl.constexpr, PRELOAD: tl.constexpr):
     # N: rows of the output (I when gated; W then has 2I rows, up at row offset N; in rope
     # mode the heads, NUM_Q + 2 NUM_KV of 2 HALF rows, place the programs instead). Along
     # axis 1, SPLIT programs take K_PER columns each (kernels/split_k.py).
@@ -180,6 +183,11 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
     rows2 = w_ptr + ns2.to(tl.int64)[:, None] * KW
     if KIND == "":  # weights: no kernel writes them, so before the wait
         w = _tile(w_rows, k_lo + ks, n_ok, K, EVEN)
+    elif PRELOAD:  # the same for a per-row quantized W's stored bytes
+        wq = quant_tiles.stored(w_rows, k_lo + ks, n_ok, K, EVEN)
+        wq2 = wq
+        if GATED or ROPE:
+            wq2 = quant_tiles.stored(rows2, k_lo + ks, n_ok, K, EVEN)
     if USE_PDL and PREFETCH_K > 0:
         prefetch_l2(w_ptr, w_rows, n_ok, KW, PREFETCH_K, LINE)
         if GATED or ROPE:  # two panels of W per program
@@ -209,10 +217,20 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
                 acc2 = tl.dot(_tile(rows2, kk, n_ok, K, EVEN), xt, acc2,
                               input_precision=PRECISION)
     else:  # quantized W, widened in registers (kernels/quant_tiles.py)
-        acc, acc2 = _quant_loop(w_rows, rows2, scale_ptr, offset_ptr, ns, ns2, n_ok, x_ptr, ms,
-                                m_ok, K, k_lo, k_hi, stride_xm, trigger_k, KIND, GROUP, FAST,
-                                GATED or ROPE, EVEN, PRECISION, BLOCK_N, BLOCK_M, BLOCK_K,
-                                TRIGGER_STEPS, USE_PDL, HALVES)
+        acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+        acc2 = acc
+        k_loop = k_lo
+        if PRELOAD:  # the first step, from the bytes loaded before the wait
+            dt = x_ptr.dtype.element_ty
+            xt = _x_tile(x_ptr, ms, k_lo + ks, m_ok, K, stride_xm)
+            acc = tl.dot(quant_tiles.widen(wq, dt, FAST), xt, input_precision=PRECISION)
+            if GATED or ROPE:
+                acc2 = tl.dot(quant_tiles.widen(wq2, dt, FAST), xt, input_precision=PRECISION)
+            k_loop = k_lo + BLOCK_K
+        acc, acc2 = _quant_loop(acc, acc2, w_rows, rows2, scale_ptr, offset_ptr, ns, ns2, n_ok,
+                                x_ptr, ms, m_ok, K, k_loop, k_hi, stride_xm, trigger_k, KIND,
+                                GROUP, FAST, GATED or ROPE, EVEN, PRECISION, BLOCK_N, BLOCK_M,
+                                BLOCK_K, TRIGGER_STEPS, USE_PDL, HALVES)
     pdl.launch_dependents(USE_PDL)  # for a K too short to reach trigger_k (else a no-op);
     # at the start of the kernel it was slower (171.4 vs 173.9 tok/s)
     if SPLIT > 1:  # the last program along K adds the partials and runs the epilogue
@@ -374,6 +392,7 @@ def _launch(x, qa: QuantArgs, bias, y, n, cfg, mode: dict, EVEN: bool,
         BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         PREFETCH_K=prefetch_columns(weight), LINE=line_columns(weight),
         TRIGGER_STEPS=TRIGGER_STEPS, SPLIT=split, HALVES=quant_tiles.INT4_HALVES,
+        PRELOAD=QUANT_PRELOAD and qa.GROUP == 0 and qa.KIND != "",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **options,
         **pdl_launch_args(x.device, pdl))
 

@@ -233,3 +233,22 @@ def test_int4_as_two_half_width_dots(monkeypatch, dtype, group):
     q2 = quant("int4", group, 200, k, dtype, seed=3)
     assert close(skinny_gemm(x, q2), skinny_gemm_ref(x, q2), dtype)
     assert close(skinny_gemm(x, q2, gated=True), skinny_gemm_ref(x, q2, gated=True), dtype)
+
+
+@pytest.mark.parametrize("preload", [True, False])
+@pytest.mark.parametrize("kind", ["int8", "fp8"])
+def test_first_step_peeled_or_not(monkeypatch, preload, kind):
+    """skinny_gemm.QUANT_PRELOAD (the first step of a per-row kind loaded before the PDL
+    wait) on and off: plain, gated and split along K (three splits of 3, 3 and 1 steps, so
+    one program's only step is the peeled one)."""
+    from tessera.kernels import skinny_gemm as module
+    monkeypatch.setattr(module, "QUANT_PRELOAD", preload)
+    dtype = torch.float16
+    k = 448  # seven 64-wide steps
+    x = rand(3, k, dtype=dtype)
+    qw, q2 = quant(kind, 0, 100, k, dtype), quant(kind, 0, 200, k, dtype, seed=3)
+    split = SMALL._replace(split_k=3)
+    for cfg in (None, SMALL, split):
+        assert close(skinny_gemm(x, qw, config=cfg), skinny_gemm_ref(x, qw), dtype)
+        assert close(skinny_gemm(x, q2, gated=True, config=cfg),
+                     skinny_gemm_ref(x, q2, gated=True), dtype)

@@ -44,6 +44,15 @@ def test_mixtral_shape_builds_the_model():
     assert abs(params - 46.70e9) < 0.01e9  # Mixtral-8x7B: 46.7 B parameters
 
 
+def test_qwen_7b_shape_builds_the_model():
+    """The 7B shape the structured-output benchmark pairs with Qwen2.5's tokenizer:
+    Qwen2.5-7B's published 7.61 B parameters (untied embeddings, q/k/v biases)."""
+    arch = named_shape("qwen2.5-7b")
+    with torch.device("meta"):
+        model = model_class(arch)(arch)
+    assert abs(sum(p.numel() for p in model.parameters()) - 7.616e9) < 0.005e9
+
+
 @pytest.mark.parametrize("name", ["llama-3-8b", "qwen2.5-0.5b", "mixtral-8x7b"])
 def test_parameter_count_matches_the_built_model(name):
     """num_parameters() feeds the decode roofline of `tessera bench`: it must count what
