@@ -8,7 +8,7 @@ XGrammarCompiler (the tokenizer as xgrammar sees it; `matcher(params)` -> an
 XGrammarMatcher for a fitting schema, None for anything else, which llguidance serves),
 XGrammarMatcher (`consume_token`, as llguidance's matcher; `inner`, xgrammar's),
 `accept_tokens(rows)` and `fill_masks(pool, rows, mask)` (batch calls that let go of the
-GIL), `vocabulary_mismatches(info, llg_tokenizer)` (the worker
+GIL), `vocabulary_mismatches(info, llg_tokenizer, num_tokens)` (the worker
 takes xgrammar only where both libraries read every token's bytes alike).
 
 Why a whitelist: xgrammar 0.2.9 compiles some schemas into grammars that accept
@@ -198,13 +198,17 @@ class XGrammarCompiler:
 _NEVER_UTF8 = set(range(0xF5, 0x100)) | {0xC0, 0xC1}  # bytes no UTF-8 text holds
 
 
-def vocabulary_mismatches(info: Any, llg_tokenizer: Any) -> list[int]:
+def vocabulary_mismatches(info: Any, llg_tokenizer: Any, num_tokens: int) -> list[int]:
     """Token ids whose bytes xgrammar (info: its TokenizerInfo) and llguidance read apart,
     but for tokens llguidance reads as nothing that hold a byte no UTF-8 text has (Qwen2.5's
-    lone 0xFF: no JSON output can take it). The masks are only as right as the bytes."""
+    lone 0xFF: no JSON output can take it), and for the logits' ids past the tokenizer's
+    num_tokens (Qwen2.5's 151665 tokens of 151936 or 152064 logits) that xgrammar reads as
+    nothing: neither library allows those (llguidance renders them "<[id]>"). The masks
+    are only as right as the bytes."""
     return [i for i, xb in enumerate(info.decoded_vocab)
             if (lb := llg_tokenizer.decode_bytes([i])) != xb
-            and not (lb == b"" and _NEVER_UTF8 & set(xb))]
+            and not (lb == b"" and _NEVER_UTF8 & set(xb))
+            and not (i >= num_tokens and xb == b"")]
 
 
 def accept_tokens(rows: list[tuple[XGrammarMatcher, int]]) -> list[bool]:

@@ -123,7 +123,7 @@ class GrammarMasks:
             from tessera.structured.xgrammar_backend import (XGrammarCompiler,
                                                              vocabulary_mismatches)
             xgr = XGrammarCompiler(tokenizer, self.vocab_size, self.eos_token_ids, threads)
-            apart = vocabulary_mismatches(xgr.info, llg_tokenizer)
+            apart = vocabulary_mismatches(xgr.info, llg_tokenizer, len(tokenizer))
             if apart:
                 logger.warning("xgrammar and llguidance read %d tokens' bytes apart (ids %s); "
                                "llguidance makes every mask", len(apart), apart[:8])

@@ -1,7 +1,8 @@
 """xgrammar's path for JSON schemas (structured/xgrammar_backend.py): which schemas it takes
 (`fits`: the keywords it enforces, patterns JSON needs no escapes for), that its strings
 admit no raw control character nor encoded surrogate (xgrammar 0.2.9's own grammar does),
-that both libraries read SmolLM2's token bytes alike, compact JSON,
+that both libraries read SmolLM2's token bytes alike (logits past the tokenizer's
+tokens aside: neither allows them), compact JSON,
 random walks over SmolLM2's vocabulary (uniform over the allowed tokens, as random
 weights sample) whose every finished output validates against its schema, and masks of
 a fresh lazily compiled grammar filled on several threads (rows fed in one call) equal to
@@ -107,7 +108,44 @@ def test_both_libraries_read_the_vocabulary_alike(compiler):
     from tessera.structured.xgrammar_backend import vocabulary_mismatches
     c, tok = compiler
     llg = llguidance.hf.from_tokenizer(tok, n_vocab=49152, eos_token=[tok.eos_token_id])
-    assert vocabulary_mismatches(c.info, llg) == []
+    assert vocabulary_mismatches(c.info, llg, len(tok)) == []
+
+
+def test_logits_past_the_tokenizer_are_no_mismatch_and_never_allowed():
+    """A model whose logits outnumber its tokenizer's tokens (Qwen2.5: 151665 tokens, 152064
+    logits at 7B): the ids past the tokenizer are read apart (xgrammar: nothing; llguidance:
+    "<[id]>"), which is no reason to leave xgrammar, for neither library ever allows them."""
+    import llguidance.hf
+    import llguidance.numpy as lgn
+    from transformers import AutoTokenizer
+
+    from tessera.default_model import default_model_path
+    from tessera.frontend.gguf_tokenizer import exported_tokenizer_dir
+    from tessera.structured.grammar import GrammarCompiler
+    from tessera.structured.xgrammar_backend import vocabulary_mismatches
+    tok = AutoTokenizer.from_pretrained(exported_tokenizer_dir(default_model_path()))
+    n, vocab, eos = len(tok), len(tok) + 64, tok.eos_token_id
+    xgr = XGrammarCompiler(tok, vocab, [eos])
+    llg = llguidance.hf.from_tokenizer(tok, n_vocab=vocab, eos_token=[eos])
+    assert len(vocabulary_mismatches(xgr.info, llg, vocab)) == 64  # read apart, all of them
+    assert vocabulary_mismatches(xgr.info, llg, n) == []
+    schema = params({"type": "object", "properties": {"a": S, "b": I}, "required": ["a", "b"]})
+    llg_compiler, pool = GrammarCompiler(tok, vocab, [eos]), xgrammar.BatchGrammarMatcher(1)
+    for name, m in (("xgrammar", xgr.matcher(schema)),
+                    ("llguidance", llg_compiler.matcher(schema))):
+        rng = random.Random(0)
+        for _ in range(40):
+            mask = np.zeros((1, (vocab + 31) // 32), dtype=np.int32)
+            if name == "xgrammar":
+                fill_masks(pool, [(m, 0)], mask)
+            else:
+                lgn.fill_next_token_bitmask(m, mask, 0)
+            bits = np.unpackbits(mask[0].view(np.uint8), bitorder="little")[:vocab]
+            assert not bits[n:].any(), name
+            token = rng.choice(np.flatnonzero(bits[:n]).tolist())
+            if token == eos:
+                break
+            assert m.consume_token(token)
 
 
 def test_schemas_it_does_not_fit_are_left_to_llguidance(compiler):
