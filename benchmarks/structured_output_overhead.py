@@ -9,7 +9,8 @@ size of --batches, the same decode runs twice with sampling at temperature 1 (se
               records: enums, bounded integers, patterns, strings; the grammar cannot
               end before max_tokens, so the lengths match plain's).
 First, 16 sampled single records must all parse with every field (a check that the
-masks reach the sampler on the device). Reported per batch: the median wall time of a
+masks reach the sampler on the device); the library that made the masks is reported
+(xgrammar unless it is off or read the vocabulary apart: the worker's log says why). Reported per batch: the median wall time of a
 decode step with the whole batch in it, tokens per second from it, the overhead, and the
 median host time of one share of a step's masks (worker/grammar_masks.py: the rows are
 shared among helper threads): feeding the matchers the last tokens (advance), filling
@@ -144,12 +145,12 @@ def main() -> None:
         rows.append(result)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     report = {"model": args.model, "device": device, "output_len": n, "rows": rows,
-              "valid_records": valid}
+              "valid_records": valid, "schema_library": masks.schema_library}
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)
     print(f"{args.model} on {device}, temperature 1, {n} tokens per request; "
-          f"{valid}/16 sampled records valid")
+          f"{valid}/16 sampled records valid; masks by {masks.schema_library}")
     print(f"{'batch':>5} {'plain ms':>9} {'json ms':>8} {'plain tok/s':>11} "
           f"{'json tok/s':>10} {'overhead':>8} {'advance us':>10} {'fill us':>8} "
           f"{'wait us':>8}")

@@ -147,6 +147,14 @@ class GrammarMasks:
                              "none.")
         return compiler
 
+    @property
+    def schema_library(self) -> str:
+        """Which library makes the masks of the JSON schemas xgrammar enforces soundly:
+        "xgrammar", or "llguidance" where xgrammar is off, unavailable or read the
+        vocabulary apart (waits for the compilers)."""
+        self.compiler  # noqa: B018 - built with xgrammar's, on the compiler thread
+        return "xgrammar" if self._xgrammar is not None else "llguidance"
+
     def attach(self, st: RequestState) -> None:
         """Gives a new constrained request its matcher (a grammar the API process checked
         compiles; if it does not here, the request may only end)."""

@@ -3,7 +3,7 @@ model over SmolLM2's tokenizer (its 49152 ids): every output matches its grammar
 async scheduling and without (token for token the same), through chunked prompts and
 preemption (a resumed request's matcher goes on where it was), beside unconstrained
 requests whose tokens the masks must not touch (greedy: the same tokens after
-preemption too), under tensor and pipeline parallelism, and with n-gram speculation on (the
+preemption too), with more logits than tokens (xgrammar still taken), under tensor and pipeline parallelism, and with n-gram speculation on (the
 constrained requests draft nothing, the others still do). No KV block may leak."""
 from __future__ import annotations
 
@@ -34,23 +34,28 @@ SETTINGS = {"async": {}, "sync": dict(async_scheduling=False),
             "preemption": dict(num_blocks=14, block_size=4, max_num_batched_tokens=24)}
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """A tiny random Llama with SmolLM2's vocabulary and tokenizer files."""
+def tiny_with_smollm_tokenizer(tmp_path_factory, vocab_size: int) -> str:
+    """A tiny random Llama of vocab_size logits with SmolLM2's tokenizer files."""
     import transformers
 
     from tessera.default_model import default_model_path
     from tessera.frontend.gguf_tokenizer import exported_tokenizer_dir
     from tests.conftest import TINY
-    folder = tmp_path_factory.mktemp("tiny-smollm-vocab")
+    folder = tmp_path_factory.mktemp(f"tiny-smollm-vocab-{vocab_size}")
     torch.manual_seed(7)
-    cfg = transformers.LlamaConfig(**{**TINY, "vocab_size": 49152, "eos_token_id": 2,
+    cfg = transformers.LlamaConfig(**{**TINY, "vocab_size": vocab_size, "eos_token_id": 2,
                                       "bos_token_id": 1})
     transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
     tokenizer = exported_tokenizer_dir(default_model_path())  # the GGUF's, as HF files
     for name in os.listdir(tokenizer):
         shutil.copy(os.path.join(tokenizer, name), folder)
     return str(folder)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A tiny random Llama with SmolLM2's vocabulary (49152 ids) and tokenizer files."""
+    return tiny_with_smollm_tokenizer(tmp_path_factory, 49152)
 
 
 def run(model, prompts, params, **kw):
@@ -116,11 +121,27 @@ def test_json_schemas_through_either_library(model, backend, monkeypatch):
     for out, (_, check) in zip(outs, GRAMMARS * 2):
         assert out.outputs[0].finish_reason == "stop", out.outputs[0].text
         assert check(out.outputs[0].text), out.outputs[0].text
-    assert (masks._xgrammar is not None) == (backend == "auto")
+    assert masks.schema_library == ("xgrammar" if backend == "auto" else "llguidance")
     if backend == "auto":  # some steps filled two JSON rows at once, on xgrammar's threads
         assert any(pool is masks._xgrammar_pools[1] for pool in pools)
     with pytest.raises(ValueError, match="structured_outputs_backend"):
         LLM(model, dtype="float32", structured_outputs_backend="outlines")
+
+
+def test_xgrammar_kept_where_the_logits_outnumber_the_tokens(tmp_path_factory):
+    """64 logits past the tokenizer's ids (as Qwen2.5's 151665 tokens of 151936 logits):
+    xgrammar still makes the JSON masks, and no output holds an id past the tokenizer."""
+    padded = tiny_with_smollm_tokenizer(tmp_path_factory, 49152 + 64)
+    llm = LLM(padded, dtype="float32", num_blocks=64, block_size=8)
+    masks = llm.engine.core.executor.runner.grammars
+    params = [SamplingParams(max_tokens=32, temperature=1.0, seed=i,
+                             structured_outputs={"json": SCHEMA}) for i in range(4)]
+    outs = llm.generate(PROMPTS, params)
+    assert masks.schema_library == "xgrammar"
+    for out in outs:
+        assert out.outputs[0].finish_reason == "stop", out.outputs[0].text
+        jsonschema.validate(json.loads(out.outputs[0].text), SCHEMA)
+        assert max(out.outputs[0].token_ids) < 49152
 
 
 def test_unconstrained_rows_are_untouched(model):
