@@ -15,7 +15,8 @@ decode step with the whole batch in it, tokens per second from it, the overhead,
 median host time of one share of a step's masks (worker/grammar_masks.py: the rows are
 shared among helper threads): feeding the matchers the last tokens (advance), filling
 (fill: in the background, while the engine works on the step before, unless
---fill-in-place), and the step loop's wait for a background fill (wait).
+--fill-in-place; --feed-in-background feeds there too), and the step loop's wait for a
+background fill (wait).
 
     python benchmarks/structured_output_overhead.py --tokenizer DIR --out $OUT/so.json
 """
@@ -105,7 +106,11 @@ def main() -> None:
     ap.add_argument("--fill-in-place", action="store_true",
                     help="the masks filled in place, not in the background (the A/B knob "
                          "worker/grammar_masks.BACKGROUND_FILL)")
+    ap.add_argument("--feed-in-background", action="store_true",
+                    help="the matchers fed on the helper thread too (the A/B knob "
+                         "worker/grammar_masks.FEED_IN_BACKGROUND)")
     args = ap.parse_args()
+    grammar_masks.FEED_IN_BACKGROUND = args.feed_in_background
     unknown = set(args.modes.split(",")) - {"plain", "json"}
     if unknown:
         ap.error(f"--modes takes plain and json, not {', '.join(sorted(unknown))}")

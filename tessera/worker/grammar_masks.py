@@ -7,7 +7,8 @@ Flow (model_runner.py): a new request with `structured_outputs` gets a matcher (
 copy of the compiled grammar, cached by schema: structured/grammar.py); a preempted one
 keeps its own. A step with constrained rows is sampled once the tokens before it are known:
 `start(states)` takes each row's tokens its matcher has not seen, feeds them to the matchers
-(xgrammar's rows in one call), then (on a helper thread, so the step loop goes on with the
+(xgrammar's rows in one call; on the helper below instead with FEED_IN_BACKGROUND, the
+A/B knob), then (on a helper thread, so the step loop goes on with the
 step before's output and the next schedule: BACKGROUND_FILL) fills the rows' masks:
 xgrammar's rows in one call (on its threads from ROWS_FOR_THREADS rows), llguidance's on its
 threads (up to 16; each grammar is compiled once per thread, and requests get copies in
@@ -59,6 +60,10 @@ SWITCH_INTERVAL = 0.0002
 # A/B knob: a step's masks filled in the background while the engine works on the step
 # before (the runner samples the step later: model_runner.py); off, in place
 BACKGROUND_FILL = True
+# A/B knob (not yet measured on a GPU, so off): the matchers fed on the helper too, before
+# it fills, instead of on the step loop (xgrammar: ~4 us a row of the loop's time; the
+# helper then takes the GIL three times a step instead of twice)
+FEED_IN_BACKGROUND = False
 
 
 @dataclasses.dataclass
@@ -178,12 +183,13 @@ class GrammarMasks:
 
     def start(self, states: list[RequestState], in_background: bool = True) -> "MaskJob":
         """Feeds each constrained row's matcher the tokens it has not seen (here, on the
-        step loop: xgrammar's rows in one call, llguidance's on its threads), then fills
-        the rows' masks: on a helper thread when in_background and several rows to fill
-        (a failed matcher's row is written here), else before returning. `finish` gives
-        the device mask. The helper spends its time inside the libraries, which let go
-        of the GIL there; it needs the GIL only to start and to end, and the step loop
-        hands it over within SWITCH_INTERVAL."""
+        step loop, unless FEED_IN_BACKGROUND: xgrammar's rows in one call, llguidance's on
+        its threads), then fills the rows' masks: on a helper thread when in_background
+        and several rows to fill (a failed matcher's row is written when it is fed), else
+        before returning. `finish` gives the device mask. The helper spends its time
+        inside the libraries, which let go of the GIL there; it needs the GIL only to
+        start and to end (and between feeding and filling), and the step loop hands it
+        over within SWITCH_INTERVAL. A matcher is fed again only after `finish`."""
         rows = [(row, st) for row, st in enumerate(states) if st.grammar is not None]
         if not rows:
             return MaskJob(None, None)
@@ -192,9 +198,30 @@ class GrammarMasks:
         if len(rows) < len(states):  # unconstrained rows allow every token
             constrained = {row for row, _ in rows}
             mask[[r for r in range(len(states)) if r not in constrained]] = -1
-        self._advance([(st, self._unseen(st)) for _, st in rows])
+        # the tokens each matcher has not seen, taken here: the step loop appends them
+        unseen = [(row, st, self._unseen(st)) for row, st in rows]
+        if in_background and len(rows) > 1 and FEED_IN_BACKGROUND:
+            return MaskJob(host, self._background(self._feed_and_fill, unseen, mask, begin))
+        fill = self._feed(unseen, mask, begin)
+        if in_background and len(fill) > 1:
+            return MaskJob(host, self._background(self._fill, fill, mask))
+        self._fill(fill, mask)
+        return MaskJob(host, None)
+
+    def _background(self, fn, *args) -> Future:
+        """fn(*args) on the helper thread (made, and the switch interval lowered, once)."""
+        if self._helper is None:
+            self._helper = ThreadPoolExecutor(1, "grammar-fill")
+            if sys.getswitchinterval() > SWITCH_INTERVAL:
+                sys.setswitchinterval(SWITCH_INTERVAL)
+        return self._helper.submit(fn, *args)
+
+    def _feed(self, unseen: list, mask: np.ndarray, begin: float) -> list:
+        """Feeds the (row, state, unseen tokens) triples' matchers; writes the rows of
+        failed ones (only the end of the sequence) -> the (matcher, row) pairs to fill."""
+        self._advance([(st, new) for _, st, new in unseen])
         fill = []
-        for row, st in rows:
+        for row, st, _ in unseen:
             if st.grammar.failed:  # only the end of the sequence
                 bits = mask.view(np.uint32)
                 bits[row] = 0
@@ -203,14 +230,10 @@ class GrammarMasks:
             else:
                 fill.append((st.grammar.matcher, row))
         self.timings["advance"].append(time.perf_counter() - begin)
-        if in_background and len(fill) > 1:
-            if self._helper is None:
-                self._helper = ThreadPoolExecutor(1, "grammar-fill")
-                if sys.getswitchinterval() > SWITCH_INTERVAL:
-                    sys.setswitchinterval(SWITCH_INTERVAL)
-            return MaskJob(host, self._helper.submit(self._fill, fill, mask))
-        self._fill(fill, mask)
-        return MaskJob(host, None)
+        return fill
+
+    def _feed_and_fill(self, unseen: list, mask: np.ndarray, begin: float) -> None:
+        self._fill(self._feed(unseen, mask, begin), mask)
 
     def _fill(self, fill: list, mask: np.ndarray) -> None:
         """Fills the masks of `fill`'s (matcher, row) pairs: xgrammar's rows (on its

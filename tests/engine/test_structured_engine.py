@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import threading
 
 import jsonschema
 import pytest
@@ -88,11 +89,20 @@ def test_outputs_match_their_grammars_in_every_setting(model, temperature):
         assert texts["preemption"] == texts["async"]
 
 
-@pytest.mark.parametrize("async_scheduling", [True, False])
-def test_masks_are_filled_while_the_engine_works_on_the_step_before(model, async_scheduling):
+@pytest.mark.parametrize("async_scheduling,feed_in_background",
+                         [(True, False), (True, True), (False, False)])
+def test_masks_are_filled_while_the_engine_works_on_the_step_before(
+        model, async_scheduling, feed_in_background, monkeypatch):
     """With async scheduling the masks of a step are filled on a helper thread from the
     moment the tokens before them are known (the runner's sampling of that step waits
-    for them: `wait`); stepping synchronously, they are filled in place (no wait)."""
+    for them: `wait`), the matchers fed there too with FEED_IN_BACKGROUND; stepping
+    synchronously, they are filled in place (no wait)."""
+    from tessera.worker import grammar_masks
+    monkeypatch.setattr(grammar_masks, "FEED_IN_BACKGROUND", feed_in_background)
+    fed_on = set()
+    advance = grammar_masks.GrammarMasks._advance
+    monkeypatch.setattr(grammar_masks.GrammarMasks, "_advance", lambda self, rows: (
+        fed_on.add(threading.current_thread().name.split("_")[0]), advance(self, rows))[1])
     llm = LLM(model, dtype="float32", num_blocks=64, block_size=8,
               async_scheduling=async_scheduling)
     masks = llm.engine.core.executor.runner.grammars
@@ -101,6 +111,7 @@ def test_masks_are_filled_while_the_engine_works_on_the_step_before(model, async
         assert check(out.outputs[0].text), out.outputs[0].text
     assert len(masks.timings["fill"]) > 0
     assert (len(masks.timings["wait"]) > 0) == async_scheduling
+    assert ("grammar-fill" in fed_on) == feed_in_background  # several rows a step: there
 
 
 @pytest.mark.parametrize("backend", ["auto", "llguidance"])
