@@ -1,0 +1,154 @@
+"""The skinny decode GEMM (kernels/skinny_gemm.py) compiled for a GPU on a machine without
+one: what its K loop costs in instructions, read from the SASS. No device time needed.
+
+Triton compiles for a `GPUTarget` (default sm_90) with the ptxas and nvdisasm its wheel
+carries; the pointer and integer arguments get the 16-divisibility hints the launcher
+gives real ones (K, N and the strides of the Llama shapes are multiples of 16), so the
+loads vectorize as they do on the GPU. Printed per variant: the shared memory a program
+takes, the W loads (LDG) issued before the PDL wait (ACQBULK, griddepcontrol.wait), the
+K loop's instructions (the SASS between the loop's label and its back branch, the
+software pipeline's steady state) per weight a thread reads, and their mix.
+
+    python benchmarks/kernels/skinny_sass.py --kinds dense,int8,fp8 --preload 0,1
+    python benchmarks/kernels/skinny_sass.py --kinds int8 --block-k 512 --stages 3
+(--json: one object a variant; tests/kernels/test_skinny_sass.py reads those.)
+
+The compiler here may not be the GPU machine's (Triton 3.9 on the CPU machines, 3.6 on
+the H200): a guide to where the instructions go, not a measurement of speed.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import tempfile
+
+# compiled, not interpreted: @triton.jit reads this when the kernels' modules are imported
+os.environ.pop("TRITON_INTERPRET", None)
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from tessera.kernels.skinny_gemm import _skinny_gemm  # noqa: E402
+
+W_TYPES = {"dense": "*bf16", "int8": "*i8", "fp8": "*fp8e4nv"}
+INTS = {"M", "N", "K", "stride_xm", "stride_ym", "stride_kvs", "num_parts", "K_PER"}
+DIVISIBLE = {"N", "K", "stride_xm", "stride_ym", "K_PER"}
+
+
+def compile_variant(kind: str, preload: bool, block_n: int, block_k: int, warps: int,
+                    stages: int, arch: int):
+    """The plain product (no bias, norm or epilogue) of a bf16 x and a `kind` W, PDL on."""
+    names = list(_skinny_gemm.arg_names)
+    const = dict(KIND="" if kind == "dense" else kind, GROUP=0, FAST=kind != "dense",
+                 HAS_BIAS=False, GATED=False, ROPE=False, NORM_IN=False, NORM_OUT=False,
+                 PART_BLOCK=1, NUM_Q=0, NUM_KV=0, HALF=0, FP8_CACHE=False, PRE_ROUND=False,
+                 EVEN=True, PRECISION="tf32", BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k,
+                 PREFETCH_K=block_k, LINE=128 // (2 if kind == "dense" else 1),
+                 TRIGGER_STEPS=2, USE_PDL=True, SPLIT=1, HALVES=False, PRELOAD=preload)
+    signature, constexprs, attrs = {}, {}, {}
+    for i, name in enumerate(names):
+        if name in const:
+            signature[name] = "constexpr"
+            constexprs[(i,)] = const[name]
+        elif name in INTS:
+            signature[name] = "i32"
+        elif name == "eps":
+            signature[name] = "fp32"
+        else:  # a pointer: W's type, the index and counter tensors', else bf16 / fp32
+            signature[name] = (W_TYPES[kind] if name == "w_ptr" else
+                               "*i64" if name in ("pos_ptr", "slot_ptr") else
+                               "*i32" if name == "count_ptr" else
+                               "*fp32" if name in ("part_ptr", "scale_ptr", "offset_ptr",
+                                                   "work_ptr") else "*bf16")
+        if signature[name].startswith("*") or name in DIVISIBLE:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn=_skinny_gemm, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": warps, "num_stages": stages})
+
+
+def sass(kernel) -> list[str]:
+    """The kernel's SASS lines (nvdisasm from Triton's wheel)."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                        "nvdisasm")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        return subprocess.run([tool, "-c", f.name], capture_output=True, text=True,
+                              check=True).stdout.splitlines()
+
+
+def opcode(line: str) -> str:
+    """"/*0420*/ @P3 LDG.E.128 R24, ..." -> "LDG" ("" for labels and blank lines)."""
+    m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P[T\d]\s+)?([A-Z0-9_]+)", line)
+    return m.group(1) if m else ""
+
+
+def loop_body(lines: list[str]) -> list[str]:
+    """The opcodes of the longest stretch from a label to a branch back to it."""
+    best: list[str] = []
+    labels = {m.group(1): i for i, line in enumerate(lines)
+              if (m := re.match(r"\s*(\.L_x_\d+):", line))}
+    for i, line in enumerate(lines):
+        m = re.search(r"BRA `\((\.L_x_\d+)\)", line)
+        if m and labels.get(m.group(1), i) < i:
+            body = [op for op in map(opcode, lines[labels[m.group(1)]:i + 1]) if op]
+            best = max(best, body, key=len)
+    return best
+
+
+def analyse(kind: str, preload: bool, args: argparse.Namespace) -> dict:
+    """One variant's figures: shared bytes, LDGs before the wait (None: no wait), the K
+    loop's instructions, per weight, and their mix."""
+    kernel = compile_variant(kind, preload, args.block_n, args.block_k, args.warps,
+                             args.stages, args.arch)
+    lines = sass(kernel)
+    ops = [opcode(line) for line in lines]
+    early = (sum(op == "LDG" for op in ops[:ops.index("ACQBULK")])
+             if "ACQBULK" in ops else None)
+    body = loop_body(lines)
+    per_thread = args.block_n * args.block_k / (32 * args.warps)  # weights a step
+    return {"kind": kind, "preload": preload, "shared_bytes": kernel.metadata.shared,
+            "loads_before_wait": early, "loop_instructions": len(body),
+            "per_weight": len(body) / per_thread,
+            "mix": dict(collections.Counter(body).most_common())}
+
+
+def describe(r: dict) -> str:
+    mix = ", ".join(f"{op} {n}" for op, n in list(r["mix"].items())[:10])
+    return (f"{r['kind']:>5} preload={int(r['preload'])}  shared "
+            f"{r['shared_bytes'] / 1024:.0f} KiB  LDG before the wait "
+            f"{r['loads_before_wait']}  loop {r['loop_instructions']} instructions, "
+            f"{r['per_weight']:.2f} a weight\n        {mix}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--kinds", default="dense,int8,fp8")
+    ap.add_argument("--preload", default="0,1", help="QUANT_PRELOAD values (quantized kinds)")
+    ap.add_argument("--block-n", type=int, default=32)
+    ap.add_argument("--block-k", type=int, default=256)
+    ap.add_argument("--warps", type=int, default=2)
+    ap.add_argument("--stages", type=int, default=4)
+    ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--json", action="store_true", help="one JSON object a variant")
+    args = ap.parse_args()
+    if not args.json:
+        print(f"Triton {triton.__version__}, sm_{args.arch}: {args.block_n} x "
+              f"{args.block_k} tiles, {args.warps} warps, {args.stages} stages, bf16 x of "
+              f"one row")
+    for kind in args.kinds.split(","):
+        for preload in sorted({int(p) for p in args.preload.split(",")}):
+            if kind == "dense" and preload:
+                continue  # a dense W's first tile is always loaded before the wait
+            r = analyse(kind, bool(preload), args)
+            print(json.dumps(r) if args.json else describe(r), flush=True)
+
+
+if __name__ == "__main__":
+    main()

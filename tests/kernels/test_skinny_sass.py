@@ -1,0 +1,30 @@
+"""The skinny GEMM compiled for sm_90 without a GPU (benchmarks/kernels/skinny_sass.py,
+run as a script: Triton compiles there, not interprets; its wheel's ptxas and nvdisasm):
+with QUANT_PRELOAD an int8 / fp8 W's first tile is loaded before the PDL wait (ACQBULK in
+the SASS), as a dense W's always is; without it no W load precedes the wait; and the K
+loop is the MMA's. What the knob is for, checked where no GPU runs it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+TOOL = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "kernels",
+                    "skinny_sass.py")
+
+
+def test_only_preloaded_and_dense_tiles_precede_the_wait():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, TOOL, "--kinds", "dense,int8,fp8", "--preload",
+                          "0,1", "--json"], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = {(r["kind"], r["preload"]): r for r in map(json.loads, out.stdout.splitlines())}
+    # a 32 x 256 tile over 64 threads in 16-byte loads: 8 a thread (bf16: 16)
+    assert found[("dense", False)]["loads_before_wait"] == 16
+    for kind in ("int8", "fp8"):
+        assert found[(kind, True)]["loads_before_wait"] == 8
+        assert found[(kind, False)]["loads_before_wait"] == 0
+    for r in found.values():
+        assert r["mix"].get("HMMA", 0) > 0 and r["per_weight"] > 0
