@@ -42,14 +42,21 @@ TARGETS = {("llama-3-8b", "int8", "b1"): 400, ("llama-3-8b", "int4", "b1"): 550,
 
 
 def set_knob(text: str) -> None:
-    """"package.module.NAME=VALUE" (VALUE a Python literal): sets a module's A/B knob."""
-    target, _, value = text.partition("=")
+    """"package.module.NAME=VALUE" (VALUE a Python literal): sets a module's A/B knob;
+    ValueError naming what is wrong."""
+    target, eq, value = text.partition("=")
     module, _, name = target.rpartition(".")
-    mod = importlib.import_module(module)
+    if not (eq and module and name):
+        raise ValueError(f"{text!r} is not MODULE.NAME=VALUE")
+    try:
+        mod = importlib.import_module(module)
+        literal = ast.literal_eval(value)
+    except (ImportError, ValueError, SyntaxError) as e:
+        raise ValueError(f"{text!r}: {e}") from None
     if not hasattr(mod, name):
-        raise SystemExit(f"--set: {module} has no {name}")
-    setattr(mod, name, ast.literal_eval(value))
-    print(f"knob {module}.{name} = {getattr(mod, name)!r}", flush=True)
+        raise ValueError(f"{module} has no {name}")
+    setattr(mod, name, literal)
+    print(f"knob {module}.{name} = {literal!r}", flush=True)
 
 
 def parse_runs_for(text: str) -> dict[str, list[str]]:
@@ -130,7 +137,10 @@ def main() -> None:
                          "tessera.kernels.skinny_gemm.QUANT_PRELOAD=False (repeatable)")
     args = ap.parse_args()
     for knob in args.set:
-        set_knob(knob)
+        try:
+            set_knob(knob)
+        except ValueError as e:
+            ap.error(f"--set {e}")
     args.profile = [r for r in args.profile.split(",") if r]
     bandwidth = measure_bandwidth(torch.device("cuda"))
     extra = parse_runs_for(args.runs_for)

@@ -10,8 +10,9 @@ size of --batches, the same decode runs twice with sampling at temperature 1 (se
               end before max_tokens, so the lengths match plain's).
 First, 16 sampled single records must all parse with every field (a check that the
 masks reach the sampler on the device); the library that made the masks is reported
-(xgrammar unless it is off or read the vocabulary apart: the worker's log says why). Reported per batch: the median wall time of a
-decode step with the whole batch in it, tokens per second from it, the overhead, and the
+(xgrammar unless it is off or read the vocabulary apart: the worker's log says why).
+Reported per batch: the median wall time of a decode step with the whole batch in it,
+tokens per second from it, the overhead, and the
 median host time of one share of a step's masks (worker/grammar_masks.py: the rows are
 shared among helper threads): feeding the matchers the last tokens (advance), filling
 (fill: in the background, while the engine works on the step before, unless

@@ -138,6 +138,10 @@ def main() -> None:
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--json", action="store_true", help="one JSON object a variant")
     args = ap.parse_args()
+    unknown = set(args.kinds.split(",")) - set(W_TYPES)
+    if unknown:
+        ap.error(f"--kinds takes {', '.join(W_TYPES)} (per-row scales), not "
+                 f"{', '.join(sorted(unknown))}")
     if not args.json:
         print(f"Triton {triton.__version__}, sm_{args.arch}: {args.block_n} x "
               f"{args.block_k} tiles, {args.warps} warps, {args.stages} stages, bf16 x of "
