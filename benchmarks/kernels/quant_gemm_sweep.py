@@ -12,7 +12,9 @@ to the bf16 skinny GEMM and cuBLAS (F.linear); quant_gemm at M = 64, 256, 2048 (
 table's config and a few others) next to cuBLAS. Each row: us, GB/s of the weight bytes
 read (data + scales), TFLOP/s, and the ratio to cuBLAS bf16 (the JSON: every config's
 time too); for fp8 above 16 rows also W8A8 (the activations' quantization and
-torch._scaled_mm, as the model runs it) and _scaled_mm alone. One call does both:
+torch._scaled_mm, as the model runs it) and _scaled_mm alone. --kinds fp8a8: fp8 with
+skinny_gemm.FP8_ACTIVATIONS (up to A8_MAX_ROWS rows: x quantized to fp8 in the kernel, the
+fp8 MMA; at M = 1 its own grid), timed only. One call does both:
 
     python benchmarks/kernels/quant_gemm_sweep.py --check --models 8b --out $OUT/q8b.json
     python benchmarks/kernels/quant_gemm_sweep.py --models 70b --out $OUT/q70b.json
@@ -35,6 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from skinny_gemm_sweep import L2_DEFEAT_BYTES, time_graph  # noqa: E402
 
 from tessera.kernels import quant_tiles  # noqa: E402
+from tessera.kernels import skinny_gemm as skinny_module  # noqa: E402
+from tessera.kernels.skinny_config import a8_config  # noqa: E402
 from tessera.kernels.norm_epilogue import pending_norm_ref  # noqa: E402
 from tessera.kernels.quant_gemm import QuantGemmConfig, pick_config as gemm_config  # noqa: E402
 from tessera.kernels.quant_gemm import quant_gemm  # noqa: E402
@@ -50,6 +54,9 @@ from tessera.quant.fp8 import w8a8_linear, w8a8_supported  # noqa: E402
 
 KINDS = {"int8": ("int8", 0), "fp8": ("fp8", 0), "int4": ("int4", 128),
          "int4g32": ("int4", 32), "int8g32": ("int8", 32)}
+# timed only: fp8 with skinny_gemm.FP8_ACTIVATIONS (x quantized to fp8 in the kernel, the
+# fp8 MMA: kernels/skinny_a8.py; checked by tests/kernels/test_skinny_a8.py on the GPU)
+TIMED_KINDS = {**KINDS, "fp8a8": ("fp8", 0)}
 MODELS = {"8b": {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
                  "down": (4096, 14336)},
           "70b": {"qkv": (10240, 8192), "o": (8192, 8192), "gate_up": (57344, 8192),
@@ -64,7 +71,13 @@ DEVICE = "cuda"  # (the checks' device; the CPU interpreter runs them too, in fp
 
 def skinny_grid(kind: str) -> list:
     """Configs to time at M = 1: panels of 16, 32, 64 rows (a warp per 16-row MMA tile, so
-    none widens another's rows), steps of 256 or 512 bytes a row, K split in 1-8."""
+    none widens another's rows), steps of 256 or 512 bytes a row, K split in 1-8; fp8a8:
+    panels of 64 or 128 rows on a warpgroup (the fp8 MMA's), steps of 128-512, 3-4
+    stages, K split in 1-8."""
+    if kind == "fp8a8":
+        return [SkinnyConfig(bn, step, 4, stages, split) for bn in (64, 128)
+                for step in (128, 256, 512) for stages in (3, 4) for split in (1, 2, 4, 8)
+                if bn * step * stages <= 160 << 10]
     per_byte = 2 if kind == "int4" else 1
     return [SkinnyConfig(bn, step * per_byte, bn // 16, 3 if bn * step > 16384 else 4, split)
             for bn in (16, 32, 64) for step in (256, 512) for split in (1, 2, 4, 8)]
@@ -184,7 +197,8 @@ def sweep(models, kinds, quick: bool, rows=(1, 4, 16, 64, 256, 2048)) -> list[di
                 if m <= MAX_ROWS:
                     base[m]["skinny_bf16"] = timed([lambda w=w: skinny_gemm(x, w) for w in dense])
             for label in kinds:
-                kind, group = KINDS[label]
+                kind, group = TIMED_KINDS[label]
+                skinny_module.FP8_ACTIVATIONS = label == "fp8a8"
                 first = quantize(kind, dense[0], group)  # as many copies as exceed L2
                 qws = [first] + [quantize(kind, dense[i % len(dense)], group)
                                  for i in range(1, copies(weight_bytes(first)))]
@@ -192,7 +206,7 @@ def sweep(models, kinds, quick: bool, rows=(1, 4, 16, 64, 256, 2048)) -> list[di
                 for m in rows:
                     x = torch.randn(m, k, device="cuda", dtype=dt)
                     if m <= MAX_ROWS:
-                        configs = [None] if quick or m > 1 else [None] + skinny_grid(kind)
+                        configs = [None] if quick or m > 1 else [None] + skinny_grid(label)
                         run = lambda qw, c: skinny_gemm(x, qw, config=c)  # noqa: E731
                     else:
                         configs = [None] if quick else [None] + GEMM_GRID
@@ -204,8 +218,9 @@ def sweep(models, kinds, quick: bool, rows=(1, 4, 16, 64, 256, 2048)) -> list[di
                     best_us, best_cfg = min(res, key=lambda r: (math.isnan(r[0]), r[0]))
                     default = res[0][0]
                     if best_cfg is None:
-                        best_cfg = (pick_config(n, k, False, 2, kind, group) if m <= MAX_ROWS
-                                    else gemm_config(m, kind, group))
+                        best_cfg = (a8_config(n, k) if label == "fp8a8" and m <= skinny_module.A8_MAX_ROWS
+                                    else pick_config(n, k, False, 2, kind, group)
+                                    if m <= MAX_ROWS else gemm_config(m, kind, group))
                     fp8_runs = {}  # this kind's own: the W8A8 product as the model runs it
                     if kind == "fp8" and m > MAX_ROWS and w8a8_supported(x.device):
                         fp8_runs["w8a8"] = timed([lambda qw=qw: w8a8_linear(x, qw) for qw in qws])
@@ -221,6 +236,7 @@ def sweep(models, kinds, quick: bool, rows=(1, 4, 16, 64, 256, 2048)) -> list[di
                     rows_out.append(row)
                     print_row(row)
                 del qws
+                skinny_module.FP8_ACTIVATIONS = False
             del dense
             torch.cuda.empty_cache()
     return rows_out
@@ -242,7 +258,8 @@ def main() -> None:
     ap.add_argument("--check", action="store_true", help="check correctness first")
     ap.add_argument("--check-only", action="store_true")
     ap.add_argument("--models", default="8b,70b")
-    ap.add_argument("--kinds", default="int8,fp8,int4,int4g32")
+    ap.add_argument("--kinds", default="int8,fp8,int4,int4g32",
+                    help=f"of {', '.join(TIMED_KINDS)}")
     ap.add_argument("--quick", action="store_true", help="default configs only")
     ap.add_argument("--rows", default="1,4,16,64,256,2048", help="rows of x to time")
     ap.add_argument("--int4-halves", action="store_true",

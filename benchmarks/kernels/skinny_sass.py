@@ -8,8 +8,12 @@ loads vectorize as they do on the GPU. Printed per variant: the shared memory a 
 takes, the W loads (LDG) issued before the PDL wait (ACQBULK, griddepcontrol.wait), the
 K loop's instructions (the SASS between the loop's label and its back branch, the
 software pipeline's steady state) per weight a thread reads, and their mix.
+Kinds: dense (bf16), int8, fp8 (widened to bf16), int4 (groups of 128), a8 (an fp8 W
+times x quantized to fp8 in the kernel: kernels/skinny_a8.py), each in its launcher's
+tiles unless the options set them (TILES).
 
     python benchmarks/kernels/skinny_sass.py --kinds dense,int8,fp8 --preload 0,1
+    python benchmarks/kernels/skinny_sass.py --kinds fp8,a8,int4 --preload 0
     python benchmarks/kernels/skinny_sass.py --kinds int8 --block-k 512 --stages 3
 (--json: one object a variant; tests/kernels/test_skinny_sass.py reads those.)
 
@@ -35,7 +39,12 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from tessera.kernels.skinny_gemm import _skinny_gemm  # noqa: E402
 
-W_TYPES = {"dense": "*bf16", "int8": "*i8", "fp8": "*fp8e4nv"}
+# a8: an fp8 W times x quantized to fp8 in the kernel (kernels/skinny_a8.py)
+W_TYPES = {"dense": "*bf16", "int8": "*i8", "fp8": "*fp8e4nv", "int4": "*u8", "a8": "*fp8e4nv"}
+GROUPS = {"int4": 128}  # the kinds in groups: int4 g128, as quantized at load
+# (block_n, block_k, warps) where the options leave them: the launchers' own for quantized
+# W (skinny_config.quant_config, a8_config); 32 x 256 on 2 warps for a dense W
+TILES = {"int4": (32, 512, 2), "a8": (64, 256, 4)}
 INTS = {"M", "N", "K", "stride_xm", "stride_ym", "stride_kvs", "num_parts", "K_PER"}
 DIVISIBLE = {"N", "K", "stride_xm", "stride_ym", "K_PER"}
 
@@ -44,7 +53,9 @@ def compile_variant(kind: str, preload: bool, block_n: int, block_k: int, warps:
                     stages: int, arch: int):
     """The plain product (no bias, norm or epilogue) of a bf16 x and a `kind` W, PDL on."""
     names = list(_skinny_gemm.arg_names)
-    const = dict(KIND="" if kind == "dense" else kind, GROUP=0, FAST=kind != "dense",
+    const = dict(KIND={"dense": "", "a8": "fp8"}.get(kind, kind), GROUP=GROUPS.get(kind, 0),
+                 FAST=kind != "dense", A8=kind == "a8", XQ_ROWS=1, PREP_K=2048,
+                 XQ_ONE_PASS=True,  # a8: the columns of a program fit one prep step
                  HAS_BIAS=False, GATED=False, ROPE=False, NORM_IN=False, NORM_OUT=False,
                  PART_BLOCK=1, NUM_Q=0, NUM_KV=0, HALF=0, FP8_CACHE=False, PRE_ROUND=False,
                  EVEN=True, PRECISION="tf32", BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k,
@@ -61,6 +72,7 @@ def compile_variant(kind: str, preload: bool, block_n: int, block_k: int, warps:
             signature[name] = "fp32"
         else:  # a pointer: W's type, the index and counter tensors', else bf16 / fp32
             signature[name] = (W_TYPES[kind] if name == "w_ptr" else
+                               "*fp8e4nv" if name == "xq_ptr" else
                                "*i64" if name in ("pos_ptr", "slot_ptr") else
                                "*i32" if name == "count_ptr" else
                                "*fp32" if name in ("part_ptr", "scale_ptr", "offset_ptr",
@@ -90,7 +102,8 @@ def opcode(line: str) -> str:
 
 
 def loop_body(lines: list[str]) -> list[str]:
-    """The opcodes of the longest stretch from a label to a branch back to it."""
+    """The opcodes of the K loop: the longest stretch from a label to a branch back to it
+    with an MMA in it (a8's prep loops have none)."""
     best: list[str] = []
     labels = {m.group(1): i for i, line in enumerate(lines)
               if (m := re.match(r"\s*(\.L_x_\d+):", line))}
@@ -98,22 +111,32 @@ def loop_body(lines: list[str]) -> list[str]:
         m = re.search(r"BRA `\((\.L_x_\d+)\)", line)
         if m and labels.get(m.group(1), i) < i:
             body = [op for op in map(opcode, lines[labels[m.group(1)]:i + 1]) if op]
-            best = max(best, body, key=len)
+            if any(op.endswith("MMA") for op in body):
+                best = max(best, body, key=len)
     return best
+
+
+def tiles(kind: str, args: argparse.Namespace) -> tuple[int, int, int]:
+    """(block_n, block_k, warps): the options', else the kind's own (TILES)."""
+    own = TILES.get(kind, (32, 256, 2))
+    return tuple(o if a is None else a
+                 for a, o in zip((args.block_n, args.block_k, args.warps), own))
 
 
 def analyse(kind: str, preload: bool, args: argparse.Namespace) -> dict:
     """One variant's figures: shared bytes, LDGs before the wait (None: no wait), the K
     loop's instructions, per weight, and their mix."""
-    kernel = compile_variant(kind, preload, args.block_n, args.block_k, args.warps,
+    block_n, block_k, warps = tiles(kind, args)
+    kernel = compile_variant(kind, preload, block_n, block_k, warps,
                              args.stages, args.arch)
     lines = sass(kernel)
     ops = [opcode(line) for line in lines]
     early = (sum(op == "LDG" for op in ops[:ops.index("ACQBULK")])
              if "ACQBULK" in ops else None)
     body = loop_body(lines)
-    per_thread = args.block_n * args.block_k / (32 * args.warps)  # weights a step
-    return {"kind": kind, "preload": preload, "shared_bytes": kernel.metadata.shared,
+    per_thread = block_n * block_k / (32 * warps)  # weights a step
+    return {"kind": kind, "preload": preload, "tiles": [block_n, block_k, warps],
+            "shared_bytes": kernel.metadata.shared,
             "loads_before_wait": early, "loop_instructions": len(body),
             "per_weight": len(body) / per_thread,
             "mix": dict(collections.Counter(body).most_common())}
@@ -121,7 +144,8 @@ def analyse(kind: str, preload: bool, args: argparse.Namespace) -> dict:
 
 def describe(r: dict) -> str:
     mix = ", ".join(f"{op} {n}" for op, n in list(r["mix"].items())[:10])
-    return (f"{r['kind']:>5} preload={int(r['preload'])}  shared "
+    n, k, w = r["tiles"]
+    return (f"{r['kind']:>5} preload={int(r['preload'])}  {n} x {k} on {w} warps  shared "
             f"{r['shared_bytes'] / 1024:.0f} KiB  LDG before the wait "
             f"{r['loads_before_wait']}  loop {r['loop_instructions']} instructions, "
             f"{r['per_weight']:.2f} a weight\n        {mix}")
@@ -131,25 +155,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--kinds", default="dense,int8,fp8")
     ap.add_argument("--preload", default="0,1", help="QUANT_PRELOAD values (quantized kinds)")
-    ap.add_argument("--block-n", type=int, default=32)
-    ap.add_argument("--block-k", type=int, default=256)
-    ap.add_argument("--warps", type=int, default=2)
+    ap.add_argument("--block-n", type=int, help="default: the kind's (TILES)")
+    ap.add_argument("--block-k", type=int)
+    ap.add_argument("--warps", type=int)
     ap.add_argument("--stages", type=int, default=4)
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--json", action="store_true", help="one JSON object a variant")
     args = ap.parse_args()
     unknown = set(args.kinds.split(",")) - set(W_TYPES)
     if unknown:
-        ap.error(f"--kinds takes {', '.join(W_TYPES)} (per-row scales), not "
+        ap.error(f"--kinds takes {', '.join(W_TYPES)}, not "
                  f"{', '.join(sorted(unknown))}")
     if not args.json:
-        print(f"Triton {triton.__version__}, sm_{args.arch}: {args.block_n} x "
-              f"{args.block_k} tiles, {args.warps} warps, {args.stages} stages, bf16 x of "
+        print(f"Triton {triton.__version__}, sm_{args.arch}: {args.stages} stages, bf16 x of "
               f"one row")
     for kind in args.kinds.split(","):
         for preload in sorted({int(p) for p in args.preload.split(",")}):
-            if kind == "dense" and preload:
-                continue  # a dense W's first tile is always loaded before the wait
+            if preload and (kind in ("dense", "a8") or kind in GROUPS):
+                continue  # dense: always before the wait; groups, a8: never (the launcher's)
             r = analyse(kind, bool(preload), args)
             print(json.dumps(r) if args.json else describe(r), flush=True)
 

@@ -4,7 +4,8 @@ Objects: `SkinnyConfig` (block_n rows of W a program, block_k columns a step, wa
 pipeline stages, split_k programs along K), `pick_config` (the entry: `tuned_config` for
 a dense W or `quant_config` for a quantized one, the CONFIG_OVERRIDES /
 QUANT_CONFIG_OVERRIDES A/B knobs, within the SMEM_CAP_BYTES one; `quant_config` also picks
-how many programs share K), `weight_bits`, `shared_memory_bytes`.
+how many programs share K), `a8_config` (an fp8 W times fp8 x: kernels/skinny_a8.py),
+`weight_bits`, `shared_memory_bytes`.
 """
 from __future__ import annotations
 
@@ -94,6 +95,20 @@ def quant_config(kind: str, n: int, k: int, gated: bool = False, itemsize: int =
     bits = weight_bits(kind, itemsize)
     while (cfg.num_stages > 2
            and shared_memory_bytes(cfg, gated, itemsize, bits) > QUANT_SMEM_BYTES):
+        cfg = cfg._replace(num_stages=cfg.num_stages - 1)
+    return cfg
+
+
+def a8_config(n: int, k: int, gated: bool = False) -> SkinnyConfig:
+    """Tiles for an fp8 W times fp8 x (kernels/skinny_a8.py): 64-row panels on a warpgroup
+    (the fp8 MMA's tile), 256-wide steps, K split as `quant_config` splits it, stages
+    within QUANT_SMEM_BYTES (an estimate: not yet swept on a GPU)."""
+    block_k = max(min(256, triton.next_power_of_2(k)), 16)
+    panels, split = triton.cdiv(n, 64), 1
+    while panels * split < QUANT_PROGRAMS and k >= 4 * 2 * split * block_k:
+        split *= 2
+    cfg = SkinnyConfig(block_n=64, block_k=block_k, num_warps=4, num_stages=4, split_k=split)
+    while cfg.num_stages > 2 and shared_memory_bytes(cfg, gated, 1, 8) > QUANT_SMEM_BYTES:
         cfg = cfg._replace(num_stages=cfg.num_stages - 1)
     return cfg
 

@@ -21,6 +21,9 @@ mode: `_quant_loop` widens or dequantizes its tiles in registers (kernels/quant_
 and applies per-row scales to the float32 accumulator after the loop, before the pending
 norm's 1/rms, the bias and the epilogue; `quant_config` (QUANT_CONFIG_OVERRIDES, the A/B
 knob) picks its tiles. The dense kernel's compiled code is unchanged (constexpr branches).
+An fp8 W with FP8_ACTIVATIONS (A/B knob, off) and at most A8_MAX_ROWS rows takes the A8
+mode instead (kernels/skinny_a8.py): each program quantizes its columns of x to fp8 and
+multiplies on the fp8 MMA, no widening (`uses_a8`; tiles: skinny_config.a8_config).
 
 The work is split along N: each program owns BLOCK_N rows of W and walks K in BLOCK_K
 steps, `tl.dot`(W tile [BLOCK_N, BLOCK_K], x^T tile [BLOCK_K, 16]) with the
@@ -55,8 +58,8 @@ from tessera.kernels.norm_epilogue import (PendingNorm, add_pending_norm, invers
 from tessera.kernels.quant_tiles import QuantArgs, fast_dequant, quant_args, quant_dot, row_scale
 from tessera.kernels.rotary_kv_write import cache_store_options, rope_epilogue
 from tessera.kernels.silu_and_mul import silu_mul
-from tessera.kernels.skinny_config import MAX_ROWS, SkinnyConfig, pick_config
-from tessera.kernels import quant_tiles, split_k
+from tessera.kernels.skinny_config import MAX_ROWS, SkinnyConfig, a8_config, pick_config
+from tessera.kernels import quant_tiles, skinny_a8, split_k
 from tessera.quant.formats import QuantizedWeight, quant_linear_ref
 
 PREFETCH_BYTES = 8 << 20  # under PDL: how much of W is asked of L2 before the wait
@@ -67,6 +70,10 @@ TRIGGER_STEPS = 2
 # A/B knob: under PDL, a per-row quantized W's (int8, fp8) first step loaded before the
 # wait, as a dense W's is (its dequantization waits for x's dtype only, not for x)
 QUANT_PRELOAD = False  # off until measured on the GPU
+# A/B knob: an fp8 W's products of up to A8_MAX_ROWS rows with x quantized to fp8 in the
+# kernel, on the fp8 MMA (kernels/skinny_a8.py), instead of W widened to x's dtype
+FP8_ACTIVATIONS = False  # off until measured on the GPU
+A8_MAX_ROWS = 4
 
 
 def line_columns(weight: torch.Tensor) -> int:
@@ -143,7 +150,7 @@ def _quant_loop(acc, acc2, w_rows, rows2, scale_ptr, offset_ptr, ns, ns2, n_ok, 
 def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
                  pos_ptr, cs_ptr, slot_ptr, kv_ptr, stride_kvs,
                  part_ptr, num_parts, eps, res_ptr, g_ptr, scaled_ptr, scale_ptr, offset_ptr,
-                 work_ptr, count_ptr, K_PER, KIND: tl.constexpr, GROUP: tl.constexpr,
+                 work_ptr, count_ptr, xq_ptr, K_PER, KIND: tl.constexpr, GROUP: tl.constexpr,
                  FAST: tl.constexpr,
                  HAS_BIAS: tl.constexpr, GATED: tl.constexpr, ROPE: tl.constexpr,
                  NORM_IN: tl.constexpr, NORM_OUT: tl.constexpr, PART_BLOCK: tl.constexpr,
@@ -152,7 +159,8 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
                  PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr, PREFETCH_K: tl.constexpr, LINE: tl.constexpr,
                  TRIGGER_STEPS: tl.constexpr, USE_PDL: tl.constexpr, SPLIT: tl.constexpr,
-                 HALVES: tl.constexpr, PRELOAD: tl.constexpr):
+                 HALVES: tl.constexpr, PRELOAD: tl.constexpr, A8: tl.constexpr,
+                 XQ_ROWS: tl.constexpr, PREP_K: tl.constexpr, XQ_ONE_PASS: tl.constexpr):
     # N: rows of the output (I when gated; W then has 2I rows, up at row offset N; in rope
     # mode the heads, NUM_Q + 2 NUM_KV of 2 HALF rows, place the programs instead). Along
     # axis 1, SPLIT programs take K_PER columns each (kernels/split_k.py).
@@ -216,6 +224,16 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
             if GATED or ROPE:
                 acc2 = tl.dot(_tile(rows2, kk, n_ok, K, EVEN), xt, acc2,
                               input_precision=PRECISION)
+    elif A8:  # an fp8 W times x quantized to fp8 here (kernels/skinny_a8.py)
+        sx = skinny_a8.quantize_x(x_ptr, xq_ptr, M, K, k_lo, k_hi, stride_xm, ms, XQ_ROWS,
+                                  PREP_K, XQ_ONE_PASS)  # [BLOCK_M]
+        acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+        acc, acc2 = skinny_a8.a8_loop(acc, acc, w_rows, rows2, xq_ptr, ms, m_ok, n_ok, K, k_lo,
+                                      k_hi, trigger_k, GATED or ROPE, EVEN, BLOCK_K,
+                                      TRIGGER_STEPS, USE_PDL)
+        acc = row_scale(acc, scale_ptr, ns, n_ok) * sx[None, :]
+        if GATED or ROPE:
+            acc2 = row_scale(acc2, scale_ptr, ns2, n_ok) * sx[None, :]
     else:  # quantized W, widened in registers (kernels/quant_tiles.py)
         acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
         acc2 = acc
@@ -274,7 +292,16 @@ def _fit(cfg: SkinnyConfig, qa: QuantArgs) -> SkinnyConfig:
     return cfg._replace(block_k=max(qa.GROUP, cfg.block_k // qa.GROUP * qa.GROUP))
 
 
+def uses_a8(x: torch.Tensor, qa: QuantArgs) -> bool:
+    """The product takes fp8 activations (kernels/skinny_a8.py): FP8_ACTIVATIONS, an fp8
+    W, at most A8_MAX_ROWS rows, and a GPU with the fp8 MMA (or the interpreter)."""
+    return (FP8_ACTIVATIONS and qa.KIND == "fp8" and x.shape[0] <= A8_MAX_ROWS
+            and skinny_a8.a8_capable(x))
+
+
 def _config(config, qa: QuantArgs, n: int, gated: bool, x: torch.Tensor) -> SkinnyConfig:
+    if config is None and uses_a8(x, qa):
+        return a8_config(n, qa.k, gated)
     return _fit(config or pick_config(n, qa.k, gated, x.element_size(), qa.KIND, qa.GROUP), qa)
 
 
@@ -381,10 +408,12 @@ def _launch(x, qa: QuantArgs, bias, y, n, cfg, mode: dict, EVEN: bool,
     if split > 1:
         work = split_k.workspace(panels, split, cfg.block_n, x.device)
         count = split_k.counters(x.device)
+    a8 = uses_a8(x, qa)
+    xq = torch.empty(rows, k, dtype=torch.float8_e4m3fn, device=x.device) if a8 else weight
     _skinny_gemm[(panels, split)](
         x, weight, bias if bias is not None else weight, y, rows, n, k, x.stride(0), y.stride(0),
         pos, cs, slots, kv, stride_kvs, parts, num_parts, eps, res, g, scaled, qa.scale,
-        qa.offset, work, count, k_per, KIND=qa.KIND, GROUP=qa.GROUP,
+        qa.offset, work, count, xq, k_per, KIND=qa.KIND, GROUP=qa.GROUP,
         FAST=fast_dequant(x) and bool(qa.KIND),
         HAS_BIAS=bias is not None, **{**_PLAIN, **mode}, NORM_IN=NORM_IN,
         PART_BLOCK=PART_BLOCK, EVEN=EVEN,
@@ -392,7 +421,8 @@ def _launch(x, qa: QuantArgs, bias, y, n, cfg, mode: dict, EVEN: bool,
         BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         PREFETCH_K=prefetch_columns(weight), LINE=line_columns(weight),
         TRIGGER_STEPS=TRIGGER_STEPS, SPLIT=split, HALVES=quant_tiles.INT4_HALVES,
-        PRELOAD=QUANT_PRELOAD and qa.GROUP == 0 and qa.KIND != "",
+        PRELOAD=QUANT_PRELOAD and qa.GROUP == 0 and qa.KIND != "" and not a8, A8=a8,
+        **skinny_a8.prep_constants(rows, k_per, a8),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **options,
         **pdl_launch_args(x.device, pdl))
 
@@ -427,7 +457,10 @@ def skinny_qkv_rope(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor
     bias = bias.contiguous() if bias is not None else None
     half = head_dim // 2
     plain = _config(None, qa, n, False, x)
-    cfg = plain._replace(block_n=max(16, min(plain.block_n // 2, triton.next_power_of_2(half))))
+    # a head's two halves make two panels of half the plain rows (fp8 activations: 64 rows
+    # a panel, the fp8 MMA's)
+    rows_a_panel = plain.block_n if uses_a8(x, qa) else plain.block_n // 2
+    cfg = plain._replace(block_n=max(16, min(rows_a_panel, triton.next_power_of_2(half))))
     if qa.KIND:  # a warp per 16-row MMA tile: no warp widens another's weights
         cfg = cfg._replace(num_warps=min(cfg.num_warps, cfg.block_n // 16))
     chunks = triton.cdiv(half, cfg.block_n)

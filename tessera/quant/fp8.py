@@ -10,8 +10,10 @@ FEW_ROWS rows (decode batches) kernels/fp8_gemm.py, whose tiles keep the memory 
 cuBLASLt's are too few (H200, Llama-3-8B products at 64 rows: 71 us a layer against 107),
 above that torch._scaled_mm (cuBLASLt, row-wise scales in its epilogue). Used by
 QuantizedLinearMethod (quant/quantized.py) for products of more than 16 rows; decode
-steps of few rows stay weight-only (the skinny GEMM: bound by reading W, where fp8
-activations save nothing).
+steps of few rows stay weight-only (the skinny GEMM widens W in registers) unless
+kernels/skinny_gemm.py's FP8_ACTIVATIONS knob is on: then up to A8_MAX_ROWS rows are
+W8A8 too (kernels/skinny_a8.py: each program quantizes its split of x; widening costs
+~4.2 instructions a weight on sm_90, the fp8 MMA ~0.95).
 """
 from __future__ import annotations
 

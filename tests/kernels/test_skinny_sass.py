@@ -2,7 +2,10 @@
 run as a script: Triton compiles there, not interprets; its wheel's ptxas and nvdisasm):
 with QUANT_PRELOAD an int8 / fp8 W's first tile is loaded before the PDL wait (ACQBULK in
 the SASS), as a dense W's always is; without it no W load precedes the wait; and the K
-loop is the MMA's. What the knob is for, checked where no GPU runs it."""
+loop is the MMA's. With fp8 activations (kernels/skinny_a8.py) an fp8 W's loop is the
+fp8 warpgroup MMA's (QGMMA), with no widening: fewer than 1.5 instructions a weight
+against the widening loop's more than 3. What the knobs are for, checked where no GPU
+runs them."""
 from __future__ import annotations
 
 import json
@@ -16,7 +19,7 @@ TOOL = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "kernel
 
 def test_only_preloaded_and_dense_tiles_precede_the_wait():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, TOOL, "--kinds", "dense,int8,fp8", "--preload",
+    out = subprocess.run([sys.executable, TOOL, "--kinds", "dense,int8,fp8,a8", "--preload",
                           "0,1", "--json"], capture_output=True, text=True, env=env,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -26,5 +29,8 @@ def test_only_preloaded_and_dense_tiles_precede_the_wait():
     for kind in ("int8", "fp8"):
         assert found[(kind, True)]["loads_before_wait"] == 8
         assert found[(kind, False)]["loads_before_wait"] == 0
+    a8 = found.pop(("a8", False))
     for r in found.values():
         assert r["mix"].get("HMMA", 0) > 0 and r["per_weight"] > 0
+    assert a8["mix"].get("QGMMA", 0) > 0 and "HMMA" not in a8["mix"]
+    assert a8["per_weight"] < 1.5 < 3 < found[("fp8", False)]["per_weight"]

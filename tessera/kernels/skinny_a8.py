@@ -1,0 +1,139 @@
+"""fp8 activations in the skinny decode GEMM (kernels/skinny_gemm.py), Triton: an fp8 W
+times fp8 x on the tensor cores, the activations quantized by each program itself.
+
+Objects: jit `quantize_x`, `a8_loop`; host `a8_capable(x)`, `prep_width(rows)`,
+`prep_constants(rows, k_per, a8)`, `a8_dequantized_x(x, k_per)` (the reference's x).
+
+Why: a decode step of a few rows is bound by reading W, but widening an e4m3 W to bf16
+in registers costs ~4.2 instructions a weight (SASS for sm_90, 32-row panels on 2 warps:
+benchmarks/kernels/skinny_sass.py): at the memory's speed, about half of what an SM can
+issue, from the few warps a skinny product has (on the H200 the widening path reaches
+63% of the roofline at batch 1). With x in e4m3 too, the product is Hopper's fp8 MMA
+(wgmma, 64-row panels on a warpgroup), which reads both operands from shared memory:
+~0.95 a weight, no widening, as the bf16 path's ~0.8 a byte. The activations are quantized as quant/fp8.py's W8A8 quantizes them (max|x| / 448 a row,
+x / scale saturated to +-448 in e4m3), over the columns [k_lo, k_hi) a program takes
+(its split of K: kernels/split_k.py) rather than over the whole row, so no program waits
+for another: a finer scale, never a coarser one.
+
+Flow (`_skinny_gemm` with A8, after the PDL wait): `quantize_x` reads x's M rows over
+the program's columns (once where they fit a prep step, else twice: max|x|, then x times
+448 / max|x|, from L2), stores the e4m3 values in
+a scratch [M, K] (every program of a split stores the same bytes), waits for its own
+threads' stores (a barrier) and gives the scales at the accumulator's columns [BLOCK_M];
+`a8_loop` then walks K as the widening loop does, the scratch's tile as the MMA's B
+operand; the caller applies W's per-row scales and these after the loop (the sum is
+linear, so before split-K's reduction), then every epilogue as for any W.
+Reference: `a8_dequantized_x(x, k_per)`, x as the kernel sees it (each split's e4m3 values
+times its scales, float32), so the references of the widening path hold with it.
+Cost: each program quantizes its columns of x itself (SASS for sm_90: ~5 instructions an
+element of M rows read once, ~8.5 read twice, against ~0.95 a weight of its 64 rows, 128
+gated), so the mode is taken up to skinny_gemm.A8_MAX_ROWS rows.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from tessera import envs
+from tessera.kernels import pdl
+from tessera.kernels.quant_tiles import stored
+from tessera.quant.formats import FP8_MAX
+
+PREP_ELEMENTS = 2048  # elements of x a prep step holds: 16 a thread of a warpgroup
+
+
+def prep_width(rows: int) -> int:
+    """Columns of x a prep step reads for `rows` rows (a power of two, >= 128)."""
+    return max(128, PREP_ELEMENTS // triton.next_power_of_2(max(rows, 1)))
+
+
+def prep_constants(rows: int, k_per: int, a8: bool) -> dict:
+    """The kernel's XQ_ROWS, PREP_K and XQ_ONE_PASS for `rows` rows and k_per columns a
+    program (the same for every product without A8, so those compile once)."""
+    if not a8:
+        return dict(XQ_ROWS=1, PREP_K=128, XQ_ONE_PASS=False)
+    width = prep_width(rows)
+    return dict(XQ_ROWS=triton.next_power_of_2(rows), PREP_K=width, XQ_ONE_PASS=k_per <= width)
+
+
+def a8_capable(x: torch.Tensor) -> bool:
+    """Where the fp8 MMA runs: a Hopper-class GPU (wgmma), or Triton's interpreter."""
+    if envs.triton_interpreted():
+        return True
+    return x.is_cuda and torch.cuda.get_device_capability(x.device) >= (9, 0)
+
+
+@triton.jit
+def quantize_x(x_ptr, xq_ptr, M, K, k_lo, k_hi, stride_xm, ms, ROWS: tl.constexpr,
+               PREP_K: tl.constexpr, ONE_PASS: tl.constexpr):
+    """x's rows [0, M) (ROWS >= M, a power of two) over columns [k_lo, k_hi) -> e4m3 at
+    xq_ptr (rows K long), each row times 448 / its max|x| there (saturated by the
+    conversion); -> the scales max|x| / 448 (1 for zeros) at rows ms [BLOCK_M] (0 past
+    M: those rows' sums are 0). ONE_PASS: the columns fit one step of PREP_K, read once;
+    else twice (max|x|, then the values: from L2)."""
+    rows = tl.arange(0, ROWS)
+    cols = tl.arange(0, PREP_K)
+    r_ok = rows < M
+    if ONE_PASS:
+        kk = k_lo + cols
+        ok = r_ok[:, None] & (kk < k_hi)[None, :]
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + kk[None, :], mask=ok,
+                    other=0.0).to(tl.float32)  # [ROWS, PREP_K]
+        peak = tl.max(tl.abs(x), axis=1)  # [ROWS]
+        inv = tl.where(peak > 0, 448.0 / peak, 1.0)
+        tl.store(xq_ptr + rows[:, None] * K + kk[None, :], (x * inv[:, None]).to(tl.float8e4nv),
+                 mask=ok)
+    else:
+        amax = tl.zeros([ROWS, PREP_K], tl.float32)
+        for k0 in range(k_lo, k_hi, PREP_K):
+            kk = k0 + cols
+            ok = r_ok[:, None] & (kk < k_hi)[None, :]
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + kk[None, :], mask=ok, other=0.0)
+            amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
+        peak = tl.max(amax, axis=1)
+        inv = tl.where(peak > 0, 448.0 / peak, 1.0)
+        for k0 in range(k_lo, k_hi, PREP_K):
+            kk = k0 + cols
+            ok = r_ok[:, None] & (kk < k_hi)[None, :]
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + kk[None, :], mask=ok, other=0.0)
+            tl.store(xq_ptr + rows[:, None] * K + kk[None, :],
+                     (x.to(tl.float32) * inv[:, None]).to(tl.float8e4nv), mask=ok)
+    tl.debug_barrier()  # this program's stores are seen by all its threads' loads
+    scale = tl.where(peak > 0, peak / 448.0, 1.0)
+    pick = (ms[:, None] == rows[None, :]) & r_ok[None, :]  # [BLOCK_M, ROWS]
+    return tl.sum(tl.where(pick, scale[None, :], 0.0), axis=1)
+
+
+@triton.jit
+def a8_loop(acc, acc2, w_rows, rows2, xq_ptr, ms, m_ok, n_ok, K, k_lo, k_hi, trigger_k,
+            TWO: tl.constexpr, EVEN: tl.constexpr, BLOCK_K: tl.constexpr,
+            TRIGGER_STEPS: tl.constexpr, USE_PDL: tl.constexpr):
+    """acc (acc2: TWO panels) [BLOCK_N, BLOCK_M] += W's e4m3 rows @ xq's tiles^T over
+    [k_lo, k_hi), unscaled."""
+    ks = tl.arange(0, BLOCK_K)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        if TRIGGER_STEPS > 0:  # as the widening loop: the next kernel may launch from here
+            if k0 == trigger_k:
+                pdl.launch_dependents(USE_PDL)
+        kk = k0 + ks
+        xt = tl.load(xq_ptr + ms[None, :] * K + kk[:, None],
+                     mask=(kk < K)[:, None] & m_ok[None, :], other=0.0)  # [BLOCK_K, BLOCK_M]
+        acc = tl.dot(stored(w_rows, kk, n_ok, K, EVEN), xt, acc)
+        if TWO:
+            acc2 = tl.dot(stored(rows2, kk, n_ok, K, EVEN), xt, acc2)
+    return acc, acc2
+
+
+def a8_dequantized_x(x: torch.Tensor, k_per: int) -> torch.Tensor:
+    """x [M, K] as the A8 kernel multiplies it: each k_per-column split times 448 / its
+    rows' max|x| in e4m3, times max|x| / 448 -> float32 [M, K]."""
+    parts = []
+    for part in x.float().split(k_per, dim=1):
+        amax = part.abs().amax(dim=1, keepdim=True)
+        some = amax > 0
+        inv = torch.where(some, FP8_MAX / amax, torch.ones_like(amax))
+        scale = torch.where(some, amax / FP8_MAX, torch.ones_like(amax))
+        q = (part * inv).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        parts.append(q.float() * scale)
+    return torch.cat(parts, dim=1)
