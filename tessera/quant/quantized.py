@@ -14,16 +14,20 @@ and writes its rows of data and scales (a piece already in this format, from a q
 checkpoint, is copied as it is; one in another format is dequantized and re-quantized) (quantization is row-local, so the pieces
 quantize independently and no 16-bit copy of the model is ever held). `apply` computes:
 - up to 16 rows (decode) where the skinny GEMM runs: kernels/skinny_gemm.py, which takes
-  the QuantizedWeight and dequantizes in registers, with every epilogue of the dense path
+  the QuantizedWeight and dequantizes in registers (fp8 with its FP8_ACTIVATIONS knob:
+  x quantized to fp8 in the kernel, kernels/skinny_a8.py), with every epilogue of the dense path
   (gated SiLU-and-mul, rotary + KV write, residual add + pending norm), inherited from
   UnquantizedLinearMethod through `kernel_weight`;
 - more rows with kernel ops: fp8 on GPUs of compute capability 8.9+ quantizes the
   activations per token and multiplies fp8 by fp8 (W8A8, quant/fp8.py: kernels/fp8_gemm.py
   up to 128 rows, torch._scaled_mm above); otherwise
   kernels/quant_gemm.py (weight-only, dequantized in registers);
-- without kernels (the CPU): the reference, x @ dequantize(W)^T (quant/formats.py).
+- without kernels (the CPU): the reference, x @ dequantize(W)^T (quant/formats.py); with
+  EMULATE_W8A8 (a measurement knob) an fp8 layer's x quantized per token first.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +41,11 @@ from tessera.quant.unquantized import UnquantizedLinearMethod
 
 DATA_DTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn, "int4": torch.uint8}
 RANDOM_ROWS = 4096  # rows of random weights made and quantized at a time
+# Measurement knob (benchmarks/quant_accuracy.py's "fp8a8"): where fp8 layers run without
+# the fp8 MMA (the CPU), their inputs are quantized per token as W8A8's are (quant/fp8.py)
+# and dequantized before the product, so W8A8's accuracy is measured where it cannot run;
+# None: off; 0: per token; G: per token and group of G columns (finer scales)
+EMULATE_W8A8: Optional[int] = None
 
 
 def check_quantization_device(kind: str, device: torch.device) -> None:
@@ -158,4 +167,7 @@ class QuantizedLinearMethod(UnquantizedLinearMethod):
                 return w8a8_linear(x, qw, layer.bias, pdl=self.pdl)
         if self.gemm is not None and self.kernel_format and x.dim() == 2 and x.shape[0] > 0:
             return self.gemm.quant_gemm(x, qw, layer.bias)
+        if EMULATE_W8A8 is not None and self.kind == "fp8" and x.numel():
+            from tessera.quant.fp8 import fake_quantize_activations
+            x = fake_quantize_activations(x, EMULATE_W8A8)
         return F.linear(x, dequantize(qw, x.dtype), layer.bias)  # [T, out]

@@ -76,6 +76,31 @@ def test_quantized_at_load_equals_hf_on_dequantized_weights(tiny, kind):
     assert full * per_weight < by_precision[kind] <= full * (per_weight + scales) + 4 * 2000
 
 
+def test_w8a8_emulated_on_the_cpu_equals_hf_with_inputs_quantized_per_token(tiny,
+                                                                           monkeypatch):
+    """quantized.EMULATE_W8A8 (benchmarks/quant_accuracy.py's fp8a8): every fp8 layer's
+    input quantized per token (quant/fp8.py's definition) before the product, as W8A8
+    computes on a GPU; HF with the same weights and a hook doing that on every linear
+    layer but the LM head gives the same tokens and logprobs."""
+    from tessera.quant import quantized
+    from tessera.quant.fp8 import quantize_rows_fp8_ref
+    folder, hf_model = tiny
+    monkeypatch.setattr(quantized, "EMULATE_W8A8", 0)
+    llm = LLM(folder, skip_tokenizer_init=True, device="cpu", num_blocks=64,
+              quantization="fp8")
+    ref = _dequantized(hf_model, "fp8", 0)
+
+    def per_token(module, args):
+        x = args[0]
+        xq, sx = quantize_rows_fp8_ref(x.reshape(-1, x.shape[-1]))
+        return ((xq.float() * sx).to(x.dtype).view_as(x),)
+
+    for name, module in ref.named_modules():
+        if name.split(".")[-1] in LINEAR:
+            module.register_forward_pre_hook(per_token)
+    _assert_equal_hf(_greedy(llm), ref)
+
+
 def test_keep_full_precision_and_policy_reach_the_layers(tiny_llama):
     folder, _ = tiny_llama
     llm = LLM(folder, skip_tokenizer_init=True, device="cpu", num_blocks=32,

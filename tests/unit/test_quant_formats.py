@@ -182,3 +182,23 @@ def test_quantized_weight_of_lazy_parts_reports_logical_shape():
     qw = QuantizedWeight("int4", torch.zeros(8, 32, dtype=torch.uint8), torch.ones(8, 2),
                          torch.zeros(8, 2), 32)
     assert shape_of(qw) == (8, 64) and qw.in_features == 64 and qw.out_features == 8
+
+
+def test_fake_quantized_activations_per_token_and_per_group():
+    """quant/fp8.py's emulation of W8A8's activations (the accuracy benchmark's fp8a8):
+    per token it is quantize_rows_fp8_ref's values times their scales; per group of G
+    columns each group has its own scale, so a group 2^16 smaller than its neighbours
+    keeps its values where one scale a token leaves them to e4m3's subnormals; a G that
+    does not divide K is refused."""
+    from tessera.quant.fp8 import fake_quantize_activations, quantize_rows_fp8_ref
+    x = torch.randn(3, 2, 64, generator=torch.Generator().manual_seed(0))
+    xq, sx = quantize_rows_fp8_ref(x.reshape(6, 64))
+    assert torch.equal(fake_quantize_activations(x), (xq.float() * sx).view_as(x))
+    x[..., 32:] *= 2.0 ** -16
+    per_token, per_group = fake_quantize_activations(x), fake_quantize_activations(x, 32)
+    small = x[..., 32:].abs()
+    err_token = ((per_token[..., 32:] - x[..., 32:]).abs() / small).median()
+    err_group = ((per_group[..., 32:] - x[..., 32:]).abs() / small).max()
+    assert err_group <= 2 ** -4 < err_token  # e4m3's half step against most of a value
+    with pytest.raises(ValueError, match="groups of 48 do not divide 64"):
+        fake_quantize_activations(x, 48)
