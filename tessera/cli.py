@@ -69,8 +69,11 @@ def _add_quant_sensitivity_parser(sub, parents: list) -> None:
     g = p.add_argument_group("sensitivity")
     g.add_argument("--data", required=True, metavar="FILE",
                    help="text the perplexity is measured on")
-    g.add_argument("--method", choices=("int8", "fp8", "int4"), default="int8",
-                   help="the format the other layers take (default: int8)")
+    g.add_argument("--method", choices=("int8", "fp8", "fp8a8", "int4"), default="int8",
+                   help="the format the other layers take (default: int8); fp8a8: fp8 "
+                        "measured as W8A8 runs it (each fp8 layer's input quantized per "
+                        "token, as GPUs of compute capability 8.9+ do for prompts); the "
+                        "policy is fp8's")
     g.add_argument("--group-size", type=int, choices=(32, 64, 128), default=None,
                    help="int4's group (default: the largest of 128, 64, 32 dividing every layer)")
     g.add_argument("--tokens", type=int, default=1024,

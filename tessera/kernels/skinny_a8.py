@@ -10,16 +10,17 @@ benchmarks/kernels/skinny_sass.py): at the memory's speed, about half of what an
 issue, from the few warps a skinny product has (on the H200 the widening path reaches
 63% of the roofline at batch 1). With x in e4m3 too, the product is Hopper's fp8 MMA
 (wgmma, 64-row panels on a warpgroup), which reads both operands from shared memory:
-~0.95 a weight, no widening, as the bf16 path's ~0.8 a byte. The activations are quantized as quant/fp8.py's W8A8 quantizes them (max|x| / 448 a row,
-x / scale saturated to +-448 in e4m3), over the columns [k_lo, k_hi) a program takes
-(its split of K: kernels/split_k.py) rather than over the whole row, so no program waits
-for another: a finer scale, never a coarser one.
+~0.95 a weight, no widening, as the bf16 path's ~0.8 a byte. The activations are
+quantized as quant/fp8.py's W8A8 quantizes them (a row's scale max|x| / 448, its values
+in e4m3 within +-448), over the columns [k_lo, k_hi) a program takes (its split of K:
+kernels/split_k.py) rather than over the whole row, so no program waits for another: a
+finer scale, never a coarser one.
 
 Flow (`_skinny_gemm` with A8, after the PDL wait): `quantize_x` reads x's M rows over
 the program's columns (once where they fit a prep step, else twice: max|x|, then x times
-448 / max|x|, from L2), stores the e4m3 values in
-a scratch [M, K] (every program of a split stores the same bytes), waits for its own
-threads' stores (a barrier) and gives the scales at the accumulator's columns [BLOCK_M];
+448 / max|x|, from L2), stores the e4m3 values in a scratch [M, K] (every program of a
+split stores the same bytes), waits for its own threads' stores (a barrier) and gives
+the scales at the accumulator's columns [BLOCK_M];
 `a8_loop` then walks K as the widening loop does, the scratch's tile as the MMA's B
 operand; the caller applies W's per-row scales and these after the loop (the sum is
 linear, so before split-K's reduction), then every epilogue as for any W.

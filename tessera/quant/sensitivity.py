@@ -22,6 +22,8 @@ chosen policy itself is measured (all its layers quantized at once). The file is
 quant_policy.py's format: `quantization: METHOD`, `layers: {LAYER: none}` for the kept
 ones, and `measured:` with the baseline, the predicted and measured cost and each layer's
 increase (a record; loading ignores it). Load it with `--quantization-policy FILE`.
+--method fp8a8 measures fp8 as W8A8 computes (quant/quantized.py's EMULATE_W8A8: each
+fp8 layer's input quantized per token) and writes an fp8 policy.
 """
 from __future__ import annotations
 
@@ -207,7 +209,14 @@ def run(args) -> int:
     def progress(i: int, n: int, d: LayerDelta) -> None:
         logger.info("%d/%d %s: %+.4f%%", i, n, d.name, d.increase_pct)
 
-    result = measure(llm, windows, args.method, args.group_size, args.keep, budget, progress)
+    from tessera.quant import quantized
+    w8a8 = args.method == "fp8a8"  # fp8 weights, inputs quantized as W8A8 quantizes them
+    quantized.EMULATE_W8A8 = 0 if w8a8 else None
+    try:
+        result = measure(llm, windows, "fp8" if w8a8 else args.method, args.group_size,
+                         args.keep, budget, progress)
+    finally:
+        quantized.EMULATE_W8A8 = None
     print(report(result))
     with open(args.out, "w", encoding="utf-8") as f:
         f.write(policy_text(result, os.path.abspath(args.data)))

@@ -171,3 +171,28 @@ def test_cli_writes_a_policy_and_says_what_is_wrong(tiny, tmp_path, capsys):
                str(out), *common])
     err = capsys.readouterr().err
     assert rc == 2 and "cannot load" in err, err
+
+
+def test_fp8a8_measures_fp8_as_w8a8_computes(tiny, tmp_path, capsys):
+    """--method fp8a8: the layers' costs with their inputs quantized per token as well
+    (quant/quantized.py's EMULATE_W8A8, reset afterwards); the policy written is fp8's."""
+    import yaml
+
+    from tessera.cli import main
+    from tessera.quant import quantized
+    _with_tokenizer(tiny)
+    data = tmp_path / "data.txt"
+    data.write_text(TEXT)
+    common = ["--data", str(data), "--keep", "0", "--tokens", "64", "--window", "32",
+              "--device", "cpu", "--num-blocks", "32"]
+    measured = {}
+    for method in ("fp8", "fp8a8"):
+        out = tmp_path / f"{method}.yaml"
+        rc = main(["quant-sensitivity", tiny, "--method", method, "--out", str(out), *common])
+        assert rc == 0, capsys.readouterr().err
+        assert load_policy_file(str(out))["quantization"] == "fp8"
+        measured[method] = yaml.safe_load(out.read_text())["measured"]
+        assert quantized.EMULATE_W8A8 is None
+    assert (measured["fp8a8"]["baseline_perplexity"]
+            == measured["fp8"]["baseline_perplexity"])  # the 16-bit model is not emulated
+    assert measured["fp8a8"]["increase_pct"] != measured["fp8"]["increase_pct"]
