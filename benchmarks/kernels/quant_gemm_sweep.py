@@ -206,7 +206,8 @@ def sweep(models, kinds, quick: bool, rows=(1, 4, 16, 64, 256, 2048)) -> list[di
                 for m in rows:
                     x = torch.randn(m, k, device="cuda", dtype=dt)
                     if m <= MAX_ROWS:
-                        configs = [None] if quick or m > 1 else [None] + skinny_grid(label)
+                        grid = skinny_grid("fp8a8" if label == "fp8a8" else kind)
+                        configs = [None] if quick or m > 1 else [None] + grid
                         run = lambda qw, c: skinny_gemm(x, qw, config=c)  # noqa: E731
                     else:
                         configs = [None] if quick else [None] + GEMM_GRID
@@ -218,7 +219,8 @@ def sweep(models, kinds, quick: bool, rows=(1, 4, 16, 64, 256, 2048)) -> list[di
                     best_us, best_cfg = min(res, key=lambda r: (math.isnan(r[0]), r[0]))
                     default = res[0][0]
                     if best_cfg is None:
-                        best_cfg = (a8_config(n, k) if label == "fp8a8" and m <= skinny_module.A8_MAX_ROWS
+                        a8 = label == "fp8a8" and m <= skinny_module.A8_MAX_ROWS
+                        best_cfg = (a8_config(n, k) if a8
                                     else pick_config(n, k, False, 2, kind, group)
                                     if m <= MAX_ROWS else gemm_config(m, kind, group))
                     fp8_runs = {}  # this kind's own: the W8A8 product as the model runs it

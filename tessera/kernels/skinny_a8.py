@@ -82,7 +82,7 @@ def quantize_x(x_ptr, xq_ptr, M, K, k_lo, k_hi, stride_xm, ms, ROWS: tl.constexp
         x = tl.load(x_ptr + rows[:, None] * stride_xm + kk[None, :], mask=ok,
                     other=0.0).to(tl.float32)  # [ROWS, PREP_K]
         peak = tl.max(tl.abs(x), axis=1)  # [ROWS]
-        inv = tl.where(peak > 0, 448.0 / peak, 1.0)
+        inv = 448.0 / tl.where(peak > 0, peak, 448.0)  # 1 for a row of zeros
         tl.store(xq_ptr + rows[:, None] * K + kk[None, :], (x * inv[:, None]).to(tl.float8e4nv),
                  mask=ok)
     else:
@@ -93,7 +93,7 @@ def quantize_x(x_ptr, xq_ptr, M, K, k_lo, k_hi, stride_xm, ms, ROWS: tl.constexp
             x = tl.load(x_ptr + rows[:, None] * stride_xm + kk[None, :], mask=ok, other=0.0)
             amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
         peak = tl.max(amax, axis=1)
-        inv = tl.where(peak > 0, 448.0 / peak, 1.0)
+        inv = 448.0 / tl.where(peak > 0, peak, 448.0)
         for k0 in range(k_lo, k_hi, PREP_K):
             kk = k0 + cols
             ok = r_ok[:, None] & (kk < k_hi)[None, :]

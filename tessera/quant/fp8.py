@@ -2,9 +2,9 @@
 
 Objects: `w8a8_supported(device)`, `w8a8_fits(x, qw)`, `quantize_rows_fp8_ref(x)` (dynamic
 per-token scales; kernels/fp8_rows.py computes them in one kernel),
-`fake_quantize_activations(x, group)` (x quantized and back: the CPU's emulation), `w8a8_linear(x, qw,
-bias)` and `w8a8_linear_ref` (the same arithmetic in float32, the test's oracle);
-FEW_ROWS.
+`fake_quantize_activations(x, group)` (x quantized and back: the CPU's emulation),
+`w8a8_linear(x, qw, bias)` and `w8a8_linear_ref` (the same arithmetic in float32, the
+test's oracle); FEW_ROWS.
 Flow: x [M, K] -> per-row scale sx = max|x_row| / 448 and xq = x / sx in e4m3 [M, K];
 y [M, N] = (xq @ Wq^T) * sx * sw (sw: the weight's per-channel scale [N]) (+ bias): up to
 FEW_ROWS rows (decode batches) kernels/fp8_gemm.py, whose tiles keep the memory busy where
