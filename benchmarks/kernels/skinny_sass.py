@@ -59,7 +59,7 @@ def compile_variant(kind: str, preload: bool, block_n: int, block_k: int, warps:
                  HAS_BIAS=False, GATED=False, ROPE=False, NORM_IN=False, NORM_OUT=False,
                  PART_BLOCK=1, NUM_Q=0, NUM_KV=0, HALF=0, FP8_CACHE=False, PRE_ROUND=False,
                  EVEN=True, PRECISION="tf32", BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k,
-                 PREFETCH_K=block_k, LINE=128 // (2 if kind == "dense" else 1),
+                 PREFETCH_K=max(block_k, 128), LINE=128 // (2 if kind == "dense" else 1),
                  TRIGGER_STEPS=2, USE_PDL=True, SPLIT=1, HALVES=False, PRELOAD=preload)
     signature, constexprs, attrs = {}, {}, {}
     for i, name in enumerate(names):

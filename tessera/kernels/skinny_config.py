@@ -103,7 +103,7 @@ def a8_config(n: int, k: int, gated: bool = False) -> SkinnyConfig:
     """Tiles for an fp8 W times fp8 x (kernels/skinny_a8.py): 64-row panels on a warpgroup
     (the fp8 MMA's tile), 256-wide steps, K split as `quant_config` splits it, stages
     within QUANT_SMEM_BYTES (an estimate: not yet swept on a GPU)."""
-    block_k = max(min(256, triton.next_power_of_2(k)), 16)
+    block_k = max(min(256, triton.next_power_of_2(k)), 32)  # the fp8 MMA's K is 32
     panels, split = triton.cdiv(n, 64), 1
     while panels * split < QUANT_PROGRAMS and k >= 4 * 2 * split * block_k:
         split *= 2

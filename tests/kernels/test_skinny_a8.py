@@ -194,7 +194,8 @@ def test_configs_fit_and_split_narrow_products():
         cfg = a8_config(n, k, gated)
         assert cfg.block_n == 64 and cfg.num_warps == 4  # a warpgroup's fp8 MMA tile
         assert shared_memory_bytes(cfg, gated, 1, 8) <= QUANT_SMEM_BYTES
-        assert cfg.block_k <= max(16, k)
+        assert 32 <= cfg.block_k <= max(32, k)  # the fp8 MMA takes K in 32s
     assert a8_config(4096, 4096).split_k == 4  # 64 panels -> 256 programs (K: 4 steps each)
+    assert a8_config(64, 16).block_k == 32
     assert a8_config(14336, 4096, True).split_k == 2
     assert prep_width(1) == 2048 and prep_width(3) == 512 and prep_width(16) == 128
