@@ -39,7 +39,7 @@ import triton.language as tl
 from tessera import envs
 from tessera.kernels import pdl
 from tessera.kernels.quant_tiles import stored
-from tessera.quant.formats import FP8_MAX
+from tessera.quant.fp8 import fake_quantize_activations
 
 PREP_ELEMENTS = 2048  # elements of x a prep step holds: 16 a thread of a warpgroup
 
@@ -127,14 +127,9 @@ def a8_loop(acc, acc2, w_rows, rows2, xq_ptr, ms, m_ok, n_ok, K, k_lo, k_hi, tri
 
 
 def a8_dequantized_x(x: torch.Tensor, k_per: int) -> torch.Tensor:
-    """x [M, K] as the A8 kernel multiplies it: each k_per-column split times 448 / its
-    rows' max|x| in e4m3, times max|x| / 448 -> float32 [M, K]."""
-    parts = []
-    for part in x.float().split(k_per, dim=1):
-        amax = part.abs().amax(dim=1, keepdim=True)
-        some = amax > 0
-        inv = torch.where(some, FP8_MAX / amax, torch.ones_like(amax))
-        scale = torch.where(some, amax / FP8_MAX, torch.ones_like(amax))
-        q = (part * inv).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-        parts.append(q.float() * scale)
-    return torch.cat(parts, dim=1)
+    """x [M, K] as the A8 kernel multiplies it: each k_per-column split of a row scaled to
+    +-448 in e4m3 and back (quant/fp8.py's per-token definition, a split at a time) ->
+    float32 [M, K]. (The kernel multiplies by 448 / max|x| where the definition divides
+    by max|x| / 448: the two may round a tie apart.)"""
+    return torch.cat([fake_quantize_activations(part) for part in x.float().split(k_per, dim=1)],
+                     dim=1)

@@ -52,7 +52,7 @@ def fake_quantize_activations(x: torch.Tensor, group: int = 0) -> torch.Tensor:
     columns of a row scaled to +-448 in e4m3 (`quantize_rows_fp8_ref`) and scaled back, in
     x's dtype (the accuracy benchmark's emulation on devices without the fp8 MMA)."""
     k = x.shape[-1]
-    if group and k % group:
+    if group < 0 or (group and k % group):
         raise ValueError(f"activation groups of {group} do not divide {k} columns")
     rows = x.reshape(-1, group or k)
     xq, sx = quantize_rows_fp8_ref(rows)

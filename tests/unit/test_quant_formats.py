@@ -200,5 +200,6 @@ def test_fake_quantized_activations_per_token_and_per_group():
     err_token = ((per_token[..., 32:] - x[..., 32:]).abs() / small).median()
     err_group = ((per_group[..., 32:] - x[..., 32:]).abs() / small).max()
     assert err_group <= 2 ** -4 < err_token  # e4m3's half step against most of a value
-    with pytest.raises(ValueError, match="groups of 48 do not divide 64"):
-        fake_quantize_activations(x, 48)
+    for bad in (48, -32):
+        with pytest.raises(ValueError, match=f"groups of {bad} do not divide 64"):
+            fake_quantize_activations(x, bad)
