@@ -2,7 +2,8 @@
 times fp8 x on the tensor cores, the activations quantized by each program itself.
 
 Objects: jit `quantize_x`, `a8_loop`; host `a8_capable(x)`, `prep_width(rows)`,
-`prep_constants(rows, k_per, a8)`, `a8_dequantized_x(x, k_per)` (the reference's x).
+`prep_constants(rows, k_per, a8)`; the reference's x is quant/fp8.py's
+`fake_quantize_splits(x, k_per)`.
 
 Why: a decode step of a few rows is bound by reading W, but widening an e4m3 W to bf16
 in registers costs ~4.2 instructions a weight (SASS for sm_90, 32-row panels on 2 warps:
@@ -24,8 +25,9 @@ the scales at the accumulator's columns [BLOCK_M];
 `a8_loop` then walks K as the widening loop does, the scratch's tile as the MMA's B
 operand; the caller applies W's per-row scales and these after the loop (the sum is
 linear, so before split-K's reduction), then every epilogue as for any W.
-Reference: `a8_dequantized_x(x, k_per)`, x as the kernel sees it (each split's e4m3 values
-times its scales, float32), so the references of the widening path hold with it.
+Reference: quant/fp8.py's `fake_quantize_splits(x, k_per)`, x as the kernel sees it
+(each split's e4m3 values times its scales, float32), so the references of the widening
+path hold with it.
 Cost: each program quantizes its columns of x itself (SASS for sm_90: ~5 instructions an
 element of M rows read once, ~8.5 read twice, against ~0.95 a weight of its 64 rows, 128
 gated), so the mode is taken up to skinny_gemm.A8_MAX_ROWS rows.
@@ -39,7 +41,6 @@ import triton.language as tl
 from tessera import envs
 from tessera.kernels import pdl
 from tessera.kernels.quant_tiles import stored
-from tessera.quant.fp8 import fake_quantize_activations
 
 PREP_ELEMENTS = 2048  # elements of x a prep step holds: 16 a thread of a warpgroup
 
@@ -124,12 +125,3 @@ def a8_loop(acc, acc2, w_rows, rows2, xq_ptr, ms, m_ok, n_ok, K, k_lo, k_hi, tri
         if TWO:
             acc2 = tl.dot(stored(rows2, kk, n_ok, K, EVEN), xt, acc2)
     return acc, acc2
-
-
-def a8_dequantized_x(x: torch.Tensor, k_per: int) -> torch.Tensor:
-    """x [M, K] as the A8 kernel multiplies it: each k_per-column split of a row scaled to
-    +-448 in e4m3 and back (quant/fp8.py's per-token definition, a split at a time) ->
-    float32 [M, K]. (The kernel multiplies by 448 / max|x| where the definition divides
-    by max|x| / 448: the two may round a tie apart.)"""
-    return torch.cat([fake_quantize_activations(part) for part in x.float().split(k_per, dim=1)],
-                     dim=1)

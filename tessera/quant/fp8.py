@@ -3,6 +3,7 @@
 Objects: `w8a8_supported(device)`, `w8a8_fits(x, qw)`, `quantize_rows_fp8_ref(x)` (dynamic
 per-token scales; kernels/fp8_rows.py computes them in one kernel),
 `fake_quantize_activations(x, group)` (x quantized and back: the CPU's emulation),
+`fake_quantize_splits(x, k_per)` (the same a split of K at a time: kernels/skinny_a8.py's x),
 `w8a8_linear(x, qw, bias)` and `w8a8_linear_ref` (the same arithmetic in float32, the
 test's oracle); FEW_ROWS.
 Flow: x [M, K] -> per-row scale sx = max|x_row| / 448 and xq = x / sx in e4m3 [M, K];
@@ -57,6 +58,15 @@ def fake_quantize_activations(x: torch.Tensor, group: int = 0) -> torch.Tensor:
     rows = x.reshape(-1, group or k)
     xq, sx = quantize_rows_fp8_ref(rows)
     return (xq.float() * sx).to(x.dtype).view_as(x)
+
+
+def fake_quantize_splits(x: torch.Tensor, k_per: int) -> torch.Tensor:
+    """x [M, K] as the skinny GEMM's fp8-activation mode multiplies it (kernels/skinny_a8.py):
+    each k_per-column split of a row (the last may be shorter) scaled to +-448 in e4m3 and
+    back -> float32 [M, K]. (The kernel multiplies by 448 / max|x| where this divides by
+    max|x| / 448: the two may round a tie apart.)"""
+    return torch.cat([fake_quantize_activations(part) for part in x.float().split(k_per, dim=1)],
+                     dim=1)
 
 
 def w8a8_linear(x: torch.Tensor, qw: QuantizedWeight,

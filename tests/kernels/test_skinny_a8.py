@@ -1,6 +1,6 @@
 """The skinny GEMM's fp8-activation mode (kernels/skinny_a8.py, skinny_gemm.FP8_ACTIVATIONS):
 an fp8 W times x quantized to e4m3 in the kernel, per row and per split of K, against the
-widening path's references given x as the kernel multiplies it (`a8_dequantized_x`):
+widening path's references given x as the kernel multiplies it (`fake_quantize_splits`):
 plain, bias, gated, split along K, q/k/v with rotary and the cache write, the residual add
 leaving a norm pending, a pending norm finished; more rows than A8_MAX_ROWS widen as
 before; the knob off changes nothing.
@@ -18,12 +18,13 @@ import torch
 from tessera.kernels import skinny_gemm as sg
 from tessera.kernels import split_k
 from tessera.kernels.norm_epilogue import pending_norm_ref
-from tessera.kernels.skinny_a8 import a8_dequantized_x, prep_width
+from tessera.kernels.skinny_a8 import prep_width
 from tessera.kernels.skinny_config import (QUANT_SMEM_BYTES, MAX_ROWS, SkinnyConfig,
                                            a8_config, shared_memory_bytes)
 from tessera.kernels.skinny_gemm import (skinny_gemm, skinny_gemm_add_norm, skinny_gemm_ref,
                                          skinny_qkv_rope)
 from tessera.quant.formats import quantize
+from tessera.quant.fp8 import fake_quantize_splits
 from tests.kernels.test_skinny_qkv_rope import qkv_case, unfused
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -63,7 +64,7 @@ def as_multiplied(x, n, qw, gated=False, config=None):
     """x as the kernel multiplies it (float32), for the config it takes."""
     cfg = config or a8_config(n, qw.in_features, gated)
     k = x.shape[1]
-    return a8_dequantized_x(x, split_k.k_per_split(k, cfg.block_k, cfg.split_k))
+    return fake_quantize_splits(x, split_k.k_per_split(k, cfg.block_k, cfg.split_k))
 
 
 def close(got, ref, dtype, scale=1.0):
@@ -117,7 +118,7 @@ def test_split_scales_are_their_own():
     qw = quantize("fp8", w.to(DEVICE), 0)
     got = skinny_gemm(x, qw, config=SPLIT3)
     per_split = skinny_gemm_ref(as_multiplied(x, n, qw, config=SPLIT3), qw)
-    whole_row = skinny_gemm_ref(a8_dequantized_x(x, k), qw)
+    whole_row = skinny_gemm_ref(fake_quantize_splits(x, k), qw)
     size = per_split.abs().max()
     assert (got - per_split).abs().max() <= (1e-2 if DEVICE == "cuda" else 1e-5) * size
     assert (got - whole_row).abs().max() > 0.1 * size
