@@ -40,7 +40,10 @@ from triton.compiler import ASTSource  # noqa: E402
 from tessera.kernels.skinny_gemm import _skinny_gemm  # noqa: E402
 
 # a8: an fp8 W times x quantized to fp8 in the kernel (kernels/skinny_a8.py)
-W_TYPES = {"dense": "*bf16", "int8": "*i8", "fp8": "*fp8e4nv", "int4": "*u8", "a8": "*fp8e4nv"}
+W_TYPES = {"dense": "*bf16", "int8": "*i8", "fp8": "*fp8e4nv", "int4": "*u8", "a8": "*fp8e4nv",
+           "int8x16": "*i8", "fp8x16": "*fp8e4nv"}
+# x16: an int8 / fp8 W times x made fp16 in the kernel (skinny_gemm.FP16_X)
+X16_KINDS = {"int8x16": "int8", "fp8x16": "fp8"}
 GROUPS = {"int4": 128}  # the kinds in groups: int4 g128, as quantized at load
 # (block_n, block_k, warps) where the options leave them: the launchers' own for quantized
 # W (skinny_config.quant_config, a8_config); 32 x 256 on 2 warps for a dense W
@@ -53,9 +56,10 @@ def compile_variant(kind: str, preload: bool, block_n: int, block_k: int, warps:
                     stages: int, arch: int):
     """The plain product (no bias, norm or epilogue) of a bf16 x and a `kind` W, PDL on."""
     names = list(_skinny_gemm.arg_names)
-    const = dict(KIND={"dense": "", "a8": "fp8"}.get(kind, kind), GROUP=GROUPS.get(kind, 0),
-                 FAST=kind != "dense", A8=kind == "a8", XQ_ROWS=1, PREP_K=2048,
-                 XQ_ONE_PASS=True,  # a8: the columns of a program fit one prep step
+    const = dict(KIND={"dense": "", "a8": "fp8", **X16_KINDS}.get(kind, kind),
+                 GROUP=GROUPS.get(kind, 0), FAST=kind != "dense", A8=kind == "a8",
+                 X16=kind in X16_KINDS, XQ_ROWS=1, PREP_K=2048,
+                 XQ_ONE_PASS=True,  # a8, x16: the columns of a program fit one prep step
                  HAS_BIAS=False, GATED=False, ROPE=False, NORM_IN=False, NORM_OUT=False,
                  PART_BLOCK=1, NUM_Q=0, NUM_KV=0, HALF=0, FP8_CACHE=False, PRE_ROUND=False,
                  EVEN=True, PRECISION="tf32", BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k,
@@ -72,7 +76,8 @@ def compile_variant(kind: str, preload: bool, block_n: int, block_k: int, warps:
             signature[name] = "fp32"
         else:  # a pointer: W's type, the index and counter tensors', else bf16 / fp32
             signature[name] = (W_TYPES[kind] if name == "w_ptr" else
-                               "*fp8e4nv" if name == "xq_ptr" else
+                               ("*fp16" if kind in X16_KINDS else "*fp8e4nv")
+                               if name == "xq_ptr" else
                                "*i64" if name in ("pos_ptr", "slot_ptr") else
                                "*i32" if name == "count_ptr" else
                                "*fp32" if name in ("part_ptr", "scale_ptr", "offset_ptr",
@@ -171,7 +176,7 @@ def main() -> None:
               f"one row")
     for kind in args.kinds.split(","):
         for preload in sorted({int(p) for p in args.preload.split(",")}):
-            if preload and (kind in ("dense", "a8") or kind in GROUPS):
+            if preload and (kind in ("dense", "a8") or kind in GROUPS or kind in X16_KINDS):
                 continue  # dense: always before the wait; groups, a8: never (the launcher's)
             r = analyse(kind, bool(preload), args)
             print(json.dumps(r) if args.json else describe(r), flush=True)

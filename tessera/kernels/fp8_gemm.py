@@ -28,7 +28,7 @@ import triton.language as tl
 
 from tessera.kernels import pdl, split_k
 from tessera.kernels.pdl import pdl_launch_args
-from tessera.kernels.skinny_gemm import line_columns, prefetch_columns, prefetch_l2
+from tessera.kernels.l2_prefetch import line_columns, prefetch_columns, prefetch_l2
 from tessera.quant.formats import QuantizedWeight
 
 class Fp8GemmConfig(NamedTuple):

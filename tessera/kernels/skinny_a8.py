@@ -43,6 +43,7 @@ from tessera.kernels import pdl
 from tessera.kernels.quant_tiles import stored
 
 PREP_ELEMENTS = 2048  # elements of x a prep step holds: 16 a thread of a warpgroup
+PREP_DTYPES = {"fp8": torch.float8_e4m3fn, "fp16": torch.float16}  # x_prep's -> the scratch's
 
 
 def prep_width(rows: int) -> int:
@@ -50,10 +51,10 @@ def prep_width(rows: int) -> int:
     return max(128, PREP_ELEMENTS // triton.next_power_of_2(max(rows, 1)))
 
 
-def prep_constants(rows: int, k_per: int, a8: bool) -> dict:
+def prep_constants(rows: int, k_per: int, prep: bool) -> dict:
     """The kernel's XQ_ROWS, PREP_K and XQ_ONE_PASS for `rows` rows and k_per columns a
-    program (the same for every product without A8, so those compile once)."""
-    if not a8:
+    program (the same for every product that makes nothing of x, so those compile once)."""
+    if not prep:
         return dict(XQ_ROWS=1, PREP_K=128, XQ_ONE_PASS=False)
     width = prep_width(rows)
     return dict(XQ_ROWS=triton.next_power_of_2(rows), PREP_K=width, XQ_ONE_PASS=k_per <= width)
@@ -67,13 +68,30 @@ def a8_capable(x: torch.Tensor) -> bool:
 
 
 @triton.jit
+def _multipliers(peak, FP16: tl.constexpr):
+    """A row's max|x| [ROWS] -> (what x is multiplied by, what undoes it) [ROWS] each.
+    e4m3: 448 / max|x| (1 for zeros). fp16: 2^(14 - floor(log2 max|x|)), which puts
+    max|x| in [2^14, 2^15) and so every bf16 value in fp16's range exactly (a power of
+    two; built from the exponent bits, so no rounding of a logarithm can push it out)."""
+    if FP16:
+        e = (peak.to(tl.int32, bitcast=True) >> 23) - 127  # floor(log2 peak), peak >= 0
+        e = tl.minimum(tl.maximum(e, -100), 127)  # zeros (and fp32 subnormals): any power
+        inv = ((127 + 14 - e) << 23).to(tl.float32, bitcast=True)
+        return inv, ((127 - 14 + e) << 23).to(tl.float32, bitcast=True)
+    return 448.0 / tl.where(peak > 0, peak, 448.0), tl.where(peak > 0, peak / 448.0, 1.0)
+
+
+@triton.jit
 def quantize_x(x_ptr, xq_ptr, M, K, k_lo, k_hi, stride_xm, ms, ROWS: tl.constexpr,
                PREP_K: tl.constexpr, ONE_PASS: tl.constexpr):
-    """x's rows [0, M) (ROWS >= M, a power of two) over columns [k_lo, k_hi) -> e4m3 at
-    xq_ptr (rows K long), each row times 448 / its max|x| there (saturated by the
-    conversion); -> the scales max|x| / 448 (1 for zeros) at rows ms [BLOCK_M] (0 past
-    M: those rows' sums are 0). ONE_PASS: the columns fit one step of PREP_K, read once;
-    else twice (max|x|, then the values: from L2)."""
+    """x's rows [0, M) (ROWS >= M, a power of two) over columns [k_lo, k_hi) -> xq_ptr's
+    dtype at xq_ptr (rows K long): e4m3, each row times 448 / its max|x| there (saturated
+    by the conversion), or fp16, each row times a power of two (`_multipliers`); -> the
+    scales that undo it at rows ms [BLOCK_M] (0 past M: those rows' sums are 0).
+    ONE_PASS: the columns fit one step of PREP_K, read once; else twice (max|x|, then
+    the values: from L2)."""
+    xq_dt = xq_ptr.dtype.element_ty
+    fp16 = xq_dt == tl.float16
     rows = tl.arange(0, ROWS)
     cols = tl.arange(0, PREP_K)
     r_ok = rows < M
@@ -83,9 +101,8 @@ def quantize_x(x_ptr, xq_ptr, M, K, k_lo, k_hi, stride_xm, ms, ROWS: tl.constexp
         x = tl.load(x_ptr + rows[:, None] * stride_xm + kk[None, :], mask=ok,
                     other=0.0).to(tl.float32)  # [ROWS, PREP_K]
         peak = tl.max(tl.abs(x), axis=1)  # [ROWS]
-        inv = 448.0 / tl.where(peak > 0, peak, 448.0)  # 1 for a row of zeros
-        tl.store(xq_ptr + rows[:, None] * K + kk[None, :], (x * inv[:, None]).to(tl.float8e4nv),
-                 mask=ok)
+        inv, scale = _multipliers(peak, fp16)
+        tl.store(xq_ptr + rows[:, None] * K + kk[None, :], (x * inv[:, None]).to(xq_dt), mask=ok)
     else:
         amax = tl.zeros([ROWS, PREP_K], tl.float32)
         for k0 in range(k_lo, k_hi, PREP_K):
@@ -94,15 +111,14 @@ def quantize_x(x_ptr, xq_ptr, M, K, k_lo, k_hi, stride_xm, ms, ROWS: tl.constexp
             x = tl.load(x_ptr + rows[:, None] * stride_xm + kk[None, :], mask=ok, other=0.0)
             amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
         peak = tl.max(amax, axis=1)
-        inv = 448.0 / tl.where(peak > 0, peak, 448.0)
+        inv, scale = _multipliers(peak, fp16)
         for k0 in range(k_lo, k_hi, PREP_K):
             kk = k0 + cols
             ok = r_ok[:, None] & (kk < k_hi)[None, :]
             x = tl.load(x_ptr + rows[:, None] * stride_xm + kk[None, :], mask=ok, other=0.0)
             tl.store(xq_ptr + rows[:, None] * K + kk[None, :],
-                     (x.to(tl.float32) * inv[:, None]).to(tl.float8e4nv), mask=ok)
+                     (x.to(tl.float32) * inv[:, None]).to(xq_dt), mask=ok)
     tl.debug_barrier()  # this program's stores are seen by all its threads' loads
-    scale = tl.where(peak > 0, peak / 448.0, 1.0)
     pick = (ms[:, None] == rows[None, :]) & r_ok[None, :]  # [BLOCK_M, ROWS]
     return tl.sum(tl.where(pick, scale[None, :], 0.0), axis=1)
 

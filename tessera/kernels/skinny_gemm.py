@@ -23,7 +23,10 @@ norm's 1/rms, the bias and the epilogue; `quant_config` (QUANT_CONFIG_OVERRIDES,
 knob) picks its tiles. The dense kernel's compiled code is unchanged (constexpr branches).
 An fp8 W with FP8_ACTIVATIONS (A/B knob, off) and at most A8_MAX_ROWS rows takes the A8
 mode instead (kernels/skinny_a8.py): each program quantizes its columns of x to fp8 and
-multiplies on the fp8 MMA, no widening (`uses_a8`; tiles: skinny_config.a8_config).
+multiplies on the fp8 MMA, no widening (`uses_a8`; tiles: skinny_config.a8_config); an
+int8 / fp8 W with FP16_X (A/B knob, off) and a bf16 x of at most X16_MAX_ROWS rows, the
+X16 mode: each program makes its columns of x fp16 (exactly: times a power of two) and W
+widens to fp16, which costs fewer instructions than to bf16 (`x_prep`).
 
 The work is split along N: each program owns BLOCK_N rows of W and walks K in BLOCK_K
 steps, `tl.dot`(W tile [BLOCK_N, BLOCK_K], x^T tile [BLOCK_K, 16]) with the
@@ -34,10 +37,8 @@ A config may also split K among split_k programs (kernels/split_k.py: the last o
 adds the partial sums and runs the epilogue), as quantized weights' configs do where a
 product has few panels.
 Under PDL (kernels/pdl.py) the first W tile is loaded (an int8 / fp8 W's stored bytes too:
-QUANT_PRELOAD, the loop's first step peeled), and the leading columns of every
-row (PREFETCH_BYTES in all) asked of L2, before waiting for the kernel that produces x (on
-the H100, batch 1: 8 MiB 176.1 tok/s, 16-24 MiB 175.7, 32 MiB 173.4, 1024 columns
-whatever the size ~174); it lets the next kernel launch TRIGGER_STEPS steps before its
+QUANT_PRELOAD, the loop's first step peeled), and the leading columns of every row
+(kernels/l2_prefetch.py) asked of L2, before waiting for the kernel that produces x; it lets the next kernel launch TRIGGER_STEPS steps before its
 loop ends, so that kernel's own prefetch overlaps this one's tail. Loading x through a
 fused SiLU or RMSNorm inside the loop was measured too: it halved the speed, so those
 stay out of the loop (a pending norm's x is loaded as it is stored; its scale applies
@@ -53,6 +54,7 @@ import triton.language as tl
 
 from tessera.kernels import pdl
 from tessera.kernels.pdl import pdl_launch_args
+from tessera.kernels.l2_prefetch import line_columns, prefetch_columns, prefetch_l2
 from tessera.kernels.norm_epilogue import (PendingNorm, add_pending_norm, inverse_rms,
                                            load_parts)
 from tessera.kernels.quant_tiles import QuantArgs, fast_dequant, quant_args, quant_dot, row_scale
@@ -62,7 +64,6 @@ from tessera.kernels.skinny_config import MAX_ROWS, SkinnyConfig, a8_config, pic
 from tessera.kernels import quant_tiles, skinny_a8, split_k
 from tessera.quant.formats import QuantizedWeight, quant_linear_ref
 
-PREFETCH_BYTES = 8 << 20  # under PDL: how much of W is asked of L2 before the wait
 # Under PDL, K steps before the end of its loop at which a GEMM lets the next kernel launch
 # (A/B knob). On H100s, batch 1 (norms in the projections): 0 (after the loop) 178.3 tok/s,
 # 1: 178.9, 2: 179.0-179.8, 3: 179.0, 4: 178.9
@@ -74,32 +75,12 @@ QUANT_PRELOAD = False  # off until measured on the GPU
 # kernel, on the fp8 MMA (kernels/skinny_a8.py), instead of W widened to x's dtype
 FP8_ACTIVATIONS = False  # off until measured on the GPU
 A8_MAX_ROWS = 4
-
-
-def line_columns(weight: torch.Tensor) -> int:
-    """Columns of W in one 128-byte cache line."""
-    return 128 // weight.element_size()
-
-
-def prefetch_columns(weight: torch.Tensor) -> int:
-    """Leading columns of every W row to prefetch: a power of two of whole 128-byte
-    lines within PREFETCH_BYTES in all, or 0."""
-    rows, k = weight.shape
-    if rows == 0 or k == 0:
-        return 0
-    budget = min(PREFETCH_BYTES // (rows * weight.element_size()), triton.next_power_of_2(k))
-    return 1 << (budget.bit_length() - 1) if budget >= line_columns(weight) else 0
-
-
-@triton.jit
-def prefetch_l2(w_ptr, w_rows, n_ok, K, PREFETCH_K: tl.constexpr, LINE: tl.constexpr):
-    """Asks L2 for the first PREFETCH_K columns of these W rows, one 128-byte line (LINE
-    columns) at a time; rows past N ask for W's first line instead."""
-    cols = tl.arange(0, PREFETCH_K // LINE) * LINE
-    ptrs = tl.where(n_ok[:, None] & (cols < K)[None, :], w_rows + cols[None, :], w_ptr)
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l",
-                              [ptrs.to(tl.int64)],
-                              dtype=tl.int32, is_pure=False, pack=1)
+# A/B knob: an int8 or fp8 W (per-row scales) times a bf16 x of up to X16_MAX_ROWS rows
+# with x as fp16 times a power of two (exact), made in the kernel (kernels/skinny_a8.py),
+# so W widens to fp16 (fp8: one native conversion a pair; SASS for sm_90, the K loop a
+# weight: fp8 4.23 -> 2.26, int8 3.77 -> 3.27 instructions) instead of to bf16
+FP16_X = False  # off until measured on the GPU
+X16_MAX_ROWS = 4
 
 
 @triton.jit
@@ -160,7 +141,8 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
                  BLOCK_K: tl.constexpr, PREFETCH_K: tl.constexpr, LINE: tl.constexpr,
                  TRIGGER_STEPS: tl.constexpr, USE_PDL: tl.constexpr, SPLIT: tl.constexpr,
                  HALVES: tl.constexpr, PRELOAD: tl.constexpr, A8: tl.constexpr,
-                 XQ_ROWS: tl.constexpr, PREP_K: tl.constexpr, XQ_ONE_PASS: tl.constexpr):
+                 X16: tl.constexpr, XQ_ROWS: tl.constexpr, PREP_K: tl.constexpr,
+                 XQ_ONE_PASS: tl.constexpr):
     # N: rows of the output (I when gated; W then has 2I rows, up at row offset N; in rope
     # mode the heads, NUM_Q + 2 NUM_KV of 2 HALF rows, place the programs instead). Along
     # axis 1, SPLIT programs take K_PER columns each (kernels/split_k.py).
@@ -235,20 +217,28 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
         if GATED or ROPE:
             acc2 = row_scale(acc2, scale_ptr, ns2, n_ok) * sx[None, :]
     else:  # quantized W, widened in registers (kernels/quant_tiles.py)
+        xs, stride_xs = x_ptr, stride_xm  # the x the loop reads
+        if X16:  # bf16 x as fp16 times a power of two, so W widens to fp16 (skinny_a8.py)
+            sx = skinny_a8.quantize_x(x_ptr, xq_ptr, M, K, k_lo, k_hi, stride_xm, ms, XQ_ROWS,
+                                      PREP_K, XQ_ONE_PASS)  # [BLOCK_M]
+            xs, stride_xs = xq_ptr, K
         acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
         acc2 = acc
         k_loop = k_lo
         if PRELOAD:  # the first step, from the bytes loaded before the wait
-            dt = x_ptr.dtype.element_ty
-            xt = _x_tile(x_ptr, ms, k_lo + ks, m_ok, K, stride_xm)
+            dt = xs.dtype.element_ty
+            xt = _x_tile(xs, ms, k_lo + ks, m_ok, K, stride_xs)
             acc = tl.dot(quant_tiles.widen(wq, dt, FAST), xt, input_precision=PRECISION)
             if GATED or ROPE:
                 acc2 = tl.dot(quant_tiles.widen(wq2, dt, FAST), xt, input_precision=PRECISION)
             k_loop = k_lo + BLOCK_K
         acc, acc2 = _quant_loop(acc, acc2, w_rows, rows2, scale_ptr, offset_ptr, ns, ns2, n_ok,
-                                x_ptr, ms, m_ok, K, k_loop, k_hi, stride_xm, trigger_k, KIND,
+                                xs, ms, m_ok, K, k_loop, k_hi, stride_xs, trigger_k, KIND,
                                 GROUP, FAST, GATED or ROPE, EVEN, PRECISION, BLOCK_N, BLOCK_M,
                                 BLOCK_K, TRIGGER_STEPS, USE_PDL, HALVES)
+        if X16:
+            acc = acc * sx[None, :]
+            acc2 = acc2 * sx[None, :]
     pdl.launch_dependents(USE_PDL)  # for a K too short to reach trigger_k (else a no-op);
     # at the start of the kernel it was slower (171.4 vs 173.9 tok/s)
     if SPLIT > 1:  # the last program along K adds the partials and runs the epilogue
@@ -297,6 +287,17 @@ def uses_a8(x: torch.Tensor, qa: QuantArgs) -> bool:
     W, at most A8_MAX_ROWS rows, and a GPU with the fp8 MMA (or the interpreter)."""
     return (FP8_ACTIVATIONS and qa.KIND == "fp8" and x.shape[0] <= A8_MAX_ROWS
             and skinny_a8.a8_capable(x))
+
+
+def x_prep(x: torch.Tensor, qa: QuantArgs) -> str:
+    """What each program makes of x before its loop: "fp8" (`uses_a8`), "fp16" (FP16_X:
+    an int8 / fp8 W with per-row scales, a bf16 x of at most X16_MAX_ROWS rows) or ""."""
+    if uses_a8(x, qa):
+        return "fp8"
+    if (FP16_X and qa.KIND in ("int8", "fp8") and not qa.GROUP and x.dtype == torch.bfloat16
+            and x.shape[0] <= X16_MAX_ROWS):
+        return "fp16"
+    return ""
 
 
 def _config(config, qa: QuantArgs, n: int, gated: bool, x: torch.Tensor) -> SkinnyConfig:
@@ -408,8 +409,9 @@ def _launch(x, qa: QuantArgs, bias, y, n, cfg, mode: dict, EVEN: bool,
     if split > 1:
         work = split_k.workspace(panels, split, cfg.block_n, x.device)
         count = split_k.counters(x.device)
-    a8 = uses_a8(x, qa)
-    xq = torch.empty(rows, k, dtype=torch.float8_e4m3fn, device=x.device) if a8 else weight
+    prep = x_prep(x, qa)
+    xq = (torch.empty(rows, k, dtype=skinny_a8.PREP_DTYPES[prep], device=x.device) if prep
+          else weight)
     _skinny_gemm[(panels, split)](
         x, weight, bias if bias is not None else weight, y, rows, n, k, x.stride(0), y.stride(0),
         pos, cs, slots, kv, stride_kvs, parts, num_parts, eps, res, g, scaled, qa.scale,
@@ -421,8 +423,9 @@ def _launch(x, qa: QuantArgs, bias, y, n, cfg, mode: dict, EVEN: bool,
         BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         PREFETCH_K=prefetch_columns(weight), LINE=line_columns(weight),
         TRIGGER_STEPS=TRIGGER_STEPS, SPLIT=split, HALVES=quant_tiles.INT4_HALVES,
-        PRELOAD=QUANT_PRELOAD and qa.GROUP == 0 and qa.KIND != "" and not a8, A8=a8,
-        **skinny_a8.prep_constants(rows, k_per, a8),
+        PRELOAD=QUANT_PRELOAD and qa.GROUP == 0 and qa.KIND != "" and prep != "fp8",
+        A8=prep == "fp8", X16=prep == "fp16",
+        **skinny_a8.prep_constants(rows, k_per, bool(prep)),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **options,
         **pdl_launch_args(x.device, pdl))
 

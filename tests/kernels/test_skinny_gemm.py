@@ -150,7 +150,7 @@ def test_models_through_the_skinny_gemm_equal_hf(arch, norm_fusion, stages, tmp_
 @pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 14336), (28672, 4096), (128256, 4096),
                                  (96, 64)])
 def test_prefetch_stays_within_its_budget(n, k):
-    from tessera.kernels.skinny_gemm import PREFETCH_BYTES, prefetch_columns
+    from tessera.kernels.l2_prefetch import PREFETCH_BYTES, prefetch_columns
     w = torch.empty(n, k, dtype=torch.bfloat16, device="meta")
     cols = prefetch_columns(w)
     assert cols == 0 or (cols >= 64 and cols & (cols - 1) == 0)  # whole 128-byte lines
