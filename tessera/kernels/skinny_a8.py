@@ -1,9 +1,12 @@
 """fp8 activations in the skinny decode GEMM (kernels/skinny_gemm.py), Triton: an fp8 W
-times fp8 x on the tensor cores, the activations quantized by each program itself.
+times fp8 x on the tensor cores, the activations quantized by each program itself; and
+the same prep making a bf16 x fp16 for the X16 mode (skinny_gemm.FP16_X: an int8 / fp8 W
+widened to fp16, the cheaper conversion; x times a power of two, so exactly).
 
-Objects: jit `quantize_x`, `a8_loop`; host `a8_capable(x)`, `prep_width(rows)`,
-`prep_constants(rows, k_per, a8)`; the reference's x is quant/fp8.py's
-`fake_quantize_splits(x, k_per)`.
+Objects: jit `quantize_x` (e4m3 or fp16, by the scratch's dtype: `_multipliers`),
+`a8_loop`; host `a8_capable(x)`, `prep_width(rows)`, `prep_constants(rows, k_per, prep)`,
+PREP_DTYPES; the A8 reference's x is quant/fp8.py's `fake_quantize_splits(x, k_per)`
+(X16's is x itself).
 
 Why: a decode step of a few rows is bound by reading W, but widening an e4m3 W to bf16
 in registers costs ~4.2 instructions a weight (SASS for sm_90, 32-row panels on 2 warps:
