@@ -14,7 +14,9 @@ read (data + scales), TFLOP/s, and the ratio to cuBLAS bf16 (the JSON: every con
 time too); for fp8 above 16 rows also W8A8 (the activations' quantization and
 torch._scaled_mm, as the model runs it) and _scaled_mm alone. --kinds fp8a8: fp8 with
 skinny_gemm.FP8_ACTIVATIONS (up to A8_MAX_ROWS rows: x quantized to fp8 in the kernel, the
-fp8 MMA; at M = 1 its own grid), timed only. One call does both:
+fp8 MMA; at M = 1 its own grid), and int8x16 / fp8x16: skinny_gemm.FP16_X (up to
+X16_MAX_ROWS rows: x made fp16 in the kernel, W widened to fp16; at M = 1 its own grid),
+timed only. One call does both:
 
     python benchmarks/kernels/quant_gemm_sweep.py --check --models 8b --out $OUT/q8b.json
     python benchmarks/kernels/quant_gemm_sweep.py --models 70b --out $OUT/q70b.json
@@ -56,7 +58,9 @@ KINDS = {"int8": ("int8", 0), "fp8": ("fp8", 0), "int4": ("int4", 128),
          "int4g32": ("int4", 32), "int8g32": ("int8", 32)}
 # timed only: fp8 with skinny_gemm.FP8_ACTIVATIONS (x quantized to fp8 in the kernel, the
 # fp8 MMA: kernels/skinny_a8.py; checked by tests/kernels/test_skinny_a8.py on the GPU)
-TIMED_KINDS = {**KINDS, "fp8a8": ("fp8", 0)}
+# and int8 / fp8 with skinny_gemm.FP16_X (x made fp16 in the kernel, W widened to fp16:
+# tests/kernels/test_skinny_x16.py)
+TIMED_KINDS = {**KINDS, "fp8a8": ("fp8", 0), "int8x16": ("int8", 0), "fp8x16": ("fp8", 0)}
 MODELS = {"8b": {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
                  "down": (4096, 14336)},
           "70b": {"qkv": (10240, 8192), "o": (8192, 8192), "gate_up": (57344, 8192),
@@ -73,7 +77,12 @@ def skinny_grid(kind: str) -> list:
     """Configs to time at M = 1: panels of 16, 32, 64 rows (a warp per 16-row MMA tile, so
     none widens another's rows), steps of 256 or 512 bytes a row, K split in 1-8; fp8a8:
     panels of 64 or 128 rows on a warpgroup (the fp8 MMA's), steps of 128-512, 3-4
-    stages, K split in 1-8."""
+    stages, K split in 1-8; x16 (x made fp16): panels of 32-128 rows, 16 or 32 a warp (a
+    warp's x tile serves more of W at 32), steps of 256 or 512 bytes, K split in 1-8."""
+    if kind.endswith("x16"):
+        return [SkinnyConfig(bn, step, warps, 3 if bn * step > 16384 else 4, split)
+                for bn, warps in ((32, 2), (64, 2), (64, 4), (128, 4)) for step in (256, 512)
+                for split in (1, 2, 4, 8) if bn * step <= 32768]
     if kind == "fp8a8":
         return [SkinnyConfig(bn, step, 4, stages, split) for bn in (64, 128)
                 for step in (128, 256, 512) for stages in (3, 4) for split in (1, 2, 4, 8)
@@ -199,6 +208,7 @@ def sweep(models, kinds, quick: bool, rows=(1, 4, 16, 64, 256, 2048)) -> list[di
             for label in kinds:
                 kind, group = TIMED_KINDS[label]
                 skinny_module.FP8_ACTIVATIONS = label == "fp8a8"
+                skinny_module.FP16_X = label.endswith("x16")
                 first = quantize(kind, dense[0], group)  # as many copies as exceed L2
                 qws = [first] + [quantize(kind, dense[i % len(dense)], group)
                                  for i in range(1, copies(weight_bytes(first)))]
@@ -206,7 +216,8 @@ def sweep(models, kinds, quick: bool, rows=(1, 4, 16, 64, 256, 2048)) -> list[di
                 for m in rows:
                     x = torch.randn(m, k, device="cuda", dtype=dt)
                     if m <= MAX_ROWS:
-                        grid = skinny_grid("fp8a8" if label == "fp8a8" else kind)
+                        grid = skinny_grid(label if label in ("fp8a8", "int8x16", "fp8x16")
+                                           else kind)
                         configs = [None] if quick or m > 1 else [None] + grid
                         run = lambda qw, c: skinny_gemm(x, qw, config=c)  # noqa: E731
                     else:
@@ -238,7 +249,7 @@ def sweep(models, kinds, quick: bool, rows=(1, 4, 16, 64, 256, 2048)) -> list[di
                     rows_out.append(row)
                     print_row(row)
                 del qws
-                skinny_module.FP8_ACTIVATIONS = False
+                skinny_module.FP8_ACTIVATIONS = skinny_module.FP16_X = False
             del dense
             torch.cuda.empty_cache()
     return rows_out
