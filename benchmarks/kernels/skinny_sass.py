@@ -15,6 +15,7 @@ tiles unless the options set them (TILES).
     python benchmarks/kernels/skinny_sass.py --kinds dense,int8,fp8 --preload 0,1
     python benchmarks/kernels/skinny_sass.py --kinds fp8,a8,int4 --preload 0
     python benchmarks/kernels/skinny_sass.py --kinds int8 --block-k 512 --stages 3
+    python benchmarks/kernels/skinny_sass.py --kinds dense,int8,fp8x16 --block-m 8
 (--json: one object a variant; tests/kernels/test_skinny_sass.py reads those.)
 
 The compiler here may not be the GPU machine's (Triton 3.9 on the CPU machines, 3.6 on
@@ -53,7 +54,7 @@ DIVISIBLE = {"N", "K", "stride_xm", "stride_ym", "K_PER"}
 
 
 def compile_variant(kind: str, preload: bool, block_n: int, block_k: int, warps: int,
-                    stages: int, arch: int):
+                    stages: int, arch: int, block_m: int = 16):
     """The plain product (no bias, norm or epilogue) of a bf16 x and a `kind` W, PDL on."""
     names = list(_skinny_gemm.arg_names)
     const = dict(KIND={"dense": "", "a8": "fp8", **X16_KINDS}.get(kind, kind),
@@ -62,7 +63,7 @@ def compile_variant(kind: str, preload: bool, block_n: int, block_k: int, warps:
                  XQ_ONE_PASS=True,  # a8, x16: the columns of a program fit one prep step
                  HAS_BIAS=False, GATED=False, ROPE=False, NORM_IN=False, NORM_OUT=False,
                  PART_BLOCK=1, NUM_Q=0, NUM_KV=0, HALF=0, FP8_CACHE=False, PRE_ROUND=False,
-                 EVEN=True, PRECISION="tf32", BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k,
+                 EVEN=True, PRECISION="tf32", BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
                  PREFETCH_K=max(block_k, 128), LINE=128 // (2 if kind == "dense" else 1),
                  TRIGGER_STEPS=2, USE_PDL=True, SPLIT=1, HALVES=False, PRELOAD=preload)
     signature, constexprs, attrs = {}, {}, {}
@@ -133,7 +134,7 @@ def analyse(kind: str, preload: bool, args: argparse.Namespace) -> dict:
     loop's instructions, per weight, and their mix."""
     block_n, block_k, warps = tiles(kind, args)
     kernel = compile_variant(kind, preload, block_n, block_k, warps,
-                             args.stages, args.arch)
+                             args.stages, args.arch, args.block_m)
     lines = sass(kernel)
     ops = [opcode(line) for line in lines]
     early = (sum(op == "LDG" for op in ops[:ops.index("ACQBULK")])
@@ -164,6 +165,8 @@ def main() -> None:
     ap.add_argument("--block-k", type=int)
     ap.add_argument("--warps", type=int)
     ap.add_argument("--stages", type=int, default=4)
+    ap.add_argument("--block-m", type=int, default=16,
+                    help="x's rows padded to (skinny_gemm.MIN_BLOCK_M: 8 is the MMA's least)")
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--json", action="store_true", help="one JSON object a variant")
     args = ap.parse_args()
@@ -173,7 +176,7 @@ def main() -> None:
                  f"{', '.join(sorted(unknown))}")
     if not args.json:
         print(f"Triton {triton.__version__}, sm_{args.arch}: {args.stages} stages, bf16 x of "
-              f"one row")
+              f"one row padded to {args.block_m}")
     for kind in args.kinds.split(","):
         for preload in sorted({int(p) for p in args.preload.split(",")}):
             if preload and (kind in ("dense", "a8") or kind in GROUPS or kind in X16_KINDS):

@@ -29,6 +29,10 @@ import torch
 import triton
 import triton.language as tl
 
+from tessera.kernels.skinny_config import MAX_ROWS
+
+PARTS_ROWS = tl.constexpr(MAX_ROWS)  # a row of parts: MAX_ROWS sums, whatever BLOCK_M
+
 
 class PendingNorm(NamedTuple):
     """RMSNorm(residual) * g, left for the next projection to finish."""
@@ -42,20 +46,26 @@ def add_pending_norm(out, res, g, ns, ms, ok, y_ptr, stride_ym, scaled_ptr, part
                      BLOCK_M: tl.constexpr):
     """out, res: [BLOCK_N, BLOCK_M] this program's output tile and the residual's (columns
     ns of rows ms, in the dtype); g [BLOCK_N] the norm's weight. Stores s = res + out to
-    y, g * s to scaled and the tile's sum of s^2 per row to parts[pid]."""
+    y, g * s to scaled and the tile's sum of s^2 per row to parts[pid] (zeros past
+    BLOCK_M)."""
     s = out + res  # added in the dtype, as the unfused model adds
     offs = ms[None, :] * stride_ym + ns[:, None]
     tl.store(y_ptr + offs, s, mask=ok)
     sf = tl.where(ok, s.to(tl.float32), 0.0)
     tl.store(scaled_ptr + offs, (sf * g.to(tl.float32)[:, None]).to(s.dtype), mask=ok)
-    tl.store(part_ptr + pid * BLOCK_M + ms, tl.sum(sf * sf, axis=0))
+    sums = tl.sum(sf * sf, axis=0)  # [BLOCK_M]
+    if BLOCK_M < PARTS_ROWS:  # placed in a row of PARTS_ROWS, zeros after
+        row = tl.arange(0, PARTS_ROWS)
+        sums = tl.sum(tl.where(row[None, :] == ms[:, None], sums[:, None], 0.0), axis=0)
+        ms = row
+    tl.store(part_ptr + pid * PARTS_ROWS + ms, sums)
 
 
 @triton.jit
 def load_parts(part_ptr, ms, num_parts, PART_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr):
     """The partial sums of s^2 [PART_BLOCK, BLOCK_M] (float32; 0 past num_parts)."""
     ps = tl.arange(0, PART_BLOCK)
-    return tl.load(part_ptr + ps[:, None] * BLOCK_M + ms[None, :],
+    return tl.load(part_ptr + ps[:, None] * PARTS_ROWS + ms[None, :],
                    mask=(ps < num_parts)[:, None], other=0.0)
 
 

@@ -2,7 +2,8 @@
 GEMM (kernels/skinny_gemm.py) and the tiled quantized GEMM (kernels/quant_gemm.py).
 
 Objects (formats: quant/formats.py). Jit: `quant_dot` (one K step of a quantized W as the
-MMA's A operand, one or two panels sharing x's tile), `row_scale` (per-row scales on the
+MMA's A operand, one or two panels sharing x's tile), `quant_loop` (the skinny GEMM's K
+loop of them, under PDL), `row_scale` (per-row scales on the
 accumulator), `widen` (an int8 or fp8 tile -> the activations' dtype, exactly),
 `int4_halves` / `int4_tile` (packed int4 bytes [R, C] -> the low and high nibbles
 [R, C], or interleaved [R, 2C] in W's column order, q exact), `x_tile_t` (x^T's tile),
@@ -46,6 +47,7 @@ import triton
 import triton.language as tl
 
 from tessera import envs
+from tessera.kernels import pdl
 from tessera.quant.formats import QuantizedWeight
 
 FAST_DEQUANT = True  # A/B knob: the PTX conversions on the GPU (fp16 / bf16 activations)
@@ -250,6 +252,36 @@ def quant_dot(acc, acc2, rows, rows2, s_rows, s_rows2, o_rows, o_rows2, x_ptr, m
         if TWO:
             acc2 = tl.dot(widen(stored(rows2, ks, n_ok, K, EVEN), dt, FAST), xt, acc2,
                           input_precision=PRECISION)
+    return acc, acc2
+
+
+@triton.jit
+def quant_loop(acc, acc2, w_rows, rows2, scale_ptr, offset_ptr, ns, ns2, n_ok, x_ptr, ms,
+               m_ok, K, k_lo, k_hi, stride_xm, trigger_k, KIND: tl.constexpr,
+               GROUP: tl.constexpr, FAST: tl.constexpr, TWO: tl.constexpr, EVEN: tl.constexpr,
+               PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_K: tl.constexpr, TRIGGER_STEPS: tl.constexpr, USE_PDL: tl.constexpr,
+               HALVES: tl.constexpr):
+    """The skinny GEMM's loop over columns [k_lo, k_hi) of a quantized W (`quant_dot`),
+    one panel or two (TWO), onto float32 (acc, acc2) [BLOCK_N, BLOCK_M] (the sums of the
+    columns before k_lo, unscaled) -> the sums, per-row scales applied."""
+    s_rows, s_rows2, o_rows, o_rows2 = scale_ptr, scale_ptr, offset_ptr, offset_ptr
+    if GROUP > 0:  # each row's K / GROUP scales (and offsets)
+        s_rows = scale_ptr + ns.to(tl.int64) * (K // GROUP)
+        o_rows = offset_ptr + ns.to(tl.int64) * (K // GROUP)
+        s_rows2 = scale_ptr + ns2.to(tl.int64) * (K // GROUP)
+        o_rows2 = offset_ptr + ns2.to(tl.int64) * (K // GROUP)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        if TRIGGER_STEPS > 0:  # as the dense loop: the next kernel may launch from here
+            if k0 == trigger_k:
+                pdl.launch_dependents(USE_PDL)
+        acc, acc2 = quant_dot(acc, acc2, w_rows, rows2, s_rows, s_rows2, o_rows, o_rows2,
+                              x_ptr, ms, m_ok, n_ok, k0, K, stride_xm, KIND, GROUP, FAST, TWO,
+                              EVEN, PRECISION, BLOCK_K, HALVES)
+    if GROUP == 0:  # int8 / fp8: w = q * scale, one scale per row
+        acc = row_scale(acc, scale_ptr, ns, n_ok)
+        if TWO:
+            acc2 = row_scale(acc2, scale_ptr, ns2, n_ok)
     return acc, acc2
 
 

@@ -17,7 +17,7 @@ The RMSNorm between two projections needs no kernel of its own (kernels/norm_epi
 `skinny_gemm_add_norm` adds its product to the residual and leaves the norm pending
 (a PendingNorm); `skinny_gemm` and `skinny_qkv_rope` finish it, given its parts.
 W may be a QuantizedWeight (quant/formats.py: int8, fp8, int4, grouped int8) in every
-mode: `_quant_loop` widens or dequantizes its tiles in registers (kernels/quant_tiles.py)
+mode: kernels/quant_tiles.py's `quant_loop` widens or dequantizes its tiles in registers
 and applies per-row scales to the float32 accumulator after the loop, before the pending
 norm's 1/rms, the bias and the epilogue; `quant_config` (QUANT_CONFIG_OVERRIDES, the A/B
 knob) picks its tiles. The dense kernel's compiled code is unchanged (constexpr branches).
@@ -29,17 +29,19 @@ X16 mode: each program makes its columns of x fp16 (exactly: times a power of tw
 widens to fp16, which costs fewer instructions than to bf16 (`x_prep`).
 
 The work is split along N: each program owns BLOCK_N rows of W and walks K in BLOCK_K
-steps, `tl.dot`(W tile [BLOCK_N, BLOCK_K], x^T tile [BLOCK_K, 16]) with the
-rows of x padded to 16. A step of a few rows is bound by reading W, so the product's
-waste is free and the loads are what is tuned (`pick_config`, from benchmarks/kernels/
+steps, `tl.dot`(W tile [BLOCK_N, BLOCK_K], x^T tile [BLOCK_K, BLOCK_M]) with the
+rows of x padded to BLOCK_M (16; MIN_BLOCK_M, the A/B knob, lets fewer rows pad less). A
+step of a few rows is bound by reading W, so the product's waste is nearly free and the
+loads are what is tuned (`pick_config`, from benchmarks/kernels/
 skinny_gemm_sweep.py on an H100: 6-10% faster than cuBLAS on the Llama-3-8B shapes).
 A config may also split K among split_k programs (kernels/split_k.py: the last of them
 adds the partial sums and runs the epilogue), as quantized weights' configs do where a
 product has few panels.
 Under PDL (kernels/pdl.py) the first W tile is loaded (an int8 / fp8 W's stored bytes too:
 QUANT_PRELOAD, the loop's first step peeled), and the leading columns of every row
-(kernels/l2_prefetch.py) asked of L2, before waiting for the kernel that produces x; it lets the next kernel launch TRIGGER_STEPS steps before its
-loop ends, so that kernel's own prefetch overlaps this one's tail. Loading x through a
+(kernels/l2_prefetch.py) asked of L2, before waiting for the kernel that produces x; it
+lets the next kernel launch TRIGGER_STEPS steps before its loop ends, so that kernel's
+own prefetch overlaps this one's tail. Loading x through a
 fused SiLU or RMSNorm inside the loop was measured too: it halved the speed, so those
 stay out of the loop (a pending norm's x is loaded as it is stored; its scale applies
 to the accumulator after the loop).
@@ -57,7 +59,7 @@ from tessera.kernels.pdl import pdl_launch_args
 from tessera.kernels.l2_prefetch import line_columns, prefetch_columns, prefetch_l2
 from tessera.kernels.norm_epilogue import (PendingNorm, add_pending_norm, inverse_rms,
                                            load_parts)
-from tessera.kernels.quant_tiles import QuantArgs, fast_dequant, quant_args, quant_dot, row_scale
+from tessera.kernels.quant_tiles import QuantArgs, fast_dequant, quant_args, row_scale
 from tessera.kernels.rotary_kv_write import cache_store_options, rope_epilogue
 from tessera.kernels.silu_and_mul import silu_mul
 from tessera.kernels.skinny_config import MAX_ROWS, SkinnyConfig, a8_config, pick_config
@@ -81,6 +83,11 @@ A8_MAX_ROWS = 4
 # weight: fp8 4.23 -> 2.26, int8 3.77 -> 3.27 instructions) instead of to bf16
 FP16_X = False  # off until measured on the GPU
 X16_MAX_ROWS = 4
+# A/B knob: x's rows are padded to a power of two of at least MIN_BLOCK_M for the MMA (16
+# until measured; SASS for sm_90, one row: 8, the MMA's narrowest, halves x's loads and
+# the MMAs: the K loop a weight dense 1.46 -> 1.19, int8 3.77 -> 3.12, fp8 with FP16_X
+# 2.27 -> 1.65; Triton pads below 8 itself)
+MIN_BLOCK_M = 16
 
 
 @triton.jit
@@ -94,37 +101,6 @@ def _tile(w_rows, ks, n_ok, K, EVEN: tl.constexpr):
 def _x_tile(x_ptr, ms, ks, m_ok, K, stride_xm):
     return tl.load(x_ptr + ms[None, :] * stride_xm + ks[:, None],
                    mask=(ks < K)[:, None] & m_ok[None, :], other=0.0)  # [BLOCK_K, BLOCK_M]
-
-
-@triton.jit
-def _quant_loop(acc, acc2, w_rows, rows2, scale_ptr, offset_ptr, ns, ns2, n_ok, x_ptr, ms,
-                m_ok, K, k_lo, k_hi, stride_xm, trigger_k, KIND: tl.constexpr,
-                GROUP: tl.constexpr,
-                FAST: tl.constexpr, TWO: tl.constexpr, EVEN: tl.constexpr,
-                PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_K: tl.constexpr, TRIGGER_STEPS: tl.constexpr, USE_PDL: tl.constexpr,
-                HALVES: tl.constexpr):
-    """The loop over columns [k_lo, k_hi) of a quantized W (kernels/quant_tiles.py:
-    `quant_dot`), one panel or two (TWO), onto float32 (acc, acc2) [BLOCK_N, BLOCK_M]
-    (the sums of the columns before k_lo, unscaled) -> the sums, per-row scales applied."""
-    s_rows, s_rows2, o_rows, o_rows2 = scale_ptr, scale_ptr, offset_ptr, offset_ptr
-    if GROUP > 0:  # each row's K / GROUP scales (and offsets)
-        s_rows = scale_ptr + ns.to(tl.int64) * (K // GROUP)
-        o_rows = offset_ptr + ns.to(tl.int64) * (K // GROUP)
-        s_rows2 = scale_ptr + ns2.to(tl.int64) * (K // GROUP)
-        o_rows2 = offset_ptr + ns2.to(tl.int64) * (K // GROUP)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        if TRIGGER_STEPS > 0:  # as the dense loop: the next kernel may launch from here
-            if k0 == trigger_k:
-                pdl.launch_dependents(USE_PDL)
-        acc, acc2 = quant_dot(acc, acc2, w_rows, rows2, s_rows, s_rows2, o_rows, o_rows2,
-                              x_ptr, ms, m_ok, n_ok, k0, K, stride_xm, KIND, GROUP, FAST, TWO,
-                              EVEN, PRECISION, BLOCK_K, HALVES)
-    if GROUP == 0:  # int8 / fp8: w = q * scale, one scale per row
-        acc = row_scale(acc, scale_ptr, ns, n_ok)
-        if TWO:
-            acc2 = row_scale(acc2, scale_ptr, ns2, n_ok)
-    return acc, acc2
 
 
 @triton.jit
@@ -232,10 +208,11 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
             if GATED or ROPE:
                 acc2 = tl.dot(quant_tiles.widen(wq2, dt, FAST), xt, input_precision=PRECISION)
             k_loop = k_lo + BLOCK_K
-        acc, acc2 = _quant_loop(acc, acc2, w_rows, rows2, scale_ptr, offset_ptr, ns, ns2, n_ok,
-                                xs, ms, m_ok, K, k_loop, k_hi, stride_xs, trigger_k, KIND,
-                                GROUP, FAST, GATED or ROPE, EVEN, PRECISION, BLOCK_N, BLOCK_M,
-                                BLOCK_K, TRIGGER_STEPS, USE_PDL, HALVES)
+        acc, acc2 = quant_tiles.quant_loop(acc, acc2, w_rows, rows2, scale_ptr, offset_ptr, ns,
+                                           ns2, n_ok, xs, ms, m_ok, K, k_loop, k_hi, stride_xs,
+                                           trigger_k, KIND, GROUP, FAST, GATED or ROPE, EVEN,
+                                           PRECISION, BLOCK_N, BLOCK_M, BLOCK_K, TRIGGER_STEPS,
+                                           USE_PDL, HALVES)
         if X16:
             acc = acc * sx[None, :]
             acc2 = acc2 * sx[None, :]
@@ -298,6 +275,11 @@ def x_prep(x: torch.Tensor, qa: QuantArgs) -> str:
             and x.shape[0] <= X16_MAX_ROWS):
         return "fp16"
     return ""
+
+
+def block_rows(rows: int) -> int:
+    """x's rows padded for the MMA: a power of two in [MIN_BLOCK_M, MAX_ROWS]."""
+    return min(MAX_ROWS, max(MIN_BLOCK_M, triton.next_power_of_2(rows)))
 
 
 def _config(config, qa: QuantArgs, n: int, gated: bool, x: torch.Tensor) -> SkinnyConfig:
@@ -420,7 +402,7 @@ def _launch(x, qa: QuantArgs, bias, y, n, cfg, mode: dict, EVEN: bool,
         HAS_BIAS=bias is not None, **{**_PLAIN, **mode}, NORM_IN=NORM_IN,
         PART_BLOCK=PART_BLOCK, EVEN=EVEN,
         PRECISION="ieee" if x.dtype == torch.float32 else "tf32",  # fp32 stays fp32
-        BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        BLOCK_M=block_rows(rows), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         PREFETCH_K=prefetch_columns(weight), LINE=line_columns(weight),
         TRIGGER_STEPS=TRIGGER_STEPS, SPLIT=split, HALVES=quant_tiles.INT4_HALVES,
         PRELOAD=QUANT_PRELOAD and qa.GROUP == 0 and qa.KIND != "" and prep != "fp8",

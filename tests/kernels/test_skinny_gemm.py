@@ -47,7 +47,9 @@ def close(got, ref, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows,n,k", [(1, 96, 64), (3, 100, 200), (16, 64, 256), (2, 1, 64)])
 @pytest.mark.parametrize("config", [None, SMALL])
-def test_skinny_gemm_matches_reference(dtype, rows, n, k, config):
+@pytest.mark.parametrize("min_block_m", [16, 8])
+def test_skinny_gemm_matches_reference(dtype, rows, n, k, config, min_block_m, monkeypatch):
+    monkeypatch.setattr(skinny_module, "MIN_BLOCK_M", min_block_m)
     x = rand(rows, k, dtype=dtype)
     w = rand(n, k, dtype=dtype, seed=1, scale=k ** -0.5)
     b = rand(n, dtype=dtype, seed=2)
@@ -88,15 +90,18 @@ def test_linear_picks_the_skinny_kernel_only_for_few_rows():
         KernelConfig(skinny_gemm="fast")
 
 
-@pytest.mark.parametrize("arch,norm_fusion,stages", [
-    ("llama", True, 1), ("qwen2", True, 1),  # qwen2: q/k/v biases, tied head
-    ("llama", True, 2),  # the layers run as two pipeline stages' shares: 1 + 2
-    ("llama", False, 1)])
-def test_models_through_the_skinny_gemm_equal_hf(arch, norm_fusion, stages, tmp_path,
-                                                 monkeypatch):
+@pytest.mark.parametrize("arch,norm_fusion,stages,min_block_m", [
+    ("llama", True, 1, 16), ("qwen2", True, 1, 16),  # qwen2: q/k/v biases, tied head
+    ("llama", True, 2, 16),  # the layers run as two pipeline stages' shares: 1 + 2
+    ("llama", False, 1, 16),
+    ("llama", True, 1, 8), ("qwen2", True, 2, 1)])  # x's rows padded to 8 (or 1, 2, 4)
+def test_models_through_the_skinny_gemm_equal_hf(arch, norm_fusion, stages, min_block_m,
+                                                 tmp_path, monkeypatch):
     """Decode steps through the skinny kernels, with the norms split across the
     projections (kernels/norm_epilogue.py) or as kernels of their own; with two stages the
-    second starts from the first's (hidden, residual), as under pipeline parallelism."""
+    second starts from the first's (hidden, residual), as under pipeline parallelism; x's
+    rows padded to 16 for the MMA, or to fewer (skinny_gemm.MIN_BLOCK_M)."""
+    monkeypatch.setattr(skinny_module, "MIN_BLOCK_M", min_block_m)
     hf_model = make_tiny_checkpoint(arch, str(tmp_path))
     calls = {"plain": 0, "gated": 0, "qkv_rope": 0, "add_norm": 0, "pending": 0,
              "rope_pending": 0}

@@ -55,7 +55,9 @@ def close(got, ref, scale=1.0):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("rows", [1, 3, 4])
 @pytest.mark.parametrize("config", [None, SPLIT3], ids=["own", "split3"])
-def test_plain_bias_and_gated(kind, rows, config):
+@pytest.mark.parametrize("min_block_m", [16, 8])
+def test_plain_bias_and_gated(kind, rows, config, min_block_m, monkeypatch):
+    monkeypatch.setattr(sg, "MIN_BLOCK_M", min_block_m)  # x's rows padded to 16 or 8
     n, k = 100, 448  # 100: no multiple of the 32-row panels; 448: 7 steps of 64
     x = rand(rows, k)
     qw, q2 = weight(kind, n, k), weight(kind, 2 * n, k, seed=3)
