@@ -30,7 +30,7 @@ widens to fp16, which costs fewer instructions than to bf16 (`x_prep`).
 
 The work is split along N: each program owns BLOCK_N rows of W and walks K in BLOCK_K
 steps, `tl.dot`(W tile [BLOCK_N, BLOCK_K], x^T tile [BLOCK_K, BLOCK_M]) with the
-rows of x padded to BLOCK_M (16; MIN_BLOCK_M, the A/B knob, lets fewer rows pad less). A
+rows of x padded to BLOCK_M (`block_rows`: 16 for a dense W, 8 for a quantized one). A
 step of a few rows is bound by reading W, so the product's waste is nearly free and the
 loads are what is tuned (`pick_config`, from benchmarks/kernels/
 skinny_gemm_sweep.py on an H100: 6-10% faster than cuBLAS on the Llama-3-8B shapes).
@@ -73,21 +73,27 @@ TRIGGER_STEPS = 2
 # A/B knob: under PDL, a per-row quantized W's (int8, fp8) first step loaded before the
 # wait, as a dense W's is (its dequantization waits for x's dtype only, not for x)
 QUANT_PRELOAD = False  # off until measured on the GPU
-# A/B knob: an fp8 W's products of up to A8_MAX_ROWS rows with x quantized to fp8 in the
-# kernel, on the fp8 MMA (kernels/skinny_a8.py), instead of W widened to x's dtype
-FP8_ACTIVATIONS = False  # off until measured on the GPU
+# A/B knobs, both slower where measured, so off: x made over in each program before the
+# loop (kernels/skinny_a8.py), an fp8 W's products of up to A8_MAX_ROWS rows with x
+# quantized to fp8, on the fp8 MMA (FP8_ACTIVATIONS), or an int8 / fp8 W times a bf16 x of
+# up to X16_MAX_ROWS rows made fp16 times a power of two, exact, so W widens to fp16
+# (FP16_X). Their K loops take fewer instructions (SASS for sm_90, a weight: fp8 4.23 ->
+# 0.95 / 2.27, int8 3.77 -> 3.02), but the prep costs more than that saves: H200,
+# Llama-3-8B batch 1 (2026-12-05): fp8 widened 305.8-313.0 tok/s, 282.2 with
+# FP8_ACTIVATIONS, 268.7 with FP16_X; int8 320.6-321.0 -> 259.7 with FP16_X (every program
+# of a split stores and reloads the same x, after the PDL wait)
+FP8_ACTIVATIONS = False
 A8_MAX_ROWS = 4
-# A/B knob: an int8 or fp8 W (per-row scales) times a bf16 x of up to X16_MAX_ROWS rows
-# with x as fp16 times a power of two (exact), made in the kernel (kernels/skinny_a8.py),
-# so W widens to fp16 (fp8: one native conversion a pair; SASS for sm_90, the K loop a
-# weight: fp8 4.23 -> 2.26, int8 3.77 -> 3.27 instructions) instead of to bf16
-FP16_X = False  # off until measured on the GPU
+FP16_X = False
 X16_MAX_ROWS = 4
-# A/B knob: x's rows are padded to a power of two of at least MIN_BLOCK_M for the MMA (16
-# until measured; SASS for sm_90, one row: 8, the MMA's narrowest, halves x's loads and
-# the MMAs: the K loop a weight dense 1.46 -> 1.19, int8 3.77 -> 3.12, fp8 with FP16_X
-# 2.27 -> 1.65; Triton pads below 8 itself)
+# A/B knobs: x's rows are padded for the MMA to a power of two of at least MIN_BLOCK_M
+# (a dense W) or QUANT_MIN_BLOCK_M (a quantized one). 8, the MMA's narrowest, halves x's
+# loads and the MMAs (SASS for sm_90, one row, the K loop a weight: dense 1.46 -> 1.19,
+# int8 3.77 -> 3.12, int4 4.31 -> 3.75). H200, Llama-3-8B batch 1 (2026-12-05), 16 -> 8:
+# int4 219.1 -> 238.2 tok/s, fp8 305.8 -> 312.2, int8 321.0 -> 320.6, the 70B's int8
+# 49.5 -> 50.5; bf16 232.9 -> 224.9 (so a dense W stays at 16)
 MIN_BLOCK_M = 16
+QUANT_MIN_BLOCK_M = 8
 
 
 @triton.jit
@@ -277,9 +283,11 @@ def x_prep(x: torch.Tensor, qa: QuantArgs) -> str:
     return ""
 
 
-def block_rows(rows: int) -> int:
-    """x's rows padded for the MMA: a power of two in [MIN_BLOCK_M, MAX_ROWS]."""
-    return min(MAX_ROWS, max(MIN_BLOCK_M, triton.next_power_of_2(rows)))
+def block_rows(rows: int, quantized: bool = False) -> int:
+    """x's rows padded for the MMA: a power of two in [MIN_BLOCK_M (QUANT_MIN_BLOCK_M for a
+    quantized W), MAX_ROWS]."""
+    least = QUANT_MIN_BLOCK_M if quantized else MIN_BLOCK_M
+    return min(MAX_ROWS, max(least, triton.next_power_of_2(rows)))
 
 
 def _config(config, qa: QuantArgs, n: int, gated: bool, x: torch.Tensor) -> SkinnyConfig:
@@ -402,7 +410,7 @@ def _launch(x, qa: QuantArgs, bias, y, n, cfg, mode: dict, EVEN: bool,
         HAS_BIAS=bias is not None, **{**_PLAIN, **mode}, NORM_IN=NORM_IN,
         PART_BLOCK=PART_BLOCK, EVEN=EVEN,
         PRECISION="ieee" if x.dtype == torch.float32 else "tf32",  # fp32 stays fp32
-        BLOCK_M=block_rows(rows), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        BLOCK_M=block_rows(rows, bool(qa.KIND)), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         PREFETCH_K=prefetch_columns(weight), LINE=line_columns(weight),
         TRIGGER_STEPS=TRIGGER_STEPS, SPLIT=split, HALVES=quant_tiles.INT4_HALVES,
         PRELOAD=QUANT_PRELOAD and qa.GROUP == 0 and qa.KIND != "" and prep != "fp8",

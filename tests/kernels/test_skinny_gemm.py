@@ -152,6 +152,14 @@ def test_models_through_the_skinny_gemm_equal_hf(arch, norm_fusion, stages, min_
     assert calls["rope_pending"] == (layers - stages) * steps
 
 
+def test_rows_padded_for_the_mma():
+    """A dense W pads x's rows to 16, a quantized one to 8 (measured: skinny_gemm's
+    MIN_BLOCK_M / QUANT_MIN_BLOCK_M); more rows to their power of two, at most MAX_ROWS."""
+    rows = skinny_module.block_rows
+    assert [rows(m) for m in (1, 8, 9, 16)] == [16, 16, 16, 16]
+    assert [rows(m, quantized=True) for m in (1, 5, 8, 9, 16)] == [8, 8, 8, 16, 16]
+
+
 @pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 14336), (28672, 4096), (128256, 4096),
                                  (96, 64)])
 def test_prefetch_stays_within_its_budget(n, k):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tessera.kernels import quant_tiles
+from tessera.kernels import skinny_gemm as skinny_module
 from tessera.kernels.norm_epilogue import pending_norm_ref
 from tessera.kernels.quant_tiles import unsupported
 from tessera.kernels.reference import rms_norm_ref
@@ -55,7 +56,9 @@ def close(got, ref, dtype, scale=1.0):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind,group", KINDS, ids=IDS)
 @pytest.mark.parametrize("rows", [1, 3, 16])
-def test_plain_bias_and_gated(dtype, kind, group, rows):
+@pytest.mark.parametrize("least_rows", [8, 16])  # x's rows padded to 8 (the default) or 16
+def test_plain_bias_and_gated(dtype, kind, group, rows, least_rows, monkeypatch):
+    monkeypatch.setattr(skinny_module, "QUANT_MIN_BLOCK_M", least_rows)
     n, k = 100, width(group)  # 100: no multiple of the 32-row panels
     x = rand(rows, k, dtype=dtype)
     qw = quant(kind, group, n, k, dtype)

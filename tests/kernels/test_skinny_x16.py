@@ -57,7 +57,7 @@ def close(got, ref, scale=1.0):
 @pytest.mark.parametrize("config", [None, SPLIT3], ids=["own", "split3"])
 @pytest.mark.parametrize("min_block_m", [16, 8])
 def test_plain_bias_and_gated(kind, rows, config, min_block_m, monkeypatch):
-    monkeypatch.setattr(sg, "MIN_BLOCK_M", min_block_m)  # x's rows padded to 16 or 8
+    monkeypatch.setattr(sg, "QUANT_MIN_BLOCK_M", min_block_m)  # x's rows padded to 16 or 8
     n, k = 100, 448  # 100: no multiple of the 32-row panels; 448: 7 steps of 64
     x = rand(rows, k)
     qw, q2 = weight(kind, n, k), weight(kind, 2 * n, k, seed=3)
