@@ -26,7 +26,8 @@ mode instead (kernels/skinny_a8.py): each program quantizes its columns of x to 
 multiplies on the fp8 MMA, no widening (`uses_a8`; tiles: skinny_config.a8_config); an
 int8 / fp8 W with FP16_X (A/B knob, off) and a bf16 x of at most X16_MAX_ROWS rows, the
 X16 mode: each program makes its columns of x fp16 (exactly: times a power of two) and W
-widens to fp16, which costs fewer instructions than to bf16 (`x_prep`).
+widens to fp16, which costs fewer instructions than to bf16 (`x_prep`). Both modes lost
+to plain widening on the H200 (the knobs' comment), so both are off.
 
 The work is split along N: each program owns BLOCK_N rows of W and walks K in BLOCK_K
 steps, `tl.dot`(W tile [BLOCK_N, BLOCK_K], x^T tile [BLOCK_K, BLOCK_M]) with the
