@@ -62,8 +62,8 @@ def add_pending_norm(out, res, g, ns, ms, ok, y_ptr, stride_ym, scaled_ptr, part
 
 
 @triton.jit
-def load_parts(part_ptr, ms, num_parts, PART_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr):
-    """The partial sums of s^2 [PART_BLOCK, BLOCK_M] (float32; 0 past num_parts)."""
+def load_parts(part_ptr, ms, num_parts, PART_BLOCK: tl.constexpr):
+    """The partial sums of s^2 [PART_BLOCK, len(ms)] (float32; 0 past num_parts)."""
     ps = tl.arange(0, PART_BLOCK)
     return tl.load(part_ptr + ps[:, None] * PARTS_ROWS + ms[None, :],
                    mask=(ps < num_parts)[:, None], other=0.0)

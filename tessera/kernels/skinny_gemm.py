@@ -168,7 +168,7 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
     pdl.wait(USE_PDL)
     ok = n_ok[:, None] & m_ok[None, :]
     if NORM_IN:  # x is a pending norm's g * s: its partial sums give each row's 1/rms
-        parts = load_parts(part_ptr, ms, num_parts, PART_BLOCK, BLOCK_M)
+        parts = load_parts(part_ptr, ms, num_parts, PART_BLOCK)
     if NORM_OUT:  # the residual this output is added to, and the next norm's weight
         res = tl.load(res_ptr + ms[None, :] * stride_ym + ns[:, None], mask=ok, other=0.0)
         g = tl.load(g_ptr + ns, mask=n_ok, other=0.0)
