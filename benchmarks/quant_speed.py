@@ -16,7 +16,8 @@ target) and writes JSON to --out. Examples:
     python benchmarks/quant_speed.py --out $OUT/q70b.json --shape llama-3-70b \
         --methods int8,fp8 --runs b1
 --profile b1,b64 adds the kernels of steady decode steps at batch 1 / 64 (step_kernels.py);
---set MODULE.NAME=VALUE sets an A/B knob before the engines are built.
+--set MODULE.NAME=VALUE sets an A/B knob before the engines are built; --engine KEY=VALUE
+an engine option (e.g. pdl=False: with PDL off, the profile's kernel times add up).
 """
 from __future__ import annotations
 
@@ -59,6 +60,17 @@ def set_knob(text: str) -> None:
     print(f"knob {module}.{name} = {literal!r}", flush=True)
 
 
+def engine_option(text: str) -> tuple:
+    """"KEY=VALUE" (VALUE a Python literal) -> (KEY, value); ValueError naming what is wrong."""
+    key, eq, value = text.partition("=")
+    if not (eq and key.isidentifier()):
+        raise ValueError(f"{text!r} is not KEY=VALUE")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError) as e:
+        raise ValueError(f"{text!r}: {e}") from None
+
+
 def parse_runs_for(text: str) -> dict[str, list[str]]:
     """"none,fp8:b64,tput" -> {"none": [b64, tput], "fp8": [b64, tput]}."""
     out: dict[str, list[str]] = {}
@@ -72,7 +84,7 @@ def parse_runs_for(text: str) -> dict[str, list[str]]:
 def bench_method(shape: str, method: str, runs: list[str], bandwidth: float,
                  args: argparse.Namespace) -> dict:
     options = dict(max_num_seqs=args.max_num_seqs,
-                   max_num_batched_tokens=args.max_num_batched_tokens)
+                   max_num_batched_tokens=args.max_num_batched_tokens, **args.engine)
     if method != "none":
         options["quantization"] = method
     start = time.perf_counter()
@@ -135,7 +147,13 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
                     help="an A/B knob set before the engines are built, e.g. "
                          "tessera.kernels.skinny_gemm.QUANT_PRELOAD=False (repeatable)")
+    ap.add_argument("--engine", action="append", default=[], metavar="KEY=VALUE",
+                    help="an engine option (VALUE a Python literal), e.g. pdl=False (repeatable)")
     args = ap.parse_args()
+    try:
+        args.engine = dict(engine_option(text) for text in args.engine)
+    except ValueError as e:
+        ap.error(f"--engine {e}")
     for knob in args.set:
         try:
             set_knob(knob)

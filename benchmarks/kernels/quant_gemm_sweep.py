@@ -21,6 +21,7 @@ timed only. One call does both:
     python benchmarks/kernels/quant_gemm_sweep.py --check --models 8b --out $OUT/q8b.json
     python benchmarks/kernels/quant_gemm_sweep.py --models 70b --out $OUT/q70b.json
     python benchmarks/kernels/quant_gemm_sweep.py --check-only
+    python benchmarks/kernels/quant_gemm_sweep.py --models 8b --kinds int8 --rows 1 --slices
 (Triton compiles each config once, ~1 s each: a model's full sweep is several minutes;
 --quick times the default configs only.)
 """
@@ -90,6 +91,18 @@ def skinny_grid(kind: str) -> list:
     per_byte = 2 if kind == "int4" else 1
     return [SkinnyConfig(bn, step * per_byte, bn // 16, 3 if bn * step > 16384 else 4, split)
             for bn in (16, 32, 64) for step in (256, 512) for split in (1, 2, 4, 8)]
+
+
+def sliced_grid(kind: str, group: int) -> list:
+    """Configs with each step's columns sliced among the warps (SkinnyConfig.slices): a
+    per-row W (int8, fp8): panels of 32 or 64 rows, steps of 256 or 512 bytes a row, 4 or
+    8 warps (slices), K split in 1-4; in groups, a group a slice: 4 or 8 groups a step."""
+    if group:
+        return [SkinnyConfig(bn, warps * group, warps, 4, split, warps)
+                for bn in (32, 64) for warps in (4, 8) for split in (1, 2, 4)
+                if bn * warps * group <= 32768]
+    return [SkinnyConfig(bn, step, warps, 3 if bn * step > 16384 else 4, split, warps)
+            for bn in (32, 64) for step in (256, 512) for warps in (4, 8) for split in (1, 2, 4)]
 
 
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -192,7 +205,8 @@ def timed(fns) -> float:
 
 
 @torch.inference_mode()
-def sweep(models, kinds, quick: bool, rows=(1, 4, 16, 64, 256, 2048)) -> list[dict]:
+def sweep(models, kinds, quick: bool, rows=(1, 4, 16, 64, 256, 2048),
+          sliced: bool = False) -> list[dict]:
     rows_out = []
     dt = torch.bfloat16
     for model in models:
@@ -218,6 +232,8 @@ def sweep(models, kinds, quick: bool, rows=(1, 4, 16, 64, 256, 2048)) -> list[di
                     if m <= MAX_ROWS:
                         grid = skinny_grid(label if label in ("fp8a8", "int8x16", "fp8x16")
                                            else kind)
+                        if sliced and label in KINDS:
+                            grid = sliced_grid(kind, group)
                         configs = [None] if quick or m > 1 else [None] + grid
                         run = lambda qw, c: skinny_gemm(x, qw, config=c)  # noqa: E731
                     else:
@@ -275,6 +291,8 @@ def main() -> None:
                     help=f"of {', '.join(TIMED_KINDS)}")
     ap.add_argument("--quick", action="store_true", help="default configs only")
     ap.add_argument("--rows", default="1,4,16,64,256,2048", help="rows of x to time")
+    ap.add_argument("--slices", action="store_true",
+                    help="at one row: the K-sliced configs (`sliced_grid`)")
     ap.add_argument("--int4-halves", action="store_true",
                     help="int4 groups as two half-width dots (quant_tiles.INT4_HALVES)")
     args = ap.parse_args()
@@ -285,7 +303,7 @@ def main() -> None:
     if not args.check_only:
         print(f"\n{res['device']}: bf16 activations; us per call, weight GB/s, TFLOP/s")
         res["sweep"] = sweep(args.models.split(","), args.kinds.split(","), args.quick,
-                             [int(r) for r in args.rows.split(",")])
+                             [int(r) for r in args.rows.split(",")], args.slices)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=2)
     if args.check or args.check_only:

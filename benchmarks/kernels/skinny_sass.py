@@ -16,6 +16,7 @@ tiles unless the options set them (TILES).
     python benchmarks/kernels/skinny_sass.py --kinds fp8,a8,int4 --preload 0
     python benchmarks/kernels/skinny_sass.py --kinds int8 --block-k 512 --stages 3
     python benchmarks/kernels/skinny_sass.py --kinds dense,int8,fp8x16 --block-m 8
+    python benchmarks/kernels/skinny_sass.py --kinds int8,fp8 --block-m 8 --warps 4 --slices
 (--json: one object a variant; tests/kernels/test_skinny_sass.py reads those.)
 
 The compiler here may not be the GPU machine's (Triton 3.9 on the CPU machines, 3.6 on
@@ -54,8 +55,9 @@ DIVISIBLE = {"N", "K", "stride_xm", "stride_ym", "K_PER"}
 
 
 def compile_variant(kind: str, preload: bool, block_n: int, block_k: int, warps: int,
-                    stages: int, arch: int, block_m: int = 16):
-    """The plain product (no bias, norm or epilogue) of a bf16 x and a `kind` W, PDL on."""
+                    stages: int, arch: int, block_m: int = 16, slices: int = 1):
+    """The plain product (no bias, norm or epilogue) of a bf16 x and a `kind` W, PDL on;
+    slices > 1: K sliced among that many warps (a per-row W: SkinnyConfig.slices)."""
     names = list(_skinny_gemm.arg_names)
     const = dict(KIND={"dense": "", "a8": "fp8", **X16_KINDS}.get(kind, kind),
                  GROUP=GROUPS.get(kind, 0), FAST=kind != "dense", A8=kind == "a8",
@@ -65,7 +67,8 @@ def compile_variant(kind: str, preload: bool, block_n: int, block_k: int, warps:
                  PART_BLOCK=1, NUM_Q=0, NUM_KV=0, HALF=0, FP8_CACHE=False, PRE_ROUND=False,
                  EVEN=True, PRECISION="tf32", BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
                  PREFETCH_K=max(block_k, 128), LINE=128 // (2 if kind == "dense" else 1),
-                 TRIGGER_STEPS=2, USE_PDL=True, SPLIT=1, HALVES=False, PRELOAD=preload)
+                 TRIGGER_STEPS=2, USE_PDL=True, SPLIT=1, HALVES=False, PRELOAD=preload,
+                 SLICES=slices)
     signature, constexprs, attrs = {}, {}, {}
     for i, name in enumerate(names):
         if name in const:
@@ -133,8 +136,9 @@ def analyse(kind: str, preload: bool, args: argparse.Namespace) -> dict:
     """One variant's figures: shared bytes, LDGs before the wait (None: no wait), the K
     loop's instructions, per weight, and their mix."""
     block_n, block_k, warps = tiles(kind, args)
+    slices = warps if args.slices and kind not in ("dense", "a8") else 1
     kernel = compile_variant(kind, preload, block_n, block_k, warps,
-                             args.stages, args.arch, args.block_m)
+                             args.stages, args.arch, args.block_m, slices)
     lines = sass(kernel)
     ops = [opcode(line) for line in lines]
     early = (sum(op == "LDG" for op in ops[:ops.index("ACQBULK")])
@@ -142,6 +146,7 @@ def analyse(kind: str, preload: bool, args: argparse.Namespace) -> dict:
     body = loop_body(lines)
     per_thread = block_n * block_k / (32 * warps)  # weights a step
     return {"kind": kind, "preload": preload, "tiles": [block_n, block_k, warps],
+            "slices": slices,
             "shared_bytes": kernel.metadata.shared,
             "loads_before_wait": early, "loop_instructions": len(body),
             "per_weight": len(body) / per_thread,
@@ -151,7 +156,8 @@ def analyse(kind: str, preload: bool, args: argparse.Namespace) -> dict:
 def describe(r: dict) -> str:
     mix = ", ".join(f"{op} {n}" for op, n in list(r["mix"].items())[:10])
     n, k, w = r["tiles"]
-    return (f"{r['kind']:>5} preload={int(r['preload'])}  {n} x {k} on {w} warps  shared "
+    sliced = f" (K in {r['slices']} slices)" if r["slices"] > 1 else ""
+    return (f"{r['kind']:>5} preload={int(r['preload'])}  {n} x {k} on {w} warps{sliced}  shared "
             f"{r['shared_bytes'] / 1024:.0f} KiB  LDG before the wait "
             f"{r['loads_before_wait']}  loop {r['loop_instructions']} instructions, "
             f"{r['per_weight']:.2f} a weight\n        {mix}")
@@ -167,6 +173,8 @@ def main() -> None:
     ap.add_argument("--stages", type=int, default=4)
     ap.add_argument("--block-m", type=int, default=16,
                     help="x's rows padded to (skinny_gemm.MIN_BLOCK_M: 8 is the MMA's least)")
+    ap.add_argument("--slices", action="store_true",
+                    help="per-row kinds: each step's columns sliced among the warps")
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--json", action="store_true", help="one JSON object a variant")
     args = ap.parse_args()

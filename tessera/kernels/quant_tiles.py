@@ -3,8 +3,9 @@ GEMM (kernels/skinny_gemm.py) and the tiled quantized GEMM (kernels/quant_gemm.p
 
 Objects (formats: quant/formats.py). Jit: `quant_dot` (one K step of a quantized W as the
 MMA's A operand, one or two panels sharing x's tile), `quant_loop` (the skinny GEMM's K
-loop of them, under PDL), `row_scale` (per-row scales on the
-accumulator), `widen` (an int8 or fp8 tile -> the activations' dtype, exactly),
+loop of them, under PDL), `slice_cols` / `slices_dot` / `slices_group_dot` (a step's
+columns sliced along K among the warps, a batched dot: SkinnyConfig.slices), `row_scale`
+(per-row scales on the accumulator), `widen` (an int8 or fp8 tile -> the activations' dtype, exactly),
 `int4_halves` / `int4_tile` (packed int4 bytes [R, C] -> the low and high nibbles
 [R, C], or interleaved [R, 2C] in W's column order, q exact), `x_tile_t` (x^T's tile),
 `stored` (W's stored elements of a tile, as they are).
@@ -256,28 +257,138 @@ def quant_dot(acc, acc2, rows, rows2, s_rows, s_rows2, o_rows, o_rows2, x_ptr, m
 
 
 @triton.jit
+def slice_cols(k0, SLICES: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The columns of one step cut into SLICES slices [SLICES, BLOCK_K / SLICES]."""
+    width: tl.constexpr = BLOCK_K // SLICES
+    return k0 + tl.arange(0, SLICES)[:, None] * width + tl.arange(0, width)[None, :]
+
+
+@triton.jit
+def slices_dot(acc, rows, xt, cols, n_ok, K, dt: tl.constexpr, FAST: tl.constexpr,
+               EVEN: tl.constexpr, PRECISION: tl.constexpr):
+    """One step of a per-row W (int8, fp8) as SLICES column slices, a batched dot:
+    acc [S, R, BM] += W[rows, cols[s]] @ xt[s] for each slice s; cols [S, C], xt [S, C, BM].
+    Triton gives a rank-3 dot's warps to its batch, so with S warps each walks its own
+    slice of K over all R rows, and one x fragment serves all its row tiles."""
+    ptrs = rows[None, :, :] + cols[:, None, :]  # [S, R, C]
+    if EVEN:
+        q = tl.load(ptrs)
+    else:
+        q = tl.load(ptrs, mask=n_ok[None, :, None] & (cols < K)[:, None, :], other=0.0)
+    return tl.dot(widen(q, dt, FAST), xt, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def slices_group_dot(acc, rows, s_rows, o_rows, xt, k0, n_ok, K, dt: tl.constexpr,
+                     KIND: tl.constexpr, GROUP: tl.constexpr, FAST: tl.constexpr,
+                     EVEN: tl.constexpr, PRECISION: tl.constexpr, SLICES: tl.constexpr):
+    """`slices_dot` for W in groups (int4, grouped int8), a group a slice: W's columns
+    [k0 + s GROUP, k0 + (s + 1) GROUP) dequantized to dt as `_group_tile` does, times
+    xt [S, GROUP, BM]; s_rows, o_rows [R] pointers to the rows' scales and offsets."""
+    ss = tl.arange(0, SLICES)
+    kg = k0 + ss * GROUP  # [S] each slice's first column
+    ok = n_ok[None, :] & (kg < K)[:, None]  # [S, R]
+    if KIND == "int4":
+        cols = kg[:, None] // 2 + tl.arange(0, GROUP // 2)[None, :]  # [S, G / 2] bytes
+        ptrs = rows[None, :, :] + cols[:, None, :]
+        if EVEN:
+            b = tl.load(ptrs)
+        else:
+            b = tl.load(ptrs, mask=ok[:, :, None] & (cols < K // 2)[:, None, :], other=0)
+        lo, hi = int4_halves(b, dt, FAST)
+        q = tl.reshape(tl.join(lo, hi), [SLICES, b.shape[1], GROUP])
+    else:
+        cols = kg[:, None] + tl.arange(0, GROUP)[None, :]
+        ptrs = rows[None, :, :] + cols[:, None, :]
+        if EVEN:
+            q = widen(tl.load(ptrs), dt, FAST)
+        else:
+            q = widen(tl.load(ptrs, mask=ok[:, :, None] & (cols < K)[:, None, :], other=0),
+                      dt, FAST)
+    at = (kg // GROUP)[:, None]  # [S, 1] the slices' groups
+    if EVEN:
+        sc = tl.load(s_rows[None, :] + at)
+    else:
+        sc = tl.load(s_rows[None, :] + at, mask=ok, other=0.0)  # [S, R]
+    if KIND == "int4":
+        if EVEN:
+            o = tl.load(o_rows[None, :] + at)
+        else:
+            o = tl.load(o_rows[None, :] + at, mask=ok, other=0.0)
+        w = tl.fma(q, sc.to(dt)[:, :, None], o.to(dt)[:, :, None])
+    else:
+        w = q * sc.to(dt)[:, :, None]
+    return tl.dot(w, xt, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _slices_loop(acc, acc2, w_rows, rows2, s_rows, s_rows2, o_rows, o_rows2, n_ok, x_ptr, ms,
+                 m_ok, K, k_lo, k_hi, stride_xm, trigger_k, KIND: tl.constexpr,
+                 GROUP: tl.constexpr, FAST: tl.constexpr, TWO: tl.constexpr,
+                 EVEN: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, TRIGGER_STEPS: tl.constexpr,
+                 USE_PDL: tl.constexpr, SLICES: tl.constexpr):
+    """`quant_loop`'s steps with K sliced among the warps (`slices_dot`; in groups, a group
+    a slice: `slices_group_dot`): float32 sums [SLICES, BLOCK_N, BLOCK_M] a panel, added
+    over the slices at the end."""
+    tl.static_assert(GROUP == 0 or BLOCK_K == SLICES * GROUP, "in groups: a group a slice")
+    dt = x_ptr.dtype.element_ty
+    sums = tl.zeros([SLICES, BLOCK_N, BLOCK_M], tl.float32)
+    sums2 = sums
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        if TRIGGER_STEPS > 0:
+            if k0 == trigger_k:
+                pdl.launch_dependents(USE_PDL)
+        cols = slice_cols(k0, SLICES, BLOCK_K)
+        xt = tl.load(x_ptr + ms[None, None, :] * stride_xm + cols[:, :, None],
+                     mask=(cols < K)[:, :, None] & m_ok[None, None, :], other=0.0)
+        if GROUP > 0:
+            sums = slices_group_dot(sums, w_rows, s_rows, o_rows, xt, k0, n_ok, K, dt, KIND,
+                                    GROUP, FAST, EVEN, PRECISION, SLICES)
+            if TWO:
+                sums2 = slices_group_dot(sums2, rows2, s_rows2, o_rows2, xt, k0, n_ok, K, dt,
+                                         KIND, GROUP, FAST, EVEN, PRECISION, SLICES)
+        else:
+            sums = slices_dot(sums, w_rows, xt, cols, n_ok, K, dt, FAST, EVEN, PRECISION)
+            if TWO:
+                sums2 = slices_dot(sums2, rows2, xt, cols, n_ok, K, dt, FAST, EVEN, PRECISION)
+    acc += tl.sum(sums, 0)
+    if TWO:
+        acc2 += tl.sum(sums2, 0)
+    return acc, acc2
+
+
+@triton.jit
 def quant_loop(acc, acc2, w_rows, rows2, scale_ptr, offset_ptr, ns, ns2, n_ok, x_ptr, ms,
                m_ok, K, k_lo, k_hi, stride_xm, trigger_k, KIND: tl.constexpr,
                GROUP: tl.constexpr, FAST: tl.constexpr, TWO: tl.constexpr, EVEN: tl.constexpr,
                PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                BLOCK_K: tl.constexpr, TRIGGER_STEPS: tl.constexpr, USE_PDL: tl.constexpr,
-               HALVES: tl.constexpr):
+               HALVES: tl.constexpr, SLICES: tl.constexpr = 1):
     """The skinny GEMM's loop over columns [k_lo, k_hi) of a quantized W (`quant_dot`),
     one panel or two (TWO), onto float32 (acc, acc2) [BLOCK_N, BLOCK_M] (the sums of the
-    columns before k_lo, unscaled) -> the sums, per-row scales applied."""
+    columns before k_lo, unscaled) -> the sums, per-row scales applied. SLICES > 1 (as
+    many warps): each step's columns sliced among the warps (`slices_dot`; in groups, a
+    group a slice)."""
     s_rows, s_rows2, o_rows, o_rows2 = scale_ptr, scale_ptr, offset_ptr, offset_ptr
     if GROUP > 0:  # each row's K / GROUP scales (and offsets)
         s_rows = scale_ptr + ns.to(tl.int64) * (K // GROUP)
         o_rows = offset_ptr + ns.to(tl.int64) * (K // GROUP)
         s_rows2 = scale_ptr + ns2.to(tl.int64) * (K // GROUP)
         o_rows2 = offset_ptr + ns2.to(tl.int64) * (K // GROUP)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        if TRIGGER_STEPS > 0:  # as the dense loop: the next kernel may launch from here
-            if k0 == trigger_k:
-                pdl.launch_dependents(USE_PDL)
-        acc, acc2 = quant_dot(acc, acc2, w_rows, rows2, s_rows, s_rows2, o_rows, o_rows2,
-                              x_ptr, ms, m_ok, n_ok, k0, K, stride_xm, KIND, GROUP, FAST, TWO,
-                              EVEN, PRECISION, BLOCK_K, HALVES)
+    if SLICES > 1:
+        acc, acc2 = _slices_loop(acc, acc2, w_rows, rows2, s_rows, s_rows2, o_rows, o_rows2,
+                                 n_ok, x_ptr, ms, m_ok, K, k_lo, k_hi, stride_xm, trigger_k,
+                                 KIND, GROUP, FAST, TWO, EVEN, PRECISION, BLOCK_N, BLOCK_M,
+                                 BLOCK_K, TRIGGER_STEPS, USE_PDL, SLICES)
+    else:
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            if TRIGGER_STEPS > 0:  # as the dense loop: the next kernel may launch from here
+                if k0 == trigger_k:
+                    pdl.launch_dependents(USE_PDL)
+            acc, acc2 = quant_dot(acc, acc2, w_rows, rows2, s_rows, s_rows2, o_rows, o_rows2,
+                                  x_ptr, ms, m_ok, n_ok, k0, K, stride_xm, KIND, GROUP, FAST,
+                                  TWO, EVEN, PRECISION, BLOCK_K, HALVES)
     if GROUP == 0:  # int8 / fp8: w = q * scale, one scale per row
         acc = row_scale(acc, scale_ptr, ns, n_ok)
         if TWO:

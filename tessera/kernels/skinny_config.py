@@ -24,6 +24,9 @@ class SkinnyConfig(NamedTuple):
     num_warps: int
     num_stages: int
     split_k: int = 1  # programs along K, their partial sums added by the last (split_k.py)
+    # a quantized W's steps sliced along K among this many warps (= num_warps; in groups
+    # a group a slice: kernels/quant_tiles.py `slices_dot`); 1: the warps split the rows
+    slices: int = 1
 
 
 def pick_config(n: int, k: int, gated: bool = False, itemsize: int = 2, kind: str = "",
@@ -66,6 +69,11 @@ QUANT_CONFIG_OVERRIDES: dict = {}
 QUANT_STEP_BYTES = 256
 QUANT_SMEM_BYTES = 128 << 10
 QUANT_PROGRAMS = 300
+# A/B knobs: a quantized W's steps of QUANT_SLICED_STEP columns sliced along K among
+# QUANT_SLICES warps (SkinnyConfig.slices; in groups where such a step is that many groups;
+# 1: off, the warps split the rows)
+QUANT_SLICES = 1
+QUANT_SLICED_STEP = 512
 
 
 def quant_config(kind: str, n: int, k: int, gated: bool = False, itemsize: int = 2,
@@ -88,10 +96,16 @@ def quant_config(kind: str, n: int, k: int, gated: bool = False, itemsize: int =
     block_k = max(min(QUANT_STEP_BYTES * per_byte, triton.next_power_of_2(k)), 16)
     if group:  # whole groups, one dot each
         block_k = min(max(block_k, group), 8 * group)
+    slices, warps = 1, 2
+    sliced_k = max(min(QUANT_SLICED_STEP, triton.next_power_of_2(k)), 16)
+    if QUANT_SLICES > 1 and (sliced_k == QUANT_SLICES * group if group
+                             else sliced_k % (16 * QUANT_SLICES) == 0):
+        block_k, slices, warps = sliced_k, QUANT_SLICES, QUANT_SLICES
     panels, split = triton.cdiv(n, 32), 1
     while panels * split < QUANT_PROGRAMS and k >= 4 * 2 * split * block_k:
         split *= 2
-    cfg = SkinnyConfig(block_n=32, block_k=block_k, num_warps=2, num_stages=4, split_k=split)
+    cfg = SkinnyConfig(block_n=32, block_k=block_k, num_warps=warps, num_stages=4,
+                       split_k=split, slices=slices)
     bits = weight_bits(kind, itemsize)
     while (cfg.num_stages > 2
            and shared_memory_bytes(cfg, gated, itemsize, bits) > QUANT_SMEM_BYTES):

@@ -37,7 +37,9 @@ loads are what is tuned (`pick_config`, from benchmarks/kernels/
 skinny_gemm_sweep.py on an H100: 6-10% faster than cuBLAS on the Llama-3-8B shapes).
 A config may also split K among split_k programs (kernels/split_k.py: the last of them
 adds the partial sums and runs the epilogue), as quantized weights' configs do where a
-product has few panels.
+product has few panels, and, for a quantized W, slice each step's columns among the
+program's warps (SkinnyConfig.slices: a batched dot, each warp its slice of K over all
+the panel's rows, summed after the loop), so a panel keeps more warps busy.
 Under PDL (kernels/pdl.py) the first W tile is loaded (an int8 / fp8 W's stored bytes too:
 QUANT_PRELOAD, the loop's first step peeled), and the leading columns of every row
 (kernels/l2_prefetch.py) asked of L2, before waiting for the kernel that produces x; it
@@ -125,7 +127,7 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
                  TRIGGER_STEPS: tl.constexpr, USE_PDL: tl.constexpr, SPLIT: tl.constexpr,
                  HALVES: tl.constexpr, PRELOAD: tl.constexpr, A8: tl.constexpr,
                  X16: tl.constexpr, XQ_ROWS: tl.constexpr, PREP_K: tl.constexpr,
-                 XQ_ONE_PASS: tl.constexpr):
+                 XQ_ONE_PASS: tl.constexpr, SLICES: tl.constexpr):
     # N: rows of the output (I when gated; W then has 2I rows, up at row offset N; in rope
     # mode the heads, NUM_Q + 2 NUM_KV of 2 HALF rows, place the programs instead). Along
     # axis 1, SPLIT programs take K_PER columns each (kernels/split_k.py).
@@ -219,7 +221,7 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
                                            ns2, n_ok, xs, ms, m_ok, K, k_loop, k_hi, stride_xs,
                                            trigger_k, KIND, GROUP, FAST, GATED or ROPE, EVEN,
                                            PRECISION, BLOCK_N, BLOCK_M, BLOCK_K, TRIGGER_STEPS,
-                                           USE_PDL, HALVES)
+                                           USE_PDL, HALVES, SLICES)
         if X16:
             acc = acc * sx[None, :]
             acc2 = acc2 * sx[None, :]
@@ -403,6 +405,12 @@ def _launch(x, qa: QuantArgs, bias, y, n, cfg, mode: dict, EVEN: bool,
     prep = x_prep(x, qa)
     xq = (torch.empty(rows, k, dtype=skinny_a8.PREP_DTYPES[prep], device=x.device) if prep
           else weight)
+    slices = cfg.slices if qa.KIND and prep != "fp8" and not quant_tiles.INT4_HALVES else 1
+    if slices > 1 and (cfg.block_k != slices * qa.GROUP if qa.GROUP
+                       else cfg.block_k % (16 * slices)):
+        raise ValueError(f"{slices} K slices of a {cfg.block_k}-column step: each needs "
+                         + (f"one group of {qa.GROUP}" if qa.GROUP else
+                            "a multiple of 16 columns"))
     _skinny_gemm[(panels, split)](
         x, weight, bias if bias is not None else weight, y, rows, n, k, x.stride(0), y.stride(0),
         pos, cs, slots, kv, stride_kvs, parts, num_parts, eps, res, g, scaled, qa.scale,
@@ -417,7 +425,8 @@ def _launch(x, qa: QuantArgs, bias, y, n, cfg, mode: dict, EVEN: bool,
         PRELOAD=QUANT_PRELOAD and qa.GROUP == 0 and qa.KIND != "" and prep != "fp8",
         A8=prep == "fp8", X16=prep == "fp16",
         **skinny_a8.prep_constants(rows, k_per, bool(prep)),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **options,
+        SLICES=slices, num_warps=slices if slices > 1 else cfg.num_warps,
+        num_stages=cfg.num_stages, **options,
         **pdl_launch_args(x.device, pdl))
 
 

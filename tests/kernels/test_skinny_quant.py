@@ -255,3 +255,57 @@ def test_first_step_peeled_or_not(monkeypatch, preload, kind):
         assert close(skinny_gemm(x, qw, config=cfg), skinny_gemm_ref(x, qw), dtype)
         assert close(skinny_gemm(x, q2, gated=True, config=cfg),
                      skinny_gemm_ref(x, q2, gated=True), dtype)
+
+
+@pytest.mark.parametrize("slices", [2, 4])
+@pytest.mark.parametrize("kind,group", KINDS, ids=IDS)
+def test_k_sliced_among_warps(monkeypatch, slices, kind, group):
+    """SkinnyConfig.slices: each step's columns sliced along K among the warps (a batched
+    dot; in groups, a group a slice) in every mode: plain and gated (K split in three, the
+    last step part-masked), and through skinny_config.QUANT_SLICES (the default configs
+    sliced where a step is that many groups) q/k/v with rotary, the residual add, a
+    pending norm finished."""
+    from tessera.kernels import skinny_config
+    monkeypatch.setattr(skinny_config, "QUANT_SLICES", slices)
+    dtype = torch.float16
+    step = slices * group if group else 64
+    k = 7 * step - (group or 16)  # seven steps, the last short
+    x = rand(3, k, dtype=dtype)
+    qw, q2 = quant(kind, group, 100, k, dtype), quant(kind, group, 200, k, dtype, seed=3)
+    split = SkinnyConfig(block_n=32, block_k=step, num_warps=slices, num_stages=2, split_k=3,
+                         slices=slices)
+    for cfg in (split, split._replace(split_k=1)):
+        assert close(skinny_gemm(x, qw, config=cfg), skinny_gemm_ref(x, qw), dtype)
+        assert close(skinny_gemm(x, q2, gated=True, config=cfg),
+                     skinny_gemm_ref(x, q2, gated=True), dtype)
+    k = width(group) if group else 448
+    x = rand(1, k, dtype=dtype)
+    w, b, rope, positions, slots, kv = qkv_case(1, k, 4, 2, 32, dtype, True)
+    qw = quantize(kind, w, group)
+    ref_kv = kv.clone()
+    q = skinny_qkv_rope(x, qw, b, positions, rope.cos_sin, kv, slots, 4, 2)
+    assert close(q, unfused(x, qw, b, positions, rope.cos_sin, ref_kv, slots, 4, 2), dtype)
+    assert close(kv, ref_kv, dtype)
+    qw = quant(kind, group, 128, k, dtype)
+    residual, g = rand(1, 128, dtype=dtype, seed=3), rand(128, dtype=dtype, seed=4, shift=1.0)
+    got = skinny_gemm_add_norm(x, qw, None, residual, g)
+    ref = pending_norm_ref(residual + skinny_gemm_ref(x, qw), g, 32, MAX_ROWS)
+    assert close(got.residual, ref.residual, dtype)
+    assert close(got.scaled, ref.scaled, dtype)
+    q3 = quant(kind, group, 160, 128, dtype)
+    normed = rms_norm_ref(got.residual, g, EPS)
+    assert close(skinny_gemm(got.scaled, q3, gated=True, norm_parts=got.parts, eps=EPS),
+                 skinny_gemm_ref(normed, q3, gated=True), dtype, scale=2.0)
+    if not group:  # the default configs take the knob
+        assert pick_config(4096, 4096, False, 2, kind).slices == slices
+
+
+def test_slices_must_fit_the_step():
+    x = rand(1, 256, dtype=torch.float16)
+    bad = SkinnyConfig(block_n=32, block_k=64, num_warps=8, num_stages=2, slices=8)
+    with pytest.raises(ValueError, match="8 K slices of a 64-column step: each needs a "
+                                         "multiple of 16"):
+        skinny_gemm(x, quant("int8", 0, 64, 256, torch.float16), config=bad)
+    with pytest.raises(ValueError, match="one group of 32"):
+        skinny_gemm(x, quant("int4", 32, 64, 256, torch.float16),
+                    config=bad._replace(block_k=128, slices=2, num_warps=2))
