@@ -22,6 +22,7 @@ timed only. One call does both:
     python benchmarks/kernels/quant_gemm_sweep.py --models 70b --out $OUT/q70b.json
     python benchmarks/kernels/quant_gemm_sweep.py --check-only
     python benchmarks/kernels/quant_gemm_sweep.py --models 8b --kinds int8 --rows 1 --slices
+(--gated: the skinny gate_up product as the model runs it, two panels a program.)
 (Triton compiles each config once, ~1 s each: a model's full sweep is several minutes;
 --quick times the default configs only.)
 """
@@ -206,7 +207,7 @@ def timed(fns) -> float:
 
 @torch.inference_mode()
 def sweep(models, kinds, quick: bool, rows=(1, 4, 16, 64, 256, 2048),
-          sliced: bool = False) -> list[dict]:
+          sliced: bool = False, gated: bool = False) -> list[dict]:
     rows_out = []
     dt = torch.bfloat16
     for model in models:
@@ -219,6 +220,7 @@ def sweep(models, kinds, quick: bool, rows=(1, 4, 16, 64, 256, 2048),
                 base[m] = dict(cublas=timed([lambda w=w: F.linear(x, w) for w in dense]))
                 if m <= MAX_ROWS:
                     base[m]["skinny_bf16"] = timed([lambda w=w: skinny_gemm(x, w) for w in dense])
+            as_gated = gated and name == "gate_up"  # as the model runs it: silu(g) * u
             for label in kinds:
                 kind, group = TIMED_KINDS[label]
                 skinny_module.FP8_ACTIVATIONS = label == "fp8a8"
@@ -235,7 +237,8 @@ def sweep(models, kinds, quick: bool, rows=(1, 4, 16, 64, 256, 2048),
                         if sliced and label in KINDS:
                             grid = sliced_grid(kind, group)
                         configs = [None] if quick or m > 1 else [None] + grid
-                        run = lambda qw, c: skinny_gemm(x, qw, config=c)  # noqa: E731
+                        run = lambda qw, c: skinny_gemm(x, qw, gated=as_gated,  # noqa: E731
+                                                        config=c)
                     else:
                         configs = [None] if quick else [None] + GEMM_GRID
                         run = lambda qw, c: quant_gemm(x, qw, config=c)  # noqa: E731
@@ -248,7 +251,8 @@ def sweep(models, kinds, quick: bool, rows=(1, 4, 16, 64, 256, 2048),
                     if best_cfg is None:
                         a8 = label == "fp8a8" and m <= skinny_module.A8_MAX_ROWS
                         best_cfg = (a8_config(n, k) if a8
-                                    else pick_config(n, k, False, 2, kind, group)
+                                    else pick_config(n // 2 if as_gated else n, k, as_gated,
+                                                     2, kind, group)
                                     if m <= MAX_ROWS else gemm_config(m, kind, group))
                     fp8_runs = {}  # this kind's own: the W8A8 product as the model runs it
                     if kind == "fp8" and m > MAX_ROWS and w8a8_supported(x.device):
@@ -293,6 +297,8 @@ def main() -> None:
     ap.add_argument("--rows", default="1,4,16,64,256,2048", help="rows of x to time")
     ap.add_argument("--slices", action="store_true",
                     help="at one row: the K-sliced configs (`sliced_grid`)")
+    ap.add_argument("--gated", action="store_true",
+                    help="the skinny gate_up product gated (two panels a program, SiLU)")
     ap.add_argument("--int4-halves", action="store_true",
                     help="int4 groups as two half-width dots (quant_tiles.INT4_HALVES)")
     args = ap.parse_args()
@@ -303,7 +309,8 @@ def main() -> None:
     if not args.check_only:
         print(f"\n{res['device']}: bf16 activations; us per call, weight GB/s, TFLOP/s")
         res["sweep"] = sweep(args.models.split(","), args.kinds.split(","), args.quick,
-                             [int(r) for r in args.rows.split(",")], args.slices)
+                             [int(r) for r in args.rows.split(",")], args.slices,
+                             args.gated)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=2)
     if args.check or args.check_only:

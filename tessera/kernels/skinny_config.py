@@ -70,9 +70,13 @@ QUANT_STEP_BYTES = 256
 QUANT_SMEM_BYTES = 128 << 10
 QUANT_PROGRAMS = 300
 # A/B knobs: a quantized W's steps of QUANT_SLICED_STEP columns sliced along K among
-# QUANT_SLICES warps (SkinnyConfig.slices; in groups where such a step is that many groups;
-# 1: off, the warps split the rows)
-QUANT_SLICES = 1
+# QUANT_SLICES[kind] warps (SkinnyConfig.slices; in groups where such a step is that many
+# groups; a kind not named: the warps split the rows). H100, Llama-3-8B products at one row
+# (2026-12-05, quant_gemm_sweep.py --slices), us unsliced -> sliced by this rule: int4 g128
+# qkv 14.0 -> 13.1, o 10.7 -> 11.2, gate_up 41.3 -> 34.0, down 24.1 -> 21.7 (-11% in all);
+# int8 qkv 12.3 -> 11.9, o 11.2 -> 11.3, gate_up 50.6 -> 44.9, down 25.0 -> 29.5 (split in
+# 4; 25.5 whole): int8 and fp8 stay unsliced until measured on the H200
+QUANT_SLICES: dict = {"int4": 4}
 QUANT_SLICED_STEP = 512
 
 
@@ -91,16 +95,19 @@ def quant_config(kind: str, n: int, k: int, gated: bool = False, itemsize: int =
     down 4096 x 14336 32.6 -> 19.8 (4), qkv 6144 x 4096 13.6 -> 11.8 (2); 70B o 8192 x
     8192 27.1 -> 20.8 (2), down 8192 x 28672 77.2 -> 58.5 (2), its qkv (10240 rows: 320
     panels) unsplit 30.2 (split 2: 34.9); int4 g128 down 46.8 -> 32.9, qkv 16.8 -> 13.9.
-    The gate/up products (896 panels and more) stay whole."""
+    The gate/up products (896 panels and more) stay whole. A kind in QUANT_SLICES takes
+    steps of QUANT_SLICED_STEP columns sliced along K among that many warps (int4 g128:
+    four groups a step, a group a warp)."""
     per_byte = 2 if kind == "int4" else 1
     block_k = max(min(QUANT_STEP_BYTES * per_byte, triton.next_power_of_2(k)), 16)
     if group:  # whole groups, one dot each
         block_k = min(max(block_k, group), 8 * group)
     slices, warps = 1, 2
     sliced_k = max(min(QUANT_SLICED_STEP, triton.next_power_of_2(k)), 16)
-    if QUANT_SLICES > 1 and (sliced_k == QUANT_SLICES * group if group
-                             else sliced_k % (16 * QUANT_SLICES) == 0):
-        block_k, slices, warps = sliced_k, QUANT_SLICES, QUANT_SLICES
+    wanted = QUANT_SLICES.get(kind, 1)
+    if wanted > 1 and (sliced_k == wanted * group if group
+                       else sliced_k % (16 * wanted) == 0):
+        block_k, slices, warps = sliced_k, wanted, wanted
     panels, split = triton.cdiv(n, 32), 1
     while panels * split < QUANT_PROGRAMS and k >= 4 * 2 * split * block_k:
         split *= 2

@@ -425,9 +425,16 @@ def _launch(x, qa: QuantArgs, bias, y, n, cfg, mode: dict, EVEN: bool,
         PRELOAD=QUANT_PRELOAD and qa.GROUP == 0 and qa.KIND != "" and prep != "fp8",
         A8=prep == "fp8", X16=prep == "fp16",
         **skinny_a8.prep_constants(rows, k_per, bool(prep)),
-        SLICES=slices, num_warps=slices if slices > 1 else cfg.num_warps,
+        SLICES=slices, num_warps=_warps(cfg, slices),
         num_stages=cfg.num_stages, **options,
         **pdl_launch_args(x.device, pdl))
+
+
+def _warps(cfg: SkinnyConfig, slices: int) -> int:
+    """One a K slice; a sliced config run unsliced (INT4_HALVES, fp8 activations): one a
+    16-row MMA tile, so none widens another's rows."""
+    unsliced = min(cfg.num_warps, max(1, cfg.block_n // 16)) if cfg.slices > 1 else None
+    return slices if slices > 1 else unsliced or cfg.num_warps
 
 
 def skinny_qkv_rope(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor],

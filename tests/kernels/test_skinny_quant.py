@@ -179,7 +179,11 @@ def test_quantized_configs_fit_and_round_to_groups():
                 continue
             for gated in (False, True):
                 cfg = pick_config(4096, k, gated, 2, kind, group)
-                assert cfg.num_warps * 16 <= cfg.block_n  # no warp widens another's rows
+                if cfg.slices > 1:  # a warp a slice of K (a group), over all the rows
+                    assert cfg.num_warps == cfg.slices
+                    assert cfg.block_k == cfg.slices * group if group else True
+                else:  # no warp widens another's rows
+                    assert cfg.num_warps * 16 <= cfg.block_n
                 assert not group or cfg.block_k % group == 0
     assert pick_config(4096, 4096, False, 2, "int4", 128).block_k == 512  # 256 bytes a row
 
@@ -266,7 +270,7 @@ def test_k_sliced_among_warps(monkeypatch, slices, kind, group):
     sliced where a step is that many groups) q/k/v with rotary, the residual add, a
     pending norm finished."""
     from tessera.kernels import skinny_config
-    monkeypatch.setattr(skinny_config, "QUANT_SLICES", slices)
+    monkeypatch.setattr(skinny_config, "QUANT_SLICES", {kind: slices})
     dtype = torch.float16
     step = slices * group if group else 64
     k = 7 * step - (group or 16)  # seven steps, the last short
