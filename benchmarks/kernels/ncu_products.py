@@ -13,6 +13,11 @@ launches the warm-up makes (ncu's --launch-skip) and how many are profiled after
         --section WarpStateStats --section SchedulerStats \\
         python benchmarks/kernels/ncu_products.py --kinds int8,none
 
+The stall reasons behind "Warp Cycles Per Issued Instruction" (cycles a warp spends in each
+state per instruction issued): add
+`--metrics regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio`.
+--slices S (--block-k C): int8 / fp8 in their default config with each step's columns
+sliced among S warps (SkinnyConfig.slices).
 Without ncu it prints each launch's time from CUDA events (one launch: a rough reading;
 benchmarks/kernels/quant_gemm_sweep.py times properly).
 """

@@ -302,6 +302,9 @@ def main() -> None:
     ap.add_argument("--int4-halves", action="store_true",
                     help="int4 groups as two half-width dots (quant_tiles.INT4_HALVES)")
     args = ap.parse_args()
+    unknown = sorted(set(args.kinds.split(",")) - set(TIMED_KINDS))
+    if unknown:
+        ap.error(f"--kinds takes {', '.join(TIMED_KINDS)}, not {', '.join(unknown)}")
     quant_tiles.INT4_HALVES = args.int4_halves
     res: dict = {"device": torch.cuda.get_device_name()}
     if args.check or args.check_only:

@@ -261,9 +261,10 @@ def test_first_step_peeled_or_not(monkeypatch, preload, kind):
                      skinny_gemm_ref(x, q2, gated=True), dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("slices", [2, 4])
 @pytest.mark.parametrize("kind,group", KINDS, ids=IDS)
-def test_k_sliced_among_warps(monkeypatch, slices, kind, group):
+def test_k_sliced_among_warps(monkeypatch, dtype, slices, kind, group):
     """SkinnyConfig.slices: each step's columns sliced along K among the warps (a batched
     dot; in groups, a group a slice) in every mode: plain and gated (K split in three, the
     last step part-masked), and through skinny_config.QUANT_SLICES (the default configs
@@ -271,7 +272,6 @@ def test_k_sliced_among_warps(monkeypatch, slices, kind, group):
     pending norm finished."""
     from tessera.kernels import skinny_config
     monkeypatch.setattr(skinny_config, "QUANT_SLICES", {kind: slices})
-    dtype = torch.float16
     step = slices * group if group else 64
     k = 7 * step - (group or 16)  # seven steps, the last short
     x = rand(3, k, dtype=dtype)
