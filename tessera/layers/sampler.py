@@ -11,7 +11,8 @@ ops', one kernel on a GPU) -> min_tokens bans ->
 repetition/presence/frequency penalties -> greedy rows take the argmax; the others:
 temperature -> top-k -> top-p -> min-p -> a draw by the exponential race (argmax p / q,
 q ~ Exp(1)), with a row's own torch.Generator when it has a seed, so a seeded request
-draws the same tokens whatever else is in the batch.
+draws the same tokens whatever else is in the batch (`fill_rows`: one draw for the rows
+sharing a generator, one more per seeded row).
 """
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ class SamplingBatch:
     use_top_k: Optional[bool] = None
     use_top_p: Optional[bool] = None
     use_min_p: Optional[bool] = None
+    # the runner's generator (the rows without a seed take it): drawn from once for all
+    # rows (`fill_rows`); None: each row draws on its own unless all share one
+    shared_generator: Optional[torch.Generator] = None
 
 
 def sample(logits: torch.Tensor, batch: SamplingBatch, argmax: Argmax = argmax_ref
@@ -64,7 +68,8 @@ def sample(logits: torch.Tensor, batch: SamplingBatch, argmax: Argmax = argmax_r
     if batch.all_greedy:
         tokens = greedy_ids
     else:
-        sampled = race(probabilities(logits, batch), batch.generators, argmax)
+        sampled = race(probabilities(logits, batch), batch.generators, argmax,
+                       batch.shared_generator)
         tokens = torch.where(batch.temperature < 1e-5, greedy_ids, sampled)
     entries = [None] * tokens.shape[0]
     if raw_logprobs is not None:
@@ -123,16 +128,32 @@ def probabilities(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     return probs
 
 
-def race(probs: torch.Tensor, generators: list[torch.Generator], argmax: Argmax) -> torch.Tensor:
+def race(probs: torch.Tensor, generators: list[torch.Generator], argmax: Argmax,
+         shared: Optional[torch.Generator] = None) -> torch.Tensor:
     """One draw per row of probs [N, V] (unnormalized is fine): argmax p / q with
-    q ~ Exp(1) from the row's generator -> [N] int64."""
+    q ~ Exp(1) from the row's generator -> [N] int64 (shared: `fill_rows`)."""
     q = torch.empty_like(probs)
-    if all(g is generators[0] for g in generators):
-        q.exponential_(generator=generators[0])
-    else:
-        for row, gen in enumerate(generators):
-            q[row].exponential_(generator=gen)
+    fill_rows(q, generators, lambda t, gen: t.exponential_(generator=gen), shared)
     return argmax(probs / q)
+
+
+def fill_rows(out: torch.Tensor, generators: list[torch.Generator],
+              fill: Callable[[torch.Tensor, torch.Generator], object],
+              shared: Optional[torch.Generator] = None) -> None:
+    """Fill each row of out [N, ...] in place from its generator. Rows all of one generator:
+    one fill. Else the whole tensor from `shared` (the runner's generator, which the rows
+    without a seed take; one launch) and each other row (a seeded request's) again from
+    its own, so a seeded row's numbers depend on its own generator alone; without
+    `shared`, a fill per row."""
+    first = generators[0] if generators else shared
+    if all(g is first for g in generators):
+        fill(out, first)
+        return
+    if shared is not None:
+        fill(out, shared)
+    for row, gen in enumerate(generators):
+        if gen is not shared:
+            fill(out[row], gen)
 
 
 def _top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,

@@ -181,7 +181,7 @@ class DraftModel:
             return argmax(self.model.compute_logits(hidden, as_float=False)), None
         logits = self.model.compute_logits(hidden)  # [N, V] float32
         q = probabilities(logits, batch)
-        drawn = race(q, batch.generators, argmax)
+        drawn = race(q, batch.generators, argmax, batch.shared_generator)
         return torch.where(batch.temperature < 1e-5, argmax(logits), drawn), q
 
 

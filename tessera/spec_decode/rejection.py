@@ -23,8 +23,8 @@ from typing import Optional
 import torch
 
 from tessera.engine.protocol import LogprobsEntry
-from tessera.layers.sampler import (Argmax, SamplingBatch, adjusted_logits, gather_logprobs,
-                                    probabilities, race)
+from tessera.layers.sampler import (Argmax, SamplingBatch, adjusted_logits, fill_rows,
+                                    gather_logprobs, probabilities, race)
 from tessera.kernels.reference import argmax_ref
 
 
@@ -88,17 +88,17 @@ def _random_rows(adjusted: torch.Tensor, batch: SamplingBatch, drafts: torch.Ten
         q = torch.where(sampled, draft_probs, onehot)
     q = torch.where(has_draft[:, None], q, torch.zeros_like(q))
     q_d = q.gather(1, d)[:, 0]
-    u = _uniform(batch.generators, probs)
+    u = _uniform(batch.generators, probs, batch.shared_generator)
     accepted = has_draft & (u * q_d < p_d)
     residual = (probs - q).clamp(min=0)
     empty = residual.sum(dim=-1, keepdim=True) <= 0  # p == q: a rejection cannot happen
     residual = torch.where(empty, probs, residual)
-    return accepted, race(residual, batch.generators, argmax)
+    return accepted, race(residual, batch.generators, argmax, batch.shared_generator)
 
 
-def _uniform(generators: list[torch.Generator], like: torch.Tensor) -> torch.Tensor:
-    """One U[0, 1) per row, from the row's generator -> [R] float32."""
-    rows = like.shape[0]
-    if all(g is generators[0] for g in generators):
-        return torch.rand(rows, generator=generators[0], device=like.device)
-    return torch.cat([torch.rand(1, generator=g, device=like.device) for g in generators])
+def _uniform(generators: list[torch.Generator], like: torch.Tensor,
+             shared: Optional[torch.Generator] = None) -> torch.Tensor:
+    """One U[0, 1) per row, from the row's generator -> [R] float32 (shared: `fill_rows`)."""
+    u = torch.empty(like.shape[0], device=like.device)
+    fill_rows(u, generators, lambda t, gen: t.uniform_(generator=gen), shared)
+    return u

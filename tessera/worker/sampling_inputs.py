@@ -64,6 +64,7 @@ class SamplingInputs:
             output_token_ids=([s.token_ids[s.num_prompt_tokens:] + b
                                for s, b in zip(states, before)] if any_penalty else []),
             generators=[s.generator or self.default_generator for s in states],
+            shared_generator=self.default_generator,
             banned_token_ids=[self.banned(s, len(b)) for s, b in zip(states, before)],
             num_logprobs=[p.logprobs for p in ps],
             all_greedy=all(p.greedy for p in ps),

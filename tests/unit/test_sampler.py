@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from tessera.layers.sampler import SamplingBatch, apply_penalties, sample
+from tessera.layers.sampler import SamplingBatch, apply_penalties, fill_rows, sample
 
 
 def sample_ids(logits, batch):
@@ -52,6 +52,7 @@ def make_batch(rows: list[dict], shared_seed: int = 0) -> SamplingBatch:
         prompt_token_ids=[list(r.get("prompt", [])) for r in rows],
         output_token_ids=[list(r.get("output", [])) for r in rows],
         generators=gens,
+        shared_generator=shared,  # as the runner gives its own
         banned_token_ids=[list(r.get("banned", [])) for r in rows],
         num_logprobs=[r.get("logprobs") for r in rows],
         all_greedy=all(t < 1e-5 or k == 1 for t, k in zip(temps, top_ks)),
@@ -244,6 +245,30 @@ def test_same_seed_same_tokens_whatever_else_is_in_the_batch():
     assert _seeded_run(0, others) == alone
     assert _seeded_run(3, others) == alone
     assert _seeded_run(1, others[:2] + [{"seed": 99}]) == alone
+
+
+def test_rows_sharing_the_runners_generator_draw_at_once():
+    """fill_rows: one fill for every row from the shared (runner's) generator, then one per
+    seeded row, whose numbers are its own generator's alone; without a shared generator a
+    fill per row, unless all rows share one."""
+    shared, a, b = (torch.Generator().manual_seed(s) for s in (0, 1, 2))
+    gens = [shared, a, shared, b, shared]
+
+    def run(shared_generator):
+        calls, out = [], torch.empty(5, 3)
+        fill_rows(out, gens, lambda t, g: calls.append(g) or t.uniform_(generator=g),
+                  shared_generator)
+        return calls, out
+
+    calls, out = run(shared)
+    assert calls == [shared, a, b]
+    assert torch.equal(out[1], torch.empty(3).uniform_(generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(out[3], torch.empty(3).uniform_(generator=torch.Generator().manual_seed(2)))
+    calls, _ = run(None)
+    assert calls == gens
+    calls = []
+    fill_rows(torch.empty(4, 2), [a] * 4, lambda t, g: calls.append(g), shared)
+    assert calls == [a]
 
 
 def test_different_seeds_give_different_tokens():
