@@ -2,7 +2,9 @@
 
 `nvidia_sm90_or_later(device)`: an NVIDIA (not ROCm) GPU of compute capability 9.0 or
 later (Hopper on): where programmatic dependent launch (kernels/pdl.py) and the skinny
-GEMM's tuning (quant/unquantized.py picks it there) apply.
+GEMM's tuning (quant/unquantized.py picks it there) apply. `multiprocessors(device)`:
+(SMs, shared memory bytes of each), (0, 0) off CUDA or where torch does not say: what
+a grid's waves are counted in (kernels/skinny_config.py `fit_one_wave`).
 """
 from __future__ import annotations
 
@@ -15,3 +17,12 @@ import torch
 def nvidia_sm90_or_later(device: torch.device) -> bool:
     return (device.type == "cuda" and torch.version.hip is None
             and torch.cuda.get_device_capability(device)[0] >= 9)
+
+
+@functools.lru_cache(maxsize=None)
+def multiprocessors(device: torch.device) -> tuple[int, int]:
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return 0, 0
+    props = torch.cuda.get_device_properties(device)
+    return (props.multi_processor_count,
+            getattr(props, "shared_memory_per_multiprocessor", 0) or 0)

@@ -5,7 +5,9 @@ pipeline stages, split_k programs along K), `pick_config` (the entry: `tuned_con
 a dense W or `quant_config` for a quantized one, the CONFIG_OVERRIDES /
 QUANT_CONFIG_OVERRIDES A/B knobs, within the SMEM_CAP_BYTES one; `quant_config` also picks
 how many programs share K), `a8_config` (an fp8 W times fp8 x: kernels/skinny_a8.py),
-`weight_bits`, `shared_memory_bytes`.
+`fit_one_wave` (fewer stages where that makes a quantized product's grid one wave:
+`pipeline_bytes`, the shared memory a program takes), `weight_bits`,
+`shared_memory_bytes`.
 """
 from __future__ import annotations
 
@@ -79,6 +81,11 @@ QUANT_PROGRAMS = 300
 # A/B have run (int4 first: {"int4": 4})
 QUANT_SLICES: dict = {}
 QUANT_SLICED_STEP = 512
+# A/B knob: a quantized product's stages cut (not under 3) where that fits its grid in one
+# wave (`fit_one_wave`). H100 (2026-12-05, ncu): the 8B's gated gate/up in int8 / fp8 /
+# int4, 448 programs of 4 stages at 3 an SM (1.13 waves), kept its SMs busy 65% / 62% /
+# 78% of its cycles against 80% for qkv; 3 stages fit 5 (int4: 4) an SM
+QUANT_ONE_WAVE = True
 
 
 def quant_config(kind: str, n: int, k: int, gated: bool = False, itemsize: int = 2,
@@ -132,6 +139,38 @@ def a8_config(n: int, k: int, gated: bool = False) -> SkinnyConfig:
     cfg = SkinnyConfig(block_n=64, block_k=block_k, num_warps=4, num_stages=4, split_k=split)
     while cfg.num_stages > 2 and shared_memory_bytes(cfg, gated, 1, 8) > QUANT_SMEM_BYTES:
         cfg = cfg._replace(num_stages=cfg.num_stages - 1)
+    return cfg
+
+
+def pipeline_bytes(cfg: SkinnyConfig, gated: bool, itemsize: int, bits: int,
+                   block_m: int) -> int:
+    """The shared memory Triton's software pipeline gives a program: stages - 1 buffers of
+    a step's W panel(s) (`bits` an element) and x tile (block_m rows) (as Nsight Compute
+    read them on an H100: int8 gated 61,440 bytes, plain 36,864; int4 gated 73,728)."""
+    panels = 2 if gated else 1
+    return (cfg.num_stages - 1) * (panels * cfg.block_n * cfg.block_k * bits // 8
+                                   + block_m * cfg.block_k * itemsize)
+
+
+def fit_one_wave(cfg: SkinnyConfig, n: int, gated: bool, itemsize: int, bits: int,
+                 block_m: int, sms: tuple[int, int]) -> SkinnyConfig:
+    """Fewer stages (not under 3) where that lets every program of the grid be resident
+    at once: a grid a little over one wave runs its last programs on a few SMs while the
+    rest idle. sms: (multiprocessors, shared memory bytes of each; 0: unknown, cfg as it
+    is); a program also takes 1 KB of shared memory for the driver. Registers and warps
+    are not counted (these programs of 2-4 warps hit the shared memory's limit first)."""
+    count, shared = sms
+    programs = triton.cdiv(n, cfg.block_n) * cfg.split_k
+
+    def resident(c: SkinnyConfig) -> int:
+        return count * (shared // (pipeline_bytes(c, gated, itemsize, bits, block_m) + 1024))
+
+    if not (QUANT_ONE_WAVE and count and shared) or programs <= resident(cfg):
+        return cfg
+    for stages in range(cfg.num_stages - 1, 2, -1):
+        fewer = cfg._replace(num_stages=stages)
+        if programs <= resident(fewer):
+            return fewer
     return cfg
 
 

@@ -21,13 +21,10 @@ mode: kernels/quant_tiles.py's `quant_loop` widens or dequantizes its tiles in r
 and applies per-row scales to the float32 accumulator after the loop, before the pending
 norm's 1/rms, the bias and the epilogue; `quant_config` (QUANT_CONFIG_OVERRIDES, the A/B
 knob) picks its tiles. The dense kernel's compiled code is unchanged (constexpr branches).
-An fp8 W with FP8_ACTIVATIONS (A/B knob, off) and at most A8_MAX_ROWS rows takes the A8
-mode instead (kernels/skinny_a8.py): each program quantizes its columns of x to fp8 and
-multiplies on the fp8 MMA, no widening (`uses_a8`; tiles: skinny_config.a8_config); an
-int8 / fp8 W with FP16_X (A/B knob, off) and a bf16 x of at most X16_MAX_ROWS rows, the
-X16 mode: each program makes its columns of x fp16 (exactly: times a power of two) and W
-widens to fp16, which costs fewer instructions than to bf16 (`x_prep`). Both modes lost
-to plain widening on the H200 (the knobs' comment), so both are off.
+Two modes make x over in each program first (kernels/skinny_a8.py; A/B knobs, off: they
+lost to plain widening on the H200): FP8_ACTIVATIONS (an fp8 W times x quantized to fp8,
+the fp8 MMA: `uses_a8`, skinny_config.a8_config) and FP16_X (an int8 / fp8 W widened to
+fp16 times x made fp16 exactly, times a power of two: `x_prep`).
 
 The work is split along N: each program owns BLOCK_N rows of W and walks K in BLOCK_K
 steps, `tl.dot`(W tile [BLOCK_N, BLOCK_K], x^T tile [BLOCK_K, BLOCK_M]) with the
@@ -65,7 +62,9 @@ from tessera.kernels.norm_epilogue import (PendingNorm, add_pending_norm, invers
 from tessera.kernels.quant_tiles import QuantArgs, fast_dequant, quant_args, row_scale
 from tessera.kernels.rotary_kv_write import cache_store_options, rope_epilogue
 from tessera.kernels.silu_and_mul import silu_mul
-from tessera.kernels.skinny_config import MAX_ROWS, SkinnyConfig, a8_config, pick_config
+from tessera.kernels.hardware import multiprocessors
+from tessera.kernels.skinny_config import (MAX_ROWS, SkinnyConfig, a8_config, fit_one_wave,
+                                           pick_config, weight_bits)
 from tessera.kernels import quant_tiles, skinny_a8, split_k
 from tessera.quant.formats import QuantizedWeight, quant_linear_ref
 
@@ -76,15 +75,10 @@ TRIGGER_STEPS = 2
 # A/B knob: under PDL, a per-row quantized W's (int8, fp8) first step loaded before the
 # wait, as a dense W's is (its dequantization waits for x's dtype only, not for x)
 QUANT_PRELOAD = False  # off until measured on the GPU
-# A/B knobs, both slower where measured, so off: x made over in each program before the
-# loop (kernels/skinny_a8.py), an fp8 W's products of up to A8_MAX_ROWS rows with x
-# quantized to fp8, on the fp8 MMA (FP8_ACTIVATIONS), or an int8 / fp8 W times a bf16 x of
-# up to X16_MAX_ROWS rows made fp16 times a power of two, exact, so W widens to fp16
-# (FP16_X). Their K loops take fewer instructions (SASS for sm_90, a weight: fp8 4.23 ->
-# 0.95 / 2.27, int8 3.77 -> 3.02), but the prep costs more than that saves: H200,
-# Llama-3-8B batch 1 (2026-12-05): fp8 widened 305.8-313.0 tok/s, 282.2 with
-# FP8_ACTIVATIONS, 268.7 with FP16_X; int8 320.6-321.0 -> 259.7 with FP16_X (every program
-# of a split stores and reloads the same x, after the PDL wait)
+# A/B knobs, off (slower): x made over in each program before the loop (skinny_a8.py):
+# FP8_ACTIVATIONS (fp8 x, the fp8 MMA), FP16_X (x fp16 times a power of two, W widened to
+# fp16). Fewer instructions in the loop, but the prep costs more: H200, Llama-3-8B batch 1
+# (2026-12-05): fp8 305.8-313.0 tok/s widened, 282.2 / 268.7 with them; int8 321 -> 259.7
 FP8_ACTIVATIONS = False
 A8_MAX_ROWS = 4
 FP16_X = False
@@ -294,9 +288,15 @@ def block_rows(rows: int, quantized: bool = False) -> int:
 
 
 def _config(config, qa: QuantArgs, n: int, gated: bool, x: torch.Tensor) -> SkinnyConfig:
-    if config is None and uses_a8(x, qa):
+    if config is not None:
+        return _fit(config, qa)
+    if uses_a8(x, qa):
         return a8_config(n, qa.k, gated)
-    return _fit(config or pick_config(n, qa.k, gated, x.element_size(), qa.KIND, qa.GROUP), qa)
+    cfg = _fit(pick_config(n, qa.k, gated, x.element_size(), qa.KIND, qa.GROUP), qa)
+    if qa.KIND:  # stages within one wave of programs (skinny_config.QUANT_ONE_WAVE)
+        cfg = fit_one_wave(cfg, n, gated, x.element_size(), weight_bits(qa.KIND, 2),
+                           block_rows(x.shape[0], True), multiprocessors(x.device))
+    return cfg
 
 
 def skinny_gemm(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor] = None,

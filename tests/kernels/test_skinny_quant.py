@@ -313,3 +313,35 @@ def test_slices_must_fit_the_step():
     with pytest.raises(ValueError, match="one group of 32"):
         skinny_gemm(x, quant("int4", 32, 64, 256, torch.float16),
                     config=bad._replace(block_k=128, slices=2, num_warps=2))
+
+
+def test_stages_fit_the_grid_in_one_wave(monkeypatch):
+    """skinny_config.fit_one_wave on an H100 / H200 (132 SMs of 228 KB): the 8B's gated
+    gate/up (448 programs, 3 an SM at 4 stages) drops to 3 stages (5 an SM; int4: 4);
+    what fits already, the 70B's (896 programs: no stages >= 3 fit them) and an unknown
+    GPU keep theirs. pipeline_bytes is what Nsight Compute read for these programs."""
+    from tessera.kernels import skinny_config
+    from tessera.kernels.skinny_config import fit_one_wave, pipeline_bytes, weight_bits
+    hopper = (132, 228 << 10)
+
+    def fitted(kind, group, n, k, gated, sms=hopper):
+        cfg = pick_config(n, k, gated, 2, kind, group)
+        return cfg, fit_one_wave(cfg, n, gated, 2, weight_bits(kind, 2), 8, sms)
+
+    for kind, group in (("int8", 0), ("fp8", 0), ("int4", 128)):
+        cfg, fit = fitted(kind, group, 14336, 4096, True)
+        assert (cfg.num_stages, fit.num_stages) == (4, 3)
+        assert fit._replace(num_stages=4) == cfg
+        for n, k, gated in ((6144, 4096, False), (4096, 14336, False), (28672, 8192, True)):
+            cfg, fit = fitted(kind, group, n, k, gated)
+            assert fit == cfg
+        cfg, fit = fitted(kind, group, 14336, 4096, True, sms=(0, 0))
+        assert fit == cfg
+    gated, plain = pick_config(14336, 4096, True, 2, "int8"), pick_config(6144, 4096, False, 2,
+                                                                         "int8")
+    assert pipeline_bytes(gated, True, 2, 8, 8) == 61440
+    assert pipeline_bytes(plain, False, 2, 8, 8) == 36864
+    assert pipeline_bytes(pick_config(14336, 4096, True, 2, "int4", 128), True, 2, 4, 8) == 73728
+    monkeypatch.setattr(skinny_config, "QUANT_ONE_WAVE", False)
+    cfg, fit = fitted("int8", 0, 14336, 4096, True)
+    assert fit == cfg
