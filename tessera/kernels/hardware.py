@@ -24,5 +24,10 @@ def multiprocessors(device: torch.device) -> tuple[int, int]:
     if device.type != "cuda" or not torch.cuda.is_available():
         return 0, 0
     props = torch.cuda.get_device_properties(device)
-    return (props.multi_processor_count,
-            getattr(props, "shared_memory_per_multiprocessor", 0) or 0)
+    shared = getattr(props, "shared_memory_per_multiprocessor", 0) or 0
+    if not shared:  # older torch: a block's most (opt-in) plus the 1 KB the driver keeps
+        import triton  # the CUDA builds of torch bring it
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        shared = triton.runtime.driver.active.utils.get_device_properties(index)[
+            "max_shared_mem"] + 1024
+    return props.multi_processor_count, shared

@@ -5,8 +5,8 @@ Objects (formats: quant/formats.py). Jit: `quant_dot` (one K step of a quantized
 MMA's A operand, one or two panels sharing x's tile), `quant_loop` (the skinny GEMM's K
 loop of them, under PDL), `slice_cols` / `slices_dot` / `slices_group_dot` (a step's
 columns sliced along K among the warps, a batched dot: SkinnyConfig.slices), `row_scale`
-(per-row scales on the accumulator), `widen` (an int8 or fp8 tile -> the activations' dtype, exactly),
-`int4_halves` / `int4_tile` (packed int4 bytes [R, C] -> the low and high nibbles
+(per-row scales on the accumulator), `widen` (an int8 or fp8 tile -> the activations'
+dtype, exactly), `int4_halves` / `int4_tile` (packed int4 bytes [R, C] -> the low and high nibbles
 [R, C], or interleaved [R, 2C] in W's column order, q exact), `x_tile_t` (x^T's tile),
 `stored` (W's stored elements of a tile, as they are).
 Host: `QuantArgs` / `quant_args` (a dense tensor or a QuantizedWeight -> the pointers
