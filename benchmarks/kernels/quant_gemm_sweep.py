@@ -46,11 +46,11 @@ from tessera.kernels.skinny_config import a8_config  # noqa: E402
 from tessera.kernels.norm_epilogue import pending_norm_ref  # noqa: E402
 from tessera.kernels.quant_gemm import QuantGemmConfig, pick_config as gemm_config  # noqa: E402
 from tessera.kernels.quant_gemm import quant_gemm  # noqa: E402
-from tessera.kernels.quant_tiles import weight_bytes  # noqa: E402
+from tessera.kernels.quant_tiles import quant_args, weight_bytes  # noqa: E402
 from tessera.kernels.reference import rms_norm_ref, rotary_kv_write_ref  # noqa: E402
-from tessera.kernels.skinny_gemm import (MAX_ROWS, SkinnyConfig, pick_config,  # noqa: E402
-                                         skinny_gemm, skinny_gemm_add_norm, skinny_gemm_ref,
-                                         skinny_qkv_rope)
+from tessera.kernels.skinny_gemm import (MAX_ROWS, SkinnyConfig, launch_config,  # noqa: E402
+                                         pick_config, skinny_gemm, skinny_gemm_add_norm,
+                                         skinny_gemm_ref, skinny_qkv_rope)
 from tessera.layers.rotary import RotaryEmbedding  # noqa: E402
 from tessera.kernels.fp8_rows import quantize_rows_fp8  # noqa: E402
 from tessera.quant.formats import quant_linear_ref, quantize  # noqa: E402
@@ -251,8 +251,8 @@ def sweep(models, kinds, quick: bool, rows=(1, 4, 16, 64, 256, 2048),
                     if best_cfg is None:
                         a8 = label == "fp8a8" and m <= skinny_module.A8_MAX_ROWS
                         best_cfg = (a8_config(n, k) if a8
-                                    else pick_config(n // 2 if as_gated else n, k, as_gated,
-                                                     2, kind, group)
+                                    else launch_config(None, quant_args(qws[0]),
+                                                       n // 2 if as_gated else n, as_gated, x)
                                     if m <= MAX_ROWS else gemm_config(m, kind, group))
                     fp8_runs = {}  # this kind's own: the W8A8 product as the model runs it
                     if kind == "fp8" and m > MAX_ROWS and w8a8_supported(x.device):

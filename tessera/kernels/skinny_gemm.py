@@ -83,12 +83,10 @@ FP8_ACTIVATIONS = False
 A8_MAX_ROWS = 4
 FP16_X = False
 X16_MAX_ROWS = 4
-# A/B knobs: x's rows are padded for the MMA to a power of two of at least MIN_BLOCK_M
-# (a dense W) or QUANT_MIN_BLOCK_M (a quantized one). 8, the MMA's narrowest, halves x's
-# loads and the MMAs (SASS for sm_90, one row, the K loop a weight: dense 1.46 -> 1.19,
-# int8 3.77 -> 3.12, int4 4.31 -> 3.75). H200, Llama-3-8B batch 1 (2026-12-05), 16 -> 8:
-# int4 219.1 -> 238.2 tok/s, fp8 305.8 -> 312.2, int8 321.0 -> 320.6, the 70B's int8
-# 49.5 -> 50.5; bf16 232.9 -> 224.9 (so a dense W stays at 16)
+# A/B knobs: x's rows padded for the MMA to a power of two >= MIN_BLOCK_M (a dense W) or
+# QUANT_MIN_BLOCK_M (a quantized one). 8, the MMA's narrowest: H200, Llama-3-8B batch 1
+# (2026-12-05), 16 -> 8: int4 219.1 -> 238.2 tok/s, fp8 305.8 -> 312.2, int8 321.0 ->
+# 320.6, the 70B's int8 49.5 -> 50.5; bf16 232.9 -> 224.9 (so a dense W stays at 16)
 MIN_BLOCK_M = 16
 QUANT_MIN_BLOCK_M = 8
 
@@ -287,7 +285,10 @@ def block_rows(rows: int, quantized: bool = False) -> int:
     return min(MAX_ROWS, max(least, triton.next_power_of_2(rows)))
 
 
-def _config(config, qa: QuantArgs, n: int, gated: bool, x: torch.Tensor) -> SkinnyConfig:
+def launch_config(config, qa: QuantArgs, n: int, gated: bool, x: torch.Tensor
+                  ) -> SkinnyConfig:
+    """The tiles a launch takes: config (steps in whole groups), else pick_config's
+    (a8_config's) with a quantized W's stages fitted to one wave (`fit_one_wave`)."""
     if config is not None:
         return _fit(config, qa)
     if uses_a8(x, qa):
@@ -319,7 +320,7 @@ def skinny_gemm(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor] = 
         return skinny_gemm_ref(x, weight, bias, gated)
     x = x.contiguous()
     bias = bias.contiguous() if bias is not None else None
-    cfg = _config(config, qa, n, gated, x)
+    cfg = launch_config(config, qa, n, gated, x)
     y = torch.empty(rows, n, dtype=x.dtype, device=x.device)
     _launch(x, qa, bias, y, n, cfg, dict(GATED=gated),
             EVEN=n % cfg.block_n == 0 and k % cfg.block_k == 0, pdl=pdl,
@@ -348,7 +349,7 @@ def skinny_gemm_add_norm(x: torch.Tensor, weight: Weight, bias: Optional[torch.T
                              f"got {t.dtype} {tuple(t.shape)} on {t.device}")
     x, residual = x.contiguous(), residual.contiguous()
     bias = bias.contiguous() if bias is not None else None
-    cfg = _config(config, qa, n, False, x)
+    cfg = launch_config(config, qa, n, False, x)
     programs = triton.cdiv(n, cfg.block_n)
     pending = PendingNorm(scaled=torch.empty(rows, n, dtype=x.dtype, device=x.device),
                           parts=torch.empty(programs, MAX_ROWS, dtype=torch.float32,
@@ -431,8 +432,7 @@ def _launch(x, qa: QuantArgs, bias, y, n, cfg, mode: dict, EVEN: bool,
 
 
 def _warps(cfg: SkinnyConfig, slices: int) -> int:
-    """One a K slice; a sliced config run unsliced (INT4_HALVES, fp8 activations): one a
-    16-row MMA tile, so none widens another's rows."""
+    """One a K slice; a sliced config run unsliced: one a 16-row MMA tile (no overlap)."""
     unsliced = min(cfg.num_warps, max(1, cfg.block_n // 16)) if cfg.slices > 1 else None
     return slices if slices > 1 else unsliced or cfg.num_warps
 
@@ -466,7 +466,7 @@ def skinny_qkv_rope(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor
     x = x.contiguous()
     bias = bias.contiguous() if bias is not None else None
     half = head_dim // 2
-    plain = _config(None, qa, n, False, x)
+    plain = launch_config(None, qa, n, False, x)
     # a head's two halves make two panels of half the plain rows (fp8 activations: 64 rows
     # a panel, the fp8 MMA's)
     rows_a_panel = plain.block_n if uses_a8(x, qa) else plain.block_n // 2
