@@ -17,6 +17,7 @@ tiles unless the options set them (TILES).
     python benchmarks/kernels/skinny_sass.py --kinds int8 --block-k 512 --stages 3
     python benchmarks/kernels/skinny_sass.py --kinds dense,int8,fp8x16 --block-m 8
     python benchmarks/kernels/skinny_sass.py --kinds int8,fp8 --block-m 8 --warps 4 --slices
+    python benchmarks/kernels/skinny_sass.py --kinds int4 --block-m 8 --warps 4 --slices --on-acc
 (--json: one object a variant; tests/kernels/test_skinny_sass.py reads those.)
 
 The compiler here may not be the GPU machine's (Triton 3.9 on the CPU machines, 3.6 on
@@ -55,7 +56,8 @@ DIVISIBLE = {"N", "K", "stride_xm", "stride_ym", "K_PER"}
 
 
 def compile_variant(kind: str, preload: bool, block_n: int, block_k: int, warps: int,
-                    stages: int, arch: int, block_m: int = 16, slices: int = 1):
+                    stages: int, arch: int, block_m: int = 16, slices: int = 1,
+                    on_acc: bool = False):
     """The plain product (no bias, norm or epilogue) of a bf16 x and a `kind` W, PDL on;
     slices > 1: K sliced among that many warps (a per-row W: SkinnyConfig.slices)."""
     names = list(_skinny_gemm.arg_names)
@@ -68,7 +70,7 @@ def compile_variant(kind: str, preload: bool, block_n: int, block_k: int, warps:
                  EVEN=True, PRECISION="tf32", BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
                  PREFETCH_K=max(block_k, 128), LINE=128 // (2 if kind == "dense" else 1),
                  TRIGGER_STEPS=2, USE_PDL=True, SPLIT=1, HALVES=False, PRELOAD=preload,
-                 SLICES=slices)
+                 SLICES=slices, ON_ACC=on_acc)
     signature, constexprs, attrs = {}, {}, {}
     for i, name in enumerate(names):
         if name in const:
@@ -138,7 +140,8 @@ def analyse(kind: str, preload: bool, args: argparse.Namespace) -> dict:
     block_n, block_k, warps = tiles(kind, args)
     slices = warps if args.slices and kind not in ("dense", "a8") else 1
     kernel = compile_variant(kind, preload, block_n, block_k, warps,
-                             args.stages, args.arch, args.block_m, slices)
+                             args.stages, args.arch, args.block_m, slices,
+                             args.on_acc and kind == "int4" and slices > 1)
     lines = sass(kernel)
     ops = [opcode(line) for line in lines]
     early = (sum(op == "LDG" for op in ops[:ops.index("ACQBULK")])
@@ -175,6 +178,8 @@ def main() -> None:
                     help="x's rows padded to (skinny_gemm.MIN_BLOCK_M: 8 is the MMA's least)")
     ap.add_argument("--slices", action="store_true",
                     help="per-row kinds: each step's columns sliced among the warps")
+    ap.add_argument("--on-acc", action="store_true",
+                    help="sliced int4: scales on the products (quant_tiles.INT4_ON_ACC)")
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--json", action="store_true", help="one JSON object a variant")
     args = ap.parse_args()

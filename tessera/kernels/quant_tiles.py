@@ -2,13 +2,13 @@
 GEMM (kernels/skinny_gemm.py) and the tiled quantized GEMM (kernels/quant_gemm.py).
 
 Objects (formats: quant/formats.py). Jit: `quant_dot` (one K step of a quantized W as the
-MMA's A operand, one or two panels sharing x's tile), `quant_loop` (the skinny GEMM's K
-loop of them, under PDL), `slice_cols` / `slices_dot` / `slices_group_dot` (a step's
-columns sliced along K among the warps, a batched dot: SkinnyConfig.slices), `row_scale`
-(per-row scales on the accumulator), `widen` (an int8 or fp8 tile -> the activations'
-dtype, exactly), `int4_halves` / `int4_tile` (packed int4 bytes [R, C] -> the low and high nibbles
-[R, C], or interleaved [R, 2C] in W's column order, q exact), `x_tile_t` (x^T's tile),
-`stored` (W's stored elements of a tile, as they are).
+MMA's A operand, one or two panels sharing x's tile; the skinny GEMM's loops of them:
+kernels/quant_loops.py), `row_scale` (per-row scales on the accumulator), `widen` (an int8
+or fp8 tile -> the activations' dtype, exactly), `int4_halves` / `int4_tile` (packed int4
+bytes [R, C] -> the low and high nibbles [R, C], or interleaved [R, 2C] in W's column
+order, q exact), `int4_raw_halves` / `raw_bias` (the nibbles plus a bias, the magic
+number left in), `x_tile_t` (x^T's tile), `stored` (W's stored elements of a tile, as
+they are). Host: `on_acc` (whether int4's scales go on the products: INT4_ON_ACC).
 Host: `QuantArgs` / `quant_args` (a dense tensor or a QuantizedWeight -> the pointers
 and constexprs a kernel takes), `unsupported` (why a weight cannot be taken, or None),
 `weight_bytes`, `fast_dequant` (whether the PTX conversions apply).
@@ -48,11 +48,13 @@ import triton
 import triton.language as tl
 
 from tessera import envs
-from tessera.kernels import pdl
 from tessera.quant.formats import QuantizedWeight
 
 FAST_DEQUANT = True  # A/B knob: the PTX conversions on the GPU (fp16 / bf16 activations)
 INT4_HALVES = False  # A/B knob: int4 groups as two half-width dots (`_int4_halves_dot`)
+# A/B knob: int4 in K slices with its scales and offsets on the float32 products instead
+# of each weight (kernels/quant_loops.py `slices_group_dot`, ON_ACC)
+INT4_ON_ACC = False
 
 # fp16: 1024.0 | q is 1024 + q (q < 1024); bf16: 128.0 | q is 128 + q (q < 128)
 _NIBBLES_PTX = """{
@@ -79,6 +81,21 @@ _NIBBLES_FP16 = tl.constexpr(_NIBBLES_PTX.replace("ONE", "0x3C003C00").replace("
                              .replace("MAGIC", "0x64006400").replace("TYPE", "f16x2"))
 _NIBBLES_BF16 = tl.constexpr(_NIBBLES_PTX.replace("ONE", "0x3F803F80").replace("NEG", "0xC300C300")
                              .replace("MAGIC", "0x43004300").replace("TYPE", "bf16x2"))
+# the same without the FMAs: each nibble q as RAW_BIAS + q (1024 + q fp16, 128 + q bf16)
+_RAW_PTX = """{
+.reg .b32 t0, t1, t2, t3, z;
+mov.b32 z, 0;
+prmt.b32 t0, $4, z, 0x4140;
+prmt.b32 t1, $4, z, 0x4342;
+shr.b32 t2, t0, 4;
+shr.b32 t3, t1, 4;
+lop3.b32 $0, t0, 0x000F000F, MAGIC, 0xEA;
+lop3.b32 $1, t1, 0x000F000F, MAGIC, 0xEA;
+lop3.b32 $2, t2, 0x000F000F, MAGIC, 0xEA;
+lop3.b32 $3, t3, 0x000F000F, MAGIC, 0xEA;
+}"""
+_RAW_FP16 = tl.constexpr(_RAW_PTX.replace("MAGIC", "0x64006400"))
+_RAW_BF16 = tl.constexpr(_RAW_PTX.replace("MAGIC", "0x43004300"))
 
 # int8 -> fp16: q ^ 0x80 is q + 128 unsigned, and 0x64 above it (1024.0 | q + 128) is
 # 1024 + 128 + q; one xor for four bytes, then each pair's bytes and 0x64s put in place
@@ -140,6 +157,26 @@ def int4_halves(b, dt: tl.constexpr, FAST: tl.constexpr):
         return tl.inline_asm_elementwise(_NIBBLES_BF16, "=r,=r,=r,=r,r", [b],
                                          dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
     return (b & 0xF).to(dt), (b >> 4).to(dt)
+
+
+@triton.jit
+def raw_bias(dt: tl.constexpr):
+    """What `int4_raw_halves` adds to each nibble: 1024 in fp16, 128 in bf16 and float32."""
+    return 1024.0 if dt == tl.float16 else 128.0
+
+
+@triton.jit
+def int4_raw_halves(b, dt: tl.constexpr, FAST: tl.constexpr):
+    """`int4_halves` without removing the magic number: raw_bias(dt) + q, exactly (three
+    instructions for two weights on the GPU, against four)."""
+    if FAST and dt == tl.float16:
+        return tl.inline_asm_elementwise(_RAW_FP16, "=r,=r,=r,=r,r", [b],
+                                         dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+    if FAST and dt == tl.bfloat16:
+        return tl.inline_asm_elementwise(_RAW_BF16, "=r,=r,=r,=r,r", [b],
+                                         dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+    bias = raw_bias(dt)
+    return ((b & 0xF).to(dt) + bias).to(dt), ((b >> 4).to(dt) + bias).to(dt)
 
 
 @triton.jit
@@ -257,146 +294,6 @@ def quant_dot(acc, acc2, rows, rows2, s_rows, s_rows2, o_rows, o_rows2, x_ptr, m
 
 
 @triton.jit
-def slice_cols(k0, SLICES: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The columns of one step cut into SLICES slices [SLICES, BLOCK_K / SLICES]."""
-    width: tl.constexpr = BLOCK_K // SLICES
-    return k0 + tl.arange(0, SLICES)[:, None] * width + tl.arange(0, width)[None, :]
-
-
-@triton.jit
-def slices_dot(acc, rows, xt, cols, n_ok, K, dt: tl.constexpr, FAST: tl.constexpr,
-               EVEN: tl.constexpr, PRECISION: tl.constexpr):
-    """One step of a per-row W (int8, fp8) as SLICES column slices, a batched dot:
-    acc [S, R, BM] += W[rows, cols[s]] @ xt[s] for each slice s; cols [S, C], xt [S, C, BM].
-    Triton gives a rank-3 dot's warps to its batch, so with S warps each walks its own
-    slice of K over all R rows, and one x fragment serves all its row tiles."""
-    ptrs = rows[None, :, :] + cols[:, None, :]  # [S, R, C]
-    if EVEN:
-        q = tl.load(ptrs)
-    else:
-        q = tl.load(ptrs, mask=n_ok[None, :, None] & (cols < K)[:, None, :], other=0.0)
-    return tl.dot(widen(q, dt, FAST), xt, acc, input_precision=PRECISION)
-
-
-@triton.jit
-def slices_group_dot(acc, rows, s_rows, o_rows, xt, k0, n_ok, K, dt: tl.constexpr,
-                     KIND: tl.constexpr, GROUP: tl.constexpr, FAST: tl.constexpr,
-                     EVEN: tl.constexpr, PRECISION: tl.constexpr, SLICES: tl.constexpr):
-    """`slices_dot` for W in groups (int4, grouped int8), a group a slice: W's columns
-    [k0 + s GROUP, k0 + (s + 1) GROUP) dequantized to dt as `_group_tile` does, times
-    xt [S, GROUP, BM]; s_rows, o_rows [R] pointers to the rows' scales and offsets."""
-    ss = tl.arange(0, SLICES)
-    kg = k0 + ss * GROUP  # [S] each slice's first column
-    ok = n_ok[None, :] & (kg < K)[:, None]  # [S, R]
-    if KIND == "int4":
-        cols = kg[:, None] // 2 + tl.arange(0, GROUP // 2)[None, :]  # [S, G / 2] bytes
-        ptrs = rows[None, :, :] + cols[:, None, :]
-        if EVEN:
-            b = tl.load(ptrs)
-        else:
-            b = tl.load(ptrs, mask=ok[:, :, None] & (cols < K // 2)[:, None, :], other=0)
-        lo, hi = int4_halves(b, dt, FAST)
-        q = tl.reshape(tl.join(lo, hi), [SLICES, b.shape[1], GROUP])
-    else:
-        cols = kg[:, None] + tl.arange(0, GROUP)[None, :]
-        ptrs = rows[None, :, :] + cols[:, None, :]
-        if EVEN:
-            q = widen(tl.load(ptrs), dt, FAST)
-        else:
-            q = widen(tl.load(ptrs, mask=ok[:, :, None] & (cols < K)[:, None, :], other=0),
-                      dt, FAST)
-    at = (kg // GROUP)[:, None]  # [S, 1] the slices' groups
-    if EVEN:
-        sc = tl.load(s_rows[None, :] + at)
-    else:
-        sc = tl.load(s_rows[None, :] + at, mask=ok, other=0.0)  # [S, R]
-    if KIND == "int4":
-        if EVEN:
-            o = tl.load(o_rows[None, :] + at)
-        else:
-            o = tl.load(o_rows[None, :] + at, mask=ok, other=0.0)
-        w = tl.fma(q, sc.to(dt)[:, :, None], o.to(dt)[:, :, None])
-    else:
-        w = q * sc.to(dt)[:, :, None]
-    return tl.dot(w, xt, acc, input_precision=PRECISION)
-
-
-@triton.jit
-def _slices_loop(acc, acc2, w_rows, rows2, s_rows, s_rows2, o_rows, o_rows2, n_ok, x_ptr, ms,
-                 m_ok, K, k_lo, k_hi, stride_xm, trigger_k, KIND: tl.constexpr,
-                 GROUP: tl.constexpr, FAST: tl.constexpr, TWO: tl.constexpr,
-                 EVEN: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, TRIGGER_STEPS: tl.constexpr,
-                 USE_PDL: tl.constexpr, SLICES: tl.constexpr):
-    """`quant_loop`'s steps with K sliced among the warps (`slices_dot`; in groups, a group
-    a slice: `slices_group_dot`): float32 sums [SLICES, BLOCK_N, BLOCK_M] a panel, added
-    over the slices at the end."""
-    tl.static_assert(GROUP == 0 or BLOCK_K == SLICES * GROUP, "in groups: a group a slice")
-    dt = x_ptr.dtype.element_ty
-    sums = tl.zeros([SLICES, BLOCK_N, BLOCK_M], tl.float32)
-    sums2 = sums
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        if TRIGGER_STEPS > 0:
-            if k0 == trigger_k:
-                pdl.launch_dependents(USE_PDL)
-        cols = slice_cols(k0, SLICES, BLOCK_K)
-        xt = tl.load(x_ptr + ms[None, None, :] * stride_xm + cols[:, :, None],
-                     mask=(cols < K)[:, :, None] & m_ok[None, None, :], other=0.0)
-        if GROUP > 0:
-            sums = slices_group_dot(sums, w_rows, s_rows, o_rows, xt, k0, n_ok, K, dt, KIND,
-                                    GROUP, FAST, EVEN, PRECISION, SLICES)
-            if TWO:
-                sums2 = slices_group_dot(sums2, rows2, s_rows2, o_rows2, xt, k0, n_ok, K, dt,
-                                         KIND, GROUP, FAST, EVEN, PRECISION, SLICES)
-        else:
-            sums = slices_dot(sums, w_rows, xt, cols, n_ok, K, dt, FAST, EVEN, PRECISION)
-            if TWO:
-                sums2 = slices_dot(sums2, rows2, xt, cols, n_ok, K, dt, FAST, EVEN, PRECISION)
-    acc += tl.sum(sums, 0)
-    if TWO:
-        acc2 += tl.sum(sums2, 0)
-    return acc, acc2
-
-
-@triton.jit
-def quant_loop(acc, acc2, w_rows, rows2, scale_ptr, offset_ptr, ns, ns2, n_ok, x_ptr, ms,
-               m_ok, K, k_lo, k_hi, stride_xm, trigger_k, KIND: tl.constexpr,
-               GROUP: tl.constexpr, FAST: tl.constexpr, TWO: tl.constexpr, EVEN: tl.constexpr,
-               PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-               BLOCK_K: tl.constexpr, TRIGGER_STEPS: tl.constexpr, USE_PDL: tl.constexpr,
-               HALVES: tl.constexpr, SLICES: tl.constexpr = 1):
-    """The skinny GEMM's loop over columns [k_lo, k_hi) of a quantized W (`quant_dot`),
-    one panel or two (TWO), onto float32 (acc, acc2) [BLOCK_N, BLOCK_M] (the sums of the
-    columns before k_lo, unscaled) -> the sums, per-row scales applied. SLICES > 1 (as
-    many warps): each step's columns sliced among the warps (`slices_dot`; in groups, a
-    group a slice)."""
-    s_rows, s_rows2, o_rows, o_rows2 = scale_ptr, scale_ptr, offset_ptr, offset_ptr
-    if GROUP > 0:  # each row's K / GROUP scales (and offsets)
-        s_rows = scale_ptr + ns.to(tl.int64) * (K // GROUP)
-        o_rows = offset_ptr + ns.to(tl.int64) * (K // GROUP)
-        s_rows2 = scale_ptr + ns2.to(tl.int64) * (K // GROUP)
-        o_rows2 = offset_ptr + ns2.to(tl.int64) * (K // GROUP)
-    if SLICES > 1:
-        acc, acc2 = _slices_loop(acc, acc2, w_rows, rows2, s_rows, s_rows2, o_rows, o_rows2,
-                                 n_ok, x_ptr, ms, m_ok, K, k_lo, k_hi, stride_xm, trigger_k,
-                                 KIND, GROUP, FAST, TWO, EVEN, PRECISION, BLOCK_N, BLOCK_M,
-                                 BLOCK_K, TRIGGER_STEPS, USE_PDL, SLICES)
-    else:
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            if TRIGGER_STEPS > 0:  # as the dense loop: the next kernel may launch from here
-                if k0 == trigger_k:
-                    pdl.launch_dependents(USE_PDL)
-            acc, acc2 = quant_dot(acc, acc2, w_rows, rows2, s_rows, s_rows2, o_rows, o_rows2,
-                                  x_ptr, ms, m_ok, n_ok, k0, K, stride_xm, KIND, GROUP, FAST,
-                                  TWO, EVEN, PRECISION, BLOCK_K, HALVES)
-    if GROUP == 0:  # int8 / fp8: w = q * scale, one scale per row
-        acc = row_scale(acc, scale_ptr, ns, n_ok)
-        if TWO:
-            acc2 = row_scale(acc2, scale_ptr, ns2, n_ok)
-    return acc, acc2
-
-
-@triton.jit
 def row_scale(acc, scale_ptr, ns, n_ok):
     """acc [R, BM] times the per-row scales (float32) of rows ns [R]."""
     return acc * tl.load(scale_ptr + ns, mask=n_ok, other=0.0)[:, None]
@@ -465,6 +362,15 @@ def weight_bytes(weight: Union[torch.Tensor, QuantizedWeight]) -> int:
     parts = [weight] if isinstance(weight, torch.Tensor) else [
         t for t in (weight.data, weight.scale, weight.offset) if t is not None]
     return sum(t.numel() * t.element_size() for t in parts)
+
+
+def on_acc(x: torch.Tensor, qa: QuantArgs) -> bool:
+    """int4's scales go on the float32 products in sliced steps (INT4_ON_ACC): a bf16 or
+    float32 x. Not fp16: its magic number is 1024, not 128, and the products' sums then
+    cancel 8 times more (the error grows with the bias: ~bias / 8 ulps of float32 in each
+    group's sum, far under bf16's rounding of the output)."""
+    return (INT4_ON_ACC and qa.KIND == "int4"
+            and x.dtype in (torch.bfloat16, torch.float32))
 
 
 def fast_dequant(x: torch.Tensor) -> bool:

@@ -27,7 +27,7 @@ class SkinnyConfig(NamedTuple):
     num_stages: int
     split_k: int = 1  # programs along K, their partial sums added by the last (split_k.py)
     # a quantized W's steps sliced along K among this many warps (= num_warps; in groups
-    # a group a slice: kernels/quant_tiles.py `slices_dot`); 1: the warps split the rows
+    # a group a slice: kernels/quant_loops.py `slices_dot`); 1: the warps split the rows
     slices: int = 1
 
 

@@ -17,7 +17,7 @@ The RMSNorm between two projections needs no kernel of its own (kernels/norm_epi
 `skinny_gemm_add_norm` adds its product to the residual and leaves the norm pending
 (a PendingNorm); `skinny_gemm` and `skinny_qkv_rope` finish it, given its parts.
 W may be a QuantizedWeight (quant/formats.py: int8, fp8, int4, grouped int8) in every
-mode: kernels/quant_tiles.py's `quant_loop` widens or dequantizes its tiles in registers
+mode: kernels/quant_loops.py's `quant_loop` widens or dequantizes its tiles in registers
 and applies per-row scales to the float32 accumulator after the loop, before the pending
 norm's 1/rms, the bias and the epilogue; `quant_config` (QUANT_CONFIG_OVERRIDES, the A/B
 knob) picks its tiles. The dense kernel's compiled code is unchanged (constexpr branches).
@@ -65,7 +65,7 @@ from tessera.kernels.silu_and_mul import silu_mul
 from tessera.kernels.hardware import multiprocessors
 from tessera.kernels.skinny_config import (MAX_ROWS, SkinnyConfig, a8_config, fit_one_wave,
                                            pick_config, weight_bits)
-from tessera.kernels import quant_tiles, skinny_a8, split_k
+from tessera.kernels import quant_loops, quant_tiles, skinny_a8, split_k
 from tessera.quant.formats import QuantizedWeight, quant_linear_ref
 
 # Under PDL, K steps before the end of its loop at which a GEMM lets the next kernel launch
@@ -119,7 +119,7 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
                  TRIGGER_STEPS: tl.constexpr, USE_PDL: tl.constexpr, SPLIT: tl.constexpr,
                  HALVES: tl.constexpr, PRELOAD: tl.constexpr, A8: tl.constexpr,
                  X16: tl.constexpr, XQ_ROWS: tl.constexpr, PREP_K: tl.constexpr,
-                 XQ_ONE_PASS: tl.constexpr, SLICES: tl.constexpr):
+                 XQ_ONE_PASS: tl.constexpr, SLICES: tl.constexpr, ON_ACC: tl.constexpr):
     # N: rows of the output (I when gated; W then has 2I rows, up at row offset N; in rope
     # mode the heads, NUM_Q + 2 NUM_KV of 2 HALF rows, place the programs instead). Along
     # axis 1, SPLIT programs take K_PER columns each (kernels/split_k.py).
@@ -209,11 +209,11 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
             if GATED or ROPE:
                 acc2 = tl.dot(quant_tiles.widen(wq2, dt, FAST), xt, input_precision=PRECISION)
             k_loop = k_lo + BLOCK_K
-        acc, acc2 = quant_tiles.quant_loop(acc, acc2, w_rows, rows2, scale_ptr, offset_ptr, ns,
+        acc, acc2 = quant_loops.quant_loop(acc, acc2, w_rows, rows2, scale_ptr, offset_ptr, ns,
                                            ns2, n_ok, xs, ms, m_ok, K, k_loop, k_hi, stride_xs,
                                            trigger_k, KIND, GROUP, FAST, GATED or ROPE, EVEN,
                                            PRECISION, BLOCK_N, BLOCK_M, BLOCK_K, TRIGGER_STEPS,
-                                           USE_PDL, HALVES, SLICES)
+                                           USE_PDL, HALVES, SLICES, ON_ACC)
         if X16:
             acc = acc * sx[None, :]
             acc2 = acc2 * sx[None, :]
@@ -426,7 +426,7 @@ def _launch(x, qa: QuantArgs, bias, y, n, cfg, mode: dict, EVEN: bool,
         PRELOAD=QUANT_PRELOAD and qa.GROUP == 0 and qa.KIND != "" and prep != "fp8",
         A8=prep == "fp8", X16=prep == "fp16",
         **skinny_a8.prep_constants(rows, k_per, bool(prep)),
-        SLICES=slices, num_warps=_warps(cfg, slices),
+        SLICES=slices, ON_ACC=quant_tiles.on_acc(x, qa), num_warps=_warps(cfg, slices),
         num_stages=cfg.num_stages, **options,
         **pdl_launch_args(x.device, pdl))
 

@@ -304,6 +304,32 @@ def test_k_sliced_among_warps(monkeypatch, dtype, slices, kind, group):
         assert pick_config(4096, 4096, False, 2, kind).slices == slices
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16]
+                         + ([torch.bfloat16] if DEVICE == "cuda" else []))
+@pytest.mark.parametrize("group", [32, 128])
+def test_int4_scales_on_the_products(monkeypatch, dtype, group):
+    """quant_tiles.INT4_ON_ACC: sliced int4 steps with the nibbles as 128 + q in the MMA
+    and each group's scale and offset applied to the float32 products (x's sums from a dot
+    with ones): plain, gated and K split (the last step part-masked). The sums of 128 + q
+    cancel, so float32 loses ~20 ulps a group (checked at 1e-4 here, far under bf16's
+    rounding); fp16 keeps the weight path (`on_acc`)."""
+    from tessera.kernels import quant_tiles
+    monkeypatch.setattr(quant_tiles, "INT4_ON_ACC", True)
+    assert quant_tiles.on_acc(rand(1, 8, dtype=dtype), quant_tiles.quant_args(
+        quant("int4", 32, 8, 64, dtype))) == (dtype != torch.float16)
+    step = 4 * group
+    k = 5 * step - group
+    x = rand(3, k, dtype=dtype)
+    qw, q2 = quant("int4", group, 100, k, dtype), quant("int4", group, 200, k, dtype, seed=3)
+    cfg = SkinnyConfig(block_n=32, block_k=step, num_warps=4, num_stages=2, split_k=2,
+                       slices=4)
+    scale = 10.0 if dtype == torch.float32 else 1.0
+    for c in (cfg, cfg._replace(split_k=1)):
+        assert close(skinny_gemm(x, qw, config=c), skinny_gemm_ref(x, qw), dtype, scale)
+        assert close(skinny_gemm(x, q2, gated=True, config=c),
+                     skinny_gemm_ref(x, q2, gated=True), dtype, scale)
+
+
 def test_slices_must_fit_the_step():
     x = rand(1, 256, dtype=torch.float16)
     bad = SkinnyConfig(block_n=32, block_k=64, num_warps=8, num_stages=2, slices=8)
