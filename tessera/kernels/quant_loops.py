@@ -15,8 +15,7 @@ import triton
 import triton.language as tl
 
 from tessera.kernels import pdl
-from tessera.kernels.quant_tiles import (int4_halves, int4_raw_halves, quant_dot, raw_bias,
-                                         row_scale, widen)
+from tessera.kernels.quant_tiles import int4_halves, quant_dot, raw_bias, row_scale, widen
 
 
 @triton.jit
@@ -49,7 +48,7 @@ def slices_group_dot(acc, rows, s_rows, o_rows, xt, k0, n_ok, K, dt: tl.constexp
     """`slices_dot` for W in groups (int4, grouped int8), a group a slice: W's columns
     [k0 + s GROUP, k0 + (s + 1) GROUP) dequantized to dt as `_group_tile` does, times
     xt [S, GROUP, BM]; s_rows, o_rows [R] pointers to the rows' scales and offsets.
-    ON_ACC (int4): the nibbles go to the MMA as bias + q (`int4_raw_halves`) and the
+    ON_ACC (int4): the nibbles go to the MMA as bias + q (`int4_halves` RAW) and the
     group's scale and offset apply to the float32 products, sum (s (bias + q) x) + (o -
     bias s) sum x, x's sums from a dot with ones: no FMA a weight, W never rounded to dt."""
     ss = tl.arange(0, SLICES)
@@ -62,10 +61,7 @@ def slices_group_dot(acc, rows, s_rows, o_rows, xt, k0, n_ok, K, dt: tl.constexp
             b = tl.load(ptrs)
         else:
             b = tl.load(ptrs, mask=ok[:, :, None] & (cols < K // 2)[:, None, :], other=0)
-        if ON_ACC:
-            lo, hi = int4_raw_halves(b, dt, FAST)
-        else:
-            lo, hi = int4_halves(b, dt, FAST)
+        lo, hi = int4_halves(b, dt, FAST, ON_ACC)  # ON_ACC: 128 + q
         q = tl.reshape(tl.join(lo, hi), [SLICES, b.shape[1], GROUP])
     else:
         cols = kg[:, None] + tl.arange(0, GROUP)[None, :]

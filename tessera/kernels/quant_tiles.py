@@ -6,12 +6,12 @@ MMA's A operand, one or two panels sharing x's tile; the skinny GEMM's loops of 
 kernels/quant_loops.py), `row_scale` (per-row scales on the accumulator), `widen` (an int8
 or fp8 tile -> the activations' dtype, exactly), `int4_halves` / `int4_tile` (packed int4
 bytes [R, C] -> the low and high nibbles [R, C], or interleaved [R, 2C] in W's column
-order, q exact), `int4_raw_halves` / `raw_bias` (the nibbles plus a bias, the magic
-number left in), `x_tile_t` (x^T's tile), `stored` (W's stored elements of a tile, as
-they are). Host: `on_acc` (whether int4's scales go on the products: INT4_ON_ACC).
+order, q exact; RAW: plus `raw_bias`, the magic number left in), `x_tile_t` (x^T's
+tile), `stored` (W's stored elements of a tile, as they are).
 Host: `QuantArgs` / `quant_args` (a dense tensor or a QuantizedWeight -> the pointers
 and constexprs a kernel takes), `unsupported` (why a weight cannot be taken, or None),
-`weight_bytes`, `fast_dequant` (whether the PTX conversions apply).
+`weight_bytes`, `fast_dequant` (whether the PTX conversions apply), `on_acc` (whether
+int4's scales go on the products: INT4_ON_ACC).
 
 Dequantization: per-row kinds (int8, fp8) widen W's tile to x's dtype and scale the
 float32 accumulator after the loop (exact: the scale is one per output). Grouped kinds
@@ -147,36 +147,26 @@ def widen(q, dt: tl.constexpr, FAST: tl.constexpr):
 
 
 @triton.jit
-def int4_halves(b, dt: tl.constexpr, FAST: tl.constexpr):
+def int4_halves(b, dt: tl.constexpr, FAST: tl.constexpr, RAW: tl.constexpr = False):
     """b [R, C] uint8 (two int4 per byte) -> (low, high) [R, C] in dt: q in [0, 15] of
-    columns 2j and 2j + 1, exactly."""
+    columns 2j and 2j + 1, exactly; RAW: raw_bias(dt) + q, the magic number left in (three
+    instructions for two weights on the GPU, against four)."""
     if FAST and dt == tl.float16:
-        return tl.inline_asm_elementwise(_NIBBLES_FP16, "=r,=r,=r,=r,r", [b],
-                                         dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+        return tl.inline_asm_elementwise(_RAW_FP16 if RAW else _NIBBLES_FP16, "=r,=r,=r,=r,r",
+                                         [b], dtype=(tl.float16, tl.float16), is_pure=True,
+                                         pack=4)
     if FAST and dt == tl.bfloat16:
-        return tl.inline_asm_elementwise(_NIBBLES_BF16, "=r,=r,=r,=r,r", [b],
-                                         dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
-    return (b & 0xF).to(dt), (b >> 4).to(dt)
+        return tl.inline_asm_elementwise(_RAW_BF16 if RAW else _NIBBLES_BF16, "=r,=r,=r,=r,r",
+                                         [b], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True,
+                                         pack=4)
+    bias = raw_bias(dt) if RAW else 0.0
+    return ((b & 0xF).to(dt) + bias).to(dt), ((b >> 4).to(dt) + bias).to(dt)
 
 
 @triton.jit
 def raw_bias(dt: tl.constexpr):
-    """What `int4_raw_halves` adds to each nibble: 1024 in fp16, 128 in bf16 and float32."""
+    """What `int4_halves` adds to each nibble with RAW: 1024 in fp16, 128 in bf16, float32."""
     return 1024.0 if dt == tl.float16 else 128.0
-
-
-@triton.jit
-def int4_raw_halves(b, dt: tl.constexpr, FAST: tl.constexpr):
-    """`int4_halves` without removing the magic number: raw_bias(dt) + q, exactly (three
-    instructions for two weights on the GPU, against four)."""
-    if FAST and dt == tl.float16:
-        return tl.inline_asm_elementwise(_RAW_FP16, "=r,=r,=r,=r,r", [b],
-                                         dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
-    if FAST and dt == tl.bfloat16:
-        return tl.inline_asm_elementwise(_RAW_BF16, "=r,=r,=r,=r,r", [b],
-                                         dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
-    bias = raw_bias(dt)
-    return ((b & 0xF).to(dt) + bias).to(dt), ((b >> 4).to(dt) + bias).to(dt)
 
 
 @triton.jit

@@ -219,6 +219,13 @@ def test_ptx_conversions_equal_the_plain_casts(dtype, kind, group, monkeypatch):
     monkeypatch.setattr(quant_tiles, "FAST_DEQUANT", False)
     plain = skinny_gemm(x, qw, gated=True), skinny_gemm(x, qw)
     assert all(torch.equal(a, b) for a, b in zip(fast, plain))
+    if kind == "int4" and dtype == torch.bfloat16:  # the raw nibbles (INT4_ON_ACC) too
+        monkeypatch.setattr(quant_tiles, "INT4_ON_ACC", True)
+        cfg = SkinnyConfig(block_n=32, block_k=4 * group, num_warps=4, num_stages=3,
+                           slices=4)
+        plain = skinny_gemm(x, qw, config=cfg)
+        monkeypatch.setattr(quant_tiles, "FAST_DEQUANT", True)
+        assert torch.equal(skinny_gemm(x, qw, config=cfg), plain)
 
 
 def test_dense_and_quantized_share_the_reference():
