@@ -14,6 +14,7 @@ over the repeats, the spread, the ratio to the first variant) and writes JSON to
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import json
 import statistics
@@ -34,9 +35,13 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 
 def current(knob: str):
-    """The present value of a knob "package.module.NAME=VALUE" (to put back)."""
-    target = knob.partition("=")[0]
+    """The present value of a knob "package.module.NAME=VALUE" (to put back); ValueError
+    where the knob or its VALUE (a Python literal) is not one."""
+    target, eq, value = knob.partition("=")
     module, _, name = target.rpartition(".")
+    if not (eq and module and name):
+        raise ValueError("not MODULE.NAME=VALUE")
+    ast.literal_eval(value)
     return target, getattr(importlib.import_module(module), name)
 
 
@@ -70,28 +75,40 @@ def main() -> None:
         for k in knobs:
             try:
                 current(k)
-            except (ImportError, AttributeError, ValueError) as e:
+            except (ImportError, AttributeError, ValueError, SyntaxError) as e:
                 ap.error(f"--variant knob {k!r}: {e}")
     args.max_num_seqs, args.max_num_batched_tokens, args.profile, args.engine = 8, 8192, [], {}
     bandwidth = measure_bandwidth(torch.device("cuda"))
     tok_s: dict[tuple[str, str], list[float]] = {}
+    errors: dict[str, str] = {}
     for _ in range(args.repeat):
         for method in args.methods.split(","):
             for name, knobs in variants:
-                tok_s.setdefault((method, name), []).append(
-                    run_variant(knobs, args.shape, method, bandwidth, args))
-                print(f"{method} {name}: {tok_s[method, name][-1]:.1f} tok/s", flush=True)
-    with open(args.out, "w") as f:
-        json.dump({"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),
-                   "shape": args.shape, "variants": dict(variants),
-                   "tok_s": {f"{m} {n}": v for (m, n), v in tok_s.items()}}, f, indent=1)
+                runs = tok_s.setdefault((method, name), [])
+                try:  # one variant failing leaves the others' figures
+                    runs.append(run_variant(knobs, args.shape, method, bandwidth, args))
+                    print(f"{method} {name}: {runs[-1]:.1f} tok/s", flush=True)
+                except Exception as e:  # noqa: BLE001
+                    errors[f"{method} {name}"] = repr(e)
+                    print(f"{method} {name}: {e!r}", flush=True)
+                    torch.cuda.empty_cache()
+                with open(args.out, "w") as f:  # after every run: a timeout keeps the rest
+                    json.dump({"device": torch.cuda.get_device_name(),
+                               "date": time.strftime("%Y-%m-%d"), "shape": args.shape,
+                               "variants": dict(variants), "errors": errors,
+                               "tok_s": {f"{m} {n}": v for (m, n), v in tok_s.items()}},
+                              f, indent=1)
     print(f"\n{args.shape}, batch 1, {torch.cuda.get_device_name()}, copy "
           f"{bandwidth / 1e12:.2f} TB/s\n| method | variant | tok/s | spread | vs {variants[0][0]} |"
           "\n|---|---|---|---|---|")
     for method in args.methods.split(","):
-        first = statistics.median(tok_s[method, variants[0][0]])
+        base = tok_s[method, variants[0][0]]
+        first = statistics.median(base) if base else float("nan")
         for name, _ in variants:
             runs = tok_s[method, name]
+            if not runs:
+                print(f"| {method} | {name} | failed | | |")
+                continue
             mid = statistics.median(runs)
             print(f"| {method} | {name} | {mid:.1f} | {max(runs) - min(runs):.1f} | "
                   f"{mid / first:.3f} |")

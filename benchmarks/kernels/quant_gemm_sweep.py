@@ -42,7 +42,6 @@ from skinny_gemm_sweep import L2_DEFEAT_BYTES, time_graph  # noqa: E402
 
 from tessera.kernels import quant_tiles  # noqa: E402
 from tessera.kernels import skinny_gemm as skinny_module  # noqa: E402
-from tessera.kernels.skinny_config import a8_config  # noqa: E402
 from tessera.kernels.norm_epilogue import pending_norm_ref  # noqa: E402
 from tessera.kernels.quant_gemm import QuantGemmConfig, pick_config as gemm_config  # noqa: E402
 from tessera.kernels.quant_gemm import quant_gemm  # noqa: E402
@@ -248,11 +247,9 @@ def sweep(models, kinds, quick: bool, rows=(1, 4, 16, 64, 256, 2048),
                         res.append((us, cfg))
                     best_us, best_cfg = min(res, key=lambda r: (math.isnan(r[0]), r[0]))
                     default = res[0][0]
-                    if best_cfg is None:
-                        a8 = label == "fp8a8" and m <= skinny_module.A8_MAX_ROWS
-                        best_cfg = (a8_config(n, k) if a8
-                                    else launch_config(None, quant_args(qws[0]),
-                                                       n // 2 if as_gated else n, as_gated, x)
+                    if best_cfg is None:  # the default: as launched (a8, the one-wave fit)
+                        best_cfg = (launch_config(None, quant_args(qws[0]),
+                                                  n // 2 if as_gated else n, as_gated, x)
                                     if m <= MAX_ROWS else gemm_config(m, kind, group))
                     fp8_runs = {}  # this kind's own: the W8A8 product as the model runs it
                     if kind == "fp8" and m > MAX_ROWS and w8a8_supported(x.device):

@@ -177,7 +177,7 @@ def main() -> None:
     ap.add_argument("--block-m", type=int, default=16,
                     help="x's rows padded to (skinny_gemm.MIN_BLOCK_M: 8 is the MMA's least)")
     ap.add_argument("--slices", action="store_true",
-                    help="per-row kinds: each step's columns sliced among the warps")
+                    help="quantized kinds: each step's columns sliced among the warps")
     ap.add_argument("--on-acc", action="store_true",
                     help="sliced int4: scales on the products (quant_tiles.INT4_ON_ACC)")
     ap.add_argument("--arch", type=int, default=90)

@@ -6,7 +6,7 @@ a dense W or `quant_config` for a quantized one, the CONFIG_OVERRIDES /
 QUANT_CONFIG_OVERRIDES A/B knobs, within the SMEM_CAP_BYTES one; `quant_config` also picks
 how many programs share K), `a8_config` (an fp8 W times fp8 x: kernels/skinny_a8.py),
 `fit_one_wave` (fewer stages where that makes a quantized product's grid one wave:
-`pipeline_bytes`, the shared memory a program takes), `weight_bits`,
+`pipeline_bytes`, the shared memory a program takes), `launch_warps`, `weight_bits`,
 `shared_memory_bytes`.
 """
 from __future__ import annotations
@@ -26,8 +26,9 @@ class SkinnyConfig(NamedTuple):
     num_warps: int
     num_stages: int
     split_k: int = 1  # programs along K, their partial sums added by the last (split_k.py)
-    # a quantized W's steps sliced along K among this many warps (= num_warps; in groups
-    # a group a slice: kernels/quant_loops.py `slices_dot`); 1: the warps split the rows
+    # a quantized W's steps sliced along K among this many warps (the launch takes that
+    # many: `launch_warps`; in groups a group a slice: kernels/quant_loops.py
+    # `slices_dot`); 1: the warps split the rows
     slices: int = 1
 
 
@@ -152,26 +153,38 @@ def pipeline_bytes(cfg: SkinnyConfig, gated: bool, itemsize: int, bits: int,
                                    + block_m * cfg.block_k * itemsize)
 
 
-def fit_one_wave(cfg: SkinnyConfig, n: int, gated: bool, itemsize: int, bits: int,
+def fit_one_wave(cfg: SkinnyConfig, kind: str, n: int, k: int, gated: bool, itemsize: int,
                  block_m: int, sms: tuple[int, int]) -> SkinnyConfig:
-    """Fewer stages (not under 3) where that lets every program of the grid be resident
-    at once: a grid a little over one wave runs its last programs on a few SMs while the
-    rest idle. sms: (multiprocessors, shared memory bytes of each; 0: unknown, cfg as it
-    is); a program also takes 1 KB of shared memory for the driver. Registers and warps
-    are not counted (these programs of 2-4 warps hit the shared memory's limit first)."""
+    """A quantized W's (kind) config of a plain or gated product (grid: n / block_n panels
+    times split_k) with fewer stages (not under 3) where that lets every program be
+    resident at once: a grid a little over one wave runs its last programs on a few SMs
+    while the rest idle. sms: (multiprocessors, shared memory bytes of each; 0: unknown,
+    cfg as it is); a program also takes 1 KB of shared memory for the driver. Registers
+    and warps are not counted (these programs of 2-4 warps hit the shared memory's limit
+    first). A QUANT_CONFIG_OVERRIDES entry is taken as it is."""
     count, shared = sms
     programs = triton.cdiv(n, cfg.block_n) * cfg.split_k
+    bits = weight_bits(kind, itemsize)
 
     def resident(c: SkinnyConfig) -> int:
         return count * (shared // (pipeline_bytes(c, gated, itemsize, bits, block_m) + 1024))
 
-    if not (QUANT_ONE_WAVE and count and shared) or programs <= resident(cfg):
+    if (not (QUANT_ONE_WAVE and count and shared) or (kind, n, k, gated) in
+            QUANT_CONFIG_OVERRIDES or programs <= resident(cfg)):
         return cfg
     for stages in range(cfg.num_stages - 1, 2, -1):
         fewer = cfg._replace(num_stages=stages)
         if programs <= resident(fewer):
             return fewer
     return cfg
+
+
+def launch_warps(cfg: SkinnyConfig, slices: int) -> int:
+    """A program's warps: one a K slice (slices > 1); a sliced config run unsliced (the
+    kind or mode takes no slices): one a 16-row MMA tile, so none widens another's rows."""
+    if slices > 1:
+        return slices
+    return min(cfg.num_warps, max(1, cfg.block_n // 16)) if cfg.slices > 1 else cfg.num_warps
 
 
 def weight_bits(kind: str, itemsize: int) -> int:

@@ -64,7 +64,7 @@ from tessera.kernels.rotary_kv_write import cache_store_options, rope_epilogue
 from tessera.kernels.silu_and_mul import silu_mul
 from tessera.kernels.hardware import multiprocessors
 from tessera.kernels.skinny_config import (MAX_ROWS, SkinnyConfig, a8_config, fit_one_wave,
-                                           pick_config, weight_bits)
+                                           launch_warps, pick_config)
 from tessera.kernels import quant_loops, quant_tiles, skinny_a8, split_k
 from tessera.quant.formats import QuantizedWeight, quant_linear_ref
 
@@ -193,7 +193,7 @@ def _skinny_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
         acc = row_scale(acc, scale_ptr, ns, n_ok) * sx[None, :]
         if GATED or ROPE:
             acc2 = row_scale(acc2, scale_ptr, ns2, n_ok) * sx[None, :]
-    else:  # quantized W, widened in registers (kernels/quant_tiles.py)
+    else:  # quantized W, widened in registers (kernels/quant_loops.py)
         xs, stride_xs = x_ptr, stride_xm  # the x the loop reads
         if X16:  # bf16 x as fp16 times a power of two, so W widens to fp16 (skinny_a8.py)
             sx = skinny_a8.quantize_x(x_ptr, xq_ptr, M, K, k_lo, k_hi, stride_xm, ms, XQ_ROWS,
@@ -285,17 +285,18 @@ def block_rows(rows: int, quantized: bool = False) -> int:
     return min(MAX_ROWS, max(least, triton.next_power_of_2(rows)))
 
 
-def launch_config(config, qa: QuantArgs, n: int, gated: bool, x: torch.Tensor
-                  ) -> SkinnyConfig:
+def launch_config(config, qa: QuantArgs, n: int, gated: bool, x: torch.Tensor,
+                  fit: bool = True) -> SkinnyConfig:
     """The tiles a launch takes: config (steps in whole groups), else pick_config's
-    (a8_config's) with a quantized W's stages fitted to one wave (`fit_one_wave`)."""
+    (a8_config's), a quantized W's stages fitted to one wave of its grid if fit (a plain
+    or gated grid: `fit_one_wave`)."""
     if config is not None:
         return _fit(config, qa)
     if uses_a8(x, qa):
         return a8_config(n, qa.k, gated)
     cfg = _fit(pick_config(n, qa.k, gated, x.element_size(), qa.KIND, qa.GROUP), qa)
-    if qa.KIND:  # stages within one wave of programs (skinny_config.QUANT_ONE_WAVE)
-        cfg = fit_one_wave(cfg, n, gated, x.element_size(), weight_bits(qa.KIND, 2),
+    if qa.KIND and fit:
+        cfg = fit_one_wave(cfg, qa.KIND, n, qa.k, gated, x.element_size(),
                            block_rows(x.shape[0], True), multiprocessors(x.device))
     return cfg
 
@@ -406,7 +407,8 @@ def _launch(x, qa: QuantArgs, bias, y, n, cfg, mode: dict, EVEN: bool,
     prep = x_prep(x, qa)
     xq = (torch.empty(rows, k, dtype=skinny_a8.PREP_DTYPES[prep], device=x.device) if prep
           else weight)
-    slices = cfg.slices if qa.KIND and prep != "fp8" and not quant_tiles.INT4_HALVES else 1
+    halves = quant_tiles.INT4_HALVES and qa.KIND == "int4"  # two dots a group, unsliced
+    slices = cfg.slices if qa.KIND and prep != "fp8" and not halves else 1
     if slices > 1 and (cfg.block_k != slices * qa.GROUP if qa.GROUP
                        else cfg.block_k % (16 * slices)):
         raise ValueError(f"{slices} K slices of a {cfg.block_k}-column step: each needs "
@@ -426,15 +428,10 @@ def _launch(x, qa: QuantArgs, bias, y, n, cfg, mode: dict, EVEN: bool,
         PRELOAD=QUANT_PRELOAD and qa.GROUP == 0 and qa.KIND != "" and prep != "fp8",
         A8=prep == "fp8", X16=prep == "fp16",
         **skinny_a8.prep_constants(rows, k_per, bool(prep)),
-        SLICES=slices, ON_ACC=quant_tiles.on_acc(x, qa), num_warps=_warps(cfg, slices),
+        SLICES=slices, ON_ACC=slices > 1 and quant_tiles.on_acc(x, qa),
+        num_warps=launch_warps(cfg, slices),
         num_stages=cfg.num_stages, **options,
         **pdl_launch_args(x.device, pdl))
-
-
-def _warps(cfg: SkinnyConfig, slices: int) -> int:
-    """One a K slice; a sliced config run unsliced: one a 16-row MMA tile (no overlap)."""
-    unsliced = min(cfg.num_warps, max(1, cfg.block_n // 16)) if cfg.slices > 1 else None
-    return slices if slices > 1 else unsliced or cfg.num_warps
 
 
 def skinny_qkv_rope(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor],
@@ -466,7 +463,7 @@ def skinny_qkv_rope(x: torch.Tensor, weight: Weight, bias: Optional[torch.Tensor
     x = x.contiguous()
     bias = bias.contiguous() if bias is not None else None
     half = head_dim // 2
-    plain = launch_config(None, qa, n, False, x)
+    plain = launch_config(None, qa, n, False, x, fit=False)  # its grid: heads x chunks
     # a head's two halves make two panels of half the plain rows (fp8 activations: 64 rows
     # a panel, the fp8 MMA's)
     rows_a_panel = plain.block_n if uses_a8(x, qa) else plain.block_n // 2

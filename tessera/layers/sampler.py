@@ -140,20 +140,21 @@ def race(probs: torch.Tensor, generators: list[torch.Generator], argmax: Argmax,
 def fill_rows(out: torch.Tensor, generators: list[torch.Generator],
               fill: Callable[[torch.Tensor, torch.Generator], object],
               shared: Optional[torch.Generator] = None) -> None:
-    """Fill each row of out [N, ...] in place from its generator. Rows all of one generator:
-    one fill. Else the whole tensor from `shared` (the runner's generator, which the rows
-    without a seed take; one launch) and each other row (a seeded request's) again from
-    its own, so a seeded row's numbers depend on its own generator alone; without
-    `shared`, a fill per row."""
-    first = generators[0] if generators else shared
-    if all(g is first for g in generators):
-        fill(out, first)
-        return
-    if shared is not None:
+    """Fill each row of out [N, ...] in place from its generator: the whole tensor from
+    `shared` (the runner's generator, which the rows without a seed take; one launch) if
+    a row takes it, then each run of consecutive rows of another generator (a seeded
+    request's: one row, or a verify step's draft rows) again from its own, at once, so
+    a seeded request's numbers are those it would draw alone; without `shared`, every run
+    on its own."""
+    if shared is not None and any(g is shared for g in generators):
         fill(out, shared)
-    for row, gen in enumerate(generators):
-        if gen is not shared:
-            fill(out[row], gen)
+    start = 0
+    for row in range(1, len(generators) + 1):
+        if row == len(generators) or generators[row] is not generators[start]:
+            if generators[start] is not shared:
+                fill(out if row - start == len(generators) else out[start:row],
+                     generators[start])
+            start = row
 
 
 def _top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,

@@ -249,26 +249,27 @@ def test_same_seed_same_tokens_whatever_else_is_in_the_batch():
 
 def test_rows_sharing_the_runners_generator_draw_at_once():
     """fill_rows: one fill for every row from the shared (runner's) generator, then one per
-    seeded row, whose numbers are its own generator's alone; without a shared generator a
-    fill per row, unless all rows share one."""
+    run of a seeded generator's rows (a verify step's draft rows), whose numbers are those
+    it draws alone; the shared generator untouched when no row takes it."""
     shared, a, b = (torch.Generator().manual_seed(s) for s in (0, 1, 2))
-    gens = [shared, a, shared, b, shared]
+    gens = [shared, a, shared, b, b, shared]
 
-    def run(shared_generator):
-        calls, out = [], torch.empty(5, 3)
-        fill_rows(out, gens, lambda t, g: calls.append(g) or t.uniform_(generator=g),
-                  shared_generator)
+    def run(gens, shared_generator):
+        calls, out = [], torch.empty(len(gens), 3)
+        fill_rows(out, gens, lambda t, g: calls.append((g, t.shape[0] if t.dim() > 1 else 0))
+                  or t.uniform_(generator=g), shared_generator)
         return calls, out
 
-    calls, out = run(shared)
-    assert calls == [shared, a, b]
+    calls, out = run(gens, shared)
+    assert calls == [(shared, 6), (a, 1), (b, 2)]
     assert torch.equal(out[1], torch.empty(3).uniform_(generator=torch.Generator().manual_seed(1)))
-    assert torch.equal(out[3], torch.empty(3).uniform_(generator=torch.Generator().manual_seed(2)))
-    calls, _ = run(None)
-    assert calls == gens
-    calls = []
-    fill_rows(torch.empty(4, 2), [a] * 4, lambda t, g: calls.append(g), shared)
-    assert calls == [a]
+    alone = torch.empty(2, 3).uniform_(generator=torch.Generator().manual_seed(2))
+    assert torch.equal(out[3:5], alone)  # b's two rows as b draws them alone
+    calls, _ = run(gens, None)
+    assert [g for g, _ in calls] == [shared, a, shared, b, shared]
+    before = shared.get_state()
+    calls, _ = run([a, a, b], shared)  # every row seeded: the runner's generator unused
+    assert [g for g, _ in calls] == [a, b] and torch.equal(shared.get_state(), before)
 
 
 def test_different_seeds_give_different_tokens():
