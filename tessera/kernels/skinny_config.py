@@ -6,8 +6,8 @@ a dense W or `quant_config` for a quantized one, the CONFIG_OVERRIDES /
 QUANT_CONFIG_OVERRIDES A/B knobs, within the SMEM_CAP_BYTES one; `quant_config` also picks
 how many programs share K), `a8_config` (an fp8 W times fp8 x: kernels/skinny_a8.py),
 `fit_one_wave` (fewer stages where that makes a quantized product's grid one wave:
-`pipeline_bytes`, the shared memory a program takes), `launch_warps`, `weight_bits`,
-`shared_memory_bytes`.
+`pipeline_bytes`, the shared memory a program takes), `slices_fit`, `launch_warps`,
+`weight_bits`, `shared_memory_bytes`.
 """
 from __future__ import annotations
 
@@ -114,8 +114,7 @@ def quant_config(kind: str, n: int, k: int, gated: bool = False, itemsize: int =
     slices, warps = 1, 2
     sliced_k = max(min(QUANT_SLICED_STEP, triton.next_power_of_2(k)), 16)
     wanted = QUANT_SLICES.get(kind, 1)
-    if wanted > 1 and (sliced_k == wanted * group if group
-                       else sliced_k % (16 * wanted) == 0):
+    if wanted > 1 and slices_fit(sliced_k, wanted, group):
         block_k, slices, warps = sliced_k, wanted, wanted
     panels, split = triton.cdiv(n, 32), 1
     while panels * split < QUANT_PROGRAMS and k >= 4 * 2 * split * block_k:
@@ -177,6 +176,12 @@ def fit_one_wave(cfg: SkinnyConfig, kind: str, n: int, k: int, gated: bool, item
         if programs <= resident(fewer):
             return fewer
     return cfg
+
+
+def slices_fit(block_k: int, slices: int, group: int) -> bool:
+    """A step of block_k columns cuts into that many K slices: a group each (W in groups),
+    else a multiple of 16 columns each (the MMA's K)."""
+    return block_k == slices * group if group else block_k % (16 * slices) == 0
 
 
 def launch_warps(cfg: SkinnyConfig, slices: int) -> int:

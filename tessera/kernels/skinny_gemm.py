@@ -64,7 +64,7 @@ from tessera.kernels.rotary_kv_write import cache_store_options, rope_epilogue
 from tessera.kernels.silu_and_mul import silu_mul
 from tessera.kernels.hardware import multiprocessors
 from tessera.kernels.skinny_config import (MAX_ROWS, SkinnyConfig, a8_config, fit_one_wave,
-                                           launch_warps, pick_config)
+                                           launch_warps, pick_config, slices_fit)
 from tessera.kernels import quant_loops, quant_tiles, skinny_a8, split_k
 from tessera.quant.formats import QuantizedWeight, quant_linear_ref
 
@@ -409,8 +409,7 @@ def _launch(x, qa: QuantArgs, bias, y, n, cfg, mode: dict, EVEN: bool,
           else weight)
     halves = quant_tiles.INT4_HALVES and qa.KIND == "int4"  # two dots a group, unsliced
     slices = cfg.slices if qa.KIND and prep != "fp8" and not halves else 1
-    if slices > 1 and (cfg.block_k != slices * qa.GROUP if qa.GROUP
-                       else cfg.block_k % (16 * slices)):
+    if slices > 1 and not slices_fit(cfg.block_k, slices, qa.GROUP):
         raise ValueError(f"{slices} K slices of a {cfg.block_k}-column step: each needs "
                          + (f"one group of {qa.GROUP}" if qa.GROUP else
                             "a multiple of 16 columns"))

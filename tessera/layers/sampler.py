@@ -12,7 +12,7 @@ repetition/presence/frequency penalties -> greedy rows take the argmax; the othe
 temperature -> top-k -> top-p -> min-p -> a draw by the exponential race (argmax p / q,
 q ~ Exp(1)), with a row's own torch.Generator when it has a seed, so a seeded request
 draws the same tokens whatever else is in the batch (`fill_rows`: one draw for the rows
-sharing a generator, one more per seeded row).
+on the runner's generator, one more per seeded request's run of rows).
 """
 from __future__ import annotations
 
