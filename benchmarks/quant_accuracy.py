@@ -26,7 +26,9 @@ quant/quantized.py's EMULATE_W8A8; fp8a8/G: a scale per G columns of a token, fi
 still), int4 at the model's group, and int4/32
 (int4 in groups of 32: the grid of the GGUFs' own 4-bit blocks, Q4_1 / Q4_K sub-blocks,
 which re-quantizing at 32 reproduces nearly exactly, where a coarser group re-rounds them;
-skipped where the model's group is 32 already). "none" is the GGUF dequantized at load
+skipped where the model's group is 32 already); int4's groups are fitted by least squares
+(quant/int4_fit.py), "int4:minmax" (any int4 method with ":minmax") rounds them from
+their minimum and maximum instead, as before 2026-12-05. "none" is the GGUF dequantized at load
 (`quantization="none"`), in the engine's dtype (float32 on the CPU: the models' 16-bit
 baseline); int4 scales and offsets are in that dtype too.
 Pass criteria printed: int8 and fp8 within 1% of the baseline's perplexity, int4 within
@@ -58,7 +60,7 @@ import time
 import torch
 
 from tessera import LLM, SamplingParams
-from tessera.quant import quantized
+from tessera.quant import formats, quantized
 from tessera.quant.perplexity import corpus_description, perplexity, stdlib_windows
 
 METHODS = ("none", "int8", "fp8", "fp8a8", "int4", "int4/32")
@@ -144,11 +146,14 @@ def int4_group(path: str, tokenizer: str) -> int:
 def evaluate(path: str, tokenizer: str, method: str, group: int, windows, new_tokens: int,
              dtype: str) -> dict:
     """One method ("none", "int8", "fp8", "fp8a8" (or "fp8a8/G": activation groups of G),
-    "int4" at `group`, or "int4/G"; any of them
+    "int4" at `group`, or "int4/G"; int4 with ":minmax" (int4:minmax, int4/32:minmax):
+    each group's scale and offset from its minimum and maximum, not fitted; any of them
     "@POLICY.yaml": with that policy file, e.g. from `tessera quant-sensitivity`) on a
     fresh LLM."""
     spec, _, policy = method.partition("@")
+    spec, _, fit = spec.partition(":")
     kind, _, spec_group = spec.partition("/")
+    formats.INT4_FIT = fit or "lsq"  # int4's fit (quant/int4_fit.py); "int4:minmax": min-max
     # fp8a8: fp8 weights, activations quantized per token (fp8a8/G: per G columns of one)
     quantized.EMULATE_W8A8 = int(spec_group or 0) if kind == "fp8a8" else None
     group = int(spec_group or group) if kind != "fp8a8" else group
@@ -169,6 +174,7 @@ def evaluate(path: str, tokenizer: str, method: str, group: int, windows, new_to
     del llm
     gc.collect()
     return {"method": method, "kind": kind, "group_size": group if kind == "int4" else None,
+            "int4_fit": formats.INT4_FIT if kind == "int4" else None,
             "ppl": ppl.ppl, "nll": ppl.nll, "scored_tokens": ppl.tokens,
             "weight_bytes": sum(info.weight_bytes.values()),
             "weight_bytes_by_precision": dict(info.weight_bytes), "greedy": greedy,

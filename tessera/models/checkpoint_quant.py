@@ -7,10 +7,10 @@ model.safetensors.index.json, or every *.safetensors; pickle files are refused, 
 read) and `safetensors_names(folder)` (from the files' JSON headers).
 Format specs (quant_policy.py takes them as rules): "none", "int8" (per channel), "fp8",
 "int8/G" and "int4/G" (groups of G along K).
-- GGUF (the header's tensor types): Q4_0 / Q4_1 -> int4/32 and Q8_0 -> int8/32, read as
-  they are (loader/gguf_quant.py); the other quantized types are dequantized at load and
-  re-quantized to the nearest format: 2-4-bit K-quants -> int4/32, 5- and 6-bit -> int8
-  per channel; F16/BF16/F32 -> none.
+- GGUF (the header's tensor types): Q4_0 / Q4_1 / Q4_K -> int4/32 and Q8_0 -> int8/32,
+  read as they are (loader/gguf_quant.py); the other quantized types are dequantized at
+  load and re-quantized to the nearest format: 2-3-bit K-quants and the IQ types ->
+  int4/32, 5- and 6-bit -> int8 per channel; F16/BF16/F32 -> none.
 - A Hugging Face folder's config.json `quantization_config`: quant_method fp8 /
   fbgemm_fp8 / compressed-tensors (float 8-bit weights per channel or per tensor, no
   weight_block_size) -> fp8 on every layer whose `weight_scale` the safetensors headers
@@ -34,8 +34,8 @@ _STACKED = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
             "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
 _LINEAR = re.compile(r"^(model\.layers\.\d+\.(?:self_attn|mlp|mlp\.shared_expert)\.\w+_proj)"
                      r"\.(\w+)$")
-_GGUF_KEPT = {"Q4_0": "int4/32", "Q4_1": "int4/32", "Q8_0": "int8/32"}
-_GGUF_TO_INT4 = ("Q2_K", "Q3_K", "Q4_K", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S",
+_GGUF_KEPT = {"Q4_0": "int4/32", "Q4_1": "int4/32", "Q4_K": "int4/32", "Q8_0": "int8/32"}
+_GGUF_TO_INT4 = ("Q2_K", "Q3_K", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S",
                  "IQ4_NL", "IQ4_XS", "IQ1_S", "IQ1_M", "TQ1_0", "TQ2_0")
 
 

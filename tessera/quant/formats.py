@@ -1,7 +1,7 @@
 """Quantized weight formats: their layouts, the PyTorch quantizers and the references.
 
 Objects: QuantizedWeight (one layer's quantized matrix, as the kernels take it), FP8_MAX,
-INT4_GROUP (the default group), `quantize(kind, w, group_size)` -> QuantizedWeight and the
+INT4_GROUP (the default group), INT4_FIT (int4's fit), `quantize(kind, w, group_size)` -> QuantizedWeight and the
 per-format `quantize_int8`, `quantize_fp8`, `quantize_int4`; `dequantize(qw, dtype)`;
 `pack_int4` / `unpack_int4`; `expert_weight` (one MoE expert's matrix, dequantized); `quant_linear_ref(x, qw, bias)` (the product every quantized
 kernel is tested against: x @ dequantize(qw)^T in float32, rounded to x's dtype).
@@ -15,8 +15,10 @@ Layouts (W is nn.Linear's [N, K]: N outputs, K inputs):
 - int4 (W4A16): groups of G (group_size, 128 by default) along K; q in [0, 15] packed two
   per byte, data uint8 [N, K / 2] with column 2j in the low nibble of byte j and 2j + 1
   in the high one; w = q * scale + offset, scale and offset [N, K / G] (float16 in a
-  16-bit model, else float32; offset is the group's minimum: an asymmetric zero point;
-  GPTQ's and GGUF Q4_0's symmetric q - 8 is offset = -8 * scale, Q4_1's min its offset).
+  16-bit model, else float32; an asymmetric zero point, fitted by least squares over
+  candidate steps: quant/int4_fit.py; INT4_FIT "minmax": the group's minimum and span /
+  15; GPTQ's and GGUF Q4_0's symmetric q - 8 is offset = -8 * scale, Q4_1's min its
+  offset).
 Quantizing is row-local (each output row, and each int4 group, on its own), so tensor-
 parallel shards and the stacked q/k/v or gate/up pieces quantize independently as they
 arrive, with no 16-bit copy of the whole model ever held.
@@ -27,9 +29,13 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from tessera.quant.int4_fit import fit_int4, minmax_int4
+
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 INT8_MAX = 127.0
 INT4_GROUP = 128
+INT4_FITS = ("lsq", "minmax")
+INT4_FIT = "lsq"  # how quantize_int4 fits a group's scale and offset (int4_fit.py)
 KINDS = ("int8", "fp8", "int4")
 
 
@@ -102,17 +108,22 @@ def unpack_int4(data: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_int4(w: torch.Tensor, group_size: int = INT4_GROUP,
-                  scale_dtype: Optional[torch.dtype] = None) -> QuantizedWeight:
-    """w [N, K] -> int4 in groups of group_size along K, asymmetric (offset = the group's
-    minimum, rounded to scale_dtype, default w's dtype; q rounded against the stored
-    scale and offset, so what the kernel reads is what was fitted)."""
+                  scale_dtype: Optional[torch.dtype] = None,
+                  fit: Optional[str] = None) -> QuantizedWeight:
+    """w [N, K] -> int4 in groups of group_size along K, asymmetric: each group's scale and
+    offset fitted by least squares (fit "lsq", quant/int4_fit.py) or from its minimum and
+    maximum ("minmax"; default INT4_FIT), rounded to scale_dtype (default w's dtype); q
+    rounded against the stored scale and offset, so what the kernel reads is what was
+    fitted."""
     n, k = w.shape
     _check_groups(k, group_size, "int4")
+    fit = fit or INT4_FIT
+    if fit not in INT4_FITS:
+        raise ValueError(f"unknown int4 fit {fit!r}; choose one of {', '.join(INT4_FITS)}")
     dtype = scale_dtype or w.dtype
     groups = w.float().reshape(n, k // group_size, group_size)
-    low, high = groups.amin(-1), groups.amax(-1)  # [N, K / G]
-    scale = ((high - low) / 15.0).to(dtype)
-    offset = low.to(dtype)
+    scale, offset = (fit_int4 if fit == "lsq" else minmax_int4)(groups)  # [N, K / G]
+    scale, offset = scale.to(dtype), offset.to(dtype)
     s = scale.float().clamp_min(torch.finfo(torch.float32).tiny)[..., None]
     q = torch.round((groups - offset.float()[..., None]) / s).clamp_(0, 15)
     return QuantizedWeight("int4", pack_int4(q.reshape(n, k)), scale, offset, group_size)

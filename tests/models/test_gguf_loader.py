@@ -294,7 +294,9 @@ def test_k_quants_dequantize_to_known_values(tmp_path):
                 n_layer=1, vocab=32)
     config = read_gguf_arch(str(path))
     got = dict(iter_gguf_weights(str(path), config))
-    assert torch.equal(got["model.layers.0.self_attn.v_proj.weight"], torch.from_numpy(v_values))
+    v = got["model.layers.0.self_attn.v_proj.weight"]  # Q4_K: kept, as int4 in groups of 32
+    assert (v.kind, v.group_size) == ("int4", 32)
+    assert torch.equal(dense(v), torch.from_numpy(v_values))
     assert torch.equal(got["model.layers.0.mlp.up_proj.weight"], torch.from_numpy(up_values))
     assert torch.equal(got["model.layers.0.mlp.down_proj.weight"], torch.from_numpy(down_values))
 

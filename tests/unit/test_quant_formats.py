@@ -12,7 +12,7 @@ from tessera.config import QuantConfig
 from tessera.models.checkpoint_quant import gguf_spec, tessera_prefix
 from tessera.models.weight_utils import dense, narrow, shape_of
 from tessera.quant.formats import (QuantizedWeight, dequantize, pack_int4, quant_linear_ref,
-                                   quantize, unpack_int4)
+                                   quantize, quantize_int4, unpack_int4)
 from tessera.quant_policy import (QuantPolicy, check_patterns, load_policy_file, parse_spec, policy_file_text,
                                   resolve_policy)
 
@@ -31,8 +31,13 @@ def test_pack_int4_layout():
 @pytest.mark.parametrize("kind,group", [("int8", 0), ("int8", 32), ("fp8", 0), ("int4", 32),
                                         ("int4", 128)])
 def test_quantize_error_is_within_the_step(kind, group):
+    """int4 fitted from its minimum and maximum ("minmax"): every weight within half a step
+    (the least-squares fit may clip a group's extremes: tests/unit/test_int4_fit.py)."""
     w = weights()
-    qw = quantize(kind, w, group, torch.float32)
+    if kind == "int4":
+        qw = quantize_int4(w, group, torch.float32, fit="minmax")
+    else:
+        qw = quantize(kind, w, group, torch.float32)
     assert shape_of(qw) == tuple(w.shape) and qw.kind == kind
     err = (dequantize(qw) - w).abs()
     if kind == "fp8":  # 3 mantissa bits: half an ulp of e4m3 relative to the value
@@ -49,7 +54,7 @@ def test_quantize_error_is_within_the_step(kind, group):
 def test_int4_offset_is_the_group_minimum_and_zero_rows_survive():
     w = weights(4, 64)
     w[1] = 0.0
-    qw = quantize("int4", w, 32, torch.float32)
+    qw = quantize_int4(w, 32, torch.float32, fit="minmax")
     assert torch.allclose(qw.offset, w.reshape(4, 2, 32).amin(-1))
     assert torch.equal(dequantize(qw)[1], torch.zeros(64))
     assert torch.equal(dequantize(quantize("int8", w))[1], torch.zeros(64))
@@ -97,9 +102,33 @@ def test_gguf_blocks_equal_ggufs_dequantize():
         assert np.array_equal(dequantize(permute_rows(qw, order)).numpy(), expect[::-1])
 
 
+def test_gguf_q4_k_blocks_equal_ggufs_dequantize():
+    """Q4_K (gguf has no quantizer for it): random blocks of valid fp16 d / dmin and random
+    6-bit scales and nibbles, read as int4 in groups of 32, dequantize exactly as gguf does."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import dequantize as gguf_dequantize
+
+    from tessera.models.loader.gguf_quant import gguf_quantized
+
+    rng = np.random.default_rng(0)
+    rows, nb = 5, 3  # K = 768
+    raw = rng.integers(0, 256, (rows, nb, 144), dtype=np.uint8)
+    raw[..., 0:2] = (rng.random((rows, nb, 1)) * 0.01).astype(np.float16).view(np.uint8)
+    raw[..., 2:4] = (rng.random((rows, nb, 1)) * 0.01).astype(np.float16).view(np.uint8)
+    raw = raw.reshape(rows, nb * 144)
+    tensor = type("T", (), {"data": raw, "tensor_type": Q.Q4_K})()
+    qw = gguf_quantized(tensor)
+    assert (qw.kind, qw.group_size, qw.scale.shape, qw.data.shape) == ("int4", 32, (5, 24),
+                                                                       (5, 384))
+    expect = gguf_dequantize(raw, Q.Q4_K)
+    assert expect.shape == (5, 768)
+    assert np.array_equal(dequantize(qw).numpy(), expect)
+
+
 def test_gguf_types_map_to_the_nearest_format():
-    assert [gguf_spec(t) for t in ("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_0", "Q6_K", "F16")] == [
-        "int4/32", "int4/32", "int8/32", "int4/32", "int8", "int8", "none"]
+    assert [gguf_spec(t) for t in ("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_0", "Q6_K", "F16",
+                                   "Q3_K")] == [
+        "int4/32", "int4/32", "int8/32", "int4/32", "int8", "int8", "none", "int4/32"]
     assert tessera_prefix("model.layers.2.self_attn.k_proj") == "model.layers.2.self_attn.qkv_proj"
     assert tessera_prefix("model.layers.2.mlp.up_proj") == "model.layers.2.mlp.gate_up_proj"
 

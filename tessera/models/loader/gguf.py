@@ -46,7 +46,7 @@ def _rope_heads(name: str, arch: ArchConfig) -> int:
 def iter_gguf_weights(path: str, arch: ArchConfig,
                       keep_quantized: bool = True) -> Iterator[tuple[str, object]]:
     """Yield (Hugging Face name, tensor in HF shape) for each weight, one at a time: a
-    linear layer's Q8_0 / Q4_0 / Q4_1 matrix as a QuantizedWeight (keep_quantized: the
+    linear layer's Q8_0 / Q4_0 / Q4_1 / Q4_K matrix as a QuantizedWeight (keep_quantized: the
     layer's method copies it or dequantizes it), anything else dequantized to float32."""
     reader = open_reader(path)
     permuted = gguf_architecture(reader, path) == "llama"
