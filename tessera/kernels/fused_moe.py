@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from tessera import envs
+from tessera.kernels.hardware import program_shared_memory
 from tessera.kernels.silu_and_mul import silu_mul
 from tessera.quant.formats import expert_weight
 
@@ -187,9 +188,7 @@ def shared_memory_bytes(device: torch.device) -> int:
     on sm_89), less SMEM_MARGIN; off CUDA (the interpreter) the H100's."""
     if device.type != "cuda":
         return (228 << 10) - SMEM_MARGIN
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    props = triton.runtime.driver.active.utils.get_device_properties(index)
-    return props["max_shared_mem"] - SMEM_MARGIN
+    return program_shared_memory(device) - SMEM_MARGIN
 
 
 def pick_config(gated: bool, block_m: int, itemsize: int, limit: int) -> MoeConfig:
