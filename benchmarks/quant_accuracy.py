@@ -24,8 +24,8 @@ W8A8's arithmetic, which GPUs of compute capability 8.9+ run for more than 16 ro
 with skinny_gemm.FP8_ACTIVATIONS, for decode steps, in finer per-split scales there;
 quant/quantized.py's EMULATE_W8A8; fp8a8/G: a scale per G columns of a token, finer
 still), int4 at the model's group, and int4/32
-(int4 in groups of 32: the grid of the GGUFs' own 4-bit blocks, Q4_1 / Q4_K sub-blocks,
-which re-quantizing at 32 reproduces nearly exactly, where a coarser group re-rounds them;
+(int4 in groups of 32: the grid of the GGUFs' own 4-bit blocks, Q4_0 / Q4_1 / Q4_K
+sub-blocks, which int4/32 takes as they are, where a coarser group re-rounds them;
 skipped where the model's group is 32 already); int4's groups are fitted by least squares
 (quant/int4_fit.py), "int4:minmax" (any int4 method with ":minmax") rounds them from
 their minimum and maximum instead, as before 2026-12-05. "none" is the GGUF dequantized at load

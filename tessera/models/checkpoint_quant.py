@@ -9,7 +9,7 @@ Format specs (quant_policy.py takes them as rules): "none", "int8" (per channel)
 "int8/G" and "int4/G" (groups of G along K).
 - GGUF (the header's tensor types): Q4_0 / Q4_1 / Q4_K -> int4/32 and Q8_0 -> int8/32,
   read as they are (loader/gguf_quant.py); the other quantized types are dequantized at
-  load and re-quantized to the nearest format: 2-3-bit K-quants and the IQ types ->
+  load and re-quantized to the nearest format: 2-3-bit K-quants, the IQ and TQ types ->
   int4/32, 5- and 6-bit -> int8 per channel; F16/BF16/F32 -> none.
 - A Hugging Face folder's config.json `quantization_config`: quant_method fp8 /
   fbgemm_fp8 / compressed-tensors (float 8-bit weights per channel or per tensor, no

@@ -56,38 +56,41 @@ def squared_error(groups: torch.Tensor, scale: torch.Tensor,
 
 
 def _fit_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """w float32 [R, G] -> (scale, offset) float32 [R] of least squared error."""
+    """w float32 [R, G] -> (scale, offset) float32 [R] of least squared error. The fit is
+    of the weights less their group's minimum (x >= 0), its offset moved back at the end:
+    the error from the sums cancels less than with a group's mean far from zero."""
     n = w.shape[-1]
     low, high = w.amin(-1), w.amax(-1)  # [R]
     span = high - low
-    sw, sww = w.sum(-1), torch.einsum("rg,rg->r", w, w)  # [R]
-    shifted = w - low[:, None]  # [R, G], >= 0
+    x = w - low[:, None]  # [R, G], in [0, span]
+    sx, sxx = x.sum(-1), torch.einsum("rg,rg->r", x, x)  # [R]
     tiny = torch.finfo(torch.float32).tiny
 
-    def error(s, o, sq, sqq, sqw):  # sum (s q + o - w)^2 from the sums, [R]
-        return sww + s * s * sqq + n * o * o - 2 * s * sqw - 2 * o * sw + 2 * s * o * sq
+    def error(s, o, sq, sqq, sqx):  # sum (s q + o - x)^2 from the sums, [R]
+        return sxx + s * s * sqq + n * o * o - 2 * s * sqx - 2 * o * sx + 2 * s * o * sq
 
-    def sums(q):  # (sum q, sum q^2, sum q w), each [R]
-        return q.sum(-1), torch.einsum("rg,rg->r", q, q), torch.einsum("rg,rg->r", q, w)
+    def sums(q):  # (sum q, sum q^2, sum q x), each [R]
+        return q.sum(-1), torch.einsum("rg,rg->r", q, q), torch.einsum("rg,rg->r", q, x)
 
-    best_s, best_o = span / LEVELS, low
-    q = torch.empty_like(w)  # [R, G], the candidate's levels
-    torch.mul(shifted, (1.0 / best_s.clamp_min(tiny))[:, None], out=q).round_().clamp_(0, LEVELS)
+    best_s, best_o = span / LEVELS, torch.zeros_like(low)  # min-max
+    q = torch.empty_like(x)  # [R, G], the candidate's levels
+    torch.mul(x, (1.0 / best_s.clamp_min(tiny))[:, None], out=q).round_().clamp_(0, LEVELS)
     best_e = error(best_s, best_o, *sums(q))
     for r in FIT_STEPS:
+        # a constant group (span 0) makes inv inf and q NaN: not ok, min-max stays
         inv = (LEVELS + r) / span.clamp_min(tiny)  # [R]
-        torch.mul(shifted, inv[:, None], out=q).round_().clamp_(0, LEVELS)
-        sq, sqq, sqw = sums(q)
-        det = n * sqq - sq * sq
-        ok = det > 1e-12 * n * sqq  # not 0 when every q is equal, bar rounding
-        s = torch.where(ok, (n * sqw - sq * sw) / torch.where(ok, det, 1.0), 0.0)
-        o = (sw - s * sq) / n
-        e = torch.where(ok & (s > 0), error(s, o, sq, sqq, sqw), torch.inf)
+        torch.mul(x, inv[:, None], out=q).round_().clamp_(0, LEVELS)
+        sq, sqq, sqx = sums(q)
+        det = n * sqq - sq * sq  # an integer >= n - 1 unless every q is equal
+        ok = det > 1e-12 * n * sqq
+        s = torch.where(ok, (n * sqx - sq * sx) / torch.where(ok, det, 1.0), 0.0)
+        o = (sx - s * sq) / n
+        e = torch.where(ok & (s > 0), error(s, o, sq, sqq, sqx), torch.inf)
         better = e < best_e
         best_s = torch.where(better, s, best_s)
         best_o = torch.where(better, o, best_o)
         best_e = torch.where(better, e, best_e)
-    return best_s, best_o
+    return best_s, best_o + low
 
 
 def fit_int4(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,6 +98,8 @@ def fit_int4(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     [...], the least-squares fit over FIT_STEPS' candidate steps (min-max among them)."""
     lead, g = groups.shape[:-1], groups.shape[-1]
     rows = groups.reshape(-1, g)
+    if not rows.numel():
+        return minmax_int4(groups)
     per_chunk = max(1, ROW_CHUNK_ELEMENTS // g)
     scales, offsets = [], []
     for start in range(0, rows.shape[0], per_chunk):

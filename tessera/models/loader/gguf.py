@@ -1,7 +1,7 @@
 """GGUF weights: each tensor under its Hugging Face name, kept quantized or dequantized.
 
 `iter_gguf_weights(path, arch)` yields `(hf_name, tensor)` one tensor at a time: a
-linear layer's Q8_0 / Q4_0 / Q4_1 matrix as a QuantizedWeight (loader/gguf_quant.py),
+linear layer's Q8_0 / Q4_0 / Q4_1 / Q4_K matrix as a QuantizedWeight (loader/gguf_quant.py),
 any other tensor dequantized to float32 with `gguf.quants.dequantize`
 (models/gguf_meta.py); renamed to Hugging Face
 parameter names (models/gguf_names.py: names and types were checked from the header at

@@ -14,7 +14,7 @@ llama.cpp's blocks along K (ggml-common.h, ggml-quants.c):
   sub-block scales sc and minimums m, then 128 bytes, bytes 32c..32c + 31 holding
   sub-block 2c in their low nibbles and 2c + 1 in their high ones: w = (d sc) q - dmin m
   -> int4 in groups of 32, scale d sc and offset -dmin m in float32 (products of an fp16
-  and a 6-bit integer; a 16-bit model stores them in fp16, within 2^-12 of them).
+  and a 6-bit integer; a 16-bit model stores them in fp16, within 2^-11 of them).
 The nibbles are reordered into Tessera's packing (columns 2j, 2j + 1 in one byte); the
 scales keep their values, so dequantizing gives exactly what gguf's dequantize gives
 (float32 arithmetic, the same products).
