@@ -29,7 +29,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from tessera.quant.int4_fit import fit_int4, minmax_int4
+from tessera.quant.int4_fit import fit_int4, levels, minmax_int4
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 INT8_MAX = 127.0
@@ -124,8 +124,7 @@ def quantize_int4(w: torch.Tensor, group_size: int = INT4_GROUP,
     groups = w.float().reshape(n, k // group_size, group_size)
     scale, offset = (fit_int4 if fit == "lsq" else minmax_int4)(groups)  # [N, K / G]
     scale, offset = scale.to(dtype), offset.to(dtype)
-    s = scale.float().clamp_min(torch.finfo(torch.float32).tiny)[..., None]
-    q = torch.round((groups - offset.float()[..., None]) / s).clamp_(0, 15)
+    q = levels(groups, scale, offset)  # [N, K / G, G], against the stored scale and offset
     return QuantizedWeight("int4", pack_int4(q.reshape(n, k)), scale, offset, group_size)
 
 

@@ -4,8 +4,9 @@ group's minimum and maximum.
 Objects: FIT_STEPS (the scale candidates' offsets r: a candidate step is the group's span /
 (15 + r)), ROW_CHUNK_ELEMENTS (how many weights a chunk of rows fits at once),
 `fit_int4(groups)` -> (scale, offset) float32, `minmax_int4(groups)` (the plain fit: step =
-span / 15, offset = the minimum), `squared_error(groups, scale, offset)` (the fit's
-error when q is rounded against it, per group).
+span / 15, offset = the minimum), `levels(groups, scale, offset)` (q rounded against a
+fit: what formats.quantize_int4 stores), `squared_error(groups, scale, offset)` (the fit's
+error with those q, per group).
 
 Why: rounding each group onto the grid from its minimum to its maximum (min-max) spends
 the 16 levels on the extremes; a 4-bit grid in groups of 128 re-rounds a model's weights
@@ -17,7 +18,7 @@ integers -2..-6 find a grid whose q span only 13..9 steps, as a GGUF K-quant blo
 may, exactly), the
 weights are rounded q = round((w - min) / s_r) clamped to [0, 15], and the scale and
 offset that minimise sum (s q + o - w)^2 for those q are solved in closed form (least
-squares on the group's sums of q, q^2, q w, w and w^2); the candidate of least squared
+squares on the group's sums of q, q^2, q x, x and x^2, x = w - min); the candidate of least squared
 error wins, min-max itself (its own scale and offset) among them, so the fit's error is
 never larger than min-max's (before the caller rounds scale and offset to their dtype and
 rounds q against them: formats.quantize_int4). No calibration data, and row-local (each
@@ -25,7 +26,7 @@ group alone), so tensor-parallel shards quantize as they arrive.
 
 Flow of `fit_int4`: groups float [..., G] -> flattened to [R, G] rows of one group each,
 taken in chunks of ROW_CHUNK_ELEMENTS weights (bounded temporaries on any device) -> per
-chunk, sums of w and w^2 once, then per candidate the q sums and the solved (s, o), the
+chunk, sums of x and x^2 once, then per candidate the q sums and the solved (s, o), the
 error from the sums (no dequantized copy), the best kept -> scale, offset [...].
 """
 from __future__ import annotations
@@ -46,13 +47,19 @@ def minmax_int4(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (high - low) / LEVELS, low
 
 
+def levels(groups: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """groups [..., G], scale and offset [...] -> q = round((w - o) / s) in [0, 15], float32
+    [..., G]: each weight's nearest level of the fit."""
+    s = scale.float().clamp_min(torch.finfo(torch.float32).tiny)[..., None]
+    return torch.round((groups.float() - offset.float()[..., None]) / s).clamp_(0, LEVELS)
+
+
 def squared_error(groups: torch.Tensor, scale: torch.Tensor,
                   offset: torch.Tensor) -> torch.Tensor:
-    """sum over each group of (s q + o - w)^2, q = round((w - o) / s) in [0, 15] -> [...]."""
-    g = groups.float()
-    s, o = scale.float()[..., None], offset.float()[..., None]
-    q = torch.round((g - o) / s.clamp_min(torch.finfo(torch.float32).tiny)).clamp_(0, LEVELS)
-    return (q * s + o - g).square().sum(-1)
+    """sum over each group of (s q + o - w)^2, q = levels(...) -> [...]."""
+    q = levels(groups, scale, offset)
+    return (q * scale.float()[..., None] + offset.float()[..., None] - groups.float()
+            ).square().sum(-1)
 
 
 def _fit_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

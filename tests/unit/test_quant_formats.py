@@ -125,6 +125,12 @@ def test_gguf_q4_k_blocks_equal_ggufs_dequantize():
     assert np.array_equal(dequantize(qw).numpy(), expect)
 
 
+def test_the_loader_reads_every_type_the_metadata_calls_kept():
+    from tessera.models.checkpoint_quant import _GGUF_KEPT
+    from tessera.models.loader.gguf_quant import KEPT_TYPES
+    assert set(KEPT_TYPES) == set(_GGUF_KEPT)
+
+
 def test_gguf_types_map_to_the_nearest_format():
     assert [gguf_spec(t) for t in ("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_0", "Q6_K", "F16",
                                    "Q3_K")] == [

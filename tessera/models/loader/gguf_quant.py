@@ -1,6 +1,7 @@
 """GGUF tensors kept quantized: Q8_0, Q4_0, Q4_1 and Q4_K blocks as Tessera's formats.
 
-Objects: KEPT_TYPES (the GGML types read as they are: bytes and weights a block),
+Objects: KEPT_TYPES (the GGML types read as they are: bytes a block; the same types as
+models/checkpoint_quant.py's _GGUF_KEPT, which says what they become),
 `gguf_quantized(tensor)` -> QuantizedWeight (quant/formats.py) or None for any other
 type, `permute_rows(qw, order)`.
 llama.cpp's blocks along K (ggml-common.h, ggml-quants.c):
@@ -29,8 +30,8 @@ import torch
 from tessera.quant.formats import QuantizedWeight, pack_int4
 
 BLOCK = 32  # weights a group of every kept type (Q4_K's sub-blocks)
-KEPT_TYPES = {"Q8_0": (34, 32), "Q4_0": (18, 32), "Q4_1": (20, 32),
-              "Q4_K": (144, 256)}  # bytes and weights a block
+KEPT_TYPES = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20,
+              "Q4_K": 144}  # bytes a block (of 32 weights; Q4_K's of 256)
 
 
 def _blocks(tensor, nbytes: int) -> torch.Tensor:
@@ -55,7 +56,7 @@ def gguf_quantized(tensor) -> Optional[QuantizedWeight]:
     kind = tensor.tensor_type.name
     if kind not in KEPT_TYPES or len(tensor.data.shape) != 2:
         return None
-    blocks = _blocks(tensor, KEPT_TYPES[kind][0])
+    blocks = _blocks(tensor, KEPT_TYPES[kind])
     if kind == "Q4_K":
         return _q4_k(blocks)
     d = _fp16(blocks, 0)  # [rows, K / 32]
