@@ -28,7 +28,9 @@ still), int4 at the model's group, and int4/32
 sub-blocks, which int4/32 takes as they are, where a coarser group re-rounds them;
 skipped where the model's group is 32 already); int4's groups are fitted by least squares
 (quant/int4_fit.py), "int4:minmax" (any int4 method with ":minmax") rounds them from
-their minimum and maximum instead, as before 2026-12-05. "none" is the GGUF dequantized at load
+their minimum and maximum instead, as before 2026-12-05; "int4+gptq" (any int4 method
+with "+gptq") quantizes by GPTQ against --calibration-tokens of --calibration
+(quant/gptq.py; default text: dataclasses.py, which is not scored). "none" is the GGUF dequantized at load
 (`quantization="none"`), in the engine's dtype (float32 on the CPU: the models' 16-bit
 baseline); int4 scales and offsets are in that dtype too.
 Pass criteria printed: int8 and fp8 within 1% of the baseline's perplexity, int4 within
@@ -55,6 +57,7 @@ import math
 import os
 import platform
 import sys
+import sysconfig
 import time
 
 import torch
@@ -64,6 +67,8 @@ from tessera.quant import formats, quantized
 from tessera.quant.perplexity import corpus_description, perplexity, stdlib_windows
 
 METHODS = ("none", "int8", "fp8", "fp8a8", "int4", "int4/32")
+# '+gptq' methods' calibration text: standard-library code the scored text does not include
+CALIBRATION = os.path.join(sysconfig.get_paths()["stdlib"], "dataclasses.py")
 # by kind: int4/32 is held to int4's, fp8a8 to fp8's
 BOUNDS_PCT = {"int8": 1.0, "fp8": 1.0, "fp8a8": 1.0, "int4": 5.0}
 MODELS = {  # name -> (file name, part package pattern, parts, sha256, bytes); None: default
@@ -144,13 +149,17 @@ def int4_group(path: str, tokenizer: str) -> int:
 
 
 def evaluate(path: str, tokenizer: str, method: str, group: int, windows, new_tokens: int,
-             dtype: str) -> dict:
+             dtype: str, calibration: str = CALIBRATION, calibration_tokens: int = 4096) -> dict:
     """One method ("none", "int8", "fp8", "fp8a8" (or "fp8a8/G": activation groups of G),
     "int4" at `group`, or "int4/G"; int4 with ":minmax" (int4:minmax, int4/32:minmax):
     each group's scale and offset from its minimum and maximum, not fitted; any of them
-    "@POLICY.yaml": with that policy file, e.g. from `tessera quant-sensitivity`) on a
-    fresh LLM."""
+    "@POLICY.yaml": with that policy file, e.g. from `tessera quant-sensitivity`; int4
+    "+gptq": its int4 layers quantized by GPTQ against calibration_tokens of the
+    calibration file) on a fresh LLM."""
     spec, _, policy = method.partition("@")
+    spec, _, extra = spec.partition("+")
+    if extra not in ("", "gptq"):
+        raise ValueError(f"method {method!r}: '+{extra}' is not one; '+gptq' is")
     spec, _, fit = spec.partition(":")
     kind, _, spec_group = spec.partition("/")
     formats.INT4_FIT = fit or "lsq"  # int4's fit (quant/int4_fit.py); "int4:minmax": min-max
@@ -161,7 +170,8 @@ def evaluate(path: str, tokenizer: str, method: str, group: int, windows, new_to
     llm = LLM(path, tokenizer=tokenizer, device="cpu", dtype=dtype,
               distributed_executor_backend="uni", quantization=kind.replace("fp8a8", "fp8"),
               quantization_group_size=group, quantization_policy=policy or None,
-              max_num_batched_tokens=2048)
+              quantization_calibration=calibration if extra else None,
+              calibration_tokens=calibration_tokens, max_num_batched_tokens=2048)
     load_s = time.perf_counter() - start
     info = llm.engine.executor.info
     start = time.perf_counter()
@@ -204,7 +214,8 @@ def run_model(name: str, args) -> list[dict]:
     for method in args.methods.split(","):
         if method == f"int4/{group}" and "int4" in args.methods.split(","):
             continue  # the same as int4 at the chosen group
-        row = evaluate(path, tok_dir, method, group, windows, args.new_tokens, args.dtype)
+        row = evaluate(path, tok_dir, method, group, windows, args.new_tokens, args.dtype,
+                       args.calibration, args.calibration_tokens)
         row["model"] = name
         rows.append(row)
         print(f"  {name} {method}: ppl {row['ppl']:.4f} ({row['seconds']})", flush=True)
@@ -244,6 +255,10 @@ def main() -> int:
     ap.add_argument("--dtype", default="auto", help="engine dtype (auto: float32 on CPU)")
     ap.add_argument("--quick", action="store_true",
                     help="the default model only, 1024 tokens, 16 new tokens")
+    ap.add_argument("--calibration", default=CALIBRATION,
+                    help="the text '+gptq' methods calibrate on (default: the standard "
+                         "library's dataclasses.py, which the scored text does not include)")
+    ap.add_argument("--calibration-tokens", type=int, default=4096)
     ap.add_argument("--model-cache", default=os.path.expanduser("~/.cache/tessera-models"))
     ap.add_argument("--out", default="quant_accuracy.json")
     args = ap.parse_args()

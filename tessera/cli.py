@@ -89,6 +89,7 @@ def _add_quant_sensitivity_parser(sub, parents: list) -> None:
     g.add_argument("--out", required=True, metavar="POLICY.yaml", help="the policy file to write")
     add_engine_args(p, skip=("model", "quantization", "keep_full_precision",
                              "quantization_policy", "quantization_group_size",
+                             "quantization_calibration", "calibration_tokens",
                              "distributed_executor_backend", "enforce_eager",
                              "skip_tokenizer_init", "enable_prefix_caching"))
     p.set_defaults(func=_quant_sensitivity)

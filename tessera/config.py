@@ -274,8 +274,21 @@ class QuantConfig:
     quantization_group_size: Optional[int] = _field(
         None, "int4: weights per scale along the input dimension, 32, 64 or 128 (default: 32 "
               "for a GGUF checkpoint, whose 4-bit blocks are 32 wide, else 128)")
+    quantization_calibration: Optional[str] = _field(
+        None, "a text file: the int4 layers are quantized by GPTQ (quant/gptq.py) against the "
+              "inputs this text gives them, the model loaded 16-bit first (slower start-up, "
+              "more accurate than rounding each weight alone)")
+    calibration_tokens: int = _field(
+        4096, "tokens of the calibration text to use, in windows of up to 512 (default: 4096)")
 
     def __post_init__(self) -> None:
+        if self.quantization_calibration is not None and not os.path.isfile(
+                self.quantization_calibration):
+            raise ValueError(f"quantization_calibration {self.quantization_calibration!r}: no "
+                             f"such file.")
+        if self.calibration_tokens < 2:
+            raise ValueError(f"calibration_tokens must be at least 2, got "
+                             f"{self.calibration_tokens}.")
         if self.quantization is not None and self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization {self.quantization!r} is not supported; choose one "
                              f"of {', '.join(QUANTIZATIONS)}.")

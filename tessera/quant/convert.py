@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import torch
 from torch import nn
 
 from tessera.quant.base import LinearMethod, layer_name
+from tessera.quant.formats import QuantizedWeight
 from tessera.quant.quantized import QuantizedLinearMethod
 from tessera.quant.unquantized import UnquantizedLinearMethod
 
@@ -53,8 +54,10 @@ def is_dense(layer: nn.Module) -> bool:
             and not isinstance(method, QuantizedLinearMethod))
 
 
-def quantize_layer(layer: nn.Module, method: QuantizedLinearMethod) -> DenseState:
-    """Converts a dense linear layer to `method`'s format in place; returns what it held."""
+def quantize_layer(layer: nn.Module, method: QuantizedLinearMethod,
+                   quantized: Optional[QuantizedWeight] = None) -> DenseState:
+    """Converts a dense linear layer to `method`'s format in place; returns what it held.
+    quantized: the weight already in that format (quant/gptq.py's), stored as it is."""
     if not is_dense(layer):
         raise ValueError(f"{layer_name(layer)} is not a dense linear layer "
                          f"({type(getattr(layer, 'method', None)).__name__}): only a 16-bit "
@@ -69,7 +72,8 @@ def quantize_layer(layer: nn.Module, method: QuantizedLinearMethod) -> DenseStat
         torch.set_default_dtype(weight.dtype)
         with torch.device(weight.device):
             method.create_weights(layer, in_features, out_features, bias is not None)
-        method.store(layer, layer.weight, 0, out_features, weight.detach())
+        method.store(layer, layer.weight, 0, out_features,
+                     weight.detach() if quantized is None else quantized)
         if bias is not None:
             layer.bias.data.copy_(bias.data)
         method.process_weights_after_loading(layer)

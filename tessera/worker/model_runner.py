@@ -42,6 +42,7 @@ from tessera.engine.protocol import (ModelRunnerOutput, NewRequestData, Schedule
 from tessera.layers.context import make_context
 from tessera.layers.ops import make_ops
 from tessera.quant.accounting import weight_bytes_by_precision
+from tessera.quant.calibrate import calibrate, check_calibration, deferred_int4
 from tessera.quant_policy import check_patterns, resolve_policy
 from tessera.layers.moe import FUSED_MAX_TOKENS, fused_moe_captures
 from tessera.layers.sampler import gather_logprobs, sample
@@ -101,7 +102,11 @@ class ModelRunner:
         self.context = make_context(config.kernel, device, policy, ops)
         self.ops = self.context.ops
         start = time.perf_counter()
-        self.model = load_model(config, device, dtype, self.context)
+        load_context, deferred = self.context, {}
+        if config.quant.quantization_calibration:  # int4 layers load 16-bit; GPTQ below
+            check_calibration(config, policy)
+            load_context, deferred = deferred_int4(self.context)
+        self.model = load_model(config, device, dtype, load_context)
         if policy.quantized:  # a pattern naming no layer is a mistake, not a no-op
             check_patterns(policy, self.context.layer_names, config.info.arch.num_layers)
         self.load_seconds = time.perf_counter() - start
@@ -133,6 +138,12 @@ class ModelRunner:
         if config.speculative.method is not None:
             self.decode_rows_upto = config.speculative.num_speculative_tokens + 1
             self.spec = SpecDecoder(config, device, dtype, self.kv_dtype, self.block_size)
+        if deferred:  # the model runs now: its int4 layers quantized against their inputs
+            calibrate(self, deferred)
+            self.load_seconds = time.perf_counter() - start
+            self.bytes_by_precision = weight_bytes_by_precision(self.model)
+            self.weight_bytes = sum(self.bytes_by_precision.values())
+        if self.spec is not None:
             self.weight_bytes += self.spec.proposer.weight_bytes
 
     # -- KV cache ------------------------------------------------------------------------
@@ -175,18 +186,26 @@ class ModelRunner:
                 "gpu_memory_utilization or lower max_num_batched_tokens.")
         return int(budget // self.bytes_per_block)
 
-    @torch.inference_mode()
     def _profile_run(self) -> None:
         """One forward pass of a full token budget, to measure activation memory."""
         n = min(self.config.scheduler.max_num_batched_tokens, self.arch.max_position_embeddings - 1)
+        self.run_prompt([0] * n)
+        torch.cuda.synchronize(self.device)
+
+    @torch.inference_mode()
+    def run_prompt(self, token_ids: list[int]) -> None:
+        """One prefill of token_ids (at most a step's token budget) in a KV cache of its
+        own, nothing kept: the memory profile's pass, and calibration's (quant/calibrate.py)."""
+        n = len(token_ids)
         blocks = -(-n // self.block_size)
         self.init_kv_cache(blocks, for_serving=False)
-        req = NewRequestData("profile", [0] * n, n, SamplingParams(max_tokens=1),
+        req = NewRequestData("profile", list(token_ids), n, SamplingParams(max_tokens=1),
                              list(range(blocks)), 0, 0)
-        self.execute(SchedulerOutput([req], [], {"profile": n}, set(), set()))
-        self.states.clear()
-        self.kv_caches = []
-        torch.cuda.synchronize(self.device)
+        try:
+            self.execute(SchedulerOutput([req], [], {"profile": n}, set(), set()))
+        finally:
+            self.states.clear()
+            self.kv_caches = []
 
     def init_kv_cache(self, num_blocks: int, for_serving: bool = True,
                       num_host_blocks: int = 0) -> None:

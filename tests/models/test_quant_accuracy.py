@@ -83,3 +83,35 @@ def test_int4_in_groups_of_64(dense):
     model, context = engine_parts(llm)
     with quantized_layers(linear_layers(model), quantized_method(context, "int4", 64)):
         _check("int4/64", perplexity(llm, windows), base)
+
+
+def test_int4_by_gptq_keeps_more(dense, smollm2_path):
+    """int4/64 quantized by GPTQ (quant/gptq.py) against 1024 tokens of dataclasses.py
+    (text the windows do not include): the model loads 16-bit, each layer's inputs over
+    the text are gathered and its weights rounded with their errors compensated, columns
+    largest input first. Measured +13.2% here against round-to-nearest's +27.6% (columns
+    in order, 2048 tokens: +17.4%)."""
+    import os
+    import sysconfig
+    _, tok_dir, windows, base = dense
+    calibration = os.path.join(sysconfig.get_paths()["stdlib"], "dataclasses.py")
+    llm = LLM(smollm2_path, tokenizer=tok_dir, device="cpu", quantization="int4",
+              quantization_group_size=64, quantization_calibration=calibration,
+              calibration_tokens=1024, num_blocks=80, distributed_executor_backend="uni")
+    try:
+        assert llm.engine.executor.info.weight_bytes.get("int4", 0) > 0  # quantized, not dense
+        increase = perplexity(llm, windows).increase_pct(base)
+        assert 0.0 < increase < 20.0, f"int4/64 by GPTQ: {increase:+.3f}%"
+    finally:
+        llm.engine.shutdown()
+
+
+def test_calibration_needs_an_int4_layer(smollm2_path, tmp_path):
+    text = tmp_path / "calibration.txt"
+    text.write_text("def f(x):\n    return x + 1\n" * 50)
+    with pytest.raises(ValueError, match="no layer is int4"):
+        LLM(smollm2_path, device="cpu", quantization="int8", quantization_calibration=str(text),
+            num_blocks=16, distributed_executor_backend="uni")
+    with pytest.raises(ValueError, match="no such file"):
+        LLM(smollm2_path, device="cpu", quantization="int4",
+            quantization_calibration=str(tmp_path / "missing.txt"))
