@@ -72,7 +72,7 @@ def calibration_windows(config, tokens: int, window: int = WINDOW) -> list[list[
     (QuantConfig.quantization_calibration, read with the model's tokenizer)."""
     from tessera.frontend.tokenizer import load_tokenizer
     from tessera.models.source import ModelSource
-    from tessera.quant.sensitivity import read_windows
+    from tessera.quant.perplexity import read_windows
     info = config.info
     tokenizer = load_tokenizer(config.model, ModelSource(info.kind, info.path, info.arch))
     path = config.quant.quantization_calibration

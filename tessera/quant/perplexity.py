@@ -5,6 +5,8 @@ Objects: CODE_FILES / DOC_SOURCE (the fixed text: files of the running interpret
 standard library and the language reference's topics as pydoc ships them),
 `stdlib_windows(tokenizer, num_windows, window)` (that text as token windows),
 `token_windows(ids, window, num_windows)` (any token list cut into whole windows),
+`read_windows(tokenizer, path, tokens, window)` (a text file's first tokens as windows:
+quant-sensitivity's data, calibration's text),
 Perplexity (ppl, summed negative log-likelihood, scored tokens) and
 `perplexity(llm, windows)`.
 
@@ -119,3 +121,15 @@ def perplexity(llm, windows: Sequence[Sequence[int]]) -> Perplexity:
             nll -= entry[token].logprob
             count += 1
     return Perplexity(math.exp(nll / count), nll, count)
+
+
+def read_windows(tokenizer, path: str, tokens: int, window: int) -> list[list[int]]:
+    """--tokens tokens of the data file, in windows of at most `window` tokens."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file {path!r}: no such file.")
+    if tokenizer is None:
+        raise ValueError("the model has no tokenizer to read the data file with.")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        ids = tokenizer.encode(f.read(), add_special_tokens=False)
+    window = min(window, tokens)
+    return token_windows(ids, window, tokens // window)

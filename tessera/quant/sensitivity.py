@@ -5,7 +5,7 @@ Sensitivity (the baseline, the method, every layer's delta, the layers kept, the
 and measured cost of the policy), `engine_parts(llm)` (the model and layer context of an
 in-process LLM), `linear_layers(model)`, `auto_group(layers)`, `choose_kept(deltas, keep,
 budget)`, `measure(llm, windows, kind, group_size)`, `policy_text(result)`, `report(result)`,
-`read_windows(tokenizer, path, tokens, window)` and `run(args)` (`tessera
+and `run(args)` (`tessera
 quant-sensitivity`, wired in cli.py).
 
 Flow of `run`: build the model once, dense (LLM with quantization "none", the uni
@@ -36,7 +36,7 @@ from typing import Callable, Optional, Sequence
 
 from torch import nn
 
-from tessera.quant.perplexity import Perplexity, perplexity, token_windows
+from tessera.quant.perplexity import Perplexity, perplexity, read_windows
 from tessera.quant_policy import ALWAYS_FULL_PRECISION, policy_file_text
 
 logger = logging.getLogger(__name__)
@@ -167,18 +167,6 @@ def report(result: Sensitivity) -> str:
                  f"{result.policy_increase_pct:+.3f}% (perplexity {result.policy_ppl:.4f}); "
                  f"{result.seconds:.0f} s")
     return "\n".join(lines)
-
-
-def read_windows(tokenizer, path: str, tokens: int, window: int) -> list[list[int]]:
-    """--tokens tokens of the data file, in windows of at most `window` tokens."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"data file {path!r}: no such file.")
-    if tokenizer is None:
-        raise ValueError("the model has no tokenizer to read the data file with.")
-    with open(path, encoding="utf-8", errors="replace") as f:
-        ids = tokenizer.encode(f.read(), add_special_tokens=False)
-    window = min(window, tokens)
-    return token_windows(ids, window, tokens // window)
 
 
 def run(args) -> int:
