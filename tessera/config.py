@@ -276,8 +276,8 @@ class QuantConfig:
               "for a GGUF checkpoint, whose 4-bit blocks are 32 wide, else 128)")
     quantization_calibration: Optional[str] = _field(
         None, "a text file: the int4 layers are quantized by GPTQ (quant/gptq.py) against the "
-              "inputs this text gives them, the model loaded 16-bit first (slower start-up, "
-              "more accurate than rounding each weight alone)")
+              "inputs this text gives them, the model loaded 16-bit first (slower start-up; "
+              "measured against rounding each weight alone: benchmarks/RESULTS.md)")
     calibration_tokens: int = _field(
         4096, "tokens of the calibration text to use, in windows of up to 512 (default: 4096)")
 

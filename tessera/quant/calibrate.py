@@ -109,8 +109,8 @@ def calibrate(runner, deferred: dict[str, object]) -> int:
         return 0
     start = time.perf_counter()
     quant = runner.config.quant
-    windows = calibration_windows(runner.config, quant.calibration_tokens,
-                                  min(WINDOW, runner.config.scheduler.max_num_batched_tokens))
+    windows = calibration_windows(runner.config, quant.calibration_tokens, min(
+        WINDOW, runner.config.scheduler.max_num_batched_tokens, runner.max_model_len - 1))
     chunks = hessian_chunks(layers, HESSIAN_BUDGET)
     for chunk in chunks:
         for layer in chunk:
