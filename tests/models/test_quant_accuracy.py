@@ -89,8 +89,8 @@ def test_int4_by_gptq_keeps_more(dense, smollm2_path):
     """int4/64 quantized by GPTQ (quant/gptq.py) against 1024 tokens of dataclasses.py
     (text the windows do not include): the model loads 16-bit, each layer's inputs over
     the text are gathered and its weights rounded with their errors compensated, columns
-    largest input first. Measured +13.2% here against round-to-nearest's +27.6% (columns
-    in order, 2048 tokens: +17.4%)."""
+    largest input first, damping 0.1. Measured +10.3% here against round-to-nearest's
+    +27.6% (damping 0.01: +13.2%; columns in order, 2048 tokens: +17.4%)."""
     import os
     import sysconfig
     _, tok_dir, windows, base = dense
@@ -101,7 +101,7 @@ def test_int4_by_gptq_keeps_more(dense, smollm2_path):
     try:
         assert llm.engine.executor.info.weight_bytes.get("int4", 0) > 0  # quantized, not dense
         increase = perplexity(llm, windows).increase_pct(base)
-        assert 0.0 < increase < 20.0, f"int4/64 by GPTQ: {increase:+.3f}%"
+        assert 0.0 < increase < 16.0, f"int4/64 by GPTQ: {increase:+.3f}%"
     finally:
         llm.engine.shutdown()
 
