@@ -151,3 +151,14 @@ def test_calibration_needs_int4_and_no_offload():
     config.offload.cpu_offload_gb = 2.0
     with pytest.raises(ValueError, match="cpu_offload_gb"):
         check_calibration(config, QuantPolicy("int4"))
+
+
+def test_calibration_options_are_checked(tmp_path):
+    from tessera.config import QuantConfig
+    with pytest.raises(ValueError, match="no such file"):
+        QuantConfig(quantization="int4", quantization_calibration=str(tmp_path / "none.txt"))
+    text = tmp_path / "calibration.txt"
+    text.write_text("x = 1\n")
+    with pytest.raises(ValueError, match="calibration_tokens must be at least 2"):
+        QuantConfig(quantization="int4", quantization_calibration=str(text), calibration_tokens=1)
+    assert QuantConfig(quantization_calibration=str(text)).calibration_tokens == 4096
