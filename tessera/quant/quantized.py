@@ -17,7 +17,9 @@ quantize independently and no 16-bit copy of the model is ever held). `apply` co
   the QuantizedWeight and dequantizes in registers (fp8 with its FP8_ACTIVATIONS knob:
   x quantized to fp8 in the kernel, kernels/skinny_a8.py), with every epilogue of the dense path
   (gated SiLU-and-mul, rotary + KV write, residual add + pending norm), inherited from
-  UnquantizedLinearMethod through `kernel_weight`;
+  UnquantizedLinearMethod through `kernel_weight`; except int4 at up to 8 rows (plain,
+  gated, the residual add leaving a norm pending) on NVIDIA GPUs: kernels/int4_gemv.py, a
+  CUDA kernel compiled by NVRTC, where its `why_not` is None (q/k/v with rotary stays);
 - more rows with kernel ops: fp8 on GPUs of compute capability 8.9+ quantizes the
   activations per token and multiplies fp8 by fp8 (W8A8, quant/fp8.py: kernels/fp8_gemm.py
   up to 128 rows, torch._scaled_mm above); otherwise
@@ -68,6 +70,10 @@ class QuantizedLinearMethod(UnquantizedLinearMethod):
         if ops.kernels:
             from tessera.kernels import quant_gemm
             self.gemm = quant_gemm
+        self.int4_gemv = None  # kernels/int4_gemv.py (CUDA) for int4 decode products
+        if kind == "int4" and self.skinny_here and device.type == "cuda":
+            from tessera.kernels import int4_gemv
+            self.int4_gemv = int4_gemv
         self.w8a8 = False
         if kind == "fp8" and ops.kernels and device.type == "cuda":
             from tessera.quant.fp8 import w8a8_supported
@@ -171,3 +177,32 @@ class QuantizedLinearMethod(UnquantizedLinearMethod):
             from tessera.quant.fp8 import fake_quantize_activations
             x = fake_quantize_activations(x, EMULATE_W8A8)
         return F.linear(x, dequantize(qw, x.dtype), layer.bias)  # [T, out]
+
+    def _int4_cuda(self, layer: nn.Module, x: torch.Tensor,
+                   gated: bool = False) -> Optional[QuantizedWeight]:
+        """The layer's weight where kernels/int4_gemv.py takes x @ W^T, else None (the
+        Triton skinny GEMM's, inherited)."""
+        if self.int4_gemv is None or not self.skinny(layer, x):
+            return None
+        qw = self.kernel_weight(layer)
+        return qw if self.int4_gemv.why_not(x, qw, gated) is None else None
+
+    def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        qw = self._int4_cuda(layer, x)
+        if qw is None:
+            return super().apply(layer, x)
+        return self.int4_gemv.int4_gemv(x, qw, layer.bias, pdl=self.pdl)
+
+    def apply_gated(self, layer, x, pending=None, eps=0.0):
+        qw = self._int4_cuda(layer, x, gated=True)
+        if qw is None:
+            return super().apply_gated(layer, x, pending, eps)
+        return self.int4_gemv.int4_gemv(x, qw, gated=True, eps=eps, pdl=self.pdl,
+                                        norm_parts=None if pending is None else pending.parts)
+
+    def apply_add_norm(self, layer, x, residual, norm_weight):
+        qw = self._int4_cuda(layer, x)
+        if qw is None:
+            return super().apply_add_norm(layer, x, residual, norm_weight)
+        return self.int4_gemv.int4_gemv_add_norm(x, qw, layer.bias, residual, norm_weight,
+                                                 pdl=self.pdl)

@@ -1,0 +1,157 @@
+"""The int4 decode GEMV in CUDA: the skinny GEMM's int4 products at up to 8 rows.
+
+Objects: ENABLED (A/B knob), CONFIG_OVERRIDES (A/B knob: (n, k, gated) -> Int4Config),
+`Int4Config` (tiles of 16 rows a block, warps splitting K, steps of W kept in flight),
+`pick_config`, `why_not(x, weight, gated)` (None where the kernel takes the product, else
+the reason), `int4_gemv` (y = x @ W^T (+ bias); gated: silu(gate) * up; with norm_parts:
+of RMSNorm(s) as the Triton skinny GEMM finishes a pending norm), `int4_gemv_add_norm`
+(the residual add that leaves the next norm pending: a PendingNorm).
+The kernel is kernels/int4_gemv_source.py's, compiled per variant by NVRTC
+(kernels/nvrtc.py) on first use and launched on the current stream (with PDL on Hopper).
+It computes what kernels/skinny_gemm.py computes for the same QuantizedWeight, rounding
+alike; quant/quantized.py routes a product here where `why_not` is None, else to Triton.
+"""
+from __future__ import annotations
+
+import ctypes
+from typing import NamedTuple, Optional
+
+import torch
+
+from tessera import envs
+from tessera.kernels import nvrtc
+from tessera.kernels.hardware import multiprocessors
+from tessera.kernels.int4_gemv_source import SCALE_KINDS, SOURCE, defines
+from tessera.kernels.norm_epilogue import PendingNorm
+from tessera.kernels.pdl import pdl_active
+from tessera.kernels.skinny_config import MAX_ROWS
+from tessera.quant.formats import QuantizedWeight
+
+ENABLED = True  # A/B knob: int4 products of up to MAX_X_ROWS rows here, else Triton's
+MAX_X_ROWS = 8  # the MMA's n
+STEP = 128  # K columns a warp takes a step: a lane's 16 bytes of each of its rows
+
+
+class Int4Config(NamedTuple):
+    tiles: int  # 16-row tiles of output a block (gated: 1, its gate and up tiles)
+    warps: int  # warps of a block, each a contiguous 1 / warps of K's steps
+    unroll: int  # steps of W (and scales) a warp keeps loaded ahead
+
+
+CONFIG_OVERRIDES: dict = {}  # (n, k, gated) -> Int4Config
+
+
+def pick_config(n: int, k: int, gated: bool, multiprocessors: int = 132) -> Int4Config:
+    """Two tiles a block where that still leaves two blocks an SM (x's loads and the sums
+    of x shared by twice the rows), else one; the most warps (16 at most) that split K's
+    steps evenly with at least two each; four steps in flight."""
+    if (n, k, gated) in CONFIG_OVERRIDES:
+        return CONFIG_OVERRIDES[(n, k, gated)]
+    tiles = 2 if not gated and n % 32 == 0 and n // 32 >= 2 * multiprocessors else 1
+    steps = k // STEP
+    warps = next(w for w in (16, 8, 4, 2, 1) if steps % w == 0 and steps // w >= 2 or w == 1)
+    return Int4Config(tiles, warps, min(2, max(1, steps // warps)))
+
+
+def why_not(x: torch.Tensor, weight, gated: bool = False) -> Optional[str]:
+    """None where int4_gemv takes x [M, K] @ weight^T, else why not."""
+    if not ENABLED:
+        return "off (int4_gemv.ENABLED)"
+    if not isinstance(weight, QuantizedWeight) or weight.kind != "int4":
+        return "not an int4 weight"
+    if not x.is_cuda or envs.triton_interpreted() or torch.version.hip:
+        return "not an NVIDIA GPU"
+    if torch.cuda.get_device_capability(x.device) < (8, 0):
+        return "needs compute capability 8.0 (bf16 MMA)"
+    if x.dtype not in (torch.bfloat16, torch.float16) or x.dim() != 2:
+        return f"x must be 2-D bf16 or fp16, got {x.dtype} {tuple(x.shape)}"
+    rows, k = x.shape
+    n = weight.out_features // 2 if gated else weight.out_features
+    if not 0 < rows <= MAX_X_ROWS:
+        return f"{rows} rows (at most {MAX_X_ROWS})"
+    if weight.group_size % STEP or k != weight.in_features or k % STEP:
+        return f"K {k} and the group {weight.group_size} must be multiples of {STEP}"
+    cfg = _config(x, n, gated)
+    if n % (16 * cfg.tiles) or (k // STEP) % cfg.warps:
+        return f"{cfg} does not divide N {n} / K {k}"
+    if str(weight.scale.dtype).split(".")[-1] not in SCALE_KINDS or weight.offset is None \
+            or weight.offset.dtype != weight.scale.dtype:
+        return "scales and offsets must be float16, bfloat16 or float32 alike"
+    if (weight.data.data_ptr() % 16 or not weight.data.is_contiguous()
+            or x.data_ptr() % 16 or x.stride(1) != 1 or x.stride(0) % 8):
+        return "W and x need 16-byte aligned rows"
+    if not nvrtc.available():
+        return "NVRTC or the CUDA driver cannot be loaded"
+    return None
+
+
+def _config(x: torch.Tensor, n: int, gated: bool) -> Int4Config:
+    return pick_config(n, x.shape[1], gated, multiprocessors(x.device)[0] or 132)
+
+
+def _launch(x: torch.Tensor, weight: QuantizedWeight, y: torch.Tensor, n: int, gated: bool,
+            bias=None, parts_in=None, eps: float = 0.0, residual=None, norm_weight=None,
+            scaled=None, parts_out=None, pdl: bool = True) -> None:
+    rows, k = x.shape
+    cfg = _config(x, n, gated)
+    pdl = pdl_active(x.device, pdl)
+    options = defines(bf16=x.dtype == torch.bfloat16,
+                      scale_kind=SCALE_KINDS.index(str(weight.scale.dtype).split(".")[-1]), k=k,
+                      group=weight.group_size, tiles=cfg.tiles, warps=cfg.warps,
+                      unroll=cfg.unroll, gated=gated, norm_in=parts_in is not None,
+                      norm_out=parts_out is not None, has_bias=bias is not None, pdl=pdl)
+    kernel = nvrtc.load(SOURCE, "int4_gemv", options, x.device)
+    p = nvrtc.pointer
+    args = [p(x), ctypes.c_int(rows), ctypes.c_int(k), ctypes.c_int(x.stride(0)),
+            p(weight.data), ctypes.c_int(n), p(weight.scale), p(weight.offset), p(bias), p(y),
+            ctypes.c_int(y.stride(0)), p(parts_in),
+            ctypes.c_int(0 if parts_in is None else parts_in.shape[0]), ctypes.c_float(eps),
+            p(residual), p(norm_weight), p(scaled), p(parts_out)]
+    kernel.launch((n // (16 * cfg.tiles), 1, 1), (32 * cfg.warps, 1, 1), args,
+                  torch.cuda.current_stream(x.device).cuda_stream, pdl)
+
+
+def blocks(x: torch.Tensor, n: int, gated: bool = False) -> int:
+    """The blocks of a launch: the rows of a PendingNorm's parts it leaves."""
+    return n // (16 * _config(x, n, gated).tiles)
+
+
+def int4_gemv(x: torch.Tensor, weight: QuantizedWeight, bias: Optional[torch.Tensor] = None,
+              gated: bool = False, norm_parts: Optional[torch.Tensor] = None,
+              eps: float = 0.0, pdl: bool = True) -> torch.Tensor:
+    """x [M, K] @ W [N, K]^T (+ bias) -> [M, N]; gated (no bias): silu(gate) * up
+    -> [M, N / 2]. With norm_parts ([P, MAX_ROWS] float32), x is a PendingNorm's scaled
+    g * s and the product is of RMSNorm(s) (eps its epsilon). `why_not` must be None."""
+    if gated and bias is not None:
+        raise ValueError("gated needs no bias")
+    if norm_parts is not None and (norm_parts.dim() != 2 or norm_parts.shape[1] != MAX_ROWS
+                                   or norm_parts.dtype != torch.float32):
+        raise ValueError(f"a pending norm's parts are float32 [P, {MAX_ROWS}], got "
+                         f"{norm_parts.dtype} {tuple(norm_parts.shape)}")
+    n = weight.out_features // 2 if gated else weight.out_features
+    y = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
+    _launch(x, weight, y, n, gated, bias=None if bias is None else bias.contiguous(),
+            parts_in=None if norm_parts is None else norm_parts.contiguous(), eps=eps, pdl=pdl)
+    return y
+
+
+def int4_gemv_add_norm(x: torch.Tensor, weight: QuantizedWeight, bias: Optional[torch.Tensor],
+                       residual: torch.Tensor, norm_weight: torch.Tensor,
+                       pdl: bool = True) -> PendingNorm:
+    """s = residual + x @ W^T (+ bias), and the RMSNorm (weight norm_weight [N]) after it
+    left pending (kernels/norm_epilogue.py): PendingNorm(g * s, parts, s)."""
+    rows, n = x.shape[0], weight.out_features
+    for name, t, shape in (("residual", residual, (rows, n)), ("norm weight", norm_weight, (n,))):
+        if t.shape != shape or t.dtype != x.dtype or t.device != x.device:
+            raise ValueError(f"int4_gemv_add_norm: the {name} must be {x.dtype} {shape}, got "
+                             f"{t.dtype} {tuple(t.shape)}")
+    pending = PendingNorm(
+        scaled=torch.empty(rows, n, dtype=x.dtype, device=x.device),
+        parts=torch.empty(blocks(x, n), MAX_ROWS, dtype=torch.float32,
+                          device=x.device),
+        residual=torch.empty(rows, n, dtype=x.dtype, device=x.device))
+    _launch(x, weight, pending.residual, n, False,
+            bias=None if bias is None else bias.contiguous(), residual=residual.contiguous(),
+            norm_weight=norm_weight.contiguous(), scaled=pending.scaled,
+            parts_out=pending.parts, pdl=pdl)
+    return pending

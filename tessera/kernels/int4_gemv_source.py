@@ -1,0 +1,323 @@
+"""CUDA source of the int4 decode GEMV (kernels/int4_gemv.py compiles it with NVRTC).
+
+Objects: SOURCE (CUDA C++, no headers), `defines(...)` (the -D options of one variant).
+
+y [M, N] = x [M, K] @ W^T for an int4 W (quant/formats.py: uint8 [N, K / 2], column 2j in
+byte j's low nibble, scale and offset [N, K / G] with G a multiple of 128) and at most 8
+rows of bf16 or fp16 x, on the tensor cores' mma.m16n8k16 with W as the A operand (16 rows
+of W a tile) and x^T as B (n: x's rows). Nothing is repacked: the MMA's K order is free as
+long as W and x agree, so each lane takes 32 consecutive columns of a 128-column step
+(lane c of a quad: columns 32c..32c+31, 16 bytes of each of its two rows), and a 32-bit
+word of 8 nibbles becomes four bf16x2 A registers by one shift and one LOP3 each (the
+magic number: 128.0 | q is 128 + q in bf16, 1024.0 | q in fp16): register j holds nibbles
+j and j + 4, so x's B registers are its columns paired (j, j + 4) by one PRMT each.
+Each step's 128 columns are one group (or part of one): its products of (BIAS + q) x are
+summed by the MMA in float32 into a fresh tile and added to the accumulator as
+s * sum((BIAS + q) x) + (o - BIAS s) * sum(x), the sums of x from an MMA of a tile of ones
+with the same B registers; so no per-weight scale, and no instruction a weight beyond the
+shift, the LOP3 and an eighth of an MMA.
+A block owns TILES tiles of 16 output rows (GATED: one of gate and the same rows of up)
+and its WARPS warps split K's steps; each warp keeps UNROLL steps of W (and their scales)
+in flight in registers, the first ones loaded before the PDL wait (W is written by no
+kernel). The warps' tiles are summed in shared memory in a fixed order, then the
+epilogue: the pending norm's 1/rms (NORM_IN), the bias, rounding to x's dtype, then
+silu(gate) * up (GATED) or the residual add that leaves the next norm pending (NORM_OUT:
+kernels/norm_epilogue.py's PendingNorm), each rounded as the Triton skinny GEMM rounds.
+"""
+from __future__ import annotations
+
+SOURCE = r"""
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned long long u64;
+
+#if IS_BF16
+#define MAGIC 0x43004300u
+#define ONES 0x3F803F80u
+#define BIAS 128.0f
+#define MMA_TYPE "bf16"
+#else
+#define MAGIC 0x64006400u
+#define ONES 0x3C003C00u
+#define BIAS 1024.0f
+#define MMA_TYPE "f16"
+#endif
+#define NT (GATED ? 2 : TILES)
+#define OUT_ROWS (16 * TILES)
+#define THREADS (WARPS * 32)
+
+__device__ __forceinline__ float to_float(u16 h) {
+#if IS_BF16
+    return __uint_as_float(((u32)h) << 16);
+#else
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+#endif
+}
+
+__device__ __forceinline__ u16 from_float(float f) {
+    u16 h;
+#if IS_BF16
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+#else
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+#endif
+    return h;
+}
+
+__device__ __forceinline__ float round_dt(float f) { return to_float(from_float(f)); }
+
+#if SCALE_KIND == 1
+#define SCALE_BYTES 4
+#else
+#define SCALE_BYTES 2
+#endif
+
+__device__ __forceinline__ float scale_value(const unsigned char* p) {
+#if SCALE_KIND == 1
+    return *(const float*)p;
+#elif SCALE_KIND == 2
+    return __uint_as_float(((u32)*(const u16*)p) << 16);
+#else
+    u16 h = *(const u16*)p;
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+#endif
+}
+
+__device__ __forceinline__ uint4 load_stream(const unsigned char* p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ u32 nibbles(u32 w, int j) {  // nibbles j and j + 4, + MAGIC
+    u32 r;
+    asm("lop3.b32 %0, %1, 0x000F000F, %2, 0xEA;" : "=r"(r) : "r"(w >> (4 * j)), "r"(MAGIC));
+    return r;
+}
+
+__device__ __forceinline__ u32 pair(u32 a, u32 b, u32 sel) {
+    u32 r;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+    return r;
+}
+
+__device__ __forceinline__ void mma(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." MMA_TYPE "." MMA_TYPE ".f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void pdl_wait() {
+#if USE_PDL
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if USE_PDL
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+int4_gemv(const u16* __restrict__ x, int M, int K, int stride_x,
+          const unsigned char* __restrict__ w, int N,
+          const void* __restrict__ scale, const void* __restrict__ offset,
+          const u16* __restrict__ bias, u16* __restrict__ y, int stride_y,
+          const float* __restrict__ parts_in, int num_parts, float eps,
+          const u16* __restrict__ residual, const u16* __restrict__ norm_w,
+          u16* __restrict__ scaled, float* __restrict__ parts_out) {
+    __shared__ float red[WARPS][NT][16][8];
+#if NORM_IN
+    __shared__ float psum[THREADS / 8][8];
+    __shared__ float rinv[8];
+#endif
+#if NORM_OUT
+    __shared__ float sq[OUT_ROWS][8];
+#endif
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, c = lane & 3;
+    // K is the compile-time K_DIM (K, the argument, is checked against it by the
+    // launcher): each warp's SPW steps and every offset below are constants
+    constexpr int STEPS = K_DIM / 128, SPW = STEPS / WARPS;
+    constexpr long ROW_BYTES = K_DIM / 2, GROUPS = K_DIM / GROUP;
+    static_assert(STEPS % WARPS == 0, "K's 128-column steps split evenly among the warps");
+    const int s_lo = warp * SPW;
+    const unsigned char* wp[NT];  // row g's 16 bytes of this lane in the warp's first step
+    const unsigned char* sp[NT];  // row g's scale (and offset) of the warp's first step
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        const long row0 = GATED ? (long)t * N + blockIdx.x * 16
+                                : (long)blockIdx.x * OUT_ROWS + 16 * t;
+        wp[t] = w + (row0 + g) * ROW_BYTES + c * 16 + (long)s_lo * 64;
+        sp[t] = (const unsigned char*)0 + ((row0 + g) * GROUPS + ((long)s_lo * 128) / GROUP)
+                                          * SCALE_BYTES;
+    }
+    const unsigned char* scale_b = (const unsigned char*)scale;
+    const unsigned char* offset_b = (const unsigned char*)offset;
+    uint4 wb[UNROLL][NT][2];
+    float sc[UNROLL][NT][2], of[UNROLL][NT][2];
+    float acc[NT][4];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
+
+#define LOAD_STEP(u, s)                                                                 \
+    if ((s) < SPW) {                                                                   \
+        _Pragma("unroll") for (int t = 0; t < NT; ++t) {                               \
+            wb[u][t][0] = load_stream(wp[t] + (s) * 64);                               \
+            wb[u][t][1] = load_stream(wp[t] + 8 * ROW_BYTES + (s) * 64);               \
+            const long gi = (((long)(s_lo + (s)) * 128) / GROUP - ((long)s_lo * 128) / GROUP) \
+                            * SCALE_BYTES;                                             \
+            const long off = (long)sp[t] + gi, off8 = off + 8 * GROUPS * SCALE_BYTES;  \
+            sc[u][t][0] = scale_value(scale_b + off);                                  \
+            sc[u][t][1] = scale_value(scale_b + off8);                                 \
+            of[u][t][0] = scale_value(offset_b + off);                                 \
+            of[u][t][1] = scale_value(offset_b + off8);                                \
+        }                                                                              \
+    }
+
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) LOAD_STEP(u, u)
+    pdl_wait();
+    const u16* xrow = x + (long)g * stride_x + c * 32 + (long)s_lo * 128;
+#pragma unroll
+    for (int s0 = 0; s0 < SPW; s0 += UNROLL) {
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const int s = s0 + u;
+            if (s < SPW) {
+                uint4 xv[4];
+                if (g < M) {
+                    const uint4* xp = (const uint4*)(xrow + s * 128);
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) xv[i] = xp[i];
+                } else {
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) xv[i] = make_uint4(0u, 0u, 0u, 0u);
+                }
+                u32 bf[8][2];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    bf[2 * i][0] = pair(xv[i].x, xv[i].z, 0x5410u);
+                    bf[2 * i][1] = pair(xv[i].x, xv[i].z, 0x7632u);
+                    bf[2 * i + 1][0] = pair(xv[i].y, xv[i].w, 0x5410u);
+                    bf[2 * i + 1][1] = pair(xv[i].y, xv[i].w, 0x7632u);
+                }
+                float xs[4] = {0.f, 0.f, 0.f, 0.f};  // [0], [1]: sums of x's rows 2c, 2c + 1
+#pragma unroll
+                for (int j = 0; j < 8; ++j) mma(xs, ONES, ONES, ONES, ONES, bf[j][0], bf[j][1]);
+#pragma unroll
+                for (int t = 0; t < NT; ++t) {
+                    float part[4] = {0.f, 0.f, 0.f, 0.f};
+                    const u32 wg[4] = {wb[u][t][0].x, wb[u][t][0].y, wb[u][t][0].z, wb[u][t][0].w};
+                    const u32 wh[4] = {wb[u][t][1].x, wb[u][t][1].y, wb[u][t][1].z, wb[u][t][1].w};
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        mma(part, nibbles(wg[i], 0), nibbles(wh[i], 0), nibbles(wg[i], 1),
+                            nibbles(wh[i], 1), bf[2 * i][0], bf[2 * i][1]);
+                        mma(part, nibbles(wg[i], 2), nibbles(wh[i], 2), nibbles(wg[i], 3),
+                            nibbles(wh[i], 3), bf[2 * i + 1][0], bf[2 * i + 1][1]);
+                    }
+                    const float s_g = sc[u][t][0], s_h = sc[u][t][1];
+                    const float o_g = of[u][t][0] - BIAS * s_g, o_h = of[u][t][1] - BIAS * s_h;
+                    acc[t][0] = fmaf(o_g, xs[0], fmaf(s_g, part[0], acc[t][0]));
+                    acc[t][1] = fmaf(o_g, xs[1], fmaf(s_g, part[1], acc[t][1]));
+                    acc[t][2] = fmaf(o_h, xs[0], fmaf(s_h, part[2], acc[t][2]));
+                    acc[t][3] = fmaf(o_h, xs[1], fmaf(s_h, part[3], acc[t][3]));
+                }
+                LOAD_STEP(u, s + UNROLL)
+            }
+        }
+    }
+    pdl_launch_dependents();
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        red[warp][t][g][2 * c] = acc[t][0];
+        red[warp][t][g][2 * c + 1] = acc[t][1];
+        red[warp][t][g + 8][2 * c] = acc[t][2];
+        red[warp][t][g + 8][2 * c + 1] = acc[t][3];
+    }
+    const int tid = threadIdx.x;
+#if NORM_IN
+    {  // the pending norm's partial sums of s^2 for x's row tid % 8, a stride each
+        float total = 0.f;
+        for (int p = tid >> 3; p < num_parts; p += THREADS / 8) total += parts_in[p * 16 + (tid & 7)];
+        psum[tid >> 3][tid & 7] = total;
+    }
+#endif
+    __syncthreads();
+#if NORM_IN
+    if (tid < 8) {  // 1 / rms of x's row tid, the partial sums added in a fixed order
+        float total = 0.f;
+        for (int i = 0; i < THREADS / 8; ++i) total += psum[i][tid];
+        rinv[tid] = rsqrtf(total / (float)K + eps);
+    }
+    __syncthreads();
+#endif
+    for (int e = tid; e < OUT_ROWS * 8; e += THREADS) {
+        const int r = e >> 3, n = e & 7, t = r >> 4, rr = r & 15;
+        float v = 0.f, v2 = 0.f;
+        for (int i = 0; i < WARPS; ++i) {
+            v += red[i][GATED ? 0 : t][rr][n];
+#if GATED
+            v2 += red[i][1][rr][n];
+#endif
+        }
+#if NORM_IN
+        v *= rinv[n];
+        v2 *= rinv[n];
+#endif
+        const long row = (long)blockIdx.x * OUT_ROWS + r;
+#if HAS_BIAS
+        v += to_float(bias[row]);
+#endif
+        float out = round_dt(v);
+        float s2 = 0.f;
+        if (n < M) {
+#if GATED
+            const float act = round_dt(out / (1.f + __expf(-out)));
+            y[(long)n * stride_y + row] = from_float(act * round_dt(v2));
+#elif NORM_OUT
+            const float s = round_dt(out + to_float(residual[(long)n * N + row]));
+            y[(long)n * stride_y + row] = from_float(s);
+            scaled[(long)n * N + row] = from_float(s * to_float(norm_w[row]));
+            s2 = s * s;
+#else
+            y[(long)n * stride_y + row] = from_float(out);
+#endif
+        }
+#if NORM_OUT
+        sq[r][n] = s2;
+#endif
+    }
+#if NORM_OUT
+    __syncthreads();
+    if (tid < 16) {  // this block's sums of s^2 for rows 0..7 of x, zeros after
+        float total = 0.f;
+        if (tid < 8)
+            for (int r = 0; r < OUT_ROWS; ++r) total += sq[r][tid];
+        parts_out[(long)blockIdx.x * 16 + tid] = total;
+    }
+#endif
+}
+"""
+
+
+SCALE_KINDS = ("float16", "float32", "bfloat16")  # the scales' and offsets' dtype
+
+
+def defines(bf16: bool, scale_kind: int, k: int, group: int, tiles: int, warps: int,
+            unroll: int, gated: bool, norm_in: bool, norm_out: bool, has_bias: bool,
+            pdl: bool) -> list[str]:
+    """The -D options of one compiled variant (scale_kind: SCALE_KINDS' index)."""
+    values = dict(IS_BF16=bf16, SCALE_KIND=scale_kind, K_DIM=k, GROUP=group, TILES=tiles,
+                  WARPS=warps,
+                  UNROLL=unroll, GATED=gated, NORM_IN=norm_in, NORM_OUT=norm_out,
+                  HAS_BIAS=has_bias, USE_PDL=pdl)
+    return [f"-D{k}={int(v)}" for k, v in values.items()]

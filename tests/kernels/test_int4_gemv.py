@@ -1,0 +1,155 @@
+"""The int4 decode GEMV in CUDA (kernels/int4_gemv.py) against the PyTorch references and
+the Triton skinny GEMM: plain, bias, gated, finishing a pending norm and leaving one, at
+1-8 rows, bf16 and fp16 x, float16 and float32 scales, groups of 128 and 256, one and two
+tiles a block, under CUDA graph capture. GPU tests are marked gpu (NVRTC compiles the
+kernel there); on the CPU: the config rule and the reasons a product stays with Triton."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tessera.kernels import int4_gemv as module
+from tessera.kernels.int4_gemv import Int4Config, int4_gemv, int4_gemv_add_norm, pick_config, why_not
+from tessera.kernels.int4_gemv_source import SOURCE, defines
+from tessera.kernels.norm_epilogue import pending_norm_ref
+from tessera.kernels.reference import rms_norm_ref
+from tessera.kernels.skinny_config import MAX_ROWS
+from tessera.kernels.skinny_gemm import skinny_gemm, skinny_gemm_ref
+from tessera.quant.formats import quantize
+
+GPU = pytest.mark.gpu
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float16: 4e-3, torch.bfloat16: 3e-2}
+EPS = 1e-5
+
+
+def rand(*shape, dtype, seed=0, scale=1.0, shift=0.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g) * scale + shift).to(device=DEVICE, dtype=dtype)
+
+
+def weight(n, k, dtype, group=128, scale_dtype=None, seed=1):
+    return quantize("int4", rand(n, k, dtype=dtype, seed=seed, scale=k ** -0.5), group,
+                    scale_dtype)
+
+
+def close(got, ref, dtype, scale=1.0):
+    tol = TOL[dtype] * scale
+    return torch.allclose(got.float(), ref.float(), atol=tol, rtol=tol)
+
+
+def test_config_rule():
+    # the 8B's products on 132 SMs: o / down take two tiles only with 264+ 32-row blocks
+    assert pick_config(4096, 4096, False) == Int4Config(1, 16, 2)
+    assert pick_config(14336, 4096, True) == Int4Config(1, 16, 2)
+    assert pick_config(28672, 4096, False).tiles == 2
+    assert pick_config(4096, 14336, False) == Int4Config(1, 16, 2)  # 112 steps, 7 a warp
+    assert pick_config(64, 384, False) == Int4Config(1, 1, 2)  # 3 steps: no even split >= 2
+    module.CONFIG_OVERRIDES[(64, 384, False)] = Int4Config(2, 1, 1)
+    try:
+        assert pick_config(64, 384, False) == Int4Config(2, 1, 1)
+    finally:
+        module.CONFIG_OVERRIDES.clear()
+
+
+def test_variants_name_every_mode():
+    opts = defines(bf16=True, scale_kind=2, k=4096, group=128, tiles=1, warps=8, unroll=4,
+                   gated=True, norm_in=True, norm_out=False, has_bias=False, pdl=True)
+    assert "-DK_DIM=4096" in opts and "-DGATED=1" in opts and "-DNORM_OUT=0" in opts
+    assert "int4_gemv" in SOURCE and "griddepcontrol.wait" in SOURCE
+
+
+def test_products_it_does_not_take_say_why(monkeypatch):
+    x = torch.randn(1, 256, dtype=torch.bfloat16)
+    qw = quantize("int4", torch.randn(64, 256), 128)
+    assert why_not(x, torch.randn(64, 256)) == "not an int4 weight"
+    assert why_not(x, quantize("int8", torch.randn(64, 256))) == "not an int4 weight"
+    if DEVICE == "cpu":
+        assert why_not(x, qw) == "not an NVIDIA GPU"
+    monkeypatch.setattr(module, "ENABLED", False)
+    assert "off" in why_not(x, qw)
+
+
+@GPU
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("group,scale_dtype", [(128, None), (256, torch.float32)])
+def test_plain_and_bias_match_the_reference(dtype, rows, group, scale_dtype):
+    n, k = 96, 1024
+    x, qw = rand(rows, k, dtype=dtype), weight(n, k, dtype, group, scale_dtype)
+    assert why_not(x, qw) is None
+    b = rand(n, dtype=dtype, seed=2)
+    for bias in (None, b):
+        got = int4_gemv(x, qw, bias)
+        assert close(got, skinny_gemm_ref(x, qw, bias), dtype)
+        assert close(got, skinny_gemm(x, qw, bias), dtype)
+
+
+@GPU
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cfg", [Int4Config(1, 4, 2), Int4Config(2, 2, 4), Int4Config(1, 8, 1)])
+def test_configs_give_the_same_product(dtype, cfg):
+    n, k, rows = 128, 2048, 2
+    x, qw = rand(rows, k, dtype=dtype), weight(n, k, dtype)
+    module.CONFIG_OVERRIDES[(n, k, False)] = cfg
+    try:
+        assert close(int4_gemv(x, qw), skinny_gemm_ref(x, qw), dtype)
+    finally:
+        module.CONFIG_OVERRIDES.clear()
+
+
+@GPU
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_gated(dtype, rows):
+    k = 1024
+    x, qw = rand(rows, k, dtype=dtype), weight(2 * 80, k, dtype)
+    got = int4_gemv(x, qw, gated=True)
+    assert got.shape == (rows, 80)
+    assert close(got, skinny_gemm_ref(x, qw, None, True), dtype)
+
+
+@GPU
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("gated", [False, True])
+def test_pending_norm_finished(dtype, gated):
+    rows, k = 3, 1024
+    s = rand(rows, k, dtype=dtype, seed=5, scale=3.0)
+    g = rand(k, dtype=dtype, seed=4, scale=0.1, shift=1.0)
+    pending = pending_norm_ref(s, g, 32, MAX_ROWS)
+    qw = weight(160 if gated else 80, k, dtype)
+    got = int4_gemv(pending.scaled, qw, gated=gated, norm_parts=pending.parts, eps=EPS)
+    ref = skinny_gemm_ref(rms_norm_ref(s, g, EPS), qw, None, gated)
+    assert close(got, ref, dtype, scale=2.0)
+
+
+@GPU
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows,bias", [(1, False), (8, True)])
+def test_add_norm_leaves_what_the_reference_does(dtype, rows, bias):
+    n, k = 96, 1024
+    x, qw = rand(rows, k, dtype=dtype), weight(n, k, dtype)
+    b = rand(n, dtype=dtype, seed=2) if bias else None
+    residual = rand(rows, n, dtype=dtype, seed=3)
+    g = rand(n, dtype=dtype, seed=4, scale=0.1, shift=1.0)
+    got = int4_gemv_add_norm(x, qw, b, residual, g)
+    ref = pending_norm_ref(residual + skinny_gemm_ref(x, qw, b), g, 16, MAX_ROWS)
+    assert close(got.residual, ref.residual, dtype)
+    assert close(got.scaled, ref.scaled, dtype)
+    assert got.parts.shape == ref.parts.shape  # one row of sums a 16-row block
+    assert torch.allclose(got.parts, ref.parts, rtol=TOL[dtype] * 2, atol=TOL[dtype])
+    assert torch.all(got.parts[:, rows:] == 0)
+
+
+@GPU
+def test_under_cuda_graph_capture():
+    dtype, rows, k, n = torch.bfloat16, 1, 2048, 256
+    x, qw = rand(rows, k, dtype=dtype), weight(n, k, dtype)
+    y = int4_gemv(x, qw)  # compiled and loaded before capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = int4_gemv(x, qw)
+    x.copy_(rand(rows, k, dtype=dtype, seed=9))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert close(y, skinny_gemm_ref(x, qw), dtype)
