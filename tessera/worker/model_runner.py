@@ -19,8 +19,8 @@ state fails that request alone; any other exception in a step that is not the de
 fails that step's requests. Either way they are reported in the output's `failed`, their
 state is dropped (later steps that still schedule them skip them, the same on every rank)
 and the runner goes on; device failures propagate (fatal).
-`num_kv_blocks()` sizes the cache from the model's per-layer KV-cache specs: a share of
-GPU memory after a profiling forward pass, or `cpu_kv_cache_gb` on CPU.
+`num_kv_blocks()` sizes the cache (worker/memory.py `kv_blocks_that_fit`, after a
+profiling pass that `run_prompt` runs).
 The runner is built by a Worker (worker/worker.py) on its device and dtype; the model and
 the runner share one LayerContext (layers/context.py), so the ops the runner asks (decode
 rows first? which argmax?) are the ones the model's layers run.
@@ -56,7 +56,7 @@ from tessera.worker.grammar_masks import GrammarMasks, MaskJob
 from tessera.worker.input_batch import RequestState, prepare_inputs
 from tessera.worker.sampling_inputs import MASKS_HERE, SamplingInputs, needs_history
 from tessera.worker.kv_host_tier import KVHostTier
-from tessera.worker.memory import allocator_memory, setup_memory
+from tessera.worker.memory import allocator_memory, kv_blocks_that_fit, setup_memory
 from tessera.worker.step_faults import is_device_failure, request_failures, without_requests
 from tessera.worker.warm_up import warm_up
 
@@ -163,34 +163,8 @@ class ModelRunner:
                           setup_memory(self))
 
     def num_kv_blocks(self) -> int:
-        if self.device.type != "cuda":
-            return max(1, int(self.config.cache.cpu_kv_cache_gb * 2**30) // self.bytes_per_block)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(self.device)
-        self._profile_run()
-        free, total = torch.cuda.mem_get_info(self.device)
-        peak = torch.cuda.max_memory_allocated(self.device)
-        # memory held before this engine started is not its own: its share
-        # (gpu_memory_utilization) is of the total, less what it itself uses
-        non_torch = max(0, total - free - torch.cuda.memory_reserved(self.device)
-                        - self.used_at_start)
-        budget = total * self.config.cache.gpu_memory_utilization - peak - non_torch
-        if self.used_at_start > 2**31:  # other engines share the GPU: at most what is free
-            cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(
-                self.device)
-            budget = min(budget, free + cached - 2**28)
-        if budget < self.bytes_per_block:
-            raise RuntimeError(
-                f"no GPU memory left for the KV cache (weights {self.weight_bytes / 2**30:.1f} GiB,"
-                f" peak {peak / 2**30:.1f} GiB of {total / 2**30:.1f} GiB); raise "
-                "gpu_memory_utilization or lower max_num_batched_tokens.")
-        return int(budget // self.bytes_per_block)
-
-    def _profile_run(self) -> None:
-        """One forward pass of a full token budget, to measure activation memory."""
-        n = min(self.config.scheduler.max_num_batched_tokens, self.arch.max_position_embeddings - 1)
-        self.run_prompt([0] * n)
-        torch.cuda.synchronize(self.device)
+        """The cache blocks that fit (worker/memory.py: a profiled pass on the GPU)."""
+        return kv_blocks_that_fit(self)
 
     @torch.inference_mode()
     def run_prompt(self, token_ids: list[int]) -> None:
