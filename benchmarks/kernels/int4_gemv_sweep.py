@@ -1,7 +1,7 @@
 """Check and time the CUDA int4 decode GEMV (kernels/int4_gemv.py) against the Triton skinny
 GEMM on the same int4 weights (g128), as the model runs each product: o and down with the
-residual add that leaves a norm pending, gate/up gated finishing a pending norm, q/k/v
-plain (the model keeps q/k/v with rotary on Triton; timed for comparison). Weights
+residual add that leaves a norm pending, gate/up gated and q/k/v with rotary and the
+KV-cache write, each finishing a pending norm. Weights
 rotate over copies that exceed L2, launches in CUDA graphs (skinny_gemm_sweep.time_graph).
 Each row: us, GB/s of the weight bytes read (data + scales + offsets) and their share of
 4.15 TB/s (the H200's copy speed), max relative error against skinny_gemm_ref; at the
@@ -23,18 +23,21 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from skinny_gemm_sweep import L2_DEFEAT_BYTES, time_graph  # noqa: E402
 
 from tessera.kernels import int4_gemv as module  # noqa: E402
-from tessera.kernels.int4_gemv import Int4Config, int4_gemv, int4_gemv_add_norm  # noqa: E402
+from tessera.kernels.int4_gemv import (Int4Config, int4_gemv, int4_gemv_add_norm,  # noqa: E402
+                                       int4_gemv_qkv_rope)
 from tessera.kernels.norm_epilogue import pending_norm_ref  # noqa: E402
 from tessera.kernels.quant_tiles import weight_bytes  # noqa: E402
 from tessera.kernels.skinny_config import MAX_ROWS  # noqa: E402
-from tessera.kernels.skinny_gemm import skinny_gemm, skinny_gemm_add_norm, skinny_gemm_ref  # noqa: E402
+from tessera.kernels.skinny_gemm import (skinny_gemm, skinny_gemm_add_norm,  # noqa: E402
+                                         skinny_gemm_ref, skinny_qkv_rope)
 from tessera.quant.formats import quantize  # noqa: E402
 
 MODELS = {"8b": {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
                  "down": (4096, 14336)},
           "70b": {"qkv": (10240, 8192), "o": (8192, 8192), "gate_up": (57344, 8192),
                   "down": (8192, 28672)}}
-MODES = {"qkv": "plain", "o": "add_norm", "gate_up": "gated", "down": "add_norm"}
+MODES = {"qkv": "rope", "o": "add_norm", "gate_up": "gated", "down": "add_norm"}
+HEADS = {"8b": (32, 8, 128), "70b": (64, 8, 128)}  # query heads, key/value heads, dims
 COPY_TBS = 4.15
 
 
@@ -50,10 +53,12 @@ def grid(n: int, k: int, gated: bool) -> list[Int4Config]:
             for unroll in (2, 4, 8):
                 if unroll <= steps // warps:
                     out.append(Int4Config(tiles, warps, unroll))
+                    if warps >= 8:  # registers capped so that two blocks fit an SM
+                        out.append(Int4Config(tiles, warps, unroll, 2))
     return out
 
 
-def case(n, k, mode, rows, dtype=torch.bfloat16):
+def case(n, k, mode, rows, heads, dtype=torch.bfloat16):
     """The product's callables over weight copies: (cuda(), triton(), reference check)."""
     gated = mode == "gated"
     w0 = torch.randn(n, k, device="cuda", dtype=dtype) * k ** -0.5
@@ -67,7 +72,19 @@ def case(n, k, mode, rows, dtype=torch.bfloat16):
     g = torch.rand(out_n, device="cuda", dtype=dtype) + 0.5
     parts = pending_norm_ref(torch.randn(rows, k, device="cuda", dtype=dtype), torch.ones(
         k, device="cuda", dtype=dtype), 32, MAX_ROWS).parts
-    if mode == "add_norm":
+    if mode == "rope":
+        hq, hkv, d = heads
+        pos = torch.arange(rows, device="cuda")
+        cs = torch.rand(4096, d, device="cuda")
+        kv = torch.zeros(2, 64, 16, hkv, d, device="cuda", dtype=dtype)
+        extra = (pos, cs, kv, pos, hq, hkv)
+        cuda = [lambda w=w: int4_gemv_qkv_rope(x, w, None, *extra, norm_parts=parts, eps=1e-5)
+                for w in ws]
+        triton = [lambda w=w: skinny_qkv_rope(x, w, None, *extra, norm_parts=parts, eps=1e-5)
+                  for w in ws]
+        ref = skinny_qkv_rope(x, qw, None, *extra, norm_parts=parts, eps=1e-5)
+        got = lambda: int4_gemv_qkv_rope(x, qw, None, *extra, norm_parts=parts, eps=1e-5)  # noqa: E731
+    elif mode == "add_norm":
         cuda = [lambda w=w: int4_gemv_add_norm(x, w, None, res, g) for w in ws]
         triton = [lambda w=w: skinny_gemm_add_norm(x, w, None, res, g) for w in ws]
         ref = res + skinny_gemm_ref(x, qw)
@@ -92,16 +109,17 @@ def sweep(models, rows_list, full: bool) -> list[dict]:
         for name, (n, k) in MODELS[model].items():
             mode = MODES[name]
             gated = mode == "gated"
+            paired = mode in ("gated", "rope")  # two tiles a block: its config key
             for rows in rows_list:
-                cuda, triton, ref, got, nbytes = case(n, k, mode, rows)
+                cuda, triton, ref, got, nbytes = case(n, k, mode, rows, HEADS[model])
                 t_triton = time_graph(triton)
                 row = dict(model=model, product=name, mode=mode, rows=rows, n=n, k=k,
                            triton_us=t_triton, configs={})
                 out_n = n // 2 if gated else n
-                configs = grid(out_n, k, gated) if full else []
-                default = module.pick_config(out_n, k, gated)
+                configs = grid(out_n, k, paired) if full else []
+                default = module.pick_config(out_n, k, paired)
                 for cfg in [default] + [c for c in configs if c != default]:
-                    module.CONFIG_OVERRIDES[(out_n, k, gated)] = cfg
+                    module.CONFIG_OVERRIDES[(out_n, k, paired)] = cfg
                     try:
                         err = rel_err(got(), ref)
                         us = time_graph(cuda)

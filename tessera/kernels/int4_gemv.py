@@ -5,11 +5,14 @@ Objects: ENABLED (A/B knob), CONFIG_OVERRIDES (A/B knob: (n, k, gated) -> Int4Co
 `pick_config`, `why_not(x, weight, gated)` (None where the kernel takes the product, else
 the reason), `int4_gemv` (y = x @ W^T (+ bias); gated: silu(gate) * up; with norm_parts:
 of RMSNorm(s) as the Triton skinny GEMM finishes a pending norm), `int4_gemv_add_norm`
-(the residual add that leaves the next norm pending: a PendingNorm).
+(the residual add that leaves the next norm pending: a PendingNorm), `rope_why_not` and
+`int4_gemv_qkv_rope` (q/k/v with rotary and the KV-cache write: skinny_qkv_rope's).
 The kernel is kernels/int4_gemv_source.py's, compiled per variant by NVRTC
 (kernels/nvrtc.py) on first use and launched on the current stream (with PDL on Hopper).
 It computes what kernels/skinny_gemm.py computes for the same QuantizedWeight, rounding
-alike; quant/quantized.py routes a product here where `why_not` is None, else to Triton.
+alike, so its references are that module's (skinny_gemm_ref; rotary_kv_write_ref and
+pending_norm_ref for the epilogues: tests/kernels/test_int4_gemv.py); quant/quantized.py
+routes a product here where `why_not` is None, else to Triton.
 """
 from __future__ import annotations
 
@@ -36,21 +39,23 @@ class Int4Config(NamedTuple):
     tiles: int  # 16-row tiles of output a block (gated: 1, its gate and up tiles)
     warps: int  # warps of a block, each a contiguous 1 / warps of K's steps
     unroll: int  # steps of W (and scales) a warp keeps loaded ahead
+    min_blocks: int = 1  # blocks an SM must hold (__launch_bounds__: caps the registers)
 
 
 CONFIG_OVERRIDES: dict = {}  # (n, k, gated) -> Int4Config
 
 
 def pick_config(n: int, k: int, gated: bool, multiprocessors: int = 132) -> Int4Config:
-    """Two tiles a block where that still leaves two blocks an SM (x's loads and the sums
-    of x shared by twice the rows), else one; the most warps (16 at most) that split K's
-    steps evenly with at least two each; four steps in flight."""
+    """One tile a block; 8 warps where they split K's steps evenly with at least two each
+    (else the most that do); two steps in flight, four for gate/up; registers capped so
+    that two blocks fit an SM. The H100 sweep at one row (2026-12-05, int4_gemv_sweep.py:
+    36 configs a product) put this rule within 5% of the best config of each of the 8B's
+    products: qkv (rotary) 8.30 us, o 5.68, gate/up 29.8, down 15.5 (best 14.8)."""
     if (n, k, gated) in CONFIG_OVERRIDES:
         return CONFIG_OVERRIDES[(n, k, gated)]
-    tiles = 2 if not gated and n % 32 == 0 and n // 32 >= 2 * multiprocessors else 1
     steps = k // STEP
-    warps = next(w for w in (16, 8, 4, 2, 1) if steps % w == 0 and steps // w >= 2 or w == 1)
-    return Int4Config(tiles, warps, min(2, max(1, steps // warps)))
+    warps = next(w for w in (8, 16, 4, 2, 1) if steps % w == 0 and steps // w >= 2 or w == 1)
+    return Int4Config(1, warps, min(4 if gated else 2, max(1, steps // warps)), 2)
 
 
 def why_not(x: torch.Tensor, weight, gated: bool = False) -> Optional[str]:
@@ -91,23 +96,30 @@ def _config(x: torch.Tensor, n: int, gated: bool) -> Int4Config:
 
 def _launch(x: torch.Tensor, weight: QuantizedWeight, y: torch.Tensor, n: int, gated: bool,
             bias=None, parts_in=None, eps: float = 0.0, residual=None, norm_weight=None,
-            scaled=None, parts_out=None, pdl: bool = True) -> None:
+            scaled=None, parts_out=None, pdl: bool = True, rope: tuple = (0, 0, 0),
+            rope_args: tuple = (None, None, None, None), grid: int = 0) -> None:
+    """rope: (query heads, key/value heads, half a head's dims) of a q/k/v product and
+    rope_args its (positions, cos_sin, slot_mapping, kv_cache); grid: its blocks."""
     rows, k = x.shape
-    cfg = _config(x, n, gated)
+    cfg = _config(x, n, gated or any(rope))
     pdl = pdl_active(x.device, pdl)
+    positions, cos_sin, slots, kv = rope_args
     options = defines(bf16=x.dtype == torch.bfloat16,
                       scale_kind=SCALE_KINDS.index(str(weight.scale.dtype).split(".")[-1]), k=k,
                       group=weight.group_size, tiles=cfg.tiles, warps=cfg.warps,
                       unroll=cfg.unroll, gated=gated, norm_in=parts_in is not None,
-                      norm_out=parts_out is not None, has_bias=bias is not None, pdl=pdl)
+                      norm_out=parts_out is not None, has_bias=bias is not None, pdl=pdl,
+                      rope=rope, fp8_cache=kv is not None and kv.dtype == torch.float8_e4m3fn,
+                      min_blocks=cfg.min_blocks)
     kernel = nvrtc.load(SOURCE, "int4_gemv", options, x.device)
     p = nvrtc.pointer
     args = [p(x), ctypes.c_int(rows), ctypes.c_int(k), ctypes.c_int(x.stride(0)),
             p(weight.data), ctypes.c_int(n), p(weight.scale), p(weight.offset), p(bias), p(y),
             ctypes.c_int(y.stride(0)), p(parts_in),
             ctypes.c_int(0 if parts_in is None else parts_in.shape[0]), ctypes.c_float(eps),
-            p(residual), p(norm_weight), p(scaled), p(parts_out)]
-    kernel.launch((n // (16 * cfg.tiles), 1, 1), (32 * cfg.warps, 1, 1), args,
+            p(residual), p(norm_weight), p(scaled), p(parts_out), p(positions), p(cos_sin),
+            p(slots), p(kv), ctypes.c_long(0 if kv is None else kv.stride(0) * kv.element_size())]
+    kernel.launch((grid or n // (16 * cfg.tiles), 1, 1), (32 * cfg.warps, 1, 1), args,
                   torch.cuda.current_stream(x.device).cuda_stream, pdl)
 
 
@@ -155,3 +167,47 @@ def int4_gemv_add_norm(x: torch.Tensor, weight: QuantizedWeight, bias: Optional[
             norm_weight=norm_weight.contiguous(), scaled=pending.scaled,
             parts_out=pending.parts, pdl=pdl)
     return pending
+
+
+def rope_why_not(x: torch.Tensor, weight, positions: torch.Tensor, cos_sin: torch.Tensor,
+                 kv_cache: torch.Tensor, slot_mapping: torch.Tensor, num_heads: int,
+                 num_kv_heads: int) -> Optional[str]:
+    """None where int4_gemv_qkv_rope takes the q/k/v product, else why not."""
+    why = why_not(x, weight)
+    if why:
+        return why
+    head_dim = cos_sin.shape[-1]
+    if head_dim % 32 or weight.out_features != (num_heads + 2 * num_kv_heads) * head_dim:
+        return f"heads of {head_dim} dims (a multiple of 32) that the rows do not make"
+    if (cos_sin.dtype != torch.float32 or not cos_sin.is_contiguous()
+            or not kv_cache.is_contiguous() or kv_cache.shape[-2:] != (num_kv_heads, head_dim)
+            or kv_cache.dtype not in (x.dtype, torch.float8_e4m3fn)):
+        return "cos_sin float32 and a contiguous cache of the activations' dtype or fp8"
+    if kv_cache.dtype == torch.float8_e4m3fn and torch.cuda.get_device_capability(x.device) < (8, 9):
+        return "an fp8 cache needs compute capability 8.9"
+    if positions.dtype != torch.int64 or slot_mapping.dtype != torch.int64:
+        return "positions and slots must be int64"
+    return None
+
+
+def int4_gemv_qkv_rope(x: torch.Tensor, weight: QuantizedWeight, bias: Optional[torch.Tensor],
+                       positions: torch.Tensor, cos_sin: torch.Tensor, kv_cache: torch.Tensor,
+                       slot_mapping: torch.Tensor, num_heads: int, num_kv_heads: int,
+                       norm_parts: Optional[torch.Tensor] = None, eps: float = 0.0,
+                       pdl: bool = True) -> torch.Tensor:
+    """kernels/skinny_gemm.py's `skinny_qkv_rope` for an int4 W (`rope_why_not` None):
+    x [M, K] @ W^T with q and k rotated, k and v written to the cache at the rows' slots
+    -> q [M, Hq, D]."""
+    rows, head_dim = x.shape[0], cos_sin.shape[-1]
+    if positions.shape != (rows,) or slot_mapping.shape != (rows,):
+        raise ValueError(f"int4_gemv_qkv_rope: {rows} rows need as many positions and slots, "
+                         f"got {tuple(positions.shape)} and {tuple(slot_mapping.shape)}")
+    q = torch.empty(rows, num_heads, head_dim, dtype=x.dtype, device=x.device)
+    half = head_dim // 2
+    _launch(x, weight, q.view(rows, -1), weight.out_features, False,
+            bias=None if bias is None else bias.contiguous(),
+            parts_in=None if norm_parts is None else norm_parts.contiguous(), eps=eps, pdl=pdl,
+            rope=(num_heads, num_kv_heads, half),
+            rope_args=(positions.contiguous(), cos_sin, slot_mapping.contiguous(), kv_cache),
+            grid=(num_heads + 2 * num_kv_heads) * (half // 16))
+    return q

@@ -16,13 +16,16 @@ summed by the MMA in float32 into a fresh tile and added to the accumulator as
 s * sum((BIAS + q) x) + (o - BIAS s) * sum(x), the sums of x from an MMA of a tile of ones
 with the same B registers; so no per-weight scale, and no instruction a weight beyond the
 shift, the LOP3 and an eighth of an MMA.
-A block owns TILES tiles of 16 output rows (GATED: one of gate and the same rows of up)
-and its WARPS warps split K's steps; each warp keeps UNROLL steps of W (and their scales)
+A block owns TILES tiles of 16 output rows (GATED: one of gate and the same rows of up;
+ROPE: 16 dims of one head's first half and their partners in its second) and its WARPS
+warps split K's steps; each warp keeps UNROLL steps of W (and their scales)
 in flight in registers, the first ones loaded before the PDL wait (W is written by no
 kernel). The warps' tiles are summed in shared memory in a fixed order, then the
 epilogue: the pending norm's 1/rms (NORM_IN), the bias, rounding to x's dtype, then
-silu(gate) * up (GATED) or the residual add that leaves the next norm pending (NORM_OUT:
-kernels/norm_epilogue.py's PendingNorm), each rounded as the Triton skinny GEMM rounds.
+silu(gate) * up (GATED), the residual add that leaves the next norm pending (NORM_OUT:
+kernels/norm_epilogue.py's PendingNorm), or the rotary embedding of query and key heads
+and the key and value heads' KV-cache write (ROPE: kernels/rotary_kv_write.py's
+rope_epilogue), each rounded as the Triton skinny GEMM rounds.
 """
 from __future__ import annotations
 
@@ -42,8 +45,14 @@ typedef unsigned long long u64;
 #define BIAS 1024.0f
 #define MMA_TYPE "f16"
 #endif
-#define NT (GATED ? 2 : TILES)
+#define PAIRED (GATED || ROPE)  // two tiles a block: gate and up, or a head's two halves
+#define NT (PAIRED ? 2 : TILES)
 #define OUT_ROWS (16 * TILES)
+#if FP8_CACHE
+#define KV_BYTES 1
+#else
+#define KV_BYTES 2
+#endif
 #define THREADS (WARPS * 32)
 
 __device__ __forceinline__ float to_float(u16 h) {
@@ -125,14 +134,74 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 #endif
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS)
+
+#if ROPE
+// the rows of tile t (0: a head's first half, 1: its second) of this block: heads of
+// 2 HALF rows, HALF / 16 blocks a head
+__device__ __forceinline__ long paired_row(int t, int N) {
+    const int head = blockIdx.x / (HALF / 16), chunk = blockIdx.x % (HALF / 16);
+    return (long)head * 2 * HALF + chunk * 16 + t * HALF;
+}
+#else
+// GATED: gate's rows, then up's N further; else TILES tiles of 16 rows
+__device__ __forceinline__ long paired_row(int t, int N) {
+    return GATED ? (long)t * N + blockIdx.x * 16 : (long)blockIdx.x * OUT_ROWS + 16 * t;
+}
+#endif
+
+#if ROPE
+__device__ __forceinline__ void store_kv(unsigned char* p, float v) {
+#if FP8_CACHE  // saturated at +-448 (NaN stays NaN), rounded to nearest even
+    u16 pair;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(0.f), "f"(v));
+    *p = (unsigned char)(pair & 0xFF);
+#else
+    *(u16*)p = from_float(v);
+#endif
+}
+
+// dims (dim, dim + HALF) of one head for x's row n: a query head rotated into q, a key
+// head rotated and a value head as it is into the cache at the row's slot; each product
+// and sum rounded to the dtype (kernels/rotary_kv_write.py's rotate_pair)
+__device__ __forceinline__ void rope_store(float x1, float x2, int r, int n, u16* q,
+                                           const long long* positions, const float* cos_sin,
+                                           const long long* slots, unsigned char* kv,
+                                           long stride_kvs) {
+    const int head = blockIdx.x / (HALF / 16), dim = (blockIdx.x % (HALF / 16)) * 16 + r;
+    const float* cs = cos_sin + positions[n] * 2 * HALF + dim;
+    const float cs_c = round_dt(cs[0]), cs_s = round_dt(cs[HALF]);
+    const bool is_v = head >= NUM_Q + NUM_KV;
+    if (!is_v) {
+        const float p1 = round_dt(x1 * cs_c), p2 = round_dt(x2 * cs_s);
+        const float p3 = round_dt(x2 * cs_c), p4 = round_dt(x1 * cs_s);
+        x1 = round_dt(p1 - p2);
+        x2 = round_dt(p3 + p4);
+    }
+    if (head < NUM_Q) {
+        u16* dst = q + (long)n * NUM_Q * 2 * HALF + head * 2 * HALF + dim;
+        dst[0] = from_float(x1);
+        dst[HALF] = from_float(x2);
+        return;
+    }
+    const int kv_head = head - NUM_Q - (is_v ? NUM_KV : 0);
+    const long elem = (long)slots[n] * NUM_KV * 2 * HALF + kv_head * 2 * HALF + dim;
+    unsigned char* dst = kv + (is_v ? stride_kvs : 0) + elem * KV_BYTES;
+    store_kv(dst, x1);
+    store_kv(dst + HALF * KV_BYTES, x2);
+}
+#endif
+
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 int4_gemv(const u16* __restrict__ x, int M, int K, int stride_x,
           const unsigned char* __restrict__ w, int N,
           const void* __restrict__ scale, const void* __restrict__ offset,
           const u16* __restrict__ bias, u16* __restrict__ y, int stride_y,
           const float* __restrict__ parts_in, int num_parts, float eps,
           const u16* __restrict__ residual, const u16* __restrict__ norm_w,
-          u16* __restrict__ scaled, float* __restrict__ parts_out) {
+          u16* __restrict__ scaled, float* __restrict__ parts_out,
+          const long long* __restrict__ positions, const float* __restrict__ cos_sin,
+          const long long* __restrict__ slots, unsigned char* __restrict__ kv,
+          long stride_kvs) {
     __shared__ float red[WARPS][NT][16][8];
 #if NORM_IN
     __shared__ float psum[THREADS / 8][8];
@@ -153,8 +222,7 @@ int4_gemv(const u16* __restrict__ x, int M, int K, int stride_x,
     const unsigned char* sp[NT];  // row g's scale (and offset) of the warp's first step
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
-        const long row0 = GATED ? (long)t * N + blockIdx.x * 16
-                                : (long)blockIdx.x * OUT_ROWS + 16 * t;
+        const long row0 = paired_row(t, N);
         wp[t] = w + (row0 + g) * ROW_BYTES + c * 16 + (long)s_lo * 64;
         sp[t] = (const unsigned char*)0 + ((row0 + g) * GROUPS + ((long)s_lo * 128) / GROUP)
                                           * SCALE_BYTES;
@@ -263,9 +331,10 @@ int4_gemv(const u16* __restrict__ x, int M, int K, int stride_x,
     for (int e = tid; e < OUT_ROWS * 8; e += THREADS) {
         const int r = e >> 3, n = e & 7, t = r >> 4, rr = r & 15;
         float v = 0.f, v2 = 0.f;
+        (void)v2;
         for (int i = 0; i < WARPS; ++i) {
-            v += red[i][GATED ? 0 : t][rr][n];
-#if GATED
+            v += red[i][PAIRED ? 0 : t][rr][n];
+#if PAIRED
             v2 += red[i][1][rr][n];
 #endif
         }
@@ -273,14 +342,21 @@ int4_gemv(const u16* __restrict__ x, int M, int K, int stride_x,
         v *= rinv[n];
         v2 *= rinv[n];
 #endif
-        const long row = (long)blockIdx.x * OUT_ROWS + r;
+        const long row = PAIRED ? paired_row(0, N) + r : (long)blockIdx.x * OUT_ROWS + r;
 #if HAS_BIAS
         v += to_float(bias[row]);
+#if ROPE
+        v2 += to_float(bias[row + HALF]);
+#endif
 #endif
         float out = round_dt(v);
         float s2 = 0.f;
+        (void)s2;
         if (n < M) {
-#if GATED
+#if ROPE
+            rope_store(round_dt(v), round_dt(v2), r, n, y, positions, cos_sin, slots, kv,
+                       stride_kvs);
+#elif GATED
             const float act = round_dt(out / (1.f + __expf(-out)));
             y[(long)n * stride_y + row] = from_float(act * round_dt(v2));
 #elif NORM_OUT
@@ -314,10 +390,14 @@ SCALE_KINDS = ("float16", "float32", "bfloat16")  # the scales' and offsets' dty
 
 def defines(bf16: bool, scale_kind: int, k: int, group: int, tiles: int, warps: int,
             unroll: int, gated: bool, norm_in: bool, norm_out: bool, has_bias: bool,
-            pdl: bool) -> list[str]:
-    """The -D options of one compiled variant (scale_kind: SCALE_KINDS' index)."""
+            pdl: bool, rope: tuple[int, int, int] = (0, 0, 0), fp8_cache: bool = False,
+            min_blocks: int = 1) -> list[str]:
+    """The -D options of one compiled variant (scale_kind: SCALE_KINDS' index; rope: the
+    q/k/v product's query heads, key/value heads and half a head's dims, or zeros;
+    min_blocks: blocks an SM must hold, which caps the registers a thread takes)."""
     values = dict(IS_BF16=bf16, SCALE_KIND=scale_kind, K_DIM=k, GROUP=group, TILES=tiles,
                   WARPS=warps,
                   UNROLL=unroll, GATED=gated, NORM_IN=norm_in, NORM_OUT=norm_out,
-                  HAS_BIAS=has_bias, USE_PDL=pdl)
+                  HAS_BIAS=has_bias, USE_PDL=pdl, ROPE=any(rope), NUM_Q=rope[0],
+                  NUM_KV=rope[1], HALF=rope[2], FP8_CACHE=fp8_cache, MIN_BLOCKS=min_blocks)
     return [f"-D{k}={int(v)}" for k, v in values.items()]

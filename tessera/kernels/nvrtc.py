@@ -161,6 +161,22 @@ class Kernel:
                                                         params, None), "cuLaunchKernelEx")
 
 
+def _make_current(index: int) -> None:
+    """Make device `index`'s primary context (the one PyTorch's runtime uses) current on
+    this thread, as the module's load needs."""
+    driver = _library("cuda")
+    ctx, dev = ctypes.c_void_p(), ctypes.c_int()
+    _check_driver(driver.cuCtxGetCurrent(ctypes.byref(ctx)), "cuCtxGetCurrent")
+    if ctx.value:
+        _check_driver(driver.cuCtxGetDevice(ctypes.byref(dev)), "cuCtxGetDevice")
+        if dev.value == index:
+            return
+    _check_driver(driver.cuDeviceGet(ctypes.byref(dev), index), "cuDeviceGet")
+    _check_driver(driver.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev),
+                  "cuDevicePrimaryCtxRetain")
+    _check_driver(driver.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+
+
 def load(source: str, name: str, options: Sequence[str], device: torch.device) -> Kernel:
     """The kernel `name` of source compiled with options for the device's architecture,
     loaded into its context: compiled and loaded once per (device, options)."""
@@ -170,9 +186,8 @@ def load(source: str, name: str, options: Sequence[str], device: torch.device) -
     if kernel is None:
         major, minor = torch.cuda.get_device_capability(index)
         cubin = compile_cubin(source, options, f"sm_{major}{minor}")
-        with torch.cuda.device(index):
-            torch.cuda.current_stream(index).synchronize()  # the primary context is current
-            kernel = Kernel(cubin, name)
+        _make_current(index)  # PyTorch's context: no stream op, so safe under graph capture
+        kernel = Kernel(cubin, name)
         with _lock:
             kernel = _loaded.setdefault(key, kernel)
     return kernel

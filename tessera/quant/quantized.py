@@ -17,9 +17,9 @@ quantize independently and no 16-bit copy of the model is ever held). `apply` co
   the QuantizedWeight and dequantizes in registers (fp8 with its FP8_ACTIVATIONS knob:
   x quantized to fp8 in the kernel, kernels/skinny_a8.py), with every epilogue of the dense path
   (gated SiLU-and-mul, rotary + KV write, residual add + pending norm), inherited from
-  UnquantizedLinearMethod through `kernel_weight`; except int4 at up to 8 rows (plain,
-  gated, the residual add leaving a norm pending) on NVIDIA GPUs: kernels/int4_gemv.py, a
-  CUDA kernel compiled by NVRTC, where its `why_not` is None (q/k/v with rotary stays);
+  UnquantizedLinearMethod through `kernel_weight`; except int4 at up to 8 rows on NVIDIA
+  GPUs, every mode but the fp8 ones: kernels/int4_gemv.py, a CUDA kernel compiled by
+  NVRTC, where its `why_not` (`rope_why_not`) is None;
 - more rows with kernel ops: fp8 on GPUs of compute capability 8.9+ quantizes the
   activations per token and multiplies fp8 by fp8 (W8A8, quant/fp8.py: kernels/fp8_gemm.py
   up to 128 rows, torch._scaled_mm above); otherwise
@@ -199,6 +199,18 @@ class QuantizedLinearMethod(UnquantizedLinearMethod):
             return super().apply_gated(layer, x, pending, eps)
         return self.int4_gemv.int4_gemv(x, qw, gated=True, eps=eps, pdl=self.pdl,
                                         norm_parts=None if pending is None else pending.parts)
+
+    def apply_qkv_rope(self, layer, x, positions, cos_sin, kv_cache, slot_mapping, num_heads,
+                       num_kv_heads, pending=None, eps=0.0):
+        qw = self._int4_cuda(layer, x)
+        if qw is None or self.int4_gemv.rope_why_not(x, qw, positions, cos_sin, kv_cache,
+                                                     slot_mapping, num_heads, num_kv_heads):
+            return super().apply_qkv_rope(layer, x, positions, cos_sin, kv_cache, slot_mapping,
+                                          num_heads, num_kv_heads, pending, eps)
+        return self.int4_gemv.int4_gemv_qkv_rope(
+            x, qw, layer.bias, positions, cos_sin, kv_cache, slot_mapping, num_heads,
+            num_kv_heads, norm_parts=None if pending is None else pending.parts, eps=eps,
+            pdl=self.pdl)
 
     def apply_add_norm(self, layer, x, residual, norm_weight):
         qw = self._int4_cuda(layer, x)

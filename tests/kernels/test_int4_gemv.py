@@ -1,7 +1,8 @@
 """The int4 decode GEMV in CUDA (kernels/int4_gemv.py) against the PyTorch references and
 the Triton skinny GEMM: plain, bias, gated, finishing a pending norm and leaving one, at
 1-8 rows, bf16 and fp16 x, float16 and float32 scales, groups of 128 and 256, one and two
-tiles a block, under CUDA graph capture. GPU tests are marked gpu (NVRTC compiles the
+tiles a block, q/k/v with rotary and the KV-cache write (a cache in the model's dtype or
+fp8), under CUDA graph capture. GPU tests are marked gpu (NVRTC compiles the
 kernel there); on the CPU: the config rule and the reasons a product stays with Triton."""
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import pytest
 import torch
 
 from tessera.kernels import int4_gemv as module
-from tessera.kernels.int4_gemv import Int4Config, int4_gemv, int4_gemv_add_norm, pick_config, why_not
+from tessera.kernels.int4_gemv import (Int4Config, int4_gemv, int4_gemv_add_norm,
+                                       int4_gemv_qkv_rope, pick_config, rope_why_not, why_not)
 from tessera.kernels.int4_gemv_source import SOURCE, defines
 from tessera.kernels.norm_epilogue import pending_norm_ref
 from tessera.kernels.reference import rms_norm_ref
 from tessera.kernels.skinny_config import MAX_ROWS
 from tessera.kernels.skinny_gemm import skinny_gemm, skinny_gemm_ref
 from tessera.quant.formats import quantize
+from tests.kernels.test_skinny_qkv_rope import qkv_case, unfused
 
 GPU = pytest.mark.gpu
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -39,12 +42,11 @@ def close(got, ref, dtype, scale=1.0):
 
 
 def test_config_rule():
-    # the 8B's products on 132 SMs: o / down take two tiles only with 264+ 32-row blocks
-    assert pick_config(4096, 4096, False) == Int4Config(1, 16, 2)
-    assert pick_config(14336, 4096, True) == Int4Config(1, 16, 2)
-    assert pick_config(28672, 4096, False).tiles == 2
-    assert pick_config(4096, 14336, False) == Int4Config(1, 16, 2)  # 112 steps, 7 a warp
-    assert pick_config(64, 384, False) == Int4Config(1, 1, 2)  # 3 steps: no even split >= 2
+    # the 8B's products: 8 warps, two steps in flight (four for gate/up), two blocks an SM
+    assert pick_config(4096, 4096, False) == Int4Config(1, 8, 2, 2)
+    assert pick_config(14336, 4096, True) == Int4Config(1, 8, 4, 2)
+    assert pick_config(4096, 14336, False) == Int4Config(1, 8, 2, 2)  # 112 steps, 14 a warp
+    assert pick_config(64, 384, False) == Int4Config(1, 1, 2, 2)  # 3 steps: no even split >= 2
     module.CONFIG_OVERRIDES[(64, 384, False)] = Int4Config(2, 1, 1)
     try:
         assert pick_config(64, 384, False) == Int4Config(2, 1, 1)
@@ -150,6 +152,64 @@ def test_under_cuda_graph_capture():
     with torch.cuda.graph(graph):
         y = int4_gemv(x, qw)
     x.copy_(rand(rows, k, dtype=dtype, seed=9))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert close(y, skinny_gemm_ref(x, qw), dtype)
+
+
+@GPU
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("heads,head_dim,rows,bias", [((4, 2), 32, 3, False),
+                                                      ((8, 2), 64, 5, True),
+                                                      ((4, 1), 128, 1, False)])
+@pytest.mark.parametrize("cache_dtype", ["model", "fp8"])
+@pytest.mark.parametrize("pending", [False, True])
+def test_qkv_rope_matches_the_unfused_ops(dtype, heads, head_dim, rows, bias, cache_dtype,
+                                          pending):
+    k = 512
+    w, b, rope, positions, slots, kv = qkv_case(rows, k, *heads, head_dim, dtype, bias)
+    if cache_dtype == "fp8":
+        kv = kv.to(torch.float8_e4m3fn)
+    qw = quantize("int4", w, 128)
+    x = rand(rows, k, dtype=dtype, seed=5, scale=3.0 if pending else 1.0)
+    parts, normed = None, x
+    if pending:  # x is a pending norm's g * s, its 1/rms applied in the epilogue
+        g = rand(k, dtype=dtype, seed=4, scale=0.1, shift=1.0)
+        norm = pending_norm_ref(x, g, 32, MAX_ROWS)
+        x, parts, normed = norm.scaled, norm.parts, rms_norm_ref(x, g, EPS)
+    assert rope_why_not(x, qw, positions, rope.cos_sin, kv, slots, *heads) is None
+    ref_kv = kv.clone()
+    q = int4_gemv_qkv_rope(x, qw, b, positions, rope.cos_sin, kv, slots, *heads,
+                           norm_parts=parts, eps=EPS)
+    ref_q = unfused(normed, qw, b, positions, rope.cos_sin, ref_kv, slots, *heads)
+    scale = 2.0 if pending else 1.0
+    assert close(q, ref_q, dtype, scale)
+    if cache_dtype == "fp8":  # one e4m3 step (2^-3 relative) apart at most
+        assert torch.allclose(kv.float(), ref_kv.float(), rtol=0.13, atol=2e-2)
+        assert (kv.float() != ref_kv.float()).float().mean() < 0.05
+    else:
+        assert close(kv, ref_kv, dtype, scale)
+
+
+def test_rope_refusals_name_the_reason():
+    if DEVICE == "cpu":
+        x = torch.randn(1, 256, dtype=torch.bfloat16)
+        qw = quantize("int4", torch.randn(96 * 4, 256), 128)
+        kv = torch.zeros(2, 2, 4, 1, 96)
+        assert rope_why_not(x, qw, torch.zeros(1, dtype=torch.long), torch.zeros(8, 96), kv,
+                            torch.zeros(1, dtype=torch.long), 2, 1) == "not an NVIDIA GPU"
+
+
+@GPU
+def test_first_use_inside_cuda_graph_capture():
+    """A variant compiled and loaded while a graph is captured (the engine's decode graphs
+    are the first to run a product of a few rows)."""
+    dtype, rows, k, n = torch.bfloat16, 2, 640, 48  # a K no other test compiles
+    x, qw = rand(rows, k, dtype=dtype), weight(n, k, dtype)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = int4_gemv(x, qw)
     graph.replay()
     torch.cuda.synchronize()
     assert close(y, skinny_gemm_ref(x, qw), dtype)
