@@ -1,5 +1,6 @@
 """Check and time the CUDA int4 decode GEMV (kernels/int4_gemv.py) against the Triton skinny
-GEMM on the same int4 weights (g128), as the model runs each product: o and down with the
+GEMM on the same weights (int4 g128; with --kinds also int8 and fp8 per row, which
+int4_gemv.ENABLED_KINDS takes only when set), as the model runs each product: o and down with the
 residual add that leaves a norm pending, gate/up gated and q/k/v with rotary and the
 KV-cache write, each finishing a pending norm. Weights
 rotate over copies that exceed L2, launches in CUDA graphs (skinny_gemm_sweep.time_graph).
@@ -8,6 +9,7 @@ Each row: us, GB/s of the weight bytes read (data + scales + offsets) and their 
 end, the best config of each product. One GPU:
 
     python benchmarks/kernels/int4_gemv_sweep.py --models 8b --rows 1 --out $OUT/int4.json
+    python benchmarks/kernels/int4_gemv_sweep.py --kinds int8,fp8 --quick
 """
 from __future__ import annotations
 
@@ -41,8 +43,8 @@ HEADS = {"8b": (32, 8, 128), "70b": (64, 8, 128)}  # query heads, key/value head
 COPY_TBS = 4.15
 
 
-def grid(n: int, k: int, gated: bool) -> list[Int4Config]:
-    steps = k // 128
+def grid(n: int, k: int, gated: bool, kind: str) -> list[Int4Config]:
+    steps = k // module.STEPS[kind]
     out = []
     for tiles in (1, 2, 4):
         if gated and tiles > 1 or n % (16 * tiles):
@@ -58,14 +60,15 @@ def grid(n: int, k: int, gated: bool) -> list[Int4Config]:
     return out
 
 
-def case(n, k, mode, rows, heads, dtype=torch.bfloat16):
+def case(n, k, mode, rows, heads, kind, dtype=torch.bfloat16):
     """The product's callables over weight copies: (cuda(), triton(), reference check)."""
     gated = mode == "gated"
     w0 = torch.randn(n, k, device="cuda", dtype=dtype) * k ** -0.5
-    qw = quantize("int4", w0, 128)
+    qw = quantize(kind, w0, 128 if kind == "int4" else 0)
     count = max(2, math.ceil(L2_DEFEAT_BYTES / weight_bytes(qw)))
     ws = [qw] + [qw._replace(data=qw.data.clone(), scale=qw.scale.clone(),
-                             offset=qw.offset.clone()) for _ in range(count - 1)]
+                             offset=None if qw.offset is None else qw.offset.clone())
+                 for _ in range(count - 1)]
     x = torch.randn(rows, k, device="cuda", dtype=dtype)
     out_n = n // 2 if gated else n
     res = torch.randn(rows, out_n, device="cuda", dtype=dtype)
@@ -103,23 +106,24 @@ def rel_err(got, ref) -> float:
 
 
 @torch.inference_mode()
-def sweep(models, rows_list, full: bool) -> list[dict]:
+def sweep(models, rows_list, full: bool, kinds) -> list[dict]:
     out = []
-    for model in models:
+    module.ENABLED_KINDS = set(kinds)
+    for kind, model in [(kd, m) for kd in kinds for m in models]:
         for name, (n, k) in MODELS[model].items():
             mode = MODES[name]
             gated = mode == "gated"
             paired = mode in ("gated", "rope")  # two tiles a block: its config key
             for rows in rows_list:
-                cuda, triton, ref, got, nbytes = case(n, k, mode, rows, HEADS[model])
+                cuda, triton, ref, got, nbytes = case(n, k, mode, rows, HEADS[model], kind)
                 t_triton = time_graph(triton)
-                row = dict(model=model, product=name, mode=mode, rows=rows, n=n, k=k,
+                row = dict(kind=kind, model=model, product=name, mode=mode, rows=rows, n=n, k=k,
                            triton_us=t_triton, configs={})
                 out_n = n // 2 if gated else n
-                configs = grid(out_n, k, paired) if full else []
-                default = module.pick_config(out_n, k, paired)
+                configs = grid(out_n, k, paired, kind) if full else []
+                default = module.pick_config(out_n, k, paired, kind=kind)
                 for cfg in [default] + [c for c in configs if c != default]:
-                    module.CONFIG_OVERRIDES[(out_n, k, paired)] = cfg
+                    module.CONFIG_OVERRIDES[(kind, out_n, k, paired)] = cfg
                     try:
                         err = rel_err(got(), ref)
                         us = time_graph(cuda)
@@ -129,7 +133,7 @@ def sweep(models, rows_list, full: bool) -> list[dict]:
                     finally:
                         module.CONFIG_OVERRIDES.clear()
                     row["configs"][str(tuple(cfg))] = dict(us=us, err=err)
-                    print(f"{model} {name:8s} M={rows} {tuple(cfg)}: {us:7.2f} us "
+                    print(f"{kind} {model} {name:8s} M={rows} {tuple(cfg)}: {us:7.2f} us "
                           f"({nbytes / us / 1e3:6.0f} GB/s, "
                           f"{nbytes / us / 1e6 / COPY_TBS:5.1%}) err {err:.1e}   "
                           f"triton {t_triton:7.2f} us", flush=True)
@@ -144,15 +148,17 @@ def main() -> None:
     ap.add_argument("--models", default="8b")
     ap.add_argument("--rows", default="1")
     ap.add_argument("--quick", action="store_true", help="the default configs only")
+    ap.add_argument("--kinds", default="int4", help="int4,int8,fp8 (int8 / fp8: per row)")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
-    rows = sweep(a.models.split(","), [int(r) for r in a.rows.split(",")], not a.quick)
-    print("\n| model | product | M | triton us | cuda default us | best config | best us | best GB/s | err |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    rows = sweep(a.models.split(","), [int(r) for r in a.rows.split(",")], not a.quick,
+                 a.kinds.split(","))
+    print("\n| kind | model | product | M | triton us | cuda default us | best config | best us | best GB/s | err |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         best = min(r["configs"].items(), key=lambda kv: kv[1]["us"])
         d = r["configs"].get(r["default"], {}).get("us", float("nan"))
-        print(f"| {r['model']} | {r['product']} | {r['rows']} | {r['triton_us']:.2f} | {d:.2f} "
+        print(f"| {r['kind']} | {r['model']} | {r['product']} | {r['rows']} | {r['triton_us']:.2f} | {d:.2f} "
               f"| {best[0]} | {best[1]['us']:.2f} | {r['bytes'] / best[1]['us'] / 1e3:.0f} "
               f"| {best[1]['err']:.1e} |")
     if a.out:

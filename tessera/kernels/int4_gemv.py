@@ -1,4 +1,5 @@
-"""The int4 decode GEMV in CUDA: the skinny GEMM's int4 products at up to 8 rows.
+"""The int4 decode GEMV in CUDA: the skinny GEMM's int4 products at up to 8 rows (and,
+behind the ENABLED_KINDS knob, int8 and fp8 ones).
 
 Objects: ENABLED (A/B knob), CONFIG_OVERRIDES (A/B knob: (n, k, gated) -> Int4Config),
 `Int4Config` (tiles of 16 rows a block, warps splitting K, steps of W kept in flight),
@@ -30,9 +31,13 @@ from tessera.kernels.pdl import pdl_active
 from tessera.kernels.skinny_config import MAX_ROWS
 from tessera.quant.formats import QuantizedWeight
 
-ENABLED = True  # A/B knob: int4 products of up to MAX_X_ROWS rows here, else Triton's
+ENABLED = True  # A/B knob: products of up to MAX_X_ROWS rows here, else Triton's
+# A/B knob: the formats taken. int8 and fp8 (per output row: a byte a weight widened
+# exactly, the scale on the float32 sums) are built and compile for sm_90 but are off
+# until their GPU tests and an A/B against the Triton kernel have run
+ENABLED_KINDS = {"int4"}
 MAX_X_ROWS = 8  # the MMA's n
-STEP = 128  # K columns a warp takes a step: a lane's 16 bytes of each of its rows
+STEPS = {"int4": 128, "int8": 64, "fp8": 64}  # K columns a step: 16 bytes of each row a lane
 
 
 class Int4Config(NamedTuple):
@@ -42,18 +47,19 @@ class Int4Config(NamedTuple):
     min_blocks: int = 1  # blocks an SM must hold (__launch_bounds__: caps the registers)
 
 
-CONFIG_OVERRIDES: dict = {}  # (n, k, gated) -> Int4Config
+CONFIG_OVERRIDES: dict = {}  # (kind, n, k, gated) -> Int4Config
 
 
-def pick_config(n: int, k: int, gated: bool, multiprocessors: int = 132) -> Int4Config:
+def pick_config(n: int, k: int, gated: bool, multiprocessors: int = 132,
+                kind: str = "int4") -> Int4Config:
     """One tile a block; 8 warps where they split K's steps evenly with at least two each
     (else the most that do); two steps in flight, four for gate/up; registers capped so
     that two blocks fit an SM. The H100 sweep at one row (2026-12-05, int4_gemv_sweep.py:
     36 configs a product) put this rule within 5% of the best config of each of the 8B's
     products: qkv (rotary) 8.30 us, o 5.68, gate/up 29.8, down 15.5 (best 14.8)."""
-    if (n, k, gated) in CONFIG_OVERRIDES:
-        return CONFIG_OVERRIDES[(n, k, gated)]
-    steps = k // STEP
+    if (kind, n, k, gated) in CONFIG_OVERRIDES:
+        return CONFIG_OVERRIDES[(kind, n, k, gated)]
+    steps = k // STEPS[kind]
     warps = next(w for w in (8, 16, 4, 2, 1) if steps % w == 0 and steps // w >= 2 or w == 1)
     return Int4Config(1, warps, min(4 if gated else 2, max(1, steps // warps)), 2)
 
@@ -62,26 +68,32 @@ def why_not(x: torch.Tensor, weight, gated: bool = False) -> Optional[str]:
     """None where int4_gemv takes x [M, K] @ weight^T, else why not."""
     if not ENABLED:
         return "off (int4_gemv.ENABLED)"
-    if not isinstance(weight, QuantizedWeight) or weight.kind != "int4":
-        return "not an int4 weight"
+    if not isinstance(weight, QuantizedWeight) or weight.kind not in ENABLED_KINDS:
+        return f"not a weight of {sorted(ENABLED_KINDS)}"
     if not x.is_cuda or envs.triton_interpreted() or torch.version.hip:
         return "not an NVIDIA GPU"
-    if torch.cuda.get_device_capability(x.device) < (8, 0):
-        return "needs compute capability 8.0 (bf16 MMA)"
+    if torch.cuda.get_device_capability(x.device) < ((8, 9) if weight.kind == "fp8" else (8, 0)):
+        return "needs compute capability 8.0 (bf16 MMA; fp8's conversion: 8.9)"
     if x.dtype not in (torch.bfloat16, torch.float16) or x.dim() != 2:
         return f"x must be 2-D bf16 or fp16, got {x.dtype} {tuple(x.shape)}"
     rows, k = x.shape
     n = weight.out_features // 2 if gated else weight.out_features
     if not 0 < rows <= MAX_X_ROWS:
         return f"{rows} rows (at most {MAX_X_ROWS})"
-    if weight.group_size % STEP or k != weight.in_features or k % STEP:
-        return f"K {k} and the group {weight.group_size} must be multiples of {STEP}"
-    cfg = _config(x, n, gated)
-    if n % (16 * cfg.tiles) or (k // STEP) % cfg.warps:
+    step = STEPS[weight.kind]
+    grouped = weight.kind == "int4"  # int8 / fp8: per output row (no groups) only
+    if (weight.group_size % step if grouped else weight.group_size) or k != weight.in_features \
+            or k % step:
+        return (f"K {k} must be a multiple of {step}"
+                + (f" and the group {weight.group_size} too" if grouped else ", per-row scales"))
+    cfg = _config(x, n, gated, weight.kind)
+    if n % (16 * cfg.tiles) or (k // step) % cfg.warps:
         return f"{cfg} does not divide N {n} / K {k}"
-    if str(weight.scale.dtype).split(".")[-1] not in SCALE_KINDS or weight.offset is None \
-            or weight.offset.dtype != weight.scale.dtype:
+    if grouped and (str(weight.scale.dtype).split(".")[-1] not in SCALE_KINDS
+                    or weight.offset is None or weight.offset.dtype != weight.scale.dtype):
         return "scales and offsets must be float16, bfloat16 or float32 alike"
+    if not grouped and weight.scale.dtype != torch.float32:
+        return "per-row scales must be float32"
     if (weight.data.data_ptr() % 16 or not weight.data.is_contiguous()
             or x.data_ptr() % 16 or x.stride(1) != 1 or x.stride(0) % 8):
         return "W and x need 16-byte aligned rows"
@@ -90,8 +102,8 @@ def why_not(x: torch.Tensor, weight, gated: bool = False) -> Optional[str]:
     return None
 
 
-def _config(x: torch.Tensor, n: int, gated: bool) -> Int4Config:
-    return pick_config(n, x.shape[1], gated, multiprocessors(x.device)[0] or 132)
+def _config(x: torch.Tensor, n: int, gated: bool, kind: str) -> Int4Config:
+    return pick_config(n, x.shape[1], gated, multiprocessors(x.device)[0] or 132, kind)
 
 
 def _launch(x: torch.Tensor, weight: QuantizedWeight, y: torch.Tensor, n: int, gated: bool,
@@ -101,12 +113,13 @@ def _launch(x: torch.Tensor, weight: QuantizedWeight, y: torch.Tensor, n: int, g
     """rope: (query heads, key/value heads, half a head's dims) of a q/k/v product and
     rope_args its (positions, cos_sin, slot_mapping, kv_cache); grid: its blocks."""
     rows, k = x.shape
-    cfg = _config(x, n, gated or any(rope))
+    cfg = _config(x, n, gated or any(rope), weight.kind)
     pdl = pdl_active(x.device, pdl)
     positions, cos_sin, slots, kv = rope_args
     options = defines(bf16=x.dtype == torch.bfloat16,
                       scale_kind=SCALE_KINDS.index(str(weight.scale.dtype).split(".")[-1]), k=k,
-                      group=weight.group_size, tiles=cfg.tiles, warps=cfg.warps,
+                      group=weight.group_size or STEPS[weight.kind], tiles=cfg.tiles,
+                      warps=cfg.warps, kind=weight.kind,
                       unroll=cfg.unroll, gated=gated, norm_in=parts_in is not None,
                       norm_out=parts_out is not None, has_bias=bias is not None, pdl=pdl,
                       rope=rope, fp8_cache=kv is not None and kv.dtype == torch.float8_e4m3fn,
@@ -114,7 +127,8 @@ def _launch(x: torch.Tensor, weight: QuantizedWeight, y: torch.Tensor, n: int, g
     kernel = nvrtc.load(SOURCE, "int4_gemv", options, x.device)
     p = nvrtc.pointer
     args = [p(x), ctypes.c_int(rows), ctypes.c_int(k), ctypes.c_int(x.stride(0)),
-            p(weight.data), ctypes.c_int(n), p(weight.scale), p(weight.offset), p(bias), p(y),
+            p(weight.data), ctypes.c_int(n), p(weight.scale), p(weight.offset if weight.offset is not None else weight.scale),
+            p(bias), p(y),
             ctypes.c_int(y.stride(0)), p(parts_in),
             ctypes.c_int(0 if parts_in is None else parts_in.shape[0]), ctypes.c_float(eps),
             p(residual), p(norm_weight), p(scaled), p(parts_out), p(positions), p(cos_sin),
@@ -123,9 +137,9 @@ def _launch(x: torch.Tensor, weight: QuantizedWeight, y: torch.Tensor, n: int, g
                   torch.cuda.current_stream(x.device).cuda_stream, pdl)
 
 
-def blocks(x: torch.Tensor, n: int, gated: bool = False) -> int:
+def blocks(x: torch.Tensor, weight: QuantizedWeight, n: int, gated: bool = False) -> int:
     """The blocks of a launch: the rows of a PendingNorm's parts it leaves."""
-    return n // (16 * _config(x, n, gated).tiles)
+    return n // (16 * _config(x, n, gated, weight.kind).tiles)
 
 
 def int4_gemv(x: torch.Tensor, weight: QuantizedWeight, bias: Optional[torch.Tensor] = None,
@@ -159,7 +173,7 @@ def int4_gemv_add_norm(x: torch.Tensor, weight: QuantizedWeight, bias: Optional[
                              f"{t.dtype} {tuple(t.shape)}")
     pending = PendingNorm(
         scaled=torch.empty(rows, n, dtype=x.dtype, device=x.device),
-        parts=torch.empty(blocks(x, n), MAX_ROWS, dtype=torch.float32,
+        parts=torch.empty(blocks(x, weight, n), MAX_ROWS, dtype=torch.float32,
                           device=x.device),
         residual=torch.empty(rows, n, dtype=x.dtype, device=x.device))
     _launch(x, weight, pending.residual, n, False,

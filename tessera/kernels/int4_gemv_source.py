@@ -16,6 +16,12 @@ summed by the MMA in float32 into a fresh tile and added to the accumulator as
 s * sum((BIAS + q) x) + (o - BIAS s) * sum(x), the sums of x from an MMA of a tile of ones
 with the same B registers; so no per-weight scale, and no instruction a weight beyond the
 shift, the LOP3 and an eighth of an MMA.
+W_KIND 8 / 9 (int8 / fp8 per output row, behind int4_gemv.ENABLED_KINDS): steps of 64
+columns (still 16 bytes of each row a lane), each 4-byte word widened exactly to two A
+registers of consecutive columns (int8: PRMT into 2^23's mantissa, a float subtract and a
+packing conversion; fp8: the native e4m3x2 -> f16x2 conversion, through float32 for bf16),
+so x's registers pair as they are loaded; the row's scale goes on the float32 sum after the
+loop. SASS (sm_90): int8 3.55, fp8 2.79 instructions a weight (a byte each).
 A block owns TILES tiles of 16 output rows (GATED: one of gate and the same rows of up;
 ROPE: 16 dims of one head's first half and their partners in its second) and its WARPS
 warps split K's steps; each warp keeps UNROLL steps of W (and their scales)
@@ -44,6 +50,13 @@ typedef unsigned long long u64;
 #define ONES 0x3C003C00u
 #define BIAS 1024.0f
 #define MMA_TYPE "f16"
+#endif
+#if W_KIND == 4
+#define W_BITS 4
+#define STEP_COLS 128
+#else
+#define W_BITS 8
+#define STEP_COLS 64
 #endif
 #define PAIRED (GATED || ROPE)  // two tiles a block: gate and up, or a head's two halves
 #define NT (PAIRED ? 2 : TILES)
@@ -113,6 +126,47 @@ __device__ __forceinline__ u32 pair(u32 a, u32 b, u32 sel) {
     u32 r;
     asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
     return r;
+}
+
+__device__ __forceinline__ u32 pack(float lo, float hi) {  // two floats, exactly, as x's dtype
+    u32 r;
+#if IS_BF16
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+#else
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+#endif
+    return r;
+}
+
+// 4 bytes of W (columns j..j+3) -> two A registers (j, j + 1) and (j + 2, j + 3), exact
+__device__ __forceinline__ void widen(u32 w, u32& p0, u32& p1) {
+#if W_KIND == 8  // int8: 0x4B000000 | (b + 128) is 2^23 + 128 + b in float32
+    const u32 u = w ^ 0x80808080u;
+    const float f0 = __uint_as_float(pair(u, 0x4B000000u, 0x7650u)) - 8388736.f;
+    const float f1 = __uint_as_float(pair(u, 0x4B000000u, 0x7651u)) - 8388736.f;
+    const float f2 = __uint_as_float(pair(u, 0x4B000000u, 0x7652u)) - 8388736.f;
+    const float f3 = __uint_as_float(pair(u, 0x4B000000u, 0x7653u)) - 8388736.f;
+    p0 = pack(f0, f1);
+    p1 = pack(f2, f3);
+#elif W_KIND == 9  // fp8 e4m3: the native conversion to f16x2 (sm_89), exact in bf16 too
+    u32 h0, h1;
+    asm("{.reg .b16 lo, hi;\n mov.b32 {lo, hi}, %2;\n cvt.rn.f16x2.e4m3x2 %0, lo;\n"
+        " cvt.rn.f16x2.e4m3x2 %1, hi;}" : "=r"(h0), "=r"(h1) : "r"(w));
+#if IS_BF16
+    float f0, f1, f2, f3;
+    asm("{.reg .b16 lo, hi;\n mov.b32 {lo, hi}, %2;\n cvt.f32.f16 %0, lo;\n cvt.f32.f16 %1, hi;}"
+        : "=f"(f0), "=f"(f1) : "r"(h0));
+    asm("{.reg .b16 lo, hi;\n mov.b32 {lo, hi}, %2;\n cvt.f32.f16 %0, lo;\n cvt.f32.f16 %1, hi;}"
+        : "=f"(f2), "=f"(f3) : "r"(h1));
+    p0 = pack(f0, f1);
+    p1 = pack(f2, f3);
+#else
+    p0 = h0;
+    p1 = h1;
+#endif
+#else
+    p0 = p1 = w;
+#endif
 }
 
 __device__ __forceinline__ void mma(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
@@ -214,9 +268,9 @@ int4_gemv(const u16* __restrict__ x, int M, int K, int stride_x,
     const int g = lane >> 2, c = lane & 3;
     // K is the compile-time K_DIM (K, the argument, is checked against it by the
     // launcher): each warp's SPW steps and every offset below are constants
-    constexpr int STEPS = K_DIM / 128, SPW = STEPS / WARPS;
-    constexpr long ROW_BYTES = K_DIM / 2, GROUPS = K_DIM / GROUP;
-    static_assert(STEPS % WARPS == 0, "K's 128-column steps split evenly among the warps");
+    constexpr int STEPS = K_DIM / STEP_COLS, SPW = STEPS / WARPS;
+    constexpr long ROW_BYTES = K_DIM * 8 / W_BITS, GROUPS = K_DIM / GROUP;
+    static_assert(STEPS % WARPS == 0, "K's steps split evenly among the warps");
     const int s_lo = warp * SPW;
     const unsigned char* wp[NT];  // row g's 16 bytes of this lane in the warp's first step
     const unsigned char* sp[NT];  // row g's scale (and offset) of the warp's first step
@@ -224,13 +278,13 @@ int4_gemv(const u16* __restrict__ x, int M, int K, int stride_x,
     for (int t = 0; t < NT; ++t) {
         const long row0 = paired_row(t, N);
         wp[t] = w + (row0 + g) * ROW_BYTES + c * 16 + (long)s_lo * 64;
-        sp[t] = (const unsigned char*)0 + ((row0 + g) * GROUPS + ((long)s_lo * 128) / GROUP)
-                                          * SCALE_BYTES;
+        sp[t] = (const unsigned char*)0 + ((row0 + g) * GROUPS
+                                          + ((long)s_lo * STEP_COLS) / GROUP) * SCALE_BYTES;
     }
     const unsigned char* scale_b = (const unsigned char*)scale;
     const unsigned char* offset_b = (const unsigned char*)offset;
     uint4 wb[UNROLL][NT][2];
-    float sc[UNROLL][NT][2], of[UNROLL][NT][2];
+    float sc[UNROLL][NT][2], of[UNROLL][NT][2];  // int4's scales and offsets a step
     float acc[NT][4];
 #pragma unroll
     for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
@@ -240,6 +294,7 @@ int4_gemv(const u16* __restrict__ x, int M, int K, int stride_x,
         _Pragma("unroll") for (int t = 0; t < NT; ++t) {                               \
             wb[u][t][0] = load_stream(wp[t] + (s) * 64);                               \
             wb[u][t][1] = load_stream(wp[t] + 8 * ROW_BYTES + (s) * 64);               \
+            if (W_BITS != 4) continue;                                                 \
             const long gi = (((long)(s_lo + (s)) * 128) / GROUP - ((long)s_lo * 128) / GROUP) \
                             * SCALE_BYTES;                                             \
             const long off = (long)sp[t] + gi, off8 = off + 8 * GROUPS * SCALE_BYTES;  \
@@ -253,13 +308,38 @@ int4_gemv(const u16* __restrict__ x, int M, int K, int stride_x,
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) LOAD_STEP(u, u)
     pdl_wait();
-    const u16* xrow = x + (long)g * stride_x + c * 32 + (long)s_lo * 128;
+    // this lane's STEP_COLS / 4 columns of x's row g in the warp's first step
+    const u16* xrow = x + (long)g * stride_x + c * (STEP_COLS / 4) + (long)s_lo * STEP_COLS;
 #pragma unroll
     for (int s0 = 0; s0 < SPW; s0 += UNROLL) {
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) {
             const int s = s0 + u;
             if (s < SPW) {
+#if W_BITS == 8  // a byte a weight: W's words widened, x's registers as they are
+                uint4 xv[2];
+                if (g < M) {
+                    const uint4* xp = (const uint4*)(xrow + s * STEP_COLS);
+                    xv[0] = xp[0];
+                    xv[1] = xp[1];
+                } else {
+                    xv[0] = xv[1] = make_uint4(0u, 0u, 0u, 0u);
+                }
+                const u32 xr[8] = {xv[0].x, xv[0].y, xv[0].z, xv[0].w,
+                                   xv[1].x, xv[1].y, xv[1].z, xv[1].w};
+#pragma unroll
+                for (int t = 0; t < NT; ++t) {
+                    const u32 wg[4] = {wb[u][t][0].x, wb[u][t][0].y, wb[u][t][0].z, wb[u][t][0].w};
+                    const u32 wh[4] = {wb[u][t][1].x, wb[u][t][1].y, wb[u][t][1].z, wb[u][t][1].w};
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        u32 g0, g1, h0, h1;
+                        widen(wg[i], g0, g1);
+                        widen(wh[i], h0, h1);
+                        mma(acc[t], g0, h0, g1, h1, xr[2 * i], xr[2 * i + 1]);
+                    }
+                }
+#else
                 uint4 xv[4];
                 if (g < M) {
                     const uint4* xp = (const uint4*)(xrow + s * 128);
@@ -299,6 +379,7 @@ int4_gemv(const u16* __restrict__ x, int M, int K, int stride_x,
                     acc[t][2] = fmaf(o_h, xs[0], fmaf(s_h, part[2], acc[t][2]));
                     acc[t][3] = fmaf(o_h, xs[1], fmaf(s_h, part[3], acc[t][3]));
                 }
+#endif
                 LOAD_STEP(u, s + UNROLL)
             }
         }
@@ -338,6 +419,11 @@ int4_gemv(const u16* __restrict__ x, int M, int K, int stride_x,
             v2 += red[i][1][rr][n];
 #endif
         }
+#if W_BITS == 8  // per output row, on the float32 sums
+        const float* row_scale = (const float*)scale;
+        v *= row_scale[PAIRED ? paired_row(0, N) + rr : (long)blockIdx.x * OUT_ROWS + r];
+        v2 *= PAIRED ? row_scale[paired_row(1, N) + rr] : 1.f;
+#endif
 #if NORM_IN
         v *= rinv[n];
         v2 *= rinv[n];
@@ -386,12 +472,13 @@ int4_gemv(const u16* __restrict__ x, int M, int K, int stride_x,
 
 
 SCALE_KINDS = ("float16", "float32", "bfloat16")  # the scales' and offsets' dtype
+W_KINDS = {"int4": 4, "int8": 8, "fp8": 9}  # W_KIND: W's format (quant/formats.py)
 
 
 def defines(bf16: bool, scale_kind: int, k: int, group: int, tiles: int, warps: int,
             unroll: int, gated: bool, norm_in: bool, norm_out: bool, has_bias: bool,
             pdl: bool, rope: tuple[int, int, int] = (0, 0, 0), fp8_cache: bool = False,
-            min_blocks: int = 1) -> list[str]:
+            min_blocks: int = 1, kind: str = "int4") -> list[str]:
     """The -D options of one compiled variant (scale_kind: SCALE_KINDS' index; rope: the
     q/k/v product's query heads, key/value heads and half a head's dims, or zeros;
     min_blocks: blocks an SM must hold, which caps the registers a thread takes)."""
@@ -399,5 +486,6 @@ def defines(bf16: bool, scale_kind: int, k: int, group: int, tiles: int, warps: 
                   WARPS=warps,
                   UNROLL=unroll, GATED=gated, NORM_IN=norm_in, NORM_OUT=norm_out,
                   HAS_BIAS=has_bias, USE_PDL=pdl, ROPE=any(rope), NUM_Q=rope[0],
-                  NUM_KV=rope[1], HALF=rope[2], FP8_CACHE=fp8_cache, MIN_BLOCKS=min_blocks)
+                  NUM_KV=rope[1], HALF=rope[2], FP8_CACHE=fp8_cache, MIN_BLOCKS=min_blocks,
+                  W_KIND=W_KINDS[kind])
     return [f"-D{k}={int(v)}" for k, v in values.items()]

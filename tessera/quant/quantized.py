@@ -70,8 +70,8 @@ class QuantizedLinearMethod(UnquantizedLinearMethod):
         if ops.kernels:
             from tessera.kernels import quant_gemm
             self.gemm = quant_gemm
-        self.int4_gemv = None  # kernels/int4_gemv.py (CUDA) for int4 decode products
-        if kind == "int4" and self.skinny_here and device.type == "cuda":
+        self.int4_gemv = None  # kernels/int4_gemv.py (CUDA) for decode products
+        if self.skinny_here and device.type == "cuda":  # the formats it takes: its knob
             from tessera.kernels import int4_gemv
             self.int4_gemv = int4_gemv
         self.w8a8 = False

@@ -47,7 +47,7 @@ def test_config_rule():
     assert pick_config(14336, 4096, True) == Int4Config(1, 8, 4, 2)
     assert pick_config(4096, 14336, False) == Int4Config(1, 8, 2, 2)  # 112 steps, 14 a warp
     assert pick_config(64, 384, False) == Int4Config(1, 1, 2, 2)  # 3 steps: no even split >= 2
-    module.CONFIG_OVERRIDES[(64, 384, False)] = Int4Config(2, 1, 1)
+    module.CONFIG_OVERRIDES[("int4", 64, 384, False)] = Int4Config(2, 1, 1)
     try:
         assert pick_config(64, 384, False) == Int4Config(2, 1, 1)
     finally:
@@ -64,8 +64,8 @@ def test_variants_name_every_mode():
 def test_products_it_does_not_take_say_why(monkeypatch):
     x = torch.randn(1, 256, dtype=torch.bfloat16)
     qw = quantize("int4", torch.randn(64, 256), 128)
-    assert why_not(x, torch.randn(64, 256)) == "not an int4 weight"
-    assert why_not(x, quantize("int8", torch.randn(64, 256))) == "not an int4 weight"
+    assert why_not(x, torch.randn(64, 256)) == "not a weight of ['int4']"
+    assert why_not(x, quantize("int8", torch.randn(64, 256))) == "not a weight of ['int4']"
     if DEVICE == "cpu":
         assert why_not(x, qw) == "not an NVIDIA GPU"
     monkeypatch.setattr(module, "ENABLED", False)
@@ -93,7 +93,7 @@ def test_plain_and_bias_match_the_reference(dtype, rows, group, scale_dtype):
 def test_configs_give_the_same_product(dtype, cfg):
     n, k, rows = 128, 2048, 2
     x, qw = rand(rows, k, dtype=dtype), weight(n, k, dtype)
-    module.CONFIG_OVERRIDES[(n, k, False)] = cfg
+    module.CONFIG_OVERRIDES[("int4", n, k, False)] = cfg
     try:
         assert close(int4_gemv(x, qw), skinny_gemm_ref(x, qw), dtype)
     finally:
@@ -213,3 +213,43 @@ def test_first_use_inside_cuda_graph_capture():
     graph.replay()
     torch.cuda.synchronize()
     assert close(y, skinny_gemm_ref(x, qw), dtype)
+
+
+@GPU
+@pytest.mark.parametrize("kind", ["int8", "fp8"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mode", ["plain", "bias", "gated", "norm_in", "add_norm", "rope"])
+def test_byte_formats_behind_their_knob(monkeypatch, kind, dtype, mode):
+    """int8 and fp8 per output row (ENABLED_KINDS): each mode against the references."""
+    monkeypatch.setattr(module, "ENABLED_KINDS", {"int4", "int8", "fp8"})
+    rows, k = 3, 512
+    x = rand(rows, k, dtype=dtype)
+    if mode == "rope":
+        w, b, rope, positions, slots, kv = qkv_case(rows, k, 4, 2, 64, dtype, True)
+        qw = quantize(kind, w)
+        ref_kv = kv.clone()
+        q = int4_gemv_qkv_rope(x, qw, b, positions, rope.cos_sin, kv, slots, 4, 2)
+        ref_q = unfused(x, qw, b, positions, rope.cos_sin, ref_kv, slots, 4, 2)
+        assert close(q, ref_q, dtype) and close(kv, ref_kv, dtype)
+        return
+    gated = mode == "gated"
+    qw = quantize(kind, rand(160 if gated else 80, k, dtype=dtype, seed=1, scale=k ** -0.5))
+    assert why_not(x, qw, gated) is None
+    if mode == "add_norm":
+        residual = rand(rows, 80, dtype=dtype, seed=3)
+        g = rand(80, dtype=dtype, seed=4, scale=0.1, shift=1.0)
+        got = int4_gemv_add_norm(x, qw, None, residual, g)
+        ref = pending_norm_ref(residual + skinny_gemm_ref(x, qw), g, 16, MAX_ROWS)
+        assert close(got.residual, ref.residual, dtype) and close(got.scaled, ref.scaled, dtype)
+        assert torch.allclose(got.parts, ref.parts, rtol=TOL[dtype] * 2, atol=TOL[dtype])
+        return
+    bias = rand(80, dtype=dtype, seed=2) if mode == "bias" else None
+    if mode == "norm_in":
+        s = rand(rows, k, dtype=dtype, seed=5, scale=3.0)
+        gw = rand(k, dtype=dtype, seed=4, scale=0.1, shift=1.0)
+        pending = pending_norm_ref(s, gw, 32, MAX_ROWS)
+        got = int4_gemv(pending.scaled, qw, norm_parts=pending.parts, eps=EPS)
+        assert close(got, skinny_gemm_ref(rms_norm_ref(s, gw, EPS), qw), dtype, scale=2.0)
+        return
+    got = int4_gemv(x, qw, bias, gated=gated)
+    assert close(got, skinny_gemm_ref(x, qw, bias, gated), dtype)
