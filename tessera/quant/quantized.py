@@ -178,7 +178,7 @@ class QuantizedLinearMethod(UnquantizedLinearMethod):
             x = fake_quantize_activations(x, EMULATE_W8A8)
         return F.linear(x, dequantize(qw, x.dtype), layer.bias)  # [T, out]
 
-    def _int4_cuda(self, layer: nn.Module, x: torch.Tensor,
+    def _cuda_gemv(self, layer: nn.Module, x: torch.Tensor,
                    gated: bool = False) -> Optional[QuantizedWeight]:
         """The layer's weight where kernels/int4_gemv.py takes x @ W^T, else None (the
         Triton skinny GEMM's, inherited)."""
@@ -188,13 +188,13 @@ class QuantizedLinearMethod(UnquantizedLinearMethod):
         return qw if self.int4_gemv.why_not(x, qw, gated) is None else None
 
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        qw = self._int4_cuda(layer, x)
+        qw = self._cuda_gemv(layer, x)
         if qw is None:
             return super().apply(layer, x)
         return self.int4_gemv.int4_gemv(x, qw, layer.bias, pdl=self.pdl)
 
     def apply_gated(self, layer, x, pending=None, eps=0.0):
-        qw = self._int4_cuda(layer, x, gated=True)
+        qw = self._cuda_gemv(layer, x, gated=True)
         if qw is None:
             return super().apply_gated(layer, x, pending, eps)
         return self.int4_gemv.int4_gemv(x, qw, gated=True, eps=eps, pdl=self.pdl,
@@ -202,7 +202,7 @@ class QuantizedLinearMethod(UnquantizedLinearMethod):
 
     def apply_qkv_rope(self, layer, x, positions, cos_sin, kv_cache, slot_mapping, num_heads,
                        num_kv_heads, pending=None, eps=0.0):
-        qw = self._int4_cuda(layer, x)
+        qw = self._cuda_gemv(layer, x)
         if qw is None or self.int4_gemv.rope_why_not(x, qw, positions, cos_sin, kv_cache,
                                                      slot_mapping, num_heads, num_kv_heads):
             return super().apply_qkv_rope(layer, x, positions, cos_sin, kv_cache, slot_mapping,
@@ -213,7 +213,7 @@ class QuantizedLinearMethod(UnquantizedLinearMethod):
             pdl=self.pdl)
 
     def apply_add_norm(self, layer, x, residual, norm_weight):
-        qw = self._int4_cuda(layer, x)
+        qw = self._cuda_gemv(layer, x)
         if qw is None:
             return super().apply_add_norm(layer, x, residual, norm_weight)
         return self.int4_gemv.int4_gemv_add_norm(x, qw, layer.bias, residual, norm_weight,
