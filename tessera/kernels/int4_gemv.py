@@ -33,8 +33,9 @@ from tessera.quant.formats import QuantizedWeight
 
 ENABLED = True  # A/B knob: products of up to MAX_X_ROWS rows here, else Triton's
 # A/B knob: the formats taken. int8 and fp8 (per output row: a byte a weight widened
-# exactly, the scale on the float32 sums) are built and compile for sm_90 but are off
-# until their GPU tests and an A/B against the Triton kernel have run
+# exactly, the scale on the float32 sums) pass their GPU tests but are off: on the H100
+# (2026-12-05) int8 gained on o (11.6 -> 8.3 us) and lost on gate/up (43.4 -> 47.5), and
+# the 8B's int8 batch 1 went 277.8 -> 274.1 tok/s; fp8 not yet timed
 ENABLED_KINDS = {"int4"}
 MAX_X_ROWS = 8  # the MMA's n
 STEPS = {"int4": 128, "int8": 64, "fp8": 64}  # K columns a step: 16 bytes of each row a lane
