@@ -90,7 +90,7 @@ def why_not(x: torch.Tensor, weight, gated: bool = False) -> Optional[str]:
     cfg = _config(x, n, gated, weight.kind)
     if n % (16 * cfg.tiles) or (k // step) % cfg.warps:
         return f"{cfg} does not divide N {n} / K {k}"
-    if grouped and (str(weight.scale.dtype).split(".")[-1] not in SCALE_KINDS
+    if grouped and (_scale_name(weight) not in SCALE_KINDS
                     or weight.offset is None or weight.offset.dtype != weight.scale.dtype):
         return "scales and offsets must be float16, bfloat16 or float32 alike"
     if not grouped and weight.scale.dtype != torch.float32:
@@ -101,6 +101,10 @@ def why_not(x: torch.Tensor, weight, gated: bool = False) -> Optional[str]:
     if not nvrtc.available():
         return "NVRTC or the CUDA driver cannot be loaded"
     return None
+
+
+def _scale_name(weight: QuantizedWeight) -> str:
+    return str(weight.scale.dtype).removeprefix("torch.")
 
 
 def _config(x: torch.Tensor, n: int, gated: bool, kind: str) -> Int4Config:
@@ -118,7 +122,7 @@ def _launch(x: torch.Tensor, weight: QuantizedWeight, y: torch.Tensor, n: int, g
     pdl = pdl_active(x.device, pdl)
     positions, cos_sin, slots, kv = rope_args
     options = defines(bf16=x.dtype == torch.bfloat16,
-                      scale_kind=SCALE_KINDS.index(str(weight.scale.dtype).split(".")[-1]), k=k,
+                      scale_kind=SCALE_KINDS.index(_scale_name(weight)), k=k,
                       group=weight.group_size or STEPS[weight.kind], tiles=cfg.tiles,
                       warps=cfg.warps, kind=weight.kind,
                       unroll=cfg.unroll, gated=gated, norm_in=parts_in is not None,
@@ -128,8 +132,7 @@ def _launch(x: torch.Tensor, weight: QuantizedWeight, y: torch.Tensor, n: int, g
     kernel = nvrtc.load(SOURCE, "int4_gemv", options, x.device)
     p = nvrtc.pointer
     args = [p(x), ctypes.c_int(rows), ctypes.c_int(k), ctypes.c_int(x.stride(0)),
-            p(weight.data), ctypes.c_int(n), p(weight.scale), p(weight.offset if weight.offset is not None else weight.scale),
-            p(bias), p(y),
+            p(weight.data), ctypes.c_int(n), p(weight.scale), p(weight.offset), p(bias), p(y),
             ctypes.c_int(y.stride(0)), p(parts_in),
             ctypes.c_int(0 if parts_in is None else parts_in.shape[0]), ctypes.c_float(eps),
             p(residual), p(norm_weight), p(scaled), p(parts_out), p(positions), p(cos_sin),

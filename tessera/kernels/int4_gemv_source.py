@@ -266,8 +266,8 @@ int4_gemv(const u16* __restrict__ x, int M, int K, int stride_x,
 #endif
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, c = lane & 3;
-    // K is the compile-time K_DIM (K, the argument, is checked against it by the
-    // launcher): each warp's SPW steps and every offset below are constants
+    // K is the compile-time K_DIM (the launcher compiles a variant per K, so the argument
+    // K equals it): each warp's SPW steps and every offset below are constants
     constexpr int STEPS = K_DIM / STEP_COLS, SPW = STEPS / WARPS;
     constexpr long ROW_BYTES = K_DIM * 8 / W_BITS, GROUPS = K_DIM / GROUP;
     static_assert(STEPS % WARPS == 0, "K's steps split evenly among the warps");

@@ -178,14 +178,15 @@ class QuantizedLinearMethod(UnquantizedLinearMethod):
             x = fake_quantize_activations(x, EMULATE_W8A8)
         return F.linear(x, dequantize(qw, x.dtype), layer.bias)  # [T, out]
 
-    def _cuda_gemv(self, layer: nn.Module, x: torch.Tensor,
-                   gated: bool = False) -> Optional[QuantizedWeight]:
-        """The layer's weight where kernels/int4_gemv.py takes x @ W^T, else None (the
-        Triton skinny GEMM's, inherited)."""
+    def _cuda_gemv(self, layer: nn.Module, x: torch.Tensor, why_not=None
+                   ) -> Optional[QuantizedWeight]:
+        """The layer's weight where kernels/int4_gemv.py takes x @ W^T (why_not(x, W), by
+        default its plain product's `why_not`, is None), else None (the Triton skinny
+        GEMM's, inherited)."""
         if self.int4_gemv is None or not self.skinny(layer, x):
             return None
         qw = self.kernel_weight(layer)
-        return qw if self.int4_gemv.why_not(x, qw, gated) is None else None
+        return qw if (why_not or self.int4_gemv.why_not)(x, qw) is None else None
 
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         qw = self._cuda_gemv(layer, x)
@@ -194,7 +195,7 @@ class QuantizedLinearMethod(UnquantizedLinearMethod):
         return self.int4_gemv.int4_gemv(x, qw, layer.bias, pdl=self.pdl)
 
     def apply_gated(self, layer, x, pending=None, eps=0.0):
-        qw = self._cuda_gemv(layer, x, gated=True)
+        qw = self._cuda_gemv(layer, x, lambda x, w: self.int4_gemv.why_not(x, w, gated=True))
         if qw is None:
             return super().apply_gated(layer, x, pending, eps)
         return self.int4_gemv.int4_gemv(x, qw, gated=True, eps=eps, pdl=self.pdl,
@@ -202,9 +203,9 @@ class QuantizedLinearMethod(UnquantizedLinearMethod):
 
     def apply_qkv_rope(self, layer, x, positions, cos_sin, kv_cache, slot_mapping, num_heads,
                        num_kv_heads, pending=None, eps=0.0):
-        qw = self._cuda_gemv(layer, x)
-        if qw is None or self.int4_gemv.rope_why_not(x, qw, positions, cos_sin, kv_cache,
-                                                     slot_mapping, num_heads, num_kv_heads):
+        qw = self._cuda_gemv(layer, x, lambda x, w: self.int4_gemv.rope_why_not(
+            x, w, positions, cos_sin, kv_cache, slot_mapping, num_heads, num_kv_heads))
+        if qw is None:
             return super().apply_qkv_rope(layer, x, positions, cos_sin, kv_cache, slot_mapping,
                                           num_heads, num_kv_heads, pending, eps)
         return self.int4_gemv.int4_gemv_qkv_rope(

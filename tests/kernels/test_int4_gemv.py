@@ -253,3 +253,57 @@ def test_byte_formats_behind_their_knob(monkeypatch, kind, dtype, mode):
         return
     got = int4_gemv(x, qw, bias, gated=gated)
     assert close(got, skinny_gemm_ref(x, qw, bias, gated), dtype)
+
+
+def test_linear_method_routes_each_product(monkeypatch):
+    """quant/quantized.py's routing: each decode product goes to its int4_gemv entry with
+    the right arguments where the matching why_not says None, else to the inherited
+    (Triton) path. The kernel module is a recorder here: the kernels' own GPU tests above
+    check what they compute."""
+    from tessera.config import KernelConfig
+    from tessera.layers.ops import ReferenceOps
+    from tessera.quant.quantized import QuantizedLinearMethod
+    from tessera.quant.unquantized import UnquantizedLinearMethod
+
+    calls = []
+
+    class Recorder:
+        refuse = set()
+
+        def why_not(self, x, w, gated=False):
+            calls.append(("why_not", gated))
+            return "no" if ("gated" if gated else "plain") in self.refuse else None
+
+        def rope_why_not(self, x, w, *rope):
+            calls.append(("rope_why_not", rope[-2:]))
+            return "no" if "rope" in self.refuse else None
+
+        def __getattr__(self, name):  # int4_gemv, int4_gemv_add_norm, int4_gemv_qkv_rope
+            return lambda *a, **k: calls.append((name, k.get("gated", False))) or name
+
+    method = QuantizedLinearMethod("int4", 128, KernelConfig(), ReferenceOps(),
+                                   torch.device("cpu"))
+    method.int4_gemv = Recorder()
+    monkeypatch.setattr(method, "skinny", lambda layer, x: True)
+    for name in ("apply", "apply_gated", "apply_qkv_rope", "apply_add_norm"):
+        monkeypatch.setattr(UnquantizedLinearMethod, name,
+                            lambda self, *a, _n=name, **k: calls.append(("triton", _n)) or "triton")
+    layer = torch.nn.Module()
+    layer.weight = layer.weight_scale = layer.weight_offset = torch.zeros(1)
+    layer.bias = None
+    x = torch.zeros(1, 8)
+    assert method.apply(layer, x) == "int4_gemv"
+    assert method.apply_gated(layer, x) == "int4_gemv" and ("int4_gemv", True) in calls
+    assert ("why_not", True) in calls
+    rope = (None, None, None, None, 4, 2)
+    assert method.apply_qkv_rope(layer, x, *rope) == "int4_gemv_qkv_rope"
+    assert ("rope_why_not", (4, 2)) in calls
+    assert method.apply_add_norm(layer, x, None, None) == "int4_gemv_add_norm"
+    Recorder.refuse = {"plain", "gated", "rope"}
+    calls.clear()
+    assert method.apply(layer, x) == "triton" and method.apply_gated(layer, x) == "triton"
+    assert method.apply_qkv_rope(layer, x, *rope) == "triton"
+    assert method.apply_add_norm(layer, x, None, None) == "triton"
+    assert [c for c in calls if c[0] == "triton"] == [
+        ("triton", "apply"), ("triton", "apply_gated"), ("triton", "apply_qkv_rope"),
+        ("triton", "apply_add_norm")]
