@@ -1,6 +1,7 @@
 """CUDA source of the int4 decode GEMV (kernels/int4_gemv.py compiles it with NVRTC).
 
-Objects: SOURCE (CUDA C++, no headers), `defines(...)` (the -D options of one variant).
+Objects: SOURCE (CUDA C++, no headers), `defines(...)` (the -D options of one variant),
+`row_bytes(k, kind)` (a stored row's bytes, the ROW_BYTES option).
 
 y [M, N] = x [M, K] @ W^T for an int4 W (quant/formats.py: uint8 [N, K / 2], column 2j in
 byte j's low nibble, scale and offset [N, K / G] with G a multiple of 128) and at most 8
@@ -269,17 +270,17 @@ int4_gemv(const u16* __restrict__ x, int M, int K, int stride_x,
     // K is the compile-time K_DIM (the launcher compiles a variant per K, so the argument
     // K equals it): each warp's SPW steps and every offset below are constants
     constexpr int STEPS = K_DIM / STEP_COLS, SPW = STEPS / WARPS;
-    constexpr long ROW_BYTES = K_DIM * 8 / W_BITS, GROUPS = K_DIM / GROUP;
+    // ROW_BYTES (K_DIM * W_BITS / 8) comes from defines(), where a CPU test checks it
+    constexpr long GROUPS = K_DIM / GROUP;
     static_assert(STEPS % WARPS == 0, "K's steps split evenly among the warps");
     const int s_lo = warp * SPW;
     const unsigned char* wp[NT];  // row g's 16 bytes of this lane in the warp's first step
-    const unsigned char* sp[NT];  // row g's scale (and offset) of the warp's first step
+    long sp[NT];  // byte offset of row g's scale (and offset) in the warp's first step
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
         const long row0 = paired_row(t, N);
         wp[t] = w + (row0 + g) * ROW_BYTES + c * 16 + (long)s_lo * 64;
-        sp[t] = (const unsigned char*)0 + ((row0 + g) * GROUPS
-                                          + ((long)s_lo * STEP_COLS) / GROUP) * SCALE_BYTES;
+        sp[t] = ((row0 + g) * GROUPS + ((long)s_lo * STEP_COLS) / GROUP) * SCALE_BYTES;
     }
     const unsigned char* scale_b = (const unsigned char*)scale;
     const unsigned char* offset_b = (const unsigned char*)offset;
@@ -297,7 +298,7 @@ int4_gemv(const u16* __restrict__ x, int M, int K, int stride_x,
             if (W_BITS != 4) continue;                                                 \
             const long gi = (((long)(s_lo + (s)) * 128) / GROUP - ((long)s_lo * 128) / GROUP) \
                             * SCALE_BYTES;                                             \
-            const long off = (long)sp[t] + gi, off8 = off + 8 * GROUPS * SCALE_BYTES;  \
+            const long off = sp[t] + gi, off8 = off + 8 * GROUPS * SCALE_BYTES;  \
             sc[u][t][0] = scale_value(scale_b + off);                                  \
             sc[u][t][1] = scale_value(scale_b + off8);                                 \
             of[u][t][0] = scale_value(offset_b + off);                                 \
@@ -473,6 +474,12 @@ int4_gemv(const u16* __restrict__ x, int M, int K, int stride_x,
 
 SCALE_KINDS = ("float16", "float32", "bfloat16")  # the scales' and offsets' dtype
 W_KINDS = {"int4": 4, "int8": 8, "fp8": 9}  # W_KIND: W's format (quant/formats.py)
+W_BITS = {"int4": 4, "int8": 8, "fp8": 8}
+
+
+def row_bytes(k: int, kind: str) -> int:
+    """Bytes of one row of W [N, K] stored as kind (int4: two columns a byte)."""
+    return k * W_BITS[kind] // 8
 
 
 def defines(bf16: bool, scale_kind: int, k: int, group: int, tiles: int, warps: int,
@@ -487,5 +494,5 @@ def defines(bf16: bool, scale_kind: int, k: int, group: int, tiles: int, warps: 
                   UNROLL=unroll, GATED=gated, NORM_IN=norm_in, NORM_OUT=norm_out,
                   HAS_BIAS=has_bias, USE_PDL=pdl, ROPE=any(rope), NUM_Q=rope[0],
                   NUM_KV=rope[1], HALF=rope[2], FP8_CACHE=fp8_cache, MIN_BLOCKS=min_blocks,
-                  W_KIND=W_KINDS[kind])
+                  W_KIND=W_KINDS[kind], ROW_BYTES=row_bytes(k, kind))
     return [f"-D{k}={int(v)}" for k, v in values.items()]

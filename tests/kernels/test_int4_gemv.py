@@ -61,6 +61,17 @@ def test_variants_name_every_mode():
     assert "int4_gemv" in SOURCE and "griddepcontrol.wait" in SOURCE
 
 
+def test_a_rows_bytes_follow_its_format():
+    # two columns a byte for int4, one for the 8-bit kinds (W's rows are addressed by it)
+    def option(kind):
+        return [o for o in defines(bf16=True, scale_kind=2, k=1024, group=128, tiles=1,
+                                   warps=8, unroll=2, gated=False, norm_in=False,
+                                   norm_out=False, has_bias=False, pdl=True, kind=kind)
+                if o.startswith("-DROW_BYTES=")]
+    assert option("int4") == ["-DROW_BYTES=512"]
+    assert option("int8") == option("fp8") == ["-DROW_BYTES=1024"]
+
+
 def test_products_it_does_not_take_say_why(monkeypatch):
     x = torch.randn(1, 256, dtype=torch.bfloat16)
     qw = quantize("int4", torch.randn(64, 256), 128)
