@@ -26,7 +26,7 @@ from tessera import envs
 from tessera.kernels import nvrtc
 from tessera.kernels.hardware import multiprocessors
 from tessera.kernels.int4_gemv_source import SCALE_KINDS, SOURCE, defines
-from tessera.kernels.norm_epilogue import PendingNorm
+from tessera.kernels.norm_epilogue import PendingNorm, checked_parts
 from tessera.kernels.pdl import pdl_active
 from tessera.kernels.skinny_config import MAX_ROWS
 from tessera.quant.formats import QuantizedWeight
@@ -154,14 +154,10 @@ def int4_gemv(x: torch.Tensor, weight: QuantizedWeight, bias: Optional[torch.Ten
     g * s and the product is of RMSNorm(s) (eps its epsilon). `why_not` must be None."""
     if gated and bias is not None:
         raise ValueError("gated needs no bias")
-    if norm_parts is not None and (norm_parts.dim() != 2 or norm_parts.shape[1] != MAX_ROWS
-                                   or norm_parts.dtype != torch.float32):
-        raise ValueError(f"a pending norm's parts are float32 [P, {MAX_ROWS}], got "
-                         f"{norm_parts.dtype} {tuple(norm_parts.shape)}")
     n = weight.out_features // 2 if gated else weight.out_features
     y = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
     _launch(x, weight, y, n, gated, bias=None if bias is None else bias.contiguous(),
-            parts_in=None if norm_parts is None else norm_parts.contiguous(), eps=eps, pdl=pdl)
+            parts_in=checked_parts(norm_parts), eps=eps, pdl=pdl)
     return y
 
 
@@ -224,7 +220,7 @@ def int4_gemv_qkv_rope(x: torch.Tensor, weight: QuantizedWeight, bias: Optional[
     half = head_dim // 2
     _launch(x, weight, q.view(rows, -1), weight.out_features, False,
             bias=None if bias is None else bias.contiguous(),
-            parts_in=None if norm_parts is None else norm_parts.contiguous(), eps=eps, pdl=pdl,
+            parts_in=checked_parts(norm_parts), eps=eps, pdl=pdl,
             rope=(num_heads, num_kv_heads, half),
             rope_args=(positions.contiguous(), cos_sin, slot_mapping.contiguous(), kv_cache),
             grid=(num_heads + 2 * num_kv_heads) * (half // 16))

@@ -1,7 +1,7 @@
 """RMSNorm split across the two projections around it, for decode steps of a few rows.
 
 Objects: `PendingNorm` (scaled, parts, residual: a norm left for the next projection),
-`add_pending_norm` (jit: the epilogue of the projection before the norm), `load_parts` and
+`checked_parts` (the parts as a kernel takes them, or a ValueError), `add_pending_norm` (jit: the epilogue of the projection before the norm), `load_parts` and
 `inverse_rms` (jit: the projection after it), `pending_norm_ref` (PyTorch: what a
 PendingNorm holds; the norm it stands for is kernels/reference.py's `rms_norm_ref` of its
 residual).
@@ -23,7 +23,7 @@ rounded once and r scales the float32 product. The same order of error, not the 
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import triton
@@ -32,6 +32,17 @@ import triton.language as tl
 from tessera.kernels.skinny_config import MAX_ROWS
 
 PARTS_ROWS = tl.constexpr(MAX_ROWS)  # a row of parts: MAX_ROWS sums, whatever BLOCK_M
+
+
+def checked_parts(parts: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """A pending norm's partial sums as a kernel takes them: float32 [P, MAX_ROWS],
+    contiguous (None stays None); ValueError naming what came otherwise."""
+    if parts is None:
+        return None
+    if parts.dim() != 2 or parts.shape[1] != MAX_ROWS or parts.dtype != torch.float32:
+        raise ValueError(f"a pending norm's parts are float32 [P, {MAX_ROWS}], got "
+                         f"{parts.dtype} {tuple(parts.shape)}")
+    return parts.contiguous()
 
 
 class PendingNorm(NamedTuple):

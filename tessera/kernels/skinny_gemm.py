@@ -57,8 +57,8 @@ import triton.language as tl
 from tessera.kernels import pdl
 from tessera.kernels.pdl import pdl_launch_args
 from tessera.kernels.l2_prefetch import line_columns, prefetch_columns, prefetch_l2
-from tessera.kernels.norm_epilogue import (PendingNorm, add_pending_norm, inverse_rms,
-                                           load_parts)
+from tessera.kernels.norm_epilogue import (PendingNorm, add_pending_norm, checked_parts,
+                                           inverse_rms, load_parts)
 from tessera.kernels.quant_tiles import QuantArgs, fast_dequant, quant_args, row_scale
 from tessera.kernels.rotary_kv_write import cache_store_options, rope_epilogue
 from tessera.kernels.silu_and_mul import silu_mul
@@ -372,12 +372,10 @@ def _check(x: torch.Tensor, qa: QuantArgs, rows: int, k: int) -> None:
 
 def _norm_in(parts: Optional[torch.Tensor], eps: float) -> dict:
     """_launch's keywords for a pending norm's parts [P, MAX_ROWS] (none: {})."""
+    parts = checked_parts(parts)
     if parts is None:
         return {}
-    if parts.dim() != 2 or parts.shape[1] != MAX_ROWS or parts.dtype != torch.float32:
-        raise ValueError(f"a pending norm's parts are float32 [P, {MAX_ROWS}], got "
-                         f"{parts.dtype} {tuple(parts.shape)}")
-    return dict(parts=parts.contiguous(), num_parts=parts.shape[0], eps=eps, NORM_IN=True,
+    return dict(parts=parts, num_parts=parts.shape[0], eps=eps, NORM_IN=True,
                 PART_BLOCK=triton.next_power_of_2(parts.shape[0]))
 
 

@@ -318,3 +318,20 @@ def test_linear_method_routes_each_product(monkeypatch):
     assert [c for c in calls if c[0] == "triton"] == [
         ("triton", "apply"), ("triton", "apply_gated"), ("triton", "apply_qkv_rope"),
         ("triton", "apply_add_norm")]
+
+
+def test_a_pending_norms_parts_are_checked_before_any_launch():
+    # a wrong parts tensor is refused by name on every entry that takes one (the kernel
+    # would read past it), not handed to the GPU
+    from tessera.kernels.norm_epilogue import checked_parts
+    bad = torch.zeros(4, MAX_ROWS + 1)
+    with pytest.raises(ValueError, match="pending norm's parts"):
+        checked_parts(bad)
+    with pytest.raises(ValueError, match="pending norm's parts"):
+        checked_parts(torch.zeros(4, MAX_ROWS, dtype=torch.float16))
+    good = torch.zeros(MAX_ROWS, 4).t()
+    assert checked_parts(good).is_contiguous() and checked_parts(None) is None
+    x = torch.randn(1, 256, dtype=torch.bfloat16)
+    qw = quantize("int4", torch.randn(64, 256), 128)
+    with pytest.raises(ValueError, match="pending norm's parts"):
+        int4_gemv(x, qw, norm_parts=bad)
