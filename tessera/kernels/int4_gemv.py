@@ -48,7 +48,9 @@ class Int4Config(NamedTuple):
     min_blocks: int = 1  # blocks an SM must hold (__launch_bounds__: caps the registers)
 
 
-CONFIG_OVERRIDES: dict = {}  # (kind, n, k, gated) -> Int4Config
+# A/B knob: (kind, n, k, gated) -> Int4Config, or a plain (tiles, warps, unroll, min_blocks)
+# tuple (what quant_ab.py's --variant literals can give); q/k/v with rotary counts as gated
+CONFIG_OVERRIDES: dict = {}
 
 
 def pick_config(n: int, k: int, gated: bool, multiprocessors: int = 132,
@@ -59,7 +61,7 @@ def pick_config(n: int, k: int, gated: bool, multiprocessors: int = 132,
     36 configs a product) put this rule within 5% of the best config of each of the 8B's
     products: qkv (rotary) 8.30 us, o 5.68, gate/up 29.8, down 15.5 (best 14.8)."""
     if (kind, n, k, gated) in CONFIG_OVERRIDES:
-        return CONFIG_OVERRIDES[(kind, n, k, gated)]
+        return Int4Config(*CONFIG_OVERRIDES[(kind, n, k, gated)])
     steps = k // STEPS[kind]
     warps = next(w for w in (8, 16, 4, 2, 1) if steps % w == 0 and steps // w >= 2 or w == 1)
     return Int4Config(1, warps, min(4 if gated else 2, max(1, steps // warps)), 2)

@@ -48,8 +48,10 @@ def test_config_rule():
     assert pick_config(4096, 14336, False) == Int4Config(1, 8, 2, 2)  # 112 steps, 14 a warp
     assert pick_config(64, 384, False) == Int4Config(1, 1, 2, 2)  # 3 steps: no even split >= 2
     module.CONFIG_OVERRIDES[("int4", 64, 384, False)] = Int4Config(2, 1, 1)
+    module.CONFIG_OVERRIDES[("int4", 4096, 4096, False)] = (1, 8, 4, 2)  # a --variant literal
     try:
         assert pick_config(64, 384, False) == Int4Config(2, 1, 1)
+        assert pick_config(4096, 4096, False).unroll == 4
     finally:
         module.CONFIG_OVERRIDES.clear()
 
