@@ -34,8 +34,9 @@ from tessera.quant.formats import QuantizedWeight
 ENABLED = True  # A/B knob: products of up to MAX_X_ROWS rows here, else Triton's
 # A/B knob: the formats taken. int8 and fp8 (per output row: a byte a weight widened
 # exactly, the scale on the float32 sums) pass their GPU tests but are off: on the H100
-# (2026-12-05) int8 gained on o (11.6 -> 8.3 us) and lost on gate/up (43.4 -> 47.5), and
-# the 8B's int8 batch 1 went 277.8 -> 274.1 tok/s; fp8 not yet timed
+# (2026-12-05) int8 gained on o (11.6 -> 8.3 us) and lost on gate/up (43.4 -> 47.5); the
+# 8B at batch 1 with every product here: int8 277.8 -> 274.1 tok/s; with all but gate/up:
+# int8 278.0 -> 271.5, fp8 277.6 -> 248.6
 ENABLED_KINDS = {"int4"}
 MAX_X_ROWS = 8  # the MMA's n
 STEPS = {"int4": 128, "int8": 64, "fp8": 64}  # K columns a step: 16 bytes of each row a lane
@@ -199,7 +200,8 @@ def rope_why_not(x: torch.Tensor, weight, positions: torch.Tensor, cos_sin: torc
             or not kv_cache.is_contiguous() or kv_cache.shape[-2:] != (num_kv_heads, head_dim)
             or kv_cache.dtype not in (x.dtype, torch.float8_e4m3fn)):
         return "cos_sin float32 and a contiguous cache of the activations' dtype or fp8"
-    if kv_cache.dtype == torch.float8_e4m3fn and torch.cuda.get_device_capability(x.device) < (8, 9):
+    if (kv_cache.dtype == torch.float8_e4m3fn
+            and torch.cuda.get_device_capability(x.device) < (8, 9)):
         return "an fp8 cache needs compute capability 8.9"
     if positions.dtype != torch.int64 or slot_mapping.dtype != torch.int64:
         return "positions and slots must be int64"

@@ -474,12 +474,11 @@ int4_gemv(const u16* __restrict__ x, int M, int K, int stride_x,
 
 SCALE_KINDS = ("float16", "float32", "bfloat16")  # the scales' and offsets' dtype
 W_KINDS = {"int4": 4, "int8": 8, "fp8": 9}  # W_KIND: W's format (quant/formats.py)
-W_BITS = {"int4": 4, "int8": 8, "fp8": 8}
 
 
 def row_bytes(k: int, kind: str) -> int:
     """Bytes of one row of W [N, K] stored as kind (int4: two columns a byte)."""
-    return k * W_BITS[kind] // 8
+    return k // 2 if kind == "int4" else k
 
 
 def defines(bf16: bool, scale_kind: int, k: int, group: int, tiles: int, warps: int,

@@ -1,8 +1,9 @@
 """RMSNorm split across the two projections around it, for decode steps of a few rows.
 
 Objects: `PendingNorm` (scaled, parts, residual: a norm left for the next projection),
-`checked_parts` (the parts as a kernel takes them, or a ValueError), `add_pending_norm` (jit: the epilogue of the projection before the norm), `load_parts` and
-`inverse_rms` (jit: the projection after it), `pending_norm_ref` (PyTorch: what a
+`checked_parts` (the parts as a kernel takes them, or a ValueError), `add_pending_norm`
+(jit: the epilogue of the projection before the norm), `load_parts` and `inverse_rms`
+(jit: the projection after it), `pending_norm_ref` (PyTorch: what a
 PendingNorm holds; the norm it stands for is kernels/reference.py's `rms_norm_ref` of its
 residual).
 
