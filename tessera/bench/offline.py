@@ -76,11 +76,14 @@ def random_weights_engine(model: str = "llama-3-8b", **overrides: Any) -> Inproc
 def _weight_bytes_read(engine: InprocClient) -> int:
     """Weight bytes one decode step of one sequence reads over all ranks, as loaded (a
     quantized layer's data and scales): all of them but the embedding table, which is
-    only looked up by row (unless the LM head shares it), and, of a mixture of experts,
-    the experts not routed to (only the top-k count)."""
-    a, info = engine.arch, engine.executor.info
+    only looked up by row (unless the LM head is that tensor: tied, one pipeline stage,
+    a 16-bit head), and, of a mixture of experts, the experts not routed to (only the
+    top-k count)."""
+    a, info, config = engine.arch, engine.executor.info, engine.config
     total = sum(info.weight_bytes.values()) * info.world_size
-    embed = 0 if a.tie_word_embeddings else a.vocab_size * a.hidden_size
+    shared = (a.tie_word_embeddings and config.parallel.pipeline_parallel_size == 1
+              and config.quant.lm_head_quantization in (None, "none"))
+    embed = 0 if shared else a.vocab_size * a.hidden_size
     idle_experts = a.num_parameters() - a.num_parameters(active_only=True)
     return total - (embed + idle_experts) * _itemsize(engine)
 

@@ -32,7 +32,7 @@ class LayerContext:
     ops: ReferenceOps
     kernel: KernelConfig
     linear_method: Callable[[str], LinearMethod]  # layer prefix -> its method
-    dense_method: LinearMethod  # 16-bit, for layers a policy never quantizes (LM head)
+    dense_method: LinearMethod  # 16-bit (the LM head's, unless the policy names it)
     device: torch.device
     quant_spec: Callable[[str], str] = lambda prefix: "none"  # prefix -> format (MoE experts)
     layer_names: list[str] = dataclasses.field(default_factory=list)  # asked of the policy

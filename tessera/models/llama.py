@@ -250,7 +250,8 @@ class LlamaForCausalLM(nn.Module):
         self.config = cfg
         self.model = LlamaModel(cfg)
         self.lm_head = LMHead(cfg.vocab_size, cfg.hidden_size) if self.model.last else None
-        if cfg.tie_word_embeddings and self.model.first and self.model.last:
+        if (cfg.tie_word_embeddings and self.model.first and self.model.last
+                and not self.lm_head.quantized):  # a quantized head holds its own copy
             self.lm_head.weight = self.model.embed_tokens.weight
 
     @property
@@ -284,15 +285,9 @@ class LlamaForCausalLM(nn.Module):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         params = dict(self.named_parameters(remove_duplicate=False))
         loaded: set[str] = set()
-        tied = self.config.tie_word_embeddings
-        for name, tensor in self._with_shares(weights):
+        for name, tensor in self._with_shares(self._tied_head(weights)):
             if "rotary_emb.inv_freq" in name:
                 continue
-            if name == "lm_head.weight" and tied:
-                continue
-            if name == "model.embed_tokens.weight" and tied and self.lm_head is not None \
-                    and self.model.embed_tokens is None:  # a last stage's tied head
-                name = "lm_head.weight"
             if not self._owns(name):
                 continue  # another pipeline stage's tensor
             name = name.replace(".block_sparse_moe.", ".mlp.")  # Mixtral's name for the block
@@ -319,6 +314,24 @@ class LlamaForCausalLM(nn.Module):
             loader(param, tensor, shard)
             loaded.add(target if shard is None else f"{target}:{shard}")
         self._check_complete(loaded)
+
+    def _tied_head(self, weights):
+        """A tied checkpoint's tensors with its embedding also under `lm_head.weight` where
+        this stage's head holds its own rows (a last stage without the embedding, or a
+        quantized head); the checkpoint's own lm_head.weight (some tied ones keep a copy)
+        is not read."""
+        if not self.config.tie_word_embeddings:
+            yield from weights
+            return
+        embed = self.model.embed_tokens
+        own_head = self.lm_head is not None and (embed is None
+                                                 or self.lm_head.weight is not embed.weight)
+        for name, tensor in weights:
+            if name == "lm_head.weight":
+                continue
+            if name == "model.embed_tokens.weight" and own_head:
+                yield "lm_head.weight", tensor
+            yield name, tensor
 
     def _with_shares(self, weights):
         """The checkpoint's tensors, and a shared layer's (`layer_share`: i runs j's

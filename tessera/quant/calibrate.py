@@ -16,7 +16,7 @@ HessianRecorder goes on each layer; every window runs through the model as one p
 is quantized by `gptq_int4` (ACT_ORDER) against its Hessian and the layer converted in place
 (quant/convert.py), its Hessian freed. A later chunk's inputs come through the layers
 already quantized (GPTQ's sequential order, a chunk at a time). Layers of other formats
-(int8, fp8, MoE experts) load quantized as usual (rounded to nearest); layers the policy
+(int8, fp8, MoE experts) and an int4 LM head load quantized as usual (rounded to nearest); layers the policy
 keeps 16-bit are untouched. Stacked q/k/v and gate/up are one matrix with one Hessian
 (their rows share the input), and a tensor-parallel rank quantizes its own shard
 against the inputs it sees.
@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from tessera.quant.gptq import HessianRecorder, gptq_int4
+from tessera.quant_policy import HEAD
 
 logger = logging.getLogger(__name__)
 HESSIAN_BUDGET = 4 << 30  # bytes of Hessians held at once (float32 [K, K] a layer)
@@ -60,7 +61,7 @@ def deferred_int4(context) -> tuple[object, dict[str, object]]:
 
     def linear_method(prefix: str):
         method = context.linear_method(prefix)
-        if getattr(method, "kind", None) == "int4":
+        if getattr(method, "kind", None) == "int4" and prefix != HEAD:  # the head: rounded
             deferred[prefix] = method
             return context.dense_method
         return method

@@ -14,8 +14,9 @@ same call the loader makes per checkpoint piece; quantizing is row-local, so one
 several give the same result), copies the bias and runs `process_weights_after_loading`.
 The layer then computes with the new method at once: models read no weight themselves.
 `restore_layer` puts the original parameters, buffers and method back (the dense weight
-was never changed). Only a layer whose method is the dense one can be converted; the LM
-head and embeddings are not linear layers (layers/embedding.py) and never are.
+was never changed). Only a layer whose method is the dense one can be converted: a linear
+layer or the LM head (layers/embedding.py; a tied head's table stays the embedding's, as
+only the head's own parameters are replaced), never the embedding.
 Used by quant/sensitivity.py (one layer at a time) and tests (that a converted layer
 computes what a layer quantized at load does).
 """

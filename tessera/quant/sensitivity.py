@@ -12,15 +12,17 @@ Flow of `run`: build the model once, dense (LLM with quantization "none", the un
 executor: the model lives in this process), read and tokenize the data file, cut
 --tokens tokens of it into windows (quant/perplexity.py: pooled perplexity from prompt
 logprobs, the first token of each window unscored) and measure the baseline; then for
-each linear layer (layers/linear.py; the LM head, embeddings and MoE routers are never
-quantized by a policy, so they are not candidates) quantize only that layer in place
+each linear layer (layers/linear.py; embeddings and MoE routers are never quantized by a
+policy, so they are not candidates, and the LM head is one only with --lm-head: a policy
+quantizes it by name alone, quant_policy.py) quantize only that layer in place
 (quant/convert.py), measure, and restore it. Layers are ranked by the increase; the most
 sensitive are kept 16-bit: --keep N of them, or (--budget PCT) as few as leave the
 predicted cost within PCT %, the predicted cost of quantizing a set being the sum of its
 layers' increases (a layer whose increase came out negative, noise, counts 0). Last, the
 chosen policy itself is measured (all its layers quantized at once). The file is
 quant_policy.py's format: `quantization: METHOD`, `layers: {LAYER: none}` for the kept
-ones, and `measured:` with the baseline, the predicted and measured cost and each layer's
+ones (and `lm_head: METHOD` where the head was a candidate and is not kept), and
+`measured:` with the baseline, the predicted and measured cost and each layer's
 increase (a record; loading ignores it). Load it with `--quantization-policy FILE`.
 --method fp8a8 measures fp8 as W8A8 computes (quant/quantized.py's EMULATE_W8A8: each
 fp8 layer's input quantized per token) and writes an fp8 policy.
@@ -37,7 +39,7 @@ from typing import Callable, Optional, Sequence
 from torch import nn
 
 from tessera.quant.perplexity import Perplexity, perplexity, read_windows
-from tessera.quant_policy import ALWAYS_FULL_PRECISION, policy_file_text
+from tessera.quant_policy import ALWAYS_FULL_PRECISION, HEAD, policy_file_text
 
 logger = logging.getLogger(__name__)
 GROUPS = (128, 64, 32)
@@ -60,6 +62,7 @@ class Sensitivity:
     predicted_pct: float  # the summed increases of the layers it quantizes
     policy_ppl: Optional[float] = None  # measured with the policy applied
     seconds: float = 0.0
+    head: bool = False  # the LM head was a candidate
 
     @property
     def policy_increase_pct(self) -> Optional[float]:
@@ -110,14 +113,16 @@ def choose_kept(deltas: Sequence[LayerDelta], keep: Optional[int],
 
 def measure(llm, windows: Sequence[Sequence[int]], kind: str, group_size: Optional[int] = None,
             keep: Optional[int] = None, budget: Optional[float] = 1.0,
-            progress: Optional[Callable[[int, int, LayerDelta], None]] = None) -> Sensitivity:
-    """Every linear layer's perplexity increase when it alone is quantized to kind, the
-    policy chosen from them (keep / budget: choose_kept) and its measured perplexity.
-    group_size: int4's (None: auto_group); restores the model before returning."""
+            progress: Optional[Callable[[int, int, LayerDelta], None]] = None,
+            lm_head: bool = False) -> Sensitivity:
+    """Every linear layer's perplexity increase when it alone is quantized to kind (with
+    lm_head, the LM head's too), the policy chosen from them (keep / budget: choose_kept)
+    and its measured perplexity. group_size: int4's (None: auto_group); restores the
+    model before returning."""
     from tessera.quant.convert import quantized_layers, quantized_method
     start = time.perf_counter()
     model, context = engine_parts(llm)
-    layers = linear_layers(model)
+    layers = linear_layers(model) + ([model.lm_head] if lm_head else [])
     if not layers:
         raise ValueError("the model has no linear layer to quantize.")
     group = (group_size or auto_group(layers)) if kind == "int4" else 0
@@ -135,7 +140,7 @@ def measure(llm, windows: Sequence[Sequence[int]], kind: str, group_size: Option
     with quantized_layers([m for m in layers if m.prefix not in kept], method):
         policy_ppl = perplexity(llm, windows).ppl
     return Sensitivity(kind, group, baseline, deltas, kept, predicted, policy_ppl,
-                       time.perf_counter() - start)
+                       time.perf_counter() - start, lm_head)
 
 
 def policy_text(result: Sensitivity, data: str = "") -> str:
@@ -148,8 +153,10 @@ def policy_text(result: Sensitivity, data: str = "") -> str:
                 "policy_increase_pct": (None if result.policy_increase_pct is None
                                         else round(result.policy_increase_pct, 4)),
                 "increase_pct": {d.name: round(d.increase_pct, 4) for d in result.deltas}}
-    return policy_file_text(result.method, {name: "none" for name in result.kept},
-                            result.group_size or 128, measured)
+    layers = {name: "none" for name in result.kept}
+    if result.head and HEAD not in layers:  # the head is quantized only by its name
+        layers[HEAD] = result.method
+    return policy_file_text(result.method, layers, result.group_size or 128, measured)
 
 
 def report(result: Sensitivity) -> str:
@@ -202,7 +209,7 @@ def run(args) -> int:
     quantized.EMULATE_W8A8 = 0 if w8a8 else None
     try:
         result = measure(llm, windows, "fp8" if w8a8 else args.method, args.group_size,
-                         args.keep, budget, progress)
+                         args.keep, budget, progress, args.lm_head)
     finally:
         quantized.EMULATE_W8A8 = None
     print(report(result))

@@ -1,7 +1,7 @@
 """Pipeline parallelism on CPU (gloo): layers split into stages that pass hidden states
 on, one micro-batch per stage in flight; PP=2 (balanced and with an explicit partition)
 and TP=2 x PP=2 give the greedy tokens of one process (fp32, chunked prefill and decodes
-mixed); tied embeddings (Qwen2) over 3 stages too."""
+mixed); tied embeddings (Qwen2) over 3 stages too, and with an int8 LM head over 2."""
 from __future__ import annotations
 
 import pytest
@@ -38,3 +38,7 @@ def test_pipeline_with_tied_embeddings(tmp_path):
     from tests.conftest import make_tiny_checkpoint
     make_tiny_checkpoint("qwen2", str(tmp_path))  # tied: the last stage's head loads the table
     assert _tokens(str(tmp_path), pipeline_parallel_size=3) == _tokens(str(tmp_path))
+    # a quantized head (its own copy of the table, quantized where it loads) likewise
+    head = dict(lm_head_quantization="int8")
+    assert _tokens(str(tmp_path), pipeline_parallel_size=2, **head) == _tokens(str(tmp_path),
+                                                                              **head)

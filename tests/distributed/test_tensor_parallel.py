@@ -117,13 +117,14 @@ def test_one_rank_in_a_worker_process_equals_this_process(tiny_llama, tp1_output
 
 
 def test_quantized_tensor_parallel_matches_single_process(tiny_llama):
-    """int8 weights quantized shard by shard on each rank: the o and down projections'
-    shards get their own per-row scales, so logprobs agree to int8's step, not exactly
-    (the tiny model's greedy choices are near-ties, so its prompts' logprobs are compared:
-    teacher-forced, no divergence can compound)."""
+    """int8 weights (the LM head's too: each rank quantizes its slice of the vocabulary)
+    quantized shard by shard on each rank: the o and down projections' shards get their
+    own per-row scales, so logprobs agree to int8's step, not exactly (the tiny model's
+    greedy choices are near-ties, so its prompts' logprobs are compared: teacher-forced,
+    no divergence can compound)."""
     folder, _ = tiny_llama
     options = dict(skip_tokenizer_init=True, num_blocks=64, max_num_batched_tokens=16,
-                   quantization="int8")
+                   quantization="int8", lm_head_quantization="int8")
     params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0)
     prompts = [{"prompt_token_ids": p} for p in PROMPTS]
     one = LLM(folder, **options)

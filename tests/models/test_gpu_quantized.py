@@ -19,25 +19,32 @@ pytestmark = pytest.mark.gpu
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def _dequantized_bf16(hf_model, kind: str, group: int):
+def _dequantized_bf16(hf_model, kind: str, group: int, head: bool = False):
+    """The HF model with its linear layers' weights (with head: the LM head's too, its own
+    copy where tied) dequantize(quantize(W))."""
     ref = copy.deepcopy(hf_model)
     with torch.no_grad():
         for name, p in ref.named_parameters():
             if name.endswith(".weight") and name.split(".")[-2] in LINEAR:
                 p.copy_(dequantize(quantize(kind, p.float(), group, torch.float16)))
+        if head:
+            out = ref.get_output_embeddings()
+            out.weight = torch.nn.Parameter(dequantize(quantize(
+                kind, out.weight.float(), group, torch.float16)))
     return ref.to("cuda", torch.bfloat16)
 
 
+@pytest.mark.parametrize("head", [False, True], ids=["head16", "head_quantized"])
 @pytest.mark.parametrize("kind", ["int8", "int4", "fp8"])
-def test_quantized_tiny_models_bf16_equal_hf(tiny_model, kind):
+def test_quantized_tiny_models_bf16_equal_hf(tiny_model, kind, head):
     arch, folder, hf_model = tiny_model
     group = 32 if kind == "int4" else 0
     llm = LLM(folder, skip_tokenizer_init=True, dtype="bfloat16", device="cuda",
               num_blocks=256, max_num_batched_tokens=32, quantization=kind,
-              quantization_group_size=32)
+              quantization_group_size=32, lm_head_quantization=kind if head else None)
     kernels = llm.engine.executor.info.kernels
     assert kernels["skinny_gemm"] == "on", kernels
-    _compare(llm, _dequantized_bf16(hf_model, kind, group), PROMPTS,
+    _compare(llm, _dequantized_bf16(hf_model, kind, group, head), PROMPTS,
              logprob_tol=0.3 if kind == "fp8" else 0.05)
 
 

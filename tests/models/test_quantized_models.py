@@ -101,6 +101,30 @@ def test_w8a8_emulated_on_the_cpu_equals_hf_with_inputs_quantized_per_token(tiny
     _assert_equal_hf(_greedy(llm), ref)
 
 
+@pytest.mark.parametrize("kind", ["int8", "fp8", "int4"])
+def test_quantized_lm_head_equals_hf_on_its_dequantized_weights(tiny, kind):
+    """--lm-head-quantization alone: only the head is quantized (a tied model's head is a
+    copy: its embedding stays exact), and the model equals HF with that head."""
+    folder, hf_model = tiny
+    llm = LLM(folder, skip_tokenizer_init=True, device="cpu", num_blocks=64,
+              lm_head_quantization=kind, quantization_group_size=32)
+    ref = copy.deepcopy(hf_model)
+    head = ref.get_output_embeddings()
+    with torch.no_grad():
+        head.weight = torch.nn.Parameter(dequantize(quantize(
+            kind, head.weight.float(), 32 if kind == "int4" else 0, torch.float32)))
+    _assert_equal_hf(_greedy(llm), ref)
+    model = _runner(llm).model
+    assert model.lm_head.weight.dtype != torch.float32
+    assert model.model.embed_tokens.weight.dtype == torch.float32
+    assert model.model.layers["0"].mlp.down_proj.weight.dtype == torch.float32
+    vocab, hidden = head.weight.shape
+    by_precision = llm.engine.executor.info.weight_bytes
+    assert set(by_precision) == {kind, "float32"}
+    assert vocab * hidden * (0.5 if kind == "int4" else 1) < by_precision[kind] < (
+        vocab * hidden * (0.76 if kind == "int4" else 1.1))  # + fp32 scales (+ offsets)
+
+
 def test_keep_full_precision_and_policy_reach_the_layers(tiny_llama):
     folder, _ = tiny_llama
     llm = LLM(folder, skip_tokenizer_init=True, device="cpu", num_blocks=32,
@@ -123,6 +147,8 @@ def test_int4_group_that_does_not_divide_names_the_layer(tiny_llama):
     with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.qkv_proj: int4 needs "
                                          r"the input size \(64 on this rank\)"):
         LLM(folder, skip_tokenizer_init=True, device="cpu", quantization="int4")
+    with pytest.raises(ValueError, match=r"lm_head: int4 needs the input size \(64"):
+        LLM(folder, skip_tokenizer_init=True, device="cpu", lm_head_quantization="int4")
 
 
 def test_random_weights_quantized(tiny_llama):

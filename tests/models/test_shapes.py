@@ -88,3 +88,15 @@ def test_latency_bench_says_when_no_step_decoded_the_whole_batch():
         run_latency(engine, batch=4, input_len=16, output_len=1, bandwidth=1e11)
     r = run_latency(engine, batch=2, input_len=8, output_len=6, bandwidth=1e11)
     assert r["decode_steps"] > 0 and r["tok_s"] > 0
+
+
+def test_decode_roofline_bytes_leave_out_an_embedding_the_head_does_not_share():
+    """A tied model's head is its embedding (read whole each step); a quantized head is
+    its own copy, and then the embedding is only looked up by row: its bytes are not read."""
+    from tessera.bench.offline import _weight_bytes_read, random_weights_engine
+    tied = random_weights_engine("smollm2-135m", num_blocks=8)
+    own = random_weights_engine("smollm2-135m", num_blocks=8, lm_head_quantization="int8")
+    embed = 49152 * 576
+    assert _weight_bytes_read(tied) == sum(tied.executor.info.weight_bytes.values())
+    assert own.executor.info.weight_bytes["int8"] > embed  # the head, with its scales
+    assert _weight_bytes_read(own) == sum(own.executor.info.weight_bytes.values()) - 4 * embed

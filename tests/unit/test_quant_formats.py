@@ -13,8 +13,8 @@ from tessera.models.checkpoint_quant import gguf_spec, tessera_prefix
 from tessera.models.weight_utils import dense, narrow, shape_of
 from tessera.quant.formats import (QuantizedWeight, dequantize, pack_int4, quant_linear_ref,
                                    quantize, quantize_int4, unpack_int4)
-from tessera.quant_policy import (QuantPolicy, check_patterns, load_policy_file, parse_spec, policy_file_text,
-                                  resolve_policy)
+from tessera.quant_policy import (HEAD, QuantPolicy, check_patterns, load_policy_file,
+                                  parse_spec, policy_file_text, resolve_policy)
 
 
 def weights(n=48, k=256, seed=0):
@@ -151,6 +151,26 @@ def test_policy_precedence():
     assert p.spec_for("model.layers.1.self_attn.qkv_proj") == "int8"
     assert p.specs == {"int8", "none", "int4/64", "int4/32"}
     assert parse_spec("int4/32") == ("int4", 32) and parse_spec("fp8") == ("fp8", 0)
+
+
+def test_the_lm_head_is_quantized_only_by_its_name():
+    wide = QuantPolicy("int8", rules=(("*", "int4"),), group_size=64)
+    assert wide.spec_for(HEAD) == "none"  # neither the default nor a glob reaches it
+    assert wide.unmatched([HEAD]) == ["*"]  # a glob naming only the head names nothing
+    asked = QuantPolicy("none", head="int8")
+    assert asked.spec_for(HEAD) == "int8" and asked.quantized
+    assert asked.spec_for("model.layers.0.mlp.down_proj") == "none"
+    ruled = QuantPolicy("int8", rules=((HEAD, "int4"),), head="fp8", group_size=32)
+    assert ruled.spec_for(HEAD) == "int4/32"  # the file's rule over the option
+    assert ruled.unmatched([HEAD]) == [] and ruled.specs == {"int8", "int4/32", "fp8"}
+    assert QuantPolicy("int8", keep=("lm_*",), head="int8").spec_for(HEAD) == "none"
+    # a pipeline stage without the head still has one in the model
+    check_patterns(ruled, ["model.layers.1.self_attn.o_proj"], num_layers=2)
+    cli = resolve_policy(QuantConfig(quantization="int4", lm_head_quantization="int8"))
+    assert (cli.spec_for(HEAD), cli.spec_for("model.layers.0.mlp.down_proj")) == (
+        "int8", "int4/128")
+    with pytest.raises(ValueError, match="lm_head_quantization 'int2' is not supported"):
+        QuantConfig(lm_head_quantization="int2")
 
 
 def test_patterns_that_name_no_layer_are_refused():

@@ -127,6 +127,32 @@ def test_measure_ranks_layers_and_writes_a_policy_that_loads(dense, tiny, tmp_pa
     assert abs(result.policy_ppl - result.baseline.ppl) < 0.5 * result.baseline.ppl
 
 
+def test_the_lm_head_is_a_candidate_when_asked(dense, tiny, tmp_path):
+    """measure(lm_head=True) ranks the head with the layers (quantized in place and
+    restored after); not kept, the policy names it, so the model it loads holds an int8
+    head; kept, the policy keeps it 16-bit by name."""
+    before = _prompt_logprobs(dense)
+    windows = [PROMPT[:24], PROMPT[24:]]
+    result = measure(dense, windows, "int8", keep=0, lm_head=True)
+    assert len(result.deltas) == 13 and "lm_head" in {d.name for d in result.deltas}
+    assert _prompt_logprobs(dense) == before
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy_text(result, "random tokens"))
+    assert load_policy_file(str(path))["layers"] == [("lm_head", "int8")]
+    llm = _llm(tiny, quantization_policy=str(path))
+    model = engine_parts(llm)[0]
+    assert model.lm_head.method.precision(model.lm_head) == "int8"
+    assert all(layer.method.precision(layer) == "int8" for layer in linear_layers(model))
+    kept = measure(dense, windows, "int8", keep=13, lm_head=True)
+    assert ("lm_head", "none") in _policy_layers(policy_text(kept), tmp_path)
+
+
+def _policy_layers(text: str, folder) -> list:
+    path = folder / "kept.yaml"
+    path.write_text(text)
+    return load_policy_file(str(path))["layers"]
+
+
 def _with_tokenizer(folder: str) -> None:
     """A byte-level BPE tokenizer of at most the tiny vocabulary, saved beside the weights."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
