@@ -25,7 +25,7 @@ import torch
 from tessera import envs
 from tessera.kernels import nvrtc
 from tessera.kernels.hardware import multiprocessors
-from tessera.kernels.int4_gemv_source import SCALE_KINDS, SOURCE, defines
+from tessera.kernels.int4_gemv_source import SCALE_KINDS, SOURCE, defines, step_columns
 from tessera.kernels.norm_epilogue import PendingNorm, checked_parts
 from tessera.kernels.pdl import pdl_active
 from tessera.kernels.skinny_config import MAX_ROWS
@@ -39,7 +39,6 @@ ENABLED = True  # A/B knob: products of up to MAX_X_ROWS rows here, else Triton'
 # int8 278.0 -> 271.5, fp8 277.6 -> 248.6
 ENABLED_KINDS = {"int4"}
 MAX_X_ROWS = 8  # the MMA's n
-STEPS = {"int4": 128, "int8": 64, "fp8": 64}  # K columns a step: 16 bytes of each row a lane
 
 
 class Int4Config(NamedTuple):
@@ -63,7 +62,7 @@ def pick_config(n: int, k: int, gated: bool, multiprocessors: int = 132,
     products: qkv (rotary) 8.30 us, o 5.68, gate/up 29.8, down 15.5 (best 14.8)."""
     if (kind, n, k, gated) in CONFIG_OVERRIDES:
         return Int4Config(*CONFIG_OVERRIDES[(kind, n, k, gated)])
-    steps = k // STEPS[kind]
+    steps = k // step_columns(kind)
     warps = next(w for w in (8, 16, 4, 2, 1) if steps % w == 0 and steps // w >= 2 or w == 1)
     return Int4Config(1, warps, min(4 if gated else 2, max(1, steps // warps)), 2)
 
@@ -84,7 +83,7 @@ def why_not(x: torch.Tensor, weight, gated: bool = False) -> Optional[str]:
     n = weight.out_features // 2 if gated else weight.out_features
     if not 0 < rows <= MAX_X_ROWS:
         return f"{rows} rows (at most {MAX_X_ROWS})"
-    step = STEPS[weight.kind]
+    step = step_columns(weight.kind)
     grouped = weight.kind == "int4"  # int8 / fp8: per output row (no groups) only
     if (weight.group_size % step if grouped else weight.group_size) or k != weight.in_features \
             or k % step:
@@ -126,7 +125,7 @@ def _launch(x: torch.Tensor, weight: QuantizedWeight, y: torch.Tensor, n: int, g
     positions, cos_sin, slots, kv = rope_args
     options = defines(bf16=x.dtype == torch.bfloat16,
                       scale_kind=SCALE_KINDS.index(_scale_name(weight)), k=k,
-                      group=weight.group_size or STEPS[weight.kind], tiles=cfg.tiles,
+                      group=weight.group_size or step_columns(weight.kind), tiles=cfg.tiles,
                       warps=cfg.warps, kind=weight.kind,
                       unroll=cfg.unroll, gated=gated, norm_in=parts_in is not None,
                       norm_out=parts_out is not None, has_bias=bias is not None, pdl=pdl,

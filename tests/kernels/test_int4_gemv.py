@@ -12,7 +12,7 @@ import torch
 from tessera.kernels import int4_gemv as module
 from tessera.kernels.int4_gemv import (Int4Config, int4_gemv, int4_gemv_add_norm,
                                        int4_gemv_qkv_rope, pick_config, rope_why_not, why_not)
-from tessera.kernels.int4_gemv_source import SOURCE, defines
+from tessera.kernels.int4_gemv_source import SOURCE, defines, step_columns
 from tessera.kernels.norm_epilogue import pending_norm_ref
 from tessera.kernels.reference import rms_norm_ref
 from tessera.kernels.skinny_config import MAX_ROWS
@@ -72,6 +72,8 @@ def test_a_rows_bytes_follow_its_format():
                 if o.startswith("-DROW_BYTES=")]
     assert option("int4") == ["-DROW_BYTES=512"]
     assert option("int8") == option("fp8") == ["-DROW_BYTES=1024"]
+    # a step: 4 lanes x 16 bytes of a row (the source's STEP_COLS: 128 / 64 columns)
+    assert [step_columns(kind) for kind in ("int4", "int8", "fp8")] == [128, 64, 64]
 
 
 def test_products_it_does_not_take_say_why(monkeypatch):
