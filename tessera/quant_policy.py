@@ -15,10 +15,11 @@ Layer names are Tessera's module prefixes: `model.layers.3.self_attn.qkv_proj`,
 `model.layers.3.self_attn.o_proj`, `model.layers.3.mlp.gate_up_proj`,
 `model.layers.3.mlp.down_proj` (q/k/v and gate/up are stacked, so they share a format).
 Patterns are shell globs (fnmatch). Embeddings stay 16-bit. The LM head (`lm_head`) stays
-16-bit unless asked by name: --lm-head-quantization KIND, or a file rule whose pattern is
-exactly `lm_head` (the default method and wider globs such as `*` never reach it: its
-rounding errors land on every logit, so it is a choice to measure, e.g. with
-benchmarks/quant_accuracy.py's '+head' methods). The file (YAML or JSON):
+16-bit unless asked by name: --lm-head-quantization KIND (over the file), or a file rule
+whose pattern is exactly `lm_head` (the default method and the rules' wider globs such as
+`*` never reach it: its rounding errors land on every logit, so it is a choice to
+measure, e.g. with benchmarks/quant_accuracy.py's '+head' methods); keep patterns reach it
+as they reach any layer. The file (YAML or JSON):
 
     quantization: int8            # the default for layers no rule names
     group_size: 128               # int4 only (optional; the command line's wins)
@@ -62,14 +63,14 @@ class QuantPolicy:
     group_size: int = 128
 
     exact: tuple[tuple[str, str], ...] = ()  # (prefix, spec): the checkpoint's own, last
-    head: str = "none"  # the LM head's kind (a rule naming HEAD wins)
+    head: Optional[str] = None  # the LM head's kind, over a rule naming HEAD (None: none)
 
     def spec_for(self, prefix: str) -> str:
         """The format spec of the linear layer named prefix (HEAD: the LM head)."""
         if any(fnmatch.fnmatchcase(prefix, p) for p in ALWAYS_FULL_PRECISION + self.keep):
             return "none"
         if prefix == HEAD:
-            return self._spec(dict(self.rules).get(HEAD, self.head))
+            return self._spec(self.head or dict(self.rules).get(HEAD, "none"))
         for pattern, kind in self.rules:
             if fnmatch.fnmatchcase(prefix, pattern):
                 return self._spec(kind)
@@ -81,8 +82,13 @@ class QuantPolicy:
     @property
     def specs(self) -> set[str]:
         """Every format some layer may take."""
-        return ({self._spec(self.default), self._spec(self.head)}
-                | {self._spec(k) for _, k in self.rules} | {spec for _, spec in self.exact})
+        return self.layer_specs | {self.spec_for(HEAD)}
+
+    @property
+    def layer_specs(self) -> set[str]:
+        """Every format a linear layer other than the LM head may take."""
+        return ({self._spec(self.default)} | {self._spec(k) for p, k in self.rules if p != HEAD}
+                | {spec for _, spec in self.exact})
 
     @property
     def quantized(self) -> bool:
@@ -182,7 +188,7 @@ def resolve_policy(quant, info=None, native: bool = True) -> QuantPolicy:
         if native or info.quant_method != "gguf":
             exact = tuple(sorted(info.quant_layers.items()))
     default = quant.quantization or file_default or "none"
-    return QuantPolicy(default, rules, keep, group, exact, quant.lm_head_quantization or "none")
+    return QuantPolicy(default, rules, keep, group, exact, quant.lm_head_quantization)
 
 
 def policy_file_text(default: str, layers: dict[str, str], group_size: int = 128,

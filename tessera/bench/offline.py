@@ -26,6 +26,7 @@ import torch
 
 from tessera.config import EngineConfig
 from tessera.engine.client import InprocClient
+from tessera.quant_policy import HEAD, resolve_policy
 from tessera.sampling_params import SamplingParams
 
 
@@ -82,7 +83,7 @@ def _weight_bytes_read(engine: InprocClient) -> int:
     a, info, config = engine.arch, engine.executor.info, engine.config
     total = sum(info.weight_bytes.values()) * info.world_size
     shared = (a.tie_word_embeddings and config.parallel.pipeline_parallel_size == 1
-              and config.quant.lm_head_quantization in (None, "none"))
+              and resolve_policy(config.quant, config.info).spec_for(HEAD) == "none")
     embed = 0 if shared else a.vocab_size * a.hidden_size
     idle_experts = a.num_parameters() - a.num_parameters(active_only=True)
     return total - (embed + idle_experts) * _itemsize(engine)

@@ -43,11 +43,13 @@ WINDOW = 512  # tokens a calibration window (one prefill each)
 
 
 def check_calibration(config, policy) -> None:
-    """ValueError where calibration cannot apply: no layer of the policy (quant_policy.py)
-    is int4, or decoder layers are offloaded (--cpu-offload-gb)."""
-    if not any(spec.startswith("int4") for spec in policy.specs):
+    """ValueError where calibration cannot apply: no linear layer of the policy
+    (quant_policy.py) is int4 (an int4 LM head is rounded, not calibrated), or decoder
+    layers are offloaded (--cpu-offload-gb)."""
+    if not any(spec.startswith("int4") for spec in policy.layer_specs):
         raise ValueError("quantization_calibration runs GPTQ on int4 layers, and no layer is "
-                         "int4: add --quantization int4 (or a policy file with int4 layers).")
+                         "int4 (an int4 LM head is not calibrated): add --quantization int4 "
+                         "(or a policy file with int4 layers).")
     if config.offload.cpu_offload_gb:
         raise ValueError("quantization_calibration does not work with cpu_offload_gb: the "
                          "offloaded layers are stored before calibration could change them.")

@@ -147,6 +147,8 @@ def test_calibration_needs_int4_and_no_offload():
     config = types.SimpleNamespace(offload=types.SimpleNamespace(cpu_offload_gb=0.0))
     with pytest.raises(ValueError, match="no layer is int4"):
         check_calibration(config, QuantPolicy("int8"))
+    with pytest.raises(ValueError, match="an int4 LM head is not calibrated"):
+        check_calibration(config, QuantPolicy("int8", head="int4"))  # nothing to calibrate
     check_calibration(config, QuantPolicy("none", (("*.mlp.*", "int4"),)))
     config.offload.cpu_offload_gb = 2.0
     with pytest.raises(ValueError, match="cpu_offload_gb"):

@@ -4,6 +4,8 @@ errors bounded by the format's step, layouts as documented, slices that keep gro
 whole, policy precedence and its file's round trip, clear errors for bad input."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -160,10 +162,14 @@ def test_the_lm_head_is_quantized_only_by_its_name():
     asked = QuantPolicy("none", head="int8")
     assert asked.spec_for(HEAD) == "int8" and asked.quantized
     assert asked.spec_for("model.layers.0.mlp.down_proj") == "none"
-    ruled = QuantPolicy("int8", rules=((HEAD, "int4"),), head="fp8", group_size=32)
-    assert ruled.spec_for(HEAD) == "int4/32"  # the file's rule over the option
-    assert ruled.unmatched([HEAD]) == [] and ruled.specs == {"int8", "int4/32", "fp8"}
-    assert QuantPolicy("int8", keep=("lm_*",), head="int8").spec_for(HEAD) == "none"
+    ruled = QuantPolicy("int8", rules=((HEAD, "int4"),), group_size=32)
+    assert ruled.spec_for(HEAD) == "int4/32" and ruled.specs == {"int8", "int4/32"}
+    assert ruled.unmatched([HEAD]) == [] and ruled.layer_specs == {"int8"}
+    # the command line's option over the file's rule, "none" too
+    assert dataclasses.replace(ruled, head="fp8").specs == {"int8", "fp8"}
+    assert dataclasses.replace(ruled, head="none").specs == {"int8", "none"}
+    kept = QuantPolicy("int8", keep=("lm_*",), head="int8")
+    assert kept.spec_for(HEAD) == "none" and kept.specs == {"int8", "none"}
     # a pipeline stage without the head still has one in the model
     check_patterns(ruled, ["model.layers.1.self_attn.o_proj"], num_layers=2)
     cli = resolve_policy(QuantConfig(quantization="int4", lm_head_quantization="int8"))
