@@ -18,8 +18,9 @@ Patterns are shell globs (fnmatch). Embeddings stay 16-bit. The LM head (`lm_hea
 16-bit unless asked by name: --lm-head-quantization KIND (over the file), or a file rule
 whose pattern is exactly `lm_head` (the default method and the rules' wider globs such as
 `*` never reach it: its rounding errors land on every logit, so it is a choice to
-measure, e.g. with benchmarks/quant_accuracy.py's '+head' methods); keep patterns reach it
-as they reach any layer. The file (YAML or JSON):
+measure, e.g. with benchmarks/quant_accuracy.py's '+head' methods), or else a checkpoint
+that holds it quantized in a format read as it is (its exact values: `exact` below);
+keep patterns reach it as they reach any layer. The file (YAML or JSON):
 
     quantization: int8            # the default for layers no rule names
     group_size: 128               # int4 only (optional; the command line's wins)
@@ -70,7 +71,9 @@ class QuantPolicy:
         if any(fnmatch.fnmatchcase(prefix, p) for p in ALWAYS_FULL_PRECISION + self.keep):
             return "none"
         if prefix == HEAD:
-            return self._spec(self.head or dict(self.rules).get(HEAD, "none"))
+            if self.head or HEAD in dict(self.rules):
+                return self._spec(self.head or dict(self.rules)[HEAD])
+            return dict(self.exact).get(HEAD, "none")  # the checkpoint's, as it is
         for pattern, kind in self.rules:
             if fnmatch.fnmatchcase(prefix, pattern):
                 return self._spec(kind)
@@ -88,7 +91,7 @@ class QuantPolicy:
     def layer_specs(self) -> set[str]:
         """Every format a linear layer other than the LM head may take."""
         return ({self._spec(self.default)} | {self._spec(k) for p, k in self.rules if p != HEAD}
-                | {spec for _, spec in self.exact})
+                | {spec for p, spec in self.exact if p != HEAD})
 
     @property
     def quantized(self) -> bool:

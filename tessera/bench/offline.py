@@ -83,7 +83,8 @@ def _weight_bytes_read(engine: InprocClient) -> int:
     a, info, config = engine.arch, engine.executor.info, engine.config
     total = sum(info.weight_bytes.values()) * info.world_size
     shared = (a.tie_word_embeddings and config.parallel.pipeline_parallel_size == 1
-              and resolve_policy(config.quant, config.info).spec_for(HEAD) == "none")
+              and resolve_policy(config.quant, config.info, native=info.kernels.get(
+                  "ops") == "triton").spec_for(HEAD) == "none")
     embed = 0 if shared else a.vocab_size * a.hidden_size
     idle_experts = a.num_parameters() - a.num_parameters(active_only=True)
     return total - (embed + idle_experts) * _itemsize(engine)

@@ -16,7 +16,11 @@ Format specs (quant_policy.py takes them as rules): "none", "int8" (per channel)
   weight_block_size) -> fp8 on every layer whose `weight_scale` the safetensors headers
   list; gptq (4 bits, group 32/64/128, desc_act false) -> int4/G where `qweight` is.
 A stacked Tessera layer (q/k/v -> qkv_proj, gate/up -> gate_up_proj) whose parts differ
-takes the most precise of their formats (SPEC_ORDER). Anything else is refused with a
+takes the most precise of their formats (SPEC_ORDER). The LM head (quant_policy.py HEAD)
+is listed where the checkpoint holds it in a format read as it is: a GGUF's output.weight
+(or, tied, token_embd.weight) of a kept type, a folder's `lm_head.qweight` /
+`lm_head.weight_scale`; the head then keeps those exact values in fewer bytes (a GGUF's
+other types are dequantized for a 16-bit head, as before). Anything else is refused with a
 message naming what (block-wise fp8, 8-bit GPTQ, act-order GPTQ, other methods).
 """
 from __future__ import annotations
@@ -27,6 +31,8 @@ import json
 import os
 import re
 import struct
+
+from tessera.quant_policy import HEAD
 
 SPEC_ORDER = ("none", "int8/32", "int8", "fp8", "int8/64", "int8/128", "int4/32", "int4/64",
               "int4/128")  # most precise first
@@ -76,11 +82,17 @@ def _gguf(path: str) -> CheckpointQuant:
     from tessera.models.gguf_meta import open_reader
     from tessera.models.gguf_names import hf_name
     layers: dict[str, str] = {}
+    heads: dict[str, str] = {}  # the head's tensor (or, tied, the embedding's) -> its type
     for tensor in open_reader(path).tensors:
         name = hf_name(tensor.name)
         match = _LINEAR.match(name or "")
         if match and match.group(2) == "weight":
             _merge(layers, tessera_prefix(match.group(1)), gguf_spec(tensor.tensor_type.name))
+        elif name in ("lm_head.weight", "model.embed_tokens.weight"):
+            heads[name] = tensor.tensor_type.name
+    head = heads.get("lm_head.weight", heads.get("model.embed_tokens.weight"))
+    if head in _GGUF_KEPT:  # read as it is: the same values as dequantized, fewer bytes
+        layers[HEAD] = _GGUF_KEPT[head]
     if set(layers.values()) <= {"none"}:
         return CheckpointQuant()
     return CheckpointQuant("gguf", layers)
@@ -136,6 +148,8 @@ def _hf(folder: str) -> CheckpointQuant:
         match = _LINEAR.match(name)
         if match and match.group(2) == marker:
             _merge(layers, tessera_prefix(match.group(1)), spec)
+        elif name == f"{HEAD}.{marker}":  # a head quantized too (GPTQ's lm_head option)
+            layers[HEAD] = spec
     if not layers:
         raise ValueError(f"{where} says {method}, but no layer of the checkpoint has a "
                          f"{marker!r} tensor.")

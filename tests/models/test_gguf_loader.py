@@ -207,7 +207,9 @@ def test_tiny_model_config_and_weights(tmp_path, arch):
     assert raw["model.layers.0.self_attn.k_proj.weight"].kind == "int8"
     assert raw["model.layers.0.self_attn.v_proj.weight"].kind == "int4"
     assert raw["model.layers.0.self_attn.o_proj.weight"].kind == "int4"
-    assert isinstance(raw["model.embed_tokens.weight"], torch.Tensor)  # never kept
+    # the embedding's and the head's Q8_0 too (a head read as it is; an embedding dequantized)
+    assert raw["model.embed_tokens.weight"].kind == "int8"
+    assert arch == "llama" or raw["lm_head.weight"].kind == "int8"
     got = {name: dense(t) for name, t in raw.items()}
     assert set(got) == set(hf)  # rope_freqs skipped
     for name, expected in hf.items():
@@ -221,6 +223,38 @@ def test_tiny_model_config_and_weights(tmp_path, arch):
     k_stored = tensors["blk.0.attn_k.weight"][0]
     k_original = _unpermute_for_check(k_stored, N_KV) if arch == "llama" else k_stored
     assert np.abs(got["model.layers.0.self_attn.k_proj.weight"].numpy() - k_original).max() < 0.1
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_a_q8_0_head_is_kept_as_it_is_where_kernels_run(tmp_path, arch, monkeypatch):
+    """The checkpoint's head (llama here: tied, token_embd's Q8_0; qwen2: output's) is
+    listed int8/32; with kernels (the Triton interpreter here) the head keeps those
+    bytes, its embedding a 16-bit copy, and it computes the logits of the 16-bit load of
+    the same values (the CPU's default: a GGUF expanded)."""
+    from tessera import LLM, SamplingParams
+    from tessera.models.checkpoint_quant import checkpoint_quant
+    from tessera.quant.formats import dequantize as dequantize_weight
+    hf, tensors = _tiny_model(arch, np.random.default_rng(0), with_bias=True)
+    path = str(tmp_path / f"tiny-{arch}.gguf")
+    _write_gguf(path, arch, tensors)
+    assert checkpoint_quant("gguf", path).layers["lm_head"] == "int8/32"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    options = dict(skip_tokenizer_init=True, device="cpu", num_blocks=32, block_size=8)
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, logprobs=3)
+    prompt = {"prompt_token_ids": [5, 17, 99, 3]}
+    expanded = LLM(path, **options)
+    native = LLM(path, kernel_backend="triton", **options)
+    runner = native.engine.core.executor.worker.runner
+    head, embed = runner.model.lm_head, runner.model.model.embed_tokens
+    assert head.weight.dtype == torch.int8 and head.method.group_size == 32
+    assert embed.weight.dtype == torch.float32
+    want = hf["lm_head.weight" if arch == "qwen2" else "model.embed_tokens.weight"]
+    assert torch.equal(dequantize_weight(head.method.kernel_weight(head)), torch.from_numpy(want))
+    a = expanded.generate(prompt, params)[0].outputs[0]
+    b = native.generate(prompt, params)[0].outputs[0]
+    assert a.token_ids == b.token_ids
+    for x, y in zip(a.logprobs, b.logprobs):
+        assert all(abs(x[t].logprob - y[t].logprob) < 1e-3 for t in x if t in y)
 
 
 def _unpermute_for_check(w: np.ndarray, n_head: int) -> np.ndarray:

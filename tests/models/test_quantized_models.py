@@ -161,15 +161,16 @@ def test_random_weights_quantized(tiny_llama):
 
 
 # -- checkpoints already quantized ------------------------------------------------------
-def _write_quantized_folder(src: str, dst: str, method: str, group: int = 32):
+def _write_quantized_folder(src: str, dst: str, method: str, group: int = 32,
+                            head: bool = False):
     """The tiny checkpoint rewritten as an fp8 (per-channel, fbgemm_fp8 names) or a GPTQ
-    (4-bit, symmetric, AutoGPTQ's original zero-point storage) folder; returns the
-    dequantized state dict (what the folder stands for)."""
+    (4-bit, symmetric, AutoGPTQ's original zero-point storage) folder (head: its LM head
+    quantized too); returns the dequantized state dict (what the folder stands for)."""
     os.makedirs(dst, exist_ok=True)
     state = load_file(os.path.join(src, "model.safetensors"))
     out, dequantized = {}, dict(state)
     for name, w in state.items():
-        if not _is_linear(name):
+        if not (_is_linear(name) or head and name == "lm_head.weight"):
             out[name] = w
             continue
         module = name[:-len(".weight")]
@@ -203,12 +204,17 @@ def _write_quantized_folder(src: str, dst: str, method: str, group: int = 32):
     return dequantized
 
 
+@pytest.mark.parametrize("head", [False, True], ids=["head16", "head_quantized"])
 @pytest.mark.parametrize("method,kind", [("fp8", "fp8"), ("gptq", "int4")])
-def test_quantized_checkpoints_load_in_their_format(tiny_llama, tmp_path, method, kind):
+def test_quantized_checkpoints_load_in_their_format(tiny_llama, tmp_path, method, kind, head):
+    """Every layer the folder quantizes, its LM head too where it does (GPTQ's lm_head
+    option), loads in that format as it is, and the model equals HF on those values."""
     folder, hf_model = tiny_llama
-    dequantized = _write_quantized_folder(folder, str(tmp_path / method), method)
+    dequantized = _write_quantized_folder(folder, str(tmp_path / method), method, head=head)
     llm = LLM(str(tmp_path / method), skip_tokenizer_init=True, device="cpu", num_blocks=64)
     assert set(llm.engine.executor.info.weight_bytes) == {kind, "float32"}
+    lm_head = _runner(llm).model.lm_head
+    assert lm_head.method.precision(lm_head) == (kind if head else "float32")
     ref = copy.deepcopy(hf_model)
     ref.load_state_dict(dequantized, strict=False)
     _assert_equal_hf(_greedy(llm), ref)

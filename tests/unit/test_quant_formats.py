@@ -201,6 +201,13 @@ def test_policy_from_the_checkpoint_and_the_command_line():
     assert asked.spec_for("model.layers.0.mlp.down_proj") == "int8"  # re-quantized
     fp8 = type("Info", (), {"quant_method": "fp8", "quant_layers": {"a.qkv_proj": "fp8"}})()
     assert resolve_policy(QuantConfig(), fp8, native=False).spec_for("a.qkv_proj") == "fp8"
+    # a head the checkpoint holds quantized keeps its format, unless asked otherwise
+    info.quant_layers[HEAD] = "int8/32"
+    assert resolve_policy(QuantConfig(), info, native=True).spec_for(HEAD) == "int8/32"
+    assert resolve_policy(QuantConfig(), info, native=True).layer_specs == {"int4/32", "none"}
+    assert resolve_policy(QuantConfig(), info, native=False).spec_for(HEAD) == "none"
+    assert resolve_policy(QuantConfig(lm_head_quantization="none"), info).spec_for(HEAD) == "none"
+    assert resolve_policy(QuantConfig(quantization="int8"), info).spec_for(HEAD) == "none"
 
 
 def test_policy_file_round_trip(tmp_path):
