@@ -31,7 +31,8 @@ skipped where the model's group is 32 already); int4's groups are fitted by leas
 their minimum and maximum instead, as before 2026-12-05; "int4+gptq" (any int4 method
 with "+gptq") quantizes by GPTQ against --calibration-tokens of --calibration
 (quant/gptq.py; default text: dataclasses.py, which is not scored); any method with "+head"
-also quantizes the LM head (its own copy where tied; --lm-head-quantization), which the
+also quantizes the LM head (its own copy where tied; --lm-head-quantization), "+head=KIND"
+in another format (e.g. int4+head=int8), which the
 others keep 16-bit; those rows are reported, not judged against the bounds. "none" is the GGUF dequantized at load
 (`quantization="none"`), in the engine's dtype (float32 on the CPU: the models' 16-bit
 baseline); int4 scales and offsets are in that dtype too.
@@ -158,24 +159,27 @@ def evaluate(path: str, tokenizer: str, method: str, group: int, windows, new_to
     each group's scale and offset from its minimum and maximum, not fitted; any of them
     "@POLICY.yaml": with that policy file, e.g. from `tessera quant-sensitivity`; int4
     "+gptq": its int4 layers quantized by GPTQ against calibration_tokens of the
-    calibration file; "+head": the LM head quantized too, in the same format) on a fresh
-    LLM."""
+    calibration file; "+head": the LM head quantized too, in the same format, "+head=KIND"
+    in KIND's) on a fresh LLM."""
     spec, _, policy = method.partition("@")
     spec, *extras = spec.split("+")
-    if set(extras) - {"gptq", "head"}:
-        raise ValueError(f"method {method!r}: {extras} are not all options; '+gptq' and "
-                         f"'+head' are")
+    heads = [e.partition("=")[2] or "same" for e in extras if e.partition("=")[0] == "head"]
+    if set(extras) - {"gptq"} - {e for e in extras if e.partition("=")[0] == "head"}:
+        raise ValueError(f"method {method!r}: {extras} are not all options; '+gptq', "
+                         f"'+head' and '+head=KIND' are")
     spec, _, fit = spec.partition(":")
     kind, _, spec_group = spec.partition("/")
     formats.INT4_FIT = fit or "lsq"  # int4's fit (quant/int4_fit.py); "int4:minmax": min-max
     # fp8a8: fp8 weights, activations quantized per token (fp8a8/G: per G columns of one)
     quantized.EMULATE_W8A8 = int(spec_group or 0) if kind == "fp8a8" else None
     group = int(spec_group or group) if kind != "fp8a8" else group
+    head_kind = None if not heads else kind.replace("fp8a8", "fp8") if heads[0] == "same" \
+        else heads[0]
     start = time.perf_counter()
     llm = LLM(path, tokenizer=tokenizer, device="cpu", dtype=dtype,
               distributed_executor_backend="uni", quantization=kind.replace("fp8a8", "fp8"),
               quantization_group_size=group, quantization_policy=policy or None,
-              lm_head_quantization=kind.replace("fp8a8", "fp8") if "head" in extras else None,
+              lm_head_quantization=head_kind,
               quantization_calibration=calibration if "gptq" in extras else None,
               calibration_tokens=calibration_tokens, max_num_batched_tokens=2048)
     load_s = time.perf_counter() - start
@@ -190,7 +194,7 @@ def evaluate(path: str, tokenizer: str, method: str, group: int, windows, new_to
     del llm
     gc.collect()
     return {"method": method, "kind": kind, "group_size": group if kind == "int4" else None,
-            "head": "head" in extras,
+            "head": head_kind,
             "int4_fit": formats.INT4_FIT if kind == "int4" else None,
             "ppl": ppl.ppl, "nll": ppl.nll, "scored_tokens": ppl.tokens,
             "weight_bytes": sum(info.weight_bytes.values()),

@@ -15,8 +15,9 @@ target) and writes JSON to --out. Examples:
         --methods none,int8,int4,fp8 --runs b1 --runs-for none,fp8:b64,tput
     python benchmarks/quant_speed.py --out $OUT/q70b.json --shape llama-3-70b \
         --methods int8,fp8 --runs b1
-A method "KIND+head" (int8+head, int4+head, fp8+head) quantizes the LM head too
-(--lm-head-quantization; the others keep it 16-bit, as the issue's targets are set).
+A method "KIND+head" (int8+head, int4+head, fp8+head) quantizes the LM head too, and
+"KIND+head=HEAD" in HEAD's format (int4+head=int8) (--lm-head-quantization; the others
+keep it 16-bit, as the issue's targets are set).
 --profile b1,b64 adds the kernels of steady decode steps at batch 1 / 64 (step_kernels.py);
 --set MODULE.NAME=VALUE sets an A/B knob before the engines are built; --engine KEY=VALUE
 an engine option (e.g. pdl=False: with PDL off, the profile's kernel times add up).
@@ -88,12 +89,13 @@ def bench_method(shape: str, method: str, runs: list[str], bandwidth: float,
     options = dict(max_num_seqs=args.max_num_seqs,
                    max_num_batched_tokens=args.max_num_batched_tokens, **args.engine)
     kind, plus, extra = method.partition("+")  # "int4+head": the LM head int4 too
-    if plus and extra != "head":
-        raise ValueError(f"method {method!r}: '+head' is the only option")
+    option, _, head = extra.partition("=")  # "int4+head=int8": the head int8
+    if plus and option != "head":
+        raise ValueError(f"method {method!r}: '+head' or '+head=KIND' is the only option")
     if kind != "none":
         options["quantization"] = kind
-    if extra:
-        options["lm_head_quantization"] = kind
+    if plus:
+        options["lm_head_quantization"] = head or kind
     start = time.perf_counter()
     engine = random_weights_engine(shape, **options)
     info = engine.executor.info
@@ -129,7 +131,7 @@ def table(results: list[dict]) -> str:
             if run not in r:
                 continue
             x = r[run]
-            target = TARGETS.get((r["shape"], r["method"].removesuffix("+head"), run), "")
+            target = TARGETS.get((r["shape"], r["method"].partition("+")[0], run), "")
             if run == "tput":
                 lines.append(f"| {r['shape']} | {r['method']} | {run} | "
                              f"{x['output_tok_s']:.0f} out | | | {gib} | {target} |")
