@@ -60,3 +60,31 @@ def test_fp8_w8a8_equals_its_reference():
     bias = torch.randn(512, generator=g).to("cuda", torch.bfloat16)
     got, want = w8a8_linear(x, qw, bias), w8a8_linear_ref(x, qw, bias)
     assert torch.allclose(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_a_gguf_q8_0_head_read_as_it_is_equals_hf():
+    """A tiny llama GGUF (tied: its Q8_0 token_embd is the head) on the GPU keeps the head
+    int8 in groups of 32 (its exact values, through the quantized kernels) and equals HF
+    on the same dequantized weights in bf16."""
+    import tempfile
+
+    import numpy as np
+    import transformers
+
+    from tests.models import test_gguf_loader as g
+    hf_weights, tensors = g._tiny_model("llama", np.random.default_rng(0), with_bias=False)
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/tiny.gguf"
+        g._write_gguf(path, "llama", tensors)
+        llm = LLM(path, skip_tokenizer_init=True, dtype="bfloat16", device="cuda",
+                  num_blocks=256, max_num_batched_tokens=32)
+    head = llm.engine.core.executor.worker.runner.model.lm_head
+    assert head.weight.dtype == torch.int8 and head.method.group_size == 32
+    config = transformers.LlamaConfig(
+        vocab_size=g.VOCAB, hidden_size=g.HIDDEN, intermediate_size=g.FFN,
+        num_hidden_layers=g.N_LAYER, num_attention_heads=g.N_HEAD,
+        num_key_value_heads=g.N_KV, head_dim=g.HEAD_DIM, rms_norm_eps=1e-6,
+        rope_theta=10000.0, max_position_embeddings=512, tie_word_embeddings=True)
+    hf = transformers.LlamaForCausalLM(config)
+    hf.load_state_dict({k: torch.from_numpy(v) for k, v in hf_weights.items()}, strict=False)
+    _compare(llm, hf.to("cuda", torch.bfloat16).eval(), PROMPTS)
