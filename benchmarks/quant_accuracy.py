@@ -33,7 +33,8 @@ with "+gptq") quantizes by GPTQ against --calibration-tokens of --calibration
 (quant/gptq.py; default text: dataclasses.py, which is not scored); any method with "+head"
 also quantizes the LM head (its own copy where tied; --lm-head-quantization), "+head=KIND"
 in another format (e.g. int4+head=int8), which the
-others keep 16-bit; those rows are reported, not judged against the bounds. "none" is the GGUF dequantized at load
+others keep 16-bit; those rows are reported, not judged against the bounds. "none" is the
+GGUF dequantized at load
 (`quantization="none"`), in the engine's dtype (float32 on the CPU: the models' 16-bit
 baseline); int4 scales and offsets are in that dtype too.
 Pass criteria printed: int8 and fp8 within 1% of the baseline's perplexity, int4 within

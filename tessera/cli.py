@@ -91,7 +91,8 @@ def _add_quant_sensitivity_parser(sub, parents: list) -> None:
                         "quantizes it where the budget allows; default: it stays 16-bit)")
     g.add_argument("--out", required=True, metavar="POLICY.yaml", help="the policy file to write")
     add_engine_args(p, skip=("model", "quantization", "keep_full_precision",
-                             "lm_head_quantization", "quantization_policy", "quantization_group_size",
+                             "lm_head_quantization", "quantization_policy",
+                             "quantization_group_size",
                              "quantization_calibration", "calibration_tokens",
                              "distributed_executor_backend", "enforce_eager",
                              "skip_tokenizer_init", "enable_prefix_caching"))

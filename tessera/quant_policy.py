@@ -3,8 +3,9 @@
 Objects: QuantPolicy (default method, per-pattern overrides, patterns kept 16-bit, int4
 group size, the LM head's method; `spec_for(prefix)`: the layer's format spec, "none",
 "int8", "fp8", "int8/G" or "int4/G"; `parse_spec`), ALWAYS_FULL_PRECISION (MoE routers: a
-few KB that choose experts), HEAD (the LM head's name), `resolve_policy(QuantConfig, ModelInfo, native)` (the command line's options
-over a policy file over the checkpoint's own formats),
+few KB that choose experts), HEAD (the LM head's name), `resolve_policy(QuantConfig,
+ModelInfo, native)` (the command line's options over a policy file over the checkpoint's
+own formats),
 `load_policy_file(path)` / `policy_file_text(...)` (read and write the file format),
 `check_patterns(policy, names, num_layers)` (refuse patterns that name no layer: run by
 the worker once its model is built, the front end not knowing the layers' names).
@@ -71,9 +72,8 @@ class QuantPolicy:
         if any(fnmatch.fnmatchcase(prefix, p) for p in ALWAYS_FULL_PRECISION + self.keep):
             return "none"
         if prefix == HEAD:
-            if self.head or HEAD in dict(self.rules):
-                return self._spec(self.head or dict(self.rules)[HEAD])
-            return dict(self.exact).get(HEAD, "none")  # the checkpoint's, as it is
+            kind = self.head or dict(self.rules).get(HEAD)
+            return self._spec(kind) if kind else dict(self.exact).get(HEAD, "none")
         for pattern, kind in self.rules:
             if fnmatch.fnmatchcase(prefix, pattern):
                 return self._spec(kind)

@@ -27,7 +27,7 @@ from skinny_gemm_sweep import L2_DEFEAT_BYTES, time_graph  # noqa: E402
 from tessera.kernels import int4_gemv as module  # noqa: E402
 from tessera.kernels.int4_gemv import (Int4Config, int4_gemv, int4_gemv_add_norm,  # noqa: E402
                                        int4_gemv_qkv_rope)
-from tessera.kernels.int4_gemv_source import step_columns  # noqa: E402
+from tessera.kernels.int4_gemv_options import step_columns  # noqa: E402
 from tessera.kernels.norm_epilogue import pending_norm_ref  # noqa: E402
 from tessera.kernels.quant_tiles import weight_bytes  # noqa: E402
 from tessera.kernels.skinny_config import MAX_ROWS  # noqa: E402

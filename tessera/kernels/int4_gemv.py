@@ -25,7 +25,8 @@ import torch
 from tessera import envs
 from tessera.kernels import nvrtc
 from tessera.kernels.hardware import multiprocessors
-from tessera.kernels.int4_gemv_source import SCALE_KINDS, SOURCE, defines, step_columns
+from tessera.kernels.int4_gemv_options import SCALE_KINDS, defines, step_columns
+from tessera.kernels.int4_gemv_source import SOURCE
 from tessera.kernels.norm_epilogue import PendingNorm, checked_parts
 from tessera.kernels.pdl import pdl_active
 from tessera.kernels.skinny_config import MAX_ROWS

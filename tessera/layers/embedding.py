@@ -19,8 +19,6 @@ from tessera.models.weight_utils import dense, narrow, shape_of
 from tessera.quant_policy import HEAD
 
 
-QUANTIZED_ROWS = 8192  # rows of a quantized head quantized at a time (a 70B's whole: 4 GB)
-
 
 class VocabEmbedding(nn.Module):
     def __init__(self, vocab_size: int, hidden_size: int):
@@ -78,10 +76,7 @@ class LMHead(VocabEmbedding):
             raise ValueError(f"{HEAD}: checkpoint shape {shape_of(loaded)} does not fit "
                              f"({self.vocab_size}, {self.in_features})")
         rows = min(self.shard, self.vocab_size - self.start)
-        for first in range(0, rows, QUANTIZED_ROWS):  # a slice at a time: no whole float copy
-            count = min(QUANTIZED_ROWS, rows - first)
-            self.method.store(self, param, first, count,
-                              narrow(loaded, 0, self.start + first, count))
+        self.method.store(self, param, 0, rows, narrow(loaded, 0, self.start, rows))
 
     def forward(self, hidden: torch.Tensor, as_float: bool = True) -> torch.Tensor:
         """hidden: [N, hidden] -> logits [N, vocab] in float32 (as_float=False: in the

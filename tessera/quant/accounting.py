@@ -3,7 +3,8 @@
 `weight_bytes_by_precision(model)` -> {"int8": bytes, "bfloat16": bytes, ...}: a linear
 layer's and the LM head's bytes (data, scales, offsets and bias) count under its method's
 format (quant/base.py `precision`), quantized MoE experts' under theirs (`quant_kind`),
-every other parameter (embeddings, norms) under its dtype; a tensor shared by two modules (tied embeddings) counts once.
+every other parameter (embeddings, norms) under its dtype; a tensor shared by two
+modules (tied embeddings) counts once.
 (engine/protocol.py's WorkerInfo carries them and describes them for the log.)
 """
 from __future__ import annotations

@@ -11,8 +11,9 @@ scales are marked `derived` (filled with the weight, not read from the checkpoin
 Flow: the layer's loader slices a checkpoint piece for its rows (a TP shard, the q / k /
 v or gate / up part) and calls `store`, which quantizes that piece on the layer's device
 and writes its rows of data and scales (a piece already in this format, from a quantized
-checkpoint, is copied as it is; one in another format is dequantized and re-quantized) (quantization is row-local, so the pieces
-quantize independently and no 16-bit copy of the model is ever held). `apply` computes:
+checkpoint, is copied as it is; one in another format is dequantized and re-quantized)
+(quantization is row-local, so the pieces quantize independently, ROWS_AT_ONCE rows at a
+time, and no 16-bit copy of the model is ever held). `apply` computes:
 - up to 16 rows (decode) where the skinny GEMM runs: kernels/skinny_gemm.py, which takes
   the QuantizedWeight and dequantizes in registers (fp8 with its FP8_ACTIVATIONS knob:
   x quantized to fp8 in the kernel, kernels/skinny_a8.py), with every epilogue of the dense path
@@ -36,13 +37,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from tessera.config import KernelConfig
-from tessera.models.weight_utils import dense, materialize
+from tessera.models.weight_utils import dense, materialize, narrow
 from tessera.quant.base import layer_name
 from tessera.quant.formats import QuantizedWeight, dequantize, quantize
 from tessera.quant.unquantized import UnquantizedLinearMethod
 
 DATA_DTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn, "int4": torch.uint8}
-RANDOM_ROWS = 4096  # rows of random weights made and quantized at a time
+ROWS_AT_ONCE = 4096  # rows quantized at a time (loaded or random): no whole float copy
 # Measurement knob (benchmarks/quant_accuracy.py's "fp8a8"): where fp8 layers run without
 # the fp8 MMA (the CPU), their inputs are quantized per token as W8A8's are (quant/fp8.py)
 # and dequantized before the product, so W8A8's accuracy is measured where it cannot run;
@@ -128,7 +129,10 @@ class QuantizedLinearMethod(UnquantizedLinearMethod):
                 self.kind, self.group_size):
             self._copy_rows(layer, row_offset, piece)  # the checkpoint's own format, as it is
         else:  # 16-bit, or another format: (dequantized and) quantized to this one
-            self._store_rows(layer, row_offset, dense(piece).to(param.device))
+            for first in range(0, rows, ROWS_AT_ONCE):
+                count = min(ROWS_AT_ONCE, rows - first)
+                w = dense(narrow(piece, 0, first, count)).to(param.device)
+                self._store_rows(layer, row_offset + first, w)
 
     def _store_rows(self, layer: nn.Module, row_offset: int, w: torch.Tensor) -> None:
         """Quantize w [rows, K] into rows [row_offset, row_offset + rows) of the layer."""
@@ -143,10 +147,10 @@ class QuantizedLinearMethod(UnquantizedLinearMethod):
             layer.weight_offset.data.narrow(0, row_offset, rows).copy_(qw.offset)
 
     def fill_random(self, layer: nn.Module, generator: torch.Generator) -> None:
-        """N(0, 0.02) weights, made RANDOM_ROWS rows at a time and quantized."""
+        """N(0, 0.02) weights, made ROWS_AT_ONCE rows at a time and quantized."""
         n, k = self.logical_shape(layer, layer.weight)
-        for start in range(0, n, RANDOM_ROWS):
-            rows = min(RANDOM_ROWS, n - start)
+        for start in range(0, n, ROWS_AT_ONCE):
+            rows = min(ROWS_AT_ONCE, n - start)
             w = torch.empty(rows, k, device=layer.weight.device,
                             dtype=layer.weight_scale.dtype if self.group_size
                             else torch.get_default_dtype())

@@ -12,7 +12,8 @@ import torch
 from tessera.kernels import int4_gemv as module
 from tessera.kernels.int4_gemv import (Int4Config, int4_gemv, int4_gemv_add_norm,
                                        int4_gemv_qkv_rope, pick_config, rope_why_not, why_not)
-from tessera.kernels.int4_gemv_source import SOURCE, defines, step_columns
+from tessera.kernels.int4_gemv_options import defines, step_columns
+from tessera.kernels.int4_gemv_source import SOURCE
 from tessera.kernels.norm_epilogue import pending_norm_ref
 from tessera.kernels.reference import rms_norm_ref
 from tessera.kernels.skinny_config import MAX_ROWS

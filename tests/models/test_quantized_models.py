@@ -298,18 +298,19 @@ def test_quantized_experts_equal_the_dequantized_model(tiny_moe, tmp_path, kind)
 @pytest.mark.parametrize("kind", ["int8", "fp8", "int4"])
 def test_quantized_head_shards_pad_the_vocabulary_with_zero_logits(kind, monkeypatch):
     """A vocabulary of 385 over 4 ranks (shards of 97, the last holding 94 rows and 3 of
-    padding), each shard loaded a slice at a time (QUANTIZED_ROWS made small): every
+    padding), each shard quantized a slice at a time (ROWS_AT_ONCE made small): every
     padding logit is 0, and the real ones join to the whole head's."""
     from tessera.config import KernelConfig
     from tessera.layers import embedding
     from tessera.layers.context import building, make_context
+    from tessera.quant import quantized
     from tessera.quant_policy import QuantPolicy
     vocab, hidden, ranks = 385, 64, 4
     g = torch.Generator().manual_seed(0)
     table, x = torch.randn(vocab, hidden, generator=g), torch.randn(3, hidden, generator=g)
     context = make_context(KernelConfig(kernel_backend="reference"), torch.device("cpu"),
                            QuantPolicy("none", head=kind, group_size=32))
-    monkeypatch.setattr(embedding, "QUANTIZED_ROWS", 40)
+    monkeypatch.setattr(quantized, "ROWS_AT_ONCE", 40)
     monkeypatch.setattr(embedding, "tp_size", lambda: ranks)
     shards = []
     for rank in range(ranks):
