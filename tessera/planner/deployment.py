@@ -1,7 +1,7 @@
 """A deployment file: the models to serve, their traffic and SLOs, and the hardware.
 
-Objects: ModelSpec (a name, its shape: a named shape or a Hugging Face folder, precision,
-traffic: rate and burstiness or a trace, lengths, SLO, an optional latency profile) and
+Objects: ModelSpec (a name, its shape: a named shape or a Hugging Face folder, precision
+and the LM head's (planner/weights.py counts their bytes), traffic: rate and burstiness or a trace, lengths, SLO, an optional latency profile) and
 Deployment (models, hardware, simulated duration, the group sizes to try, the attainment
 to reach), read by `load_deployment(path)` from YAML or JSON. Every mistake is a
 ValueError that names the field: an unknown model or preset, a model bigger than the
@@ -14,6 +14,7 @@ devices, an SLO below what one step takes.
       - name: chat
         model: llama-3-8b   # a named shape, a folder with config.json, or a .gguf file
         precision: bfloat16 # or int8, fp8, int4
+        lm_head_precision: int8  # optional: the LM head quantized too (default 16-bit)
         rate: 4             # requests per second
         cv: 3               # burstiness (1: Poisson)
         prompt_len: [128, 1024]
@@ -33,9 +34,8 @@ from tessera.models.arch_config import ArchConfig
 from tessera.planner.hardware import Hardware, hardware
 from tessera.planner.simulator import SLO
 from tessera.planner.traffic import Lengths
+from tessera.planner.weights import HEAD_PRECISIONS, PRECISIONS, ModelBytes
 
-BYTES_PER_WEIGHT = {"bfloat16": 2.0, "float16": 2.0, "int8": 1.0, "fp8": 1.0,
-                    "int4": 0.53}  # int4: 4 bits + a scale and an offset per 128
 
 
 @dataclasses.dataclass
@@ -49,10 +49,15 @@ class ModelSpec:
     slo: SLO
     profile: Optional[str] = None
     source: str = ""  # the `model` field: a named shape or a folder (what is served)
+    lm_head: Optional[str] = None  # the LM head's precision (None: 16-bit)
+
+    @property
+    def bytes(self) -> ModelBytes:
+        return ModelBytes(self.arch, self.precision, self.lm_head)
 
     @property
     def weight_bytes(self) -> float:
-        return self.arch.num_parameters() * BYTES_PER_WEIGHT[self.precision]
+        return self.bytes.stored
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -96,15 +101,19 @@ def _model(d: dict[str, Any], i: int, has_trace: bool) -> ModelSpec:
     if not isinstance(d, dict) or "name" not in d or "model" not in d:
         raise ValueError(f"{where}: each model needs a name and a model (shape or folder)")
     where = f"model {d['name']!r}"
-    known = {"name", "model", "precision", "rate", "cv", "prompt_len", "output_len", "slo",
-             "profile"}
+    known = {"name", "model", "precision", "lm_head_precision", "rate", "cv", "prompt_len",
+             "output_len", "slo", "profile"}
     unknown = set(d) - known
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
     precision = d.get("precision", "bfloat16")
-    if precision not in BYTES_PER_WEIGHT:
+    if precision not in PRECISIONS:
         raise ValueError(f"{where}: precision {precision!r} is not one of "
-                         f"{', '.join(BYTES_PER_WEIGHT)}")
+                         f"{', '.join(PRECISIONS)}")
+    lm_head = d.get("lm_head_precision")
+    if lm_head is not None and lm_head not in HEAD_PRECISIONS:
+        raise ValueError(f"{where}: lm_head_precision {lm_head!r} is not one of "
+                         f"{', '.join(HEAD_PRECISIONS)} (leave it out for a 16-bit head)")
     rate = float(d.get("rate", 0.0))
     if rate < 0 or (not rate and not has_trace):
         raise ValueError(f"{where}: rate must be > 0 requests/s (or give a trace)")
@@ -119,7 +128,8 @@ def _model(d: dict[str, Any], i: int, has_trace: bool) -> ModelSpec:
     return ModelSpec(str(d["name"]), _arch(str(d["model"]), where), precision, rate,
                      float(d.get("cv", 1.0)),
                      Lengths.of(d.get("prompt_len", 512), d.get("output_len", 128)),
-                     SLO(**{k: float(v) for k, v in slo.items()}), profile, str(d["model"]))
+                     SLO(**{k: float(v) for k, v in slo.items()}), profile, str(d["model"]),
+                     lm_head)
 
 
 def load_deployment(path: str) -> Deployment:

@@ -6,8 +6,9 @@ it, and the context tokens its attention reads. Objects:
   of the relative error over the steps a `tessera bench profile` run timed on the target
   hardware (`load_profile` reads its JSON), times a factor per decode batch size that the
   profile measured (interpolated between them); the planner's calibrated model;
-- RooflineModel(arch, hardware, tp, pp, weight_bytes, kv_itemsize): a pipeline stage's time
-  is max(bytes read / bandwidth, FLOPs / FLOP rate) plus a fixed per-step overhead and the
+- RooflineModel(arch, hardware, tp, pp, weights, kv_itemsize): a pipeline stage's time
+  is max(bytes read / bandwidth, FLOPs / FLOP rate) (weights: planner/weights.py's
+  ModelBytes, the bytes a step reads at the model's precision) plus a fixed per-step overhead and the
   TP all-reduces over the link; the model used when no profile is given (the plan says so);
 - ScaledModel(base, measured_at, target): a profile taken at one parallel layout applied to
   another by the ratio of their rooflines.
@@ -25,6 +26,7 @@ import numpy as np
 
 from tessera.models.arch_config import ArchConfig
 from tessera.planner.hardware import Hardware
+from tessera.planner.weights import ModelBytes
 
 STEP_OVERHEAD_S = 1.5e-3  # host-side cost of a step the roofline does not see (measured
 # on the H200: a Llama-3-8B decode step of one sequence is 4.3 ms against 3.6 of bytes)
@@ -143,17 +145,21 @@ class RooflineModel:
     hardware: Hardware
     tp: int = 1
     pp: int = 1
-    bytes_per_weight: float = 2.0  # bf16; 1 for int8 / fp8, ~0.53 for int4 g128
+    weights: Optional[ModelBytes] = None  # None: 16-bit
     kv_itemsize: int = 2
     source: str = "roofline"
 
+    def __post_init__(self):
+        if self.weights is None:
+            self.weights = ModelBytes(self.arch)
+
     @property
     def weight_bytes(self) -> float:
-        return self.arch.num_parameters() * self.bytes_per_weight
+        return self.weights.stored
 
     def _stage(self, tokens: int, seqs: int, context: int) -> float:
         a, hw, shards = self.arch, self.hardware, self.tp * self.pp
-        read = (self.arch.num_parameters(active_only=True) * self.bytes_per_weight
+        read = (self.weights.read(active_only=True)
                 + context * a.kv_bytes_per_token * self.kv_itemsize) / shards
         flops = 2.0 * a.num_parameters(active_only=True) * tokens / shards
         comm = 0.0

@@ -20,7 +20,7 @@ import dataclasses
 import os
 from typing import Optional
 
-from tessera.planner.deployment import BYTES_PER_WEIGHT, Deployment, ModelSpec
+from tessera.planner.deployment import Deployment, ModelSpec
 from tessera.planner.hardware import Hardware
 from tessera.planner.latency import (ProfileModel, RooflineModel, ScaledModel,
                                      load_profile)
@@ -79,8 +79,7 @@ def latency_model(spec: ModelSpec, hw: Hardware, tp: int, pp: int, colocated: bo
     """The model's step times at TP x PP: its profile's fit (scaled by the roofline's
     ratio when measured at another layout), else the roofline. colocated: the fit of the
     profile's samples taken with another model taking turns, None when it has none."""
-    bpw = BYTES_PER_WEIGHT[spec.precision]  # int4 too: its scales and offsets counted
-    roof = RooflineModel(spec.arch, hw, tp, pp, bytes_per_weight=bpw)
+    roof = RooflineModel(spec.arch, hw, tp, pp, weights=spec.bytes)
     if spec.profile is None:
         return None if colocated else roof
     stat = os.stat(spec.profile)  # a profile written again is read again
@@ -94,7 +93,7 @@ def latency_model(spec: ModelSpec, hw: Hardware, tp: int, pp: int, colocated: bo
         meta.get("pipeline_parallel_size", 1))
     if (at_tp, at_pp) == (tp, pp):
         return base
-    return ScaledModel(base, RooflineModel(spec.arch, hw, at_tp, at_pp, bytes_per_weight=bpw),
+    return ScaledModel(base, RooflineModel(spec.arch, hw, at_tp, at_pp, weights=spec.bytes),
                        roof)
 
 

@@ -8,7 +8,8 @@ group layouts, with the simulator in the loop) -> refused, with the plan's repor
 nothing fits -> for each model, an engine process per group holding it: the group's
 devices (CUDA_VISIBLE_DEVICES: group i is devices i*size ... on a GPU host), the layout's
 TP x PP, the model's precision (a 16-bit checkpoint quantized at load to int8 / fp8 /
-int4; a GGUF file keeps its own), and its share of the group's memory as the planner
+int4; a GGUF file keeps its own) and its LM head's (lm_head_precision: the head
+quantized too; else 16-bit, or as the checkpoint holds it), and its share of the group's memory as the planner
 counted it (its weights plus an equal part of what the group's weights leave for KV).
 The server then routes each request by its `model` to that model's engines; a model on
 several groups is balanced over them as data-parallel replicas are (engine/router.py).
@@ -28,7 +29,8 @@ logger = logging.getLogger(__name__)
 QUANTIZATION = {"bfloat16": None, "float16": None, "int8": "int8", "fp8": "fp8",
                 "int4": "int4"}
 PER_MODEL = ("model", "tensor_parallel_size", "pipeline_parallel_size", "quantization",
-             "gpu_memory_utilization", "load_format", "data_parallel_size")
+             "lm_head_quantization", "gpu_memory_utilization", "load_format",
+             "data_parallel_size")
 
 
 _DEFAULTS = {f.name: f.default for _, cls in PARTS for f in dataclasses.fields(cls)
@@ -84,6 +86,7 @@ def _served(d, p, kwargs: dict[str, Any], gpus: list[str]) -> list[ServedModel]:
                 **kwargs, "model": m.source, "tensor_parallel_size": p.layout.tp,
                 "pipeline_parallel_size": p.layout.pp,
                 "quantization": None if m.source.endswith(".gguf") else QUANTIZATION[m.precision],
+                "lm_head_quantization": m.lm_head,
                 "gpu_memory_utilization": share,
                 **({"load_format": "dummy"} if _named_shape(m.source) else {})})
             served = out.setdefault(name, ServedModel([name], config, []))
