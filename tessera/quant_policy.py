@@ -20,7 +20,9 @@ Patterns are shell globs (fnmatch). Embeddings stay 16-bit. The LM head (`lm_hea
 whose pattern is exactly `lm_head` (the default method and the rules' wider globs such as
 `*` never reach it: its rounding errors land on every logit, so it is a choice to
 measure, e.g. with benchmarks/quant_accuracy.py's '+head' methods), or else a checkpoint
-that holds it quantized in a format read as it is (its exact values: `exact` below);
+that holds it quantized in a format read as it is (its exact values: `exact` below); a
+head asked for the kind the checkpoint holds it in (int8 over a GGUF's Q8_0 one) keeps
+the checkpoint's format (`own_head`: int8/32) rather than being rounded a second time;
 keep patterns reach it as they reach any layer. The file (YAML or JSON):
 
     quantization: int8            # the default for layers no rule names
@@ -66,6 +68,7 @@ class QuantPolicy:
 
     exact: tuple[tuple[str, str], ...] = ()  # (prefix, spec): the checkpoint's own, last
     head: Optional[str] = None  # the LM head's kind, over a rule naming HEAD (None: none)
+    own_head: Optional[str] = None  # the checkpoint's head spec, where it can be kept
 
     def spec_for(self, prefix: str) -> str:
         """The format spec of the linear layer named prefix (HEAD: the LM head)."""
@@ -73,6 +76,8 @@ class QuantPolicy:
             return "none"
         if prefix == HEAD:
             kind = self.head or dict(self.rules).get(HEAD)
+            if kind and self.own_head and parse_spec(self.own_head)[0] == kind:
+                return self.own_head  # asked what it is already: its values, not rounded again
             return self._spec(kind) if kind else dict(self.exact).get(HEAD, "none")
         for pattern, kind in self.rules:
             if fnmatch.fnmatchcase(prefix, pattern):
@@ -186,12 +191,13 @@ def resolve_policy(quant, info=None, native: bool = True) -> QuantPolicy:
         group = group or data["group_size"]
     if group is None:  # a GGUF's 4-bit layers come in blocks of 32: a coarser group
         group = 32 if getattr(info, "kind", None) == "gguf" else 128  # rounds them again
-    exact: tuple = ()
-    if not (quant.quantization or file_default) and info is not None and info.quant_layers:
-        if native or info.quant_method != "gguf":
-            exact = tuple(sorted(info.quant_layers.items()))
+    own: dict = {}  # the checkpoint's formats that can be kept as they are
+    if info is not None and (native or info.quant_method != "gguf"):
+        own = dict(info.quant_layers or {})
+    exact = () if quant.quantization or file_default else tuple(sorted(own.items()))
     default = quant.quantization or file_default or "none"
-    return QuantPolicy(default, rules, keep, group, exact, quant.lm_head_quantization)
+    return QuantPolicy(default, rules, keep, group, exact, quant.lm_head_quantization,
+                       own.get(HEAD))
 
 
 def policy_file_text(default: str, layers: dict[str, str], group_size: int = 128,

@@ -255,6 +255,14 @@ def test_a_q8_0_head_is_kept_as_it_is_where_kernels_run(tmp_path, arch, monkeypa
     assert a.token_ids == b.token_ids
     for x, y in zip(a.logprobs, b.logprobs):
         assert all(abs(x[t].logprob - y[t].logprob) < 1e-3 for t in x if t in y)
+    native.engine.shutdown()
+    # asked for int8, the head it holds as int8 stays as it is (not rounded per row again)
+    asked = LLM(path, kernel_backend="triton", quantization="int4",
+                lm_head_quantization="int8", **options)
+    head = asked.engine.core.executor.worker.runner.model.lm_head
+    assert head.method.group_size == 32
+    assert torch.equal(dequantize_weight(head.method.kernel_weight(head)), torch.from_numpy(want))
+    asked.engine.shutdown()
 
 
 def _unpermute_for_check(w: np.ndarray, n_head: int) -> np.ndarray:

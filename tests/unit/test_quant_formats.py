@@ -208,6 +208,15 @@ def test_policy_from_the_checkpoint_and_the_command_line():
     assert resolve_policy(QuantConfig(), info, native=False).spec_for(HEAD) == "none"
     assert resolve_policy(QuantConfig(lm_head_quantization="none"), info).spec_for(HEAD) == "none"
     assert resolve_policy(QuantConfig(quantization="int8"), info).spec_for(HEAD) == "none"
+    # asked for the kind it is held in, it stays as held (not rounded per row again)
+    for asked in (QuantConfig(lm_head_quantization="int8"),
+                  QuantConfig(quantization="int4", lm_head_quantization="int8")):
+        assert resolve_policy(asked, info, native=True).spec_for(HEAD) == "int8/32"
+    assert resolve_policy(QuantConfig(lm_head_quantization="int8"), info,
+                          native=False).spec_for(HEAD) == "int8"  # CPU: expanded, then rounded
+    other = resolve_policy(QuantConfig(lm_head_quantization="int4"), info)  # another kind:
+    assert other.spec_for(HEAD) == "int4/128"  # rounded (this info names no GGUF: group 128)
+    assert resolve_policy(QuantConfig(lm_head_quantization="fp8"), info).spec_for(HEAD) == "fp8"
 
 
 def test_policy_file_round_trip(tmp_path):
