@@ -1,7 +1,8 @@
 """A deployment file: the models to serve, their traffic and SLOs, and the hardware.
 
 Objects: ModelSpec (a name, its shape: a named shape or a Hugging Face folder, precision
-and the LM head's (planner/weights.py counts their bytes), traffic: rate and burstiness or a trace, lengths, SLO, an optional latency profile) and
+and the LM head's (planner/weights.py counts their bytes), traffic: rate and burstiness
+or a trace, lengths, SLO, an optional latency profile) and
 Deployment (models, hardware, simulated duration, the group sizes to try, the attainment
 to reach), read by `load_deployment(path)` from YAML or JSON. Every mistake is a
 ValueError that names the field: an unknown model or preset, a model bigger than the

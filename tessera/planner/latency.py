@@ -8,8 +8,9 @@ it, and the context tokens its attention reads. Objects:
   profile measured (interpolated between them); the planner's calibrated model;
 - RooflineModel(arch, hardware, tp, pp, weights, kv_itemsize): a pipeline stage's time
   is max(bytes read / bandwidth, FLOPs / FLOP rate) (weights: planner/weights.py's
-  ModelBytes, the bytes a step reads at the model's precision) plus a fixed per-step overhead and the
-  TP all-reduces over the link; the model used when no profile is given (the plan says so);
+  ModelBytes, the bytes a step reads at the model's precision) plus a fixed per-step
+  overhead and the TP all-reduces over the link; the model used when no profile is
+  given (the plan says so);
 - ScaledModel(base, measured_at, target): a profile taken at one parallel layout applied to
   another by the ratio of their rooflines.
 Each offers `step_seconds(tokens, seqs, context)` (a step's latency, all stages) and

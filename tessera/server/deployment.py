@@ -9,8 +9,9 @@ nothing fits -> for each model, an engine process per group holding it: the grou
 devices (CUDA_VISIBLE_DEVICES: group i is devices i*size ... on a GPU host), the layout's
 TP x PP, the model's precision (a 16-bit checkpoint quantized at load to int8 / fp8 /
 int4; a GGUF file keeps its own) and its LM head's (lm_head_precision: the head
-quantized too; else 16-bit, or as the checkpoint holds it), and its share of the group's memory as the planner
-counted it (its weights plus an equal part of what the group's weights leave for KV).
+quantized too; else 16-bit, or as the checkpoint holds it), and its share of the
+group's memory as the planner counted it (its weights plus an equal part of what the
+group's weights leave for KV).
 The server then routes each request by its `model` to that model's engines; a model on
 several groups is balanced over them as data-parallel replicas are (engine/router.py).
 The command line's engine options apply to every model; the file sets, per model, what
