@@ -1,8 +1,8 @@
 """A deployment file: the models to serve, their traffic and SLOs, and the hardware.
 
 Objects: ModelSpec (a name, its shape: a named shape or a Hugging Face folder, precision
-and the LM head's (planner/weights.py counts their bytes), traffic: rate and burstiness
-or a trace, lengths, SLO, an optional latency profile) and
+and the LM head's (planner/weights.py counts their bytes), the KV cache's dtype, traffic:
+rate and burstiness or a trace, lengths, SLO, an optional latency profile) and
 Deployment (models, hardware, simulated duration, the group sizes to try, the attainment
 to reach), read by `load_deployment(path)` from YAML or JSON. Every mistake is a
 ValueError that names the field: an unknown model or preset, a model bigger than the
@@ -16,6 +16,7 @@ devices, an SLO below what one step takes.
         model: llama-3-8b   # a named shape, a folder with config.json, or a .gguf file
         precision: bfloat16 # or int8, fp8, int4
         lm_head_precision: int8  # optional: the LM head quantized too (default 16-bit)
+        kv_cache_dtype: fp8 # optional: a KV cache of a byte a value (default auto: 16-bit)
         rate: 4             # requests per second
         cv: 3               # burstiness (1: Poisson)
         prompt_len: [128, 1024]
@@ -31,6 +32,7 @@ import json
 import os
 from typing import Any, Optional
 
+from tessera.config import KV_CACHE_DTYPES
 from tessera.models.arch_config import ArchConfig
 from tessera.planner.hardware import Hardware, hardware
 from tessera.planner.simulator import SLO
@@ -51,6 +53,7 @@ class ModelSpec:
     profile: Optional[str] = None
     source: str = ""  # the `model` field: a named shape or a folder (what is served)
     lm_head: Optional[str] = None  # the LM head's precision (None: 16-bit)
+    kv_cache_dtype: str = "auto"  # the engine's --kv-cache-dtype: auto (16-bit) or fp8
 
     @property
     def bytes(self) -> ModelBytes:
@@ -61,8 +64,12 @@ class ModelSpec:
         return self.bytes.stored
 
     @property
+    def kv_itemsize(self) -> int:
+        return 2 if self.kv_cache_dtype == "auto" else 1
+
+    @property
     def kv_bytes_per_token(self) -> int:
-        return self.arch.kv_bytes_per_token * 2  # a 16-bit cache
+        return self.arch.kv_bytes_per_token * self.kv_itemsize
 
     @property
     def max_len(self) -> int:
@@ -102,8 +109,8 @@ def _model(d: dict[str, Any], i: int, has_trace: bool) -> ModelSpec:
     if not isinstance(d, dict) or "name" not in d or "model" not in d:
         raise ValueError(f"{where}: each model needs a name and a model (shape or folder)")
     where = f"model {d['name']!r}"
-    known = {"name", "model", "precision", "lm_head_precision", "rate", "cv", "prompt_len",
-             "output_len", "slo", "profile"}
+    known = {"name", "model", "precision", "lm_head_precision", "kv_cache_dtype", "rate", "cv",
+             "prompt_len", "output_len", "slo", "profile"}
     unknown = set(d) - known
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
@@ -115,6 +122,10 @@ def _model(d: dict[str, Any], i: int, has_trace: bool) -> ModelSpec:
     if lm_head is not None and lm_head not in HEAD_PRECISIONS:
         raise ValueError(f"{where}: lm_head_precision {lm_head!r} is not one of "
                          f"{', '.join(HEAD_PRECISIONS)} (leave it out for a 16-bit head)")
+    kv_dtype = d.get("kv_cache_dtype", "auto")
+    if kv_dtype not in KV_CACHE_DTYPES:
+        raise ValueError(f"{where}: kv_cache_dtype {kv_dtype!r} is not one of "
+                         f"{', '.join(KV_CACHE_DTYPES)}")
     rate = float(d.get("rate", 0.0))
     if rate < 0 or (not rate and not has_trace):
         raise ValueError(f"{where}: rate must be > 0 requests/s (or give a trace)")
@@ -130,7 +141,7 @@ def _model(d: dict[str, Any], i: int, has_trace: bool) -> ModelSpec:
                      float(d.get("cv", 1.0)),
                      Lengths.of(d.get("prompt_len", 512), d.get("output_len", 128)),
                      SLO(**{k: float(v) for k, v in slo.items()}), profile, str(d["model"]),
-                     lm_head)
+                     lm_head, kv_dtype)
 
 
 def load_deployment(path: str) -> Deployment:

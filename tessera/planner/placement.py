@@ -79,7 +79,8 @@ def latency_model(spec: ModelSpec, hw: Hardware, tp: int, pp: int, colocated: bo
     """The model's step times at TP x PP: its profile's fit (scaled by the roofline's
     ratio when measured at another layout), else the roofline. colocated: the fit of the
     profile's samples taken with another model taking turns, None when it has none."""
-    roof = RooflineModel(spec.arch, hw, tp, pp, weights=spec.bytes)
+    roof = RooflineModel(spec.arch, hw, tp, pp, weights=spec.bytes,
+                         kv_itemsize=spec.kv_itemsize)
     if spec.profile is None:
         return None if colocated else roof
     stat = os.stat(spec.profile)  # a profile written again is read again
@@ -93,8 +94,9 @@ def latency_model(spec: ModelSpec, hw: Hardware, tp: int, pp: int, colocated: bo
         meta.get("pipeline_parallel_size", 1))
     if (at_tp, at_pp) == (tp, pp):
         return base
-    return ScaledModel(base, RooflineModel(spec.arch, hw, at_tp, at_pp, weights=spec.bytes),
-                       roof)
+    measured_at = RooflineModel(spec.arch, hw, at_tp, at_pp, weights=spec.bytes,
+                                kv_itemsize=spec.kv_itemsize)
+    return ScaledModel(base, measured_at, roof)
 
 
 def build_groups(d: Deployment, layout: Layout, groups: list[list[str]],

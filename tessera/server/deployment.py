@@ -9,9 +9,9 @@ nothing fits -> for each model, an engine process per group holding it: the grou
 devices (CUDA_VISIBLE_DEVICES: group i is devices i*size ... on a GPU host), the layout's
 TP x PP, the model's precision (a 16-bit checkpoint quantized at load to int8 / fp8 /
 int4; a GGUF file keeps its own) and its LM head's (lm_head_precision: the head
-quantized too; else 16-bit, or as the checkpoint holds it), and its share of the
-group's memory as the planner counted it (its weights plus an equal part of what the
-group's weights leave for KV).
+quantized too; else 16-bit, or as the checkpoint holds it), its KV cache's dtype, and its
+share of the group's memory as the planner counted it (its weights plus an equal part of
+what the group's weights leave for KV).
 The server then routes each request by its `model` to that model's engines; a model on
 several groups is balanced over them as data-parallel replicas are (engine/router.py).
 The command line's engine options apply to every model; the file sets, per model, what
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 QUANTIZATION = {"bfloat16": None, "float16": None, "int8": "int8", "fp8": "fp8",
                 "int4": "int4"}
 PER_MODEL = ("model", "tensor_parallel_size", "pipeline_parallel_size", "quantization",
-             "lm_head_quantization", "gpu_memory_utilization", "load_format",
+             "lm_head_quantization", "kv_cache_dtype", "gpu_memory_utilization", "load_format",
              "data_parallel_size")
 
 
@@ -87,7 +87,7 @@ def _served(d, p, kwargs: dict[str, Any], gpus: list[str]) -> list[ServedModel]:
                 **kwargs, "model": m.source, "tensor_parallel_size": p.layout.tp,
                 "pipeline_parallel_size": p.layout.pp,
                 "quantization": None if m.source.endswith(".gguf") else QUANTIZATION[m.precision],
-                "lm_head_quantization": m.lm_head,
+                "lm_head_quantization": m.lm_head, "kv_cache_dtype": m.kv_cache_dtype,
                 "gpu_memory_utilization": share,
                 **({"load_format": "dummy"} if _named_shape(m.source) else {})})
             served = out.setdefault(name, ServedModel([name], config, []))

@@ -1,7 +1,8 @@
 """The planner's weight bytes (planner/weights.py) as the engine's policy holds and reads
 them: 16-bit embeddings and norms, the LM head 16-bit unless named, a tied model's
 quantized head a copy of its own; the roofline reads them; a deployment file's
-lm_head_precision reaches the engine each model is served by."""
+lm_head_precision and kv_cache_dtype are counted and reach the engines each model is
+served by."""
 from __future__ import annotations
 
 import json
@@ -87,3 +88,24 @@ def test_a_deployments_lm_head_precision_is_counted_and_served(tmp_path):
         load_deployment(_file(tmp_path, lm_head_precision="fp16"))
     with pytest.raises(ValueError, match="--deployment sets lm_head_quantization per model"):
         place_models(path, {"device": "cpu", "lm_head_quantization": "int8"})
+
+
+def test_a_deployments_fp8_kv_cache_halves_its_kv_bytes_and_is_served(tmp_path):
+    from tessera.planner.placement import latency_model
+    from tessera.server.deployment import place_models
+    plain = load_deployment(_file(tmp_path)).models[0]
+    path = _file(tmp_path, kv_cache_dtype="fp8")
+    fp8 = load_deployment(path).models[0]
+    assert fp8.kv_bytes_per_token * 2 == plain.kv_bytes_per_token == 2 * 32 * 2 * 8 * 128
+    hw = hardware("h200")
+    context = 100_000  # the cache read of a step: half the bytes
+    kv_read = plain.arch.kv_bytes_per_token * context / hw.bandwidth
+    slow, fast = (latency_model(s, hw, 1, 1).step_seconds(1, 1, context) for s in (plain, fp8))
+    assert slow - fast == pytest.approx(kv_read, rel=1e-6)
+    served, report = place_models(path, {"device": "cpu"})
+    assert "fp8 KV cache" in report
+    assert served[0].placements[0][0].cache.kv_cache_dtype == "fp8"
+    with pytest.raises(ValueError, match="kv_cache_dtype 'int8' is not one of auto, fp8"):
+        load_deployment(_file(tmp_path, kv_cache_dtype="int8"))
+    with pytest.raises(ValueError, match="--deployment sets kv_cache_dtype per model"):
+        place_models(path, {"device": "cpu", "kv_cache_dtype": "fp8"})
