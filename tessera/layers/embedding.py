@@ -19,7 +19,6 @@ from tessera.models.weight_utils import dense, narrow, shape_of
 from tessera.quant_policy import HEAD
 
 
-
 class VocabEmbedding(nn.Module):
     def __init__(self, vocab_size: int, hidden_size: int):
         super().__init__()

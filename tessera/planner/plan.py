@@ -99,12 +99,11 @@ def render(rep: PlanReport) -> str:
     for m in d.models:
         src = f"profile {m.profile}" if m.profile else "roofline (no profile: run `tessera " \
             "bench profile` on the target for a calibrated plan)"
+        head = f" (LM head {m.lm_head})" if m.lm_head else ""
+        kv = "" if m.kv_cache_dtype == "auto" else f", {m.kv_cache_dtype} KV cache"
         lines.append(f"  {m.name}: {m.arch.architecture} {m.arch.num_parameters() / 1e9:.1f}B "
-                     f"{m.precision}{f' (LM head {m.lm_head})' if m.lm_head else ''}, "
-                     f"{m.weight_bytes / 2**30:.1f} GiB of weights"
-                     f"{'' if m.kv_cache_dtype == 'auto' else f', {m.kv_cache_dtype} KV cache'}, "
-                     f"{m.rate:g} req/s "
-                     f"(cv {m.cv:g}), SLO {m.slo.describe()}; latency: {src}")
+                     f"{m.precision}{head}, {m.weight_bytes / 2**30:.1f} GiB of weights{kv}, "
+                     f"{m.rate:g} req/s (cv {m.cv:g}), SLO {m.slo.describe()}; latency: {src}")
     if best is None:
         lines.append("no placement fits: " + "; ".join(
             f"{p.layout.describe()}: {p.note}" for p in rep.alternatives))

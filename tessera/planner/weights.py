@@ -5,7 +5,7 @@ Objects: BYTES_PER_WEIGHT (a precision's bytes a weight, scales counted), PRECIS
 devices) and `.read(active_only)` (bytes one decode step reads: every layer's weights, or
 one token's experts, and the LM head; of the embedding table a step reads only its rows).
 
-The engine's policy (quant/quant_policy.py) decides the counts: the linear layers take the
+The engine's policy (tessera/quant_policy.py) decides the counts: the linear layers take the
 precision; the embedding table and the norms stay 16-bit; the LM head stays 16-bit unless
 lm_head names a precision (`--lm-head-quantization`). A tied model whose head stays 16-bit
 reads the embedding table as its head; one whose head is quantized holds a quantized copy
@@ -17,11 +17,12 @@ import dataclasses
 from typing import Optional
 
 from tessera.models.arch_config import ArchConfig
+from tessera.quant_policy import KINDS
 
 BYTES_PER_WEIGHT = {"bfloat16": 2.0, "float16": 2.0, "int8": 1.0, "fp8": 1.0,
                     "int4": 0.53}  # int8 / fp8: a scale a row; int4: a scale and offset a 128
 PRECISIONS = tuple(BYTES_PER_WEIGHT)
-HEAD_PRECISIONS = ("int8", "fp8", "int4")  # what an LM head may be quantized to
+HEAD_PRECISIONS = tuple(k for k in KINDS if k != "none")  # what an LM head may be made
 
 
 @dataclasses.dataclass(frozen=True)
