@@ -38,7 +38,7 @@ serve: $(RUNTIME)
 	$(BIN)/tessera serve $(MODEL) --host $(HOST) --port $(PORT)
 
 test: $(DEV)
-	$(BIN)/python -m pytest -q -m "not gpu"
+	$(BIN)/python -m pytest -q -m "not gpu and not extended"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -90,11 +90,18 @@ def test_linear_picks_the_skinny_kernel_only_for_few_rows():
         KernelConfig(skinny_gemm="fast")
 
 
+# each case ~16 s under the interpreter: three run in `make test`, the other three (modes
+# the three cover in part) are `extended` (`pytest -m extended`; results in RESULTS.md)
+EXTENDED = pytest.mark.extended
+
+
 @pytest.mark.parametrize("arch,norm_fusion,stages,min_block_m", [
-    ("llama", True, 1, 16), ("qwen2", True, 1, 16),  # qwen2: q/k/v biases, tied head
+    ("llama", True, 1, 16),
+    pytest.param("qwen2", True, 1, 16, marks=EXTENDED),  # qwen2: q/k/v biases, tied head
     ("llama", True, 2, 16),  # the layers run as two pipeline stages' shares: 1 + 2
-    ("llama", False, 1, 16),
-    ("llama", True, 1, 8), ("qwen2", True, 2, 1)])  # x's rows padded to 8 (or 1, 2, 4)
+    pytest.param("llama", False, 1, 16, marks=EXTENDED),
+    pytest.param("llama", True, 1, 8, marks=EXTENDED),
+    ("qwen2", True, 2, 1)])  # x's rows padded to 8 (or 1, 2, 4)
 def test_models_through_the_skinny_gemm_equal_hf(arch, norm_fusion, stages, min_block_m,
                                                  tmp_path, monkeypatch):
     """Decode steps through the skinny kernels, with the norms split across the
