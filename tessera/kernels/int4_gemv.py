@@ -2,6 +2,7 @@
 behind the ENABLED_KINDS knob, int8 and fp8 ones).
 
 Objects: ENABLED (A/B knob), CONFIG_OVERRIDES (A/B knob: (n, k, gated) -> Int4Config),
+PERSISTENT (A/B knob: blocks that take several tiles) and PERSISTENT_GRID (tests),
 `Int4Config` (tiles of 16 rows a block, warps splitting K, steps of W kept in flight),
 `pick_config`, `why_not(x, weight, gated)` (None where the kernel takes the product, else
 the reason), `int4_gemv` (y = x @ W^T (+ bias); gated: silu(gate) * up; with norm_parts:
@@ -40,6 +41,11 @@ ENABLED = True  # A/B knob: products of up to MAX_X_ROWS rows here, else Triton'
 # int8 278.0 -> 271.5, fp8 277.6 -> 248.6
 ENABLED_KINDS = {"int4"}
 MAX_X_ROWS = 8  # the MMA's n
+# A/B knob: persistent blocks (as many as the SMs hold at the config's min_blocks, each
+# taking every grid-th tile and loading the next tile's first steps while it finishes one)
+# where the config's steps a warp fill its slots evenly; else a block a tile
+PERSISTENT = False
+PERSISTENT_GRID = 0  # tests: at most this many persistent blocks (0: what the SMs hold)
 
 
 class Int4Config(NamedTuple):
@@ -58,14 +64,23 @@ def pick_config(n: int, k: int, gated: bool, multiprocessors: int = 132,
                 kind: str = "int4") -> Int4Config:
     """One tile a block; 8 warps where they split K's steps evenly with at least two each
     (else the most that do); two steps in flight, four for gate/up; registers capped so
-    that two blocks fit an SM. The H100 sweep at one row (2026-12-05, int4_gemv_sweep.py:
-    36 configs a product) put this rule within 5% of the best config of each of the 8B's
-    products: qkv (rotary) 8.30 us, o 5.68, gate/up 29.8, down 15.5 (best 14.8)."""
+    that two blocks fit an SM (persistent blocks: one, whose registers hold the next tile's
+    loads through the epilogue; capped for two, the 8B's variants spill). The H100 sweep
+    at one row (2026-12-05, int4_gemv_sweep.py: 36 configs a product) put this rule within
+    5% of the best config of each of the 8B's products: qkv (rotary) 8.30 us, o 5.68,
+    gate/up 29.8, down 15.5 (best 14.8)."""
     if (kind, n, k, gated) in CONFIG_OVERRIDES:
         return Int4Config(*CONFIG_OVERRIDES[(kind, n, k, gated)])
     steps = k // step_columns(kind)
     warps = next(w for w in (8, 16, 4, 2, 1) if steps % w == 0 and steps // w >= 2 or w == 1)
-    return Int4Config(1, warps, min(4 if gated else 2, max(1, steps // warps)), 2)
+    unroll = min(4 if gated else 2, max(1, steps // warps))
+    return Int4Config(1, warps, unroll, 1 if _persists(steps // warps, unroll) else 2)
+
+
+def _persists(steps_a_warp: int, unroll: int) -> bool:
+    """Whether a launch takes persistent blocks: PERSISTENT, and a tile's steps fill the
+    warp's slots evenly (the next tile's first steps go into the slots its last free)."""
+    return PERSISTENT and steps_a_warp % unroll == 0
 
 
 def why_not(x: torch.Tensor, weight, gated: bool = False) -> Optional[str]:
@@ -114,16 +129,27 @@ def _config(x: torch.Tensor, n: int, gated: bool, kind: str) -> Int4Config:
     return pick_config(n, x.shape[1], gated, multiprocessors(x.device)[0] or 132, kind)
 
 
+def _persistent_blocks(x: torch.Tensor, cfg: Int4Config, k: int, kind: str,
+                       tiles: int) -> int:
+    """The blocks of a persistent launch of `tiles` tiles, or 0 for a block a tile."""
+    if not _persists(k // step_columns(kind) // cfg.warps, cfg.unroll):
+        return 0
+    held = (multiprocessors(x.device)[0] or 132) * cfg.min_blocks
+    return min(tiles, PERSISTENT_GRID or held)
+
+
 def _launch(x: torch.Tensor, weight: QuantizedWeight, y: torch.Tensor, n: int, gated: bool,
             bias=None, parts_in=None, eps: float = 0.0, residual=None, norm_weight=None,
             scaled=None, parts_out=None, pdl: bool = True, rope: tuple = (0, 0, 0),
             rope_args: tuple = (None, None, None, None), grid: int = 0) -> None:
     """rope: (query heads, key/value heads, half a head's dims) of a q/k/v product and
-    rope_args its (positions, cos_sin, slot_mapping, kv_cache); grid: its blocks."""
+    rope_args its (positions, cos_sin, slot_mapping, kv_cache); grid: its tiles."""
     rows, k = x.shape
     cfg = _config(x, n, gated or any(rope), weight.kind)
     pdl = pdl_active(x.device, pdl)
     positions, cos_sin, slots, kv = rope_args
+    tiles = grid or n // (16 * cfg.tiles)
+    persistent = _persistent_blocks(x, cfg, k, weight.kind, tiles)
     options = defines(bf16=x.dtype == torch.bfloat16,
                       scale_kind=SCALE_KINDS.index(_scale_name(weight)), k=k,
                       group=weight.group_size or step_columns(weight.kind), tiles=cfg.tiles,
@@ -131,7 +157,7 @@ def _launch(x: torch.Tensor, weight: QuantizedWeight, y: torch.Tensor, n: int, g
                       unroll=cfg.unroll, gated=gated, norm_in=parts_in is not None,
                       norm_out=parts_out is not None, has_bias=bias is not None, pdl=pdl,
                       rope=rope, fp8_cache=kv is not None and kv.dtype == torch.float8_e4m3fn,
-                      min_blocks=cfg.min_blocks)
+                      min_blocks=cfg.min_blocks, persist=persistent > 0)
     kernel = nvrtc.load(SOURCE, "int4_gemv", options, x.device)
     p = nvrtc.pointer
     args = [p(x), ctypes.c_int(rows), ctypes.c_int(k), ctypes.c_int(x.stride(0)),
@@ -139,13 +165,15 @@ def _launch(x: torch.Tensor, weight: QuantizedWeight, y: torch.Tensor, n: int, g
             ctypes.c_int(y.stride(0)), p(parts_in),
             ctypes.c_int(0 if parts_in is None else parts_in.shape[0]), ctypes.c_float(eps),
             p(residual), p(norm_weight), p(scaled), p(parts_out), p(positions), p(cos_sin),
-            p(slots), p(kv), ctypes.c_long(0 if kv is None else kv.stride(0) * kv.element_size())]
-    kernel.launch((grid or n // (16 * cfg.tiles), 1, 1), (32 * cfg.warps, 1, 1), args,
+            p(slots), p(kv), ctypes.c_long(0 if kv is None else kv.stride(0) * kv.element_size()),
+            ctypes.c_int(tiles)]
+    kernel.launch((persistent or tiles, 1, 1), (32 * cfg.warps, 1, 1), args,
                   torch.cuda.current_stream(x.device).cuda_stream, pdl)
 
 
 def blocks(x: torch.Tensor, weight: QuantizedWeight, n: int, gated: bool = False) -> int:
-    """The blocks of a launch: the rows of a PendingNorm's parts it leaves."""
+    """The tiles of a launch (its blocks, unless persistent): the rows of a PendingNorm's
+    parts it leaves."""
     return n // (16 * _config(x, n, gated, weight.kind).tiles)
 
 

@@ -27,13 +27,15 @@ def step_columns(kind: str) -> int:
 def defines(bf16: bool, scale_kind: int, k: int, group: int, tiles: int, warps: int,
             unroll: int, gated: bool, norm_in: bool, norm_out: bool, has_bias: bool,
             pdl: bool, rope: tuple[int, int, int] = (0, 0, 0), fp8_cache: bool = False,
-            min_blocks: int = 1, kind: str = "int4") -> list[str]:
+            min_blocks: int = 1, kind: str = "int4", persist: bool = False) -> list[str]:
     """The -D options of one compiled variant (scale_kind: SCALE_KINDS' index; rope: the
     q/k/v product's query heads, key/value heads and half a head's dims, or zeros;
-    min_blocks: blocks an SM must hold, which caps the registers a thread takes)."""
+    min_blocks: blocks an SM must hold, which caps the registers a thread takes; persist:
+    a block takes tiles blockIdx.x, + gridDim.x, ..., loading the next one's first steps
+    while it finishes the last)."""
     values = dict(IS_BF16=bf16, SCALE_KIND=scale_kind, K_DIM=k, GROUP=group, TILES=tiles,
                   WARPS=warps, UNROLL=unroll, GATED=gated, NORM_IN=norm_in, NORM_OUT=norm_out,
                   HAS_BIAS=has_bias, USE_PDL=pdl, ROPE=any(rope), NUM_Q=rope[0],
                   NUM_KV=rope[1], HALF=rope[2], FP8_CACHE=fp8_cache, MIN_BLOCKS=min_blocks,
-                  W_KIND=W_KINDS[kind][0], ROW_BYTES=row_bytes(k, kind))
+                  W_KIND=W_KINDS[kind][0], ROW_BYTES=row_bytes(k, kind), PERSIST=persist)
     return [f"-D{k}={int(v)}" for k, v in values.items()]

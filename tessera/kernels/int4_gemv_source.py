@@ -22,184 +22,36 @@ registers of consecutive columns (int8: PRMT into 2^23's mantissa, a float subtr
 packing conversion; fp8: the native e4m3x2 -> f16x2 conversion, through float32 for bf16),
 so x's registers pair as they are loaded; the row's scale goes on the float32 sum after the
 loop. SASS (sm_90): int8 3.55, fp8 2.79 instructions a weight (a byte each).
-A block owns TILES tiles of 16 output rows (GATED: one of gate and the same rows of up;
-ROPE: 16 dims of one head's first half and their partners in its second) and its WARPS
-warps split K's steps; each warp keeps UNROLL steps of W (and their scales)
-in flight in registers, the first ones loaded before the PDL wait (W is written by no
-kernel). The warps' tiles are summed in shared memory in a fixed order, then the
-epilogue: the pending norm's 1/rms (NORM_IN), the bias, rounding to x's dtype, then
-silu(gate) * up (GATED), the residual add that leaves the next norm pending (NORM_OUT:
-kernels/norm_epilogue.py's PendingNorm), or the rotary embedding of query and key heads
-and the key and value heads' KV-cache write (ROPE: kernels/rotary_kv_write.py's
-rope_epilogue), each rounded as the Triton skinny GEMM rounds.
+A tile is TILES times 16 output rows (GATED: 16 of gate and the same rows of up; ROPE: 16
+dims of one head's first half and their partners in its second). A block takes one tile
+(PERSIST: tiles blockIdx.x, + gridDim.x, ... below num_tiles, the next tile's first steps
+loaded into the slots its last steps free while it finishes one) and its WARPS warps
+split K's steps; each warp keeps UNROLL steps of W (and their scales) in flight in
+registers, the first ones loaded before the PDL wait (W is written by no kernel). The
+warps' tiles are summed in shared memory in a fixed order, then the epilogue: the pending
+norm's 1/rms (NORM_IN), the bias, rounding to x's dtype, then silu(gate) * up (GATED), the
+residual add that leaves the next norm pending (NORM_OUT: kernels/norm_epilogue.py's
+PendingNorm), or the rotary embedding of query and key heads and the key and value heads'
+KV-cache write (ROPE: kernels/rotary_kv_write.py's rope_epilogue), each rounded as the
+Triton skinny GEMM rounds.
 """
 from __future__ import annotations
 
-SOURCE = r"""
-typedef unsigned int u32;
-typedef unsigned short u16;
-typedef unsigned long long u64;
+from tessera.kernels.int4_gemv_device import DEVICE
 
-#if IS_BF16
-#define MAGIC 0x43004300u
-#define ONES 0x3F803F80u
-#define BIAS 128.0f
-#define MMA_TYPE "bf16"
-#else
-#define MAGIC 0x64006400u
-#define ONES 0x3C003C00u
-#define BIAS 1024.0f
-#define MMA_TYPE "f16"
-#endif
-#if W_KIND == 4
-#define W_BITS 4
-#define STEP_COLS 128
-#else
-#define W_BITS 8
-#define STEP_COLS 64
-#endif
-#define PAIRED (GATED || ROPE)  // two tiles a block: gate and up, or a head's two halves
-#define NT (PAIRED ? 2 : TILES)
-#define OUT_ROWS (16 * TILES)
-#if FP8_CACHE
-#define KV_BYTES 1
-#else
-#define KV_BYTES 2
-#endif
-#define THREADS (WARPS * 32)
-
-__device__ __forceinline__ float to_float(u16 h) {
-#if IS_BF16
-    return __uint_as_float(((u32)h) << 16);
-#else
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-#endif
-}
-
-__device__ __forceinline__ u16 from_float(float f) {
-    u16 h;
-#if IS_BF16
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
-#else
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-#endif
-    return h;
-}
-
-__device__ __forceinline__ float round_dt(float f) { return to_float(from_float(f)); }
-
-#if SCALE_KIND == 1
-#define SCALE_BYTES 4
-#else
-#define SCALE_BYTES 2
-#endif
-
-__device__ __forceinline__ float scale_value(const unsigned char* p) {
-#if SCALE_KIND == 1
-    return *(const float*)p;
-#elif SCALE_KIND == 2
-    return __uint_as_float(((u32)*(const u16*)p) << 16);
-#else
-    u16 h = *(const u16*)p;
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-#endif
-}
-
-__device__ __forceinline__ uint4 load_stream(const unsigned char* p) {
-    uint4 v;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
-}
-
-__device__ __forceinline__ u32 nibbles(u32 w, int j) {  // nibbles j and j + 4, + MAGIC
-    u32 r;
-    asm("lop3.b32 %0, %1, 0x000F000F, %2, 0xEA;" : "=r"(r) : "r"(w >> (4 * j)), "r"(MAGIC));
-    return r;
-}
-
-__device__ __forceinline__ u32 pair(u32 a, u32 b, u32 sel) {
-    u32 r;
-    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
-    return r;
-}
-
-__device__ __forceinline__ u32 pack(float lo, float hi) {  // two floats, exactly, as x's dtype
-    u32 r;
-#if IS_BF16
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-#else
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-#endif
-    return r;
-}
-
-// 4 bytes of W (columns j..j+3) -> two A registers (j, j + 1) and (j + 2, j + 3), exact
-__device__ __forceinline__ void widen(u32 w, u32& p0, u32& p1) {
-#if W_KIND == 8  // int8: 0x4B000000 | (b + 128) is 2^23 + 128 + b in float32
-    const u32 u = w ^ 0x80808080u;
-    const float f0 = __uint_as_float(pair(u, 0x4B000000u, 0x7650u)) - 8388736.f;
-    const float f1 = __uint_as_float(pair(u, 0x4B000000u, 0x7651u)) - 8388736.f;
-    const float f2 = __uint_as_float(pair(u, 0x4B000000u, 0x7652u)) - 8388736.f;
-    const float f3 = __uint_as_float(pair(u, 0x4B000000u, 0x7653u)) - 8388736.f;
-    p0 = pack(f0, f1);
-    p1 = pack(f2, f3);
-#elif W_KIND == 9  // fp8 e4m3: the native conversion to f16x2 (sm_89), exact in bf16 too
-    u32 h0, h1;
-    asm("{.reg .b16 lo, hi;\n mov.b32 {lo, hi}, %2;\n cvt.rn.f16x2.e4m3x2 %0, lo;\n"
-        " cvt.rn.f16x2.e4m3x2 %1, hi;}" : "=r"(h0), "=r"(h1) : "r"(w));
-#if IS_BF16
-    float f0, f1, f2, f3;
-    asm("{.reg .b16 lo, hi;\n mov.b32 {lo, hi}, %2;\n cvt.f32.f16 %0, lo;\n cvt.f32.f16 %1, hi;}"
-        : "=f"(f0), "=f"(f1) : "r"(h0));
-    asm("{.reg .b16 lo, hi;\n mov.b32 {lo, hi}, %2;\n cvt.f32.f16 %0, lo;\n cvt.f32.f16 %1, hi;}"
-        : "=f"(f2), "=f"(f3) : "r"(h1));
-    p0 = pack(f0, f1);
-    p1 = pack(f2, f3);
-#else
-    p0 = h0;
-    p1 = h1;
-#endif
-#else
-    p0 = p1 = w;
-#endif
-}
-
-__device__ __forceinline__ void mma(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." MMA_TYPE "." MMA_TYPE ".f32 "
-                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ void pdl_wait() {
-#if USE_PDL
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void pdl_launch_dependents() {
-#if USE_PDL
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
+SOURCE = DEVICE + r"""
 
 #if ROPE
-// the rows of tile t (0: a head's first half, 1: its second) of this block: heads of
-// 2 HALF rows, HALF / 16 blocks a head
-__device__ __forceinline__ long paired_row(int t, int N) {
-    const int head = blockIdx.x / (HALF / 16), chunk = blockIdx.x % (HALF / 16);
+// the rows of part t (0: a head's first half, 1: its second) of tile `tile`: heads of
+// 2 HALF rows, HALF / 16 tiles a head
+__device__ __forceinline__ long paired_row(int t, int N, int tile) {
+    const int head = tile / (HALF / 16), chunk = tile % (HALF / 16);
     return (long)head * 2 * HALF + chunk * 16 + t * HALF;
 }
 #else
-// GATED: gate's rows, then up's N further; else TILES tiles of 16 rows
-__device__ __forceinline__ long paired_row(int t, int N) {
-    return GATED ? (long)t * N + blockIdx.x * 16 : (long)blockIdx.x * OUT_ROWS + 16 * t;
+// of tile `tile`, GATED: gate's rows, then up's N further; else TILES tiles of 16 rows
+__device__ __forceinline__ long paired_row(int t, int N, int tile) {
+    return GATED ? (long)t * N + tile * 16 : (long)tile * OUT_ROWS + 16 * t;
 }
 #endif
 
@@ -217,11 +69,11 @@ __device__ __forceinline__ void store_kv(unsigned char* p, float v) {
 // dims (dim, dim + HALF) of one head for x's row n: a query head rotated into q, a key
 // head rotated and a value head as it is into the cache at the row's slot; each product
 // and sum rounded to the dtype (kernels/rotary_kv_write.py's rotate_pair)
-__device__ __forceinline__ void rope_store(float x1, float x2, int r, int n, u16* q,
+__device__ __forceinline__ void rope_store(float x1, float x2, int r, int n, int tile, u16* q,
                                            const long long* positions, const float* cos_sin,
                                            const long long* slots, unsigned char* kv,
                                            long stride_kvs) {
-    const int head = blockIdx.x / (HALF / 16), dim = (blockIdx.x % (HALF / 16)) * 16 + r;
+    const int head = tile / (HALF / 16), dim = (tile % (HALF / 16)) * 16 + r;
     const float* cs = cos_sin + positions[n] * 2 * HALF + dim;
     const float cs_c = round_dt(cs[0]), cs_s = round_dt(cs[HALF]);
     const bool is_v = head >= NUM_Q + NUM_KV;
@@ -255,7 +107,7 @@ int4_gemv(const u16* __restrict__ x, int M, int K, int stride_x,
           u16* __restrict__ scaled, float* __restrict__ parts_out,
           const long long* __restrict__ positions, const float* __restrict__ cos_sin,
           const long long* __restrict__ slots, unsigned char* __restrict__ kv,
-          long stride_kvs) {
+          long stride_kvs, int num_tiles) {
     __shared__ float red[WARPS][NT][16][8];
 #if NORM_IN
     __shared__ float psum[THREADS / 8][8];
@@ -273,199 +125,238 @@ int4_gemv(const u16* __restrict__ x, int M, int K, int stride_x,
     constexpr long GROUPS = K_DIM / GROUP;
     static_assert(STEPS % WARPS == 0, "K's steps split evenly among the warps");
     const int s_lo = warp * SPW;
+    int tile = blockIdx.x;  // PERSIST: then blockIdx.x + gridDim.x, ... below num_tiles
     const unsigned char* wp[NT];  // row g's 16 bytes of this lane in the warp's first step
     long sp[NT];  // byte offset of row g's scale (and offset) in the warp's first step
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
-        const long row0 = paired_row(t, N);
+        const long row0 = paired_row(t, N, tile);
         wp[t] = w + (row0 + g) * ROW_BYTES + c * 16 + (long)s_lo * 64;
         sp[t] = ((row0 + g) * GROUPS + ((long)s_lo * STEP_COLS) / GROUP) * SCALE_BYTES;
     }
+#if PERSIST
+    // the next tile's first steps go into the slots its last steps free
+    static_assert(SPW % UNROLL == 0, "a tile's steps fill the slots evenly");
+#endif
     const unsigned char* scale_b = (const unsigned char*)scale;
     const unsigned char* offset_b = (const unsigned char*)offset;
     uint4 wb[UNROLL][NT][2];
     float sc[UNROLL][NT][2], of[UNROLL][NT][2];  // int4's scales and offsets a step
     float acc[NT][4];
-#pragma unroll
-    for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
 
-#define LOAD_STEP(u, s)                                                                 \
+// step s of the tile DROW rows past this one (each of its parts' rows move alike)
+#define LOAD_FROM(u, s, DROW)                                                          \
     if ((s) < SPW) {                                                                   \
         _Pragma("unroll") for (int t = 0; t < NT; ++t) {                               \
-            wb[u][t][0] = load_stream(wp[t] + (s) * 64);                               \
-            wb[u][t][1] = load_stream(wp[t] + 8 * ROW_BYTES + (s) * 64);               \
+            const unsigned char* p_ = wp[t] + (DROW) * ROW_BYTES + (s) * 64;           \
+            wb[u][t][0] = load_stream(p_);                                             \
+            wb[u][t][1] = load_stream(p_ + 8 * ROW_BYTES);                             \
             if (W_BITS != 4) continue;                                                 \
             const long gi = (((long)(s_lo + (s)) * 128) / GROUP - ((long)s_lo * 128) / GROUP) \
                             * SCALE_BYTES;                                             \
-            const long off = sp[t] + gi, off8 = off + 8 * GROUPS * SCALE_BYTES;  \
+            const long off = sp[t] + (DROW) * GROUPS * SCALE_BYTES + gi;              \
+            const long off8 = off + 8 * GROUPS * SCALE_BYTES;                          \
             sc[u][t][0] = scale_value(scale_b + off);                                  \
             sc[u][t][1] = scale_value(scale_b + off8);                                 \
             of[u][t][0] = scale_value(offset_b + off);                                 \
             of[u][t][1] = scale_value(offset_b + off8);                                \
         }                                                                              \
     }
+#define LOAD_STEP(u, s) LOAD_FROM(u, s, 0L)
 
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) LOAD_STEP(u, u)
     pdl_wait();
     // this lane's STEP_COLS / 4 columns of x's row g in the warp's first step
     const u16* xrow = x + (long)g * stride_x + c * (STEP_COLS / 4) + (long)s_lo * STEP_COLS;
-#pragma unroll
-    for (int s0 = 0; s0 < SPW; s0 += UNROLL) {
-#pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
-            const int s = s0 + u;
-            if (s < SPW) {
-#if W_BITS == 8  // a byte a weight: W's words widened, x's registers as they are
-                uint4 xv[2];
-                if (g < M) {
-                    const uint4* xp = (const uint4*)(xrow + s * STEP_COLS);
-                    xv[0] = xp[0];
-                    xv[1] = xp[1];
-                } else {
-                    xv[0] = xv[1] = make_uint4(0u, 0u, 0u, 0u);
-                }
-                const u32 xr[8] = {xv[0].x, xv[0].y, xv[0].z, xv[0].w,
-                                   xv[1].x, xv[1].y, xv[1].z, xv[1].w};
-#pragma unroll
-                for (int t = 0; t < NT; ++t) {
-                    const u32 wg[4] = {wb[u][t][0].x, wb[u][t][0].y, wb[u][t][0].z, wb[u][t][0].w};
-                    const u32 wh[4] = {wb[u][t][1].x, wb[u][t][1].y, wb[u][t][1].z, wb[u][t][1].w};
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) {
-                        u32 g0, g1, h0, h1;
-                        widen(wg[i], g0, g1);
-                        widen(wh[i], h0, h1);
-                        mma(acc[t], g0, h0, g1, h1, xr[2 * i], xr[2 * i + 1]);
-                    }
-                }
+    for (;;) {  // each tile of this block (one unless PERSIST)
+#if PERSIST
+        const int next = tile + gridDim.x;
+        const bool more = next < num_tiles;
+        const long drow = more ? paired_row(0, N, next) - paired_row(0, N, tile) : 0;
 #else
-                uint4 xv[4];
-                if (g < M) {
-                    const uint4* xp = (const uint4*)(xrow + s * 128);
+        (void)num_tiles;
+        constexpr bool more = false;
+#endif
 #pragma unroll
-                    for (int i = 0; i < 4; ++i) xv[i] = xp[i];
-                } else {
+        for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
 #pragma unroll
-                    for (int i = 0; i < 4; ++i) xv[i] = make_uint4(0u, 0u, 0u, 0u);
-                }
-                u32 bf[8][2];
+        for (int s0 = 0; s0 < SPW; s0 += UNROLL) {
 #pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    bf[2 * i][0] = pair(xv[i].x, xv[i].z, 0x5410u);
-                    bf[2 * i][1] = pair(xv[i].x, xv[i].z, 0x7632u);
-                    bf[2 * i + 1][0] = pair(xv[i].y, xv[i].w, 0x5410u);
-                    bf[2 * i + 1][1] = pair(xv[i].y, xv[i].w, 0x7632u);
-                }
-                float xs[4] = {0.f, 0.f, 0.f, 0.f};  // [0], [1]: sums of x's rows 2c, 2c + 1
+            for (int u = 0; u < UNROLL; ++u) {
+                const int s = s0 + u;
+                if (s < SPW) {
+#if W_BITS == 8  // a byte a weight: W's words widened, x's registers as they are
+                    uint4 xv[2];
+                    if (g < M) {
+                        const uint4* xp = (const uint4*)(xrow + s * STEP_COLS);
+                        xv[0] = xp[0];
+                        xv[1] = xp[1];
+                    } else {
+                        xv[0] = xv[1] = make_uint4(0u, 0u, 0u, 0u);
+                    }
+                    const u32 xr[8] = {xv[0].x, xv[0].y, xv[0].z, xv[0].w,
+                                       xv[1].x, xv[1].y, xv[1].z, xv[1].w};
 #pragma unroll
-                for (int j = 0; j < 8; ++j) mma(xs, ONES, ONES, ONES, ONES, bf[j][0], bf[j][1]);
+                    for (int t = 0; t < NT; ++t) {
+                        const uint4 a = wb[u][t][0], b = wb[u][t][1];
+                        const u32 wg[4] = {a.x, a.y, a.z, a.w}, wh[4] = {b.x, b.y, b.z, b.w};
 #pragma unroll
-                for (int t = 0; t < NT; ++t) {
-                    float part[4] = {0.f, 0.f, 0.f, 0.f};
-                    const u32 wg[4] = {wb[u][t][0].x, wb[u][t][0].y, wb[u][t][0].z, wb[u][t][0].w};
-                    const u32 wh[4] = {wb[u][t][1].x, wb[u][t][1].y, wb[u][t][1].z, wb[u][t][1].w};
+                        for (int i = 0; i < 4; ++i) {
+                            u32 g0, g1, h0, h1;
+                            widen(wg[i], g0, g1);
+                            widen(wh[i], h0, h1);
+                            mma(acc[t], g0, h0, g1, h1, xr[2 * i], xr[2 * i + 1]);
+                        }
+                    }
+#else
+                    uint4 xv[4];
+                    if (g < M) {
+                        const uint4* xp = (const uint4*)(xrow + s * 128);
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) xv[i] = xp[i];
+                    } else {
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) xv[i] = make_uint4(0u, 0u, 0u, 0u);
+                    }
+                    u32 bf[8][2];
 #pragma unroll
                     for (int i = 0; i < 4; ++i) {
-                        mma(part, nibbles(wg[i], 0), nibbles(wh[i], 0), nibbles(wg[i], 1),
-                            nibbles(wh[i], 1), bf[2 * i][0], bf[2 * i][1]);
-                        mma(part, nibbles(wg[i], 2), nibbles(wh[i], 2), nibbles(wg[i], 3),
-                            nibbles(wh[i], 3), bf[2 * i + 1][0], bf[2 * i + 1][1]);
+                        bf[2 * i][0] = pair(xv[i].x, xv[i].z, 0x5410u);
+                        bf[2 * i][1] = pair(xv[i].x, xv[i].z, 0x7632u);
+                        bf[2 * i + 1][0] = pair(xv[i].y, xv[i].w, 0x5410u);
+                        bf[2 * i + 1][1] = pair(xv[i].y, xv[i].w, 0x7632u);
                     }
-                    const float s_g = sc[u][t][0], s_h = sc[u][t][1];
-                    const float o_g = of[u][t][0] - BIAS * s_g, o_h = of[u][t][1] - BIAS * s_h;
-                    acc[t][0] = fmaf(o_g, xs[0], fmaf(s_g, part[0], acc[t][0]));
-                    acc[t][1] = fmaf(o_g, xs[1], fmaf(s_g, part[1], acc[t][1]));
-                    acc[t][2] = fmaf(o_h, xs[0], fmaf(s_h, part[2], acc[t][2]));
-                    acc[t][3] = fmaf(o_h, xs[1], fmaf(s_h, part[3], acc[t][3]));
-                }
+                    float xs[4] = {0.f, 0.f, 0.f, 0.f};  // [0], [1]: sums of x's rows 2c, 2c + 1
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) mma(xs, ONES, ONES, ONES, ONES, bf[j][0], bf[j][1]);
+#pragma unroll
+                    for (int t = 0; t < NT; ++t) {
+                        float part[4] = {0.f, 0.f, 0.f, 0.f};
+                        const uint4 a = wb[u][t][0], b = wb[u][t][1];
+                        const u32 wg[4] = {a.x, a.y, a.z, a.w}, wh[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) {
+                            mma(part, nibbles(wg[i], 0), nibbles(wh[i], 0), nibbles(wg[i], 1),
+                                nibbles(wh[i], 1), bf[2 * i][0], bf[2 * i][1]);
+                            mma(part, nibbles(wg[i], 2), nibbles(wh[i], 2), nibbles(wg[i], 3),
+                                nibbles(wh[i], 3), bf[2 * i + 1][0], bf[2 * i + 1][1]);
+                        }
+                        const float s_g = sc[u][t][0], s_h = sc[u][t][1];
+                        const float o_g = of[u][t][0] - BIAS * s_g, o_h = of[u][t][1] - BIAS * s_h;
+                        acc[t][0] = fmaf(o_g, xs[0], fmaf(s_g, part[0], acc[t][0]));
+                        acc[t][1] = fmaf(o_g, xs[1], fmaf(s_g, part[1], acc[t][1]));
+                        acc[t][2] = fmaf(o_h, xs[0], fmaf(s_h, part[2], acc[t][2]));
+                        acc[t][3] = fmaf(o_h, xs[1], fmaf(s_h, part[3], acc[t][3]));
+                    }
 #endif
-                LOAD_STEP(u, s + UNROLL)
+                    if (s + UNROLL < SPW) {
+                        LOAD_STEP(u, s + UNROLL)
+                    }
+#if PERSIST
+                    else if (more) {
+                        LOAD_FROM(u, s + UNROLL - SPW, drow)
+                    }
+#endif
+                }
             }
         }
-    }
-    pdl_launch_dependents();
+        if (!more) pdl_launch_dependents();
 #pragma unroll
-    for (int t = 0; t < NT; ++t) {
-        red[warp][t][g][2 * c] = acc[t][0];
-        red[warp][t][g][2 * c + 1] = acc[t][1];
-        red[warp][t][g + 8][2 * c] = acc[t][2];
-        red[warp][t][g + 8][2 * c + 1] = acc[t][3];
-    }
-    const int tid = threadIdx.x;
+        for (int t = 0; t < NT; ++t) {
+            red[warp][t][g][2 * c] = acc[t][0];
+            red[warp][t][g][2 * c + 1] = acc[t][1];
+            red[warp][t][g + 8][2 * c] = acc[t][2];
+            red[warp][t][g + 8][2 * c + 1] = acc[t][3];
+        }
+        const int tid = threadIdx.x;
 #if NORM_IN
-    {  // the pending norm's partial sums of s^2 for x's row tid % 8, a stride each
-        float total = 0.f;
-        for (int p = tid >> 3; p < num_parts; p += THREADS / 8) total += parts_in[p * 16 + (tid & 7)];
-        psum[tid >> 3][tid & 7] = total;
-    }
+        {  // the pending norm's partial sums of s^2 for x's row tid % 8, a stride each
+            float total = 0.f;
+            for (int p = tid >> 3; p < num_parts; p += THREADS / 8)
+                total += parts_in[p * 16 + (tid & 7)];
+            psum[tid >> 3][tid & 7] = total;
+        }
 #endif
-    __syncthreads();
+        __syncthreads();
 #if NORM_IN
-    if (tid < 8) {  // 1 / rms of x's row tid, the partial sums added in a fixed order
-        float total = 0.f;
-        for (int i = 0; i < THREADS / 8; ++i) total += psum[i][tid];
-        rinv[tid] = rsqrtf(total / (float)K + eps);
-    }
-    __syncthreads();
+        if (tid < 8) {  // 1 / rms of x's row tid, the partial sums added in a fixed order
+            float total = 0.f;
+            for (int i = 0; i < THREADS / 8; ++i) total += psum[i][tid];
+            rinv[tid] = rsqrtf(total / (float)K + eps);
+        }
+        __syncthreads();
 #endif
-    for (int e = tid; e < OUT_ROWS * 8; e += THREADS) {
-        const int r = e >> 3, n = e & 7, t = r >> 4, rr = r & 15;
-        float v = 0.f, v2 = 0.f;
-        (void)v2;
-        for (int i = 0; i < WARPS; ++i) {
-            v += red[i][PAIRED ? 0 : t][rr][n];
+        for (int e = tid; e < OUT_ROWS * 8; e += THREADS) {
+            const int r = e >> 3, n = e & 7, t = r >> 4, rr = r & 15;
+            float v = 0.f, v2 = 0.f;
+            (void)v2;
+            for (int i = 0; i < WARPS; ++i) {
+                v += red[i][PAIRED ? 0 : t][rr][n];
 #if PAIRED
-            v2 += red[i][1][rr][n];
+                v2 += red[i][1][rr][n];
 #endif
-        }
+            }
 #if W_BITS == 8  // per output row, on the float32 sums
-        const float* row_scale = (const float*)scale;
-        v *= row_scale[PAIRED ? paired_row(0, N) + rr : (long)blockIdx.x * OUT_ROWS + r];
-        v2 *= PAIRED ? row_scale[paired_row(1, N) + rr] : 1.f;
+            const float* row_scale = (const float*)scale;
+            v *= row_scale[PAIRED ? paired_row(0, N, tile) + rr : (long)tile * OUT_ROWS + r];
+            v2 *= PAIRED ? row_scale[paired_row(1, N, tile) + rr] : 1.f;
 #endif
 #if NORM_IN
-        v *= rinv[n];
-        v2 *= rinv[n];
+            v *= rinv[n];
+            v2 *= rinv[n];
 #endif
-        const long row = PAIRED ? paired_row(0, N) + r : (long)blockIdx.x * OUT_ROWS + r;
+            const long row = PAIRED ? paired_row(0, N, tile) + r : (long)tile * OUT_ROWS + r;
 #if HAS_BIAS
-        v += to_float(bias[row]);
+            v += to_float(bias[row]);
 #if ROPE
-        v2 += to_float(bias[row + HALF]);
+            v2 += to_float(bias[row + HALF]);
 #endif
 #endif
-        float out = round_dt(v);
-        float s2 = 0.f;
-        (void)s2;
-        if (n < M) {
+            float out = round_dt(v);
+            float s2 = 0.f;
+            (void)s2;
+            if (n < M) {
 #if ROPE
-            rope_store(round_dt(v), round_dt(v2), r, n, y, positions, cos_sin, slots, kv,
-                       stride_kvs);
+                rope_store(round_dt(v), round_dt(v2), r, n, tile, y, positions, cos_sin, slots, kv,
+                           stride_kvs);
 #elif GATED
-            const float act = round_dt(out / (1.f + __expf(-out)));
-            y[(long)n * stride_y + row] = from_float(act * round_dt(v2));
+                const float act = round_dt(out / (1.f + __expf(-out)));
+                y[(long)n * stride_y + row] = from_float(act * round_dt(v2));
 #elif NORM_OUT
-            const float s = round_dt(out + to_float(residual[(long)n * N + row]));
-            y[(long)n * stride_y + row] = from_float(s);
-            scaled[(long)n * N + row] = from_float(s * to_float(norm_w[row]));
-            s2 = s * s;
+                const float s = round_dt(out + to_float(residual[(long)n * N + row]));
+                y[(long)n * stride_y + row] = from_float(s);
+                scaled[(long)n * N + row] = from_float(s * to_float(norm_w[row]));
+                s2 = s * s;
 #else
-            y[(long)n * stride_y + row] = from_float(out);
+                y[(long)n * stride_y + row] = from_float(out);
+#endif
+            }
+#if NORM_OUT
+            sq[r][n] = s2;
 #endif
         }
 #if NORM_OUT
-        sq[r][n] = s2;
+        __syncthreads();
+        if (tid < 16) {  // this tile's sums of s^2 for rows 0..7 of x, zeros after
+            float total = 0.f;
+            if (tid < 8)
+                for (int r = 0; r < OUT_ROWS; ++r) total += sq[r][tid];
+            parts_out[(long)tile * 16 + tid] = total;
+        }
+#endif
+#if PERSIST
+        if (!more) break;
+        __syncthreads();  // red, psum and sq are the next tile's
+        tile = next;
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+            wp[t] += drow * ROW_BYTES;
+            sp[t] += drow * GROUPS * SCALE_BYTES;
+        }
+#else
+        break;
 #endif
     }
-#if NORM_OUT
-    __syncthreads();
-    if (tid < 16) {  // this block's sums of s^2 for rows 0..7 of x, zeros after
-        float total = 0.f;
-        if (tid < 8)
-            for (int r = 0; r < OUT_ROWS; ++r) total += sq[r][tid];
-        parts_out[(long)blockIdx.x * 16 + tid] = total;
-    }
-#endif
 }
 """

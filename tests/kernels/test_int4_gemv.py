@@ -2,8 +2,10 @@
 the Triton skinny GEMM: plain, bias, gated, finishing a pending norm and leaving one, at
 1-8 rows, bf16 and fp16 x, float16 and float32 scales, groups of 128 and 256, one and two
 tiles a block, q/k/v with rotary and the KV-cache write (a cache in the model's dtype or
-fp8), under CUDA graph capture. GPU tests are marked gpu (NVRTC compiles the
-kernel there); on the CPU: the config rule and the reasons a product stays with Triton."""
+fp8), under CUDA graph capture; each GPU test with a block a tile and with persistent
+blocks (at most 3 here, so that each takes several tiles, some one more than others).
+GPU tests are marked gpu (NVRTC compiles the kernel there); on the CPU: the config rule and
+the reasons a product stays with Triton."""
 from __future__ import annotations
 
 import pytest
@@ -25,6 +27,20 @@ GPU = pytest.mark.gpu
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float16: 4e-3, torch.bfloat16: 3e-2}
 EPS = 1e-5
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.definition.get_closest_marker("gpu"):
+        metafunc.parametrize("tiling", ["tile_a_block", "persistent"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def tiling(request, monkeypatch):
+    """GPU tests: a block a tile, or persistent blocks, at most 3 (taking several tiles)."""
+    if getattr(request, "param", None) == "persistent":
+        monkeypatch.setattr(module, "PERSISTENT", True)
+        monkeypatch.setattr(module, "PERSISTENT_GRID", 3)
+    return getattr(request, "param", None)
 
 
 def rand(*shape, dtype, seed=0, scale=1.0, shift=0.0):
@@ -129,6 +145,19 @@ def test_gated(dtype, rows):
 
 @GPU
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gated_at_the_8bs_depth(dtype, tiling):
+    """K 4096 gated: 4 steps a warp, all in flight (the 8B's gate/up), 5 tiles; persistent:
+    on 3 blocks, the next tile's 4 steps loaded while the last one finishes."""
+    k, rows = 4096, 2
+    x, qw = rand(rows, k, dtype=dtype), weight(2 * 80, k, dtype)
+    cfg = pick_config(80, k, True)
+    assert (cfg.warps, cfg.unroll) == (8, 4)
+    assert (module._persistent_blocks(x, cfg, k, "int4", 5) == 3) == (tiling == "persistent")
+    assert close(int4_gemv(x, qw, gated=True), skinny_gemm_ref(x, qw, None, True), dtype)
+
+
+@GPU
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("gated", [False, True])
 def test_pending_norm_finished(dtype, gated):
     rows, k = 3, 1024
@@ -157,6 +186,20 @@ def test_add_norm_leaves_what_the_reference_does(dtype, rows, bias):
     assert got.parts.shape == ref.parts.shape  # one row of sums a 16-row block
     assert torch.allclose(got.parts, ref.parts, rtol=TOL[dtype] * 2, atol=TOL[dtype])
     assert torch.all(got.parts[:, rows:] == 0)
+
+
+def test_persistent_blocks_are_taken_where_the_steps_fill_the_slots(monkeypatch):
+    x = torch.zeros(1, 1024)
+    monkeypatch.setattr(module, "PERSISTENT", True)
+    cfg = pick_config(96, 1024, False)
+    assert cfg.min_blocks == 1  # one block an SM: its registers hold the next tile's loads
+    assert module._persistent_blocks(x, cfg, 1024, "int4", 6) == 6  # the SMs hold more
+    monkeypatch.setattr(module, "PERSISTENT_GRID", 4)
+    assert module._persistent_blocks(x, cfg, 1024, "int4", 6) == 4
+    uneven = Int4Config(1, 1, 3)  # 8 steps a warp in slots of 3
+    assert module._persistent_blocks(x, uneven, 1024, "int4", 6) == 0
+    monkeypatch.setattr(module, "PERSISTENT", False)
+    assert module._persistent_blocks(x, cfg, 1024, "int4", 6) == 0
 
 
 @GPU
