@@ -21,16 +21,21 @@ LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_
 
 def _dequantized_bf16(hf_model, kind: str, group: int, head: bool = False):
     """The HF model with its linear layers' weights (with head: the LM head's too, its own
-    copy where tied) dequantize(quantize(W))."""
+    copy where tied) dequantize(quantize(W)), quantized on the GPU as the engine quantizes
+    them at load (int4's least-squares fit may pick another step for a group where the
+    CPU's and the GPU's float sums differ in a near-tie)."""
     ref = copy.deepcopy(hf_model)
+
+    def rounded(w):
+        return dequantize(quantize(kind, w.float().cuda(), group, torch.float16)).cpu()
+
     with torch.no_grad():
         for name, p in ref.named_parameters():
             if name.endswith(".weight") and name.split(".")[-2] in LINEAR:
-                p.copy_(dequantize(quantize(kind, p.float(), group, torch.float16)))
+                p.copy_(rounded(p))
         if head:
             out = ref.get_output_embeddings()
-            out.weight = torch.nn.Parameter(dequantize(quantize(
-                kind, out.weight.float(), group, torch.float16)))
+            out.weight = torch.nn.Parameter(rounded(out.weight))
     return ref.to("cuda", torch.bfloat16)
 
 
