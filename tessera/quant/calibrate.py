@@ -18,8 +18,8 @@ is quantized by `gptq_int4` (ACT_ORDER) against its Hessian and the layer conver
 already quantized (GPTQ's sequential order, a chunk at a time). Layers of other formats
 (int8, fp8, MoE experts) and an int4 LM head load quantized as usual (rounded to
 nearest); layers the policy keeps 16-bit are untouched. Stacked q/k/v and gate/up are
-one matrix with one Hessian (their rows share the input), and a tensor-parallel rank quantizes its own shard
-against the inputs it sees.
+one matrix with one Hessian (their rows share the input), and a tensor-parallel rank
+quantizes its own shard against the inputs it sees.
 """
 from __future__ import annotations
 

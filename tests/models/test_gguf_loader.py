@@ -61,11 +61,11 @@ def test_smollm2_weights_match_transformers(smollm_arch):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(SMOLLM2), gguf_file=os.path.basename(SMOLLM2))
+        os.path.dirname(_smollm2()), gguf_file=os.path.basename(_smollm2()))
     reference = {k: v.float() for k, v in model.state_dict().items()}
     del model
     seen = set()
-    for name, kept in iter_gguf_weights(SMOLLM2, smollm_arch):
+    for name, kept in iter_gguf_weights(_smollm2(), smollm_arch):
         tensor = dense(kept)  # Q4_1 matrices come kept quantized: dequantized here
         assert tensor.dtype == torch.float32
         assert name in reference, name
