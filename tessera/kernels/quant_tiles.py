@@ -196,7 +196,8 @@ def _group_tile(rows, s_rows, o_rows, kg, n_ok, K, dt: tl.constexpr, KIND: tl.co
                 GROUP: tl.constexpr, FAST: tl.constexpr, EVEN: tl.constexpr):
     """W's columns [kg, kg + GROUP) of these rows dequantized to dt [R, GROUP]: int4
     q * scale + offset, grouped int8 q * scale (the rows' scale and offset of group
-    kg / GROUP; one rounding to dt, q exact)."""
+    kg / GROUP; q exact, one rounding to dt where dt is fp16; in bf16 the fp16 scale and
+    offset are rounded to bf16 first, an error a group shares)."""
     if KIND == "int4":
         q = int4_tile(stored(rows, kg // 2 + tl.arange(0, GROUP // 2), n_ok, K // 2, EVEN), dt,
                       FAST)

@@ -150,13 +150,14 @@ def _roundtrip(array: np.ndarray, qtype) -> np.ndarray:
     return dequantize(quantize(array.astype(np.float32), qtype), qtype).reshape(array.shape)
 
 
-def _tiny_model(arch: str, rng, with_bias: bool):
-    """HF-layout weights and the GGUF tensors (name -> (array, qtype)) that hold them."""
+def _tiny_model(arch: str, rng, with_bias: bool, scale: float = 1.0):
+    """HF-layout weights and the GGUF tensors (name -> (array, qtype)) that hold them; the
+    matrices' entries standard normal times scale (norms and biases: standard normal)."""
     q_rows, kv_rows = N_HEAD * HEAD_DIM, N_KV * HEAD_DIM
     hf, gg = {}, {}
 
     def add(gguf_name, hf_name, shape, qtype, permute_heads=None):
-        value = rng.standard_normal(shape).astype(np.float32)
+        value = rng.standard_normal(shape).astype(np.float32) * (scale if len(shape) == 2 else 1)
         stored = _permute_llama_cpp(value, permute_heads) if permute_heads else value
         gg[gguf_name] = (stored, qtype)
         hf[hf_name] = _roundtrip(value, qtype)  # row permutation commutes with block quantization
