@@ -43,7 +43,8 @@ ENABLED_KINDS = {"int4"}
 MAX_X_ROWS = 8  # the MMA's n
 # A/B knob: persistent blocks (as many as the SMs hold at the config's min_blocks, each
 # taking every grid-th tile and loading the next tile's first steps while it finishes one)
-# where the config's steps a warp fill its slots evenly; else a block a tile
+# where the config's steps a warp fill its slots evenly; else a block a tile. Off: the 8B
+# int4 at batch 1 on an H100 (2026-12-06, quant_ab.py, two repeats) 428.4 -> 374.2 tok/s
 PERSISTENT = False
 PERSISTENT_GRID = 0  # tests: at most this many persistent blocks (0: what the SMs hold)
 
