@@ -7,7 +7,7 @@ random lengths down to half of it, so the batch's contexts differ as real ones d
 queued at once and stepped to the end;
 each step's shape (tokens computed, sequences, context tokens read: the engine core's
 `last_step_*`) and wall time is a sample (prefill chunks, mixed steps and pure decode
-steps alike). Returns the profile (model, device, dtype, layout, samples) with the linear
+steps alike). Returns the profile (model, device, dtype, precision, layout, samples) with the linear
 fit over it and the fit's median and p90 relative error, which `tessera plan` reads back.
 With `between=keep_busy(other)` another engine steps after each timed step: the samples
 of two models taking turns on one device (`--colocated-with`; the planner's simulator
@@ -54,6 +54,8 @@ def run_profile(engine, batches: list[int], input_lens: list[int], output_len: i
     c = engine.config
     return {"model": c.model.model, "device": engine.executor.info.device,
             "dtype": engine.executor.info.dtype,
+            # what the planner scales by (planner/placement.py's profile_precision)
+            "precision": c.quant.quantization or engine.executor.info.dtype,
             "tensor_parallel_size": c.parallel.tensor_parallel_size,
             "pipeline_parallel_size": c.parallel.pipeline_parallel_size,
             "max_num_batched_tokens": c.scheduler.max_num_batched_tokens,

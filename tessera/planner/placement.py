@@ -1,18 +1,19 @@
 """AlpaServe's placement: groups of devices, a parallel layout per group, models on groups,
 chosen with the simulator in the loop.
 
-Objects: Layout (devices per group, TP x PP within a group), Placement (a layout, the
-models on each group, the simulated result), `layouts(deployment)` (the candidates: for
-each group size, all-TP, all-PP and, from four devices, TP=2 x PP), `latency_model(spec,
-hw, tp, pp)` (the model's profile, scaled to the layout by the roofline if it was taken at
-another; the roofline without one), `build_groups(...)` (instances with the KV blocks
-their group's memory leaves after every model's weights, shared equally; None when a
-model's weights or one longest request do not fit), `greedy(...)` (AlpaServe's
-Algorithm 1: start empty; each round, try adding one replica of each model to each
-distinct group, simulate, keep the best; every model is placed first; stop when a replica
-no longer raises SLO attainment, or, at equal attainment, lowers the mean latency) and `search(deployment, arrivals)` -> (best,
-alternatives), the best being the highest attainment, then the least busy device-time
-(`device_seconds`), then the fewest devices (`devices_used`).
+Objects: Layout (devices per group, TP x PP within a group), Placement (a layout, the models
+on each group, the simulated result), `layouts(deployment)` (the candidates: for each group
+size, all-TP, all-PP and, from four devices, TP=2 x PP), `latency_model(spec, hw, tp, pp)`
+(the model's profile, scaled to the layout and precision by the roofline if it was taken at
+others: `profile_precision`; the roofline without one), `build_groups(...)` (instances with
+the KV blocks their group's memory leaves after every model's weights, shared equally; None
+when a model's weights or one longest request do not fit), `greedy(...)` (AlpaServe's
+Algorithm 1: start empty; each round, try adding one replica of each model to each distinct
+group, simulate, keep the best; every model is placed first; stop when a replica no longer
+raises SLO attainment, or, at equal attainment, lowers the mean latency) and
+`search(deployment, arrivals)` -> (best, alternatives), the best being the highest
+attainment, then the least busy device-time (`device_seconds`), then the fewest devices
+(`devices_used`).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from tessera.planner.latency import (ProfileModel, RooflineModel, ScaledModel,
                                      load_profile)
 from tessera.planner.simulator import Group, Instance, SimResult, simulate
 from tessera.planner.traffic import Arrival
+from tessera.planner.weights import BYTES_PER_WEIGHT
 
 BLOCK = 16
 
@@ -92,11 +94,20 @@ def latency_model(spec: ModelSpec, hw: Hardware, tp: int, pp: int, colocated: bo
         return None
     at_tp, at_pp = int(meta.get("tensor_parallel_size", 1)), int(
         meta.get("pipeline_parallel_size", 1))
-    if (at_tp, at_pp) == (tp, pp):
+    at_precision = profile_precision(meta, spec.precision)
+    if (at_tp, at_pp, at_precision) == (tp, pp, spec.precision):
         return base
-    measured_at = RooflineModel(spec.arch, hw, at_tp, at_pp, weights=spec.bytes,
-                                kv_itemsize=spec.kv_itemsize)
+    measured_at = RooflineModel(spec.arch, hw, at_tp, at_pp, kv_itemsize=spec.kv_itemsize,
+                                weights=dataclasses.replace(spec.bytes, precision=at_precision))
     return ScaledModel(base, measured_at, roof)
+
+
+def profile_precision(meta: dict, otherwise: str) -> str:
+    """The precision a profile was measured at: its `precision` (written since 2026-12-06),
+    else its dtype; otherwise where neither is a planner precision (a float32 CPU profile:
+    taken as measured at the precision planned)."""
+    at = meta.get("precision") or meta.get("dtype")
+    return at if at in BYTES_PER_WEIGHT else otherwise
 
 
 def build_groups(d: Deployment, layout: Layout, groups: list[list[str]],

@@ -2,9 +2,10 @@
 latency, and cost, for the models, traffic, SLOs and hardware a deployment file names.
 
 Objects: Cost (per hour and per request: provisioned, and by the cost formula), `cost(...)`,
-`plan(deployment)` -> PlanReport (the best placement, the alternatives, the costs, what
-would meet an SLO the hardware cannot), `render(report)` (the text `tessera plan` prints),
-`add_plan_parser(sub)`.
+`plan(deployment)` -> PlanReport (the deployment with the precisions chosen for its `auto`
+models (planner/precision.py), the best placement, the alternatives, each precision
+assignment planned, the costs, what would meet an SLO the hardware cannot),
+`render(report)` (the text `tessera plan` prints), `add_plan_parser(sub)`.
 The cost formula (MISSION.md section 5): cost = instance price x inference latency x QPS
 + memory held x storage price. "Inference latency" is what a request occupies devices for:
 each simulated step's time times its group's devices, shared among the step's requests by
@@ -21,6 +22,7 @@ from typing import Optional
 
 from tessera.planner.deployment import Deployment, load_deployment
 from tessera.planner.placement import Placement, device_seconds, devices_used, search
+from tessera.planner.precision import Trial, choose
 from tessera.planner.traffic import arrivals, merge, read_trace
 
 GB = 1e9
@@ -59,6 +61,8 @@ class PlanReport:
     cost: Optional[Cost]
     num_requests: int
     needs: Optional[str] = None  # what would meet the target, when it is not met
+    # the precision assignments planned (empty: every model's precision was given)
+    trials: list[Trial] = dataclasses.field(default_factory=list)
 
 
 def _traffic(d: Deployment, seed: int = 0):
@@ -70,8 +74,11 @@ def _traffic(d: Deployment, seed: int = 0):
 
 def plan(d: Deployment) -> PlanReport:
     traffic = _traffic(d, d.seed)
-    best, others = search(d, traffic)
-    report = PlanReport(d, best, others, cost(d, best) if best else None, len(traffic))
+    auto = any(m.candidates for m in d.models)
+    d, chosen, trials = choose(d, traffic)
+    best = chosen.best
+    report = PlanReport(d, best, chosen.others, cost(d, best) if best else None, len(traffic),
+                        trials=trials if auto else [])
     if best is None or best.attainment < d.target_attainment:
         report.needs = _what_would_meet(d, traffic)
     return report
@@ -100,6 +107,8 @@ def render(rep: PlanReport) -> str:
         src = f"profile {m.profile}" if m.profile else "roofline (no profile: run `tessera " \
             "bench profile` on the target for a calibrated plan)"
         head = f" (LM head {m.lm_head})" if m.lm_head else ""
+        if m.candidates:
+            head += f" (chosen among {', '.join(m.candidates)})"
         kv = "" if m.kv_cache_dtype == "auto" else f", {m.kv_cache_dtype} KV cache"
         lines.append(f"  {m.name}: {m.arch.architecture} {m.arch.num_parameters() / 1e9:.1f}B "
                      f"{m.precision}{head}, {m.weight_bytes / 2**30:.1f} GiB of weights{kv}, "
@@ -143,9 +152,29 @@ def render(rep: PlanReport) -> str:
                 why = (f"as high, but {device_seconds(p) / len(p.result.records) * 1e3:.1f} ms"
                        f" of busy device-time per request on {devices_used(p)} devices")
             lines.append(f"  {p.layout.describe()}: {p.describe()}: {why}")
+    if rep.trials:
+        lines += _trials(rep)
     if rep.needs:
         lines.append(f"the target attainment {d.target_attainment:.0%} is not met; {rep.needs}")
     return "\n".join(lines)
+
+
+def _trials(rep: PlanReport) -> list[str]:
+    """A line per precision assignment planned, the chosen one marked."""
+    lines = [f"precisions planned (objective {rep.deployment.objective}: "
+             + ("the cheapest" if rep.deployment.objective == "cost" else "the most precise")
+             + f" reaching {rep.deployment.target_attainment:.0%}):"]
+    for t in rep.trials:
+        p = t.best
+        if p is None:
+            what = "fits no layout"
+        else:
+            busy = device_seconds(p) / max(1, len(p.result.records))
+            what = (f"attainment {p.attainment:.1%}, {busy * 1e3:.1f} ms of busy device-time "
+                    f"per request on {devices_used(p)} devices, {p.layout.describe()}")
+        mark = "  <- chosen" if p is not None and p is rep.best else ""
+        lines.append(f"  {t.describe()}: {what}{mark}")
+    return lines
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -1,21 +1,20 @@
-"""Many models on shared devices from a deployment file: `tessera serve --deployment FILE`
-(the file `tessera plan` reads; planner/deployment.py).
+"""Many models on shared devices from a deployment file: `tessera serve --deployment FILE` (the
+file `tessera plan` reads; planner/deployment.py).
 
-Objects: ServedModel (a model's name and one (EngineConfig, environment) per device group
-it was placed on) and `place_models(path, kwargs)`.
-Flow: load the file -> `plan` (planner/plan.py: AlpaServe's greedy placement over the
-group layouts, with the simulator in the loop) -> refused, with the plan's report, when
-nothing fits -> for each model, an engine process per group holding it: the group's
-devices (CUDA_VISIBLE_DEVICES: group i is devices i*size ... on a GPU host), the layout's
-TP x PP, the model's precision (a 16-bit checkpoint quantized at load to int8 / fp8 /
-int4; a GGUF file keeps its own) and its LM head's (lm_head_precision: the head
-quantized too; else 16-bit, or as the checkpoint holds it), its KV cache's dtype, and its
-share of the group's memory as the planner counted it (its weights plus an equal part of
-what the group's weights leave for KV).
-The server then routes each request by its `model` to that model's engines; a model on
-several groups is balanced over them as data-parallel replicas are (engine/router.py).
-The command line's engine options apply to every model; the file sets, per model, what
-differs.
+Objects: ServedModel (a model's name and one (EngineConfig, environment) per device group it
+was placed on) and `place_models(path, kwargs)`. Flow: load the file -> `plan`
+(planner/plan.py: AlpaServe's greedy placement over the group layouts, with the simulator in
+the loop) -> refused, with the plan's report, when nothing fits -> for each model, an engine
+process per group holding it: the group's devices (CUDA_VISIBLE_DEVICES: group i is devices
+i*size ... on a GPU host), the layout's TP x PP, the model's precision (the file's, or the
+plan's choice for `precision: auto`; a 16-bit checkpoint quantized at load to int8 / fp8 /
+int4; a GGUF file keeps its own) and its LM head's (lm_head_precision: the head quantized
+too; else 16-bit, or as the checkpoint holds it), its KV cache's dtype, and its share of the
+group's memory as the planner counted it (its weights plus an equal part of what the group's
+weights leave for KV). The server then routes each request by its `model` to that model's
+engines; a model on several groups is balanced over them as data-parallel replicas are
+(engine/router.py). The command line's engine options apply to every model; the file sets,
+per model, what differs.
 """
 from __future__ import annotations
 
@@ -64,11 +63,11 @@ def place_models(path: str, kwargs: dict[str, Any]) -> tuple[list[ServedModel], 
     if gpus and len(gpus) < d.hardware.count:
         raise ValueError(f"{path} places models on {d.hardware.count} devices; this host "
                          f"has {len(gpus)} GPUs.")
-    return _served(d, report.best, kwargs, gpus), text
+    return _served(report.deployment, report.best, kwargs, gpus), text
 
 
 def _served(d, p, kwargs: dict[str, Any], gpus: list[str]) -> list[ServedModel]:
-    """d: the Deployment, p: its plan's best Placement."""
+    """d: the Deployment as planned (`precision: auto` resolved), p: its best Placement."""
     from tessera.planner.hardware import GiB
     specs = {m.name: m for m in d.models}
     size = p.layout.group_size

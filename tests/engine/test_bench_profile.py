@@ -25,3 +25,4 @@ def test_profile_alone_and_colocated(tiny_llama, tmp_path, capsys):
     shared, meta = load_profile(str(out), colocated=True)
     assert solo.step_seconds(4, 4, 64) > 0 and shared.step_seconds(4, 4, 64) > 0
     assert meta["model"] == folder
+    assert meta["precision"] == meta["dtype"] == "float32"  # what the planner scales from

@@ -1,0 +1,115 @@
+"""The precision the planner chooses for a model whose deployment entry says `precision:
+auto`: each assignment of the candidates is planned (placement.py's `search`) and the plans
+compared.
+
+Objects: RANK (a precision's place from the least perplexity cost to the most),
+DEFAULT_CANDIDATES, `by_accuracy(names)`, MAX_EXHAUSTIVE, COST_TOLERANCE, Trial (an assignment, its best
+placement and the rejected ones) and `choose(deployment, arrivals)` -> (the deployment with
+the chosen precisions, the chosen Trial, every Trial planned).
+Flow: every combination of the auto models' candidates while there are at most
+MAX_EXHAUSTIVE, else coordinate descent from the most precise (each model's candidates in
+turn, the others fixed, until no change improves) -> `search` for each -> the best by
+`_key`: plans reaching the deployment's target attainment first; among them, objective
+cost (the default): the most precise of those within COST_TOLERANCE of the least busy
+device-time per request (what the cost formula's price x latency x QPS prices), then the
+cheaper, then the fewer devices; objective accuracy: the most precise, then the cheapest.
+No plan reaching it: the highest attainment, then the cheapest, then the most precise.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from typing import Optional
+
+from tessera.planner.deployment import Deployment
+from tessera.planner.placement import Placement, device_seconds, devices_used, search
+from tessera.planner.traffic import Arrival
+
+# Perplexity cost over 16-bit, as benchmarks/RESULTS.md measured it on SmolLM2-135M and
+# Qwen2.5-Coder-0.5B / 1.5B (2026-12-05): int8 +0.09-0.34%, fp8 (W8A8 on GPUs of compute
+# capability 8.9+) +0.64-2.64%, int4 +0.6-7.8% (groups of 32-128)
+RANK = {"bfloat16": 0, "float16": 0, "int8": 1, "fp8": 2, "int4": 3}
+DEFAULT_CANDIDATES = ("bfloat16", "int8", "fp8")  # int4 only where the file lists it
+MAX_EXHAUSTIVE = 9  # assignments all planned (two models of three candidates; a plan of
+# three models on two H200s took 9 s on the CPU)
+# busy device-time within 1% of the cheapest counts as as cheap: the simulator's own
+# error is larger (end-to-end within 4-7% of real runs: benchmarks/RESULTS.md)
+COST_TOLERANCE = 0.01
+
+
+def by_accuracy(names: list[str]) -> tuple[str, ...]:
+    """The distinct names, the most precise first."""
+    return tuple(sorted(dict.fromkeys(names), key=lambda p: RANK[p]))
+
+
+@dataclasses.dataclass
+class Trial:
+    precisions: dict[str, str]  # the auto models' names -> the precision tried
+    best: Optional[Placement]
+    others: list[Placement]
+
+    def describe(self) -> str:
+        return ", ".join(f"{n} {p}" for n, p in self.precisions.items()) or "as given"
+
+
+def with_precisions(d: Deployment, precisions: dict[str, str]) -> Deployment:
+    return dataclasses.replace(d, models=[
+        dataclasses.replace(m, precision=precisions.get(m.name, m.precision))
+        for m in d.models])
+
+
+def choose(d: Deployment, arrivals: list[Arrival]) -> tuple[Deployment, Trial, list[Trial]]:
+    auto = [m for m in d.models if m.candidates]
+    names, space = [m.name for m in auto], [m.candidates for m in auto]
+    trials: dict[tuple[str, ...], Trial] = {}
+
+    def run(assignment: tuple[str, ...]) -> Trial:
+        if assignment not in trials:
+            precisions = dict(zip(names, assignment))
+            best, others = search(with_precisions(d, precisions), arrivals)
+            trials[assignment] = Trial(precisions, best, others)
+        return trials[assignment]
+
+    if math.prod(len(c) for c in space) <= MAX_EXHAUSTIVE:
+        for assignment in itertools.product(*space):
+            run(assignment)
+    else:
+        current = tuple(c[0] for c in space)
+        changed = True
+        while changed:
+            changed = False
+            for i, options in enumerate(space):
+                for option in options:
+                    trial = current[:i] + (option,) + current[i + 1:]
+                    new, old = run(trial), run(current)
+                    seen = list(trials.values())
+                    if _key(d, new, seen) < _key(d, old, seen):
+                        current, changed = trial, True
+    chosen = min(trials.values(), key=lambda t: _key(d, t, trials.values()))
+    return with_precisions(d, chosen.precisions), chosen, list(trials.values())
+
+
+def _busy(p: Placement) -> float:
+    """Busy device-time per request."""
+    return device_seconds(p) / max(1, len(p.result.records))
+
+
+def _meets(d: Deployment, p: Optional[Placement]) -> bool:
+    return p is not None and p.attainment >= d.target_attainment - 1e-9
+
+
+def _key(d: Deployment, t: Trial, among=()) -> tuple:
+    """Smaller is better (the module's docstring says the order); among: the trials
+    compared, whose cheapest plan reaching the target sets what is as cheap."""
+    rank = sum(RANK[p] for p in t.precisions.values())
+    p = t.best
+    if p is None:
+        return (2, 0.0, 0, math.inf, math.inf)
+    cost = (_busy(p), devices_used(p))
+    if not _meets(d, p):
+        return (1, -p.attainment, *cost, rank)
+    if d.objective == "accuracy":
+        return (0, 0.0, rank, *cost)
+    cheapest = min([_busy(o.best) for o in among if _meets(d, o.best)] or [cost[0]])
+    return (0, float(cost[0] > cheapest * (1 + COST_TOLERANCE)), rank, *cost)
