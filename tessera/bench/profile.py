@@ -2,16 +2,16 @@
 lengths, for the planner's calibrated latency model (planner/latency.py ProfileModel).
 
 `run_profile(engine, batches, input_lens, output_len)`: for each prompt length and batch
-size, that many requests of random tokens (the first of that length, the others of
-random lengths down to half of it, so the batch's contexts differ as real ones do) are
-queued at once and stepped to the end;
-each step's shape (tokens computed, sequences, context tokens read: the engine core's
-`last_step_*`) and wall time is a sample (prefill chunks, mixed steps and pure decode
-steps alike). Returns the profile (model, device, dtype, precision, layout, samples) with the linear
-fit over it and the fit's median and p90 relative error, which `tessera plan` reads back.
-With `between=keep_busy(other)` another engine steps after each timed step: the samples
-of two models taking turns on one device (`--colocated-with`; the planner's simulator
-uses them for a model whose group-mate stepped last).
+size, that many requests of random tokens (the first of that length, the others of random
+lengths down to half of it, so the batch's contexts differ as real ones do) are queued at
+once and stepped to the end; each step's shape (tokens computed, sequences, context tokens
+read: the engine core's `last_step_*`) and wall time is a sample (prefill chunks, mixed
+steps and pure decode steps alike). Returns the profile (model, device, dtype, precision,
+layout, samples) with the linear fit over it and the fit's median and p90 relative error,
+which `tessera plan` reads back (the precision: `held_precision`, what it scales from).
+With `between=keep_busy(other)` another engine steps after each timed step: the samples of
+two models taking turns on one device (`--colocated-with`; the planner's simulator uses
+them for a model whose group-mate stepped last).
 """
 from __future__ import annotations
 
@@ -55,7 +55,9 @@ def run_profile(engine, batches: list[int], input_lens: list[int], output_len: i
     return {"model": c.model.model, "device": engine.executor.info.device,
             "dtype": engine.executor.info.dtype,
             # what the planner scales by (planner/placement.py's profile_precision)
-            "precision": c.quant.quantization or engine.executor.info.dtype,
+            "precision": held_precision(engine.executor.info.weight_bytes,
+                                        engine.executor.info.dtype),
+            "weight_bytes": dict(engine.executor.info.weight_bytes),
             "tensor_parallel_size": c.parallel.tensor_parallel_size,
             "pipeline_parallel_size": c.parallel.pipeline_parallel_size,
             "max_num_batched_tokens": c.scheduler.max_num_batched_tokens,
@@ -63,6 +65,13 @@ def run_profile(engine, batches: list[int], input_lens: list[int], output_len: i
             "fit_error_median": statistics.median(errors),
             "fit_error_p90": errors[int(0.9 * (len(errors) - 1))],
             "samples": samples}
+
+
+def held_precision(weight_bytes: dict[str, int], dtype: str) -> str:
+    """The precision of a model as loaded: the quantized format holding the most bytes
+    (from --quantization, a policy file or the checkpoint's own), else its dtype."""
+    quantized = {k: v for k, v in weight_bytes.items() if k in ("int8", "fp8", "int4")}
+    return max(quantized, key=quantized.get) if quantized else dtype
 
 
 def keep_busy(other, requests: int = 4, seed: int = 1) -> Callable[[], None]:

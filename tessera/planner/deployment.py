@@ -195,11 +195,12 @@ def load_deployment(path: str) -> Deployment:
         raise ValueError(f"{path}: model names repeat: {names}")
     hw = hardware(data["hardware"])
     for m in models:
-        least = min(dataclasses.replace(m, precision=p).weight_bytes
-                    for p in m.candidates or (m.precision,))
+        least, at = min((dataclasses.replace(m, precision=p).weight_bytes, p)
+                        for p in m.candidates or (m.precision,))
         if least > hw.count * hw.usable_bytes:
+            even = f" even at {at}" if m.candidates else ""
             raise ValueError(
-                f"model {m.name!r} needs {least / 2**30:.1f} GiB of weights; "
+                f"model {m.name!r} needs {least / 2**30:.1f} GiB of weights{even}; "
                 f"{hw.count} x {hw.name} hold {hw.count * hw.usable_bytes / 2**30:.1f} GiB")
     objective = data.get("objective", "cost")
     if objective not in ("cost", "accuracy"):

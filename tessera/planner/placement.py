@@ -106,8 +106,10 @@ def profile_precision(meta: dict, otherwise: str) -> str:
     """The precision a profile was measured at: its `precision` (written since 2026-12-06),
     else its dtype; otherwise where neither is a planner precision (a float32 CPU profile:
     taken as measured at the precision planned)."""
-    at = meta.get("precision") or meta.get("dtype")
-    return at if at in BYTES_PER_WEIGHT else otherwise
+    for at in (meta.get("precision"), meta.get("dtype")):
+        if at in BYTES_PER_WEIGHT:
+            return at
+    return otherwise
 
 
 def build_groups(d: Deployment, layout: Layout, groups: list[list[str]],

@@ -22,7 +22,7 @@ from typing import Optional
 
 from tessera.planner.deployment import Deployment, load_deployment
 from tessera.planner.placement import Placement, device_seconds, devices_used, search
-from tessera.planner.precision import Trial, choose
+from tessera.planner.precision import COST_TOLERANCE, Trial, choose, meets
 from tessera.planner.traffic import arrivals, merge, read_trace
 
 GB = 1e9
@@ -79,7 +79,7 @@ def plan(d: Deployment) -> PlanReport:
     best = chosen.best
     report = PlanReport(d, best, chosen.others, cost(d, best) if best else None, len(traffic),
                         trials=trials if auto else [])
-    if best is None or best.attainment < d.target_attainment:
+    if not meets(d, best):
         report.needs = _what_would_meet(d, traffic)
     return report
 
@@ -108,7 +108,8 @@ def render(rep: PlanReport) -> str:
             "bench profile` on the target for a calibrated plan)"
         head = f" (LM head {m.lm_head})" if m.lm_head else ""
         if m.candidates:
-            head += f" (chosen among {', '.join(m.candidates)})"
+            head += (f" (chosen among {', '.join(m.candidates)})" if rep.best else
+                     f" (the smallest of {', '.join(m.candidates)}; none fits)")
         kv = "" if m.kv_cache_dtype == "auto" else f", {m.kv_cache_dtype} KV cache"
         lines.append(f"  {m.name}: {m.arch.architecture} {m.arch.num_parameters() / 1e9:.1f}B "
                      f"{m.precision}{head}, {m.weight_bytes / 2**30:.1f} GiB of weights{kv}, "
@@ -161,9 +162,10 @@ def render(rep: PlanReport) -> str:
 
 def _trials(rep: PlanReport) -> list[str]:
     """A line per precision assignment planned, the chosen one marked."""
-    lines = [f"precisions planned (objective {rep.deployment.objective}: "
-             + ("the cheapest" if rep.deployment.objective == "cost" else "the most precise")
-             + f" reaching {rep.deployment.target_attainment:.0%}):"]
+    rule = (f"the most precise within {COST_TOLERANCE:.0%} of the cheapest"
+            if rep.deployment.objective == "cost" else "the most precise")
+    lines = [f"precisions planned (objective {rep.deployment.objective}: {rule} reaching "
+             f"{rep.deployment.target_attainment:.0%}):"]
     for t in rep.trials:
         p = t.best
         if p is None:

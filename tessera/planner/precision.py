@@ -3,17 +3,20 @@ auto`: each assignment of the candidates is planned (placement.py's `search`) an
 compared.
 
 Objects: RANK (a precision's place from the least perplexity cost to the most),
-DEFAULT_CANDIDATES, `by_accuracy(names)`, MAX_EXHAUSTIVE, COST_TOLERANCE, Trial (an assignment, its best
-placement and the rejected ones) and `choose(deployment, arrivals)` -> (the deployment with
-the chosen precisions, the chosen Trial, every Trial planned).
+DEFAULT_CANDIDATES, `by_accuracy(names)`, MAX_EXHAUSTIVE, COST_TOLERANCE, Trial (an
+assignment, its best placement and the rejected ones), `meets(deployment, placement)` and
+`choose(deployment, arrivals)` -> (the deployment with the chosen precisions, the chosen
+Trial, every Trial planned).
 Flow: every combination of the auto models' candidates while there are at most
 MAX_EXHAUSTIVE, else coordinate descent from the most precise (each model's candidates in
 turn, the others fixed, until no change improves) -> `search` for each -> the best by
 `_key`: plans reaching the deployment's target attainment first; among them, objective
 cost (the default): the most precise of those within COST_TOLERANCE of the least busy
-device-time per request (what the cost formula's price x latency x QPS prices), then the
-cheaper, then the fewer devices; objective accuracy: the most precise, then the cheapest.
-No plan reaching it: the highest attainment, then the cheapest, then the most precise.
+device-time per request of the whole deployment (what the cost formula's price x latency
+x QPS prices; so a small model whose quantizing saves less stays 16-bit), then the
+cheaper, then the fewer devices; objective accuracy: the most precise (the sum of the
+models' RANKs), then the cheapest. No plan reaching it: the highest attainment, then the
+cheapest, then the most precise; none fitting the devices: the fewest weight bytes.
 """
 from __future__ import annotations
 
@@ -90,13 +93,18 @@ def choose(d: Deployment, arrivals: list[Arrival]) -> tuple[Deployment, Trial, l
     return with_precisions(d, chosen.precisions), chosen, list(trials.values())
 
 
+def _weight_bytes(d: Deployment, t: Trial) -> float:
+    return sum(m.weight_bytes for m in with_precisions(d, t.precisions).models)
+
+
+def meets(d: Deployment, p: Optional[Placement]) -> bool:
+    """Whether a plan reaches the target attainment."""
+    return p is not None and p.attainment >= d.target_attainment - 1e-9
+
+
 def _busy(p: Placement) -> float:
     """Busy device-time per request."""
     return device_seconds(p) / max(1, len(p.result.records))
-
-
-def _meets(d: Deployment, p: Optional[Placement]) -> bool:
-    return p is not None and p.attainment >= d.target_attainment - 1e-9
 
 
 def _key(d: Deployment, t: Trial, among=()) -> tuple:
@@ -105,11 +113,11 @@ def _key(d: Deployment, t: Trial, among=()) -> tuple:
     rank = sum(RANK[p] for p in t.precisions.values())
     p = t.best
     if p is None:
-        return (2, 0.0, 0, math.inf, math.inf)
+        return (2, 0.0, 0, _weight_bytes(d, t), math.inf)
     cost = (_busy(p), devices_used(p))
-    if not _meets(d, p):
+    if not meets(d, p):
         return (1, -p.attainment, *cost, rank)
     if d.objective == "accuracy":
         return (0, 0.0, rank, *cost)
-    cheapest = min([_busy(o.best) for o in among if _meets(d, o.best)] or [cost[0]])
+    cheapest = min([_busy(o.best) for o in among if meets(d, o.best)] or [cost[0]])
     return (0, float(cost[0] > cheapest * (1 + COST_TOLERANCE)), rank, *cost)

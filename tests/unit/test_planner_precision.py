@@ -11,7 +11,8 @@ import pytest
 
 from tessera.planner.deployment import load_deployment
 from tessera.planner.latency import RooflineModel, ScaledModel
-from tessera.planner.placement import device_seconds, latency_model
+from tessera.bench.profile import held_precision
+from tessera.planner.placement import device_seconds, latency_model, profile_precision
 from tessera.planner.plan import plan, render
 from tessera.planner.precision import COST_TOLERANCE, MAX_EXHAUSTIVE
 from tessera.planner.weights import ModelBytes
@@ -69,14 +70,36 @@ def test_a_model_that_fits_only_quantized_gets_a_precision_that_fits(tmp_path):
     assert "big bfloat16: fits no layout" in render(report)
 
 
-def test_many_auto_models_are_chosen_by_coordinate_descent(tmp_path):
-    small = [{"name": f"m{i}", "model": "qwen2.5-0.5b", "precision": "auto", "rate": 1,
-              "prompt_len": 64, "output_len": 8, "slo": {"e2e": 5}} for i in range(4)]
-    report = plan(load_deployment(_file(tmp_path, small, duration=5)))
-    assert 3 ** 4 > MAX_EXHAUSTIVE and len(report.trials) < 3 ** 4
-    assert report.best.attainment == 1.0
-    busy = [device_seconds(t.best) for t in report.trials]
-    assert device_seconds(report.best) <= min(busy) * (1 + COST_TOLERANCE) < max(busy)
+def test_many_auto_models_are_chosen_by_coordinate_descent(tmp_path, monkeypatch):
+    """Four models of two candidates: descent plans fewer than the 16 and lands where
+    planning all 16 does (within the cost tolerance)."""
+    models = [{"name": f"m{i}", "model": "qwen2.5-7b" if i % 2 else "qwen2.5-0.5b",
+               "precision": "auto", "precisions": ["bfloat16", "int4"], "rate": 1,
+               "prompt_len": 64, "output_len": 16, "slo": {"e2e": 5}} for i in range(4)]
+    d = load_deployment(_file(tmp_path, models, duration=5))
+    descent = plan(d)
+    assert 2 ** 4 > MAX_EXHAUSTIVE and len(descent.trials) < 2 ** 4
+    monkeypatch.setattr("tessera.planner.precision.MAX_EXHAUSTIVE", 2 ** 4)
+    every = plan(d)
+    assert len(every.trials) == 2 ** 4 and descent.best.attainment == 1.0
+    busy = [device_seconds(t.best) for t in every.trials]
+    assert device_seconds(descent.best) <= min(busy) * (1 + COST_TOLERANCE) < max(busy)
+    assert ({m.name: m.precision for m in descent.deployment.models}
+            == {m.name: m.precision for m in every.deployment.models})
+
+
+def test_no_plan_reaching_the_target_or_none_fitting(tmp_path):
+    """None reaching it: the highest attainment, then the cheapest, and what would meet it
+    is said; none fitting: the fewest bytes, and the report says none fits."""
+    hopeless = plan(load_deployment(_file(tmp_path, [_chat(slo={"tpot": 1e-4})])))
+    assert all(t.best.attainment == 0.0 for t in hopeless.trials)
+    assert hopeless.deployment.models[0].precision == "int8" and hopeless.needs
+    huge = plan(load_deployment(_file(tmp_path, [
+        {"name": "big", "model": "llama-3-70b", "precision": "auto", "rate": 0.2,
+         "prompt_len": 300_000, "output_len": 16, "slo": {"e2e": 30}}])))
+    assert huge.best is None and all(t.best is None for t in huge.trials)
+    assert huge.deployment.models[0].precision == "int8"
+    assert "(the smallest of bfloat16, int8, fp8; none fits)" in render(huge)
 
 
 def test_a_profile_is_scaled_to_the_precision_planned(tmp_path):
@@ -94,18 +117,24 @@ def test_a_profile_is_scaled_to_the_precision_planned(tmp_path):
                                    "samples": samples}))
     measured = latency_model(dataclasses.replace(spec, precision="int8"), d.hardware, 1, 1)
     assert not isinstance(measured, ScaledModel)
+    # what a profile records: the quantized format holding the most bytes, else the dtype
+    assert held_precision({"bfloat16": 300, "int4": 100, "int8": 10}, "bfloat16") == "int4"
+    assert held_precision({"float32": 300}, "float32") == "float32"
+    assert profile_precision({"precision": "none", "dtype": "float16"}, "int8") == "float16"
+    assert profile_precision({"dtype": "float32"}, "int8") == "int8"  # taken as planned
 
 
 def test_auto_fields_are_checked_by_name(tmp_path):
     with pytest.raises(ValueError, match="precisions lists auto's candidates"):
         load_deployment(_file(tmp_path, [_chat(precision="int8", precisions=["int8"])]))
-    with pytest.raises(ValueError, match="precisions must be a list of some of"):
-        load_deployment(_file(tmp_path, [_chat(precisions=["int3"])]))
+    for bad in (["int3"], [], "int8"):
+        with pytest.raises(ValueError, match="precisions must be a list of some of"):
+            load_deployment(_file(tmp_path, [_chat(precisions=bad)]))
     with pytest.raises(ValueError, match="precision 'int2' is not one of .*, or auto"):
         load_deployment(_file(tmp_path, [_chat(precision="int2")]))
     with pytest.raises(ValueError, match="objective 'speed' is not cost or accuracy"):
         load_deployment(_file(tmp_path, [_chat()], objective="speed"))
-    with pytest.raises(ValueError, match="needs 3.*GiB of weights; 1 x H200 hold 1"):
+    with pytest.raises(ValueError, match="needs 3.*GiB of weights even at int4; 1 x H200 "):
         load_deployment(_file(tmp_path, [_chat(model="llama-3-70b", precisions=["int4"])],
                               hardware={"preset": "h200", "count": 1, "memory_gib": 20}))
 
