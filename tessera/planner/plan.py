@@ -187,8 +187,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_plan_parser(sub, parents: list) -> None:
     p = sub.add_parser("plan", parents=parents,
-                       help="place models on devices for their traffic and SLOs, and price it "
-                            "(AlpaServe's placement with a simulator of the engine)")
+                       help="place models on devices for their traffic and SLOs, choose the "
+                            "precision of those marked auto, and price it (AlpaServe's "
+                            "placement with a simulator of the engine)")
     p.add_argument("deployment", metavar="DEPLOYMENT.yaml",
                    help="models, traffic, SLOs and hardware (tessera/planner/deployment.py)")
     p.set_defaults(func=_run)
