@@ -40,7 +40,8 @@ from tessera.models.arch_config import ArchConfig
 from tessera.planner.hardware import Hardware, hardware
 from tessera.planner.simulator import SLO
 from tessera.planner.traffic import Lengths
-from tessera.planner.weights import HEAD_PRECISIONS, PRECISIONS, ModelBytes
+from tessera.planner.weights import (DEFAULT_CANDIDATES, HEAD_PRECISIONS, PRECISIONS,
+                                     ModelBytes, by_accuracy)
 
 
 
@@ -153,7 +154,6 @@ def _model(d: dict[str, Any], i: int, has_trace: bool) -> ModelSpec:
 
 def _precisions(d: dict[str, Any], where: str) -> tuple[str, tuple[str, ...]]:
     """(the precision, auto's candidates ordered from the most precise, or ())."""
-    from tessera.planner.precision import DEFAULT_CANDIDATES, by_accuracy
     precision = d.get("precision", "bfloat16")
     if precision != "auto":
         if precision not in PRECISIONS:

@@ -2,11 +2,10 @@
 auto`: each assignment of the candidates is planned (placement.py's `search`) and the plans
 compared.
 
-Objects: RANK (a precision's place from the least perplexity cost to the most),
-DEFAULT_CANDIDATES, `by_accuracy(names)`, MAX_EXHAUSTIVE, COST_TOLERANCE, Trial (an
-assignment, its best placement and the rejected ones), `meets(deployment, placement)` and
-`choose(deployment, arrivals)` -> (the deployment with the chosen precisions, the chosen
-Trial, every Trial planned).
+Objects: MAX_EXHAUSTIVE, COST_TOLERANCE, Trial (an assignment, its best placement and the
+rejected ones), `meets(deployment, placement)` and `choose(deployment, arrivals)` -> (the
+deployment with the chosen precisions, the chosen Trial, every Trial planned). The
+precisions' order (RANK), the default candidates and `by_accuracy`: planner/weights.py.
 Flow: every combination of the auto models' candidates while there are at most
 MAX_EXHAUSTIVE, else coordinate descent from the most precise (each model's candidates in
 turn, the others fixed, until no change improves) -> `search` for each -> the best by
@@ -28,22 +27,13 @@ from typing import Optional
 from tessera.planner.deployment import Deployment
 from tessera.planner.placement import Placement, device_seconds, devices_used, search
 from tessera.planner.traffic import Arrival
+from tessera.planner.weights import RANK
 
-# Perplexity cost over 16-bit, as benchmarks/RESULTS.md measured it on SmolLM2-135M and
-# Qwen2.5-Coder-0.5B / 1.5B (2026-12-05): int8 +0.09-0.34%, fp8 (W8A8 on GPUs of compute
-# capability 8.9+) +0.64-2.64%, int4 +0.6-7.8% (groups of 32-128)
-RANK = {"bfloat16": 0, "float16": 0, "int8": 1, "fp8": 2, "int4": 3}
-DEFAULT_CANDIDATES = ("bfloat16", "int8", "fp8")  # int4 only where the file lists it
 MAX_EXHAUSTIVE = 9  # assignments all planned (two models of three candidates; a plan of
 # three models on two H200s took 9 s on the CPU)
 # busy device-time within 1% of the cheapest counts as as cheap: the simulator's own
 # error is larger (end-to-end within 4-7% of real runs: benchmarks/RESULTS.md)
 COST_TOLERANCE = 0.01
-
-
-def by_accuracy(names: list[str]) -> tuple[str, ...]:
-    """The distinct names, the most precise first."""
-    return tuple(sorted(dict.fromkeys(names), key=lambda p: RANK[p]))
 
 
 @dataclasses.dataclass

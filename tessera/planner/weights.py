@@ -1,6 +1,8 @@
 """A model's weight bytes under a precision, as the engine holds and reads them.
 
 Objects: BYTES_PER_WEIGHT (a precision's bytes a weight, scales counted), PRECISIONS,
+RANK (a precision's place from the least perplexity cost to the most), DEFAULT_CANDIDATES
+(`precision: auto`'s: planner/precision.py), `by_accuracy(names)`,
 `ModelBytes(arch, precision, lm_head)` with `.stored` (bytes the weights take on the
 devices) and `.read(active_only)` (bytes one decode step reads: every layer's weights, or
 one token's experts, and the LM head; of the embedding table a step reads only its rows).
@@ -22,6 +24,11 @@ from tessera.quant_policy import KINDS
 BYTES_PER_WEIGHT = {"bfloat16": 2.0, "float16": 2.0, "int8": 1.0, "fp8": 1.0,
                     "int4": 0.53}  # int8 / fp8: a scale a row; int4: a scale and offset a 128
 PRECISIONS = tuple(BYTES_PER_WEIGHT)
+# Perplexity cost over 16-bit, as benchmarks/RESULTS.md measured it on SmolLM2-135M and
+# Qwen2.5-Coder-0.5B / 1.5B (2026-12-05): int8 +0.09-0.34%, fp8 (W8A8 on GPUs of compute
+# capability 8.9+) +0.64-2.64%, int4 +0.6-7.8% (groups of 32-128)
+RANK = {"bfloat16": 0, "float16": 0, "int8": 1, "fp8": 2, "int4": 3}
+DEFAULT_CANDIDATES = ("bfloat16", "int8", "fp8")  # `precision: auto`'s; int4 where listed
 HEAD_PRECISIONS = tuple(k for k in KINDS if k != "none")  # what an LM head may be made
 
 
@@ -66,3 +73,8 @@ class ModelBytes:
     def read(self, active_only: bool = True) -> float:
         return (self._layers(active_only) * BYTES_PER_WEIGHT[self.precision]
                 + self._norms * 2.0 + self._head_bytes)
+
+
+def by_accuracy(names: list[str]) -> tuple[str, ...]:
+    """The distinct names, the most precise (least RANK) first."""
+    return tuple(sorted(dict.fromkeys(names), key=lambda p: RANK[p]))
