@@ -70,7 +70,8 @@ def run_profile(engine, batches: list[int], input_lens: list[int], output_len: i
 def held_precision(weight_bytes: dict[str, int], dtype: str) -> str:
     """The precision of a model as loaded: the quantized format holding the most bytes
     (from --quantization, a policy file or the checkpoint's own), else its dtype."""
-    quantized = {k: v for k, v in weight_bytes.items() if k in ("int8", "fp8", "int4")}
+    from tessera.quant_policy import KINDS
+    quantized = {k: v for k, v in weight_bytes.items() if k in KINDS}
     return max(quantized, key=quantized.get) if quantized else dtype
 
 

@@ -12,8 +12,8 @@ Algorithm 1: start empty; each round, try adding one replica of each model to ea
 group, simulate, keep the best; every model is placed first; stop when a replica no longer
 raises SLO attainment, or, at equal attainment, lowers the mean latency) and
 `search(deployment, arrivals)` -> (best, alternatives), the best being the highest
-attainment, then the least busy device-time (`device_seconds`), then the fewest devices
-(`devices_used`).
+attainment, then the least busy device-time (`device_seconds`; per request:
+`busy_per_request`), then the fewest devices (`devices_used`).
 """
 from __future__ import annotations
 
@@ -207,6 +207,11 @@ def search(d: Deployment, arrivals: list[Arrival]) -> tuple[Optional[Placement],
     best = min((p for p in feasible if p.attainment >= top - 1e-9),
                key=lambda p: (device_seconds(p), devices_used(p)))
     return best, [p for p in results if p is not best]
+
+
+def busy_per_request(p: Placement) -> float:
+    """The busy device-time a request took, on average (the cost formula's latency)."""
+    return device_seconds(p) / max(1, len(p.result.records)) if p.result else float("inf")
 
 
 def devices_used(p: Placement) -> int:

@@ -21,7 +21,7 @@ import dataclasses
 from typing import Optional
 
 from tessera.planner.deployment import Deployment, load_deployment
-from tessera.planner.placement import Placement, device_seconds, devices_used, search
+from tessera.planner.placement import Placement, busy_per_request, devices_used, search
 from tessera.planner.precision import COST_TOLERANCE, Trial, choose, meets
 from tessera.planner.traffic import arrivals, merge, read_trace
 
@@ -44,7 +44,7 @@ def cost(d: Deployment, p: Placement) -> Optional[Cost]:
     mem_price = hw.memory_price_per_gb_hour or 0.0
     memory_gb = devices_used(p) * hw.usable_bytes / GB
     qps = len(r.records) / d.duration
-    busy_device_s = sum(rec.device_seconds for rec in r.records) / len(r.records)
+    busy_device_s = busy_per_request(p)
     memory_per_hour = memory_gb * mem_price
     provisioned = devices_used(p) * hw.price_per_hour + memory_per_hour
     formula = hw.price_per_hour / 3600 * busy_device_s * qps * 3600 + memory_per_hour
@@ -74,11 +74,10 @@ def _traffic(d: Deployment, seed: int = 0):
 
 def plan(d: Deployment) -> PlanReport:
     traffic = _traffic(d, d.seed)
-    auto = any(m.candidates for m in d.models)
     d, chosen, trials = choose(d, traffic)
     best = chosen.best
     report = PlanReport(d, best, chosen.others, cost(d, best) if best else None, len(traffic),
-                        trials=trials if auto else [])
+                        trials=trials if chosen.precisions else [])
     if not meets(d, best):
         report.needs = _what_would_meet(d, traffic)
     return report
@@ -140,7 +139,7 @@ def render(rep: PlanReport) -> str:
                          f"storage price): ${c.formula_per_hour:.2f}/hour, "
                          f"${c.per_request_formula * 1000:.4f} per 1000 requests")
         lines.append(f"  uses {devices_used(best)} of {hw.count} devices; busy "
-                     f"device-time {device_seconds(best) / len(r.records) * 1e3:.1f} ms per "
+                     f"device-time {busy_per_request(best) * 1e3:.1f} ms per "
                      "request")
         lines.append("alternatives (rejected):")
         for p in rep.alternatives:
@@ -150,7 +149,7 @@ def render(rep: PlanReport) -> str:
             if p.attainment < best.attainment - 1e-9:
                 why = f"lower attainment, {p.attainment:.1%}"
             else:
-                why = (f"as high, but {device_seconds(p) / len(p.result.records) * 1e3:.1f} ms"
+                why = (f"as high, but {busy_per_request(p) * 1e3:.1f} ms"
                        f" of busy device-time per request on {devices_used(p)} devices")
             lines.append(f"  {p.layout.describe()}: {p.describe()}: {why}")
     if rep.trials:
@@ -171,9 +170,9 @@ def _trials(rep: PlanReport) -> list[str]:
         if p is None:
             what = "fits no layout"
         else:
-            busy = device_seconds(p) / max(1, len(p.result.records))
-            what = (f"attainment {p.attainment:.1%}, {busy * 1e3:.1f} ms of busy device-time "
-                    f"per request on {devices_used(p)} devices, {p.layout.describe()}")
+            what = (f"attainment {p.attainment:.1%}, {busy_per_request(p) * 1e3:.1f} ms of "
+                    f"busy device-time per request on {devices_used(p)} devices, "
+                    f"{p.layout.describe()}")
         mark = "  <- chosen" if p is not None and p is rep.best else ""
         lines.append(f"  {t.describe()}: {what}{mark}")
     return lines

@@ -25,7 +25,7 @@ import math
 from typing import Optional
 
 from tessera.planner.deployment import Deployment
-from tessera.planner.placement import Placement, device_seconds, devices_used, search
+from tessera.planner.placement import Placement, busy_per_request, devices_used, search
 from tessera.planner.traffic import Arrival
 from tessera.planner.weights import RANK
 
@@ -76,10 +76,11 @@ def choose(d: Deployment, arrivals: list[Arrival]) -> tuple[Deployment, Trial, l
                 for option in options:
                     trial = current[:i] + (option,) + current[i + 1:]
                     new, old = run(trial), run(current)
-                    seen = list(trials.values())
-                    if _key(d, new, seen) < _key(d, old, seen):
+                    cheapest = _cheapest(d, trials.values())
+                    if _key(d, new, cheapest) < _key(d, old, cheapest):
                         current, changed = trial, True
-    chosen = min(trials.values(), key=lambda t: _key(d, t, trials.values()))
+    cheapest = _cheapest(d, trials.values())
+    chosen = min(trials.values(), key=lambda t: _key(d, t, cheapest))
     return with_precisions(d, chosen.precisions), chosen, list(trials.values())
 
 
@@ -92,22 +93,22 @@ def meets(d: Deployment, p: Optional[Placement]) -> bool:
     return p is not None and p.attainment >= d.target_attainment - 1e-9
 
 
-def _busy(p: Placement) -> float:
-    """Busy device-time per request."""
-    return device_seconds(p) / max(1, len(p.result.records))
+def _cheapest(d: Deployment, trials) -> float:
+    """The least busy device-time per request of the trials' plans reaching the target."""
+    return min((busy_per_request(t.best) for t in trials if meets(d, t.best)),
+               default=math.inf)
 
 
-def _key(d: Deployment, t: Trial, among=()) -> tuple:
-    """Smaller is better (the module's docstring says the order); among: the trials
-    compared, whose cheapest plan reaching the target sets what is as cheap."""
+def _key(d: Deployment, t: Trial, cheapest: float) -> tuple:
+    """Smaller is better (the module's docstring says the order); cheapest: `_cheapest` of
+    the trials compared (what is as cheap)."""
     rank = sum(RANK[p] for p in t.precisions.values())
     p = t.best
     if p is None:
         return (2, 0.0, 0, _weight_bytes(d, t), math.inf)
-    cost = (_busy(p), devices_used(p))
+    cost = (busy_per_request(p), devices_used(p))
     if not meets(d, p):
         return (1, -p.attainment, *cost, rank)
     if d.objective == "accuracy":
         return (0, 0.0, rank, *cost)
-    cheapest = min([_busy(o.best) for o in among if meets(d, o.best)] or [cost[0]])
     return (0, float(cost[0] > cheapest * (1 + COST_TOLERANCE)), rank, *cost)
