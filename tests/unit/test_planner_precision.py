@@ -139,6 +139,18 @@ def test_auto_fields_are_checked_by_name(tmp_path):
                               hardware={"preset": "h200", "count": 1, "memory_gib": 20}))
 
 
+def test_auto_is_refused_for_a_gguf_file(tmp_path):
+    """A GGUF file is served as it holds its weights: its precision is not the plan's."""
+    import numpy as np
+
+    from tests.models import test_gguf_loader as g
+    _, tensors = g._tiny_model("llama", np.random.default_rng(0), with_bias=False)
+    path = str(tmp_path / "tiny.gguf")
+    g._write_gguf(path, "llama", tensors)
+    with pytest.raises(ValueError, match="precision auto: a GGUF file is served in its own"):
+        load_deployment(_file(tmp_path, [_chat(model=path)]))
+
+
 def test_a_deployment_serves_the_precision_the_plan_chose(tmp_path):
     from tessera.server.deployment import place_models
     served, text = place_models(_file(tmp_path, [_chat()]), {"device": "cpu"})
